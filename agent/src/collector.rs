@@ -1,0 +1,323 @@
+//! What the agent measures: the [`Collector`] capability, its domain types, and
+//! [`SysinfoCollector`], the implementation that reads the real machine through `sysinfo`.
+//!
+//! The types here are the agent's own; `convert.rs` turns them into wire messages. Other
+//! collectors (a simulator generating synthetic machines, a fixed collector in tests) implement
+//! the same trait.
+
+use std::time::{Duration, SystemTime};
+
+use sysinfo::{
+    CpuRefreshKind, Disks, MemoryRefreshKind, Networks, ProcessRefreshKind, ProcessesToUpdate,
+    RefreshKind, System,
+};
+
+/// The agent's version, reported in `Hello` and `SystemInfo`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Source of machine identity and measurements.
+///
+/// Methods may block briefly (they read `/proc`); the agent calls them from a blocking thread.
+pub trait Collector: Send + 'static {
+    /// Describes the machine. Called before enrolling and at the start of every session.
+    fn system_info(&mut self) -> SystemInfo;
+    /// Takes one measurement. Called every metrics interval once the server has said `Welcome`.
+    fn sample(&mut self) -> Sample;
+}
+
+/// What the agent reports about the machine it runs on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// Host name.
+    pub hostname: String,
+    /// Operating system or distribution name, e.g. `Debian GNU/Linux`.
+    pub os_name: String,
+    /// Operating system version, e.g. `12`.
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// CPU architecture, e.g. `x86_64`.
+    pub architecture: String,
+    /// CPU brand string.
+    pub cpu_model: String,
+    /// Number of logical CPUs.
+    pub logical_cores: u32,
+    /// Installed memory in bytes.
+    pub total_memory_bytes: u64,
+    /// Stable hardware identity: `/etc/machine-id` where present, else a stable hash.
+    pub hardware_id: String,
+    /// When the machine booted, if known.
+    pub boot_time: Option<SystemTime>,
+    /// Version of the agent binary.
+    pub agent_version: String,
+}
+
+/// Usage of one mounted filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Where the filesystem is mounted.
+    pub mount_point: String,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Size in bytes.
+    pub total_bytes: u64,
+}
+
+/// One point-in-time measurement. Its sequence number is assigned by the buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// When the sample was taken.
+    pub time: SystemTime,
+    /// Global CPU usage since the previous sample, in percent of all cores.
+    pub cpu_percent: f64,
+    /// One-minute load average.
+    pub load_1: f64,
+    /// Five-minute load average.
+    pub load_5: f64,
+    /// Fifteen-minute load average.
+    pub load_15: f64,
+    /// Memory in use, bytes.
+    pub memory_used_bytes: u64,
+    /// Installed memory, bytes.
+    pub memory_total_bytes: u64,
+    /// Swap in use, bytes.
+    pub swap_used_bytes: u64,
+    /// Swap size, bytes.
+    pub swap_total_bytes: u64,
+    /// Per-mount disk usage.
+    pub disks: Vec<DiskUsage>,
+    /// Bytes received since boot over non-loopback interfaces.
+    pub network_rx_bytes: u64,
+    /// Bytes sent since boot over non-loopback interfaces.
+    pub network_tx_bytes: u64,
+    /// Time since boot.
+    pub uptime: Duration,
+    /// Number of processes (threads excluded).
+    pub process_count: u32,
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Self {
+            time: SystemTime::UNIX_EPOCH,
+            cpu_percent: 0.0,
+            load_1: 0.0,
+            load_5: 0.0,
+            load_15: 0.0,
+            memory_used_bytes: 0,
+            memory_total_bytes: 0,
+            swap_used_bytes: 0,
+            swap_total_bytes: 0,
+            disks: Vec::new(),
+            network_rx_bytes: 0,
+            network_tx_bytes: 0,
+            uptime: Duration::ZERO,
+            process_count: 0,
+        }
+    }
+}
+
+/// Reads the real machine through `sysinfo`.
+///
+/// Keeps its `System`, `Disks` and `Networks` between samples, so CPU usage is measured over
+/// the interval between two samples.
+pub struct SysinfoCollector {
+    system: System,
+    disks: Disks,
+    networks: Networks,
+}
+
+// === impl SysinfoCollector ===
+
+impl SysinfoCollector {
+    /// Creates the collector and takes the first CPU reading, so the first sample has a
+    /// baseline.
+    pub fn new() -> Self {
+        // sysinfo keeps every process's stat file open by default; an agent should not hold
+        // hundreds of descriptors just to count processes.
+        sysinfo::set_open_files_limit(0);
+        let system = System::new_with_specifics(
+            RefreshKind::nothing()
+                .with_cpu(CpuRefreshKind::nothing().with_cpu_usage())
+                .with_memory(MemoryRefreshKind::everything()),
+        );
+        Self {
+            system,
+            disks: Disks::new_with_refreshed_list(),
+            networks: Networks::new_with_refreshed_list(),
+        }
+    }
+
+    fn disk_usage(&mut self) -> Vec<DiskUsage> {
+        self.disks.refresh(true);
+        let mut disks: Vec<DiskUsage> = self
+            .disks
+            .list()
+            .iter()
+            .filter(|disk| disk.total_space() > 0)
+            .map(|disk| DiskUsage {
+                mount_point: disk.mount_point().to_string_lossy().into_owned(),
+                used_bytes: disk.total_space().saturating_sub(disk.available_space()),
+                total_bytes: disk.total_space(),
+            })
+            .collect();
+        disks.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+        disks.dedup_by(|a, b| a.mount_point == b.mount_point);
+        disks
+    }
+
+    fn network_counters(&mut self) -> (u64, u64) {
+        self.networks.refresh(true);
+        self.networks
+            .list()
+            .iter()
+            .filter(|(name, _)| !is_loopback(name))
+            .fold((0, 0), |(rx, tx), (_, data)| {
+                (
+                    rx.saturating_add(data.total_received()),
+                    tx.saturating_add(data.total_transmitted()),
+                )
+            })
+    }
+
+    fn process_count(&mut self) -> u32 {
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            ProcessRefreshKind::nothing(),
+        );
+        let n_processes = self
+            .system
+            .processes()
+            .values()
+            .filter(|process| process.thread_kind().is_none())
+            .count();
+        u32::try_from(n_processes).unwrap_or(u32::MAX)
+    }
+}
+
+impl Default for SysinfoCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Collector for SysinfoCollector {
+    fn system_info(&mut self) -> SystemInfo {
+        self.system.refresh_memory();
+        let cpus = self.system.cpus();
+        let hostname = System::host_name().unwrap_or_default();
+        let cpu_model = cpus
+            .first()
+            .map(|cpu| cpu.brand().trim().to_owned())
+            .unwrap_or_default();
+        let architecture = System::cpu_arch();
+        let total_memory_bytes = self.system.total_memory();
+        let hardware_id = hardware_id(&hostname, &cpu_model, &architecture, total_memory_bytes);
+        let boot_time = System::boot_time();
+        SystemInfo {
+            hostname,
+            os_name: System::name().unwrap_or_else(|| std::env::consts::OS.to_owned()),
+            os_version: System::os_version().unwrap_or_default(),
+            kernel_version: System::kernel_version().unwrap_or_default(),
+            architecture,
+            cpu_model,
+            logical_cores: u32::try_from(cpus.len()).unwrap_or(u32::MAX),
+            total_memory_bytes,
+            hardware_id,
+            boot_time: (boot_time > 0)
+                .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(boot_time)),
+            agent_version: AGENT_VERSION.to_owned(),
+        }
+    }
+
+    fn sample(&mut self) -> Sample {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        let load = System::load_average();
+        let (network_rx_bytes, network_tx_bytes) = self.network_counters();
+        Sample {
+            time: SystemTime::now(),
+            cpu_percent: f64::from(self.system.global_cpu_usage()),
+            load_1: load.one,
+            load_5: load.five,
+            load_15: load.fifteen,
+            memory_used_bytes: self.system.used_memory(),
+            memory_total_bytes: self.system.total_memory(),
+            swap_used_bytes: self.system.used_swap(),
+            swap_total_bytes: self.system.total_swap(),
+            disks: self.disk_usage(),
+            network_rx_bytes,
+            network_tx_bytes,
+            uptime: Duration::from_secs(System::uptime()),
+            process_count: self.process_count(),
+        }
+    }
+}
+
+/// Loopback interfaces: `lo` on Linux, `lo0` on BSD and macOS.
+fn is_loopback(name: &str) -> bool {
+    name.strip_prefix("lo")
+        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The machine's stable identity: the systemd/dbus machine id where present, else the SMBIOS
+/// product UUID, else an FNV-1a hash of what the machine says about itself.
+fn hardware_id(hostname: &str, cpu_model: &str, architecture: &str, total_memory: u64) -> String {
+    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(id) = std::fs::read_to_string(path) {
+            let id = id.trim();
+            if !id.is_empty() {
+                return id.to_owned();
+            }
+        }
+    }
+    if let Some(uuid) = sysinfo::Product::uuid().filter(|uuid| !uuid.trim().is_empty()) {
+        return uuid.trim().to_owned();
+    }
+    let material = format!("{hostname}\n{cpu_model}\n{architecture}\n{total_memory}");
+    format!("fnv1a:{:016x}", fnv1a_64(material.as_bytes()))
+}
+
+/// FNV-1a, 64 bit: stable across Rust releases, unlike `DefaultHasher`.
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names() {
+        assert!(is_loopback("lo"));
+        assert!(is_loopback("lo0"));
+        assert!(!is_loopback("eth0"));
+        assert!(!is_loopback("lowpan0"));
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        // Reference values of FNV-1a 64.
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn sysinfo_collector_reports_this_machine() {
+        let mut collector = SysinfoCollector::new();
+        let info = collector.system_info();
+        assert!(info.logical_cores > 0);
+        assert!(info.total_memory_bytes > 0);
+        assert!(!info.hardware_id.is_empty());
+        assert_eq!(info.agent_version, AGENT_VERSION);
+        let sample = collector.sample();
+        assert!(sample.memory_total_bytes > 0);
+        assert!(sample.process_count > 0);
+        assert!((0.0..=100.0).contains(&sample.cpu_percent));
+    }
+}

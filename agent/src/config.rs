@@ -1,0 +1,223 @@
+//! The agent's configuration: a plain struct the binary builds from flags and tests build in
+//! code, with every default as a named constant.
+//!
+//! Intervals (heartbeat, metrics) are deliberately absent: the server sends them in `Welcome`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::AgentError;
+
+/// Server address used when none is given.
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7600";
+/// State directory used when none is given (relative to the working directory).
+pub const DEFAULT_STATE_DIR: &str = "./tether-agent-state";
+/// How many unacknowledged samples the agent keeps across disconnects.
+pub const DEFAULT_BUFFER_CAPACITY: usize = 10_000;
+/// Time allowed to open a connection, and then again to receive `Welcome`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First reconnect delay.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Growth factor of the reconnect delay per failed attempt.
+pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 1.6;
+/// Relative jitter applied to each reconnect delay (±20 %).
+pub const DEFAULT_BACKOFF_JITTER: f64 = 0.2;
+/// Longest reconnect delay.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
+
+/// Everything the agent needs to run. Build it with [`AgentConfig::new`] and adjust fields.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// Server address, e.g. `http://127.0.0.1:7600`.
+    pub server_url: String,
+    /// Directory holding the agent id and credential (created with mode 0700).
+    pub state_dir: PathBuf,
+    /// Enrollment token, used only when the state directory holds no credential (or the
+    /// server rejects the stored one).
+    pub enroll_token: Option<String>,
+    /// Display name sent at enrollment; the server defaults it to the hostname.
+    pub name: Option<String>,
+    /// Labels sent at enrollment and in every `Hello`.
+    pub labels: BTreeMap<String, String>,
+    /// Capacity of the buffer of unacknowledged samples; the oldest are dropped when full.
+    pub buffer_capacity: usize,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// Time allowed to open a connection, and then again to receive `Welcome`.
+    pub connect_timeout: Duration,
+}
+
+/// Exponential backoff parameters for reconnects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffConfig {
+    /// First delay.
+    pub initial: Duration,
+    /// Growth factor per attempt (at least 1).
+    pub multiplier: f64,
+    /// Relative jitter in `[0, 1)`: each delay is scaled by a random factor in
+    /// `[1 - jitter, 1 + jitter]`.
+    pub jitter: f64,
+    /// Upper bound of every delay, jitter included.
+    pub max: Duration,
+}
+
+// === impl AgentConfig ===
+
+impl AgentConfig {
+    /// A configuration with every optional field at its default.
+    pub fn new(server_url: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            server_url: server_url.into(),
+            state_dir: state_dir.into(),
+            enroll_token: None,
+            name: None,
+            labels: BTreeMap::new(),
+            buffer_capacity: DEFAULT_BUFFER_CAPACITY,
+            backoff: BackoffConfig::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Checks the configuration before anything connects.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Config`] naming the first invalid field.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if self.server_url.starts_with("https://") {
+            // The workspace builds tonic without a TLS backend yet.
+            return Err(AgentError::Config(format!(
+                "server url {:?}: TLS is not supported by this build yet; use http://",
+                self.server_url
+            )));
+        }
+        if !self.server_url.starts_with("http://") {
+            return Err(AgentError::Config(format!(
+                "server url {:?} must start with http://",
+                self.server_url
+            )));
+        }
+        tonic::transport::Endpoint::from_shared(self.server_url.clone()).map_err(|err| {
+            AgentError::Config(format!("server url {:?}: {err}", self.server_url))
+        })?;
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(AgentError::Config(
+                "state directory must not be empty".into(),
+            ));
+        }
+        if self.buffer_capacity == 0 {
+            return Err(AgentError::Config(
+                "buffer capacity must be at least 1".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(AgentError::Config(
+                "connect timeout must not be zero".into(),
+            ));
+        }
+        if matches!(&self.enroll_token, Some(token) if token.trim().is_empty()) {
+            return Err(AgentError::Config("enroll token must not be empty".into()));
+        }
+        self.backoff.validate()
+    }
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The enrollment token is a secret: show only whether it is set.
+        f.debug_struct("AgentConfig")
+            .field("server_url", &self.server_url)
+            .field("state_dir", &self.state_dir)
+            .field(
+                "enroll_token",
+                &self.enroll_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("buffer_capacity", &self.buffer_capacity)
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+// === impl BackoffConfig ===
+
+impl BackoffConfig {
+    /// Checks that the parameters describe a sane, growing delay.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Config`] when a parameter is out of range.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if self.initial.is_zero() {
+            return Err(AgentError::Config(
+                "backoff initial delay must not be zero".into(),
+            ));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(AgentError::Config(
+                "backoff multiplier must be at least 1".into(),
+            ));
+        }
+        if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
+            return Err(AgentError::Config(
+                "backoff jitter must be in [0, 1)".into(),
+            ));
+        }
+        if self.max < self.initial {
+            return Err(AgentError::Config(
+                "backoff maximum must not be below the initial delay".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: DEFAULT_BACKOFF_INITIAL,
+            multiplier: DEFAULT_BACKOFF_MULTIPLIER,
+            jitter: DEFAULT_BACKOFF_JITTER,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = AgentConfig::new(DEFAULT_SERVER_URL, DEFAULT_STATE_DIR);
+        config.validate().expect("defaults are valid");
+        assert_eq!(config.buffer_capacity, DEFAULT_BUFFER_CAPACITY);
+        assert_eq!(config.backoff.initial, Duration::from_secs(1));
+        assert_eq!(config.backoff.max, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let mut config = AgentConfig::new("127.0.0.1:7600", "state");
+        assert!(config.validate().is_err());
+        config.server_url = DEFAULT_SERVER_URL.into();
+        config.buffer_capacity = 0;
+        assert!(config.validate().is_err());
+        config.buffer_capacity = 1;
+        config.backoff.jitter = 1.5;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn debug_redacts_enroll_token() {
+        let mut config = AgentConfig::new(DEFAULT_SERVER_URL, DEFAULT_STATE_DIR);
+        config.enroll_token = Some("s3cret-token".into());
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret-token"));
+        assert!(debug.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,326 @@
+//! The agent's top level: start-up (load or obtain a credential), the sampler task, and the
+//! reconnect loop around sessions.
+//!
+//! [`run`] is what the binary and the tests drive; [`spawn`] runs it on a task and returns an
+//! [`AgentHandle`].
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backoff::Backoff;
+use crate::client;
+use crate::collector::{Collector, SystemInfo};
+use crate::session::{self, SessionContext, SessionEnd, Shared};
+use crate::state::{Enrollment, StateDir};
+use crate::{AgentConfig, AgentError, AgentStats};
+
+/// The collector, shared between the sampler and the sessions (which need `SystemInfo`).
+type SharedCollector = Arc<Mutex<Box<dyn Collector>>>;
+
+/// A running agent, as returned by [`spawn`].
+#[derive(Debug)]
+pub struct AgentHandle {
+    /// Live counters of the agent.
+    pub stats: Arc<AgentStats>,
+    /// Cancelled by [`AgentHandle::shutdown`]; the agent then says goodbye and stops.
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), AgentError>>,
+}
+
+// === impl AgentHandle ===
+
+impl AgentHandle {
+    /// Asks the agent to stop: it sends `Goodbye`, closes its stream and ends. Returns at once;
+    /// use [`AgentHandle::join`] to wait.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Whether the agent task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits for the agent task to end and returns its result. A panic in the agent task is
+    /// re-raised here.
+    ///
+    /// # Errors
+    ///
+    /// Whatever [`run`] returned, or [`AgentError::Task`] if the task was aborted.
+    pub async fn join(self) -> Result<(), AgentError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(AgentError::Task(err.to_string())),
+        }
+    }
+}
+
+/// Runs an agent on a new tokio task. Must be called from within a tokio runtime.
+pub fn spawn(config: AgentConfig, collector: Box<dyn Collector>) -> AgentHandle {
+    let stats = Arc::new(AgentStats::new());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(config, collector, stats.clone(), shutdown.clone()));
+    AgentHandle {
+        stats,
+        shutdown,
+        task,
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled or a non-retryable error occurs.
+///
+/// Start-up: the credential comes from the state directory; without one, the agent enrolls with
+/// `config.enroll_token` (retrying while the server is unreachable) and persists the result
+/// before connecting. Then it holds one session at a time, reconnecting with backoff.
+///
+/// # Errors
+///
+/// - [`AgentError::Config`] for an invalid configuration;
+/// - [`AgentError::NotEnrolled`] when there is neither a stored credential nor a token;
+/// - [`AgentError::StateIo`] / [`AgentError::StateCorrupt`] for state-directory trouble;
+/// - [`AgentError::Rpc`] with `UNAUTHENTICATED` or `PERMISSION_DENIED` (or another
+///   non-retryable code) when the server refuses the agent (after one re-enrollment, if a
+///   token is configured);
+/// - [`AgentError::Revoked`] when the server revoked the agent.
+///
+/// # Cancellation
+///
+/// Cancelling `shutdown` is the way to stop the agent: it says goodbye to the server and
+/// returns `Ok(())` within about two seconds. Dropping the future instead abandons the stream
+/// without a goodbye.
+pub async fn run(
+    config: AgentConfig,
+    collector: Box<dyn Collector>,
+    stats: Arc<AgentStats>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    let state = StateDir::open(&config.state_dir)?;
+    let collector: SharedCollector = Arc::new(Mutex::new(collector));
+
+    let stored = state.load()?;
+    let mut enrollment = match (stored, config.enroll_token.as_deref()) {
+        (Some(enrollment), _) => enrollment,
+        (None, Some(token)) => {
+            match enroll_until_done(&config, token, &collector, &state, &shutdown).await? {
+                Some(enrollment) => enrollment,
+                None => return Ok(()),
+            }
+        }
+        (None, None) => return Err(AgentError::NotEnrolled),
+    };
+    stats.set_agent_id(&enrollment.agent_id);
+    info!(
+        agent_id = %enrollment.agent_id,
+        org_id = %enrollment.org_id,
+        server = %config.server_url,
+        "agent starting"
+    );
+
+    let shared = Arc::new(Shared::new(config.buffer_capacity, stats.clone()));
+    let sampler_token = shutdown.child_token();
+    // Stops the sampler however this function returns.
+    let _sampler_guard = sampler_token.clone().drop_guard();
+    tokio::spawn(
+        sample_forever(collector.clone(), shared.clone(), sampler_token)
+            .instrument(info_span!("sampler", agent_id = %enrollment.agent_id)),
+    );
+
+    let mut backoff = Backoff::new(config.backoff.clone());
+    let mut reenrolled = false;
+    loop {
+        let system_info = system_info(&collector).await?;
+        let ctx = SessionContext {
+            server_url: &config.server_url,
+            connect_timeout: config.connect_timeout,
+            enrollment: &enrollment,
+            system_info: &system_info,
+            labels: &config.labels,
+            shared: &shared,
+            shutdown: &shutdown,
+        };
+        let end = session::run_session(&ctx)
+            .instrument(info_span!("session", agent_id = %enrollment.agent_id))
+            .await;
+        match end {
+            SessionEnd::Shutdown => {
+                info!("agent stopped");
+                return Ok(());
+            }
+            SessionEnd::Closed { healthy, reason } => {
+                if healthy {
+                    backoff.reset();
+                    reenrolled = false;
+                }
+                info!(%reason, "session closed");
+            }
+            SessionEnd::Failed { healthy, error } => {
+                if healthy {
+                    backoff.reset();
+                    reenrolled = false;
+                }
+                if let (true, false, Some(token)) = (
+                    error.is_unauthenticated(),
+                    reenrolled,
+                    config.enroll_token.as_deref(),
+                ) {
+                    warn!("server rejected the agent credential; enrolling again");
+                    reenrolled = true;
+                    match enroll_until_done(&config, token, &collector, &state, &shutdown).await? {
+                        Some(fresh) => {
+                            enrollment = fresh;
+                            stats.set_agent_id(&enrollment.agent_id);
+                            continue;
+                        }
+                        None => return Ok(()),
+                    }
+                }
+                if !error.is_retryable() {
+                    return Err(error);
+                }
+                info!(error = %error, "session failed");
+            }
+        }
+        let delay = backoff.next_delay();
+        info!(delay = ?delay, "reconnecting after backoff");
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                info!("agent stopped");
+                return Ok(());
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Enrolls, retrying retryable failures with backoff, and persists the result. Returns `None`
+/// if `shutdown` fires first.
+async fn enroll_until_done(
+    config: &AgentConfig,
+    token: &str,
+    collector: &SharedCollector,
+    state: &StateDir,
+    shutdown: &CancellationToken,
+) -> Result<Option<Enrollment>, AgentError> {
+    let mut backoff = Backoff::new(config.backoff.clone());
+    loop {
+        let info = system_info(collector).await?;
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            attempt = client::enroll_with_timeout(
+                &config.server_url,
+                token,
+                &info,
+                &config.labels,
+                config.name.as_deref(),
+                config.connect_timeout,
+            ) => attempt,
+        };
+        match attempt {
+            Ok(enrollment) => {
+                state.save(&enrollment)?;
+                info!(
+                    agent_id = %enrollment.agent_id,
+                    org_id = %enrollment.org_id,
+                    "enrolled"
+                );
+                return Ok(Some(enrollment));
+            }
+            Err(error) if error.is_retryable() => {
+                let delay = backoff.next_delay();
+                info!(error = %error, delay = ?delay, "enrollment failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Asks the collector for the machine's description on a blocking thread.
+async fn system_info(collector: &SharedCollector) -> Result<SystemInfo, AgentError> {
+    let collector = collector.clone();
+    tokio::task::spawn_blocking(move || {
+        collector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .system_info()
+    })
+    .await
+    .map_err(|err| AgentError::Task(format!("collector failed: {err}")))
+}
+
+/// The sampler: idle until the first `Welcome` gives a metrics interval, then one sample per
+/// interval into the shared buffer, connected or not. Follows interval changes from later
+/// `Welcome`s. Stops when `token` is cancelled.
+async fn sample_forever(collector: SharedCollector, shared: Arc<Shared>, token: CancellationToken) {
+    let mut interval_rx = shared.metrics_interval.subscribe();
+    let mut period = loop {
+        if let Some(period) = *interval_rx.borrow_and_update() {
+            break period;
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            changed = interval_rx.changed() => if changed.is_err() { return },
+        }
+    };
+    // The first tick fires at once: the first sample follows the first Welcome immediately.
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reported_drops = 0;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            changed = interval_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let new_period = *interval_rx.borrow_and_update();
+                if let Some(new_period) = new_period
+                    && new_period != period
+                {
+                    debug!(?new_period, "metrics interval changed");
+                    period = new_period;
+                    ticker = tokio::time::interval_at(Instant::now() + period, period);
+                    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                }
+            }
+            _ = ticker.tick() => {
+                let collector = collector.clone();
+                let sample = tokio::task::spawn_blocking(move || {
+                    collector.lock().unwrap_or_else(PoisonError::into_inner).sample()
+                })
+                .await;
+                let sample = match sample {
+                    Ok(sample) => sample,
+                    Err(err) => {
+                        warn!("failed to take a sample: {err}");
+                        continue;
+                    }
+                };
+                let dropped = {
+                    let mut buffer = shared.buffer();
+                    buffer.push(sample);
+                    shared.stats.set_buffer(buffer.len(), buffer.dropped());
+                    buffer.dropped()
+                };
+                shared.stats.sample_taken();
+                shared.new_samples.notify_one();
+                if dropped > reported_drops && (reported_drops == 0 || dropped - reported_drops >= 1000) {
+                    warn!(
+                        samples_dropped = dropped,
+                        "sample buffer full: dropping the oldest unacknowledged samples"
+                    );
+                    reported_drops = dropped;
+                }
+            }
+        }
+    }
+}

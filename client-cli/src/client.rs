@@ -1,0 +1,211 @@
+//! The connection to a Tether server: one configured `Channel`, an interceptor that adds the
+//! bearer token to every request, and typed clients for the services the CLI calls.
+//!
+//! The channel is built from an explicit [`Endpoint`] (connect timeout [`CONNECT_TIMEOUT`]) and
+//! connected eagerly, so an unreachable server is reported once, clearly, before any request.
+//! Unary calls carry a [`REQUEST_TIMEOUT`] deadline; streaming calls (watch) have none.
+
+use std::fmt;
+use std::time::Duration;
+
+use tether_proto as pb;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::CliError;
+use crate::config::Settings;
+
+/// How long establishing the TCP (and HTTP/2) connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of each unary request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Interval of HTTP/2 keepalive pings while a request (a watch) is open.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keepalive ping may go unanswered before the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The channel type every client is built on.
+pub type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
+/// Client of `tether.v1.FleetService`.
+pub type FleetClient = pb::fleet_service_client::FleetServiceClient<AuthChannel>;
+/// Client of `tether.v1.AdminService`.
+pub type AdminClient = pb::admin_service_client::AdminServiceClient<AuthChannel>;
+
+/// A connected server.
+#[derive(Clone)]
+pub struct Connection {
+    server: String,
+    channel: Channel,
+    auth: AuthInterceptor,
+}
+
+/// Adds `authorization: Bearer <token>` to every request. Its `Debug` never shows the token.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    header: AsciiMetadataValue,
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// Connects to `settings.server`.
+    ///
+    /// # Errors
+    ///
+    /// [`CliError::Usage`] if the URL cannot be used or the token holds characters that cannot
+    /// travel in a header; [`CliError::Unreachable`] if no connection can be made.
+    pub async fn connect(settings: &Settings) -> Result<Self, CliError> {
+        let auth = AuthInterceptor::new(settings.token.expose())?;
+        let server = settings.server.clone();
+        if server.starts_with("https://") {
+            return Err(CliError::Usage(format!(
+                "cannot connect to {server}: this build of tetherctl has no TLS support; use an \
+                 http:// address (plaintext is meant for loopback and trusted networks)"
+            )));
+        }
+        let endpoint = Endpoint::from_shared(server.clone())
+            .map_err(|err| CliError::Usage(format!("invalid server address `{server}`: {err}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            // A long `agents watch` notices a vanished server instead of waiting forever.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|err| CliError::from_transport(&err, &server))?;
+        Ok(Self {
+            server,
+            channel,
+            auth,
+        })
+    }
+
+    /// The server URL, for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// A `FleetService` client sharing this connection.
+    pub fn fleet(&self) -> FleetClient {
+        pb::fleet_service_client::FleetServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
+    /// An `AdminService` client sharing this connection.
+    pub fn admin(&self) -> AdminClient {
+        pb::admin_service_client::AdminServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
+    /// Maps a status from this server (see [`CliError::from_status`]).
+    pub fn error(&self, status: &tonic::Status, what: Option<&str>) -> CliError {
+        CliError::from_status(status, &self.server, what)
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps `message` in a request with the unary deadline [`REQUEST_TIMEOUT`].
+pub fn unary<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(REQUEST_TIMEOUT);
+    request
+}
+
+// === impl AuthInterceptor ===
+
+impl AuthInterceptor {
+    /// An interceptor presenting `token`.
+    ///
+    /// # Errors
+    ///
+    /// [`CliError::Usage`] if the token contains characters not allowed in a header value.
+    pub fn new(token: &str) -> Result<Self, CliError> {
+        let mut header: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| {
+                CliError::Usage(
+                    "the API token contains characters that cannot be sent in a header".to_owned(),
+                )
+            })?;
+        header.set_sensitive(true);
+        Ok(Self { header })
+    }
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.header.clone());
+        Ok(request)
+    }
+}
+
+impl fmt::Debug for AuthInterceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthInterceptor(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor as _;
+
+    #[test]
+    fn interceptor_adds_bearer_header() {
+        let mut auth = AuthInterceptor::new("s3cret").expect("valid token");
+        let request = auth.call(tonic::Request::new(())).expect("passes");
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.to_str().expect("ascii")),
+            Some("Bearer s3cret")
+        );
+        assert!(!format!("{auth:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn token_with_newline_is_rejected() {
+        assert!(matches!(
+            AuthInterceptor::new("a\nb"),
+            Err(CliError::Usage(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_reported_plainly() {
+        // Bind then drop a listener, so the port is (almost certainly) closed.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let settings = Settings {
+            server: format!("http://{addr}"),
+            token: crate::config::Secret::new("t"),
+        };
+        let err = Connection::connect(&settings)
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach Tether server at http://{addr}: connection refused")
+        );
+    }
+}

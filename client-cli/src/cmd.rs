@@ -1,0 +1,37 @@
+//! Command implementations, one module per command group, and the dispatcher that routes a
+//! parsed [`Command`] to them.
+
+use std::io::Write;
+
+use crate::CliError;
+use crate::cli::{AgentsCommand, Command, EnrollTokenCommand};
+use crate::config::Settings;
+
+mod agents;
+mod enroll;
+mod fleet;
+
+/// Runs `command` against the server in `settings`, writing its output to `out`.
+pub(crate) async fn dispatch(
+    command: Command,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    match command {
+        Command::Agents(AgentsCommand::List(args)) => agents::list(args, settings, out).await,
+        Command::Agents(AgentsCommand::Get(args)) => agents::get(args, settings, out).await,
+        Command::Agents(AgentsCommand::Watch(args)) => agents::watch(args, settings, out).await,
+        Command::Metrics(args) => fleet::metrics(args, settings, out).await,
+        Command::Summary(args) => fleet::summary(args, settings, out).await,
+        Command::Config(args) => fleet::config(args, settings, out).await,
+        Command::EnrollToken(EnrollTokenCommand::Create(args)) => {
+            enroll::create(args, settings, out).await
+        }
+        Command::EnrollToken(EnrollTokenCommand::List(args)) => {
+            enroll::list(args, settings, out).await
+        }
+        Command::EnrollToken(EnrollTokenCommand::Revoke(args)) => {
+            enroll::revoke(args, settings, out).await
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! `agents list`, `agents get` and `agents watch`.
+//!
+//! Each command validates its arguments, connects, calls `FleetService`, converts the answer into
+//! [`crate::view`] types and hands them to a pure renderer (`render_*`), which the unit tests
+//! exercise without a server.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use tether_proto as pb;
+
+use crate::cli::{GetArgs, LIST_PAGE_SIZE, ListArgs, ListFormat, ObjectFormat, WatchArgs};
+use crate::client::{Connection, unary};
+use crate::config::Settings;
+use crate::format::{
+    self, NONE, Table, csv_record, format_bytes, format_percent, key_values, long_duration,
+    relative_time_opt, rfc3339_opt, usage_percent,
+};
+use crate::selector::LabelSelector;
+use crate::view::{AgentDetailView, AgentView, EventKind, TransitionView, WatchEventView};
+use crate::{CliError, write_json};
+
+/// Pause before resubscribing after the server ended a watch that fell behind.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
+
+/// `agents list`: fetches every page (or `--limit` agents) and prints them.
+pub(crate) async fn list(
+    args: ListArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let label_selector = normalize_selector(args.selector.as_deref())?;
+    let base = pb::ListAgentsRequest {
+        statuses: args.statuses.iter().map(|s| s.to_pb() as i32).collect(),
+        label_selector,
+        os: args.os.unwrap_or_default(),
+        query: args.query.unwrap_or_default(),
+        page_size: 0,
+        page_token: String::new(),
+        include_expired: args.include_expired,
+    };
+    let limit = args.limit.map(|n| n as usize);
+
+    let conn = Connection::connect(settings).await?;
+    let mut client = conn.fleet();
+    let mut agents: Vec<AgentView> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let wanted = limit.map_or(LIST_PAGE_SIZE as usize, |n| n - agents.len());
+        let page_size = wanted.min(LIST_PAGE_SIZE as usize);
+        let request = pb::ListAgentsRequest {
+            page_size: i32::try_from(page_size).expect("at most LIST_PAGE_SIZE"),
+            page_token: page_token.clone(),
+            ..base.clone()
+        };
+        let page = client
+            .list_agents(unary(request))
+            .await
+            .map_err(|status| conn.error(&status, None))?
+            .into_inner();
+        agents.extend(page.agents.into_iter().map(AgentView::from));
+        if let Some(limit) = limit
+            && agents.len() >= limit
+        {
+            agents.truncate(limit);
+            break;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == page_token {
+            return Err(CliError::Server {
+                code: "Internal".to_owned(),
+                message: "the server returned the same page token twice".to_owned(),
+            });
+        }
+        page_token = page.next_page_token;
+    }
+
+    let now = SystemTime::now();
+    match args.output {
+        ListFormat::Table | ListFormat::Wide if agents.is_empty() => {
+            writeln!(out, "No agents found.")?;
+        }
+        ListFormat::Table => out.write_all(render_table(&agents, false, now).as_bytes())?,
+        ListFormat::Wide => out.write_all(render_table(&agents, true, now).as_bytes())?,
+        ListFormat::Json => write_json(out, &agents)?,
+        ListFormat::Csv => out.write_all(render_csv(&agents).as_bytes())?,
+    }
+    Ok(())
+}
+
+/// `agents get`: one agent in detail.
+pub(crate) async fn get(
+    args: GetArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let id = args.id.trim().to_owned();
+    if id.is_empty() {
+        return Err(CliError::Usage("the agent id must not be empty".to_owned()));
+    }
+    let conn = Connection::connect(settings).await?;
+    let response = conn
+        .fleet()
+        .get_agent(unary(pb::GetAgentRequest {
+            agent_id: id.clone(),
+        }))
+        .await
+        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?
+        .into_inner();
+    let pb::GetAgentResponse {
+        agent,
+        recent_transitions,
+    } = response;
+    let agent = agent.ok_or_else(|| CliError::Server {
+        code: "Internal".to_owned(),
+        message: format!("the server answered without agent {id}"),
+    })?;
+    let detail = AgentDetailView {
+        agent: agent.into(),
+        recent_transitions: recent_transitions.into_iter().map(Into::into).collect(),
+    };
+    match args.output {
+        ObjectFormat::Table => {
+            out.write_all(render_detail(&detail, SystemTime::now()).as_bytes())?;
+        }
+        ObjectFormat::Json => write_json(out, &detail)?,
+    }
+    Ok(())
+}
+
+/// `agents watch`: the snapshot, then one line per event, resubscribing when the server ends a
+/// watch that fell behind (`ABORTED`). Returns when the stream ends or after `--max-events`.
+pub(crate) async fn watch(
+    args: WatchArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let request = pb::WatchAgentsRequest {
+        label_selector: normalize_selector(args.selector.as_deref())?,
+        include_metrics: args.metrics,
+        include_expired: args.include_expired,
+    };
+    if args.max_events == Some(0) {
+        return Ok(());
+    }
+    let conn = Connection::connect(settings).await?;
+    let mut client = conn.fleet();
+    let mut n_events: u64 = 0;
+    loop {
+        let status = match client.watch_agents(request.clone()).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            let event = WatchEventView::from(event);
+                            if event.kind == EventKind::Synced {
+                                if args.output == ObjectFormat::Table {
+                                    writeln!(out, "# snapshot complete, watching for changes")?;
+                                    out.flush()?;
+                                }
+                                continue;
+                            }
+                            match args.output {
+                                ObjectFormat::Table => {
+                                    let line = render_event(&event, SystemTime::now());
+                                    out.write_all(line.as_bytes())?;
+                                }
+                                ObjectFormat::Json => {
+                                    serde_json::to_writer(&mut *out, &event)
+                                        .map_err(std::io::Error::from)?;
+                                    out.write_all(b"\n")?;
+                                }
+                            }
+                            out.flush()?;
+                            n_events += 1;
+                            if args.max_events.is_some_and(|max| n_events >= max) {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => return Ok(()),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        if status.code() != tonic::Code::Aborted {
+            return Err(conn.error(&status, None));
+        }
+        eprintln!(
+            "tetherctl: the watch fell behind the server and was ended ({}); resubscribing, a \
+             fresh snapshot follows",
+            status.message()
+        );
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+/// Checks a `-l` selector locally and returns it normalised (empty when absent).
+fn normalize_selector(selector: Option<&str>) -> Result<String, CliError> {
+    Ok(selector
+        .map(LabelSelector::parse)
+        .transpose()?
+        .map(|s| s.to_string())
+        .unwrap_or_default())
+}
+
+/// `k=v,k2=v2`, sorted by key.
+fn labels_text(agent: &AgentView) -> String {
+    agent
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// STATUS cell: the status, plus kubectl-style flags (`online,duplicate-hwid`).
+fn status_text(agent: &AgentView) -> String {
+    let mut text = agent.status.as_str().to_owned();
+    if agent.duplicate_hardware_id {
+        text.push_str(",duplicate-hwid");
+    }
+    text
+}
+
+/// Renders `agents list` as a table; `wide` adds host, versions, uptime and labels.
+pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) -> String {
+    let mut headers = vec![
+        "ID",
+        "NAME",
+        "STATUS",
+        "LAST SEEN",
+        "OS",
+        "CPU",
+        "MEM",
+        "HEALTH",
+    ];
+    if wide {
+        headers.extend([
+            "HOSTNAME",
+            "OS VERSION",
+            "ARCH",
+            "AGENT",
+            "UPTIME",
+            "LABELS",
+        ]);
+    }
+    let mut table = Table::new(headers).align_right(5).align_right(6);
+    for agent in agents {
+        let system = agent.system.as_ref();
+        let metrics = agent.latest_metrics.as_ref();
+        let or_none = |s: &str| {
+            if s.is_empty() {
+                NONE.to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        let mut row = vec![
+            agent.agent_id.clone(),
+            or_none(&agent.name),
+            status_text(agent),
+            relative_time_opt(now, agent.last_seen),
+            or_none(system.map_or("", |s| s.os_name.as_str())),
+            metrics.map_or_else(|| NONE.to_owned(), |m| format_percent(m.cpu_percent)),
+            metrics.map_or_else(
+                || NONE.to_owned(),
+                |m| usage_percent(m.memory_used_bytes, m.memory_total_bytes),
+            ),
+            agent.health.as_str().to_owned(),
+        ];
+        if wide {
+            row.extend([
+                or_none(system.map_or("", |s| s.hostname.as_str())),
+                or_none(system.map_or("", |s| s.os_version.as_str())),
+                or_none(system.map_or("", |s| s.architecture.as_str())),
+                or_none(&agent.agent_version),
+                metrics
+                    .and_then(|m| m.uptime_seconds)
+                    .map_or_else(|| NONE.to_owned(), long_duration),
+                or_none(&labels_text(agent)),
+            ]);
+        }
+        table.push(row);
+    }
+    table.render()
+}
+
+/// Renders `agents list -o csv`: raw values (RFC 3339 times, byte counts), a header row.
+pub(crate) fn render_csv(agents: &[AgentView]) -> String {
+    let mut text = csv_record([
+        "agent_id",
+        "name",
+        "status",
+        "status_reason",
+        "status_since",
+        "last_seen",
+        "health",
+        "duplicate_hardware_id",
+        "hostname",
+        "os_name",
+        "os_version",
+        "architecture",
+        "agent_version",
+        "cpu_percent",
+        "memory_used_bytes",
+        "memory_total_bytes",
+        "labels",
+    ]);
+    let opt_time = |t: Option<SystemTime>| {
+        t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default()
+    };
+    for agent in agents {
+        let system = agent.system.as_ref();
+        let metrics = agent.latest_metrics.as_ref();
+        let sys = |f: fn(&crate::view::SystemInfoView) -> &str| system.map_or("", f).to_owned();
+        text.push_str(&csv_record([
+            agent.agent_id.clone(),
+            agent.name.clone(),
+            agent.status.as_str().to_owned(),
+            agent.status_reason.as_str().to_owned(),
+            opt_time(agent.status_since),
+            opt_time(agent.last_seen),
+            agent.health.as_str().to_owned(),
+            agent.duplicate_hardware_id.to_string(),
+            sys(|s| &s.hostname),
+            sys(|s| &s.os_name),
+            sys(|s| &s.os_version),
+            sys(|s| &s.architecture),
+            agent.agent_version.clone(),
+            metrics
+                .map(|m| m.cpu_percent.to_string())
+                .unwrap_or_default(),
+            metrics
+                .map(|m| m.memory_used_bytes.to_string())
+                .unwrap_or_default(),
+            metrics
+                .map(|m| m.memory_total_bytes.to_string())
+                .unwrap_or_default(),
+            labels_text(agent),
+        ]));
+    }
+    text
+}
+
+/// Renders `agents get` for a person.
+pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String {
+    let agent = &detail.agent;
+    let when = |t: Option<SystemTime>| match t {
+        Some(_) => format!("{} ({})", relative_time_opt(now, t), rfc3339_opt(t)),
+        None => "never".to_owned(),
+    };
+    let mut status = format!(
+        "{} ({}",
+        agent.status.as_str(),
+        agent.status_reason.as_str()
+    );
+    if agent.status_since.is_some() {
+        status.push_str(&format!(
+            ", since {}",
+            relative_time_opt(now, agent.status_since)
+        ));
+    }
+    status.push(')');
+    let mut pairs = vec![
+        ("ID", agent.agent_id.clone()),
+        ("Name", agent.name.clone()),
+        ("Org", agent.org_id.clone()),
+        ("Status", status),
+        ("Last seen", when(agent.last_seen)),
+        ("Enrolled", when(agent.enrolled_at)),
+        (
+            "Session",
+            agent
+                .session_id
+                .clone()
+                .unwrap_or_else(|| "not connected".to_owned()),
+        ),
+        ("Health", agent.health.as_str().to_owned()),
+        ("Agent version", non_empty(&agent.agent_version)),
+        ("Durable seq", agent.last_durable_seq.to_string()),
+    ];
+    if agent.duplicate_hardware_id {
+        pairs.push((
+            "Warning",
+            "another live machine shares this hardware id (cloned image?)".to_owned(),
+        ));
+    }
+    let mut text = key_values(0, &pairs);
+
+    text.push_str("\nSystem:\n");
+    match &agent.system {
+        Some(s) => {
+            let os = [s.os_name.as_str(), s.os_version.as_str()]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
+            text.push_str(&key_values(
+                2,
+                &[
+                    ("Hostname", non_empty(&s.hostname)),
+                    ("OS", non_empty(&os)),
+                    ("Kernel", non_empty(&s.kernel_version)),
+                    ("Architecture", non_empty(&s.architecture)),
+                    (
+                        "CPU",
+                        format!("{} ({} cores)", non_empty(&s.cpu_model), s.logical_cores),
+                    ),
+                    ("Memory", format_bytes(s.total_memory_bytes)),
+                    ("Hardware id", non_empty(&s.hardware_id)),
+                    ("Booted", when(s.boot_time)),
+                ],
+            ));
+        }
+        None => text.push_str("  (not reported yet)\n"),
+    }
+
+    text.push_str("\nLabels:\n");
+    if agent.labels.is_empty() {
+        text.push_str("  (none)\n");
+    }
+    for (k, v) in &agent.labels {
+        text.push_str(&format!("  {k}={v}\n"));
+    }
+
+    match &agent.latest_metrics {
+        Some(m) => {
+            text.push_str(&format!(
+                "\nLatest metrics (seq {}, {}):\n",
+                m.seq,
+                relative_time_opt(now, m.time)
+            ));
+            let mut pairs = vec![
+                ("CPU", format_percent(m.cpu_percent)),
+                (
+                    "Load",
+                    format!("{:.2} {:.2} {:.2}", m.load_1, m.load_5, m.load_15),
+                ),
+                ("Memory", used_of(m.memory_used_bytes, m.memory_total_bytes)),
+                ("Swap", used_of(m.swap_used_bytes, m.swap_total_bytes)),
+                (
+                    "Network",
+                    format!(
+                        "rx {}, tx {} since boot",
+                        format_bytes(m.network_rx_bytes),
+                        format_bytes(m.network_tx_bytes)
+                    ),
+                ),
+                (
+                    "Uptime",
+                    m.uptime_seconds
+                        .map_or_else(|| NONE.to_owned(), long_duration),
+                ),
+                ("Processes", m.process_count.to_string()),
+            ];
+            if m.disks.is_empty() {
+                pairs.push(("Disks", NONE.to_owned()));
+            }
+            text.push_str(&key_values(2, &pairs));
+            if !m.disks.is_empty() {
+                text.push_str("  Disks:\n");
+                let mut table = Table::new(["MOUNT", "USED", "TOTAL", "USE%"])
+                    .align_right(1)
+                    .align_right(2)
+                    .align_right(3);
+                for d in &m.disks {
+                    table.push([
+                        d.mount_point.clone(),
+                        format_bytes(d.used_bytes),
+                        format_bytes(d.total_bytes),
+                        usage_percent(d.used_bytes, d.total_bytes),
+                    ]);
+                }
+                for line in table.render().lines() {
+                    text.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
+        None => text.push_str("\nLatest metrics: none yet\n"),
+    }
+
+    text.push_str("\nRecent transitions:\n");
+    if detail.recent_transitions.is_empty() {
+        text.push_str("  (none)\n");
+    } else {
+        text.push_str(&indent(
+            &render_transitions(&detail.recent_transitions, now),
+            2,
+        ));
+    }
+    text
+}
+
+fn render_transitions(transitions: &[TransitionView], now: SystemTime) -> String {
+    let mut table = Table::new(["WHEN", "FROM", "TO", "REASON", "TIME"]);
+    for t in transitions {
+        table.push([
+            relative_time_opt(now, t.time),
+            t.from_status.as_str().to_owned(),
+            t.to_status.as_str().to_owned(),
+            t.reason.as_str().to_owned(),
+            rfc3339_opt(t.time),
+        ]);
+    }
+    table.render()
+}
+
+/// One `agents watch` line: time, event kind, agent id, name, then what changed.
+pub(crate) fn render_event(event: &WatchEventView, now: SystemTime) -> String {
+    let time = rfc3339_opt(event.time.or(Some(now)));
+    let kind = event.kind.as_str();
+    let Some(agent) = &event.agent else {
+        return format!("{time}  {kind}\n");
+    };
+    let detail = match event.kind {
+        EventKind::StatusChanged => format!(
+            "{} -> {} ({})",
+            event.previous_status.map_or("unknown", |s| s.as_str()),
+            status_text(agent),
+            agent.status_reason.as_str()
+        ),
+        EventKind::MetricsUpdated => match &agent.latest_metrics {
+            Some(m) => format!(
+                "cpu {} mem {} health {}",
+                format_percent(m.cpu_percent),
+                usage_percent(m.memory_used_bytes, m.memory_total_bytes),
+                agent.health.as_str()
+            ),
+            None => format!("health {}", agent.health.as_str()),
+        },
+        EventKind::LabelsChanged => {
+            let labels = labels_text(agent);
+            if labels.is_empty() {
+                "labels: (none)".to_owned()
+            } else {
+                format!("labels: {labels}")
+            }
+        }
+        EventKind::Removed => "removed".to_owned(),
+        EventKind::Snapshot | EventKind::Registered | EventKind::Synced | EventKind::Unknown => {
+            format!(
+                "{}, last seen {}",
+                status_text(agent),
+                relative_time_opt(now, agent.last_seen)
+            )
+        }
+    };
+    let name = if agent.name.is_empty() {
+        NONE
+    } else {
+        &agent.name
+    };
+    format!("{time}  {kind:<15}  {}  {name}  {detail}\n", agent.agent_id)
+}
+
+fn used_of(used: u64, total: u64) -> String {
+    format!(
+        "{} / {} ({})",
+        format_bytes(used),
+        format_bytes(total),
+        usage_percent(used, total)
+    )
+}
+
+fn non_empty(text: &str) -> String {
+    if text.is_empty() {
+        format::NONE.to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+fn indent(text: &str, n: usize) -> String {
+    text.lines().map(|l| format!("{:n$}{l}\n", "")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{AgentStatus, Health, MetricsSampleView, StatusReason, SystemInfoView};
+    use std::collections::BTreeMap;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn agent(id: &str, name: &str, status: AgentStatus, last_seen: u64) -> AgentView {
+        AgentView {
+            agent_id: id.into(),
+            org_id: "o".into(),
+            name: name.into(),
+            status,
+            status_reason: StatusReason::Reconnected,
+            status_since: Some(at(last_seen)),
+            last_seen: Some(at(last_seen)),
+            enrolled_at: None,
+            session_id: None,
+            health: Health::Ok,
+            duplicate_hardware_id: false,
+            agent_version: "0.1.0".into(),
+            last_durable_seq: 0,
+            labels: BTreeMap::from([("env".into(), "prod".into()), ("a".into(), "b".into())]),
+            system: Some(SystemInfoView {
+                hostname: format!("{name}.local"),
+                os_name: "linux".into(),
+                os_version: "6".into(),
+                kernel_version: String::new(),
+                architecture: "x86_64".into(),
+                cpu_model: String::new(),
+                logical_cores: 2,
+                total_memory_bytes: 0,
+                hardware_id: String::new(),
+                boot_time: None,
+                agent_version: String::new(),
+            }),
+            latest_metrics: Some(MetricsSampleView {
+                seq: 1,
+                time: Some(at(last_seen)),
+                cpu_percent: 7.25,
+                load_1: 0.0,
+                load_5: 0.0,
+                load_15: 0.0,
+                memory_used_bytes: 1,
+                memory_total_bytes: 4,
+                swap_used_bytes: 0,
+                swap_total_bytes: 0,
+                disks: Vec::new(),
+                network_rx_bytes: 0,
+                network_tx_bytes: 0,
+                uptime_seconds: Some(Duration::from_secs(7_800)),
+                process_count: 9,
+            }),
+        }
+    }
+
+    #[test]
+    fn list_table() {
+        let mut dup = agent("a-22", "db", AgentStatus::Stale, 880);
+        dup.duplicate_hardware_id = true;
+        dup.latest_metrics = None;
+        let text = render_table(
+            &[agent("a-1", "web-1", AgentStatus::Online, 988), dup],
+            false,
+            at(1_000),
+        );
+        assert_eq!(
+            text,
+            "ID     NAME    STATUS                 LAST SEEN   OS       CPU   MEM   HEALTH\n\
+             a-1    web-1   online                 12s ago     linux   7.2%   25%   ok\n\
+             a-22   db      stale,duplicate-hwid   2m ago      linux      -     -   ok\n"
+        );
+    }
+
+    #[test]
+    fn wide_table_adds_columns() {
+        let text = render_table(
+            &[agent("a-1", "web-1", AgentStatus::Online, 988)],
+            true,
+            at(1_000),
+        );
+        let header = text.lines().next().expect("header");
+        assert!(
+            header.ends_with("HOSTNAME      OS VERSION   ARCH     AGENT   UPTIME   LABELS"),
+            "{header}"
+        );
+        assert!(text.contains("web-1.local"), "{text}");
+        assert!(text.contains("2h 10m"), "{text}");
+        assert!(text.contains("a=b,env=prod"), "{text}");
+    }
+
+    #[test]
+    fn csv_has_header_and_quotes_labels() {
+        let text = render_csv(&[agent("a-1", "web-1", AgentStatus::Online, 988)]);
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .expect("header")
+                .starts_with("agent_id,name,status,")
+        );
+        let row = lines.next().expect("row");
+        assert!(
+            row.starts_with("a-1,web-1,online,reconnected,1970-01-01T00:16:28Z,"),
+            "{row}"
+        );
+        assert!(row.ends_with(",7.25,1,4,\"a=b,env=prod\""), "{row}");
+    }
+
+    #[test]
+    fn detail_view() {
+        let detail = AgentDetailView {
+            agent: agent("a-1", "web-1", AgentStatus::Online, 988),
+            recent_transitions: vec![TransitionView {
+                time: Some(at(700)),
+                from_status: AgentStatus::Offline,
+                to_status: AgentStatus::Online,
+                reason: StatusReason::Reconnected,
+            }],
+        };
+        let text = render_detail(&detail, at(1_000));
+        assert!(
+            text.contains("Status:         online (reconnected, since 12s ago)"),
+            "{text}"
+        );
+        assert!(text.contains("Session:        not connected"), "{text}");
+        assert!(text.contains("  env=prod\n"), "{text}");
+        assert!(text.contains("Latest metrics (seq 1, 12s ago):"), "{text}");
+        assert!(
+            text.contains("5m ago   offline   online   reconnected"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn event_lines() {
+        let event = WatchEventView {
+            kind: EventKind::StatusChanged,
+            time: Some(at(1_000)),
+            revision: 5,
+            previous_status: Some(AgentStatus::Online),
+            agent: Some(agent("a-1", "web-1", AgentStatus::Stale, 985)),
+        };
+        assert_eq!(
+            render_event(&event, at(1_000)),
+            "1970-01-01T00:16:40Z  status_changed   a-1  web-1  online -> stale (reconnected)\n"
+        );
+    }
+
+    #[test]
+    fn selectors_are_normalised() {
+        assert_eq!(
+            normalize_selector(Some(" env = prod ")).expect("ok"),
+            "env=prod"
+        );
+        assert_eq!(normalize_selector(None).expect("ok"), "");
+        assert!(normalize_selector(Some("=x")).is_err());
+    }
+}

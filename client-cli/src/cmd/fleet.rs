@@ -1,0 +1,330 @@
+//! `metrics`, `summary` and `config`: read-only views of one agent's history and of the fleet.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use tether_proto as pb;
+
+use crate::cli::{MetricsArgs, ObjectFormat, ObjectOutput, SeriesFormat};
+use crate::client::{Connection, unary};
+use crate::config::Settings;
+use crate::format::{
+    NONE, Table, csv_record, format_bytes, format_percent, format_rate, key_values, long_duration,
+    rfc3339_opt, usage_percent,
+};
+use crate::view::{MetricsPointView, ServerConfigView, SummaryView};
+use crate::{CliError, write_json};
+
+/// `metrics ID`: points from `now - since` to now, one per `step`.
+pub(crate) async fn metrics(
+    args: MetricsArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let id = args.id.trim().to_owned();
+    if id.is_empty() {
+        return Err(CliError::Usage("the agent id must not be empty".to_owned()));
+    }
+    if args.since.is_zero() {
+        return Err(CliError::Usage(
+            "--since must be longer than zero".to_owned(),
+        ));
+    }
+    let end = SystemTime::now();
+    let start = end
+        .checked_sub(args.since)
+        .ok_or_else(|| CliError::Usage("--since reaches too far back".to_owned()))?;
+    let step = prost_types::Duration::try_from(args.step)
+        .map_err(|_| CliError::Usage("--step is too long".to_owned()))?;
+    let request = pb::GetMetricsRequest {
+        agent_id: id.clone(),
+        start: Some(start.into()),
+        end: Some(end.into()),
+        step: Some(step),
+    };
+    let conn = Connection::connect(settings).await?;
+    let points: Vec<MetricsPointView> = conn
+        .fleet()
+        .get_metrics(unary(request))
+        .await
+        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?
+        .into_inner()
+        .points
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    match args.output {
+        SeriesFormat::Table if points.is_empty() => writeln!(
+            out,
+            "No metrics for agent {id} in the last {}.",
+            long_duration(args.since)
+        )?,
+        SeriesFormat::Table => out.write_all(render_points_table(&points).as_bytes())?,
+        SeriesFormat::Json => write_json(out, &points)?,
+        SeriesFormat::Csv => out.write_all(render_points_csv(&points).as_bytes())?,
+    }
+    Ok(())
+}
+
+/// `summary`: counts by status, health and OS.
+pub(crate) async fn summary(
+    args: ObjectOutput,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let conn = Connection::connect(settings).await?;
+    let summary: SummaryView = conn
+        .fleet()
+        .get_fleet_summary(unary(pb::GetFleetSummaryRequest {}))
+        .await
+        .map_err(|status| conn.error(&status, None))?
+        .into_inner()
+        .into();
+    match args.output {
+        ObjectFormat::Table => out.write_all(render_summary(&summary).as_bytes())?,
+        ObjectFormat::Json => write_json(out, &summary)?,
+    }
+    Ok(())
+}
+
+/// `config`: what the server has in force.
+pub(crate) async fn config(
+    args: ObjectOutput,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let conn = Connection::connect(settings).await?;
+    let config: ServerConfigView = conn
+        .fleet()
+        .get_server_config(unary(pb::GetServerConfigRequest {}))
+        .await
+        .map_err(|status| conn.error(&status, None))?
+        .into_inner()
+        .into();
+    match args.output {
+        ObjectFormat::Table => out.write_all(render_config(&config).as_bytes())?,
+        ObjectFormat::Json => write_json(out, &config)?,
+    }
+    Ok(())
+}
+
+/// Renders metric points as a table.
+pub(crate) fn render_points_table(points: &[MetricsPointView]) -> String {
+    let mut table = Table::new([
+        "TIME", "SAMPLES", "CPU", "LOAD1", "MEM", "MEM%", "SWAP", "DISK", "DISK%", "RX/S", "TX/S",
+        "PROCS",
+    ]);
+    for idx in 1..12 {
+        table = table.align_right(idx);
+    }
+    for p in points {
+        table.push([
+            rfc3339_opt(p.time),
+            p.sample_count.to_string(),
+            format_percent(p.cpu_percent),
+            format!("{:.2}", p.load_1),
+            format_bytes(p.memory_used_bytes),
+            usage_percent(p.memory_used_bytes, p.memory_total_bytes),
+            format_bytes(p.swap_used_bytes),
+            format_bytes(p.disk_used_bytes),
+            usage_percent(p.disk_used_bytes, p.disk_total_bytes),
+            format_rate(p.network_rx_bytes_per_second),
+            format_rate(p.network_tx_bytes_per_second),
+            p.process_count.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// Renders metric points as CSV with raw numbers.
+pub(crate) fn render_points_csv(points: &[MetricsPointView]) -> String {
+    let mut text = csv_record([
+        "time",
+        "sample_count",
+        "cpu_percent",
+        "load_1",
+        "load_5",
+        "load_15",
+        "memory_used_bytes",
+        "memory_total_bytes",
+        "swap_used_bytes",
+        "swap_total_bytes",
+        "disk_used_bytes",
+        "disk_total_bytes",
+        "network_rx_bytes_per_second",
+        "network_tx_bytes_per_second",
+        "process_count",
+    ]);
+    for p in points {
+        text.push_str(&csv_record([
+            p.time
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_default(),
+            p.sample_count.to_string(),
+            p.cpu_percent.to_string(),
+            p.load_1.to_string(),
+            p.load_5.to_string(),
+            p.load_15.to_string(),
+            p.memory_used_bytes.to_string(),
+            p.memory_total_bytes.to_string(),
+            p.swap_used_bytes.to_string(),
+            p.swap_total_bytes.to_string(),
+            p.disk_used_bytes.to_string(),
+            p.disk_total_bytes.to_string(),
+            p.network_rx_bytes_per_second.to_string(),
+            p.network_tx_bytes_per_second.to_string(),
+            p.process_count.to_string(),
+        ]));
+    }
+    text
+}
+
+/// Renders the fleet summary for a person.
+pub(crate) fn render_summary(s: &SummaryView) -> String {
+    let mut text = String::from("Agents:\n");
+    text.push_str(&key_values(
+        2,
+        &[
+            ("Total", format!("{} (not expired)", s.total)),
+            ("Online", s.online.to_string()),
+            ("Stale", s.stale.to_string()),
+            ("Offline", s.offline.to_string()),
+            ("Expired", s.expired.to_string()),
+        ],
+    ));
+    text.push_str("\nHealth:\n");
+    text.push_str(&key_values(
+        2,
+        &[
+            ("OK", s.health.ok.to_string()),
+            ("Warning", s.health.warning.to_string()),
+            ("Critical", s.health.critical.to_string()),
+            ("Unknown", s.health.unknown.to_string()),
+        ],
+    ));
+    text.push_str("\nBy OS:\n");
+    if s.by_os.is_empty() {
+        text.push_str("  (none)\n");
+    } else {
+        let mut table = Table::new(["OS", "AGENTS"]).align_right(1);
+        let mut by_count: Vec<_> = s.by_os.iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (os, n) in by_count {
+            let os = if os.is_empty() { "(unknown)" } else { os };
+            table.push([os.to_owned(), n.to_string()]);
+        }
+        for line in table.render().lines() {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    text
+}
+
+/// Renders the server's configuration for a person.
+pub(crate) fn render_config(c: &ServerConfigView) -> String {
+    let dur = |d: Option<Duration>| d.map_or_else(|| NONE.to_owned(), long_duration);
+    let thresholds = c.health_thresholds.as_ref().map_or_else(
+        || NONE.to_owned(),
+        |t| {
+            format!(
+                "cpu {:.0}%/{:.0}%, memory {:.0}%/{:.0}%, disk {:.0}%/{:.0}% (warning/critical)",
+                t.cpu_warning_percent,
+                t.cpu_critical_percent,
+                t.memory_warning_percent,
+                t.memory_critical_percent,
+                t.disk_warning_percent,
+                t.disk_critical_percent
+            )
+        },
+    );
+    let features = if c.features.is_empty() {
+        NONE.to_owned()
+    } else {
+        c.features.join(", ")
+    };
+    key_values(
+        0,
+        &[
+            ("Server version", c.server_version.clone()),
+            ("Heartbeat interval", dur(c.heartbeat_interval_seconds)),
+            ("Metrics interval", dur(c.metrics_interval_seconds)),
+            ("Stale after", dur(c.stale_after_seconds)),
+            ("Offline after", dur(c.offline_after_seconds)),
+            ("Fleet TTL", dur(c.fleet_ttl_seconds)),
+            ("Metrics retention", dur(c.metrics_retention_seconds)),
+            ("Health thresholds", thresholds),
+            ("Max message size", format_bytes(c.max_message_bytes)),
+            (
+                "Label limits",
+                format!(
+                    "{} labels, key ≤ {} B, value ≤ {} B",
+                    c.max_labels, c.max_label_key_bytes, c.max_label_value_bytes
+                ),
+            ),
+            ("Features", features),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::HealthCounts;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn summary_sorts_os_by_count() {
+        let s = SummaryView {
+            total: 3,
+            online: 2,
+            stale: 0,
+            offline: 1,
+            expired: 4,
+            by_os: BTreeMap::from([("linux".into(), 1), ("windows".into(), 2)]),
+            health: HealthCounts {
+                ok: 1,
+                warning: 1,
+                critical: 0,
+                unknown: 1,
+            },
+        };
+        let text = render_summary(&s);
+        assert!(text.contains("  Total:    3 (not expired)\n"), "{text}");
+        let windows = text.find("windows").expect("windows");
+        let linux = text.find("linux").expect("linux");
+        assert!(windows < linux, "{text}");
+    }
+
+    #[test]
+    fn points_table_and_csv() {
+        let p = MetricsPointView {
+            time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(60)),
+            sample_count: 6,
+            cpu_percent: 12.5,
+            load_1: 0.5,
+            load_5: 0.4,
+            load_15: 0.3,
+            memory_used_bytes: 1024,
+            memory_total_bytes: 4096,
+            swap_used_bytes: 0,
+            swap_total_bytes: 0,
+            disk_used_bytes: 0,
+            disk_total_bytes: 0,
+            network_rx_bytes_per_second: 2048.0,
+            network_tx_bytes_per_second: 0.0,
+            process_count: 100,
+        };
+        let table = render_points_table(std::slice::from_ref(&p));
+        let row = table.lines().nth(1).expect("row");
+        assert!(
+            row.starts_with("1970-01-01T00:01:00Z         6   12.5%"),
+            "{row}"
+        );
+        assert!(row.contains("2.0 KiB/s"), "{row}");
+        let csv = render_points_csv(&[p]);
+        assert_eq!(
+            csv.lines().nth(1),
+            Some("1970-01-01T00:01:00Z,6,12.5,0.5,0.4,0.3,1024,4096,0,0,0,0,2048,0,100")
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The CLI's error type and the one place where gRPC statuses become messages a person reads.
+//!
+//! Every RPC failure goes through [`CliError::from_status`], so "which code means what" is decided
+//! here and nowhere else. Messages are lowercase without a trailing period; `main` prints them as
+//! `error: {err}` on stderr and exits with [`CliError::exit_code`].
+
+use std::path::PathBuf;
+
+/// Everything that can make a `tetherctl` invocation fail.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A local argument was malformed (a label selector, a `k=v` flag, a duration, a URL).
+    #[error("{0}")]
+    Usage(String),
+
+    /// No token was found in any of the places a token can come from.
+    #[error(
+        "no API token given: pass --token TOKEN, set TETHER_TOKEN, or put `token = \"...\"` in the \
+         config file ({})",
+        config_path.as_ref().map_or_else(|| "~/.config/tether/config.toml".to_owned(), |p| p.display().to_string())
+    )]
+    MissingToken {
+        /// The config file that was (or would have been) consulted.
+        config_path: Option<PathBuf>,
+    },
+
+    /// The config file exists but could not be read or parsed.
+    #[error("config file {}: {message}", path.display())]
+    Config {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// No connection could be made to the server, or it went away.
+    #[error("cannot reach Tether server at {server}: {reason}")]
+    Unreachable {
+        /// The server URL that was tried.
+        server: String,
+        /// The underlying cause, e.g. "connection refused".
+        reason: String,
+    },
+
+    /// The server did not answer before the request deadline.
+    #[error("the Tether server at {server} did not answer in time: {message}")]
+    Timeout {
+        /// The server URL that was tried.
+        server: String,
+        /// The status message.
+        message: String,
+    },
+
+    /// `UNAUTHENTICATED`: the token is missing, unknown, expired or revoked.
+    #[error("the server rejected the token: {0}")]
+    Unauthenticated(String),
+
+    /// `PERMISSION_DENIED`: the token is valid but its role does not allow the call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
+    /// `NOT_FOUND`: the named object does not exist (or belongs to another org). The message
+    /// reads "agent a-123 not found" when the caller named the object.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// `INVALID_ARGUMENT` / `FAILED_PRECONDITION` / `OUT_OF_RANGE`: the server refused the
+    /// request's content; its message says why.
+    #[error("the server refused the request: {0}")]
+    InvalidArgument(String),
+
+    /// `RESOURCE_EXHAUSTED`: a rate limit or quota was hit.
+    #[error("the server's limits were exceeded: {0}")]
+    ResourceExhausted(String),
+
+    /// Any other gRPC status.
+    #[error("server error ({code}): {message}")]
+    Server {
+        /// The gRPC status code, as tonic names it.
+        code: String,
+        /// The status message.
+        message: String,
+    },
+
+    /// Writing the output failed (for example a closed pipe).
+    #[error("failed to write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Process exit code for errors in local arguments or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Process exit code for every other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+// === impl CliError ===
+
+impl CliError {
+    /// Maps a gRPC status from `server` to an error a person understands.
+    ///
+    /// `what` names the object the call was about (e.g. "agent a-123") and is used for
+    /// `NOT_FOUND`; without it the server's message is shown.
+    pub fn from_status(status: &tonic::Status, server: &str, what: Option<&str>) -> Self {
+        use tonic::Code;
+        let message = status_message(status);
+        match status.code() {
+            Code::Unauthenticated => Self::Unauthenticated(message),
+            Code::PermissionDenied => Self::PermissionDenied(message),
+            Code::NotFound => Self::NotFound(match what {
+                Some(what) => format!("{what} not found"),
+                None => format!("not found: {message}"),
+            }),
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+                Self::InvalidArgument(message)
+            }
+            Code::ResourceExhausted => Self::ResourceExhausted(message),
+            Code::Unavailable => Self::Unreachable {
+                server: server.to_owned(),
+                reason: root_cause(status).unwrap_or(message),
+            },
+            Code::DeadlineExceeded => Self::Timeout {
+                server: server.to_owned(),
+                message,
+            },
+            code => Self::Server {
+                code: format!("{code:?}"),
+                message,
+            },
+        }
+    }
+
+    /// Maps a failure to establish the connection to [`CliError::Unreachable`].
+    pub fn from_transport(err: &tonic::transport::Error, server: &str) -> Self {
+        Self::Unreachable {
+            server: server.to_owned(),
+            reason: root_cause(err).unwrap_or_else(|| err.to_string()),
+        }
+    }
+
+    /// The process exit code for this error: [`EXIT_USAGE`] for local argument and
+    /// configuration problems, [`EXIT_FAILURE`] otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) | Self::MissingToken { .. } | Self::Config { .. } => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
+}
+
+/// The status message, or a description of the code when the server sent none.
+fn status_message(status: &tonic::Status) -> String {
+    let message = status.message().trim();
+    if message.is_empty() {
+        status.code().description().to_owned()
+    } else {
+        message.to_owned()
+    }
+}
+
+/// The innermost cause of `err`, described as briefly as possible: an I/O error becomes its
+/// kind ("connection refused"), anything else its own message. `None` if `err` has no source.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = err.source();
+    let mut last = None;
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(describe_io(io));
+        }
+        last = Some(cause);
+        source = cause.source();
+    }
+    last.map(ToString::to_string)
+}
+
+fn describe_io(err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::ConnectionRefused
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::TimedOut
+        | ErrorKind::NotConnected
+        | ErrorKind::AddrNotAvailable => err.kind().to_string(),
+        _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    const SERVER: &str = "http://127.0.0.1:7600";
+
+    fn map(code: Code, message: &str, what: Option<&str>) -> String {
+        CliError::from_status(&Status::new(code, message), SERVER, what).to_string()
+    }
+
+    #[test]
+    fn unauthenticated_names_the_token() {
+        assert_eq!(
+            map(Code::Unauthenticated, "token revoked", None),
+            "the server rejected the token: token revoked"
+        );
+    }
+
+    #[test]
+    fn permission_denied_shows_reason() {
+        assert_eq!(
+            map(Code::PermissionDenied, "requires role admin", None),
+            "permission denied: requires role admin"
+        );
+    }
+
+    #[test]
+    fn not_found_names_the_object() {
+        assert_eq!(
+            map(Code::NotFound, "no such agent", Some("agent a-1")),
+            "agent a-1 not found"
+        );
+        assert_eq!(
+            map(Code::NotFound, "no such token", None),
+            "not found: no such token"
+        );
+    }
+
+    #[test]
+    fn invalid_argument_shows_server_message() {
+        assert_eq!(
+            map(Code::InvalidArgument, "bad label selector `=x`", None),
+            "the server refused the request: bad label selector `=x`"
+        );
+    }
+
+    #[test]
+    fn unavailable_is_unreachable() {
+        let err = CliError::from_status(&Status::unavailable("tcp connect error"), SERVER, None);
+        assert!(matches!(err, CliError::Unreachable { .. }));
+        assert_eq!(
+            err.to_string(),
+            "cannot reach Tether server at http://127.0.0.1:7600: tcp connect error"
+        );
+    }
+
+    #[test]
+    fn empty_message_falls_back_to_code_description() {
+        let text = map(Code::Internal, "", None);
+        assert!(text.starts_with("server error (Internal): "), "{text}");
+        assert!(text.len() > "server error (Internal): ".len(), "{text}");
+    }
+
+    #[test]
+    fn io_causes_are_described_by_kind() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe_io(&io), "connection refused");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(CliError::Usage("x".into()).exit_code(), EXIT_USAGE);
+        assert_eq!(
+            CliError::MissingToken { config_path: None }.exit_code(),
+            EXIT_USAGE
+        );
+        assert_eq!(
+            CliError::Unauthenticated("x".into()).exit_code(),
+            EXIT_FAILURE
+        );
+    }
+
+    #[test]
+    fn missing_token_names_all_three_ways() {
+        let text = CliError::MissingToken {
+            config_path: Some(PathBuf::from("/etc/t.toml")),
+        }
+        .to_string();
+        assert!(text.contains("--token"), "{text}");
+        assert!(text.contains("TETHER_TOKEN"), "{text}");
+        assert!(text.contains("/etc/t.toml"), "{text}");
+    }
+}

@@ -1,0 +1,372 @@
+//! Text formatting for people and for spreadsheets: relative times, byte sizes, aligned tables
+//! and CSV.
+//!
+//! Everything here is a pure function of its inputs (the current time is a parameter), so the
+//! exact output is unit-tested.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+/// Spaces between table columns (kubectl's habit).
+const COLUMN_GAP: usize = 3;
+
+/// Placeholder for a value that is absent.
+pub const NONE: &str = "-";
+
+/// Describes `then` relative to `now`: "12s ago", "3m ago", "2h ago", "5d ago"; a time in the
+/// future (clock skew) reads "in 4s".
+pub fn relative_time(now: SystemTime, then: SystemTime) -> String {
+    match now.duration_since(then) {
+        Ok(ago) => format!("{} ago", short_duration(ago)),
+        Err(err) => format!("in {}", short_duration(err.duration())),
+    }
+}
+
+/// [`relative_time`] for an optional time; absent times read "never".
+pub fn relative_time_opt(now: SystemTime, then: Option<SystemTime>) -> String {
+    then.map_or_else(|| "never".to_owned(), |then| relative_time(now, then))
+}
+
+/// A duration in its largest whole unit: "12s", "3m", "2h", "5d".
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}m", secs / 60),
+        3_600..86_400 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// A duration in up to two units, for uptimes and intervals: "45s", "5m 3s", "2h 10m", "3d 4h".
+pub fn long_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) if s == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) if m == 0 => format!("{h}h"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ if h == 0 => format!("{d}d"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// A byte count with binary units and one decimal: "512 B", "1.5 KiB", "3.2 GiB".
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[allow(clippy::cast_precision_loss, reason = "one decimal is shown")]
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A byte rate: "1.5 KiB/s".
+pub fn format_rate(bytes_per_second: f64) -> String {
+    if !bytes_per_second.is_finite() || bytes_per_second <= 0.0 {
+        return "0 B/s".to_owned();
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "positive and finite, checked above; sub-byte precision is not shown"
+    )]
+    let bytes = bytes_per_second.round() as u64;
+    format!("{}/s", format_bytes(bytes))
+}
+
+/// A percentage with one decimal: "12.5%".
+pub fn format_percent(percent: f64) -> String {
+    format!("{percent:.1}%")
+}
+
+/// `used` as a whole percentage of `total`: "43%", or [`NONE`] when `total` is zero.
+pub fn usage_percent(used: u64, total: u64) -> String {
+    if total == 0 {
+        return NONE.to_owned();
+    }
+    #[allow(clippy::cast_precision_loss, reason = "a rounded percentage is shown")]
+    let percent = used as f64 * 100.0 / total as f64;
+    format!("{percent:.0}%")
+}
+
+/// An RFC 3339 UTC timestamp with whole seconds, or [`NONE`].
+pub fn rfc3339_opt(time: Option<SystemTime>) -> String {
+    time.map_or_else(
+        || NONE.to_owned(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
+}
+
+/// How a table column is aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Text columns.
+    Left,
+    /// Numeric columns.
+    Right,
+}
+
+/// An aligned text table: a header row and data rows, columns separated by three spaces, no
+/// trailing whitespace.
+#[derive(Debug, Clone)]
+pub struct Table {
+    headers: Vec<String>,
+    aligns: Vec<Align>,
+    rows: Vec<Vec<String>>,
+}
+
+// === impl Table ===
+
+impl Table {
+    /// A table with these column headers, all left-aligned.
+    pub fn new<I, S>(headers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let headers: Vec<String> = headers.into_iter().map(Into::into).collect();
+        let aligns = vec![Align::Left; headers.len()];
+        Self {
+            headers,
+            aligns,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Right-aligns the column at `idx` (for numbers).
+    #[must_use]
+    pub fn align_right(mut self, idx: usize) -> Self {
+        if let Some(align) = self.aligns.get_mut(idx) {
+            *align = Align::Right;
+        }
+        self
+    }
+
+    /// Appends a row. Missing cells are blank; extra cells are ignored.
+    pub fn push<I, S>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut row: Vec<String> = cells.into_iter().map(Into::into).collect();
+        row.resize(self.headers.len(), String::new());
+        self.rows.push(row);
+    }
+
+    /// Whether the table has no data rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Renders the table, one line per row, each ending in a newline.
+    pub fn render(&self) -> String {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|col| {
+                std::iter::once(&self.headers)
+                    .chain(&self.rows)
+                    .map(|row| display_width(&row[col]))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut text = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (col, cell) in row.iter().enumerate() {
+                if col > 0 {
+                    line.push_str(&" ".repeat(COLUMN_GAP));
+                }
+                let pad = widths[col] - display_width(cell);
+                match self.aligns[col] {
+                    Align::Left => {
+                        line.push_str(cell);
+                        line.push_str(&" ".repeat(pad));
+                    }
+                    Align::Right => {
+                        line.push_str(&" ".repeat(pad));
+                        line.push_str(cell);
+                    }
+                }
+            }
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Writes [`Table::render`] to `out`.
+    ///
+    /// # Errors
+    ///
+    /// Fails if writing to `out` fails.
+    pub fn write(&self, out: &mut (dyn Write + Send)) -> std::io::Result<()> {
+        out.write_all(self.render().as_bytes())
+    }
+}
+
+/// Width of a cell on a terminal, counting characters (good enough without a width table).
+fn display_width(text: &str) -> usize {
+    text.chars().count()
+}
+
+/// Renders `pairs` as aligned "Key:  value" lines, each indented by `indent` spaces.
+pub fn key_values(indent: usize, pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut text = String::new();
+    for (key, value) in pairs {
+        let label = format!("{key}:");
+        let line = format!("{:indent$}{label:<w$}{value}", "", w = width + 3);
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Quotes one CSV field per RFC 4180: fields containing a comma, quote, CR or LF, or with
+/// leading or trailing spaces, are wrapped in double quotes with inner quotes doubled.
+pub fn csv_field(field: &str) -> String {
+    let needs_quotes =
+        field.contains([',', '"', '\n', '\r']) || field.starts_with(' ') || field.ends_with(' ');
+    if needs_quotes {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+/// One CSV record: quoted fields joined by commas, ending in `\n`.
+pub fn csv_record<I, S>(fields: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut line = String::new();
+    for (idx, field) in fields.into_iter().enumerate() {
+        if idx > 0 {
+            line.push(',');
+        }
+        let _ = write!(line, "{}", csv_field(field.as_ref()));
+    }
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = at(1_000_000);
+        assert_eq!(relative_time(now, now), "0s ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 12)), "12s ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 59)), "59s ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 60)), "1m ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 3 * 60 - 59)), "3m ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 2 * 3_600)), "2h ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 86_399)), "23h ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 5 * 86_400)), "5d ago");
+        assert_eq!(relative_time(now, at(1_000_004)), "in 4s");
+        assert_eq!(relative_time_opt(now, None), "never");
+    }
+
+    #[test]
+    fn sub_second_rounds_down() {
+        let now = at(100);
+        assert_eq!(
+            relative_time(now, now - Duration::from_millis(999)),
+            "0s ago"
+        );
+    }
+
+    #[test]
+    fn long_durations() {
+        assert_eq!(long_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(long_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(long_duration(Duration::from_secs(303)), "5m 3s");
+        assert_eq!(long_duration(Duration::from_secs(7_800)), "2h 10m");
+        assert_eq!(long_duration(Duration::from_secs(3_600)), "1h");
+        assert_eq!(long_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(
+            long_duration(Duration::from_secs(3 * 86_400 + 4 * 3_600)),
+            "3d 4h"
+        );
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(1024), "1.0 KiB");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(3_435_973_837), "3.2 GiB");
+        assert_eq!(format_bytes(5 * 1024 * 1024 * 1024 * 1024), "5.0 TiB");
+        assert_eq!(format_bytes(u64::MAX), "16.0 EiB");
+        assert_eq!(format_rate(1536.0), "1.5 KiB/s");
+        assert_eq!(format_rate(f64::NAN), "0 B/s");
+    }
+
+    #[test]
+    fn percents() {
+        assert_eq!(format_percent(12.345), "12.3%");
+        assert_eq!(usage_percent(1, 4), "25%");
+        assert_eq!(usage_percent(1, 0), "-");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut table = Table::new(["ID", "NAME", "CPU"]).align_right(2);
+        table.push(["a-1", "web-1", "3.0%"]);
+        table.push(["a-22", "db", "45.5%"]);
+        assert_eq!(
+            table.render(),
+            "ID     NAME      CPU\n\
+             a-1    web-1    3.0%\n\
+             a-22   db      45.5%\n"
+        );
+    }
+
+    #[test]
+    fn table_has_no_trailing_whitespace_and_pads_missing_cells() {
+        let mut table = Table::new(["A", "LONG HEADER"]);
+        table.push(["x"]);
+        table.push(["héllo", "y"]);
+        let text = table.render();
+        assert_eq!(text, "A       LONG HEADER\nx\nhéllo   y\n");
+        assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+
+    #[test]
+    fn key_value_block() {
+        let text = key_values(2, &[("ID", "a-1".into()), ("Last seen", "3s ago".into())]);
+        assert_eq!(text, "  ID:         a-1\n  Last seen:  3s ago\n");
+    }
+
+    #[test]
+    fn csv_quoting() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field(""), "");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field(" padded"), "\" padded\"");
+        assert_eq!(
+            csv_record(["id", "env=prod,tier=web", "x"]),
+            "id,\"env=prod,tier=web\",x\n"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! The RPC edge: conversions between wire types (`pb`) and domain types, with the validation
+//! that inbound data needs before it may reach the registry or the store.
+//!
+//! Inbound conversions destructure their message exhaustively, so a field added to the proto
+//! fails to compile here until it is handled.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tether_proto as pb;
+
+use crate::config::Limits;
+use crate::domain::{
+    AgentStatus, DiskUsage, Health, Labels, Sample, StatusReason, SystemInfo, Transition,
+};
+use crate::error::ServerError;
+use crate::registry::AgentView;
+
+/// Longest accepted text field of `SystemInfo` and disk mount points.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Most disks accepted in one sample.
+pub const MAX_DISKS_PER_SAMPLE: usize = 256;
+
+pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+pub fn opt_timestamp(time: Option<SystemTime>) -> Option<prost_types::Timestamp> {
+    time.map(timestamp)
+}
+
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a timestamp out of range (e.g. nanos outside 0..1e9).
+pub fn time_from_pb(ts: prost_types::Timestamp, field: &str) -> Result<SystemTime, ServerError> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(ServerError::invalid(format!("{field}: invalid timestamp")));
+    }
+    SystemTime::try_from(ts)
+        .map_err(|_| ServerError::invalid(format!("{field}: invalid timestamp")))
+}
+
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a negative or malformed duration.
+pub fn duration_from_pb(d: prost_types::Duration, field: &str) -> Result<Duration, ServerError> {
+    Duration::try_from(d)
+        .map_err(|_| ServerError::invalid(format!("{field}: invalid or negative duration")))
+}
+
+// === labels ===
+
+/// A label key: 1–253 characters, starting and ending with an ASCII letter or digit, with
+/// `-`, `_`, `.` and `/` allowed inside.
+pub fn is_valid_label_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
+/// A label value: empty, or ASCII letters, digits and `-_./:@`.
+pub fn is_valid_label_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':' | b'@'))
+}
+
+/// Validates labels against the charset and the configured limits.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` naming the offending label.
+pub fn labels_from_pb(
+    labels: HashMap<String, String>,
+    limits: &Limits,
+) -> Result<Labels, ServerError> {
+    if labels.len() > limits.max_labels {
+        return Err(ServerError::invalid(format!(
+            "{} labels given; at most {} are allowed",
+            labels.len(),
+            limits.max_labels
+        )));
+    }
+    let mut out = Labels::new();
+    for (key, value) in labels {
+        if key.len() > limits.max_label_key_bytes || !is_valid_label_key(&key) {
+            return Err(ServerError::invalid(format!(
+                "invalid label key {:?}: 1-{} characters of letters, digits, '-', '_', '.', '/', \
+                 starting and ending with a letter or digit",
+                truncate(&key),
+                limits.max_label_key_bytes
+            )));
+        }
+        if value.len() > limits.max_label_value_bytes || !is_valid_label_value(&value) {
+            return Err(ServerError::invalid(format!(
+                "invalid value for label {key:?}: at most {} characters of letters, digits and \
+                 '-_./:@'",
+                limits.max_label_value_bytes
+            )));
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn text(value: String, field: &str) -> Result<String, ServerError> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(ServerError::invalid(format!(
+            "{field} is {} bytes long; at most {MAX_TEXT_BYTES} are allowed",
+            value.len()
+        )));
+    }
+    Ok(value)
+}
+
+// === system info ===
+
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for oversized text fields or a bad boot time.
+pub fn system_info_from_pb(info: pb::SystemInfo) -> Result<SystemInfo, ServerError> {
+    let pb::SystemInfo {
+        hostname,
+        os_name,
+        os_version,
+        kernel_version,
+        architecture,
+        cpu_model,
+        logical_cores,
+        total_memory_bytes,
+        hardware_id,
+        boot_time,
+        agent_version,
+    } = info;
+    Ok(SystemInfo {
+        hostname: text(hostname, "system_info.hostname")?,
+        os_name: text(os_name, "system_info.os_name")?,
+        os_version: text(os_version, "system_info.os_version")?,
+        kernel_version: text(kernel_version, "system_info.kernel_version")?,
+        architecture: text(architecture, "system_info.architecture")?,
+        cpu_model: text(cpu_model, "system_info.cpu_model")?,
+        logical_cores,
+        total_memory_bytes,
+        hardware_id: text(hardware_id, "system_info.hardware_id")?,
+        boot_time: boot_time
+            .map(|t| time_from_pb(t, "system_info.boot_time"))
+            .transpose()?,
+        agent_version: text(agent_version, "system_info.agent_version")?,
+    })
+}
+
+pub fn system_info_to_pb(info: &SystemInfo) -> pb::SystemInfo {
+    pb::SystemInfo {
+        hostname: info.hostname.clone(),
+        os_name: info.os_name.clone(),
+        os_version: info.os_version.clone(),
+        kernel_version: info.kernel_version.clone(),
+        architecture: info.architecture.clone(),
+        cpu_model: info.cpu_model.clone(),
+        logical_cores: info.logical_cores,
+        total_memory_bytes: info.total_memory_bytes,
+        hardware_id: info.hardware_id.clone(),
+        boot_time: opt_timestamp(info.boot_time),
+        agent_version: info.agent_version.clone(),
+    }
+}
+
+// === samples ===
+
+fn gauge(value: f64, field: &str) -> Result<f64, ServerError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(ServerError::invalid(format!(
+            "{field} must be a finite, non-negative number"
+        )))
+    }
+}
+
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a zero seq, a missing time, non-finite or negative gauges, or
+/// oversized disk lists.
+pub fn sample_from_pb(sample: pb::MetricsSample) -> Result<Sample, ServerError> {
+    let pb::MetricsSample {
+        seq,
+        time,
+        cpu_percent,
+        load_1,
+        load_5,
+        load_15,
+        memory_used_bytes,
+        memory_total_bytes,
+        swap_used_bytes,
+        swap_total_bytes,
+        disks,
+        network_rx_bytes,
+        network_tx_bytes,
+        uptime,
+        process_count,
+    } = sample;
+    if seq == 0 {
+        return Err(ServerError::invalid("sample seq must start at 1"));
+    }
+    let time = time.ok_or_else(|| ServerError::invalid(format!("sample {seq} has no time")))?;
+    if disks.len() > MAX_DISKS_PER_SAMPLE {
+        return Err(ServerError::invalid(format!(
+            "sample {seq} lists {} disks; at most {MAX_DISKS_PER_SAMPLE} are allowed",
+            disks.len()
+        )));
+    }
+    let disks = disks
+        .into_iter()
+        .map(|d| {
+            let pb::DiskUsage {
+                mount_point,
+                used_bytes,
+                total_bytes,
+            } = d;
+            Ok(DiskUsage {
+                mount_point: text(mount_point, "disk mount point")?,
+                used_bytes,
+                total_bytes,
+            })
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    Ok(Sample {
+        seq,
+        time: time_from_pb(time, "sample time")?,
+        cpu_percent: gauge(cpu_percent, "cpu_percent")?,
+        load: [
+            gauge(load_1, "load_1")?,
+            gauge(load_5, "load_5")?,
+            gauge(load_15, "load_15")?,
+        ],
+        memory_used_bytes,
+        memory_total_bytes,
+        swap_used_bytes,
+        swap_total_bytes,
+        disks,
+        network_rx_bytes,
+        network_tx_bytes,
+        uptime: uptime
+            .map(|d| duration_from_pb(d, "uptime"))
+            .transpose()?
+            .unwrap_or_default(),
+        process_count,
+    })
+}
+
+pub fn sample_to_pb(sample: &Sample) -> pb::MetricsSample {
+    pb::MetricsSample {
+        seq: sample.seq,
+        time: Some(timestamp(sample.time)),
+        cpu_percent: sample.cpu_percent,
+        load_1: sample.load[0],
+        load_5: sample.load[1],
+        load_15: sample.load[2],
+        memory_used_bytes: sample.memory_used_bytes,
+        memory_total_bytes: sample.memory_total_bytes,
+        swap_used_bytes: sample.swap_used_bytes,
+        swap_total_bytes: sample.swap_total_bytes,
+        disks: sample
+            .disks
+            .iter()
+            .map(|d| pb::DiskUsage {
+                mount_point: d.mount_point.clone(),
+                used_bytes: d.used_bytes,
+                total_bytes: d.total_bytes,
+            })
+            .collect(),
+        network_rx_bytes: sample.network_rx_bytes,
+        network_tx_bytes: sample.network_tx_bytes,
+        uptime: Some(duration(sample.uptime)),
+        process_count: sample.process_count,
+    }
+}
+
+// === enums ===
+
+pub fn status_to_pb(status: AgentStatus) -> pb::AgentStatus {
+    match status {
+        AgentStatus::Online => pb::AgentStatus::Online,
+        AgentStatus::Stale => pb::AgentStatus::Stale,
+        AgentStatus::Offline => pb::AgentStatus::Offline,
+        AgentStatus::Expired => pb::AgentStatus::Expired,
+    }
+}
+
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for `UNSPECIFIED` or an unknown number.
+pub fn status_from_pb(value: i32) -> Result<AgentStatus, ServerError> {
+    match pb::AgentStatus::try_from(value) {
+        Ok(pb::AgentStatus::Online) => Ok(AgentStatus::Online),
+        Ok(pb::AgentStatus::Stale) => Ok(AgentStatus::Stale),
+        Ok(pb::AgentStatus::Offline) => Ok(AgentStatus::Offline),
+        Ok(pb::AgentStatus::Expired) => Ok(AgentStatus::Expired),
+        Ok(pb::AgentStatus::Unspecified) | Err(_) => Err(ServerError::invalid(format!(
+            "unknown agent status {value}"
+        ))),
+    }
+}
+
+pub fn reason_to_pb(reason: StatusReason) -> pb::StatusReason {
+    match reason {
+        StatusReason::Enrolled => pb::StatusReason::Enrolled,
+        StatusReason::Reconnected => pb::StatusReason::Reconnected,
+        StatusReason::Activity => pb::StatusReason::Activity,
+        StatusReason::Silent => pb::StatusReason::Silent,
+        StatusReason::StreamClosed => pb::StatusReason::StreamClosed,
+        StatusReason::Goodbye => pb::StatusReason::Goodbye,
+        StatusReason::Replaced => pb::StatusReason::Replaced,
+        StatusReason::ServerRestart => pb::StatusReason::ServerRestart,
+        StatusReason::Ttl => pb::StatusReason::Ttl,
+    }
+}
+
+pub fn health_to_pb(health: Health) -> pb::Health {
+    match health {
+        Health::Unknown => pb::Health::Unknown,
+        Health::Ok => pb::Health::Ok,
+        Health::Warning => pb::Health::Warning,
+        Health::Critical => pb::Health::Critical,
+    }
+}
+
+// === agents ===
+
+pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
+    let record = &view.record;
+    pb::Agent {
+        agent_id: record.id.to_string(),
+        org_id: record.org.to_string(),
+        name: record.name.clone(),
+        labels: record
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        system_info: Some(system_info_to_pb(&record.system_info)),
+        status: status_to_pb(view.status) as i32,
+        status_reason: reason_to_pb(view.reason) as i32,
+        status_since: Some(timestamp(view.since)),
+        last_seen: opt_timestamp(view.last_seen),
+        enrolled_at: Some(timestamp(record.enrolled_at)),
+        session_id: view
+            .session
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        latest_metrics: view.latest.as_ref().map(sample_to_pb),
+        health: health_to_pb(view.health) as i32,
+        duplicate_hardware_id: view.duplicate_hardware_id,
+        agent_version: record.system_info.agent_version.clone(),
+        last_durable_seq: view.last_seq,
+    }
+}
+
+pub fn transition_to_pb(t: &Transition) -> pb::StatusTransition {
+    pb::StatusTransition {
+        time: Some(timestamp(t.time)),
+        from_status: status_to_pb(t.from) as i32,
+        to_status: status_to_pb(t.to) as i32,
+        reason: reason_to_pb(t.reason) as i32,
+    }
+}
+
+/// Milliseconds since the Unix epoch, clamped at zero.
+pub fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_keys() {
+        for ok in ["env", "a", "team.io/owner", "x-y_z", "A1"] {
+            assert!(is_valid_label_key(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a b", "a=b", "a,b", "é", "!a"] {
+            assert!(!is_valid_label_key(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_limits() {
+        let limits = Limits::default();
+        let mut labels = HashMap::new();
+        labels.insert("env".to_owned(), "prod".to_owned());
+        assert!(labels_from_pb(labels.clone(), &limits).is_ok());
+        labels.insert("bad key".to_owned(), "x".to_owned());
+        assert!(labels_from_pb(labels, &limits).is_err());
+        let too_many = (0..=limits.max_labels)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(labels_from_pb(too_many, &limits).is_err());
+        let long_value =
+            HashMap::from([("k".to_owned(), "v".repeat(limits.max_label_value_bytes + 1))]);
+        assert!(labels_from_pb(long_value, &limits).is_err());
+    }
+
+    #[test]
+    fn sample_validation() {
+        let good = pb::MetricsSample {
+            seq: 1,
+            time: Some(timestamp(SystemTime::now())),
+            cpu_percent: 12.5,
+            ..Default::default()
+        };
+        let sample = sample_from_pb(good.clone()).expect("valid");
+        assert_eq!(
+            sample_from_pb(sample_to_pb(&sample)).expect("round trip"),
+            sample
+        );
+        for bad in [
+            pb::MetricsSample {
+                seq: 0,
+                ..good.clone()
+            },
+            pb::MetricsSample {
+                time: None,
+                ..good.clone()
+            },
+            pb::MetricsSample {
+                cpu_percent: f64::NAN,
+                ..good.clone()
+            },
+            pb::MetricsSample {
+                load_1: -1.0,
+                ..good.clone()
+            },
+            pb::MetricsSample {
+                disks: vec![pb::DiskUsage::default(); MAX_DISKS_PER_SAMPLE + 1],
+                ..good.clone()
+            },
+        ] {
+            assert!(sample_from_pb(bad).is_err());
+        }
+    }
+}

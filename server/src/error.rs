@@ -1,0 +1,68 @@
+//! The server's error type and its one mapping to `tonic::Status`.
+//!
+//! Handlers return `Result<_, ServerError>` and use `?`; the conversion below decides the gRPC
+//! code. Store failures are logged with their detail and answered without it.
+
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Malformed or out-of-range input.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Absent, or belonging to another org (the two are indistinguishable on purpose).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Missing or unknown credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials that do not allow this call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A configured limit was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The operation conflicts with the current state (e.g. the agent was replaced).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    Unavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug or an unexpected failure, described for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+impl ServerError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::InvalidArgument(msg.into())
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(err: ServerError) -> Self {
+        match err {
+            ServerError::InvalidArgument(m) => Status::new(Code::InvalidArgument, m),
+            ServerError::NotFound(what) => Status::new(Code::NotFound, format!("{what} not found")),
+            ServerError::Unauthenticated(m) => Status::new(Code::Unauthenticated, m),
+            ServerError::PermissionDenied(m) => Status::new(Code::PermissionDenied, m),
+            ServerError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
+            ServerError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
+            ServerError::Unavailable => Status::new(Code::Unavailable, "server is shutting down"),
+            ServerError::Store(e) => {
+                tracing::error!(error = %e, "store operation failed");
+                Status::new(Code::Internal, "internal storage error")
+            }
+            ServerError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::new(Code::Internal, "internal error")
+            }
+        }
+    }
+}

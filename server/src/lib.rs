@@ -1,0 +1,19 @@
+//! The Tether server: holds one bidirectional `Connect` stream per agent, decides each agent's
+//! liveness from that stream's activity, persists what it learns through the [`store::Store`]
+//! interface, and answers the fleet query, watch and admin RPCs.
+//!
+//! The binary (`main.rs`) only parses flags into a [`config::Config`] and calls [`server::run`];
+//! tests call the same function with a listener bound to `127.0.0.1:0`.
+
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod liveness;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod store;
+pub mod writer;

@@ -1,0 +1,887 @@
+//! The in-memory view of the fleet: every agent's facts and live state, the live sessions, and
+//! the event feed watchers subscribe to.
+//!
+//! The registry is the only writer of live state. Sessions report open/activity/close, the
+//! liveness pass reports silence and expiry, the writer reports committed samples; each change is
+//! applied under one short write lock, numbered with a revision, persisted through the writer's
+//! control queue, and broadcast to watchers, all while the lock is held so that revision order,
+//! store order and event order agree. Queries take the read lock and copy out [`AgentView`]s.
+//!
+//! Nothing here awaits while holding a lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::broadcast;
+
+use crate::config::{HealthThresholds, LivenessConfig};
+use crate::domain::{
+    AgentId, AgentRecord, AgentStatus, Health, Labels, LiveRecord, OrgId, Sample, SessionId,
+    StatusReason, SystemInfo, Transition,
+};
+use crate::liveness;
+use crate::session::{CloseReason, Session};
+use crate::writer::WriterHandle;
+
+/// A copy of one agent's state, taken under the read lock.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentView {
+    pub record: AgentRecord,
+    pub status: AgentStatus,
+    pub reason: StatusReason,
+    pub since: SystemTime,
+    pub last_seen: Option<SystemTime>,
+    pub session: Option<SessionId>,
+    pub latest: Option<Sample>,
+    pub last_seq: u64,
+    pub health: Health,
+    pub duplicate_hardware_id: bool,
+}
+
+/// What happened to an agent, as sent to watchers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Registered,
+    StatusChanged { previous: AgentStatus },
+    MetricsUpdated,
+    LabelsChanged,
+    Removed,
+}
+
+/// One change, numbered by `revision` (server-wide, increasing).
+#[derive(Clone, Debug)]
+pub struct FleetEvent {
+    pub revision: u64,
+    pub org: OrgId,
+    pub kind: EventKind,
+    pub time: SystemTime,
+    pub agent: AgentView,
+}
+
+/// Filters of `ListAgents` / `WatchAgents`.
+#[derive(Clone, Debug, Default)]
+pub struct AgentFilter {
+    /// Empty: every status but expired (unless `include_expired`).
+    pub statuses: Vec<AgentStatus>,
+    pub include_expired: bool,
+    pub selector: crate::registry::Selector,
+    /// Lowercase OS name to match exactly.
+    pub os: Option<String>,
+    /// Lowercase substring of name or hostname.
+    pub query: Option<String>,
+}
+
+/// A parsed label selector: every requirement must hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selector {
+    pub requirements: Vec<Requirement>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    NotExists(String),
+}
+
+/// Counts for `GetFleetSummary`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub online: u32,
+    pub stale: u32,
+    pub offline: u32,
+    pub expired: u32,
+    pub by_os: BTreeMap<String, u32>,
+    pub health: BTreeMap<Health, u32>,
+}
+
+/// Outcome of [`Registry::enroll_target`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum EnrollTarget {
+    /// A known, disconnected agent with the same hardware id: reuse its id.
+    Existing(AgentId),
+    /// A new agent. `duplicates` are live agents already using the same hardware id.
+    New { duplicates: Vec<AgentId> },
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub agents: Vec<AgentView>,
+    /// Set when more agents match after the last one returned.
+    pub next_after: Option<AgentId>,
+    pub total: usize,
+}
+
+pub struct Registry {
+    inner: RwLock<Inner>,
+    events: broadcast::Sender<Arc<FleetEvent>>,
+    /// Watchers that asked for metrics events; none means metrics events are not built at all.
+    metrics_watchers: AtomicUsize,
+    writer: WriterHandle,
+    liveness: LivenessConfig,
+    health: HealthThresholds,
+}
+
+struct Inner {
+    orgs: HashMap<OrgId, BTreeMap<AgentId, Entry>>,
+    revision: u64,
+}
+
+struct Entry {
+    record: AgentRecord,
+    /// Lowercased name and hostname, for `query` filters without allocating per match.
+    search_text: String,
+    status: AgentStatus,
+    reason: StatusReason,
+    since: SystemTime,
+    last_seen: Option<SystemTime>,
+    session: Option<Arc<Session>>,
+    /// Wall-clock time of the session's start, to turn its monotonic activity into `last_seen`.
+    session_started: Option<(Instant, SystemTime)>,
+    latest: Option<Sample>,
+    last_seq: u64,
+    duplicate_hardware_id: bool,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// Builds the registry from the stored agents. Agents stored as online or stale were cut off
+    /// by the restart: they start offline (reason `server_restart`, last seen preserved), and the
+    /// transition is persisted.
+    pub fn new(
+        stored: Vec<(AgentRecord, Option<LiveRecord>)>,
+        writer: WriterHandle,
+        liveness: LivenessConfig,
+        health: HealthThresholds,
+        watch_buffer: usize,
+    ) -> Self {
+        let (events, _) = broadcast::channel(watch_buffer);
+        let now = SystemTime::now();
+        let mut orgs: HashMap<OrgId, BTreeMap<AgentId, Entry>> = HashMap::new();
+        for (record, live) in stored {
+            let live = live.unwrap_or(LiveRecord {
+                status: AgentStatus::Offline,
+                reason: StatusReason::Enrolled,
+                since: record.enrolled_at,
+                last_seen: None,
+                last_seq: 0,
+            });
+            let mut entry = Entry::new(record, live.status, live.reason, live.since);
+            entry.last_seen = live.last_seen;
+            entry.last_seq = live.last_seq;
+            if matches!(live.status, AgentStatus::Online | AgentStatus::Stale) {
+                entry.status = AgentStatus::Offline;
+                entry.reason = StatusReason::ServerRestart;
+                entry.since = now;
+                writer.transition(
+                    Transition {
+                        org: entry.record.org.clone(),
+                        agent: entry.record.id.clone(),
+                        time: now,
+                        from: live.status,
+                        to: AgentStatus::Offline,
+                        reason: StatusReason::ServerRestart,
+                    },
+                    entry.last_seen,
+                );
+            }
+            orgs.entry(entry.record.org.clone())
+                .or_default()
+                .insert(entry.record.id.clone(), entry);
+        }
+        let registry = Self {
+            inner: RwLock::new(Inner { orgs, revision: 0 }),
+            events,
+            metrics_watchers: AtomicUsize::new(0),
+            writer,
+            liveness,
+            health,
+        };
+        {
+            let mut inner = registry.write();
+            for agents in inner.orgs.values_mut() {
+                mark_duplicates(agents);
+            }
+        }
+        registry
+    }
+
+    pub fn liveness_config(&self) -> &LivenessConfig {
+        &self.liveness
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock is a bug that already aborted its task; the data is
+        // still consistent entry by entry, so keep serving rather than poisoning every caller.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // --- enrollment ---
+
+    /// Decides which agent id an enrollment with `hardware_id` gets in `org`.
+    pub fn enroll_target(&self, org: &OrgId, hardware_id: &str) -> EnrollTarget {
+        let inner = self.read();
+        let Some(agents) = inner.orgs.get(org) else {
+            return EnrollTarget::New { duplicates: vec![] };
+        };
+        if hardware_id.is_empty() {
+            return EnrollTarget::New { duplicates: vec![] };
+        }
+        let mut live = Vec::new();
+        for entry in agents.values() {
+            if entry.record.system_info.hardware_id != hardware_id {
+                continue;
+            }
+            if entry.session.is_none() {
+                return EnrollTarget::Existing(entry.record.id.clone());
+            }
+            live.push(entry.record.id.clone());
+        }
+        EnrollTarget::New { duplicates: live }
+    }
+
+    /// Inserts or replaces an enrolled agent after its enrollment was made durable.
+    pub fn enrolled(&self, record: AgentRecord) {
+        let now = SystemTime::now();
+        let mut inner = self.write();
+        let org = record.org.clone();
+        let agents = inner.orgs.entry(org.clone()).or_default();
+        let kind = match agents.get_mut(&record.id) {
+            Some(entry) => {
+                let labels_changed = entry.record.labels != record.labels;
+                entry.set_record(record.clone());
+                labels_changed.then_some(EventKind::LabelsChanged)
+            }
+            None => {
+                let entry = Entry::new(
+                    record.clone(),
+                    AgentStatus::Offline,
+                    StatusReason::Enrolled,
+                    now,
+                );
+                agents.insert(record.id.clone(), entry);
+                Some(EventKind::Registered)
+            }
+        };
+        mark_duplicates(agents);
+        if let Some(kind) = kind {
+            self.emit(&mut inner, &org, &record.id, kind, now);
+        }
+    }
+
+    // --- sessions ---
+
+    /// Opens a session for a known agent, replacing a live one if any. Returns the session and
+    /// the highest durable seq for the Welcome, or `None` if the agent is unknown in `org`.
+    pub fn open_session(
+        &self,
+        org: &OrgId,
+        agent: &AgentId,
+        session_id: SessionId,
+        system_info: SystemInfo,
+        labels: Option<Labels>,
+    ) -> Option<(Arc<Session>, u64)> {
+        let now = SystemTime::now();
+        let mut inner = self.write();
+        let entry = inner.orgs.get_mut(org)?.get_mut(agent)?;
+        let session = Arc::new(Session::new(
+            session_id,
+            org.clone(),
+            agent.clone(),
+            entry.last_seq,
+        ));
+        session.touch();
+        let replaced = entry.session.replace(session.clone());
+        entry.session_started = Some((Instant::now(), now));
+        entry.last_seen = Some(now);
+        let last_seq = entry.last_seq;
+
+        let mut record = entry.record.clone();
+        record.system_info = system_info;
+        if let Some(labels) = labels {
+            record.labels = labels;
+        }
+        let labels_changed = record.labels != entry.record.labels;
+        let record_changed = record != entry.record;
+        if record_changed {
+            entry.set_record(record.clone());
+            self.writer.put_agent(record);
+        }
+
+        let previous = entry.status;
+        let reason = if replaced.is_some() {
+            StatusReason::Replaced
+        } else {
+            StatusReason::Reconnected
+        };
+        if let Some(old) = replaced {
+            old.close(CloseReason::Replaced);
+        }
+        if labels_changed {
+            self.emit(&mut inner, org, agent, EventKind::LabelsChanged, now);
+        }
+        if previous != AgentStatus::Online {
+            self.transition(&mut inner, org, agent, AgentStatus::Online, reason, now);
+        }
+        Some((session, last_seq))
+    }
+
+    /// A stale agent's session delivered a message again.
+    pub fn session_active(&self, session: &Session) {
+        let now = SystemTime::now();
+        let mut inner = self.write();
+        let Some(entry) = lookup(&mut inner, session) else {
+            return;
+        };
+        if entry.status == AgentStatus::Stale {
+            self.transition(
+                &mut inner,
+                &session.org,
+                &session.agent,
+                AgentStatus::Online,
+                StatusReason::Activity,
+                now,
+            );
+        }
+    }
+
+    /// A session's stream ended. Ignored if a newer session already replaced it.
+    pub fn session_closed(&self, session: &Session, reason: StatusReason) {
+        let now = SystemTime::now();
+        let mut inner = self.write();
+        let Some(entry) = lookup(&mut inner, session) else {
+            return;
+        };
+        entry.last_seen = entry.live_last_seen();
+        entry.session = None;
+        entry.session_started = None;
+        // A session ended by the server's own shutdown keeps its stored status: the next start
+        // marks it offline with reason `server_restart`, which is what happened.
+        if session.close_reason() == CloseReason::Draining {
+            return;
+        }
+        if entry.status != AgentStatus::Offline {
+            self.transition(
+                &mut inner,
+                &session.org,
+                &session.agent,
+                AgentStatus::Offline,
+                reason,
+                now,
+            );
+        }
+    }
+
+    /// Asks every live session to end with `reason` (e.g. draining at shutdown).
+    pub fn close_all_sessions(&self, reason: CloseReason) {
+        let inner = self.read();
+        for entry in inner.orgs.values().flat_map(BTreeMap::values) {
+            if let Some(session) = &entry.session {
+                session.close(reason);
+            }
+        }
+    }
+
+    /// Number of live sessions.
+    pub fn n_sessions(&self) -> usize {
+        let inner = self.read();
+        inner
+            .orgs
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter(|e| e.session.is_some())
+            .count()
+    }
+
+    // --- liveness ---
+
+    /// One liveness pass over the fleet: silent sessions turn stale, then offline (their
+    /// stream is ended); offline agents past the fleet TTL expire. Reads under the read lock and
+    /// takes the write lock only when something changes. Returns how many transitions it made.
+    pub fn liveness_pass(&self) -> usize {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut due = Vec::new();
+        {
+            let inner = self.read();
+            for (org, agents) in &inner.orgs {
+                for (id, entry) in agents {
+                    let silent = entry.session.as_ref().map(|s| s.silent_for(now));
+                    let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
+                    if liveness::decide(entry.status, silent, offline_for, &self.liveness).is_some()
+                    {
+                        due.push((org.clone(), id.clone()));
+                    }
+                }
+            }
+        }
+        if due.is_empty() {
+            return 0;
+        }
+        let mut n = 0;
+        let mut inner = self.write();
+        for (org, id) in due {
+            let Some(entry) = inner.orgs.get_mut(&org).and_then(|a| a.get_mut(&id)) else {
+                continue;
+            };
+            let silent = entry.session.as_ref().map(|s| s.silent_for(now));
+            let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
+            let Some((to, reason)) =
+                liveness::decide(entry.status, silent, offline_for, &self.liveness)
+            else {
+                continue;
+            };
+            match to {
+                AgentStatus::Stale => {
+                    if let Some(session) = &entry.session {
+                        session.stale.store(true, Ordering::Release);
+                    }
+                }
+                AgentStatus::Offline => {
+                    // The session is kept until its stream really ends, so a late message from
+                    // a half-open connection cannot resurrect it: the loop ends it now.
+                    if let Some(session) = entry.session.take() {
+                        entry.last_seen = entry.live_last_seen();
+                        entry.session_started = None;
+                        session.close(CloseReason::Silent);
+                    }
+                }
+                AgentStatus::Online | AgentStatus::Expired => {}
+            }
+            self.transition(&mut inner, &org, &id, to, reason, wall);
+            n += 1;
+        }
+        n
+    }
+
+    // --- metrics ---
+
+    /// Records samples the writer made durable: latest sample and durable seq per agent.
+    pub fn samples_committed(&self, updates: Vec<(OrgId, AgentId, Sample, u64)>) {
+        let now = SystemTime::now();
+        let want_events = self.metrics_watchers.load(Ordering::Relaxed) > 0;
+        let mut inner = self.write();
+        for (org, agent, sample, last_seq) in updates {
+            let Some(entry) = inner.orgs.get_mut(&org).and_then(|a| a.get_mut(&agent)) else {
+                continue;
+            };
+            entry.last_seq = entry.last_seq.max(last_seq);
+            if entry.latest.as_ref().is_none_or(|l| l.seq < sample.seq) {
+                entry.latest = Some(sample);
+            }
+            if want_events {
+                self.emit(&mut inner, &org, &agent, EventKind::MetricsUpdated, now);
+            }
+        }
+    }
+
+    // --- queries ---
+
+    pub fn get(&self, org: &OrgId, agent: &AgentId) -> Option<AgentView> {
+        let inner = self.read();
+        let entry = inner.orgs.get(org)?.get(agent)?;
+        Some(entry.view(&self.health))
+    }
+
+    /// One page of the agents of `org` matching `filter`, ordered by agent id, starting after
+    /// `after`.
+    pub fn list(
+        &self,
+        org: &OrgId,
+        filter: &AgentFilter,
+        after: Option<&AgentId>,
+        page_size: usize,
+    ) -> Page {
+        let inner = self.read();
+        let Some(agents) = inner.orgs.get(org) else {
+            return Page::default();
+        };
+        let mut page = Page::default();
+        for (id, entry) in agents {
+            if !entry.matches(filter) {
+                continue;
+            }
+            page.total += 1;
+            if after.is_some_and(|after| id <= after) {
+                continue;
+            }
+            if page.agents.len() < page_size {
+                page.agents.push(entry.view(&self.health));
+            } else if page.next_after.is_none() {
+                page.next_after = page.agents.last().map(|a| a.record.id.clone());
+            }
+        }
+        page
+    }
+
+    pub fn summary(&self, org: &OrgId) -> Summary {
+        let inner = self.read();
+        let mut summary = Summary::default();
+        let Some(agents) = inner.orgs.get(org) else {
+            return summary;
+        };
+        for entry in agents.values() {
+            match entry.status {
+                AgentStatus::Online => summary.online += 1,
+                AgentStatus::Stale => summary.stale += 1,
+                AgentStatus::Offline => summary.offline += 1,
+                AgentStatus::Expired => {
+                    summary.expired += 1;
+                    continue;
+                }
+            }
+            *summary
+                .by_os
+                .entry(entry.record.system_info.os_name.clone())
+                .or_default() += 1;
+            *summary
+                .health
+                .entry(entry.health(&self.health))
+                .or_default() += 1;
+        }
+        summary
+    }
+
+    /// Subscribes to events and takes a consistent snapshot of `org`'s matching agents: every
+    /// event the receiver yields has a revision greater than the returned one.
+    pub fn watch(
+        self: &Arc<Self>,
+        org: &OrgId,
+        filter: &AgentFilter,
+        include_metrics: bool,
+    ) -> (Vec<AgentView>, u64, WatchGuard) {
+        let inner = self.read();
+        let rx = self.events.subscribe();
+        let snapshot = inner
+            .orgs
+            .get(org)
+            .map(|agents| {
+                agents
+                    .values()
+                    .filter(|e| e.matches(filter))
+                    .map(|e| e.view(&self.health))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if include_metrics {
+            self.metrics_watchers.fetch_add(1, Ordering::Relaxed);
+        }
+        let guard = WatchGuard {
+            rx,
+            metrics: include_metrics.then(|| self.clone()),
+        };
+        (snapshot, inner.revision, guard)
+    }
+
+    // --- internals ---
+
+    fn transition(
+        &self,
+        inner: &mut Inner,
+        org: &OrgId,
+        agent: &AgentId,
+        to: AgentStatus,
+        reason: StatusReason,
+        now: SystemTime,
+    ) {
+        let Some(entry) = inner.orgs.get_mut(org).and_then(|a| a.get_mut(agent)) else {
+            return;
+        };
+        let from = entry.status;
+        entry.status = to;
+        entry.reason = reason;
+        entry.since = now;
+        let last_seen = entry.live_last_seen();
+        tracing::debug!(%agent, from = from.as_str(), to = to.as_str(), reason = reason.as_str(), "status changed");
+        self.writer.transition(
+            Transition {
+                org: org.clone(),
+                agent: agent.clone(),
+                time: now,
+                from,
+                to,
+                reason,
+            },
+            last_seen,
+        );
+        self.emit(
+            inner,
+            org,
+            agent,
+            EventKind::StatusChanged { previous: from },
+            now,
+        );
+    }
+
+    fn emit(
+        &self,
+        inner: &mut Inner,
+        org: &OrgId,
+        agent: &AgentId,
+        kind: EventKind,
+        now: SystemTime,
+    ) {
+        inner.revision += 1;
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let Some(entry) = inner.orgs.get(org).and_then(|a| a.get(agent)) else {
+            return;
+        };
+        let event = FleetEvent {
+            revision: inner.revision,
+            org: org.clone(),
+            kind,
+            time: now,
+            agent: entry.view(&self.health),
+        };
+        // An error only means nobody is listening right now.
+        let _ = self.events.send(Arc::new(event));
+    }
+}
+
+/// A watcher's subscription. Dropping it releases its interest in metrics events.
+pub struct WatchGuard {
+    pub rx: broadcast::Receiver<Arc<FleetEvent>>,
+    /// Set for watchers counted in `metrics_watchers`.
+    metrics: Option<Arc<Registry>>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Some(registry) = self.metrics.take() {
+            registry.metrics_watchers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lookup<'a>(inner: &'a mut Inner, session: &Session) -> Option<&'a mut Entry> {
+    let entry = inner.orgs.get_mut(&session.org)?.get_mut(&session.agent)?;
+    match &entry.session {
+        Some(current) if current.id == session.id => Some(entry),
+        _ => None,
+    }
+}
+
+/// Flags agents of one org that share a hardware id with another agent.
+fn mark_duplicates(agents: &mut BTreeMap<AgentId, Entry>) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for entry in agents.values() {
+        let hw = entry.record.system_info.hardware_id.as_str();
+        if !hw.is_empty() {
+            *counts.entry(hw).or_default() += 1;
+        }
+    }
+    let dups: std::collections::HashSet<String> = counts
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(hw, _)| hw.to_owned())
+        .collect();
+    for entry in agents.values_mut() {
+        entry.duplicate_hardware_id = dups.contains(&entry.record.system_info.hardware_id);
+    }
+}
+
+// === impl Entry ===
+
+impl Entry {
+    fn new(
+        record: AgentRecord,
+        status: AgentStatus,
+        reason: StatusReason,
+        since: SystemTime,
+    ) -> Self {
+        let search_text = search_text(&record);
+        Self {
+            record,
+            search_text,
+            status,
+            reason,
+            since,
+            last_seen: None,
+            session: None,
+            session_started: None,
+            latest: None,
+            last_seq: 0,
+            duplicate_hardware_id: false,
+        }
+    }
+
+    fn set_record(&mut self, record: AgentRecord) {
+        self.search_text = search_text(&record);
+        self.record = record;
+    }
+
+    /// Last inbound activity: from the live session if any, else the stored value.
+    fn live_last_seen(&self) -> Option<SystemTime> {
+        match (&self.session, self.session_started) {
+            (Some(session), Some((started, wall))) => {
+                let silent = session.silent_for(Instant::now());
+                let active_at = Instant::now().checked_sub(silent).unwrap_or(started);
+                Some(wall + active_at.saturating_duration_since(started))
+            }
+            _ => self.last_seen,
+        }
+    }
+
+    fn health(&self, thresholds: &HealthThresholds) -> Health {
+        self.latest
+            .as_ref()
+            .map_or(Health::Unknown, |s| health_of(s, thresholds))
+    }
+
+    fn view(&self, thresholds: &HealthThresholds) -> AgentView {
+        AgentView {
+            record: self.record.clone(),
+            status: self.status,
+            reason: self.reason,
+            since: self.since,
+            last_seen: self.live_last_seen(),
+            session: self.session.as_ref().map(|s| s.id.clone()),
+            latest: self.latest.clone(),
+            last_seq: self.last_seq,
+            health: self.health(thresholds),
+            duplicate_hardware_id: self.duplicate_hardware_id,
+        }
+    }
+
+    fn matches(&self, filter: &AgentFilter) -> bool {
+        let status_ok = if filter.statuses.is_empty() {
+            filter.include_expired || self.status != AgentStatus::Expired
+        } else {
+            filter.statuses.contains(&self.status)
+        };
+        status_ok
+            && filter.selector.matches(&self.record.labels)
+            && filter
+                .os
+                .as_deref()
+                .is_none_or(|os| self.record.system_info.os_name.eq_ignore_ascii_case(os))
+            && filter
+                .query
+                .as_deref()
+                .is_none_or(|q| self.search_text.contains(q))
+    }
+}
+
+fn search_text(record: &AgentRecord) -> String {
+    format!(
+        "{}\n{}",
+        record.name.to_lowercase(),
+        record.system_info.hostname.to_lowercase()
+    )
+}
+
+/// Health of one sample: the worst of cpu, memory and the fullest disk.
+pub fn health_of(sample: &Sample, t: &HealthThresholds) -> Health {
+    fn level(value: f64, warning: f64, critical: f64) -> Health {
+        if value >= critical {
+            Health::Critical
+        } else if value >= warning {
+            Health::Warning
+        } else {
+            Health::Ok
+        }
+    }
+    fn percent(used: u64, total: u64) -> f64 {
+        if total == 0 {
+            0.0
+        } else {
+            used as f64 * 100.0 / total as f64
+        }
+    }
+    let cpu = level(sample.cpu_percent, t.cpu_warning, t.cpu_critical);
+    let memory = level(
+        percent(sample.memory_used_bytes, sample.memory_total_bytes),
+        t.memory_warning,
+        t.memory_critical,
+    );
+    let disk = sample
+        .disks
+        .iter()
+        .map(|d| {
+            level(
+                percent(d.used_bytes, d.total_bytes),
+                t.disk_warning,
+                t.disk_critical,
+            )
+        })
+        .max()
+        .unwrap_or(Health::Ok);
+    cpu.max(memory).max(disk)
+}
+
+// === impl Selector ===
+
+impl Selector {
+    /// Parses `k=v,k!=v,k,!k`. Whitespace around terms is ignored; an empty string selects all.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message naming the malformed term.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut requirements = Vec::new();
+        for term in text.split(',') {
+            let term = term.trim();
+            if term.is_empty() {
+                if text.trim().is_empty() {
+                    continue;
+                }
+                return Err(format!("empty term in label selector {text:?}"));
+            }
+            let requirement = if let Some((k, v)) = term.split_once("!=") {
+                Requirement::NotEquals(valid_key(k.trim(), term)?, valid_value(v.trim(), term)?)
+            } else if let Some((k, v)) = term.split_once('=') {
+                let v = v.strip_prefix('=').unwrap_or(v);
+                Requirement::Equals(valid_key(k.trim(), term)?, valid_value(v.trim(), term)?)
+            } else if let Some(k) = term.strip_prefix('!') {
+                Requirement::NotExists(valid_key(k.trim(), term)?)
+            } else {
+                Requirement::Exists(valid_key(term, term)?)
+            };
+            requirements.push(requirement);
+        }
+        Ok(Self { requirements })
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.requirements.iter().all(|r| match r {
+            Requirement::Equals(k, v) => labels.get(k) == Some(v),
+            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::NotExists(k) => !labels.contains_key(k),
+        })
+    }
+}
+
+fn valid_key(key: &str, term: &str) -> Result<String, String> {
+    if crate::convert::is_valid_label_key(key) {
+        Ok(key.to_owned())
+    } else {
+        Err(format!(
+            "invalid label key {key:?} in selector term {term:?}"
+        ))
+    }
+}
+
+fn valid_value(value: &str, term: &str) -> Result<String, String> {
+    if crate::convert::is_valid_label_value(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "invalid label value {value:?} in selector term {term:?}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,360 @@
+//! Start-up, serving and shutdown.
+//!
+//! [`start`] opens the store, rebuilds the in-memory state from it, makes sure a bootstrap admin
+//! token exists, and spawns the writer, liveness and retention tasks; [`Server::serve`] then
+//! serves gRPC on a listener the caller bound (tests bind `127.0.0.1:0`). Shutdown order: stop
+//! accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end watches, wait for connections
+//! under a grace period, then let the writer commit what is queued and stop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tether_proto as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
+
+use crate::auth::{self, Auth};
+use crate::config::{ADMIN_TOKEN_FILE, Config, ConfigError};
+use crate::domain::{DEFAULT_ORG, OrgId, Role, TokenRecord};
+use crate::registry::Registry;
+use crate::service::AppState;
+use crate::service::admin::AdminService;
+use crate::service::agent::AgentService;
+use crate::service::fleet::FleetService;
+use crate::session::CloseReason;
+use crate::store::{SledStore, Store, StoreError, Write};
+
+/// How long shutdown waits for connections to close after telling them to.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors that stop the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot write the admin token file {path}: {source}")]
+    AdminToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A started server: state loaded, background tasks running, not yet serving.
+pub struct Server {
+    state: Arc<AppState>,
+    tasks: TaskTracker,
+    /// Stops the writer, liveness and retention tasks, after the RPCs have stopped.
+    background: CancellationToken,
+    /// The bootstrap admin token, when this start created it (shown once by the binary).
+    pub admin_token_file: PathBuf,
+}
+
+/// Opens the store under `config.data_dir` and starts the background tasks.
+///
+/// # Errors
+///
+/// Bad configuration, an unusable data directory, a store of another schema version.
+pub async fn start(config: Config) -> Result<Server, StartError> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let store_path = data_dir.join("store");
+    let store: Arc<dyn Store> = {
+        let path = store_path.clone();
+        let opened = tokio::task::spawn_blocking(move || SledStore::open(&path))
+            .await
+            .map_err(|e| StartError::Internal(e.to_string()))?;
+        Arc::new(opened.map_err(|source| StartError::Store {
+            path: store_path.clone(),
+            source,
+        })?)
+    };
+    let snapshot = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.load())
+            .await
+            .map_err(|e| StartError::Internal(e.to_string()))?
+            .map_err(|source| StartError::Store {
+                path: store_path.clone(),
+                source,
+            })?
+    };
+    tracing::info!(
+        agents = snapshot.agents.len(),
+        tokens = snapshot.tokens.len(),
+        data_dir = %data_dir.display(),
+        "store loaded"
+    );
+
+    let auth = Arc::new(Auth::new(snapshot.tokens, snapshot.enrollment_tokens));
+    let admin_token_file = data_dir.join(ADMIN_TOKEN_FILE);
+    ensure_admin_token(&auth, store.as_ref(), &admin_token_file)?;
+
+    let live: HashMap<_, _> = snapshot
+        .agents
+        .iter()
+        .filter_map(|(record, live)| live.clone().map(|l| (record.id.clone(), l)))
+        .collect();
+    let (writer, queues) = crate::writer::channel(config.storage.writer_queue);
+    let registry = Arc::new(Registry::new(
+        snapshot.agents,
+        writer.clone(),
+        config.liveness.clone(),
+        config.health.clone(),
+        config.limits.watch_buffer,
+    ));
+
+    let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(crate::writer::run(
+        queues,
+        store.clone(),
+        registry.clone(),
+        live,
+        config.storage.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(crate::liveness::run(
+        registry.clone(),
+        config.liveness.tick,
+        background.clone(),
+    ));
+    tasks.spawn(crate::writer::run_retention(
+        store.clone(),
+        config.storage.clone(),
+        background.clone(),
+    ));
+    tasks.close();
+
+    let state = Arc::new(AppState {
+        config,
+        registry,
+        auth,
+        writer,
+        store,
+        shutdown: CancellationToken::new(),
+    });
+    Ok(Server {
+        state,
+        tasks,
+        background,
+        admin_token_file,
+    })
+}
+
+// === impl Server ===
+
+impl Server {
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` is cancelled, then shuts down in order.
+    ///
+    /// # Errors
+    ///
+    /// A transport failure while serving.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartError> {
+        let state = self.state.clone();
+        let limits = &state.config.limits;
+        let interceptor = auth::AuthInterceptor(state.auth.clone());
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::agent_service_server::AgentServiceServer<AgentService>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::fleet_service_server::FleetServiceServer<FleetService>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Internal(format!("reflection: {e}")))?;
+
+        let agent =
+            pb::agent_service_server::AgentServiceServer::new(AgentService::new(state.clone()))
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes);
+        let fleet =
+            pb::fleet_service_server::FleetServiceServer::new(FleetService::new(state.clone()))
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(usize::MAX);
+        let admin =
+            pb::admin_service_server::AdminServiceServer::new(AdminService::new(state.clone()))
+                .max_decoding_message_size(limits.max_message_bytes);
+
+        let local = listener.local_addr().ok();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let drain = {
+            let shutdown = shutdown.clone();
+            let state = state.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: draining sessions and watches");
+                state.shutdown.cancel();
+                state.registry.close_all_sessions(CloseReason::Draining);
+            }
+        };
+        tracing::info!(addr = ?local, "serving gRPC");
+        let serve = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                agent,
+                interceptor.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                fleet,
+                interceptor.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                admin,
+                interceptor,
+            ))
+            .serve_with_incoming_shutdown(incoming, drain);
+
+        let result = tokio::select! {
+            r = serve => r.map_err(StartError::from),
+            () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!("connections still open after the shutdown grace period; closing them");
+                Ok(())
+            }
+        };
+        self.stop().await;
+        result
+    }
+
+    /// Stops the background tasks after the writer committed everything queued.
+    pub async fn stop(self) {
+        self.state.shutdown.cancel();
+        self.background.cancel();
+        self.tasks.wait().await;
+        tracing::info!("server stopped");
+    }
+}
+
+/// Binds `addr` and runs the server until `shutdown`. What the binary and most tests call.
+///
+/// # Errors
+///
+/// See [`start`] and [`Server::serve`].
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let server = start(config).await?;
+    server.serve(listener, shutdown).await
+}
+
+/// Whether `addr` is a loopback address (plaintext allowed without extra flags).
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Makes sure the default org has a usable admin token whose text is in `path` (mode 0600).
+/// Reuses the token in the file if it still authenticates as admin; else creates a new one.
+fn ensure_admin_token(auth: &Auth, store: &dyn Store, path: &Path) -> Result<(), StartError> {
+    let io_err = |source| StartError::AdminToken {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let mut md = tonic::metadata::MetadataMap::new();
+        if let Ok(value) = format!("Bearer {}", text.trim()).parse() {
+            md.insert("authorization", value);
+            if auth
+                .authenticate(&md)
+                .is_ok_and(|caller| caller.require(Role::Admin).is_ok())
+            {
+                return Ok(());
+            }
+        }
+        tracing::warn!(path = %path.display(), "admin token file does not hold a valid admin token; creating a new one");
+    }
+    let new = auth::generate();
+    let record = TokenRecord {
+        id: new.id.clone(),
+        org: OrgId::new(DEFAULT_ORG),
+        role: Role::Admin,
+        name: "bootstrap-admin".to_owned(),
+        digest: new.digest,
+        created_at: SystemTime::now(),
+        expires_at: None,
+        revoked: false,
+        agent: None,
+    };
+    store
+        .commit(&[Write::PutToken(record.clone())])
+        .map_err(|e| StartError::Internal(format!("cannot store the admin token: {e}")))?;
+    auth.insert_token(record);
+    write_private_file(path, new.secret.expose()).map_err(io_err)?;
+    tracing::info!(path = %path.display(), token = %new.id, "created bootstrap admin token");
+    Ok(())
+}
+
+/// Creates `dir` (and parents) with mode 0700 where supported.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Writes `contents` to `path` atomically with mode 0600.
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

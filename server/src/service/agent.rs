@@ -1,0 +1,305 @@
+//! `AgentService`: enrollment and the agent's session stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use tether_proto as pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{self, Principal};
+use crate::convert;
+use crate::domain::{
+    AgentId, AgentRecord, AgentStatus, Labels, LiveRecord, Role, SessionId, StatusReason,
+    TokenRecord,
+};
+use crate::error::ServerError;
+use crate::registry::EnrollTarget;
+use crate::service::AppState;
+use crate::session::{SessionLimits, SessionLoop};
+use crate::store::Write;
+
+/// How long a new stream may take to send its `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest display name accepted at enrollment.
+pub const MAX_NAME_BYTES: usize = 256;
+
+pub struct AgentService {
+    state: Arc<AppState>,
+}
+
+impl AgentService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    async fn enroll_inner(
+        &self,
+        caller: auth::Caller,
+        req: pb::EnrollRequest,
+    ) -> Result<pb::EnrollResponse, ServerError> {
+        if caller.principal != Principal::Enrollment {
+            return Err(ServerError::PermissionDenied(
+                "Enroll requires an enrollment token".to_owned(),
+            ));
+        }
+        let pb::EnrollRequest {
+            system_info,
+            labels,
+            name,
+        } = req;
+        let limits = &self.state.config.limits;
+        let info = convert::system_info_from_pb(
+            system_info.ok_or_else(|| ServerError::invalid("system_info is required"))?,
+        )?;
+        let asked = convert::labels_from_pb(labels, limits)?;
+        if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+            return Err(ServerError::invalid(format!(
+                "name must be at most {MAX_NAME_BYTES} bytes without control characters"
+            )));
+        }
+
+        let token = self.state.auth.reserve_enrollment(&caller.token)?;
+        let result = self
+            .enroll_reserved(&caller, &token, info, asked, name)
+            .await;
+        if result.is_err() {
+            self.state.auth.release_enrollment(&caller.token);
+        }
+        result
+    }
+
+    async fn enroll_reserved(
+        &self,
+        caller: &auth::Caller,
+        token: &crate::domain::EnrollmentTokenRecord,
+        info: crate::domain::SystemInfo,
+        asked: Labels,
+        name: String,
+    ) -> Result<pb::EnrollResponse, ServerError> {
+        let state = &self.state;
+        let org = caller.org.clone();
+        let labels = merge_labels(asked, &token.labels);
+        if labels.len() > state.config.limits.max_labels {
+            return Err(ServerError::invalid(format!(
+                "the agent's and the enrollment token's labels together exceed {} labels",
+                state.config.limits.max_labels
+            )));
+        }
+        let now = SystemTime::now();
+        let (agent_id, enrolled_at, old_credentials) = match state
+            .registry
+            .enroll_target(&org, &info.hardware_id)
+        {
+            EnrollTarget::Existing(id) => {
+                let enrolled_at = state
+                    .registry
+                    .get(&org, &id)
+                    .map_or(now, |a| a.record.enrolled_at);
+                let old = state.auth.agent_credentials(&id);
+                (id, enrolled_at, old)
+            }
+            EnrollTarget::New { duplicates } => {
+                let id = AgentId::new(random_id());
+                if !duplicates.is_empty() {
+                    tracing::warn!(
+                        agent = %id,
+                        ?duplicates,
+                        "hardware id already in use by a connected agent; enrolling as a new agent"
+                    );
+                }
+                (id, now, Vec::new())
+            }
+        };
+        let name = if name.is_empty() {
+            info.hostname.clone()
+        } else {
+            name
+        };
+        let record = AgentRecord {
+            id: agent_id.clone(),
+            org: org.clone(),
+            name,
+            labels,
+            system_info: info,
+            enrolled_at,
+            pinned_labels: token.labels.clone(),
+        };
+        let credential = auth::generate();
+        let credential_record = TokenRecord {
+            id: credential.id.clone(),
+            org: org.clone(),
+            role: Role::Agent,
+            name: format!("agent {agent_id}"),
+            digest: credential.digest,
+            created_at: now,
+            expires_at: None,
+            revoked: false,
+            agent: Some(agent_id.clone()),
+        };
+        let revoked: Vec<TokenRecord> = old_credentials
+            .into_iter()
+            .map(|mut t| {
+                t.revoked = true;
+                t
+            })
+            .collect();
+
+        let mut writes = vec![
+            Write::PutEnrollmentToken(token.clone()),
+            Write::PutAgent(record.clone()),
+            Write::PutToken(credential_record.clone()),
+        ];
+        writes.extend(revoked.iter().cloned().map(Write::PutToken));
+        if state.registry.get(&org, &agent_id).is_none() {
+            writes.push(Write::PutLive {
+                org: org.clone(),
+                agent: agent_id.clone(),
+                live: LiveRecord {
+                    status: AgentStatus::Offline,
+                    reason: StatusReason::Enrolled,
+                    since: now,
+                    last_seen: None,
+                    last_seq: 0,
+                },
+            });
+        }
+        state.writer.commit(writes).await?;
+
+        state.auth.insert_enrollment(token.clone());
+        state.auth.insert_token(credential_record);
+        for t in revoked {
+            state.auth.insert_token(t);
+        }
+        state.registry.enrolled(record);
+        tracing::info!(agent = %agent_id, org = %org, enrollment_token = %token.id, "agent enrolled");
+        Ok(pb::EnrollResponse {
+            agent_id: agent_id.to_string(),
+            org_id: org.to_string(),
+            agent_credential: credential.secret.expose().to_owned(),
+        })
+    }
+}
+
+/// The agent's labels with the token's pinned labels on top.
+pub fn merge_labels(mut asked: Labels, pinned: &Labels) -> Labels {
+    asked.extend(pinned.iter().map(|(k, v)| (k.clone(), v.clone())));
+    asked
+}
+
+/// 64 random bits, hex-encoded: ids of agents and sessions.
+pub fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let response = self.enroll_inner(caller, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    type ConnectStream = ConnectStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let Principal::Agent { agent } = caller.principal else {
+            return Err(ServerError::PermissionDenied(
+                "Connect requires an agent credential".to_owned(),
+            )
+            .into());
+        };
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "no Hello within {}s of opening the stream",
+                    HELLO_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument("stream closed before Hello"));
+            }
+            Ok(Ok(Some(first))) => first,
+        };
+        let Some(pb::connect_request::Message::Hello(hello)) = first.message else {
+            return Err(Status::invalid_argument(
+                "the first message of a session must be Hello",
+            ));
+        };
+        let pb::Hello {
+            agent_id,
+            agent_version,
+            system_info,
+            labels,
+        } = hello;
+        if agent_id != agent.as_str() {
+            return Err(Status::permission_denied(
+                "an agent credential may only connect as its own agent",
+            ));
+        }
+        let state = &self.state;
+        let mut info = convert::system_info_from_pb(
+            system_info.ok_or_else(|| Status::invalid_argument("Hello.system_info is required"))?,
+        )?;
+        if info.agent_version.is_empty() {
+            info.agent_version = agent_version;
+        }
+        let labels = convert::labels_from_pb(labels, &state.config.limits)?;
+        let pinned = state
+            .registry
+            .get(&caller.org, &agent)
+            .map(|a| a.record.pinned_labels)
+            .ok_or(ServerError::NotFound(format!("agent {agent}")))?;
+        let labels = merge_labels(labels, &pinned);
+        if labels.len() > state.config.limits.max_labels {
+            return Err(Status::invalid_argument(format!(
+                "the agent's and its pinned labels together exceed {} labels",
+                state.config.limits.max_labels
+            )));
+        }
+
+        let session_id = SessionId::new(random_id());
+        let (session, last_seq) = state
+            .registry
+            .open_session(&caller.org, &agent, session_id.clone(), info, Some(labels))
+            .ok_or(ServerError::NotFound(format!("agent {agent}")))?;
+        tracing::info!(agent = %agent, session = %session_id, org = %caller.org, "session opened");
+
+        let liveness = state.registry.liveness_config();
+        let welcome = pb::Welcome {
+            session_id: session_id.to_string(),
+            server_time: Some(convert::timestamp(SystemTime::now())),
+            heartbeat_interval: Some(convert::duration(liveness.heartbeat_interval)),
+            metrics_interval: Some(convert::duration(liveness.metrics_interval)),
+            stale_after: Some(convert::duration(liveness.stale_after)),
+            offline_after: Some(convert::duration(liveness.offline_after)),
+            last_durable_seq: last_seq,
+        };
+        let limits = SessionLimits {
+            max_samples_per_report: state.config.limits.max_samples_per_report,
+            max_seq_jump: state.config.limits.max_seq_jump,
+        };
+        let stream = SessionLoop::new(
+            inbound,
+            session,
+            state.registry.clone(),
+            state.writer.clone(),
+            limits,
+            welcome,
+        )
+        .into_stream();
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

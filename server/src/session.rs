@@ -1,0 +1,382 @@
+//! One live `Connect` stream: its shared state, and the loop that drives it.
+//!
+//! A session is not a task. The inbound `Streaming` is polled from inside the outbound response
+//! stream (see [`SessionLoop`]), and everything the rest of the server needs to tell the session
+//! (a durable ack, a Goodbye, "you went silent") is a field of [`Session`] plus one `Notify`.
+//! This keeps an idle session at a few hundred bytes of server state beyond tonic's own buffers:
+//! no spawned task, no per-session channel.
+//!
+//! Liveness updates go through one path: [`SessionGuard`]'s `Drop` tells the registry that the
+//! stream ended, whether it ended by EOF, error, Goodbye, replacement or cancellation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::Stream;
+use tether_proto as pb;
+use tokio::sync::Notify;
+use tonic::{Status, Streaming};
+
+use crate::convert;
+use crate::domain::{AgentId, OrgId, Sample, SessionId, StatusReason};
+use crate::error::ServerError;
+use crate::registry::Registry;
+use crate::writer::WriterHandle;
+
+/// Why the server ends a session on its own initiative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// Still open.
+    None = 0,
+    /// A newer session of the same agent took over: send `Goodbye(REPLACED)`.
+    Replaced = 1,
+    /// The agent was silent for `offline_after`: end the stream with `UNAVAILABLE`.
+    Silent = 2,
+    /// The server is shutting down: send `Goodbye(SERVER_DRAINING)`.
+    Draining = 3,
+    /// The credential was revoked: send `Goodbye(REVOKED)`.
+    Revoked = 4,
+}
+
+impl CloseReason {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Replaced,
+            2 => Self::Silent,
+            3 => Self::Draining,
+            4 => Self::Revoked,
+            _ => Self::None,
+        }
+    }
+}
+
+/// State shared between a session's stream loop, the registry, the liveness pass and the writer.
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub org: OrgId,
+    pub agent: AgentId,
+    /// Monotonic time of the last inbound message, in milliseconds since [`Session::epoch`].
+    /// Written on every message (one relaxed store), read by the liveness pass.
+    last_activity_ms: AtomicU64,
+    epoch: Instant,
+    /// Set by the liveness pass when it marks the agent stale, so the next message knows to
+    /// report the agent back online without taking the registry lock on every message.
+    pub(crate) stale: AtomicBool,
+    /// Highest seq the writer has made durable for this session's agent; the loop sends
+    /// `MetricsAck` when it moves.
+    durable_seq: AtomicU64,
+    close: AtomicU8,
+    /// Wakes the loop when `durable_seq` or `close` changes. `notify_one` stores a permit, so a
+    /// wake-up that arrives while the loop is busy is not lost.
+    notify: Notify,
+}
+
+// === impl Session ===
+
+impl Session {
+    pub fn new(id: SessionId, org: OrgId, agent: AgentId, durable_seq: u64) -> Self {
+        Self {
+            id,
+            org,
+            agent,
+            last_activity_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stale: AtomicBool::new(false),
+            durable_seq: AtomicU64::new(durable_seq),
+            close: AtomicU8::new(CloseReason::None as u8),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Records inbound activity now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last inbound message (or since the session opened).
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        let last =
+            self.epoch + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
+
+    /// Called by the writer after a flush made samples up to `seq` durable.
+    pub fn acked(&self, seq: u64) {
+        if self.durable_seq.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Asks the session to end. The first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        if self
+            .close
+            .compare_exchange(
+                CloseReason::None as u8,
+                reason as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn close_reason(&self) -> CloseReason {
+        CloseReason::from_u8(self.close.load(Ordering::Acquire))
+    }
+}
+
+/// Marks the session closed in the registry when dropped, whatever ended the stream.
+pub struct SessionGuard {
+    registry: Arc<Registry>,
+    session: Arc<Session>,
+    /// The agent said Goodbye before the stream ended.
+    goodbye: bool,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let reason = if self.goodbye {
+            StatusReason::Goodbye
+        } else {
+            match self.session.close_reason() {
+                CloseReason::Silent => StatusReason::Silent,
+                _ => StatusReason::StreamClosed,
+            }
+        };
+        self.registry.session_closed(&self.session, reason);
+    }
+}
+
+/// Limits a session enforces on what the agent sends.
+#[derive(Clone, Debug)]
+pub struct SessionLimits {
+    pub max_samples_per_report: usize,
+    pub max_seq_jump: u64,
+}
+
+/// Everything the stream loop owns. Dropping it (client gone, server shutting down) drops the
+/// guard, which updates liveness.
+pub struct SessionLoop {
+    inbound: Streaming<pb::ConnectRequest>,
+    session: Arc<Session>,
+    guard: SessionGuard,
+    registry: Arc<Registry>,
+    writer: WriterHandle,
+    limits: SessionLimits,
+    /// Highest seq accepted in this session (or durable at its start).
+    max_seq: u64,
+    /// Highest seq acknowledged to the agent.
+    acked_seq: u64,
+    welcome: Option<pb::Welcome>,
+    done: bool,
+}
+
+// === impl SessionLoop ===
+
+impl SessionLoop {
+    pub fn new(
+        inbound: Streaming<pb::ConnectRequest>,
+        session: Arc<Session>,
+        registry: Arc<Registry>,
+        writer: WriterHandle,
+        limits: SessionLimits,
+        welcome: pb::Welcome,
+    ) -> Self {
+        let durable = welcome.last_durable_seq;
+        Self {
+            inbound,
+            guard: SessionGuard {
+                registry: registry.clone(),
+                session: session.clone(),
+                goodbye: false,
+            },
+            session,
+            registry,
+            writer,
+            limits,
+            max_seq: durable,
+            acked_seq: durable,
+            welcome: Some(welcome),
+            done: false,
+        }
+    }
+
+    /// The response stream: `Welcome`, then pongs, acks and at most one Goodbye, interleaved with
+    /// handling every inbound message.
+    pub fn into_stream(self) -> impl Stream<Item = Result<pb::ConnectResponse, Status>> + Send {
+        futures::stream::unfold(self, |mut this| async move {
+            let item = this.next_item().await?;
+            Some((item, this))
+        })
+    }
+
+    async fn next_item(&mut self) -> Option<Result<pb::ConnectResponse, Status>> {
+        use pb::connect_response::Message as Out;
+        if let Some(welcome) = self.welcome.take() {
+            return Some(Ok(respond(Out::Welcome(welcome))));
+        }
+        loop {
+            if self.done {
+                return None;
+            }
+            match self.session.close_reason() {
+                CloseReason::None => {}
+                CloseReason::Silent => {
+                    self.done = true;
+                    return Some(Err(Status::unavailable(
+                        "session closed by the server: no message within offline-after",
+                    )));
+                }
+                reason => {
+                    self.done = true;
+                    return Some(Ok(respond(Out::Goodbye(goodbye(reason)))));
+                }
+            }
+            let durable = self.session.durable_seq.load(Ordering::Acquire);
+            if durable > self.acked_seq {
+                self.acked_seq = durable;
+                return Some(Ok(respond(Out::MetricsAck(pb::MetricsAck {
+                    durable_seq: durable,
+                }))));
+            }
+            let event = tokio::select! {
+                biased;
+                () = self.session.notify.notified() => None,
+                msg = self.inbound.message() => Some(msg),
+            };
+            match event {
+                None => {}
+                Some(Ok(Some(msg))) => {
+                    self.session.touch();
+                    if self.session.stale.swap(false, Ordering::AcqRel) {
+                        self.registry.session_active(&self.session);
+                    }
+                    match self.handle(msg).await {
+                        Ok(Some(out)) => return Some(Ok(respond(out))),
+                        Ok(None) => {}
+                        Err(err) => {
+                            self.done = true;
+                            return Some(Err(err.into()));
+                        }
+                    }
+                }
+                Some(Ok(None)) => {
+                    tracing::info!(agent = %self.session.agent, session = %self.session.id, "agent closed its stream");
+                    return None;
+                }
+                Some(Err(status)) => {
+                    tracing::info!(
+                        agent = %self.session.agent,
+                        session = %self.session.id,
+                        code = ?status.code(),
+                        "agent stream ended: {}",
+                        status.message()
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        msg: pb::ConnectRequest,
+    ) -> Result<Option<pb::connect_response::Message>, ServerError> {
+        use pb::connect_request::Message as In;
+        match msg.message {
+            Some(In::Ping(ping)) => Ok(Some(pb::connect_response::Message::Pong(pb::Pong {
+                nonce: ping.nonce,
+                ping_sent_at: ping.sent_at,
+                server_receive_time: Some(convert::timestamp(SystemTime::now())),
+            }))),
+            Some(In::Metrics(report)) => {
+                let samples = self.accept_samples(report)?;
+                if !samples.is_empty() {
+                    self.writer
+                        .samples(self.session.clone(), samples)
+                        .await
+                        .map_err(|_| ServerError::Unavailable)?;
+                }
+                Ok(None)
+            }
+            Some(In::Goodbye(bye)) => {
+                tracing::info!(agent = %self.session.agent, session = %self.session.id, reason = %bye.reason, "agent said goodbye");
+                self.guard.goodbye = true;
+                self.done = true;
+                Ok(None)
+            }
+            Some(In::Hello(_)) => Err(ServerError::invalid(
+                "Hello may only be the first message of a session",
+            )),
+            None => Err(ServerError::invalid("empty ConnectRequest: no message set")),
+        }
+    }
+
+    /// Validates a report and converts its samples. Nothing is stored unless the whole report
+    /// is valid.
+    fn accept_samples(&mut self, report: pb::MetricsReport) -> Result<Vec<Sample>, ServerError> {
+        if report.samples.len() > self.limits.max_samples_per_report {
+            return Err(ServerError::ResourceExhausted(format!(
+                "metrics report holds {} samples; at most {} are allowed per report",
+                report.samples.len(),
+                self.limits.max_samples_per_report
+            )));
+        }
+        let mut samples = Vec::with_capacity(report.samples.len());
+        let mut prev = 0;
+        let ceiling = self.max_seq.saturating_add(self.limits.max_seq_jump);
+        for raw in report.samples {
+            let sample = convert::sample_from_pb(raw)?;
+            if sample.seq <= prev {
+                return Err(ServerError::invalid(format!(
+                    "sample seq {} is not greater than the previous seq {prev} in the same report",
+                    sample.seq
+                )));
+            }
+            if sample.seq > ceiling {
+                return Err(ServerError::invalid(format!(
+                    "sample seq {} is too far ahead of the last known seq {} (at most {} ahead)",
+                    sample.seq, self.max_seq, self.limits.max_seq_jump
+                )));
+            }
+            prev = sample.seq;
+            samples.push(sample);
+        }
+        self.max_seq = self.max_seq.max(prev);
+        Ok(samples)
+    }
+}
+
+fn respond(message: pb::connect_response::Message) -> pb::ConnectResponse {
+    pb::ConnectResponse {
+        message: Some(message),
+    }
+}
+
+fn goodbye(reason: CloseReason) -> pb::ServerGoodbye {
+    let (reason, message) = match reason {
+        CloseReason::Replaced => (
+            pb::GoodbyeReason::Replaced,
+            "a newer session of this agent replaced this one",
+        ),
+        CloseReason::Revoked => (
+            pb::GoodbyeReason::Revoked,
+            "the agent's credential was revoked",
+        ),
+        CloseReason::Draining | CloseReason::None | CloseReason::Silent => (
+            pb::GoodbyeReason::ServerDraining,
+            "the server is shutting down",
+        ),
+    };
+    pb::ServerGoodbye {
+        reason: reason as i32,
+        message: message.to_owned(),
+    }
+}

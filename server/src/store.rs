@@ -1,0 +1,105 @@
+//! Persistence: the one narrow interface every durable write and read goes through.
+//!
+//! Handlers never touch a backend directly: they update the in-memory registry and hand writes
+//! to the writer task, which commits them through [`Store::commit`]. `store/sled.rs` is the
+//! embedded default and the only file that imports `sled`; a distributed backend (etcd, for
+//! several servers) implements the same trait and runs the same conformance suite
+//! (`store/tests.rs`).
+//!
+//! Every key a backend writes for an object starts with the object's org id, so tenancy lives in
+//! the data model itself. Methods are blocking; async callers use `spawn_blocking` or the writer
+//! task.
+
+use std::time::SystemTime;
+
+use crate::domain::{
+    AgentId, AgentRecord, EnrollmentTokenRecord, LiveRecord, OrgId, Sample, TokenRecord, Transition,
+};
+
+pub mod sled;
+
+pub use self::sled::SledStore;
+
+/// Version of the on-disk layout this build reads and writes. A store created by another
+/// version is refused at open, never reinterpreted.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One durable write. A batch of them commits atomically-enough for Tether's needs: after
+/// [`Store::commit`] returns `Ok`, every write in it survives a crash.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Insert or replace an agent's facts.
+    PutAgent(AgentRecord),
+    /// Insert or replace an agent's live summary.
+    PutLive {
+        org: OrgId,
+        agent: AgentId,
+        live: LiveRecord,
+    },
+    /// Store a sample. The caller has already deduplicated by (agent, seq).
+    PutSample {
+        org: OrgId,
+        agent: AgentId,
+        sample: Sample,
+    },
+    /// Append a status change to the agent's history.
+    PutTransition(Transition),
+    PutToken(TokenRecord),
+    PutEnrollmentToken(EnrollmentTokenRecord),
+}
+
+/// Everything the server rebuilds its in-memory state from at start-up.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Agents with their live summary (absent if none was ever written).
+    pub agents: Vec<(AgentRecord, Option<LiveRecord>)>,
+    pub tokens: Vec<TokenRecord>,
+    pub enrollment_tokens: Vec<EnrollmentTokenRecord>,
+}
+
+/// Errors of every backend. Backend detail is boxed inside so callers branch on the kind only.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory was written by another schema version.
+    #[error(
+        "store schema version {found} is not supported by this server (expected {expected}); \
+         use a matching server version or a fresh data directory"
+    )]
+    SchemaMismatch { found: String, expected: u32 },
+    /// A stored value could not be decoded.
+    #[error("corrupt record under key {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    /// The backend failed (I/O, lock, ...).
+    #[error("storage backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The storage interface. Implementations must be safe to call from many threads.
+pub trait Store: Send + Sync + 'static {
+    /// Reads everything needed to rebuild the in-memory registry and token cache.
+    fn load(&self) -> Result<Snapshot>;
+
+    /// Applies `writes` and makes them durable before returning.
+    fn commit(&self, writes: &[Write]) -> Result<()>;
+
+    /// Samples of one agent with `from <= time < to`, in time order, at most `limit`.
+    fn samples(
+        &self,
+        org: &OrgId,
+        agent: &AgentId,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Sample>>;
+
+    /// The most recent status changes of one agent, newest first, at most `limit`.
+    fn transitions(&self, org: &OrgId, agent: &AgentId, limit: usize) -> Result<Vec<Transition>>;
+
+    /// Deletes samples and transitions older than `cutoff`; returns how many records went.
+    fn purge_before(&self, cutoff: SystemTime) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,501 @@
+//! The embedded default [`Store`]: one sled database in the server's data directory.
+//!
+//! # Layout
+//!
+//! Two trees. `meta` holds `schema_version` (decimal text), written when the database is created
+//! and checked at every open. `data` holds every record under a key that starts with its org id:
+//!
+//! | key | value |
+//! |---|---|
+//! | `{org}/a/{agent}` | [`AgentRecord`] |
+//! | `{org}/l/{agent}` | [`LiveRecord`] |
+//! | `{org}/m/{agent}/{millis}{seq}` | [`Sample`] |
+//! | `{org}/x/{agent}/{millis}{counter}` | [`Transition`] |
+//! | `{org}/t/{token}` | [`TokenRecord`] |
+//! | `{org}/e/{token}` | [`EnrollmentTokenRecord`] |
+//!
+//! Values are `serde_json`. `millis` (since the Unix epoch, earlier times clamp to 0), `seq` and
+//! `counter` are big-endian `u64`s, so byte order is time order. `counter` comes from sled's
+//! `generate_id`, which never repeats, even across restarts: two transitions of one agent in the
+//! same millisecond keep their commit order. Ids are `[a-z0-9-]` (checked at the edge), so `/` is a
+//! safe separator, and every scan prefix ends with it: agent `ab` never sees the records of `abc`.
+//!
+//! # Cost
+//!
+//! [`SledStore::commit`] is one `apply_batch` plus one blocking `flush` (an fsync), so its cost is
+//! dominated by the flush, not by the number of writes: the caller (the writer task) must batch.
+//! Scans that cover every org ([`Store::load`], [`Store::purge_before`]) skip from one org to the
+//! next by seeking past `{org}/`, and from one agent's series to the next the same way, so they
+//! cost one seek per org (and per agent with samples) plus the records they return or delete,
+//! never a pass over every stored sample.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
+use crate::domain::{
+    AgentId, AgentRecord, EnrollmentTokenRecord, LiveRecord, OrgId, Sample, TokenRecord, Transition,
+};
+
+/// Upper bound of sled's page cache. sled's own default (1 GiB) is more than a server that holds
+/// its registry in memory needs; reads are mostly recent samples.
+pub const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How many removals [`Store::purge_before`] applies per batch: bounds its memory and the time it
+/// holds up concurrent writers, whatever the amount of expired data.
+const PURGE_BATCH: usize = 10_000;
+
+const META_TREE: &str = "meta";
+const DATA_TREE: &str = "data";
+const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// The kinds of record: the byte after `{org}/` in a key.
+const AGENT: u8 = b'a';
+const LIVE: u8 = b'l';
+const SAMPLE: u8 = b'm';
+const TRANSITION: u8 = b'x';
+const TOKEN: u8 = b't';
+const ENROLLMENT_TOKEN: u8 = b'e';
+
+/// Length of the `{millis}{seq or counter}` suffix of a series key.
+const SERIES_SUFFIX_LEN: usize = 16;
+
+/// A [`Store`] backed by one sled database.
+///
+/// Cloning is cheap (sled handles are reference counted) and every method may be called from
+/// many threads at once.
+#[derive(Clone, Debug)]
+pub struct SledStore {
+    /// The database, for flushes and the transition counter. A flush covers every tree.
+    db: sled::Db,
+    /// Every record, keyed as the module documentation describes.
+    data: sled::Tree,
+}
+
+// === impl SledStore ===
+
+impl SledStore {
+    /// Opens the sled database in the directory `path`, creating it if it does not exist.
+    ///
+    /// A new, empty database is stamped with [`SCHEMA_VERSION`] (and flushed) before anything
+    /// else is written. An existing one must carry exactly that version; otherwise it is refused
+    /// without being modified.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::SchemaMismatch`] if the database holds data but no schema version, or a
+    /// version other than [`SCHEMA_VERSION`] (`found` is the stored text, or `none`).
+    /// [`StoreError::Backend`] if sled cannot open the directory (I/O, or another process holds
+    /// its lock).
+    pub fn open(path: &Path) -> Result<SledStore> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()
+            .map_err(backend)?;
+        check_or_stamp_schema(&db)?;
+        let data = db.open_tree(DATA_TREE).map_err(backend)?;
+        Ok(SledStore { db, data })
+    }
+
+    /// Every org that owns at least one key, in key order, found with one seek per org.
+    fn orgs(&self) -> Result<Vec<String>> {
+        let mut orgs = Vec::new();
+        let mut from = Bound::Unbounded;
+        while let Some(entry) = self
+            .data
+            .range::<Vec<u8>, _>((from, Bound::Unbounded))
+            .next()
+        {
+            let (key, _) = entry.map_err(backend)?;
+            let org_len = key
+                .iter()
+                .position(|&b| b == b'/')
+                .ok_or_else(|| corrupt(&key, "key has no org prefix"))?;
+            let org = std::str::from_utf8(&key[..org_len])
+                .map_err(|e| corrupt(&key, format!("org id is not utf-8: {e}")))?;
+            orgs.push(org.to_owned());
+            match successor(&key[..=org_len]) {
+                Some(next) => from = Bound::Included(next),
+                None => break,
+            }
+        }
+        Ok(orgs)
+    }
+
+    /// Decodes every record of one kind in one org, with the id its key names.
+    fn scan_section<T: DeserializeOwned>(&self, org: &str, kind: u8) -> Result<Vec<(String, T)>> {
+        let prefix = section(org, kind);
+        self.data
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(backend)?;
+                let id = std::str::from_utf8(&key[prefix.len()..])
+                    .map_err(|e| corrupt(&key, format!("id is not utf-8: {e}")))?;
+                Ok((id.to_owned(), decode(&key, &value)?))
+            })
+            .collect()
+    }
+
+    /// Deletes the records older than `cutoff` in every series (one per agent) of one kind in
+    /// one org; returns how many went.
+    fn purge_section(
+        &self,
+        org: &str,
+        kind: u8,
+        cutoff: SystemTime,
+        time_of: fn(&[u8], &[u8]) -> Result<SystemTime>,
+    ) -> Result<u64> {
+        let section = section(org, kind);
+        let section_end = prefix_end(&section);
+        let mut removed = 0;
+        let mut from = Bound::Included(section.clone());
+        while let Some(entry) = self.data.range((from, section_end.clone())).next() {
+            let (key, _) = entry.map_err(backend)?;
+            let agent_len = key[section.len()..]
+                .iter()
+                .position(|&b| b == b'/')
+                .ok_or_else(|| corrupt(&key, "series key has no agent id"))?;
+            let series = &key[..section.len() + agent_len + 1];
+            removed += self.purge_series(series, cutoff, time_of)?;
+            match successor(series) {
+                Some(next) => from = Bound::Included(next),
+                None => break,
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the records of one series (keys under `series`) older than `cutoff`, in batches of
+    /// [`PURGE_BATCH`]; returns how many went.
+    ///
+    /// Keys in a millisecond before the cutoff's go without being read; those in the cutoff's
+    /// own millisecond are decoded, so the boundary is exact (`time < cutoff`).
+    fn purge_series(
+        &self,
+        series: &[u8],
+        cutoff: SystemTime,
+        time_of: fn(&[u8], &[u8]) -> Result<SystemTime>,
+    ) -> Result<u64> {
+        let cutoff_ms = millis(cutoff);
+        let end = after_millis(series, cutoff_ms);
+        let mut removed = 0;
+        let mut from = Bound::Included(series.to_vec());
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n_batch = 0;
+            let mut last_key = None;
+            for entry in self.data.range((from.clone(), end.clone())) {
+                let (key, value) = entry.map_err(backend)?;
+                let key_ms = series_millis(series, &key)?;
+                if key_ms < cutoff_ms || time_of(&key, &value)? < cutoff {
+                    batch.remove(key.clone());
+                    n_batch += 1;
+                }
+                last_key = Some(key);
+                if n_batch == PURGE_BATCH {
+                    break;
+                }
+            }
+            if n_batch > 0 {
+                self.data.apply_batch(batch).map_err(backend)?;
+                removed += n_batch as u64;
+            }
+            match last_key {
+                Some(key) if n_batch == PURGE_BATCH => from = Bound::Excluded(key.to_vec()),
+                _ => return Ok(removed),
+            }
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn load(&self) -> Result<Snapshot> {
+        let mut snapshot = Snapshot::default();
+        for org in self.orgs()? {
+            let mut lives: HashMap<String, LiveRecord> =
+                self.scan_section(&org, LIVE)?.into_iter().collect();
+            for (id, agent) in self.scan_section::<AgentRecord>(&org, AGENT)? {
+                check_owner(&org, &id, &agent.org, agent.id.as_str(), AGENT)?;
+                let live = lives.remove(&id);
+                snapshot.agents.push((agent, live));
+            }
+            if !lives.is_empty() {
+                // Harmless (nothing reads them without their agent) but worth knowing about.
+                tracing::warn!(
+                    org,
+                    n_orphans = lives.len(),
+                    "live records without an agent"
+                );
+            }
+            for (id, token) in self.scan_section::<TokenRecord>(&org, TOKEN)? {
+                check_owner(&org, &id, &token.org, token.id.as_str(), TOKEN)?;
+                snapshot.tokens.push(token);
+            }
+            for (id, token) in self.scan_section::<EnrollmentTokenRecord>(&org, ENROLLMENT_TOKEN)? {
+                check_owner(&org, &id, &token.org, token.id.as_str(), ENROLLMENT_TOKEN)?;
+                snapshot.enrollment_tokens.push(token);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Applies every write in one sled batch, then flushes (blocking, fsync) before returning.
+    /// The flush dominates the cost, so callers batch many writes per commit.
+    fn commit(&self, writes: &[Write]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for write in writes {
+            let (key, value) = match write {
+                Write::PutAgent(agent) => (
+                    record_key(agent.org.as_str(), AGENT, agent.id.as_str()),
+                    encode(agent)?,
+                ),
+                Write::PutLive { org, agent, live } => (
+                    record_key(org.as_str(), LIVE, agent.as_str()),
+                    encode(live)?,
+                ),
+                Write::PutSample { org, agent, sample } => (
+                    series_key(
+                        &series_prefix(org, SAMPLE, agent),
+                        millis(sample.time),
+                        sample.seq,
+                    ),
+                    encode(sample)?,
+                ),
+                Write::PutTransition(transition) => {
+                    let counter = self.db.generate_id().map_err(backend)?;
+                    let series = series_prefix(&transition.org, TRANSITION, &transition.agent);
+                    (
+                        series_key(&series, millis(transition.time), counter),
+                        encode(transition)?,
+                    )
+                }
+                Write::PutToken(token) => (
+                    record_key(token.org.as_str(), TOKEN, token.id.as_str()),
+                    encode(token)?,
+                ),
+                Write::PutEnrollmentToken(token) => (
+                    record_key(token.org.as_str(), ENROLLMENT_TOKEN, token.id.as_str()),
+                    encode(token)?,
+                ),
+            };
+            batch.insert(key, value);
+        }
+        self.data.apply_batch(batch).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    fn samples(
+        &self,
+        org: &OrgId,
+        agent: &AgentId,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Sample>> {
+        if limit == 0 || from >= to {
+            return Ok(Vec::new());
+        }
+        let series = series_prefix(org, SAMPLE, agent);
+        let start = Bound::Included(series_key(&series, millis(from), 0));
+        // Keys carry whole milliseconds: scan the millisecond of `to` too and filter exactly.
+        let end = after_millis(&series, millis(to));
+        let mut samples = Vec::new();
+        for entry in self.data.range((start, end)) {
+            let (key, value) = entry.map_err(backend)?;
+            let sample: Sample = decode(&key, &value)?;
+            if from <= sample.time && sample.time < to {
+                samples.push(sample);
+                if samples.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(samples)
+    }
+
+    fn transitions(&self, org: &OrgId, agent: &AgentId, limit: usize) -> Result<Vec<Transition>> {
+        self.data
+            .scan_prefix(series_prefix(org, TRANSITION, agent))
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry.map_err(backend)?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// Finds series by skipping from org to org and, within an org's sample and transition
+    /// sections, from agent to agent (one seek each), so the work grows with the number of
+    /// deleted records plus orgs and agents, not with the samples that stay. Series are found
+    /// from their keys rather than from agent records, so the samples of an agent whose record is
+    /// gone are purged too. Removals go in batches of [`PURGE_BATCH`], flushed once at the end.
+    fn purge_before(&self, cutoff: SystemTime) -> Result<u64> {
+        let mut removed = 0;
+        for org in self.orgs()? {
+            removed += self.purge_section(&org, SAMPLE, cutoff, |key, value| {
+                decode::<Sample>(key, value).map(|sample| sample.time)
+            })?;
+            removed += self.purge_section(&org, TRANSITION, cutoff, |key, value| {
+                decode::<Transition>(key, value).map(|transition| transition.time)
+            })?;
+        }
+        if removed > 0 {
+            self.db.flush().map_err(backend)?;
+        }
+        Ok(removed)
+    }
+}
+
+// === schema ===
+
+/// Checks the schema version of `db`, or stamps it if `db` is brand new. Never writes to a
+/// database it refuses (not even by creating a tree).
+fn check_or_stamp_schema(db: &sled::Db) -> Result<()> {
+    let names = db.tree_names();
+    if names.iter().any(|name| name == META_TREE.as_bytes()) {
+        let meta = db.open_tree(META_TREE).map_err(backend)?;
+        if let Some(raw) = meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
+            let found = String::from_utf8_lossy(&raw);
+            return match found.parse::<u32>() {
+                Ok(version) if version == SCHEMA_VERSION => Ok(()),
+                _ => Err(schema_mismatch(found.into_owned())),
+            };
+        }
+    }
+    // No version: only a database without any data may be stamped as ours.
+    for name in &names {
+        if !db.open_tree(name).map_err(backend)?.is_empty() {
+            return Err(schema_mismatch("none".to_owned()));
+        }
+    }
+    let meta = db.open_tree(META_TREE).map_err(backend)?;
+    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_string().as_bytes())
+        .map_err(backend)?;
+    db.flush().map_err(backend)?;
+    Ok(())
+}
+
+fn schema_mismatch(found: String) -> StoreError {
+    StoreError::SchemaMismatch {
+        found,
+        expected: SCHEMA_VERSION,
+    }
+}
+
+// === keys ===
+
+/// `{org}/{kind}/`: the prefix of every record of one kind in one org.
+fn section(org: &str, kind: u8) -> Vec<u8> {
+    let mut key = Vec::with_capacity(org.len() + 3);
+    key.extend_from_slice(org.as_bytes());
+    key.extend_from_slice(&[b'/', kind, b'/']);
+    key
+}
+
+/// `{org}/{kind}/{id}`.
+fn record_key(org: &str, kind: u8, id: &str) -> Vec<u8> {
+    let mut key = section(org, kind);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `{org}/{kind}/{agent}/`: the prefix of one agent's series (samples or transitions).
+fn series_prefix(org: &OrgId, kind: u8, agent: &AgentId) -> Vec<u8> {
+    let mut key = record_key(org.as_str(), kind, agent.as_str());
+    key.push(b'/');
+    key
+}
+
+/// `{series}{millis BE}{n BE}`.
+fn series_key(series: &[u8], millis: u64, n: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(series.len() + SERIES_SUFFIX_LEN);
+    key.extend_from_slice(series);
+    key.extend_from_slice(&millis.to_be_bytes());
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// The exclusive upper bound of the keys of `series` stamped at or before `millis`.
+fn after_millis(series: &[u8], millis: u64) -> Bound<Vec<u8>> {
+    match millis.checked_add(1) {
+        Some(next) => Bound::Excluded(series_key(series, next, 0)),
+        None => prefix_end(series),
+    }
+}
+
+/// The exclusive upper bound of the keys that start with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    successor(prefix).map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+/// The smallest key greater than every key that starts with `prefix`: for `{org}/`, `{org}0`.
+/// `None` if there is none (`prefix` is all `0xff`, which no key of this store is).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
+/// The millisecond stamped in a key of `series`.
+fn series_millis(series: &[u8], key: &[u8]) -> Result<u64> {
+    key.get(series.len()..series.len() + 8)
+        .filter(|_| key.len() == series.len() + SERIES_SUFFIX_LEN)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt(key, "malformed series key"))
+}
+
+/// Milliseconds since the Unix epoch; earlier times clamp to 0, later than `u64::MAX` to that.
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+// === values and errors ===
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))
+}
+
+/// Refuses a record whose own org or id disagrees with the key it is stored under.
+fn check_owner(org: &str, id: &str, record_org: &OrgId, record_id: &str, kind: u8) -> Result<()> {
+    if record_org.as_str() == org && record_id == id {
+        return Ok(());
+    }
+    Err(corrupt(
+        &record_key(org, kind, id),
+        format!("record belongs to {record_org}/{record_id}"),
+    ))
+}
+
+fn corrupt(key: &[u8], detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.escape_ascii().to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(err))
+}

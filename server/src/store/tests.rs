@@ -1,0 +1,929 @@
+//! Conformance suite for [`Store`] implementations.
+//!
+//! Every `check_*` function states one piece of the `Store` contract against a fresh, empty
+//! store (`check_commit_is_durable` takes a function that opens the same store again), so a
+//! second backend proves itself by running them all: add a module like [`sled_store`] that
+//! gives each case its own empty store. Checks that depend on one backend's files (schema
+//! stamping, tampering with raw keys) live in that backend's module.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Snapshot, Store, Write};
+use crate::domain::{
+    AgentId, AgentRecord, AgentStatus, DiskUsage, EnrollmentTokenRecord, LiveRecord, OrgId, Role,
+    Sample, StatusReason, SystemInfo, TokenId, TokenRecord, Transition,
+};
+
+// === fixtures ===
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn org(id: &str) -> OrgId {
+    OrgId::new(id)
+}
+
+fn agent_id(id: &str) -> AgentId {
+    AgentId::new(id)
+}
+
+fn agent(org_id: &str, id: &str, name: &str) -> AgentRecord {
+    AgentRecord {
+        id: agent_id(id),
+        org: org(org_id),
+        name: name.to_owned(),
+        labels: [("env".to_owned(), "prod".to_owned())].into(),
+        system_info: SystemInfo {
+            hostname: format!("{id}.example"),
+            os_name: "linux".to_owned(),
+            logical_cores: 4,
+            total_memory_bytes: 8 << 30,
+            hardware_id: format!("hw-{id}"),
+            boot_time: Some(at(1_000)),
+            ..SystemInfo::default()
+        },
+        enrolled_at: at(2_000),
+        pinned_labels: [("team".to_owned(), "core".to_owned())].into(),
+    }
+}
+
+fn live(status: AgentStatus, last_seq: u64) -> LiveRecord {
+    LiveRecord {
+        status,
+        reason: StatusReason::Activity,
+        since: at(3_000),
+        last_seen: Some(at(3_500)),
+        last_seq,
+    }
+}
+
+fn sample_at(seq: u64, time: SystemTime) -> Sample {
+    Sample {
+        seq,
+        time,
+        cpu_percent: 12.5,
+        load: [0.5, 0.25, 0.125],
+        memory_used_bytes: 1 << 30,
+        memory_total_bytes: 8 << 30,
+        swap_used_bytes: 0,
+        swap_total_bytes: 1 << 30,
+        disks: vec![DiskUsage {
+            mount_point: "/".to_owned(),
+            used_bytes: 10 << 30,
+            total_bytes: 100 << 30,
+        }],
+        network_rx_bytes: 1_000 * seq,
+        network_tx_bytes: 500 * seq,
+        uptime: Duration::from_secs(3_600),
+        process_count: 200,
+    }
+}
+
+fn sample(seq: u64, ms: u64) -> Sample {
+    sample_at(seq, at(ms))
+}
+
+fn transition(
+    org_id: &str,
+    agent: &str,
+    ms: u64,
+    from: AgentStatus,
+    to: AgentStatus,
+) -> Transition {
+    Transition {
+        org: org(org_id),
+        agent: agent_id(agent),
+        time: at(ms),
+        from,
+        to,
+        reason: StatusReason::Activity,
+    }
+}
+
+fn token(org_id: &str, id: &str, role: Role, agent: Option<&str>) -> TokenRecord {
+    TokenRecord {
+        id: TokenId::new(id),
+        org: org(org_id),
+        role,
+        name: format!("token {id}"),
+        digest: [7; 32],
+        created_at: at(1_000),
+        expires_at: Some(at(9_000_000)),
+        revoked: false,
+        agent: agent.map(agent_id),
+    }
+}
+
+fn enrollment_token(org_id: &str, id: &str) -> EnrollmentTokenRecord {
+    EnrollmentTokenRecord {
+        id: TokenId::new(id),
+        org: org(org_id),
+        digest: [9; 32],
+        description: "rack 4".to_owned(),
+        labels: [("rack".to_owned(), "4".to_owned())].into(),
+        max_uses: 10,
+        use_count: 3,
+        created_at: at(1_000),
+        expires_at: None,
+        revoked: false,
+    }
+}
+
+fn put_sample(org_id: &str, agent: &str, sample: Sample) -> Write {
+    Write::PutSample {
+        org: org(org_id),
+        agent: agent_id(agent),
+        sample,
+    }
+}
+
+fn put_live(org_id: &str, agent: &str, live: LiveRecord) -> Write {
+    Write::PutLive {
+        org: org(org_id),
+        agent: agent_id(agent),
+        live,
+    }
+}
+
+/// `load()`, with every list sorted: the contract does not fix their order.
+fn load_sorted(store: &dyn Store) -> Snapshot {
+    let mut snapshot = store.load().expect("load");
+    snapshot
+        .agents
+        .sort_by(|(a, _), (b, _)| (&a.org, &a.id).cmp(&(&b.org, &b.id)));
+    snapshot
+        .tokens
+        .sort_by(|a, b| (&a.org, &a.id).cmp(&(&b.org, &b.id)));
+    snapshot
+        .enrollment_tokens
+        .sort_by(|a, b| (&a.org, &a.id).cmp(&(&b.org, &b.id)));
+    snapshot
+}
+
+/// The seqs of an agent's samples in `[from_ms, to_ms)`, at most `limit`.
+fn seqs(
+    store: &dyn Store,
+    org_id: &str,
+    agent: &str,
+    from: SystemTime,
+    to: SystemTime,
+    limit: usize,
+) -> Vec<u64> {
+    store
+        .samples(&org(org_id), &agent_id(agent), from, to, limit)
+        .expect("samples")
+        .iter()
+        .map(|sample| sample.seq)
+        .collect()
+}
+
+/// Every sample of an agent, as seqs.
+fn all_seqs(store: &dyn Store, org_id: &str, agent: &str) -> Vec<u64> {
+    seqs(store, org_id, agent, UNIX_EPOCH, at(u64::MAX), usize::MAX)
+}
+
+/// The times (in millis) of an agent's transitions, newest first.
+fn transition_times(store: &dyn Store, org_id: &str, agent: &str, limit: usize) -> Vec<u128> {
+    store
+        .transitions(&org(org_id), &agent_id(agent), limit)
+        .expect("transitions")
+        .iter()
+        .map(|t| {
+            t.time
+                .duration_since(UNIX_EPOCH)
+                .expect("after epoch")
+                .as_millis()
+        })
+        .collect()
+}
+
+// === the contract ===
+
+pub(crate) fn check_empty_load(store: &dyn Store) {
+    assert_eq!(store.load().expect("load"), Snapshot::default());
+    assert_eq!(all_seqs(store, "acme", "web-1"), Vec::<u64>::new());
+    assert_eq!(
+        transition_times(store, "acme", "web-1", 10),
+        Vec::<u128>::new()
+    );
+    assert_eq!(store.purge_before(at(u64::MAX)).expect("purge"), 0);
+    store.commit(&[]).expect("an empty commit is fine");
+    assert_eq!(store.load().expect("load"), Snapshot::default());
+}
+
+pub(crate) fn check_agent_and_live_round_trip(store: &dyn Store) {
+    let web = agent("acme", "web-1", "web one");
+    let db = agent("acme", "db-1", "db one");
+    let web_live = live(AgentStatus::Online, 42);
+    store
+        .commit(&[
+            Write::PutAgent(web.clone()),
+            put_live("acme", "web-1", web_live.clone()),
+            Write::PutAgent(db.clone()),
+        ])
+        .expect("commit");
+
+    let snapshot = load_sorted(store);
+    assert_eq!(
+        snapshot.agents,
+        vec![(db.clone(), None), (web.clone(), Some(web_live))]
+    );
+    assert!(snapshot.tokens.is_empty());
+    assert!(snapshot.enrollment_tokens.is_empty());
+
+    // A live record written in a later commit joins its agent too.
+    let db_live = live(AgentStatus::Offline, 0);
+    store
+        .commit(&[put_live("acme", "db-1", db_live.clone())])
+        .expect("commit");
+    assert_eq!(load_sorted(store).agents[0], (db, Some(db_live)));
+}
+
+pub(crate) fn check_overwrite(store: &dyn Store) {
+    let first = agent("acme", "web-1", "web one");
+    store
+        .commit(&[
+            Write::PutAgent(first.clone()),
+            put_live("acme", "web-1", live(AgentStatus::Online, 1)),
+        ])
+        .expect("commit");
+
+    let mut second = first.clone();
+    second.name = "renamed".to_owned();
+    second.labels.insert("tier".to_owned(), "gold".to_owned());
+    let second_live = live(AgentStatus::Stale, 7);
+    store
+        .commit(&[
+            Write::PutAgent(second.clone()),
+            put_live("acme", "web-1", second_live.clone()),
+        ])
+        .expect("commit");
+    assert_eq!(load_sorted(store).agents, vec![(second, Some(second_live))]);
+
+    // Within one commit, the last write of a key wins.
+    let mut third = first.clone();
+    third.name = "third".to_owned();
+    store
+        .commit(&[Write::PutAgent(first), Write::PutAgent(third.clone())])
+        .expect("commit");
+    assert_eq!(load_sorted(store).agents[0].0, third);
+}
+
+pub(crate) fn check_samples_range(store: &dyn Store) {
+    // Committed out of time order, over two commits.
+    store
+        .commit(&[
+            put_sample("acme", "web-1", sample(3, 3_000)),
+            put_sample("acme", "web-1", sample(1, 1_000)),
+        ])
+        .expect("commit");
+    store
+        .commit(&[
+            put_sample("acme", "web-1", sample(4, 4_000)),
+            put_sample("acme", "web-1", sample(2, 2_000)),
+        ])
+        .expect("commit");
+
+    // from is inclusive, to exclusive, results in time order.
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(2_000), at(4_000), 10),
+        [2, 3]
+    );
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(1_999), at(4_001), 10),
+        [2, 3, 4]
+    );
+    assert_eq!(all_seqs(store, "acme", "web-1"), [1, 2, 3, 4]);
+    // limit keeps the oldest.
+    assert_eq!(seqs(store, "acme", "web-1", at(0), at(10_000), 2), [1, 2]);
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(0), at(10_000), 0),
+        Vec::<u64>::new()
+    );
+    // Empty and inverted ranges.
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(2_000), at(2_000), 10),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(4_000), at(1_000), 10),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(5_000), at(9_000), 10),
+        Vec::<u64>::new()
+    );
+    // A range starting before the epoch is fine.
+    assert_eq!(
+        seqs(
+            store,
+            "acme",
+            "web-1",
+            UNIX_EPOCH - Duration::from_secs(60),
+            at(1_001),
+            10
+        ),
+        [1]
+    );
+    // Another agent, another org: nothing.
+    assert_eq!(all_seqs(store, "acme", "web-2"), Vec::<u64>::new());
+    assert_eq!(all_seqs(store, "other", "web-1"), Vec::<u64>::new());
+
+    // Two samples in the same millisecond are both kept, in seq order.
+    store
+        .commit(&[
+            put_sample("acme", "web-1", sample(6, 6_000)),
+            put_sample("acme", "web-1", sample(5, 6_000)),
+        ])
+        .expect("commit");
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(6_000), at(6_001), 10),
+        [5, 6]
+    );
+
+    // The bounds are exact below a millisecond too.
+    let half = at(7_000) + Duration::from_micros(500);
+    store
+        .commit(&[put_sample("acme", "web-1", sample_at(7, half))])
+        .expect("commit");
+    let just_before = half - Duration::from_micros(1);
+    let just_after = half + Duration::from_micros(1);
+    assert_eq!(
+        seqs(store, "acme", "web-1", just_before, just_after, 10),
+        [7]
+    );
+    assert_eq!(
+        seqs(store, "acme", "web-1", just_after, at(8_000), 10),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(store, "acme", "web-1", at(7_000), half, 10),
+        Vec::<u64>::new()
+    );
+    assert_eq!(seqs(store, "acme", "web-1", half, just_after, 10), [7]);
+
+    // Every field survives the round trip.
+    let stored = store
+        .samples(&org("acme"), &agent_id("web-1"), at(1_000), at(1_001), 1)
+        .expect("samples");
+    assert_eq!(stored, [sample(1, 1_000)]);
+}
+
+pub(crate) fn check_prefix_agent_ids_isolated(store: &dyn Store) {
+    // `ab-c` sorts before `ab/`, `abc` after it: neither may leak into a scan of `ab`.
+    let agents = ["ab", "abc", "ab-c", "a"];
+    let mut writes = Vec::new();
+    for (agent_idx, agent) in agents.iter().enumerate() {
+        let base = 100 * agent_idx as u64;
+        for seq in 1..=3 {
+            writes.push(put_sample("acme", agent, sample(base + seq, 1_000 * seq)));
+        }
+        for ms in [1_000 + base, 2_000 + base] {
+            writes.push(Write::PutTransition(transition(
+                "acme",
+                agent,
+                ms,
+                AgentStatus::Offline,
+                AgentStatus::Online,
+            )));
+        }
+    }
+    store.commit(&writes).expect("commit");
+
+    for (agent_idx, agent) in agents.iter().enumerate() {
+        let base = 100 * agent_idx as u64;
+        assert_eq!(
+            all_seqs(store, "acme", agent),
+            [base + 1, base + 2, base + 3],
+            "samples of {agent}"
+        );
+        assert_eq!(
+            transition_times(store, "acme", agent, 10),
+            [u128::from(2_000 + base), u128::from(1_000 + base)],
+            "transitions of {agent}"
+        );
+    }
+}
+
+pub(crate) fn check_orgs_isolated(store: &dyn Store) {
+    // Org ids that are prefixes of each other, and the same agent and token ids in each.
+    let orgs = ["acme", "acme-eu", "acmecorp"];
+    let mut writes = Vec::new();
+    for (org_idx, org_id) in orgs.iter().enumerate() {
+        let n = org_idx as u64;
+        writes.push(Write::PutAgent(agent(
+            org_id,
+            "web-1",
+            &format!("web of {org_id}"),
+        )));
+        writes.push(put_live(org_id, "web-1", live(AgentStatus::Online, n)));
+        writes.push(put_sample(org_id, "web-1", sample(10 + n, 1_000 + n)));
+        writes.push(Write::PutTransition(transition(
+            org_id,
+            "web-1",
+            5_000 + n,
+            AgentStatus::Offline,
+            AgentStatus::Online,
+        )));
+        writes.push(Write::PutToken(token(org_id, "tok-1", Role::Admin, None)));
+        writes.push(Write::PutEnrollmentToken(enrollment_token(org_id, "enr-1")));
+    }
+    store.commit(&writes).expect("commit");
+
+    let snapshot = load_sorted(store);
+    assert_eq!(snapshot.agents.len(), orgs.len());
+    assert_eq!(snapshot.tokens.len(), orgs.len());
+    assert_eq!(snapshot.enrollment_tokens.len(), orgs.len());
+    for (org_idx, org_id) in orgs.iter().enumerate() {
+        let n = org_idx as u64;
+        let (stored, stored_live) = &snapshot.agents[org_idx];
+        assert_eq!(stored, &agent(org_id, "web-1", &format!("web of {org_id}")));
+        assert_eq!(stored_live, &Some(live(AgentStatus::Online, n)));
+        assert_eq!(snapshot.tokens[org_idx].org, org(org_id));
+        assert_eq!(snapshot.enrollment_tokens[org_idx].org, org(org_id));
+        assert_eq!(
+            all_seqs(store, org_id, "web-1"),
+            [10 + n],
+            "samples of {org_id}"
+        );
+        assert_eq!(
+            transition_times(store, org_id, "web-1", 10),
+            [u128::from(5_000 + n)],
+            "transitions of {org_id}"
+        );
+    }
+}
+
+pub(crate) fn check_transitions_newest_first(store: &dyn Store) {
+    use AgentStatus::{Offline, Online, Stale};
+    // Out of time order across commits.
+    store
+        .commit(&[
+            Write::PutTransition(transition("acme", "web-1", 1_000, Offline, Online)),
+            Write::PutTransition(transition("acme", "web-1", 3_000, Stale, Online)),
+        ])
+        .expect("commit");
+    store
+        .commit(&[Write::PutTransition(transition(
+            "acme", "web-1", 2_000, Online, Stale,
+        ))])
+        .expect("commit");
+    // Two in the same millisecond, in one commit: commit order decides.
+    store
+        .commit(&[
+            Write::PutTransition(transition("acme", "web-1", 4_000, Online, Stale)),
+            Write::PutTransition(transition("acme", "web-1", 4_000, Stale, Offline)),
+        ])
+        .expect("commit");
+    // And a third in that millisecond, in a later commit.
+    store
+        .commit(&[Write::PutTransition(transition(
+            "acme", "web-1", 4_000, Offline, Online,
+        ))])
+        .expect("commit");
+
+    let all = store
+        .transitions(&org("acme"), &agent_id("web-1"), 100)
+        .expect("transitions");
+    let steps: Vec<_> = all.iter().map(|t| (t.time, t.from, t.to)).collect();
+    assert_eq!(
+        steps,
+        [
+            (at(4_000), Offline, Online),
+            (at(4_000), Stale, Offline),
+            (at(4_000), Online, Stale),
+            (at(3_000), Stale, Online),
+            (at(2_000), Online, Stale),
+            (at(1_000), Offline, Online),
+        ]
+    );
+    assert_eq!(all[0], transition("acme", "web-1", 4_000, Offline, Online));
+
+    assert_eq!(
+        transition_times(store, "acme", "web-1", 4),
+        [4_000, 4_000, 4_000, 3_000]
+    );
+    assert_eq!(
+        transition_times(store, "acme", "web-1", 0),
+        Vec::<u128>::new()
+    );
+    assert_eq!(
+        transition_times(store, "acme", "web-2", 10),
+        Vec::<u128>::new()
+    );
+}
+
+pub(crate) fn check_tokens_round_trip(store: &dyn Store) {
+    let admin = token("acme", "tok-admin", Role::Admin, None);
+    let cred = token("acme", "tok-agent", Role::Agent, Some("web-1"));
+    let enroll = enrollment_token("acme", "enr-1");
+    store
+        .commit(&[
+            Write::PutToken(admin.clone()),
+            Write::PutToken(cred.clone()),
+            Write::PutEnrollmentToken(enroll.clone()),
+        ])
+        .expect("commit");
+    let snapshot = load_sorted(store);
+    assert_eq!(snapshot.tokens, [admin.clone(), cred.clone()]);
+    assert_eq!(snapshot.enrollment_tokens, std::slice::from_ref(&enroll));
+    assert!(snapshot.agents.is_empty());
+
+    // Revocation and use counts are overwrites.
+    let mut revoked = admin;
+    revoked.revoked = true;
+    let mut used = enroll;
+    used.use_count += 1;
+    store
+        .commit(&[
+            Write::PutToken(revoked.clone()),
+            Write::PutEnrollmentToken(used.clone()),
+        ])
+        .expect("commit");
+    let snapshot = load_sorted(store);
+    assert_eq!(snapshot.tokens, [revoked, cred]);
+    assert_eq!(snapshot.enrollment_tokens, [used]);
+}
+
+pub(crate) fn check_purge_before(store: &dyn Store) {
+    use AgentStatus::{Offline, Online};
+    let mut writes = vec![
+        Write::PutAgent(agent("acme", "web-1", "web one")),
+        put_live("acme", "web-1", live(Online, 5)),
+        Write::PutToken(token("acme", "tok-1", Role::Viewer, None)),
+        Write::PutEnrollmentToken(enrollment_token("acme", "enr-1")),
+    ];
+    for (org_id, agent) in [("acme", "web-1"), ("acme", "web-2"), ("beta", "web-1")] {
+        for seq in 1..=5 {
+            writes.push(put_sample(org_id, agent, sample(seq, 1_000 * seq)));
+            writes.push(Write::PutTransition(transition(
+                org_id,
+                agent,
+                1_000 * seq,
+                Offline,
+                Online,
+            )));
+        }
+    }
+    // An agent with samples but no agent record: purged all the same.
+    writes.push(put_sample("gamma", "gone", sample(1, 1_000)));
+    store.commit(&writes).expect("commit");
+    let before = load_sorted(store);
+
+    // Strictly older than the cutoff: 1,000 and 2,000 go, 3,000 stays.
+    let removed = store.purge_before(at(3_000)).expect("purge");
+    assert_eq!(removed, 3 * (2 + 2) + 1);
+    for (org_id, agent) in [("acme", "web-1"), ("acme", "web-2"), ("beta", "web-1")] {
+        assert_eq!(
+            all_seqs(store, org_id, agent),
+            [3, 4, 5],
+            "{org_id}/{agent}"
+        );
+        assert_eq!(
+            transition_times(store, org_id, agent, 10),
+            [5_000, 4_000, 3_000],
+            "{org_id}/{agent}"
+        );
+    }
+    assert_eq!(all_seqs(store, "gamma", "gone"), Vec::<u64>::new());
+    // Agents, live records and tokens are not history: untouched.
+    assert_eq!(load_sorted(store), before);
+
+    // Nothing more to remove at the same cutoff; an earlier one removes nothing either.
+    assert_eq!(store.purge_before(at(3_000)).expect("purge"), 0);
+    assert_eq!(store.purge_before(at(0)).expect("purge"), 0);
+
+    // The cutoff is exact below a millisecond.
+    let half = at(6_000) + Duration::from_micros(500);
+    store
+        .commit(&[
+            put_sample("acme", "web-1", sample_at(6, half)),
+            put_sample(
+                "acme",
+                "web-1",
+                sample_at(7, half + Duration::from_micros(200)),
+            ),
+        ])
+        .expect("commit");
+    let removed = store
+        .purge_before(half + Duration::from_micros(100))
+        .expect("purge");
+    // 3,000, 4,000 and 5,000 of every series (samples and transitions), and seq 6.
+    assert_eq!(removed, 3 * (3 + 3) + 1);
+    assert_eq!(all_seqs(store, "acme", "web-1"), [7]);
+}
+
+/// More expired samples in one series than one purge batch of any reasonable backend holds.
+pub(crate) fn check_purge_many(store: &dyn Store) {
+    const N_OLD: u64 = 25_000;
+    const N_NEW: u64 = 10;
+    let writes: Vec<Write> = (0..N_OLD + N_NEW)
+        .map(|seq| put_sample("acme", "web-1", sample(seq, 1_000 + seq)))
+        .collect();
+    for chunk in writes.chunks(5_000) {
+        store.commit(chunk).expect("commit");
+    }
+    let removed = store.purge_before(at(1_000 + N_OLD)).expect("purge");
+    assert_eq!(removed, N_OLD);
+    let left = all_seqs(store, "acme", "web-1");
+    assert_eq!(left, (N_OLD..N_OLD + N_NEW).collect::<Vec<_>>());
+}
+
+/// Commits from many threads at once all land.
+pub(crate) fn check_concurrent_commits(store: &dyn Store) {
+    const N_THREADS: u64 = 4;
+    const N_COMMITS: u64 = 25;
+    std::thread::scope(|scope| {
+        for thread_idx in 0..N_THREADS {
+            scope.spawn(move || {
+                let agent = format!("web-{thread_idx}");
+                for seq in 0..N_COMMITS {
+                    store
+                        .commit(&[
+                            put_sample("acme", &agent, sample(seq, 1_000 + seq)),
+                            Write::PutTransition(transition(
+                                "acme",
+                                &agent,
+                                1_000,
+                                AgentStatus::Offline,
+                                AgentStatus::Online,
+                            )),
+                        ])
+                        .expect("commit");
+                }
+            });
+        }
+    });
+    for thread_idx in 0..N_THREADS {
+        let agent = format!("web-{thread_idx}");
+        assert_eq!(
+            all_seqs(store, "acme", &agent),
+            (0..N_COMMITS).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            transition_times(store, "acme", &agent, 1_000).len() as u64,
+            N_COMMITS
+        );
+    }
+}
+
+/// What one commit wrote is there after the store is closed and opened again. `open` must
+/// open the same store each time; the previous instance is dropped before it is called again.
+pub(crate) fn check_commit_is_durable(open: &dyn Fn() -> Box<dyn Store>) {
+    let web = agent("acme", "web-1", "web one");
+    let web_live = live(AgentStatus::Online, 9);
+    let tok = token("acme", "tok-1", Role::Operator, None);
+    let enroll = enrollment_token("acme", "enr-1");
+    {
+        let store = open();
+        store
+            .commit(&[
+                Write::PutAgent(web.clone()),
+                put_live("acme", "web-1", web_live.clone()),
+                put_sample("acme", "web-1", sample(9, 9_000)),
+                Write::PutTransition(transition(
+                    "acme",
+                    "web-1",
+                    9_000,
+                    AgentStatus::Offline,
+                    AgentStatus::Online,
+                )),
+                Write::PutToken(tok.clone()),
+                Write::PutEnrollmentToken(enroll.clone()),
+            ])
+            .expect("commit");
+    }
+    let store = open();
+    let snapshot = load_sorted(&*store);
+    assert_eq!(snapshot.agents, [(web, Some(web_live))]);
+    assert_eq!(snapshot.tokens, [tok]);
+    assert_eq!(snapshot.enrollment_tokens, [enroll]);
+    assert_eq!(all_seqs(&*store, "acme", "web-1"), [9]);
+    assert_eq!(transition_times(&*store, "acme", "web-1", 10), [9_000]);
+
+    // Same-millisecond transitions keep their order across a reopen.
+    store
+        .commit(&[Write::PutTransition(transition(
+            "acme",
+            "web-1",
+            9_000,
+            AgentStatus::Online,
+            AgentStatus::Stale,
+        ))])
+        .expect("commit");
+    drop(store);
+    let store = open();
+    let newest = store
+        .transitions(&org("acme"), &agent_id("web-1"), 1)
+        .expect("transitions");
+    assert_eq!(newest[0].to, AgentStatus::Stale);
+}
+
+// === sled ===
+
+/// Runs the suite against [`SledStore`](super::SledStore), each case in its own directory, plus
+/// the checks of sled's own files.
+mod sled_store {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::{SCHEMA_VERSION, SledStore, StoreError};
+
+    fn open(path: &Path) -> SledStore {
+        SledStore::open(path).expect("open sled store")
+    }
+
+    macro_rules! sled_cases {
+        ($($name:ident => $check:ident,)*) => {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    $check(&open(dir.path()));
+                }
+            )*
+        };
+    }
+
+    sled_cases! {
+        empty_load => check_empty_load,
+        agent_and_live_round_trip => check_agent_and_live_round_trip,
+        overwrite => check_overwrite,
+        samples_range => check_samples_range,
+        prefix_agent_ids_isolated => check_prefix_agent_ids_isolated,
+        orgs_isolated => check_orgs_isolated,
+        transitions_newest_first => check_transitions_newest_first,
+        tokens_round_trip => check_tokens_round_trip,
+        purge_before => check_purge_before,
+        purge_many => check_purge_many,
+        concurrent_commits => check_concurrent_commits,
+    }
+
+    #[test]
+    fn commit_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check_commit_is_durable(&|| Box::new(open(dir.path())));
+    }
+
+    /// Reads (and with `Some`, first replaces) the raw schema version, with sled directly.
+    fn raw_schema_version(path: &Path, replace: Option<Option<&str>>) -> Option<String> {
+        let db = sled::open(path).expect("open raw sled");
+        let meta = db.open_tree("meta").expect("meta tree");
+        match replace {
+            Some(Some(version)) => {
+                meta.insert("schema_version", version.as_bytes())
+                    .expect("tamper");
+            }
+            Some(None) => {
+                meta.remove("schema_version").expect("tamper");
+            }
+            None => {}
+        }
+        db.flush().expect("flush");
+        let raw = meta.get("schema_version").expect("read");
+        raw.map(|raw| String::from_utf8_lossy(&raw).into_owned())
+    }
+
+    /// How many keys the raw data tree holds.
+    fn raw_data_len(path: &Path) -> usize {
+        let db = sled::open(path).expect("open raw sled");
+        db.open_tree("data").expect("data tree").len()
+    }
+
+    fn assert_refused(path: &Path, expected_found: &str) {
+        match SledStore::open(path) {
+            Err(StoreError::SchemaMismatch { found, expected }) => {
+                assert_eq!(found, expected_found);
+                assert_eq!(expected, SCHEMA_VERSION);
+            }
+            Err(other) => panic!("expected a schema mismatch, got {other}"),
+            Ok(_) => panic!("expected a schema mismatch, the store opened"),
+        }
+    }
+
+    #[test]
+    fn schema_version_is_stamped_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path();
+        let web = agent("acme", "web-1", "web one");
+        open(path)
+            .commit(&[Write::PutAgent(web.clone())])
+            .expect("commit");
+        assert_eq!(
+            raw_schema_version(path, None),
+            Some(SCHEMA_VERSION.to_string())
+        );
+        // Reopening the same version works.
+        assert_eq!(
+            open(path).load().expect("load").agents,
+            [(web.clone(), None)]
+        );
+
+        // A newer, an unparsable or a missing version is refused, and the refusal writes
+        // nothing: the tampered value and the data are exactly as they were.
+        let n_keys = raw_data_len(path);
+        for (tampered, found) in [
+            (Some("999"), "999"),
+            (Some("one"), "one"),
+            (Some("0"), "0"),
+            (None, "none"),
+        ] {
+            raw_schema_version(path, Some(tampered));
+            assert_refused(path, found);
+            assert_eq!(raw_schema_version(path, None).as_deref(), tampered);
+            assert_eq!(raw_data_len(path), n_keys);
+        }
+
+        // Put back, the data is all there.
+        raw_schema_version(path, Some(Some(&SCHEMA_VERSION.to_string())));
+        assert_eq!(open(path).load().expect("load").agents, [(web, None)]);
+    }
+
+    #[test]
+    fn empty_sled_db_without_version_is_stamped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(sled::open(dir.path()).expect("create raw sled"));
+        open(dir.path());
+        assert_eq!(
+            raw_schema_version(dir.path(), None),
+            Some(SCHEMA_VERSION.to_string())
+        );
+    }
+
+    #[test]
+    fn foreign_sled_db_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path()).expect("create raw sled");
+            db.insert("someone else's", "data").expect("insert");
+            db.flush().expect("flush");
+        }
+        assert_refused(dir.path(), "none");
+        let db = sled::open(dir.path()).expect("open raw sled");
+        assert!(!db.tree_names().iter().any(|name| name == b"meta"));
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_with_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        open(dir.path())
+            .commit(&[put_sample("acme", "web-1", sample(1, 1_000))])
+            .expect("commit");
+        {
+            let db = sled::open(dir.path()).expect("open raw sled");
+            let data = db.open_tree("data").expect("data tree");
+            data.insert("acme/a/web-1", "{not json").expect("insert");
+            let (sample_key, _) = data
+                .scan_prefix("acme/m/web-1/")
+                .next()
+                .expect("a sample")
+                .expect("read");
+            data.insert(sample_key, "[]").expect("insert");
+            db.flush().expect("flush");
+        }
+        let store = open(dir.path());
+        match store.load() {
+            Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, "acme/a/web-1"),
+            other => panic!("expected a corrupt record, got {other:?}"),
+        }
+        match store.samples(&org("acme"), &agent_id("web-1"), at(0), at(2_000), 10) {
+            Err(StoreError::Corrupt { key, .. }) => {
+                assert!(key.starts_with("acme/m/web-1/\\x00"), "{key}");
+            }
+            other => panic!("expected a corrupt record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn record_under_another_orgs_key_is_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path());
+            store
+                .commit(&[Write::PutAgent(agent("acme", "web-1", "web one"))])
+                .expect("commit");
+        }
+        {
+            let db = sled::open(dir.path()).expect("open raw sled");
+            let data = db.open_tree("data").expect("data tree");
+            let value = data.get("acme/a/web-1").expect("read").expect("present");
+            data.insert("beta/a/web-1", value).expect("insert");
+            db.flush().expect("flush");
+        }
+        assert!(matches!(
+            open(dir.path()).load(),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn second_open_of_a_locked_dir_fails_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = open(dir.path());
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StoreError::Backend(_))
+        ));
+    }
+}
