@@ -255,7 +255,9 @@ impl SessionLoop {
                 None => {}
                 Some(Ok(Some(msg))) => {
                     self.session.touch();
-                    if self.session.stale.swap(false, Ordering::AcqRel) {
+                    if self.session.stale.load(Ordering::Relaxed)
+                        && self.session.stale.swap(false, Ordering::AcqRel)
+                    {
                         self.registry.session_active(&self.session);
                     }
                     match self.handle(msg).await {
@@ -279,7 +281,10 @@ impl SessionLoop {
                         "agent stream ended: {}",
                         status.message()
                     );
-                    return None;
+                    // If the agent is still there (e.g. it sent an oversized or undecodable
+                    // message), it learns why its stream ends.
+                    self.done = true;
+                    return Some(Err(inbound_error(status)));
                 }
             }
         }
@@ -351,6 +356,16 @@ impl SessionLoop {
         }
         self.max_seq = self.max_seq.max(prev);
         Ok(samples)
+    }
+}
+
+/// The status to end a session with after its inbound stream failed. tonic reports an
+/// over-limit message as `OUT_OF_RANGE`; Tether's contract for limits is `RESOURCE_EXHAUSTED`.
+fn inbound_error(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
     }
 }
 
