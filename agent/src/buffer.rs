@@ -35,8 +35,10 @@ impl SampleBuffer {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            // Grow lazily: most agents never have more than a few samples in flight.
-            entries: VecDeque::with_capacity(capacity.min(64)),
+            // Grow lazily: most agents never have more than a few samples in flight, and a
+            // sample is ~160 bytes, so 64 pre-allocated slots would cost 10 KiB per agent
+            // (a megabyte per hundred simulated agents).
+            entries: VecDeque::with_capacity(capacity.min(4)),
             capacity,
             next_seq: 1,
             dropped: 0,

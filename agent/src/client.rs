@@ -2,18 +2,22 @@
 //!
 //! Every client comes from an explicitly configured [`tonic::transport::Endpoint`] (connect
 //! timeout, HTTP/2 keepalive, `TCP_NODELAY`): the generated client has no `connect` helper
-//! because the RPC named `Connect` would clash with it.
+//! because the RPC named `Connect` would clash with it. `https://` URLs use TLS (rustls): the
+//! server certificate is checked against `--ca-cert` (else the system's roots), and a client
+//! certificate is presented when one is configured (mTLS). The files are read at every dial, so
+//! renewed certificates are picked up on the next reconnect.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tether_proto as pb;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::AgentError;
 use crate::collector::SystemInfo;
-use crate::config::DEFAULT_CONNECT_TIMEOUT;
+use crate::config::{ClientTls, DEFAULT_CONNECT_TIMEOUT};
 use crate::convert;
 use crate::state::Enrollment;
 
@@ -23,9 +27,119 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Deadline of one `Enroll` call.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The header of a PEM certificate.
+const PEM_CERT: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// The generated client over a transport channel.
 pub(crate) type AgentClient = pb::agent_service_client::AgentServiceClient<Channel>;
+
+/// How a session reaches the server.
+#[derive(Debug, Clone)]
+pub(crate) enum Transport {
+    /// Open a new connection for every session: what a real agent does.
+    Dial {
+        server_url: String,
+        /// Local address to bind before connecting (the simulator spreads its connections
+        /// over several loopback addresses); `None` lets the kernel choose.
+        local_address: Option<IpAddr>,
+        /// Certificates for an `https://` URL; `None` trusts the system's roots and presents
+        /// no client certificate.
+        tls: Option<ClientTls>,
+    },
+    /// Open the session as one more HTTP/2 stream on an existing channel, which many
+    /// sessions share (the simulator's multiplexed mode). The channel reconnects by itself.
+    Shared(Channel),
+}
+
+/// The endpoint every agent connection uses: connect timeout, HTTP/2 keepalive, `TCP_NODELAY`.
+///
+/// # Errors
+///
+/// [`AgentError::Config`] for a malformed URL.
+pub(crate) fn endpoint(
+    server_url: &str,
+    local_address: Option<IpAddr>,
+    connect_timeout: Duration,
+) -> Result<Endpoint, AgentError> {
+    Ok(Endpoint::from_shared(server_url.to_owned())
+        .map_err(|err| AgentError::Config(format!("server url {server_url:?}: {err}")))?
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .local_address(local_address))
+}
+
+/// [`endpoint`] with TLS for an `https://` URL, configured from `tls`.
+///
+/// # Errors
+///
+/// [`AgentError::Config`] for a malformed URL or unusable certificate files.
+pub(crate) fn endpoint_with_tls(
+    server_url: &str,
+    tls: Option<&ClientTls>,
+    local_address: Option<IpAddr>,
+    connect_timeout: Duration,
+) -> Result<Endpoint, AgentError> {
+    let endpoint = endpoint(server_url, local_address, connect_timeout)?;
+    match tls_config(server_url, tls)? {
+        None => Ok(endpoint),
+        Some(config) => endpoint
+            .tls_config(config)
+            .map_err(|err| AgentError::Config(format!("TLS settings for {server_url:?}: {err}"))),
+    }
+}
+
+/// The TLS configuration for `server_url`: `None` for `http://`; for `https://`, trust
+/// `tls.ca_cert` (else the system's roots) and present `tls.client_cert`/`tls.client_key` if
+/// set.
+///
+/// # Errors
+///
+/// [`AgentError::Config`] when a file cannot be read.
+pub(crate) fn tls_config(
+    server_url: &str,
+    tls: Option<&ClientTls>,
+) -> Result<Option<ClientTlsConfig>, AgentError> {
+    if !server_url.starts_with("https://") {
+        return Ok(None);
+    }
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| {
+            AgentError::Config(format!("cannot read {what} {}: {err}", path.display()))
+        })
+    };
+    let tls = tls.cloned().unwrap_or_default();
+    let mut config = ClientTlsConfig::new();
+    config = match &tls.ca_cert {
+        Some(path) => {
+            let pem = read("CA certificate", path)?;
+            // An empty trust store would only fail at the first handshake: say so now.
+            if !pem.windows(PEM_CERT.len()).any(|w| w == PEM_CERT) {
+                return Err(AgentError::Config(format!(
+                    "CA certificate {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            config.ca_certificate(Certificate::from_pem(pem))
+        }
+        None => config.with_enabled_roots(),
+    };
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let identity =
+                Identity::from_pem(read("client certificate", cert)?, read("client key", key)?);
+            config = config.identity(identity);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(AgentError::Config(
+                "a client certificate needs both --client-cert and --client-key".into(),
+            ));
+        }
+    }
+    Ok(Some(config))
+}
 
 /// Opens a connection to `server_url` and wraps it in an `AgentService` client.
 ///
@@ -35,18 +149,46 @@ pub(crate) type AgentClient = pb::agent_service_client::AgentServiceClient<Chann
 /// [`AgentError::Timeout`] when the server cannot be reached.
 pub(crate) async fn connect_client(
     server_url: &str,
+    tls: Option<&ClientTls>,
     connect_timeout: Duration,
 ) -> Result<AgentClient, AgentError> {
-    let endpoint = Endpoint::from_shared(server_url.to_owned())
-        .map_err(|err| AgentError::Config(format!("server url {server_url:?}: {err}")))?
-        .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    let channel = tokio::time::timeout(connect_timeout, endpoint.connect())
-        .await
-        .map_err(|_| AgentError::Timeout("the connection to the server"))??;
-    Ok(AgentClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE))
+    Transport::Dial {
+        server_url: server_url.to_owned(),
+        local_address: None,
+        tls: tls.cloned(),
+    }
+    .client(connect_timeout)
+    .await
+}
+
+// === impl Transport ===
+
+impl Transport {
+    /// A client for one session: a fresh connection ([`Transport::Dial`]) or the shared one.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_client`].
+    pub(crate) async fn client(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<AgentClient, AgentError> {
+        let channel = match self {
+            Self::Dial {
+                server_url,
+                local_address,
+                tls,
+            } => {
+                let endpoint =
+                    endpoint_with_tls(server_url, tls.as_ref(), *local_address, connect_timeout)?;
+                tokio::time::timeout(connect_timeout, endpoint.connect())
+                    .await
+                    .map_err(|_| AgentError::Timeout("the connection to the server"))??
+            }
+            Self::Shared(channel) => channel.clone(),
+        };
+        Ok(AgentClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE))
+    }
 }
 
 /// Adds `authorization: Bearer <token>` to `request`, marked sensitive so it never shows up in
@@ -85,6 +227,7 @@ pub async fn enroll(
 ) -> Result<Enrollment, AgentError> {
     enroll_with_timeout(
         server_url,
+        None,
         enroll_token,
         info,
         labels,
@@ -94,16 +237,29 @@ pub async fn enroll(
     .await
 }
 
-/// [`enroll`] with an explicit connect timeout.
+/// [`enroll`] with TLS settings and an explicit connect timeout.
 pub(crate) async fn enroll_with_timeout(
     server_url: &str,
+    tls: Option<&ClientTls>,
     enroll_token: &str,
     info: &SystemInfo,
     labels: &BTreeMap<String, String>,
     name: Option<&str>,
     connect_timeout: Duration,
 ) -> Result<Enrollment, AgentError> {
-    let mut client = connect_client(server_url, connect_timeout).await?;
+    let client = connect_client(server_url, tls, connect_timeout).await?;
+    enroll_on(client, enroll_token, info, labels, name).await
+}
+
+/// [`enroll`] over an existing client (the simulator enrolls thousands of agents over a few
+/// shared connections).
+pub(crate) async fn enroll_on(
+    mut client: AgentClient,
+    enroll_token: &str,
+    info: &SystemInfo,
+    labels: &BTreeMap<String, String>,
+    name: Option<&str>,
+) -> Result<Enrollment, AgentError> {
     let mut request = tonic::Request::new(convert::enroll_request(info, labels, name));
     request.set_timeout(ENROLL_TIMEOUT);
     authorize(&mut request, enroll_token)?;

@@ -23,6 +23,13 @@ pub trait Collector: Send + 'static {
     fn system_info(&mut self) -> SystemInfo;
     /// Takes one measurement. Called every metrics interval once the server has said `Welcome`.
     fn sample(&mut self) -> Sample;
+    /// Whether [`Collector::sample`] may block (reads the machine): the agent then calls it on
+    /// a blocking thread. Collectors that only compute (e.g. [`crate::SyntheticCollector`])
+    /// return `false` and are called inline, which matters when one process simulates
+    /// thousands of agents.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// What the agent reports about the machine it runs on.

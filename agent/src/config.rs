@@ -47,6 +47,23 @@ pub struct AgentConfig {
     pub backoff: BackoffConfig,
     /// Time allowed to open a connection, and then again to receive `Welcome`.
     pub connect_timeout: Duration,
+    /// Certificates for an `https://` server. `None` (the default) trusts the system's roots
+    /// and presents no client certificate; it must be `None` for an `http://` server.
+    pub tls: Option<ClientTls>,
+}
+
+/// Certificate files for TLS to the server (PEM). Read at every connection attempt, so a
+/// renewed certificate is used from the next reconnect on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA certificate(s) the server's certificate must chain to; `None` trusts the system's
+    /// roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate presented to a server that asks for one (mTLS; its Common Name must
+    /// be this agent's id). Needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// Exponential backoff parameters for reconnects.
@@ -77,6 +94,7 @@ impl AgentConfig {
             buffer_capacity: DEFAULT_BUFFER_CAPACITY,
             backoff: BackoffConfig::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: None,
         }
     }
 
@@ -86,22 +104,27 @@ impl AgentConfig {
     ///
     /// [`AgentError::Config`] naming the first invalid field.
     pub fn validate(&self) -> Result<(), AgentError> {
-        if self.server_url.starts_with("https://") {
-            // The workspace builds tonic without a TLS backend yet.
+        let https = self.server_url.starts_with("https://");
+        if !https && !self.server_url.starts_with("http://") {
             return Err(AgentError::Config(format!(
-                "server url {:?}: TLS is not supported by this build yet; use http://",
+                "server url {:?} must start with http:// or https://",
                 self.server_url
             )));
         }
-        if !self.server_url.starts_with("http://") {
+        if !https && self.tls.is_some() {
             return Err(AgentError::Config(format!(
-                "server url {:?} must start with http://",
+                "TLS certificates were given but server url {:?} is not https://",
                 self.server_url
             )));
         }
-        tonic::transport::Endpoint::from_shared(self.server_url.clone()).map_err(|err| {
-            AgentError::Config(format!("server url {:?}: {err}", self.server_url))
-        })?;
+        // Builds the endpoint exactly as a connection would, so unreadable or malformed
+        // certificate files are reported now rather than at the first reconnect.
+        crate::client::endpoint_with_tls(
+            &self.server_url,
+            self.tls.as_ref(),
+            None,
+            self.connect_timeout,
+        )?;
         if self.state_dir.as_os_str().is_empty() {
             return Err(AgentError::Config(
                 "state directory must not be empty".into(),
@@ -139,6 +162,7 @@ impl fmt::Debug for AgentConfig {
             .field("buffer_capacity", &self.buffer_capacity)
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -219,5 +243,33 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret-token"));
         assert!(debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = AgentConfig::new(DEFAULT_SERVER_URL, DEFAULT_STATE_DIR);
+        config.tls = Some(ClientTls {
+            ca_cert: Some(dir.path().join("ca.pem")),
+            ..ClientTls::default()
+        });
+        // Certificates only make sense for https://.
+        assert!(matches!(config.validate(), Err(AgentError::Config(_))));
+        config.server_url = "https://localhost:7600".into();
+        // A missing CA file is reported before connecting.
+        assert!(matches!(config.validate(), Err(AgentError::Config(_))));
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").expect("write");
+        config.tls = Some(ClientTls {
+            ca_cert: Some(garbage.clone()),
+            ..ClientTls::default()
+        });
+        assert!(matches!(config.validate(), Err(AgentError::Config(_))));
+        // A client certificate needs its key.
+        config.tls = Some(ClientTls {
+            client_cert: Some(garbage),
+            ..ClientTls::default()
+        });
+        assert!(matches!(config.validate(), Err(AgentError::Config(_))));
     }
 }

@@ -30,6 +30,80 @@ struct Cli {
 enum Command {
     /// Run the agent (the default when no subcommand is given).
     Run,
+    /// Simulate a fleet: N agents in this process, each a real agent session on the real
+    /// protocol, for load tests and the fleet benchmark. Intervals come from the server.
+    Simulate(Box<SimulateArgs>),
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Number of simulated agents.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+
+    /// Connections carrying the sessions (as multiplexed HTTP/2 streams); default: one per
+    /// agent. Keep agents/connections under the server's --max-concurrent-streams.
+    #[arg(long)]
+    connections: Option<usize>,
+
+    /// Local source addresses to spread connections over, e.g. `127.0.0.2-127.0.0.40`
+    /// (one address pair runs out of ephemeral ports near 28,000 connections).
+    #[arg(long, value_parser = checked(tether_agent::simulate::parse_source_addrs))]
+    source_addrs: Option<String>,
+
+    /// Connections opened per second while ramping up (0: all at once).
+    #[arg(long, default_value_t = 1000.0)]
+    ramp: f64,
+
+    /// JSON-lines file of enrollments: read at start, appended to, so reruns reuse agent ids
+    /// and credentials instead of enrolling again.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+
+    /// Labels to spread over the agents by index, e.g. `env=prod|staging|dev,region=eu|us|ap`.
+    #[arg(long, value_parser = checked(tether_agent::simulate::parse_label_mix), default_value = "env=prod|staging|dev,region=eu|us|ap")]
+    label_mix: String,
+
+    /// OS names to spread over the agents, e.g. `linux|windows|darwin`.
+    #[arg(long, default_value = "linux|windows|darwin")]
+    os_mix: String,
+
+    /// Hostnames are `PREFIX-000042`; use distinct prefixes for simulators sharing a server.
+    #[arg(long, default_value = "sim")]
+    name_prefix: String,
+
+    /// Once every agent was online, wait this long and then mute agents: they keep their
+    /// streams open but send nothing (a hung machine).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    silent_after: Option<Duration>,
+
+    /// How many agents go silent (default: all).
+    #[arg(long, requires = "silent_after")]
+    silent_count: Option<usize>,
+
+    /// Period of the stats records.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    stats_interval: Duration,
+
+    /// Print JSON lines on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+
+    /// Also append JSON stats lines to this file.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+
+    /// Stop after this long (default: until SIGINT/SIGTERM).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = tether_agent::simulate::DEFAULT_ENROLL_CONCURRENCY)]
+    enroll_concurrency: usize,
+
+    /// Stop when stdin closes (a supervising process, such as the fleet benchmark, went away).
+    #[arg(long)]
+    exit_on_stdin_close: bool,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +140,31 @@ struct RunArgs {
     /// Time allowed to connect to the server, and again to receive its Welcome.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", global = true)]
     connect_timeout: Duration,
+
+    /// CA certificate (PEM) the server's certificate must chain to, for an https:// server
+    /// (default: the system's trusted roots).
+    #[arg(long, env = "TETHER_CA_CERT", value_name = "PATH", global = true)]
+    ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM) to present for mTLS; its Common Name must be this agent's id.
+    #[arg(
+        long,
+        env = "TETHER_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key",
+        global = true
+    )]
+    client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "TETHER_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert",
+        global = true
+    )]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -113,7 +212,61 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .context("start the tokio runtime")?;
             runtime.block_on(run_agent(config))
         }
+        Command::Simulate(args) => {
+            let config = simulate_config(cli.run, &args);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("start the tokio runtime")?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                if args.exit_on_stdin_close {
+                    let token = shutdown.clone();
+                    std::thread::spawn(move || {
+                        let mut sink = Vec::new();
+                        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+                        token.cancel();
+                    });
+                }
+                tether_agent::simulate::simulate(config, shutdown).await
+            })
+        }
     }
+}
+
+fn simulate_config(run: RunArgs, args: &SimulateArgs) -> tether_agent::simulate::SimulateConfig {
+    let mut config = tether_agent::simulate::SimulateConfig::new(run.server, args.agents);
+    config.n_connections = args.connections.unwrap_or(args.agents);
+    config.source_addrs = args
+        .source_addrs
+        .as_deref()
+        .map(tether_agent::simulate::parse_source_addrs)
+        .transpose()
+        .expect("validated by clap")
+        .unwrap_or_default();
+    config.ramp = args.ramp;
+    config.enroll_token = run.enroll_token.filter(|token| !token.is_empty());
+    config.state_file = args.state_file.clone();
+    config.label_mix =
+        tether_agent::simulate::parse_label_mix(&args.label_mix).expect("validated by clap");
+    config.os_mix = args
+        .os_mix
+        .split('|')
+        .filter(|os| !os.is_empty())
+        .map(str::to_owned)
+        .collect();
+    config.name_prefix = args.name_prefix.clone();
+    config.silent_after = args.silent_after;
+    config.silent_count = args.silent_count;
+    config.stats_interval = args.stats_interval;
+    config.json = args.json;
+    config.stats_file = args.stats_file.clone();
+    config.duration = args.duration;
+    config.buffer_capacity = run.buffer_capacity;
+    config.connect_timeout = run.connect_timeout;
+    config.enroll_concurrency = args.enroll_concurrency;
+    config
 }
 
 async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
@@ -137,8 +290,18 @@ fn agent_config(args: RunArgs) -> AgentConfig {
         labels,
         buffer_capacity,
         connect_timeout,
+        ca_cert,
+        client_cert,
+        client_key,
     } = args;
     let mut config = AgentConfig::new(server, state_dir);
+    if ca_cert.is_some() || client_cert.is_some() || client_key.is_some() {
+        config.tls = Some(tether_agent::ClientTls {
+            ca_cert,
+            client_cert,
+            client_key,
+        });
+    }
     config.enroll_token = enroll_token.filter(|token| !token.is_empty());
     config.name = name;
     config.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
@@ -146,6 +309,16 @@ fn agent_config(args: RunArgs) -> AgentConfig {
     config.backoff = BackoffConfig::default();
     config.connect_timeout = connect_timeout;
     config
+}
+
+/// A clap value parser that checks `raw` with `parse` and keeps it as a string.
+fn checked<T>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync + 'static
+where
+    T: 'static,
+{
+    move |raw: &str| parse(raw).map(|_| raw.to_owned())
 }
 
 /// Parses `key=value`; the key must be non-empty and free of whitespace and `=`.

@@ -1,10 +1,14 @@
-//! The agent's top level: start-up (load or obtain a credential), the sampler task, and the
+//! The agent's top level: start-up (load or obtain a credential), the sampler, and the
 //! reconnect loop around sessions.
 //!
 //! [`run`] is what the binary and the tests drive; [`spawn`] runs it on a task and returns an
-//! [`AgentHandle`].
+//! [`AgentHandle`]. The fleet simulator (`crate::simulate`) runs the same reconnect loop
+//! ([`hold_sessions`]) and sampler ([`sample_forever`]) for each simulated agent; only
+//! enrollment and the transport differ.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -12,14 +16,35 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::client;
+use crate::client::{self, Transport};
 use crate::collector::{Collector, SystemInfo};
 use crate::session::{self, SessionContext, SessionEnd, Shared};
 use crate::state::{Enrollment, StateDir};
 use crate::{AgentConfig, AgentError, AgentStats};
 
 /// The collector, shared between the sampler and the sessions (which need `SystemInfo`).
-type SharedCollector = Arc<Mutex<Box<dyn Collector>>>;
+pub(crate) type SharedCollector = Arc<Mutex<Box<dyn Collector>>>;
+
+/// What the reconnect loop needs, besides the enrollment.
+pub(crate) struct Agent<'a> {
+    pub(crate) transport: &'a Transport,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) labels: &'a BTreeMap<String, String>,
+    pub(crate) collector: &'a SharedCollector,
+    pub(crate) shared: &'a Shared,
+    pub(crate) shutdown: &'a CancellationToken,
+}
+
+/// Why [`hold_sessions`] returned.
+#[derive(Debug)]
+pub(crate) enum HoldEnd {
+    /// `shutdown` was cancelled; the agent said goodbye.
+    Shutdown,
+    /// The server rejected the credential (`UNAUTHENTICATED`): the caller may enroll again.
+    Unauthenticated(AgentError),
+    /// A non-retryable error.
+    Fatal(AgentError),
+}
 
 /// A running agent, as returned by [`spawn`].
 #[derive(Debug)]
@@ -122,66 +147,114 @@ pub async fn run(
         "agent starting"
     );
 
-    let shared = Arc::new(Shared::new(config.buffer_capacity, stats.clone()));
-    let sampler_token = shutdown.child_token();
-    // Stops the sampler however this function returns.
-    let _sampler_guard = sampler_token.clone().drop_guard();
-    tokio::spawn(
-        sample_forever(collector.clone(), shared.clone(), sampler_token)
-            .instrument(info_span!("sampler", agent_id = %enrollment.agent_id)),
-    );
-
-    let mut backoff = Backoff::new(config.backoff.clone());
-    let mut reenrolled = false;
-    loop {
-        let system_info = system_info(&collector).await?;
-        let ctx = SessionContext {
-            server_url: &config.server_url,
-            connect_timeout: config.connect_timeout,
-            enrollment: &enrollment,
-            system_info: &system_info,
-            labels: &config.labels,
-            shared: &shared,
-            shutdown: &shutdown,
-        };
-        let end = session::run_session(&ctx)
-            .instrument(info_span!("session", agent_id = %enrollment.agent_id))
-            .await;
-        match end {
-            SessionEnd::Shutdown => {
-                info!("agent stopped");
-                return Ok(());
+    let shared = Shared::new(config.buffer_capacity, stats.clone());
+    let transport = Transport::Dial {
+        server_url: config.server_url.clone(),
+        local_address: None,
+        tls: config.tls.clone(),
+    };
+    let agent = Agent {
+        transport: &transport,
+        connect_timeout: config.connect_timeout,
+        labels: &config.labels,
+        collector: &collector,
+        shared: &shared,
+        shutdown: &shutdown,
+    };
+    // The sampler runs beside the sessions on this same task: it never ends by itself, and is
+    // dropped when the reconnect loop returns.
+    let sampler = sample_forever(&collector, &shared)
+        .instrument(info_span!("sampler", agent_id = %enrollment.agent_id));
+    let sessions = async {
+        let mut backoff = Backoff::new(config.backoff.clone());
+        let mut reenrolled = false;
+        loop {
+            let mut healthy = false;
+            let end = hold_sessions(&agent, &enrollment, &mut backoff, &mut healthy).await;
+            if healthy {
+                reenrolled = false;
             }
-            SessionEnd::Closed { healthy, reason } => {
-                if healthy {
-                    backoff.reset();
-                    reenrolled = false;
+            match end {
+                HoldEnd::Shutdown => {
+                    info!("agent stopped");
+                    return Ok(());
                 }
-                info!(%reason, "session closed");
-            }
-            SessionEnd::Failed { healthy, error } => {
-                if healthy {
-                    backoff.reset();
-                    reenrolled = false;
-                }
-                if let (true, false, Some(token)) = (
-                    error.is_unauthenticated(),
-                    reenrolled,
-                    config.enroll_token.as_deref(),
-                ) {
+                HoldEnd::Fatal(error) => return Err(error),
+                HoldEnd::Unauthenticated(error) => {
+                    let Some(token) = config.enroll_token.as_deref() else {
+                        return Err(error);
+                    };
+                    if reenrolled {
+                        return Err(error);
+                    }
                     warn!("server rejected the agent credential; enrolling again");
                     reenrolled = true;
                     match enroll_until_done(&config, token, &collector, &state, &shutdown).await? {
                         Some(fresh) => {
                             enrollment = fresh;
                             stats.set_agent_id(&enrollment.agent_id);
-                            continue;
                         }
                         None => return Ok(()),
                     }
                 }
+            }
+        }
+    };
+    tokio::select! {
+        result = sessions => result,
+        never = sampler => match never {},
+    }
+}
+
+/// Holds one session at a time for `enrollment`, reconnecting with `backoff`, until shutdown
+/// or an error the loop cannot retry by itself. Sets `healthy` when a healthy session ended
+/// (the backoff is then reset).
+///
+/// # Cancellation
+///
+/// Cancel through `agent.shutdown`: the live session says goodbye first.
+pub(crate) async fn hold_sessions(
+    agent: &Agent<'_>,
+    enrollment: &Enrollment,
+    backoff: &mut Backoff,
+    healthy_seen: &mut bool,
+) -> HoldEnd {
+    loop {
+        let system_info = match system_info(agent.collector).await {
+            Ok(info) => info,
+            Err(error) => return HoldEnd::Fatal(error),
+        };
+        let ctx = SessionContext {
+            transport: agent.transport,
+            connect_timeout: agent.connect_timeout,
+            enrollment,
+            system_info: &system_info,
+            labels: agent.labels,
+            shared: agent.shared,
+            shutdown: agent.shutdown,
+        };
+        let end = session::run_session(&ctx)
+            .instrument(info_span!("session", agent_id = %enrollment.agent_id))
+            .await;
+        match end {
+            SessionEnd::Shutdown => return HoldEnd::Shutdown,
+            SessionEnd::Closed { healthy, reason } => {
+                if healthy {
+                    backoff.reset();
+                    *healthy_seen = true;
+                }
+                info!(%reason, "session closed");
+            }
+            SessionEnd::Failed { healthy, error } => {
+                if healthy {
+                    backoff.reset();
+                    *healthy_seen = true;
+                }
+                if error.is_unauthenticated() {
+                    return HoldEnd::Unauthenticated(error);
+                }
                 if !error.is_retryable() {
-                    return Err(error);
+                    return HoldEnd::Fatal(error);
                 }
                 info!(error = %error, "session failed");
             }
@@ -189,10 +262,7 @@ pub async fn run(
         let delay = backoff.next_delay();
         info!(delay = ?delay, "reconnecting after backoff");
         tokio::select! {
-            () = shutdown.cancelled() => {
-                info!("agent stopped");
-                return Ok(());
-            }
+            () = agent.shutdown.cancelled() => return HoldEnd::Shutdown,
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -214,6 +284,7 @@ async fn enroll_until_done(
             () = shutdown.cancelled() => return Ok(None),
             attempt = client::enroll_with_timeout(
                 &config.server_url,
+                config.tls.as_ref(),
                 token,
                 &info,
                 &config.labels,
@@ -259,16 +330,23 @@ async fn system_info(collector: &SharedCollector) -> Result<SystemInfo, AgentErr
 
 /// The sampler: idle until the first `Welcome` gives a metrics interval, then one sample per
 /// interval into the shared buffer, connected or not. Follows interval changes from later
-/// `Welcome`s. Stops when `token` is cancelled.
-async fn sample_forever(collector: SharedCollector, shared: Arc<Shared>, token: CancellationToken) {
+/// `Welcome`s. Never returns: it stops when dropped.
+pub(crate) async fn sample_forever(
+    collector: &SharedCollector,
+    shared: &Shared,
+) -> std::convert::Infallible {
+    let blocks = collector
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .blocks();
     let mut interval_rx = shared.metrics_interval.subscribe();
     let mut period = loop {
         if let Some(period) = *interval_rx.borrow_and_update() {
             break period;
         }
-        tokio::select! {
-            () = token.cancelled() => return,
-            changed = interval_rx.changed() => if changed.is_err() { return },
+        // The sender lives in `shared`, which outlives this future.
+        if interval_rx.changed().await.is_err() {
+            return std::future::pending().await;
         }
     };
     // The first tick fires at once: the first sample follows the first Welcome immediately.
@@ -277,10 +355,9 @@ async fn sample_forever(collector: SharedCollector, shared: Arc<Shared>, token: 
     let mut reported_drops = 0;
     loop {
         tokio::select! {
-            () = token.cancelled() => return,
             changed = interval_rx.changed() => {
                 if changed.is_err() {
-                    return;
+                    return std::future::pending().await;
                 }
                 let new_period = *interval_rx.borrow_and_update();
                 if let Some(new_period) = new_period
@@ -293,17 +370,21 @@ async fn sample_forever(collector: SharedCollector, shared: Arc<Shared>, token: 
                 }
             }
             _ = ticker.tick() => {
-                let collector = collector.clone();
-                let sample = tokio::task::spawn_blocking(move || {
-                    collector.lock().unwrap_or_else(PoisonError::into_inner).sample()
-                })
-                .await;
-                let sample = match sample {
-                    Ok(sample) => sample,
-                    Err(err) => {
-                        warn!("failed to take a sample: {err}");
-                        continue;
+                let sample = if blocks {
+                    let collector = collector.clone();
+                    let sample = tokio::task::spawn_blocking(move || {
+                        collector.lock().unwrap_or_else(PoisonError::into_inner).sample()
+                    })
+                    .await;
+                    match sample {
+                        Ok(sample) => sample,
+                        Err(err) => {
+                            warn!("failed to take a sample: {err}");
+                            continue;
+                        }
                     }
+                } else {
+                    collector.lock().unwrap_or_else(PoisonError::into_inner).sample()
                 };
                 let dropped = {
                     let mut buffer = shared.buffer();

@@ -9,7 +9,8 @@
 //! The buffer and the sampler live outside the session, in [`Shared`], so samples keep being
 //! taken and numbered while disconnected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -22,9 +23,10 @@ use tonic::codec::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::buffer::SampleBuffer;
-use crate::client;
+use crate::client::{self, Transport};
 use crate::collector::{AGENT_VERSION, SystemInfo};
 use crate::convert;
+use crate::latency::LatencyHistogram;
 use crate::state::Enrollment;
 use crate::{AgentError, AgentStats};
 
@@ -48,11 +50,16 @@ pub(crate) struct Shared {
     /// Metrics interval from the latest `Welcome`; `None` until the first one.
     pub(crate) metrics_interval: watch::Sender<Option<Duration>>,
     pub(crate) stats: Arc<AgentStats>,
+    /// The simulator's "hung agent": while set, the session keeps its stream open but sends
+    /// nothing (no pings, no samples), so the server sees silence. Never set in a real agent.
+    pub(crate) muted: AtomicBool,
+    /// Where to record the time from writing a report to the ack covering it (simulator only).
+    pub(crate) ack_latency: Option<Arc<LatencyHistogram>>,
 }
 
 /// Everything a session needs from the run loop.
 pub(crate) struct SessionContext<'a> {
-    pub(crate) server_url: &'a str,
+    pub(crate) transport: &'a Transport,
     pub(crate) connect_timeout: Duration,
     pub(crate) enrollment: &'a Enrollment,
     pub(crate) system_info: &'a SystemInfo,
@@ -139,6 +146,8 @@ struct Session<'a> {
     next_nonce: u64,
     /// Set once an ack or pong arrives after `Welcome`.
     healthy: bool,
+    /// Last seq and send time of each report awaiting its ack, when ack latency is recorded.
+    in_flight: VecDeque<(u64, Instant)>,
 }
 
 /// Why a send on the outbound stream did not happen.
@@ -159,9 +168,13 @@ pub(crate) async fn run_session(ctx: &SessionContext<'_>) -> SessionEnd {
         sent_through: 0,
         next_nonce: 1,
         healthy: false,
+        in_flight: VecDeque::new(),
     };
     let result = session.run(rx).await;
     ctx.shared.stats.session_closed();
+    if result.is_err() {
+        ctx.shared.stats.session_failed();
+    }
     match result {
         Ok(end) => end,
         Err(error) => SessionEnd::Failed {
@@ -210,7 +223,24 @@ impl Shared {
             new_samples: Notify::new(),
             metrics_interval: watch::Sender::new(None),
             stats,
+            muted: AtomicBool::new(false),
+            ack_latency: None,
         }
+    }
+
+    /// Whether the simulator muted this agent.
+    pub(crate) fn is_muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+
+    /// Applies a `MetricsAck` (or the acks that arrive during shutdown).
+    fn apply_ack(&self, durable_seq: u64) {
+        let mut buffer = self.buffer();
+        let n_acked = buffer.ack(durable_seq);
+        self.stats.set_buffer(buffer.len(), buffer.dropped());
+        drop(buffer);
+        self.stats.add_samples_acked(n_acked);
+        self.stats.acked(durable_seq);
     }
 
     /// Locks the sample buffer.
@@ -227,11 +257,8 @@ impl Session<'_> {
         rx: mpsc::Receiver<pb::ConnectRequest>,
     ) -> Result<SessionEnd, AgentError> {
         let ctx = self.ctx;
-        let Some(client) = cancellable(
-            ctx.shutdown,
-            client::connect_client(ctx.server_url, ctx.connect_timeout),
-        )
-        .await
+        let Some(client) =
+            cancellable(ctx.shutdown, ctx.transport.client(ctx.connect_timeout)).await
         else {
             return Ok(SessionEnd::Shutdown);
         };
@@ -249,6 +276,7 @@ impl Session<'_> {
                 "outbound queue closed before Hello".into(),
             ));
         }
+        ctx.shared.stats.message_sent();
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         client::authorize(&mut request, ctx.enrollment.credential.expose_secret())?;
 
@@ -337,7 +365,7 @@ impl Session<'_> {
                 () = &mut silence => {
                     return Err(AgentError::Timeout("any message from the server"));
                 }
-                _ = heartbeat.tick() => {
+                _ = heartbeat.tick(), if !ctx.shared.is_muted() => {
                     let nonce = self.next_nonce;
                     self.next_nonce += 1;
                     match self.send(convert::ping(nonce, SystemTime::now())).await {
@@ -346,7 +374,7 @@ impl Session<'_> {
                         Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
                     }
                 }
-                () = ctx.shared.new_samples.notified() => match self.flush_pending().await {
+                () = ctx.shared.new_samples.notified(), if !ctx.shared.is_muted() => match self.flush_pending().await {
                     Ok(()) => {}
                     Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
                     Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
@@ -402,12 +430,16 @@ impl Session<'_> {
             }
             ServerMessage::MetricsAck { durable_seq } => {
                 self.mark_healthy();
-                let shared = &self.ctx.shared;
-                let mut buffer = shared.buffer();
-                buffer.ack(durable_seq);
-                stats.set_buffer(buffer.len(), buffer.dropped());
-                drop(buffer);
-                stats.acked(durable_seq);
+                self.ctx.shared.apply_ack(durable_seq);
+                if let Some(histogram) = &self.ctx.shared.ack_latency {
+                    let now = Instant::now();
+                    while let Some(&(seq, sent_at)) = self.in_flight.front()
+                        && seq <= durable_seq
+                    {
+                        histogram.record(now.saturating_duration_since(sent_at));
+                        self.in_flight.pop_front();
+                    }
+                }
                 debug!(durable_seq, "metrics acknowledged");
             }
             ServerMessage::Goodbye(goodbye) => return self.on_goodbye(goodbye).map(Some),
@@ -445,6 +477,9 @@ impl Session<'_> {
     /// Sends every buffered sample not yet written to this stream, in reports of at most
     /// [`MAX_SAMPLES_PER_REPORT`].
     async fn flush_pending(&mut self) -> Result<(), SendFailed> {
+        if self.ctx.shared.is_muted() {
+            return Ok(());
+        }
         loop {
             let batch = self
                 .ctx
@@ -456,6 +491,9 @@ impl Session<'_> {
             };
             let last_seq = last.seq;
             self.send(convert::metrics_report(&batch)).await?;
+            if self.ctx.shared.ack_latency.is_some() {
+                self.in_flight.push_back((last_seq, Instant::now()));
+            }
             self.sent_through = last_seq;
             self.ctx.shared.stats.add_samples_sent(batch.len());
             debug!(n_samples = batch.len(), last_seq, "metrics sent");
@@ -467,7 +505,11 @@ impl Session<'_> {
         tokio::select! {
             biased;
             () = self.ctx.shutdown.cancelled() => Err(SendFailed::Cancelled),
-            sent = self.tx.send(message) => sent.map_err(|_| SendFailed::Closed),
+            sent = self.tx.send(message) => {
+                sent.map_err(|_| SendFailed::Closed)?;
+                self.ctx.shared.stats.message_sent();
+                Ok(())
+            }
         }
     }
 
@@ -517,12 +559,7 @@ impl Session<'_> {
                     if let Ok(ServerMessage::MetricsAck { durable_seq }) =
                         ServerMessage::try_from(response)
                     {
-                        let shared = &self.ctx.shared;
-                        let mut buffer = shared.buffer();
-                        buffer.ack(durable_seq);
-                        shared.stats.set_buffer(buffer.len(), buffer.dropped());
-                        drop(buffer);
-                        shared.stats.acked(durable_seq);
+                        self.ctx.shared.apply_ack(durable_seq);
                     }
                 }
             }

@@ -23,6 +23,9 @@ pub struct AgentStats {
     samples_acked_seq: AtomicU64,
     samples_dropped: AtomicU64,
     samples_buffered: AtomicU64,
+    samples_acked: AtomicU64,
+    messages_sent: AtomicU64,
+    session_failures: AtomicU64,
     last_rtt_micros: AtomicU64,
     last_clock_offset_micros: AtomicI64,
     agent_id: Mutex<Option<String>>,
@@ -40,6 +43,9 @@ impl AgentStats {
             samples_acked_seq: AtomicU64::new(0),
             samples_dropped: AtomicU64::new(0),
             samples_buffered: AtomicU64::new(0),
+            samples_acked: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            session_failures: AtomicU64::new(0),
             last_rtt_micros: AtomicU64::new(NO_RTT),
             last_clock_offset_micros: AtomicI64::new(NO_OFFSET),
             agent_id: Mutex::new(None),
@@ -80,6 +86,22 @@ impl AgentStats {
     /// Samples currently buffered awaiting acknowledgement.
     pub fn samples_buffered(&self) -> u64 {
         self.samples_buffered.load(Ordering::Relaxed)
+    }
+
+    /// Number of samples removed from the buffer because the server reported them durable.
+    pub fn samples_acked(&self) -> u64 {
+        self.samples_acked.load(Ordering::Relaxed)
+    }
+
+    /// Number of messages written to a stream (`Hello`, reports, pings, goodbyes).
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent.load(Ordering::Relaxed)
+    }
+
+    /// Number of sessions that failed (could not open, broke, or timed out), as opposed to
+    /// ending in an orderly way.
+    pub fn session_failures(&self) -> u64 {
+        self.session_failures.load(Ordering::Relaxed)
     }
 
     /// Round-trip time measured by the latest `Pong`.
@@ -135,6 +157,21 @@ impl AgentStats {
             u64::try_from(n_samples).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    pub(crate) fn add_samples_acked(&self, n_samples: usize) {
+        self.samples_acked.fetch_add(
+            u64::try_from(n_samples).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn message_sent(&self) {
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn session_failed(&self) {
+        self.session_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn acked(&self, durable_seq: u64) {

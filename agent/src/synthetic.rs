@@ -25,7 +25,11 @@ pub struct SyntheticCollector {
 
 impl SyntheticCollector {
     /// A machine named `hostname` with hardware id `hardware_id`, running `os_name`.
-    pub fn new(hostname: impl Into<String>, hardware_id: impl Into<String>, os_name: impl Into<String>) -> Self {
+    pub fn new(
+        hostname: impl Into<String>,
+        hardware_id: impl Into<String>,
+        os_name: impl Into<String>,
+    ) -> Self {
         let hostname = hostname.into();
         let seed = fnv1a(hostname.as_bytes());
         let booted = SystemTime::now() - Duration::from_secs(3600 + seed % 86_400);
@@ -59,6 +63,10 @@ impl SyntheticCollector {
 }
 
 impl Collector for SyntheticCollector {
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn system_info(&mut self) -> SystemInfo {
         self.info.clone()
     }

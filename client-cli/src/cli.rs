@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Secret;
-use crate::view::AgentStatus;
+use crate::view::{AgentStatus, AuditOutcome, Role};
 
 /// Default page size when `agents list` follows pages.
 pub const LIST_PAGE_SIZE: u32 = 500;
@@ -46,6 +46,19 @@ pub struct GlobalArgs {
     /// Config file [env: TETHER_CONFIG; default: ~/.config/tether/config.toml]
     #[arg(long, global = true, value_name = "PATH", help_heading = "Connection")]
     pub config: Option<PathBuf>,
+
+    /// CA certificate (PEM) an https:// server's certificate must chain to; default: the
+    /// system's roots [env: TETHER_CA_CERT; config: ca_cert]
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Connection")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mTLS [env: TETHER_CLIENT_CERT; config: client_cert]
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Connection")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --client-cert [env: TETHER_CLIENT_KEY; config: client_key]
+    #[arg(long, global = true, value_name = "PATH", help_heading = "Connection")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// The top-level commands.
@@ -67,6 +80,17 @@ pub enum Command {
     /// Create, list and revoke enrollment tokens (admin).
     #[command(subcommand, name = "enroll-token")]
     EnrollToken(EnrollTokenCommand),
+
+    /// Create and list orgs (server admin).
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Tokens(ApiTokensCommand),
+
+    /// List audit events, or verify their hash chain (admin).
+    Audit(AuditArgs),
 }
 
 /// `agents …`
@@ -81,6 +105,9 @@ pub enum AgentsCommand {
 
     /// Print the matching agents, then one line per change as it happens.
     Watch(WatchArgs),
+
+    /// Delete an agent: revoke its credential and end its session (admin; needs --yes).
+    Delete(DeleteArgs),
 }
 
 /// `agents list`
@@ -223,7 +250,7 @@ pub struct ListTokensArgs {
     pub output: SeriesFormat,
 }
 
-/// `enroll-token revoke`
+/// `enroll-token revoke` and `tokens revoke`
 #[derive(Debug, Clone, Args)]
 pub struct RevokeTokenArgs {
     /// Token id
@@ -232,6 +259,134 @@ pub struct RevokeTokenArgs {
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
     pub output: ObjectFormat,
+}
+
+/// `agents delete`
+#[derive(Debug, Clone, Args)]
+pub struct DeleteArgs {
+    /// Agent id
+    pub id: String,
+
+    /// Confirm: revoke the agent's credential, end its session; it must enroll again
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `orgs …`
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an org and its first admin token; the token's secret is printed once.
+    Create(CreateOrgArgs),
+
+    /// List every org.
+    #[command(visible_alias = "ls")]
+    List(ObjectOutput),
+}
+
+/// `orgs create`
+#[derive(Debug, Clone, Args)]
+pub struct CreateOrgArgs {
+    /// Org id: 1-64 characters of a-z, 0-9 and -
+    pub org_id: String,
+
+    /// Human-readable name
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub display_name: String,
+
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
+    pub output: ObjectFormat,
+}
+
+/// `tokens …`
+#[derive(Debug, Subcommand)]
+pub enum ApiTokensCommand {
+    /// Create an API token; its secret is printed once.
+    Create(CreateApiTokenArgs),
+
+    /// List API tokens (never their secrets).
+    #[command(visible_alias = "ls")]
+    List(ListApiTokensArgs),
+
+    /// Revoke an API token; calls and open watches using it are refused from then on.
+    Revoke(RevokeTokenArgs),
+}
+
+/// `tokens create`
+#[derive(Debug, Clone, Args)]
+pub struct CreateApiTokenArgs {
+    /// Name to recognise the token by
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+
+    /// What the token may do
+    #[arg(long, value_enum)]
+    pub role: Role,
+
+    /// Lifetime, e.g. 12h, 30d; `never` (or 0s) for no expiry
+    #[arg(long, value_name = "DURATION", default_value = "never", value_parser = parse_ttl)]
+    pub ttl: Ttl,
+
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
+    pub output: ObjectFormat,
+}
+
+/// `tokens list`
+#[derive(Debug, Clone, Args)]
+pub struct ListApiTokensArgs {
+    /// Include revoked tokens
+    #[arg(long)]
+    pub include_revoked: bool,
+
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
+    pub output: ObjectFormat,
+}
+
+/// `audit`: list events, or check the hash chain with `audit verify` / `audit --verify`.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    /// Check the chain instead of listing
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+
+    /// Only calls of this method: a short name (CreateToken) or a full one
+    /// (/tether.v1.AdminService/CreateToken)
+    #[arg(long, value_name = "METHOD")]
+    pub method: Option<String>,
+
+    /// Only calls made with this token
+    #[arg(long, value_name = "TOKEN_ID")]
+    pub actor: Option<String>,
+
+    /// Only calls with this outcome
+    #[arg(long, value_enum)]
+    pub outcome: Option<AuditOutcome>,
+
+    /// Only events of this recent period, e.g. 15m, 1h, 2d
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+
+    /// Stop after the N oldest matching events instead of fetching every page
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+
+    /// Check the org's whole hash chain instead of listing (same as `audit verify`)
+    #[arg(long, conflicts_with_all = ["method", "actor", "outcome", "since", "limit"])]
+    pub verify: bool,
+
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
+    pub output: ObjectFormat,
+}
+
+/// `audit …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Fetch every event of the org and check the hash chain; exits non-zero if it is broken.
+    Verify(ObjectOutput),
 }
 
 /// Output formats of listings.

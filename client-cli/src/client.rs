@@ -4,6 +4,8 @@
 //! The channel is built from an explicit [`Endpoint`] (connect timeout [`CONNECT_TIMEOUT`]) and
 //! connected eagerly, so an unreachable server is reported once, clearly, before any request.
 //! Unary calls carry a [`REQUEST_TIMEOUT`] deadline; streaming calls (watch) have none.
+//! `https://` servers are reached over TLS: the certificate must chain to `--ca-cert` (else to
+//! the system's roots), and `--client-cert`/`--client-key` are presented when given (mTLS).
 
 use std::fmt;
 use std::time::Duration;
@@ -11,15 +13,17 @@ use std::time::Duration;
 use tether_proto as pb;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::CliError;
-use crate::config::Settings;
+use crate::config::{Settings, TlsFiles};
 
 /// How long establishing the TCP (and HTTP/2) connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of each unary request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The header of a PEM certificate.
+const PEM_CERT: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// Interval of HTTP/2 keepalive pings while a request (a watch) is open.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -59,19 +63,18 @@ impl Connection {
     pub async fn connect(settings: &Settings) -> Result<Self, CliError> {
         let auth = AuthInterceptor::new(settings.token.expose())?;
         let server = settings.server.clone();
-        if server.starts_with("https://") {
-            return Err(CliError::Usage(format!(
-                "cannot connect to {server}: this build of tetherctl has no TLS support; use an \
-                 http:// address (plaintext is meant for loopback and trusted networks)"
-            )));
-        }
-        let endpoint = Endpoint::from_shared(server.clone())
+        let mut endpoint = Endpoint::from_shared(server.clone())
             .map_err(|err| CliError::Usage(format!("invalid server address `{server}`: {err}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             // A long `agents watch` notices a vanished server instead of waiting forever.
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        if server.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tls_config(&settings.tls)?)
+                .map_err(|err| CliError::Usage(format!("TLS settings for {server}: {err}")))?;
+        }
         let channel = endpoint
             .connect()
             .await
@@ -116,6 +119,41 @@ impl fmt::Debug for Connection {
             .field("server", &self.server)
             .finish_non_exhaustive()
     }
+}
+
+/// The TLS configuration for an `https://` server: trust `files.ca_cert` (else the system's
+/// roots) and present the client certificate if one is given.
+///
+/// # Errors
+///
+/// [`CliError::Usage`] when a file cannot be read.
+pub fn tls_config(files: &TlsFiles) -> Result<ClientTlsConfig, CliError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| CliError::Usage(format!("cannot read {what} {}: {err}", path.display())))
+    };
+    let mut config = ClientTlsConfig::new();
+    config = match &files.ca_cert {
+        Some(path) => {
+            let pem = read("CA certificate", path)?;
+            // An empty trust store would only fail at the handshake, less clearly.
+            if !pem.windows(PEM_CERT.len()).any(|w| w == PEM_CERT) {
+                return Err(CliError::Usage(format!(
+                    "CA certificate {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            config.ca_certificate(Certificate::from_pem(pem))
+        }
+        None => config.with_enabled_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&files.client_cert, &files.client_key) {
+        config = config.identity(Identity::from_pem(
+            read("client certificate", cert)?,
+            read("client key", key)?,
+        ));
+    }
+    Ok(config)
 }
 
 /// Wraps `message` in a request with the unary deadline [`REQUEST_TIMEOUT`].
@@ -199,6 +237,7 @@ mod tests {
         let settings = Settings {
             server: format!("http://{addr}"),
             token: crate::config::Secret::new("t"),
+            tls: TlsFiles::default(),
         };
         let err = Connection::connect(&settings)
             .await

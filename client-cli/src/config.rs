@@ -27,6 +27,8 @@ pub struct ConnectionFlags {
     pub token: Option<Secret>,
     /// `--config PATH`.
     pub config: Option<PathBuf>,
+    /// `--ca-cert PATH`, `--client-cert PATH`, `--client-key PATH`.
+    pub tls: TlsFiles,
 }
 
 /// The environment variables the CLI reads. Empty values count as unset.
@@ -38,6 +40,8 @@ pub struct Env {
     pub token: Option<Secret>,
     /// `TETHER_CONFIG`.
     pub config: Option<PathBuf>,
+    /// `TETHER_CA_CERT`, `TETHER_CLIENT_CERT`, `TETHER_CLIENT_KEY`.
+    pub tls: TlsFiles,
     /// `XDG_CONFIG_HOME`.
     pub xdg_config_home: Option<PathBuf>,
     /// `HOME`.
@@ -52,6 +56,24 @@ pub struct FileConfig {
     pub server: Option<String>,
     /// API token.
     pub token: Option<Secret>,
+    /// CA certificate (PEM) that an `https://` server's certificate must chain to. A relative
+    /// path is relative to the config file's directory.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) to present to a server that asks for one (mTLS).
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+/// Certificate files for TLS to an `https://` server; ignored for `http://`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate the server's certificate must chain to; `None` trusts the system's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate presented for mTLS; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// Where the config file is and whether the user named it (a named file must exist).
@@ -70,6 +92,8 @@ pub struct Settings {
     pub server: String,
     /// API token.
     pub token: Secret,
+    /// Certificate files for an `https://` server.
+    pub tls: TlsFiles,
 }
 
 /// A secret string (an API token) whose `Debug` output is redacted, so it cannot leak into logs
@@ -116,6 +140,11 @@ impl Env {
             server: var("TETHER_SERVER").map(|v| v.to_string_lossy().into_owned()),
             token: var("TETHER_TOKEN").map(|v| Secret::new(v.to_string_lossy())),
             config: var("TETHER_CONFIG").map(PathBuf::from),
+            tls: TlsFiles {
+                ca_cert: var("TETHER_CA_CERT").map(PathBuf::from),
+                client_cert: var("TETHER_CLIENT_CERT").map(PathBuf::from),
+                client_key: var("TETHER_CLIENT_KEY").map(PathBuf::from),
+            },
             xdg_config_home: var("XDG_CONFIG_HOME").map(PathBuf::from),
             home: var("HOME").map(PathBuf::from),
         }
@@ -147,7 +176,7 @@ pub fn config_path(flags: &ConnectionFlags, env: &Env) -> Option<ConfigPath> {
 /// # Errors
 ///
 /// [`CliError::Config`] when the file cannot be read (or is missing but explicit) or is not
-/// valid TOML with only the keys `server` and `token`.
+/// valid TOML with only the keys `server`, `token`, `ca_cert`, `client_cert` and `client_key`.
 pub fn load_file(path: &ConfigPath) -> Result<Option<FileConfig>, CliError> {
     let text = match std::fs::read_to_string(&path.path) {
         Ok(text) => text,
@@ -186,7 +215,7 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
 /// # Errors
 ///
 /// [`CliError::MissingToken`] when no token is found anywhere; [`CliError::Usage`] when the
-/// server URL is malformed.
+/// server URL is malformed or a client certificate comes without its key (or the reverse).
 pub fn resolve(
     flags: &ConnectionFlags,
     env: &Env,
@@ -210,18 +239,55 @@ pub fn resolve(
         .ok_or_else(|| CliError::MissingToken {
             config_path: path.map(Path::to_path_buf),
         })?;
+    // Each file comes from the first source that names it; a path from the config file is
+    // relative to the file's directory.
+    let base = path.and_then(Path::parent);
+    let pick = |flag: &Option<PathBuf>, env: &Option<PathBuf>, file: Option<&PathBuf>| {
+        flag.clone().or_else(|| env.clone()).or_else(|| {
+            file.map(|p| match base {
+                Some(base) if p.is_relative() => base.join(p),
+                _ => p.clone(),
+            })
+        })
+    };
+    let tls = TlsFiles {
+        ca_cert: pick(
+            &flags.tls.ca_cert,
+            &env.tls.ca_cert,
+            file.and_then(|f| f.ca_cert.as_ref()),
+        ),
+        client_cert: pick(
+            &flags.tls.client_cert,
+            &env.tls.client_cert,
+            file.and_then(|f| f.client_cert.as_ref()),
+        ),
+        client_key: pick(
+            &flags.tls.client_key,
+            &env.tls.client_key,
+            file.and_then(|f| f.client_key.as_ref()),
+        ),
+    };
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        return Err(CliError::Usage(
+            "a client certificate needs both --client-cert and --client-key".to_owned(),
+        ));
+    }
     Ok(Settings {
         server: normalize_server(server)?,
         token: Secret::new(token.expose().trim()),
+        tls,
     })
 }
 
 /// Whether the file needs to be read at all: it is skipped when flags and environment already
-/// give both settings, unless the user named it explicitly.
+/// give both settings (and, for an `https://` server, a CA certificate), unless the user named
+/// it explicitly.
 pub fn needs_file(flags: &ConnectionFlags, env: &Env, path: &ConfigPath) -> bool {
-    let has_server = flags.server.is_some() || env.server.is_some();
+    let server = flags.server.as_ref().or(env.server.as_ref());
     let has_token = flags.token.is_some() || env.token.is_some();
-    path.explicit || !(has_server && has_token)
+    let https = server.is_some_and(|s| s.trim().starts_with("https://"));
+    let has_tls = flags.tls.ca_cert.is_some() || env.tls.ca_cert.is_some();
+    path.explicit || !(server.is_some() && has_token) || (https && !has_tls)
 }
 
 /// Resolves the settings for a run: finds the config file, reads it if it is needed, and
@@ -280,7 +346,7 @@ mod tests {
         ConnectionFlags {
             server: server.map(str::to_owned),
             token: token.map(Secret::new),
-            config: None,
+            ..ConnectionFlags::default()
         }
     }
 
@@ -296,6 +362,7 @@ mod tests {
         FileConfig {
             server: server.map(str::to_owned),
             token: token.map(Secret::new),
+            ..FileConfig::default()
         }
     }
 
@@ -486,7 +553,66 @@ mod tests {
         let s = Settings {
             server: DEFAULT_SERVER.into(),
             token: Secret::new("hunter2"),
+            tls: TlsFiles::default(),
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_files_resolve_per_setting_relative_to_the_file() {
+        let mut fl = flags(Some("https://h:1"), Some("t"));
+        fl.tls.client_cert = Some("/flag/client.pem".into());
+        let e = Env {
+            tls: TlsFiles {
+                client_key: Some("/env/client-key.pem".into()),
+                ..TlsFiles::default()
+            },
+            ..Env::default()
+        };
+        let f = FileConfig {
+            ca_cert: Some("certs/ca.pem".into()),
+            client_cert: Some("/file/ignored.pem".into()),
+            ..FileConfig::default()
+        };
+        let s = resolve(
+            &fl,
+            &e,
+            Some(&f),
+            Some(Path::new("/etc/tether/config.toml")),
+        )
+        .expect("ok");
+        assert_eq!(
+            s.tls,
+            TlsFiles {
+                ca_cert: Some("/etc/tether/certs/ca.pem".into()),
+                client_cert: Some("/flag/client.pem".into()),
+                client_key: Some("/env/client-key.pem".into()),
+            }
+        );
+        let f = parse_file("ca_cert = \"/x/ca.pem\"\nclient_cert = \"c\"\nclient_key = \"k\"\n")
+            .expect("tls keys parse");
+        assert_eq!(f.ca_cert.as_deref(), Some(Path::new("/x/ca.pem")));
+    }
+
+    #[test]
+    fn client_cert_needs_its_key() {
+        let mut fl = flags(Some("https://h:1"), Some("t"));
+        fl.tls.client_cert = Some("c.pem".into());
+        assert!(matches!(
+            resolve(&fl, &Env::default(), None, None),
+            Err(CliError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn https_without_a_ca_reads_the_file() {
+        let implicit = ConfigPath {
+            path: "/x".into(),
+            explicit: false,
+        };
+        let mut fl = flags(Some("https://h:1"), Some("t"));
+        assert!(needs_file(&fl, &Env::default(), &implicit));
+        fl.tls.ca_cert = Some("ca.pem".into());
+        assert!(!needs_file(&fl, &Env::default(), &implicit));
     }
 }

@@ -82,6 +82,15 @@ pub enum CliError {
         message: String,
     },
 
+    /// A destructive command was not confirmed; the message says what would happen and how to
+    /// confirm.
+    #[error("{0}")]
+    NotConfirmed(String),
+
+    /// `audit verify` found the hash chain broken: an event was modified, deleted or moved.
+    #[error("audit chain broken at seq {seq}: {0}", seq = .0.seq())]
+    AuditChainBroken(crate::ChainError),
+
     /// Writing the output failed (for example a closed pipe).
     #[error("failed to write output: {0}")]
     Io(#[from] std::io::Error),
@@ -140,7 +149,10 @@ impl CliError {
     /// configuration problems, [`EXIT_FAILURE`] otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) | Self::MissingToken { .. } | Self::Config { .. } => EXIT_USAGE,
+            Self::Usage(_)
+            | Self::MissingToken { .. }
+            | Self::Config { .. }
+            | Self::NotConfirmed(_) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }

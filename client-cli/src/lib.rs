@@ -1,10 +1,12 @@
 //! `tetherctl`: the command-line client of the Tether fleet control plane.
 //!
 //! It follows kubectl/nomad habits: `tetherctl agents list -l env=prod -o wide`,
-//! `agents get ID`, `agents watch`, `metrics ID --since 1h`, `summary`, `config`,
-//! `enroll-token create|list|revoke`. Tables are aligned and show relative times; `-o json` is a
-//! stable, scriptable document (newline-delimited for `agents watch`); errors are
-//! [`CliError`]s with messages meant for a person.
+//! `agents get ID`, `agents watch`, `agents delete ID --yes`, `metrics ID --since 1h`,
+//! `summary`, `config`, `enroll-token create|list|revoke`, `orgs create|list`,
+//! `tokens create|list|revoke`, `audit` and `audit verify` (see [`verify_chain`]). Tables are
+//! aligned and show relative times; `-o json` is a stable, scriptable document
+//! (newline-delimited for `agents watch`); errors are [`CliError`]s with messages meant for a
+//! person.
 //!
 //! The binary is thin: it parses a [`Cli`] and calls [`run`], which writes normal output to the
 //! writer it is given. The end-to-end tests call the same [`run`] with a `Vec<u8>`.
@@ -28,6 +30,7 @@ mod cmd;
 use std::io::Write;
 
 pub use cli::Cli;
+pub use cmd::audit::{ChainError, ChainSummary, event_hash, verify_chain};
 pub use config::Env;
 pub use error::CliError;
 
@@ -63,6 +66,11 @@ pub async fn run_with_env(
         server: global.server,
         token: global.token,
         config: global.config,
+        tls: config::TlsFiles {
+            ca_cert: global.ca_cert,
+            client_cert: global.client_cert,
+            client_key: global.client_key,
+        },
     };
     let settings = config::load_settings(&flags, env)?;
     cmd::dispatch(command, &settings, out).await?;

@@ -372,7 +372,7 @@ pub struct ThresholdsView {
     pub disk_critical_percent: f64,
 }
 
-/// Whether an enrollment token can still be used.
+/// Whether a token (enrollment or API) can still be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenState {
@@ -382,7 +382,7 @@ pub enum TokenState {
     Revoked,
     /// Past its expiry.
     Expired,
-    /// Used `max_uses` times.
+    /// Used `max_uses` times (enrollment tokens only).
     Exhausted,
 }
 
@@ -420,6 +420,149 @@ pub struct CreatedTokenView {
     pub token: EnrollmentTokenView,
     /// The secret agents enroll with.
     pub secret: String,
+}
+
+/// A token's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything in the org: tokens, enrollment tokens, agents, plus what operators may do.
+    Admin,
+    /// Read, and send commands.
+    Operator,
+    /// Read only.
+    Viewer,
+    /// An agent credential: its own `Connect` only.
+    #[value(skip)]
+    Agent,
+    /// A role this CLI does not know (a newer server).
+    #[value(skip)]
+    Unknown,
+}
+
+/// One org.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrgView {
+    /// Org id.
+    pub org_id: String,
+    /// Human-readable name.
+    pub display_name: String,
+    /// Creation time.
+    #[serde(with = "rfc3339")]
+    pub created_at: Option<SystemTime>,
+}
+
+/// `orgs create -o json`: the org and its first admin token with its secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedOrgView {
+    /// The org.
+    pub org: OrgView,
+    /// The org's first admin token; `None` if the server sent none.
+    pub admin_token: Option<ApiTokenView>,
+    /// The admin token's secret.
+    pub admin_secret: String,
+}
+
+/// One API token (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiTokenView {
+    /// Token id.
+    pub token_id: String,
+    /// Owning org.
+    pub org_id: String,
+    /// Name given at creation.
+    pub name: String,
+    /// What the token may do.
+    pub role: Role,
+    /// May also create and list orgs.
+    pub server_admin: bool,
+    /// Creation time.
+    #[serde(with = "rfc3339")]
+    pub created_at: Option<SystemTime>,
+    /// Expiry; `None` means never.
+    #[serde(with = "rfc3339")]
+    pub expires_at: Option<SystemTime>,
+    /// Last successful authentication, to the minute; `None` if never used.
+    #[serde(with = "rfc3339")]
+    pub last_used_at: Option<SystemTime>,
+    /// Revoked by an admin.
+    pub revoked: bool,
+    /// Usable right now? (`active`, `revoked` or `expired`.)
+    pub state: TokenState,
+}
+
+/// `tokens create -o json`: the token and its secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedApiTokenView {
+    /// The token.
+    pub token: ApiTokenView,
+    /// The secret to pass as `--token`.
+    pub secret: String,
+}
+
+/// How an audited call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutcome {
+    /// Permitted and done.
+    Succeeded,
+    /// Refused: unauthenticated, not permitted, or over a limit.
+    Denied,
+    /// Permitted but failed (bad input, not found, internal error).
+    Failed,
+    /// Not given, or unknown to this CLI.
+    #[value(skip)]
+    Unknown,
+}
+
+/// One audit event, as `audit -o json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEventView {
+    /// Position in the org's chain, from 1.
+    pub seq: u64,
+    /// Owning org.
+    pub org_id: String,
+    /// When the call was answered.
+    #[serde(with = "rfc3339")]
+    pub time: Option<SystemTime>,
+    /// The caller's token id; `None` when the caller could not be authenticated.
+    pub actor_token_id: Option<String>,
+    /// The caller's token name; `None` when unknown.
+    pub actor_name: Option<String>,
+    /// The caller's role; `None` when unknown.
+    pub actor_role: Option<Role>,
+    /// Full gRPC method, e.g. `/tether.v1.AdminService/CreateToken`.
+    pub method: String,
+    /// The object acted on (agent id, token id, org id), if any.
+    pub target: Option<String>,
+    /// How the call ended.
+    pub outcome: AuditOutcome,
+    /// Numeric gRPC status code of the answer (0 = OK).
+    pub status_code: i32,
+    /// The status code's name in snake_case, e.g. `ok`, `permission_denied`.
+    pub code: String,
+    /// The status message, if any.
+    pub message: String,
+    /// SHA-256 of the previous event, in hex.
+    #[serde(with = "hex_bytes")]
+    pub prev_hash: Vec<u8>,
+    /// SHA-256 of `prev_hash` and this event, in hex.
+    #[serde(with = "hex_bytes")]
+    pub hash: Vec<u8>,
+}
+
+/// `audit verify -o json`: an intact chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditChainView {
+    /// Always `true`: a broken chain is an error, not an answer.
+    pub ok: bool,
+    /// Events checked.
+    pub n_events: u64,
+    /// Sequence number of the last event; 0 when there are none.
+    pub last_seq: u64,
+    /// Hash of the last event (32 zero bytes when there are none), in hex.
+    #[serde(with = "hex_bytes")]
+    pub last_hash: Vec<u8>,
 }
 
 // === impl AgentStatus ===
@@ -564,6 +707,103 @@ impl TokenState {
             Self::Expired => "expired",
             Self::Exhausted => "exhausted",
         }
+    }
+}
+
+// === impl Role ===
+
+impl Role {
+    /// The lowercase name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Viewer => "viewer",
+            Self::Agent => "agent",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The wire value, for requests.
+    pub fn to_pb(self) -> pb::Role {
+        match self {
+            Self::Admin => pb::Role::Admin,
+            Self::Operator => pb::Role::Operator,
+            Self::Viewer => pb::Role::Viewer,
+            Self::Agent => pb::Role::Agent,
+            Self::Unknown => pb::Role::Unspecified,
+        }
+    }
+
+    /// Decodes a wire value; `None` for `ROLE_UNSPECIFIED`, [`Role::Unknown`] for values this
+    /// CLI does not know.
+    pub fn from_pb(value: i32) -> Option<Self> {
+        match pb::Role::try_from(value) {
+            Ok(pb::Role::Unspecified) => None,
+            Ok(pb::Role::Admin) => Some(Self::Admin),
+            Ok(pb::Role::Operator) => Some(Self::Operator),
+            Ok(pb::Role::Viewer) => Some(Self::Viewer),
+            Ok(pb::Role::Agent) => Some(Self::Agent),
+            Err(_) => Some(Self::Unknown),
+        }
+    }
+}
+
+// === impl AuditOutcome ===
+
+impl AuditOutcome {
+    /// The lowercase name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Denied => "denied",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The wire value, for request filters.
+    pub fn to_pb(self) -> pb::AuditOutcome {
+        match self {
+            Self::Succeeded => pb::AuditOutcome::Succeeded,
+            Self::Denied => pb::AuditOutcome::Denied,
+            Self::Failed => pb::AuditOutcome::Failed,
+            Self::Unknown => pb::AuditOutcome::Unspecified,
+        }
+    }
+
+    /// Decodes a wire value; unknown values become [`AuditOutcome::Unknown`].
+    pub fn from_pb(value: i32) -> Self {
+        match pb::AuditOutcome::try_from(value) {
+            Ok(pb::AuditOutcome::Succeeded) => Self::Succeeded,
+            Ok(pb::AuditOutcome::Denied) => Self::Denied,
+            Ok(pb::AuditOutcome::Failed) => Self::Failed,
+            Ok(pb::AuditOutcome::Unspecified) | Err(_) => Self::Unknown,
+        }
+    }
+}
+
+/// The snake_case name of a numeric gRPC status code (`0` → `ok`, `7` → `permission_denied`);
+/// `unknown` for values outside the standard range.
+pub fn status_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "ok",
+        1 => "cancelled",
+        3 => "invalid_argument",
+        4 => "deadline_exceeded",
+        5 => "not_found",
+        6 => "already_exists",
+        7 => "permission_denied",
+        8 => "resource_exhausted",
+        9 => "failed_precondition",
+        10 => "aborted",
+        11 => "out_of_range",
+        12 => "unimplemented",
+        13 => "internal",
+        14 => "unavailable",
+        15 => "data_loss",
+        16 => "unauthenticated",
+        _ => "unknown",
     }
 }
 
@@ -912,6 +1152,94 @@ impl EnrollmentTokenView {
         }
     }
 }
+impl From<pb::Org> for OrgView {
+    fn from(org: pb::Org) -> Self {
+        let pb::Org {
+            org_id,
+            display_name,
+            created_at,
+        } = org;
+        Self {
+            org_id,
+            display_name,
+            created_at: time(created_at),
+        }
+    }
+}
+
+impl ApiTokenView {
+    /// Converts a wire token, deciding its [`TokenState`] as of `now`.
+    pub fn from_pb(token: pb::ApiToken, now: SystemTime) -> Self {
+        let pb::ApiToken {
+            token_id,
+            org_id,
+            name,
+            role,
+            created_at,
+            expires_at,
+            revoked,
+            last_used_at,
+            server_admin,
+        } = token;
+        let expires_at = time(expires_at);
+        let state = if revoked {
+            TokenState::Revoked
+        } else if expires_at.is_some_and(|at| at <= now) {
+            TokenState::Expired
+        } else {
+            TokenState::Active
+        };
+        Self {
+            token_id,
+            org_id,
+            name,
+            role: Role::from_pb(role).unwrap_or(Role::Unknown),
+            server_admin,
+            created_at: time(created_at),
+            expires_at,
+            last_used_at: time(last_used_at),
+            revoked,
+            state,
+        }
+    }
+}
+
+impl From<pb::AuditEvent> for AuditEventView {
+    fn from(event: pb::AuditEvent) -> Self {
+        let pb::AuditEvent {
+            seq,
+            org_id,
+            time: at,
+            actor_token_id,
+            actor_name,
+            actor_role,
+            method,
+            target,
+            outcome,
+            status_code,
+            message,
+            prev_hash,
+            hash,
+        } = event;
+        let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
+        Self {
+            seq,
+            org_id,
+            time: time(at),
+            actor_token_id: non_empty(actor_token_id),
+            actor_name: non_empty(actor_name),
+            actor_role: Role::from_pb(actor_role),
+            method,
+            target: non_empty(target),
+            outcome: AuditOutcome::from_pb(outcome),
+            status_code,
+            code: status_code_name(status_code).to_owned(),
+            message,
+            prev_hash,
+            hash,
+        }
+    }
+}
 
 /// Serializes `Option<SystemTime>` as an RFC 3339 string (UTC, whole seconds) or `null`.
 mod rfc3339 {
@@ -948,6 +1276,19 @@ mod seconds {
             Some(d) => serializer.serialize_f64(d.as_secs_f64()),
             None => serializer.serialize_none(),
         }
+    }
+}
+/// Serializes bytes as a lowercase hex string.
+mod hex_bytes {
+    #[allow(
+        clippy::ptr_arg,
+        reason = "serde's `with` passes a reference to the field"
+    )]
+    pub(super) fn serialize<S: serde::Serializer>(
+        bytes: &Vec<u8>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(bytes))
     }
 }
 

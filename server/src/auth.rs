@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
@@ -21,6 +22,7 @@ use crate::domain::{
     AgentId, EnrollmentTokenRecord, OrgId, Role, SecretDigest, TokenId, TokenRecord,
 };
 use crate::error::ServerError;
+use crate::writer::WriterHandle;
 
 const TOKEN_PREFIX: &str = "tether_";
 
@@ -76,6 +78,14 @@ fn digest(secret: &str) -> SecretDigest {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// The token of an `authorization` header value: scheme `Bearer` (case-insensitive, as HTTP
+/// auth schemes are), one or more spaces, the token.
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Splits `tether_<id>_<secret>` into its id and secret.
 fn parse_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix(TOKEN_PREFIX)?;
@@ -94,7 +104,11 @@ pub struct Caller {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Principal {
     /// An API token with a role other than `Agent`.
-    User { name: String, role: Role },
+    User {
+        name: String,
+        role: Role,
+        server_admin: bool,
+    },
     /// An agent credential, bound to one agent.
     Agent { agent: AgentId },
     /// An enrollment token: may call `Enroll` only.
@@ -110,14 +124,12 @@ impl Caller {
     ///
     /// `PermissionDenied` naming the required role.
     pub fn require(&self, role: Role) -> Result<(), ServerError> {
-        let rank = |r: Role| match r {
-            Role::Viewer => 1,
-            Role::Operator => 2,
-            Role::Admin => 3,
-            Role::Agent => 0,
-        };
         match &self.principal {
-            Principal::User { role: have, .. } if rank(*have) >= rank(role) => Ok(()),
+            Principal::User { role: have, .. }
+                if crate::access::rank(*have) >= crate::access::rank(role) =>
+            {
+                Ok(())
+            }
             _ => Err(ServerError::PermissionDenied(format!(
                 "this call requires a token with the {} role",
                 role_name(role)
@@ -141,6 +153,12 @@ pub struct Auth {
     tokens: RwLock<HashMap<TokenId, Arc<TokenRecord>>>,
     /// Behind a mutex: enrollment reserves a use under it.
     enrollment: Mutex<HashMap<TokenId, EnrollmentTokenRecord>>,
+    /// Last use per token, to the minute; persisted at most once a minute per token.
+    last_used: Mutex<HashMap<TokenId, SystemTime>>,
+    /// Cancelled when the token is revoked: every open stream authenticated by it ends.
+    streams: Mutex<HashMap<TokenId, CancellationToken>>,
+    /// Where last-use updates are persisted; set once the writer exists.
+    writer: OnceLock<WriterHandle>,
 }
 
 // === impl Auth ===
@@ -155,7 +173,15 @@ impl Auth {
                     .collect(),
             ),
             enrollment: Mutex::new(enrollment.into_iter().map(|t| (t.id.clone(), t)).collect()),
+            last_used: Mutex::default(),
+            streams: Mutex::default(),
+            writer: OnceLock::new(),
         }
+    }
+
+    /// Lets the cache persist last-use times.
+    pub fn set_writer(&self, writer: WriterHandle) {
+        let _ = self.writer.set(writer);
     }
 
     /// Resolves the `authorization` header.
@@ -171,13 +197,9 @@ impl Auth {
         let header = header.to_str().map_err(|_| {
             Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
         })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
-            })?;
+        let token = bearer(header).ok_or_else(|| {
+            Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
+        })?;
         let (id, secret) =
             parse_token(token).ok_or_else(|| Status::unauthenticated("malformed token"))?;
         let id = TokenId::new(id);
@@ -195,6 +217,12 @@ impl Auth {
             if !bool::from(record.digest.ct_eq(&presented)) {
                 return Err(invalid());
             }
+            if record.revoked && record.role == Role::Agent {
+                // Not retryable for the agent: it must not silently re-enroll after deletion.
+                return Err(Status::permission_denied(
+                    "agent credential has been revoked (agent deleted or re-enrolled); enroll again",
+                ));
+            }
             if record.revoked {
                 return Err(Status::unauthenticated("token has been revoked"));
             }
@@ -209,8 +237,12 @@ impl Auth {
                 (role, _) => Principal::User {
                     name: record.name.clone(),
                     role,
+                    server_admin: record.server_admin,
                 },
             };
+            if record.role != Role::Agent {
+                self.touch(&record, now);
+            }
             return Ok(Caller {
                 org: record.org.clone(),
                 token: id,
@@ -227,6 +259,116 @@ impl Auth {
             }),
             _ => Err(invalid()),
         }
+    }
+
+    /// Who a presented token claims to be, without verifying it: for auditing refused calls
+    /// in the org the token belongs to. `None` for unparsable or unknown tokens.
+    pub fn identify(&self, metadata: &MetadataMap) -> Option<Caller> {
+        let header = metadata.get("authorization")?.to_str().ok()?;
+        let (id, _) = parse_token(bearer(header)?)?;
+        let id = TokenId::new(id);
+        if let Some(record) = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            let principal = match (&record.agent, record.role) {
+                (Some(agent), Role::Agent) => Principal::Agent {
+                    agent: agent.clone(),
+                },
+                (_, role) => Principal::User {
+                    name: record.name.clone(),
+                    role,
+                    server_admin: record.server_admin,
+                },
+            };
+            return Some(Caller {
+                org: record.org.clone(),
+                token: id,
+                principal,
+            });
+        }
+        let enrollment = self.enrollment.lock().unwrap_or_else(|e| e.into_inner());
+        enrollment.get(&id).map(|record| Caller {
+            org: record.org.clone(),
+            token: id.clone(),
+            principal: Principal::Enrollment,
+        })
+    }
+
+    /// Records a use of `record` at `now`, persisting it if the stored value is a minute old.
+    fn touch(&self, record: &TokenRecord, now: SystemTime) {
+        let minute = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() / 60)
+        };
+        let mut last_used = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = last_used.get(&record.id).copied().or(record.last_used_at);
+        if previous.is_some_and(|p| minute(p) == minute(now)) {
+            return;
+        }
+        last_used.insert(record.id.clone(), now);
+        drop(last_used);
+        if let Some(writer) = self.writer.get() {
+            let mut updated = record.clone();
+            updated.last_used_at = Some(now);
+            writer.put_token(updated);
+        }
+    }
+
+    /// When `id` was last used (memory first, then the stored record).
+    pub fn last_used(&self, record: &TokenRecord) -> Option<SystemTime> {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&record.id)
+            .copied()
+            .or(record.last_used_at)
+    }
+
+    /// A token cancelled when `id` is revoked: long-lived streams select on it.
+    pub fn revocation(&self, id: &TokenId) -> CancellationToken {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.clone())
+            .or_default()
+            .child_token()
+    }
+
+    /// Marks `id` revoked in the cache and ends every open stream using it. The caller
+    /// persists the record.
+    pub fn revoke_token(&self, id: &TokenId) -> Option<TokenRecord> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        let current = tokens.get(id)?;
+        let mut record = (**current).clone();
+        record.revoked = true;
+        tokens.insert(id.clone(), Arc::new(record.clone()));
+        drop(tokens);
+        if let Some(cancel) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+        {
+            cancel.cancel();
+        }
+        Some(record)
+    }
+
+    /// The API tokens (not agent credentials) of `org`, oldest first.
+    pub fn api_tokens(&self, org: &OrgId) -> Vec<TokenRecord> {
+        let mut tokens: Vec<_> = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|t| &t.org == org && t.role != Role::Agent)
+            .map(|t| (**t).clone())
+            .collect();
+        tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        tokens
     }
 
     pub fn insert_token(&self, record: TokenRecord) {
@@ -310,6 +452,19 @@ impl Auth {
         }
     }
 
+    /// Runs `f` on the cached enrollment token `id` (or `None`) under the cache's lock. Callers
+    /// queue the record's write inside `f`, so concurrent writes of one token reach the store in
+    /// the order their changes were made: a stale copy never overwrites a newer count or a
+    /// revocation.
+    pub fn with_enrollment<R>(
+        &self,
+        id: &TokenId,
+        f: impl FnOnce(Option<&mut EnrollmentTokenRecord>) -> R,
+    ) -> R {
+        let mut tokens = self.enrollment.lock().unwrap_or_else(|e| e.into_inner());
+        f(tokens.get_mut(id))
+    }
+
     pub fn insert_enrollment(&self, record: EnrollmentTokenRecord) {
         self.enrollment
             .lock()
@@ -340,20 +495,7 @@ impl Auth {
     }
 }
 
-/// A tonic interceptor that authenticates every request and stores the [`Caller`] in its
-/// extensions.
-#[derive(Clone)]
-pub struct AuthInterceptor(pub Arc<Auth>);
-
-impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.0.authenticate(request.metadata())?;
-        request.extensions_mut().insert(caller);
-        Ok(request)
-    }
-}
-
-/// The caller stored by [`AuthInterceptor`].
+/// The caller stored by [`crate::gate::AuthLayer`].
 ///
 /// # Errors
 ///
@@ -383,6 +525,8 @@ mod tests {
             expires_at: None,
             revoked: false,
             agent: None,
+            server_admin: false,
+            last_used_at: None,
         };
         let auth = Auth::new(vec![record], vec![]);
         (auth, new.secret)
@@ -414,7 +558,8 @@ mod tests {
             caller.principal,
             Principal::User {
                 name: "t".into(),
-                role: Role::Viewer
+                role: Role::Viewer,
+                server_admin: false,
             }
         );
         assert!(caller.require(Role::Viewer).is_ok());

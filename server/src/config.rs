@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
 pub const DEFAULT_DATA_DIR: &str = "tether-data";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7601";
 
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
@@ -39,6 +40,28 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events buffered per watcher before it is ended with `ABORTED` and must resync.
 pub const DEFAULT_WATCH_BUFFER: usize = 8192;
+/// Largest HTTP/2 header block accepted (header-flood defence).
+pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Streams reset by a client before the server accepted them, per connection, before the
+/// connection is closed (HTTP/2 Rapid Reset defence).
+pub const DEFAULT_MAX_PENDING_ACCEPT_RESETS: usize = 32;
+/// Streams the server itself had to reset for protocol errors, per connection, before the
+/// connection is closed (reset-flood defence).
+pub const DEFAULT_MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Sustained inbound messages per second allowed on one agent stream.
+pub const DEFAULT_STREAM_MESSAGES_PER_SECOND: u32 = 50;
+/// Burst of inbound messages allowed on one agent stream (a reconnecting agent re-sends its
+/// buffer in reports of up to 500 samples, so 20,000 buffered samples take 40 messages).
+pub const DEFAULT_STREAM_MESSAGE_BURST: u32 = 200;
+/// Sustained requests per second allowed per token.
+pub const DEFAULT_TOKEN_REQUESTS_PER_SECOND: u32 = 200;
+/// Burst of requests allowed per token.
+pub const DEFAULT_TOKEN_REQUEST_BURST: u32 = 400;
+/// Most enrolled agents per org.
+pub const DEFAULT_MAX_AGENTS_PER_ORG: usize = 250_000;
+/// Time a new connection has to complete its TLS handshake before the server closes it, so a
+/// peer that connects and sends nothing cannot hold a socket (and a task) forever.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_CPU_WARNING: f64 = 80.0;
 pub const DEFAULT_CPU_CRITICAL: f64 = 95.0;
@@ -58,6 +81,25 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: Limits,
     pub health: HealthThresholds,
+    /// TLS on the gRPC listener; `None` serves plaintext (allowed on loopback only, unless the
+    /// binary was told `--insecure-plaintext`).
+    pub tls: Option<TlsSettings>,
+}
+
+/// Where the listener's TLS material is. Loaded and checked by [`crate::tls::server_config`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) for client certificates (mTLS). When set, clients may present a
+    /// certificate, which must then chain to this CA; agents must present one whose identity is
+    /// their agent id (see [`crate::tls::peer_identity`]). Clients without one (operators'
+    /// CLI) still connect and authenticate with their token.
+    pub client_ca: Option<PathBuf>,
+    /// See [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
 }
 
 /// Intervals the agents follow and thresholds the server applies.
@@ -92,6 +134,14 @@ pub struct Limits {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub watch_buffer: usize,
+    pub max_header_list_bytes: u32,
+    pub max_pending_accept_resets: usize,
+    pub max_local_error_resets: usize,
+    pub stream_messages_per_second: u32,
+    pub stream_message_burst: u32,
+    pub token_requests_per_second: u32,
+    pub token_request_burst: u32,
+    pub max_agents_per_org: usize,
 }
 
 /// Percentages at or above which a resource makes an agent `Warning` / `Critical`.
@@ -123,7 +173,14 @@ impl Config {
             storage: StorageConfig::default(),
             limits: Limits::default(),
             health: HealthThresholds::default(),
+            tls: None,
         }
+    }
+
+    /// Whether agents must present a client certificate matching their agent id (mTLS):
+    /// TLS is on and a client CA is configured.
+    pub fn mtls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
     }
 
     /// Checks the relations between settings that each flag alone cannot.
@@ -164,8 +221,26 @@ impl Config {
         if self.limits.max_message_bytes < 4096 {
             return invalid("max message size must be at least 4 KiB".to_owned());
         }
+        let l = &self.limits;
+        if l.stream_messages_per_second == 0
+            || l.stream_message_burst == 0
+            || l.token_requests_per_second == 0
+            || l.token_request_burst == 0
+            || l.max_header_list_bytes == 0
+        {
+            return invalid(
+                "rate limits and the header list size must be greater than zero".to_owned(),
+            );
+        }
         if self.limits.max_concurrent_streams == 0 || self.limits.watch_buffer == 0 {
             return invalid("stream limits must be greater than zero".to_owned());
+        }
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.handshake_timeout.is_zero())
+        {
+            return invalid("TLS handshake timeout must be greater than zero".to_owned());
         }
         if self.storage.writer_max_batch == 0 || self.storage.writer_queue == 0 {
             return invalid("writer batch and queue sizes must be greater than zero".to_owned());
@@ -183,6 +258,52 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl TlsSettings {
+    /// Settings for `cert` and `key`, without client certificates, with the default handshake
+    /// timeout.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+            handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Settings from the binary's flags: `None` when neither certificate nor key is given.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when only one of certificate and key is given, or a client CA
+    /// without them. Whether the files can be read and parsed is checked by
+    /// [`crate::tls::server_config`].
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+        handshake_timeout: Duration,
+    ) -> Result<Option<Self>, ConfigError> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(Self {
+                cert,
+                key,
+                client_ca,
+                handshake_timeout,
+            })),
+            (None, None) if client_ca.is_none() => Ok(None),
+            (None, None) => Err(ConfigError::Invalid(
+                "--client-ca needs TLS: also pass --tls-cert and --tls-key".to_owned(),
+            )),
+            (Some(_), None) => Err(ConfigError::Invalid(
+                "--tls-cert needs --tls-key (the certificate's private key)".to_owned(),
+            )),
+            (None, Some(_)) => Err(ConfigError::Invalid(
+                "--tls-key needs --tls-cert (the certificate chain)".to_owned(),
+            )),
+        }
     }
 }
 
@@ -224,6 +345,14 @@ impl Default for Limits {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             watch_buffer: DEFAULT_WATCH_BUFFER,
+            max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
+            max_pending_accept_resets: DEFAULT_MAX_PENDING_ACCEPT_RESETS,
+            max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
+            stream_messages_per_second: DEFAULT_STREAM_MESSAGES_PER_SECOND,
+            stream_message_burst: DEFAULT_STREAM_MESSAGE_BURST,
+            token_requests_per_second: DEFAULT_TOKEN_REQUESTS_PER_SECOND,
+            token_request_burst: DEFAULT_TOKEN_REQUEST_BURST,
+            max_agents_per_org: DEFAULT_MAX_AGENTS_PER_ORG,
         }
     }
 }
@@ -261,6 +390,31 @@ mod tests {
     fn offline_must_exceed_stale() {
         let mut config = Config::new("x");
         config.liveness.offline_after = config.liveness.stale_after;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        let t = DEFAULT_TLS_HANDSHAKE_TIMEOUT;
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            TlsSettings::from_flags(None, None, None, t).expect("off"),
+            None
+        );
+        let on = TlsSettings::from_flags(p("c"), p("k"), p("ca"), t)
+            .expect("on")
+            .expect("some");
+        assert_eq!(on.client_ca, p("ca"));
+        assert!(TlsSettings::from_flags(p("c"), None, None, t).is_err());
+        assert!(TlsSettings::from_flags(None, p("k"), None, t).is_err());
+        assert!(TlsSettings::from_flags(None, None, p("ca"), t).is_err());
+        let mut config = Config::new("x");
+        assert!(!config.mtls());
+        config.tls = Some(TlsSettings::new("c", "k"));
+        assert!(!config.mtls());
+        config.tls.as_mut().expect("tls").client_ca = p("ca");
+        assert!(config.mtls());
+        config.tls.as_mut().expect("tls").handshake_timeout = Duration::ZERO;
         assert!(config.validate().is_err());
     }
 

@@ -241,6 +241,12 @@ pub struct TokenRecord {
     pub revoked: bool,
     /// Set for `Role::Agent`: the only agent this credential may connect as.
     pub agent: Option<AgentId>,
+    /// May create and list orgs (the bootstrap admin).
+    #[serde(default)]
+    pub server_admin: bool,
+    /// Last successful authentication, to the minute.
+    #[serde(default)]
+    pub last_used_at: Option<SystemTime>,
 }
 
 /// A token that enrolls new agents into its org.
@@ -266,4 +272,57 @@ impl EnrollmentTokenRecord {
             && self.expires_at.is_none_or(|at| now < at)
             && (self.max_uses == 0 || self.use_count < self.max_uses)
     }
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    pub id: OrgId,
+    pub display_name: String,
+    pub created_at: SystemTime,
+}
+
+/// What remains of a deleted agent: proof that it existed and was removed on purpose.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentTombstone {
+    pub org: OrgId,
+    pub agent: AgentId,
+    pub hardware_id: String,
+    pub deleted_at: SystemTime,
+    pub deleted_by: TokenId,
+}
+
+/// How an audited call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Succeeded,
+    Denied,
+    Failed,
+}
+
+/// One audited call, before the writer places it in its org's hash chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub org: OrgId,
+    pub time: SystemTime,
+    pub actor_token: Option<TokenId>,
+    pub actor_name: String,
+    pub actor_role: Option<Role>,
+    pub method: String,
+    pub target: String,
+    pub outcome: AuditOutcome,
+    /// gRPC status code of the answer (0 = OK).
+    pub status_code: i32,
+    pub message: String,
+}
+
+/// An audit entry in its org's chain: `hash` covers `prev_hash` and the entry (see
+/// `audit.rs` for the exact definition, which clients verify).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub entry: AuditEntry,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
 }

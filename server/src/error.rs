@@ -18,6 +18,9 @@ pub enum ServerError {
     /// Missing or unknown credentials.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The object already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
     /// Valid credentials that do not allow this call.
     #[error("{0}")]
     PermissionDenied(String),
@@ -51,6 +54,9 @@ impl From<ServerError> for Status {
             ServerError::InvalidArgument(m) => Status::new(Code::InvalidArgument, m),
             ServerError::NotFound(what) => Status::new(Code::NotFound, format!("{what} not found")),
             ServerError::Unauthenticated(m) => Status::new(Code::Unauthenticated, m),
+            ServerError::AlreadyExists(what) => {
+                Status::new(Code::AlreadyExists, format!("{what} already exists"))
+            }
             ServerError::PermissionDenied(m) => Status::new(Code::PermissionDenied, m),
             ServerError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
             ServerError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),

@@ -5,15 +5,20 @@
 //! The binary (`main.rs`) only parses flags into a [`config::Config`] and calls [`server::run`];
 //! tests call the same function with a listener bound to `127.0.0.1:0`.
 
+pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod gate;
 pub mod liveness;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod writer;

@@ -3,13 +3,16 @@
 //! `--dev` is the one-command local setup: loopback address, a data directory under the working
 //! directory, the admin token printed with a ready-to-paste `export` line, and one agent for this
 //! machine running in-process.
+//!
+//! `gen-certs` writes a development CA, a server certificate and client certificates, so the
+//! TLS path (`--tls-cert`, `--tls-key`, `--client-ca`) is as easy to try as `--dev`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use clap::Parser;
-use tether_server::config::{self, Config};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tether_server::config::{self, Config, TlsSettings};
 use tether_server::server;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "tether-server", version, about)]
 struct Args {
+    /// Without a subcommand, the server runs with the flags below.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Run for local development: loopback, ./tether-data, print the admin token, and run an
     /// agent for this machine in-process.
     #[arg(long)]
@@ -30,10 +37,35 @@ struct Args {
     #[arg(long, env = "TETHER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
 
-    /// Allow plaintext on a non-loopback address. TLS is not available in this build, so
-    /// traffic (tokens included) would cross the network unencrypted.
+    /// Allow plaintext on a non-loopback address (without TLS): traffic, tokens included,
+    /// would cross the network unencrypted.
     #[arg(long)]
     insecure_plaintext: bool,
+
+    /// Address of the Prometheus metrics listener (`GET /metrics`).
+    #[arg(long, env = "TETHER_METRICS_LISTEN", default_value = config::DEFAULT_METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
+
+    /// Do not serve Prometheus metrics.
+    #[arg(long)]
+    no_metrics: bool,
+
+    /// TLS certificate chain (PEM, leaf first). Needs --tls-key.
+    #[arg(long, env = "TETHER_TLS_CERT", value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "TETHER_TLS_KEY", value_name = "PATH")]
+    tls_key: Option<PathBuf>,
+
+    /// CA (PEM) for client certificates (mTLS): agents must then present a certificate whose
+    /// Common Name is their agent id; clients without a certificate (the CLI) still connect.
+    #[arg(long, env = "TETHER_CLIENT_CA", value_name = "PATH")]
+    client_ca: Option<PathBuf>,
+
+    /// Time a new connection has to complete its TLS handshake before it is closed.
+    #[arg(long, default_value_t = config::DEFAULT_TLS_HANDSHAKE_TIMEOUT.into())]
+    tls_handshake_timeout: humantime::Duration,
 
     /// Create an enrollment token at start-up and print it.
     #[arg(long)]
@@ -103,9 +135,64 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_WATCH_BUFFER)]
     watch_buffer: usize,
 
+    /// Largest HTTP/2 header block accepted, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_HEADER_LIST_BYTES)]
+    max_header_list_bytes: u32,
+
+    /// Client-reset streams tolerated per connection before it is closed (Rapid Reset).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_ACCEPT_RESETS)]
+    max_pending_accept_resets: usize,
+
+    /// Server-side protocol-error resets tolerated per connection before it is closed.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_LOCAL_ERROR_RESETS)]
+    max_local_error_resets: usize,
+
+    /// Sustained inbound messages per second allowed on one agent stream.
+    #[arg(long, default_value_t = config::DEFAULT_STREAM_MESSAGES_PER_SECOND)]
+    stream_messages_per_second: u32,
+
+    /// Burst of inbound messages allowed on one agent stream.
+    #[arg(long, default_value_t = config::DEFAULT_STREAM_MESSAGE_BURST)]
+    stream_message_burst: u32,
+
+    /// Sustained requests per second allowed per token.
+    #[arg(long, default_value_t = config::DEFAULT_TOKEN_REQUESTS_PER_SECOND)]
+    token_requests_per_second: u32,
+
+    /// Burst of requests allowed per token.
+    #[arg(long, default_value_t = config::DEFAULT_TOKEN_REQUEST_BURST)]
+    token_request_burst: u32,
+
+    /// Most enrolled agents per org.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_AGENTS_PER_ORG)]
+    max_agents_per_org: usize,
+
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "TETHER_LOG_FORMAT")]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a development CA, a server certificate and client certificates (keys 0600), and
+    /// print how to start the server, agents and CLI with them. An existing CA in the
+    /// directory is reused, so certificates for agents enrolled later share the trust root.
+    GenCerts(GenCertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GenCertsArgs {
+    /// Directory to write into (created with mode 0700 if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Host names and IP addresses the server certificate is valid for, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    hosts: Vec<String>,
+
+    /// Agent id to issue a client certificate for (Common Name = the id); repeatable.
+    #[arg(long = "agent", value_name = "AGENT_ID")]
+    agents: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -133,6 +220,14 @@ impl Args {
         c.limits.keepalive_interval = self.keepalive_interval.into();
         c.limits.keepalive_timeout = self.keepalive_timeout.into();
         c.limits.watch_buffer = self.watch_buffer;
+        c.limits.max_header_list_bytes = self.max_header_list_bytes;
+        c.limits.max_pending_accept_resets = self.max_pending_accept_resets;
+        c.limits.max_local_error_resets = self.max_local_error_resets;
+        c.limits.stream_messages_per_second = self.stream_messages_per_second;
+        c.limits.stream_message_burst = self.stream_message_burst;
+        c.limits.token_requests_per_second = self.token_requests_per_second;
+        c.limits.token_request_burst = self.token_request_burst;
+        c.limits.max_agents_per_org = self.max_agents_per_org;
         c
     }
 }
@@ -151,18 +246,32 @@ fn init_tracing(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let config = args.config();
-    config.validate().context("invalid configuration")?;
-    if !server::is_loopback(&args.listen) && !args.insecure_plaintext {
-        bail!(
-            "refusing to serve plaintext on non-loopback address {}: this build has no TLS; \
-             pass --insecure-plaintext to accept unencrypted traffic",
-            args.listen
-        );
+    if let Some(Command::GenCerts(gen_args)) = &args.command {
+        return gen_certs(gen_args);
     }
-    if !server::is_loopback(&args.listen) {
+    let mut config = args.config();
+    config.tls = TlsSettings::from_flags(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.client_ca.clone(),
+        args.tls_handshake_timeout.into(),
+    )
+    .context("invalid TLS flags")?;
+    config.validate().context("invalid configuration")?;
+    if let Some(tls) = &config.tls {
+        tether_server::tls::server_config(tls).context("cannot use the TLS certificate")?;
+    }
+    let security =
+        server::check_listen(&args.listen, config.tls.is_some(), args.insecure_plaintext)?;
+    if security == server::ListenSecurity::PlaintextExposed {
         tracing::warn!(addr = %args.listen, "serving plaintext on a non-loopback address");
     }
+    let tls_ca = args
+        .tls_cert
+        .as_ref()
+        .and_then(|cert| cert.parent())
+        .map(|dir| dir.join(tether_server::tls::CA_CERT_FILE));
+    let mtls = config.mtls();
 
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -174,7 +283,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("listener address")?;
-    let url = format!("http://{addr}");
+    let scheme = if security == server::ListenSecurity::Tls {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{addr}");
 
     if args.print_enrollment_token || args.dev {
         let admin_token = std::fs::read_to_string(&server.admin_token_file)
@@ -191,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
             server.state(),
             tether_server::domain::OrgId::new(tether_server::domain::DEFAULT_ORG),
             tether_proto::CreateEnrollmentTokenRequest::default(),
+            None,
         )
         .await
         .context("cannot create an enrollment token")?;
@@ -201,12 +316,38 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let local_agent = if args.dev {
-        Some(dev::spawn_local_agent(&server, &url, &args.data_dir).await?)
+    let local_agent = if args.dev && mtls {
+        tracing::warn!(
+            "--dev with --client-ca: not starting the local agent (it has no client certificate)"
+        );
+        None
+    } else if args.dev {
+        // With TLS, the local agent trusts `ca.pem` beside the server certificate (the
+        // `gen-certs` layout) if there is one, else the system's roots.
+        let ca = tls_ca.filter(|ca| ca.exists());
+        let tls = (scheme == "https").then(|| tether_agent::ClientTls {
+            ca_cert: ca,
+            ..Default::default()
+        });
+        Some(dev::spawn_local_agent(&server, &url, tls, &args.data_dir).await?)
     } else {
         None
     };
 
+    if !args.no_metrics {
+        let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {}", args.metrics_listen))?;
+        tracing::info!(addr = %args.metrics_listen, "serving Prometheus metrics on /metrics");
+        let metrics = server.state().metrics.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tether_server::metrics::serve(metrics_listener, metrics, shutdown).await
+            {
+                tracing::warn!("metrics listener failed: {e}");
+            }
+        });
+    }
     let result = server.serve(listener, shutdown).await;
     if let Some(agent) = local_agent {
         agent.shutdown();
@@ -215,6 +356,82 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     result.context("server failed")
+}
+
+/// `gen-certs`: writes the certificates and prints how to use them.
+fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
+    let certs = tether_server::tls::generate_dev_certs(&args.out, &args.hosts, &args.agents)
+        .context("gen-certs")?;
+    let d = |p: &std::path::Path| p.display().to_string();
+    let host = args
+        .hosts
+        .iter()
+        .map(|h| h.trim())
+        .find(|h| !h.is_empty())
+        .unwrap_or("localhost");
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let port = config::DEFAULT_LISTEN.rsplit(':').next().unwrap_or("7600");
+    let url = format!("https://{host}:{port}");
+    println!(
+        "{} in {}:\n",
+        if certs.reused_ca {
+            "Reused the CA and wrote certificates"
+        } else {
+            "Wrote a development CA and certificates"
+        },
+        d(&certs.dir)
+    );
+    println!(
+        "    {}  {}  CA (keep the key private)",
+        d(&certs.ca_cert),
+        d(&certs.ca_key)
+    );
+    println!(
+        "    {}  {}  server, for {}",
+        d(&certs.server_cert),
+        d(&certs.server_key),
+        args.hosts.join(", ")
+    );
+    println!(
+        "    {}  {}  tetherctl (mTLS)",
+        d(&certs.client_cert),
+        d(&certs.client_key)
+    );
+    for (id, cert, key) in &certs.agents {
+        println!("    {}  {}  agent {id}", d(cert), d(key));
+    }
+    println!(
+        "\nServer (add --client-ca {ca} to require agent certificates, mTLS):\n\n    \
+         tether-server --tls-cert {} --tls-key {}\n",
+        d(&certs.server_cert),
+        d(&certs.server_key),
+        ca = d(&certs.ca_cert),
+    );
+    println!(
+        "Agent:\n\n    tether-agent --server {url} --ca-cert {} --enroll-token TOKEN",
+        d(&certs.ca_cert)
+    );
+    match certs.agents.first() {
+        Some((_, cert, key)) => println!(
+            "        --client-cert {} --client-key {}\n",
+            d(cert),
+            d(key)
+        ),
+        None => println!(
+            "\n  With mTLS, enroll first, then issue the agent's certificate with\n    \
+             tether-server gen-certs --out {} --agent AGENT_ID\n  and add --client-cert/--client-key.\n",
+            d(&certs.dir)
+        ),
+    }
+    println!(
+        "CLI:\n\n    export TETHER_SERVER={url} TETHER_CA_CERT={}",
+        d(&certs.ca_cert)
+    );
+    Ok(())
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {
@@ -257,10 +474,12 @@ mod dev {
     pub async fn spawn_local_agent(
         server: &Server,
         url: &str,
+        tls: Option<tether_agent::ClientTls>,
         data_dir: &Path,
     ) -> anyhow::Result<tether_agent::AgentHandle> {
         let state_dir = data_dir.join("local-agent");
         let mut config = tether_agent::AgentConfig::new(url, &state_dir);
+        config.tls = tls;
         let enrolled = tether_agent::StateDir::open(&state_dir)
             .and_then(|s| s.load())
             .with_context(|| {
@@ -284,6 +503,7 @@ mod dev {
                 server.state(),
                 OrgId::new(DEFAULT_ORG),
                 request,
+                None,
             )
             .await
             .context("cannot create the local agent's enrollment token")?;
@@ -295,5 +515,70 @@ mod dev {
             config,
             Box::new(tether_agent::SysinfoCollector::new()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn serving_flags_and_gen_certs_parse() {
+        let args = Args::try_parse_from(["tether-server", "--dev"]).expect("--dev");
+        assert!(args.dev && args.command.is_none() && args.tls_cert.is_none());
+
+        let args = Args::try_parse_from([
+            "tether-server",
+            "--tls-cert",
+            "s.pem",
+            "--tls-key",
+            "k.pem",
+            "--client-ca",
+            "ca.pem",
+            "--tls-handshake-timeout",
+            "3s",
+        ])
+        .expect("TLS flags");
+        assert_eq!(
+            std::time::Duration::from(args.tls_handshake_timeout),
+            std::time::Duration::from_secs(3)
+        );
+        assert_eq!(
+            args.client_ca.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+
+        let args = Args::try_parse_from([
+            "tether-server",
+            "gen-certs",
+            "--out",
+            "certs",
+            "--hosts",
+            "localhost,10.0.0.5",
+            "--agent",
+            "a-1",
+            "--agent",
+            "a-2",
+        ])
+        .expect("gen-certs");
+        let Some(Command::GenCerts(gen_args)) = args.command else {
+            panic!("expected gen-certs");
+        };
+        assert_eq!(gen_args.hosts, ["localhost", "10.0.0.5"]);
+        assert_eq!(gen_args.agents, ["a-1", "a-2"]);
+
+        let args =
+            Args::try_parse_from(["tether-server", "gen-certs", "--out", "c"]).expect("defaults");
+        let Some(Command::GenCerts(gen_args)) = args.command else {
+            panic!("expected gen-certs");
+        };
+        assert_eq!(gen_args.hosts, ["localhost", "127.0.0.1"]);
     }
 }

@@ -22,6 +22,7 @@ use crate::domain::{
     StatusReason, SystemInfo, Transition,
 };
 use crate::liveness;
+use crate::metrics::{Metrics, TransitionLabels};
 use crate::session::{CloseReason, Session};
 use crate::writer::WriterHandle;
 
@@ -124,6 +125,7 @@ pub struct Registry {
     writer: WriterHandle,
     liveness: LivenessConfig,
     health: HealthThresholds,
+    metrics: Arc<Metrics>,
 }
 
 struct Inner {
@@ -159,6 +161,7 @@ impl Registry {
         liveness: LivenessConfig,
         health: HealthThresholds,
         watch_buffer: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let (events, _) = broadcast::channel(watch_buffer);
         let now = SystemTime::now();
@@ -201,6 +204,7 @@ impl Registry {
             writer,
             liveness,
             health,
+            metrics,
         };
         {
             let mut inner = registry.write();
@@ -278,6 +282,35 @@ impl Registry {
         }
     }
 
+    /// Number of agents enrolled in `org`.
+    pub fn n_agents(&self, org: &OrgId) -> usize {
+        self.read().orgs.get(org).map_or(0, BTreeMap::len)
+    }
+
+    /// Removes a deleted agent: its live session ends with `Goodbye(REVOKED)` and watchers get
+    /// `REMOVED`. Returns the agent as it was, or `None` if it is not in `org`.
+    pub fn remove(&self, org: &OrgId, agent: &AgentId) -> Option<AgentView> {
+        let now = SystemTime::now();
+        let mut inner = self.write();
+        let entry = inner.orgs.get(org)?.get(agent)?;
+        let view = entry.view(&self.health);
+        if let Some(session) = &entry.session {
+            session.close(CloseReason::Revoked);
+        }
+        // Emit while the entry still exists, so the event carries the agent.
+        self.emit(&mut inner, org, agent, EventKind::Removed, now);
+        if let Some(agents) = inner.orgs.get_mut(org) {
+            if agents
+                .remove(agent)
+                .is_some_and(|removed| removed.session.is_some())
+            {
+                self.metrics.sessions.dec();
+            }
+            mark_duplicates(agents);
+        }
+        Some(view)
+    }
+
     // --- sessions ---
 
     /// Opens a session for a known agent, replacing a live one if any. Returns the session and
@@ -301,6 +334,9 @@ impl Registry {
         ));
         session.touch();
         let replaced = entry.session.replace(session.clone());
+        if replaced.is_none() {
+            self.metrics.sessions.inc();
+        }
         entry.session_started = Some((Instant::now(), now));
         entry.last_seen = Some(now);
         let last_seq = entry.last_seq;
@@ -364,6 +400,7 @@ impl Registry {
         entry.last_seen = entry.live_last_seen();
         entry.session = None;
         entry.session_started = None;
+        self.metrics.sessions.dec();
         // A session ended by the server's own shutdown keeps its stored status: the next start
         // marks it offline with reason `server_restart`, which is what happened.
         if session.close_reason() == CloseReason::Draining {
@@ -450,6 +487,7 @@ impl Registry {
                     // The session is kept until its stream really ends, so a late message from
                     // a half-open connection cannot resurrect it: the loop ends it now.
                     if let Some(session) = entry.session.take() {
+                        self.metrics.sessions.dec();
                         entry.last_seen = entry.live_last_seen();
                         entry.session_started = None;
                         session.close(CloseReason::Silent);
@@ -597,6 +635,13 @@ impl Registry {
             return;
         };
         let from = entry.status;
+        self.metrics
+            .transitions
+            .get_or_create(&TransitionLabels {
+                to: to.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
         entry.status = to;
         entry.reason = reason;
         entry.since = now;

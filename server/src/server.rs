@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth::{self, Auth};
+use crate::auth::{self, Auth, Principal};
 use crate::config::{ADMIN_TOKEN_FILE, Config, ConfigError};
-use crate::domain::{DEFAULT_ORG, OrgId, Role, TokenRecord};
+use crate::domain::{DEFAULT_ORG, OrgId, OrgRecord, Role, TokenRecord};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::service::AppState;
 use crate::service::admin::AdminService;
@@ -57,6 +58,8 @@ pub enum StartError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +81,10 @@ pub struct Server {
 /// Bad configuration, an unusable data directory, a store of another schema version.
 pub async fn start(config: Config) -> Result<Server, StartError> {
     config.validate()?;
+    if let Some(tls) = &config.tls {
+        // Checked again when serving; failing here keeps a bad file from getting that far.
+        crate::tls::server_config(tls)?;
+    }
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.clone(),
@@ -113,7 +120,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
 
     let auth = Arc::new(Auth::new(snapshot.tokens, snapshot.enrollment_tokens));
     let admin_token_file = data_dir.join(ADMIN_TOKEN_FILE);
+    ensure_default_org(&snapshot.orgs, store.as_ref())?;
     ensure_admin_token(&auth, store.as_ref(), &admin_token_file)?;
+    let orgs = Arc::new(crate::service::Orgs::new(snapshot.orgs));
+    let metrics = Metrics::new();
 
     let live: HashMap<_, _> = snapshot
         .agents
@@ -127,7 +137,9 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         config.liveness.clone(),
         config.health.clone(),
         config.limits.watch_buffer,
+        metrics.clone(),
     ));
+    auth.set_writer(writer.clone());
 
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -136,6 +148,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         store.clone(),
         registry.clone(),
         live,
+        snapshot.audit_heads,
+        metrics.clone(),
         config.storage.clone(),
         background.clone(),
     ));
@@ -157,6 +171,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         auth,
         writer,
         store,
+        orgs,
+        metrics,
         shutdown: CancellationToken::new(),
     });
     Ok(Server {
@@ -186,7 +202,15 @@ impl Server {
     ) -> Result<(), StartError> {
         let state = self.state.clone();
         let limits = &state.config.limits;
-        let interceptor = auth::AuthInterceptor(state.auth.clone());
+        let gate = crate::gate::AuthLayer(Arc::new(crate::gate::Gate::new(
+            state.auth.clone(),
+            state.writer.clone(),
+            state.metrics.clone(),
+            crate::gate::RateLimit {
+                per_second: f64::from(limits.token_requests_per_second),
+                burst: f64::from(limits.token_request_burst),
+            },
+        )));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -217,7 +241,19 @@ impl Server {
                 .max_decoding_message_size(limits.max_message_bytes);
 
         let local = listener.local_addr().ok();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let tls = match state.config.tls.as_ref().map(crate::tls::server_config) {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(e)) => {
+                self.stop().await;
+                return Err(e.into());
+            }
+        };
+        let tls_mode = match (&tls, state.config.mtls()) {
+            (None, _) => "off",
+            (Some(_), false) => "tls",
+            (Some(_), true) => "mtls",
+        };
         let drain = {
             let shutdown = shutdown.clone();
             let state = state.clone();
@@ -228,26 +264,30 @@ impl Server {
                 state.registry.close_all_sessions(CloseReason::Draining);
             }
         };
-        tracing::info!(addr = ?local, "serving gRPC");
-        let serve = tonic::transport::Server::builder()
+        tracing::info!(addr = ?local, tls = tls_mode, "serving gRPC");
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+            .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_resets))
+            .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
+            .layer(gate)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                agent,
-                interceptor.clone(),
-            ))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                fleet,
-                interceptor.clone(),
-            ))
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                admin,
-                interceptor,
-            ))
-            .serve_with_incoming_shutdown(incoming, drain);
+            .add_service(agent)
+            .add_service(fleet)
+            .add_service(admin);
+        let serve = match (tls, &state.config.tls) {
+            (Some(tls), Some(settings)) => {
+                let incoming = crate::tls::incoming(listener, tls, settings.handshake_timeout);
+                futures::future::Either::Left(router.serve_with_incoming_shutdown(incoming, drain))
+            }
+            _ => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                futures::future::Either::Right(router.serve_with_incoming_shutdown(incoming, drain))
+            }
+        };
 
         let result = tokio::select! {
             r = serve => r.map_err(StartError::from),
@@ -288,6 +328,59 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
+/// How a listener will be exposed, as decided by [`check_listen`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenSecurity {
+    /// TLS is configured: any address is fine.
+    Tls,
+    /// Plaintext on a loopback address: only this machine can connect.
+    PlaintextLoopback,
+    /// Plaintext on a non-loopback address, explicitly allowed with `--insecure-plaintext`:
+    /// tokens cross the network unencrypted, so the binary logs a warning.
+    PlaintextExposed,
+}
+
+/// The rule for binding `addr`: plaintext is allowed on loopback; anywhere else (the wildcard
+/// `0.0.0.0`/`::` included) it needs TLS or an explicit `insecure_plaintext`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] when `addr` is not loopback, TLS is not configured and
+/// `insecure_plaintext` is false.
+pub fn check_listen(
+    addr: &SocketAddr,
+    tls_configured: bool,
+    insecure_plaintext: bool,
+) -> Result<ListenSecurity, ConfigError> {
+    if tls_configured {
+        Ok(ListenSecurity::Tls)
+    } else if is_loopback(addr) {
+        Ok(ListenSecurity::PlaintextLoopback)
+    } else if insecure_plaintext {
+        Ok(ListenSecurity::PlaintextExposed)
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "refusing to serve plaintext on non-loopback address {addr}: configure TLS with \
+             --tls-cert and --tls-key (`tether-server gen-certs` makes a development pair), or \
+             pass --insecure-plaintext to accept unencrypted traffic"
+        )))
+    }
+}
+
+/// Writes the default org's record on first start.
+fn ensure_default_org(orgs: &[OrgRecord], store: &dyn Store) -> Result<(), StartError> {
+    if orgs.iter().any(|o| o.id.as_str() == DEFAULT_ORG) {
+        return Ok(());
+    }
+    store
+        .commit(&[Write::PutOrg(OrgRecord {
+            id: OrgId::new(DEFAULT_ORG),
+            display_name: "Default".to_owned(),
+            created_at: SystemTime::now(),
+        })])
+        .map_err(|e| StartError::Internal(format!("cannot store the default org: {e}")))
+}
+
 /// Makes sure the default org has a usable admin token whose text is in `path` (mode 0600).
 /// Reuses the token in the file if it still authenticates as admin; else creates a new one.
 fn ensure_admin_token(auth: &Auth, store: &dyn Store, path: &Path) -> Result<(), StartError> {
@@ -299,10 +392,15 @@ fn ensure_admin_token(auth: &Auth, store: &dyn Store, path: &Path) -> Result<(),
         let mut md = tonic::metadata::MetadataMap::new();
         if let Ok(value) = format!("Bearer {}", text.trim()).parse() {
             md.insert("authorization", value);
-            if auth
-                .authenticate(&md)
-                .is_ok_and(|caller| caller.require(Role::Admin).is_ok())
-            {
+            if auth.authenticate(&md).is_ok_and(|caller| {
+                matches!(
+                    caller.principal,
+                    Principal::User {
+                        server_admin: true,
+                        ..
+                    }
+                )
+            }) {
                 return Ok(());
             }
         }
@@ -319,6 +417,8 @@ fn ensure_admin_token(auth: &Auth, store: &dyn Store, path: &Path) -> Result<(),
         expires_at: None,
         revoked: false,
         agent: None,
+        server_admin: true,
+        last_used_at: None,
     };
     store
         .commit(&[Write::PutToken(record.clone())])

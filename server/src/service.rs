@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::domain::{OrgId, OrgRecord};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::writer::WriterHandle;
@@ -25,6 +27,55 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub writer: WriterHandle,
     pub store: Arc<dyn Store>,
+    pub orgs: Arc<Orgs>,
+    pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down: long-lived streams end.
     pub shutdown: CancellationToken,
+}
+
+/// The orgs that exist. Created rarely (by the server admin), read on every org-scoped call
+/// that names an org.
+pub struct Orgs {
+    orgs: std::sync::RwLock<std::collections::BTreeMap<OrgId, OrgRecord>>,
+}
+
+impl Orgs {
+    pub fn new(orgs: Vec<OrgRecord>) -> Self {
+        Self {
+            orgs: std::sync::RwLock::new(orgs.into_iter().map(|o| (o.id.clone(), o)).collect()),
+        }
+    }
+
+    pub fn list(&self) -> Vec<OrgRecord> {
+        self.orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn contains(&self, id: &OrgId) -> bool {
+        self.orgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+    }
+
+    /// Inserts `org` unless it exists; returns whether it was inserted.
+    pub fn insert(&self, org: OrgRecord) -> bool {
+        let mut orgs = self.orgs.write().unwrap_or_else(|e| e.into_inner());
+        if orgs.contains_key(&org.id) {
+            return false;
+        }
+        orgs.insert(org.id.clone(), org);
+        true
+    }
+
+    pub fn remove(&self, id: &OrgId) {
+        self.orgs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
 }

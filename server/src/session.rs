@@ -21,6 +21,7 @@ use tonic::{Status, Streaming};
 use crate::convert;
 use crate::domain::{AgentId, OrgId, Sample, SessionId, StatusReason};
 use crate::error::ServerError;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::writer::WriterHandle;
 
@@ -155,10 +156,15 @@ impl Drop for SessionGuard {
 }
 
 /// Limits a session enforces on what the agent sends.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SessionLimits {
     pub max_samples_per_report: usize,
     pub max_seq_jump: u64,
+    /// Sustained inbound messages per second (token bucket refill rate).
+    pub messages_per_second: f64,
+    /// Inbound message burst (token bucket size).
+    pub message_burst: f64,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Everything the stream loop owns. Dropping it (client gone, server shutting down) drops the
@@ -174,6 +180,9 @@ pub struct SessionLoop {
     max_seq: u64,
     /// Highest seq acknowledged to the agent.
     acked_seq: u64,
+    /// Inbound message budget: tokens left and when they were last refilled.
+    budget: f64,
+    budget_at: Instant,
     welcome: Option<pb::Welcome>,
     done: bool,
 }
@@ -190,6 +199,7 @@ impl SessionLoop {
         welcome: pb::Welcome,
     ) -> Self {
         let durable = welcome.last_durable_seq;
+        let burst = limits.message_burst;
         Self {
             inbound,
             guard: SessionGuard {
@@ -203,6 +213,8 @@ impl SessionLoop {
             limits,
             max_seq: durable,
             acked_seq: durable,
+            budget: burst,
+            budget_at: Instant::now(),
             welcome: Some(welcome),
             done: false,
         }
@@ -255,6 +267,15 @@ impl SessionLoop {
                 None => {}
                 Some(Ok(Some(msg))) => {
                     self.session.touch();
+                    self.limits.metrics.agent_messages.inc();
+                    if !self.take_budget() {
+                        self.limits.metrics.limit("stream_message_rate");
+                        self.done = true;
+                        return Some(Err(Status::resource_exhausted(format!(
+                            "agent stream exceeds {} messages per second",
+                            self.limits.messages_per_second
+                        ))));
+                    }
                     if self.session.stale.load(Ordering::Relaxed)
                         && self.session.stale.swap(false, Ordering::AcqRel)
                     {
@@ -324,6 +345,21 @@ impl SessionLoop {
         }
     }
 
+    /// Takes one inbound message from the stream's budget; `false` when it is spent.
+    fn take_budget(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(self.budget_at).as_secs_f64()
+            * self.limits.messages_per_second;
+        self.budget = (self.budget + refill).min(self.limits.message_burst);
+        self.budget_at = now;
+        if self.budget >= 1.0 {
+            self.budget -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Validates a report and converts its samples. Nothing is stored unless the whole report
     /// is valid.
     fn accept_samples(&mut self, report: pb::MetricsReport) -> Result<Vec<Sample>, ServerError> {
@@ -361,7 +397,7 @@ impl SessionLoop {
 
 /// The status to end a session with after its inbound stream failed. tonic reports an
 /// over-limit message as `OUT_OF_RANGE`; Tether's contract for limits is `RESOURCE_EXHAUSTED`.
-fn inbound_error(status: Status) -> Status {
+pub(crate) fn inbound_error(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange {
         Status::resource_exhausted(status.message().to_owned())
     } else {

@@ -13,7 +13,8 @@
 use std::time::SystemTime;
 
 use crate::domain::{
-    AgentId, AgentRecord, EnrollmentTokenRecord, LiveRecord, OrgId, Sample, TokenRecord, Transition,
+    AgentId, AgentRecord, AgentTombstone, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId,
+    OrgRecord, Sample, TokenRecord, Transition,
 };
 
 pub mod sled;
@@ -46,6 +47,12 @@ pub enum Write {
     PutTransition(Transition),
     PutToken(TokenRecord),
     PutEnrollmentToken(EnrollmentTokenRecord),
+    PutOrg(OrgRecord),
+    /// Removes the agent's record and live summary and leaves a tombstone. Samples and history
+    /// stay until retention removes them.
+    DeleteAgent(AgentTombstone),
+    /// Appends an audit record; the caller has chained it.
+    PutAudit(AuditRecord),
 }
 
 /// Everything the server rebuilds its in-memory state from at start-up.
@@ -55,6 +62,9 @@ pub struct Snapshot {
     pub agents: Vec<(AgentRecord, Option<LiveRecord>)>,
     pub tokens: Vec<TokenRecord>,
     pub enrollment_tokens: Vec<EnrollmentTokenRecord>,
+    pub orgs: Vec<OrgRecord>,
+    /// The last audit record of every org that has one: where its chain continues.
+    pub audit_heads: Vec<AuditRecord>,
 }
 
 /// Errors of every backend. Backend detail is boxed inside so callers branch on the kind only.
@@ -96,6 +106,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The most recent status changes of one agent, newest first, at most `limit`.
     fn transitions(&self, org: &OrgId, agent: &AgentId, limit: usize) -> Result<Vec<Transition>>;
+
+    /// Audit records of `org` with `seq > after`, in seq order, at most `limit`.
+    fn audit_records(&self, org: &OrgId, after: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 
     /// Deletes samples and transitions older than `cutoff`; returns how many records went.
     fn purge_before(&self, cutoff: SystemTime) -> Result<u64>;

@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
 use crate::domain::{
-    AgentId, AgentRecord, AgentStatus, LiveRecord, OrgId, Sample, StatusReason, Transition,
+    AgentId, AgentRecord, AgentStatus, AuditEntry, AuditRecord, LiveRecord, OrgId, Sample,
+    StatusReason, TokenRecord, Transition,
 };
 use crate::error::ServerError;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::session::Session;
 use crate::store::{Store, Write};
@@ -61,8 +63,11 @@ enum Control {
         last_seen: Option<SystemTime>,
     },
     PutAgent(Box<AgentRecord>),
+    PutToken(Box<TokenRecord>),
+    Audit(Box<AuditEntry>),
     Commit {
         writes: Vec<Write>,
+        audit: Option<Box<AuditEntry>>,
         done: oneshot::Sender<Result<(), String>>,
     },
 }
@@ -128,17 +133,82 @@ impl WriterHandle {
         }
     }
 
+    /// Queues a token record (e.g. a new last-use time) for persistence.
+    pub fn put_token(&self, record: TokenRecord) {
+        if self
+            .control
+            .send(Control::PutToken(Box::new(record)))
+            .is_err()
+        {
+            tracing::warn!("token record not persisted: the writer has stopped");
+        }
+    }
+
+    /// Queues an audit entry; the writer places it in its org's chain.
+    pub fn audit(&self, entry: AuditEntry) {
+        if self.control.send(Control::Audit(Box::new(entry))).is_err() {
+            tracing::warn!("audit entry not persisted: the writer has stopped");
+        }
+    }
+
     /// Commits `writes` in the next batch and waits until they are durable.
     ///
     /// # Errors
     ///
     /// `Unavailable` if the writer has stopped, `Internal` if the commit failed.
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), ServerError> {
+        self.commit_audited(writes, None).await
+    }
+
+    /// Commits `writes` together with the audit entry that records them: both are durable,
+    /// or neither.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the writer has stopped, `Internal` if the commit failed.
+    pub async fn commit_audited(
+        &self,
+        writes: Vec<Write>,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), ServerError> {
+        self.submit(writes, audit)?.wait().await
+    }
+
+    /// Queues `writes` (and their audit entry) for the next batch without waiting, so a caller
+    /// can queue under a lock that orders its writes, then wait outside it.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the writer has stopped.
+    pub fn submit(
+        &self,
+        writes: Vec<Write>,
+        audit: Option<AuditEntry>,
+    ) -> Result<Pending, ServerError> {
         let (done, wait) = oneshot::channel();
         self.control
-            .send(Control::Commit { writes, done })
+            .send(Control::Commit {
+                writes,
+                audit: audit.map(Box::new),
+                done,
+            })
             .map_err(|_| ServerError::Unavailable)?;
-        match wait.await {
+        Ok(Pending(wait))
+    }
+}
+
+/// Writes queued by [`WriterHandle::submit`], durable once [`Pending::wait`] returns `Ok`.
+#[must_use = "the writes are not known to be durable until waited for"]
+pub struct Pending(oneshot::Receiver<Result<(), String>>);
+
+impl Pending {
+    /// Waits until the writes are durable.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the writer stopped first, `Internal` if the commit failed.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.0.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServerError::Internal(format!("commit failed: {e}"))),
             Err(_) => Err(ServerError::Unavailable),
@@ -147,11 +217,17 @@ impl WriterHandle {
 }
 
 /// Drives the writer until `shutdown`, then commits whatever is still queued and returns.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the writer's whole initial state, passed once"
+)]
 pub async fn run(
     queues: WriterQueues,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     live: HashMap<AgentId, LiveRecord>,
+    audit_heads: Vec<AuditRecord>,
+    metrics: Arc<Metrics>,
     config: StorageConfig,
     shutdown: CancellationToken,
 ) {
@@ -160,6 +236,11 @@ pub async fn run(
         store,
         registry,
         live,
+        audit_heads: audit_heads
+            .into_iter()
+            .map(|r| (r.entry.org.clone(), (r.seq, r.hash)))
+            .collect(),
+        metrics,
         config,
     };
     loop {
@@ -249,6 +330,9 @@ struct Writer {
     registry: Arc<Registry>,
     /// Durable live summary per agent, as last committed. Only this task changes it.
     live: HashMap<AgentId, LiveRecord>,
+    /// Where each org's audit chain continues: last committed (seq, hash).
+    audit_heads: HashMap<OrgId, (u64, [u8; 32])>,
+    metrics: Arc<Metrics>,
     config: StorageConfig,
 }
 
@@ -287,6 +371,7 @@ impl Writer {
         let mut writes = Vec::with_capacity(batch.len + 16);
         let mut pending: HashMap<AgentId, (OrgId, LiveRecord)> = HashMap::new();
         let mut dones = Vec::new();
+        let mut heads: HashMap<OrgId, (u64, [u8; 32])> = HashMap::new();
         let now = SystemTime::now();
 
         for control in batch.control {
@@ -311,10 +396,16 @@ impl Writer {
                     self.pending_live(&mut pending, &record.org, &record.id, record.enrolled_at);
                     writes.push(Write::PutAgent(*record));
                 }
+                Control::PutToken(record) => writes.push(Write::PutToken(*record)),
+                Control::Audit(entry) => writes.push(self.chain(&mut heads, *entry)),
                 Control::Commit {
                     writes: mut extra,
+                    audit,
                     done,
                 } => {
+                    if let Some(entry) = audit {
+                        writes.push(self.chain(&mut heads, *entry));
+                    }
                     for write in &extra {
                         if let Write::PutLive { org, agent, live } = write {
                             pending.insert(agent.clone(), (org.clone(), live.clone()));
@@ -362,6 +453,10 @@ impl Writer {
             });
         }
 
+        let n_samples = writes
+            .iter()
+            .filter(|w| matches!(w, Write::PutSample { .. }))
+            .count() as u64;
         let store = self.store.clone();
         let started = Instant::now();
         let n_writes = writes.len();
@@ -372,6 +467,9 @@ impl Writer {
         match result {
             Ok(()) => {
                 tracing::trace!(writes = n_writes, elapsed = ?started.elapsed(), "batch committed");
+                self.metrics.writer_batches.inc();
+                self.metrics.samples_stored.inc_by(n_samples);
+                self.audit_heads.extend(heads);
                 let updates: Vec<_> = latest
                     .into_iter()
                     .map(|(agent, (org, sample))| {
@@ -394,13 +492,27 @@ impl Writer {
             }
             Err(e) => {
                 // Nothing is acked: agents keep the samples and re-send them on their next
-                // session; handlers answer INTERNAL.
+                // session; handlers answer INTERNAL. Audit heads stay where they were.
                 tracing::error!(writes = n_writes, "failed to commit batch: {e}");
+                self.metrics.writer_commit_failures.inc();
                 for done in dones {
                     let _ = done.send(Err(e.clone()));
                 }
             }
         }
+    }
+
+    /// Places `entry` after its org's chain head (as committed, or as advanced earlier in this
+    /// batch).
+    fn chain(&self, heads: &mut HashMap<OrgId, (u64, [u8; 32])>, entry: AuditEntry) -> Write {
+        let (seq, hash) = heads
+            .get(&entry.org)
+            .or_else(|| self.audit_heads.get(&entry.org))
+            .copied()
+            .unwrap_or((0, crate::audit::GENESIS));
+        let record = crate::audit::chain(seq, hash, entry);
+        heads.insert(record.entry.org.clone(), (record.seq, record.hash));
+        Write::PutAudit(record)
     }
 
     fn pending_live<'a>(

@@ -14,7 +14,10 @@ async fn agent_enrolls_connects_and_reports() {
 
     let online = server.wait_status(&id, pb::AgentStatus::Online).await;
     assert_eq!(online.labels.get("env").map(String::as_str), Some("prod"));
-    assert_eq!(online.system_info.as_ref().map(|i| i.hostname.as_str()), Some("web-1"));
+    assert_eq!(
+        online.system_info.as_ref().map(|i| i.hostname.as_str()),
+        Some("web-1")
+    );
     assert!(!online.session_id.is_empty());
 
     // Metrics arrive, are acked, and are queryable.

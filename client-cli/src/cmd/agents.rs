@@ -1,4 +1,4 @@
-//! `agents list`, `agents get` and `agents watch`.
+//! `agents list`, `agents get`, `agents watch` and `agents delete`.
 //!
 //! Each command validates its arguments, connects, calls `FleetService`, converts the answer into
 //! [`crate::view`] types and hands them to a pure renderer (`render_*`), which the unit tests
@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 
-use crate::cli::{GetArgs, LIST_PAGE_SIZE, ListArgs, ListFormat, ObjectFormat, WatchArgs};
+use crate::cli::{
+    DeleteArgs, GetArgs, LIST_PAGE_SIZE, ListArgs, ListFormat, ObjectFormat, WatchArgs,
+};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::format::{
@@ -197,6 +199,44 @@ pub(crate) async fn watch(
         );
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
     }
+}
+
+/// `agents delete ID --yes`: `AdminService.DeleteAgent`. Without `--yes` nothing is sent and
+/// the error says what deleting would do and how to confirm.
+pub(crate) async fn delete(
+    args: DeleteArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let id = args.id.trim().to_owned();
+    if id.is_empty() {
+        return Err(CliError::Usage("the agent id must not be empty".to_owned()));
+    }
+    if !args.yes {
+        return Err(CliError::NotConfirmed(unconfirmed_delete_message(&id)));
+    }
+    let conn = Connection::connect(settings).await?;
+    conn.admin()
+        .delete_agent(unary(pb::DeleteAgentRequest {
+            agent_id: id.clone(),
+        }))
+        .await
+        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?;
+    writeln!(
+        out,
+        "Agent {id} deleted: its credential is revoked and its session ended; the machine must \
+         enroll again to come back."
+    )?;
+    Ok(())
+}
+
+/// Why `agents delete ID` without `--yes` did nothing, and how to confirm.
+fn unconfirmed_delete_message(id: &str) -> String {
+    format!(
+        "not deleting agent {id} without confirmation: deleting revokes its credential, ends its \
+         open session and keeps it from reconnecting; the machine must enroll again with a new \
+         enrollment token to come back; run `tetherctl agents delete {id} --yes` to confirm"
+    )
 }
 
 /// Checks a `-l` selector locally and returns it normalised (empty when absent).
@@ -731,6 +771,40 @@ mod tests {
             render_event(&event, at(1_000)),
             "1970-01-01T00:16:40Z  status_changed   a-1  web-1  online -> stale (reconnected)\n"
         );
+    }
+
+    #[test]
+    fn delete_without_yes_explains_and_sends_nothing() {
+        let text = unconfirmed_delete_message("a-1");
+        for what in [
+            "revokes its credential",
+            "ends its",
+            "enroll again",
+            "--yes",
+        ] {
+            assert!(text.contains(what), "{what}: {text}");
+        }
+        assert!(text.contains("tetherctl agents delete a-1 --yes"), "{text}");
+        // No server is contacted without --yes: an unreachable one does not matter.
+        let settings = Settings {
+            server: "http://127.0.0.1:1".to_owned(),
+            token: crate::config::Secret::new("t"),
+            tls: Default::default(),
+        };
+        let args = DeleteArgs {
+            id: "a-1".into(),
+            yes: false,
+        };
+        let mut out = Vec::new();
+        let err = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(delete(args, &settings, &mut out))
+            .expect_err("refused");
+        assert!(matches!(err, CliError::NotConfirmed(_)), "{err:?}");
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -20,6 +20,8 @@ use crate::service::AppState;
 use crate::session::{SessionLimits, SessionLoop};
 use crate::store::Write;
 
+const ENROLL: &str = "/tether.v1.AgentService/Enroll";
+
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest display name accepted at enrollment.
@@ -101,6 +103,13 @@ impl AgentService {
                 (id, enrolled_at, old)
             }
             EnrollTarget::New { duplicates } => {
+                let max = state.config.limits.max_agents_per_org;
+                if state.registry.n_agents(&org) >= max {
+                    state.metrics.limit("max_agents_per_org");
+                    return Err(ServerError::ResourceExhausted(format!(
+                        "org {org} has reached its limit of {max} agents"
+                    )));
+                }
                 let id = AgentId::new(random_id());
                 if !duplicates.is_empty() {
                     tracing::warn!(
@@ -137,6 +146,8 @@ impl AgentService {
             expires_at: None,
             revoked: false,
             agent: Some(agent_id.clone()),
+            server_admin: false,
+            last_used_at: None,
         };
         let revoked: Vec<TokenRecord> = old_credentials
             .into_iter()
@@ -147,7 +158,6 @@ impl AgentService {
             .collect();
 
         let mut writes = vec![
-            Write::PutEnrollmentToken(token.clone()),
             Write::PutAgent(record.clone()),
             Write::PutToken(credential_record.clone()),
         ];
@@ -165,9 +175,17 @@ impl AgentService {
                 },
             });
         }
-        state.writer.commit(writes).await?;
+        let audit = crate::audit::entry(caller, ENROLL, agent_id.as_str(), Ok(()));
+        // The token's current record (with every use reserved so far) is queued under the
+        // cache lock, so writes of its count reach the store in order.
+        let pending = state.auth.with_enrollment(&token.id, |current| {
+            if let Some(current) = current {
+                writes.push(Write::PutEnrollmentToken(current.clone()));
+            }
+            state.writer.submit(writes, Some(audit))
+        })?;
+        pending.wait().await?;
 
-        state.auth.insert_enrollment(token.clone());
         state.auth.insert_token(credential_record);
         for t in revoked {
             state.auth.insert_token(t);
@@ -202,8 +220,19 @@ impl pb::agent_service_server::AgentService for AgentService {
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let caller = auth::caller(&request)?;
-        let response = self.enroll_inner(caller, request.into_inner()).await?;
-        Ok(Response::new(response))
+        match self
+            .enroll_inner(caller.clone(), request.into_inner())
+            .await
+        {
+            Ok(response) => Ok(Response::new(response)),
+            Err(err) => {
+                let status = Status::from(err);
+                self.state
+                    .writer
+                    .audit(crate::audit::entry(&caller, ENROLL, "", Err(&status)));
+                Err(status)
+            }
+        }
     }
 
     type ConnectStream = ConnectStream;
@@ -219,6 +248,23 @@ impl pb::agent_service_server::AgentService for AgentService {
             )
             .into());
         };
+        if self.state.config.mtls() {
+            // With a client CA configured, an agent proves its identity twice: the credential
+            // and a client certificate issued for its agent id.
+            match crate::tls::peer_identity(&request) {
+                Some(identity) if identity == agent.as_str() => {}
+                Some(_) => {
+                    return Err(Status::permission_denied(
+                        "the client certificate was issued for another agent",
+                    ));
+                }
+                None => {
+                    return Err(Status::permission_denied(
+                        "this server requires agents to present a client certificate",
+                    ));
+                }
+            }
+        }
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -227,7 +273,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                     HELLO_TIMEOUT.as_secs()
                 )));
             }
-            Ok(Err(status)) => return Err(status),
+            Ok(Err(status)) => return Err(crate::session::inbound_error(status)),
             Ok(Ok(None)) => {
                 return Err(Status::invalid_argument("stream closed before Hello"));
             }
@@ -290,6 +336,9 @@ impl pb::agent_service_server::AgentService for AgentService {
         let limits = SessionLimits {
             max_samples_per_report: state.config.limits.max_samples_per_report,
             max_seq_jump: state.config.limits.max_seq_jump,
+            messages_per_second: f64::from(state.config.limits.stream_messages_per_second),
+            message_burst: f64::from(state.config.limits.stream_message_burst),
+            metrics: state.metrics.clone(),
         };
         let stream = SessionLoop::new(
             inbound,

@@ -219,6 +219,8 @@ impl pb::fleet_service_server::FleetService for FleetService {
             revision,
             guard,
             shutdown: self.state.shutdown.clone(),
+            revoked: self.state.auth.revocation(&caller.token),
+            metrics: self.state.metrics.clone(),
             done: false,
         };
         let live = futures::stream::unfold(watch, |mut watch| async move {
@@ -357,6 +359,9 @@ struct Watch {
     revision: u64,
     guard: crate::registry::WatchGuard,
     shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when the caller's token is revoked.
+    revoked: tokio_util::sync::CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
     done: bool,
 }
 
@@ -371,12 +376,17 @@ impl Watch {
                     self.done = true;
                     return Some(Err(Status::unavailable("server is shutting down")));
                 }
+                () = self.revoked.cancelled() => {
+                    self.done = true;
+                    return Some(Err(Status::unauthenticated("token has been revoked")));
+                }
                 r = self.guard.rx.recv() => r,
             };
             let event = match received {
                 Ok(event) => event,
                 Err(RecvError::Lagged(n)) => {
                     self.done = true;
+                    self.metrics.watchers_aborted.inc();
                     return Some(Err(Status::aborted(format!(
                         "watcher fell behind by {n} events; call WatchAgents again to resync"
                     ))));

@@ -39,7 +39,8 @@ use serde::de::DeserializeOwned;
 
 use super::{Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
 use crate::domain::{
-    AgentId, AgentRecord, EnrollmentTokenRecord, LiveRecord, OrgId, Sample, TokenRecord, Transition,
+    AgentId, AgentRecord, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId, OrgRecord, Sample,
+    TokenRecord, Transition,
 };
 
 /// Upper bound of sled's page cache. sled's own default (1 GiB) is more than a server that holds
@@ -61,6 +62,11 @@ const SAMPLE: u8 = b'm';
 const TRANSITION: u8 = b'x';
 const TOKEN: u8 = b't';
 const ENROLLMENT_TOKEN: u8 = b'e';
+const ORG: u8 = b'o';
+const TOMBSTONE: u8 = b'd';
+const AUDIT: u8 = b'u';
+/// Id of the one org record under `{org}/o/`.
+const ORG_RECORD_ID: &str = "info";
 
 /// Length of the `{millis}{seq or counter}` suffix of a series key.
 const SERIES_SUFFIX_LEN: usize = 16;
@@ -241,6 +247,16 @@ impl Store for SledStore {
                 check_owner(&org, &id, &token.org, token.id.as_str(), ENROLLMENT_TOKEN)?;
                 snapshot.enrollment_tokens.push(token);
             }
+            for (_, record) in self.scan_section::<OrgRecord>(&org, ORG)? {
+                check_owner(&org, ORG_RECORD_ID, &record.id, ORG_RECORD_ID, ORG)?;
+                snapshot.orgs.push(record);
+            }
+            let audit = section(&org, AUDIT);
+            if let Some(entry) = self.data.scan_prefix(&audit).next_back() {
+                let (key, value) = entry.map_err(backend)?;
+                let record: AuditRecord = decode(&key, &value)?;
+                snapshot.audit_heads.push(record);
+            }
         }
         Ok(snapshot)
     }
@@ -286,6 +302,22 @@ impl Store for SledStore {
                     record_key(token.org.as_str(), ENROLLMENT_TOKEN, token.id.as_str()),
                     encode(token)?,
                 ),
+                Write::PutOrg(org) => (
+                    record_key(org.id.as_str(), ORG, ORG_RECORD_ID),
+                    encode(org)?,
+                ),
+                Write::DeleteAgent(tombstone) => {
+                    let org = tombstone.org.as_str();
+                    let agent = tombstone.agent.as_str();
+                    batch.remove(record_key(org, AGENT, agent));
+                    batch.remove(record_key(org, LIVE, agent));
+                    (record_key(org, TOMBSTONE, agent), encode(tombstone)?)
+                }
+                Write::PutAudit(record) => {
+                    let mut key = section(record.entry.org.as_str(), AUDIT);
+                    key.extend_from_slice(&record.seq.to_be_bytes());
+                    (key, encode(record)?)
+                }
             };
             batch.insert(key, value);
         }
@@ -340,6 +372,20 @@ impl Store for SledStore {
     /// deleted records plus orgs and agents, not with the samples that stay. Series are found
     /// from their keys rather than from agent records, so the samples of an agent whose record is
     /// gone are purged too. Removals go in batches of [`PURGE_BATCH`], flushed once at the end.
+    fn audit_records(&self, org: &OrgId, after: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let section = section(org.as_str(), AUDIT);
+        let mut from = section.clone();
+        from.extend_from_slice(&after.saturating_add(1).to_be_bytes());
+        self.data
+            .range((Bound::Included(from), prefix_end(&section)))
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry.map_err(backend)?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
     fn purge_before(&self, cutoff: SystemTime) -> Result<u64> {
         let mut removed = 0;
         for org in self.orgs()? {

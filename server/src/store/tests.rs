@@ -112,6 +112,8 @@ fn token(org_id: &str, id: &str, role: Role, agent: Option<&str>) -> TokenRecord
         expires_at: Some(at(9_000_000)),
         revoked: false,
         agent: agent.map(agent_id),
+        server_admin: false,
+        last_used_at: None,
     }
 }
 

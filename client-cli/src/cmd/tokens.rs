@@ -1,0 +1,394 @@
+//! `tokens create|list|revoke`: API tokens of the caller's org through `AdminService` (admin
+//! role).
+//!
+//! The secret of a new token is printed once, set apart so it is easy to copy; no command ever
+//! shows it again, and listings show only ids, names and states.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use tether_proto as pb;
+
+use crate::cli::{CreateApiTokenArgs, ListApiTokensArgs, ObjectFormat, RevokeTokenArgs, Ttl};
+use crate::client::{Connection, unary};
+use crate::config::Settings;
+use crate::format::{Table, key_values, relative_time_opt, rfc3339_opt};
+use crate::view::{ApiTokenView, CreatedApiTokenView};
+use crate::{CliError, write_json};
+
+/// `tokens create`.
+pub(crate) async fn create(
+    args: CreateApiTokenArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let name = args.name.trim().to_owned();
+    if name.is_empty() {
+        return Err(CliError::Usage("--name must not be empty".to_owned()));
+    }
+    let ttl = match args.ttl {
+        Ttl::Never => None,
+        Ttl::After(d) => Some(
+            prost_types::Duration::try_from(d)
+                .map_err(|_| CliError::Usage("--ttl is too long".to_owned()))?,
+        ),
+    };
+    let request = pb::CreateTokenRequest {
+        name,
+        role: args.role.to_pb() as i32,
+        ttl,
+    };
+    let conn = Connection::connect(settings).await?;
+    let pb::CreateTokenResponse { token, secret } = conn
+        .admin()
+        .create_token(unary(request))
+        .await
+        .map_err(|status| conn.error(&status, None))?
+        .into_inner();
+    let now = SystemTime::now();
+    let created = CreatedApiTokenView {
+        token: ApiTokenView::from_pb(token.unwrap_or_default(), now),
+        secret,
+    };
+    match args.output {
+        ObjectFormat::Table => out.write_all(render_created(&created, now).as_bytes())?,
+        ObjectFormat::Json => write_json(out, &created)?,
+    }
+    Ok(())
+}
+
+/// `tokens list`.
+pub(crate) async fn list(
+    args: ListApiTokensArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let conn = Connection::connect(settings).await?;
+    let now = SystemTime::now();
+    let tokens: Vec<ApiTokenView> = conn
+        .admin()
+        .list_tokens(unary(pb::ListTokensRequest {
+            include_revoked: args.include_revoked,
+        }))
+        .await
+        .map_err(|status| conn.error(&status, None))?
+        .into_inner()
+        .tokens
+        .into_iter()
+        .map(|t| ApiTokenView::from_pb(t, now))
+        .collect();
+    match args.output {
+        ObjectFormat::Table if tokens.is_empty() => writeln!(out, "No API tokens found.")?,
+        ObjectFormat::Table => out.write_all(render_table(&tokens, now).as_bytes())?,
+        ObjectFormat::Json => write_json(out, &tokens)?,
+    }
+    Ok(())
+}
+
+/// `tokens revoke ID`.
+pub(crate) async fn revoke(
+    args: RevokeTokenArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let id = args.id.trim().to_owned();
+    if id.is_empty() {
+        return Err(CliError::Usage("the token id must not be empty".to_owned()));
+    }
+    let conn = Connection::connect(settings).await?;
+    let token = conn
+        .admin()
+        .revoke_token(unary(pb::RevokeTokenRequest {
+            token_id: id.clone(),
+        }))
+        .await
+        .map_err(|status| conn.error(&status, Some(&format!("token {id}"))))?
+        .into_inner()
+        .token;
+    match args.output {
+        ObjectFormat::Table => writeln!(out, "Token {id} revoked.")?,
+        ObjectFormat::Json => {
+            let now = SystemTime::now();
+            let token = token.map(|t| ApiTokenView::from_pb(t, now));
+            write_json(out, &token)?;
+        }
+    }
+    Ok(())
+}
+
+/// The ROLE cell: the role, marked when the token may also manage orgs.
+pub(crate) fn role_text(token: &ApiTokenView) -> String {
+    if token.server_admin {
+        format!("{} (server)", token.role.as_str())
+    } else {
+        token.role.as_str().to_owned()
+    }
+}
+
+/// "never", or when the token expires (or expired) relative to `now`.
+fn expires_text(token: &ApiTokenView, now: SystemTime) -> String {
+    token.expires_at.map_or_else(
+        || "never".to_owned(),
+        |_| relative_time_opt(now, token.expires_at),
+    )
+}
+
+/// The key/value block describing one token (without its secret).
+pub(crate) fn token_details(indent: usize, t: &ApiTokenView, now: SystemTime) -> String {
+    key_values(
+        indent,
+        &[
+            ("ID", t.token_id.clone()),
+            ("Name", t.name.clone()),
+            ("Org", t.org_id.clone()),
+            ("Role", role_text(t)),
+            (
+                "Expires",
+                match t.expires_at {
+                    Some(_) => format!("{} ({})", expires_text(t, now), rfc3339_opt(t.expires_at)),
+                    None => "never".to_owned(),
+                },
+            ),
+        ],
+    )
+}
+
+/// The one-time secret, set apart with a warning that it cannot be retrieved later.
+pub(crate) fn secret_block(what: &str, secret: &str) -> String {
+    format!(
+        "\n{what} (shown only this once; store it now, it cannot be retrieved later):\n\n    \
+         {secret}\n"
+    )
+}
+
+/// Renders a new token and its one-time secret.
+pub(crate) fn render_created(created: &CreatedApiTokenView, now: SystemTime) -> String {
+    let t = &created.token;
+    let mut text = format!("Token {} created.\n\n", t.token_id);
+    text.push_str(&token_details(2, t, now));
+    text.push_str(&secret_block("Secret", &created.secret));
+    text
+}
+
+/// Renders `tokens list` as a table.
+pub(crate) fn render_table(tokens: &[ApiTokenView], now: SystemTime) -> String {
+    let mut table = Table::new([
+        "ID",
+        "NAME",
+        "ROLE",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "STATE",
+    ]);
+    for t in tokens {
+        table.push([
+            t.token_id.clone(),
+            t.name.clone(),
+            role_text(t),
+            relative_time_opt(now, t.created_at),
+            expires_text(t, now),
+            relative_time_opt(now, t.last_used_at),
+            t.state.as_str().to_owned(),
+        ]);
+    }
+    table.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{Role, TokenState};
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn ts(secs: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        })
+    }
+
+    fn token(id: &str, name: &str, role: pb::Role) -> pb::ApiToken {
+        pb::ApiToken {
+            token_id: id.into(),
+            org_id: "acme".into(),
+            name: name.into(),
+            role: role as i32,
+            created_at: ts(1_000),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn states_and_roles_from_the_wire() {
+        let now = at(5_000);
+        let view = |t| ApiTokenView::from_pb(t, now);
+        let active = view(token("t-1", "ci", pb::Role::Operator));
+        assert_eq!(active.state, TokenState::Active);
+        assert_eq!(active.role, Role::Operator);
+        let revoked = view(pb::ApiToken {
+            revoked: true,
+            ..token("t-2", "old", pb::Role::Viewer)
+        });
+        assert_eq!(revoked.state, TokenState::Revoked);
+        let expired = view(pb::ApiToken {
+            expires_at: ts(4_000),
+            ..token("t-3", "tmp", pb::Role::Viewer)
+        });
+        assert_eq!(expired.state, TokenState::Expired);
+        assert_eq!(
+            view(pb::ApiToken {
+                role: 42,
+                ..token("t-4", "new", pb::Role::Viewer)
+            })
+            .role,
+            Role::Unknown
+        );
+    }
+
+    #[test]
+    fn list_table() {
+        let now = at(1_000 + 3 * 86_400);
+        let tokens = [
+            pb::ApiToken {
+                server_admin: true,
+                last_used_at: ts(1_000 + 3 * 86_400 - 120),
+                ..token("t-1", "bootstrap", pb::Role::Admin)
+            },
+            pb::ApiToken {
+                expires_at: ts(1_000 + 33 * 86_400),
+                ..token("t-22", "ci", pb::Role::Viewer)
+            },
+            pb::ApiToken {
+                revoked: true,
+                ..token("t-3", "old", pb::Role::Operator)
+            },
+        ]
+        .map(|t| ApiTokenView::from_pb(t, now));
+        assert_eq!(
+            render_table(&tokens, now),
+            "ID     NAME        ROLE             CREATED   EXPIRES   LAST USED   STATE\n\
+             t-1    bootstrap   admin (server)   3d ago    never     2m ago      active\n\
+             t-22   ci          viewer           3d ago    in 30d    never       active\n\
+             t-3    old         operator         3d ago    never     never       revoked\n"
+        );
+    }
+
+    #[test]
+    fn created_token_shows_secret_once() {
+        let now = at(1_000);
+        let created = CreatedApiTokenView {
+            token: ApiTokenView::from_pb(
+                pb::ApiToken {
+                    expires_at: ts(1_000 + 30 * 86_400),
+                    ..token("t-1", "ci", pb::Role::Operator)
+                },
+                now,
+            ),
+            secret: "tet_api_s3cret".into(),
+        };
+        let text = render_created(&created, now);
+        assert_eq!(text.matches("tet_api_s3cret").count(), 1, "{text}");
+        assert!(text.starts_with("Token t-1 created.\n"), "{text}");
+        assert!(text.contains("shown only this once"), "{text}");
+        assert!(text.contains("  Role:     operator\n"), "{text}");
+        assert!(
+            text.contains("  Expires:  in 30d (1970-01-31T00:16:40Z)\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\n    tet_api_s3cret\n"), "{text}");
+    }
+
+    #[test]
+    fn token_json_is_stable_and_has_no_secret() {
+        let now = at(5_000);
+        let view = ApiTokenView::from_pb(
+            pb::ApiToken {
+                last_used_at: ts(4_980),
+                ..token("t-1", "ci", pb::Role::Viewer)
+            },
+            now,
+        );
+        let json = serde_json::to_value(&view).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "token_id": "t-1",
+                "org_id": "acme",
+                "name": "ci",
+                "role": "viewer",
+                "server_admin": false,
+                "created_at": "1970-01-01T00:16:40Z",
+                "expires_at": null,
+                "last_used_at": "1970-01-01T01:23:00Z",
+                "revoked": false,
+                "state": "active",
+            })
+        );
+        let created = serde_json::to_value(CreatedApiTokenView {
+            token: view,
+            secret: "s".into(),
+        })
+        .expect("serializes");
+        assert_eq!(created["secret"], "s");
+        assert_eq!(created["token"]["token_id"], "t-1");
+    }
+
+    #[test]
+    fn create_flags() {
+        use crate::Cli;
+        use crate::cli::{ApiTokensCommand, Command};
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from([
+            "tetherctl",
+            "tokens",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "viewer",
+            "--ttl",
+            "30d",
+        ])
+        .expect("parses");
+        let Command::Tokens(ApiTokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.role, Role::Viewer);
+        assert_eq!(args.ttl, Ttl::After(Duration::from_secs(30 * 86_400)));
+        let cli = Cli::try_parse_from([
+            "tetherctl",
+            "tokens",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "admin",
+        ])
+        .expect("parses");
+        let Command::Tokens(ApiTokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.ttl, Ttl::Never);
+        for role in ["agent", "unknown", "root"] {
+            assert!(
+                Cli::try_parse_from([
+                    "tetherctl",
+                    "tokens",
+                    "create",
+                    "--name",
+                    "x",
+                    "--role",
+                    role
+                ])
+                .is_err(),
+                "{role}"
+            );
+        }
+        assert!(Cli::try_parse_from(["tetherctl", "tokens", "create", "--role", "admin"]).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! The gate every request passes before reaching a handler: authentication, the access rule
+//! of [`crate::access::RPC_ACCESS`], the per-token request rate, and the audit of refusals.
+//!
+//! It is a tower layer on the whole gRPC router, so it sees the method path (which a tonic
+//! interceptor does not) and answers refusals itself. On success it stores the [`Caller`] in
+//! the request's extensions, where handlers find it with [`crate::auth::caller`]. Health and
+//! reflection need no token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::access::{self, Access};
+use crate::audit;
+use crate::auth::{Auth, Caller, Principal};
+use crate::domain::TokenId;
+use crate::metrics::{DenialLabels, Metrics};
+use crate::writer::WriterHandle;
+
+/// Paths served without a token.
+const PUBLIC_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
+
+/// At most one audit record per second per token for rate-limit refusals, so a flood cannot
+/// flood the audit trail.
+const RATE_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Per-token request budget: a token bucket.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+pub struct Gate {
+    auth: Arc<Auth>,
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+    rate: RateLimit,
+    buckets: Mutex<HashMap<TokenId, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    last_audit: Option<Instant>,
+}
+
+// === impl Gate ===
+
+impl Gate {
+    pub fn new(
+        auth: Arc<Auth>,
+        writer: WriterHandle,
+        metrics: Arc<Metrics>,
+        rate: RateLimit,
+    ) -> Self {
+        Self {
+            auth,
+            writer,
+            metrics,
+            rate,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Decides on one request: `Ok(None)` for public paths, `Ok(Some(caller))` to admit.
+    ///
+    /// # Errors
+    ///
+    /// The status to answer with.
+    pub fn admit(&self, method: &str, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
+        if PUBLIC_PREFIXES.iter().any(|p| method.starts_with(p))
+            || !method.starts_with(access::SERVICE_PREFIX)
+        {
+            // Unknown non-Tether paths fall through to tonic, which answers UNIMPLEMENTED.
+            return Ok(None);
+        }
+        let metadata = MetadataMap::from_headers(headers.clone());
+        let caller = match self.auth.authenticate(&metadata) {
+            Ok(caller) => caller,
+            Err(status) => {
+                self.count(&status);
+                // A known token that failed (revoked, expired, wrong secret) is audited in its
+                // org; an unknown one has no org to be audited in and is only counted.
+                if let Some(claimed) = self.auth.identify(&metadata) {
+                    self.audit_denial(&claimed, method, &status);
+                }
+                return Err(status);
+            }
+        };
+        let result = self
+            .authorize(&caller, method)
+            .and_then(|()| self.take(&caller, method));
+        match result {
+            Ok(()) => Ok(Some(caller)),
+            Err(status) => {
+                self.count(&status);
+                Err(status)
+            }
+        }
+    }
+
+    fn authorize(&self, caller: &Caller, method: &str) -> Result<(), Status> {
+        let Some((rule, _)) = access::rule(method) else {
+            let status = Status::permission_denied(format!("no access rule for {method}"));
+            self.audit_denial(caller, method, &status);
+            return Err(status);
+        };
+        let allowed = match (rule, &caller.principal) {
+            (Access::Enrollment, Principal::Enrollment)
+            | (Access::Agent, Principal::Agent { .. }) => true,
+            (Access::AtLeast(role), Principal::User { role: have, .. }) => {
+                access::rank(*have) >= access::rank(role)
+            }
+            (Access::ServerAdmin, Principal::User { server_admin, .. }) => *server_admin,
+            _ => false,
+        };
+        if allowed {
+            return Ok(());
+        }
+        let need = match rule {
+            Access::Enrollment => "an enrollment token".to_owned(),
+            Access::Agent => "an agent credential".to_owned(),
+            Access::AtLeast(role) => {
+                format!("a token with the {} role", crate::auth::role_name(role))
+            }
+            Access::ServerAdmin => "the server admin token".to_owned(),
+        };
+        let status = Status::permission_denied(format!("{method} requires {need}"));
+        self.audit_denial(caller, method, &status);
+        Err(status)
+    }
+
+    /// Takes one request from the caller's budget.
+    fn take(&self, caller: &Caller, method: &str) -> Result<(), Status> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.entry(caller.token.clone()).or_insert(Bucket {
+            tokens: self.rate.burst,
+            updated: now,
+            last_audit: None,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate.per_second).min(self.rate.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let audit = bucket
+            .last_audit
+            .is_none_or(|at| now.saturating_duration_since(at) >= RATE_AUDIT_INTERVAL);
+        if audit {
+            bucket.last_audit = Some(now);
+        }
+        drop(buckets);
+        self.metrics.limit("token_request_rate");
+        let status = Status::resource_exhausted(format!(
+            "request rate of this token exceeds {} per second",
+            self.rate.per_second
+        ));
+        if audit {
+            self.audit_denial(caller, method, &status);
+        }
+        Err(status)
+    }
+
+    fn audit_denial(&self, caller: &Caller, method: &str, status: &Status) {
+        self.writer
+            .audit(audit::entry(caller, method, "", Err(status)));
+    }
+
+    fn count(&self, status: &Status) {
+        let code = match status.code() {
+            tonic::Code::Unauthenticated => "unauthenticated",
+            tonic::Code::PermissionDenied => "permission_denied",
+            tonic::Code::ResourceExhausted => "resource_exhausted",
+            _ => "other",
+        };
+        self.metrics
+            .denials
+            .get_or_create(&DenialLabels { code })
+            .inc();
+    }
+}
+
+/// Tower layer putting a [`Gate`] in front of every service of the router.
+#[derive(Clone)]
+pub struct AuthLayer(pub Arc<Gate>);
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            gate: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        match self.gate.admit(&method, request.headers()) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    let mut response = response.await?;
+                    limit_status(&mut response);
+                    Ok(response)
+                })
+            }
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
+    }
+}
+
+/// tonic refuses an over-limit request message with `OUT_OF_RANGE` before any handler runs (as
+/// a trailers-only response, so the status is in the headers). Tether's contract for limits is
+/// `RESOURCE_EXHAUSTED`; no Tether handler answers `OUT_OF_RANGE`, so every such answer is
+/// that refusal.
+fn limit_status<B>(response: &mut http::Response<B>) {
+    const OUT_OF_RANGE: &str = "11";
+    const RESOURCE_EXHAUSTED: http::HeaderValue = http::HeaderValue::from_static("8");
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == OUT_OF_RANGE.as_bytes())
+    {
+        headers.insert("grpc-status", RESOURCE_EXHAUSTED);
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics of one server, served on a separate listener (`--metrics-listen`).
+//!
+//! Counters are cheap atomics; the hot path (one agent message) touches at most one.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which limit a refused input hit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+/// A status transition's target status and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub to: &'static str,
+    pub reason: &'static str,
+}
+
+/// Why authentication or authorization refused a call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub code: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub limit_violations: Family<LimitLabels, Counter>,
+    pub denials: Family<DenialLabels, Counter>,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub sessions: Gauge,
+    pub agent_messages: Counter,
+    pub samples_stored: Counter,
+    pub writer_batches: Counter,
+    pub writer_commit_failures: Counter,
+    pub watchers_aborted: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("tether");
+        let limit_violations = Family::<LimitLabels, Counter>::default();
+        let denials = Family::<DenialLabels, Counter>::default();
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        let sessions = Gauge::default();
+        let agent_messages = Counter::default();
+        let samples_stored = Counter::default();
+        let writer_batches = Counter::default();
+        let writer_commit_failures = Counter::default();
+        let watchers_aborted = Counter::default();
+        registry.register(
+            "limit_violations",
+            "Inputs refused because they exceeded a configured limit",
+            limit_violations.clone(),
+        );
+        registry.register(
+            "auth_denials",
+            "Calls refused by authentication or authorization",
+            denials.clone(),
+        );
+        registry.register(
+            "status_transitions",
+            "Agent status changes",
+            transitions.clone(),
+        );
+        registry.register("sessions", "Live agent sessions", sessions.clone());
+        registry.register(
+            "agent_messages",
+            "Messages received on agent streams",
+            agent_messages.clone(),
+        );
+        registry.register(
+            "samples_stored",
+            "Metrics samples durably stored (duplicates excluded)",
+            samples_stored.clone(),
+        );
+        registry.register(
+            "writer_batches",
+            "Batches committed by the writer",
+            writer_batches.clone(),
+        );
+        registry.register(
+            "writer_commit_failures",
+            "Batches the writer failed to commit",
+            writer_commit_failures.clone(),
+        );
+        registry.register(
+            "watchers_aborted",
+            "Watch streams ended because they fell behind",
+            watchers_aborted.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            limit_violations,
+            denials,
+            transitions,
+            sessions,
+            agent_messages,
+            samples_stored,
+            writer_batches,
+            writer_commit_failures,
+            watchers_aborted,
+        })
+    }
+
+    pub fn limit(&self, limit: &'static str) {
+        self.limit_violations
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown`.
+///
+/// # Errors
+///
+/// An I/O error of the listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,321 @@
+//! Child processes of the benchmark: the server and the simulators, their output, their
+//! memory and CPU, and the guarantee that none outlives the benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+/// Every child's pid, killed with SIGKILL when the guard drops (normal end, error, panic,
+/// ctrl-c: the benchmark's `main` holds the guard).
+#[derive(Clone, Default)]
+pub struct Reaper {
+    pids: Arc<Mutex<Vec<u32>>>,
+}
+
+/// One simulator process and what it reported.
+pub struct Simulator {
+    pub prefix: String,
+    pub n_agents: usize,
+    child: Child,
+    /// Closing it tells the simulator (started with `--exit-on-stdin-close`) to stop.
+    stdin: Option<ChildStdin>,
+    pub reports: Arc<Mutex<SimReports>>,
+}
+
+/// The parsed JSON lines of one simulator.
+#[derive(Default)]
+pub struct SimReports {
+    /// `stats` records with the local receive time.
+    pub stats: Vec<(Instant, serde_json::Value)>,
+    pub ready_at: Option<Instant>,
+    pub silenced_unix_ms: Option<u64>,
+    pub enroll_per_sec: Option<f64>,
+    pub stopped: bool,
+}
+
+/// The server process.
+pub struct ServerProc {
+    pub child: Child,
+    pub pid: u32,
+    pub url: String,
+    pub enroll_token: String,
+    pub admin_token: String,
+}
+
+// === impl Reaper ===
+
+impl Reaper {
+    pub fn track(&self, pid: u32) {
+        lock(&self.pids).push(pid);
+    }
+
+    pub fn kill_all(&self) {
+        for pid in lock(&self.pids).drain(..) {
+            signal(pid, "KILL");
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.pids) == 1 {
+            self.kill_all();
+        }
+    }
+}
+
+/// Sends `SIG{name}` to `pid` (through kill(1): the workspace forbids unsafe code).
+pub fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Where the release binaries are: next to this one.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate fleet-bench")?;
+    let dir = exe
+        .parent()
+        .context("fleet-bench has no directory")?
+        .to_owned();
+    for name in ["tether-server", "tether-agent"] {
+        if !dir.join(name).exists() {
+            bail!(
+                "{} not found next to fleet-bench; build first: \
+                 cargo build --release -p tether-server -p tether-agent -p tether-tests",
+                dir.join(name).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+// === impl ServerProc ===
+
+impl ServerProc {
+    /// Starts `tether-server` on `port` with `data_dir` and extra flags; waits until it
+    /// printed its tokens (it prints them after binding).
+    pub async fn start(
+        reaper: &Reaper,
+        bin_dir: &Path,
+        port: u16,
+        data_dir: &Path,
+        flags: &[String],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let mut child = Command::new(bin_dir.join("tether-server"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--print-enrollment-token")
+            .args(flags)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start tether-server")?;
+        let pid = child.id().context("server pid")?;
+        reaper.track(pid);
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut enroll_token, mut admin_token) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while enroll_token.is_none() || admin_token.is_none() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(remaining, lines.next_line())
+                .await
+                .context("the server did not print its tokens within 60 s")??;
+            let Some(line) = line else {
+                bail!("the server exited during start-up; see {}", log.display());
+            };
+            if let Some(rest) = line.split("TETHER_TOKEN=").nth(1) {
+                admin_token = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if let Some(rest) = line.split("--enroll-token ").nth(1) {
+                enroll_token = rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            pid,
+            url: format!("http://127.0.0.1:{port}"),
+            enroll_token: enroll_token.expect("loop ends when set"),
+            admin_token: admin_token.expect("loop ends when set"),
+        })
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns how long it took.
+    pub async fn stop(&mut self, grace: Duration) -> Duration {
+        let started = Instant::now();
+        signal(self.pid, "TERM");
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            signal(self.pid, "KILL");
+            let _ = self.child.wait().await;
+        }
+        started.elapsed()
+    }
+}
+
+// === impl Simulator ===
+
+impl Simulator {
+    /// Starts `tether-agent simulate` with `args` (plus the bench's fixed flags).
+    pub fn start(
+        reaper: &Reaper,
+        bin_dir: &Path,
+        prefix: &str,
+        n_agents: usize,
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let mut child = Command::new(bin_dir.join("tether-agent"))
+            .arg("simulate")
+            .arg("--agents")
+            .arg(n_agents.to_string())
+            .arg("--name-prefix")
+            .arg(prefix)
+            .arg("--json")
+            .arg("--exit-on-stdin-close")
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SIM_LOG").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start tether-agent simulate")?;
+        reaper.track(child.id().context("simulator pid")?);
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("simulator stdout")?;
+        let reports = Arc::new(Mutex::new(SimReports::default()));
+        let sink = reports.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let mut reports = lock(&sink);
+                match value["event"].as_str() {
+                    Some("stats") => reports.stats.push((now, value)),
+                    Some("ready") => reports.ready_at = Some(now),
+                    Some("silenced") => reports.silenced_unix_ms = value["unix_ms"].as_u64(),
+                    Some("enrolled") => reports.enroll_per_sec = value["per_sec"].as_f64(),
+                    Some("stopped") => reports.stopped = true,
+                    _ => {}
+                }
+            }
+        });
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            n_agents,
+            child,
+            stdin,
+            reports,
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        lock(&self.reports).ready_at.is_some()
+    }
+
+    /// The latest stats record.
+    pub fn latest(&self) -> Option<serde_json::Value> {
+        lock(&self.reports).stats.last().map(|(_, v)| v.clone())
+    }
+
+    /// Kills the process at once: its connections close without a goodbye.
+    pub async fn kill(&mut self) -> SystemTime {
+        let at = SystemTime::now();
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        at
+    }
+
+    /// Asks the simulator to stop (its agents say goodbye) and waits a bounded time.
+    pub async fn stop(&mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// VmRSS of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of `pid` in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
