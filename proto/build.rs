@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `Connect` would clash with the transport client's `connect(dst)` constructor; clients
         // are built with `new(channel)` from an explicitly configured `Channel` instead.
         .build_transport(false)
+        // Small per-stream buffers: see `src/codec.rs`.
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");

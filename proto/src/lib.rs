@@ -1,7 +1,9 @@
 //! Tether's wire contract, `tether.v1`, generated from `proto/tether/v1/*.proto`.
 //!
-//! Only generated code lives here. Other crates import this module as `pb` and convert to their
+//! Only generated code lives here, plus the codec it is generated to use (`codec.rs`). Other crates import this module as `pb` and convert to their
 //! own domain types at their edges, so wire types never travel through their internals.
+
+pub mod codec;
 
 /// The `tether.v1` package: messages, enums, and the tonic client and server stubs.
 #[allow(

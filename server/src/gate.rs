@@ -25,9 +25,12 @@ use crate::writer::WriterHandle;
 /// Paths served without a token.
 const PUBLIC_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
 
-/// At most one audit record per second per token for rate-limit refusals, so a flood cannot
-/// flood the audit trail.
+/// Rate-limit refusals are audited at most once per interval per token; failed
+/// authentications with a known token id (ids are public) get a budget of
+/// [`AUTH_FAILURE_AUDIT_BURST`] records refilled at one per interval. Either way a flood
+/// cannot flood the audit trail; every refusal is still counted in metrics.
 const RATE_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
+const AUTH_FAILURE_AUDIT_BURST: f64 = 100.0;
 
 /// Per-token request budget: a token bucket.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,6 +51,9 @@ struct Bucket {
     tokens: f64,
     updated: Instant,
     last_audit: Option<Instant>,
+    /// Audit records left for failed authentications with this token id.
+    audit_budget: f64,
+    audit_updated: Instant,
 }
 
 // === impl Gate ===
@@ -87,7 +93,11 @@ impl Gate {
                 self.count(&status);
                 // A known token that failed (revoked, expired, wrong secret) is audited in its
                 // org; an unknown one has no org to be audited in and is only counted.
-                if let Some(claimed) = self.auth.identify(&metadata) {
+                if let Some(claimed) = self
+                    .auth
+                    .identify(&metadata)
+                    .filter(|claimed| self.may_audit(&claimed.token))
+                {
                     self.audit_denial(&claimed, method, &status);
                 }
                 return Err(status);
@@ -144,6 +154,8 @@ impl Gate {
             tokens: self.rate.burst,
             updated: now,
             last_audit: None,
+            audit_budget: AUTH_FAILURE_AUDIT_BURST,
+            audit_updated: now,
         });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate.per_second).min(self.rate.burst);
@@ -168,6 +180,32 @@ impl Gate {
             self.audit_denial(caller, method, &status);
         }
         Err(status)
+    }
+
+    /// Whether a refused call of token `id` may be audited now: at most once per
+    /// [`RATE_AUDIT_INTERVAL`], since token ids are public and failures with them cost nothing.
+    fn may_audit(&self, id: &TokenId) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.entry(id.clone()).or_insert(Bucket {
+            tokens: self.rate.burst,
+            updated: now,
+            last_audit: None,
+            audit_budget: AUTH_FAILURE_AUDIT_BURST,
+            audit_updated: now,
+        });
+        let refill = now
+            .saturating_duration_since(bucket.audit_updated)
+            .as_secs_f64()
+            / RATE_AUDIT_INTERVAL.as_secs_f64();
+        bucket.audit_budget = (bucket.audit_budget + refill).min(AUTH_FAILURE_AUDIT_BURST);
+        bucket.audit_updated = now;
+        if bucket.audit_budget >= 1.0 {
+            bucket.audit_budget -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn audit_denial(&self, caller: &Caller, method: &str, status: &Status) {

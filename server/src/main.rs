@@ -289,13 +289,25 @@ async fn main() -> anyhow::Result<()> {
         "http"
     };
     let url = format!("{scheme}://{addr}");
+    // With TLS, clients need the CA: `ca.pem` beside the certificate in the gen-certs layout.
+    let (ca_env, ca_flag) = match (scheme, tls_ca.as_ref().filter(|ca| ca.exists())) {
+        ("https", Some(ca)) => (
+            format!(" TETHER_CA_CERT={}", ca.display()),
+            format!(" --ca-cert {}", ca.display()),
+        ),
+        ("https", None) => (
+            " TETHER_CA_CERT=CA.pem".to_owned(),
+            " --ca-cert CA.pem".to_owned(),
+        ),
+        _ => (String::new(), String::new()),
+    };
 
     if args.print_enrollment_token || args.dev {
         let admin_token = std::fs::read_to_string(&server.admin_token_file)
             .with_context(|| format!("cannot read {}", server.admin_token_file.display()))?;
         println!("Tether server listening on {url}");
         println!(
-            "Admin token (also in {}):\n\n    export TETHER_SERVER={url} TETHER_TOKEN={}\n",
+            "Admin token (also in {}):\n\n    export TETHER_SERVER={url}{ca_env} TETHER_TOKEN={}\n",
             server.admin_token_file.display(),
             admin_token.trim()
         );
@@ -310,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot create an enrollment token")?;
         println!(
-            "Enrollment token {} (shown once):\n\n    tether-agent --server {url} --enroll-token {}\n",
+            "Enrollment token {} (shown once):\n\n    tether-agent --server {url}{ca_flag} --enroll-token {}\n",
             record.id,
             secret.expose()
         );

@@ -401,11 +401,13 @@ impl Registry {
         entry.session = None;
         entry.session_started = None;
         self.metrics.sessions.dec();
-        // A session ended by the server's own shutdown keeps its stored status: the next start
-        // marks it offline with reason `server_restart`, which is what happened.
-        if session.close_reason() == CloseReason::Draining {
-            return;
-        }
+        // A session ended by the server's own shutdown is recorded as what it is, with the
+        // session's real last activity, before the writer stops.
+        let reason = if session.close_reason() == CloseReason::Draining {
+            StatusReason::ServerRestart
+        } else {
+            reason
+        };
         if entry.status != AgentStatus::Offline {
             self.transition(
                 &mut inner,

@@ -120,9 +120,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
 
     let auth = Arc::new(Auth::new(snapshot.tokens, snapshot.enrollment_tokens));
     let admin_token_file = data_dir.join(ADMIN_TOKEN_FILE);
-    ensure_default_org(&snapshot.orgs, store.as_ref())?;
+    let mut orgs = snapshot.orgs;
+    if let Some(created) = ensure_default_org(&orgs, store.as_ref())? {
+        orgs.push(created);
+    }
     ensure_admin_token(&auth, store.as_ref(), &admin_token_file)?;
-    let orgs = Arc::new(crate::service::Orgs::new(snapshot.orgs));
+    let orgs = Arc::new(crate::service::Orgs::new(orgs));
     let metrics = Metrics::new();
 
     let live: HashMap<_, _> = snapshot
@@ -367,18 +370,23 @@ pub fn check_listen(
     }
 }
 
-/// Writes the default org's record on first start.
-fn ensure_default_org(orgs: &[OrgRecord], store: &dyn Store) -> Result<(), StartError> {
+/// Writes the default org's record on first start; returns it if it was created.
+fn ensure_default_org(
+    orgs: &[OrgRecord],
+    store: &dyn Store,
+) -> Result<Option<OrgRecord>, StartError> {
     if orgs.iter().any(|o| o.id.as_str() == DEFAULT_ORG) {
-        return Ok(());
+        return Ok(None);
     }
+    let org = OrgRecord {
+        id: OrgId::new(DEFAULT_ORG),
+        display_name: "Default".to_owned(),
+        created_at: SystemTime::now(),
+    };
     store
-        .commit(&[Write::PutOrg(OrgRecord {
-            id: OrgId::new(DEFAULT_ORG),
-            display_name: "Default".to_owned(),
-            created_at: SystemTime::now(),
-        })])
-        .map_err(|e| StartError::Internal(format!("cannot store the default org: {e}")))
+        .commit(&[Write::PutOrg(org.clone())])
+        .map_err(|e| StartError::Internal(format!("cannot store the default org: {e}")))?;
+    Ok(Some(org))
 }
 
 /// Makes sure the default org has a usable admin token whose text is in `path` (mode 0600).

@@ -37,6 +37,15 @@ pub enum Write {
         agent: AgentId,
         live: LiveRecord,
     },
+    /// Record how far an agent's samples are durable: the deduplication high-water mark and
+    /// the time of its last sample batch. Small and fixed-size, written once per agent per
+    /// batch on the ingest path (a full `PutLive` there would double the cost of a batch).
+    PutProgress {
+        org: OrgId,
+        agent: AgentId,
+        last_seq: u64,
+        last_seen: SystemTime,
+    },
     /// Store a sample. The caller has already deduplicated by (agent, seq).
     PutSample {
         org: OrgId,
@@ -58,7 +67,8 @@ pub enum Write {
 /// Everything the server rebuilds its in-memory state from at start-up.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    /// Agents with their live summary (absent if none was ever written).
+    /// Agents with their live summary (absent if none was ever written). The summary's
+    /// `last_seq` and `last_seen` already include the latest `PutProgress`.
     pub agents: Vec<(AgentRecord, Option<LiveRecord>)>,
     pub tokens: Vec<TokenRecord>,
     pub enrollment_tokens: Vec<EnrollmentTokenRecord>,

@@ -370,6 +370,9 @@ impl Writer {
     async fn commit(&mut self, batch: Batch) {
         let mut writes = Vec::with_capacity(batch.len + 16);
         let mut pending: HashMap<AgentId, (OrgId, LiveRecord)> = HashMap::new();
+        // Agents whose status or summary changed in this batch get a full `PutLive`; the rest
+        // (samples only) get the small `PutProgress`.
+        let mut changed: std::collections::HashSet<AgentId> = std::collections::HashSet::new();
         let mut dones = Vec::new();
         let mut heads: HashMap<OrgId, (u64, [u8; 32])> = HashMap::new();
         let now = SystemTime::now();
@@ -386,6 +389,7 @@ impl Writer {
                         &transition.agent,
                         transition.time,
                     );
+                    changed.insert(transition.agent.clone());
                     live.status = transition.to;
                     live.reason = transition.reason;
                     live.since = transition.time;
@@ -409,6 +413,7 @@ impl Writer {
                     for write in &extra {
                         if let Write::PutLive { org, agent, live } = write {
                             pending.insert(agent.clone(), (org.clone(), live.clone()));
+                            changed.insert(agent.clone());
                         }
                     }
                     extra.retain(|w| !matches!(w, Write::PutLive { .. }));
@@ -446,11 +451,20 @@ impl Writer {
             acks.push((session, max_seq));
         }
         for (agent, (org, live)) in &pending {
-            writes.push(Write::PutLive {
-                org: org.clone(),
-                agent: agent.clone(),
-                live: live.clone(),
-            });
+            if changed.contains(agent) {
+                writes.push(Write::PutLive {
+                    org: org.clone(),
+                    agent: agent.clone(),
+                    live: live.clone(),
+                });
+            } else {
+                writes.push(Write::PutProgress {
+                    org: org.clone(),
+                    agent: agent.clone(),
+                    last_seq: live.last_seq,
+                    last_seen: live.last_seen.unwrap_or(now),
+                });
+            }
         }
 
         let n_samples = writes

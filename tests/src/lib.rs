@@ -162,13 +162,6 @@ impl TestServer {
         }
     }
 
-    /// Aborts the server task without the orderly shutdown: sessions are dropped mid-stream,
-    /// like a crash of the process (the store is only what was flushed).
-    pub async fn kill(self) {
-        self.handle.abort();
-        let _ = self.handle.await;
-    }
-
     pub async fn channel(&self) -> Channel {
         Endpoint::from_shared(self.url.clone())
             .expect("url")

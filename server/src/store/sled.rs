@@ -51,6 +51,9 @@ pub const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 /// holds up concurrent writers, whatever the amount of expired data.
 const PURGE_BATCH: usize = 10_000;
 
+/// How long [`SledStore::open`] waits for a just-dropped store's lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const META_TREE: &str = "meta";
 const DATA_TREE: &str = "data";
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
@@ -65,6 +68,7 @@ const ENROLLMENT_TOKEN: u8 = b'e';
 const ORG: u8 = b'o';
 const TOMBSTONE: u8 = b'd';
 const AUDIT: u8 = b'u';
+const PROGRESS: u8 = b'q';
 /// Id of the one org record under `{org}/o/`.
 const ORG_RECORD_ID: &str = "info";
 
@@ -99,11 +103,26 @@ impl SledStore {
     /// [`StoreError::Backend`] if sled cannot open the directory (I/O, or another process holds
     /// its lock).
     pub fn open(path: &Path) -> Result<SledStore> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()
-            .map_err(backend)?;
+            // Every commit flushes itself; the background flusher would only add work.
+            .flush_every_ms(None);
+        // sled's worker threads release the directory lock shortly after a store is dropped,
+        // not at once; a restart in the same process waits for that instead of failing.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        };
         check_or_stamp_schema(&db)?;
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
         Ok(SledStore { db, data })
@@ -226,6 +245,17 @@ impl Store for SledStore {
         for org in self.orgs()? {
             let mut lives: HashMap<String, LiveRecord> =
                 self.scan_section(&org, LIVE)?.into_iter().collect();
+            let prefix = section(&org, PROGRESS);
+            for entry in self.data.scan_prefix(&prefix) {
+                let (key, value) = entry.map_err(backend)?;
+                let id = std::str::from_utf8(&key[prefix.len()..])
+                    .map_err(|e| corrupt(&key, format!("id is not utf-8: {e}")))?;
+                let (last_seq, last_seen) = decode_progress(&key, &value)?;
+                if let Some(live) = lives.get_mut(id) {
+                    live.last_seq = live.last_seq.max(last_seq);
+                    live.last_seen = live.last_seen.max(Some(last_seen));
+                }
+            }
             for (id, agent) in self.scan_section::<AgentRecord>(&org, AGENT)? {
                 check_owner(&org, &id, &agent.org, agent.id.as_str(), AGENT)?;
                 let live = lives.remove(&id);
@@ -278,6 +308,15 @@ impl Store for SledStore {
                     record_key(org.as_str(), LIVE, agent.as_str()),
                     encode(live)?,
                 ),
+                Write::PutProgress {
+                    org,
+                    agent,
+                    last_seq,
+                    last_seen,
+                } => (
+                    record_key(org.as_str(), PROGRESS, agent.as_str()),
+                    encode_progress(*last_seq, *last_seen),
+                ),
                 Write::PutSample { org, agent, sample } => (
                     series_key(
                         &series_prefix(org, SAMPLE, agent),
@@ -311,6 +350,7 @@ impl Store for SledStore {
                     let agent = tombstone.agent.as_str();
                     batch.remove(record_key(org, AGENT, agent));
                     batch.remove(record_key(org, LIVE, agent));
+                    batch.remove(record_key(org, PROGRESS, agent));
                     (record_key(org, TOMBSTONE, agent), encode(tombstone)?)
                 }
                 Write::PutAudit(record) => {
@@ -515,6 +555,27 @@ fn millis(time: SystemTime) -> u64 {
 }
 
 // === values and errors ===
+
+/// `last_seq` then `last_seen` in milliseconds, both big-endian u64.
+fn encode_progress(last_seq: u64, last_seen: SystemTime) -> Vec<u8> {
+    let mut value = Vec::with_capacity(16);
+    value.extend_from_slice(&last_seq.to_be_bytes());
+    value.extend_from_slice(&millis(last_seen).to_be_bytes());
+    value
+}
+
+fn decode_progress(key: &[u8], value: &[u8]) -> Result<(u64, SystemTime)> {
+    let bytes: [u8; 16] = value.try_into().map_err(|_| {
+        corrupt(
+            key,
+            format!("progress record is {} bytes, not 16", value.len()),
+        )
+    })?;
+    let (seq, ms) = bytes.split_at(8);
+    let seq = u64::from_be_bytes(seq.try_into().map_err(|_| corrupt(key, "progress seq"))?);
+    let ms = u64::from_be_bytes(ms.try_into().map_err(|_| corrupt(key, "progress time"))?);
+    Ok((seq, UNIX_EPOCH + std::time::Duration::from_millis(ms)))
+}
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(backend)

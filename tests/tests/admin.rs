@@ -1,0 +1,997 @@
+//! Administration end to end: enrollment tokens and their limits, deleting agents, API tokens and
+//! their revocation, the per-org agent limit, and the hash-chained audit trail (including
+//! tampering with the stored chain).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use tether_proto as pb;
+use tether_tests::{
+    AdminClient, FleetClient, RawSession, TestAgent, TestServer, create_token, eventually,
+    fast_config, labels, list_all, system_info, token_id, trace_init,
+};
+use tonic::Code;
+
+const STREAM_WAIT: Duration = Duration::from_secs(5);
+
+fn enroll_request(hostname: &str, pairs: &[(&str, &str)]) -> pb::EnrollRequest {
+    pb::EnrollRequest {
+        system_info: Some(system_info(hostname)),
+        labels: labels(pairs),
+        name: String::new(),
+    }
+}
+
+async fn enroll_with(
+    server: &TestServer,
+    token: &str,
+    hostname: &str,
+) -> Result<pb::EnrollResponse, tonic::Status> {
+    server
+        .agent_client(Some(token))
+        .await
+        .enroll(enroll_request(hostname, &[]))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn enrollment_token(
+    admin: &mut AdminClient,
+    req: pb::CreateEnrollmentTokenRequest,
+) -> pb::CreateEnrollmentTokenResponse {
+    admin
+        .create_enrollment_token(req)
+        .await
+        .expect("create enrollment token")
+        .into_inner()
+}
+
+async fn enrollment_tokens(admin: &mut AdminClient) -> HashMap<String, pb::EnrollmentToken> {
+    admin
+        .list_enrollment_tokens(pb::ListEnrollmentTokensRequest::default())
+        .await
+        .expect("list enrollment tokens")
+        .into_inner()
+        .tokens
+        .into_iter()
+        .map(|t| (t.token_id.clone(), t))
+        .collect()
+}
+
+async fn agent_ids(fleet: &mut FleetClient) -> Vec<String> {
+    let mut ids: Vec<String> = list_all(fleet, pb::ListAgentsRequest::default())
+        .await
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_tokens_enforce_max_uses_revocation_expiry_and_stamp_labels() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let mut admin = server.admin().await;
+    let mut fleet = server.fleet().await;
+
+    // Two uses, and labels that win over the agent's own.
+    let limited = enrollment_token(
+        &mut admin,
+        pb::CreateEnrollmentTokenRequest {
+            description: "two machines".to_owned(),
+            labels: labels(&[("team", "blue"), ("env", "prod")]),
+            max_uses: 2,
+            ttl: None,
+        },
+    )
+    .await;
+    let limited_id = limited.token.as_ref().expect("token").token_id.clone();
+    let first = server
+        .agent_client(Some(&limited.secret))
+        .await
+        .enroll(enroll_request("a", &[("env", "dev"), ("role", "web")]))
+        .await
+        .expect("first use")
+        .into_inner();
+    let agent = server.get_agent(&first.agent_id).await.expect("get agent");
+    let stamped = agent.agent.expect("agent").labels;
+    let want = labels(&[("team", "blue"), ("env", "prod"), ("role", "web")]);
+    assert_eq!(stamped, want, "the token's labels are stamped and win");
+    enroll_with(&server, &limited.secret, "b")
+        .await
+        .expect("second use");
+    let before = agent_ids(&mut fleet).await;
+    assert_eq!(before.len(), 2);
+
+    // Exhausted: a new machine, and a replay for a machine already enrolled, are refused.
+    for host in ["c", "a"] {
+        let err = enroll_with(&server, &limited.secret, host)
+            .await
+            .expect_err("the token is used up");
+        assert_eq!(err.code(), Code::PermissionDenied, "{host}: {err:?}");
+    }
+    assert_eq!(agent_ids(&mut fleet).await, before, "nothing created");
+    let token = &enrollment_tokens(&mut admin).await[&limited_id];
+    assert_eq!((token.use_count, token.max_uses), (2, 2));
+
+    // Revoked.
+    let revoked = enrollment_token(&mut admin, Default::default()).await;
+    let revoked_id = revoked.token.as_ref().expect("token").token_id.clone();
+    let answer = admin
+        .revoke_enrollment_token(pb::RevokeEnrollmentTokenRequest {
+            token_id: revoked_id.clone(),
+        })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(answer.token.expect("token").revoked);
+    let err = enroll_with(&server, &revoked.secret, "d")
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // Expired: wait (on the clock, without using the token) until its expiry has passed.
+    let expiring = enrollment_token(
+        &mut admin,
+        pb::CreateEnrollmentTokenRequest {
+            ttl: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let expires_at = expiring
+        .token
+        .as_ref()
+        .and_then(|t| t.expires_at)
+        .expect("an expiry");
+    let expires_at = SystemTime::try_from(expires_at).expect("expiry time");
+    eventually("the enrollment token's expiry to pass", || async {
+        (SystemTime::now() > expires_at).then_some(())
+    })
+    .await;
+    let err = enroll_with(&server, &expiring.secret, "e")
+        .await
+        .expect_err("expired");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    assert_eq!(agent_ids(&mut fleet).await, before, "nothing created");
+    let tokens = enrollment_tokens(&mut admin).await;
+    assert_eq!(tokens[&limited_id].use_count, 2);
+    assert_eq!(tokens[&revoked_id].use_count, 0);
+    let expiring_id = &expiring.token.as_ref().expect("token").token_id;
+    assert_eq!(tokens[expiring_id].use_count, 0);
+    server.stop().await;
+}
+
+/// Reads `session` until the server's `Goodbye`, then until the stream ends.
+async fn expect_revoked_goodbye(session: &mut RawSession) {
+    loop {
+        match session.recv().await {
+            Ok(Some(pb::connect_response::Message::Goodbye(goodbye))) => {
+                assert_eq!(
+                    goodbye.reason,
+                    pb::GoodbyeReason::Revoked as i32,
+                    "{goodbye:?}"
+                );
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("expected Goodbye(REVOKED), got {other:?}"),
+        }
+    }
+    loop {
+        match session.recv().await {
+            Ok(Some(pb::connect_response::Message::Goodbye(g))) => panic!("second goodbye {g:?}"),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_agent_is_disconnected_and_can_neither_reconnect_nor_reappear() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let mut admin = server.admin().await;
+    let mut fleet = server.fleet().await;
+    let (id, credential) = server.enroll("doomed", &[]).await;
+    let (keeper, _) = server.enroll("keeper", &[]).await;
+
+    let mut watch = fleet
+        .watch_agents(pb::WatchAgentsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    loop {
+        let event = tokio::time::timeout(STREAM_WAIT, watch.message())
+            .await
+            .expect("snapshot in time")
+            .expect("watch event")
+            .expect("watch open");
+        if event.kind == pb::AgentEventKind::Synced as i32 {
+            break;
+        }
+    }
+    let (mut session, _) = RawSession::hello(&server, &id, &credential, "doomed")
+        .await
+        .expect("the agent connects");
+    server.wait_status(&id, pb::AgentStatus::Online).await;
+
+    admin
+        .delete_agent(pb::DeleteAgentRequest {
+            agent_id: id.clone(),
+        })
+        .await
+        .expect("delete agent");
+
+    expect_revoked_goodbye(&mut session).await;
+    let err = server.get_agent(&id).await.expect_err("deleted");
+    assert_eq!(err.code(), Code::NotFound);
+    loop {
+        let event = tokio::time::timeout(STREAM_WAIT, watch.message())
+            .await
+            .expect("REMOVED in time")
+            .expect("watch event")
+            .expect("watch open");
+        let agent = event.agent.expect("event agent");
+        if event.kind == pb::AgentEventKind::Removed as i32 {
+            assert_eq!(agent.agent_id, id);
+            break;
+        }
+    }
+
+    // The old credential is refused for good (PERMISSION_DENIED: the agent must not retry).
+    let err = RawSession::hello(&server, &id, &credential, "doomed")
+        .await
+        .err()
+        .expect("the deleted agent cannot reconnect");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // The machine may enroll again with a valid token, as a new agent.
+    let again = server
+        .enroll_with(enroll_request("doomed", &[]))
+        .await
+        .expect("enroll again");
+    assert_ne!(again.agent_id, id, "a deleted agent id never comes back");
+    let mut want = vec![keeper.clone(), again.agent_id.clone()];
+    want.sort();
+    assert_eq!(agent_ids(&mut fleet).await, want);
+    let err = RawSession::hello(&server, &id, &credential, "doomed")
+        .await
+        .err()
+        .expect("still refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // ... and after a restart.
+    drop((watch, session, admin, fleet));
+    server.stop().await;
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let err = server.get_agent(&id).await.expect_err("still deleted");
+    assert_eq!(err.code(), Code::NotFound);
+    let mut fleet = server.fleet().await;
+    assert_eq!(agent_ids(&mut fleet).await, want);
+    let err = RawSession::hello(&server, &id, &credential, "doomed")
+        .await
+        .err()
+        .expect("refused after a restart");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    RawSession::hello(&server, &again.agent_id, &again.agent_credential, "doomed")
+        .await
+        .expect("the new agent connects");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_agent_deleted_while_running_stops_instead_of_re_enrolling() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let token = server.enrollment_token().await;
+    let state = tempfile::tempdir().expect("agent state dir");
+    // It holds an (unlimited) enrollment token, so it could enroll again if it tried.
+    let agent = TestAgent::spawn(&server.url, state, "runner", "linux", &[], Some(token));
+    let id = agent.id().await;
+    server.wait_status(&id, pb::AgentStatus::Online).await;
+
+    server
+        .admin()
+        .await
+        .delete_agent(pb::DeleteAgentRequest {
+            agent_id: id.clone(),
+        })
+        .await
+        .expect("delete agent");
+
+    eventually("the deleted agent to stop", || async {
+        agent.handle.is_finished().then_some(())
+    })
+    .await;
+    let stats = agent.handle.stats.clone();
+    match agent.handle.join().await {
+        Err(tether_agent::AgentError::Revoked(_)) => {}
+        Err(tether_agent::AgentError::Rpc(status)) if status.code() == Code::PermissionDenied => {}
+        other => panic!("expected the agent to stop as revoked, got {other:?}"),
+    }
+    assert_eq!(stats.agent_id().as_deref(), Some(id.as_str()));
+    let mut fleet = server.fleet().await;
+    assert!(
+        agent_ids(&mut fleet).await.is_empty(),
+        "the agent did not enroll again"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_its_open_watch() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let mut admin = server.admin().await;
+    let viewer = create_token(&mut admin, "watcher", pb::Role::Viewer, None).await;
+    let mut fleet = server.fleet_as(Some(&viewer.secret)).await;
+    let mut watch = fleet
+        .watch_agents(pb::WatchAgentsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let synced = tokio::time::timeout(STREAM_WAIT, watch.message())
+        .await
+        .expect("SYNCED in time")
+        .expect("watch event")
+        .expect("watch open");
+    assert_eq!(synced.kind, pb::AgentEventKind::Synced as i32);
+
+    admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: viewer.token.expect("token").token_id,
+        })
+        .await
+        .expect("revoke");
+
+    let end = tokio::time::timeout(STREAM_WAIT, watch.message())
+        .await
+        .expect("the watch ends after the revocation");
+    let status = end.expect_err("the watch ends with an error status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let err = fleet
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = fleet
+        .watch_agents(pb::WatchAgentsRequest::default())
+        .await
+        .expect_err("no new watch either");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    server.stop().await;
+}
+
+/// The 64 hex digits after the id of a token `tether_<id>_<secret>`.
+fn secret_half(token: &str) -> &str {
+    token.rsplit('_').next().expect("secret part")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_work_with_their_role_and_are_never_listed_with_their_secret() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let mut admin = server.admin().await;
+    let viewer = create_token(&mut admin, "viewer", pb::Role::Viewer, None).await;
+    let operator = create_token(&mut admin, "operator", pb::Role::Operator, None).await;
+    let admin2 = create_token(
+        &mut admin,
+        "admin",
+        pb::Role::Admin,
+        Some(Duration::from_secs(3600)),
+    )
+    .await;
+    let idle = create_token(&mut admin, "idle", pb::Role::Viewer, None).await;
+    let created = [&viewer, &operator, &admin2, &idle];
+    for c in created {
+        let token = c.token.as_ref().expect("token");
+        assert!(c.secret.starts_with("tether_"), "{}", token.name);
+        assert_eq!(token_id(&c.secret), token.token_id);
+        assert!(!format!("{token:?}").contains(secret_half(&c.secret)));
+    }
+    let token = admin2.token.as_ref().expect("token");
+    assert_eq!(token.role, pb::Role::Admin as i32);
+    assert!(token.expires_at.is_some() && !token.server_admin);
+
+    // Each works with its role, and no more.
+    for (who, secret, admin_ok) in [
+        ("viewer", &viewer.secret, false),
+        ("operator", &operator.secret, false),
+        ("admin", &admin2.secret, true),
+    ] {
+        let mut fleet = server.fleet_as(Some(secret)).await;
+        fleet
+            .list_agents(pb::ListAgentsRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("{who} reads: {e}"));
+        let mut as_admin = server.admin_as(Some(secret)).await;
+        let listed = as_admin.list_tokens(pb::ListTokensRequest::default()).await;
+        let created = as_admin
+            .create_enrollment_token(pb::CreateEnrollmentTokenRequest::default())
+            .await;
+        if admin_ok {
+            listed.unwrap_or_else(|e| panic!("{who} lists tokens: {e}"));
+            created.unwrap_or_else(|e| panic!("{who} creates enrollment tokens: {e}"));
+        } else {
+            for err in [listed.map(drop), created.map(drop)] {
+                let err = err.expect_err(who);
+                assert_eq!(err.code(), Code::PermissionDenied, "{who}: {err:?}");
+            }
+        }
+    }
+
+    // Listings never carry secrets, and show when each token was last used.
+    let listed = admin
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .expect("list tokens")
+        .into_inner()
+        .tokens;
+    let text = format!("{listed:?}");
+    let secrets = [
+        &viewer.secret,
+        &operator.secret,
+        &admin2.secret,
+        &idle.secret,
+        &server.admin_token,
+    ];
+    for secret in secrets {
+        assert!(!text.contains(secret_half(secret)), "a secret is listed");
+    }
+    for token in &listed {
+        for field in [&token.token_id, &token.org_id, &token.name] {
+            assert!(!secrets.contains(&field), "{field}");
+        }
+    }
+    let by_name: HashMap<&str, &pb::ApiToken> =
+        listed.iter().map(|t| (t.name.as_str(), t)).collect();
+    for used in ["viewer", "operator", "admin", "bootstrap-admin"] {
+        let token = by_name.get(used).unwrap_or_else(|| panic!("{used} listed"));
+        assert!(token.last_used_at.is_some(), "{used}: {token:?}");
+    }
+    assert!(by_name["idle"].last_used_at.is_none(), "never used");
+    assert!(by_name["bootstrap-admin"].server_admin);
+
+    // Agent credentials come from Enroll only; a role is required.
+    for role in [pb::Role::Agent as i32, pb::Role::Unspecified as i32, 42] {
+        let err = admin
+            .create_token(pb::CreateTokenRequest {
+                name: "bad".to_owned(),
+                role,
+                ttl: None,
+            })
+            .await
+            .expect_err("not an API token role");
+        assert_eq!(err.code(), Code::InvalidArgument, "role {role}: {err:?}");
+    }
+    let count = admin
+        .list_tokens(pb::ListTokensRequest {
+            include_revoked: true,
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .tokens
+        .len();
+    assert_eq!(count, listed.len(), "nothing created by refused calls");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_beyond_the_per_org_agent_limit_is_refused() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    config.limits.max_agents_per_org = 2;
+    let server = TestServer::start(config).await;
+    let token = server.enrollment_token().await;
+    let first = enroll_with(&server, &token, "one").await.expect("first");
+    enroll_with(&server, &token, "two").await.expect("second");
+    let err = enroll_with(&server, &token, "three")
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // Re-enrolling a machine that is already counted adds no agent, so it is allowed.
+    let again = enroll_with(&server, &token, "one")
+        .await
+        .expect("re-enroll");
+    assert_eq!(again.agent_id, first.agent_id);
+    let mut fleet = server.fleet().await;
+    assert_eq!(agent_ids(&mut fleet).await.len(), 2);
+
+    // The limit is per org.
+    let acme = server.create_org("acme").await;
+    let mut acme_admin = server.admin_as(Some(&acme.admin_secret)).await;
+    let acme_token = enrollment_token(&mut acme_admin, Default::default()).await;
+    for host in ["one", "two"] {
+        let enrolled = enroll_with(&server, &acme_token.secret, host)
+            .await
+            .expect("acme has its own budget");
+        assert_eq!(enrolled.org_id, "acme");
+    }
+    let err = enroll_with(&server, &acme_token.secret, "three")
+        .await
+        .expect_err("acme over the limit");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    server.stop().await;
+}
+
+// === audit ===
+
+/// One expected audit event: (method, actor token id, actor role, target, outcome, status).
+type Expected = (
+    &'static str,
+    String,
+    pb::Role,
+    String,
+    pb::AuditOutcome,
+    Code,
+);
+
+const CREATE_TOKEN: &str = "/tether.v1.AdminService/CreateToken";
+const REVOKE_TOKEN: &str = "/tether.v1.AdminService/RevokeToken";
+const CREATE_ENROLLMENT: &str = "/tether.v1.AdminService/CreateEnrollmentToken";
+const REVOKE_ENROLLMENT: &str = "/tether.v1.AdminService/RevokeEnrollmentToken";
+const ENROLL: &str = "/tether.v1.AgentService/Enroll";
+const DELETE_AGENT: &str = "/tether.v1.AdminService/DeleteAgent";
+const LIST_AGENTS: &str = "/tether.v1.FleetService/ListAgents";
+
+/// Every audit event visible to `admin`, following pages, with `filter` applied.
+async fn audit(admin: &AdminClient, filter: pb::ListAuditEventsRequest) -> Vec<pb::AuditEvent> {
+    let mut admin = admin.clone();
+    let mut events = Vec::new();
+    let mut req = filter;
+    loop {
+        let page = admin
+            .list_audit_events(req.clone())
+            .await
+            .expect("list audit events")
+            .into_inner();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return events;
+        }
+        req.page_token = page.next_page_token;
+    }
+}
+
+/// Checks the chain as `admin.proto` defines it, independently of the CLI's checker.
+fn check_chain_by_hand(events: &[pb::AuditEvent]) {
+    let mut prev = vec![0u8; 32];
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event.seq, i as u64 + 1, "seq is contiguous from 1");
+        assert_eq!(event.prev_hash, prev, "seq {}: prev_hash", event.seq);
+        let mut bare = event.clone();
+        bare.prev_hash.clear();
+        bare.hash.clear();
+        let mut hasher = Sha256::new();
+        hasher.update(&event.prev_hash);
+        hasher.update(bare.encode_to_vec());
+        assert_eq!(
+            hasher.finalize().as_slice(),
+            event.hash.as_slice(),
+            "seq {}: hash",
+            event.seq
+        );
+        prev.clone_from(&event.hash);
+    }
+}
+
+/// An org "acme" whose audit trail holds a known series of calls: mutating ones that succeed
+/// or fail, and refused ones. Returns the server, acme's first admin secret and the events the
+/// trail must hold, in order.
+async fn audited_org(dir: &std::path::Path) -> (TestServer, String, Vec<Expected>) {
+    let server = TestServer::start(fast_config(dir)).await;
+    let org = server.create_org("acme").await;
+    let secret = org.admin_secret;
+    let me = token_id(&secret).to_owned();
+    let mut admin = server.admin_as(Some(&secret)).await;
+    let mut want: Vec<Expected> = Vec::new();
+    let ok = pb::AuditOutcome::Succeeded;
+    let admin_role = pb::Role::Admin;
+
+    let viewer = create_token(&mut admin, "viewer", pb::Role::Viewer, None).await;
+    let viewer_id = token_id(&viewer.secret).to_owned();
+    want.push((
+        CREATE_TOKEN,
+        me.clone(),
+        admin_role,
+        viewer_id.clone(),
+        ok,
+        Code::Ok,
+    ));
+    let doomed = create_token(&mut admin, "doomed", pb::Role::Viewer, None).await;
+    let doomed_id = token_id(&doomed.secret).to_owned();
+    want.push((
+        CREATE_TOKEN,
+        me.clone(),
+        admin_role,
+        doomed_id.clone(),
+        ok,
+        Code::Ok,
+    ));
+    admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: doomed_id.clone(),
+        })
+        .await
+        .expect("revoke token");
+    want.push((
+        REVOKE_TOKEN,
+        me.clone(),
+        admin_role,
+        doomed_id.clone(),
+        ok,
+        Code::Ok,
+    ));
+
+    let e1 = enrollment_token(&mut admin, Default::default()).await;
+    let e1_id = token_id(&e1.secret).to_owned();
+    want.push((
+        CREATE_ENROLLMENT,
+        me.clone(),
+        admin_role,
+        e1_id.clone(),
+        ok,
+        Code::Ok,
+    ));
+    admin
+        .revoke_enrollment_token(pb::RevokeEnrollmentTokenRequest {
+            token_id: e1_id.clone(),
+        })
+        .await
+        .expect("revoke enrollment token");
+    want.push((
+        REVOKE_ENROLLMENT,
+        me.clone(),
+        admin_role,
+        e1_id.clone(),
+        ok,
+        Code::Ok,
+    ));
+    let e2 = enrollment_token(&mut admin, Default::default()).await;
+    let e2_id = token_id(&e2.secret).to_owned();
+    want.push((
+        CREATE_ENROLLMENT,
+        me.clone(),
+        admin_role,
+        e2_id.clone(),
+        ok,
+        Code::Ok,
+    ));
+
+    let agent = enroll_with(&server, &e2.secret, "audited")
+        .await
+        .expect("enroll");
+    want.push((
+        ENROLL,
+        e2_id.clone(),
+        pb::Role::Unspecified,
+        agent.agent_id.clone(),
+        ok,
+        Code::Ok,
+    ));
+    admin
+        .delete_agent(pb::DeleteAgentRequest {
+            agent_id: agent.agent_id.clone(),
+        })
+        .await
+        .expect("delete agent");
+    want.push((
+        DELETE_AGENT,
+        me.clone(),
+        admin_role,
+        agent.agent_id,
+        ok,
+        Code::Ok,
+    ));
+
+    // Refused calls.
+    let denied = pb::AuditOutcome::Denied;
+    let err = server
+        .admin_as(Some(&viewer.secret))
+        .await
+        .create_token(pb::CreateTokenRequest {
+            name: "sneaky".to_owned(),
+            role: pb::Role::Admin as i32,
+            ttl: None,
+        })
+        .await
+        .expect_err("a viewer cannot create tokens");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    want.push((
+        CREATE_TOKEN,
+        viewer_id.clone(),
+        pb::Role::Viewer,
+        String::new(),
+        denied,
+        Code::PermissionDenied,
+    ));
+    let err = server
+        .fleet_as(Some(&doomed.secret))
+        .await
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    want.push((
+        LIST_AGENTS,
+        doomed_id,
+        pb::Role::Viewer,
+        String::new(),
+        denied,
+        Code::Unauthenticated,
+    ));
+    let err = enroll_with(&server, &e1.secret, "late")
+        .await
+        .expect_err("revoked enrollment token");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    want.push((
+        ENROLL,
+        e1_id,
+        pb::Role::Unspecified,
+        String::new(),
+        denied,
+        Code::PermissionDenied,
+    ));
+
+    // A permitted call that fails.
+    let absent = "0123456789abcdef";
+    let err = admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: absent.to_owned(),
+        })
+        .await
+        .expect_err("absent token");
+    assert_eq!(err.code(), Code::NotFound);
+    want.push((
+        REVOKE_TOKEN,
+        me,
+        admin_role,
+        absent.to_owned(),
+        pb::AuditOutcome::Failed,
+        Code::NotFound,
+    ));
+
+    // Refusals are audited asynchronously: wait until every event is there.
+    let n = want.len();
+    eventually("every audited call in the trail", || {
+        let admin = admin.clone();
+        async move { (audit(&admin, Default::default()).await.len() >= n).then_some(()) }
+    })
+    .await;
+    (server, secret, want)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_every_mutating_and_refused_call_in_a_verifiable_chain() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, secret, want) = audited_org(dir.path()).await;
+    let admin = server.admin_as(Some(&secret)).await;
+    let events = audit(&admin, Default::default()).await;
+
+    let got: Vec<Expected> = events
+        .iter()
+        .map(|e| {
+            let method = [
+                CREATE_TOKEN,
+                REVOKE_TOKEN,
+                CREATE_ENROLLMENT,
+                REVOKE_ENROLLMENT,
+                ENROLL,
+                DELETE_AGENT,
+                LIST_AGENTS,
+            ]
+            .into_iter()
+            .find(|m| *m == e.method)
+            .unwrap_or_else(|| panic!("unexpected audited method: {e:?}"));
+            (
+                method,
+                e.actor_token_id.clone(),
+                pb::Role::try_from(e.actor_role).expect("role"),
+                e.target.clone(),
+                pb::AuditOutcome::try_from(e.outcome).expect("outcome"),
+                Code::from(e.status_code),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "one event per call, in call order");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=want.len() as u64).collect::<Vec<_>>());
+    for event in &events {
+        assert_eq!(event.org_id, "acme");
+        assert!(event.time.is_some(), "{event:?}");
+        if event.outcome != pb::AuditOutcome::Succeeded as i32 {
+            assert!(!event.message.is_empty(), "a refusal says why: {event:?}");
+        }
+    }
+    let named = &events[0];
+    assert_eq!(named.actor_name, "acme-admin");
+
+    // Filters.
+    let filtered = |req: pb::ListAuditEventsRequest| {
+        let admin = admin.clone();
+        async move {
+            audit(&admin, req)
+                .await
+                .into_iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    let seqs_where = |f: &dyn Fn(&Expected) -> bool| {
+        want.iter()
+            .enumerate()
+            .filter(|(_, e)| f(e))
+            .map(|(i, _)| i as u64 + 1)
+            .collect::<Vec<_>>()
+    };
+    let by_method = filtered(pb::ListAuditEventsRequest {
+        method: CREATE_TOKEN.to_owned(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_method, seqs_where(&|e| e.0 == CREATE_TOKEN));
+    assert_eq!(by_method.len(), 3);
+    let viewer = want[0].3.clone();
+    let by_actor = filtered(pb::ListAuditEventsRequest {
+        actor_token_id: viewer.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_actor, seqs_where(&|e| e.1 == viewer));
+    assert_eq!(by_actor.len(), 1);
+    for outcome in [
+        pb::AuditOutcome::Succeeded,
+        pb::AuditOutcome::Denied,
+        pb::AuditOutcome::Failed,
+    ] {
+        let by_outcome = filtered(pb::ListAuditEventsRequest {
+            outcome: outcome as i32,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(by_outcome, seqs_where(&|e| e.4 == outcome), "{outcome:?}");
+    }
+    let paged = filtered(pb::ListAuditEventsRequest {
+        page_size: 5,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(paged, (1..=want.len() as u64).collect::<Vec<_>>());
+
+    // The chain verifies, by the CLI's checker, by hand, and through `tetherctl audit verify`.
+    let summary = tetherctl::verify_chain(&events).expect("intact chain");
+    assert_eq!(summary.last_seq, want.len() as u64);
+    check_chain_by_hand(&events);
+    server
+        .cli_as(&secret, &["audit", "verify"])
+        .await
+        .expect("tetherctl audit verify");
+    server.stop().await;
+}
+
+/// Stops nothing: opens the stopped server's store and applies `edit` to acme's audit records.
+fn edit_stored_audit(data_dir: &std::path::Path, edit: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(data_dir.join("store")).expect("open the stopped server's store");
+    let data = db.open_tree("data").expect("data tree");
+    edit(&data);
+    db.flush().expect("flush");
+}
+
+fn audit_key(seq: u64) -> Vec<u8> {
+    let mut key = b"acme/u/".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modified_audit_event_breaks_the_chain() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, secret, want) = audited_org(dir.path()).await;
+    server.stop().await;
+
+    let modified = 3;
+    edit_stored_audit(dir.path(), |data| {
+        let value = data
+            .get(audit_key(modified))
+            .expect("read")
+            .expect("the record exists");
+        let mut record: serde_json::Value = serde_json::from_slice(&value).expect("json");
+        assert_eq!(record["seq"], modified);
+        record["entry"]["target"] = "someone-else".into();
+        data.insert(
+            audit_key(modified),
+            serde_json::to_vec(&record).expect("json"),
+        )
+        .expect("write");
+    });
+
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let admin = server.admin_as(Some(&secret)).await;
+    let events = audit(&admin, Default::default()).await;
+    assert_eq!(
+        events.len(),
+        want.len(),
+        "the server serves the chain as stored"
+    );
+    assert_eq!(events[modified as usize - 1].target, "someone-else");
+    assert_eq!(
+        tetherctl::verify_chain(&events),
+        Err(tetherctl::ChainError::HashMismatch { seq: modified })
+    );
+    let err = server
+        .cli_as(&secret, &["audit", "verify"])
+        .await
+        .expect_err("tetherctl audit verify fails");
+    assert!(
+        matches!(
+            err,
+            tetherctl::CliError::AuditChainBroken(tetherctl::ChainError::HashMismatch { seq })
+                if seq == modified
+        ),
+        "{err:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_audit_event_leaves_a_gap() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, secret, want) = audited_org(dir.path()).await;
+    server.stop().await;
+
+    let deleted = 5;
+    edit_stored_audit(dir.path(), |data| {
+        data.remove(audit_key(deleted))
+            .expect("remove")
+            .expect("the record existed");
+    });
+
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let admin = server.admin_as(Some(&secret)).await;
+    let events = audit(&admin, Default::default()).await;
+    assert_eq!(events.len(), want.len() - 1);
+    assert_eq!(
+        tetherctl::verify_chain(&events),
+        Err(tetherctl::ChainError::Gap {
+            after: deleted - 1,
+            first_missing: deleted,
+            last_missing: deleted,
+        })
+    );
+    let err = server
+        .cli_as(&secret, &["audit", "verify"])
+        .await
+        .expect_err("tetherctl audit verify fails");
+    assert!(
+        matches!(
+            err,
+            tetherctl::CliError::AuditChainBroken(tetherctl::ChainError::Gap { first_missing, .. })
+                if first_missing == deleted
+        ),
+        "{err:?}"
+    );
+    // New events continue the chain after the gap.
+    let mut admin = admin.clone();
+    create_token(&mut admin, "after", pb::Role::Viewer, None).await;
+    let events = audit(&admin, Default::default()).await;
+    assert_eq!(events.last().map(|e| e.seq), Some(want.len() as u64 + 1));
+    server.stop().await;
+}
