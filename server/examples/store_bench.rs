@@ -1,13 +1,11 @@
 //! Measures `Store::commit` throughput for batches shaped like the writer's under load: N
-//! samples from N different agents plus one live record per agent.
+//! samples from N different agents plus one progress record per agent.
 //!
 //! `cargo run --release -p tether-server --example store_bench -- [BATCH] [BATCHES]`
 
 use std::time::{Duration, Instant, SystemTime};
 
-use tether_server::domain::{
-    AgentId, AgentStatus, DiskUsage, LiveRecord, OrgId, Sample, StatusReason,
-};
+use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample};
 use tether_server::store::{SledStore, Store, Write};
 
 fn main() {
@@ -49,16 +47,11 @@ fn main() {
             if std::env::var_os("NO_LIVE").is_some() {
                 continue;
             }
-            writes.push(Write::PutLive {
+            writes.push(Write::PutProgress {
                 org: org.clone(),
                 agent,
-                live: LiveRecord {
-                    status: AgentStatus::Online,
-                    reason: StatusReason::Reconnected,
-                    since: SystemTime::now(),
-                    last_seen: Some(SystemTime::now()),
-                    last_seq: seq,
-                },
+                last_seq: seq,
+                last_seen: SystemTime::now(),
             });
         }
         let t = Instant::now();
@@ -70,7 +63,7 @@ fn main() {
     let elapsed = started.elapsed();
     let samples = batch * batches;
     println!(
-        "{samples} samples in {batches} batches of {batch} (+1 live record each): {:.1?}, {:.0} samples/s",
+        "{samples} samples in {batches} batches of {batch} (+1 progress record each): {:.1?}, {:.0} samples/s",
         elapsed,
         samples as f64 / elapsed.as_secs_f64()
     );

@@ -270,9 +270,12 @@ where
                     request.extensions_mut().insert(caller);
                 }
                 let response = self.inner.call(request);
+                let gate = self.gate.clone();
                 Box::pin(async move {
                     let mut response = response.await?;
-                    limit_status(&mut response);
+                    if limit_status(&mut response) {
+                        gate.metrics.limit("max_message_bytes");
+                    }
                     Ok(response)
                 })
             }
@@ -284,8 +287,8 @@ where
 /// tonic refuses an over-limit request message with `OUT_OF_RANGE` before any handler runs (as
 /// a trailers-only response, so the status is in the headers). Tether's contract for limits is
 /// `RESOURCE_EXHAUSTED`; no Tether handler answers `OUT_OF_RANGE`, so every such answer is
-/// that refusal.
-fn limit_status<B>(response: &mut http::Response<B>) {
+/// that refusal. Returns whether it rewrote the status.
+fn limit_status<B>(response: &mut http::Response<B>) -> bool {
     const OUT_OF_RANGE: &str = "11";
     const RESOURCE_EXHAUSTED: http::HeaderValue = http::HeaderValue::from_static("8");
     let headers = response.headers_mut();
@@ -294,5 +297,7 @@ fn limit_status<B>(response: &mut http::Response<B>) {
         .is_some_and(|v| v.as_bytes() == OUT_OF_RANGE.as_bytes())
     {
         headers.insert("grpc-status", RESOURCE_EXHAUSTED);
+        return true;
     }
+    false
 }

@@ -305,7 +305,7 @@ impl SessionLoop {
                     // If the agent is still there (e.g. it sent an oversized or undecodable
                     // message), it learns why its stream ends.
                     self.done = true;
-                    return Some(Err(inbound_error(status)));
+                    return Some(Err(inbound_error(status, &self.limits.metrics)));
                 }
             }
         }
@@ -397,8 +397,9 @@ impl SessionLoop {
 
 /// The status to end a session with after its inbound stream failed. tonic reports an
 /// over-limit message as `OUT_OF_RANGE`; Tether's contract for limits is `RESOURCE_EXHAUSTED`.
-pub(crate) fn inbound_error(status: Status) -> Status {
+pub(crate) fn inbound_error(status: Status, metrics: &Metrics) -> Status {
     if status.code() == tonic::Code::OutOfRange {
+        metrics.limit("max_message_bytes");
         Status::resource_exhausted(status.message().to_owned())
     } else {
         status

@@ -23,7 +23,7 @@ pub use self::sled::SledStore;
 
 /// Version of the on-disk layout this build reads and writes. A store created by another
 /// version is refused at open, never reinterpreted.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One durable write. A batch of them commits atomically-enough for Tether's needs: after
 /// [`Store::commit`] returns `Ok`, every write in it survives a crash.

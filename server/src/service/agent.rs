@@ -273,7 +273,9 @@ impl pb::agent_service_server::AgentService for AgentService {
                     HELLO_TIMEOUT.as_secs()
                 )));
             }
-            Ok(Err(status)) => return Err(crate::session::inbound_error(status)),
+            Ok(Err(status)) => {
+                return Err(crate::session::inbound_error(status, &self.state.metrics));
+            }
             Ok(Ok(None)) => {
                 return Err(Status::invalid_argument("stream closed before Hello"));
             }
