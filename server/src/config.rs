@@ -115,6 +115,8 @@ pub struct LivenessConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StorageConfig {
+    /// Bound of the embedded store's page cache.
+    pub cache_bytes: u64,
     pub metrics_retention: Duration,
     pub retention_interval: Duration,
     pub writer_max_batch: usize,
@@ -323,6 +325,7 @@ impl Default for LivenessConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            cache_bytes: crate::store::sled::CACHE_CAPACITY_BYTES,
             metrics_retention: DEFAULT_METRICS_RETENTION,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             writer_max_batch: DEFAULT_WRITER_MAX_BATCH,

@@ -99,6 +99,10 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_METRICS_RETENTION.into())]
     metrics_retention: humantime::Duration,
 
+    /// Size of the embedded store's page cache, in MiB.
+    #[arg(long, default_value_t = tether_server::store::sled::CACHE_CAPACITY_BYTES >> 20)]
+    store_cache_mib: u64,
+
     /// How long the writer waits for more writes before committing a batch.
     #[arg(long, default_value_t = config::DEFAULT_WRITER_LINGER.into())]
     writer_linger: humantime::Duration,
@@ -212,6 +216,7 @@ impl Args {
         c.liveness.tick = self.liveness_tick.into();
         c.storage.metrics_retention = self.metrics_retention.into();
         c.storage.writer_linger = self.writer_linger.into();
+        c.storage.cache_bytes = self.store_cache_mib << 20;
         c.storage.writer_max_batch = self.writer_max_batch;
         c.limits.max_message_bytes = self.max_message_bytes;
         c.limits.max_samples_per_report = self.max_samples_per_report;

@@ -142,8 +142,6 @@ struct Entry {
     since: SystemTime,
     last_seen: Option<SystemTime>,
     session: Option<Arc<Session>>,
-    /// Wall-clock time of the session's start, to turn its monotonic activity into `last_seen`.
-    session_started: Option<(Instant, SystemTime)>,
     latest: Option<Sample>,
     last_seq: u64,
     duplicate_hardware_id: bool,
@@ -337,7 +335,6 @@ impl Registry {
         if replaced.is_none() {
             self.metrics.sessions.inc();
         }
-        entry.session_started = Some((Instant::now(), now));
         entry.last_seen = Some(now);
         let last_seq = entry.last_seq;
 
@@ -399,7 +396,6 @@ impl Registry {
         };
         entry.last_seen = entry.live_last_seen();
         entry.session = None;
-        entry.session_started = None;
         self.metrics.sessions.dec();
         // A session ended by the server's own shutdown is recorded as what it is, with the
         // session's real last activity, before the writer stops.
@@ -491,8 +487,7 @@ impl Registry {
                     if let Some(session) = entry.session.take() {
                         self.metrics.sessions.dec();
                         entry.last_seen = entry.live_last_seen();
-                        entry.session_started = None;
-                        session.close(CloseReason::Silent);
+                                        session.close(CloseReason::Silent);
                     }
                 }
                 AgentStatus::Online | AgentStatus::Expired => {}
@@ -756,7 +751,6 @@ impl Entry {
             since,
             last_seen: None,
             session: None,
-            session_started: None,
             latest: None,
             last_seq: 0,
             duplicate_hardware_id: false,
@@ -770,13 +764,9 @@ impl Entry {
 
     /// Last inbound activity: from the live session if any, else the stored value.
     fn live_last_seen(&self) -> Option<SystemTime> {
-        match (&self.session, self.session_started) {
-            (Some(session), Some((started, wall))) => {
-                let silent = session.silent_for(Instant::now());
-                let active_at = Instant::now().checked_sub(silent).unwrap_or(started);
-                Some(wall + active_at.saturating_duration_since(started))
-            }
-            _ => self.last_seen,
+        match &self.session {
+            Some(session) => Some(session.last_seen()),
+            None => self.last_seen,
         }
     }
 

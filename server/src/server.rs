@@ -93,7 +93,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let store_path = data_dir.join("store");
     let store: Arc<dyn Store> = {
         let path = store_path.clone();
-        let opened = tokio::task::spawn_blocking(move || SledStore::open(&path))
+        let cache = config.storage.cache_bytes;
+        let opened = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&path, cache))
             .await
             .map_err(|e| StartError::Internal(e.to_string()))?;
         Arc::new(opened.map_err(|source| StartError::Store {

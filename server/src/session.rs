@@ -63,6 +63,8 @@ pub struct Session {
     /// Written on every message (one relaxed store), read by the liveness pass.
     last_activity_ms: AtomicU64,
     epoch: Instant,
+    /// Wall-clock time at `epoch`, to report activity as `last_seen`.
+    epoch_wall: SystemTime,
     /// Set by the liveness pass when it marks the agent stale, so the next message knows to
     /// report the agent back online without taking the registry lock on every message.
     pub(crate) stale: AtomicBool,
@@ -85,6 +87,7 @@ impl Session {
             agent,
             last_activity_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            epoch_wall: SystemTime::now(),
             stale: AtomicBool::new(false),
             durable_seq: AtomicU64::new(durable_seq),
             close: AtomicU8::new(CloseReason::None as u8),
@@ -103,6 +106,11 @@ impl Session {
         let last =
             self.epoch + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(last)
+    }
+
+    /// Wall-clock time of the last inbound message (or of the session's start).
+    pub fn last_seen(&self) -> SystemTime {
+        self.epoch_wall + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
     }
 
     /// Called by the writer after a flush made samples up to `seq` durable.

@@ -430,7 +430,7 @@ impl Writer {
                 continue;
             };
             let live = self.pending_live(&mut pending, &session.org, &session.agent, now);
-            live.last_seen = live.last_seen.max(Some(now));
+            live.last_seen = live.last_seen.max(Some(session.last_seen()));
             for sample in samples {
                 if sample.seq <= live.last_seq {
                     continue;

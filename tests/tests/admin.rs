@@ -887,7 +887,8 @@ async fn audit_records_every_mutating_and_refused_call_in_a_verifiable_chain() {
 
 /// Stops nothing: opens the stopped server's store and applies `edit` to acme's audit records.
 fn edit_stored_audit(data_dir: &std::path::Path, edit: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(data_dir.join("store")).expect("open the stopped server's store");
+    let db = tether_server::store::sled::raw_db(data_dir.join("store"))
+        .expect("open the stopped server's store");
     let data = db.open_tree("data").expect("data tree");
     edit(&data);
     db.flush().expect("flush");

@@ -49,7 +49,7 @@ fn store_path(data_dir: &Path) -> PathBuf {
 /// stopped server. Sample keys are `{org}/m/{agent}/{millis:be64}{seq:be64}` (see
 /// `server/src/store/sled.rs`).
 fn stored_seqs(data_dir: &Path, org: &str, agent: &str) -> Vec<u64> {
-    let db = sled::open(store_path(data_dir)).expect("open the store");
+    let db = tether_server::store::sled::raw_db(store_path(data_dir)).expect("open the store");
     let data = db.open_tree("data").expect("data tree");
     let prefix = format!("{org}/m/{agent}/");
     data.scan_prefix(prefix.as_bytes())
@@ -64,7 +64,7 @@ fn stored_seqs(data_dir: &Path, org: &str, agent: &str) -> Vec<u64> {
 
 /// Every record of every tree of the store of a stopped server: (tree, key) → value.
 fn dump_store(data_dir: &Path) -> BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>> {
-    let db = sled::open(store_path(data_dir)).expect("open the store");
+    let db = tether_server::store::sled::raw_db(store_path(data_dir)).expect("open the store");
     let mut out = BTreeMap::new();
     for name in db.tree_names() {
         let tree = db.open_tree(&name).expect("open tree");
@@ -77,7 +77,7 @@ fn dump_store(data_dir: &Path) -> BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>> {
 }
 
 fn set_schema_version(data_dir: &Path, version: &str) {
-    let db = sled::open(store_path(data_dir)).expect("open the store");
+    let db = tether_server::store::sled::raw_db(store_path(data_dir)).expect("open the store");
     let meta = db.open_tree("meta").expect("meta tree");
     meta.insert("schema_version", version.as_bytes())
         .expect("write schema version");
@@ -325,7 +325,9 @@ async fn orderly_stop_held_open_by_a_slow_stream_still_records_server_restart() 
     drop(stuck);
     drop(slow);
     eventually("the stopped server to release its store", || async {
-        sled::open(store_path(dir.path())).ok().map(drop)
+        tether_server::store::sled::raw_db(store_path(dir.path()))
+            .ok()
+            .map(drop)
     })
     .await;
 

@@ -770,7 +770,7 @@ mod sled_store {
 
     /// Reads (and with `Some`, first replaces) the raw schema version, with sled directly.
     fn raw_schema_version(path: &Path, replace: Option<Option<&str>>) -> Option<String> {
-        let db = sled::open(path).expect("open raw sled");
+        let db = crate::store::sled::raw_db(path).expect("open raw sled");
         let meta = db.open_tree("meta").expect("meta tree");
         match replace {
             Some(Some(version)) => {
@@ -789,7 +789,7 @@ mod sled_store {
 
     /// How many keys the raw data tree holds.
     fn raw_data_len(path: &Path) -> usize {
-        let db = sled::open(path).expect("open raw sled");
+        let db = crate::store::sled::raw_db(path).expect("open raw sled");
         db.open_tree("data").expect("data tree").len()
     }
 
@@ -845,7 +845,7 @@ mod sled_store {
     #[test]
     fn empty_sled_db_without_version_is_stamped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(sled::open(dir.path()).expect("create raw sled"));
+        drop(crate::store::sled::raw_db(dir.path()).expect("create raw sled"));
         open(dir.path());
         assert_eq!(
             raw_schema_version(dir.path(), None),
@@ -857,12 +857,12 @@ mod sled_store {
     fn foreign_sled_db_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let db = sled::open(dir.path()).expect("create raw sled");
+            let db = crate::store::sled::raw_db(dir.path()).expect("create raw sled");
             db.insert("someone else's", "data").expect("insert");
             db.flush().expect("flush");
         }
         assert_refused(dir.path(), "none");
-        let db = sled::open(dir.path()).expect("open raw sled");
+        let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
         assert!(!db.tree_names().iter().any(|name| name == b"meta"));
     }
 
@@ -873,7 +873,7 @@ mod sled_store {
             .commit(&[put_sample("acme", "web-1", sample(1, 1_000))])
             .expect("commit");
         {
-            let db = sled::open(dir.path()).expect("open raw sled");
+            let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
             let data = db.open_tree("data").expect("data tree");
             data.insert("acme/a/web-1", "{not json").expect("insert");
             let (sample_key, _) = data
@@ -907,7 +907,7 @@ mod sled_store {
                 .expect("commit");
         }
         {
-            let db = sled::open(dir.path()).expect("open raw sled");
+            let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
             let data = db.open_tree("data").expect("data tree");
             let value = data.get("acme/a/web-1").expect("read").expect("present");
             data.insert("beta/a/web-1", value).expect("insert");

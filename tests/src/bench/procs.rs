@@ -122,6 +122,12 @@ impl ServerProc {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--print-enrollment-token")
+            // Its own metrics port, so a server already running here does not collide.
+            .arg(format!("--metrics-listen=127.0.0.1:{}", free_port()?))
+            // The simulators enroll every agent with one enrollment token, as a provisioning
+            // system would: lift the per-token request rate, which exists for API callers.
+            .arg("--token-requests-per-second=1000000")
+            .arg("--token-request-burst=1000000")
             .args(flags)
             .env(
                 "RUST_LOG",
@@ -318,4 +324,14 @@ fn clock_ticks() -> f64 {
 
 pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+///
+/// # Errors
+///
+/// No port could be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use procs::{Reaper, ServerProc, Simulator, cpu_secs, lock, rss_kib};
+use procs::{Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib};
 use serde_json::{Value, json};
 use tether_agent::LatencySnapshot;
 use tether_proto as pb;
@@ -884,14 +884,9 @@ fn to_duration(d: Option<&prost_types::Duration>) -> Duration {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
+    // Times before the epoch clamp to 0.
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    Ok(listener.local_addr()?.port())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn pass_str(pass: Option<bool>) -> &'static str {
