@@ -9,7 +9,7 @@
 //!
 //! Nothing here awaits while holding a lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -130,6 +130,9 @@ pub struct Registry {
 
 struct Inner {
     orgs: HashMap<OrgId, BTreeMap<AgentId, Entry>>,
+    /// Agents by (org, hardware id), so enrollment and the duplicate flag cost one lookup
+    /// instead of a pass over the org.
+    hardware: HashMap<(OrgId, String), BTreeSet<AgentId>>,
     revision: u64,
 }
 
@@ -195,22 +198,36 @@ impl Registry {
                 .or_default()
                 .insert(entry.record.id.clone(), entry);
         }
-        let registry = Self {
-            inner: RwLock::new(Inner { orgs, revision: 0 }),
+        let mut inner = Inner {
+            orgs,
+            hardware: HashMap::new(),
+            revision: 0,
+        };
+        let ids: Vec<(OrgId, AgentId, String)> = inner
+            .orgs
+            .iter()
+            .flat_map(|(org, agents)| {
+                agents.values().map(|e| {
+                    (
+                        org.clone(),
+                        e.record.id.clone(),
+                        e.record.system_info.hardware_id.clone(),
+                    )
+                })
+            })
+            .collect();
+        for (org, id, hw) in ids {
+            inner.index(&org, &hw, &id, true);
+        }
+        Self {
+            inner: RwLock::new(inner),
             events,
             metrics_watchers: AtomicUsize::new(0),
             writer,
             liveness,
             health,
             metrics,
-        };
-        {
-            let mut inner = registry.write();
-            for agents in inner.orgs.values_mut() {
-                mark_duplicates(agents);
-            }
         }
-        registry
     }
 
     pub fn liveness_config(&self) -> &LivenessConfig {
@@ -232,17 +249,17 @@ impl Registry {
     /// Decides which agent id an enrollment with `hardware_id` gets in `org`.
     pub fn enroll_target(&self, org: &OrgId, hardware_id: &str) -> EnrollTarget {
         let inner = self.read();
-        let Some(agents) = inner.orgs.get(org) else {
+        let (Some(agents), Some(same)) = (
+            inner.orgs.get(org),
+            inner.hardware.get(&(org.clone(), hardware_id.to_owned())),
+        ) else {
             return EnrollTarget::New { duplicates: vec![] };
         };
         if hardware_id.is_empty() {
             return EnrollTarget::New { duplicates: vec![] };
         }
         let mut live = Vec::new();
-        for entry in agents.values() {
-            if entry.record.system_info.hardware_id != hardware_id {
-                continue;
-            }
+        for entry in same.iter().filter_map(|id| agents.get(id)) {
             if entry.session.is_none() {
                 return EnrollTarget::Existing(entry.record.id.clone());
             }
@@ -257,9 +274,11 @@ impl Registry {
         let mut inner = self.write();
         let org = record.org.clone();
         let agents = inner.orgs.entry(org.clone()).or_default();
+        let mut old_hardware = None;
         let kind = match agents.get_mut(&record.id) {
             Some(entry) => {
                 let labels_changed = entry.record.labels != record.labels;
+                old_hardware = Some(entry.record.system_info.hardware_id.clone());
                 entry.set_record(record.clone());
                 labels_changed.then_some(EventKind::LabelsChanged)
             }
@@ -274,7 +293,10 @@ impl Registry {
                 Some(EventKind::Registered)
             }
         };
-        mark_duplicates(agents);
+        if let Some(old) = old_hardware {
+            inner.index(&org, &old, &record.id, false);
+        }
+        inner.index(&org, &record.system_info.hardware_id, &record.id, true);
         if let Some(kind) = kind {
             self.emit(&mut inner, &org, &record.id, kind, now);
         }
@@ -297,14 +319,11 @@ impl Registry {
         }
         // Emit while the entry still exists, so the event carries the agent.
         self.emit(&mut inner, org, agent, EventKind::Removed, now);
-        if let Some(agents) = inner.orgs.get_mut(org) {
-            if agents
-                .remove(agent)
-                .is_some_and(|removed| removed.session.is_some())
-            {
+        if let Some(removed) = inner.orgs.get_mut(org).and_then(|a| a.remove(agent)) {
+            if removed.session.is_some() {
                 self.metrics.sessions.dec();
             }
-            mark_duplicates(agents);
+            inner.index(org, &removed.record.system_info.hardware_id, agent, false);
         }
         Some(view)
     }
@@ -345,6 +364,13 @@ impl Registry {
         }
         let labels_changed = record.labels != entry.record.labels;
         let record_changed = record != entry.record;
+        let hardware_change =
+            (entry.record.system_info.hardware_id != record.system_info.hardware_id).then(|| {
+                (
+                    entry.record.system_info.hardware_id.clone(),
+                    record.system_info.hardware_id.clone(),
+                )
+            });
         if record_changed {
             entry.set_record(record.clone());
             self.writer.put_agent(record);
@@ -358,6 +384,10 @@ impl Registry {
         };
         if let Some(old) = replaced {
             old.close(CloseReason::Replaced);
+        }
+        if let Some((old, new)) = hardware_change {
+            inner.index(org, &old, agent, false);
+            inner.index(org, &new, agent, true);
         }
         if labels_changed {
             self.emit(&mut inner, org, agent, EventKind::LabelsChanged, now);
@@ -487,7 +517,7 @@ impl Registry {
                     if let Some(session) = entry.session.take() {
                         self.metrics.sessions.dec();
                         entry.last_seen = entry.live_last_seen();
-                                        session.close(CloseReason::Silent);
+                        session.close(CloseReason::Silent);
                     }
                 }
                 AgentStatus::Online | AgentStatus::Expired => {}
@@ -714,22 +744,37 @@ fn lookup<'a>(inner: &'a mut Inner, session: &Session) -> Option<&'a mut Entry> 
     }
 }
 
-/// Flags agents of one org that share a hardware id with another agent.
-fn mark_duplicates(agents: &mut BTreeMap<AgentId, Entry>) {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for entry in agents.values() {
-        let hw = entry.record.system_info.hardware_id.as_str();
-        if !hw.is_empty() {
-            *counts.entry(hw).or_default() += 1;
+// === impl Inner ===
+
+impl Inner {
+    /// Adds (`present`) or removes `agent` under `(org, hardware)` and refreshes the
+    /// duplicate flag of every agent sharing that hardware id.
+    fn index(&mut self, org: &OrgId, hardware: &str, agent: &AgentId, present: bool) {
+        if hardware.is_empty() {
+            return;
         }
-    }
-    let dups: std::collections::HashSet<String> = counts
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|(hw, _)| hw.to_owned())
-        .collect();
-    for entry in agents.values_mut() {
-        entry.duplicate_hardware_id = dups.contains(&entry.record.system_info.hardware_id);
+        let key = (org.clone(), hardware.to_owned());
+        let same = self.hardware.entry(key.clone()).or_default();
+        if present {
+            same.insert(agent.clone());
+        } else {
+            same.remove(agent);
+        }
+        let duplicate = same.len() > 1;
+        let ids: Vec<AgentId> = same.iter().cloned().collect();
+        if ids.is_empty() {
+            self.hardware.remove(&key);
+        }
+        if let Some(agents) = self.orgs.get_mut(org) {
+            for id in ids {
+                if let Some(entry) = agents.get_mut(&id) {
+                    entry.duplicate_hardware_id = duplicate;
+                }
+            }
+            if let Some(entry) = agents.get_mut(agent).filter(|_| !present) {
+                entry.duplicate_hardware_id = false;
+            }
+        }
     }
 }
 

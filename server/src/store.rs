@@ -38,8 +38,9 @@ pub enum Write {
         live: LiveRecord,
     },
     /// Record how far an agent's samples are durable: the deduplication high-water mark and
-    /// the time of its last sample batch. Small and fixed-size, written once per agent per
-    /// batch on the ingest path (a full `PutLive` there would double the cost of a batch).
+    /// the time of its last message. Small and fixed-size; the writer writes it at most every
+    /// few seconds per agent, and `load` also reads each agent's newest sample key, so the
+    /// mark is exact after a restart without a write per sample.
     PutProgress {
         org: OrgId,
         agent: AgentId,

@@ -32,6 +32,9 @@ use crate::registry::Registry;
 use crate::session::Session;
 use crate::store::{Store, Write};
 
+/// Least time between two progress records of one agent.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Cheap to clone; every clone feeds the same writer task.
 #[derive(Clone, Debug)]
 pub struct WriterHandle {
@@ -236,6 +239,7 @@ pub async fn run(
         store,
         registry,
         live,
+        progress_at: HashMap::new(),
         audit_heads: audit_heads
             .into_iter()
             .map(|r| (r.entry.org.clone(), (r.seq, r.hash)))
@@ -330,6 +334,9 @@ struct Writer {
     registry: Arc<Registry>,
     /// Durable live summary per agent, as last committed. Only this task changes it.
     live: HashMap<AgentId, LiveRecord>,
+    /// When each agent's progress record was last queued: it is written at most every
+    /// [`PROGRESS_INTERVAL`] (samples carry their own seq in their key, which `load` reads).
+    progress_at: HashMap<AgentId, Instant>,
     /// Where each org's audit chain continues: last committed (seq, hash).
     audit_heads: HashMap<OrgId, (u64, [u8; 32])>,
     metrics: Arc<Metrics>,
@@ -374,6 +381,7 @@ impl Writer {
         // (samples only) get the small `PutProgress`.
         let mut changed: std::collections::HashSet<AgentId> = std::collections::HashSet::new();
         let mut dones = Vec::new();
+        let started_batch = Instant::now();
         let mut heads: HashMap<OrgId, (u64, [u8; 32])> = HashMap::new();
         let now = SystemTime::now();
 
@@ -457,7 +465,12 @@ impl Writer {
                     agent: agent.clone(),
                     live: live.clone(),
                 });
-            } else {
+            } else if self
+                .progress_at
+                .get(agent)
+                .is_none_or(|at| started_batch.saturating_duration_since(*at) >= PROGRESS_INTERVAL)
+            {
+                self.progress_at.insert(agent.clone(), started_batch);
                 writes.push(Write::PutProgress {
                     org: org.clone(),
                     agent: agent.clone(),

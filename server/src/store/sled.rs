@@ -295,7 +295,19 @@ impl Store for SledStore {
             }
             for (id, agent) in self.scan_section::<AgentRecord>(&org, AGENT)? {
                 check_owner(&org, &id, &agent.org, agent.id.as_str(), AGENT)?;
-                let live = lives.remove(&id);
+                let mut live = lives.remove(&id);
+                // Progress records are written at intervals; the newest sample covers the rest.
+                let series = series_prefix(&agent.org, SAMPLE, &agent.id);
+                if let (Some(live), Some(entry)) =
+                    (live.as_mut(), self.data.scan_prefix(&series).next_back())
+                {
+                    let (key, _) = entry.map_err(backend)?;
+                    let (millis, seq) = series_suffix(&series, &key)?;
+                    live.last_seq = live.last_seq.max(seq);
+                    live.last_seen = live
+                        .last_seen
+                        .max(Some(UNIX_EPOCH + std::time::Duration::from_millis(millis)));
+                }
                 snapshot.agents.push((agent, live));
             }
             if !lives.is_empty() {
@@ -538,6 +550,20 @@ fn series_prefix(org: &OrgId, kind: u8, agent: &AgentId) -> Vec<u8> {
     let mut key = record_key(org.as_str(), kind, agent.as_str());
     key.push(b'/');
     key
+}
+
+/// The `(millis, n)` of a key built by [`series_key`].
+fn series_suffix(series: &[u8], key: &[u8]) -> Result<(u64, u64)> {
+    let suffix: [u8; SERIES_SUFFIX_LEN] =
+        key.get(series.len()..)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| corrupt(key, "series key has no time and counter"))?;
+    let (millis, n) = suffix.split_at(8);
+    let to_u64 = |b: &[u8]| b.try_into().map(u64::from_be_bytes);
+    Ok((
+        to_u64(millis).map_err(|_| corrupt(key, "series time"))?,
+        to_u64(n).map_err(|_| corrupt(key, "series counter"))?,
+    ))
 }
 
 /// `{series}{millis BE}{n BE}`.

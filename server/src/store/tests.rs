@@ -441,7 +441,22 @@ pub(crate) fn check_orgs_isolated(store: &dyn Store) {
         let n = org_idx as u64;
         let (stored, stored_live) = &snapshot.agents[org_idx];
         assert_eq!(stored, &agent(org_id, "web-1", &format!("web of {org_id}")));
-        assert_eq!(stored_live, &Some(live(AgentStatus::Online, n)));
+        // `load` folds the newest sample (seq 10 + n) into the live summary's durable mark.
+        let stored_live = stored_live.as_ref().expect("live record");
+        assert_eq!(
+            (
+                stored_live.status,
+                stored_live.reason,
+                stored_live.since,
+                stored_live.last_seq
+            ),
+            (
+                AgentStatus::Online,
+                StatusReason::Activity,
+                at(3_000),
+                10 + n
+            )
+        );
         assert_eq!(snapshot.tokens[org_idx].org, org(org_id));
         assert_eq!(snapshot.enrollment_tokens[org_idx].org, org(org_id));
         assert_eq!(
@@ -698,7 +713,13 @@ pub(crate) fn check_commit_is_durable(open: &dyn Fn() -> Box<dyn Store>) {
     }
     let store = open();
     let snapshot = load_sorted(&*store);
-    assert_eq!(snapshot.agents, [(web, Some(web_live))]);
+    // `load` folds the newest sample (seq 9, taken at 9 s) into the live summary.
+    let folded = LiveRecord {
+        last_seen: Some(at(9_000)),
+        last_seq: 9,
+        ..web_live
+    };
+    assert_eq!(snapshot.agents, [(web, Some(folded))]);
     assert_eq!(snapshot.tokens, [tok]);
     assert_eq!(snapshot.enrollment_tokens, [enroll]);
     assert_eq!(all_seqs(&*store, "acme", "web-1"), [9]);
