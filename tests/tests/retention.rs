@@ -20,7 +20,9 @@ async fn stored_seq_count(server: &TestServer, agent: &str, since: SystemTime) -
         .get_metrics(pb::GetMetricsRequest {
             agent_id: agent.to_owned(),
             start: Some(prost_types::Timestamp::from(since)),
-            end: Some(prost_types::Timestamp::from(SystemTime::now() + Duration::from_secs(60))),
+            end: Some(prost_types::Timestamp::from(
+                SystemTime::now() + Duration::from_secs(60),
+            )),
             step: Some(prost_types::Duration::default()),
         })
         .await
@@ -69,7 +71,12 @@ async fn retention_removes_only_samples_older_than_the_retention() {
     .await;
 
     // Recent samples stay, the durable mark is untouched, and ingest goes on.
-    let got = server.get_agent(&agent).await.expect("agent").agent.expect("agent");
+    let got = server
+        .get_agent(&agent)
+        .await
+        .expect("agent")
+        .agent
+        .expect("agent");
     assert_eq!(got.last_durable_seq, 5);
     session.send_samples([6]).await;
     session.wait_ack(6).await.expect("ack after retention");
