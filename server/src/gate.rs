@@ -20,6 +20,7 @@ use crate::audit;
 use crate::auth::{Auth, Caller, Principal};
 use crate::domain::TokenId;
 use crate::metrics::{DenialLabels, Metrics};
+use crate::rate::TokenBucket;
 use crate::writer::WriterHandle;
 
 /// Paths served without a token.
@@ -48,12 +49,10 @@ pub struct Gate {
 }
 
 struct Bucket {
-    tokens: f64,
-    updated: Instant,
-    last_audit: Option<Instant>,
+    requests: TokenBucket,
+    last_rate_audit: Option<Instant>,
     /// Audit records left for failed authentications with this token id.
-    audit_budget: f64,
-    audit_updated: Instant,
+    failure_audits: TokenBucket,
 }
 
 // === impl Gate ===
@@ -150,25 +149,17 @@ impl Gate {
     fn take(&self, caller: &Caller, method: &str) -> Result<(), Status> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets.entry(caller.token.clone()).or_insert(Bucket {
-            tokens: self.rate.burst,
-            updated: now,
-            last_audit: None,
-            audit_budget: AUTH_FAILURE_AUDIT_BURST,
-            audit_updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate.per_second).min(self.rate.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let bucket = buckets
+            .entry(caller.token.clone())
+            .or_insert_with(|| self.bucket(now));
+        if bucket.requests.try_take(now) {
             return Ok(());
         }
         let audit = bucket
-            .last_audit
+            .last_rate_audit
             .is_none_or(|at| now.saturating_duration_since(at) >= RATE_AUDIT_INTERVAL);
         if audit {
-            bucket.last_audit = Some(now);
+            bucket.last_rate_audit = Some(now);
         }
         drop(buckets);
         self.metrics.limit("token_request_rate");
@@ -187,24 +178,22 @@ impl Gate {
     fn may_audit(&self, id: &TokenId) -> bool {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets.entry(id.clone()).or_insert(Bucket {
-            tokens: self.rate.burst,
-            updated: now,
-            last_audit: None,
-            audit_budget: AUTH_FAILURE_AUDIT_BURST,
-            audit_updated: now,
-        });
-        let refill = now
-            .saturating_duration_since(bucket.audit_updated)
-            .as_secs_f64()
-            / RATE_AUDIT_INTERVAL.as_secs_f64();
-        bucket.audit_budget = (bucket.audit_budget + refill).min(AUTH_FAILURE_AUDIT_BURST);
-        bucket.audit_updated = now;
-        if bucket.audit_budget >= 1.0 {
-            bucket.audit_budget -= 1.0;
-            true
-        } else {
-            false
+        buckets
+            .entry(id.clone())
+            .or_insert_with(|| self.bucket(now))
+            .failure_audits
+            .try_take(now)
+    }
+
+    fn bucket(&self, now: Instant) -> Bucket {
+        Bucket {
+            requests: TokenBucket::new(self.rate.per_second, self.rate.burst, now),
+            last_rate_audit: None,
+            failure_audits: TokenBucket::new(
+                1.0 / RATE_AUDIT_INTERVAL.as_secs_f64(),
+                AUTH_FAILURE_AUDIT_BURST,
+                now,
+            ),
         }
     }
 

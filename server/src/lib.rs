@@ -15,6 +15,7 @@ pub mod error;
 pub mod gate;
 pub mod liveness;
 pub mod metrics;
+pub mod rate;
 pub mod registry;
 pub mod server;
 pub mod service;

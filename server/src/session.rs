@@ -22,6 +22,7 @@ use crate::convert;
 use crate::domain::{AgentId, OrgId, Sample, SessionId, StatusReason};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
 use crate::registry::Registry;
 use crate::writer::WriterHandle;
 
@@ -188,9 +189,8 @@ pub struct SessionLoop {
     max_seq: u64,
     /// Highest seq acknowledged to the agent.
     acked_seq: u64,
-    /// Inbound message budget: tokens left and when they were last refilled.
-    budget: f64,
-    budget_at: Instant,
+    /// Inbound message budget.
+    budget: TokenBucket,
     welcome: Option<pb::Welcome>,
     done: bool,
 }
@@ -207,7 +207,7 @@ impl SessionLoop {
         welcome: pb::Welcome,
     ) -> Self {
         let durable = welcome.last_durable_seq;
-        let burst = limits.message_burst;
+        let (rate, burst) = (limits.messages_per_second, limits.message_burst);
         Self {
             inbound,
             guard: SessionGuard {
@@ -221,8 +221,7 @@ impl SessionLoop {
             limits,
             max_seq: durable,
             acked_seq: durable,
-            budget: burst,
-            budget_at: Instant::now(),
+            budget: TokenBucket::new(rate, burst, Instant::now()),
             welcome: Some(welcome),
             done: false,
         }
@@ -276,7 +275,7 @@ impl SessionLoop {
                 Some(Ok(Some(msg))) => {
                     self.session.touch();
                     self.limits.metrics.agent_messages.inc();
-                    if !self.take_budget() {
+                    if !self.budget.try_take(Instant::now()) {
                         self.limits.metrics.limit("stream_message_rate");
                         self.done = true;
                         return Some(Err(Status::resource_exhausted(format!(
@@ -350,21 +349,6 @@ impl SessionLoop {
                 "Hello may only be the first message of a session",
             )),
             None => Err(ServerError::invalid("empty ConnectRequest: no message set")),
-        }
-    }
-
-    /// Takes one inbound message from the stream's budget; `false` when it is spent.
-    fn take_budget(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.saturating_duration_since(self.budget_at).as_secs_f64()
-            * self.limits.messages_per_second;
-        self.budget = (self.budget + refill).min(self.limits.message_burst);
-        self.budget_at = now;
-        if self.budget >= 1.0 {
-            self.budget -= 1.0;
-            true
-        } else {
-            false
         }
     }
 
