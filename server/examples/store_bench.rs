@@ -10,7 +10,7 @@ use tether_server::store::{SledStore, Store, Write};
 
 // The same allocator as the server binary, so the figures match what the server can do.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -343,12 +343,26 @@ pub fn server_config(config: &crate::config::Config) -> pb::GetServerConfigRespo
         max_labels: to_u32(config.limits.max_labels),
         max_label_key_bytes: to_u32(config.limits.max_label_key_bytes),
         max_label_value_bytes: to_u32(config.limits.max_label_value_bytes),
-        features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+        features: FEATURES
+            .iter()
+            .copied()
+            .chain(config.tls.is_some().then_some("tls"))
+            .chain(config.mtls().then_some("mtls"))
+            .map(str::to_owned)
+            .collect(),
     }
 }
 
 /// Capabilities this server offers, for clients to check instead of guessing from versions.
-pub const FEATURES: &[&str] = &["enrollment", "metrics", "watch", "liveness"];
+/// Always on; `tls` and `mtls` are added when configured.
+pub const FEATURES: &[&str] = &[
+    "enrollment",
+    "metrics",
+    "watch",
+    "liveness",
+    "orgs",
+    "audit",
+];
 
 /// State of one `WatchAgents` stream after its snapshot.
 struct Watch {
