@@ -366,6 +366,11 @@ impl Session<'_> {
                     return Err(AgentError::Timeout("any message from the server"));
                 }
                 _ = heartbeat.tick(), if !ctx.shared.is_muted() => {
+                    // The branch's condition is read when the select starts, so a tick that
+                    // fires after a mute must check again.
+                    if ctx.shared.is_muted() {
+                        continue;
+                    }
                     let nonce = self.next_nonce;
                     self.next_nonce += 1;
                     match self.send(convert::ping(nonce, SystemTime::now())).await {
