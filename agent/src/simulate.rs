@@ -878,8 +878,13 @@ impl Reporter {
     fn emit(&self, fields: &serde_json::Value, text: &str) {
         let line = fields.to_string();
         if let Some(file) = &self.file {
+            // One write per line: several simulators may append to the same file, and a line
+            // split over two writes can interleave with another's.
+            let mut record = Vec::with_capacity(line.len() + 1);
+            record.extend_from_slice(line.as_bytes());
+            record.push(b'\n');
             let mut file = lock(file);
-            if let Err(err) = writeln!(file, "{line}") {
+            if let Err(err) = file.write_all(&record) {
                 warn!("failed to write the stats file: {err}");
             }
         }
