@@ -432,7 +432,10 @@ impl Writer {
         }
 
         let mut acks = Vec::with_capacity(batch.samples.len());
-        let mut latest: HashMap<AgentId, (OrgId, Sample)> = HashMap::new();
+        // Each agent's newest new sample, as its index in `writes`: the registry gets it after
+        // the commit, moved out of the batch rather than cloned per sample.
+        let mut latest: HashMap<AgentId, (usize, u64)> = HashMap::new();
+        let mut n_samples = 0u64;
         for SampleBatch { session, samples } in batch.samples {
             let Some(max_seq) = samples.last().map(|s| s.seq) else {
                 continue;
@@ -446,10 +449,11 @@ impl Writer {
                 live.last_seq = sample.seq;
                 if latest
                     .get(&session.agent)
-                    .is_none_or(|(_, l)| l.seq < sample.seq)
+                    .is_none_or(|(_, seq)| *seq < sample.seq)
                 {
-                    latest.insert(session.agent.clone(), (session.org.clone(), sample.clone()));
+                    latest.insert(session.agent.clone(), (writes.len(), sample.seq));
                 }
+                n_samples += 1;
                 writes.push(Write::PutSample {
                     org: session.org.clone(),
                     agent: session.agent.clone(),
@@ -480,28 +484,35 @@ impl Writer {
             }
         }
 
-        let n_samples = writes
-            .iter()
-            .filter(|w| matches!(w, Write::PutSample { .. }))
-            .count() as u64;
         let store = self.store.clone();
         let started = Instant::now();
         let n_writes = writes.len();
-        let result = tokio::task::spawn_blocking(move || store.commit(&writes))
-            .await
-            .map_err(|e| format!("commit task failed: {e}"))
-            .and_then(|r| r.map_err(|e| format!("{e:#}")));
+        let result = tokio::task::spawn_blocking(move || {
+            let result = store.commit(&writes);
+            (result, writes)
+        })
+        .await
+        .map_err(|e| format!("commit task failed: {e}"))
+        .and_then(|(r, writes)| r.map(|()| writes).map_err(|e| format!("{e:#}")));
         match result {
-            Ok(()) => {
+            Ok(writes) => {
                 tracing::trace!(writes = n_writes, elapsed = ?started.elapsed(), "batch committed");
                 self.metrics.writer_batches.inc();
                 self.metrics.samples_stored.inc_by(n_samples);
                 self.audit_heads.extend(heads);
-                let updates: Vec<_> = latest
+                let newest: std::collections::HashSet<usize> =
+                    latest.values().map(|(index, _)| *index).collect();
+                let updates: Vec<_> = writes
                     .into_iter()
-                    .map(|(agent, (org, sample))| {
-                        let last_seq = pending.get(&agent).map_or(sample.seq, |(_, l)| l.last_seq);
-                        (org, agent, sample, last_seq)
+                    .enumerate()
+                    .filter(|(index, _)| newest.contains(index))
+                    .filter_map(|(_, write)| match write {
+                        Write::PutSample { org, agent, sample } => {
+                            let last_seq =
+                                pending.get(&agent).map_or(sample.seq, |(_, l)| l.last_seq);
+                            Some((org, agent, sample, last_seq))
+                        }
+                        _ => None,
                     })
                     .collect();
                 for (agent, (_, live)) in pending {
