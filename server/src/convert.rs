@@ -5,7 +5,7 @@
 //! fails to compile here until it is handled.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 
@@ -380,12 +380,6 @@ pub fn transition_to_pb(t: &Transition) -> pb::StatusTransition {
         to_status: status_to_pb(t.to) as i32,
         reason: reason_to_pb(t.reason) as i32,
     }
-}
-
-/// Milliseconds since the Unix epoch, clamped at zero.
-pub fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

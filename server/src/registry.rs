@@ -456,17 +456,6 @@ impl Registry {
         }
     }
 
-    /// Number of live sessions.
-    pub fn n_sessions(&self) -> usize {
-        let inner = self.read();
-        inner
-            .orgs
-            .values()
-            .flat_map(BTreeMap::values)
-            .filter(|e| e.session.is_some())
-            .count()
-    }
-
     // --- liveness ---
 
     /// One liveness pass over the fleet: silent sessions turn stale, then offline (their
