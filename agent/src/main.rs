@@ -220,7 +220,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .context("start the tokio runtime")?;
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                tokio::spawn(tether_proto::process::cancel_on_signal(shutdown.clone()));
                 if args.exit_on_stdin_close {
                     let token = shutdown.clone();
                     std::thread::spawn(move || {
@@ -271,7 +271,7 @@ fn simulate_config(run: RunArgs, args: &SimulateArgs) -> tether_agent::simulate:
 
 async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(tether_proto::process::cancel_on_signal(shutdown.clone()));
     let collector = tokio::task::spawn_blocking(SysinfoCollector::new)
         .await
         .context("initialise the system collector")?;
@@ -352,38 +352,6 @@ fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    wait_for_signal().await;
-    tracing::info!("shutdown requested; saying goodbye (signal again to exit immediately)");
-    shutdown.cancel();
-    wait_for_signal().await;
-    tracing::warn!("second signal: exiting immediately");
-    std::process::exit(130);
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(err) => {
-            tracing::warn!("cannot listen for SIGTERM: {err}");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -1,9 +1,20 @@
 //! Tether's wire contract, `tether.v1`, generated from `proto/tether/v1/*.proto`.
 //!
-//! Only generated code lives here, plus the codec it is generated to use (`codec.rs`). Other crates import this module as `pb` and convert to their
-//! own domain types at their edges, so wire types never travel through their internals.
+//! Besides the generated code (module [`v1`], re-exported at the root), this crate holds the
+//! few definitions both ends of the contract must share exactly, so that no crate restates them:
+//!
+//! - [`codec`]: the codec the generated stubs use (small starting buffers);
+//! - [`selector`]: the label grammar and the label selector the RPCs take;
+//! - [`audit`]: the audit chain's hash, which the server computes and clients verify;
+//! - [`process`]: how every Tether binary answers termination signals.
+//!
+//! Other crates import the generated types as `pb` and convert to their own domain types at
+//! their edges, so wire types never travel through their internals.
 
+pub mod audit;
 pub mod codec;
+pub mod process;
+pub mod selector;
 
 /// The `tether.v1` package: messages, enums, and the tonic client and server stubs.
 #[allow(

@@ -1,35 +1,28 @@
 //! The audit trail: one [`AuditEntry`] per mutating call and per denied call, chained per org.
 //!
 //! The writer places each entry in its org's chain when it commits it: `seq` is the previous
-//! record's plus one, and `hash` = SHA-256(`prev_hash` ‖ protobuf encoding of the event with
-//! `prev_hash` and `hash` empty). The definition is the proto's (`AuditEvent`), so any client can
-//! verify a chain (`tetherctl audit verify`): a modified record breaks a hash, a deleted one leaves
-//! a gap in `seq`.
+//! record's plus one, and `hash` is [`tether_proto::audit::event_hash`] of the event, the
+//! contract's definition, which `tetherctl audit verify` recomputes with the same function: a
+//! modified record breaks a hash, a deleted one leaves a gap in `seq`.
 
-use sha2::{Digest, Sha256};
 use tether_proto as pb;
 
 use crate::auth::{Caller, Principal};
 use crate::convert;
 use crate::domain::{AuditEntry, AuditOutcome, AuditRecord, Role};
 
-/// `prev_hash` of the first record of every chain.
-pub const GENESIS: [u8; 32] = [0; 32];
+pub use tether_proto::audit::GENESIS;
 
 /// Places `entry` after `(prev_seq, prev_hash)`.
 pub fn chain(prev_seq: u64, prev_hash: [u8; 32], entry: AuditEntry) -> AuditRecord {
     let seq = prev_seq + 1;
     let mut event = to_pb_unhashed(seq, &entry);
-    event.prev_hash = Vec::new();
-    event.hash = Vec::new();
-    let mut hasher = Sha256::new();
-    hasher.update(prev_hash);
-    hasher.update(prost::Message::encode_to_vec(&event));
+    event.prev_hash = prev_hash.to_vec();
     AuditRecord {
         seq,
+        hash: tether_proto::audit::event_hash(&event),
         entry,
         prev_hash,
-        hash: hasher.finalize().into(),
     }
 }
 

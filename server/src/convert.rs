@@ -57,25 +57,7 @@ pub fn duration_from_pb(d: prost_types::Duration, field: &str) -> Result<Duratio
 
 // === labels ===
 
-/// A label key: 1–253 characters, starting and ending with an ASCII letter or digit, with
-/// `-`, `_`, `.` and `/` allowed inside.
-pub fn is_valid_label_key(key: &str) -> bool {
-    let bytes = key.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 253
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
-}
-
-/// A label value: empty, or ASCII letters, digits and `-_./:@`.
-pub fn is_valid_label_value(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':' | b'@'))
-}
+pub use tether_proto::selector::{is_valid_label_key, is_valid_label_value};
 
 /// Validates labels against the charset and the configured limits.
 ///

@@ -290,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
     let mtls = config.mtls();
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(tether_proto::process::cancel_on_signal(shutdown.clone()));
 
     let server = server::start(config)
         .await
@@ -460,32 +460,6 @@ fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
         d(&certs.ca_cert)
     );
     Ok(())
-}
-
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    let _ = ctrl_c.await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    shutdown.cancel();
 }
 
 mod dev {

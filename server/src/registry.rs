@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use tether_proto::selector::Selector;
 use tokio::sync::broadcast;
 
 use crate::config::{HealthThresholds, LivenessConfig};
@@ -67,25 +68,11 @@ pub struct AgentFilter {
     /// Empty: every status but expired (unless `include_expired`).
     pub statuses: Vec<AgentStatus>,
     pub include_expired: bool,
-    pub selector: crate::registry::Selector,
+    pub selector: Selector,
     /// Lowercase OS name to match exactly.
     pub os: Option<String>,
     /// Lowercase substring of name or hostname.
     pub query: Option<String>,
-}
-
-/// A parsed label selector: every requirement must hold.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Selector {
-    pub requirements: Vec<Requirement>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Requirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    Exists(String),
-    NotExists(String),
 }
 
 /// Counts for `GetFleetSummary`.
@@ -889,69 +876,6 @@ pub fn health_of(sample: &Sample, t: &HealthThresholds) -> Health {
         .max()
         .unwrap_or(Health::Ok);
     cpu.max(memory).max(disk)
-}
-
-// === impl Selector ===
-
-impl Selector {
-    /// Parses `k=v,k!=v,k,!k`. Whitespace around terms is ignored; an empty string selects all.
-    ///
-    /// # Errors
-    ///
-    /// Returns a message naming the malformed term.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut requirements = Vec::new();
-        for term in text.split(',') {
-            let term = term.trim();
-            if term.is_empty() {
-                if text.trim().is_empty() {
-                    continue;
-                }
-                return Err(format!("empty term in label selector {text:?}"));
-            }
-            let requirement = if let Some((k, v)) = term.split_once("!=") {
-                Requirement::NotEquals(valid_key(k.trim(), term)?, valid_value(v.trim(), term)?)
-            } else if let Some((k, v)) = term.split_once('=') {
-                let v = v.strip_prefix('=').unwrap_or(v);
-                Requirement::Equals(valid_key(k.trim(), term)?, valid_value(v.trim(), term)?)
-            } else if let Some(k) = term.strip_prefix('!') {
-                Requirement::NotExists(valid_key(k.trim(), term)?)
-            } else {
-                Requirement::Exists(valid_key(term, term)?)
-            };
-            requirements.push(requirement);
-        }
-        Ok(Self { requirements })
-    }
-
-    pub fn matches(&self, labels: &Labels) -> bool {
-        self.requirements.iter().all(|r| match r {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::NotExists(k) => !labels.contains_key(k),
-        })
-    }
-}
-
-fn valid_key(key: &str, term: &str) -> Result<String, String> {
-    if crate::convert::is_valid_label_key(key) {
-        Ok(key.to_owned())
-    } else {
-        Err(format!(
-            "invalid label key {key:?} in selector term {term:?}"
-        ))
-    }
-}
-
-fn valid_value(value: &str, term: &str) -> Result<String, String> {
-    if crate::convert::is_valid_label_value(value) {
-        Ok(value.to_owned())
-    } else {
-        Err(format!(
-            "invalid label value {value:?} in selector term {term:?}"
-        ))
-    }
 }
 
 #[cfg(test)]

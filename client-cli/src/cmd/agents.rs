@@ -18,7 +18,7 @@ use crate::format::{
     self, NONE, Table, csv_record, format_bytes, format_percent, key_values, long_duration,
     relative_time_opt, rfc3339_opt, usage_percent,
 };
-use crate::selector::LabelSelector;
+use crate::selector::parse_selector;
 use crate::view::{AgentDetailView, AgentView, EventKind, TransitionView, WatchEventView};
 use crate::{CliError, write_json};
 
@@ -242,7 +242,7 @@ fn unconfirmed_delete_message(id: &str) -> String {
 /// Checks a `-l` selector locally and returns it normalised (empty when absent).
 fn normalize_selector(selector: Option<&str>) -> Result<String, CliError> {
     Ok(selector
-        .map(LabelSelector::parse)
+        .map(parse_selector)
         .transpose()?
         .map(|s| s.to_string())
         .unwrap_or_default())

@@ -1,8 +1,9 @@
 //! `audit` and `audit verify`: the org's audit events through `AdminService` (admin role), and a
 //! check of their hash chain.
 //!
-//! The chain is defined next to `AuditEvent` in `admin.proto`: `hash` is the SHA-256 of
-//! `prev_hash` followed by the protobuf encoding of the event with `prev_hash` and `hash` left
+//! The chain is defined next to `AuditEvent` in `admin.proto` and computed by
+//! [`tether_proto::audit::event_hash`], the function the server uses too: `hash` is the SHA-256
+//! of `prev_hash` followed by the protobuf encoding of the event with `prev_hash` and `hash` left
 //! empty; the first event's `prev_hash` is 32 zero bytes; `seq` increases by one per event.
 //! [`verify_chain`] checks exactly that, as a pure function over the fetched events, so it is
 //! unit-tested without a server. It detects a modified, deleted, moved or inserted event; it
@@ -14,8 +15,8 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 use tether_proto as pb;
+pub use tether_proto::audit::{HASH_LEN, event_hash};
 
 use crate::cli::{AuditArgs, AuditCommand, ObjectFormat};
 use crate::client::{Connection, unary};
@@ -26,9 +27,6 @@ use crate::{CliError, write_json};
 
 /// Events requested per page (the server's maximum).
 pub const AUDIT_PAGE_SIZE: u32 = 1_000;
-
-/// Length of a SHA-256 digest; also the length of the first event's all-zero `prev_hash`.
-pub const HASH_LEN: usize = 32;
 
 /// An intact chain, as [`verify_chain`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,18 +137,6 @@ pub fn verify_chain(events: &[pb::AuditEvent]) -> Result<ChainSummary, ChainErro
             last_hash: zero.to_vec(),
         },
     })
-}
-
-/// The hash `event` should carry: SHA-256(`event.prev_hash` ‖ the protobuf encoding of `event`
-/// with `prev_hash` and `hash` cleared).
-pub fn event_hash(event: &pb::AuditEvent) -> [u8; HASH_LEN] {
-    let mut bare = event.clone();
-    bare.prev_hash.clear();
-    bare.hash.clear();
-    let mut hasher = Sha256::new();
-    hasher.update(&event.prev_hash);
-    hasher.update(bare.encode_to_vec());
-    hasher.finalize().into()
 }
 
 // === impl ChainError ===
@@ -513,17 +499,6 @@ mod tests {
         assert_eq!(summary.n_events, 0);
         assert_eq!(summary.last_seq, 0);
         assert_eq!(summary.last_hash, vec![0u8; HASH_LEN]);
-    }
-
-    #[test]
-    fn hash_covers_the_encoding_with_both_hashes_cleared() {
-        let events = chain(1);
-        let mut bare = events[0].clone();
-        bare.prev_hash = Vec::new();
-        bare.hash = Vec::new();
-        let mut input = vec![0u8; HASH_LEN];
-        input.extend(bare.encode_to_vec());
-        assert_eq!(events[0].hash, Sha256::digest(&input).to_vec());
     }
 
     #[test]

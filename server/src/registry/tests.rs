@@ -1,59 +1,7 @@
-//! Unit tests of the registry's pure parts: selectors and health.
+//! Unit tests of the registry's pure parts. The selector grammar is tested where it lives,
+//! `tether_proto::selector`.
 
 use super::*;
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-#[test]
-fn selector_parses_every_form() {
-    let s = Selector::parse("env=prod, tier!=web,gpu,!spot,zone==a").expect("valid");
-    assert_eq!(
-        s.requirements,
-        vec![
-            Requirement::Equals("env".into(), "prod".into()),
-            Requirement::NotEquals("tier".into(), "web".into()),
-            Requirement::Exists("gpu".into()),
-            Requirement::NotExists("spot".into()),
-            Requirement::Equals("zone".into(), "a".into()),
-        ]
-    );
-    assert_eq!(Selector::parse("").expect("empty"), Selector::default());
-    assert_eq!(Selector::parse("  ").expect("blank"), Selector::default());
-}
-
-#[test]
-fn selector_rejects_malformed_terms() {
-    for bad in [
-        "env=prod,",
-        ",env",
-        "=prod",
-        "env=pr od",
-        "a b",
-        "!",
-        "k=v=w",
-    ] {
-        assert!(Selector::parse(bad).is_err(), "{bad:?} should be rejected");
-    }
-}
-
-#[test]
-fn selector_matches() {
-    let l = labels(&[("env", "prod"), ("gpu", "")]);
-    let yes = |s: &str| Selector::parse(s).expect(s).matches(&l);
-    assert!(yes("env=prod"));
-    assert!(!yes("env=dev"));
-    assert!(yes("env!=dev"));
-    assert!(yes("tier!=web"));
-    assert!(yes("gpu"));
-    assert!(!yes("!gpu"));
-    assert!(yes("!spot"));
-    assert!(!yes("env=prod,!gpu"));
-}
 
 #[test]
 fn health_takes_the_worst_resource() {

@@ -14,8 +14,9 @@ use crate::auth;
 use crate::convert;
 use crate::domain::{AgentId, Health, OrgId, Role, Sample};
 use crate::error::ServerError;
-use crate::registry::{AgentFilter, EventKind, FleetEvent, Selector};
+use crate::registry::{AgentFilter, EventKind, FleetEvent};
 use crate::service::AppState;
+use tether_proto::selector::Selector;
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -92,7 +93,8 @@ fn filter_from(
         .into_iter()
         .map(convert::status_from_pb)
         .collect::<Result<Vec<_>, _>>()?;
-    let selector = Selector::parse(selector).map_err(ServerError::InvalidArgument)?;
+    let selector =
+        Selector::parse(selector).map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
     let os = os.trim();
     let query = query.trim();
     Ok(AgentFilter {
