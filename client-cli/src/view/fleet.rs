@@ -1,0 +1,128 @@
+//! The views of fleet-wide answers: `metrics`, `summary` and `config`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// One point of `metrics -o json`: samples averaged over one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsPointView {
+    /// Start of the step.
+    #[serde(with = "super::json::rfc3339")]
+    pub time: Option<SystemTime>,
+    /// Samples averaged into this point.
+    pub sample_count: u32,
+    /// Mean CPU use, 0–100.
+    pub cpu_percent: f64,
+    /// Mean 1-minute load.
+    pub load_1: f64,
+    /// Mean 5-minute load.
+    pub load_5: f64,
+    /// Mean 15-minute load.
+    pub load_15: f64,
+    /// Mean memory in use.
+    pub memory_used_bytes: u64,
+    /// Memory installed.
+    pub memory_total_bytes: u64,
+    /// Mean swap in use.
+    pub swap_used_bytes: u64,
+    /// Swap available.
+    pub swap_total_bytes: u64,
+    /// Disk used, summed over mounts.
+    pub disk_used_bytes: u64,
+    /// Disk size, summed over mounts.
+    pub disk_total_bytes: u64,
+    /// Receive rate.
+    pub network_rx_bytes_per_second: f64,
+    /// Send rate.
+    pub network_tx_bytes_per_second: f64,
+    /// Mean process count.
+    pub process_count: u32,
+}
+
+/// `summary -o json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SummaryView {
+    /// Agents that are not expired.
+    pub total: u32,
+    /// Online agents.
+    pub online: u32,
+    /// Stale agents.
+    pub stale: u32,
+    /// Offline agents.
+    pub offline: u32,
+    /// Expired agents.
+    pub expired: u32,
+    /// Non-expired agents by OS name.
+    pub by_os: BTreeMap<String, u32>,
+    /// Non-expired agents by health.
+    pub health: HealthCounts,
+}
+
+/// Agents per health value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCounts {
+    /// Healthy.
+    pub ok: u32,
+    /// Warning.
+    pub warning: u32,
+    /// Critical.
+    pub critical: u32,
+    /// No metrics yet.
+    pub unknown: u32,
+}
+
+/// `config -o json`: what the server has in force.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerConfigView {
+    /// Server software version.
+    pub server_version: String,
+    /// How often agents ping.
+    #[serde(with = "super::json::seconds")]
+    pub heartbeat_interval_seconds: Option<Duration>,
+    /// How often agents report metrics.
+    #[serde(with = "super::json::seconds")]
+    pub metrics_interval_seconds: Option<Duration>,
+    /// Silence after which an agent is stale.
+    #[serde(with = "super::json::seconds")]
+    pub stale_after_seconds: Option<Duration>,
+    /// Silence after which an agent is offline.
+    #[serde(with = "super::json::seconds")]
+    pub offline_after_seconds: Option<Duration>,
+    /// Offline time after which an agent expires.
+    #[serde(with = "super::json::seconds")]
+    pub fleet_ttl_seconds: Option<Duration>,
+    /// How long metrics are kept.
+    #[serde(with = "super::json::seconds")]
+    pub metrics_retention_seconds: Option<Duration>,
+    /// Health thresholds.
+    pub health_thresholds: Option<ThresholdsView>,
+    /// Largest accepted message.
+    pub max_message_bytes: u64,
+    /// Most labels per agent.
+    pub max_labels: u32,
+    /// Longest label key.
+    pub max_label_key_bytes: u32,
+    /// Longest label value.
+    pub max_label_value_bytes: u32,
+    /// Enabled features.
+    pub features: Vec<String>,
+}
+
+/// Percentages at which a resource makes an agent's health warning or critical.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdsView {
+    /// CPU warning.
+    pub cpu_warning_percent: f64,
+    /// CPU critical.
+    pub cpu_critical_percent: f64,
+    /// Memory warning.
+    pub memory_warning_percent: f64,
+    /// Memory critical.
+    pub memory_critical_percent: f64,
+    /// Disk warning.
+    pub disk_warning_percent: f64,
+    /// Disk critical.
+    pub disk_critical_percent: f64,
+}
