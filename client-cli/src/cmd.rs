@@ -11,6 +11,7 @@ mod agents;
 pub(crate) mod audit;
 mod enroll;
 mod fleet;
+mod objects;
 mod orgs;
 mod tokens;
 

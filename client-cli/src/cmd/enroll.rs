@@ -9,15 +9,15 @@ use std::time::SystemTime;
 
 use tether_proto as pb;
 
-use crate::cli::{
-    CreateTokenArgs, ListTokensArgs, ObjectFormat, RevokeTokenArgs, SeriesFormat, Ttl,
-};
+use crate::cli::{CreateTokenArgs, ListTokensArgs, ObjectFormat, RevokeTokenArgs, SeriesFormat};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::format::{NONE, Table, csv_record, key_values, relative_time_opt, rfc3339_opt};
 use crate::selector::parse_labels;
 use crate::view::{CreatedTokenView, EnrollmentTokenView};
 use crate::{CliError, write_json};
+
+use super::objects::{self, AdminObject, secret_block, ttl_to_pb};
 
 /// `enroll-token create`.
 pub(crate) async fn create(
@@ -26,18 +26,11 @@ pub(crate) async fn create(
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     let labels: HashMap<String, String> = parse_labels(&args.labels)?.into_iter().collect();
-    let ttl = match args.ttl {
-        Ttl::Never => None,
-        Ttl::After(d) => Some(
-            prost_types::Duration::try_from(d)
-                .map_err(|_| CliError::Usage("--ttl is too long".to_owned()))?,
-        ),
-    };
     let request = pb::CreateEnrollmentTokenRequest {
         description: args.description,
         labels,
         max_uses: args.max_uses,
-        ttl,
+        ttl: ttl_to_pb(args.ttl)?,
     };
     let conn = Connection::connect(settings).await?;
     let pb::CreateEnrollmentTokenResponse { token, secret } = conn
@@ -64,25 +57,21 @@ pub(crate) async fn list(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let conn = Connection::connect(settings).await?;
-    let now = SystemTime::now();
-    let tokens: Vec<EnrollmentTokenView> = conn
-        .admin()
-        .list_enrollment_tokens(unary(pb::ListEnrollmentTokensRequest {}))
-        .await
-        .map_err(|status| conn.error(&status, None))?
-        .into_inner()
-        .tokens
-        .into_iter()
-        .map(|t| EnrollmentTokenView::from_pb(t, now))
-        .collect();
+    let (tokens, now) =
+        objects::fetch::<EnrollmentTokenView, _, _>(settings, |mut admin| async move {
+            let request = pb::ListEnrollmentTokensRequest {};
+            Ok(admin
+                .list_enrollment_tokens(unary(request))
+                .await?
+                .into_inner()
+                .tokens)
+        })
+        .await?;
     match args.output {
-        SeriesFormat::Table if tokens.is_empty() => writeln!(out, "No enrollment tokens found.")?,
-        SeriesFormat::Table => out.write_all(render_table(&tokens, now).as_bytes())?,
-        SeriesFormat::Json => write_json(out, &tokens)?,
-        SeriesFormat::Csv => out.write_all(render_csv(&tokens).as_bytes())?,
+        SeriesFormat::Table => objects::print_list(&tokens, ObjectFormat::Table, now, out),
+        SeriesFormat::Json => objects::print_list(&tokens, ObjectFormat::Json, now, out),
+        SeriesFormat::Csv => Ok(out.write_all(render_csv(&tokens).as_bytes())?),
     }
-    Ok(())
 }
 
 /// `enroll-token revoke ID`.
@@ -91,29 +80,34 @@ pub(crate) async fn revoke(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = args.id.trim().to_owned();
-    if id.is_empty() {
-        return Err(CliError::Usage("the token id must not be empty".to_owned()));
+    objects::revoke::<EnrollmentTokenView, _, _>(
+        args,
+        settings,
+        out,
+        |mut admin, token_id| async move {
+            let request = pb::RevokeEnrollmentTokenRequest { token_id };
+            Ok(admin
+                .revoke_enrollment_token(unary(request))
+                .await?
+                .into_inner()
+                .token)
+        },
+    )
+    .await
+}
+
+impl AdminObject for EnrollmentTokenView {
+    type Pb = pb::EnrollmentToken;
+    const NOUN: &'static str = "enrollment token";
+    const PLURAL: &'static str = "enrollment tokens";
+
+    fn from_wire(token: pb::EnrollmentToken, now: SystemTime) -> Self {
+        Self::from_pb(token, now)
     }
-    let conn = Connection::connect(settings).await?;
-    let token = conn
-        .admin()
-        .revoke_enrollment_token(unary(pb::RevokeEnrollmentTokenRequest {
-            token_id: id.clone(),
-        }))
-        .await
-        .map_err(|status| conn.error(&status, Some(&format!("enrollment token {id}"))))?
-        .into_inner()
-        .token;
-    match args.output {
-        ObjectFormat::Table => writeln!(out, "Enrollment token {id} revoked.")?,
-        ObjectFormat::Json => {
-            let now = SystemTime::now();
-            let token = token.map(|t| EnrollmentTokenView::from_pb(t, now));
-            write_json(out, &token)?;
-        }
+
+    fn render_table(tokens: &[Self], now: SystemTime) -> String {
+        render_table(tokens, now)
     }
-    Ok(())
 }
 
 fn labels_text(token: &EnrollmentTokenView) -> String {
@@ -173,10 +167,7 @@ pub(crate) fn render_created(created: &CreatedTokenView, now: SystemTime) -> Str
             ),
         ],
     ));
-    text.push_str(
-        "\nSecret (shown only this once; store it now, it cannot be retrieved later):\n\n",
-    );
-    text.push_str(&format!("    {}\n", created.secret));
+    text.push_str(&secret_block("Secret", &created.secret));
     text
 }
 

@@ -15,7 +15,8 @@ use crate::format::{NONE, Table, key_values, relative_time_opt};
 use crate::view::{ApiTokenView, CreatedOrgView, OrgView};
 use crate::{CliError, write_json};
 
-use super::tokens::{secret_block, token_details};
+use super::objects::{self, AdminObject, secret_block};
+use super::tokens::token_details;
 
 /// `orgs create ORG_ID`.
 pub(crate) async fn create(
@@ -68,25 +69,28 @@ pub(crate) async fn list(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let conn = Connection::connect(settings).await?;
-    let orgs: Vec<OrgView> = conn
-        .admin()
-        .list_orgs(unary(pb::ListOrgsRequest {}))
-        .await
-        .map_err(|status| conn.error(&status, None))?
-        .into_inner()
-        .orgs
-        .into_iter()
-        .map(OrgView::from)
-        .collect();
-    match args.output {
-        ObjectFormat::Table if orgs.is_empty() => writeln!(out, "No orgs found.")?,
-        ObjectFormat::Table => {
-            out.write_all(render_table(&orgs, SystemTime::now()).as_bytes())?;
-        }
-        ObjectFormat::Json => write_json(out, &orgs)?,
+    objects::list::<OrgView, _, _>(settings, args.output, out, |mut admin| async move {
+        Ok(admin
+            .list_orgs(unary(pb::ListOrgsRequest {}))
+            .await?
+            .into_inner()
+            .orgs)
+    })
+    .await
+}
+
+impl AdminObject for OrgView {
+    type Pb = pb::Org;
+    const NOUN: &'static str = "org";
+    const PLURAL: &'static str = "orgs";
+
+    fn from_wire(org: pb::Org, _now: SystemTime) -> Self {
+        Self::from(org)
     }
-    Ok(())
+
+    fn render_table(orgs: &[Self], now: SystemTime) -> String {
+        render_table(orgs, now)
+    }
 }
 
 fn display_name(org: &OrgView) -> String {

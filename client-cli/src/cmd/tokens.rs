@@ -9,12 +9,14 @@ use std::time::SystemTime;
 
 use tether_proto as pb;
 
-use crate::cli::{CreateApiTokenArgs, ListApiTokensArgs, ObjectFormat, RevokeTokenArgs, Ttl};
+use crate::cli::{CreateApiTokenArgs, ListApiTokensArgs, ObjectFormat, RevokeTokenArgs};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::format::{Table, key_values, relative_time_opt, rfc3339_opt};
 use crate::view::{ApiTokenView, CreatedApiTokenView};
 use crate::{CliError, write_json};
+
+use super::objects::{self, AdminObject, secret_block, ttl_to_pb};
 
 /// `tokens create`.
 pub(crate) async fn create(
@@ -26,17 +28,10 @@ pub(crate) async fn create(
     if name.is_empty() {
         return Err(CliError::Usage("--name must not be empty".to_owned()));
     }
-    let ttl = match args.ttl {
-        Ttl::Never => None,
-        Ttl::After(d) => Some(
-            prost_types::Duration::try_from(d)
-                .map_err(|_| CliError::Usage("--ttl is too long".to_owned()))?,
-        ),
-    };
     let request = pb::CreateTokenRequest {
         name,
         role: args.role.to_pb() as i32,
-        ttl,
+        ttl: ttl_to_pb(args.ttl)?,
     };
     let conn = Connection::connect(settings).await?;
     let pb::CreateTokenResponse { token, secret } = conn
@@ -63,26 +58,13 @@ pub(crate) async fn list(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let conn = Connection::connect(settings).await?;
-    let now = SystemTime::now();
-    let tokens: Vec<ApiTokenView> = conn
-        .admin()
-        .list_tokens(unary(pb::ListTokensRequest {
-            include_revoked: args.include_revoked,
-        }))
-        .await
-        .map_err(|status| conn.error(&status, None))?
-        .into_inner()
-        .tokens
-        .into_iter()
-        .map(|t| ApiTokenView::from_pb(t, now))
-        .collect();
-    match args.output {
-        ObjectFormat::Table if tokens.is_empty() => writeln!(out, "No API tokens found.")?,
-        ObjectFormat::Table => out.write_all(render_table(&tokens, now).as_bytes())?,
-        ObjectFormat::Json => write_json(out, &tokens)?,
-    }
-    Ok(())
+    let request = pb::ListTokensRequest {
+        include_revoked: args.include_revoked,
+    };
+    objects::list::<ApiTokenView, _, _>(settings, args.output, out, |mut admin| async move {
+        Ok(admin.list_tokens(unary(request)).await?.into_inner().tokens)
+    })
+    .await
 }
 
 /// `tokens revoke ID`.
@@ -91,29 +73,25 @@ pub(crate) async fn revoke(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = args.id.trim().to_owned();
-    if id.is_empty() {
-        return Err(CliError::Usage("the token id must not be empty".to_owned()));
+    objects::revoke::<ApiTokenView, _, _>(args, settings, out, |mut admin, token_id| async move {
+        let request = pb::RevokeTokenRequest { token_id };
+        Ok(admin.revoke_token(unary(request)).await?.into_inner().token)
+    })
+    .await
+}
+
+impl AdminObject for ApiTokenView {
+    type Pb = pb::ApiToken;
+    const NOUN: &'static str = "token";
+    const PLURAL: &'static str = "API tokens";
+
+    fn from_wire(token: pb::ApiToken, now: SystemTime) -> Self {
+        Self::from_pb(token, now)
     }
-    let conn = Connection::connect(settings).await?;
-    let token = conn
-        .admin()
-        .revoke_token(unary(pb::RevokeTokenRequest {
-            token_id: id.clone(),
-        }))
-        .await
-        .map_err(|status| conn.error(&status, Some(&format!("token {id}"))))?
-        .into_inner()
-        .token;
-    match args.output {
-        ObjectFormat::Table => writeln!(out, "Token {id} revoked.")?,
-        ObjectFormat::Json => {
-            let now = SystemTime::now();
-            let token = token.map(|t| ApiTokenView::from_pb(t, now));
-            write_json(out, &token)?;
-        }
+
+    fn render_table(tokens: &[Self], now: SystemTime) -> String {
+        render_table(tokens, now)
     }
-    Ok(())
 }
 
 /// The ROLE cell: the role, marked when the token may also manage orgs.
@@ -150,14 +128,6 @@ pub(crate) fn token_details(indent: usize, t: &ApiTokenView, now: SystemTime) ->
                 },
             ),
         ],
-    )
-}
-
-/// The one-time secret, set apart with a warning that it cannot be retrieved later.
-pub(crate) fn secret_block(what: &str, secret: &str) -> String {
-    format!(
-        "\n{what} (shown only this once; store it now, it cannot be retrieved later):\n\n    \
-         {secret}\n"
     )
 }
 
@@ -198,6 +168,7 @@ pub(crate) fn render_table(tokens: &[ApiTokenView], now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Ttl;
     use crate::view::{Role, TokenState};
     use std::time::Duration;
 
