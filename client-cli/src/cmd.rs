@@ -1,11 +1,17 @@
-//! Command implementations, one module per command group, and the dispatcher that routes a
-//! parsed [`Command`] to them.
+//! Command implementations, one module per command group, the dispatcher that routes a parsed
+//! [`Command`] to them, and the few steps every command group takes the same way: checking an
+//! id argument, printing one object as text or JSON, and following the pages of a list RPC.
 
+use std::future::Future;
 use std::io::Write;
 
-use crate::CliError;
-use crate::cli::{AgentsCommand, ApiTokensCommand, Command, EnrollTokenCommand, OrgsCommand};
+use serde::Serialize;
+
+use crate::cli::{
+    AgentsCommand, ApiTokensCommand, Command, EnrollTokenCommand, ObjectFormat, OrgsCommand,
+};
 use crate::config::Settings;
+use crate::{CliError, write_json};
 
 mod agents;
 pub(crate) mod audit;
@@ -48,5 +54,141 @@ pub(crate) async fn dispatch(
             tokens::revoke(args, settings, out).await
         }
         Command::Audit(args) => audit::run(args, settings, out).await,
+    }
+}
+
+/// `raw` without surrounding spaces; an empty id is a usage error naming `what` ("the agent id
+/// must not be empty").
+///
+/// # Errors
+///
+/// [`CliError::Usage`] when nothing but spaces was given.
+pub(crate) fn required_id(raw: &str, what: &str) -> Result<String, CliError> {
+    let id = raw.trim();
+    if id.is_empty() {
+        return Err(CliError::Usage(format!("the {what} id must not be empty")));
+    }
+    Ok(id.to_owned())
+}
+
+/// Prints one object: `render`'s text for people, or the stable JSON document for scripts.
+///
+/// # Errors
+///
+/// Writing to `out` failed.
+pub(crate) fn print_object<T: Serialize>(
+    out: &mut (dyn Write + Send),
+    output: ObjectFormat,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> Result<(), CliError> {
+    match output {
+        ObjectFormat::Table => out.write_all(render(value).as_bytes())?,
+        ObjectFormat::Json => write_json(out, value)?,
+    }
+    Ok(())
+}
+
+/// Follows the pages of a list RPC until its last page, or until `limit` items when given.
+///
+/// `page(page_size, page_token)` fetches one page of at most `page_size` (≤ `max_page_size`)
+/// items and returns them with the next page token, empty on the last page.
+///
+/// # Errors
+///
+/// Whatever `page` returns, and [`CliError::Server`] when the server hands out the same page
+/// token twice (following it would never end).
+pub(crate) async fn fetch_pages<T, F, Fut>(
+    max_page_size: u32,
+    limit: Option<u32>,
+    mut page: F,
+) -> Result<Vec<T>, CliError>
+where
+    F: FnMut(i32, String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), CliError>>,
+{
+    let limit = limit.map(|n| n as usize);
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let wanted = limit.map_or(max_page_size as usize, |n| n - items.len());
+        let page_size = i32::try_from(wanted.min(max_page_size as usize))
+            .expect("page sizes are small constants");
+        let (batch, next_page_token) = page(page_size, page_token.clone()).await?;
+        items.extend(batch);
+        if let Some(limit) = limit
+            && items.len() >= limit
+        {
+            items.truncate(limit);
+            break;
+        }
+        if next_page_token.is_empty() {
+            break;
+        }
+        if next_page_token == page_token {
+            return Err(CliError::Server {
+                code: "Internal".to_owned(),
+                message: "the server returned the same page token twice".to_owned(),
+            });
+        }
+        page_token = next_page_token;
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of `page_size` numbers out of `0..n`, the token being the next number.
+    async fn numbers(
+        n: u32,
+        page_size: i32,
+        page_token: String,
+    ) -> Result<(Vec<u32>, String), CliError> {
+        let start: u32 = page_token.parse().unwrap_or(0);
+        let end = (start + u32::try_from(page_size).expect("positive")).min(n);
+        let next = if end < n {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(((start..end).collect(), next))
+    }
+
+    #[tokio::test]
+    async fn pages_are_followed_to_the_end_or_the_limit() {
+        let all = fetch_pages(3, None, |size, token| numbers(10, size, token))
+            .await
+            .expect("pages");
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        let mut sizes = Vec::new();
+        let some = fetch_pages(3, Some(4), |size, token| {
+            sizes.push(size);
+            numbers(10, size, token)
+        })
+        .await
+        .expect("pages");
+        assert_eq!(some, [0, 1, 2, 3]);
+        assert_eq!(
+            sizes,
+            [3, 1],
+            "the last request asks only for what is missing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_page_token_is_an_error_not_a_loop() {
+        let err = fetch_pages(3, None, |_, _| async { Ok((vec![1], "same".to_owned())) })
+            .await
+            .expect_err("loops");
+        assert!(matches!(err, CliError::Server { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn ids_are_trimmed_and_required() {
+        assert_eq!(required_id(" a-1 ", "agent").expect("id"), "a-1");
+        let err = required_id("  ", "org").expect_err("empty");
+        assert_eq!(err.to_string(), "the org id must not be empty");
     }
 }

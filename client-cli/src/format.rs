@@ -4,6 +4,7 @@
 //! Everything here is a pure function of its inputs (the current time is a parameter), so the
 //! exact output is unit-tested.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -26,6 +27,15 @@ pub fn relative_time(now: SystemTime, then: SystemTime) -> String {
 /// [`relative_time`] for an optional time; absent times read "never".
 pub fn relative_time_opt(now: SystemTime, then: Option<SystemTime>) -> String {
     then.map_or_else(|| "never".to_owned(), |then| relative_time(now, then))
+}
+
+/// [`relative_time_opt`] followed by the exact time: "3m ago (2024-05-01T10:00:00Z)"; absent
+/// times read "never".
+pub fn relative_time_detail(now: SystemTime, then: Option<SystemTime>) -> String {
+    match then {
+        Some(_) => format!("{} ({})", relative_time_opt(now, then), rfc3339_opt(then)),
+        None => "never".to_owned(),
+    }
 }
 
 /// A duration in its largest whole unit: "12s", "3m", "2h", "5d".
@@ -105,6 +115,35 @@ pub fn rfc3339_opt(time: Option<SystemTime>) -> String {
         || NONE.to_owned(),
         |t| humantime::format_rfc3339_seconds(t).to_string(),
     )
+}
+
+/// An RFC 3339 UTC timestamp with whole seconds for a CSV field, or an empty field.
+pub fn csv_time(time: Option<SystemTime>) -> String {
+    time.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default()
+}
+
+/// `text`, or [`NONE`] when it is empty.
+pub fn or_none(text: &str) -> String {
+    if text.is_empty() {
+        NONE.to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Labels as `k=v,k2=v2`, in key order; empty when there are none.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Every line of `text` indented by `n` spaces, each ending in a newline.
+pub fn indent(text: &str, n: usize) -> String {
+    text.lines().map(|l| format!("{:n$}{l}\n", "")).collect()
 }
 
 /// How a table column is aligned.
@@ -282,6 +321,28 @@ mod tests {
         assert_eq!(relative_time(now, at(1_000_000 - 5 * 86_400)), "5d ago");
         assert_eq!(relative_time(now, at(1_000_004)), "in 4s");
         assert_eq!(relative_time_opt(now, None), "never");
+    }
+
+    #[test]
+    fn relative_time_details() {
+        let now = at(1_000);
+        assert_eq!(
+            relative_time_detail(now, Some(at(820))),
+            "3m ago (1970-01-01T00:13:40Z)"
+        );
+        assert_eq!(relative_time_detail(now, None), "never");
+    }
+
+    #[test]
+    fn small_text_helpers() {
+        assert_eq!(csv_time(Some(at(60))), "1970-01-01T00:01:00Z");
+        assert_eq!(csv_time(None), "");
+        assert_eq!(or_none(""), "-");
+        assert_eq!(or_none("web-1"), "web-1");
+        let labels = BTreeMap::from([("tier".into(), "web".into()), ("env".into(), "prod".into())]);
+        assert_eq!(labels_text(&labels), "env=prod,tier=web");
+        assert_eq!(labels_text(&BTreeMap::new()), "");
+        assert_eq!(indent("a\nb\n", 2), "  a\n  b\n");
     }
 
     #[test]

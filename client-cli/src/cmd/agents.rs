@@ -15,12 +15,15 @@ use crate::cli::{
 use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::format::{
-    self, NONE, Table, csv_record, format_bytes, format_percent, key_values, long_duration,
-    relative_time_opt, rfc3339_opt, usage_percent,
+    NONE, Table, csv_record, csv_time, format_bytes, format_percent, indent, key_values,
+    labels_text, long_duration, or_none, relative_time_detail, relative_time_opt, rfc3339_opt,
+    usage_percent,
 };
 use crate::selector::parse_selector;
 use crate::view::{AgentDetailView, AgentView, EventKind, TransitionView, WatchEventView};
 use crate::{CliError, write_json};
+
+use super::{fetch_pages, print_object, required_id};
 
 /// Pause before resubscribing after the server ended a watch that fell behind.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
@@ -41,43 +44,31 @@ pub(crate) async fn list(
         page_token: String::new(),
         include_expired: args.include_expired,
     };
-    let limit = args.limit.map(|n| n as usize);
 
     let conn = Connection::connect(settings).await?;
-    let mut client = conn.fleet();
-    let mut agents: Vec<AgentView> = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let wanted = limit.map_or(LIST_PAGE_SIZE as usize, |n| n - agents.len());
-        let page_size = wanted.min(LIST_PAGE_SIZE as usize);
-        let request = pb::ListAgentsRequest {
-            page_size: i32::try_from(page_size).expect("at most LIST_PAGE_SIZE"),
-            page_token: page_token.clone(),
-            ..base.clone()
-        };
-        let page = client
-            .list_agents(unary(request))
-            .await
-            .map_err(|status| conn.error(&status, None))?
-            .into_inner();
-        agents.extend(page.agents.into_iter().map(AgentView::from));
-        if let Some(limit) = limit
-            && agents.len() >= limit
-        {
-            agents.truncate(limit);
-            break;
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        if page.next_page_token == page_token {
-            return Err(CliError::Server {
-                code: "Internal".to_owned(),
-                message: "the server returned the same page token twice".to_owned(),
-            });
-        }
-        page_token = page.next_page_token;
-    }
+    let client = conn.fleet();
+    let agents: Vec<AgentView> =
+        fetch_pages(LIST_PAGE_SIZE, args.limit, |page_size, page_token| {
+            let mut client = client.clone();
+            let request = pb::ListAgentsRequest {
+                page_size,
+                page_token,
+                ..base.clone()
+            };
+            let conn = &conn;
+            async move {
+                let page = client
+                    .list_agents(unary(request))
+                    .await
+                    .map_err(|status| conn.error(&status, None))?
+                    .into_inner();
+                Ok((page.agents, page.next_page_token))
+            }
+        })
+        .await?
+        .into_iter()
+        .map(AgentView::from)
+        .collect();
 
     let now = SystemTime::now();
     match args.output {
@@ -98,10 +89,7 @@ pub(crate) async fn get(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = args.id.trim().to_owned();
-    if id.is_empty() {
-        return Err(CliError::Usage("the agent id must not be empty".to_owned()));
-    }
+    let id = required_id(&args.id, "agent")?;
     let conn = Connection::connect(settings).await?;
     let response = conn
         .fleet()
@@ -123,13 +111,9 @@ pub(crate) async fn get(
         agent: agent.into(),
         recent_transitions: recent_transitions.into_iter().map(Into::into).collect(),
     };
-    match args.output {
-        ObjectFormat::Table => {
-            out.write_all(render_detail(&detail, SystemTime::now()).as_bytes())?;
-        }
-        ObjectFormat::Json => write_json(out, &detail)?,
-    }
-    Ok(())
+    print_object(out, args.output, &detail, |detail| {
+        render_detail(detail, SystemTime::now())
+    })
 }
 
 /// `agents watch`: the snapshot, then one line per event, resubscribing when the server ends a
@@ -208,10 +192,7 @@ pub(crate) async fn delete(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = args.id.trim().to_owned();
-    if id.is_empty() {
-        return Err(CliError::Usage("the agent id must not be empty".to_owned()));
-    }
+    let id = required_id(&args.id, "agent")?;
     if !args.yes {
         return Err(CliError::NotConfirmed(unconfirmed_delete_message(&id)));
     }
@@ -246,16 +227,6 @@ fn normalize_selector(selector: Option<&str>) -> Result<String, CliError> {
         .transpose()?
         .map(|s| s.to_string())
         .unwrap_or_default())
-}
-
-/// `k=v,k2=v2`, sorted by key.
-fn labels_text(agent: &AgentView) -> String {
-    agent
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// STATUS cell: the status, plus kubectl-style flags (`online,duplicate-hwid`).
@@ -293,13 +264,6 @@ pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) ->
     for agent in agents {
         let system = agent.system.as_ref();
         let metrics = agent.latest_metrics.as_ref();
-        let or_none = |s: &str| {
-            if s.is_empty() {
-                NONE.to_owned()
-            } else {
-                s.to_owned()
-            }
-        };
         let mut row = vec![
             agent.agent_id.clone(),
             or_none(&agent.name),
@@ -322,7 +286,7 @@ pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) ->
                 metrics
                     .and_then(|m| m.uptime_seconds)
                     .map_or_else(|| NONE.to_owned(), long_duration),
-                or_none(&labels_text(agent)),
+                or_none(&labels_text(&agent.labels)),
             ]);
         }
         table.push(row);
@@ -351,10 +315,6 @@ pub(crate) fn render_csv(agents: &[AgentView]) -> String {
         "memory_total_bytes",
         "labels",
     ]);
-    let opt_time = |t: Option<SystemTime>| {
-        t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
-            .unwrap_or_default()
-    };
     for agent in agents {
         let system = agent.system.as_ref();
         let metrics = agent.latest_metrics.as_ref();
@@ -364,8 +324,8 @@ pub(crate) fn render_csv(agents: &[AgentView]) -> String {
             agent.name.clone(),
             agent.status.as_str().to_owned(),
             agent.status_reason.as_str().to_owned(),
-            opt_time(agent.status_since),
-            opt_time(agent.last_seen),
+            csv_time(agent.status_since),
+            csv_time(agent.last_seen),
             agent.health.as_str().to_owned(),
             agent.duplicate_hardware_id.to_string(),
             sys(|s| &s.hostname),
@@ -382,7 +342,7 @@ pub(crate) fn render_csv(agents: &[AgentView]) -> String {
             metrics
                 .map(|m| m.memory_total_bytes.to_string())
                 .unwrap_or_default(),
-            labels_text(agent),
+            labels_text(&agent.labels),
         ]));
     }
     text
@@ -391,10 +351,7 @@ pub(crate) fn render_csv(agents: &[AgentView]) -> String {
 /// Renders `agents get` for a person.
 pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String {
     let agent = &detail.agent;
-    let when = |t: Option<SystemTime>| match t {
-        Some(_) => format!("{} ({})", relative_time_opt(now, t), rfc3339_opt(t)),
-        None => "never".to_owned(),
-    };
+    let when = |t: Option<SystemTime>| relative_time_detail(now, t);
     let mut status = format!(
         "{} ({}",
         agent.status.as_str(),
@@ -422,7 +379,7 @@ pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String
                 .unwrap_or_else(|| "not connected".to_owned()),
         ),
         ("Health", agent.health.as_str().to_owned()),
-        ("Agent version", non_empty(&agent.agent_version)),
+        ("Agent version", or_none(&agent.agent_version)),
         ("Durable seq", agent.last_durable_seq.to_string()),
     ];
     if agent.duplicate_hardware_id {
@@ -445,16 +402,16 @@ pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String
             text.push_str(&key_values(
                 2,
                 &[
-                    ("Hostname", non_empty(&s.hostname)),
-                    ("OS", non_empty(&os)),
-                    ("Kernel", non_empty(&s.kernel_version)),
-                    ("Architecture", non_empty(&s.architecture)),
+                    ("Hostname", or_none(&s.hostname)),
+                    ("OS", or_none(&os)),
+                    ("Kernel", or_none(&s.kernel_version)),
+                    ("Architecture", or_none(&s.architecture)),
                     (
                         "CPU",
-                        format!("{} ({} cores)", non_empty(&s.cpu_model), s.logical_cores),
+                        format!("{} ({} cores)", or_none(&s.cpu_model), s.logical_cores),
                     ),
                     ("Memory", format_bytes(s.total_memory_bytes)),
-                    ("Hardware id", non_empty(&s.hardware_id)),
+                    ("Hardware id", or_none(&s.hardware_id)),
                     ("Booted", when(s.boot_time)),
                 ],
             ));
@@ -518,9 +475,7 @@ pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String
                         usage_percent(d.used_bytes, d.total_bytes),
                     ]);
                 }
-                for line in table.render().lines() {
-                    text.push_str(&format!("    {line}\n"));
-                }
+                text.push_str(&indent(&table.render(), 4));
             }
         }
         None => text.push_str("\nLatest metrics: none yet\n"),
@@ -576,7 +531,7 @@ pub(crate) fn render_event(event: &WatchEventView, now: SystemTime) -> String {
             None => format!("health {}", agent.health.as_str()),
         },
         EventKind::LabelsChanged => {
-            let labels = labels_text(agent);
+            let labels = labels_text(&agent.labels);
             if labels.is_empty() {
                 "labels: (none)".to_owned()
             } else {
@@ -592,11 +547,7 @@ pub(crate) fn render_event(event: &WatchEventView, now: SystemTime) -> String {
             )
         }
     };
-    let name = if agent.name.is_empty() {
-        NONE
-    } else {
-        &agent.name
-    };
+    let name = or_none(&agent.name);
     format!("{time}  {kind:<15}  {}  {name}  {detail}\n", agent.agent_id)
 }
 
@@ -607,18 +558,6 @@ fn used_of(used: u64, total: u64) -> String {
         format_bytes(total),
         usage_percent(used, total)
     )
-}
-
-fn non_empty(text: &str) -> String {
-    if text.is_empty() {
-        format::NONE.to_owned()
-    } else {
-        text.to_owned()
-    }
-}
-
-fn indent(text: &str, n: usize) -> String {
-    text.lines().map(|l| format!("{:n$}{l}\n", "")).collect()
 }
 
 #[cfg(test)]

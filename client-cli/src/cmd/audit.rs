@@ -25,6 +25,8 @@ use crate::format::{NONE, Table, relative_time_opt};
 use crate::view::{AuditChainView, AuditEventView};
 use crate::{CliError, write_json};
 
+use super::fetch_pages;
+
 /// Events requested per page (the server's maximum).
 pub const AUDIT_PAGE_SIZE: u32 = 1_000;
 
@@ -288,42 +290,24 @@ async fn fetch(
     base: pb::ListAuditEventsRequest,
     limit: Option<u32>,
 ) -> Result<Vec<pb::AuditEvent>, CliError> {
-    let limit = limit.map(|n| n as usize);
-    let mut client = conn.admin();
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let wanted = limit.map_or(AUDIT_PAGE_SIZE as usize, |n| n - events.len());
-        let page_size = wanted.min(AUDIT_PAGE_SIZE as usize);
+    let client = conn.admin();
+    fetch_pages(AUDIT_PAGE_SIZE, limit, |page_size, page_token| {
+        let mut client = client.clone();
         let request = pb::ListAuditEventsRequest {
-            page_size: i32::try_from(page_size).expect("at most AUDIT_PAGE_SIZE"),
-            page_token: page_token.clone(),
+            page_size,
+            page_token,
             ..base.clone()
         };
-        let page = client
-            .list_audit_events(unary(request))
-            .await
-            .map_err(|status| conn.error(&status, None))?
-            .into_inner();
-        events.extend(page.events);
-        if let Some(limit) = limit
-            && events.len() >= limit
-        {
-            events.truncate(limit);
-            break;
+        async move {
+            let page = client
+                .list_audit_events(unary(request))
+                .await
+                .map_err(|status| conn.error(&status, None))?
+                .into_inner();
+            Ok((page.events, page.next_page_token))
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        if page.next_page_token == page_token {
-            return Err(CliError::Server {
-                code: "Internal".to_owned(),
-                message: "the server returned the same page token twice".to_owned(),
-            });
-        }
-        page_token = page.next_page_token;
-    }
-    Ok(events)
+    })
+    .await
 }
 
 /// Turns `--method` into a full gRPC method name. A name starting with `/` is taken as is;

@@ -9,15 +9,19 @@ use std::time::SystemTime;
 
 use tether_proto as pb;
 
+use crate::CliError;
 use crate::cli::{CreateTokenArgs, ListTokensArgs, ObjectFormat, RevokeTokenArgs, SeriesFormat};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
-use crate::format::{NONE, Table, csv_record, key_values, relative_time_opt, rfc3339_opt};
+use crate::format::{
+    Table, csv_record, csv_time, key_values, labels_text, or_none, relative_time_detail,
+    relative_time_opt,
+};
 use crate::selector::parse_labels;
 use crate::view::{CreatedTokenView, EnrollmentTokenView};
-use crate::{CliError, write_json};
 
 use super::objects::{self, AdminObject, secret_block, ttl_to_pb};
+use super::print_object;
 
 /// `enroll-token create`.
 pub(crate) async fn create(
@@ -44,11 +48,9 @@ pub(crate) async fn create(
         token: EnrollmentTokenView::from_pb(token.unwrap_or_default(), now),
         secret,
     };
-    match args.output {
-        ObjectFormat::Table => out.write_all(render_created(&created, now).as_bytes())?,
-        ObjectFormat::Json => write_json(out, &created)?,
-    }
-    Ok(())
+    print_object(out, args.output, &created, |created| {
+        render_created(created, now)
+    })
 }
 
 /// `enroll-token list`.
@@ -110,15 +112,6 @@ impl AdminObject for EnrollmentTokenView {
     }
 }
 
-fn labels_text(token: &EnrollmentTokenView) -> String {
-    token
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn uses_text(token: &EnrollmentTokenView) -> String {
     match token.max_uses {
         Some(max) => format!("{}/{max}", token.use_count),
@@ -126,45 +119,17 @@ fn uses_text(token: &EnrollmentTokenView) -> String {
     }
 }
 
-fn expires_text(token: &EnrollmentTokenView, now: SystemTime) -> String {
-    token.expires_at.map_or_else(
-        || "never".to_owned(),
-        |_| relative_time_opt(now, token.expires_at),
-    )
-}
-
 /// Renders a new token and its one-time secret.
 pub(crate) fn render_created(created: &CreatedTokenView, now: SystemTime) -> String {
     let t = &created.token;
-    let labels = labels_text(t);
     let mut text = format!("Enrollment token {} created.\n\n", t.token_id);
     text.push_str(&key_values(
         2,
         &[
-            (
-                "Description",
-                if t.description.is_empty() {
-                    NONE.to_owned()
-                } else {
-                    t.description.clone()
-                },
-            ),
-            (
-                "Labels",
-                if labels.is_empty() {
-                    NONE.to_owned()
-                } else {
-                    labels
-                },
-            ),
+            ("Description", or_none(&t.description)),
+            ("Labels", or_none(&labels_text(&t.labels))),
             ("Uses", uses_text(t)),
-            (
-                "Expires",
-                match t.expires_at {
-                    Some(_) => format!("{} ({})", expires_text(t, now), rfc3339_opt(t.expires_at)),
-                    None => "never".to_owned(),
-                },
-            ),
+            ("Expires", relative_time_detail(now, t.expires_at)),
         ],
     ));
     text.push_str(&secret_block("Secret", &created.secret));
@@ -183,23 +148,14 @@ pub(crate) fn render_table(tokens: &[EnrollmentTokenView], now: SystemTime) -> S
         "LABELS",
     ]);
     for t in tokens {
-        let labels = labels_text(t);
         table.push([
             t.token_id.clone(),
             t.state.as_str().to_owned(),
             uses_text(t),
-            expires_text(t, now),
+            relative_time_opt(now, t.expires_at),
             relative_time_opt(now, t.created_at),
-            if t.description.is_empty() {
-                NONE.to_owned()
-            } else {
-                t.description.clone()
-            },
-            if labels.is_empty() {
-                NONE.to_owned()
-            } else {
-                labels
-            },
+            or_none(&t.description),
+            or_none(&labels_text(&t.labels)),
         ]);
     }
     table.render()
@@ -207,10 +163,6 @@ pub(crate) fn render_table(tokens: &[EnrollmentTokenView], now: SystemTime) -> S
 
 /// Renders `enroll-token list -o csv`.
 pub(crate) fn render_csv(tokens: &[EnrollmentTokenView]) -> String {
-    let opt_time = |t: Option<SystemTime>| {
-        t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
-            .unwrap_or_default()
-    };
     let mut text = csv_record([
         "token_id",
         "state",
@@ -228,11 +180,11 @@ pub(crate) fn render_csv(tokens: &[EnrollmentTokenView]) -> String {
             t.state.as_str().to_owned(),
             t.use_count.to_string(),
             t.max_uses.map(|n| n.to_string()).unwrap_or_default(),
-            opt_time(t.created_at),
-            opt_time(t.expires_at),
+            csv_time(t.created_at),
+            csv_time(t.expires_at),
             t.revoked.to_string(),
             t.description.clone(),
-            labels_text(t),
+            labels_text(&t.labels),
         ]));
     }
     text

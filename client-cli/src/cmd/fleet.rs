@@ -5,15 +5,17 @@ use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 
-use crate::cli::{MetricsArgs, ObjectFormat, ObjectOutput, SeriesFormat};
+use crate::cli::{MetricsArgs, ObjectOutput, SeriesFormat};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::format::{
-    NONE, Table, csv_record, format_bytes, format_percent, format_rate, key_values, long_duration,
-    rfc3339_opt, usage_percent,
+    NONE, Table, csv_record, csv_time, format_bytes, format_percent, format_rate, indent,
+    key_values, long_duration, or_none, rfc3339_opt, usage_percent,
 };
 use crate::view::{MetricsPointView, ServerConfigView, SummaryView};
 use crate::{CliError, write_json};
+
+use super::{print_object, required_id};
 
 /// `metrics ID`: points from `now - since` to now, one per `step`.
 pub(crate) async fn metrics(
@@ -21,10 +23,7 @@ pub(crate) async fn metrics(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = args.id.trim().to_owned();
-    if id.is_empty() {
-        return Err(CliError::Usage("the agent id must not be empty".to_owned()));
-    }
+    let id = required_id(&args.id, "agent")?;
     if args.since.is_zero() {
         return Err(CliError::Usage(
             "--since must be longer than zero".to_owned(),
@@ -80,11 +79,7 @@ pub(crate) async fn summary(
         .map_err(|status| conn.error(&status, None))?
         .into_inner()
         .into();
-    match args.output {
-        ObjectFormat::Table => out.write_all(render_summary(&summary).as_bytes())?,
-        ObjectFormat::Json => write_json(out, &summary)?,
-    }
-    Ok(())
+    print_object(out, args.output, &summary, render_summary)
 }
 
 /// `config`: what the server has in force.
@@ -101,11 +96,7 @@ pub(crate) async fn config(
         .map_err(|status| conn.error(&status, None))?
         .into_inner()
         .into();
-    match args.output {
-        ObjectFormat::Table => out.write_all(render_config(&config).as_bytes())?,
-        ObjectFormat::Json => write_json(out, &config)?,
-    }
-    Ok(())
+    print_object(out, args.output, &config, render_config)
 }
 
 /// Renders metric points as a table.
@@ -157,9 +148,7 @@ pub(crate) fn render_points_csv(points: &[MetricsPointView]) -> String {
     ]);
     for p in points {
         text.push_str(&csv_record([
-            p.time
-                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                .unwrap_or_default(),
+            csv_time(p.time),
             p.sample_count.to_string(),
             p.cpu_percent.to_string(),
             p.load_1.to_string(),
@@ -213,9 +202,7 @@ pub(crate) fn render_summary(s: &SummaryView) -> String {
             let os = if os.is_empty() { "(unknown)" } else { os };
             table.push([os.to_owned(), n.to_string()]);
         }
-        for line in table.render().lines() {
-            text.push_str(&format!("  {line}\n"));
-        }
+        text.push_str(&indent(&table.render(), 2));
     }
     text
 }
@@ -237,11 +224,7 @@ pub(crate) fn render_config(c: &ServerConfigView) -> String {
             )
         },
     );
-    let features = if c.features.is_empty() {
-        NONE.to_owned()
-    } else {
-        c.features.join(", ")
-    };
+    let features = or_none(&c.features.join(", "));
     key_values(
         0,
         &[

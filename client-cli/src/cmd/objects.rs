@@ -17,6 +17,8 @@ use crate::client::{AdminClient, Connection};
 use crate::config::Settings;
 use crate::{CliError, write_json};
 
+use super::required_id;
+
 /// An object kind the admin commands list and revoke.
 pub(crate) trait AdminObject: Serialize + Sized {
     /// The wire type the server answers with.
@@ -120,10 +122,7 @@ where
     F: FnOnce(AdminClient, String) -> Fut,
     Fut: Future<Output = Result<Option<T::Pb>, tonic::Status>>,
 {
-    let id = args.id.trim().to_owned();
-    if id.is_empty() {
-        return Err(CliError::Usage("the token id must not be empty".to_owned()));
-    }
+    let id = required_id(&args.id, "token")?;
     let conn = Connection::connect(settings).await?;
     let revoked = rpc(conn.admin(), id.clone())
         .await

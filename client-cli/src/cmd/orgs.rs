@@ -8,15 +8,16 @@ use std::time::SystemTime;
 
 use tether_proto as pb;
 
-use crate::cli::{CreateOrgArgs, ObjectFormat, ObjectOutput};
+use crate::CliError;
+use crate::cli::{CreateOrgArgs, ObjectOutput};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
-use crate::format::{NONE, Table, key_values, relative_time_opt};
+use crate::format::{Table, key_values, or_none, relative_time_opt};
 use crate::view::{ApiTokenView, CreatedOrgView, OrgView};
-use crate::{CliError, write_json};
 
 use super::objects::{self, AdminObject, secret_block};
 use super::tokens::token_details;
+use super::{print_object, required_id};
 
 /// `orgs create ORG_ID`.
 pub(crate) async fn create(
@@ -24,10 +25,7 @@ pub(crate) async fn create(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let org_id = args.org_id.trim().to_owned();
-    if org_id.is_empty() {
-        return Err(CliError::Usage("the org id must not be empty".to_owned()));
-    }
+    let org_id = required_id(&args.org_id, "org")?;
     let request = pb::CreateOrgRequest {
         org_id: org_id.clone(),
         display_name: args.display_name.trim().to_owned(),
@@ -56,11 +54,9 @@ pub(crate) async fn create(
         admin_token: admin_token.map(|t| ApiTokenView::from_pb(t, now)),
         admin_secret,
     };
-    match args.output {
-        ObjectFormat::Table => out.write_all(render_created(&created, now).as_bytes())?,
-        ObjectFormat::Json => write_json(out, &created)?,
-    }
-    Ok(())
+    print_object(out, args.output, &created, |created| {
+        render_created(created, now)
+    })
 }
 
 /// `orgs list`.
@@ -93,14 +89,6 @@ impl AdminObject for OrgView {
     }
 }
 
-fn display_name(org: &OrgView) -> String {
-    if org.display_name.is_empty() {
-        NONE.to_owned()
-    } else {
-        org.display_name.clone()
-    }
-}
-
 /// Renders a new org, its first admin token and that token's one-time secret.
 pub(crate) fn render_created(created: &CreatedOrgView, now: SystemTime) -> String {
     let org = &created.org;
@@ -108,7 +96,7 @@ pub(crate) fn render_created(created: &CreatedOrgView, now: SystemTime) -> Strin
     text.push_str(&key_values(
         2,
         &[
-            ("Display name", display_name(org)),
+            ("Display name", or_none(&org.display_name)),
             ("Created", relative_time_opt(now, org.created_at)),
         ],
     ));
@@ -126,7 +114,7 @@ pub(crate) fn render_table(orgs: &[OrgView], now: SystemTime) -> String {
     for org in orgs {
         table.push([
             org.org_id.clone(),
-            display_name(org),
+            or_none(&org.display_name),
             relative_time_opt(now, org.created_at),
         ]);
     }

@@ -9,14 +9,15 @@ use std::time::SystemTime;
 
 use tether_proto as pb;
 
-use crate::cli::{CreateApiTokenArgs, ListApiTokensArgs, ObjectFormat, RevokeTokenArgs};
+use crate::CliError;
+use crate::cli::{CreateApiTokenArgs, ListApiTokensArgs, RevokeTokenArgs};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
-use crate::format::{Table, key_values, relative_time_opt, rfc3339_opt};
+use crate::format::{Table, key_values, relative_time_detail, relative_time_opt};
 use crate::view::{ApiTokenView, CreatedApiTokenView};
-use crate::{CliError, write_json};
 
 use super::objects::{self, AdminObject, secret_block, ttl_to_pb};
+use super::print_object;
 
 /// `tokens create`.
 pub(crate) async fn create(
@@ -45,11 +46,9 @@ pub(crate) async fn create(
         token: ApiTokenView::from_pb(token.unwrap_or_default(), now),
         secret,
     };
-    match args.output {
-        ObjectFormat::Table => out.write_all(render_created(&created, now).as_bytes())?,
-        ObjectFormat::Json => write_json(out, &created)?,
-    }
-    Ok(())
+    print_object(out, args.output, &created, |created| {
+        render_created(created, now)
+    })
 }
 
 /// `tokens list`.
@@ -103,14 +102,6 @@ pub(crate) fn role_text(token: &ApiTokenView) -> String {
     }
 }
 
-/// "never", or when the token expires (or expired) relative to `now`.
-fn expires_text(token: &ApiTokenView, now: SystemTime) -> String {
-    token.expires_at.map_or_else(
-        || "never".to_owned(),
-        |_| relative_time_opt(now, token.expires_at),
-    )
-}
-
 /// The key/value block describing one token (without its secret).
 pub(crate) fn token_details(indent: usize, t: &ApiTokenView, now: SystemTime) -> String {
     key_values(
@@ -120,13 +111,7 @@ pub(crate) fn token_details(indent: usize, t: &ApiTokenView, now: SystemTime) ->
             ("Name", t.name.clone()),
             ("Org", t.org_id.clone()),
             ("Role", role_text(t)),
-            (
-                "Expires",
-                match t.expires_at {
-                    Some(_) => format!("{} ({})", expires_text(t, now), rfc3339_opt(t.expires_at)),
-                    None => "never".to_owned(),
-                },
-            ),
+            ("Expires", relative_time_detail(now, t.expires_at)),
         ],
     )
 }
@@ -157,7 +142,7 @@ pub(crate) fn render_table(tokens: &[ApiTokenView], now: SystemTime) -> String {
             t.name.clone(),
             role_text(t),
             relative_time_opt(now, t.created_at),
-            expires_text(t, now),
+            relative_time_opt(now, t.expires_at),
             relative_time_opt(now, t.last_used_at),
             t.state.as_str().to_owned(),
         ]);
