@@ -1,0 +1,497 @@
+//! The pure renderers of the `agents` commands: the `agents list` table and CSV, the `agents get`
+//! detail page and the `agents watch` line. Each is a function of a view and the current time,
+//! unit-tested without a server.
+
+use std::time::SystemTime;
+
+use crate::format::{
+    NONE, Table, csv_record, csv_time, format_bytes, format_percent, indent, key_values,
+    labels_text, long_duration, or_none, relative_time_detail, relative_time_opt, rfc3339_opt,
+    usage_percent,
+};
+use crate::view::{AgentDetailView, AgentView, EventKind, TransitionView, WatchEventView};
+
+/// STATUS cell: the status, plus kubectl-style flags (`online,duplicate-hwid`).
+fn status_text(agent: &AgentView) -> String {
+    let mut text = agent.status.as_str().to_owned();
+    if agent.duplicate_hardware_id {
+        text.push_str(",duplicate-hwid");
+    }
+    text
+}
+
+/// Renders `agents list` as a table; `wide` adds host, versions, uptime and labels.
+pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) -> String {
+    let mut headers = vec![
+        "ID",
+        "NAME",
+        "STATUS",
+        "LAST SEEN",
+        "OS",
+        "CPU",
+        "MEM",
+        "HEALTH",
+    ];
+    if wide {
+        headers.extend([
+            "HOSTNAME",
+            "OS VERSION",
+            "ARCH",
+            "AGENT",
+            "UPTIME",
+            "LABELS",
+        ]);
+    }
+    let mut table = Table::new(headers).align_right(5).align_right(6);
+    for agent in agents {
+        let system = agent.system.as_ref();
+        let metrics = agent.latest_metrics.as_ref();
+        let mut row = vec![
+            agent.agent_id.clone(),
+            or_none(&agent.name),
+            status_text(agent),
+            relative_time_opt(now, agent.last_seen),
+            or_none(system.map_or("", |s| s.os_name.as_str())),
+            metrics.map_or_else(|| NONE.to_owned(), |m| format_percent(m.cpu_percent)),
+            metrics.map_or_else(
+                || NONE.to_owned(),
+                |m| usage_percent(m.memory_used_bytes, m.memory_total_bytes),
+            ),
+            agent.health.as_str().to_owned(),
+        ];
+        if wide {
+            row.extend([
+                or_none(system.map_or("", |s| s.hostname.as_str())),
+                or_none(system.map_or("", |s| s.os_version.as_str())),
+                or_none(system.map_or("", |s| s.architecture.as_str())),
+                or_none(&agent.agent_version),
+                metrics
+                    .and_then(|m| m.uptime_seconds)
+                    .map_or_else(|| NONE.to_owned(), long_duration),
+                or_none(&labels_text(&agent.labels)),
+            ]);
+        }
+        table.push(row);
+    }
+    table.render()
+}
+
+/// Renders `agents list -o csv`: raw values (RFC 3339 times, byte counts), a header row.
+pub(crate) fn render_csv(agents: &[AgentView]) -> String {
+    let mut text = csv_record([
+        "agent_id",
+        "name",
+        "status",
+        "status_reason",
+        "status_since",
+        "last_seen",
+        "health",
+        "duplicate_hardware_id",
+        "hostname",
+        "os_name",
+        "os_version",
+        "architecture",
+        "agent_version",
+        "cpu_percent",
+        "memory_used_bytes",
+        "memory_total_bytes",
+        "labels",
+    ]);
+    for agent in agents {
+        let system = agent.system.as_ref();
+        let metrics = agent.latest_metrics.as_ref();
+        let sys = |f: fn(&crate::view::SystemInfoView) -> &str| system.map_or("", f).to_owned();
+        text.push_str(&csv_record([
+            agent.agent_id.clone(),
+            agent.name.clone(),
+            agent.status.as_str().to_owned(),
+            agent.status_reason.as_str().to_owned(),
+            csv_time(agent.status_since),
+            csv_time(agent.last_seen),
+            agent.health.as_str().to_owned(),
+            agent.duplicate_hardware_id.to_string(),
+            sys(|s| &s.hostname),
+            sys(|s| &s.os_name),
+            sys(|s| &s.os_version),
+            sys(|s| &s.architecture),
+            agent.agent_version.clone(),
+            metrics
+                .map(|m| m.cpu_percent.to_string())
+                .unwrap_or_default(),
+            metrics
+                .map(|m| m.memory_used_bytes.to_string())
+                .unwrap_or_default(),
+            metrics
+                .map(|m| m.memory_total_bytes.to_string())
+                .unwrap_or_default(),
+            labels_text(&agent.labels),
+        ]));
+    }
+    text
+}
+
+/// Renders `agents get` for a person.
+pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String {
+    let agent = &detail.agent;
+    let when = |t: Option<SystemTime>| relative_time_detail(now, t);
+    let mut status = format!(
+        "{} ({}",
+        agent.status.as_str(),
+        agent.status_reason.as_str()
+    );
+    if agent.status_since.is_some() {
+        status.push_str(&format!(
+            ", since {}",
+            relative_time_opt(now, agent.status_since)
+        ));
+    }
+    status.push(')');
+    let mut pairs = vec![
+        ("ID", agent.agent_id.clone()),
+        ("Name", agent.name.clone()),
+        ("Org", agent.org_id.clone()),
+        ("Status", status),
+        ("Last seen", when(agent.last_seen)),
+        ("Enrolled", when(agent.enrolled_at)),
+        (
+            "Session",
+            agent
+                .session_id
+                .clone()
+                .unwrap_or_else(|| "not connected".to_owned()),
+        ),
+        ("Health", agent.health.as_str().to_owned()),
+        ("Agent version", or_none(&agent.agent_version)),
+        ("Durable seq", agent.last_durable_seq.to_string()),
+    ];
+    if agent.duplicate_hardware_id {
+        pairs.push((
+            "Warning",
+            "another live machine shares this hardware id (cloned image?)".to_owned(),
+        ));
+    }
+    let mut text = key_values(0, &pairs);
+
+    text.push_str("\nSystem:\n");
+    match &agent.system {
+        Some(s) => {
+            let os = [s.os_name.as_str(), s.os_version.as_str()]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
+            text.push_str(&key_values(
+                2,
+                &[
+                    ("Hostname", or_none(&s.hostname)),
+                    ("OS", or_none(&os)),
+                    ("Kernel", or_none(&s.kernel_version)),
+                    ("Architecture", or_none(&s.architecture)),
+                    (
+                        "CPU",
+                        format!("{} ({} cores)", or_none(&s.cpu_model), s.logical_cores),
+                    ),
+                    ("Memory", format_bytes(s.total_memory_bytes)),
+                    ("Hardware id", or_none(&s.hardware_id)),
+                    ("Booted", when(s.boot_time)),
+                ],
+            ));
+        }
+        None => text.push_str("  (not reported yet)\n"),
+    }
+
+    text.push_str("\nLabels:\n");
+    if agent.labels.is_empty() {
+        text.push_str("  (none)\n");
+    }
+    for (k, v) in &agent.labels {
+        text.push_str(&format!("  {k}={v}\n"));
+    }
+
+    match &agent.latest_metrics {
+        Some(m) => {
+            text.push_str(&format!(
+                "\nLatest metrics (seq {}, {}):\n",
+                m.seq,
+                relative_time_opt(now, m.time)
+            ));
+            let mut pairs = vec![
+                ("CPU", format_percent(m.cpu_percent)),
+                (
+                    "Load",
+                    format!("{:.2} {:.2} {:.2}", m.load_1, m.load_5, m.load_15),
+                ),
+                ("Memory", used_of(m.memory_used_bytes, m.memory_total_bytes)),
+                ("Swap", used_of(m.swap_used_bytes, m.swap_total_bytes)),
+                (
+                    "Network",
+                    format!(
+                        "rx {}, tx {} since boot",
+                        format_bytes(m.network_rx_bytes),
+                        format_bytes(m.network_tx_bytes)
+                    ),
+                ),
+                (
+                    "Uptime",
+                    m.uptime_seconds
+                        .map_or_else(|| NONE.to_owned(), long_duration),
+                ),
+                ("Processes", m.process_count.to_string()),
+            ];
+            if m.disks.is_empty() {
+                pairs.push(("Disks", NONE.to_owned()));
+            }
+            text.push_str(&key_values(2, &pairs));
+            if !m.disks.is_empty() {
+                text.push_str("  Disks:\n");
+                let mut table = Table::new(["MOUNT", "USED", "TOTAL", "USE%"])
+                    .align_right(1)
+                    .align_right(2)
+                    .align_right(3);
+                for d in &m.disks {
+                    table.push([
+                        d.mount_point.clone(),
+                        format_bytes(d.used_bytes),
+                        format_bytes(d.total_bytes),
+                        usage_percent(d.used_bytes, d.total_bytes),
+                    ]);
+                }
+                text.push_str(&indent(&table.render(), 4));
+            }
+        }
+        None => text.push_str("\nLatest metrics: none yet\n"),
+    }
+
+    text.push_str("\nRecent transitions:\n");
+    if detail.recent_transitions.is_empty() {
+        text.push_str("  (none)\n");
+    } else {
+        text.push_str(&indent(
+            &render_transitions(&detail.recent_transitions, now),
+            2,
+        ));
+    }
+    text
+}
+
+fn render_transitions(transitions: &[TransitionView], now: SystemTime) -> String {
+    let mut table = Table::new(["WHEN", "FROM", "TO", "REASON", "TIME"]);
+    for t in transitions {
+        table.push([
+            relative_time_opt(now, t.time),
+            t.from_status.as_str().to_owned(),
+            t.to_status.as_str().to_owned(),
+            t.reason.as_str().to_owned(),
+            rfc3339_opt(t.time),
+        ]);
+    }
+    table.render()
+}
+
+/// One `agents watch` line: time, event kind, agent id, name, then what changed.
+pub(crate) fn render_event(event: &WatchEventView, now: SystemTime) -> String {
+    let time = rfc3339_opt(event.time.or(Some(now)));
+    let kind = event.kind.as_str();
+    let Some(agent) = &event.agent else {
+        return format!("{time}  {kind}\n");
+    };
+    let detail = match event.kind {
+        EventKind::StatusChanged => format!(
+            "{} -> {} ({})",
+            event.previous_status.map_or("unknown", |s| s.as_str()),
+            status_text(agent),
+            agent.status_reason.as_str()
+        ),
+        EventKind::MetricsUpdated => match &agent.latest_metrics {
+            Some(m) => format!(
+                "cpu {} mem {} health {}",
+                format_percent(m.cpu_percent),
+                usage_percent(m.memory_used_bytes, m.memory_total_bytes),
+                agent.health.as_str()
+            ),
+            None => format!("health {}", agent.health.as_str()),
+        },
+        EventKind::LabelsChanged => {
+            let labels = labels_text(&agent.labels);
+            if labels.is_empty() {
+                "labels: (none)".to_owned()
+            } else {
+                format!("labels: {labels}")
+            }
+        }
+        EventKind::Removed => "removed".to_owned(),
+        EventKind::Snapshot | EventKind::Registered | EventKind::Synced | EventKind::Unknown => {
+            format!(
+                "{}, last seen {}",
+                status_text(agent),
+                relative_time_opt(now, agent.last_seen)
+            )
+        }
+    };
+    let name = or_none(&agent.name);
+    format!("{time}  {kind:<15}  {}  {name}  {detail}\n", agent.agent_id)
+}
+
+fn used_of(used: u64, total: u64) -> String {
+    format!(
+        "{} / {} ({})",
+        format_bytes(used),
+        format_bytes(total),
+        usage_percent(used, total)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{AgentStatus, Health, MetricsSampleView, StatusReason, SystemInfoView};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn agent(id: &str, name: &str, status: AgentStatus, last_seen: u64) -> AgentView {
+        AgentView {
+            agent_id: id.into(),
+            org_id: "o".into(),
+            name: name.into(),
+            status,
+            status_reason: StatusReason::Reconnected,
+            status_since: Some(at(last_seen)),
+            last_seen: Some(at(last_seen)),
+            enrolled_at: None,
+            session_id: None,
+            health: Health::Ok,
+            duplicate_hardware_id: false,
+            agent_version: "0.1.0".into(),
+            last_durable_seq: 0,
+            labels: BTreeMap::from([("env".into(), "prod".into()), ("a".into(), "b".into())]),
+            system: Some(SystemInfoView {
+                hostname: format!("{name}.local"),
+                os_name: "linux".into(),
+                os_version: "6".into(),
+                kernel_version: String::new(),
+                architecture: "x86_64".into(),
+                cpu_model: String::new(),
+                logical_cores: 2,
+                total_memory_bytes: 0,
+                hardware_id: String::new(),
+                boot_time: None,
+                agent_version: String::new(),
+            }),
+            latest_metrics: Some(MetricsSampleView {
+                seq: 1,
+                time: Some(at(last_seen)),
+                cpu_percent: 7.25,
+                load_1: 0.0,
+                load_5: 0.0,
+                load_15: 0.0,
+                memory_used_bytes: 1,
+                memory_total_bytes: 4,
+                swap_used_bytes: 0,
+                swap_total_bytes: 0,
+                disks: Vec::new(),
+                network_rx_bytes: 0,
+                network_tx_bytes: 0,
+                uptime_seconds: Some(Duration::from_secs(7_800)),
+                process_count: 9,
+            }),
+        }
+    }
+
+    #[test]
+    fn list_table() {
+        let mut dup = agent("a-22", "db", AgentStatus::Stale, 880);
+        dup.duplicate_hardware_id = true;
+        dup.latest_metrics = None;
+        let text = render_table(
+            &[agent("a-1", "web-1", AgentStatus::Online, 988), dup],
+            false,
+            at(1_000),
+        );
+        assert_eq!(
+            text,
+            "ID     NAME    STATUS                 LAST SEEN   OS       CPU   MEM   HEALTH\n\
+             a-1    web-1   online                 12s ago     linux   7.2%   25%   ok\n\
+             a-22   db      stale,duplicate-hwid   2m ago      linux      -     -   ok\n"
+        );
+    }
+
+    #[test]
+    fn wide_table_adds_columns() {
+        let text = render_table(
+            &[agent("a-1", "web-1", AgentStatus::Online, 988)],
+            true,
+            at(1_000),
+        );
+        let header = text.lines().next().expect("header");
+        assert!(
+            header.ends_with("HOSTNAME      OS VERSION   ARCH     AGENT   UPTIME   LABELS"),
+            "{header}"
+        );
+        assert!(text.contains("web-1.local"), "{text}");
+        assert!(text.contains("2h 10m"), "{text}");
+        assert!(text.contains("a=b,env=prod"), "{text}");
+    }
+
+    #[test]
+    fn csv_has_header_and_quotes_labels() {
+        let text = render_csv(&[agent("a-1", "web-1", AgentStatus::Online, 988)]);
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .expect("header")
+                .starts_with("agent_id,name,status,")
+        );
+        let row = lines.next().expect("row");
+        assert!(
+            row.starts_with("a-1,web-1,online,reconnected,1970-01-01T00:16:28Z,"),
+            "{row}"
+        );
+        assert!(row.ends_with(",7.25,1,4,\"a=b,env=prod\""), "{row}");
+    }
+
+    #[test]
+    fn detail_view() {
+        let detail = AgentDetailView {
+            agent: agent("a-1", "web-1", AgentStatus::Online, 988),
+            recent_transitions: vec![TransitionView {
+                time: Some(at(700)),
+                from_status: AgentStatus::Offline,
+                to_status: AgentStatus::Online,
+                reason: StatusReason::Reconnected,
+            }],
+        };
+        let text = render_detail(&detail, at(1_000));
+        assert!(
+            text.contains("Status:         online (reconnected, since 12s ago)"),
+            "{text}"
+        );
+        assert!(text.contains("Session:        not connected"), "{text}");
+        assert!(text.contains("  env=prod\n"), "{text}");
+        assert!(text.contains("Latest metrics (seq 1, 12s ago):"), "{text}");
+        assert!(
+            text.contains("5m ago   offline   online   reconnected"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn event_lines() {
+        let event = WatchEventView {
+            kind: EventKind::StatusChanged,
+            time: Some(at(1_000)),
+            revision: 5,
+            previous_status: Some(AgentStatus::Online),
+            agent: Some(agent("a-1", "web-1", AgentStatus::Stale, 985)),
+        };
+        assert_eq!(
+            render_event(&event, at(1_000)),
+            "1970-01-01T00:16:40Z  status_changed   a-1  web-1  online -> stale (reconnected)\n"
+        );
+    }
+}
