@@ -1,9 +1,12 @@
-//! The agent library's error type.
+//! The agent library's error types.
 //!
 //! [`AgentError`] is what [`crate::run`] and [`crate::enroll`] return. The run loop branches on
 //! [`AgentError::is_retryable`]: retryable errors (the server is unreachable, the stream broke,
 //! the server said something unexpected) lead to a reconnect with backoff; the others (bad
 //! configuration, rejected credential, revoked agent, unreadable state directory) stop the agent.
+//!
+//! [`SimulateError`] is what the fleet simulator ([`crate::simulate::simulate`]) returns: its
+//! own flags and files, or an [`AgentError`] from the agent code it runs.
 
 use std::path::PathBuf;
 
@@ -66,6 +69,54 @@ pub enum AgentError {
     Task(String),
 }
 
+/// What stops the fleet simulator before or while it runs.
+///
+/// A message names the flag or file at fault; the underlying cause, where there is one, is the
+/// error's [`source`](std::error::Error::source), so printing the chain (`{:#}` through
+/// `anyhow` in the binary) shows both.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// A simulator setting is out of range (`--agents 0`, a negative `--ramp`, …).
+    #[error("{0}")]
+    Config(String),
+
+    /// A state or stats file could not be opened, read or written.
+    #[error("{action} {}", path.display())]
+    File {
+        /// What was being done: `open`, `read` or `write`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A line of the state file is not a state line.
+    #[error("{}:{line}: not a state line", path.display())]
+    StateLine {
+        /// The state file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// Agents are missing from the state file and there is no token to enroll them with.
+    #[error("{0} agents are not in the state file and no --enroll-token was given")]
+    NoEnrollToken(usize),
+
+    /// Enrolling the agents missing from the state file failed.
+    #[error("enrollment failed")]
+    Enroll(#[source] AgentError),
+
+    /// The agent code refused a setting (backoff, server URL).
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
 impl AgentError {
     /// Whether the agent should try again (after backoff) instead of giving up.
     ///
@@ -99,7 +150,7 @@ impl From<tonic::transport::Error> for AgentError {
 }
 
 /// `err: cause: cause…`, skipping causes that repeat the previous message.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();
     let mut last = message.clone();
     let mut source = err.source();

@@ -44,7 +44,7 @@ pub use config::{
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_BUFFER_CAPACITY,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_SERVER_URL, DEFAULT_STATE_DIR,
 };
-pub use error::AgentError;
+pub use error::{AgentError, SimulateError};
 pub use latency::{LatencyHistogram, LatencySnapshot};
 pub use runner::{AgentHandle, run, spawn};
 pub use session::{MAX_SAMPLES_PER_REPORT, SHUTDOWN_GRACE};

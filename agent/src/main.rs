@@ -229,7 +229,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                         token.cancel();
                     });
                 }
-                tether_agent::simulate::simulate(config, shutdown).await
+                Ok(tether_agent::simulate::simulate(config, shutdown).await?)
             })
         }
     }

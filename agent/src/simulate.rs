@@ -26,12 +26,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +39,7 @@ use tracing::{Instrument as _, debug, info_span, warn};
 use crate::backoff::Backoff;
 use crate::client::{self, Transport};
 use crate::collector::Collector;
+use crate::error::{SimulateError, error_chain};
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::runner::{self, Agent, HoldEnd, SharedCollector};
 use crate::session::Shared;
@@ -168,24 +168,25 @@ impl SimulateConfig {
         }
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), SimulateError> {
+        let invalid = |message: &str| Err(SimulateError::Config(message.to_owned()));
         if self.n_agents == 0 {
-            bail!("--agents must be at least 1");
+            return invalid("--agents must be at least 1");
         }
         if self.n_connections == 0 {
-            bail!("--connections must be at least 1");
+            return invalid("--connections must be at least 1");
         }
         if !(self.ramp.is_finite() && self.ramp >= 0.0) {
-            bail!("--ramp must be a non-negative number of connections per second");
+            return invalid("--ramp must be a non-negative number of connections per second");
         }
         if self.os_mix.is_empty() {
-            bail!("--os-mix must name at least one OS");
+            return invalid("--os-mix must name at least one OS");
         }
         if self.enroll_concurrency == 0 {
-            bail!("--enroll-concurrency must be at least 1");
+            return invalid("--enroll-concurrency must be at least 1");
         }
         if self.stats_interval.is_zero() {
-            bail!("--stats-interval must not be zero");
+            return invalid("--stats-interval must not be zero");
         }
         self.backoff.validate()?;
         Ok(())
@@ -276,9 +277,12 @@ pub fn parse_label_mix(raw: &str) -> Result<Vec<(String, Vec<String>)>, String> 
 ///
 /// # Errors
 ///
-/// An invalid configuration, an unreadable state file, or enrollment that cannot succeed
-/// (no token, token refused).
-pub async fn simulate(config: SimulateConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// An invalid configuration, an unreadable state or stats file, or enrollment that cannot
+/// succeed (no token, token refused).
+pub async fn simulate(
+    config: SimulateConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SimulateError> {
     config.validate()?;
     let config = Arc::new(config);
     let reporter = Arc::new(Reporter::new(&config)?);
@@ -526,7 +530,7 @@ async fn run_agent(
                             if let Some(path) = &config.state_file
                                 && let Err(err) = append_state(path, &identity.hostname, &fresh)
                             {
-                                warn!("failed to record the new enrollment: {err:#}");
+                                warn!("failed to record the new enrollment: {}", error_chain(&err));
                             }
                             enrollment = fresh;
                         }
@@ -555,7 +559,7 @@ async fn enroll_all(
     config: &Arc<SimulateConfig>,
     reporter: &Arc<Reporter>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<Vec<Enrollment>>> {
+) -> Result<Option<Vec<Enrollment>>, SimulateError> {
     let known = match &config.state_file {
         Some(path) => load_state(path)?,
         None => HashMap::new(),
@@ -578,10 +582,7 @@ async fn enroll_all(
         return Ok(Some(slots.into_iter().flatten().collect()));
     }
     let Some(token) = config.enroll_token.clone() else {
-        bail!(
-            "{} agents are not in the state file and no --enroll-token was given",
-            missing.len()
-        );
+        return Err(SimulateError::NoEnrollToken(missing.len()));
     };
     let started = Instant::now();
     let channels: Vec<tonic::transport::Channel> = (0..ENROLL_CONNECTIONS)
@@ -641,7 +642,8 @@ async fn enroll_all(
                                     append_state(path, &identity.hostname, &enrollment)
                             {
                                 *lock(&fatal) = Some(crate::AgentError::Config(format!(
-                                    "cannot write the state file: {err:#}"
+                                    "cannot write the state file: {}",
+                                    error_chain(&err)
                                 )));
                                 return;
                             }
@@ -686,7 +688,7 @@ async fn enroll_all(
         }
     }
     if let Some(error) = lock(&fatal).take() {
-        return Err(error).context("enrollment failed");
+        return Err(SimulateError::Enroll(error));
     }
     for (index, enrollment) in lock(&results).drain(..) {
         slots[index] = Some(enrollment);
@@ -714,20 +716,24 @@ fn source_addr(config: &SimulateConfig, idx: usize) -> Option<IpAddr> {
 }
 
 /// Reads the state file; a later line for the same hostname wins (re-enrollment).
-fn load_state(path: &PathBuf) -> anyhow::Result<HashMap<String, Enrollment>> {
+fn load_state(path: &PathBuf) -> Result<HashMap<String, Enrollment>, SimulateError> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(err) => return Err(err).with_context(|| format!("open {}", path.display())),
+        Err(source) => return Err(file_error("open", path, source)),
     };
     let mut known = HashMap::new();
     for (line_no, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("read {}", path.display()))?;
+        let line = line.map_err(|source| file_error("read", path, source))?;
         if line.trim().is_empty() {
             continue;
         }
-        let entry: StateLine = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a state line", path.display(), line_no + 1))?;
+        let entry: StateLine =
+            serde_json::from_str(&line).map_err(|source| SimulateError::StateLine {
+                path: path.clone(),
+                line: line_no + 1,
+                source,
+            })?;
         known.insert(
             entry.hostname,
             Enrollment {
@@ -741,13 +747,18 @@ fn load_state(path: &PathBuf) -> anyhow::Result<HashMap<String, Enrollment>> {
 }
 
 /// Appends one enrollment to the state file (created with mode 0600).
-fn append_state(path: &PathBuf, hostname: &str, enrollment: &Enrollment) -> anyhow::Result<()> {
+fn append_state(
+    path: &PathBuf,
+    hostname: &str,
+    enrollment: &Enrollment,
+) -> Result<(), SimulateError> {
     let line = serde_json::to_string(&StateLine {
         hostname: hostname.to_owned(),
         agent_id: enrollment.agent_id.clone(),
         org_id: enrollment.org_id.clone(),
         credential: enrollment.credential.clone(),
-    })?;
+    })
+    .expect("a state line holds only strings, which always serialize");
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
@@ -757,10 +768,19 @@ fn append_state(path: &PathBuf, hostname: &str, enrollment: &Enrollment) -> anyh
     }
     let mut file = options
         .open(path)
-        .with_context(|| format!("open {}", path.display()))?;
+        .map_err(|source| file_error("open", path, source))?;
     // One write per line: concurrent appends from several workers never interleave.
     file.write_all(format!("{line}\n").as_bytes())
-        .with_context(|| format!("write {}", path.display()))
+        .map_err(|source| file_error("write", path, source))
+}
+
+/// A failed file operation, naming the file.
+fn file_error(action: &'static str, path: &Path, source: std::io::Error) -> SimulateError {
+    SimulateError::File {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -810,14 +830,14 @@ impl Totals {
 // === impl Reporter ===
 
 impl Reporter {
-    fn new(config: &SimulateConfig) -> anyhow::Result<Self> {
+    fn new(config: &SimulateConfig) -> Result<Self, SimulateError> {
         let file = match &config.stats_file {
             Some(path) => Some(Mutex::new(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .with_context(|| format!("open {}", path.display()))?,
+                    .map_err(|source| file_error("open", path, source))?,
             )),
             None => None,
         };
@@ -915,6 +935,51 @@ mod tests {
         assert_eq!(addrs[3].to_string(), "127.0.1.1");
         assert!(parse_source_addrs("127.0.0.5-127.0.0.4").is_err());
         assert!(parse_source_addrs("nope").is_err());
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag() {
+        let err = SimulateConfig::new("http://127.0.0.1:1", 0)
+            .validate()
+            .expect_err("no agents");
+        assert!(matches!(err, SimulateError::Config(_)), "{err:?}");
+        assert_eq!(err.to_string(), "--agents must be at least 1");
+        let mut config = SimulateConfig::new("http://127.0.0.1:1", 1);
+        config.backoff.multiplier = 0.5;
+        let err = config.validate().expect_err("shrinking backoff");
+        assert!(matches!(err, SimulateError::Agent(_)), "{err:?}");
+    }
+
+    #[test]
+    fn state_file_round_trips_and_names_a_bad_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sim.state");
+        assert!(load_state(&path).expect("absent file").is_empty());
+        let enrollment = |agent_id: &str| Enrollment {
+            agent_id: agent_id.to_owned(),
+            org_id: "o-1".to_owned(),
+            credential: Credential::new("secret"),
+        };
+        append_state(&path, "sim-000000", &enrollment("a-1")).expect("append");
+        append_state(&path, "sim-000000", &enrollment("a-2")).expect("append");
+        let known = load_state(&path).expect("state");
+        assert_eq!(known.len(), 1);
+        assert_eq!(
+            known["sim-000000"],
+            enrollment("a-2"),
+            "the later line wins"
+        );
+
+        std::fs::write(&path, "\n{\"hostname\":\"h\"}\n").expect("write");
+        let err = load_state(&path).expect_err("not a state line");
+        assert!(
+            matches!(err, SimulateError::StateLine { line: 2, .. }),
+            "{err:?}"
+        );
+        assert!(
+            error_chain(&err).starts_with(&format!("{}:2: not a state line: ", path.display())),
+            "{err}"
+        );
     }
 
     #[test]
