@@ -1,0 +1,176 @@
+//! What the benchmark watches through the server's API and the simulators' reports: a fleet
+//! client, online counts, every status change with the time it was seen (and the latencies and
+//! false transitions derived from them), and the simulators' progress.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use tether_proto as pb;
+use tether_tests::{Bearer, FleetClient};
+use tonic::transport::Endpoint;
+
+use crate::procs::{Simulator, lock};
+
+/// A status change seen by the watcher.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    pub(crate) unix_ms: u64,
+    pub(crate) hostname: String,
+    pub(crate) to: i32,
+}
+
+pub(crate) type Watched = Arc<Mutex<Vec<Seen>>>;
+
+/// Waits until every simulator in `sims` reported `ready`.
+pub(crate) async fn wait_ready(
+    sims: &mut [&mut Simulator],
+    started: Instant,
+    limit: Duration,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    loop {
+        for sim in sims.iter_mut() {
+            if !sim.running() {
+                bail!(
+                    "simulator {} exited early; see its log in {}",
+                    sim.prefix,
+                    dir.display()
+                );
+            }
+        }
+        if sims.iter().all(|sim| sim.ready()) {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bail!("not every agent came online within {limit:?}");
+        }
+        let views: Vec<&Simulator> = sims.iter().map(|sim| &**sim).collect();
+        progress("fleet: ramping", &views);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+pub(crate) async fn fleet_client(url: &str, token: &str) -> anyhow::Result<FleetClient> {
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .context("connect to the server")?;
+    Ok(
+        pb::fleet_service_client::FleetServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(token.to_owned())),
+        )
+        .max_decoding_message_size(64 << 20),
+    )
+}
+
+pub(crate) async fn count_online(fleet: &mut FleetClient, selector: &str) -> anyhow::Result<u32> {
+    Ok(fleet
+        .list_agents(pb::ListAgentsRequest {
+            statuses: vec![pb::AgentStatus::Online as i32],
+            label_selector: selector.to_owned(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .total_size)
+}
+
+/// Records every STATUS_CHANGED event until the stream ends.
+pub(crate) async fn watch(mut fleet: FleetClient, watched: Watched) {
+    let Ok(response) = fleet.watch_agents(pb::WatchAgentsRequest::default()).await else {
+        eprintln!("watcher: WatchAgents failed");
+        return;
+    };
+    let mut stream = response.into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                if event.kind != pb::AgentEventKind::StatusChanged as i32 {
+                    continue;
+                }
+                let Some(agent) = event.agent else { continue };
+                let hostname = agent
+                    .system_info
+                    .map(|info| info.hostname)
+                    .unwrap_or(agent.name);
+                lock(&watched).push(Seen {
+                    unix_ms: unix_ms(SystemTime::now()),
+                    hostname,
+                    to: agent.status,
+                });
+            }
+            Ok(None) => return,
+            Err(status) => {
+                if status.code() == tonic::Code::Aborted {
+                    eprintln!("watcher: fell behind and was aborted: {}", status.message());
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// For each agent whose hostname starts with `prefix`: ms from `since` to its first change to
+/// `status` at or after `since`.
+pub(crate) fn first_latencies(
+    watched: &Watched,
+    prefix: &str,
+    status: pb::AgentStatus,
+    since: u64,
+) -> Vec<f64> {
+    let mut first: HashMap<String, u64> = HashMap::new();
+    for seen in lock(watched).iter() {
+        if seen.to == status as i32 && seen.hostname.starts_with(prefix) && seen.unix_ms >= since {
+            first.entry(seen.hostname.clone()).or_insert(seen.unix_ms);
+        }
+    }
+    first.values().map(|at| (at - since) as f64).collect()
+}
+
+/// Changes away from online for agents that were never closed or silenced (the main group,
+/// and the close group before `close_at`).
+pub(crate) fn false_transitions(watched: &Watched, close_at: u64) -> usize {
+    lock(watched)
+        .iter()
+        .filter(|s| s.to != pb::AgentStatus::Online as i32)
+        .filter(|s| {
+            s.hostname.starts_with("main-")
+                || (s.hostname.starts_with("close-") && s.unix_ms < close_at)
+        })
+        .count()
+}
+
+pub(crate) fn progress(what: &str, sims: &[&Simulator]) {
+    let parts: Vec<String> = sims
+        .iter()
+        .map(|s| {
+            let latest = s.latest().unwrap_or_default();
+            format!(
+                "{} {}/{} (errors {})",
+                s.prefix,
+                latest["online"].as_u64().unwrap_or(0),
+                s.n_agents,
+                latest["errors"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    eprintln!("{what}: {}", parts.join(", "));
+}
+
+pub(crate) fn to_duration(d: Option<&prost_types::Duration>) -> Duration {
+    d.map_or(Duration::ZERO, |d| {
+        Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+    })
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    // Times before the epoch clamp to 0.
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

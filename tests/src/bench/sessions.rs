@@ -1,0 +1,204 @@
+//! The `sessions` phase of the benchmark: 100,000 sessions over ≤ 1,000 connections, measuring
+//! memory per session and query latency over the whole fleet while ingest runs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+use tether_proto as pb;
+
+use crate::Args;
+use crate::observe::{fleet_client, progress};
+use crate::procs::{Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib};
+use crate::report::{Row, quantile};
+
+pub(crate) async fn sessions_phase(
+    args: &Args,
+    reaper: &Reaper,
+    bin_dir: &Path,
+    dir: &Path,
+    record: &mut impl FnMut(Row),
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let stale = (args.sessions_heartbeat_interval * 3).max(Duration::from_secs(15));
+    let mut flags = vec![
+        format!(
+            "--metrics-interval={}",
+            humantime::format_duration(args.sessions_metrics_interval)
+        ),
+        format!(
+            "--heartbeat-interval={}",
+            humantime::format_duration(args.sessions_heartbeat_interval)
+        ),
+        format!("--stale-after={}", humantime::format_duration(stale)),
+        format!("--offline-after={}", humantime::format_duration(stale * 3)),
+    ];
+    flags.extend(args.server_flags.iter().cloned());
+    eprintln!("sessions: starting tether-server on port {port}");
+    let mut server = ServerProc::start(
+        reaper,
+        bin_dir,
+        port,
+        &dir.join("data"),
+        &flags,
+        &dir.join("server.log"),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_kib(server.pid).context("server rss")?;
+    let mut fleet = fleet_client(&server.url, &server.admin_token).await?;
+    let sim_args = vec![
+        "--server".to_owned(),
+        server.url.clone(),
+        "--enroll-token".to_owned(),
+        server.enroll_token.clone(),
+        "--connections".to_owned(),
+        args.session_connections.to_string(),
+        "--source-addrs".to_owned(),
+        args.source_addrs.clone(),
+        "--ramp".to_owned(),
+        (args.ramp / 20.0).max(1.0).to_string(),
+        "--enroll-concurrency".to_owned(),
+        "64".to_owned(),
+        "--state-file".to_owned(),
+        dir.join("sessions.state").display().to_string(),
+        "--stats-interval".to_owned(),
+        "2s".to_owned(),
+    ];
+    let mut sim = Simulator::start(
+        reaper,
+        bin_dir,
+        "mux",
+        args.sessions,
+        &sim_args,
+        &dir.join("sim.log"),
+    )?;
+    let started = Instant::now();
+    let limit = Duration::from_secs(300) + Duration::from_secs_f64(args.sessions as f64 / 100.0);
+    while !sim.ready() {
+        if !sim.running() {
+            bail!(
+                "the simulator exited early; see {}",
+                dir.join("sim.log").display()
+            );
+        }
+        if started.elapsed() > limit {
+            bail!("not every session came online within {limit:?}");
+        }
+        progress("sessions: ramping", &[&sim]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let ramp_secs = started.elapsed().as_secs_f64();
+    let enroll_rate = lock(&sim.reports).enroll_per_sec;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let summary = fleet
+        .get_fleet_summary(pb::GetFleetSummaryRequest {})
+        .await?
+        .into_inner();
+    let steady_rss = rss_kib(server.pid).context("server rss")?;
+    let sim_rss = sim
+        .latest()
+        .and_then(|v| v["rss_kib"].as_u64())
+        .unwrap_or(0);
+    let per_session = (steady_rss.saturating_sub(idle_rss)) as f64 / args.sessions as f64;
+    record(Row {
+        scenario: format!(
+            "{} sessions over {} connections",
+            args.sessions, args.session_connections
+        ),
+        figure: format!(
+            "{}/{} online (enroll {:.0}/s, ramp {ramp_secs:.0} s); server RSS {:.1} MiB = {per_session:.1} KiB/session above idle; simulator {:.1} KiB/session",
+            summary.online,
+            args.sessions,
+            enroll_rate.unwrap_or(f64::NAN),
+            steady_rss as f64 / 1024.0,
+            sim_rss as f64 / args.sessions as f64
+        ),
+        target: "all online; report RSS/session".into(),
+        pass: Some(summary.online as usize == args.sessions),
+        values: json!({"sessions": args.sessions, "online": summary.online, "idle_rss_kib": idle_rss,
+            "steady_rss_kib": steady_rss, "kib_per_session": per_session,
+            "simulator_kib_per_session": sim_rss as f64 / args.sessions as f64,
+            "ramp_secs": ramp_secs, "enroll_per_sec": enroll_rate}),
+    });
+
+    // Queries while the sessions keep sending.
+    let ids: Vec<String> = fleet
+        .list_agents(pb::ListAgentsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .agents
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    let cpu0 = cpu_secs(server.pid).context("server cpu")?;
+    let msgs0 = sim
+        .latest()
+        .and_then(|v| v["messages_sent"].as_f64())
+        .unwrap_or(0.0);
+    let q0 = Instant::now();
+    let mut list = Vec::new();
+    let mut list_total = 0;
+    let mut summ = Vec::new();
+    let mut get = Vec::new();
+    for i in 0..args.queries {
+        let t = Instant::now();
+        let page = fleet
+            .list_agents(pb::ListAgentsRequest {
+                label_selector: "env=prod,region=eu".into(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        list.push(t.elapsed().as_secs_f64() * 1000.0);
+        list_total = page.total_size;
+        let t = Instant::now();
+        fleet
+            .get_fleet_summary(pb::GetFleetSummaryRequest {})
+            .await?;
+        summ.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        fleet
+            .get_agent(pb::GetAgentRequest {
+                agent_id: ids[i % ids.len().max(1)].clone(),
+            })
+            .await?;
+        get.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let q_secs = q0.elapsed().as_secs_f64();
+    let msgs = sim
+        .latest()
+        .and_then(|v| v["messages_sent"].as_f64())
+        .unwrap_or(0.0)
+        - msgs0;
+    let cpu = cpu_secs(server.pid).context("server cpu")? - cpu0;
+    record(Row {
+        scenario: format!(
+            "ListAgents label selector over {} agents, ingest running",
+            args.sessions
+        ),
+        figure: format!(
+            "ListAgents(env=prod,region=eu → {list_total}, page 100) p50 {:.1} ms p99 {:.1} ms; GetFleetSummary p99 {:.1} ms; GetAgent p99 {:.1} ms; ingest {:.0} msgs/s",
+            quantile(&list, 0.5),
+            quantile(&list, 0.99),
+            quantile(&summ, 0.99),
+            quantile(&get, 0.99),
+            msgs / q_secs
+        ),
+        target: "ListAgents p99 < 50 ms".into(),
+        pass: Some(quantile(&list, 0.99) < 50.0),
+        values: json!({"list_p50_ms": quantile(&list, 0.5), "list_p99_ms": quantile(&list, 0.99),
+            "summary_p99_ms": quantile(&summ, 0.99), "get_agent_p99_ms": quantile(&get, 0.99),
+            "matches": list_total, "ingest_msgs_per_sec": msgs / q_secs,
+            "server_cpu_cores": cpu / q_secs}),
+    });
+    sim.stop().await;
+    server.stop(Duration::from_secs(30)).await;
+    Ok(())
+}
