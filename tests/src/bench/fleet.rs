@@ -16,7 +16,10 @@ use crate::observe::{
     Watched, count_online, false_transitions, first_latencies, fleet_client, to_duration, unix_ms,
     wait_ready, watch,
 };
-use crate::procs::{Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib};
+use crate::procs::{
+    Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
+    simulator_flags,
+};
 use crate::report::{Row, quantile};
 
 pub(crate) async fn fleet_phase(
@@ -28,17 +31,13 @@ pub(crate) async fn fleet_phase(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
-    let mut flags = vec![
-        format!(
-            "--metrics-interval={}",
-            humantime::format_duration(args.metrics_interval)
-        ),
-        format!(
-            "--heartbeat-interval={}",
-            humantime::format_duration(args.heartbeat_interval)
-        ),
-    ];
-    flags.extend(args.server_flags.iter().cloned());
+    let flags = server_flags(
+        &[
+            ("--metrics-interval", args.metrics_interval),
+            ("--heartbeat-interval", args.heartbeat_interval),
+        ],
+        &args.server_flags,
+    );
     let data_dir = dir.join("data");
     let server_log = dir.join("server.log");
     eprintln!("fleet: starting tether-server on port {port}");
@@ -57,20 +56,7 @@ pub(crate) async fn fleet_phase(
     let watcher = tokio::spawn(watch(fleet.clone(), watched.clone()));
 
     let sim_args = |n_conns: usize, extra: &[String]| -> Vec<String> {
-        let mut v = vec![
-            "--server".to_owned(),
-            server.url.clone(),
-            "--enroll-token".to_owned(),
-            server.enroll_token.clone(),
-            "--connections".to_owned(),
-            n_conns.to_string(),
-            "--source-addrs".to_owned(),
-            args.source_addrs.clone(),
-            "--ramp".to_owned(),
-            args.ramp.to_string(),
-            "--enroll-concurrency".to_owned(),
-            "64".to_owned(),
-        ];
+        let mut v = simulator_flags(&server, n_conns, &args.source_addrs, args.ramp);
         v.extend(extra.iter().cloned());
         v
     };
@@ -107,7 +93,16 @@ pub(crate) async fn fleet_phase(
     // while the whole fleet runs.
     let started = Instant::now();
     let limit = Duration::from_secs(120) + Duration::from_secs_f64(n_total as f64 / 50.0);
-    wait_ready(&mut [&mut main, &mut close], started, limit, dir).await?;
+    let poll = Duration::from_secs(2);
+    wait_ready(
+        "fleet",
+        &mut [&mut main, &mut close],
+        started,
+        limit,
+        poll,
+        dir,
+    )
+    .await?;
     let mut silent_extra = mix("silent");
     silent_extra.extend(["--silent-after".to_owned(), "10s".to_owned()]);
     let mut silent = Simulator::start(
@@ -118,7 +113,7 @@ pub(crate) async fn fleet_phase(
         &sim_args(args.silent, &silent_extra),
         &dir.join("sim-silent.log"),
     )?;
-    wait_ready(&mut [&mut silent], started, limit, dir).await?;
+    wait_ready("fleet", &mut [&mut silent], started, limit, poll, dir).await?;
     // Counted per group: the silent group goes silent 10 s after it is ready.
     let mut online = 0;
     for group in ["group=main", "group=close", "group=silent"] {
@@ -277,10 +272,7 @@ pub(crate) async fn fleet_phase(
 
     // Reconnect storm: restart the server under the main fleet.
     watcher.abort();
-    let errors_before = main
-        .latest()
-        .and_then(|v| v["errors"].as_u64())
-        .unwrap_or(0);
+    let errors_before = main.latest_u64("errors");
     let stop_took = server.stop(Duration::from_secs(30)).await;
     let restart_at = Instant::now();
     server = ServerProc::start(reaper, bin_dir, port, &data_dir, &flags, &server_log).await?;
@@ -297,17 +289,11 @@ pub(crate) async fn fleet_phase(
     };
     let watched_after: Watched = Arc::default();
     let watcher = tokio::spawn(watch(fleet.clone(), watched_after.clone()));
-    let errors_at_back = main
-        .latest()
-        .and_then(|v| v["errors"].as_u64())
-        .unwrap_or(0);
+    let errors_at_back = main.latest_u64("errors");
     let watch_from = unix_ms(SystemTime::now());
     tokio::time::sleep(Duration::from_secs(15)).await;
     let rss_after = rss_kib(server.pid).context("server rss after the restart")?;
-    let errors_later = main
-        .latest()
-        .and_then(|v| v["errors"].as_u64())
-        .unwrap_or(0);
+    let errors_later = main.latest_u64("errors");
     let back_secs = back.map_or(f64::NAN, |d| d.as_secs_f64());
     record(Row {
         scenario: format!("reconnect storm: restart under {} agents", args.agents),

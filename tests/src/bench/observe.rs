@@ -24,11 +24,18 @@ pub(crate) struct Seen {
 
 pub(crate) type Watched = Arc<Mutex<Vec<Seen>>>;
 
-/// Waits until every simulator in `sims` reported `ready`.
+/// Waits until every simulator in `sims` reported `ready`, printing `{phase}: ramping` progress
+/// every `poll`.
+///
+/// # Errors
+///
+/// A simulator exited, or `limit` passed since `started`.
 pub(crate) async fn wait_ready(
+    phase: &str,
     sims: &mut [&mut Simulator],
     started: Instant,
     limit: Duration,
+    poll: Duration,
     dir: &Path,
 ) -> anyhow::Result<()> {
     loop {
@@ -48,8 +55,8 @@ pub(crate) async fn wait_ready(
             bail!("not every agent came online within {limit:?}");
         }
         let views: Vec<&Simulator> = sims.iter().map(|sim| &**sim).collect();
-        progress("fleet: ramping", &views);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        progress(&format!("{phase}: ramping"), &views);
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -146,7 +153,7 @@ pub(crate) fn false_transitions(watched: &Watched, close_at: u64) -> usize {
         .count()
 }
 
-pub(crate) fn progress(what: &str, sims: &[&Simulator]) {
+fn progress(what: &str, sims: &[&Simulator]) {
     let parts: Vec<String> = sims
         .iter()
         .map(|s| {

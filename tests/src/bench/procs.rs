@@ -79,6 +79,64 @@ pub fn signal(pid: u32, name: &str) {
         .status();
 }
 
+/// tether-server flags: each `(name, duration)` as `--name=1m 30s`, then `extra` as given (so a
+/// flag repeated in `extra` wins).
+pub fn server_flags(durations: &[(&str, Duration)], extra: &[String]) -> Vec<String> {
+    durations
+        .iter()
+        .map(|(name, d)| format!("{name}={}", humantime::format_duration(*d)))
+        .chain(extra.iter().cloned())
+        .collect()
+}
+
+/// The `tether-agent simulate` flags every simulator of a phase shares: the server and its
+/// enrollment token, how many connections from which source addresses, and the ramp.
+pub fn simulator_flags(
+    server: &ServerProc,
+    n_connections: usize,
+    source_addrs: &str,
+    ramp: f64,
+) -> Vec<String> {
+    vec![
+        "--server".to_owned(),
+        server.url.clone(),
+        "--enroll-token".to_owned(),
+        server.enroll_token.clone(),
+        "--connections".to_owned(),
+        n_connections.to_string(),
+        "--source-addrs".to_owned(),
+        source_addrs.to_owned(),
+        "--ramp".to_owned(),
+        ramp.to_string(),
+        "--enroll-concurrency".to_owned(),
+        "64".to_owned(),
+    ]
+}
+
+/// Starts `command` as a child the benchmark owns: stdout piped, stderr appended to `log`,
+/// `RUST_LOG` from `log_var` (default `warn`), killed when dropped.
+fn spawn_logged(
+    command: &mut Command,
+    log: &Path,
+    log_var: &str,
+    stdin: Stdio,
+    what: &str,
+) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    command
+        .env("RUST_LOG", std::env::var(log_var).unwrap_or("warn".into()))
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {what}"))
+}
+
 /// Where the release binaries are: next to this one.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locate fleet-bench")?;
@@ -111,12 +169,8 @@ impl ServerProc {
         flags: &[String],
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let mut child = Command::new(bin_dir.join("tether-server"))
+        let mut command = Command::new(bin_dir.join("tether-server"));
+        command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -128,17 +182,14 @@ impl ServerProc {
             // system would: lift the per-token request rate, which exists for API callers.
             .arg("--token-requests-per-second=1000000")
             .arg("--token-request-burst=1000000")
-            .args(flags)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .context("start tether-server")?;
+            .args(flags);
+        let mut child = spawn_logged(
+            &mut command,
+            log,
+            "BENCH_SERVER_LOG",
+            Stdio::null(),
+            "tether-server",
+        )?;
         let pid = child.id().context("server pid")?;
         reaper.track(pid);
         let stdout = child.stdout.take().context("server stdout")?;
@@ -198,12 +249,8 @@ impl Simulator {
         args: &[String],
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("open {}", log.display()))?;
-        let mut child = Command::new(bin_dir.join("tether-agent"))
+        let mut command = Command::new(bin_dir.join("tether-agent"));
+        command
             .arg("simulate")
             .arg("--agents")
             .arg(n_agents.to_string())
@@ -211,17 +258,14 @@ impl Simulator {
             .arg(prefix)
             .arg("--json")
             .arg("--exit-on-stdin-close")
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SIM_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .context("start tether-agent simulate")?;
+            .args(args);
+        let mut child = spawn_logged(
+            &mut command,
+            log,
+            "BENCH_SIM_LOG",
+            Stdio::piped(),
+            "tether-agent simulate",
+        )?;
         reaper.track(child.id().context("simulator pid")?);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("simulator stdout")?;
@@ -261,6 +305,16 @@ impl Simulator {
     /// The latest stats record.
     pub fn latest(&self) -> Option<serde_json::Value> {
         lock(&self.reports).stats.last().map(|(_, v)| v.clone())
+    }
+
+    /// A counter of the latest stats record; 0 before the first record.
+    pub fn latest_u64(&self, field: &str) -> u64 {
+        self.latest().and_then(|v| v[field].as_u64()).unwrap_or(0)
+    }
+
+    /// A number of the latest stats record; 0 before the first record.
+    pub fn latest_f64(&self, field: &str) -> f64 {
+        self.latest().and_then(|v| v[field].as_f64()).unwrap_or(0.0)
     }
 
     /// Kills the process at once: its connections close without a goodbye.

@@ -4,13 +4,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde_json::json;
 use tether_proto as pb;
 
 use crate::Args;
-use crate::observe::{fleet_client, progress};
-use crate::procs::{Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib};
+use crate::observe::{fleet_client, wait_ready};
+use crate::procs::{
+    Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
+    simulator_flags,
+};
 use crate::report::{Row, quantile};
 
 pub(crate) async fn sessions_phase(
@@ -23,19 +26,15 @@ pub(crate) async fn sessions_phase(
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
     let stale = (args.sessions_heartbeat_interval * 3).max(Duration::from_secs(15));
-    let mut flags = vec![
-        format!(
-            "--metrics-interval={}",
-            humantime::format_duration(args.sessions_metrics_interval)
-        ),
-        format!(
-            "--heartbeat-interval={}",
-            humantime::format_duration(args.sessions_heartbeat_interval)
-        ),
-        format!("--stale-after={}", humantime::format_duration(stale)),
-        format!("--offline-after={}", humantime::format_duration(stale * 3)),
-    ];
-    flags.extend(args.server_flags.iter().cloned());
+    let flags = server_flags(
+        &[
+            ("--metrics-interval", args.sessions_metrics_interval),
+            ("--heartbeat-interval", args.sessions_heartbeat_interval),
+            ("--stale-after", stale),
+            ("--offline-after", stale * 3),
+        ],
+        &args.server_flags,
+    );
     eprintln!("sessions: starting tether-server on port {port}");
     let mut server = ServerProc::start(
         reaper,
@@ -49,24 +48,18 @@ pub(crate) async fn sessions_phase(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_kib(server.pid).context("server rss")?;
     let mut fleet = fleet_client(&server.url, &server.admin_token).await?;
-    let sim_args = vec![
-        "--server".to_owned(),
-        server.url.clone(),
-        "--enroll-token".to_owned(),
-        server.enroll_token.clone(),
-        "--connections".to_owned(),
-        args.session_connections.to_string(),
-        "--source-addrs".to_owned(),
-        args.source_addrs.clone(),
-        "--ramp".to_owned(),
-        (args.ramp / 20.0).max(1.0).to_string(),
-        "--enroll-concurrency".to_owned(),
-        "64".to_owned(),
+    let mut sim_args = simulator_flags(
+        &server,
+        args.session_connections,
+        &args.source_addrs,
+        (args.ramp / 20.0).max(1.0),
+    );
+    sim_args.extend([
         "--state-file".to_owned(),
         dir.join("sessions.state").display().to_string(),
         "--stats-interval".to_owned(),
         "2s".to_owned(),
-    ];
+    ]);
     let mut sim = Simulator::start(
         reaper,
         bin_dir,
@@ -77,19 +70,8 @@ pub(crate) async fn sessions_phase(
     )?;
     let started = Instant::now();
     let limit = Duration::from_secs(300) + Duration::from_secs_f64(args.sessions as f64 / 100.0);
-    while !sim.ready() {
-        if !sim.running() {
-            bail!(
-                "the simulator exited early; see {}",
-                dir.join("sim.log").display()
-            );
-        }
-        if started.elapsed() > limit {
-            bail!("not every session came online within {limit:?}");
-        }
-        progress("sessions: ramping", &[&sim]);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
+    let poll = Duration::from_secs(5);
+    wait_ready("sessions", &mut [&mut sim], started, limit, poll, dir).await?;
     let ramp_secs = started.elapsed().as_secs_f64();
     let enroll_rate = lock(&sim.reports).enroll_per_sec;
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -98,10 +80,7 @@ pub(crate) async fn sessions_phase(
         .await?
         .into_inner();
     let steady_rss = rss_kib(server.pid).context("server rss")?;
-    let sim_rss = sim
-        .latest()
-        .and_then(|v| v["rss_kib"].as_u64())
-        .unwrap_or(0);
+    let sim_rss = sim.latest_u64("rss_kib");
     let per_session = (steady_rss.saturating_sub(idle_rss)) as f64 / args.sessions as f64;
     record(Row {
         scenario: format!(
@@ -137,10 +116,7 @@ pub(crate) async fn sessions_phase(
         .map(|a| a.agent_id)
         .collect();
     let cpu0 = cpu_secs(server.pid).context("server cpu")?;
-    let msgs0 = sim
-        .latest()
-        .and_then(|v| v["messages_sent"].as_f64())
-        .unwrap_or(0.0);
+    let msgs0 = sim.latest_f64("messages_sent");
     let q0 = Instant::now();
     let mut list = Vec::new();
     let mut list_total = 0;
@@ -172,11 +148,7 @@ pub(crate) async fn sessions_phase(
         get.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let q_secs = q0.elapsed().as_secs_f64();
-    let msgs = sim
-        .latest()
-        .and_then(|v| v["messages_sent"].as_f64())
-        .unwrap_or(0.0)
-        - msgs0;
+    let msgs = sim.latest_f64("messages_sent") - msgs0;
     let cpu = cpu_secs(server.pid).context("server cpu")? - cpu0;
     record(Row {
         scenario: format!(
