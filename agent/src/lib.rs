@@ -8,14 +8,26 @@
 //! How it fits together:
 //!
 //! - [`runner`]: start-up (credential from the state directory or enrollment), the sampler task
-//!   and the reconnect loop with [`backoff`].
+//!   and the reconnect loop with [`backoff`] (exponential, jittered, reset only after a healthy
+//!   session).
 //! - `session`: one `Connect` stream: `Hello`, `Welcome`, metrics, pings, acks, goodbyes.
-//! - [`simulate`]: the fleet simulator (`tether-agent simulate`): many agents in one process,
-//!   each running the same reconnect loop and session code as a real agent.
+//! - `client`: gRPC clients from an explicit endpoint (connect timeout, keepalive, TLS), the
+//!   credential on every call, and enrollment ([`enroll`]).
 //! - [`buffer`]: unacknowledged samples and their sequence numbers, across sessions.
-//! - [`collector`]: what is measured ([`SysinfoCollector`] reads the real machine).
+//! - [`collector`]: what is measured ([`SysinfoCollector`] reads the real machine);
+//!   [`synthetic`]: [`SyntheticCollector`], a deterministic machine for the simulator and tests.
 //! - [`state`]: the 0600 state file with the agent id and credential.
-//! - `convert`: the only place that touches wire types (`tether_proto`).
+//! - [`config`]: [`AgentConfig`], with every default as a named constant.
+//! - [`error`]: [`AgentError`] with its retry predicate, and the simulator's [`SimulateError`].
+//! - [`stats`]: [`AgentStats`], live counters the agent updates and anyone reads without
+//!   blocking it.
+//! - [`latency`]: [`LatencyHistogram`], the lock-free ack-latency histogram the simulator
+//!   reports.
+//! - [`simulate`]: the fleet simulator (`tether-agent simulate`): many agents in one process,
+//!   each running the same reconnect loop and session code as a real agent; its settings, state
+//!   file and stats records live in its child modules.
+//! - `convert`: the only place that builds or takes apart wire messages (`tether_proto`);
+//!   `client` and `session` only carry them.
 //!
 //! Intervals are never hard-coded: the heartbeat and metrics intervals come from the server's
 //! `Welcome`.

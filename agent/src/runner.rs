@@ -3,7 +3,7 @@
 //!
 //! [`run`] is what the binary and the tests drive; [`spawn`] runs it on a task and returns an
 //! [`AgentHandle`]. The fleet simulator (`crate::simulate`) runs the same reconnect loop
-//! ([`hold_sessions`]) and sampler ([`sample_forever`]) for each simulated agent; only
+//! (`hold_sessions`) and sampler (`sample_forever`) for each simulated agent; only
 //! enrollment and the transport differ.
 
 use std::collections::BTreeMap;

@@ -1,10 +1,10 @@
 //! The fleet simulator behind `tether-agent simulate`: many agents in one process, each a real
 //! agent session on the real protocol.
 //!
-//! Every simulated agent runs the same reconnect loop ([`runner::hold_sessions`]), session code
+//! Every simulated agent runs the same reconnect loop (`runner::hold_sessions`), session code
 //! (`Hello`, `Welcome`, metrics with seq at the server's interval, pings at its heartbeat
 //! interval, acks, resend of unacknowledged samples, backoff) and sampler
-//! ([`runner::sample_forever`]) as `tether-agent run`; only three things differ:
+//! (`runner::sample_forever`) as `tether-agent run`; only three things differ:
 //!
 //! - the machine is a [`SyntheticCollector`] (distinct hostname, hardware id, OS and labels per
 //!   agent index, chosen deterministically from `--label-mix` / `--os-mix`);
@@ -12,11 +12,11 @@
 //!   one JSON-lines `--state-file` instead of a state directory per agent, so reruns reuse ids
 //!   and credentials;
 //! - with `--connections M < N`, sessions are HTTP/2 streams multiplexed over M shared channels
-//!   ([`Transport::Shared`]); with M = N each session dials its own connection like a real agent,
+//!   (`Transport::Shared`); with M = N each session dials its own connection like a real agent,
 //!   from one of the `--source-addrs`.
 //!
 //! Memory: one task per agent (the sampler runs inside it), one outbound queue per live session,
-//! and the agent's small [`Shared`] state. No per-agent thread, no per-agent timer task.
+//! and the agent's small `session::Shared` state. No per-agent thread, no per-agent timer task.
 //!
 //! Output: progress while enrolling and ramping, then one stats record per `--stats-interval`,
 //! as text or JSON lines on stdout (and always as JSON lines in `--stats-file`). The fleet

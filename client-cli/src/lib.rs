@@ -11,11 +11,23 @@
 //! The binary is thin: it parses a [`Cli`] and calls [`run`], which writes normal output to the
 //! writer it is given. The end-to-end tests call the same [`run`] with a `Vec<u8>`.
 //!
-//! Modules: [`cli`] (the argument grammar), [`config`] (where server and token come from),
-//! [`client`] (the connection and auth interceptor), [`view`] (the JSON output types and
-//! conversions from the wire), [`mod@format`] (tables, CSV, relative times, sizes), [`selector`]
-//! (label arguments), [`error`] (the error type and gRPC status mapping); the commands live in
-//! the private `cmd` module.
+//! Modules:
+//!
+//! - [`cli`]: the argument grammar (clap derive types).
+//! - [`config`]: where the server, the token and the TLS files come from (flags, environment,
+//!   config file).
+//! - [`client`]: the connection, the bearer-token interceptor and the typed service clients.
+//! - [`view`]: the stable JSON output types, by command area, with every conversion from a
+//!   wire answer (`view/convert.rs`) and the serde helpers for times, durations and bytes.
+//! - [`mod@format`]: tables, CSV, relative times, sizes, and the small text rules every command
+//!   shares.
+//! - [`selector`]: label arguments, checked with the contract's grammar.
+//! - [`error`]: [`CliError`] and the one gRPC status → message mapping.
+//! - `cmd` (private): the dispatcher and the helpers every command shares (id check, one-object
+//!   output, paging); one module per command group (`agents` with its renderers in
+//!   `agents/render.rs`, `fleet`, `tokens`, `enroll`, `orgs`, `audit` with the pure chain check
+//!   in `audit/chain.rs`); `objects` is the list/revoke skeleton `tokens`, `enroll-token` and
+//!   `orgs` share.
 
 pub mod cli;
 pub mod client;

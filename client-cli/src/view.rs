@@ -7,8 +7,8 @@
 //! every format shows the same facts.
 //!
 //! Where things live: the types by command area (`agents`, `fleet`, `admin` for tokens and
-//! orgs, `audit`), the conversions from the wire types in `convert` (the CLI's one edge with
-//! `tether_proto`), and the serde helpers for times, durations and bytes in `json`.
+//! orgs, `audit`), every conversion from a wire answer to a view in `convert`, and the serde
+//! helpers for times, durations and bytes in `json`.
 
 mod admin;
 mod agents;

@@ -1,4 +1,5 @@
-//! Conversions from the wire types into the views: the CLI's one edge with `tether_proto`.
+//! Conversions between the wire types and the views: every server answer becomes a view here,
+//! and the enum flags (`--status`, `--role`, `--outcome`) become wire values here.
 //!
 //! Conversions destructure the wire types exhaustively: a new proto field fails the build here
 //! until the CLI decides how to show it. Unknown enum values degrade to an `Unknown` variant

@@ -1,5 +1,5 @@
-//! Child processes of the benchmark: the server and the simulators, their output, their
-//! memory and CPU, and the guarantee that none outlives the benchmark.
+//! Child processes of the benchmark: the server and the simulators, the flags they start with,
+//! their output, their memory and CPU, and the guarantee that none outlives the benchmark.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
