@@ -321,20 +321,11 @@ where
     move |raw: &str| parse(raw).map(|_| raw.to_owned())
 }
 
-/// Parses `key=value`; the key must be non-empty and free of whitespace and `=`.
+/// Parses `--label key=value` with the contract's label grammar (`tether_proto::selector`), so
+/// a label the server would refuse stops the agent here, with the same words, instead of at
+/// enrollment.
 fn parse_label(raw: &str) -> Result<(String, String), String> {
-    let (key, value) = raw
-        .split_once('=')
-        .ok_or_else(|| format!("label {raw:?} must look like key=value"))?;
-    if key.is_empty() {
-        return Err(format!("label {raw:?} has an empty key"));
-    }
-    if key.chars().any(char::is_whitespace) || value.chars().any(char::is_control) {
-        return Err(format!(
-            "label {raw:?} contains whitespace or control characters"
-        ));
-    }
-    Ok((key.to_owned(), value.to_owned()))
+    tether_proto::selector::parse_label(raw).map_err(|err| err.to_string())
 }
 
 fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
