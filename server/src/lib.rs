@@ -13,6 +13,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod gate;
+pub mod health;
 pub mod liveness;
 pub mod metrics;
 pub mod rate;

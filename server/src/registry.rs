@@ -794,7 +794,7 @@ impl Entry {
     fn health(&self, thresholds: &HealthThresholds) -> Health {
         self.latest
             .as_ref()
-            .map_or(Health::Unknown, |s| health_of(s, thresholds))
+            .map_or(Health::Unknown, |s| crate::health::health_of(s, thresholds))
     }
 
     fn view(&self, thresholds: &HealthThresholds) -> AgentView {
@@ -838,45 +838,3 @@ fn search_text(record: &AgentRecord) -> String {
         record.system_info.hostname.to_lowercase()
     )
 }
-
-/// Health of one sample: the worst of cpu, memory and the fullest disk.
-pub fn health_of(sample: &Sample, t: &HealthThresholds) -> Health {
-    fn level(value: f64, warning: f64, critical: f64) -> Health {
-        if value >= critical {
-            Health::Critical
-        } else if value >= warning {
-            Health::Warning
-        } else {
-            Health::Ok
-        }
-    }
-    fn percent(used: u64, total: u64) -> f64 {
-        if total == 0 {
-            0.0
-        } else {
-            used as f64 * 100.0 / total as f64
-        }
-    }
-    let cpu = level(sample.cpu_percent, t.cpu_warning, t.cpu_critical);
-    let memory = level(
-        percent(sample.memory_used_bytes, sample.memory_total_bytes),
-        t.memory_warning,
-        t.memory_critical,
-    );
-    let disk = sample
-        .disks
-        .iter()
-        .map(|d| {
-            level(
-                percent(d.used_bytes, d.total_bytes),
-                t.disk_warning,
-                t.disk_critical,
-            )
-        })
-        .max()
-        .unwrap_or(Health::Ok);
-    cpu.max(memory).max(disk)
-}
-
-#[cfg(test)]
-mod tests;
