@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod devcerts;
 pub mod domain;
 pub mod error;
 pub mod gate;

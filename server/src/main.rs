@@ -286,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
         .tls_cert
         .as_ref()
         .and_then(|cert| cert.parent())
-        .map(|dir| dir.join(tether_server::tls::CA_CERT_FILE));
+        .map(|dir| dir.join(tether_server::devcerts::CA_CERT_FILE));
     let mtls = config.mtls();
 
     let shutdown = CancellationToken::new();
@@ -388,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// `gen-certs`: writes the certificates and prints how to use them.
 fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
-    let certs = tether_server::tls::generate_dev_certs(&args.out, &args.hosts, &args.agents)
+    let certs = tether_server::devcerts::generate_dev_certs(&args.out, &args.hosts, &args.agents)
         .context("gen-certs")?;
     let d = |p: &std::path::Path| p.display().to_string();
     let host = args

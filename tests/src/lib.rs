@@ -717,7 +717,7 @@ impl Drop for CrashableServer {
 // === TLS ===
 
 /// A [`TestServer`] serving TLS with development certificates made by
-/// [`tether_server::tls::generate_dev_certs`] (the code behind `tether-server gen-certs`) in a
+/// [`tether_server::devcerts::generate_dev_certs`] (the code behind `tether-server gen-certs`) in a
 /// temporary directory. Its clients connect to `https://localhost:PORT` trusting that CA; the
 /// plaintext helpers of the inner [`TestServer`] are deliberately not reachable.
 pub struct TlsTestServer {
@@ -727,7 +727,7 @@ pub struct TlsTestServer {
     pub addr: SocketAddr,
     pub admin_token: String,
     /// The CA, server and CLI certificates (agents' ones come from [`Self::issue_agent_cert`]).
-    pub certs: tether_server::tls::DevCerts,
+    pub certs: tether_server::devcerts::DevCerts,
     /// Keeps the certificate directory alive.
     pub certs_dir: tempfile::TempDir,
 }
@@ -737,8 +737,9 @@ impl TlsTestServer {
     /// also the client CA. `handshake_timeout` overrides the default when given.
     pub async fn start(config: Config, mtls: bool, handshake_timeout: Option<Duration>) -> Self {
         let certs_dir = tempfile::tempdir().expect("certs dir");
-        let certs = tether_server::tls::generate_dev_certs(certs_dir.path(), &tls_hosts(), &[])
-            .expect("generate dev certs");
+        let certs =
+            tether_server::devcerts::generate_dev_certs(certs_dir.path(), &tls_hosts(), &[])
+                .expect("generate dev certs");
         let mut config = config;
         let mut tls =
             tether_server::config::TlsSettings::new(&certs.server_cert, &certs.server_key);
@@ -771,7 +772,7 @@ impl TlsTestServer {
     /// Issues a client certificate with Common Name `id` from the server's CA; returns
     /// (certificate, key) paths.
     pub fn issue_agent_cert(&self, id: &str) -> (PathBuf, PathBuf) {
-        let certs = tether_server::tls::generate_dev_certs(
+        let certs = tether_server::devcerts::generate_dev_certs(
             self.certs_dir.path(),
             &tls_hosts(),
             &[id.to_owned()],

@@ -94,9 +94,12 @@ async fn untrusting_and_plaintext_clients_are_refused() {
 
     // A client trusting another CA fails the handshake.
     let other_dir = tempfile::tempdir().expect("other CA dir");
-    let other =
-        tether_server::tls::generate_dev_certs(other_dir.path(), &["localhost".to_owned()], &[])
-            .expect("other CA");
+    let other = tether_server::devcerts::generate_dev_certs(
+        other_dir.path(),
+        &["localhost".to_owned()],
+        &[],
+    )
+    .expect("other CA");
     let other_ca = std::fs::read(&other.ca_cert).expect("read other CA");
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(other_ca));
@@ -209,7 +212,7 @@ async fn mtls_requires_a_certificate_issued_for_the_agents_own_id() {
     // A client certificate from a CA the server does not trust fails the handshake: the
     // connection (or, with TLS 1.3, its first request) is refused.
     let rogue_dir = tempfile::tempdir().expect("rogue CA dir");
-    let rogue = tether_server::tls::generate_dev_certs(
+    let rogue = tether_server::devcerts::generate_dev_certs(
         rogue_dir.path(),
         &["localhost".to_owned()],
         std::slice::from_ref(&id),
