@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use tether_proto::selector::Selector;
 use tokio::sync::broadcast;
 
 use crate::config::{HealthThresholds, LivenessConfig};
@@ -26,6 +25,12 @@ use crate::liveness;
 use crate::metrics::{Metrics, TransitionLabels};
 use crate::session::{CloseReason, Session};
 use crate::writer::WriterHandle;
+
+mod query;
+mod watch;
+
+pub use self::query::{AgentFilter, Page, Summary};
+pub use self::watch::{EventKind, FleetEvent, WatchGuard};
 
 /// A copy of one agent's state, taken under the read lock.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,50 +47,6 @@ pub struct AgentView {
     pub duplicate_hardware_id: bool,
 }
 
-/// What happened to an agent, as sent to watchers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    Registered,
-    StatusChanged { previous: AgentStatus },
-    MetricsUpdated,
-    LabelsChanged,
-    Removed,
-}
-
-/// One change, numbered by `revision` (server-wide, increasing).
-#[derive(Clone, Debug)]
-pub struct FleetEvent {
-    pub revision: u64,
-    pub org: OrgId,
-    pub kind: EventKind,
-    pub time: SystemTime,
-    pub agent: AgentView,
-}
-
-/// Filters of `ListAgents` / `WatchAgents`.
-#[derive(Clone, Debug, Default)]
-pub struct AgentFilter {
-    /// Empty: every status but expired (unless `include_expired`).
-    pub statuses: Vec<AgentStatus>,
-    pub include_expired: bool,
-    pub selector: Selector,
-    /// Lowercase OS name to match exactly.
-    pub os: Option<String>,
-    /// Lowercase substring of name or hostname.
-    pub query: Option<String>,
-}
-
-/// Counts for `GetFleetSummary`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Summary {
-    pub online: u32,
-    pub stale: u32,
-    pub offline: u32,
-    pub expired: u32,
-    pub by_os: BTreeMap<String, u32>,
-    pub health: BTreeMap<Health, u32>,
-}
-
 /// Outcome of [`Registry::enroll_target`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum EnrollTarget {
@@ -93,15 +54,6 @@ pub enum EnrollTarget {
     Existing(AgentId),
     /// A new agent. `duplicates` are live agents already using the same hardware id.
     New { duplicates: Vec<AgentId> },
-}
-
-/// One page of a listing.
-#[derive(Clone, Debug, Default)]
-pub struct Page {
-    pub agents: Vec<AgentView>,
-    /// Set when more agents match after the last one returned.
-    pub next_after: Option<AgentId>,
-    pub total: usize,
 }
 
 pub struct Registry {
@@ -525,104 +477,6 @@ impl Registry {
         }
     }
 
-    // --- queries ---
-
-    pub fn get(&self, org: &OrgId, agent: &AgentId) -> Option<AgentView> {
-        let inner = self.read();
-        let entry = inner.orgs.get(org)?.get(agent)?;
-        Some(entry.view(&self.health))
-    }
-
-    /// One page of the agents of `org` matching `filter`, ordered by agent id, starting after
-    /// `after`.
-    pub fn list(
-        &self,
-        org: &OrgId,
-        filter: &AgentFilter,
-        after: Option<&AgentId>,
-        page_size: usize,
-    ) -> Page {
-        let inner = self.read();
-        let Some(agents) = inner.orgs.get(org) else {
-            return Page::default();
-        };
-        let mut page = Page::default();
-        for (id, entry) in agents {
-            if !entry.matches(filter) {
-                continue;
-            }
-            page.total += 1;
-            if after.is_some_and(|after| id <= after) {
-                continue;
-            }
-            if page.agents.len() < page_size {
-                page.agents.push(entry.view(&self.health));
-            } else if page.next_after.is_none() {
-                page.next_after = page.agents.last().map(|a| a.record.id.clone());
-            }
-        }
-        page
-    }
-
-    pub fn summary(&self, org: &OrgId) -> Summary {
-        let inner = self.read();
-        let mut summary = Summary::default();
-        let Some(agents) = inner.orgs.get(org) else {
-            return summary;
-        };
-        for entry in agents.values() {
-            match entry.status {
-                AgentStatus::Online => summary.online += 1,
-                AgentStatus::Stale => summary.stale += 1,
-                AgentStatus::Offline => summary.offline += 1,
-                AgentStatus::Expired => {
-                    summary.expired += 1;
-                    continue;
-                }
-            }
-            *summary
-                .by_os
-                .entry(entry.record.system_info.os_name.clone())
-                .or_default() += 1;
-            *summary
-                .health
-                .entry(entry.health(&self.health))
-                .or_default() += 1;
-        }
-        summary
-    }
-
-    /// Subscribes to events and takes a consistent snapshot of `org`'s matching agents: every
-    /// event the receiver yields has a revision greater than the returned one.
-    pub fn watch(
-        self: &Arc<Self>,
-        org: &OrgId,
-        filter: &AgentFilter,
-        include_metrics: bool,
-    ) -> (Vec<AgentView>, u64, WatchGuard) {
-        let inner = self.read();
-        let rx = self.events.subscribe();
-        let snapshot = inner
-            .orgs
-            .get(org)
-            .map(|agents| {
-                agents
-                    .values()
-                    .filter(|e| e.matches(filter))
-                    .map(|e| e.view(&self.health))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if include_metrics {
-            self.metrics_watchers.fetch_add(1, Ordering::Relaxed);
-        }
-        let guard = WatchGuard {
-            rx,
-            metrics: include_metrics.then(|| self.clone()),
-        };
-        (snapshot, inner.revision, guard)
-    }
-
     // --- internals ---
 
     fn transition(
@@ -668,47 +522,6 @@ impl Registry {
             EventKind::StatusChanged { previous: from },
             now,
         );
-    }
-
-    fn emit(
-        &self,
-        inner: &mut Inner,
-        org: &OrgId,
-        agent: &AgentId,
-        kind: EventKind,
-        now: SystemTime,
-    ) {
-        inner.revision += 1;
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        let Some(entry) = inner.orgs.get(org).and_then(|a| a.get(agent)) else {
-            return;
-        };
-        let event = FleetEvent {
-            revision: inner.revision,
-            org: org.clone(),
-            kind,
-            time: now,
-            agent: entry.view(&self.health),
-        };
-        // An error only means nobody is listening right now.
-        let _ = self.events.send(Arc::new(event));
-    }
-}
-
-/// A watcher's subscription. Dropping it releases its interest in metrics events.
-pub struct WatchGuard {
-    pub rx: broadcast::Receiver<Arc<FleetEvent>>,
-    /// Set for watchers counted in `metrics_watchers`.
-    metrics: Option<Arc<Registry>>,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        if let Some(registry) = self.metrics.take() {
-            registry.metrics_watchers.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -810,24 +623,6 @@ impl Entry {
             health: self.health(thresholds),
             duplicate_hardware_id: self.duplicate_hardware_id,
         }
-    }
-
-    fn matches(&self, filter: &AgentFilter) -> bool {
-        let status_ok = if filter.statuses.is_empty() {
-            filter.include_expired || self.status != AgentStatus::Expired
-        } else {
-            filter.statuses.contains(&self.status)
-        };
-        status_ok
-            && filter.selector.matches(&self.record.labels)
-            && filter
-                .os
-                .as_deref()
-                .is_none_or(|os| self.record.system_info.os_name.eq_ignore_ascii_case(os))
-            && filter
-                .query
-                .as_deref()
-                .is_none_or(|q| self.search_text.contains(q))
     }
 }
 

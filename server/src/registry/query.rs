@@ -1,0 +1,133 @@
+//! Queries over the registry: one agent, a filtered page of agents, the fleet summary. Each
+//! takes the read lock once and copies out [`AgentView`]s; nothing is held after it returns.
+
+use std::collections::BTreeMap;
+
+use tether_proto::selector::Selector;
+
+use super::{AgentView, Entry, Registry};
+use crate::domain::{AgentId, AgentStatus, Health, OrgId};
+
+/// Filters of `ListAgents` / `WatchAgents`.
+#[derive(Clone, Debug, Default)]
+pub struct AgentFilter {
+    /// Empty: every status but expired (unless `include_expired`).
+    pub statuses: Vec<AgentStatus>,
+    pub include_expired: bool,
+    pub selector: Selector,
+    /// Lowercase OS name to match exactly.
+    pub os: Option<String>,
+    /// Lowercase substring of name or hostname.
+    pub query: Option<String>,
+}
+
+/// Counts for `GetFleetSummary`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub online: u32,
+    pub stale: u32,
+    pub offline: u32,
+    pub expired: u32,
+    pub by_os: BTreeMap<String, u32>,
+    pub health: BTreeMap<Health, u32>,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub agents: Vec<AgentView>,
+    /// Set when more agents match after the last one returned.
+    pub next_after: Option<AgentId>,
+    pub total: usize,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    pub fn get(&self, org: &OrgId, agent: &AgentId) -> Option<AgentView> {
+        let inner = self.read();
+        let entry = inner.orgs.get(org)?.get(agent)?;
+        Some(entry.view(&self.health))
+    }
+
+    /// One page of the agents of `org` matching `filter`, ordered by agent id, starting after
+    /// `after`.
+    pub fn list(
+        &self,
+        org: &OrgId,
+        filter: &AgentFilter,
+        after: Option<&AgentId>,
+        page_size: usize,
+    ) -> Page {
+        let inner = self.read();
+        let Some(agents) = inner.orgs.get(org) else {
+            return Page::default();
+        };
+        let mut page = Page::default();
+        for (id, entry) in agents {
+            if !entry.matches(filter) {
+                continue;
+            }
+            page.total += 1;
+            if after.is_some_and(|after| id <= after) {
+                continue;
+            }
+            if page.agents.len() < page_size {
+                page.agents.push(entry.view(&self.health));
+            } else if page.next_after.is_none() {
+                page.next_after = page.agents.last().map(|a| a.record.id.clone());
+            }
+        }
+        page
+    }
+
+    pub fn summary(&self, org: &OrgId) -> Summary {
+        let inner = self.read();
+        let mut summary = Summary::default();
+        let Some(agents) = inner.orgs.get(org) else {
+            return summary;
+        };
+        for entry in agents.values() {
+            match entry.status {
+                AgentStatus::Online => summary.online += 1,
+                AgentStatus::Stale => summary.stale += 1,
+                AgentStatus::Offline => summary.offline += 1,
+                AgentStatus::Expired => {
+                    summary.expired += 1;
+                    continue;
+                }
+            }
+            *summary
+                .by_os
+                .entry(entry.record.system_info.os_name.clone())
+                .or_default() += 1;
+            *summary
+                .health
+                .entry(entry.health(&self.health))
+                .or_default() += 1;
+        }
+        summary
+    }
+}
+
+// === impl Entry ===
+
+impl Entry {
+    pub(super) fn matches(&self, filter: &AgentFilter) -> bool {
+        let status_ok = if filter.statuses.is_empty() {
+            filter.include_expired || self.status != AgentStatus::Expired
+        } else {
+            filter.statuses.contains(&self.status)
+        };
+        status_ok
+            && filter.selector.matches(&self.record.labels)
+            && filter
+                .os
+                .as_deref()
+                .is_none_or(|os| self.record.system_info.os_name.eq_ignore_ascii_case(os))
+            && filter
+                .query
+                .as_deref()
+                .is_none_or(|q| self.search_text.contains(q))
+    }
+}
