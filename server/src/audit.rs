@@ -147,4 +147,38 @@ mod tests {
         tampered.target = "other".into();
         assert_ne!(chain(0, GENESIS, tampered).hash, a.hash);
     }
+
+    /// The hash is the contract `tetherctl audit verify` checks: these values were computed
+    /// when the chain was introduced and must never change for the same entry.
+    #[test]
+    fn chain_hash_of_a_known_entry_is_stable() {
+        let entry = AuditEntry {
+            org: OrgId::new("acme"),
+            time: std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_000_000),
+            actor_token: Some(TokenId::new("0123456789abcdef")),
+            actor_name: "ops".into(),
+            actor_role: Some(Role::Operator),
+            method: "/tether.v1.AdminService/CreateToken".into(),
+            target: "ci".into(),
+            outcome: AuditOutcome::Denied,
+            status_code: 7,
+            message: "no".into(),
+        };
+        let first = chain(41, [7u8; 32], entry.clone());
+        assert_eq!(first.seq, 42);
+        assert_eq!(
+            hex::encode(first.hash),
+            "360bab2344a23d0efc2a9c344b747a68c8fec0bccc205c1a31db08b80822ef14"
+        );
+        let anonymous = AuditEntry {
+            actor_token: None,
+            actor_role: None,
+            ..entry
+        };
+        let second = chain(first.seq, first.hash, anonymous);
+        assert_eq!(
+            hex::encode(second.hash),
+            "323cef51f42e1f32cd2abacd36a900bc458e802244e41a49327d0820af4945c7"
+        );
+    }
 }
