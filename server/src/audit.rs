@@ -5,70 +5,22 @@
 //! contract's definition, which `tetherctl audit verify` recomputes with the same function: a
 //! modified record breaks a hash, a deleted one leaves a gap in `seq`.
 
-use tether_proto as pb;
-
 use crate::auth::{Caller, Principal};
 use crate::convert;
 use crate::domain::{AuditEntry, AuditOutcome, AuditRecord, Role};
 
 pub use tether_proto::audit::GENESIS;
 
-/// Places `entry` after `(prev_seq, prev_hash)`.
+/// Places `entry` after `(prev_seq, prev_hash)`: the hash covers the wire form of the event
+/// with its hash field empty ([`convert::admin::audit_event_to_pb`]).
 pub fn chain(prev_seq: u64, prev_hash: [u8; 32], entry: AuditEntry) -> AuditRecord {
     let seq = prev_seq + 1;
-    let mut event = to_pb_unhashed(seq, &entry);
-    event.prev_hash = prev_hash.to_vec();
+    let event = convert::admin::audit_event_to_pb(seq, &entry, &prev_hash, None);
     AuditRecord {
         seq,
         hash: tether_proto::audit::event_hash(&event),
         entry,
         prev_hash,
-    }
-}
-
-pub fn to_pb(record: &AuditRecord) -> pb::AuditEvent {
-    let mut event = to_pb_unhashed(record.seq, &record.entry);
-    event.prev_hash = record.prev_hash.to_vec();
-    event.hash = record.hash.to_vec();
-    event
-}
-
-fn to_pb_unhashed(seq: u64, e: &AuditEntry) -> pb::AuditEvent {
-    pb::AuditEvent {
-        seq,
-        org_id: e.org.to_string(),
-        time: Some(convert::timestamp(e.time)),
-        actor_token_id: e
-            .actor_token
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        actor_name: e.actor_name.clone(),
-        actor_role: e.actor_role.map_or(pb::Role::Unspecified, role_to_pb) as i32,
-        method: e.method.clone(),
-        target: e.target.clone(),
-        outcome: outcome_to_pb(e.outcome) as i32,
-        status_code: e.status_code,
-        message: e.message.clone(),
-        prev_hash: Vec::new(),
-        hash: Vec::new(),
-    }
-}
-
-pub fn role_to_pb(role: Role) -> pb::Role {
-    match role {
-        Role::Admin => pb::Role::Admin,
-        Role::Operator => pb::Role::Operator,
-        Role::Viewer => pb::Role::Viewer,
-        Role::Agent => pb::Role::Agent,
-    }
-}
-
-pub fn outcome_to_pb(outcome: AuditOutcome) -> pb::AuditOutcome {
-    match outcome {
-        AuditOutcome::Succeeded => pb::AuditOutcome::Succeeded,
-        AuditOutcome::Denied => pb::AuditOutcome::Denied,
-        AuditOutcome::Failed => pb::AuditOutcome::Failed,
     }
 }
 

@@ -70,6 +70,17 @@ pub const DEFAULT_MEMORY_CRITICAL: f64 = 95.0;
 pub const DEFAULT_DISK_WARNING: f64 = 85.0;
 pub const DEFAULT_DISK_CRITICAL: f64 = 95.0;
 
+/// Capabilities this server offers, for clients to check instead of guessing from versions
+/// (served by `GetServerConfig`). Always on; `tls` and `mtls` are added when configured.
+pub const FEATURES: &[&str] = &[
+    "enrollment",
+    "metrics",
+    "watch",
+    "liveness",
+    "orgs",
+    "audit",
+];
+
 /// Name of the file in the data directory that holds the bootstrap admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 

@@ -1,5 +1,10 @@
-//! The RPC edge: conversions between wire types (`pb`) and domain types, with the validation
-//! that inbound data needs before it may reach the registry or the store.
+//! The RPC edge: every conversion between wire types (`pb`) and domain types, with the
+//! validation that inbound data needs before it may reach the registry or the store.
+//!
+//! Handlers convert a request here, call a use case with domain types, and convert its answer
+//! here; nothing else in the server builds or reads a `pb` message's fields (the session loop's
+//! protocol framing aside). This file holds what every service shares (times, labels, ids,
+//! system info, samples, enums); `convert/{agent,fleet,admin}.rs` hold each service's messages.
 //!
 //! Inbound conversions destructure their message exhaustively, so a field added to the proto
 //! fails to compile here until it is handled.
@@ -11,10 +16,13 @@ use tether_proto as pb;
 
 use crate::config::Limits;
 use crate::domain::{
-    AgentStatus, DiskUsage, Health, Labels, Sample, StatusReason, SystemInfo, Transition,
+    AgentStatus, AuditOutcome, DiskUsage, Health, Labels, Role, Sample, StatusReason, SystemInfo,
 };
 use crate::error::ServerError;
-use crate::registry::AgentView;
+
+pub mod admin;
+pub mod agent;
+pub mod fleet;
 
 /// Longest accepted text field of `SystemInfo` and disk mount points.
 pub const MAX_TEXT_BYTES: usize = 1024;
@@ -53,6 +61,38 @@ pub fn duration(d: Duration) -> prost_types::Duration {
 pub fn duration_from_pb(d: prost_types::Duration, field: &str) -> Result<Duration, ServerError> {
     Duration::try_from(d)
         .map_err(|_| ServerError::invalid(format!("{field}: invalid or negative duration")))
+}
+
+/// An optional span where zero means "none" (e.g. a TTL).
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a negative or malformed duration.
+pub fn nonzero_duration_from_pb(
+    d: Option<prost_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, ServerError> {
+    Ok(d.map(|d| duration_from_pb(d, field))
+        .transpose()?
+        .filter(|d| !d.is_zero()))
+}
+
+/// Checks that `raw` is a well-formed id (see [`crate::domain::is_valid_id`]) named `field`.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` when it is empty or malformed.
+pub fn id_from_pb<'a>(raw: &'a str, field: &str) -> Result<&'a str, ServerError> {
+    if crate::domain::is_valid_id(raw) {
+        Ok(raw)
+    } else if raw.is_empty() {
+        Err(ServerError::invalid(format!("{field} is required")))
+    } else {
+        Err(ServerError::invalid(format!(
+            "malformed {field} {:?}: 1-64 characters of [a-z0-9-]",
+            truncate(raw)
+        )))
+    }
 }
 
 // === labels ===
@@ -97,11 +137,17 @@ pub fn labels_from_pb(
     Ok(out)
 }
 
+/// Labels as the wire carries them.
+pub fn labels_to_pb(labels: &Labels) -> HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-fn text(value: String, field: &str) -> Result<String, ServerError> {
+/// Checks that a free-text field is at most [`MAX_TEXT_BYTES`] long.
+pub(crate) fn text(value: String, field: &str) -> Result<String, ServerError> {
     if value.len() > MAX_TEXT_BYTES {
         return Err(ServerError::invalid(format!(
             "{field} is {} bytes long; at most {MAX_TEXT_BYTES} are allowed",
@@ -323,114 +369,50 @@ pub fn health_to_pb(health: Health) -> pb::Health {
     }
 }
 
-// === agents ===
-
-pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
-    let record = &view.record;
-    pb::Agent {
-        agent_id: record.id.to_string(),
-        org_id: record.org.to_string(),
-        name: record.name.clone(),
-        labels: record
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        system_info: Some(system_info_to_pb(&record.system_info)),
-        status: status_to_pb(view.status) as i32,
-        status_reason: reason_to_pb(view.reason) as i32,
-        status_since: Some(timestamp(view.since)),
-        last_seen: opt_timestamp(view.last_seen),
-        enrolled_at: Some(timestamp(record.enrolled_at)),
-        session_id: view
-            .session
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        latest_metrics: view.latest.as_ref().map(sample_to_pb),
-        health: health_to_pb(view.health) as i32,
-        duplicate_hardware_id: view.duplicate_hardware_id,
-        agent_version: record.system_info.agent_version.clone(),
-        last_durable_seq: view.last_seq,
+pub fn role_to_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Admin => pb::Role::Admin,
+        Role::Operator => pb::Role::Operator,
+        Role::Viewer => pb::Role::Viewer,
+        Role::Agent => pb::Role::Agent,
     }
 }
 
-pub fn transition_to_pb(t: &Transition) -> pb::StatusTransition {
-    pb::StatusTransition {
-        time: Some(timestamp(t.time)),
-        from_status: status_to_pb(t.from) as i32,
-        to_status: status_to_pb(t.to) as i32,
-        reason: reason_to_pb(t.reason) as i32,
+pub fn outcome_to_pb(outcome: AuditOutcome) -> pb::AuditOutcome {
+    match outcome {
+        AuditOutcome::Succeeded => pb::AuditOutcome::Succeeded,
+        AuditOutcome::Denied => pb::AuditOutcome::Denied,
+        AuditOutcome::Failed => pb::AuditOutcome::Failed,
+    }
+}
+
+/// An outcome filter: `UNSPECIFIED` means any.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for an unknown number.
+pub fn outcome_filter_from_pb(value: i32) -> Result<Option<AuditOutcome>, ServerError> {
+    match pb::AuditOutcome::try_from(value) {
+        Ok(pb::AuditOutcome::Unspecified) => Ok(None),
+        Ok(pb::AuditOutcome::Succeeded) => Ok(Some(AuditOutcome::Succeeded)),
+        Ok(pb::AuditOutcome::Denied) => Ok(Some(AuditOutcome::Denied)),
+        Ok(pb::AuditOutcome::Failed) => Ok(Some(AuditOutcome::Failed)),
+        Err(_) => Err(ServerError::invalid("unknown audit outcome")),
+    }
+}
+
+/// A page size: zero means `default`, larger than `max` means `max`.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a negative size.
+pub fn page_size_from_pb(value: i32, default: usize, max: usize) -> Result<usize, ServerError> {
+    match value {
+        0 => Ok(default),
+        n if n < 0 => Err(ServerError::invalid("page_size must not be negative")),
+        n => Ok(usize::try_from(n).unwrap_or(max).min(max)),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_keys() {
-        for ok in ["env", "a", "team.io/owner", "x-y_z", "A1"] {
-            assert!(is_valid_label_key(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "a b", "a=b", "a,b", "é", "!a"] {
-            assert!(!is_valid_label_key(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn label_limits() {
-        let limits = Limits::default();
-        let mut labels = HashMap::new();
-        labels.insert("env".to_owned(), "prod".to_owned());
-        assert!(labels_from_pb(labels.clone(), &limits).is_ok());
-        labels.insert("bad key".to_owned(), "x".to_owned());
-        assert!(labels_from_pb(labels, &limits).is_err());
-        let too_many = (0..=limits.max_labels)
-            .map(|i| (format!("k{i}"), String::new()))
-            .collect();
-        assert!(labels_from_pb(too_many, &limits).is_err());
-        let long_value =
-            HashMap::from([("k".to_owned(), "v".repeat(limits.max_label_value_bytes + 1))]);
-        assert!(labels_from_pb(long_value, &limits).is_err());
-    }
-
-    #[test]
-    fn sample_validation() {
-        let good = pb::MetricsSample {
-            seq: 1,
-            time: Some(timestamp(SystemTime::now())),
-            cpu_percent: 12.5,
-            ..Default::default()
-        };
-        let sample = sample_from_pb(good.clone()).expect("valid");
-        assert_eq!(
-            sample_from_pb(sample_to_pb(&sample)).expect("round trip"),
-            sample
-        );
-        for bad in [
-            pb::MetricsSample {
-                seq: 0,
-                ..good.clone()
-            },
-            pb::MetricsSample {
-                time: None,
-                ..good.clone()
-            },
-            pb::MetricsSample {
-                cpu_percent: f64::NAN,
-                ..good.clone()
-            },
-            pb::MetricsSample {
-                load_1: -1.0,
-                ..good.clone()
-            },
-            pb::MetricsSample {
-                disks: vec![pb::DiskUsage::default(); MAX_DISKS_PER_SAMPLE + 1],
-                ..good.clone()
-            },
-        ] {
-            assert!(sample_from_pb(bad).is_err());
-        }
-    }
-}
+mod tests;

@@ -326,3 +326,107 @@ pub struct AuditRecord {
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
 }
+
+// === use-case inputs and outputs ===
+
+/// A new enrollment token, as asked for by `CreateEnrollmentToken` or by the binary
+/// (`--dev`, `--print-enrollment-token`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewEnrollmentToken {
+    pub description: String,
+    /// Stamped on every agent the token enrolls (pinned: they win over the agent's own).
+    pub labels: Labels,
+    /// Zero means unlimited.
+    pub max_uses: u32,
+    /// `None`: the token does not expire.
+    pub ttl: Option<Duration>,
+}
+
+/// A new API token of the caller's org.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewApiToken {
+    pub name: String,
+    /// Never `Role::Agent`: agent credentials come from enrollment.
+    pub role: Role,
+    /// `None`: the token does not expire.
+    pub ttl: Option<Duration>,
+}
+
+/// A new org and the name it is shown with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewOrg {
+    pub id: OrgId,
+    pub display_name: String,
+}
+
+/// What an enrolling machine says about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Enrollment {
+    pub system_info: SystemInfo,
+    /// The labels the agent asks for (before the token's pinned labels are applied).
+    pub labels: Labels,
+    /// Display name; empty means the hostname.
+    pub name: String,
+}
+
+/// What an agent says about itself when its session opens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentHello {
+    pub system_info: SystemInfo,
+    /// The labels the agent asks for (before its pinned labels are applied).
+    pub labels: Labels,
+}
+
+/// One page of an org's audit trail, filtered.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditQuery {
+    /// Only this method (full gRPC path).
+    pub method: Option<String>,
+    /// Only calls made with this token id (compared as text: any string is a valid filter).
+    pub actor_token: Option<String>,
+    pub outcome: Option<AuditOutcome>,
+    /// Only records at or after this time.
+    pub since: Option<SystemTime>,
+    /// Records with a seq above this one.
+    pub after: u64,
+    pub page_size: usize,
+}
+
+/// Records of one [`AuditQuery`] page.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Where the next page starts; `None` when the trail was read to its end.
+    pub next_after: Option<u64>,
+}
+
+/// A range of one agent's metrics, averaged into steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsQuery {
+    pub agent: AgentId,
+    /// `None`: [`MetricsQuery::end`] minus the default range.
+    pub start: Option<SystemTime>,
+    /// `None`: now.
+    pub end: Option<SystemTime>,
+    /// Zero: every sample is its own point.
+    pub step: Duration,
+}
+
+/// Samples averaged over one step of a [`MetricsQuery`]. Network figures are rates computed
+/// from counter deltas.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsPoint {
+    pub time: SystemTime,
+    pub sample_count: u32,
+    pub cpu_percent: f64,
+    pub load: [f64; 3],
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub network_rx_bytes_per_second: f64,
+    pub network_tx_bytes_per_second: f64,
+    pub process_count: u32,
+}

@@ -332,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
         let (record, secret) = tether_server::service::admin::create_enrollment_token(
             server.state(),
             tether_server::domain::OrgId::new(tether_server::domain::DEFAULT_ORG),
-            tether_proto::CreateEnrollmentTokenRequest::default(),
+            tether_server::domain::NewEnrollmentToken::default(),
             None,
         )
         .await
@@ -470,8 +470,11 @@ mod dev {
     use std::time::Duration;
 
     use anyhow::Context;
-    use tether_server::domain::{DEFAULT_ORG, OrgId};
+    use tether_server::domain::{DEFAULT_ORG, NewEnrollmentToken, OrgId};
     use tether_server::server::Server;
+
+    /// How long the local agent's one-use enrollment token stays valid.
+    const LOCAL_AGENT_ENROLLMENT_TTL: Duration = Duration::from_secs(600);
 
     pub async fn spawn_local_agent(
         server: &Server,
@@ -492,14 +495,11 @@ mod dev {
             })?
             .is_some();
         if !enrolled {
-            let request = tether_proto::CreateEnrollmentTokenRequest {
+            let request = NewEnrollmentToken {
                 description: "local agent of tether-server --dev".to_owned(),
                 labels: Default::default(),
                 max_uses: 1,
-                ttl: Some(prost_types::Duration {
-                    seconds: Duration::from_secs(600).as_secs() as i64,
-                    nanos: 0,
-                }),
+                ttl: Some(LOCAL_AGENT_ENROLLMENT_TTL),
             };
             let (_, secret) = tether_server::service::admin::create_enrollment_token(
                 server.state(),

@@ -29,7 +29,7 @@ use crate::writer::WriterHandle;
 mod query;
 mod watch;
 
-pub use self::query::{AgentFilter, Page, Summary};
+pub use self::query::{AgentFilter, AgentListQuery, Page, Summary};
 pub use self::watch::{EventKind, FleetEvent, WatchGuard};
 
 /// A copy of one agent's state, taken under the read lock.

@@ -255,7 +255,9 @@ impl SessionLoop {
                 }
                 reason => {
                     self.done = true;
-                    return Some(Ok(respond(Out::Goodbye(goodbye(reason)))));
+                    return Some(Ok(respond(Out::Goodbye(convert::agent::goodbye_to_pb(
+                        reason,
+                    )))));
                 }
             }
             let durable = self.session.durable_seq.load(Ordering::Acquire);
@@ -324,11 +326,9 @@ impl SessionLoop {
     ) -> Result<Option<pb::connect_response::Message>, ServerError> {
         use pb::connect_request::Message as In;
         match msg.message {
-            Some(In::Ping(ping)) => Ok(Some(pb::connect_response::Message::Pong(pb::Pong {
-                nonce: ping.nonce,
-                ping_sent_at: ping.sent_at,
-                server_receive_time: Some(convert::timestamp(SystemTime::now())),
-            }))),
+            Some(In::Ping(ping)) => Ok(Some(pb::connect_response::Message::Pong(
+                convert::agent::pong_to_pb(ping, SystemTime::now()),
+            ))),
             Some(In::Metrics(report)) => {
                 let samples = self.accept_samples(report)?;
                 if !samples.is_empty() {
@@ -401,26 +401,5 @@ pub(crate) fn inbound_error(status: Status, metrics: &Metrics) -> Status {
 fn respond(message: pb::connect_response::Message) -> pb::ConnectResponse {
     pb::ConnectResponse {
         message: Some(message),
-    }
-}
-
-fn goodbye(reason: CloseReason) -> pb::ServerGoodbye {
-    let (reason, message) = match reason {
-        CloseReason::Replaced => (
-            pb::GoodbyeReason::Replaced,
-            "a newer session of this agent replaced this one",
-        ),
-        CloseReason::Revoked => (
-            pb::GoodbyeReason::Revoked,
-            "the agent's credential was revoked",
-        ),
-        CloseReason::Draining | CloseReason::None | CloseReason::Silent => (
-            pb::GoodbyeReason::ServerDraining,
-            "the server is shutting down",
-        ),
-    };
-    pb::ServerGoodbye {
-        reason: reason as i32,
-        message: message.to_owned(),
     }
 }

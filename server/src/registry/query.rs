@@ -32,6 +32,15 @@ pub struct Summary {
     pub health: BTreeMap<Health, u32>,
 }
 
+/// What `ListAgents` asks for: the filter and where the page starts.
+#[derive(Clone, Debug, Default)]
+pub struct AgentListQuery {
+    pub filter: AgentFilter,
+    /// Start after this agent id (the previous page's last).
+    pub after: Option<AgentId>,
+    pub page_size: usize,
+}
+
 /// One page of a listing.
 #[derive(Clone, Debug, Default)]
 pub struct Page {
@@ -50,15 +59,15 @@ impl Registry {
         Some(entry.view(&self.health))
     }
 
-    /// One page of the agents of `org` matching `filter`, ordered by agent id, starting after
-    /// `after`.
-    pub fn list(
-        &self,
-        org: &OrgId,
-        filter: &AgentFilter,
-        after: Option<&AgentId>,
-        page_size: usize,
-    ) -> Page {
+    /// One page of the agents of `org` matching the query's filter, ordered by agent id,
+    /// starting after the query's `after`.
+    pub fn list(&self, org: &OrgId, query: &AgentListQuery) -> Page {
+        let AgentListQuery {
+            filter,
+            after,
+            page_size,
+        } = query;
+        let (after, page_size) = (after.as_ref(), *page_size);
         let inner = self.read();
         let Some(agents) = inner.orgs.get(org) else {
             return Page::default();

@@ -1,4 +1,9 @@
-//! `AdminService`: enrollment tokens of the caller's org. Requires the `admin` role.
+//! `AdminService`: orgs, API tokens, enrollment tokens, agent deletion and the audit trail of
+//! the caller's org.
+//!
+//! The trait methods convert at the edge (`convert/admin.rs`) and call the use cases below,
+//! which take and return domain types. Every mutating call is audited: a success inside the
+//! commit that makes it durable, a failure by [`AdminService::finish`].
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -6,17 +11,27 @@ use std::time::SystemTime;
 use tether_proto as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth;
+use crate::auth::{self, Secret};
 use crate::convert;
 use crate::domain::{
-    AgentId, AgentTombstone, EnrollmentTokenRecord, OrgId, OrgRecord, Role, TokenId, TokenRecord,
+    AgentId, AgentTombstone, AuditEntry, AuditPage, AuditQuery, EnrollmentTokenRecord, NewApiToken,
+    NewEnrollmentToken, NewOrg, OrgId, OrgRecord, Role, TokenId, TokenRecord,
 };
 use crate::error::ServerError;
 use crate::service::AppState;
 use crate::store::Write;
 
-/// Longest description accepted for a token.
-pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+/// Most audit records one `ListAuditEvents` page scans to fill a filtered page.
+const MAX_AUDIT_SCAN: usize = 100_000;
+/// Audit records read from the store at a time while filling a page.
+const AUDIT_CHUNK: usize = 1000;
+
+const CREATE_ORG: &str = "/tether.v1.AdminService/CreateOrg";
+const CREATE_TOKEN: &str = "/tether.v1.AdminService/CreateToken";
+const REVOKE_TOKEN: &str = "/tether.v1.AdminService/RevokeToken";
+const DELETE_AGENT: &str = "/tether.v1.AdminService/DeleteAgent";
+const CREATE_ENROLLMENT_TOKEN: &str = "/tether.v1.AdminService/CreateEnrollmentToken";
+const REVOKE_ENROLLMENT_TOKEN: &str = "/tether.v1.AdminService/RevokeEnrollmentToken";
 
 pub struct AdminService {
     state: Arc<AppState>,
@@ -34,73 +49,6 @@ fn admin<T>(request: &Request<T>) -> Result<auth::Caller, Status> {
     Ok(caller)
 }
 
-pub fn enrollment_token_to_pb(t: &EnrollmentTokenRecord) -> pb::EnrollmentToken {
-    pb::EnrollmentToken {
-        token_id: t.id.to_string(),
-        org_id: t.org.to_string(),
-        description: t.description.clone(),
-        labels: t
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        max_uses: t.max_uses,
-        use_count: t.use_count,
-        created_at: Some(convert::timestamp(t.created_at)),
-        expires_at: convert::opt_timestamp(t.expires_at),
-        revoked: t.revoked,
-    }
-}
-
-/// Creates, persists and caches an enrollment token; returns it with its secret.
-///
-/// # Errors
-///
-/// `INVALID_ARGUMENT` for bad labels or description, `INTERNAL` if the commit fails.
-pub async fn create_enrollment_token(
-    state: &AppState,
-    org: crate::domain::OrgId,
-    req: pb::CreateEnrollmentTokenRequest,
-    caller: Option<&auth::Caller>,
-) -> Result<(EnrollmentTokenRecord, auth::Secret), ServerError> {
-    let pb::CreateEnrollmentTokenRequest {
-        description,
-        labels,
-        max_uses,
-        ttl,
-    } = req;
-    if description.len() > MAX_DESCRIPTION_BYTES {
-        return Err(ServerError::invalid(format!(
-            "description must be at most {MAX_DESCRIPTION_BYTES} bytes"
-        )));
-    }
-    let labels = convert::labels_from_pb(labels, &state.config.limits)?;
-    let now = SystemTime::now();
-    let expires_at = ttl_to_expiry(ttl, now)?;
-    let new = auth::generate();
-    let record = EnrollmentTokenRecord {
-        id: new.id,
-        org,
-        digest: new.digest,
-        description,
-        labels,
-        max_uses,
-        use_count: 0,
-        created_at: now,
-        expires_at,
-        revoked: false,
-    };
-    let audit =
-        caller.map(|c| crate::audit::entry(c, CREATE_ENROLLMENT_TOKEN, record.id.as_str(), Ok(())));
-    state
-        .writer
-        .commit_audited(vec![Write::PutEnrollmentToken(record.clone())], audit)
-        .await?;
-    state.auth.insert_enrollment(record.clone());
-    tracing::info!(token = %record.id, org = %record.org, "enrollment token created");
-    Ok((record, new.secret))
-}
-
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminService {
     async fn create_enrollment_token(
@@ -108,17 +56,19 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::CreateEnrollmentTokenRequest>,
     ) -> Result<Response<pb::CreateEnrollmentTokenResponse>, Status> {
         let caller = admin(&request)?;
-        let result = create_enrollment_token(
-            &self.state,
-            caller.org.clone(),
-            request.into_inner(),
-            Some(&caller),
-        )
-        .await
-        .map(|(record, secret)| pb::CreateEnrollmentTokenResponse {
-            token: Some(enrollment_token_to_pb(&record)),
-            secret: secret.expose().to_owned(),
-        });
+        let state = &self.state;
+        let result = async {
+            let new = convert::admin::create_enrollment_token_from_pb(
+                request.into_inner(),
+                &state.config.limits,
+            )?;
+            let (record, secret) =
+                create_enrollment_token(state, caller.org.clone(), new, Some(&caller)).await?;
+            Ok(convert::admin::create_enrollment_token_to_pb(
+                &record, &secret,
+            ))
+        }
+        .await;
         self.finish(&caller, CREATE_ENROLLMENT_TOKEN, "", result)
     }
 
@@ -127,10 +77,11 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::ListEnrollmentTokensRequest>,
     ) -> Result<Response<pb::ListEnrollmentTokensResponse>, Status> {
         let caller = admin(&request)?;
+        let pb::ListEnrollmentTokensRequest {} = request.into_inner();
         let tokens = self.state.auth.enrollment_tokens(&caller.org);
-        Ok(Response::new(pb::ListEnrollmentTokensResponse {
-            tokens: tokens.iter().map(enrollment_token_to_pb).collect(),
-        }))
+        Ok(Response::new(convert::admin::list_enrollment_tokens_to_pb(
+            &tokens,
+        )))
     }
 
     async fn revoke_enrollment_token(
@@ -138,8 +89,13 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::RevokeEnrollmentTokenRequest>,
     ) -> Result<Response<pb::RevokeEnrollmentTokenResponse>, Status> {
         let caller = admin(&request)?;
-        let raw = request.into_inner().token_id;
-        let result = self.revoke_enrollment_inner(&caller, &raw).await;
+        let pb::RevokeEnrollmentTokenRequest { token_id: raw } = request.into_inner();
+        let result = async {
+            let id = convert::admin::token_id_from_pb(&raw)?;
+            let record = self.revoke_enrollment_token(&caller, id, &raw).await?;
+            Ok(convert::admin::revoke_enrollment_token_to_pb(&record))
+        }
+        .await;
         self.finish(&caller, REVOKE_ENROLLMENT_TOKEN, &raw, result)
     }
 
@@ -150,7 +106,12 @@ impl pb::admin_service_server::AdminService for AdminService {
         let caller = auth::caller(&request)?;
         let req = request.into_inner();
         let target = req.org_id.clone();
-        let result = self.create_org_inner(&caller, req).await;
+        let result = async {
+            let new = convert::admin::create_org_from_pb(req)?;
+            let (org, token, secret) = self.create_org(&caller, new).await?;
+            Ok(convert::admin::create_org_to_pb(&org, &token, &secret))
+        }
+        .await;
         self.finish(&caller, CREATE_ORG, &target, result)
     }
 
@@ -159,9 +120,10 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::ListOrgsRequest>,
     ) -> Result<Response<pb::ListOrgsResponse>, Status> {
         auth::caller(&request)?;
-        Ok(Response::new(pb::ListOrgsResponse {
-            orgs: self.state.orgs.list().iter().map(org_to_pb).collect(),
-        }))
+        let pb::ListOrgsRequest {} = request.into_inner();
+        Ok(Response::new(convert::admin::list_orgs_to_pb(
+            &self.state.orgs.list(),
+        )))
     }
 
     async fn create_token(
@@ -171,7 +133,12 @@ impl pb::admin_service_server::AdminService for AdminService {
         let caller = admin(&request)?;
         let req = request.into_inner();
         let target = req.name.clone();
-        let result = self.create_token_inner(&caller, req).await;
+        let result = async {
+            let new = convert::admin::create_token_from_pb(req)?;
+            let (token, secret) = self.create_token(&caller, new).await?;
+            Ok(convert::admin::create_token_to_pb(&token, &secret))
+        }
+        .await;
         self.finish(&caller, CREATE_TOKEN, &target, result)
     }
 
@@ -180,16 +147,19 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let caller = admin(&request)?;
-        let include_revoked = request.into_inner().include_revoked;
-        let tokens = self
+        let pb::ListTokensRequest { include_revoked } = request.into_inner();
+        let tokens: Vec<_> = self
             .state
             .auth
             .api_tokens(&caller.org)
             .into_iter()
             .filter(|t| include_revoked || !t.revoked)
-            .map(|t| api_token_to_pb(&t, self.state.auth.last_used(&t)))
+            .map(|t| {
+                let last_used = self.state.auth.last_used(&t);
+                (t, last_used)
+            })
             .collect();
-        Ok(Response::new(pb::ListTokensResponse { tokens }))
+        Ok(Response::new(convert::admin::list_tokens_to_pb(&tokens)))
     }
 
     async fn revoke_token(
@@ -197,8 +167,13 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let caller = admin(&request)?;
-        let raw = request.into_inner().token_id;
-        let result = self.revoke_token_inner(&caller, &raw).await;
+        let pb::RevokeTokenRequest { token_id: raw } = request.into_inner();
+        let result = async {
+            let id = convert::admin::token_id_from_pb(&raw)?;
+            let (token, last_used) = self.revoke_token(&caller, id, &raw).await?;
+            Ok(convert::admin::revoke_token_to_pb(&token, last_used))
+        }
+        .await;
         self.finish(&caller, REVOKE_TOKEN, &raw, result)
     }
 
@@ -207,8 +182,13 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let caller = admin(&request)?;
-        let raw = request.into_inner().agent_id;
-        let result = self.delete_agent_inner(&caller, &raw).await;
+        let pb::DeleteAgentRequest { agent_id: raw } = request.into_inner();
+        let result = async {
+            let agent = convert::fleet::agent_id_from_pb(&raw)?;
+            self.delete_agent(&caller, agent, &raw).await?;
+            Ok(pb::DeleteAgentResponse {})
+        }
+        .await;
         self.finish(&caller, DELETE_AGENT, &raw, result)
     }
 
@@ -217,51 +197,119 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let caller = admin(&request)?;
-        let response = self.list_audit_inner(&caller, request.into_inner()).await?;
-        Ok(Response::new(response))
+        let query = convert::admin::list_audit_events_from_pb(request.into_inner())?;
+        let page = list_audit_events(&self.state, &caller.org, query).await?;
+        Ok(Response::new(convert::admin::list_audit_events_to_pb(
+            &page,
+        )))
     }
 }
 
-const CREATE_ORG: &str = "/tether.v1.AdminService/CreateOrg";
-const CREATE_TOKEN: &str = "/tether.v1.AdminService/CreateToken";
-const REVOKE_TOKEN: &str = "/tether.v1.AdminService/RevokeToken";
-const DELETE_AGENT: &str = "/tether.v1.AdminService/DeleteAgent";
-const CREATE_ENROLLMENT_TOKEN: &str = "/tether.v1.AdminService/CreateEnrollmentToken";
-const REVOKE_ENROLLMENT_TOKEN: &str = "/tether.v1.AdminService/RevokeEnrollmentToken";
-
-/// Most audit records one `ListAuditEvents` page scans to fill a filtered page.
-const MAX_AUDIT_SCAN: usize = 100_000;
-
-pub fn org_to_pb(org: &OrgRecord) -> pb::Org {
-    pb::Org {
-        org_id: org.id.to_string(),
-        display_name: org.display_name.clone(),
-        created_at: Some(convert::timestamp(org.created_at)),
-    }
+/// Creates, persists and caches an enrollment token of `org`; returns it with its secret.
+/// With a `caller`, the creation is audited in the same commit.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a TTL too large to give an expiry, `INTERNAL` if the commit fails.
+pub async fn create_enrollment_token(
+    state: &AppState,
+    org: OrgId,
+    new: NewEnrollmentToken,
+    caller: Option<&auth::Caller>,
+) -> Result<(EnrollmentTokenRecord, Secret), ServerError> {
+    let NewEnrollmentToken {
+        description,
+        labels,
+        max_uses,
+        ttl,
+    } = new;
+    let now = SystemTime::now();
+    let expires_at = expiry(ttl, now)?;
+    let generated = auth::generate();
+    let record = EnrollmentTokenRecord {
+        id: generated.id,
+        org,
+        digest: generated.digest,
+        description,
+        labels,
+        max_uses,
+        use_count: 0,
+        created_at: now,
+        expires_at,
+        revoked: false,
+    };
+    let audit = caller.map(|c| audit_ok(c, CREATE_ENROLLMENT_TOKEN, record.id.as_str()));
+    state
+        .writer
+        .commit_audited(vec![Write::PutEnrollmentToken(record.clone())], audit)
+        .await?;
+    state.auth.insert_enrollment(record.clone());
+    tracing::info!(token = %record.id, org = %record.org, "enrollment token created");
+    Ok((record, generated.secret))
 }
 
-pub fn api_token_to_pb(t: &TokenRecord, last_used: Option<SystemTime>) -> pb::ApiToken {
-    pb::ApiToken {
-        token_id: t.id.to_string(),
-        org_id: t.org.to_string(),
-        name: t.name.clone(),
-        role: crate::audit::role_to_pb(t.role) as i32,
-        created_at: Some(convert::timestamp(t.created_at)),
-        expires_at: convert::opt_timestamp(t.expires_at),
-        revoked: t.revoked,
-        last_used_at: convert::opt_timestamp(last_used),
-        server_admin: t.server_admin,
+/// One filtered page of `org`'s audit trail. A page scans at most [`MAX_AUDIT_SCAN`] records;
+/// a filter that matches rarely may return a short page with a token to continue.
+///
+/// # Errors
+///
+/// `INTERNAL` if the store fails.
+pub async fn list_audit_events(
+    state: &AppState,
+    org: &OrgId,
+    query: AuditQuery,
+) -> Result<AuditPage, ServerError> {
+    let AuditQuery {
+        method,
+        actor_token,
+        outcome,
+        since,
+        mut after,
+        page_size,
+    } = query;
+    let mut records = Vec::new();
+    let mut scanned = 0;
+    let mut exhausted = false;
+    while records.len() < page_size && scanned < MAX_AUDIT_SCAN {
+        let store = state.store.clone();
+        let org = org.clone();
+        let chunk =
+            tokio::task::spawn_blocking(move || store.audit_records(&org, after, AUDIT_CHUNK))
+                .await
+                .map_err(|e| ServerError::Internal(e.to_string()))??;
+        if chunk.is_empty() {
+            exhausted = true;
+            break;
+        }
+        for record in chunk {
+            scanned += 1;
+            after = record.seq;
+            let e = &record.entry;
+            let keep = method.as_ref().is_none_or(|m| e.method == *m)
+                && actor_token.as_ref().is_none_or(|wanted| {
+                    e.actor_token.as_ref().is_some_and(|t| t.as_str() == wanted)
+                })
+                && outcome.is_none_or(|o| e.outcome == o)
+                && since.is_none_or(|s| e.time >= s);
+            if keep {
+                records.push(record);
+                if records.len() == page_size {
+                    break;
+                }
+            }
+        }
     }
+    Ok(AuditPage {
+        records,
+        next_after: (!exhausted).then_some(after),
+    })
 }
 
-fn ttl_to_expiry(
-    ttl: Option<prost_types::Duration>,
+/// When something created at `now` with `ttl` expires.
+fn expiry(
+    ttl: Option<std::time::Duration>,
     now: SystemTime,
 ) -> Result<Option<SystemTime>, ServerError> {
-    let ttl = ttl
-        .map(|d| convert::duration_from_pb(d, "ttl"))
-        .transpose()?
-        .filter(|d| !d.is_zero());
     match ttl {
         Some(ttl) => now
             .checked_add(ttl)
@@ -271,28 +319,8 @@ fn ttl_to_expiry(
     }
 }
 
-fn role_from_pb(value: i32) -> Result<Role, ServerError> {
-    match pb::Role::try_from(value) {
-        Ok(pb::Role::Admin) => Ok(Role::Admin),
-        Ok(pb::Role::Operator) => Ok(Role::Operator),
-        Ok(pb::Role::Viewer) => Ok(Role::Viewer),
-        Ok(pb::Role::Agent) => Err(ServerError::invalid(
-            "agent credentials are issued by Enroll, not CreateToken",
-        )),
-        Ok(pb::Role::Unspecified) | Err(_) => Err(ServerError::invalid(
-            "role must be admin, operator or viewer",
-        )),
-    }
-}
-
-fn valid_id(raw: &str, what: &str) -> Result<(), ServerError> {
-    if crate::domain::is_valid_id(raw) {
-        Ok(())
-    } else {
-        Err(ServerError::invalid(format!(
-            "malformed {what}: 1-64 characters of [a-z0-9-]"
-        )))
-    }
+fn audit_ok(caller: &auth::Caller, method: &str, target: &str) -> AuditEntry {
+    crate::audit::entry(caller, method, target, Ok(()))
 }
 
 impl AdminService {
@@ -316,49 +344,29 @@ impl AdminService {
         }
     }
 
-    fn audit_ok(
-        caller: &auth::Caller,
-        method: &str,
-        target: &str,
-    ) -> Option<crate::domain::AuditEntry> {
-        Some(crate::audit::entry(caller, method, target, Ok(())))
-    }
-
-    async fn create_org_inner(
+    /// Creates org `new` with its first admin token; returns both and the token's secret.
+    async fn create_org(
         &self,
         caller: &auth::Caller,
-        req: pb::CreateOrgRequest,
-    ) -> Result<pb::CreateOrgResponse, ServerError> {
-        let pb::CreateOrgRequest {
-            org_id,
-            display_name,
-        } = req;
-        valid_id(&org_id, "org_id")?;
-        if display_name.len() > MAX_DESCRIPTION_BYTES {
-            return Err(ServerError::invalid(format!(
-                "display_name must be at most {MAX_DESCRIPTION_BYTES} bytes"
-            )));
-        }
+        new: NewOrg,
+    ) -> Result<(OrgRecord, TokenRecord, Secret), ServerError> {
+        let NewOrg { id, display_name } = new;
         let now = SystemTime::now();
         let org = OrgRecord {
-            id: OrgId::new(org_id.clone()),
-            display_name: if display_name.is_empty() {
-                org_id.clone()
-            } else {
-                display_name
-            },
+            id,
+            display_name,
             created_at: now,
         };
         if !self.state.orgs.insert(org.clone()) {
-            return Err(ServerError::AlreadyExists(format!("org {org_id}")));
+            return Err(ServerError::AlreadyExists(format!("org {}", org.id)));
         }
-        let new = auth::generate();
+        let generated = auth::generate();
         let token = TokenRecord {
-            id: new.id,
+            id: generated.id,
             org: org.id.clone(),
             role: Role::Admin,
-            name: format!("{org_id}-admin"),
-            digest: new.digest,
+            name: format!("{}-admin", org.id),
+            digest: generated.digest,
             created_at: now,
             expires_at: None,
             revoked: false,
@@ -370,7 +378,7 @@ impl AdminService {
         if let Err(e) = self
             .state
             .writer
-            .commit_audited(writes, Self::audit_ok(caller, CREATE_ORG, &org_id))
+            .commit_audited(writes, Some(audit_ok(caller, CREATE_ORG, org.id.as_str())))
             .await
         {
             self.state.orgs.remove(&org.id);
@@ -378,35 +386,26 @@ impl AdminService {
         }
         self.state.auth.insert_token(token.clone());
         tracing::info!(org = %org.id, by = %caller.token, "org created");
-        Ok(pb::CreateOrgResponse {
-            org: Some(org_to_pb(&org)),
-            admin_token: Some(api_token_to_pb(&token, None)),
-            admin_secret: new.secret.expose().to_owned(),
-        })
+        Ok((org, token, generated.secret))
     }
 
-    async fn create_token_inner(
+    /// Creates an API token of the caller's org; returns it with its secret.
+    async fn create_token(
         &self,
         caller: &auth::Caller,
-        req: pb::CreateTokenRequest,
-    ) -> Result<pb::CreateTokenResponse, ServerError> {
-        let pb::CreateTokenRequest { name, role, ttl } = req;
-        if name.trim().is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(ServerError::invalid(
-                "name is required: 1-128 characters without control characters",
-            ));
-        }
-        let role = role_from_pb(role)?;
+        new: NewApiToken,
+    ) -> Result<(TokenRecord, Secret), ServerError> {
+        let NewApiToken { name, role, ttl } = new;
         let now = SystemTime::now();
-        let new = auth::generate();
+        let generated = auth::generate();
         let token = TokenRecord {
-            id: new.id,
+            id: generated.id,
             org: caller.org.clone(),
             role,
             name,
-            digest: new.digest,
+            digest: generated.digest,
             created_at: now,
-            expires_at: ttl_to_expiry(ttl, now)?,
+            expires_at: expiry(ttl, now)?,
             revoked: false,
             agent: None,
             server_admin: false,
@@ -416,24 +415,22 @@ impl AdminService {
             .writer
             .commit_audited(
                 vec![Write::PutToken(token.clone())],
-                Self::audit_ok(caller, CREATE_TOKEN, token.id.as_str()),
+                Some(audit_ok(caller, CREATE_TOKEN, token.id.as_str())),
             )
             .await?;
         self.state.auth.insert_token(token.clone());
         tracing::info!(token = %token.id, org = %token.org, role = auth::role_name(role), "token created");
-        Ok(pb::CreateTokenResponse {
-            token: Some(api_token_to_pb(&token, None)),
-            secret: new.secret.expose().to_owned(),
-        })
+        Ok((token, generated.secret))
     }
 
-    async fn revoke_token_inner(
+    /// Revokes API token `id` of the caller's org; returns it with its last use. `target` is
+    /// the id as the request named it, for the audit trail.
+    async fn revoke_token(
         &self,
         caller: &auth::Caller,
-        raw: &str,
-    ) -> Result<pb::RevokeTokenResponse, ServerError> {
-        valid_id(raw, "token_id")?;
-        let id = TokenId::new(raw);
+        id: TokenId,
+        target: &str,
+    ) -> Result<(TokenRecord, Option<SystemTime>), ServerError> {
         let existing = self
             .state
             .auth
@@ -446,24 +443,23 @@ impl AdminService {
             .writer
             .commit_audited(
                 vec![Write::PutToken(revoked.clone())],
-                Self::audit_ok(caller, REVOKE_TOKEN, raw),
+                Some(audit_ok(caller, REVOKE_TOKEN, target)),
             )
             .await?;
         self.state.auth.revoke_token(&id);
         tracing::info!(token = %id, org = %caller.org, "token revoked");
         let last_used = self.state.auth.last_used(&revoked);
-        Ok(pb::RevokeTokenResponse {
-            token: Some(api_token_to_pb(&revoked, last_used)),
-        })
+        Ok((revoked, last_used))
     }
 
-    async fn delete_agent_inner(
+    /// Deletes `agent` of the caller's org: its credentials are revoked, a tombstone stays, and
+    /// its live session ends.
+    async fn delete_agent(
         &self,
         caller: &auth::Caller,
-        raw: &str,
-    ) -> Result<pb::DeleteAgentResponse, ServerError> {
-        valid_id(raw, "agent_id")?;
-        let agent = AgentId::new(raw);
+        agent: AgentId,
+        target: &str,
+    ) -> Result<(), ServerError> {
         let view = self
             .state
             .registry
@@ -489,23 +485,24 @@ impl AdminService {
         }));
         self.state
             .writer
-            .commit_audited(writes, Self::audit_ok(caller, DELETE_AGENT, raw))
+            .commit_audited(writes, Some(audit_ok(caller, DELETE_AGENT, target)))
             .await?;
         for credential in &credentials {
             self.state.auth.revoke_token(&credential.id);
         }
         self.state.registry.remove(&caller.org, &agent);
         tracing::info!(%agent, org = %caller.org, by = %caller.token, "agent deleted");
-        Ok(pb::DeleteAgentResponse {})
+        Ok(())
     }
 
-    async fn revoke_enrollment_inner(
+    /// Revokes enrollment token `id` of the caller's org (revoking twice is not an error);
+    /// returns it.
+    async fn revoke_enrollment_token(
         &self,
         caller: &auth::Caller,
-        raw: &str,
-    ) -> Result<pb::RevokeEnrollmentTokenResponse, ServerError> {
-        valid_id(raw, "token_id")?;
-        let id = TokenId::new(raw);
+        id: TokenId,
+        target: &str,
+    ) -> Result<EnrollmentTokenRecord, ServerError> {
         let existing = self
             .state
             .auth
@@ -522,89 +519,12 @@ impl AdminService {
                 record = current.clone();
                 self.state.writer.submit(
                     vec![Write::PutEnrollmentToken(current.clone())],
-                    Self::audit_ok(caller, REVOKE_ENROLLMENT_TOKEN, raw),
+                    Some(audit_ok(caller, REVOKE_ENROLLMENT_TOKEN, target)),
                 )
             })?;
             pending.wait().await?;
             tracing::info!(token = %id, org = %caller.org, "enrollment token revoked");
         }
-        Ok(pb::RevokeEnrollmentTokenResponse {
-            token: Some(enrollment_token_to_pb(&record)),
-        })
-    }
-
-    async fn list_audit_inner(
-        &self,
-        caller: &auth::Caller,
-        req: pb::ListAuditEventsRequest,
-    ) -> Result<pb::ListAuditEventsResponse, ServerError> {
-        let pb::ListAuditEventsRequest {
-            method,
-            actor_token_id,
-            outcome,
-            since,
-            page_size,
-            page_token,
-        } = req;
-        let page_size = match page_size {
-            0 => 100,
-            n if n < 0 => return Err(ServerError::invalid("page_size must not be negative")),
-            n => usize::try_from(n).unwrap_or(1000).min(1000),
-        };
-        let mut after: u64 = if page_token.is_empty() {
-            0
-        } else {
-            page_token
-                .parse()
-                .map_err(|_| ServerError::invalid("invalid page_token"))?
-        };
-        let outcome = match pb::AuditOutcome::try_from(outcome) {
-            Ok(pb::AuditOutcome::Unspecified) => None,
-            Ok(o) => Some(o as i32),
-            Err(_) => return Err(ServerError::invalid("unknown audit outcome")),
-        };
-        let since = since
-            .map(|t| convert::time_from_pb(t, "since"))
-            .transpose()?;
-        let mut events = Vec::new();
-        let mut scanned = 0;
-        let mut exhausted = false;
-        while events.len() < page_size && scanned < MAX_AUDIT_SCAN {
-            let store = self.state.store.clone();
-            let org = caller.org.clone();
-            let chunk = tokio::task::spawn_blocking(move || store.audit_records(&org, after, 1000))
-                .await
-                .map_err(|e| ServerError::Internal(e.to_string()))??;
-            if chunk.is_empty() {
-                exhausted = true;
-                break;
-            }
-            for record in chunk {
-                scanned += 1;
-                after = record.seq;
-                let e = &record.entry;
-                let keep = (method.is_empty() || e.method == method)
-                    && (actor_token_id.is_empty()
-                        || e.actor_token
-                            .as_ref()
-                            .is_some_and(|t| t.as_str() == actor_token_id))
-                    && outcome.is_none_or(|o| crate::audit::outcome_to_pb(e.outcome) as i32 == o)
-                    && since.is_none_or(|s| e.time >= s);
-                if keep {
-                    events.push(crate::audit::to_pb(&record));
-                    if events.len() == page_size {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(pb::ListAuditEventsResponse {
-            events,
-            next_page_token: if exhausted {
-                String::new()
-            } else {
-                after.to_string()
-            },
-        })
+        Ok(record)
     }
 }

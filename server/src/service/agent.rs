@@ -8,11 +8,11 @@ use futures::Stream;
 use tether_proto as pb;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{self, Principal};
+use crate::auth::{self, Principal, Secret};
 use crate::convert;
 use crate::domain::{
-    AgentId, AgentRecord, AgentStatus, Labels, LiveRecord, Role, SessionId, StatusReason,
-    TokenRecord,
+    AgentHello, AgentId, AgentRecord, AgentStatus, Enrollment, Labels, LiveRecord, OrgId, Role,
+    SessionId, StatusReason, TokenRecord,
 };
 use crate::error::ServerError;
 use crate::registry::EnrollTarget;
@@ -24,8 +24,6 @@ const ENROLL: &str = "/tether.v1.AgentService/Enroll";
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest display name accepted at enrollment.
-pub const MAX_NAME_BYTES: usize = 256;
 
 pub struct AgentService {
     state: Arc<AppState>,
@@ -40,46 +38,34 @@ impl AgentService {
         &self,
         caller: auth::Caller,
         req: pb::EnrollRequest,
-    ) -> Result<pb::EnrollResponse, ServerError> {
+    ) -> Result<(AgentId, OrgId, Secret), ServerError> {
         if caller.principal != Principal::Enrollment {
             return Err(ServerError::PermissionDenied(
                 "Enroll requires an enrollment token".to_owned(),
             ));
         }
-        let pb::EnrollRequest {
-            system_info,
-            labels,
-            name,
-        } = req;
-        let limits = &self.state.config.limits;
-        let info = convert::system_info_from_pb(
-            system_info.ok_or_else(|| ServerError::invalid("system_info is required"))?,
-        )?;
-        let asked = convert::labels_from_pb(labels, limits)?;
-        if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
-            return Err(ServerError::invalid(format!(
-                "name must be at most {MAX_NAME_BYTES} bytes without control characters"
-            )));
-        }
-
+        let enrollment = convert::agent::enroll_from_pb(req, &self.state.config.limits)?;
         let token = self.state.auth.reserve_enrollment(&caller.token)?;
-        let result = self
-            .enroll_reserved(&caller, &token, info, asked, name)
-            .await;
+        let result = self.enroll_reserved(&caller, &token, enrollment).await;
         if result.is_err() {
             self.state.auth.release_enrollment(&caller.token);
         }
         result
     }
 
+    /// Enrolls with a use of `token` already reserved; returns the agent's id, org and new
+    /// credential.
     async fn enroll_reserved(
         &self,
         caller: &auth::Caller,
         token: &crate::domain::EnrollmentTokenRecord,
-        info: crate::domain::SystemInfo,
-        asked: Labels,
-        name: String,
-    ) -> Result<pb::EnrollResponse, ServerError> {
+        enrollment: Enrollment,
+    ) -> Result<(AgentId, OrgId, Secret), ServerError> {
+        let Enrollment {
+            system_info: info,
+            labels: asked,
+            name,
+        } = enrollment;
         let state = &self.state;
         let org = caller.org.clone();
         let labels = merge_labels(asked, &token.labels);
@@ -192,11 +178,7 @@ impl AgentService {
         }
         state.registry.enrolled(record);
         tracing::info!(agent = %agent_id, org = %org, enrollment_token = %token.id, "agent enrolled");
-        Ok(pb::EnrollResponse {
-            agent_id: agent_id.to_string(),
-            org_id: org.to_string(),
-            agent_credential: credential.secret.expose().to_owned(),
-        })
+        Ok((agent_id, org, credential.secret))
     }
 }
 
@@ -224,7 +206,11 @@ impl pb::agent_service_server::AgentService for AgentService {
             .enroll_inner(caller.clone(), request.into_inner())
             .await
         {
-            Ok(response) => Ok(Response::new(response)),
+            Ok((agent, org, credential)) => Ok(Response::new(convert::agent::enroll_to_pb(
+                &agent,
+                &org,
+                &credential,
+            ))),
             Err(err) => {
                 let status = Status::from(err);
                 self.state
@@ -286,25 +272,16 @@ impl pb::agent_service_server::AgentService for AgentService {
                 "the first message of a session must be Hello",
             ));
         };
-        let pb::Hello {
-            agent_id,
-            agent_version,
-            system_info,
-            labels,
-        } = hello;
-        if agent_id != agent.as_str() {
+        if hello.agent_id != agent.as_str() {
             return Err(Status::permission_denied(
                 "an agent credential may only connect as its own agent",
             ));
         }
         let state = &self.state;
-        let mut info = convert::system_info_from_pb(
-            system_info.ok_or_else(|| Status::invalid_argument("Hello.system_info is required"))?,
-        )?;
-        if info.agent_version.is_empty() {
-            info.agent_version = agent_version;
-        }
-        let labels = convert::labels_from_pb(labels, &state.config.limits)?;
+        let AgentHello {
+            system_info: info,
+            labels,
+        } = convert::agent::hello_from_pb(hello, &state.config.limits)?;
         let pinned = state
             .registry
             .get(&caller.org, &agent)
@@ -325,16 +302,12 @@ impl pb::agent_service_server::AgentService for AgentService {
             .ok_or(ServerError::NotFound(format!("agent {agent}")))?;
         tracing::info!(agent = %agent, session = %session_id, org = %caller.org, "session opened");
 
-        let liveness = state.registry.liveness_config();
-        let welcome = pb::Welcome {
-            session_id: session_id.to_string(),
-            server_time: Some(convert::timestamp(SystemTime::now())),
-            heartbeat_interval: Some(convert::duration(liveness.heartbeat_interval)),
-            metrics_interval: Some(convert::duration(liveness.metrics_interval)),
-            stale_after: Some(convert::duration(liveness.stale_after)),
-            offline_after: Some(convert::duration(liveness.offline_after)),
-            last_durable_seq: last_seq,
-        };
+        let welcome = convert::agent::welcome_to_pb(
+            &session_id,
+            last_seq,
+            state.registry.liveness_config(),
+            SystemTime::now(),
+        );
         let limits = SessionLimits {
             max_samples_per_report: state.config.limits.max_samples_per_report,
             max_seq_jump: state.config.limits.max_seq_jump,

@@ -1,0 +1,125 @@
+//! `AgentService` messages: enrollment, the session's `Hello` and `Welcome`, pongs and the
+//! server's `Goodbye`.
+
+use std::time::SystemTime;
+
+use tether_proto as pb;
+
+use super::{duration, labels_from_pb, system_info_from_pb, timestamp};
+use crate::auth::Secret;
+use crate::config::{Limits, LivenessConfig};
+use crate::domain::{AgentHello, AgentId, Enrollment, OrgId, SessionId};
+use crate::error::ServerError;
+use crate::session::CloseReason;
+
+/// Longest display name accepted at enrollment.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a missing or invalid `SystemInfo`, bad labels or a bad name.
+pub fn enroll_from_pb(req: pb::EnrollRequest, limits: &Limits) -> Result<Enrollment, ServerError> {
+    let pb::EnrollRequest {
+        system_info,
+        labels,
+        name,
+    } = req;
+    let system_info = system_info_from_pb(
+        system_info.ok_or_else(|| ServerError::invalid("system_info is required"))?,
+    )?;
+    let labels = labels_from_pb(labels, limits)?;
+    if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(ServerError::invalid(format!(
+            "name must be at most {MAX_NAME_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(Enrollment {
+        system_info,
+        labels,
+        name,
+    })
+}
+
+pub fn enroll_to_pb(agent: &AgentId, org: &OrgId, credential: &Secret) -> pb::EnrollResponse {
+    pb::EnrollResponse {
+        agent_id: agent.to_string(),
+        org_id: org.to_string(),
+        agent_credential: credential.expose().to_owned(),
+    }
+}
+
+/// The facts of a session's first message. `agent_id` is not read here: the caller has
+/// already compared it with the agent its credential belongs to.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a missing or invalid `SystemInfo` or bad labels.
+pub fn hello_from_pb(hello: pb::Hello, limits: &Limits) -> Result<AgentHello, ServerError> {
+    let pb::Hello {
+        agent_id: _,
+        agent_version,
+        system_info,
+        labels,
+    } = hello;
+    let mut system_info = system_info_from_pb(
+        system_info.ok_or_else(|| ServerError::invalid("Hello.system_info is required"))?,
+    )?;
+    if system_info.agent_version.is_empty() {
+        system_info.agent_version = agent_version;
+    }
+    Ok(AgentHello {
+        system_info,
+        labels: labels_from_pb(labels, limits)?,
+    })
+}
+
+/// The session's first answer: its id, the intervals the agent must follow, and how far its
+/// samples are durable.
+pub fn welcome_to_pb(
+    session: &SessionId,
+    last_durable_seq: u64,
+    liveness: &LivenessConfig,
+    now: SystemTime,
+) -> pb::Welcome {
+    pb::Welcome {
+        session_id: session.to_string(),
+        server_time: Some(timestamp(now)),
+        heartbeat_interval: Some(duration(liveness.heartbeat_interval)),
+        metrics_interval: Some(duration(liveness.metrics_interval)),
+        stale_after: Some(duration(liveness.stale_after)),
+        offline_after: Some(duration(liveness.offline_after)),
+        last_durable_seq,
+    }
+}
+
+/// The answer to `ping`, stamped with the time the server received it.
+pub fn pong_to_pb(ping: pb::Ping, received: SystemTime) -> pb::Pong {
+    let pb::Ping { nonce, sent_at } = ping;
+    pb::Pong {
+        nonce,
+        ping_sent_at: sent_at,
+        server_receive_time: Some(timestamp(received)),
+    }
+}
+
+/// The `Goodbye` that ends a session the server closes for `reason`.
+pub fn goodbye_to_pb(reason: CloseReason) -> pb::ServerGoodbye {
+    let (reason, message) = match reason {
+        CloseReason::Replaced => (
+            pb::GoodbyeReason::Replaced,
+            "a newer session of this agent replaced this one",
+        ),
+        CloseReason::Revoked => (
+            pb::GoodbyeReason::Revoked,
+            "the agent's credential was revoked",
+        ),
+        CloseReason::Draining | CloseReason::None | CloseReason::Silent => (
+            pb::GoodbyeReason::ServerDraining,
+            "the server is shutting down",
+        ),
+    };
+    pb::ServerGoodbye {
+        reason: reason as i32,
+        message: message.to_owned(),
+    }
+}
