@@ -1,10 +1,13 @@
 //! Who may call what: the one table of RPC × access rule, enforced for every request by
-//! [`crate::auth::AuthLayer`] before any handler runs.
+//! [`crate::gate::AuthLayer`] before any handler runs. Handlers do not check roles again:
+//! changing who may call an RPC is one edit of [`RPC_ACCESS`].
 //!
 //! A method of a `tether.v1` service that has no row is refused, so a new RPC cannot ship
 //! without a decision here; the end-to-end matrix test iterates this table and checks that it
-//! covers every method of the proto's services.
+//! covers every method of the proto's services. What is not a role stays with the handler:
+//! `Connect` checks that an agent credential connects only as its own agent (identity).
 
+use crate::auth::{Principal, role_name};
 use crate::domain::Role;
 
 /// The rule for one RPC.
@@ -117,6 +120,28 @@ pub fn rule(method: &str) -> Option<(Access, bool)> {
         .map(|(_, access, mutating)| (*access, *mutating))
 }
 
+/// Whether `principal` passes `rule`.
+pub fn allows(rule: Access, principal: &Principal) -> bool {
+    match (rule, principal) {
+        (Access::Enrollment, Principal::Enrollment) | (Access::Agent, Principal::Agent { .. }) => {
+            true
+        }
+        (Access::AtLeast(role), Principal::User { role: have, .. }) => rank(*have) >= rank(role),
+        (Access::ServerAdmin, Principal::User { server_admin, .. }) => *server_admin,
+        _ => false,
+    }
+}
+
+/// What `rule` requires, for the message of a refusal.
+pub fn requirement(rule: Access) -> String {
+    match rule {
+        Access::Enrollment => "an enrollment token".to_owned(),
+        Access::Agent => "an agent credential".to_owned(),
+        Access::AtLeast(role) => format!("a token with the {} role", role_name(role)),
+        Access::ServerAdmin => "the server admin token".to_owned(),
+    }
+}
+
 /// How much a role may do; a token passes `AtLeast(r)` when its rank is at least `r`'s.
 pub fn rank(role: Role) -> u8 {
     match role {
@@ -137,6 +162,39 @@ mod tests {
         for (method, _, _) in RPC_ACCESS {
             assert!(method.starts_with(SERVICE_PREFIX), "{method}");
             assert!(seen.insert(*method), "duplicate row for {method}");
+        }
+    }
+
+    #[test]
+    fn allows_follows_the_role_order_and_the_principal_kind() {
+        let user = |role, server_admin| Principal::User {
+            name: "t".to_owned(),
+            role,
+            server_admin,
+        };
+        let agent = Principal::Agent {
+            agent: crate::domain::AgentId::new("a-1"),
+        };
+        let viewer = Access::AtLeast(Role::Viewer);
+        let operator = Access::AtLeast(Role::Operator);
+        let admin = Access::AtLeast(Role::Admin);
+        for (rule, principal, want) in [
+            (viewer, user(Role::Viewer, false), true),
+            (viewer, user(Role::Admin, false), true),
+            (operator, user(Role::Viewer, false), false),
+            (operator, user(Role::Operator, false), true),
+            (admin, user(Role::Operator, false), false),
+            (admin, user(Role::Admin, false), true),
+            (viewer, agent.clone(), false),
+            (viewer, Principal::Enrollment, false),
+            (Access::ServerAdmin, user(Role::Admin, false), false),
+            (Access::ServerAdmin, user(Role::Admin, true), true),
+            (Access::Agent, agent.clone(), true),
+            (Access::Agent, user(Role::Admin, true), false),
+            (Access::Enrollment, Principal::Enrollment, true),
+            (Access::Enrollment, agent, false),
+        ] {
+            assert_eq!(allows(rule, &principal), want, "{rule:?} {principal:?}");
         }
     }
 

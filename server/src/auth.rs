@@ -1,10 +1,10 @@
-//! Authentication: bearer tokens, their in-memory cache, and the interceptor that turns an
-//! `authorization` header into a [`Caller`].
+//! Authentication: bearer tokens, their in-memory cache, and the resolution of an
+//! `authorization` header into a [`Caller`] (called by the gate, `gate.rs`).
 //!
 //! A token reads `tether_<id>_<secret>`: the id is public (it names the token in listings and
 //! audit), the secret is 256 random bits, hex-encoded. Only the SHA-256 of the secret is stored;
 //! it is compared in constant time. The cache holds every token of every org (rebuilt from the
-//! store at start-up); handlers check roles on the resolved [`Caller`].
+//! store at start-up). Which caller may call which RPC is decided once, by `access.rs`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -115,29 +115,7 @@ pub enum Principal {
     Enrollment,
 }
 
-// === impl Caller ===
-
-impl Caller {
-    /// Requires an API token whose role includes `role` (admin ⊇ operator ⊇ viewer).
-    ///
-    /// # Errors
-    ///
-    /// `PermissionDenied` naming the required role.
-    pub fn require(&self, role: Role) -> Result<(), ServerError> {
-        match &self.principal {
-            Principal::User { role: have, .. }
-                if crate::access::rank(*have) >= crate::access::rank(role) =>
-            {
-                Ok(())
-            }
-            _ => Err(ServerError::PermissionDenied(format!(
-                "this call requires a token with the {} role",
-                role_name(role)
-            ))),
-        }
-    }
-}
-
+/// The name of `role` on the wire and in messages.
 pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Admin => "admin",
@@ -499,7 +477,7 @@ impl Auth {
 ///
 /// # Errors
 ///
-/// `UNAUTHENTICATED` if the request did not pass through the interceptor (a wiring bug).
+/// `UNAUTHENTICATED` if the request did not pass through the gate (a wiring bug).
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
@@ -511,6 +489,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::{self, Access};
     use tonic::metadata::MetadataValue;
 
     fn auth_with(role: Role) -> (Auth, Secret) {
@@ -562,8 +541,9 @@ mod tests {
                 server_admin: false,
             }
         );
-        assert!(caller.require(Role::Viewer).is_ok());
-        assert!(caller.require(Role::Admin).is_err());
+        let (viewer, admin) = (Access::AtLeast(Role::Viewer), Access::AtLeast(Role::Admin));
+        assert!(access::allows(viewer, &caller.principal));
+        assert!(!access::allows(admin, &caller.principal));
     }
 
     #[test]

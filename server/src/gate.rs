@@ -15,9 +15,9 @@ use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::access::{self, Access};
+use crate::access;
 use crate::audit;
-use crate::auth::{Auth, Caller, Principal};
+use crate::auth::{Auth, Caller};
 use crate::domain::TokenId;
 use crate::metrics::{DenialLabels, Metrics};
 use crate::rate::TokenBucket;
@@ -120,26 +120,10 @@ impl Gate {
             self.audit_denial(caller, method, &status);
             return Err(status);
         };
-        let allowed = match (rule, &caller.principal) {
-            (Access::Enrollment, Principal::Enrollment)
-            | (Access::Agent, Principal::Agent { .. }) => true,
-            (Access::AtLeast(role), Principal::User { role: have, .. }) => {
-                access::rank(*have) >= access::rank(role)
-            }
-            (Access::ServerAdmin, Principal::User { server_admin, .. }) => *server_admin,
-            _ => false,
-        };
-        if allowed {
+        if access::allows(rule, &caller.principal) {
             return Ok(());
         }
-        let need = match rule {
-            Access::Enrollment => "an enrollment token".to_owned(),
-            Access::Agent => "an agent credential".to_owned(),
-            Access::AtLeast(role) => {
-                format!("a token with the {} role", crate::auth::role_name(role))
-            }
-            Access::ServerAdmin => "the server admin token".to_owned(),
-        };
+        let need = access::requirement(rule);
         let status = Status::permission_denied(format!("{method} requires {need}"));
         self.audit_denial(caller, method, &status);
         Err(status)

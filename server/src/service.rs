@@ -1,6 +1,7 @@
-//! gRPC handlers, one module per service. Each handler resolves its [`Caller`], checks the role,
-//! converts the request at the edge (`convert.rs`), and works inside the caller's org only:
-//! another org's object answers `NOT_FOUND`, exactly like an absent one.
+//! gRPC handlers, one module per service. The gate (`gate.rs`) has already applied the access
+//! table (`access.rs`) when a handler runs; the handler takes the resolved [`Caller`], converts
+//! the request at the edge (`convert.rs`), and works inside the caller's org only: another
+//! org's object answers `NOT_FOUND`, exactly like an absent one.
 //!
 //! [`Caller`]: crate::auth::Caller
 

@@ -43,19 +43,13 @@ impl AdminService {
     }
 }
 
-fn admin<T>(request: &Request<T>) -> Result<auth::Caller, Status> {
-    let caller = auth::caller(request)?;
-    caller.require(Role::Admin)?;
-    Ok(caller)
-}
-
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminService {
     async fn create_enrollment_token(
         &self,
         request: Request<pb::CreateEnrollmentTokenRequest>,
     ) -> Result<Response<pb::CreateEnrollmentTokenResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let state = &self.state;
         let result = async {
             let new = convert::admin::create_enrollment_token_from_pb(
@@ -76,7 +70,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListEnrollmentTokensRequest>,
     ) -> Result<Response<pb::ListEnrollmentTokensResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let pb::ListEnrollmentTokensRequest {} = request.into_inner();
         let tokens = self.state.auth.enrollment_tokens(&caller.org);
         Ok(Response::new(convert::admin::list_enrollment_tokens_to_pb(
@@ -88,7 +82,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeEnrollmentTokenRequest>,
     ) -> Result<Response<pb::RevokeEnrollmentTokenResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let pb::RevokeEnrollmentTokenRequest { token_id: raw } = request.into_inner();
         let result = async {
             let id = convert::admin::token_id_from_pb(&raw)?;
@@ -130,7 +124,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let req = request.into_inner();
         let target = req.name.clone();
         let result = async {
@@ -146,7 +140,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let pb::ListTokensRequest { include_revoked } = request.into_inner();
         let tokens: Vec<_> = self
             .state
@@ -166,7 +160,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let pb::RevokeTokenRequest { token_id: raw } = request.into_inner();
         let result = async {
             let id = convert::admin::token_id_from_pb(&raw)?;
@@ -181,7 +175,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let pb::DeleteAgentRequest { agent_id: raw } = request.into_inner();
         let result = async {
             let agent = convert::fleet::agent_id_from_pb(&raw)?;
@@ -196,7 +190,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let caller = admin(&request)?;
+        let caller = auth::caller(&request)?;
         let query = convert::admin::list_audit_events_from_pb(request.into_inner())?;
         let page = list_audit_events(&self.state, &caller.org, query).await?;
         Ok(Response::new(convert::admin::list_audit_events_to_pb(

@@ -39,11 +39,6 @@ impl AgentService {
         caller: auth::Caller,
         req: pb::EnrollRequest,
     ) -> Result<(AgentId, OrgId, Secret), ServerError> {
-        if caller.principal != Principal::Enrollment {
-            return Err(ServerError::PermissionDenied(
-                "Enroll requires an enrollment token".to_owned(),
-            ));
-        }
         let enrollment = convert::agent::enroll_from_pb(req, &self.state.config.limits)?;
         let token = self.state.auth.reserve_enrollment(&caller.token)?;
         let result = self.enroll_reserved(&caller, &token, enrollment).await;
@@ -228,6 +223,8 @@ impl pb::agent_service_server::AgentService for AgentService {
         request: Request<Streaming<pb::ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let caller = auth::caller(&request)?;
+        // The gate admits only agent credentials here; this takes the agent the credential is
+        // bound to, which the Hello must name (identity, not role).
         let Principal::Agent { agent } = caller.principal else {
             return Err(ServerError::PermissionDenied(
                 "Connect requires an agent credential".to_owned(),

@@ -1,5 +1,5 @@
 //! `FleetService`: listings, lookups, the watch stream, metrics and the server's configuration.
-//! Every call needs at least the `viewer` role and sees only the caller's org.
+//! Every call sees only the caller's org (who may call is `access.rs`'s).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::convert;
-use crate::domain::{AgentId, MetricsPoint, MetricsQuery, OrgId, Role, Sample, Transition};
+use crate::domain::{AgentId, MetricsPoint, MetricsQuery, OrgId, Sample, Transition};
 use crate::error::ServerError;
 use crate::registry::{AgentFilter, AgentView, EventKind, FleetEvent};
 use crate::service::AppState;
@@ -36,12 +36,6 @@ impl FleetService {
     }
 }
 
-fn viewer<T>(request: &Request<T>) -> Result<auth::Caller, Status> {
-    let caller = auth::caller(request)?;
-    caller.require(Role::Viewer)?;
-    Ok(caller)
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAgentsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -50,7 +44,7 @@ impl pb::fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let caller = viewer(&request)?;
+        let caller = auth::caller(&request)?;
         let query = convert::fleet::list_agents_from_pb(request.into_inner())?;
         let page = self.state.registry.list(&caller.org, &query);
         Ok(Response::new(convert::fleet::list_agents_to_pb(&page)))
@@ -60,7 +54,7 @@ impl pb::fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        let caller = viewer(&request)?;
+        let caller = auth::caller(&request)?;
         let id = convert::fleet::get_agent_from_pb(request.into_inner())?;
         let (view, transitions) = get_agent(&self.state, &caller.org, id).await?;
         Ok(Response::new(convert::fleet::get_agent_to_pb(
@@ -75,7 +69,7 @@ impl pb::fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
-        let caller = viewer(&request)?;
+        let caller = auth::caller(&request)?;
         let (filter, include_metrics) = convert::fleet::watch_agents_from_pb(request.into_inner())?;
         let (snapshot, revision, guard) =
             self.state
@@ -105,7 +99,7 @@ impl pb::fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
-        let caller = viewer(&request)?;
+        let caller = auth::caller(&request)?;
         let query = convert::fleet::get_metrics_from_pb(request.into_inner())?;
         let points = metrics(&self.state, &caller.org, query).await?;
         Ok(Response::new(convert::fleet::get_metrics_to_pb(&points)))
@@ -115,7 +109,7 @@ impl pb::fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::GetFleetSummaryRequest>,
     ) -> Result<Response<pb::GetFleetSummaryResponse>, Status> {
-        let caller = viewer(&request)?;
+        let caller = auth::caller(&request)?;
         let summary = self.state.registry.summary(&caller.org);
         Ok(Response::new(convert::fleet::summary_to_pb(&summary)))
     }
@@ -124,7 +118,7 @@ impl pb::fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::GetServerConfigRequest>,
     ) -> Result<Response<pb::GetServerConfigResponse>, Status> {
-        viewer(&request)?;
+        auth::caller(&request)?;
         Ok(Response::new(convert::fleet::server_config_to_pb(
             &self.state.config,
         )))
