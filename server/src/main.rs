@@ -33,7 +33,7 @@ struct Args {
     command: Option<Command>,
 
     /// Run for local development: loopback, ./tether-data, print the admin token, and run an
-    /// agent for this machine in-process.
+    /// agent for this machine in-process (needs the `dev` cargo feature, on by default).
     #[arg(long)]
     dev: bool,
 
@@ -265,6 +265,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::GenCerts(gen_args)) = &args.command {
         return gen_certs(gen_args);
     }
+    #[cfg(not(feature = "dev"))]
+    if args.dev {
+        anyhow::bail!(
+            "--dev runs an agent for this machine in-process, and this tether-server was built \
+             without it (cargo feature `dev`, on by default)"
+        );
+    }
     let mut config = args.config();
     config.tls = TlsSettings::from_flags(
         args.tls_cert.clone(),
@@ -287,7 +294,6 @@ async fn main() -> anyhow::Result<()> {
         .as_ref()
         .and_then(|cert| cert.parent())
         .map(|dir| dir.join(tether_server::devcerts::CA_CERT_FILE));
-    let mtls = config.mtls();
 
     let shutdown = CancellationToken::new();
     tokio::spawn(tether_proto::process::cancel_on_signal(shutdown.clone()));
@@ -344,24 +350,13 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let local_agent = if args.dev && mtls {
-        tracing::warn!(
-            "--dev with --client-ca: not starting the local agent (it has no client certificate)"
-        );
-        None
-    } else if args.dev {
-        // With TLS, the local agent trusts `ca.pem` beside the server certificate (the
-        // `gen-certs` layout) if there is one, else the system's roots.
-        let ca = tls_ca.filter(|ca| ca.exists());
-        let tls = (scheme == "https").then(|| tether_agent::ClientTls {
-            ca_cert: ca,
-            ..Default::default()
-        });
-        Some(dev::spawn_local_agent(&server, &url, tls, &args.data_dir).await?)
+    #[cfg(feature = "dev")]
+    let local_agent = if args.dev {
+        let mtls = server.state().config.mtls();
+        dev::spawn_local_agent(&server, &url, mtls, tls_ca.as_deref(), &args.data_dir).await?
     } else {
         None
     };
-
     if !args.no_metrics {
         let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
             .await
@@ -377,6 +372,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let result = server.serve(listener, shutdown).await;
+    #[cfg(feature = "dev")]
     if let Some(agent) = local_agent {
         agent.shutdown();
         if let Err(e) = agent.join().await {
@@ -462,11 +458,13 @@ fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "dev")]
 mod dev {
-    //! `--dev`: one agent for this machine, enrolled automatically and run in-process.
+    //! `--dev`: one agent for this machine, enrolled automatically and run in-process. The only
+    //! user of the agent crate in the server (cargo feature `dev`).
 
     use std::collections::BTreeMap;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use anyhow::Context;
@@ -476,12 +474,28 @@ mod dev {
     /// How long the local agent's one-use enrollment token stays valid.
     const LOCAL_AGENT_ENROLLMENT_TTL: Duration = Duration::from_secs(600);
 
+    /// Starts the local agent against `url`, unless the server requires client certificates
+    /// (`mtls`), which the local agent does not have. With TLS (an `https` url), it trusts
+    /// `tls_ca` if that file exists (the `gen-certs` layout), else the system's roots.
     pub async fn spawn_local_agent(
         server: &Server,
         url: &str,
-        tls: Option<tether_agent::ClientTls>,
+        mtls: bool,
+        tls_ca: Option<&Path>,
         data_dir: &Path,
-    ) -> anyhow::Result<tether_agent::AgentHandle> {
+    ) -> anyhow::Result<Option<tether_agent::AgentHandle>> {
+        if mtls {
+            tracing::warn!(
+                "--dev with --client-ca: not starting the local agent (it has no client certificate)"
+            );
+            return Ok(None);
+        }
+        let tls = url
+            .starts_with("https://")
+            .then(|| tether_agent::ClientTls {
+                ca_cert: tls_ca.filter(|ca| ca.exists()).map(PathBuf::from),
+                ..Default::default()
+            });
         let state_dir = data_dir.join("local-agent");
         let mut config = tether_agent::AgentConfig::new(url, &state_dir);
         config.tls = tls;
@@ -513,10 +527,10 @@ mod dev {
         }
         config.labels = BTreeMap::from([("tether.dev/local".to_owned(), "true".to_owned())]);
         tracing::info!(state_dir = %state_dir.display(), "starting the local agent");
-        Ok(tether_agent::spawn(
+        Ok(Some(tether_agent::spawn(
             config,
             Box::new(tether_agent::SysinfoCollector::new()),
-        ))
+        )))
     }
 }
 

@@ -2,9 +2,9 @@
 //!
 //! Handlers never touch a backend directly: they update the in-memory registry and hand writes
 //! to the writer task, which commits them through [`Store::commit`]. `store/sled.rs` is the
-//! embedded default and the only file that imports `sled`; a distributed backend (etcd, for
-//! several servers) implements the same trait and runs the same conformance suite
-//! (`store/tests.rs`).
+//! embedded default and, with its test-support submodule, the only code that imports `sled`; a
+//! distributed backend (etcd, for several servers) implements the same trait and runs the same
+//! conformance suite (`store/tests.rs`).
 //!
 //! Every key a backend writes for an object starts with the object's org id, so tenancy lives in
 //! the data model itself. Methods are blocking; async callers use `spawn_blocking` or the writer

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tether_proto as pb;
+use tether_server::store::sled::test_support::RawStore;
 use tether_tests::{
     AdminClient, FleetClient, RawSession, TestAgent, TestServer, create_token, eventually,
     fast_config, labels, list_all, system_info, token_id, trace_init,
@@ -885,19 +886,9 @@ async fn audit_records_every_mutating_and_refused_call_in_a_verifiable_chain() {
     server.stop().await;
 }
 
-/// Stops nothing: opens the stopped server's store and applies `edit` to acme's audit records.
-fn edit_stored_audit(data_dir: &std::path::Path, edit: impl FnOnce(&sled::Tree)) {
-    let db = tether_server::store::sled::raw_db(data_dir.join("store"))
-        .expect("open the stopped server's store");
-    let data = db.open_tree("data").expect("data tree");
-    edit(&data);
-    db.flush().expect("flush");
-}
-
-fn audit_key(seq: u64) -> Vec<u8> {
-    let mut key = b"acme/u/".to_vec();
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+/// The store of the stopped server in `data_dir`, opened to tamper with its audit records.
+fn stored(data_dir: &std::path::Path) -> RawStore {
+    RawStore::open(data_dir.join("store")).expect("open the stopped server's store")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -908,20 +899,22 @@ async fn a_modified_audit_event_breaks_the_chain() {
     server.stop().await;
 
     let modified = 3;
-    edit_stored_audit(dir.path(), |data| {
-        let value = data
-            .get(audit_key(modified))
-            .expect("read")
-            .expect("the record exists");
-        let mut record: serde_json::Value = serde_json::from_slice(&value).expect("json");
-        assert_eq!(record["seq"], modified);
-        record["entry"]["target"] = "someone-else".into();
-        data.insert(
-            audit_key(modified),
-            serde_json::to_vec(&record).expect("json"),
+    let store = stored(dir.path());
+    let value = store
+        .audit_record("acme", modified)
+        .expect("read")
+        .expect("the record exists");
+    let mut record: serde_json::Value = serde_json::from_slice(&value).expect("json");
+    assert_eq!(record["seq"], modified);
+    record["entry"]["target"] = "someone-else".into();
+    store
+        .put_audit_record(
+            "acme",
+            modified,
+            &serde_json::to_vec(&record).expect("json"),
         )
         .expect("write");
-    });
+    drop(store);
 
     let server = TestServer::start(fast_config(dir.path())).await;
     let admin = server.admin_as(Some(&secret)).await;
@@ -959,11 +952,10 @@ async fn a_deleted_audit_event_leaves_a_gap() {
     server.stop().await;
 
     let deleted = 5;
-    edit_stored_audit(dir.path(), |data| {
-        data.remove(audit_key(deleted))
-            .expect("remove")
-            .expect("the record existed");
-    });
+    let removed = stored(dir.path())
+        .remove_audit_record("acme", deleted)
+        .expect("remove");
+    assert!(removed, "the record existed");
 
     let server = TestServer::start(fast_config(dir.path())).await;
     let admin = server.admin_as(Some(&secret)).await;

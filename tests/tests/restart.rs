@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tether_proto as pb;
 use tether_server::server::StartError;
 use tether_server::store::StoreError;
+use tether_server::store::sled::test_support::RawStore;
 use tether_tests::{
     CrashableServer, EVENTUALLY, RawSession, TestServer, eventually, fast_config, system_info,
     trace_init,
@@ -45,43 +46,28 @@ fn store_path(data_dir: &Path) -> PathBuf {
     data_dir.join("store")
 }
 
-/// The seqs of the samples stored for `agent` in `org`, in key order, read from the store of a
-/// stopped server. Sample keys are `{org}/m/{agent}/{millis:be64}{seq:be64}` (see
-/// `server/src/store/sled.rs`).
+/// The seqs of the samples stored for `agent` in `org`, in key (time) order, read from the
+/// store of a stopped server.
 fn stored_seqs(data_dir: &Path, org: &str, agent: &str) -> Vec<u64> {
-    let db = tether_server::store::sled::raw_db(store_path(data_dir)).expect("open the store");
-    let data = db.open_tree("data").expect("data tree");
-    let prefix = format!("{org}/m/{agent}/");
-    data.scan_prefix(prefix.as_bytes())
-        .map(|entry| {
-            let (key, _) = entry.expect("read sample key");
-            let suffix = &key[prefix.len()..];
-            assert_eq!(suffix.len(), 16, "sample key {key:?}");
-            u64::from_be_bytes(suffix[8..].try_into().expect("8 bytes"))
-        })
-        .collect()
+    RawStore::open(store_path(data_dir))
+        .expect("open the store")
+        .sample_seqs(org, agent)
+        .expect("read sample keys")
 }
 
 /// Every record of every tree of the store of a stopped server: (tree, key) → value.
 fn dump_store(data_dir: &Path) -> BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>> {
-    let db = tether_server::store::sled::raw_db(store_path(data_dir)).expect("open the store");
-    let mut out = BTreeMap::new();
-    for name in db.tree_names() {
-        let tree = db.open_tree(&name).expect("open tree");
-        for entry in tree.iter() {
-            let (key, value) = entry.expect("read record");
-            out.insert((name.to_vec(), key.to_vec()), value.to_vec());
-        }
-    }
-    out
+    RawStore::open(store_path(data_dir))
+        .expect("open the store")
+        .dump()
+        .expect("read every record")
 }
 
 fn set_schema_version(data_dir: &Path, version: &str) {
-    let db = tether_server::store::sled::raw_db(store_path(data_dir)).expect("open the store");
-    let meta = db.open_tree("meta").expect("meta tree");
-    meta.insert("schema_version", version.as_bytes())
+    RawStore::open(store_path(data_dir))
+        .expect("open the store")
+        .set_schema_version(version)
         .expect("write schema version");
-    db.flush().expect("flush");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,9 +311,7 @@ async fn orderly_stop_held_open_by_a_slow_stream_still_records_server_restart() 
     drop(stuck);
     drop(slow);
     eventually("the stopped server to release its store", || async {
-        tether_server::store::sled::raw_db(store_path(dir.path()))
-            .ok()
-            .map(drop)
+        RawStore::open(store_path(dir.path())).ok().map(drop)
     })
     .await;
 

@@ -44,6 +44,9 @@ use crate::domain::{
     TokenRecord, Transition,
 };
 
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
 /// Default bound of sled's page cache. sled's own default (1 GiB) is more than a server that
 /// holds its registry in memory needs; reads are mostly recent samples.
 pub const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
@@ -97,13 +100,15 @@ pub struct SledStore {
 // === impl SledStore ===
 
 /// Opens the sled database under `path` directly, with the settings [`SledStore`] uses (sled
-/// refuses to reopen a database with another segment size). For inspection tools and tests
-/// that examine or tamper with stored bytes; the server itself only goes through [`SledStore`].
+/// refuses to reopen a database with another segment size). For the unit tests here and
+/// [`test_support`], which examine or tamper with stored bytes; the server itself only goes
+/// through [`SledStore`].
 ///
 /// # Errors
 ///
 /// sled's, e.g. when the directory is locked by an open store.
-pub fn raw_db(path: impl AsRef<Path>) -> sled::Result<sled::Db> {
+#[cfg(any(test, feature = "test-support"))]
+pub(crate) fn raw_db(path: impl AsRef<Path>) -> sled::Result<sled::Db> {
     open_waiting_for_lock(
         &sled::Config::new()
             .path(path.as_ref())
@@ -402,11 +407,10 @@ impl Store for SledStore {
                     batch.remove(record_key(org, PROGRESS, agent));
                     (record_key(org, TOMBSTONE, agent), encode(tombstone)?)
                 }
-                Write::PutAudit(record) => {
-                    let mut key = section(record.entry.org.as_str(), AUDIT);
-                    key.extend_from_slice(&record.seq.to_be_bytes());
-                    (key, encode(record)?)
-                }
+                Write::PutAudit(record) => (
+                    audit_key(record.entry.org.as_str(), record.seq),
+                    encode(record)?,
+                ),
             };
             batch.insert(key, value);
         }
@@ -542,6 +546,13 @@ fn section(org: &str, kind: u8) -> Vec<u8> {
 fn record_key(org: &str, kind: u8, id: &str) -> Vec<u8> {
     let mut key = section(org, kind);
     key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `{org}/u/{seq}`: one audit record.
+fn audit_key(org: &str, seq: u64) -> Vec<u8> {
+    let mut key = section(org, AUDIT);
+    key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
