@@ -3,6 +3,7 @@
 //! Every default is a named constant here; clap's `default_value` and `GetServerConfig` use the
 //! same constants, so there is one source of truth for intervals, thresholds and limits.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -95,6 +96,10 @@ pub struct Config {
     /// TLS on the gRPC listener; `None` serves plaintext (allowed on loopback only, unless the
     /// binary was told `--insecure-plaintext`).
     pub tls: Option<TlsSettings>,
+    /// Where the Prometheus listener (`GET /metrics`) binds; `None` serves no metrics. Off in
+    /// [`Config::new`], so servers started by tests bind nothing extra; the binary sets
+    /// [`DEFAULT_METRICS_LISTEN`] unless told `--no-metrics`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the listener's TLS material is. Loaded and checked by [`crate::tls::server_config`].
@@ -187,6 +192,7 @@ impl Config {
             limits: Limits::default(),
             health: HealthThresholds::default(),
             tls: None,
+            metrics_listen: None,
         }
     }
 

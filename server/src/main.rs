@@ -241,6 +241,7 @@ impl Args {
         c.limits.token_requests_per_second = self.token_requests_per_second;
         c.limits.token_request_burst = self.token_request_burst;
         c.limits.max_agents_per_org = self.max_agents_per_org;
+        c.metrics_listen = (!self.no_metrics).then_some(self.metrics_listen);
         c
     }
 }
@@ -357,20 +358,6 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    if !args.no_metrics {
-        let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {}", args.metrics_listen))?;
-        tracing::info!(addr = %args.metrics_listen, "serving Prometheus metrics on /metrics");
-        let metrics = server.state().metrics.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tether_server::metrics::serve(metrics_listener, metrics, shutdown).await
-            {
-                tracing::warn!("metrics listener failed: {e}");
-            }
-        });
-    }
     let result = server.serve(listener, shutdown).await;
     #[cfg(feature = "dev")]
     if let Some(agent) = local_agent {

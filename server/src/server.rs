@@ -1,10 +1,13 @@
 //! Start-up, serving and shutdown.
 //!
-//! [`start`] opens the store, rebuilds the in-memory state from it, makes sure a bootstrap admin
-//! token exists, and spawns the writer, liveness and retention tasks; [`Server::serve`] then
-//! serves gRPC on a listener the caller bound (tests bind `127.0.0.1:0`). Shutdown order: stop
-//! accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end watches, wait for connections
-//! under a grace period, then let the writer commit what is queued and stop.
+//! [`start`] binds the Prometheus listener (if configured), opens the store, rebuilds the
+//! in-memory state from it, makes sure a bootstrap admin token exists, and spawns the writer,
+//! liveness, retention and metrics tasks; [`Server::serve`] then serves gRPC on a listener the
+//! caller bound (tests bind `127.0.0.1:0`). Every task the server spawns runs under its
+//! `TaskTracker` and stops on its `background` token. Shutdown order: stop accepting, tell
+//! sessions `Goodbye(SERVER_DRAINING)` and end watches, wait for connections under a grace
+//! period, then stop the background tasks (the writer commits what is queued first) and wait
+//! for them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +53,12 @@ pub enum StartError {
         #[source]
         source: StoreError,
     },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the admin token file {path}: {source}")]
     AdminToken {
         path: PathBuf,
@@ -67,9 +76,12 @@ pub enum StartError {
 /// A started server: state loaded, background tasks running, not yet serving.
 pub struct Server {
     state: Arc<AppState>,
+    /// The writer, liveness, retention and metrics tasks; [`Server::stop`] waits for them.
     tasks: TaskTracker,
-    /// Stops the writer, liveness and retention tasks, after the RPCs have stopped.
+    /// Stops the background tasks, after the RPCs have stopped.
     background: CancellationToken,
+    /// Where the Prometheus listener is bound, if it is on.
+    metrics_addr: Option<SocketAddr>,
     /// The bootstrap admin token, when this start created it (shown once by the binary).
     pub admin_token_file: PathBuf,
 }
@@ -85,6 +97,15 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         // Checked again when serving; failing here keeps a bad file from getting that far.
         crate::tls::server_config(tls)?;
     }
+    // Bound first: a taken port fails the start before anything is opened or spawned.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.clone(),
@@ -167,6 +188,20 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         config.storage.clone(),
         background.clone(),
     ));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "serving Prometheus metrics on /metrics");
+            let (metrics, shutdown) = (metrics.clone(), background.clone());
+            tasks.spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, metrics, shutdown).await {
+                    tracing::warn!("metrics listener failed: {e}");
+                }
+            });
+            addr
+        }
+        None => None,
+    };
     tasks.close();
 
     let state = Arc::new(AppState {
@@ -183,6 +218,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         state,
         tasks,
         background,
+        metrics_addr,
         admin_token_file,
     })
 }
@@ -192,6 +228,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
 impl Server {
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
+    }
+
+    /// The address the Prometheus listener is bound to (`None` when metrics are off).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Serves gRPC on `listener` until `shutdown` is cancelled, then shuts down in order.

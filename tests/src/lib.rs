@@ -106,6 +106,8 @@ pub struct TestServer {
     pub url: String,
     pub data_dir: PathBuf,
     pub admin_token: String,
+    /// Where the server serves Prometheus metrics, when its config asked for them.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: JoinHandle<Result<(), tether_server::server::StartError>>,
 }
@@ -140,6 +142,7 @@ impl TestServer {
             .expect("admin token file")
             .trim()
             .to_owned();
+        let metrics_addr = server.metrics_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.serve(listener, shutdown.clone()));
         Self {
@@ -147,6 +150,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             data_dir,
             admin_token,
+            metrics_addr,
             shutdown,
             handle,
         }
@@ -664,6 +668,7 @@ impl CrashableServer {
             url: format!("http://{addr}"),
             data_dir,
             admin_token,
+            metrics_addr: None,
             shutdown,
             handle,
         };
@@ -975,6 +980,7 @@ impl TestServer {
             .expect("admin token file")
             .trim()
             .to_owned();
+        let metrics_addr = server.metrics_addr();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.serve(listener, shutdown.clone()));
         let server = Self {
@@ -982,6 +988,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             data_dir,
             admin_token,
+            metrics_addr,
             shutdown,
             handle,
         };

@@ -1,5 +1,5 @@
 //! The whole vertical slice: a real agent enrolls, connects, reports, and an operator sees it
-//! through the fleet RPCs and the CLI.
+//! through the fleet RPCs, the CLI and the Prometheus listener the server owns.
 
 use tether_proto as pb;
 use tether_tests::{TestServer, eventually, fast_config, trace_init};
@@ -54,4 +54,47 @@ async fn agent_enrolls_connects_and_reports() {
     let offline = server.wait_status(&id, pb::AgentStatus::Offline).await;
     assert_eq!(offline.status_reason, pb::StatusReason::Goodbye as i32);
     server.stop().await;
+}
+
+/// `GET /metrics` over a plain HTTP/1.1 connection; the whole response, or the connect error.
+async fn scrape(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tether\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_serves_prometheus_metrics_and_stops_them_with_itself() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let server = TestServer::start(config).await;
+    let addr = server.metrics_addr.expect("metrics are on");
+    let agent = server.spawn_agent("scraped-1", &[]).await;
+    let id = agent.id().await;
+    server.wait_status(&id, pb::AgentStatus::Online).await;
+
+    let body = eventually("the session gauge to count the agent", || async {
+        let body = scrape(addr).await.ok()?;
+        body.lines()
+            .any(|line| line == "tether_sessions 1")
+            .then_some(body)
+    })
+    .await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("tether_agent_messages_total"), "{body}");
+
+    agent.stop().await;
+    server.stop().await;
+    // Stopping the server stopped its listener: nothing answers on that port any more.
+    assert!(
+        scrape(addr).await.is_err(),
+        "metrics still served after stop"
+    );
 }
