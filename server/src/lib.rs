@@ -23,5 +23,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod writer;

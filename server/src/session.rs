@@ -114,6 +114,11 @@ impl Session {
         self.epoch_wall + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
     }
 
+    /// Highest seq the writer has acknowledged as durable for this session's agent.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::Acquire)
+    }
+
     /// Called by the writer after a flush made samples up to `seq` durable.
     pub fn acked(&self, seq: u64) {
         if self.durable_seq.fetch_max(seq, Ordering::AcqRel) < seq {
@@ -260,7 +265,7 @@ impl SessionLoop {
                     )))));
                 }
             }
-            let durable = self.session.durable_seq.load(Ordering::Acquire);
+            let durable = self.session.durable_seq();
             if durable > self.acked_seq {
                 self.acked_seq = durable;
                 return Some(Ok(respond(Out::MetricsAck(pb::MetricsAck {

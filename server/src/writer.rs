@@ -12,25 +12,29 @@
 //! `MetricsAck` for samples, the completion channel for handler writes. Samples at or below the
 //! agent's durable high-water mark are duplicates (re-sent after a reconnect) and are dropped,
 //! but still acked, since they are durable. The high-water mark advances only after the commit
-//! that made it true, so a failed commit never causes a later re-send to be dropped.
+//! that made it true, so a failed commit never causes a later re-send to be dropped. That step
+//! (plan, execute, apply) is `writer/batch.rs`; this file holds the queues and the task loop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
 use crate::domain::{
-    AgentId, AgentRecord, AgentStatus, AuditEntry, AuditRecord, LiveRecord, OrgId, Sample,
-    StatusReason, TokenRecord, Transition,
+    AgentId, AgentRecord, AuditEntry, AuditRecord, LiveRecord, Sample, TokenRecord, Transition,
 };
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::session::Session;
 use crate::store::{Store, Write};
+
+mod batch;
+
+use self::batch::{WriterState, commit_batch};
 
 /// Least time between two progress records of one agent.
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -238,12 +242,7 @@ pub async fn run(
         queues,
         store,
         registry,
-        live,
-        progress_at: HashMap::new(),
-        audit_heads: audit_heads
-            .into_iter()
-            .map(|r| (r.entry.org.clone(), (r.seq, r.hash)))
-            .collect(),
+        state: WriterState::new(live, audit_heads),
         metrics,
         config,
     };
@@ -328,17 +327,12 @@ impl Batch {
     }
 }
 
+/// The task's resources and state. [`Writer::commit`] is plan, execute, apply (`batch.rs`).
 struct Writer {
     queues: WriterQueues,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    /// Durable live summary per agent, as last committed. Only this task changes it.
-    live: HashMap<AgentId, LiveRecord>,
-    /// When each agent's progress record was last queued: it is written at most every
-    /// [`PROGRESS_INTERVAL`] (samples carry their own seq in their key, which `load` reads).
-    progress_at: HashMap<AgentId, Instant>,
-    /// Where each org's audit chain continues: last committed (seq, hash).
-    audit_heads: HashMap<OrgId, (u64, [u8; 32])>,
+    state: WriterState,
     metrics: Arc<Metrics>,
     config: StorageConfig,
 }
@@ -375,203 +369,13 @@ impl Writer {
     }
 
     async fn commit(&mut self, batch: Batch) {
-        let mut writes = Vec::with_capacity(batch.len + 16);
-        let mut pending: HashMap<AgentId, (OrgId, LiveRecord)> = HashMap::new();
-        // Agents whose status or summary changed in this batch get a full `PutLive`; the rest
-        // (samples only) get the small `PutProgress`.
-        let mut changed: std::collections::HashSet<AgentId> = std::collections::HashSet::new();
-        let mut dones = Vec::new();
-        let started_batch = Instant::now();
-        let mut heads: HashMap<OrgId, (u64, [u8; 32])> = HashMap::new();
-        let now = SystemTime::now();
-
-        for control in batch.control {
-            match control {
-                Control::Transition {
-                    transition,
-                    last_seen,
-                } => {
-                    let live = self.pending_live(
-                        &mut pending,
-                        &transition.org,
-                        &transition.agent,
-                        transition.time,
-                    );
-                    changed.insert(transition.agent.clone());
-                    live.status = transition.to;
-                    live.reason = transition.reason;
-                    live.since = transition.time;
-                    live.last_seen = live.last_seen.max(last_seen);
-                    writes.push(Write::PutTransition(*transition));
-                }
-                Control::PutAgent(record) => {
-                    self.pending_live(&mut pending, &record.org, &record.id, record.enrolled_at);
-                    writes.push(Write::PutAgent(*record));
-                }
-                Control::PutToken(record) => writes.push(Write::PutToken(*record)),
-                Control::Audit(entry) => writes.push(self.chain(&mut heads, *entry)),
-                Control::Commit {
-                    writes: mut extra,
-                    audit,
-                    done,
-                } => {
-                    if let Some(entry) = audit {
-                        writes.push(self.chain(&mut heads, *entry));
-                    }
-                    for write in &extra {
-                        if let Write::PutLive { org, agent, live } = write {
-                            pending.insert(agent.clone(), (org.clone(), live.clone()));
-                            changed.insert(agent.clone());
-                        }
-                    }
-                    extra.retain(|w| !matches!(w, Write::PutLive { .. }));
-                    writes.append(&mut extra);
-                    dones.push(done);
-                }
-            }
-        }
-
-        let mut acks = Vec::with_capacity(batch.samples.len());
-        // Each agent's newest new sample, as its index in `writes`: the registry gets it after
-        // the commit, moved out of the batch rather than cloned per sample.
-        let mut latest: HashMap<AgentId, (usize, u64)> = HashMap::new();
-        let mut n_samples = 0u64;
-        for SampleBatch { session, samples } in batch.samples {
-            let Some(max_seq) = samples.last().map(|s| s.seq) else {
-                continue;
-            };
-            let live = self.pending_live(&mut pending, &session.org, &session.agent, now);
-            live.last_seen = live.last_seen.max(Some(session.last_seen()));
-            for sample in samples {
-                if sample.seq <= live.last_seq {
-                    continue;
-                }
-                live.last_seq = sample.seq;
-                if latest
-                    .get(&session.agent)
-                    .is_none_or(|(_, seq)| *seq < sample.seq)
-                {
-                    latest.insert(session.agent.clone(), (writes.len(), sample.seq));
-                }
-                n_samples += 1;
-                writes.push(Write::PutSample {
-                    org: session.org.clone(),
-                    agent: session.agent.clone(),
-                    sample,
-                });
-            }
-            acks.push((session, max_seq));
-        }
-        for (agent, (org, live)) in &pending {
-            if changed.contains(agent) {
-                writes.push(Write::PutLive {
-                    org: org.clone(),
-                    agent: agent.clone(),
-                    live: live.clone(),
-                });
-            } else if self
-                .progress_at
-                .get(agent)
-                .is_none_or(|at| started_batch.saturating_duration_since(*at) >= PROGRESS_INTERVAL)
-            {
-                self.progress_at.insert(agent.clone(), started_batch);
-                writes.push(Write::PutProgress {
-                    org: org.clone(),
-                    agent: agent.clone(),
-                    last_seq: live.last_seq,
-                    last_seen: live.last_seen.unwrap_or(now),
-                });
-            }
-        }
-
-        let store = self.store.clone();
-        let started = Instant::now();
-        let n_writes = writes.len();
-        let result = tokio::task::spawn_blocking(move || {
-            let result = store.commit(&writes);
-            (result, writes)
-        })
-        .await
-        .map_err(|e| format!("commit task failed: {e}"))
-        .and_then(|(r, writes)| r.map(|()| writes).map_err(|e| format!("{e:#}")));
-        match result {
-            Ok(writes) => {
-                tracing::trace!(writes = n_writes, elapsed = ?started.elapsed(), "batch committed");
-                self.metrics.writer_batches.inc();
-                self.metrics.samples_stored.inc_by(n_samples);
-                self.audit_heads.extend(heads);
-                let newest: std::collections::HashSet<usize> =
-                    latest.values().map(|(index, _)| *index).collect();
-                let updates: Vec<_> = writes
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(index, _)| newest.contains(index))
-                    .filter_map(|(_, write)| match write {
-                        Write::PutSample { org, agent, sample } => {
-                            let last_seq =
-                                pending.get(&agent).map_or(sample.seq, |(_, l)| l.last_seq);
-                            Some((org, agent, sample, last_seq))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                for (agent, (_, live)) in pending {
-                    self.live.insert(agent, live);
-                }
-                if !updates.is_empty() {
-                    self.registry.samples_committed(updates);
-                }
-                for (session, seq) in acks {
-                    session.acked(seq);
-                }
-                for done in dones {
-                    let _ = done.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                // Nothing is acked: agents keep the samples and re-send them on their next
-                // session; handlers answer INTERNAL. Audit heads stay where they were.
-                tracing::error!(writes = n_writes, "failed to commit batch: {e}");
-                self.metrics.writer_commit_failures.inc();
-                for done in dones {
-                    let _ = done.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-
-    /// Places `entry` after its org's chain head (as committed, or as advanced earlier in this
-    /// batch).
-    fn chain(&self, heads: &mut HashMap<OrgId, (u64, [u8; 32])>, entry: AuditEntry) -> Write {
-        let (seq, hash) = heads
-            .get(&entry.org)
-            .or_else(|| self.audit_heads.get(&entry.org))
-            .copied()
-            .unwrap_or((0, crate::audit::GENESIS));
-        let record = crate::audit::chain(seq, hash, entry);
-        heads.insert(record.entry.org.clone(), (record.seq, record.hash));
-        Write::PutAudit(record)
-    }
-
-    fn pending_live<'a>(
-        &self,
-        pending: &'a mut HashMap<AgentId, (OrgId, LiveRecord)>,
-        org: &OrgId,
-        agent: &AgentId,
-        since: SystemTime,
-    ) -> &'a mut LiveRecord {
-        &mut pending
-            .entry(agent.clone())
-            .or_insert_with(|| {
-                let live = self.live.get(agent).cloned().unwrap_or(LiveRecord {
-                    status: AgentStatus::Offline,
-                    reason: StatusReason::Enrolled,
-                    since,
-                    last_seen: None,
-                    last_seq: 0,
-                });
-                (org.clone(), live)
-            })
-            .1
+        commit_batch(
+            &mut self.state,
+            &self.store,
+            &self.registry,
+            &self.metrics,
+            batch,
+        )
+        .await;
     }
 }

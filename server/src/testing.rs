@@ -1,0 +1,113 @@
+//! Fixtures shared by the unit tests of the writer and the registry: records and samples of
+//! synthetic agents, and a store whose commits can be made to fail.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crate::domain::{AgentId, AgentRecord, AuditRecord, OrgId, Sample, SystemInfo, Transition};
+use crate::store::{self, SledStore, Snapshot, Store, StoreError, Write};
+
+/// An enrolled agent `id` of `org` whose machine has hardware id `hardware_id`.
+pub fn agent_record(org: &str, id: &str, hardware_id: &str) -> AgentRecord {
+    AgentRecord {
+        id: AgentId::new(id),
+        org: OrgId::new(org),
+        name: id.to_owned(),
+        labels: [("env".to_owned(), "prod".to_owned())].into(),
+        system_info: SystemInfo {
+            hostname: format!("{id}.example"),
+            os_name: "linux".to_owned(),
+            hardware_id: hardware_id.to_owned(),
+            ..SystemInfo::default()
+        },
+        enrolled_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+        pinned_labels: Default::default(),
+    }
+}
+
+/// A plausible sample with `seq`, taken now.
+pub fn sample(seq: u64) -> Sample {
+    Sample {
+        seq,
+        time: SystemTime::now(),
+        cpu_percent: 10.0,
+        load: [0.5; 3],
+        memory_used_bytes: 100,
+        memory_total_bytes: 1000,
+        swap_used_bytes: 0,
+        swap_total_bytes: 0,
+        disks: vec![],
+        network_rx_bytes: 0,
+        network_tx_bytes: 0,
+        uptime: Duration::from_secs(60),
+        process_count: 10,
+    }
+}
+
+/// A real [`SledStore`] whose commits fail, without writing anything, while
+/// [`FailingStore::fail`] is set: the one thing a healthy disk will not do on request.
+pub struct FailingStore {
+    pub inner: SledStore,
+    pub fail: AtomicBool,
+}
+
+impl FailingStore {
+    pub fn new(inner: SledStore) -> Self {
+        Self {
+            inner,
+            fail: AtomicBool::new(false),
+        }
+    }
+
+    pub fn fail(&self, fail: bool) {
+        self.fail.store(fail, Ordering::SeqCst);
+    }
+}
+
+impl Store for FailingStore {
+    fn load(&self) -> store::Result<Snapshot> {
+        self.inner.load()
+    }
+
+    fn commit(&self, writes: &[Write]) -> store::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend(Box::new(std::io::Error::other(
+                "injected commit failure",
+            ))));
+        }
+        self.inner.commit(writes)
+    }
+
+    fn samples(
+        &self,
+        org: &OrgId,
+        agent: &AgentId,
+        from: SystemTime,
+        to: SystemTime,
+        limit: usize,
+    ) -> store::Result<Vec<Sample>> {
+        self.inner.samples(org, agent, from, to, limit)
+    }
+
+    fn transitions(
+        &self,
+        org: &OrgId,
+        agent: &AgentId,
+        limit: usize,
+    ) -> store::Result<Vec<Transition>> {
+        self.inner.transitions(org, agent, limit)
+    }
+
+    fn audit_records(
+        &self,
+        org: &OrgId,
+        after: u64,
+        limit: usize,
+    ) -> store::Result<Vec<AuditRecord>> {
+        self.inner.audit_records(org, after, limit)
+    }
+
+    fn purge_before(&self, cutoff: SystemTime) -> store::Result<u64> {
+        self.inner.purge_before(cutoff)
+    }
+}
