@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
@@ -58,6 +58,8 @@ pub enum EnrollTarget {
 
 pub struct Registry {
     inner: RwLock<Inner>,
+    /// Where wall-clock times come from (status `since`, expiry).
+    clock: Clock,
     events: broadcast::Sender<Arc<FleetEvent>>,
     /// Watchers that asked for metrics events; none means metrics events are not built at all.
     metrics_watchers: AtomicUsize,
@@ -65,6 +67,29 @@ pub struct Registry {
     liveness: LivenessConfig,
     health: HealthThresholds,
     metrics: Arc<Metrics>,
+}
+
+/// The registry's wall clock: the system's, or in unit tests one that follows tokio's (paused)
+/// clock, so that a test can drive the liveness pass through a fleet TTL in an instant. Silence
+/// is measured on tokio's monotonic clock either way (see `Session`).
+#[derive(Clone, Copy, Debug)]
+enum Clock {
+    System,
+    #[cfg(test)]
+    FollowsTokio {
+        origin: tokio::time::Instant,
+        wall: SystemTime,
+    },
+}
+
+impl Clock {
+    fn now(self) -> SystemTime {
+        match self {
+            Self::System => SystemTime::now(),
+            #[cfg(test)]
+            Self::FollowsTokio { origin, wall } => wall + origin.elapsed(),
+        }
+    }
 }
 
 struct Inner {
@@ -160,6 +185,7 @@ impl Registry {
         }
         Self {
             inner: RwLock::new(inner),
+            clock: Clock::System,
             events,
             metrics_watchers: AtomicUsize::new(0),
             writer,
@@ -209,7 +235,7 @@ impl Registry {
 
     /// Inserts or replaces an enrolled agent after its enrollment was made durable.
     pub fn enrolled(&self, record: AgentRecord) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut inner = self.write();
         let org = record.org.clone();
         let agents = inner.orgs.entry(org.clone()).or_default();
@@ -249,7 +275,7 @@ impl Registry {
     /// Removes a deleted agent: its live session ends with `Goodbye(REVOKED)` and watchers get
     /// `REMOVED`. Returns the agent as it was, or `None` if it is not in `org`.
     pub fn remove(&self, org: &OrgId, agent: &AgentId) -> Option<AgentView> {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut inner = self.write();
         let entry = inner.orgs.get(org)?.get(agent)?;
         let view = entry.view(&self.health);
@@ -279,7 +305,7 @@ impl Registry {
         system_info: SystemInfo,
         labels: Option<Labels>,
     ) -> Option<(Arc<Session>, u64)> {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut inner = self.write();
         let entry = inner.orgs.get_mut(org)?.get_mut(agent)?;
         let session = Arc::new(Session::new(
@@ -339,7 +365,7 @@ impl Registry {
 
     /// A stale agent's session delivered a message again.
     pub fn session_active(&self, session: &Session) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut inner = self.write();
         let Some(entry) = lookup(&mut inner, session) else {
             return;
@@ -358,7 +384,7 @@ impl Registry {
 
     /// A session's stream ended. Ignored if a newer session already replaced it.
     pub fn session_closed(&self, session: &Session, reason: StatusReason) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let mut inner = self.write();
         let Some(entry) = lookup(&mut inner, session) else {
             return;
@@ -401,8 +427,8 @@ impl Registry {
     /// stream is ended); offline agents past the fleet TTL expire. Reads under the read lock and
     /// takes the write lock only when something changes. Returns how many transitions it made.
     pub fn liveness_pass(&self) -> usize {
-        let now = Instant::now();
-        let wall = SystemTime::now();
+        let now = tokio::time::Instant::now();
+        let wall = self.clock.now();
         let mut due = Vec::new();
         {
             let inner = self.read();
@@ -460,7 +486,7 @@ impl Registry {
 
     /// Records samples the writer made durable: latest sample and durable seq per agent.
     pub fn samples_committed(&self, updates: Vec<(OrgId, AgentId, Sample, u64)>) {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let want_events = self.metrics_watchers.load(Ordering::Relaxed) > 0;
         let mut inner = self.write();
         for (org, agent, sample, last_seq) in updates {
@@ -633,3 +659,6 @@ fn search_text(record: &AgentRecord) -> String {
         record.system_info.hostname.to_lowercase()
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -63,7 +63,9 @@ pub struct Session {
     /// Monotonic time of the last inbound message, in milliseconds since [`Session::epoch`].
     /// Written on every message (one relaxed store), read by the liveness pass.
     last_activity_ms: AtomicU64,
-    epoch: Instant,
+    /// On tokio's clock (the system's monotonic clock outside tests), so that unit tests with
+    /// paused time drive silence.
+    epoch: tokio::time::Instant,
     /// Wall-clock time at `epoch`, to report activity as `last_seen`.
     epoch_wall: SystemTime,
     /// Set by the liveness pass when it marks the agent stale, so the next message knows to
@@ -87,7 +89,7 @@ impl Session {
             org,
             agent,
             last_activity_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            epoch: tokio::time::Instant::now(),
             epoch_wall: SystemTime::now(),
             stale: AtomicBool::new(false),
             durable_seq: AtomicU64::new(durable_seq),
@@ -103,7 +105,7 @@ impl Session {
     }
 
     /// How long since the last inbound message (or since the session opened).
-    pub fn silent_for(&self, now: Instant) -> Duration {
+    pub fn silent_for(&self, now: tokio::time::Instant) -> Duration {
         let last =
             self.epoch + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(last)
