@@ -2,8 +2,10 @@
 //! liveness from that stream's activity, persists what it learns through the [`store::Store`]
 //! interface, and answers the fleet query, watch and admin RPCs.
 //!
-//! The binary (`main.rs`) only parses flags into a [`config::Config`] and calls [`server::run`];
-//! tests call the same function with a listener bound to `127.0.0.1:0`.
+//! The binary (`main.rs`) parses flags into a [`config::Config`], then calls
+//! [`server::start`] and [`server::Server::serve`] (between the two it prints the admin token
+//! and, with `--dev`, starts a local agent); the end-to-end tests call the same two functions
+//! with a listener bound to `127.0.0.1:0`.
 
 pub mod access;
 pub mod audit;

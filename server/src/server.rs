@@ -354,7 +354,9 @@ impl Server {
     }
 }
 
-/// Binds `addr` and runs the server until `shutdown`. What the binary and most tests call.
+/// Starts the server and serves on `listener` until `shutdown`, for callers that need nothing
+/// from the started server in between (the binary and the test harness read the admin token
+/// file there, so they call [`start`] and [`Server::serve`] themselves).
 ///
 /// # Errors
 ///

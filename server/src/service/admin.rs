@@ -3,7 +3,7 @@
 //!
 //! The trait methods convert at the edge (`convert/admin.rs`) and call the use cases below,
 //! which take and return domain types. Every mutating call is audited: a success inside the
-//! commit that makes it durable, a failure by [`AdminService::finish`].
+//! commit that makes it durable, a failure by `AdminService::finish`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -242,7 +242,7 @@ pub async fn create_enrollment_token(
     Ok((record, generated.secret))
 }
 
-/// One filtered page of `org`'s audit trail. A page scans at most [`MAX_AUDIT_SCAN`] records;
+/// One filtered page of `org`'s audit trail. A page scans at most `MAX_AUDIT_SCAN` records;
 /// a filter that matches rarely may return a short page with a token to continue.
 ///
 /// # Errors

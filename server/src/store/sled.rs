@@ -9,17 +9,21 @@
 //! |---|---|
 //! | `{org}/a/{agent}` | [`AgentRecord`] |
 //! | `{org}/l/{agent}` | [`LiveRecord`] |
-//! | `{org}/m/{agent}/{millis}{seq}` | [`Sample`] |
+//! | `{org}/q/{agent}` | progress: last seq, last seen millis (`encode_progress`) |
+//! | `{org}/m/{agent}/{millis}{seq}` | [`Sample`] (postcard, see `encode_sample`) |
 //! | `{org}/x/{agent}/{millis}{counter}` | [`Transition`] |
 //! | `{org}/t/{token}` | [`TokenRecord`] |
 //! | `{org}/e/{token}` | [`EnrollmentTokenRecord`] |
+//! | `{org}/o/info` | [`OrgRecord`] |
+//! | `{org}/d/{agent}` | [`AgentTombstone`](crate::domain::AgentTombstone) |
+//! | `{org}/u/{seq}` | [`AuditRecord`] |
 //!
-//! Values are `serde_json`, except samples (postcard: compact binary, see [`encode_sample`])
-//! and `{org}/q/{agent}` progress records (16 bytes: last seq, last seen millis). `millis` (since the Unix epoch, earlier times clamp to 0), `seq` and
-//! `counter` are big-endian `u64`s, so byte order is time order. `counter` comes from sled's
-//! `generate_id`, which never repeats, even across restarts: two transitions of one agent in the
-//! same millisecond keep their commit order. Ids are `[a-z0-9-]` (checked at the edge), so `/` is a
-//! safe separator, and every scan prefix ends with it: agent `ab` never sees the records of `abc`.
+//! Values are `serde_json` unless the table says otherwise. `millis` (since the Unix epoch,
+//! earlier times clamp to 0), `seq` and `counter` are big-endian `u64`s, so byte order is time
+//! (or seq) order. `counter` comes from sled's `generate_id`, which never repeats, even across
+//! restarts: two transitions of one agent in the same millisecond keep their commit order. Ids
+//! are `[a-z0-9-]` (checked at the edge), so `/` is a safe separator, and every scan prefix ends
+//! with it: agent `ab` never sees the records of `abc`.
 //!
 //! # Cost
 //!
@@ -460,11 +464,6 @@ impl Store for SledStore {
             .collect()
     }
 
-    /// Finds series by skipping from org to org and, within an org's sample and transition
-    /// sections, from agent to agent (one seek each), so the work grows with the number of
-    /// deleted records plus orgs and agents, not with the samples that stay. Series are found
-    /// from their keys rather than from agent records, so the samples of an agent whose record is
-    /// gone are purged too. Removals go in batches of [`PURGE_BATCH`], flushed once at the end.
     fn audit_records(&self, org: &OrgId, after: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let section = section(org.as_str(), AUDIT);
         let mut from = section.clone();
@@ -479,6 +478,11 @@ impl Store for SledStore {
             .collect()
     }
 
+    /// Finds series by skipping from org to org and, within an org's sample and transition
+    /// sections, from agent to agent (one seek each), so the work grows with the number of
+    /// deleted records plus orgs and agents, not with the samples that stay. Series are found
+    /// from their keys rather than from agent records, so the samples of an agent whose record is
+    /// gone are purged too. Removals go in batches of `PURGE_BATCH`, flushed once at the end.
     fn purge_before(&self, cutoff: SystemTime) -> Result<u64> {
         let mut removed = 0;
         for org in self.orgs()? {
