@@ -128,15 +128,20 @@ fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             result => return result,
         }
     }
+}
+
+/// Whether `err`, from opening a database, may mean that another handle holds its lock. sled
+/// 0.34 reports a failed `flock` as `Error::Io` of kind `Other`, with no source to inspect
+/// (`Config::try_lock`); opening files fails with the OS's own kinds. Another `Other` error
+/// during open is retried until [`LOCK_WAIT`] like a lock, then reported unchanged.
+fn is_lock_held(err: &sled::Error) -> bool {
+    matches!(err, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::Other)
 }
 
 impl SledStore {
@@ -693,4 +698,28 @@ fn corrupt(key: &[u8], detail: impl Into<String>) -> StoreError {
 
 fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_recognised_and_other_failures_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = SledStore::open(dir.path()).expect("open");
+        let config = sled::Config::new()
+            .path(dir.path())
+            .segment_size(SEGMENT_SIZE_BYTES);
+        let err = config.open().expect_err("the directory is locked");
+        assert!(is_lock_held(&err), "{err:?}");
+
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"x").expect("write");
+        let err = sled::Config::new()
+            .path(file.join("db"))
+            .open()
+            .expect_err("a path under a file");
+        assert!(!is_lock_held(&err), "{err:?}");
+    }
 }
