@@ -30,7 +30,7 @@ use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::session::Session;
-use crate::store::{Store, Write};
+use crate::store::{Store, StoreError, Write};
 
 mod batch;
 
@@ -50,6 +50,17 @@ pub struct WriterHandle {
 pub struct WriterQueues {
     samples: mpsc::Receiver<SampleBatch>,
     control: mpsc::UnboundedReceiver<Control>,
+}
+
+/// Why a batch was not committed. Every handler waiting on the batch gets a clone.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The store refused or failed the commit.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The blocking task running the commit panicked or was cancelled.
+    #[error("commit task failed: {0}")]
+    Task(String),
 }
 
 /// The writer task has stopped (server shutting down).
@@ -75,7 +86,7 @@ enum Control {
     Commit {
         writes: Vec<Write>,
         audit: Option<Box<AuditEntry>>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), CommitError>>,
     },
 }
 
@@ -206,7 +217,7 @@ impl WriterHandle {
 
 /// Writes queued by [`WriterHandle::submit`], durable once [`Pending::wait`] returns `Ok`.
 #[must_use = "the writes are not known to be durable until waited for"]
-pub struct Pending(oneshot::Receiver<Result<(), String>>);
+pub struct Pending(oneshot::Receiver<Result<(), CommitError>>);
 
 impl Pending {
     /// Waits until the writes are durable.

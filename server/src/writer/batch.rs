@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
-use super::{Batch, Control, PROGRESS_INTERVAL, SampleBatch};
+use super::{Batch, CommitError, Control, PROGRESS_INTERVAL, SampleBatch};
 use crate::domain::{
     AgentId, AgentStatus, AuditEntry, AuditRecord, LiveRecord, OrgId, StatusReason,
 };
@@ -50,7 +50,7 @@ struct Outcome {
     /// they are durable already).
     acks: Vec<(Arc<Session>, u64)>,
     /// Handlers waiting for this batch.
-    dones: Vec<oneshot::Sender<Result<(), String>>>,
+    dones: Vec<oneshot::Sender<Result<(), CommitError>>>,
     /// Every agent this batch touches, with its live summary as it is once committed.
     live: HashMap<AgentId, (OrgId, LiveRecord)>,
     /// Each agent's newest new sample, as its index in the writes: the registry gets it after
@@ -94,15 +94,17 @@ pub(super) async fn commit_batch(
 
 /// Commits `writes` (one `apply_batch` + flush) on the blocking pool; hands them back once
 /// durable, for the registry's newest samples.
-async fn execute(store: &Arc<dyn Store>, writes: Vec<Write>) -> Result<Vec<Write>, String> {
+async fn execute(store: &Arc<dyn Store>, writes: Vec<Write>) -> Result<Vec<Write>, CommitError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
+    let (result, writes) = tokio::task::spawn_blocking(move || {
         let result = store.commit(&writes);
         (result, writes)
     })
     .await
-    .map_err(|e| format!("commit task failed: {e}"))
-    .and_then(|(r, writes)| r.map(|()| writes).map_err(|e| format!("{e:#}")))
+    .map_err(|e| CommitError::Task(e.to_string()))?;
+    result
+        .map(|()| writes)
+        .map_err(|e| CommitError::Store(Arc::new(e)))
 }
 
 // === impl WriterState ===
@@ -329,10 +331,10 @@ impl WriterState {
 
 impl Outcome {
     /// The commit failed: handlers learn why; nothing is acked and nothing is remembered.
-    fn fail(self, error: &str) {
+    fn fail(self, error: &CommitError) {
         for done in self.dones {
             // A handler that stopped waiting (its call was cancelled) needs no answer.
-            let _ = done.send(Err(error.to_owned()));
+            let _ = done.send(Err(error.clone()));
         }
     }
 }
