@@ -903,7 +903,8 @@ async fn stream_faster_than_its_rate_is_ended() {
     let mut config = fast_config(dir.path());
     config.limits.stream_messages_per_second = 20;
     config.limits.stream_message_burst = 40;
-    let (server, metrics) = TestServer::start_with_metrics(config).await;
+    let server = TestServer::start(config).await;
+    let metrics = server.metrics.clone();
     let healthy = Healthy::start(&server).await;
 
     let (agent_id, credential) = server.enroll("flooder", &[]).await;
@@ -996,7 +997,8 @@ async fn token_request_rate_is_enforced_per_token() {
     let mut config = fast_config(dir.path());
     config.limits.token_requests_per_second = 10;
     config.limits.token_request_burst = 20;
-    let (server, metrics) = TestServer::start_with_metrics(config).await;
+    let server = TestServer::start(config).await;
+    let metrics = server.metrics.clone();
     let viewer = server
         .admin()
         .await

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use tether_proto as pb;
 use tether_server::server::{ListenSecurity, check_listen};
-use tether_tests::{TlsTestServer, eventually, fast_config, hello, trace_init};
+use tether_tests::{
+    TestServer, TlsOptions, eventually, fast_config, hello, system_info, trace_init,
+};
 use tokio::io::AsyncReadExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -22,7 +24,7 @@ use tonic::Code;
 /// Opens `Connect` over TLS as `agent_id` with `credential`, presenting `identity` if given, and
 /// sends `Hello`. `Ok` once `Welcome` arrives; the status code if the server refuses.
 async fn connect_as(
-    server: &TlsTestServer,
+    server: &TestServer,
     agent_id: &str,
     credential: &str,
     identity: Option<(&Path, &Path)>,
@@ -37,7 +39,9 @@ async fn connect_as(
     })
     .await
     .expect("queue hello");
-    let mut client = server.agent_client(Some(credential), identity).await;
+    let mut client = server
+        .agent_client_with_cert(Some(credential), identity)
+        .await;
     let mut inbound = client
         .connect(ReceiverStream::new(rx))
         .await
@@ -56,10 +60,9 @@ async fn connect_as(
 async fn agent_reports_over_tls_and_the_cli_lists_it() {
     trace_init();
     let data = tempfile::tempdir().expect("data dir");
-    let server = TlsTestServer::start(fast_config(data.path()), false, None).await;
+    let server = TestServer::start_tls(fast_config(data.path()), TlsOptions::default()).await;
 
-    let state_dir = tempfile::tempdir().expect("agent state dir");
-    let agent = server.spawn_agent("tls-1", state_dir, true, None).await;
+    let agent = server.spawn_agent("tls-1", &[]).await;
     let id = agent.id().await;
     server.wait_status(&id, pb::AgentStatus::Online).await;
     eventually("samples acknowledged over TLS", || async {
@@ -90,7 +93,7 @@ async fn agent_reports_over_tls_and_the_cli_lists_it() {
 async fn untrusting_and_plaintext_clients_are_refused() {
     trace_init();
     let data = tempfile::tempdir().expect("data dir");
-    let server = TlsTestServer::start(fast_config(data.path()), false, None).await;
+    let server = TestServer::start_tls(fast_config(data.path()), TlsOptions::default()).await;
 
     // A client trusting another CA fails the handshake.
     let other_dir = tempfile::tempdir().expect("other CA dir");
@@ -147,10 +150,21 @@ async fn untrusting_and_plaintext_clients_are_refused() {
 async fn mtls_requires_a_certificate_issued_for_the_agents_own_id() {
     trace_init();
     let data = tempfile::tempdir().expect("data dir");
-    let server = TlsTestServer::start(fast_config(data.path()), true, None).await;
+    let mtls = TlsOptions {
+        mtls: true,
+        ..TlsOptions::default()
+    };
+    let server = TestServer::start_tls(fast_config(data.path()), mtls).await;
 
     // Enrollment needs no client certificate (the agent has no id yet to issue one for).
-    let enrolled = server.enroll("mtls-1").await;
+    let enrolled = server
+        .enroll_with(pb::EnrollRequest {
+            system_info: Some(system_info("mtls-1")),
+            labels: Default::default(),
+            name: String::new(),
+        })
+        .await
+        .expect("enroll over TLS");
     let id = enrolled.agent_id.clone();
     let credential = enrolled.agent_credential.clone();
 
@@ -188,14 +202,13 @@ async fn mtls_requires_a_certificate_issued_for_the_agents_own_id() {
             credential: tether_agent::Credential::new(credential.clone()),
         })
         .expect("save enrollment");
-    let agent = server
-        .spawn_agent(
-            "mtls-1",
-            state_dir,
-            false,
-            Some((cert.clone(), key.clone())),
-        )
-        .await;
+    let agent = server.spawn_agent_in(
+        "mtls-1",
+        &[],
+        state_dir,
+        None,
+        Some((cert.clone(), key.clone())),
+    );
     server.wait_status(&id, pb::AgentStatus::Online).await;
     eventually("samples acknowledged over mTLS", || async {
         (agent.handle.stats.samples_acked() >= 3).then_some(())
@@ -249,10 +262,12 @@ async fn stalled_handshakes_are_closed_while_agents_keep_reporting() {
     trace_init();
     const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
     let data = tempfile::tempdir().expect("data dir");
-    let server =
-        TlsTestServer::start(fast_config(data.path()), false, Some(HANDSHAKE_TIMEOUT)).await;
-    let state_dir = tempfile::tempdir().expect("agent state dir");
-    let agent = server.spawn_agent("steady", state_dir, true, None).await;
+    let options = TlsOptions {
+        handshake_timeout: Some(HANDSHAKE_TIMEOUT),
+        ..TlsOptions::default()
+    };
+    let server = TestServer::start_tls(fast_config(data.path()), options).await;
+    let agent = server.spawn_agent("steady", &[]).await;
     let id = agent.id().await;
     server.wait_status(&id, pb::AgentStatus::Online).await;
 
