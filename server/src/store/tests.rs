@@ -1,5 +1,8 @@
 //! Conformance suite for [`Store`] implementations.
 //!
+//! Longer than usual: it is the whole contract a backend must pass, kept in one file so that
+//! the author of a new backend reads it in one place.
+//!
 //! Every `check_*` function states one piece of the `Store` contract against a fresh, empty
 //! store (`check_commit_is_durable` takes a function that opens the same store again), so a
 //! second backend proves itself by running them all: add a module like [`sled_store`] that
