@@ -74,6 +74,27 @@ pub fn generate() -> NewToken {
     }
 }
 
+/// A new token of `org` with `role`, named `name`, created at `now`: its record (to store) and
+/// its secret (to show once). The record does not expire, is not revoked, is bound to no agent
+/// and is not the server admin; callers that need otherwise set those fields.
+pub fn issue(org: OrgId, role: Role, name: String, now: SystemTime) -> (TokenRecord, Secret) {
+    let new = generate();
+    let record = TokenRecord {
+        id: new.id,
+        org,
+        role,
+        name,
+        digest: new.digest,
+        created_at: now,
+        expires_at: None,
+        revoked: false,
+        agent: None,
+        server_admin: false,
+        last_used_at: None,
+    };
+    (record, new.secret)
+}
+
 fn digest(secret: &str) -> SecretDigest {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -493,22 +514,9 @@ mod tests {
     use tonic::metadata::MetadataValue;
 
     fn auth_with(role: Role) -> (Auth, Secret) {
-        let new = generate();
-        let record = TokenRecord {
-            id: new.id.clone(),
-            org: OrgId::new("default"),
-            role,
-            name: "t".into(),
-            digest: new.digest,
-            created_at: SystemTime::now(),
-            expires_at: None,
-            revoked: false,
-            agent: None,
-            server_admin: false,
-            last_used_at: None,
-        };
+        let (record, secret) = issue(OrgId::new("default"), role, "t".into(), SystemTime::now());
         let auth = Auth::new(vec![record], vec![]);
-        (auth, new.secret)
+        (auth, secret)
     }
 
     fn md(value: &str) -> MetadataMap {

@@ -23,7 +23,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{self, Auth, Principal};
 use crate::config::{ADMIN_TOKEN_FILE, Config, ConfigError};
-use crate::domain::{DEFAULT_ORG, OrgId, OrgRecord, Role, TokenRecord};
+use crate::domain::{DEFAULT_ORG, OrgId, OrgRecord, Role};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::service::AppState;
@@ -458,26 +458,20 @@ fn ensure_admin_token(auth: &Auth, store: &dyn Store, path: &Path) -> Result<(),
         }
         tracing::warn!(path = %path.display(), "admin token file does not hold a valid admin token; creating a new one");
     }
-    let new = auth::generate();
-    let record = TokenRecord {
-        id: new.id.clone(),
-        org: OrgId::new(DEFAULT_ORG),
-        role: Role::Admin,
-        name: "bootstrap-admin".to_owned(),
-        digest: new.digest,
-        created_at: SystemTime::now(),
-        expires_at: None,
-        revoked: false,
-        agent: None,
-        server_admin: true,
-        last_used_at: None,
-    };
+    let (mut record, secret) = auth::issue(
+        OrgId::new(DEFAULT_ORG),
+        Role::Admin,
+        "bootstrap-admin".to_owned(),
+        SystemTime::now(),
+    );
+    record.server_admin = true;
     store
         .commit(&[Write::PutToken(record.clone())])
         .map_err(|e| StartError::Internal(format!("cannot store the admin token: {e}")))?;
+    let id = record.id.clone();
     auth.insert_token(record);
-    write_private_file(path, new.secret.expose()).map_err(io_err)?;
-    tracing::info!(path = %path.display(), token = %new.id, "created bootstrap admin token");
+    write_private_file(path, secret.expose()).map_err(io_err)?;
+    tracing::info!(path = %path.display(), token = %id, "created bootstrap admin token");
     Ok(())
 }
 

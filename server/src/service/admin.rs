@@ -354,20 +354,12 @@ impl AdminService {
         if !self.state.orgs.insert(org.clone()) {
             return Err(ServerError::AlreadyExists(format!("org {}", org.id)));
         }
-        let generated = auth::generate();
-        let token = TokenRecord {
-            id: generated.id,
-            org: org.id.clone(),
-            role: Role::Admin,
-            name: format!("{}-admin", org.id),
-            digest: generated.digest,
-            created_at: now,
-            expires_at: None,
-            revoked: false,
-            agent: None,
-            server_admin: false,
-            last_used_at: None,
-        };
+        let (token, secret) = auth::issue(
+            org.id.clone(),
+            Role::Admin,
+            format!("{}-admin", org.id),
+            now,
+        );
         let writes = vec![Write::PutOrg(org.clone()), Write::PutToken(token.clone())];
         if let Err(e) = self
             .state
@@ -380,7 +372,7 @@ impl AdminService {
         }
         self.state.auth.insert_token(token.clone());
         tracing::info!(org = %org.id, by = %caller.token, "org created");
-        Ok((org, token, generated.secret))
+        Ok((org, token, secret))
     }
 
     /// Creates an API token of the caller's org; returns it with its secret.
@@ -391,20 +383,8 @@ impl AdminService {
     ) -> Result<(TokenRecord, Secret), ServerError> {
         let NewApiToken { name, role, ttl } = new;
         let now = SystemTime::now();
-        let generated = auth::generate();
-        let token = TokenRecord {
-            id: generated.id,
-            org: caller.org.clone(),
-            role,
-            name,
-            digest: generated.digest,
-            created_at: now,
-            expires_at: expiry(ttl, now)?,
-            revoked: false,
-            agent: None,
-            server_admin: false,
-            last_used_at: None,
-        };
+        let (mut token, secret) = auth::issue(caller.org.clone(), role, name, now);
+        token.expires_at = expiry(ttl, now)?;
         self.state
             .writer
             .commit_audited(
@@ -414,7 +394,7 @@ impl AdminService {
             .await?;
         self.state.auth.insert_token(token.clone());
         tracing::info!(token = %token.id, org = %token.org, role = auth::role_name(role), "token created");
-        Ok((token, generated.secret))
+        Ok((token, secret))
     }
 
     /// Revokes API token `id` of the caller's org; returns it with its last use. `target` is

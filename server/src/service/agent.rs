@@ -116,20 +116,9 @@ impl AgentService {
             enrolled_at,
             pinned_labels: token.labels.clone(),
         };
-        let credential = auth::generate();
-        let credential_record = TokenRecord {
-            id: credential.id.clone(),
-            org: org.clone(),
-            role: Role::Agent,
-            name: format!("agent {agent_id}"),
-            digest: credential.digest,
-            created_at: now,
-            expires_at: None,
-            revoked: false,
-            agent: Some(agent_id.clone()),
-            server_admin: false,
-            last_used_at: None,
-        };
+        let (mut credential_record, credential) =
+            auth::issue(org.clone(), Role::Agent, format!("agent {agent_id}"), now);
+        credential_record.agent = Some(agent_id.clone());
         let revoked: Vec<TokenRecord> = old_credentials
             .into_iter()
             .map(|mut t| {
@@ -173,7 +162,7 @@ impl AgentService {
         }
         state.registry.enrolled(record);
         tracing::info!(agent = %agent_id, org = %org, enrollment_token = %token.id, "agent enrolled");
-        Ok((agent_id, org, credential.secret))
+        Ok((agent_id, org, credential))
     }
 }
 

@@ -196,8 +196,7 @@ impl SledStore {
             .scan_prefix(&prefix)
             .map(|entry| {
                 let (key, value) = entry.map_err(backend)?;
-                let id = std::str::from_utf8(&key[prefix.len()..])
-                    .map_err(|e| corrupt(&key, format!("id is not utf-8: {e}")))?;
+                let id = key_id(&prefix, &key)?;
                 Ok((id.to_owned(), decode(&key, &value)?))
             })
             .collect()
@@ -284,8 +283,7 @@ impl Store for SledStore {
             let prefix = section(&org, PROGRESS);
             for entry in self.data.scan_prefix(&prefix) {
                 let (key, value) = entry.map_err(backend)?;
-                let id = std::str::from_utf8(&key[prefix.len()..])
-                    .map_err(|e| corrupt(&key, format!("id is not utf-8: {e}")))?;
+                let id = key_id(&prefix, &key)?;
                 let (last_seq, last_seen) = decode_progress(&key, &value)?;
                 if let Some(live) = lives.get_mut(id) {
                     live.last_seq = live.last_seq.max(last_seq);
@@ -447,10 +445,7 @@ impl Store for SledStore {
             .scan_prefix(series_prefix(org, TRANSITION, agent))
             .rev()
             .take(limit)
-            .map(|entry| {
-                let (key, value) = entry.map_err(backend)?;
-                decode(&key, &value)
-            })
+            .map(decode_entry)
             .collect()
     }
 
@@ -461,10 +456,7 @@ impl Store for SledStore {
         self.data
             .range((Bound::Included(from), prefix_end(&section)))
             .take(limit)
-            .map(|entry| {
-                let (key, value) = entry.map_err(backend)?;
-                decode(&key, &value)
-            })
+            .map(decode_entry)
             .collect()
     }
 
@@ -488,6 +480,12 @@ impl Store for SledStore {
         }
         Ok(removed)
     }
+}
+
+/// Decodes one JSON record as a scan yields it.
+fn decode_entry<T: DeserializeOwned>(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<T> {
+    let (key, value) = entry.map_err(backend)?;
+    decode(&key, &value)
 }
 
 // === schema ===

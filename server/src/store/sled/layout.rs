@@ -59,6 +59,12 @@ pub(super) fn series_prefix(org: &OrgId, kind: u8, agent: &AgentId) -> Vec<u8> {
     key
 }
 
+/// The id a record's key names after `prefix` (its section).
+pub(super) fn key_id<'k>(prefix: &[u8], key: &'k [u8]) -> Result<&'k str> {
+    std::str::from_utf8(&key[prefix.len()..])
+        .map_err(|e| corrupt(key, format!("id is not utf-8: {e}")))
+}
+
 /// The `(millis, n)` of a key built by [`series_key`].
 pub(super) fn series_suffix(series: &[u8], key: &[u8]) -> Result<(u64, u64)> {
     let suffix: [u8; SERIES_SUFFIX_LEN] =
