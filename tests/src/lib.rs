@@ -30,7 +30,7 @@ mod session;
 
 pub use self::agent::{TestAgent, agent_config};
 pub use self::crash::CrashableServer;
-pub use self::rpc::{cli_at, create_token, list_all, token_id};
+pub use self::rpc::{cli_at, create_token, list_all, list_audit, token_id};
 pub use self::server::{TestServer, TestTls, TlsOptions, limit_violations};
 pub use self::session::{RawSession, hello, labels, sample, system_info};
 

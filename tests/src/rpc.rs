@@ -1,5 +1,5 @@
 //! Helpers over the RPCs and the CLI that need no [`crate::TestServer`]: following pages,
-//! creating tokens, running `tetherctl` against any address.
+//! reading the audit trail, creating tokens, running `tetherctl` against any address.
 
 use std::time::Duration;
 
@@ -21,6 +21,28 @@ pub async fn list_all(fleet: &mut FleetClient, mut req: pb::ListAgentsRequest) -
             return out;
         }
         req.page_token = page.next_page_token;
+    }
+}
+
+/// Every audit event `admin` may see that matches `filter`, following pages.
+pub async fn list_audit(
+    admin: &AdminClient,
+    filter: pb::ListAuditEventsRequest,
+) -> Vec<pb::AuditEvent> {
+    let mut admin = admin.clone();
+    let mut events = Vec::new();
+    let mut request = filter;
+    loop {
+        let page = admin
+            .list_audit_events(request.clone())
+            .await
+            .expect("list audit events")
+            .into_inner();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return events;
+        }
+        request.page_token = page.next_page_token;
     }
 }
 

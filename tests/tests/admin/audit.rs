@@ -23,21 +23,7 @@ const LIST_AGENTS: &str = "/tether.v1.FleetService/ListAgents";
 
 /// Every audit event visible to `admin`, following pages, with `filter` applied.
 async fn audit(admin: &AdminClient, filter: pb::ListAuditEventsRequest) -> Vec<pb::AuditEvent> {
-    let mut admin = admin.clone();
-    let mut events = Vec::new();
-    let mut req = filter;
-    loop {
-        let page = admin
-            .list_audit_events(req.clone())
-            .await
-            .expect("list audit events")
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return events;
-        }
-        req.page_token = page.next_page_token;
-    }
+    tether_tests::list_audit(admin, filter).await
 }
 
 /// Checks the chain as `admin.proto` defines it, independently of the CLI's checker.
@@ -459,3 +445,4 @@ async fn a_deleted_audit_event_leaves_a_gap() {
     assert_eq!(events.last().map(|e| e.seq), Some(want.len() as u64 + 1));
     server.stop().await;
 }
+

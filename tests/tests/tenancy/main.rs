@@ -574,25 +574,11 @@ async fn audit_after(admin: &AdminClient, after: u64) -> Vec<AuditKey> {
 }
 
 async fn all_audit(admin: &AdminClient) -> Vec<pb::AuditEvent> {
-    let mut admin = admin.clone();
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = admin
-            .list_audit_events(pb::ListAuditEventsRequest {
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list audit events")
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return events;
-        }
-        page_token = page.next_page_token;
-    }
+    let filter = pb::ListAuditEventsRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    tether_tests::list_audit(admin, filter).await
 }
 
 async fn server_stop(world: World) {
