@@ -4,12 +4,24 @@
 //! record's plus one, and `hash` is [`tether_proto::audit::event_hash`] of the event, the
 //! contract's definition, which `tetherctl audit verify` recomputes with the same function: a
 //! modified record breaks a hash, a deleted one leaves a gap in `seq`.
+//!
+//! Every text field of an entry is bounded when the entry is made ([`entry`]): a method path, a
+//! target or a status message may echo what a caller sent, and the trail must stay small
+//! enough to be read back (`ListAuditEvents` pages, `tetherctl audit verify`) whatever callers
+//! send.
 
 use crate::auth::{Caller, Principal};
 use crate::convert;
 use crate::domain::{AuditEntry, AuditOutcome, AuditRecord, Role};
 
 pub use tether_proto::audit::GENESIS;
+
+/// Longest method path, target or actor name an audit entry keeps, in bytes.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// Longest status message an audit entry keeps, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Appended to a text that [`bounded`] shortened.
+const ELLIPSIS: &str = "…";
 
 /// Places `entry` after `(prev_seq, prev_hash)`: the hash covers the wire form of the event
 /// with its hash field empty ([`convert::admin::audit_event_to_pb`]).
@@ -48,14 +60,27 @@ pub fn entry(
         org: caller.org.clone(),
         time: std::time::SystemTime::now(),
         actor_token: Some(caller.token.clone()),
-        actor_name,
+        actor_name: bounded(&actor_name, MAX_FIELD_BYTES),
         actor_role,
-        method: method.to_owned(),
-        target: target.to_owned(),
+        method: bounded(method, MAX_FIELD_BYTES),
+        target: bounded(target, MAX_FIELD_BYTES),
         outcome,
         status_code,
-        message,
+        message: bounded(&message, MAX_MESSAGE_BYTES),
     }
+}
+
+/// `text` cut to at most `max_bytes` (at a character boundary, marked with an ellipsis), for
+/// text a caller chose that goes into the audit trail or a log line.
+pub fn bounded(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let mut end = max_bytes.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
 }
 
 /// Refusals (credentials, permissions, limits) are `Denied`; other errors are `Failed`.
@@ -87,6 +112,25 @@ mod tests {
             status_code: 0,
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn long_fields_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("short", 10), "short");
+        let cut = bounded(&"é".repeat(300), MAX_FIELD_BYTES);
+        assert!(cut.len() <= MAX_FIELD_BYTES, "{}", cut.len());
+        assert!(cut.ends_with(ELLIPSIS) && cut.starts_with("éé"), "{cut}");
+        let caller = Caller {
+            org: OrgId::new("o"),
+            token: TokenId::new("t"),
+            principal: Principal::Enrollment,
+        };
+        let huge = "x".repeat(100_000);
+        let status = tonic::Status::invalid_argument(huge.clone());
+        let e = entry(&caller, &huge, &huge, Err(&status));
+        assert!(e.method.len() <= MAX_FIELD_BYTES);
+        assert!(e.target.len() <= MAX_FIELD_BYTES);
+        assert!(e.message.len() <= MAX_MESSAGE_BYTES);
     }
 
     #[test]

@@ -26,12 +26,19 @@ use crate::writer::WriterHandle;
 /// Paths served without a token.
 const PUBLIC_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
 
-/// Rate-limit refusals are audited at most once per interval per token; failed
-/// authentications with a known token id (ids are public) get a budget of
-/// [`AUTH_FAILURE_AUDIT_BURST`] records refilled at one per interval. Either way a flood
-/// cannot flood the audit trail; every refusal is still counted in metrics.
+/// Rate-limit refusals are audited at most once per interval per token. Other refusals of a
+/// token (failed authentications with a known token id, which is public; permission denials)
+/// share a budget of [`REFUSAL_AUDIT_BURST`] audit records refilled at one per interval, so a
+/// flood of refused calls writes a bounded number of records. Every refusal is still counted in
+/// metrics, and the next audited refusal says how many were left out before it.
 const RATE_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
-const AUTH_FAILURE_AUDIT_BURST: f64 = 100.0;
+const REFUSAL_AUDIT_BURST: f64 = 100.0;
+
+/// What the audit trail records as the method of a call to a path with no access rule: the
+/// path is the caller's choice (any length), so it is never stored as given.
+pub const UNKNOWN_METHOD: &str = "(unknown method)";
+/// Characters of an unknown path quoted in the refusal's message, for diagnosis.
+const UNKNOWN_METHOD_PREVIEW: usize = 64;
 
 /// Per-token request budget: a token bucket.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,11 +55,23 @@ pub struct Gate {
     buckets: Mutex<HashMap<TokenId, Bucket>>,
 }
 
+/// The budgets of one token.
 struct Bucket {
     requests: TokenBucket,
     last_rate_audit: Option<Instant>,
-    /// Audit records left for failed authentications with this token id.
-    failure_audits: TokenBucket,
+    /// Audit records left for this token's other refusals.
+    refusal_audits: TokenBucket,
+    /// Refusals of this token left out of the audit trail since its last audited one.
+    unaudited: u64,
+}
+
+/// Whether a refusal is written to the audit trail, decided under the token's budget.
+enum AuditDecision {
+    /// Audit it; `unaudited` refusals of the same token were left out before it.
+    Audit {
+        unaudited: u64,
+    },
+    Skip,
 }
 
 // === impl Gate ===
@@ -75,6 +94,10 @@ impl Gate {
 
     /// Decides on one request: `Ok(None)` for public paths, `Ok(Some(caller))` to admit.
     ///
+    /// The order is authentication, the token's request budget, then the access rule: a call
+    /// that will be denied costs its caller a request like any other, so refusals are never a
+    /// free way to load the server.
+    ///
     /// # Errors
     ///
     /// The status to answer with.
@@ -92,19 +115,15 @@ impl Gate {
                 self.count(&status);
                 // A known token that failed (revoked, expired, wrong secret) is audited in its
                 // org; an unknown one has no org to be audited in and is only counted.
-                if let Some(claimed) = self
-                    .auth
-                    .identify(&metadata)
-                    .filter(|claimed| self.may_audit(&claimed.token))
-                {
-                    self.audit_denial(&claimed, method, &status);
+                if let Some(claimed) = self.auth.identify(&metadata) {
+                    self.audit_refusal(&claimed, method, &status);
                 }
                 return Err(status);
             }
         };
         let result = self
-            .authorize(&caller, method)
-            .and_then(|()| self.take(&caller, method));
+            .take(&caller, method)
+            .and_then(|()| self.authorize(&caller, method));
         match result {
             Ok(()) => Ok(Some(caller)),
             Err(status) => {
@@ -116,8 +135,15 @@ impl Gate {
 
     fn authorize(&self, caller: &Caller, method: &str) -> Result<(), Status> {
         let Some((rule, _)) = access::rule(method) else {
-            let status = Status::permission_denied(format!("no access rule for {method}"));
-            self.audit_denial(caller, method, &status);
+            let preview: String = method.chars().take(UNKNOWN_METHOD_PREVIEW).collect();
+            let ellipsis = if preview.len() < method.len() {
+                "…"
+            } else {
+                ""
+            };
+            let status =
+                Status::permission_denied(format!("no access rule for {preview:?}{ellipsis}"));
+            self.audit_refusal(caller, method, &status);
             return Err(status);
         };
         if access::allows(rule, &caller.principal) {
@@ -125,7 +151,7 @@ impl Gate {
         }
         let need = access::requirement(rule);
         let status = Status::permission_denied(format!("{method} requires {need}"));
-        self.audit_denial(caller, method, &status);
+        self.audit_refusal(caller, method, &status);
         Err(status)
     }
 
@@ -142,48 +168,84 @@ impl Gate {
         let audit = bucket
             .last_rate_audit
             .is_none_or(|at| now.saturating_duration_since(at) >= RATE_AUDIT_INTERVAL);
-        if audit {
+        let decision = if audit {
             bucket.last_rate_audit = Some(now);
-        }
+            AuditDecision::Audit {
+                unaudited: std::mem::take(&mut bucket.unaudited),
+            }
+        } else {
+            bucket.unaudited += 1;
+            AuditDecision::Skip
+        };
         drop(buckets);
         self.metrics.limit("token_request_rate");
         let status = Status::resource_exhausted(format!(
             "request rate of this token exceeds {} per second",
             self.rate.per_second
         ));
-        if audit {
-            self.audit_denial(caller, method, &status);
-        }
+        self.apply(decision, caller, method, &status);
         Err(status)
     }
 
-    /// Whether a refused call of token `id` may be audited now: at most once per
-    /// [`RATE_AUDIT_INTERVAL`], since token ids are public and failures with them cost nothing.
-    fn may_audit(&self, id: &TokenId) -> bool {
+    /// Audits a refusal of `caller` if its token's refusal budget allows; counts it otherwise.
+    fn audit_refusal(&self, caller: &Caller, method: &str, status: &Status) {
+        let decision = self.refusal_budget(&caller.token);
+        self.apply(decision, caller, method, status);
+    }
+
+    fn apply(&self, decision: AuditDecision, caller: &Caller, method: &str, status: &Status) {
+        match decision {
+            AuditDecision::Audit { unaudited } => self.audit(caller, method, status, unaudited),
+            AuditDecision::Skip => {
+                self.metrics.refusals_unaudited.inc();
+            }
+        }
+    }
+
+    /// Takes one audit record from token `id`'s refusal budget.
+    fn refusal_budget(&self, id: &TokenId) -> AuditDecision {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        buckets
+        let bucket = buckets
             .entry(id.clone())
-            .or_insert_with(|| self.bucket(now))
-            .failure_audits
-            .try_take(now)
+            .or_insert_with(|| self.bucket(now));
+        if bucket.refusal_audits.try_take(now) {
+            AuditDecision::Audit {
+                unaudited: std::mem::take(&mut bucket.unaudited),
+            }
+        } else {
+            bucket.unaudited += 1;
+            AuditDecision::Skip
+        }
     }
 
     fn bucket(&self, now: Instant) -> Bucket {
         Bucket {
             requests: TokenBucket::new(self.rate.per_second, self.rate.burst, now),
             last_rate_audit: None,
-            failure_audits: TokenBucket::new(
+            refusal_audits: TokenBucket::new(
                 1.0 / RATE_AUDIT_INTERVAL.as_secs_f64(),
-                AUTH_FAILURE_AUDIT_BURST,
+                REFUSAL_AUDIT_BURST,
                 now,
             ),
+            unaudited: 0,
         }
     }
 
-    fn audit_denial(&self, caller: &Caller, method: &str, status: &Status) {
-        self.writer
-            .audit(audit::entry(caller, method, "", Err(status)));
+    /// Writes one refusal to the audit trail. Only methods with an access rule are recorded by
+    /// name; any other path is [`UNKNOWN_METHOD`].
+    fn audit(&self, caller: &Caller, method: &str, status: &Status, unaudited: u64) {
+        let method = match access::rule(method) {
+            Some(_) => method,
+            None => UNKNOWN_METHOD,
+        };
+        let mut entry = audit::entry(caller, method, "", Err(status));
+        if unaudited > 0 {
+            entry.message.push_str(&format!(
+                " ({unaudited} earlier refusals of this token were not audited)"
+            ));
+        }
+        self.writer.audit(entry);
     }
 
     fn count(&self, status: &Status) {

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub writer_batches: Counter,
     pub writer_commit_failures: Counter,
     pub watchers_aborted: Counter,
+    /// Refused calls left out of the audit trail by their token's audit budget.
+    pub refusals_unaudited: Counter,
 }
 
 impl Metrics {
@@ -54,6 +56,7 @@ impl Metrics {
         let writer_batches = Counter::default();
         let writer_commit_failures = Counter::default();
         let watchers_aborted = Counter::default();
+        let refusals_unaudited = Counter::default();
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -95,6 +98,11 @@ impl Metrics {
             "Watch streams ended because they fell behind",
             watchers_aborted.clone(),
         );
+        registry.register(
+            "refusals_unaudited",
+            "Refused calls left out of the audit trail by their token's audit budget",
+            refusals_unaudited.clone(),
+        );
         Arc::new(Self {
             registry,
             limit_violations,
@@ -106,6 +114,7 @@ impl Metrics {
             writer_batches,
             writer_commit_failures,
             watchers_aborted,
+            refusals_unaudited,
         })
     }
 

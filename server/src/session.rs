@@ -347,7 +347,10 @@ impl SessionLoop {
                 Ok(None)
             }
             Some(In::Goodbye(bye)) => {
-                tracing::info!(agent = %self.session.agent, session = %self.session.id, reason = %bye.reason, "agent said goodbye");
+                // The reason is the agent's own text: bounded, and quoted so that it cannot
+                // forge log lines.
+                let reason = crate::audit::bounded(&bye.reason, crate::audit::MAX_FIELD_BYTES);
+                tracing::info!(agent = %self.session.agent, session = %self.session.id, reason = ?reason, "agent said goodbye");
                 self.guard.goodbye = true;
                 self.done = true;
                 Ok(None)

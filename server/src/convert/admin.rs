@@ -272,6 +272,14 @@ pub fn audit_record_to_pb(record: &AuditRecord) -> pb::AuditEvent {
     )
 }
 
+/// The bytes `record` adds to a `ListAuditEventsResponse`: its encoding plus the field's tag
+/// and length prefix.
+pub fn audit_record_wire_len(record: &AuditRecord) -> usize {
+    use prost::Message as _;
+    let len = audit_record_to_pb(record).encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
 /// # Errors
 ///
 /// `INVALID_ARGUMENT` for a negative page size, a foreign page token, an unknown outcome or a

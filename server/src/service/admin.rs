@@ -25,6 +25,10 @@ use crate::store::Write;
 const MAX_AUDIT_SCAN: usize = 100_000;
 /// Audit records read from the store at a time while filling a page.
 const AUDIT_CHUNK: usize = 1000;
+/// Most bytes of events one `ListAuditEvents` page carries: half of the 4 MiB gRPC clients
+/// accept by default, so a page of records stored before their fields were bounded (or of the
+/// largest ones bounded today) can always be read. A page holds at least one event.
+pub const MAX_AUDIT_PAGE_BYTES: usize = 2 << 20;
 
 const CREATE_ORG: &str = "/tether.v1.AdminService/CreateOrg";
 const CREATE_TOKEN: &str = "/tether.v1.AdminService/CreateToken";
@@ -242,8 +246,9 @@ pub async fn create_enrollment_token(
     Ok((record, generated.secret))
 }
 
-/// One filtered page of `org`'s audit trail. A page scans at most `MAX_AUDIT_SCAN` records;
-/// a filter that matches rarely may return a short page with a token to continue.
+/// One filtered page of `org`'s audit trail. A page scans at most `MAX_AUDIT_SCAN` records and
+/// carries at most [`MAX_AUDIT_PAGE_BYTES`] of events; a filter that matches rarely, or large
+/// events, may end a page early with a token to continue.
 ///
 /// # Errors
 ///
@@ -262,9 +267,11 @@ pub async fn list_audit_events(
         page_size,
     } = query;
     let mut records = Vec::new();
+    let mut bytes = 0;
     let mut scanned = 0;
+    let mut full = false;
     let mut exhausted = false;
-    while records.len() < page_size && scanned < MAX_AUDIT_SCAN {
+    while !full && scanned < MAX_AUDIT_SCAN {
         let store = state.store.clone();
         let org = org.clone();
         let chunk =
@@ -276,8 +283,6 @@ pub async fn list_audit_events(
             break;
         }
         for record in chunk {
-            scanned += 1;
-            after = record.seq;
             let e = &record.entry;
             let keep = method.as_ref().is_none_or(|m| e.method == *m)
                 && actor_token.as_ref().is_none_or(|wanted| {
@@ -286,8 +291,20 @@ pub async fn list_audit_events(
                 && outcome.is_none_or(|o| e.outcome == o)
                 && since.is_none_or(|s| e.time >= s);
             if keep {
+                let size = convert::admin::audit_record_wire_len(&record);
+                if !records.is_empty() && bytes + size > MAX_AUDIT_PAGE_BYTES {
+                    // This record starts the next page.
+                    full = true;
+                    break;
+                }
+                bytes += size;
+            }
+            scanned += 1;
+            after = record.seq;
+            if keep {
                 records.push(record);
                 if records.len() == page_size {
+                    full = true;
                     break;
                 }
             }

@@ -27,6 +27,7 @@ use tonic::Code;
 mod http2;
 mod messages;
 mod rates;
+mod refusals;
 
 const LIST_AGENTS: &str = "/tether.v1.FleetService/ListAgents";
 const CONNECT: &str = "/tether.v1.AgentService/Connect";

@@ -446,3 +446,109 @@ async fn a_deleted_audit_event_leaves_a_gap() {
     server.stop().await;
 }
 
+/// Events stored before their fields were bounded can be far larger than any written today: a
+/// trail of such events is still served in pages a standard client accepts (4 MiB), and
+/// `tetherctl audit` and `audit verify` read it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_stored_events_are_served_in_pages_clients_accept() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, secret, want) = audited_org(dir.path()).await;
+    server.stop().await;
+
+    // Every event gets a 500 KB target: 6 MB of events, more than one 4 MiB message.
+    const TARGET_BYTES: usize = 500 * 1000;
+    let n = want.len() as u64;
+    let store = stored(dir.path());
+    let mut records = Vec::new();
+    for seq in 1..=n {
+        let value = store
+            .audit_record("acme", seq)
+            .expect("read")
+            .expect("exists");
+        let mut record: serde_json::Value = serde_json::from_slice(&value).expect("json");
+        record["entry"]["target"] = format!("{seq}-{}", "t".repeat(TARGET_BYTES)).into();
+        store
+            .put_audit_record("acme", seq, &serde_json::to_vec(&record).expect("json"))
+            .expect("write");
+        records.push(record);
+    }
+    drop(store);
+
+    // Served in pages under the client's default limit; the chain is broken by the edit.
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let mut admin = server.admin_as(Some(&secret)).await;
+    let mut events = Vec::new();
+    let mut request = pb::ListAuditEventsRequest::default();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .list_audit_events(request.clone())
+            .await
+            .expect("a page within the client's 4 MiB limit")
+            .into_inner();
+        assert!(
+            page.encoded_len() <= 4 << 20,
+            "{} bytes",
+            page.encoded_len()
+        );
+        pages += 1;
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    assert!(pages > 1, "the trail needs several pages");
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
+    let err = server
+        .cli_as(&secret, &["audit", "verify"])
+        .await
+        .expect_err("the edited chain does not verify");
+    assert!(
+        matches!(
+            err,
+            tetherctl::CliError::AuditChainBroken(tetherctl::ChainError::HashMismatch { seq: 1 })
+        ),
+        "{err:?}"
+    );
+    server.stop().await;
+
+    // Re-chain the large events as a server of old would have: now the trail verifies.
+    let mut prev = vec![0u8; 32];
+    let store = stored(dir.path());
+    for (event, record) in events.iter_mut().zip(&mut records) {
+        event.prev_hash.clone_from(&prev);
+        let hash = tetherctl::event_hash(event).to_vec();
+        record["prev_hash"] = serde_json::json!(prev);
+        record["hash"] = serde_json::json!(hash);
+        store
+            .put_audit_record(
+                "acme",
+                event.seq,
+                &serde_json::to_vec(&record).expect("json"),
+            )
+            .expect("write");
+        prev = hash;
+    }
+    drop(store);
+    let server = TestServer::start(fast_config(dir.path())).await;
+    let listing = server
+        .cli_as(&secret, &["audit", "-o", "json"])
+        .await
+        .expect("tetherctl audit");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listing).expect("json");
+    assert_eq!(listed.len() as u64, n);
+    let verdict = server
+        .cli_as(&secret, &["audit", "verify"])
+        .await
+        .expect("tetherctl audit verify");
+    assert!(
+        verdict.starts_with(&format!("audit chain OK: {n} events")),
+        "{verdict}"
+    );
+    server.stop().await;
+}
