@@ -30,6 +30,12 @@ const AUDIT_CHUNK: usize = 1000;
 /// largest ones bounded today) can always be read. A page holds at least one event.
 pub const MAX_AUDIT_PAGE_BYTES: usize = 2 << 20;
 
+/// Longest lifetime of an API token or an enrollment token: ten years.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+/// The last second of the year 9999 (UTC), as time since the Unix epoch: the latest expiry the
+/// server stores, the last time an RFC 3339 timestamp can write.
+pub const LATEST_EXPIRY: std::time::Duration = std::time::Duration::from_secs(253_402_300_799);
+
 const CREATE_ORG: &str = "/tether.v1.AdminService/CreateOrg";
 const CREATE_TOKEN: &str = "/tether.v1.AdminService/CreateToken";
 const REVOKE_TOKEN: &str = "/tether.v1.AdminService/RevokeToken";
@@ -151,7 +157,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             .auth
             .api_tokens(&caller.org)
             .into_iter()
-            .filter(|t| include_revoked || !t.revoked)
+            .filter(|t| (include_revoked || !t.revoked) && may_manage(&caller, t))
             .map(|t| {
                 let last_used = self.state.auth.last_used(&t);
                 (t, last_used)
@@ -316,18 +322,48 @@ pub async fn list_audit_events(
     })
 }
 
-/// When something created at `now` with `ttl` expires.
+/// When something created at `now` with `ttl` expires. A token either never expires (no TTL)
+/// or expires within [`MAX_TTL`], and never after [`LATEST_EXPIRY`]: every expiry the server
+/// stores is a time every client can read and print.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a TTL above [`MAX_TTL`] or an expiry after [`LATEST_EXPIRY`].
 fn expiry(
     ttl: Option<std::time::Duration>,
     now: SystemTime,
 ) -> Result<Option<SystemTime>, ServerError> {
-    match ttl {
-        Some(ttl) => now
-            .checked_add(ttl)
-            .map(Some)
-            .ok_or_else(|| ServerError::invalid("ttl is too large")),
-        None => Ok(None),
+    let Some(ttl) = ttl else {
+        return Ok(None);
+    };
+    if ttl > MAX_TTL {
+        return Err(ServerError::invalid(format!(
+            "ttl must be at most {} days (10 years); omit it for a token that does not expire",
+            MAX_TTL.as_secs() / 86_400
+        )));
     }
+    now.checked_add(ttl)
+        .filter(|at| {
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .is_ok_and(|since| since <= LATEST_EXPIRY)
+        })
+        .map(Some)
+        .ok_or_else(|| ServerError::invalid("ttl ends after the year 9999"))
+}
+
+/// Whether `caller` may see and revoke API token `token` of its org: the server-admin token
+/// is managed only by a server admin; for anyone else it does not exist (`NOT_FOUND`, like
+/// another org's token), so an org admin of the default org cannot lock the server out of
+/// org management.
+fn may_manage(caller: &auth::Caller, token: &TokenRecord) -> bool {
+    !token.server_admin
+        || matches!(
+            caller.principal,
+            auth::Principal::User {
+                server_admin: true,
+                ..
+            }
+        )
 }
 
 fn audit_ok(caller: &auth::Caller, method: &str, target: &str) -> AuditEntry {
@@ -426,7 +462,7 @@ impl AdminService {
             .state
             .auth
             .token(&id)
-            .filter(|t| t.org == caller.org && t.role != Role::Agent)
+            .filter(|t| t.org == caller.org && t.role != Role::Agent && may_manage(caller, t))
             .ok_or_else(|| ServerError::NotFound(format!("token {id}")))?;
         let mut revoked = existing.clone();
         revoked.revoked = true;
@@ -517,5 +553,59 @@ impl AdminService {
             tracing::info!(token = %id, org = %caller.org, "enrollment token revoked");
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::OrgId;
+
+    #[test]
+    fn expiries_stay_within_ten_years_and_the_year_9999() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(expiry(None, now).expect("no ttl"), None);
+        assert_eq!(
+            expiry(Some(MAX_TTL), now).expect("ten years"),
+            Some(now + MAX_TTL)
+        );
+        for ttl in [MAX_TTL + Duration::from_secs(1), Duration::MAX] {
+            let err = expiry(Some(ttl), now).expect_err("too long");
+            assert_eq!(
+                tonic::Status::from(err).code(),
+                tonic::Code::InvalidArgument
+            );
+        }
+        // A clock near the end of the range: a short TTL may still end after 9999.
+        let late = SystemTime::UNIX_EPOCH + LATEST_EXPIRY - Duration::from_secs(60);
+        expiry(Some(Duration::from_secs(60)), late).expect("the last second");
+        let err = expiry(Some(Duration::from_secs(61)), late).expect_err("after 9999");
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn only_a_server_admin_manages_the_server_admin_token() {
+        let now = SystemTime::now();
+        let org = OrgId::new("default");
+        let (mut bootstrap, _) = auth::issue(org.clone(), Role::Admin, "boot".into(), now);
+        bootstrap.server_admin = true;
+        let (other, _) = auth::issue(org.clone(), Role::Viewer, "v".into(), now);
+        let caller = |server_admin| auth::Caller {
+            org: org.clone(),
+            token: TokenId::new("c"),
+            principal: auth::Principal::User {
+                name: "c".into(),
+                role: Role::Admin,
+                server_admin,
+            },
+        };
+        assert!(may_manage(&caller(true), &bootstrap));
+        assert!(!may_manage(&caller(false), &bootstrap));
+        assert!(may_manage(&caller(false), &other));
     }
 }

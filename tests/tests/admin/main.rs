@@ -16,6 +16,7 @@ use tether_tests::{
 use tonic::Code;
 
 mod audit;
+mod tokens;
 
 const STREAM_WAIT: Duration = Duration::from_secs(5);
 
