@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod datadir;
 pub mod devcerts;
 pub mod domain;
 pub mod error;

@@ -186,9 +186,10 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a development CA, a server certificate and client certificates (keys 0600), and
-    /// print how to start the server, agents and CLI with them. An existing CA in the
-    /// directory is reused, so certificates for agents enrolled later share the trust root.
+    /// Write a development CA, a server certificate and a client certificate for the CLI (keys
+    /// 0600), or with --agent only agents' client certificates, and print how to use them. An
+    /// existing CA in the directory is reused, so certificates for agents enrolled later share
+    /// the trust root. Existing files are never overwritten without --force.
     GenCerts(GenCertsArgs),
 }
 
@@ -199,12 +200,23 @@ struct GenCertsArgs {
     out: PathBuf,
 
     /// Host names and IP addresses the server certificate is valid for, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1",
+        conflicts_with = "agents"
+    )]
     hosts: Vec<String>,
 
-    /// Agent id to issue a client certificate for (Common Name = the id); repeatable.
+    /// Agent id to issue a client certificate for (Common Name = the id); repeatable. Only
+    /// agent certificates are written, signed by the directory's CA (created if missing).
     #[arg(long = "agent", value_name = "AGENT_ID")]
     agents: Vec<String>,
+
+    /// Overwrite certificates and keys that already exist (the CA is kept while both of its
+    /// files are there).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -260,7 +272,18 @@ fn init_tracing(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, with its causes: what failed and why.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
     if let Some(Command::GenCerts(gen_args)) = &args.command {
@@ -371,7 +394,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// `gen-certs`: writes the certificates and prints how to use them.
 fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
-    let certs = tether_server::devcerts::generate_dev_certs(&args.out, &args.hosts, &args.agents)
+    if !args.agents.is_empty() {
+        return gen_agent_certs(args);
+    }
+    let certs = tether_server::devcerts::generate_dev_certs(&args.out, &args.hosts, args.force)
         .context("gen-certs")?;
     let d = |p: &std::path::Path| p.display().to_string();
     let host = args
@@ -412,9 +438,6 @@ fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
         d(&certs.client_cert),
         d(&certs.client_key)
     );
-    for (id, cert, key) in &certs.agents {
-        println!("    {}  {}  agent {id}", d(cert), d(key));
-    }
     println!(
         "\nServer (add --client-ca {ca} to require agent certificates, mTLS):\n\n    \
          tether-server --tls-cert {} --tls-key {}\n",
@@ -426,22 +449,50 @@ fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
         "Agent:\n\n    tether-agent --server {url} --ca-cert {} --enroll-token TOKEN",
         d(&certs.ca_cert)
     );
-    match certs.agents.first() {
-        Some((_, cert, key)) => println!(
-            "        --client-cert {} --client-key {}\n",
-            d(cert),
-            d(key)
-        ),
-        None => println!(
-            "\n  With mTLS, enroll first, then issue the agent's certificate with\n    \
-             tether-server gen-certs --out {} --agent AGENT_ID\n  and add --client-cert/--client-key.\n",
-            d(&certs.dir)
-        ),
-    }
+    println!(
+        "\n  With mTLS, enroll first, then issue the agent's certificate with\n    \
+         tether-server gen-certs --out {} --agent AGENT_ID\n  and add --client-cert/--client-key.\n",
+        d(&certs.dir)
+    );
     println!(
         "CLI:\n\n    export TETHER_SERVER={url} TETHER_CA_CERT={}",
         d(&certs.ca_cert)
     );
+    Ok(())
+}
+
+/// `gen-certs --agent ID…`: writes only the agents' certificates.
+fn gen_agent_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
+    let certs = tether_server::devcerts::issue_agent_certs(&args.out, &args.agents, args.force)
+        .context("gen-certs")?;
+    let d = |p: &std::path::Path| p.display().to_string();
+    println!(
+        "{} in {}:\n",
+        if certs.reused_ca {
+            "Wrote agent certificates signed by the existing CA"
+        } else {
+            "Wrote a development CA and agent certificates"
+        },
+        d(&certs.dir)
+    );
+    for (id, cert, key) in &certs.agents {
+        println!("    {}  {}  agent {id}", d(cert), d(key));
+    }
+    if !certs.reused_ca {
+        println!(
+            "\n  The server trusts them with --client-ca {}; its own certificate comes from\n    \
+             tether-server gen-certs --out {}",
+            d(&certs.ca_cert),
+            d(&certs.dir)
+        );
+    }
+    if let Some((_, cert, key)) = certs.agents.first() {
+        println!(
+            "\nAgent (add to its flags):\n\n    --client-cert {} --client-key {}",
+            d(cert),
+            d(key)
+        );
+    }
     Ok(())
 }
 
@@ -565,17 +616,43 @@ mod tests {
             "certs",
             "--hosts",
             "localhost,10.0.0.5",
-            "--agent",
-            "a-1",
-            "--agent",
-            "a-2",
+            "--force",
         ])
         .expect("gen-certs");
         let Some(Command::GenCerts(gen_args)) = args.command else {
             panic!("expected gen-certs");
         };
         assert_eq!(gen_args.hosts, ["localhost", "10.0.0.5"]);
+        assert!(gen_args.force && gen_args.agents.is_empty());
+
+        let args = Args::try_parse_from([
+            "tether-server",
+            "gen-certs",
+            "--out",
+            "certs",
+            "--agent",
+            "a-1",
+            "--agent",
+            "a-2",
+        ])
+        .expect("gen-certs --agent");
+        let Some(Command::GenCerts(gen_args)) = args.command else {
+            panic!("expected gen-certs");
+        };
         assert_eq!(gen_args.agents, ["a-1", "a-2"]);
+        assert!(!gen_args.force);
+        // Agent certificates never come with a server certificate: its hosts make no sense.
+        let both = Args::try_parse_from([
+            "tether-server",
+            "gen-certs",
+            "--out",
+            "c",
+            "--hosts",
+            "h",
+            "--agent",
+            "a-1",
+        ]);
+        assert!(both.is_err(), "--hosts with --agent");
 
         let args =
             Args::try_parse_from(["tether-server", "gen-certs", "--out", "c"]).expect("defaults");

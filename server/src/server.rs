@@ -1,13 +1,13 @@
 //! Start-up, serving and shutdown.
 //!
-//! [`start`] binds the Prometheus listener (if configured), opens the store, rebuilds the
-//! in-memory state from it, makes sure a bootstrap admin token exists, and spawns the writer,
-//! liveness, retention and metrics tasks; [`Server::serve`] then serves gRPC on a listener the
-//! caller bound (tests bind `127.0.0.1:0`). Every task the server spawns runs under its
-//! `TaskTracker` and stops on its `background` token. Shutdown order: stop accepting, tell
-//! sessions `Goodbye(SERVER_DRAINING)` and end watches, wait for connections under a grace
-//! period, then stop the background tasks (the writer commits what is queued first) and wait
-//! for them.
+//! [`start`] binds the Prometheus listener (if configured), checks that the data directory is
+//! private (`datadir.rs`), opens the store, rebuilds the in-memory state from it, makes sure a
+//! bootstrap admin token exists, and spawns the writer, liveness, retention and metrics tasks;
+//! [`Server::serve`] then serves gRPC on a listener the caller bound (tests bind `127.0.0.1:0`).
+//! Every task the server spawns runs under its `TaskTracker` and stops on its `background`
+//! token. Shutdown order: stop accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end
+//! watches, wait for connections under a grace period, then stop the background tasks (the
+//! writer commits what is queued first) and wait for them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,12 +41,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
-    #[error("cannot use data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
     #[error("cannot open the store in {path}: {source}")]
     Store {
         path: PathBuf,
@@ -107,10 +103,13 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         None => None,
     };
     let data_dir = config.data_dir.clone();
-    create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
+    if let Some(mode) = crate::datadir::prepare(&data_dir)? {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            mode = format!("{mode:04o}"),
+            "the data directory was accessible to other users; made it private (0700)"
+        );
+    }
     let store_path = data_dir.join("store");
     let store: Arc<dyn Store> = {
         let path = store_path.clone();
@@ -123,6 +122,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             source,
         })?)
     };
+    let tightened = crate::datadir::tighten_store(&store_path)
+        .and_then(|()| crate::datadir::tighten_file(&data_dir.join(ADMIN_TOKEN_FILE)));
+    tightened.map_err(|source| crate::datadir::DataDirError::Io {
+        path: data_dir.clone(),
+        source,
+    })?;
     let snapshot = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.load())

@@ -283,7 +283,7 @@ mod tests {
         ));
         // Key of another certificate.
         let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let certs = generate_dev_certs(dir.path(), &hosts, &[]).expect("gen");
+        let certs = generate_dev_certs(dir.path(), &hosts, false).expect("gen");
         let settings = TlsSettings::new(&certs.server_cert, &certs.client_key);
         assert!(matches!(server_config(&settings), Err(TlsError::Config(_))));
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tether_proto as pb;
 use tether_server::config::{Config, TlsSettings};
-use tether_server::devcerts::{DevCerts, generate_dev_certs};
+use tether_server::devcerts::{DevCerts, generate_dev_certs, issue_agent_certs};
 use tether_server::metrics::{LimitLabels, Metrics};
 use tether_server::server::{Server, StartError};
 use tokio::task::JoinHandle;
@@ -97,7 +97,8 @@ impl TestServer {
     /// certificates.
     pub async fn start_tls(mut config: Config, options: TlsOptions) -> Self {
         let dir = tempfile::tempdir().expect("certs dir");
-        let certs = generate_dev_certs(dir.path(), &tls_hosts(), &[]).expect("generate dev certs");
+        let certs =
+            generate_dev_certs(dir.path(), &tls_hosts(), false).expect("generate dev certs");
         let mut tls = TlsSettings::new(&certs.server_cert, &certs.server_key);
         if options.mtls {
             tls.client_ca = Some(certs.ca_cert.clone());
@@ -279,7 +280,7 @@ impl TestServer {
     /// Issues a client certificate with Common Name `id` from the server's CA; returns
     /// (certificate, key) paths. Panics for a plaintext server.
     pub fn issue_agent_cert(&self, id: &str) -> (PathBuf, PathBuf) {
-        let certs = generate_dev_certs(self.test_tls().dir.path(), &tls_hosts(), &[id.to_owned()])
+        let certs = issue_agent_certs(self.test_tls().dir.path(), &[id.to_owned()], false)
             .expect("issue agent cert");
         assert!(certs.reused_ca, "the server's CA is reused");
         let (_, cert, key) = certs.agents.into_iter().next().expect("one agent cert");

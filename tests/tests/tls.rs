@@ -100,7 +100,7 @@ async fn untrusting_and_plaintext_clients_are_refused() {
     let other = tether_server::devcerts::generate_dev_certs(
         other_dir.path(),
         &["localhost".to_owned()],
-        &[],
+        false,
     )
     .expect("other CA");
     let other_ca = std::fs::read(&other.ca_cert).expect("read other CA");
@@ -225,10 +225,10 @@ async fn mtls_requires_a_certificate_issued_for_the_agents_own_id() {
     // A client certificate from a CA the server does not trust fails the handshake: the
     // connection (or, with TLS 1.3, its first request) is refused.
     let rogue_dir = tempfile::tempdir().expect("rogue CA dir");
-    let rogue = tether_server::devcerts::generate_dev_certs(
+    let rogue = tether_server::devcerts::issue_agent_certs(
         rogue_dir.path(),
-        &["localhost".to_owned()],
         std::slice::from_ref(&id),
+        false,
     )
     .expect("rogue CA");
     let (_, rogue_cert, rogue_key) = &rogue.agents[0];
