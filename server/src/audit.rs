@@ -10,9 +10,16 @@
 //! enough to be read back (`ListAuditEvents` pages, `tetherctl audit verify`) whatever callers
 //! send.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use crate::auth::{Caller, Principal};
 use crate::convert;
-use crate::domain::{AuditEntry, AuditOutcome, AuditRecord, Role};
+use crate::domain::{AuditEntry, AuditOutcome, AuditRecord, Role, TokenId};
+use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
+use crate::writer::WriterHandle;
 
 pub use tether_proto::audit::GENESIS;
 
@@ -22,6 +29,12 @@ pub const MAX_FIELD_BYTES: usize = 256;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Appended to a text that [`bounded`] shortened.
 const ELLIPSIS: &str = "…";
+
+/// Rate-limit refusals of a token are audited at most once per interval. Its other refusals
+/// (failed authentications with its id, which is public; permission denials; mTLS refusals)
+/// share a budget of [`REFUSAL_AUDIT_BURST`] records refilled at one per interval.
+pub const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
+pub const REFUSAL_AUDIT_BURST: f64 = 100.0;
 
 /// Places `entry` after `(prev_seq, prev_hash)`: the hash covers the wire form of the event
 /// with its hash field empty ([`convert::admin::audit_event_to_pb`]).
@@ -83,6 +96,100 @@ pub fn bounded(text: &str, max_bytes: usize) -> String {
     format!("{}{ELLIPSIS}", &text[..end])
 }
 
+/// The audit of refused calls, within a per-token budget: a flood of refusals writes a bounded
+/// number of records. Every refusal left out is counted (`tether_refusals_unaudited`), and the
+/// next audited refusal of the same token says how many were left out before it. Shared by the
+/// gate and the handlers that refuse on their own (mTLS at `Connect`), so one token has one
+/// budget.
+pub struct RefusalAudits {
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+    budgets: Mutex<HashMap<TokenId, RefusalBudget>>,
+}
+
+/// Which budget a refusal draws on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The token's request rate: at most one record per [`REFUSAL_AUDIT_INTERVAL`].
+    Rate,
+    /// Anything else: the token's burst of [`REFUSAL_AUDIT_BURST`] records.
+    Other,
+}
+
+struct RefusalBudget {
+    last_rate_audit: Option<Instant>,
+    other: TokenBucket,
+    /// Refusals left out of the trail since the token's last audited one.
+    unaudited: u64,
+}
+
+impl RefusalAudits {
+    pub fn new(writer: WriterHandle, metrics: Arc<Metrics>) -> Self {
+        Self {
+            writer,
+            metrics,
+            budgets: Mutex::default(),
+        }
+    }
+
+    /// Audits `caller`'s call of `method` on `target`, refused with `status`, if the token's
+    /// `kind` budget allows; otherwise counts it. `method` and `target` are bounded like every
+    /// entry's ([`entry`]).
+    pub fn refused(
+        &self,
+        caller: &Caller,
+        method: &str,
+        target: &str,
+        status: &tonic::Status,
+        kind: Refusal,
+    ) {
+        let Some(unaudited) = self.take(&caller.token, kind, Instant::now()) else {
+            self.metrics.refusals_unaudited.inc();
+            return;
+        };
+        let mut entry = entry(caller, method, target, Err(status));
+        if unaudited > 0 {
+            entry.message.push_str(&format!(
+                " ({unaudited} earlier refusals of this token were not audited)"
+            ));
+        }
+        self.writer.audit(entry);
+    }
+
+    /// Takes one record from token `id`'s `kind` budget at `now`: how many of its refusals were
+    /// left out before this one, or `None` when this one is left out too.
+    fn take(&self, id: &TokenId, kind: Refusal, now: Instant) -> Option<u64> {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let budget = budgets.entry(id.clone()).or_insert_with(|| RefusalBudget {
+            last_rate_audit: None,
+            other: TokenBucket::new(
+                1.0 / REFUSAL_AUDIT_INTERVAL.as_secs_f64(),
+                REFUSAL_AUDIT_BURST,
+                now,
+            ),
+            unaudited: 0,
+        });
+        let admitted = match kind {
+            Refusal::Rate => {
+                let due = budget
+                    .last_rate_audit
+                    .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_AUDIT_INTERVAL);
+                if due {
+                    budget.last_rate_audit = Some(now);
+                }
+                due
+            }
+            Refusal::Other => budget.other.try_take(now),
+        };
+        if admitted {
+            Some(std::mem::take(&mut budget.unaudited))
+        } else {
+            budget.unaudited += 1;
+            None
+        }
+    }
+}
+
 /// Refusals (credentials, permissions, limits) are `Denied`; other errors are `Failed`.
 pub fn outcome_of(code: tonic::Code) -> AuditOutcome {
     match code {
@@ -131,6 +238,31 @@ mod tests {
         assert!(e.method.len() <= MAX_FIELD_BYTES);
         assert!(e.target.len() <= MAX_FIELD_BYTES);
         assert!(e.message.len() <= MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn refusals_are_audited_within_each_tokens_budget() {
+        let (writer, _queues) = crate::writer::channel(1);
+        let audits = RefusalAudits::new(writer, crate::metrics::Metrics::new());
+        let (a, b) = (TokenId::new("a"), TokenId::new("b"));
+        let start = Instant::now();
+        let burst = REFUSAL_AUDIT_BURST as usize;
+        for _ in 0..burst {
+            assert_eq!(audits.take(&a, Refusal::Other, start), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(audits.take(&a, Refusal::Other, start), None);
+        }
+        // Another token has its own budget.
+        assert_eq!(audits.take(&b, Refusal::Other, start), Some(0));
+        // Refilled at one per interval; the record says how many were left out.
+        let later = start + REFUSAL_AUDIT_INTERVAL;
+        assert_eq!(audits.take(&a, Refusal::Other, later), Some(5));
+        assert_eq!(audits.take(&a, Refusal::Other, later), None);
+        // Rate-limit refusals: one per interval, whatever the other budget holds.
+        assert_eq!(audits.take(&b, Refusal::Rate, start), Some(0));
+        assert_eq!(audits.take(&b, Refusal::Rate, start), None);
+        assert_eq!(audits.take(&b, Refusal::Rate, later), Some(1));
     }
 
     #[test]

@@ -9,30 +9,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::access;
-use crate::audit;
+use crate::audit::{Refusal, RefusalAudits};
 use crate::auth::{Auth, Caller};
 use crate::domain::TokenId;
 use crate::metrics::{DenialLabels, Metrics};
 use crate::rate::TokenBucket;
-use crate::writer::WriterHandle;
 
 /// Paths served without a token.
 const PUBLIC_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
-
-/// Rate-limit refusals are audited at most once per interval per token. Other refusals of a
-/// token (failed authentications with a known token id, which is public; permission denials)
-/// share a budget of [`REFUSAL_AUDIT_BURST`] audit records refilled at one per interval, so a
-/// flood of refused calls writes a bounded number of records. Every refusal is still counted in
-/// metrics, and the next audited refusal says how many were left out before it.
-const RATE_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
-const REFUSAL_AUDIT_BURST: f64 = 100.0;
 
 /// What the audit trail records as the method of a call to a path with no access rule: the
 /// path is the caller's choice (any length), so it is never stored as given.
@@ -49,29 +40,12 @@ pub struct RateLimit {
 
 pub struct Gate {
     auth: Arc<Auth>,
-    writer: WriterHandle,
+    /// Refusals are audited within a per-token budget (see [`RefusalAudits`]).
+    refusals: Arc<RefusalAudits>,
     metrics: Arc<Metrics>,
     rate: RateLimit,
-    buckets: Mutex<HashMap<TokenId, Bucket>>,
-}
-
-/// The budgets of one token.
-struct Bucket {
-    requests: TokenBucket,
-    last_rate_audit: Option<Instant>,
-    /// Audit records left for this token's other refusals.
-    refusal_audits: TokenBucket,
-    /// Refusals of this token left out of the audit trail since its last audited one.
-    unaudited: u64,
-}
-
-/// Whether a refusal is written to the audit trail, decided under the token's budget.
-enum AuditDecision {
-    /// Audit it; `unaudited` refusals of the same token were left out before it.
-    Audit {
-        unaudited: u64,
-    },
-    Skip,
+    /// Each token's request budget.
+    requests: Mutex<HashMap<TokenId, TokenBucket>>,
 }
 
 // === impl Gate ===
@@ -79,16 +53,16 @@ enum AuditDecision {
 impl Gate {
     pub fn new(
         auth: Arc<Auth>,
-        writer: WriterHandle,
+        refusals: Arc<RefusalAudits>,
         metrics: Arc<Metrics>,
         rate: RateLimit,
     ) -> Self {
         Self {
             auth,
-            writer,
+            refusals,
             metrics,
             rate,
-            buckets: Mutex::default(),
+            requests: Mutex::default(),
         }
     }
 
@@ -116,7 +90,7 @@ impl Gate {
                 // A known token that failed (revoked, expired, wrong secret) is audited in its
                 // org; an unknown one has no org to be audited in and is only counted.
                 if let Some(claimed) = self.auth.identify(&metadata) {
-                    self.audit_refusal(&claimed, method, &status);
+                    self.audit(&claimed, method, &status, Refusal::Other);
                 }
                 return Err(status);
             }
@@ -143,7 +117,7 @@ impl Gate {
             };
             let status =
                 Status::permission_denied(format!("no access rule for {preview:?}{ellipsis}"));
-            self.audit_refusal(caller, method, &status);
+            self.audit(caller, method, &status, Refusal::Other);
             return Err(status);
         };
         if access::allows(rule, &caller.principal) {
@@ -151,101 +125,40 @@ impl Gate {
         }
         let need = access::requirement(rule);
         let status = Status::permission_denied(format!("{method} requires {need}"));
-        self.audit_refusal(caller, method, &status);
+        self.audit(caller, method, &status, Refusal::Other);
         Err(status)
     }
 
     /// Takes one request from the caller's budget.
     fn take(&self, caller: &Caller, method: &str) -> Result<(), Status> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets
+        let admitted = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(caller.token.clone())
-            .or_insert_with(|| self.bucket(now));
-        if bucket.requests.try_take(now) {
+            .or_insert_with(|| TokenBucket::new(self.rate.per_second, self.rate.burst, now))
+            .try_take(now);
+        if admitted {
             return Ok(());
         }
-        let audit = bucket
-            .last_rate_audit
-            .is_none_or(|at| now.saturating_duration_since(at) >= RATE_AUDIT_INTERVAL);
-        let decision = if audit {
-            bucket.last_rate_audit = Some(now);
-            AuditDecision::Audit {
-                unaudited: std::mem::take(&mut bucket.unaudited),
-            }
-        } else {
-            bucket.unaudited += 1;
-            AuditDecision::Skip
-        };
-        drop(buckets);
         self.metrics.limit("token_request_rate");
         let status = Status::resource_exhausted(format!(
             "request rate of this token exceeds {} per second",
             self.rate.per_second
         ));
-        self.apply(decision, caller, method, &status);
+        self.audit(caller, method, &status, Refusal::Rate);
         Err(status)
     }
 
-    /// Audits a refusal of `caller` if its token's refusal budget allows; counts it otherwise.
-    fn audit_refusal(&self, caller: &Caller, method: &str, status: &Status) {
-        let decision = self.refusal_budget(&caller.token);
-        self.apply(decision, caller, method, status);
-    }
-
-    fn apply(&self, decision: AuditDecision, caller: &Caller, method: &str, status: &Status) {
-        match decision {
-            AuditDecision::Audit { unaudited } => self.audit(caller, method, status, unaudited),
-            AuditDecision::Skip => {
-                self.metrics.refusals_unaudited.inc();
-            }
-        }
-    }
-
-    /// Takes one audit record from token `id`'s refusal budget.
-    fn refusal_budget(&self, id: &TokenId) -> AuditDecision {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets
-            .entry(id.clone())
-            .or_insert_with(|| self.bucket(now));
-        if bucket.refusal_audits.try_take(now) {
-            AuditDecision::Audit {
-                unaudited: std::mem::take(&mut bucket.unaudited),
-            }
-        } else {
-            bucket.unaudited += 1;
-            AuditDecision::Skip
-        }
-    }
-
-    fn bucket(&self, now: Instant) -> Bucket {
-        Bucket {
-            requests: TokenBucket::new(self.rate.per_second, self.rate.burst, now),
-            last_rate_audit: None,
-            refusal_audits: TokenBucket::new(
-                1.0 / RATE_AUDIT_INTERVAL.as_secs_f64(),
-                REFUSAL_AUDIT_BURST,
-                now,
-            ),
-            unaudited: 0,
-        }
-    }
-
-    /// Writes one refusal to the audit trail. Only methods with an access rule are recorded by
-    /// name; any other path is [`UNKNOWN_METHOD`].
-    fn audit(&self, caller: &Caller, method: &str, status: &Status, unaudited: u64) {
+    /// Audits a refusal within the token's budget. Only methods with an access rule are
+    /// recorded by name; any other path is [`UNKNOWN_METHOD`].
+    fn audit(&self, caller: &Caller, method: &str, status: &Status, kind: Refusal) {
         let method = match access::rule(method) {
             Some(_) => method,
             None => UNKNOWN_METHOD,
         };
-        let mut entry = audit::entry(caller, method, "", Err(status));
-        if unaudited > 0 {
-            entry.message.push_str(&format!(
-                " ({unaudited} earlier refusals of this token were not audited)"
-            ));
-        }
-        self.writer.audit(entry);
+        self.refusals.refused(caller, method, "", status, kind);
     }
 
     fn count(&self, status: &Status) {

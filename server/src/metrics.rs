@@ -23,6 +23,12 @@ pub struct TransitionLabels {
     pub reason: &'static str,
 }
 
+/// Why an agent's client certificate was refused: `no_certificate`, `wrong_agent`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MtlsLabels {
+    pub reason: &'static str,
+}
+
 /// Why authentication or authorization refused a call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
@@ -42,6 +48,8 @@ pub struct Metrics {
     pub watchers_aborted: Counter,
     /// Refused calls left out of the audit trail by their token's audit budget.
     pub refusals_unaudited: Counter,
+    /// Agent streams refused for their client certificate (mTLS), by reason.
+    pub mtls_refusals: Family<MtlsLabels, Counter>,
 }
 
 impl Metrics {
@@ -57,6 +65,7 @@ impl Metrics {
         let writer_commit_failures = Counter::default();
         let watchers_aborted = Counter::default();
         let refusals_unaudited = Counter::default();
+        let mtls_refusals = Family::<MtlsLabels, Counter>::default();
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -103,6 +112,11 @@ impl Metrics {
             "Refused calls left out of the audit trail by their token's audit budget",
             refusals_unaudited.clone(),
         );
+        registry.register(
+            "mtls_refusals",
+            "Agent streams refused for their client certificate",
+            mtls_refusals.clone(),
+        );
         Arc::new(Self {
             registry,
             limit_violations,
@@ -115,6 +129,7 @@ impl Metrics {
             writer_commit_failures,
             watchers_aborted,
             refusals_unaudited,
+            mtls_refusals,
         })
     }
 

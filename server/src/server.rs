@@ -209,6 +209,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     };
     tasks.close();
 
+    let refusals = Arc::new(crate::audit::RefusalAudits::new(
+        writer.clone(),
+        metrics.clone(),
+    ));
     let state = Arc::new(AppState {
         config,
         registry,
@@ -217,6 +221,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         store,
         orgs,
         metrics,
+        refusals,
         shutdown: CancellationToken::new(),
     });
     Ok(Server {
@@ -254,7 +259,7 @@ impl Server {
         let limits = &state.config.limits;
         let gate = crate::gate::AuthLayer(Arc::new(crate::gate::Gate::new(
             state.auth.clone(),
-            state.writer.clone(),
+            state.refusals.clone(),
             state.metrics.clone(),
             crate::gate::RateLimit {
                 per_second: f64::from(limits.token_requests_per_second),

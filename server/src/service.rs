@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::RefusalAudits;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::domain::{OrgId, OrgRecord};
@@ -30,6 +31,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub orgs: Arc<Orgs>,
     pub metrics: Arc<Metrics>,
+    /// The per-token audit budget of refused calls, shared with the gate.
+    pub refusals: Arc<RefusalAudits>,
     /// Cancelled when the server starts shutting down: long-lived streams end.
     pub shutdown: CancellationToken,
 }

@@ -5,8 +5,9 @@
 //! it; clients that do not trust the CA, and plaintext clients, are refused; with a client CA
 //! (mTLS) an agent needs a certificate issued for its own id (`PERMISSION_DENIED` otherwise,
 //! and without one), while the CLI without a certificate still works; a handshake that never
-//! completes is closed after the handshake timeout while a healthy agent keeps reporting; and
-//! plaintext on a non-loopback address needs `--insecure-plaintext`.
+//! completes is closed after the handshake timeout while a healthy agent keeps reporting;
+//! plaintext on a non-loopback address needs `--insecure-plaintext`; and mTLS refusals are
+//! counted and audited within the credential's budget.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -335,4 +336,79 @@ fn plaintext_on_a_non_loopback_address_needs_the_flag() {
             ListenSecurity::Tls
         );
     }
+}
+
+/// The agent streams mTLS refuses (no client certificate, a certificate for another agent) are
+/// counted by reason and audited in the agent's org, naming the agent; a flood of them writes
+/// a bounded number of audit records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refusals_are_counted_and_audited() {
+    use tether_server::metrics::MtlsLabels;
+    trace_init();
+    let data = tempfile::tempdir().expect("data dir");
+    let mtls = TlsOptions {
+        mtls: true,
+        ..TlsOptions::default()
+    };
+    let server = TestServer::start_tls(fast_config(data.path()), mtls).await;
+    let (id, credential) = server.enroll("mtls-refused", &[]).await;
+    let refusals = |reason| {
+        server
+            .metrics
+            .mtls_refusals
+            .get_or_create(&MtlsLabels { reason })
+            .get()
+    };
+
+    let refused = connect_as(&server, &id, &credential, None).await.err();
+    assert_eq!(refused, Some(Code::PermissionDenied));
+    let (other_cert, other_key) = server.issue_agent_cert("someone-else");
+    let other = Some((other_cert.as_path(), other_key.as_path()));
+    let refused = connect_as(&server, &id, &credential, other).await.err();
+    assert_eq!(refused, Some(Code::PermissionDenied));
+    assert_eq!(
+        (refusals("no_certificate"), refusals("wrong_agent")),
+        (1, 1)
+    );
+
+    // Settle the asynchronous audit writes behind an audited call, then read the trail.
+    let mut admin = server.admin().await;
+    tether_tests::create_token(&mut admin, "settle", pb::Role::Viewer, None).await;
+    let connect = "/tether.v1.AgentService/Connect";
+    let refusals_audited = |events: &[pb::AuditEvent]| {
+        events
+            .iter()
+            .filter(|e| e.method == connect && e.target == id)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let events = tether_tests::list_audit(&admin, Default::default()).await;
+    let audited = refusals_audited(&events);
+    assert_eq!(audited.len(), 2, "{events:?}");
+    for event in &audited {
+        assert_eq!(event.outcome, pb::AuditOutcome::Denied as i32);
+        assert_eq!(Code::from(event.status_code), Code::PermissionDenied);
+        assert_eq!(event.actor_token_id, tether_tests::token_id(&credential));
+        assert_eq!(event.actor_role, pb::Role::Agent as i32);
+    }
+
+    // A stolen credential without the certificate, retried 300 times: every attempt is
+    // counted, a bounded number audited.
+    let started = Instant::now();
+    for _ in 0..300 {
+        let refused = connect_as(&server, &id, &credential, None).await.err();
+        assert_eq!(refused, Some(Code::PermissionDenied));
+    }
+    assert_eq!(refusals("no_certificate"), 301);
+    tether_tests::create_token(&mut admin, "settle-2", pb::Role::Viewer, None).await;
+    let events = tether_tests::list_audit(&admin, Default::default()).await;
+    let audited = refusals_audited(&events).len();
+    // The burst of 100, refilled at one a second while the attempts ran.
+    let refilled = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        (100..=100 + refilled).contains(&audited),
+        "{audited} refusals audited"
+    );
+    tetherctl::verify_chain(&events).expect("the chain verifies");
+    server.stop().await;
 }

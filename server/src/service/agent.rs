@@ -15,12 +15,14 @@ use crate::domain::{
     SessionId, StatusReason, TokenRecord,
 };
 use crate::error::ServerError;
+use crate::metrics::MtlsLabels;
 use crate::registry::EnrollTarget;
 use crate::service::AppState;
 use crate::session::{SessionLimits, SessionLoop};
 use crate::store::Write;
 
 const ENROLL: &str = "/tether.v1.AgentService/Enroll";
+const CONNECT: &str = "/tether.v1.AgentService/Connect";
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -179,6 +181,55 @@ pub fn random_id() -> String {
 
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>>;
 
+impl AgentService {
+    /// The refusal of `agent`'s stream for its client certificate (`identity`, `None` when it
+    /// presented none): counted, logged, and audited in the agent's org within the
+    /// credential's refusal budget.
+    fn refuse_certificate<T>(
+        &self,
+        caller: &auth::Caller,
+        agent: &AgentId,
+        identity: Option<String>,
+        request: &Request<T>,
+    ) -> Status {
+        let (reason, status) = match &identity {
+            Some(_) => (
+                "wrong_agent",
+                Status::permission_denied("the client certificate was issued for another agent"),
+            ),
+            None => (
+                "no_certificate",
+                Status::permission_denied(
+                    "this server requires agents to present a client certificate",
+                ),
+            ),
+        };
+        self.state
+            .metrics
+            .mtls_refusals
+            .get_or_create(&MtlsLabels { reason })
+            .inc();
+        // The certificate's name is the peer's choice: bounded and quoted in the log.
+        let presented = identity.map(|i| crate::audit::bounded(&i, crate::audit::MAX_FIELD_BYTES));
+        tracing::warn!(
+            %agent,
+            org = %caller.org,
+            reason,
+            presented = ?presented,
+            peer = ?request.remote_addr(),
+            "refused an agent stream: client certificate"
+        );
+        self.state.refusals.refused(
+            caller,
+            CONNECT,
+            agent.as_str(),
+            &status,
+            crate::audit::Refusal::Other,
+        );
+        status
+    }
+}
+
 #[tonic::async_trait]
 impl pb::agent_service_server::AgentService for AgentService {
     async fn enroll(
@@ -214,7 +265,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let caller = auth::caller(&request)?;
         // The gate admits only agent credentials here; this takes the agent the credential is
         // bound to, which the Hello must name (identity, not role).
-        let Principal::Agent { agent } = caller.principal else {
+        let Principal::Agent { agent } = caller.principal.clone() else {
             return Err(ServerError::PermissionDenied(
                 "Connect requires an agent credential".to_owned(),
             )
@@ -223,18 +274,9 @@ impl pb::agent_service_server::AgentService for AgentService {
         if self.state.config.mtls() {
             // With a client CA configured, an agent proves its identity twice: the credential
             // and a client certificate issued for its agent id.
-            match crate::tls::peer_identity(&request) {
-                Some(identity) if identity == agent.as_str() => {}
-                Some(_) => {
-                    return Err(Status::permission_denied(
-                        "the client certificate was issued for another agent",
-                    ));
-                }
-                None => {
-                    return Err(Status::permission_denied(
-                        "this server requires agents to present a client certificate",
-                    ));
-                }
+            let identity = crate::tls::peer_identity(&request);
+            if identity.as_deref() != Some(agent.as_str()) {
+                return Err(self.refuse_certificate(&caller, &agent, identity, &request));
             }
         }
         let mut inbound = request.into_inner();
