@@ -1,6 +1,8 @@
 //! Command implementations, one module per command group, the dispatcher that routes a parsed
 //! [`Command`] to them, and the few steps every command group takes the same way: checking an
-//! id argument, printing one object as text or JSON, and following the pages of a list RPC.
+//! id argument, printing one object as text or JSON, writing text for people
+//! ([`write_text`]: nothing non-printable reaches the terminal), and following the pages of a
+//! list RPC.
 
 use std::future::Future;
 use std::io::Write;
@@ -17,6 +19,8 @@ mod agents;
 pub(crate) mod audit;
 mod enroll;
 mod fleet;
+#[cfg(test)]
+mod hostile;
 mod objects;
 mod orgs;
 mod tokens;
@@ -83,9 +87,22 @@ pub(crate) fn print_object<T: Serialize>(
     render: impl FnOnce(&T) -> String,
 ) -> Result<(), CliError> {
     match output {
-        ObjectFormat::Table => out.write_all(render(value).as_bytes())?,
+        ObjectFormat::Table => write_text(out, &render(value))?,
         ObjectFormat::Json => write_json(out, value)?,
     }
+    Ok(())
+}
+
+/// Writes rendered text for people. Renderers escape every field they show (`Table`,
+/// `key_values`, `format::escape`); this last pass escapes whatever non-printable character is
+/// left, keeping the renderer's own line breaks, so nothing a server or agent sent can act on
+/// the terminal.
+///
+/// # Errors
+///
+/// Writing to `out` failed.
+pub(crate) fn write_text(out: &mut (dyn Write + Send), text: &str) -> Result<(), CliError> {
+    out.write_all(crate::format::terminal_safe(text).as_bytes())?;
     Ok(())
 }
 

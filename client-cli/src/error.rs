@@ -158,13 +158,14 @@ impl CliError {
     }
 }
 
-/// The status message, or a description of the code when the server sent none.
+/// The status message, or a description of the code when the server sent none. The message is
+/// the server's text: its non-printable characters are escaped (`format::escape`).
 fn status_message(status: &tonic::Status) -> String {
     let message = status.message().trim();
     if message.is_empty() {
         status.code().description().to_owned()
     } else {
-        message.to_owned()
+        crate::format::escape(message).into_owned()
     }
 }
 

@@ -1,13 +1,21 @@
 //! Text formatting for people and for spreadsheets: relative times, byte sizes, aligned tables
-//! and CSV.
+//! and CSV, and what may reach a terminal (`escape`: control and format characters in what
+//! agents and servers send are shown escaped, never acted on).
 //!
 //! Everything here is a pure function of its inputs (the current time is a parameter), so the
-//! exact output is unit-tested.
+//! exact output is unit-tested. Nothing here panics on any value: times outside the years
+//! 0001–9999 (which RFC 3339 cannot write) read as absent.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
+
+mod escape;
+
+#[cfg(test)]
+pub(crate) use escape::tests::NASTY;
+pub use escape::{SafeJson, escape, is_printable, terminal_safe};
 
 /// Spaces between table columns (kubectl's habit).
 const COLUMN_GAP: usize = 3;
@@ -109,18 +117,62 @@ pub fn usage_percent(used: u64, total: u64) -> String {
     format!("{percent:.0}%")
 }
 
+/// Seconds from the Unix epoch to 0001-01-01T00:00:00Z, the earliest time [`rfc3339`] writes.
+const FIRST_RFC3339_SECOND: i64 = -62_135_596_800;
+/// Seconds from the Unix epoch to 9999-12-31T23:59:59Z, the latest time [`rfc3339`] writes.
+const LAST_RFC3339_SECOND: i64 = 253_402_300_799;
+
+/// `time` as an RFC 3339 UTC timestamp with whole seconds (rounded down), e.g.
+/// `2024-05-01T10:00:00Z`; `None` outside the years 0001–9999, which the format cannot write.
+pub fn rfc3339(time: SystemTime) -> Option<String> {
+    let secs = match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).ok()?,
+        Err(before) => {
+            let before = before.duration();
+            let whole = i64::try_from(before.as_secs()).ok()?;
+            -whole - i64::from(before.subsec_nanos() > 0)
+        }
+    };
+    if !(FIRST_RFC3339_SECOND..=LAST_RFC3339_SECOND).contains(&secs) {
+        return None;
+    }
+    let (days, second_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    Some(format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3_600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    ))
+}
+
+/// Whether [`rfc3339`] can write `time`.
+pub fn is_rfc3339_time(time: SystemTime) -> bool {
+    rfc3339(time).is_some()
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 /// An RFC 3339 UTC timestamp with whole seconds, or [`NONE`].
 pub fn rfc3339_opt(time: Option<SystemTime>) -> String {
-    time.map_or_else(
-        || NONE.to_owned(),
-        |t| humantime::format_rfc3339_seconds(t).to_string(),
-    )
+    time.and_then(rfc3339).unwrap_or_else(|| NONE.to_owned())
 }
 
 /// An RFC 3339 UTC timestamp with whole seconds for a CSV field, or an empty field.
 pub fn csv_time(time: Option<SystemTime>) -> String {
-    time.map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_default()
+    time.and_then(rfc3339).unwrap_or_default()
 }
 
 /// `text`, or [`NONE`] when it is empty.
@@ -191,13 +243,19 @@ impl Table {
         self
     }
 
-    /// Appends a row. Missing cells are blank; extra cells are ignored.
+    /// Appends a row, each cell [`escape`]d. Missing cells are blank; extra cells are ignored.
     pub fn push<I, S>(&mut self, cells: I)
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut row: Vec<String> = cells.into_iter().map(Into::into).collect();
+        let mut row: Vec<String> = cells
+            .into_iter()
+            .map(|cell| {
+                let cell: String = cell.into();
+                escape(&cell).into_owned()
+            })
+            .collect();
         row.resize(self.headers.len(), String::new());
         self.rows.push(row);
     }
@@ -258,12 +316,14 @@ fn display_width(text: &str) -> usize {
     text.chars().count()
 }
 
-/// Renders `pairs` as aligned "Key:  value" lines, each indented by `indent` spaces.
+/// Renders `pairs` as aligned "Key:  value" lines, each indented by `indent` spaces; values are
+/// [`escape`]d.
 pub fn key_values(indent: usize, pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut text = String::new();
     for (key, value) in pairs {
         let label = format!("{key}:");
+        let value = escape(value);
         let line = format!("{:indent$}{label:<w$}{value}", "", w = width + 3);
         text.push_str(line.trim_end());
         text.push('\n');
@@ -272,14 +332,17 @@ pub fn key_values(indent: usize, pairs: &[(&str, String)]) -> String {
 }
 
 /// Quotes one CSV field per RFC 4180: fields containing a comma, quote, CR or LF, or with
-/// leading or trailing spaces, are wrapped in double quotes with inner quotes doubled.
+/// leading or trailing spaces, are wrapped in double quotes with inner quotes doubled. Like
+/// every human output, a field's control and format characters are escaped
+/// ([`terminal_safe`]); its line feeds stay, inside the quotes.
 pub fn csv_field(field: &str) -> String {
+    let field = terminal_safe(field);
     let needs_quotes =
         field.contains([',', '"', '\n', '\r']) || field.starts_with(' ') || field.ends_with(' ');
     if needs_quotes {
         format!("\"{}\"", field.replace('"', "\"\""))
     } else {
-        field.to_owned()
+        field.into_owned()
     }
 }
 
@@ -343,6 +406,56 @@ mod tests {
         assert_eq!(labels_text(&labels), "env=prod,tier=web");
         assert_eq!(labels_text(&BTreeMap::new()), "");
         assert_eq!(indent("a\nb\n", 2), "  a\n  b\n");
+    }
+
+    #[test]
+    fn rfc3339_covers_the_years_1_to_9999_and_nothing_else() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(rfc3339(epoch).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(
+            rfc3339(at(1_700_000_000) + Duration::from_millis(999)).as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
+        assert_eq!(
+            rfc3339(at(951_782_400)).as_deref(),
+            Some("2000-02-29T00:00:00Z"),
+            "a leap day"
+        );
+        assert_eq!(
+            rfc3339(epoch - Duration::from_millis(1)).as_deref(),
+            Some("1969-12-31T23:59:59Z"),
+            "rounded down"
+        );
+        assert_eq!(
+            rfc3339(epoch - secs(2_208_988_800)).as_deref(),
+            Some("1900-01-01T00:00:00Z")
+        );
+        let first = epoch - secs(62_135_596_800);
+        assert_eq!(rfc3339(first).as_deref(), Some("0001-01-01T00:00:00Z"));
+        assert_eq!(rfc3339(first - secs(1)), None);
+        let last = epoch + secs(253_402_300_799);
+        assert_eq!(rfc3339(last).as_deref(), Some("9999-12-31T23:59:59Z"));
+        assert_eq!(rfc3339(last + secs(1)), None);
+        assert_eq!(rfc3339_opt(Some(last + secs(1))), NONE);
+        assert_eq!(csv_time(Some(first - secs(1))), "");
+        // Far beyond, relative times still read.
+        let far = epoch + secs(u64::from(u32::MAX) * 1_000);
+        assert_eq!(relative_time(at(0), far), "in 49710269d");
+        assert!(!is_rfc3339_time(far));
+    }
+
+    #[test]
+    fn tables_and_key_values_escape_what_they_show() {
+        let mut table = Table::new(["NAME", "OS"]);
+        table.push(["\u{1b}]0;owned\u{7}", "linux\u{202e}"]);
+        table.push(["two\nlines", "ok"]);
+        let text = table.render();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.chars().all(|c| is_printable(c) || c == '\n'), "{text}");
+        assert!(text.contains("\\u{1b}]0;owned\\u{7}"), "{text}");
+        let text = key_values(0, &[("Host", "\u{1b}[2Jx\ny".into())]);
+        assert_eq!(text, "Host:  \\u{1b}[2Jx\\ny\n");
     }
 
     #[test]
@@ -424,6 +537,7 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field("a\u{1b}[2J\tb"), "a\\u{1b}[2J\\tb");
         assert_eq!(csv_field(" padded"), "\" padded\"");
         assert_eq!(
             csv_record(["id", "env=prod,tier=web", "x"]),

@@ -20,7 +20,8 @@
 //! - [`view`]: the stable JSON output types, by command area, with every conversion from a
 //!   wire answer (`view/convert.rs`) and the serde helpers for times, durations and bytes.
 //! - [`mod@format`]: tables, CSV, relative times, sizes, and the small text rules every command
-//!   shares.
+//!   shares, among them what may reach a terminal: human output escapes every control and
+//!   format character a server or agent sent; JSON stays exact.
 //! - [`selector`]: label arguments, checked with the contract's grammar.
 //! - [`error`]: [`CliError`] and the one gRPC status → message mapping.
 //! - `cmd` (private): the dispatcher and the helpers every command shares (id check, one-object
@@ -90,12 +91,37 @@ pub async fn run_with_env(
     Ok(())
 }
 
-/// Writes `value` as pretty-printed JSON followed by a newline.
+/// Writes `value` as pretty-printed JSON followed by a newline. Strings are exact; their
+/// non-printable characters are written as `\uXXXX` escapes ([`format::SafeJson`]).
 fn write_json<T: serde::Serialize + ?Sized>(
     out: &mut (dyn Write + Send),
     value: &T,
 ) -> Result<(), CliError> {
-    serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
+    write_json_as(out, value, serde_json::ser::PrettyFormatter::new())
+}
+
+/// Writes `value` as one line of JSON (newline-delimited JSON), like [`write_json`].
+fn write_json_line<T: serde::Serialize + ?Sized>(
+    out: &mut (dyn Write + Send),
+    value: &T,
+) -> Result<(), CliError> {
+    write_json_as(out, value, serde_json::ser::CompactFormatter)
+}
+
+fn write_json_as<T, F>(
+    out: &mut (dyn Write + Send),
+    value: &T,
+    formatter: F,
+) -> Result<(), CliError>
+where
+    T: serde::Serialize + ?Sized,
+    F: serde_json::ser::Formatter,
+{
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut *out, format::SafeJson(formatter));
+    value
+        .serialize(&mut serializer)
+        .map_err(std::io::Error::from)?;
     out.write_all(b"\n")?;
     Ok(())
 }

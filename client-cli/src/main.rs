@@ -19,7 +19,11 @@ async fn main() -> ExitCode {
         Err(CliError::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
             let _ = out.flush();
-            eprintln!("error: {err}");
+            // Escaped as all human output is: server text reaches errors too.
+            eprintln!(
+                "error: {}",
+                tetherctl::format::terminal_safe(&err.to_string())
+            );
             ExitCode::from(err.exit_code())
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! These structs are what `-o json` prints, so their shape is a public, stable contract:
 //! snake_case keys, enums as lowercase strings (`"online"`, `"status_changed"`), timestamps as
-//! RFC 3339 strings (UTC, whole seconds, `null` when unknown), durations as `*_seconds` numbers.
+//! RFC 3339 strings (UTC, whole seconds, `null` when unknown or outside the years
+//! 0001–9999), durations as `*_seconds` numbers.
 //! Prost types are never serialized directly. Table and CSV renderers read the same structs, so
 //! every format shows the same facts.
 //!

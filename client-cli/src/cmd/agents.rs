@@ -6,7 +6,7 @@
 //!
 //! The renderers live in `render`, this module's child: commands fetch, renderers format.
 
-mod render;
+pub(super) mod render;
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -20,9 +20,9 @@ use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::selector::parse_selector;
 use crate::view::{AgentDetailView, AgentView, EventKind, WatchEventView};
-use crate::{CliError, write_json};
+use crate::{CliError, write_json, write_json_line};
 
-use super::{fetch_pages, print_object, required_id};
+use super::{fetch_pages, print_object, required_id, write_text};
 use render::{render_csv, render_detail, render_event, render_table};
 
 /// Pause before resubscribing after the server ended a watch that fell behind.
@@ -75,10 +75,10 @@ pub(crate) async fn list(
         ListFormat::Table | ListFormat::Wide if agents.is_empty() => {
             writeln!(out, "No agents found.")?;
         }
-        ListFormat::Table => out.write_all(render_table(&agents, false, now).as_bytes())?,
-        ListFormat::Wide => out.write_all(render_table(&agents, true, now).as_bytes())?,
+        ListFormat::Table => write_text(out, &render_table(&agents, false, now))?,
+        ListFormat::Wide => write_text(out, &render_table(&agents, true, now))?,
         ListFormat::Json => write_json(out, &agents)?,
-        ListFormat::Csv => out.write_all(render_csv(&agents).as_bytes())?,
+        ListFormat::Csv => write_text(out, &render_csv(&agents))?,
     }
     Ok(())
 }
@@ -152,13 +152,9 @@ pub(crate) async fn watch(
                             match args.output {
                                 ObjectFormat::Table => {
                                     let line = render_event(&event, SystemTime::now());
-                                    out.write_all(line.as_bytes())?;
+                                    write_text(out, &line)?;
                                 }
-                                ObjectFormat::Json => {
-                                    serde_json::to_writer(&mut *out, &event)
-                                        .map_err(std::io::Error::from)?;
-                                    out.write_all(b"\n")?;
-                                }
+                                ObjectFormat::Json => write_json_line(out, &event)?,
                             }
                             out.flush()?;
                             n_events += 1;
@@ -179,7 +175,7 @@ pub(crate) async fn watch(
         eprintln!(
             "tetherctl: the watch fell behind the server and was ended ({}); resubscribing, a \
              fresh snapshot follows",
-            status.message()
+            crate::format::escape(status.message())
         );
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
     }

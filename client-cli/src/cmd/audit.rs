@@ -22,7 +22,7 @@ use crate::format::{NONE, Table, relative_time_opt};
 use crate::view::{AuditChainView, AuditEventView};
 use crate::{CliError, write_json};
 
-use super::fetch_pages;
+use super::{fetch_pages, write_text};
 
 /// Events requested per page (the server's maximum).
 pub const AUDIT_PAGE_SIZE: u32 = 1_000;
@@ -78,9 +78,7 @@ async fn list(
         .collect();
     match args.output {
         ObjectFormat::Table if events.is_empty() => writeln!(out, "No audit events found.")?,
-        ObjectFormat::Table => {
-            out.write_all(render_table(&events, SystemTime::now()).as_bytes())?;
-        }
+        ObjectFormat::Table => write_text(out, &render_table(&events, SystemTime::now()))?,
         ObjectFormat::Json => write_json(out, &events)?,
     }
     Ok(())
@@ -96,7 +94,7 @@ async fn verify(
     let events = fetch(&conn, pb::ListAuditEventsRequest::default(), None).await?;
     let summary = verify_chain(&events).map_err(CliError::AuditChainBroken)?;
     match output {
-        ObjectFormat::Table => out.write_all(render_summary(&summary).as_bytes())?,
+        ObjectFormat::Table => write_text(out, &render_summary(&summary))?,
         ObjectFormat::Json => write_json(
             out,
             &AuditChainView {

@@ -14,14 +14,14 @@ use crate::cli::{CreateTokenArgs, ListTokensArgs, ObjectFormat, RevokeTokenArgs,
 use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::format::{
-    Table, csv_record, csv_time, key_values, labels_text, or_none, relative_time_detail,
+    Table, csv_record, csv_time, escape, key_values, labels_text, or_none, relative_time_detail,
     relative_time_opt,
 };
 use crate::selector::parse_labels;
 use crate::view::{CreatedTokenView, EnrollmentTokenView};
 
 use super::objects::{self, AdminObject, secret_block, ttl_to_pb};
-use super::print_object;
+use super::{print_object, write_text};
 
 /// `enroll-token create`.
 pub(crate) async fn create(
@@ -72,7 +72,7 @@ pub(crate) async fn list(
     match args.output {
         SeriesFormat::Table => objects::print_list(&tokens, ObjectFormat::Table, now, out),
         SeriesFormat::Json => objects::print_list(&tokens, ObjectFormat::Json, now, out),
-        SeriesFormat::Csv => Ok(out.write_all(render_csv(&tokens).as_bytes())?),
+        SeriesFormat::Csv => write_text(out, &render_csv(&tokens)),
     }
 }
 
@@ -122,7 +122,7 @@ fn uses_text(token: &EnrollmentTokenView) -> String {
 /// Renders a new token and its one-time secret.
 pub(crate) fn render_created(created: &CreatedTokenView, now: SystemTime) -> String {
     let t = &created.token;
-    let mut text = format!("Enrollment token {} created.\n\n", t.token_id);
+    let mut text = format!("Enrollment token {} created.\n\n", escape(&t.token_id));
     text.push_str(&key_values(
         2,
         &[

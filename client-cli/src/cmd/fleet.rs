@@ -9,13 +9,13 @@ use crate::cli::{MetricsArgs, ObjectOutput, SeriesFormat};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
 use crate::format::{
-    NONE, Table, csv_record, csv_time, format_bytes, format_percent, format_rate, indent,
+    NONE, Table, csv_record, csv_time, escape, format_bytes, format_percent, format_rate, indent,
     key_values, long_duration, or_none, rfc3339_opt, usage_percent,
 };
 use crate::view::{MetricsPointView, ServerConfigView, SummaryView};
 use crate::{CliError, write_json};
 
-use super::{print_object, required_id};
+use super::{print_object, required_id, write_text};
 
 /// `metrics ID`: points from `now - since` to now, one per `step`.
 pub(crate) async fn metrics(
@@ -53,14 +53,17 @@ pub(crate) async fn metrics(
         .map(Into::into)
         .collect();
     match args.output {
-        SeriesFormat::Table if points.is_empty() => writeln!(
-            out,
-            "No metrics for agent {id} in the last {}.",
-            long_duration(args.since)
-        )?,
-        SeriesFormat::Table => out.write_all(render_points_table(&points).as_bytes())?,
+        SeriesFormat::Table if points.is_empty() => {
+            let line = format!(
+                "No metrics for agent {} in the last {}.\n",
+                escape(&id),
+                long_duration(args.since)
+            );
+            write_text(out, &line)?;
+        }
+        SeriesFormat::Table => write_text(out, &render_points_table(&points))?,
         SeriesFormat::Json => write_json(out, &points)?,
-        SeriesFormat::Csv => out.write_all(render_points_csv(&points).as_bytes())?,
+        SeriesFormat::Csv => write_text(out, &render_points_csv(&points))?,
     }
     Ok(())
 }

@@ -17,7 +17,8 @@ use crate::client::{AdminClient, Connection};
 use crate::config::Settings;
 use crate::{CliError, write_json};
 
-use super::required_id;
+use super::{required_id, write_text};
+use crate::format::escape;
 
 /// An object kind the admin commands list and revoke.
 pub(crate) trait AdminObject: Serialize + Sized {
@@ -78,7 +79,7 @@ pub(crate) fn print_list<T: AdminObject>(
 ) -> Result<(), CliError> {
     match output {
         ObjectFormat::Table if objects.is_empty() => writeln!(out, "No {} found.", T::PLURAL)?,
-        ObjectFormat::Table => out.write_all(T::render_table(objects, now).as_bytes())?,
+        ObjectFormat::Table => write_text(out, &T::render_table(objects, now))?,
         ObjectFormat::Json => write_json(out, objects)?,
     }
     Ok(())
@@ -128,7 +129,10 @@ where
         .await
         .map_err(|status| conn.error(&status, Some(&format!("{} {id}", T::NOUN))))?;
     match args.output {
-        ObjectFormat::Table => writeln!(out, "{} {id} revoked.", capitalized(T::NOUN))?,
+        ObjectFormat::Table => {
+            let line = format!("{} {} revoked.\n", capitalized(T::NOUN), escape(&id));
+            write_text(out, &line)?;
+        }
         ObjectFormat::Json => {
             let now = SystemTime::now();
             write_json(out, &revoked.map(|pb| T::from_wire(pb, now)))?;
@@ -153,6 +157,7 @@ pub(crate) fn ttl_to_pb(ttl: Ttl) -> Result<Option<prost_types::Duration>, CliEr
 
 /// The one-time secret, set apart with a warning that it cannot be retrieved later.
 pub(crate) fn secret_block(what: &str, secret: &str) -> String {
+    let secret = escape(secret);
     format!(
         "\n{what} (shown only this once; store it now, it cannot be retrieved later):\n\n    \
          {secret}\n"

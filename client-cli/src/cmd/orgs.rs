@@ -12,7 +12,7 @@ use crate::CliError;
 use crate::cli::{CreateOrgArgs, ObjectOutput};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
-use crate::format::{Table, key_values, or_none, relative_time_opt};
+use crate::format::{Table, escape, key_values, or_none, relative_time_opt};
 use crate::view::{ApiTokenView, CreatedOrgView, OrgView};
 
 use super::objects::{self, AdminObject, secret_block};
@@ -92,7 +92,7 @@ impl AdminObject for OrgView {
 /// Renders a new org, its first admin token and that token's one-time secret.
 pub(crate) fn render_created(created: &CreatedOrgView, now: SystemTime) -> String {
     let org = &created.org;
-    let mut text = format!("Org {} created.\n\n", org.org_id);
+    let mut text = format!("Org {} created.\n\n", escape(&org.org_id));
     text.push_str(&key_values(
         2,
         &[

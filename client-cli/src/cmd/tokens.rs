@@ -13,7 +13,7 @@ use crate::CliError;
 use crate::cli::{CreateApiTokenArgs, ListApiTokensArgs, RevokeTokenArgs};
 use crate::client::{Connection, unary};
 use crate::config::Settings;
-use crate::format::{Table, key_values, relative_time_detail, relative_time_opt};
+use crate::format::{Table, escape, key_values, relative_time_detail, relative_time_opt};
 use crate::view::{ApiTokenView, CreatedApiTokenView};
 
 use super::objects::{self, AdminObject, secret_block, ttl_to_pb};
@@ -119,7 +119,7 @@ pub(crate) fn token_details(indent: usize, t: &ApiTokenView, now: SystemTime) ->
 /// Renders a new token and its one-time secret.
 pub(crate) fn render_created(created: &CreatedApiTokenView, now: SystemTime) -> String {
     let t = &created.token;
-    let mut text = format!("Token {} created.\n\n", t.token_id);
+    let mut text = format!("Token {} created.\n\n", escape(&t.token_id));
     text.push_str(&token_details(2, t, now));
     text.push_str(&secret_block("Secret", &created.secret));
     text

@@ -161,9 +161,12 @@ pub fn status_code_name(code: i32) -> &'static str {
     }
 }
 
-/// A wire timestamp as a `SystemTime`; `None` when absent or out of range.
+/// A wire timestamp as a `SystemTime`; `None` when absent, or outside the years 0001–9999
+/// (the range of `google.protobuf.Timestamp`, and all RFC 3339 can write): such a time is
+/// shown as unknown rather than failing the command.
 pub fn time(ts: Option<prost_types::Timestamp>) -> Option<SystemTime> {
     ts.and_then(|ts| SystemTime::try_from(ts).ok())
+        .filter(|t| crate::format::is_rfc3339_time(*t))
 }
 
 /// A wire duration as a `Duration`; `None` when absent or negative.

@@ -1,6 +1,7 @@
 //! How the views write times, durations and bytes in JSON, for `#[serde(with = …)]`.
 
-/// Serializes `Option<SystemTime>` as an RFC 3339 string (UTC, whole seconds) or `null`.
+/// Serializes `Option<SystemTime>` as an RFC 3339 string (UTC, whole seconds) or `null` (also
+/// for a time outside the years 0001–9999, which RFC 3339 cannot write).
 pub(super) mod rfc3339 {
     use std::time::SystemTime;
 
@@ -12,8 +13,8 @@ pub(super) mod rfc3339 {
         time: &Option<SystemTime>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        match time {
-            Some(t) => serializer.collect_str(&humantime::format_rfc3339_seconds(*t)),
+        match time.and_then(crate::format::rfc3339) {
+            Some(text) => serializer.serialize_str(&text),
             None => serializer.serialize_none(),
         }
     }

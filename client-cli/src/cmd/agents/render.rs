@@ -1,11 +1,12 @@
 //! The pure renderers of the `agents` commands: the `agents list` table and CSV, the `agents get`
 //! detail page and the `agents watch` line. Each is a function of a view and the current time,
-//! unit-tested without a server.
+//! unit-tested without a server. Every text an agent chose goes out escaped (`format::escape`,
+//! which `Table` and `key_values` apply to every cell and value).
 
 use std::time::SystemTime;
 
 use crate::format::{
-    NONE, Table, csv_record, csv_time, format_bytes, format_percent, indent, key_values,
+    NONE, Table, csv_record, csv_time, escape, format_bytes, format_percent, indent, key_values,
     labels_text, long_duration, or_none, relative_time_detail, relative_time_opt, rfc3339_opt,
     usage_percent,
 };
@@ -206,7 +207,7 @@ pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String
         text.push_str("  (none)\n");
     }
     for (k, v) in &agent.labels {
-        text.push_str(&format!("  {k}={v}\n"));
+        text.push_str(&format!("  {}={}\n", escape(k), escape(v)));
     }
 
     match &agent.latest_metrics {
@@ -317,7 +318,7 @@ pub(crate) fn render_event(event: &WatchEventView, now: SystemTime) -> String {
             if labels.is_empty() {
                 "labels: (none)".to_owned()
             } else {
-                format!("labels: {labels}")
+                format!("labels: {}", escape(&labels))
             }
         }
         EventKind::Removed => "removed".to_owned(),
@@ -330,7 +331,11 @@ pub(crate) fn render_event(event: &WatchEventView, now: SystemTime) -> String {
         }
     };
     let name = or_none(&agent.name);
-    format!("{time}  {kind:<15}  {}  {name}  {detail}\n", agent.agent_id)
+    format!(
+        "{time}  {kind:<15}  {}  {}  {detail}\n",
+        escape(&agent.agent_id),
+        escape(&name)
+    )
 }
 
 fn used_of(used: u64, total: u64) -> String {
