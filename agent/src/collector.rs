@@ -11,6 +11,7 @@ use sysinfo::{
     CpuRefreshKind, Disks, MemoryRefreshKind, Networks, ProcessRefreshKind, ProcessesToUpdate,
     RefreshKind, System,
 };
+use tether_proto::text::{self, MAX_DISKS_PER_SAMPLE, MAX_REPORTED_TEXT_BYTES};
 
 /// The agent's version, reported in `Hello` and `SystemInfo`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -155,6 +156,9 @@ impl SysinfoCollector {
         }
     }
 
+    /// Usage of the mounted filesystems, as the server accepts them: mount points it cannot
+    /// show (control or format characters, longer than the contract's default limit) are left
+    /// out, and of more than [`MAX_DISKS_PER_SAMPLE`] filesystems the largest are kept.
     fn disk_usage(&mut self) -> Vec<DiskUsage> {
         self.disks.refresh(true);
         let mut disks: Vec<DiskUsage> = self
@@ -167,9 +171,18 @@ impl SysinfoCollector {
                 used_bytes: disk.total_space().saturating_sub(disk.available_space()),
                 total_bytes: disk.total_space(),
             })
+            .filter(|disk| {
+                disk.mount_point.len() <= MAX_REPORTED_TEXT_BYTES
+                    && text::first_forbidden(&disk.mount_point).is_none()
+            })
             .collect();
         disks.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
         disks.dedup_by(|a, b| a.mount_point == b.mount_point);
+        if disks.len() > MAX_DISKS_PER_SAMPLE {
+            disks.sort_by_key(|disk| std::cmp::Reverse(disk.total_bytes));
+            disks.truncate(MAX_DISKS_PER_SAMPLE);
+            disks.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+        }
         disks
     }
 
@@ -213,20 +226,27 @@ impl Collector for SysinfoCollector {
     fn system_info(&mut self) -> SystemInfo {
         self.system.refresh_memory();
         let cpus = self.system.cpus();
-        let hostname = System::host_name().unwrap_or_default();
+        // What the machine says, as the server accepts it: printable and not too long.
+        let clean = |text: &str| text::clean(text, MAX_REPORTED_TEXT_BYTES);
+        let hostname = clean(&System::host_name().unwrap_or_default());
         let cpu_model = cpus
             .first()
-            .map(|cpu| cpu.brand().trim().to_owned())
+            .map(|cpu| clean(cpu.brand().trim()))
             .unwrap_or_default();
-        let architecture = System::cpu_arch();
+        let architecture = clean(&System::cpu_arch());
         let total_memory_bytes = self.system.total_memory();
-        let hardware_id = hardware_id(&hostname, &cpu_model, &architecture, total_memory_bytes);
+        let hardware_id = clean(&hardware_id(
+            &hostname,
+            &cpu_model,
+            &architecture,
+            total_memory_bytes,
+        ));
         let boot_time = System::boot_time();
         SystemInfo {
             hostname,
-            os_name: System::name().unwrap_or_else(|| std::env::consts::OS.to_owned()),
-            os_version: System::os_version().unwrap_or_default(),
-            kernel_version: System::kernel_version().unwrap_or_default(),
+            os_name: clean(&System::name().unwrap_or_else(|| std::env::consts::OS.to_owned())),
+            os_version: clean(&System::os_version().unwrap_or_default()),
+            kernel_version: clean(&System::kernel_version().unwrap_or_default()),
             architecture,
             cpu_model,
             logical_cores: u32::try_from(cpus.len()).unwrap_or(u32::MAX),

@@ -6,7 +6,9 @@
 //! - [`codec`]: the codec the generated stubs use (small starting buffers);
 //! - [`selector`]: the label grammar and the label selector the RPCs take;
 //! - [`audit`]: the audit chain's hash, which the server computes and clients verify;
-//! - [`process`]: how every Tether binary answers termination signals.
+//! - [`process`]: how every Tether binary answers termination signals;
+//! - [`text`]: the characters no text field may carry, and the default sizes of what agents
+//!   report.
 //!
 //! Other crates import the generated types as `pb` and convert to their own domain types at
 //! their edges, so wire types never travel through their internals.
@@ -15,6 +17,7 @@ pub mod audit;
 pub mod codec;
 pub mod process;
 pub mod selector;
+pub mod text;
 
 /// The `tether.v1` package: messages, enums, and the tonic client and server stubs.
 #[allow(

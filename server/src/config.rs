@@ -36,6 +36,14 @@ pub const DEFAULT_MAX_LABEL_VALUE_BYTES: usize = 255;
 /// A sample whose seq is this far beyond the highest one seen is refused: accepting it would
 /// make every later genuine sample look like a duplicate.
 pub const DEFAULT_MAX_SEQ_JUMP: u64 = 1_000_000;
+/// Longest text field of an agent's `SystemInfo` and longest disk mount point, in bytes.
+pub const DEFAULT_MAX_REPORTED_TEXT_BYTES: usize = tether_proto::text::MAX_REPORTED_TEXT_BYTES;
+/// Most disks in one metrics sample.
+pub const DEFAULT_MAX_DISKS_PER_SAMPLE: usize = tether_proto::text::MAX_DISKS_PER_SAMPLE;
+/// How far ahead of the server's clock a sample (or boot) time may be. A sample from the future
+/// would sort after every real one and outlive retention; a machine whose clock is further
+/// ahead has its reports refused (`INVALID_ARGUMENT`, naming the clock) until it is fixed.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,6 +156,9 @@ pub struct Limits {
     pub max_label_key_bytes: usize,
     pub max_label_value_bytes: usize,
     pub max_seq_jump: u64,
+    pub max_reported_text_bytes: usize,
+    pub max_disks_per_sample: usize,
+    pub max_clock_skew: Duration,
     pub max_concurrent_streams: u32,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
@@ -250,6 +261,9 @@ impl Config {
             return invalid(
                 "rate limits and the header list size must be greater than zero".to_owned(),
             );
+        }
+        if l.max_reported_text_bytes == 0 {
+            return invalid("the reported text size limit must be greater than zero".to_owned());
         }
         if self.limits.max_concurrent_streams == 0 || self.limits.watch_buffer == 0 {
             return invalid("stream limits must be greater than zero".to_owned());
@@ -361,6 +375,9 @@ impl Default for Limits {
             max_label_key_bytes: DEFAULT_MAX_LABEL_KEY_BYTES,
             max_label_value_bytes: DEFAULT_MAX_LABEL_VALUE_BYTES,
             max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
+            max_reported_text_bytes: DEFAULT_MAX_REPORTED_TEXT_BYTES,
+            max_disks_per_sample: DEFAULT_MAX_DISKS_PER_SAMPLE,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,

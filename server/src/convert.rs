@@ -17,6 +17,7 @@ use tether_proto as pb;
 use crate::config::Limits;
 use crate::domain::{
     AgentStatus, AuditOutcome, DiskUsage, Health, Labels, Role, Sample, StatusReason, SystemInfo,
+    Time,
 };
 use crate::error::ServerError;
 
@@ -24,10 +25,26 @@ pub mod admin;
 pub mod agent;
 pub mod fleet;
 
-/// Longest accepted text field of `SystemInfo` and disk mount points.
-pub const MAX_TEXT_BYTES: usize = 1024;
-/// Most disks accepted in one sample.
-pub const MAX_DISKS_PER_SAMPLE: usize = 256;
+/// What the edge accepts of the text, lists and times agents report, from [`Limits`]: small and
+/// `Copy`, so each session keeps its own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReportLimits {
+    /// Longest `SystemInfo` text field and mount point, in bytes.
+    pub max_text_bytes: usize,
+    pub max_disks_per_sample: usize,
+    /// How far ahead of the server's clock a sample (or boot) time may be.
+    pub max_clock_skew: Duration,
+}
+
+impl ReportLimits {
+    pub fn of(limits: &Limits) -> Self {
+        Self {
+            max_text_bytes: limits.max_reported_text_bytes,
+            max_disks_per_sample: limits.max_disks_per_sample,
+            max_clock_skew: limits.max_clock_skew,
+        }
+    }
+}
 
 pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
@@ -37,15 +54,55 @@ pub fn opt_timestamp(time: Option<SystemTime>) -> Option<prost_types::Timestamp>
     time.map(timestamp)
 }
 
+/// Every time the server accepts from an agent or a caller: well-formed and within the range of
+/// [`Time`] (1970 to 9999).
+///
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for a timestamp out of range (e.g. nanos outside 0..1e9).
-pub fn time_from_pb(ts: prost_types::Timestamp, field: &str) -> Result<SystemTime, ServerError> {
+/// `INVALID_ARGUMENT` naming `field` for a malformed timestamp (nanos outside 0..1e9) or one
+/// outside that range.
+pub fn time_from_pb(ts: prost_types::Timestamp, field: &str) -> Result<Time, ServerError> {
+    let out_of_range = || {
+        ServerError::invalid(format!(
+            "{field}: {}s from the Unix epoch is outside 1970-01-01T00:00:00Z ..= \
+             9999-12-31T23:59:59Z",
+            ts.seconds
+        ))
+    };
     if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(ServerError::invalid(format!("{field}: invalid timestamp")));
+        return Err(ServerError::invalid(format!(
+            "{field}: invalid timestamp (nanos {} outside 0..1e9)",
+            ts.nanos
+        )));
     }
-    SystemTime::try_from(ts)
-        .map_err(|_| ServerError::invalid(format!("{field}: invalid timestamp")))
+    let time = SystemTime::try_from(ts).map_err(|_| out_of_range())?;
+    Time::new(time).map_err(|_| out_of_range())
+}
+
+/// A time that reports something that already happened (a sample, a boot): in range, and not
+/// more than `max_skew` ahead of the server's clock `now`.
+///
+/// # Errors
+///
+/// As [`time_from_pb`], and `INVALID_ARGUMENT` for a time too far in the future.
+pub fn past_time_from_pb(
+    ts: prost_types::Timestamp,
+    field: &str,
+    now: SystemTime,
+    max_skew: Duration,
+) -> Result<Time, ServerError> {
+    let time = time_from_pb(ts, field)?;
+    if let Ok(ahead) = time.get().duration_since(now)
+        && ahead > max_skew
+    {
+        return Err(ServerError::invalid(format!(
+            "{field} is {} ahead of the server's clock; at most {} is allowed (check the \
+             machine's clock)",
+            humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+            humantime::format_duration(max_skew)
+        )));
+    }
+    Ok(time)
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {
@@ -146,23 +203,52 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// Checks that a free-text field is at most [`MAX_TEXT_BYTES`] long.
-pub(crate) fn text(value: String, field: &str) -> Result<String, ServerError> {
-    if value.len() > MAX_TEXT_BYTES {
+/// Checks a free-text field named `field`: at most `max_bytes` long, and free of control and
+/// format characters (see [`tether_proto::text`]).
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` naming the field.
+pub fn text(value: String, field: &str, max_bytes: usize) -> Result<String, ServerError> {
+    if value.len() > max_bytes {
         return Err(ServerError::invalid(format!(
-            "{field} is {} bytes long; at most {MAX_TEXT_BYTES} are allowed",
+            "{field} is {} bytes long; at most {max_bytes} are allowed",
             value.len()
         )));
     }
+    plain(&value, field)?;
     Ok(value)
+}
+
+/// Checks that `value` (field `field`) holds no control or format character.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` naming the field, the character and where it is.
+pub fn plain(value: &str, field: &str) -> Result<(), ServerError> {
+    match tether_proto::text::first_forbidden(value) {
+        None => Ok(()),
+        Some((at, c)) => Err(ServerError::invalid(format!(
+            "{field} holds the control or format character U+{:04X} at byte {at}; text fields \
+             may not carry control (Cc) or format (Cf) characters",
+            u32::from(c)
+        ))),
+    }
 }
 
 // === system info ===
 
+/// `now` is the server's clock, against which the boot time is checked.
+///
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for oversized text fields or a bad boot time.
-pub fn system_info_from_pb(info: pb::SystemInfo) -> Result<SystemInfo, ServerError> {
+/// `INVALID_ARGUMENT` naming the field, for oversized text or text holding control or format
+/// characters, or a boot time out of range or ahead of `now`.
+pub fn system_info_from_pb(
+    info: pb::SystemInfo,
+    limits: &ReportLimits,
+    now: SystemTime,
+) -> Result<SystemInfo, ServerError> {
     let pb::SystemInfo {
         hostname,
         os_name,
@@ -176,20 +262,21 @@ pub fn system_info_from_pb(info: pb::SystemInfo) -> Result<SystemInfo, ServerErr
         boot_time,
         agent_version,
     } = info;
+    let max = limits.max_text_bytes;
     Ok(SystemInfo {
-        hostname: text(hostname, "system_info.hostname")?,
-        os_name: text(os_name, "system_info.os_name")?,
-        os_version: text(os_version, "system_info.os_version")?,
-        kernel_version: text(kernel_version, "system_info.kernel_version")?,
-        architecture: text(architecture, "system_info.architecture")?,
-        cpu_model: text(cpu_model, "system_info.cpu_model")?,
+        hostname: text(hostname, "system_info.hostname", max)?,
+        os_name: text(os_name, "system_info.os_name", max)?,
+        os_version: text(os_version, "system_info.os_version", max)?,
+        kernel_version: text(kernel_version, "system_info.kernel_version", max)?,
+        architecture: text(architecture, "system_info.architecture", max)?,
+        cpu_model: text(cpu_model, "system_info.cpu_model", max)?,
         logical_cores,
         total_memory_bytes,
-        hardware_id: text(hardware_id, "system_info.hardware_id")?,
+        hardware_id: text(hardware_id, "system_info.hardware_id", max)?,
         boot_time: boot_time
-            .map(|t| time_from_pb(t, "system_info.boot_time"))
+            .map(|t| past_time_from_pb(t, "system_info.boot_time", now, limits.max_clock_skew))
             .transpose()?,
-        agent_version: text(agent_version, "system_info.agent_version")?,
+        agent_version: text(agent_version, "system_info.agent_version", max)?,
     })
 }
 
@@ -204,7 +291,7 @@ pub fn system_info_to_pb(info: &SystemInfo) -> pb::SystemInfo {
         logical_cores: info.logical_cores,
         total_memory_bytes: info.total_memory_bytes,
         hardware_id: info.hardware_id.clone(),
-        boot_time: opt_timestamp(info.boot_time),
+        boot_time: opt_timestamp(info.boot_time.map(Time::get)),
         agent_version: info.agent_version.clone(),
     }
 }
@@ -221,11 +308,17 @@ fn gauge(value: f64, field: &str) -> Result<f64, ServerError> {
     }
 }
 
+/// `now` is the server's clock, against which the sample time is checked.
+///
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for a zero seq, a missing time, non-finite or negative gauges, or
-/// oversized disk lists.
-pub fn sample_from_pb(sample: pb::MetricsSample) -> Result<Sample, ServerError> {
+/// `INVALID_ARGUMENT` for a zero seq, a missing time, a time out of range or ahead of `now`,
+/// non-finite or negative gauges, too many disks, or a bad mount point.
+pub fn sample_from_pb(
+    sample: pb::MetricsSample,
+    limits: &ReportLimits,
+    now: SystemTime,
+) -> Result<Sample, ServerError> {
     let pb::MetricsSample {
         seq,
         time,
@@ -247,10 +340,17 @@ pub fn sample_from_pb(sample: pb::MetricsSample) -> Result<Sample, ServerError> 
         return Err(ServerError::invalid("sample seq must start at 1"));
     }
     let time = time.ok_or_else(|| ServerError::invalid(format!("sample {seq} has no time")))?;
-    if disks.len() > MAX_DISKS_PER_SAMPLE {
+    let time = past_time_from_pb(
+        time,
+        &format!("sample {seq} time"),
+        now,
+        limits.max_clock_skew,
+    )?;
+    if disks.len() > limits.max_disks_per_sample {
         return Err(ServerError::invalid(format!(
-            "sample {seq} lists {} disks; at most {MAX_DISKS_PER_SAMPLE} are allowed",
-            disks.len()
+            "sample {seq} lists {} disks; at most {} are allowed",
+            disks.len(),
+            limits.max_disks_per_sample
         )));
     }
     let disks = disks
@@ -262,7 +362,7 @@ pub fn sample_from_pb(sample: pb::MetricsSample) -> Result<Sample, ServerError> 
                 total_bytes,
             } = d;
             Ok(DiskUsage {
-                mount_point: text(mount_point, "disk mount point")?,
+                mount_point: text(mount_point, "disk mount point", limits.max_text_bytes)?,
                 used_bytes,
                 total_bytes,
             })
@@ -270,7 +370,7 @@ pub fn sample_from_pb(sample: pb::MetricsSample) -> Result<Sample, ServerError> 
         .collect::<Result<Vec<_>, ServerError>>()?;
     Ok(Sample {
         seq,
-        time: time_from_pb(time, "sample time")?,
+        time,
         cpu_percent: gauge(cpu_percent, "cpu_percent")?,
         load: [
             gauge(load_1, "load_1")?,
@@ -295,7 +395,7 @@ pub fn sample_from_pb(sample: pb::MetricsSample) -> Result<Sample, ServerError> 
 pub fn sample_to_pb(sample: &Sample) -> pb::MetricsSample {
     pb::MetricsSample {
         seq: sample.seq,
-        time: Some(timestamp(sample.time)),
+        time: Some(timestamp(sample.time.get())),
         cpu_percent: sample.cpu_percent,
         load_1: sample.load[0],
         load_5: sample.load[1],

@@ -3,6 +3,10 @@
 //! Wire types (`tether_proto`) never appear here; `convert.rs` translates at the RPC edge.
 //! Persisted facts (`AgentRecord`, `LiveRecord`, `Sample`, tokens) derive serde because the
 //! store serializes them; nothing here knows which store that is.
+//!
+//! Times an agent or a caller chose are [`Time`]s, checked into the range every encoding and
+//! client can represent when they cross the edge; times the server stamps from its own clock
+//! stay `SystemTime`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,6 +65,84 @@ id_type!(
     /// The public half of a token (API token, agent credential or enrollment token).
     TokenId
 );
+
+/// A wall-clock time Tether accepts from outside, stores and shows: from the Unix epoch to the
+/// last nanosecond of the year 9999 (UTC).
+///
+/// Serde refuses to encode a `SystemTime` before the epoch, and RFC 3339 (and with it most
+/// clients' time types) ends at 9999, so a time outside this range cannot be stored or shown.
+/// [`Time::new`] is the only way in (`convert::time_from_pb` at the RPC edge); decoding a stored
+/// `Time` checks the range again. It encodes exactly as the `SystemTime` it wraps.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(SystemTime);
+
+/// A time outside the range of [`Time`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("time is outside 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999999Z")]
+pub struct TimeOutOfRange;
+
+impl Time {
+    /// Seconds from the Unix epoch to 9999-12-31T23:59:59Z.
+    pub const LATEST_SECS: u64 = 253_402_300_799;
+
+    /// The Unix epoch, the earliest `Time`.
+    pub const EPOCH: Time = Time(SystemTime::UNIX_EPOCH);
+
+    /// # Errors
+    ///
+    /// [`TimeOutOfRange`] before the Unix epoch or after the year 9999.
+    pub fn new(time: SystemTime) -> Result<Self, TimeOutOfRange> {
+        if time >= SystemTime::UNIX_EPOCH && time <= Self::latest() {
+            Ok(Self(time))
+        } else {
+            Err(TimeOutOfRange)
+        }
+    }
+
+    /// The server's clock now, brought into the range (a clock set before 1970 reads as the
+    /// epoch).
+    pub fn now() -> Self {
+        Self::clamped(SystemTime::now())
+    }
+
+    /// `time`, or the nearest end of the range.
+    pub fn clamped(time: SystemTime) -> Self {
+        Self(time.clamp(SystemTime::UNIX_EPOCH, Self::latest()))
+    }
+
+    pub fn get(self) -> SystemTime {
+        self.0
+    }
+
+    fn latest() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::new(Self::LATEST_SECS, 999_999_999)
+    }
+}
+
+impl From<Time> for SystemTime {
+    fn from(time: Time) -> Self {
+        time.0
+    }
+}
+
+impl fmt::Debug for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let time = SystemTime::deserialize(deserializer)?;
+        Time::new(time).map_err(serde::de::Error::custom)
+    }
+}
 
 /// The org every object belongs to until orgs can be created.
 pub const DEFAULT_ORG: &str = "default";
@@ -149,7 +231,7 @@ pub struct SystemInfo {
     pub logical_cores: u32,
     pub total_memory_bytes: u64,
     pub hardware_id: String,
-    pub boot_time: Option<SystemTime>,
+    pub boot_time: Option<Time>,
     pub agent_version: String,
 }
 
@@ -165,7 +247,7 @@ pub struct DiskUsage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub seq: u64,
-    pub time: SystemTime,
+    pub time: Time,
     pub cpu_percent: f64,
     pub load: [f64; 3],
     pub memory_used_bytes: u64,

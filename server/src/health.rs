@@ -47,7 +47,7 @@ pub fn health_of(sample: &Sample, t: &HealthThresholds) -> Health {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use super::*;
 
@@ -56,7 +56,7 @@ mod tests {
         let t = HealthThresholds::default();
         let mut s = Sample {
             seq: 1,
-            time: SystemTime::now(),
+            time: crate::domain::Time::now(),
             cpu_percent: 10.0,
             load: [0.0; 3],
             memory_used_bytes: 10,

@@ -131,6 +131,18 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_LABELS)]
     max_labels: usize,
 
+    /// Longest text field of an agent's system info, and longest disk mount point, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_REPORTED_TEXT_BYTES)]
+    max_reported_text_bytes: usize,
+
+    /// Most disks in one metrics sample.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_DISKS_PER_SAMPLE)]
+    max_disks_per_sample: usize,
+
+    /// How far ahead of this server's clock a sample time may be.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CLOCK_SKEW.into())]
+    max_clock_skew: humantime::Duration,
+
     /// HTTP/2 streams allowed at once on one connection.
     #[arg(long, default_value_t = config::DEFAULT_MAX_CONCURRENT_STREAMS)]
     max_concurrent_streams: u32,
@@ -241,6 +253,9 @@ impl Args {
         c.limits.max_message_bytes = self.max_message_bytes;
         c.limits.max_samples_per_report = self.max_samples_per_report;
         c.limits.max_labels = self.max_labels;
+        c.limits.max_reported_text_bytes = self.max_reported_text_bytes;
+        c.limits.max_disks_per_sample = self.max_disks_per_sample;
+        c.limits.max_clock_skew = self.max_clock_skew.into();
         c.limits.max_concurrent_streams = self.max_concurrent_streams;
         c.limits.keepalive_interval = self.keepalive_interval.into();
         c.limits.keepalive_timeout = self.keepalive_timeout.into();

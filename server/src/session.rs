@@ -176,6 +176,8 @@ impl Drop for SessionGuard {
 pub struct SessionLimits {
     pub max_samples_per_report: usize,
     pub max_seq_jump: u64,
+    /// What a sample may hold: text, disks, how far ahead its time may be.
+    pub report: convert::ReportLimits,
     /// Sustained inbound messages per second (token bucket refill rate).
     pub messages_per_second: f64,
     /// Inbound message burst (token bucket size).
@@ -334,7 +336,7 @@ impl SessionLoop {
         use pb::connect_request::Message as In;
         match msg.message {
             Some(In::Ping(ping)) => Ok(Some(pb::connect_response::Message::Pong(
-                convert::agent::pong_to_pb(ping, SystemTime::now()),
+                convert::agent::pong_to_pb(ping, SystemTime::now())?,
             ))),
             Some(In::Metrics(report)) => {
                 let samples = self.accept_samples(report)?;
@@ -347,9 +349,8 @@ impl SessionLoop {
                 Ok(None)
             }
             Some(In::Goodbye(bye)) => {
-                // The reason is the agent's own text: bounded, and quoted so that it cannot
-                // forge log lines.
-                let reason = crate::audit::bounded(&bye.reason, crate::audit::MAX_FIELD_BYTES);
+                // Validated (bounded, no control characters) and logged quoted.
+                let reason = convert::agent::goodbye_from_pb(bye)?;
                 tracing::info!(agent = %self.session.agent, session = %self.session.id, reason = ?reason, "agent said goodbye");
                 self.guard.goodbye = true;
                 self.done = true;
@@ -375,8 +376,9 @@ impl SessionLoop {
         let mut samples = Vec::with_capacity(report.samples.len());
         let mut prev = 0;
         let ceiling = self.max_seq.saturating_add(self.limits.max_seq_jump);
+        let now = SystemTime::now();
         for raw in report.samples {
-            let sample = convert::sample_from_pb(raw)?;
+            let sample = convert::sample_from_pb(raw, &self.limits.report, now)?;
             if sample.seq <= prev {
                 return Err(ServerError::invalid(format!(
                     "sample seq {} is not greater than the previous seq {prev} in the same report",

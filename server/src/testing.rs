@@ -29,7 +29,7 @@ pub fn agent_record(org: &str, id: &str, hardware_id: &str) -> AgentRecord {
 pub fn sample(seq: u64) -> Sample {
     Sample {
         seq,
-        time: SystemTime::now(),
+        time: crate::domain::Time::now(),
         cpu_percent: 10.0,
         load: [0.5; 3],
         memory_used_bytes: 100,

@@ -7,7 +7,8 @@ use tether_proto as pb;
 
 use super::{
     id_from_pb, labels_from_pb, labels_to_pb, nonzero_duration_from_pb, opt_timestamp,
-    outcome_filter_from_pb, outcome_to_pb, page_size_from_pb, role_to_pb, time_from_pb, timestamp,
+    outcome_filter_from_pb, outcome_to_pb, page_size_from_pb, plain, role_to_pb, text,
+    time_from_pb, timestamp,
 };
 use crate::auth::Secret;
 use crate::config::Limits;
@@ -21,6 +22,9 @@ use crate::error::ServerError;
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
 /// Longest name accepted for an API token.
 pub const MAX_TOKEN_NAME_BYTES: usize = 128;
+/// Longest TTL accepted for a token or an enrollment token (100 years): every expiry stays a
+/// time every client can show.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
 /// Page size of `ListAuditEvents` when the request leaves it at zero.
 pub const DEFAULT_AUDIT_PAGE_SIZE: usize = 100;
 /// Largest page `ListAuditEvents` returns.
@@ -37,11 +41,7 @@ pub fn create_org_from_pb(req: pb::CreateOrgRequest) -> Result<NewOrg, ServerErr
         display_name,
     } = req;
     let id = OrgId::new(id_from_pb(&org_id, "org_id")?);
-    if display_name.len() > MAX_DESCRIPTION_BYTES {
-        return Err(ServerError::invalid(format!(
-            "display_name must be at most {MAX_DESCRIPTION_BYTES} bytes"
-        )));
-    }
+    let display_name = text(display_name, "display_name", MAX_DESCRIPTION_BYTES)?;
     Ok(NewOrg {
         display_name: if display_name.is_empty() {
             org_id
@@ -97,22 +97,33 @@ fn role_from_pb(value: i32) -> Result<Role, ServerError> {
 /// # Errors
 ///
 /// `INVALID_ARGUMENT` for a missing or unprintable name, a role other than admin, operator or
-/// viewer, or a negative TTL.
+/// viewer, or a negative or too long TTL.
 pub fn create_token_from_pb(req: pb::CreateTokenRequest) -> Result<NewApiToken, ServerError> {
     let pb::CreateTokenRequest { name, role, ttl } = req;
-    if name.trim().is_empty()
-        || name.len() > MAX_TOKEN_NAME_BYTES
-        || name.chars().any(char::is_control)
-    {
+    if name.trim().is_empty() {
         return Err(ServerError::invalid(format!(
-            "name is required: 1-{MAX_TOKEN_NAME_BYTES} characters without control characters"
+            "name is required: 1-{MAX_TOKEN_NAME_BYTES} bytes of printable text"
         )));
     }
     Ok(NewApiToken {
-        name,
+        name: text(name, "name", MAX_TOKEN_NAME_BYTES)?,
         role: role_from_pb(role)?,
-        ttl: nonzero_duration_from_pb(ttl, "ttl")?,
+        ttl: ttl_from_pb(ttl)?,
     })
+}
+
+/// A token's TTL: zero or absent means none; at most [`MAX_TTL`].
+fn ttl_from_pb(
+    ttl: Option<prost_types::Duration>,
+) -> Result<Option<std::time::Duration>, ServerError> {
+    let ttl = nonzero_duration_from_pb(ttl, "ttl")?;
+    if ttl.is_some_and(|ttl| ttl > MAX_TTL) {
+        return Err(ServerError::invalid(format!(
+            "ttl is longer than {}; leave it unset for a token that does not expire",
+            humantime::format_duration(MAX_TTL)
+        )));
+    }
+    Ok(ttl)
 }
 
 pub fn create_token_to_pb(token: &TokenRecord, secret: &Secret) -> pb::CreateTokenResponse {
@@ -168,7 +179,8 @@ pub fn token_id_from_pb(raw: &str) -> Result<TokenId, ServerError> {
 
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for an oversized description, bad labels or a negative TTL.
+/// `INVALID_ARGUMENT` for an oversized or unprintable description, bad labels or a negative or
+/// too long TTL.
 pub fn create_enrollment_token_from_pb(
     req: pb::CreateEnrollmentTokenRequest,
     limits: &Limits,
@@ -179,16 +191,11 @@ pub fn create_enrollment_token_from_pb(
         max_uses,
         ttl,
     } = req;
-    if description.len() > MAX_DESCRIPTION_BYTES {
-        return Err(ServerError::invalid(format!(
-            "description must be at most {MAX_DESCRIPTION_BYTES} bytes"
-        )));
-    }
     Ok(NewEnrollmentToken {
-        description,
+        description: text(description, "description", MAX_DESCRIPTION_BYTES)?,
         labels: labels_from_pb(labels, limits)?,
         max_uses,
-        ttl: nonzero_duration_from_pb(ttl, "ttl")?,
+        ttl: ttl_from_pb(ttl)?,
     })
 }
 
@@ -282,8 +289,8 @@ pub fn audit_record_wire_len(record: &AuditRecord) -> usize {
 
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for a negative page size, a foreign page token, an unknown outcome or a
-/// malformed time.
+/// `INVALID_ARGUMENT` for a negative page size, a foreign page token, an unknown outcome, a
+/// malformed or out-of-range time, or filter text holding control or format characters.
 pub fn list_audit_events_from_pb(
     req: pb::ListAuditEventsRequest,
 ) -> Result<AuditQuery, ServerError> {
@@ -304,7 +311,11 @@ pub fn list_audit_events_from_pb(
             .map_err(|_| ServerError::invalid("invalid page_token"))?
     };
     let outcome = outcome_filter_from_pb(outcome)?;
-    let since = since.map(|t| time_from_pb(t, "since")).transpose()?;
+    let since = since
+        .map(|t| time_from_pb(t, "since").map(crate::domain::Time::get))
+        .transpose()?;
+    plain(&method, "method")?;
+    plain(&actor_token_id, "actor_token_id")?;
     Ok(AuditQuery {
         method: (!method.is_empty()).then_some(method),
         actor_token: (!actor_token_id.is_empty()).then_some(actor_token_id),

@@ -5,7 +5,9 @@ use std::time::SystemTime;
 
 use tether_proto as pb;
 
-use super::{duration, labels_from_pb, system_info_from_pb, timestamp};
+use super::{
+    ReportLimits, duration, labels_from_pb, system_info_from_pb, text, time_from_pb, timestamp,
+};
 use crate::auth::Secret;
 use crate::config::{Limits, LivenessConfig};
 use crate::domain::{AgentHello, AgentId, Enrollment, OrgId, SessionId};
@@ -14,11 +16,19 @@ use crate::session::CloseReason;
 
 /// Longest display name accepted at enrollment.
 pub const MAX_NAME_BYTES: usize = 256;
+/// Longest reason accepted in an agent's `Goodbye`.
+pub const MAX_GOODBYE_REASON_BYTES: usize = 256;
 
+/// `now` is the server's clock.
+///
 /// # Errors
 ///
 /// `INVALID_ARGUMENT` for a missing or invalid `SystemInfo`, bad labels or a bad name.
-pub fn enroll_from_pb(req: pb::EnrollRequest, limits: &Limits) -> Result<Enrollment, ServerError> {
+pub fn enroll_from_pb(
+    req: pb::EnrollRequest,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<Enrollment, ServerError> {
     let pb::EnrollRequest {
         system_info,
         labels,
@@ -26,13 +36,11 @@ pub fn enroll_from_pb(req: pb::EnrollRequest, limits: &Limits) -> Result<Enrollm
     } = req;
     let system_info = system_info_from_pb(
         system_info.ok_or_else(|| ServerError::invalid("system_info is required"))?,
+        &ReportLimits::of(limits),
+        now,
     )?;
     let labels = labels_from_pb(labels, limits)?;
-    if name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
-        return Err(ServerError::invalid(format!(
-            "name must be at most {MAX_NAME_BYTES} bytes without control characters"
-        )));
-    }
+    let name = text(name, "name", MAX_NAME_BYTES)?;
     Ok(Enrollment {
         system_info,
         labels,
@@ -51,18 +59,28 @@ pub fn enroll_to_pb(agent: &AgentId, org: &OrgId, credential: &Secret) -> pb::En
 /// The facts of a session's first message. `agent_id` is not read here: the caller has
 /// already compared it with the agent its credential belongs to.
 ///
+/// `now` is the server's clock.
+///
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for a missing or invalid `SystemInfo` or bad labels.
-pub fn hello_from_pb(hello: pb::Hello, limits: &Limits) -> Result<AgentHello, ServerError> {
+/// `INVALID_ARGUMENT` for a missing or invalid `SystemInfo`, a bad agent version or bad labels.
+pub fn hello_from_pb(
+    hello: pb::Hello,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<AgentHello, ServerError> {
     let pb::Hello {
         agent_id: _,
         agent_version,
         system_info,
         labels,
     } = hello;
+    let report = ReportLimits::of(limits);
+    let agent_version = text(agent_version, "agent_version", report.max_text_bytes)?;
     let mut system_info = system_info_from_pb(
         system_info.ok_or_else(|| ServerError::invalid("Hello.system_info is required"))?,
+        &report,
+        now,
     )?;
     if system_info.agent_version.is_empty() {
         system_info.agent_version = agent_version;
@@ -92,14 +110,33 @@ pub fn welcome_to_pb(
     }
 }
 
-/// The answer to `ping`, stamped with the time the server received it.
-pub fn pong_to_pb(ping: pb::Ping, received: SystemTime) -> pb::Pong {
+/// The answer to `ping`, stamped with the time the server received it. The agent's send time
+/// comes back as it came (it measures the agent's clock offset, so it may be far from the
+/// server's), once checked to be a time at all.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a send time that is malformed or outside 1970 to 9999.
+pub fn pong_to_pb(ping: pb::Ping, received: SystemTime) -> Result<pb::Pong, ServerError> {
     let pb::Ping { nonce, sent_at } = ping;
-    pb::Pong {
+    let sent_at = sent_at
+        .map(|t| time_from_pb(t, "ping.sent_at"))
+        .transpose()?;
+    Ok(pb::Pong {
         nonce,
-        ping_sent_at: sent_at,
+        ping_sent_at: sent_at.map(|t| timestamp(t.get())),
         server_receive_time: Some(timestamp(received)),
-    }
+    })
+}
+
+/// The reason an agent gives for its `Goodbye`, for the log.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a reason too long or holding control or format characters.
+pub fn goodbye_from_pb(bye: pb::AgentGoodbye) -> Result<String, ServerError> {
+    let pb::AgentGoodbye { reason } = bye;
+    text(reason, "goodbye.reason", MAX_GOODBYE_REASON_BYTES)
 }
 
 /// The `Goodbye` that ends a session the server closes for `reason`.

@@ -8,11 +8,11 @@ use tether_proto::selector::Selector;
 
 use super::{
     duration, duration_from_pb, health_to_pb, id_from_pb, labels_to_pb, opt_timestamp,
-    page_size_from_pb, reason_to_pb, sample_to_pb, status_from_pb, status_to_pb, system_info_to_pb,
-    time_from_pb, timestamp,
+    page_size_from_pb, plain, reason_to_pb, sample_to_pb, status_from_pb, status_to_pb,
+    system_info_to_pb, time_from_pb, timestamp,
 };
 use crate::config::{Config, FEATURES};
-use crate::domain::{AgentId, Health, MetricsPoint, MetricsQuery, Transition};
+use crate::domain::{AgentId, Health, MetricsPoint, MetricsQuery, Time, Transition};
 use crate::error::ServerError;
 use crate::registry::{
     AgentFilter, AgentListQuery, AgentView, EventKind, FleetEvent, Page, Summary,
@@ -123,6 +123,8 @@ fn filter_from_pb(
         .collect::<Result<Vec<_>, _>>()?;
     let selector =
         Selector::parse(selector).map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+    plain(os, "os")?;
+    plain(query, "query")?;
     let os = os.trim();
     let query = query.trim();
     Ok(AgentFilter {
@@ -232,7 +234,8 @@ pub fn fleet_event_to_pb(event: &FleetEvent) -> pb::WatchAgentsResponse {
 
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for a malformed agent id, timestamp or step.
+/// `INVALID_ARGUMENT` for a malformed agent id, step or timestamp, or a time outside 1970 to
+/// 9999.
 pub fn get_metrics_from_pb(req: pb::GetMetricsRequest) -> Result<MetricsQuery, ServerError> {
     let pb::GetMetricsRequest {
         agent_id,
@@ -242,8 +245,12 @@ pub fn get_metrics_from_pb(req: pb::GetMetricsRequest) -> Result<MetricsQuery, S
     } = req;
     Ok(MetricsQuery {
         agent: agent_id_from_pb(&agent_id)?,
-        end: end.map(|t| time_from_pb(t, "end")).transpose()?,
-        start: start.map(|t| time_from_pb(t, "start")).transpose()?,
+        end: end
+            .map(|t| time_from_pb(t, "end").map(Time::get))
+            .transpose()?,
+        start: start
+            .map(|t| time_from_pb(t, "start").map(Time::get))
+            .transpose()?,
         step: step
             .map(|d| duration_from_pb(d, "step"))
             .transpose()?

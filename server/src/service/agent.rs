@@ -41,7 +41,8 @@ impl AgentService {
         caller: auth::Caller,
         req: pb::EnrollRequest,
     ) -> Result<(AgentId, OrgId, Secret), ServerError> {
-        let enrollment = convert::agent::enroll_from_pb(req, &self.state.config.limits)?;
+        let enrollment =
+            convert::agent::enroll_from_pb(req, &self.state.config.limits, SystemTime::now())?;
         let token = self.state.auth.reserve_enrollment(&caller.token)?;
         let result = self.enroll_reserved(&caller, &token, enrollment).await;
         if result.is_err() {
@@ -309,7 +310,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let AgentHello {
             system_info: info,
             labels,
-        } = convert::agent::hello_from_pb(hello, &state.config.limits)?;
+        } = convert::agent::hello_from_pb(hello, &state.config.limits, SystemTime::now())?;
         let pinned = state
             .registry
             .get(&caller.org, &agent)
@@ -339,6 +340,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let limits = SessionLimits {
             max_samples_per_report: state.config.limits.max_samples_per_report,
             max_seq_jump: state.config.limits.max_seq_jump,
+            report: convert::ReportLimits::of(&state.config.limits),
             messages_per_second: f64::from(state.config.limits.stream_messages_per_second),
             message_burst: f64::from(state.config.limits.stream_message_burst),
             metrics: state.metrics.clone(),

@@ -314,11 +314,12 @@ pub fn aggregate(samples: &[Sample], start: SystemTime, step: Duration) -> Vec<M
     for sample in samples {
         let offset = sample
             .time
+            .get()
             .duration_since(start)
             .unwrap_or_default()
             .as_millis();
         let (bucket, bucket_time) = match offset.checked_div(step_ms) {
-            None => (u128::from(sample.seq), sample.time),
+            None => (u128::from(sample.seq), sample.time.get()),
             Some(bucket) => {
                 let millis = u64::try_from(bucket * step_ms).unwrap_or(u64::MAX);
                 (bucket, start + Duration::from_millis(millis))
@@ -356,7 +357,8 @@ pub fn aggregate(samples: &[Sample], start: SystemTime, step: Duration) -> Vec<M
         if let Some(prev) = previous {
             let dt = sample
                 .time
-                .duration_since(prev.time)
+                .get()
+                .duration_since(prev.time.get())
                 .unwrap_or_default()
                 .as_secs_f64();
             if dt > 0.0
@@ -383,7 +385,8 @@ mod tests {
     fn sample(seq: u64, secs: u64, cpu: f64, rx: u64) -> Sample {
         Sample {
             seq,
-            time: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            time: crate::domain::Time::new(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                .expect("a time after 1970"),
             cpu_percent: cpu,
             load: [0.0; 3],
             memory_used_bytes: 100,

@@ -366,7 +366,7 @@ impl Store for SledStore {
                 Write::PutSample { org, agent, sample } => (
                     series_key(
                         &series_prefix(org, SAMPLE, agent),
-                        millis(sample.time),
+                        millis(sample.time.get()),
                         sample.seq,
                     ),
                     encode_sample(sample)?,
@@ -430,7 +430,7 @@ impl Store for SledStore {
         for entry in self.data.range((start, end)) {
             let (key, value) = entry.map_err(backend)?;
             let sample = decode_sample(&key, &value)?;
-            if from <= sample.time && sample.time < to {
+            if from <= sample.time.get() && sample.time.get() < to {
                 samples.push(sample);
                 if samples.len() == limit {
                     break;
@@ -469,7 +469,7 @@ impl Store for SledStore {
         let mut removed = 0;
         for org in self.orgs()? {
             removed += self.purge_section(&org, SAMPLE, cutoff, |key, value| {
-                decode_sample(key, value).map(|sample| sample.time)
+                decode_sample(key, value).map(|sample| sample.time.get())
             })?;
             removed += self.purge_section(&org, TRANSITION, cutoff, |key, value| {
                 decode::<Transition>(key, value).map(|transition| transition.time)

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Snapshot, Store, Write};
 use crate::domain::{
     AgentId, AgentRecord, AgentStatus, DiskUsage, EnrollmentTokenRecord, LiveRecord, OrgId, Role,
-    Sample, StatusReason, SystemInfo, TokenId, TokenRecord, Transition,
+    Sample, StatusReason, SystemInfo, Time, TokenId, TokenRecord, Transition,
 };
 
 // === fixtures ===
@@ -43,7 +43,7 @@ fn agent(org_id: &str, id: &str, name: &str) -> AgentRecord {
             logical_cores: 4,
             total_memory_bytes: 8 << 30,
             hardware_id: format!("hw-{id}"),
-            boot_time: Some(at(1_000)),
+            boot_time: Some(Time::new(at(1_000)).expect("after 1970")),
             ..SystemInfo::default()
         },
         enrolled_at: at(2_000),
@@ -64,7 +64,7 @@ fn live(status: AgentStatus, last_seq: u64) -> LiveRecord {
 fn sample_at(seq: u64, time: SystemTime) -> Sample {
     Sample {
         seq,
-        time,
+        time: Time::new(time).expect("after 1970"),
         cpu_percent: 12.5,
         load: [0.5, 0.25, 0.125],
         memory_used_bytes: 1 << 30,
