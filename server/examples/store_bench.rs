@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample};
+use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample, Time};
 use tether_server::store::{SledStore, Store, Write};
 
 // The same allocator as the server binary, so the figures match what the server can do.
@@ -30,7 +30,7 @@ fn main() {
                 agent: agent.clone(),
                 sample: Sample {
                     seq,
-                    time: SystemTime::now(),
+                    time: Time::now(),
                     cpu_percent: 12.5,
                     load: [0.5, 0.4, 0.3],
                     memory_used_bytes: 1 << 30,
@@ -59,7 +59,7 @@ fn main() {
             });
         }
         let t = Instant::now();
-        store.commit(&writes).expect("commit");
+        store.commit_writes(&writes).expect("commit");
         if b % 10 == 0 {
             eprintln!("batch {b}: {:?}", t.elapsed());
         }

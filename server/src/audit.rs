@@ -109,7 +109,7 @@ pub struct RefusalAudits {
 
 /// Which budget a refusal draws on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum RefusalKind {
     /// The token's request rate: at most one record per [`REFUSAL_AUDIT_INTERVAL`].
     Rate,
     /// Anything else: the token's burst of [`REFUSAL_AUDIT_BURST`] records.
@@ -132,8 +132,9 @@ impl RefusalAudits {
         }
     }
 
-    /// Audits `caller`'s call of `method` on `target`, refused with `status`, if the token's
-    /// `kind` budget allows; otherwise counts it. `method` and `target` are bounded like every
+    /// The audit entry of `caller`'s call of `method` on `target`, refused with `status`, if
+    /// the token's `kind` budget allows one (queue it with [`RefusalAudits::record`]); otherwise
+    /// counts the refusal and returns `None`. `method` and `target` are bounded like every
     /// entry's ([`entry`]).
     pub fn refused(
         &self,
@@ -141,11 +142,11 @@ impl RefusalAudits {
         method: &str,
         target: &str,
         status: &tonic::Status,
-        kind: Refusal,
-    ) {
+        kind: RefusalKind,
+    ) -> Option<AuditEntry> {
         let Some(unaudited) = self.take(&caller.token, kind, Instant::now()) else {
             self.metrics.refusals_unaudited.inc();
-            return;
+            return None;
         };
         let mut entry = entry(caller, method, target, Err(status));
         if unaudited > 0 {
@@ -153,12 +154,17 @@ impl RefusalAudits {
                 " ({unaudited} earlier refusals of this token were not audited)"
             ));
         }
-        self.writer.audit(entry);
+        Some(entry)
+    }
+
+    /// Queues a refusal's audit entry, waiting for a slot in the writer's control queue.
+    pub async fn record(&self, entry: AuditEntry) {
+        self.writer.audit(entry).await;
     }
 
     /// Takes one record from token `id`'s `kind` budget at `now`: how many of its refusals were
     /// left out before this one, or `None` when this one is left out too.
-    fn take(&self, id: &TokenId, kind: Refusal, now: Instant) -> Option<u64> {
+    fn take(&self, id: &TokenId, kind: RefusalKind, now: Instant) -> Option<u64> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         let budget = budgets.entry(id.clone()).or_insert_with(|| RefusalBudget {
             last_rate_audit: None,
@@ -170,7 +176,7 @@ impl RefusalAudits {
             unaudited: 0,
         });
         let admitted = match kind {
-            Refusal::Rate => {
+            RefusalKind::Rate => {
                 let due = budget
                     .last_rate_audit
                     .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_AUDIT_INTERVAL);
@@ -179,7 +185,7 @@ impl RefusalAudits {
                 }
                 due
             }
-            Refusal::Other => budget.other.try_take(now),
+            RefusalKind::Other => budget.other.try_take(now),
         };
         if admitted {
             Some(std::mem::take(&mut budget.unaudited))
@@ -242,27 +248,30 @@ mod tests {
 
     #[test]
     fn refusals_are_audited_within_each_tokens_budget() {
-        let (writer, _queues) = crate::writer::channel(1);
-        let audits = RefusalAudits::new(writer, crate::metrics::Metrics::new());
+        let metrics = crate::metrics::Metrics::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(crate::store::SledStore::open(dir.path()).expect("store"));
+        let (writer, _queues) = crate::writer::channel(store, &metrics, 1, 1);
+        let audits = RefusalAudits::new(writer, metrics);
         let (a, b) = (TokenId::new("a"), TokenId::new("b"));
         let start = Instant::now();
         let burst = REFUSAL_AUDIT_BURST as usize;
         for _ in 0..burst {
-            assert_eq!(audits.take(&a, Refusal::Other, start), Some(0));
+            assert_eq!(audits.take(&a, RefusalKind::Other, start), Some(0));
         }
         for _ in 0..5 {
-            assert_eq!(audits.take(&a, Refusal::Other, start), None);
+            assert_eq!(audits.take(&a, RefusalKind::Other, start), None);
         }
         // Another token has its own budget.
-        assert_eq!(audits.take(&b, Refusal::Other, start), Some(0));
+        assert_eq!(audits.take(&b, RefusalKind::Other, start), Some(0));
         // Refilled at one per interval; the record says how many were left out.
         let later = start + REFUSAL_AUDIT_INTERVAL;
-        assert_eq!(audits.take(&a, Refusal::Other, later), Some(5));
-        assert_eq!(audits.take(&a, Refusal::Other, later), None);
+        assert_eq!(audits.take(&a, RefusalKind::Other, later), Some(5));
+        assert_eq!(audits.take(&a, RefusalKind::Other, later), None);
         // Rate-limit refusals: one per interval, whatever the other budget holds.
-        assert_eq!(audits.take(&b, Refusal::Rate, start), Some(0));
-        assert_eq!(audits.take(&b, Refusal::Rate, start), None);
-        assert_eq!(audits.take(&b, Refusal::Rate, later), Some(1));
+        assert_eq!(audits.take(&b, RefusalKind::Rate, start), Some(0));
+        assert_eq!(audits.take(&b, RefusalKind::Rate, start), None);
+        assert_eq!(audits.take(&b, RefusalKind::Rate, later), Some(1));
     }
 
     #[test]

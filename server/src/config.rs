@@ -27,6 +27,8 @@ pub const DEFAULT_WRITER_MAX_BATCH: usize = 4096;
 pub const DEFAULT_WRITER_LINGER: Duration = Duration::from_millis(5);
 /// Writes queued towards the writer before sessions wait (backpressure on ingest).
 pub const DEFAULT_WRITER_QUEUE: usize = 65_536;
+/// Handler commits and audit entries queued towards the writer before their callers wait.
+pub const DEFAULT_WRITER_CONTROL_QUEUE: usize = 4096;
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SAMPLES_PER_REPORT: usize = 1000;
@@ -146,6 +148,7 @@ pub struct StorageConfig {
     pub writer_max_batch: usize,
     pub writer_linger: Duration,
     pub writer_queue: usize,
+    pub writer_control_queue: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -275,7 +278,10 @@ impl Config {
         {
             return invalid("TLS handshake timeout must be greater than zero".to_owned());
         }
-        if self.storage.writer_max_batch == 0 || self.storage.writer_queue == 0 {
+        if self.storage.writer_max_batch == 0
+            || self.storage.writer_queue == 0
+            || self.storage.writer_control_queue == 0
+        {
             return invalid("writer batch and queue sizes must be greater than zero".to_owned());
         }
         let h = &self.health;
@@ -362,6 +368,7 @@ impl Default for StorageConfig {
             writer_max_batch: DEFAULT_WRITER_MAX_BATCH,
             writer_linger: DEFAULT_WRITER_LINGER,
             writer_queue: DEFAULT_WRITER_QUEUE,
+            writer_control_queue: DEFAULT_WRITER_CONTROL_QUEUE,
         }
     }
 }

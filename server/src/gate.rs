@@ -16,9 +16,9 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::access;
-use crate::audit::{Refusal, RefusalAudits};
+use crate::audit::{RefusalAudits, RefusalKind};
 use crate::auth::{Auth, Caller};
-use crate::domain::TokenId;
+use crate::domain::{AuditEntry, TokenId};
 use crate::metrics::{DenialLabels, Metrics};
 use crate::rate::TokenBucket;
 
@@ -30,6 +30,16 @@ const PUBLIC_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
 pub const UNKNOWN_METHOD: &str = "(unknown method)";
 /// Characters of an unknown path quoted in the refusal's message, for diagnosis.
 const UNKNOWN_METHOD_PREVIEW: usize = 64;
+
+/// A refused call: the status to answer with, and the audit entry that records it when the
+/// token's refusal budget allows one. The response queues the entry before it is sent (the
+/// writer's control queue is bounded: the request path waits for a slot, it never blocks a
+/// thread on it).
+#[derive(Debug)]
+pub struct Refused {
+    pub status: Status,
+    pub audit: Option<Box<AuditEntry>>,
+}
 
 /// Per-token request budget: a token bucket.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -74,8 +84,12 @@ impl Gate {
     ///
     /// # Errors
     ///
-    /// The status to answer with.
-    pub fn admit(&self, method: &str, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
+    /// The refusal to answer with (and to audit).
+    pub fn admit(
+        &self,
+        method: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Caller>, Refused> {
         if PUBLIC_PREFIXES.iter().any(|p| method.starts_with(p))
             || !method.starts_with(access::SERVICE_PREFIX)
         {
@@ -89,10 +103,11 @@ impl Gate {
                 self.count(&status);
                 // A known token that failed (revoked, expired, wrong secret) is audited in its
                 // org; an unknown one has no org to be audited in and is only counted.
-                if let Some(claimed) = self.auth.identify(&metadata) {
-                    self.audit(&claimed, method, &status, Refusal::Other);
-                }
-                return Err(status);
+                let audit = self
+                    .auth
+                    .identify(&metadata)
+                    .and_then(|claimed| self.audit(&claimed, method, &status, RefusalKind::Other));
+                return Err(Refused { status, audit });
             }
         };
         let result = self
@@ -100,14 +115,14 @@ impl Gate {
             .and_then(|()| self.authorize(&caller, method));
         match result {
             Ok(()) => Ok(Some(caller)),
-            Err(status) => {
-                self.count(&status);
-                Err(status)
+            Err(refused) => {
+                self.count(&refused.status);
+                Err(refused)
             }
         }
     }
 
-    fn authorize(&self, caller: &Caller, method: &str) -> Result<(), Status> {
+    fn authorize(&self, caller: &Caller, method: &str) -> Result<(), Refused> {
         let Some((rule, _)) = access::rule(method) else {
             let preview: String = method.chars().take(UNKNOWN_METHOD_PREVIEW).collect();
             let ellipsis = if preview.len() < method.len() {
@@ -117,20 +132,20 @@ impl Gate {
             };
             let status =
                 Status::permission_denied(format!("no access rule for {preview:?}{ellipsis}"));
-            self.audit(caller, method, &status, Refusal::Other);
-            return Err(status);
+            let audit = self.audit(caller, method, &status, RefusalKind::Other);
+            return Err(Refused { status, audit });
         };
         if access::allows(rule, &caller.principal) {
             return Ok(());
         }
         let need = access::requirement(rule);
         let status = Status::permission_denied(format!("{method} requires {need}"));
-        self.audit(caller, method, &status, Refusal::Other);
-        Err(status)
+        let audit = self.audit(caller, method, &status, RefusalKind::Other);
+        Err(Refused { status, audit })
     }
 
     /// Takes one request from the caller's budget.
-    fn take(&self, caller: &Caller, method: &str) -> Result<(), Status> {
+    fn take(&self, caller: &Caller, method: &str) -> Result<(), Refused> {
         let now = Instant::now();
         let admitted = self
             .requests
@@ -147,18 +162,26 @@ impl Gate {
             "request rate of this token exceeds {} per second",
             self.rate.per_second
         ));
-        self.audit(caller, method, &status, Refusal::Rate);
-        Err(status)
+        let audit = self.audit(caller, method, &status, RefusalKind::Rate);
+        Err(Refused { status, audit })
     }
 
-    /// Audits a refusal within the token's budget. Only methods with an access rule are
-    /// recorded by name; any other path is [`UNKNOWN_METHOD`].
-    fn audit(&self, caller: &Caller, method: &str, status: &Status, kind: Refusal) {
+    /// The audit entry of a refusal, if the token's budget allows one. Only methods with an
+    /// access rule are recorded by name; any other path is [`UNKNOWN_METHOD`].
+    fn audit(
+        &self,
+        caller: &Caller,
+        method: &str,
+        status: &Status,
+        kind: RefusalKind,
+    ) -> Option<Box<AuditEntry>> {
         let method = match access::rule(method) {
             Some(_) => method,
             None => UNKNOWN_METHOD,
         };
-        self.refusals.refused(caller, method, "", status, kind);
+        self.refusals
+            .refused(caller, method, "", status, kind)
+            .map(Box::new)
     }
 
     fn count(&self, status: &Status) {
@@ -227,7 +250,15 @@ where
                     Ok(response)
                 })
             }
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Err(Refused { status, audit }) => {
+                let gate = self.gate.clone();
+                Box::pin(async move {
+                    if let Some(entry) = audit {
+                        gate.refusals.record(*entry).await;
+                    }
+                    Ok(status.into_http())
+                })
+            }
         }
     }
 }

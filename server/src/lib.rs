@@ -26,7 +26,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod tls;
 pub mod writer;

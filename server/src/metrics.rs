@@ -29,6 +29,12 @@ pub struct MtlsLabels {
     pub reason: &'static str,
 }
 
+/// One of the writer's queues.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: &'static str,
+}
+
 /// Why authentication or authorization refused a call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
@@ -45,6 +51,9 @@ pub struct Metrics {
     pub samples_stored: Counter,
     pub writer_batches: Counter,
     pub writer_commit_failures: Counter,
+    pub writer_queue_depth: Family<QueueLabels, Gauge>,
+    pub writer_transitions_coalesced: Counter,
+    pub writer_unencodable_writes: Counter,
     pub watchers_aborted: Counter,
     /// Refused calls left out of the audit trail by their token's audit budget.
     pub refusals_unaudited: Counter,
@@ -66,6 +75,9 @@ impl Metrics {
         let watchers_aborted = Counter::default();
         let refusals_unaudited = Counter::default();
         let mtls_refusals = Family::<MtlsLabels, Counter>::default();
+        let writer_queue_depth = Family::<QueueLabels, Gauge>::default();
+        let writer_transitions_coalesced = Counter::default();
+        let writer_unencodable_writes = Counter::default();
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -103,6 +115,22 @@ impl Metrics {
             writer_commit_failures.clone(),
         );
         registry.register(
+            "writer_queue_depth",
+            "Items waiting for the writer: reports of samples, handler commits and audit \
+             entries, agents and tokens with live changes",
+            writer_queue_depth.clone(),
+        );
+        registry.register(
+            "writer_transitions_coalesced",
+            "Status changes left out of the history because too many of one agent waited",
+            writer_transitions_coalesced.clone(),
+        );
+        registry.register(
+            "writer_unencodable_writes",
+            "Writes the writer built but could not encode, left out of their batch alone",
+            writer_unencodable_writes.clone(),
+        );
+        registry.register(
             "watchers_aborted",
             "Watch streams ended because they fell behind",
             watchers_aborted.clone(),
@@ -127,6 +155,9 @@ impl Metrics {
             samples_stored,
             writer_batches,
             writer_commit_failures,
+            writer_queue_depth,
+            writer_transitions_coalesced,
+            writer_unencodable_writes,
             watchers_aborted,
             refusals_unaudited,
             mtls_refusals,

@@ -3,9 +3,10 @@
 //!
 //! The registry is the only writer of live state. Sessions report open/activity/close, the
 //! liveness pass reports silence and expiry, the writer reports committed samples; each change is
-//! applied under one short write lock, numbered with a revision, persisted through the writer's
-//! control queue, and broadcast to watchers, all while the lock is held so that revision order,
-//! store order and event order agree. Queries take the read lock and copy out [`AgentView`]s.
+//! applied under one short write lock, numbered with a revision, handed to the writer (its live
+//! table, which keeps each agent's changes in order and never makes the registry wait), and
+//! broadcast to watchers, all while the lock is held so that revision order, store order and
+//! event order agree for each agent. Queries take the read lock and copy out [`AgentView`]s.
 //!
 //! Nothing here awaits while holding a lock.
 

@@ -88,6 +88,27 @@ pub struct Server {
 ///
 /// Bad configuration, an unusable data directory, a store of another schema version.
 pub async fn start(config: Config) -> Result<Server, StartError> {
+    start_inner(config, |store| Arc::new(store)).await
+}
+
+/// [`start`], with the opened store wrapped by `wrap` (e.g. in a
+/// [`crate::testing::FailingStore`]): for end-to-end tests of what a failing disk does.
+///
+/// # Errors
+///
+/// As [`start`].
+#[cfg(feature = "test-support")]
+pub async fn start_with_store(
+    config: Config,
+    wrap: impl FnOnce(SledStore) -> Arc<dyn Store>,
+) -> Result<Server, StartError> {
+    start_inner(config, wrap).await
+}
+
+async fn start_inner(
+    config: Config,
+    wrap: impl FnOnce(SledStore) -> Arc<dyn Store>,
+) -> Result<Server, StartError> {
     config.validate()?;
     if let Some(tls) = &config.tls {
         // Checked again when serving; failing here keeps a bad file from getting that far.
@@ -117,7 +138,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         let opened = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&path, cache))
             .await
             .map_err(|e| StartError::Internal(e.to_string()))?;
-        Arc::new(opened.map_err(|source| StartError::Store {
+        wrap(opened.map_err(|source| StartError::Store {
             path: store_path.clone(),
             source,
         })?)
@@ -160,7 +181,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         .iter()
         .filter_map(|(record, live)| live.clone().map(|l| (record.id.clone(), l)))
         .collect();
-    let (writer, queues) = crate::writer::channel(config.storage.writer_queue);
+    let (writer, queues) = crate::writer::channel(
+        store.clone(),
+        &metrics,
+        config.storage.writer_queue,
+        config.storage.writer_control_queue,
+    );
     let registry = Arc::new(Registry::new(
         snapshot.agents,
         writer.clone(),
@@ -438,7 +464,7 @@ fn ensure_default_org(
         created_at: SystemTime::now(),
     };
     store
-        .commit(&[Write::PutOrg(org.clone())])
+        .commit_writes(&[Write::PutOrg(org.clone())])
         .map_err(|e| StartError::Internal(format!("cannot store the default org: {e}")))?;
     Ok(Some(org))
 }
@@ -476,7 +502,7 @@ fn ensure_admin_token(auth: &Auth, store: &dyn Store, path: &Path) -> Result<(),
     );
     record.server_admin = true;
     store
-        .commit(&[Write::PutToken(record.clone())])
+        .commit_writes(&[Write::PutToken(record.clone())])
         .map_err(|e| StartError::Internal(format!("cannot store the admin token: {e}")))?;
     let id = record.id.clone();
     auth.insert_token(record);

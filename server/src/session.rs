@@ -40,6 +40,9 @@ pub enum CloseReason {
     Draining = 3,
     /// The credential was revoked: send `Goodbye(REVOKED)`.
     Revoked = 4,
+    /// A batch holding samples of this session failed to commit: end the stream with
+    /// `UNAVAILABLE`, so the agent reconnects and re-sends from its Welcome's durable seq.
+    WriteFailed = 5,
 }
 
 impl CloseReason {
@@ -49,6 +52,7 @@ impl CloseReason {
             2 => Self::Silent,
             3 => Self::Draining,
             4 => Self::Revoked,
+            5 => Self::WriteFailed,
             _ => Self::None,
         }
     }
@@ -75,6 +79,10 @@ pub struct Session {
     /// `MetricsAck` when it moves.
     durable_seq: AtomicU64,
     close: AtomicU8,
+    /// Set by the writer when a batch with samples of this session failed to commit. From then
+    /// on the writer stores and acks nothing more of this session, whatever its close reason:
+    /// a later ack would cover the samples that were not written.
+    write_failed: AtomicBool,
     /// Wakes the loop when `durable_seq` or `close` changes. `notify_one` stores a permit, so a
     /// wake-up that arrives while the loop is busy is not lost.
     notify: Notify,
@@ -94,6 +102,7 @@ impl Session {
             stale: AtomicBool::new(false),
             durable_seq: AtomicU64::new(durable_seq),
             close: AtomicU8::new(CloseReason::None as u8),
+            write_failed: AtomicBool::new(false),
             notify: Notify::new(),
         }
     }
@@ -126,6 +135,18 @@ impl Session {
         if self.durable_seq.fetch_max(seq, Ordering::AcqRel) < seq {
             self.notify.notify_one();
         }
+    }
+
+    /// Called by the writer when a batch holding samples of this session failed to commit: the
+    /// session stores nothing more and ends.
+    pub fn fail_writes(&self) {
+        self.write_failed.store(true, Ordering::Release);
+        self.close(CloseReason::WriteFailed);
+    }
+
+    /// Whether a batch holding samples of this session failed to commit.
+    pub fn writes_failed(&self) -> bool {
+        self.write_failed.load(Ordering::Acquire)
     }
 
     /// Asks the session to end. The first reason wins.
@@ -262,6 +283,13 @@ impl SessionLoop {
                         "session closed by the server: no message within offline-after",
                     )));
                 }
+                CloseReason::WriteFailed => {
+                    self.done = true;
+                    return Some(Err(Status::unavailable(
+                        "the server could not store this session's samples; reconnect and send \
+                         again from the Welcome's last_durable_seq",
+                    )));
+                }
                 reason => {
                     self.done = true;
                     return Some(Ok(respond(Out::Goodbye(convert::agent::goodbye_to_pb(
@@ -341,10 +369,7 @@ impl SessionLoop {
             Some(In::Metrics(report)) => {
                 let samples = self.accept_samples(report)?;
                 if !samples.is_empty() {
-                    self.writer
-                        .samples(self.session.clone(), samples)
-                        .await
-                        .map_err(|_| ServerError::Unavailable)?;
+                    self.writer.samples(self.session.clone(), samples).await?;
                 }
                 Ok(None)
             }

@@ -1,7 +1,10 @@
 //! Persistence: the one narrow interface every durable write and read goes through.
 //!
 //! Handlers never touch a backend directly: they update the in-memory registry and hand writes
-//! to the writer task, which commits them through [`Store::commit`]. `store/sled.rs` is the
+//! to the writer task, which commits them through [`Store::commit`]. A write is encoded
+//! ([`Store::encode`]) on its own, when it is queued, so a write that cannot be stored fails
+//! alone, to its own caller; a commit applies writes that are already encoded, and fails only
+//! as a whole (disk, lock), never because of one write's content. `store/sled.rs` is the
 //! embedded default and, with its test-support submodule, the only code that imports `sled`; a
 //! distributed backend (etcd, for several servers) implements the same trait and runs the same
 //! conformance suite (`store/tests.rs`).
@@ -65,6 +68,35 @@ pub enum Write {
     PutAudit(AuditRecord),
 }
 
+/// A [`Write`] in the form its backend applies it, made by [`Store::encode`]: keys built, values
+/// serialized, so nothing about its content can fail any more. Opaque outside `store/`: only
+/// backends look inside.
+#[derive(Debug)]
+pub struct Encoded {
+    ops: Vec<Op>,
+}
+
+#[cfg(test)]
+impl Encoded {
+    /// The keys and values this write puts, for tests that look at a planned batch.
+    pub(crate) fn puts(&self) -> Vec<(&[u8], &[u8])> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put(key, value) => Some((key.as_slice(), value.as_slice())),
+                Op::Remove(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// One key-value operation of an [`Encoded`] write, in order.
+#[derive(Debug)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
+}
+
 /// Everything the server rebuilds its in-memory state from at start-up.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -87,6 +119,10 @@ pub enum StoreError {
          use a matching server version or a fresh data directory"
     )]
     SchemaMismatch { found: String, expected: u32 },
+    /// A value cannot be stored as it is (e.g. a time its encoding cannot represent). Only
+    /// [`Store::encode`] reports it, for the one write concerned.
+    #[error("cannot encode {what}: {detail}")]
+    Unencodable { what: &'static str, detail: String },
     /// A stored value could not be decoded.
     #[error("corrupt record under key {key}: {detail}")]
     Corrupt { key: String, detail: String },
@@ -102,8 +138,36 @@ pub trait Store: Send + Sync + 'static {
     /// Reads everything needed to rebuild the in-memory registry and token cache.
     fn load(&self) -> Result<Snapshot>;
 
-    /// Applies `writes` and makes them durable before returning.
-    fn commit(&self, writes: &[Write]) -> Result<()>;
+    /// Encodes one write for a later [`Store::commit`]. Cheap enough for the caller's own task
+    /// (no I/O beyond what a backend needs to number records).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unencodable`] if the write's content cannot be stored; the write is lost
+    /// alone. [`StoreError::Backend`] if numbering it failed.
+    fn encode(&self, write: &Write) -> Result<Encoded>;
+
+    /// Applies `writes`, in order, atomically (all or none), and makes them durable before
+    /// returning.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] if the backend could not apply or flush them.
+    fn commit(&self, writes: Vec<Encoded>) -> Result<()>;
+
+    /// Encodes and commits `writes` together: for start-up and tests, where the first write
+    /// that cannot be encoded may fail them all.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::encode`] and [`Store::commit`].
+    fn commit_writes(&self, writes: &[Write]) -> Result<()> {
+        let encoded = writes
+            .iter()
+            .map(|write| self.encode(write))
+            .collect::<Result<Vec<_>>>()?;
+        self.commit(encoded)
+    }
 
     /// Samples of one agent with `from <= time < to`, in time order, at most `limit`.
     fn samples(

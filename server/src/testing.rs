@@ -1,11 +1,13 @@
 //! Fixtures shared by the unit tests of the writer and the registry: records and samples of
-//! synthetic agents, and a store whose commits can be made to fail.
+//! synthetic agents, and a store whose commits can be made to fail. With the `test-support`
+//! feature the end-to-end tests use the failing store too ([`crate::server::start_with_store`]);
+//! nothing in the server or its binary reaches it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::domain::{AgentId, AgentRecord, AuditRecord, OrgId, Sample, SystemInfo, Transition};
-use crate::store::{self, SledStore, Snapshot, Store, StoreError, Write};
+use crate::store::{self, Encoded, SledStore, Snapshot, Store, StoreError, Write};
 
 /// An enrolled agent `id` of `org` whose machine has hardware id `hardware_id`.
 pub fn agent_record(org: &str, id: &str, hardware_id: &str) -> AgentRecord {
@@ -69,7 +71,11 @@ impl Store for FailingStore {
         self.inner.load()
     }
 
-    fn commit(&self, writes: &[Write]) -> store::Result<()> {
+    fn encode(&self, write: &Write) -> store::Result<Encoded> {
+        self.inner.encode(write)
+    }
+
+    fn commit(&self, writes: Vec<Encoded>) -> store::Result<()> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Backend(Box::new(std::io::Error::other(
                 "injected commit failure",

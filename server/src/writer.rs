@@ -1,55 +1,109 @@
-//! The writer task: the single path by which agent streams and the registry reach the store.
+//! The writer task: the single path by which agent streams, handlers and the registry reach the
+//! store.
 //!
-//! Sessions hand it samples through a bounded queue (a full queue makes the sending session
-//! wait: backpressure on ingest, never unbounded memory). The registry hands it status changes
-//! and agent records through an unbounded control queue (bounded in practice by the number of
-//! agents, and sent from synchronous code under the registry lock, so it must not block).
-//! Handlers that need a durable write before answering (enrollment, tokens) send a batch with a
-//! completion channel.
+//! # What an ack means
 //!
-//! The task collects whatever is queued (lingering briefly after the first item, up to a batch
-//! limit), turns it into one [`Store::commit`] (one `apply_batch` + flush), and only then acks:
-//! `MetricsAck` for samples, the completion channel for handler writes. Samples at or below the
+//! `MetricsAck(n)` and a handler's `Ok` mean durable: the task collects what is queued
+//! (lingering briefly after the first item, up to a batch limit), turns it into one
+//! [`Store::commit`] (one `apply_batch` + flush), and only then acks. Samples at or below the
 //! agent's durable high-water mark are duplicates (re-sent after a reconnect) and are dropped,
-//! but still acked, since they are durable. The high-water mark advances only after the commit
-//! that made it true, so a failed commit never causes a later re-send to be dropped. That step
-//! (plan, execute, apply) is `writer/batch.rs`; this file holds the queues and the task loop.
+//! but still acked, since they are durable. The mark advances only after the commit that made
+//! it true. That step (plan, execute, apply or fail) is `writer/batch.rs`.
+//!
+//! # Fate isolation
+//!
+//! A write is encoded ([`Store::encode`]) when it enters a queue, by the [`WriterHandle`] method
+//! its caller calls, so a write that cannot be stored fails there, to that caller alone, and a
+//! batch holds only writes that can be stored. A commit can then fail only as a whole (disk,
+//! injected failure); when it does, nothing in it is acked and nothing is remembered: handlers
+//! waiting on it get INTERNAL, sessions whose samples were in it are ended with UNAVAILABLE (the
+//! agent reconnects and re-sends from its Welcome's durable seq, and no later batch may ack a
+//! seq of theirs past the unwritten ones), and the writes nobody waits for (audit entries,
+//! status changes, agent and token records) are retried, in order, in front of the next batch.
+//! An audit entry therefore either is committed with its seq and hash or is retried with the
+//! same ones: the chain never skips.
+//!
+//! # Queues and their bounds
+//!
+//! - Samples: a bounded queue of reports (`writer_queue`); a full queue makes the session wait
+//!   (backpressure on ingest).
+//! - Control (handler commits and audit entries): a bounded queue (`writer_control_queue`);
+//!   callers wait for a slot before queueing ([`WriterHandle::audit`], [`WriterHandle::reserve`])
+//!   and never queue while holding a lock they cannot hold across a wait, so a full queue slows
+//!   callers down and drops nothing.
+//! - Live state (status changes, agent records from the registry, token last-use records from
+//!   authentication): queued from synchronous code under locks, so they may not wait; they go
+//!   into a table coalesced per agent and per token (`writer/live.rs`), bounded by the number
+//!   of agents and tokens rather than by how fast they change.
+//!
+//! Queue depths are exported as `tether_writer_queue_depth{queue="samples"|"control"|"live"}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
 use crate::domain::{
-    AgentId, AgentRecord, AuditEntry, AuditRecord, LiveRecord, Sample, TokenRecord, Transition,
+    AgentId, AgentRecord, AuditEntry, AuditRecord, LiveRecord, OrgId, Sample, TokenRecord,
+    Transition,
 };
 use crate::error::ServerError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, QueueLabels};
 use crate::registry::Registry;
 use crate::session::Session;
-use crate::store::{Store, StoreError, Write};
+use crate::store::{Encoded, Store, StoreError, Write};
 
 mod batch;
+mod live;
 
 use self::batch::{WriterState, commit_batch};
+use self::live::LiveChanges;
+
+pub use self::live::MAX_PENDING_TRANSITIONS;
 
 /// Least time between two progress records of one agent.
-pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Wait after a failed commit before the next one, doubled after each further failure up to
+/// [`MAX_RETRY_DELAY`]: a broken disk is not hammered, and queues fill up to their bounds
+/// (backpressure) instead.
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Cheap to clone; every clone feeds the same writer task.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WriterHandle {
     samples: mpsc::Sender<SampleBatch>,
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
+    live: Arc<LiveChanges>,
+    /// Encodes writes as they are queued.
+    store: Arc<dyn Store>,
+    depth: QueueGauges,
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle").finish_non_exhaustive()
+    }
 }
 
 /// The receiving ends, handed to [`run`] once the registry exists.
 pub struct WriterQueues {
     samples: mpsc::Receiver<SampleBatch>,
-    control: mpsc::UnboundedReceiver<Control>,
+    control: mpsc::Receiver<Control>,
+    live: Arc<LiveChanges>,
+    depth: QueueGauges,
+}
+
+/// The depth gauges of the two bounded queues.
+#[derive(Clone, Debug)]
+struct QueueGauges {
+    samples: Gauge,
+    control: Gauge,
 }
 
 /// Why a batch was not committed. Every handler waiting on the batch gets a clone.
@@ -63,117 +117,159 @@ pub enum CommitError {
     Task(String),
 }
 
-/// The writer task has stopped (server shutting down).
-#[derive(Debug, thiserror::Error)]
-#[error("writer stopped")]
-pub struct WriterClosed;
-
+/// One report's samples, encoded, with the newest sample itself for the registry.
 #[derive(Debug)]
 struct SampleBatch {
     session: Arc<Session>,
-    samples: Vec<Sample>,
+    /// `(seq, encoded write)`, in seq order.
+    samples: Vec<(u64, Encoded)>,
+    newest: Sample,
 }
 
 #[derive(Debug)]
 enum Control {
-    Transition {
-        transition: Box<Transition>,
-        last_seen: Option<SystemTime>,
-    },
-    PutAgent(Box<AgentRecord>),
-    PutToken(Box<TokenRecord>),
     Audit(Box<AuditEntry>),
-    Commit {
-        writes: Vec<Write>,
-        audit: Option<Box<AuditEntry>>,
-        done: oneshot::Sender<Result<(), CommitError>>,
-    },
+    Commit(Box<Commit>),
 }
 
-/// Creates the queues. `capacity` bounds the sample queue.
-pub fn channel(capacity: usize) -> (WriterHandle, WriterQueues) {
-    let (samples_tx, samples_rx) = mpsc::channel(capacity);
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
+/// A handler's writes: encoded, except live summaries, which the writer merges with what it
+/// knows of the agent before writing them.
+#[derive(Debug)]
+struct Commit {
+    writes: Vec<Encoded>,
+    live: Vec<(OrgId, AgentId, LiveRecord)>,
+    audit: Option<AuditEntry>,
+    done: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Creates the queues: `samples` reports and `control` handler commits and audit entries at
+/// most. Writes are encoded by `store`, which the writer task must commit to.
+pub fn channel(
+    store: Arc<dyn Store>,
+    metrics: &Metrics,
+    samples: usize,
+    control: usize,
+) -> (WriterHandle, WriterQueues) {
+    let (samples_tx, samples_rx) = mpsc::channel(samples);
+    let (control_tx, control_rx) = mpsc::channel(control);
+    let gauge = |queue: &'static str| {
+        metrics
+            .writer_queue_depth
+            .get_or_create(&QueueLabels { queue })
+            .clone()
+    };
+    let depth = QueueGauges {
+        samples: gauge("samples"),
+        control: gauge("control"),
+    };
+    let live = Arc::new(LiveChanges::new(
+        gauge("live"),
+        metrics.writer_transitions_coalesced.clone(),
+    ));
     (
         WriterHandle {
             samples: samples_tx,
             control: control_tx,
+            live: live.clone(),
+            store,
+            depth: depth.clone(),
         },
         WriterQueues {
             samples: samples_rx,
             control: control_rx,
+            live,
+            depth,
         },
     )
+}
+
+/// Sets `gauge` to what `sender`'s queue holds (slots taken, reservations included).
+fn observe<T>(gauge: &Gauge, sender: &mpsc::Sender<T>) {
+    let held = sender.max_capacity() - sender.capacity();
+    gauge.set(i64::try_from(held).unwrap_or(i64::MAX));
 }
 
 // === impl WriterHandle ===
 
 impl WriterHandle {
-    /// Queues validated samples of `session`'s agent; waits while the queue is full. The
-    /// session is acked through [`Session::acked`] after the flush.
+    /// Encodes and queues validated samples (in seq order) of `session`'s agent; waits while
+    /// the queue is full. The session is acked through [`Session::acked`] after the flush.
     ///
     /// # Errors
     ///
-    /// [`WriterClosed`] once the writer has stopped.
+    /// `Store` (INTERNAL) if a sample cannot be encoded: nothing of the report is queued.
+    /// `Unavailable` once the writer has stopped.
     pub async fn samples(
         &self,
         session: Arc<Session>,
         samples: Vec<Sample>,
-    ) -> Result<(), WriterClosed> {
+    ) -> Result<(), ServerError> {
+        let mut encoded = Vec::with_capacity(samples.len());
+        let mut newest = None;
+        for sample in samples {
+            let seq = sample.seq;
+            let write = Write::PutSample {
+                org: session.org.clone(),
+                agent: session.agent.clone(),
+                sample,
+            };
+            encoded.push((seq, self.store.encode(&write)?));
+            if let Write::PutSample { sample, .. } = write {
+                newest = Some(sample);
+            }
+        }
+        let Some(newest) = newest else {
+            return Ok(());
+        };
+        let batch = SampleBatch {
+            session,
+            samples: encoded,
+            newest,
+        };
         self.samples
-            .send(SampleBatch { session, samples })
+            .send(batch)
             .await
-            .map_err(|_| WriterClosed)
+            .map_err(|_| ServerError::Unavailable)?;
+        observe(&self.depth.samples, &self.samples);
+        Ok(())
     }
 
-    /// Queues a status change for persistence (history + live summary).
+    /// Queues a status change for persistence (history + live summary). Never waits: see
+    /// `writer/live.rs` for how the changes waiting are bounded.
     pub fn transition(&self, transition: Transition, last_seen: Option<SystemTime>) {
-        if self
-            .control
-            .send(Control::Transition {
-                transition: Box::new(transition),
-                last_seen,
-            })
-            .is_err()
-        {
-            tracing::warn!("status change not persisted: the writer has stopped");
-        }
+        self.live.transition(transition, last_seen);
     }
 
-    /// Queues an agent record for persistence.
+    /// Queues an agent record for persistence (the newest one waiting wins). Never waits.
     pub fn put_agent(&self, record: AgentRecord) {
-        if self
-            .control
-            .send(Control::PutAgent(Box::new(record)))
-            .is_err()
-        {
-            tracing::warn!("agent record not persisted: the writer has stopped");
-        }
+        self.live.agent(record);
     }
 
-    /// Queues a token record (e.g. a new last-use time) for persistence.
+    /// Queues a token record (e.g. a new last-use time) for persistence (the newest one waiting
+    /// wins). Never waits.
     pub fn put_token(&self, record: TokenRecord) {
-        if self
-            .control
-            .send(Control::PutToken(Box::new(record)))
-            .is_err()
-        {
-            tracing::warn!("token record not persisted: the writer has stopped");
-        }
+        self.live.token(record);
     }
 
-    /// Queues an audit entry; the writer places it in its org's chain.
-    pub fn audit(&self, entry: AuditEntry) {
-        if self.control.send(Control::Audit(Box::new(entry))).is_err() {
+    /// Queues an audit entry, waiting while the control queue is full; the writer places it in
+    /// its org's chain, retrying until it is committed.
+    pub async fn audit(&self, entry: AuditEntry) {
+        if self
+            .control
+            .send(Control::Audit(Box::new(entry)))
+            .await
+            .is_err()
+        {
             tracing::warn!("audit entry not persisted: the writer has stopped");
         }
+        observe(&self.depth.control, &self.control);
     }
 
     /// Commits `writes` in the next batch and waits until they are durable.
     ///
     /// # Errors
     ///
-    /// `Unavailable` if the writer has stopped, `Internal` if the commit failed.
+    /// As [`Reservation::submit`] and [`Pending::wait`].
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), ServerError> {
         self.commit_audited(writes, None).await
     }
@@ -183,39 +279,77 @@ impl WriterHandle {
     ///
     /// # Errors
     ///
-    /// `Unavailable` if the writer has stopped, `Internal` if the commit failed.
+    /// As [`Reservation::submit`] and [`Pending::wait`].
     pub async fn commit_audited(
         &self,
         writes: Vec<Write>,
         audit: Option<AuditEntry>,
     ) -> Result<(), ServerError> {
-        self.submit(writes, audit)?.wait().await
+        self.reserve().await?.submit(writes, audit)?.wait().await
     }
 
-    /// Queues `writes` (and their audit entry) for the next batch without waiting, so a caller
-    /// can queue under a lock that orders its writes, then wait outside it.
+    /// Waits for a slot in the control queue, for a caller that must queue its writes under a
+    /// lock that orders them (and may not wait while holding it).
     ///
     /// # Errors
     ///
     /// `Unavailable` if the writer has stopped.
+    pub async fn reserve(&self) -> Result<Reservation<'_>, ServerError> {
+        let permit = self
+            .control
+            .reserve()
+            .await
+            .map_err(|_| ServerError::Unavailable)?;
+        Ok(Reservation {
+            permit,
+            handle: self,
+        })
+    }
+}
+
+/// A slot in the control queue, taken by [`WriterHandle::reserve`]; dropping it frees it.
+pub struct Reservation<'a> {
+    permit: mpsc::Permit<'a, Control>,
+    handle: &'a WriterHandle,
+}
+
+impl Reservation<'_> {
+    /// Encodes `writes` (and their audit entry) and queues them for the next batch without
+    /// waiting.
+    ///
+    /// # Errors
+    ///
+    /// `Store` (INTERNAL) if a write cannot be encoded: nothing is queued.
     pub fn submit(
-        &self,
+        self,
         writes: Vec<Write>,
         audit: Option<AuditEntry>,
     ) -> Result<Pending, ServerError> {
+        let mut encoded = Vec::with_capacity(writes.len());
+        let mut live = Vec::new();
+        for write in writes {
+            match write {
+                Write::PutLive {
+                    org,
+                    agent,
+                    live: record,
+                } => live.push((org, agent, record)),
+                write => encoded.push(self.handle.store.encode(&write)?),
+            }
+        }
         let (done, wait) = oneshot::channel();
-        self.control
-            .send(Control::Commit {
-                writes,
-                audit: audit.map(Box::new),
-                done,
-            })
-            .map_err(|_| ServerError::Unavailable)?;
+        self.permit.send(Control::Commit(Box::new(Commit {
+            writes: encoded,
+            live,
+            audit,
+            done,
+        })));
+        observe(&self.handle.depth.control, &self.handle.control);
         Ok(Pending(wait))
     }
 }
 
-/// Writes queued by [`WriterHandle::submit`], durable once [`Pending::wait`] returns `Ok`.
+/// Writes queued by [`Reservation::submit`], durable once [`Pending::wait`] returns `Ok`.
 #[must_use = "the writes are not known to be durable until waited for"]
 pub struct Pending(oneshot::Receiver<Result<(), CommitError>>);
 
@@ -224,7 +358,8 @@ impl Pending {
     ///
     /// # Errors
     ///
-    /// `Unavailable` if the writer stopped first, `Internal` if the commit failed.
+    /// `Unavailable` if the writer stopped first, `Internal` (logged with the store's detail)
+    /// if the commit failed.
     pub async fn wait(self) -> Result<(), ServerError> {
         match self.0.await {
             Ok(Ok(())) => Ok(()),
@@ -256,21 +391,27 @@ pub async fn run(
         state: WriterState::new(live, audit_heads),
         metrics,
         config,
+        retry_delay: Duration::ZERO,
     };
     loop {
-        let first = tokio::select! {
-            biased;
-            c = writer.queues.control.recv() => c.map(Item::Control),
-            s = writer.queues.samples.recv() => s.map(Item::Samples),
-            () = shutdown.cancelled() => None,
-        };
-        let Some(first) = first else { break };
+        if !writer.retry_delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(writer.retry_delay) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
         let mut batch = Batch::default();
-        batch.add(first);
+        if !writer.state.has_retries() {
+            let Some(first) = writer.next(shutdown.cancelled()).await else {
+                break;
+            };
+            batch.add(first);
+        }
         writer.fill(&mut batch, &shutdown).await;
         writer.commit(batch).await;
     }
-    // Drain what is already queued so nothing accepted before shutdown is lost.
+    // Drain what is already queued so nothing accepted before shutdown is lost. A commit that
+    // fails now is not retried: the server is stopping, and its log says what was lost.
     loop {
         let mut batch = Batch::default();
         while batch.len < writer.config.writer_max_batch {
@@ -279,10 +420,13 @@ pub async fn run(
                 None => break,
             }
         }
-        if batch.len == 0 {
+        if batch.len == 0 && writer.queues.live.is_empty() && !writer.state.has_retries() {
             break;
         }
-        writer.commit(batch).await;
+        if !writer.commit(batch).await {
+            tracing::error!("writer stopped with writes it could not commit");
+            break;
+        }
     }
     tracing::debug!("writer stopped");
 }
@@ -315,6 +459,8 @@ pub async fn run_retention(
 enum Item {
     Samples(SampleBatch),
     Control(Control),
+    /// The live table turned non-empty.
+    Live,
 }
 
 #[derive(Default)]
@@ -328,12 +474,14 @@ impl Batch {
     fn add(&mut self, item: Item) {
         self.len += match &item {
             Item::Samples(s) => s.samples.len().max(1),
-            Item::Control(Control::Commit { writes, .. }) => writes.len().max(1),
-            Item::Control(_) => 1,
+            Item::Control(Control::Commit(commit)) => commit.writes.len().max(1),
+            Item::Control(Control::Audit(_)) => 1,
+            Item::Live => 0,
         };
         match item {
             Item::Samples(s) => self.samples.push(s),
             Item::Control(c) => self.control.push(c),
+            Item::Live => {}
         }
     }
 }
@@ -346,6 +494,8 @@ struct Writer {
     state: WriterState,
     metrics: Arc<Metrics>,
     config: StorageConfig,
+    /// Wait before the next commit: zero after a success.
+    retry_delay: Duration,
 }
 
 impl Writer {
@@ -354,6 +504,18 @@ impl Writer {
             return Some(Item::Control(c));
         }
         self.queues.samples.try_recv().ok().map(Item::Samples)
+    }
+
+    /// Waits for the next item of either queue, or for live changes; `None` once `stop` is
+    /// done (shutdown, or the linger deadline).
+    async fn next(&mut self, stop: impl std::future::Future<Output = ()>) -> Option<Item> {
+        tokio::select! {
+            biased;
+            c = self.queues.control.recv() => c.map(Item::Control),
+            s = self.queues.samples.recv() => s.map(Item::Samples),
+            () = self.queues.live.wake.notified() => Some(Item::Live),
+            () = stop => None,
+        }
     }
 
     /// Adds queued items to `batch` until it is full, or the linger time has passed with the
@@ -365,28 +527,44 @@ impl Writer {
                 batch.add(item);
                 continue;
             }
-            let next = tokio::select! {
-                biased;
-                c = self.queues.control.recv() => c.map(Item::Control),
-                s = self.queues.samples.recv() => s.map(Item::Samples),
-                () = tokio::time::sleep_until(deadline) => None,
-                () = shutdown.cancelled() => None,
+            let stop = async {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = shutdown.cancelled() => {}
+                }
             };
-            match next {
+            match self.next(stop).await {
                 Some(item) => batch.add(item),
                 None => return,
             }
         }
     }
 
-    async fn commit(&mut self, batch: Batch) {
-        commit_batch(
+    /// Commits `batch` with the live changes waiting; returns whether it committed.
+    async fn commit(&mut self, batch: Batch) -> bool {
+        observe_receiver(&self.queues.depth.samples, &self.queues.samples);
+        observe_receiver(&self.queues.depth.control, &self.queues.control);
+        let live = self.queues.live.take();
+        let committed = commit_batch(
             &mut self.state,
             &self.store,
             &self.registry,
             &self.metrics,
+            &self.queues.live,
             batch,
+            live,
         )
         .await;
+        self.retry_delay = if committed {
+            Duration::ZERO
+        } else {
+            (self.retry_delay * 2).clamp(FIRST_RETRY_DELAY, MAX_RETRY_DELAY)
+        };
+        committed
     }
+}
+
+/// Sets `gauge` to what `receiver`'s queue holds.
+fn observe_receiver<T>(gauge: &Gauge, receiver: &mpsc::Receiver<T>) {
+    gauge.set(i64::try_from(receiver.len()).unwrap_or(i64::MAX));
 }

@@ -16,6 +16,7 @@ use tether_server::config::{Config, TlsSettings};
 use tether_server::devcerts::{DevCerts, generate_dev_certs, issue_agent_certs};
 use tether_server::metrics::{LimitLabels, Metrics};
 use tether_server::server::{Server, StartError};
+use tether_server::testing::FailingStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -91,6 +92,28 @@ impl TestServer {
     /// Starts a server with `config` on `127.0.0.1:0`.
     pub async fn start(config: Config) -> Self {
         Self::start_on(bind_any().await, config, None).await
+    }
+
+    /// Starts a server with `config` on `127.0.0.1:0` whose store commits fail while the
+    /// returned [`FailingStore`] is told to fail: what a broken disk does.
+    pub async fn start_failing(config: Config) -> (Self, Arc<FailingStore>) {
+        let listener = bind_any().await;
+        let addr = listener.local_addr().expect("local addr");
+        let data_dir = config.data_dir.clone();
+        let mut failing = None;
+        let server = tether_server::server::start_with_store(config, |store| {
+            let store = Arc::new(FailingStore::new(store));
+            failing = Some(store.clone());
+            store
+        })
+        .await
+        .expect("server starts");
+        let failing = failing.expect("the store was opened");
+        let started = Started::of(&server);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.serve(listener, shutdown.clone()));
+        let server = Self::new(addr, data_dir, started, None, shutdown, handle);
+        (server, failing)
     }
 
     /// Starts a server with `config` plus TLS on `127.0.0.1:0`, with fresh development

@@ -150,7 +150,10 @@ pub fn goodbye_to_pb(reason: CloseReason) -> pb::ServerGoodbye {
             pb::GoodbyeReason::Revoked,
             "the agent's credential was revoked",
         ),
-        CloseReason::Draining | CloseReason::None | CloseReason::Silent => (
+        CloseReason::Draining
+        | CloseReason::None
+        | CloseReason::Silent
+        | CloseReason::WriteFailed => (
             pb::GoodbyeReason::ServerDraining,
             "the server is shutting down",
         ),

@@ -11,14 +11,18 @@ use crate::writer::WriterQueues;
 struct Fixture {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// Keeps the writer's control queue open, as the running server does.
+    /// Keeps the writer's queues open, as the running server does.
     _queues: WriterQueues,
+    /// The store the writer's handle encodes for.
+    _dir: tempfile::TempDir,
 }
 
 /// A registry holding `agents` of org `acme` as (id, hardware id), all offline.
 fn fixture(agents: &[(&str, &str)]) -> Fixture {
     let metrics = Metrics::new();
-    let (writer, queues) = crate::writer::channel(16);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(crate::store::SledStore::open(dir.path()).expect("open store"));
+    let (writer, queues) = crate::writer::channel(store, &metrics, 16, 16);
     let mut registry = Registry::new(
         agents
             .iter()
@@ -38,6 +42,7 @@ fn fixture(agents: &[(&str, &str)]) -> Fixture {
         registry: Arc::new(registry),
         metrics,
         _queues: queues,
+        _dir: dir,
     }
 }
 

@@ -74,6 +74,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         }
         .await;
         self.finish(&caller, CREATE_ENROLLMENT_TOKEN, "", result)
+            .await
     }
 
     async fn list_enrollment_tokens(
@@ -101,6 +102,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         }
         .await;
         self.finish(&caller, REVOKE_ENROLLMENT_TOKEN, &raw, result)
+            .await
     }
 
     async fn create_org(
@@ -116,7 +118,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             Ok(convert::admin::create_org_to_pb(&org, &token, &secret))
         }
         .await;
-        self.finish(&caller, CREATE_ORG, &target, result)
+        self.finish(&caller, CREATE_ORG, &target, result).await
     }
 
     async fn list_orgs(
@@ -143,7 +145,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             Ok(convert::admin::create_token_to_pb(&token, &secret))
         }
         .await;
-        self.finish(&caller, CREATE_TOKEN, &target, result)
+        self.finish(&caller, CREATE_TOKEN, &target, result).await
     }
 
     async fn list_tokens(
@@ -178,7 +180,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             Ok(convert::admin::revoke_token_to_pb(&token, last_used))
         }
         .await;
-        self.finish(&caller, REVOKE_TOKEN, &raw, result)
+        self.finish(&caller, REVOKE_TOKEN, &raw, result).await
     }
 
     async fn delete_agent(
@@ -193,7 +195,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             Ok(pb::DeleteAgentResponse {})
         }
         .await;
-        self.finish(&caller, DELETE_AGENT, &raw, result)
+        self.finish(&caller, DELETE_AGENT, &raw, result).await
     }
 
     async fn list_audit_events(
@@ -371,8 +373,9 @@ fn audit_ok(caller: &auth::Caller, method: &str, target: &str) -> AuditEntry {
 }
 
 impl AdminService {
-    /// Audits a mutating call's failure (success is audited inside its commit) and answers.
-    fn finish<T>(
+    /// Audits a mutating call's failure (success is audited inside its commit) and answers;
+    /// waits while the writer's control queue is full.
+    async fn finish<T>(
         &self,
         caller: &auth::Caller,
         method: &str,
@@ -385,7 +388,8 @@ impl AdminService {
                 let status = Status::from(err);
                 self.state
                     .writer
-                    .audit(crate::audit::entry(caller, method, target, Err(&status)));
+                    .audit(crate::audit::entry(caller, method, target, Err(&status)))
+                    .await;
                 Err(status)
             }
         }
@@ -538,13 +542,15 @@ impl AdminService {
         let mut record = existing.clone();
         if !existing.revoked {
             // Revoked in the cache first (a racing enrollment now fails), and the write queued
-            // under the cache lock so no older copy of the record can overwrite it.
+            // under the cache lock so no older copy of the record can overwrite it (in a queue
+            // slot taken before, since nothing may wait under that lock).
+            let slot = self.state.writer.reserve().await?;
             let pending = self.state.auth.with_enrollment(&id, |current| {
                 let current = current
                     .ok_or_else(|| ServerError::NotFound(format!("enrollment token {id}")))?;
                 current.revoked = true;
                 record = current.clone();
-                self.state.writer.submit(
+                slot.submit(
                     vec![Write::PutEnrollmentToken(current.clone())],
                     Some(audit_ok(caller, REVOKE_ENROLLMENT_TOKEN, target)),
                 )

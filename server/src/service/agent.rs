@@ -150,12 +150,14 @@ impl AgentService {
         }
         let audit = crate::audit::entry(caller, ENROLL, agent_id.as_str(), Ok(()));
         // The token's current record (with every use reserved so far) is queued under the
-        // cache lock, so writes of its count reach the store in order.
+        // cache lock, so writes of its count reach the store in order; the queue slot is taken
+        // before, since nothing may wait under that lock.
+        let slot = state.writer.reserve().await?;
         let pending = state.auth.with_enrollment(&token.id, |current| {
             if let Some(current) = current {
                 writes.push(Write::PutEnrollmentToken(current.clone()));
             }
-            state.writer.submit(writes, Some(audit))
+            slot.submit(writes, Some(audit))
         })?;
         pending.wait().await?;
 
@@ -186,7 +188,7 @@ impl AgentService {
     /// The refusal of `agent`'s stream for its client certificate (`identity`, `None` when it
     /// presented none): counted, logged, and audited in the agent's org within the
     /// credential's refusal budget.
-    fn refuse_certificate<T>(
+    async fn refuse_certificate<T>(
         &self,
         caller: &auth::Caller,
         agent: &AgentId,
@@ -220,13 +222,15 @@ impl AgentService {
             peer = ?request.remote_addr(),
             "refused an agent stream: client certificate"
         );
-        self.state.refusals.refused(
+        if let Some(entry) = self.state.refusals.refused(
             caller,
             CONNECT,
             agent.as_str(),
             &status,
-            crate::audit::Refusal::Other,
-        );
+            crate::audit::RefusalKind::Other,
+        ) {
+            self.state.refusals.record(entry).await;
+        }
         status
     }
 }
@@ -251,7 +255,8 @@ impl pb::agent_service_server::AgentService for AgentService {
                 let status = Status::from(err);
                 self.state
                     .writer
-                    .audit(crate::audit::entry(&caller, ENROLL, "", Err(&status)));
+                    .audit(crate::audit::entry(&caller, ENROLL, "", Err(&status)))
+                    .await;
                 Err(status)
             }
         }
@@ -277,7 +282,9 @@ impl pb::agent_service_server::AgentService for AgentService {
             // and a client certificate issued for its agent id.
             let identity = crate::tls::peer_identity(&request);
             if identity.as_deref() != Some(agent.as_str()) {
-                return Err(self.refuse_certificate(&caller, &agent, identity, &request));
+                return Err(self
+                    .refuse_certificate(&caller, &agent, identity, &request)
+                    .await);
             }
         }
         let mut inbound = request.into_inner();

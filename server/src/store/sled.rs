@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 
-use super::{Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
+use super::{Encoded, Op, Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
 use crate::domain::{
     AgentId, AgentRecord, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId, OrgRecord, Sample,
     TokenRecord, Transition,
@@ -337,74 +337,88 @@ impl Store for SledStore {
         Ok(snapshot)
     }
 
+    /// Builds the key and serializes the value of one write. A transition takes its key's
+    /// counter here, so transitions keep the order in which they were encoded.
+    fn encode(&self, write: &Write) -> Result<Encoded> {
+        let put = |key: Vec<u8>, value: Vec<u8>| Encoded {
+            ops: vec![Op::Put(key, value)],
+        };
+        Ok(match write {
+            Write::PutAgent(agent) => put(
+                record_key(agent.org.as_str(), AGENT, agent.id.as_str()),
+                encode(agent, "agent record")?,
+            ),
+            Write::PutLive { org, agent, live } => put(
+                record_key(org.as_str(), LIVE, agent.as_str()),
+                encode(live, "live record")?,
+            ),
+            Write::PutProgress {
+                org,
+                agent,
+                last_seq,
+                last_seen,
+            } => put(
+                record_key(org.as_str(), PROGRESS, agent.as_str()),
+                encode_progress(*last_seq, *last_seen),
+            ),
+            Write::PutSample { org, agent, sample } => put(
+                series_key(
+                    &series_prefix(org, SAMPLE, agent),
+                    millis(sample.time.get()),
+                    sample.seq,
+                ),
+                encode_sample(sample)?,
+            ),
+            Write::PutTransition(transition) => {
+                let value = encode(transition, "transition")?;
+                let counter = self.db.generate_id().map_err(backend)?;
+                let series = series_prefix(&transition.org, TRANSITION, &transition.agent);
+                put(series_key(&series, millis(transition.time), counter), value)
+            }
+            Write::PutToken(token) => put(
+                record_key(token.org.as_str(), TOKEN, token.id.as_str()),
+                encode(token, "token")?,
+            ),
+            Write::PutEnrollmentToken(token) => put(
+                record_key(token.org.as_str(), ENROLLMENT_TOKEN, token.id.as_str()),
+                encode(token, "enrollment token")?,
+            ),
+            Write::PutOrg(org) => put(
+                record_key(org.id.as_str(), ORG, ORG_RECORD_ID),
+                encode(org, "org")?,
+            ),
+            Write::DeleteAgent(tombstone) => {
+                let org = tombstone.org.as_str();
+                let agent = tombstone.agent.as_str();
+                let value = encode(tombstone, "tombstone")?;
+                Encoded {
+                    ops: vec![
+                        Op::Remove(record_key(org, AGENT, agent)),
+                        Op::Remove(record_key(org, LIVE, agent)),
+                        Op::Remove(record_key(org, PROGRESS, agent)),
+                        Op::Put(record_key(org, TOMBSTONE, agent), value),
+                    ],
+                }
+            }
+            Write::PutAudit(record) => put(
+                audit_key(record.entry.org.as_str(), record.seq),
+                encode(record, "audit record")?,
+            ),
+        })
+    }
+
     /// Applies every write in one sled batch, then flushes (blocking, fsync) before returning.
     /// The flush dominates the cost, so callers batch many writes per commit.
-    fn commit(&self, writes: &[Write]) -> Result<()> {
+    fn commit(&self, writes: Vec<Encoded>) -> Result<()> {
         if writes.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for write in writes {
-            let (key, value) = match write {
-                Write::PutAgent(agent) => (
-                    record_key(agent.org.as_str(), AGENT, agent.id.as_str()),
-                    encode(agent)?,
-                ),
-                Write::PutLive { org, agent, live } => (
-                    record_key(org.as_str(), LIVE, agent.as_str()),
-                    encode(live)?,
-                ),
-                Write::PutProgress {
-                    org,
-                    agent,
-                    last_seq,
-                    last_seen,
-                } => (
-                    record_key(org.as_str(), PROGRESS, agent.as_str()),
-                    encode_progress(*last_seq, *last_seen),
-                ),
-                Write::PutSample { org, agent, sample } => (
-                    series_key(
-                        &series_prefix(org, SAMPLE, agent),
-                        millis(sample.time.get()),
-                        sample.seq,
-                    ),
-                    encode_sample(sample)?,
-                ),
-                Write::PutTransition(transition) => {
-                    let counter = self.db.generate_id().map_err(backend)?;
-                    let series = series_prefix(&transition.org, TRANSITION, &transition.agent);
-                    (
-                        series_key(&series, millis(transition.time), counter),
-                        encode(transition)?,
-                    )
-                }
-                Write::PutToken(token) => (
-                    record_key(token.org.as_str(), TOKEN, token.id.as_str()),
-                    encode(token)?,
-                ),
-                Write::PutEnrollmentToken(token) => (
-                    record_key(token.org.as_str(), ENROLLMENT_TOKEN, token.id.as_str()),
-                    encode(token)?,
-                ),
-                Write::PutOrg(org) => (
-                    record_key(org.id.as_str(), ORG, ORG_RECORD_ID),
-                    encode(org)?,
-                ),
-                Write::DeleteAgent(tombstone) => {
-                    let org = tombstone.org.as_str();
-                    let agent = tombstone.agent.as_str();
-                    batch.remove(record_key(org, AGENT, agent));
-                    batch.remove(record_key(org, LIVE, agent));
-                    batch.remove(record_key(org, PROGRESS, agent));
-                    (record_key(org, TOMBSTONE, agent), encode(tombstone)?)
-                }
-                Write::PutAudit(record) => (
-                    audit_key(record.entry.org.as_str(), record.seq),
-                    encode(record)?,
-                ),
-            };
-            batch.insert(key, value);
+        for op in writes.into_iter().flat_map(|write| write.ops) {
+            match op {
+                Op::Put(key, value) => batch.insert(key, value),
+                Op::Remove(key) => batch.remove(key),
+            }
         }
         self.data.apply_batch(batch).map_err(backend)?;
         self.db.flush().map_err(backend)?;

@@ -213,7 +213,7 @@ pub(crate) fn check_empty_load(store: &dyn Store) {
         Vec::<u128>::new()
     );
     assert_eq!(store.purge_before(at(u64::MAX)).expect("purge"), 0);
-    store.commit(&[]).expect("an empty commit is fine");
+    store.commit_writes(&[]).expect("an empty commit is fine");
     assert_eq!(store.load().expect("load"), Snapshot::default());
 }
 
@@ -222,7 +222,7 @@ pub(crate) fn check_agent_and_live_round_trip(store: &dyn Store) {
     let db = agent("acme", "db-1", "db one");
     let web_live = live(AgentStatus::Online, 42);
     store
-        .commit(&[
+        .commit_writes(&[
             Write::PutAgent(web.clone()),
             put_live("acme", "web-1", web_live.clone()),
             Write::PutAgent(db.clone()),
@@ -240,7 +240,7 @@ pub(crate) fn check_agent_and_live_round_trip(store: &dyn Store) {
     // A live record written in a later commit joins its agent too.
     let db_live = live(AgentStatus::Offline, 0);
     store
-        .commit(&[put_live("acme", "db-1", db_live.clone())])
+        .commit_writes(&[put_live("acme", "db-1", db_live.clone())])
         .expect("commit");
     assert_eq!(load_sorted(store).agents[0], (db, Some(db_live)));
 }
@@ -248,7 +248,7 @@ pub(crate) fn check_agent_and_live_round_trip(store: &dyn Store) {
 pub(crate) fn check_overwrite(store: &dyn Store) {
     let first = agent("acme", "web-1", "web one");
     store
-        .commit(&[
+        .commit_writes(&[
             Write::PutAgent(first.clone()),
             put_live("acme", "web-1", live(AgentStatus::Online, 1)),
         ])
@@ -259,7 +259,7 @@ pub(crate) fn check_overwrite(store: &dyn Store) {
     second.labels.insert("tier".to_owned(), "gold".to_owned());
     let second_live = live(AgentStatus::Stale, 7);
     store
-        .commit(&[
+        .commit_writes(&[
             Write::PutAgent(second.clone()),
             put_live("acme", "web-1", second_live.clone()),
         ])
@@ -270,7 +270,7 @@ pub(crate) fn check_overwrite(store: &dyn Store) {
     let mut third = first.clone();
     third.name = "third".to_owned();
     store
-        .commit(&[Write::PutAgent(first), Write::PutAgent(third.clone())])
+        .commit_writes(&[Write::PutAgent(first), Write::PutAgent(third.clone())])
         .expect("commit");
     assert_eq!(load_sorted(store).agents[0].0, third);
 }
@@ -278,13 +278,13 @@ pub(crate) fn check_overwrite(store: &dyn Store) {
 pub(crate) fn check_samples_range(store: &dyn Store) {
     // Committed out of time order, over two commits.
     store
-        .commit(&[
+        .commit_writes(&[
             put_sample("acme", "web-1", sample(3, 3_000)),
             put_sample("acme", "web-1", sample(1, 1_000)),
         ])
         .expect("commit");
     store
-        .commit(&[
+        .commit_writes(&[
             put_sample("acme", "web-1", sample(4, 4_000)),
             put_sample("acme", "web-1", sample(2, 2_000)),
         ])
@@ -337,7 +337,7 @@ pub(crate) fn check_samples_range(store: &dyn Store) {
 
     // Two samples in the same millisecond are both kept, in seq order.
     store
-        .commit(&[
+        .commit_writes(&[
             put_sample("acme", "web-1", sample(6, 6_000)),
             put_sample("acme", "web-1", sample(5, 6_000)),
         ])
@@ -350,7 +350,7 @@ pub(crate) fn check_samples_range(store: &dyn Store) {
     // The bounds are exact below a millisecond too.
     let half = at(7_000) + Duration::from_micros(500);
     store
-        .commit(&[put_sample("acme", "web-1", sample_at(7, half))])
+        .commit_writes(&[put_sample("acme", "web-1", sample_at(7, half))])
         .expect("commit");
     let just_before = half - Duration::from_micros(1);
     let just_after = half + Duration::from_micros(1);
@@ -394,7 +394,7 @@ pub(crate) fn check_prefix_agent_ids_isolated(store: &dyn Store) {
             )));
         }
     }
-    store.commit(&writes).expect("commit");
+    store.commit_writes(&writes).expect("commit");
 
     for (agent_idx, agent) in agents.iter().enumerate() {
         let base = 100 * agent_idx as u64;
@@ -434,7 +434,7 @@ pub(crate) fn check_orgs_isolated(store: &dyn Store) {
         writes.push(Write::PutToken(token(org_id, "tok-1", Role::Admin, None)));
         writes.push(Write::PutEnrollmentToken(enrollment_token(org_id, "enr-1")));
     }
-    store.commit(&writes).expect("commit");
+    store.commit_writes(&writes).expect("commit");
 
     let snapshot = load_sorted(store);
     assert_eq!(snapshot.agents.len(), orgs.len());
@@ -479,26 +479,26 @@ pub(crate) fn check_transitions_newest_first(store: &dyn Store) {
     use AgentStatus::{Offline, Online, Stale};
     // Out of time order across commits.
     store
-        .commit(&[
+        .commit_writes(&[
             Write::PutTransition(transition("acme", "web-1", 1_000, Offline, Online)),
             Write::PutTransition(transition("acme", "web-1", 3_000, Stale, Online)),
         ])
         .expect("commit");
     store
-        .commit(&[Write::PutTransition(transition(
+        .commit_writes(&[Write::PutTransition(transition(
             "acme", "web-1", 2_000, Online, Stale,
         ))])
         .expect("commit");
     // Two in the same millisecond, in one commit: commit order decides.
     store
-        .commit(&[
+        .commit_writes(&[
             Write::PutTransition(transition("acme", "web-1", 4_000, Online, Stale)),
             Write::PutTransition(transition("acme", "web-1", 4_000, Stale, Offline)),
         ])
         .expect("commit");
     // And a third in that millisecond, in a later commit.
     store
-        .commit(&[Write::PutTransition(transition(
+        .commit_writes(&[Write::PutTransition(transition(
             "acme", "web-1", 4_000, Offline, Online,
         ))])
         .expect("commit");
@@ -539,7 +539,7 @@ pub(crate) fn check_tokens_round_trip(store: &dyn Store) {
     let cred = token("acme", "tok-agent", Role::Agent, Some("web-1"));
     let enroll = enrollment_token("acme", "enr-1");
     store
-        .commit(&[
+        .commit_writes(&[
             Write::PutToken(admin.clone()),
             Write::PutToken(cred.clone()),
             Write::PutEnrollmentToken(enroll.clone()),
@@ -556,7 +556,7 @@ pub(crate) fn check_tokens_round_trip(store: &dyn Store) {
     let mut used = enroll;
     used.use_count += 1;
     store
-        .commit(&[
+        .commit_writes(&[
             Write::PutToken(revoked.clone()),
             Write::PutEnrollmentToken(used.clone()),
         ])
@@ -588,7 +588,7 @@ pub(crate) fn check_purge_before(store: &dyn Store) {
     }
     // An agent with samples but no agent record: purged all the same.
     writes.push(put_sample("gamma", "gone", sample(1, 1_000)));
-    store.commit(&writes).expect("commit");
+    store.commit_writes(&writes).expect("commit");
     let before = load_sorted(store);
 
     // Strictly older than the cutoff: 1,000 and 2,000 go, 3,000 stays.
@@ -617,7 +617,7 @@ pub(crate) fn check_purge_before(store: &dyn Store) {
     // The cutoff is exact below a millisecond.
     let half = at(6_000) + Duration::from_micros(500);
     store
-        .commit(&[
+        .commit_writes(&[
             put_sample("acme", "web-1", sample_at(6, half)),
             put_sample(
                 "acme",
@@ -642,7 +642,7 @@ pub(crate) fn check_purge_many(store: &dyn Store) {
         .map(|seq| put_sample("acme", "web-1", sample(seq, 1_000 + seq)))
         .collect();
     for chunk in writes.chunks(5_000) {
-        store.commit(chunk).expect("commit");
+        store.commit_writes(chunk).expect("commit");
     }
     let removed = store.purge_before(at(1_000 + N_OLD)).expect("purge");
     assert_eq!(removed, N_OLD);
@@ -660,7 +660,7 @@ pub(crate) fn check_concurrent_commits(store: &dyn Store) {
                 let agent = format!("web-{thread_idx}");
                 for seq in 0..N_COMMITS {
                     store
-                        .commit(&[
+                        .commit_writes(&[
                             put_sample("acme", &agent, sample(seq, 1_000 + seq)),
                             Write::PutTransition(transition(
                                 "acme",
@@ -688,6 +688,53 @@ pub(crate) fn check_concurrent_commits(store: &dyn Store) {
     }
 }
 
+/// A write whose content cannot be stored (a time before 1970 in a record) fails at `encode`,
+/// alone: the writes encoded beside it commit, in order, and a later write of the same key
+/// wins. An encoded delete removes the agent's record and live summary.
+pub(crate) fn check_encode_fails_alone(store: &dyn Store) {
+    let mut bad = token("acme", "tok-bad", Role::Viewer, None);
+    bad.created_at = UNIX_EPOCH - Duration::from_secs(1);
+    let err = store
+        .encode(&Write::PutToken(bad))
+        .expect_err("a time before 1970 cannot be encoded");
+    assert!(
+        matches!(err, super::StoreError::Unencodable { .. }),
+        "{err:?}"
+    );
+    let web = agent("acme", "web-1", "web one");
+    let mut renamed = web.clone();
+    renamed.name = "renamed".to_owned();
+    let good = [
+        Write::PutAgent(web.clone()),
+        put_live("acme", "web-1", live(AgentStatus::Online, 1)),
+        put_sample("acme", "web-1", sample(1, 1_000)),
+        Write::PutAgent(renamed.clone()),
+    ];
+    let encoded = good
+        .iter()
+        .map(|w| store.encode(w).expect("encode"))
+        .collect();
+    store.commit(encoded).expect("commit");
+    let loaded = load_sorted(store);
+    assert_eq!(loaded.agents.len(), 1);
+    assert_eq!(loaded.agents[0].0, renamed, "the later write wins");
+    assert!(loaded.tokens.is_empty());
+    assert_eq!(all_seqs(store, "acme", "web-1"), [1]);
+
+    let tombstone = crate::domain::AgentTombstone {
+        org: org("acme"),
+        agent: agent_id("web-1"),
+        hardware_id: "hw-web-1".to_owned(),
+        deleted_at: at(5_000),
+        deleted_by: TokenId::new("tok-1"),
+    };
+    let delete = store
+        .encode(&Write::DeleteAgent(tombstone))
+        .expect("encode");
+    store.commit(vec![delete]).expect("commit");
+    assert!(load_sorted(store).agents.is_empty());
+}
+
 /// What one commit wrote is there after the store is closed and opened again. `open` must
 /// open the same store each time; the previous instance is dropped before it is called again.
 pub(crate) fn check_commit_is_durable(open: &dyn Fn() -> Box<dyn Store>) {
@@ -698,7 +745,7 @@ pub(crate) fn check_commit_is_durable(open: &dyn Fn() -> Box<dyn Store>) {
     {
         let store = open();
         store
-            .commit(&[
+            .commit_writes(&[
                 Write::PutAgent(web.clone()),
                 put_live("acme", "web-1", web_live.clone()),
                 put_sample("acme", "web-1", sample(9, 9_000)),
@@ -730,7 +777,7 @@ pub(crate) fn check_commit_is_durable(open: &dyn Fn() -> Box<dyn Store>) {
 
     // Same-millisecond transitions keep their order across a reopen.
     store
-        .commit(&[Write::PutTransition(transition(
+        .commit_writes(&[Write::PutTransition(transition(
             "acme",
             "web-1",
             9_000,
@@ -784,6 +831,7 @@ mod sled_store {
         purge_before => check_purge_before,
         purge_many => check_purge_many,
         concurrent_commits => check_concurrent_commits,
+        encode_fails_alone => check_encode_fails_alone,
     }
 
     #[test]
@@ -834,7 +882,7 @@ mod sled_store {
         let path = dir.path();
         let web = agent("acme", "web-1", "web one");
         open(path)
-            .commit(&[Write::PutAgent(web.clone())])
+            .commit_writes(&[Write::PutAgent(web.clone())])
             .expect("commit");
         assert_eq!(
             raw_schema_version(path, None),
@@ -894,7 +942,7 @@ mod sled_store {
     fn corrupt_values_are_reported_with_their_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         open(dir.path())
-            .commit(&[put_sample("acme", "web-1", sample(1, 1_000))])
+            .commit_writes(&[put_sample("acme", "web-1", sample(1, 1_000))])
             .expect("commit");
         {
             let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
@@ -927,7 +975,7 @@ mod sled_store {
         {
             let store = open(dir.path());
             store
-                .commit(&[Write::PutAgent(agent("acme", "web-1", "web one"))])
+                .commit_writes(&[Write::PutAgent(agent("acme", "web-1", "web one"))])
                 .expect("commit");
         }
         {

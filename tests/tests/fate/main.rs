@@ -20,6 +20,7 @@ use tonic::Code;
 use pb::connect_request::Message as In;
 
 mod edge;
+mod failure;
 mod repro;
 
 const ORG: &str = "default";

@@ -156,15 +156,23 @@ pub(super) fn decode_progress(key: &[u8], value: &[u8]) -> Result<(u64, SystemTi
 /// Samples are the bulk of the store and of the ingest path's work: they use postcard, a compact
 /// binary serde format (about a third of the JSON size, several times cheaper to encode).
 pub(super) fn encode_sample(sample: &Sample) -> Result<Vec<u8>> {
-    postcard::to_stdvec(sample).map_err(backend)
+    postcard::to_stdvec(sample).map_err(|e| unencodable("sample", e))
 }
 
 pub(super) fn decode_sample(key: &[u8], value: &[u8]) -> Result<Sample> {
     postcard::from_bytes(value).map_err(|e| corrupt(key, e.to_string()))
 }
 
-pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(backend)
+/// Serializes a record (`what`, for the error) as JSON.
+pub(super) fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| unencodable(what, e))
+}
+
+fn unencodable(what: &'static str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unencodable {
+        what,
+        detail: err.to_string(),
+    }
 }
 
 pub(super) fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {

@@ -1,13 +1,18 @@
 //! Unit tests of the writer's batch handling against a real [`SledStore`] in a tempdir:
-//! planning is pure, applying happens only after a commit, and a failed commit changes nothing.
+//! planning is pure, applying happens only after a commit, a failed commit remembers and acks
+//! nothing but keeps what nobody waits for, and one write that cannot be stored fails alone.
 
 use std::ops::RangeInclusive;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::super::{Item, WriterQueues, channel};
+use futures::FutureExt as _;
+
+use super::super::{Item, MAX_PENDING_TRANSITIONS, WriterHandle, WriterQueues, channel};
 use super::*;
 use crate::config::{HealthThresholds, LivenessConfig};
-use crate::domain::{AuditOutcome, Role, SessionId, TokenId, Transition};
+use crate::domain::{AuditOutcome, Role, SessionId, TokenId, TokenRecord, Transition};
+use crate::error::ServerError;
+use crate::session::CloseReason;
 use crate::store::SledStore;
 use crate::testing::{FailingStore, agent_record, sample};
 
@@ -16,8 +21,10 @@ struct Fixture {
     store: Arc<FailingStore>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// Keeps the registry's control queue open; what it queues is not under test here.
-    _queues: WriterQueues,
+    handle: WriterHandle,
+    /// The receiving ends: the live table the registry feeds, and the queues (what they hold
+    /// is not under test here, except where a test reads them).
+    queues: WriterQueues,
     state: WriterState,
 }
 
@@ -27,13 +34,13 @@ fn fixture() -> Fixture {
         SledStore::open(dir.path()).expect("open store"),
     ));
     let metrics = Metrics::new();
-    let (handle, queues) = channel(16);
+    let (handle, queues) = channel(store.clone(), &metrics, 16, 2);
     let registry = Arc::new(Registry::new(
         vec![
             (agent_record("acme", "a-1", "hw-1"), None),
             (agent_record("acme", "b-1", "hw-2"), None),
         ],
-        handle,
+        handle.clone(),
         LivenessConfig::default(),
         HealthThresholds::default(),
         16,
@@ -44,32 +51,61 @@ fn fixture() -> Fixture {
         store,
         registry,
         metrics,
-        _queues: queues,
+        handle,
+        queues,
         state: WriterState::default(),
     }
 }
 
 impl Fixture {
-    /// Plans, executes and applies (or fails) `batch` as the writer task does.
+    /// Plans, executes and applies (or fails) `batch`, with the live changes waiting, as the
+    /// writer task does.
     async fn commit(&mut self, batch: Batch) -> bool {
         let store: Arc<dyn Store> = self.store.clone();
+        let taken = self.queues.live.take();
         commit_batch(
             &mut self.state,
             &store,
             &self.registry,
             &self.metrics,
+            &self.queues.live,
             batch,
+            taken,
         )
         .await
+    }
+
+    /// Plans `batch` (with no live changes and no retries) at `planned_at` and `now`.
+    fn plan_at(&self, batch: Batch, planned_at: Instant, now: SystemTime) -> Plan {
+        self.plan_with(batch, Pending::default(), planned_at, now)
+    }
+
+    fn plan_with(
+        &self,
+        batch: Batch,
+        taken: Pending,
+        planned_at: Instant,
+        now: SystemTime,
+    ) -> Plan {
+        let store: Arc<dyn Store> = self.store.clone();
+        let encoder = Encoder {
+            store: &store,
+            metrics: &self.metrics,
+        };
+        self.state
+            .plan(batch, taken, Vec::new(), &encoder, planned_at, now)
+    }
+
+    fn plan(&self, batch: Batch) -> Plan {
+        self.plan_at(batch, Instant::now(), SystemTime::now())
     }
 
     /// Executes and applies `plan`, which must commit.
     async fn apply(&mut self, plan: Plan) {
         let store: Arc<dyn Store> = self.store.clone();
         let Plan { writes, outcome } = plan;
-        let writes = execute(&store, writes).await.expect("commit");
-        self.state
-            .apply(outcome, writes, &self.registry, &self.metrics);
+        execute(&store, writes).await.expect("commit");
+        self.state.apply(outcome, &self.registry, &self.metrics);
     }
 
     fn stored_seqs(&self, agent: &str) -> Vec<u64> {
@@ -82,9 +118,58 @@ impl Fixture {
             .collect()
     }
 
+    fn stored_audit(&self) -> Vec<(u64, String)> {
+        self.store
+            .audit_records(&org(), 0, 100)
+            .expect("read audit")
+            .into_iter()
+            .map(|r| (r.seq, r.entry.target))
+            .collect()
+    }
+
     fn latest_seq(&self, agent: &str) -> Option<u64> {
         let view = self.registry.get(&org(), &AgentId::new(agent))?;
         view.latest.map(|s| s.seq)
+    }
+
+    /// A report of `seqs` from `session`, encoded as [`WriterHandle::samples`] does.
+    fn samples(&self, session: &Arc<Session>, seqs: RangeInclusive<u64>) -> Item {
+        let samples: Vec<(u64, Encoded)> = seqs
+            .clone()
+            .map(|seq| {
+                let write = Write::PutSample {
+                    org: session.org.clone(),
+                    agent: session.agent.clone(),
+                    sample: sample(seq),
+                };
+                (seq, self.store.encode(&write).expect("encode"))
+            })
+            .collect();
+        Item::Samples(SampleBatch {
+            session: session.clone(),
+            samples,
+            newest: sample(*seqs.end()),
+        })
+    }
+
+    /// A handler's writes with their audit entry; the receiver gets the commit's result.
+    fn handler_commit(
+        &self,
+        writes: Vec<Write>,
+        audit: AuditEntry,
+    ) -> (Item, oneshot::Receiver<Result<(), CommitError>>) {
+        let (done, wait) = oneshot::channel();
+        let writes = writes
+            .iter()
+            .map(|w| self.store.encode(w).expect("encode"))
+            .collect();
+        let item = Item::Control(Control::Commit(Box::new(Commit {
+            writes,
+            live: Vec::new(),
+            audit: Some(audit),
+            done,
+        })));
+        (item, wait)
     }
 }
 
@@ -99,13 +184,6 @@ fn session(agent: &str, id: &str) -> Arc<Session> {
         AgentId::new(agent),
         0,
     ))
-}
-
-fn samples(session: &Arc<Session>, seqs: RangeInclusive<u64>) -> Item {
-    Item::Samples(SampleBatch {
-        session: session.clone(),
-        samples: seqs.map(sample).collect(),
-    })
 }
 
 fn batch(items: impl IntoIterator<Item = Item>) -> Batch {
@@ -135,49 +213,57 @@ fn entry(org: &str, target: &str) -> AuditEntry {
     }
 }
 
-/// A handler's write with its audit entry; the receiver gets the commit's result.
-fn handler_commit(
-    writes: Vec<Write>,
-    audit: AuditEntry,
-) -> (Item, oneshot::Receiver<Result<(), CommitError>>) {
-    let (done, wait) = oneshot::channel();
-    let item = Item::Control(Control::Commit {
-        writes,
-        audit: Some(Box::new(audit)),
-        done,
-    });
-    (item, wait)
+fn transition(agent: &str, from: AgentStatus, to: AgentStatus, time: SystemTime) -> Transition {
+    Transition {
+        org: org(),
+        agent: AgentId::new(agent),
+        time,
+        from,
+        to,
+        reason: StatusReason::Reconnected,
+    }
 }
 
-fn sample_seqs(writes: &[Write]) -> Vec<u64> {
+/// The kind of record a sled key names: the byte after `{org}/`.
+fn kind(key: &[u8]) -> Option<u8> {
+    let slash = key.iter().position(|&b| b == b'/')?;
+    key.get(slash + 1).copied()
+}
+
+fn puts(writes: &[Encoded], wanted: u8) -> Vec<(&[u8], &[u8])> {
     writes
         .iter()
-        .filter_map(|w| match w {
-            Write::PutSample { sample, .. } => Some(sample.seq),
-            _ => None,
+        .flat_map(Encoded::puts)
+        .filter(|(key, _)| kind(key) == Some(wanted))
+        .collect()
+}
+
+/// The seqs of the samples in `writes`: the last 8 bytes of a sample key.
+fn sample_seqs(writes: &[Encoded]) -> Vec<u64> {
+    puts(writes, b'm')
+        .iter()
+        .map(|(key, _)| {
+            let seq: [u8; 8] = key[key.len() - 8..].try_into().expect("8 bytes");
+            u64::from_be_bytes(seq)
         })
         .collect()
 }
 
-fn count(writes: &[Write], pred: impl Fn(&Write) -> bool) -> usize {
-    writes.iter().filter(|w| pred(w)).count()
+fn n_progress(writes: &[Encoded]) -> usize {
+    puts(writes, b'q').len()
 }
 
-fn is_progress(w: &Write) -> bool {
-    matches!(w, Write::PutProgress { .. })
-}
-
-fn is_live(w: &Write) -> bool {
-    matches!(w, Write::PutLive { .. })
-}
-
-fn audit_records(writes: &[Write]) -> Vec<&AuditRecord> {
-    writes
+fn lives(writes: &[Encoded]) -> Vec<LiveRecord> {
+    puts(writes, b'l')
         .iter()
-        .filter_map(|w| match w {
-            Write::PutAudit(record) => Some(record),
-            _ => None,
-        })
+        .map(|(_, value)| serde_json::from_slice(value).expect("a live record"))
+        .collect()
+}
+
+fn audit_records(writes: &[Encoded]) -> Vec<AuditRecord> {
+    puts(writes, b'u')
+        .iter()
+        .map(|(_, value)| serde_json::from_slice(value).expect("an audit record"))
         .collect()
 }
 
@@ -185,40 +271,28 @@ fn audit_records(writes: &[Write]) -> Vec<&AuditRecord> {
 async fn samples_at_or_below_the_high_water_mark_are_dropped_but_acked() {
     let mut f = fixture();
     let first = session("a-1", "s-1");
-    let plan = f.state.plan(
-        batch([samples(&first, 1..=3)]),
-        Instant::now(),
-        SystemTime::now(),
-    );
+    let plan = f.plan(batch([f.samples(&first, 1..=3)]));
     assert_eq!(sample_seqs(&plan.writes), [1, 2, 3]);
     assert!(f.state.live.is_empty(), "planning changes nothing");
-    assert!(f.commit(batch([samples(&first, 1..=3)])).await);
+    assert!(f.commit(batch([f.samples(&first, 1..=3)])).await);
     assert_eq!(first.durable_seq(), 3);
 
     // After a reconnect the agent re-sends 2..=5: 2 and 3 are durable already.
     let second = session("a-1", "s-2");
-    let plan = f.state.plan(
-        batch([samples(&second, 2..=5)]),
-        Instant::now(),
-        SystemTime::now(),
-    );
+    let plan = f.plan(batch([f.samples(&second, 2..=5)]));
     assert_eq!(sample_seqs(&plan.writes), [4, 5]);
-    assert!(f.commit(batch([samples(&second, 2..=5)])).await);
+    assert!(f.commit(batch([f.samples(&second, 2..=5)])).await);
     assert_eq!(second.durable_seq(), 5, "duplicates are acked too");
     assert_eq!(f.state.live[&AgentId::new("a-1")].last_seq, 5);
 
     // A batch holding only duplicates writes no sample and still acks.
     let third = session("a-1", "s-3");
-    assert!(f.commit(batch([samples(&third, 1..=5)])).await);
+    assert!(f.commit(batch([f.samples(&third, 1..=5)])).await);
     assert_eq!(third.durable_seq(), 5);
 
     // The mark is per agent: another agent's seq 1 is new.
     let other = session("b-1", "s-4");
-    let plan = f.state.plan(
-        batch([samples(&other, 1..=1)]),
-        Instant::now(),
-        SystemTime::now(),
-    );
+    let plan = f.plan(batch([f.samples(&other, 1..=1)]));
     assert_eq!(sample_seqs(&plan.writes), [1]);
 
     assert_eq!(
@@ -243,72 +317,52 @@ async fn progress_records_are_written_at_most_every_interval() {
     let t0 = Instant::now();
     let now = SystemTime::now();
 
-    let plan = f.state.plan(batch([samples(&s, 1..=1)]), t0, now);
-    assert_eq!(
-        count(&plan.writes, is_progress),
-        1,
-        "first batch of an agent"
-    );
-    assert_eq!(count(&plan.writes, is_live), 0);
+    let plan = f.plan_at(batch([f.samples(&s, 1..=1)]), t0, now);
+    assert_eq!(n_progress(&plan.writes), 1, "first batch of an agent");
+    assert_eq!(lives(&plan.writes).len(), 0);
     f.apply(plan).await;
 
-    let plan = f.state.plan(
-        batch([samples(&s, 2..=2)]),
+    let plan = f.plan_at(
+        batch([f.samples(&s, 2..=2)]),
         t0 + Duration::from_secs(1),
         now,
     );
-    assert_eq!(count(&plan.writes, is_progress), 0, "within the interval");
+    assert_eq!(n_progress(&plan.writes), 0, "within the interval");
     f.apply(plan).await;
 
-    let plan = f
-        .state
-        .plan(batch([samples(&s, 3..=3)]), t0 + PROGRESS_INTERVAL, now);
-    assert_eq!(
-        count(&plan.writes, is_progress),
-        1,
-        "the interval has passed"
-    );
+    let plan = f.plan_at(batch([f.samples(&s, 3..=3)]), t0 + PROGRESS_INTERVAL, now);
+    assert_eq!(n_progress(&plan.writes), 1, "the interval has passed");
     f.apply(plan).await;
 
     // An agent whose status changed gets its full live summary instead, at any time.
-    let change = Item::Control(Control::Transition {
-        transition: Box::new(Transition {
-            org: org(),
-            agent: AgentId::new("a-1"),
-            time: now,
-            from: AgentStatus::Offline,
-            to: AgentStatus::Online,
-            reason: StatusReason::Reconnected,
-        }),
-        last_seen: Some(now),
-    });
-    let plan = f.state.plan(
-        batch([change, samples(&s, 4..=4)]),
+    f.handle.transition(
+        transition("a-1", AgentStatus::Offline, AgentStatus::Online, now),
+        Some(now),
+    );
+    let plan = f.plan_with(
+        batch([f.samples(&s, 4..=4)]),
+        f.queues.live.take(),
         t0 + PROGRESS_INTERVAL + Duration::from_secs(1),
         now,
     );
-    assert_eq!(count(&plan.writes, is_progress), 0);
-    assert_eq!(count(&plan.writes, is_live), 1);
-    let live = plan
-        .writes
-        .iter()
-        .find_map(|w| match w {
-            Write::PutLive { live, .. } => Some(live.clone()),
-            _ => None,
-        })
-        .expect("a live summary");
-    assert_eq!((live.status, live.last_seq), (AgentStatus::Online, 4));
+    assert_eq!(n_progress(&plan.writes), 0);
+    let lives = lives(&plan.writes);
+    assert_eq!(lives.len(), 1);
+    assert_eq!(
+        (lives[0].status, lives[0].last_seq),
+        (AgentStatus::Online, 4)
+    );
 }
 
 #[tokio::test]
 async fn audit_entries_chain_within_a_batch_and_across_batches() {
     let mut f = fixture();
-    let (commit, mut waiting) = handler_commit(vec![], entry("acme", "two"));
-    let plan = f.state.plan(
-        batch([audit("acme", "one"), commit, audit("beta", "three")]),
-        Instant::now(),
-        SystemTime::now(),
-    );
+    let (commit, mut waiting) = f.handler_commit(vec![], entry("acme", "two"));
+    let plan = f.plan(batch([
+        audit("acme", "one"),
+        commit,
+        audit("beta", "three"),
+    ]));
     let records = audit_records(&plan.writes);
     let chain: Vec<_> = records
         .iter()
@@ -343,12 +397,8 @@ async fn audit_entries_chain_within_a_batch_and_across_batches() {
         .collect();
     assert_eq!(stored, [1, 2]);
 
-    let plan = f.state.plan(
-        batch([audit("acme", "four")]),
-        Instant::now(),
-        SystemTime::now(),
-    );
-    let next = audit_records(&plan.writes)[0];
+    let plan = f.plan(batch([audit("acme", "four")]));
+    let next = &audit_records(&plan.writes)[0];
     assert_eq!((next.seq, next.prev_hash), (3, acme_head.1));
 }
 
@@ -358,15 +408,15 @@ async fn a_failed_commit_acks_nothing_and_leaves_marks_and_heads_unchanged() {
     let a1 = AgentId::new("a-1");
     let s = session("a-1", "s-1");
     assert!(
-        f.commit(batch([samples(&s, 1..=3), audit("acme", "one")]))
+        f.commit(batch([f.samples(&s, 1..=3), audit("acme", "one")]))
             .await
     );
     let head = f.state.audit_heads[&org()];
     let progress = f.state.progress_at.clone();
 
     f.store.fail(true);
-    let (commit, mut waiting) = handler_commit(vec![], entry("acme", "two"));
-    assert!(!f.commit(batch([samples(&s, 4..=6), commit])).await);
+    let (commit, mut waiting) = f.handler_commit(vec![], entry("acme", "two"));
+    assert!(!f.commit(batch([f.samples(&s, 4..=6), commit])).await);
     assert_eq!(s.durable_seq(), 3, "nothing acked");
     assert!(
         matches!(waiting.try_recv(), Ok(Err(CommitError::Store(_)))),
@@ -382,17 +432,237 @@ async fn a_failed_commit_acks_nothing_and_leaves_marks_and_heads_unchanged() {
     assert_eq!(f.latest_seq("a-1"), Some(3));
     assert_eq!(f.metrics.writer_commit_failures.get(), 1);
 
-    // The agent re-sends: nothing is dropped as a duplicate, the chain goes on from the head.
+    // The session is ended; the agent reconnects and re-sends: nothing is dropped as a
+    // duplicate, and the chain goes on from the head.
+    assert_eq!(s.close_reason(), CloseReason::WriteFailed);
     f.store.fail(false);
-    let plan = f.state.plan(
-        batch([samples(&s, 4..=6), audit("acme", "two")]),
-        Instant::now(),
-        SystemTime::now(),
-    );
+    let again = session("a-1", "s-2");
+    let plan = f.plan(batch([f.samples(&again, 4..=6)]));
     assert_eq!(sample_seqs(&plan.writes), [4, 5, 6]);
-    let record = audit_records(&plan.writes)[0];
-    assert_eq!((record.seq, record.prev_hash), (head.0 + 1, head.1));
     f.apply(plan).await;
-    assert_eq!(s.durable_seq(), 6);
+    assert_eq!(again.durable_seq(), 6);
     assert_eq!(f.stored_seqs("a-1"), [1, 2, 3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn after_a_failed_commit_the_session_is_never_acked_again() {
+    let mut f = fixture();
+    let s = session("a-1", "s-1");
+    let other = session("b-1", "s-2");
+    assert!(f.commit(batch([f.samples(&s, 1..=3)])).await);
+
+    f.store.fail(true);
+    assert!(!f.commit(batch([f.samples(&s, 4..=6)])).await);
+    assert!(s.writes_failed());
+    assert_eq!(s.close_reason(), CloseReason::WriteFailed);
+
+    // Samples the session had already queued behind the failed batch are neither stored nor
+    // acked: an ack of 9 would cover 4..=6, which are not on disk. Another agent, in the same
+    // batch, is unaffected.
+    f.store.fail(false);
+    assert!(
+        f.commit(batch([f.samples(&s, 7..=9), f.samples(&other, 1..=2)]))
+            .await
+    );
+    assert_eq!(s.durable_seq(), 3, "no ack past the unwritten samples");
+    assert_eq!(f.stored_seqs("a-1"), [1, 2, 3]);
+    assert_eq!(f.state.live[&AgentId::new("a-1")].last_seq, 3);
+    assert_eq!(other.durable_seq(), 2);
+    assert_eq!(f.stored_seqs("b-1"), [1, 2]);
+}
+
+#[tokio::test]
+async fn audit_entries_of_a_failed_commit_are_retried_with_their_seq_and_hash() {
+    let mut f = fixture();
+    assert!(f.commit(batch([audit("acme", "one")])).await);
+
+    f.store.fail(true);
+    let (commit, mut waiting) = f.handler_commit(vec![], entry("acme", "handler"));
+    assert!(
+        !f.commit(batch([
+            audit("acme", "two"),
+            commit,
+            audit("acme", "three")
+        ]))
+        .await
+    );
+    assert!(f.state.has_retries());
+    assert!(
+        matches!(waiting.try_recv(), Ok(Err(_))),
+        "the handler learns its call failed (and audits that itself)"
+    );
+    // Failing again changes nothing: the same entries wait, in order.
+    assert!(!f.commit(batch([])).await);
+
+    f.store.fail(false);
+    assert!(f.commit(batch([audit("acme", "four")])).await);
+    assert!(!f.state.has_retries());
+    let stored = f.stored_audit();
+    let targets: Vec<(u64, &str)> = stored.iter().map(|(s, t)| (*s, t.as_str())).collect();
+    assert_eq!(
+        targets,
+        [(1, "one"), (2, "two"), (3, "three"), (4, "four")],
+        "no gap, no fork, the handler's success not recorded"
+    );
+    let records = f.store.audit_records(&org(), 0, 10).expect("read audit");
+    for pair in records.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash, "seq {}", pair[1].seq);
+        let again = crate::audit::chain(pair[0].seq, pair[0].hash, pair[1].entry.clone());
+        assert_eq!(again.hash, pair[1].hash, "seq {}", pair[1].seq);
+    }
+}
+
+#[tokio::test]
+async fn live_changes_of_a_failed_commit_are_written_before_newer_ones() {
+    let mut f = fixture();
+    let t0 = SystemTime::now();
+    let a1 = AgentId::new("a-1");
+    f.handle.transition(
+        transition("a-1", AgentStatus::Offline, AgentStatus::Online, t0),
+        Some(t0),
+    );
+    f.store.fail(true);
+    assert!(!f.commit(batch([])).await);
+
+    let t1 = t0 + Duration::from_secs(1);
+    f.handle.transition(
+        transition("a-1", AgentStatus::Online, AgentStatus::Offline, t1),
+        Some(t1),
+    );
+    f.store.fail(false);
+    assert!(f.commit(batch([])).await);
+    let history: Vec<_> = f
+        .store
+        .transitions(&org(), &a1, 10)
+        .expect("read history")
+        .into_iter()
+        .map(|t| (t.from, t.to))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (AgentStatus::Online, AgentStatus::Offline),
+            (AgentStatus::Offline, AgentStatus::Online),
+        ],
+        "newest first: both kept, in order"
+    );
+    assert_eq!(f.state.live[&a1].status, AgentStatus::Offline);
+}
+
+#[tokio::test]
+async fn status_changes_waiting_are_bounded_per_agent() {
+    let f = fixture();
+    let t0 = SystemTime::now();
+    let n = MAX_PENDING_TRANSITIONS + 4;
+    for i in 0..n {
+        let (from, to) = if i % 2 == 0 {
+            (AgentStatus::Offline, AgentStatus::Online)
+        } else {
+            (AgentStatus::Online, AgentStatus::Offline)
+        };
+        let time = t0 + Duration::from_secs(i as u64);
+        f.handle.transition(transition("a-1", from, to, time), None);
+    }
+    let taken = f.queues.live.take();
+    let waiting = &taken.agents[&AgentId::new("a-1")].transitions;
+    assert_eq!(waiting.len(), MAX_PENDING_TRANSITIONS);
+    assert_eq!(
+        waiting.last().expect("one").0.time,
+        t0 + Duration::from_secs(n as u64 - 1),
+        "the newest change is kept"
+    );
+    assert_eq!(f.metrics.writer_transitions_coalesced.get(), 4);
+}
+
+#[tokio::test]
+async fn a_write_that_cannot_be_stored_fails_alone() {
+    let mut f = fixture();
+    let s = session("a-1", "s-1");
+    // A record the store cannot encode (a time before 1970): its caller learns at once, and
+    // nothing is queued.
+    let mut token = TokenRecord {
+        id: TokenId::new("t-2"),
+        org: org(),
+        role: Role::Viewer,
+        name: "bad".into(),
+        digest: [0; 32],
+        created_at: UNIX_EPOCH - Duration::from_secs(1),
+        expires_at: None,
+        revoked: false,
+        agent: None,
+        server_admin: false,
+        last_used_at: None,
+    };
+    let slot = f.handle.reserve().await.expect("a slot");
+    let refused = slot.submit(vec![Write::PutToken(token.clone())], None);
+    assert!(
+        matches!(
+            refused,
+            Err(ServerError::Store(
+                crate::store::StoreError::Unencodable { .. }
+            ))
+        ),
+        "{:?}",
+        refused.err()
+    );
+    assert!(f.queues.control.try_recv().is_err(), "nothing queued");
+
+    // Writes the writer builds itself: an audit entry that cannot be encoded is left out alone
+    // (the head does not move), a handler whose audit entry cannot be encoded fails alone, and
+    // everything else in the batch commits.
+    let mut bad = entry("acme", "bad");
+    bad.time = UNIX_EPOCH - Duration::from_secs(1);
+    let (doomed, mut doomed_wait) = f.handler_commit(vec![], bad.clone());
+    token.created_at = SystemTime::now();
+    let (fine, mut fine_wait) =
+        f.handler_commit(vec![Write::PutToken(token)], entry("acme", "fine"));
+    let items = [
+        audit("acme", "one"),
+        Item::Control(Control::Audit(Box::new(bad))),
+        doomed,
+        f.samples(&s, 1..=2),
+        fine,
+    ];
+    assert!(f.commit(batch(items)).await);
+    assert!(matches!(doomed_wait.try_recv(), Ok(Err(_))));
+    assert!(matches!(fine_wait.try_recv(), Ok(Ok(()))));
+    assert_eq!(s.durable_seq(), 2);
+    assert_eq!(f.stored_seqs("a-1"), [1, 2]);
+    let stored = f.stored_audit();
+    let targets: Vec<(u64, &str)> = stored.iter().map(|(s, t)| (*s, t.as_str())).collect();
+    assert_eq!(targets, [(1, "one"), (2, "fine")]);
+    assert_eq!(f.metrics.writer_unencodable_writes.get(), 2);
+}
+
+#[tokio::test]
+async fn a_full_control_queue_makes_callers_wait_and_drops_nothing() {
+    let mut f = fixture();
+    let depth = |f: &Fixture| {
+        f.metrics
+            .writer_queue_depth
+            .get_or_create(&crate::metrics::QueueLabels { queue: "control" })
+            .get()
+    };
+    // The fixture's control queue holds two items.
+    f.handle.audit(entry("acme", "one")).await;
+    f.handle.audit(entry("acme", "two")).await;
+    assert_eq!(depth(&f), 2);
+    let mut third = Box::pin(f.handle.audit(entry("acme", "three")));
+    assert!((&mut third).now_or_never().is_none(), "the caller waits");
+    assert!(
+        f.handle.reserve().now_or_never().is_none(),
+        "so does a reservation"
+    );
+    let Ok(Control::Audit(first)) = f.queues.control.try_recv() else {
+        panic!("the first entry is queued");
+    };
+    assert_eq!(first.target, "one");
+    assert!(third.now_or_never().is_some(), "a slot freed: it is queued");
+    let rest: Vec<String> = std::iter::from_fn(|| f.queues.control.try_recv().ok())
+        .map(|c| match c {
+            Control::Audit(e) => e.target,
+            Control::Commit(_) => "commit".to_owned(),
+        })
+        .collect();
+    assert_eq!(rest, ["two", "three"]);
 }
