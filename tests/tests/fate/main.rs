@@ -21,6 +21,7 @@ use pb::connect_request::Message as In;
 
 mod edge;
 mod failure;
+mod property;
 mod repro;
 
 const ORG: &str = "default";
