@@ -11,6 +11,7 @@
 //! - `agent.rs`: [`TestAgent`], a real agent in this process.
 //! - `session.rs`: [`RawSession`] and the messages tests send by hand.
 //! - `rpc.rs`: helpers over the RPCs and the CLI (listing, tokens, `tetherctl`).
+//! - `heavy.rs`: agents as large as the server accepts, and seeding an org with them.
 
 use std::future::Future;
 use std::path::Path;
@@ -24,12 +25,17 @@ use tonic::transport::Channel;
 
 mod agent;
 mod crash;
+mod heavy;
 mod rpc;
 mod server;
 mod session;
 
 pub use self::agent::{TestAgent, agent_config};
 pub use self::crash::CrashableServer;
+pub use self::heavy::{
+    MAX_DISKS, Seed, heavy_enroll_request, heavy_hello, heavy_labels, heavy_sample,
+    heavy_system_info, seed_heavy_agents,
+};
 pub use self::rpc::{cli_at, create_token, list_all, list_audit, token_id};
 pub use self::server::{TestServer, TestTls, TlsOptions, limit_violations};
 pub use self::session::{RawSession, hello, labels, sample, system_info};
