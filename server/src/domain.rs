@@ -261,6 +261,54 @@ pub struct Sample {
     pub process_count: u32,
 }
 
+/// A [`Sample`] with its disks summed: what metrics aggregation needs, without the per-disk
+/// detail an agent may make large.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleTotals {
+    pub seq: u64,
+    pub time: Time,
+    pub cpu_percent: f64,
+    pub load: [f64; 3],
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    /// Sums over the sample's disks, saturating at `u64::MAX`.
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub network_rx_bytes: u64,
+    pub network_tx_bytes: u64,
+    pub uptime: Duration,
+    pub process_count: u32,
+}
+
+impl SampleTotals {
+    pub fn of(sample: &Sample) -> Self {
+        let sum = |bytes: fn(&DiskUsage) -> u64| {
+            sample
+                .disks
+                .iter()
+                .fold(0_u64, |sum, disk| sum.saturating_add(bytes(disk)))
+        };
+        Self {
+            seq: sample.seq,
+            time: sample.time,
+            cpu_percent: sample.cpu_percent,
+            load: sample.load,
+            memory_used_bytes: sample.memory_used_bytes,
+            memory_total_bytes: sample.memory_total_bytes,
+            swap_used_bytes: sample.swap_used_bytes,
+            swap_total_bytes: sample.swap_total_bytes,
+            disk_used_bytes: sum(|d| d.used_bytes),
+            disk_total_bytes: sum(|d| d.total_bytes),
+            network_rx_bytes: sample.network_rx_bytes,
+            network_tx_bytes: sample.network_tx_bytes,
+            uptime: sample.uptime,
+            process_count: sample.process_count,
+        }
+    }
+}
+
 /// The persisted facts of an enrolled agent. Changes rarely (enrollment, Hello).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use crate::domain::{
     AgentId, AgentRecord, AgentTombstone, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId,
-    OrgRecord, Sample, TokenRecord, Transition,
+    OrgRecord, Sample, SampleTotals, TokenRecord, Transition,
 };
 
 pub mod sled;
@@ -178,6 +178,17 @@ pub trait Store: Send + Sync + 'static {
         to: SystemTime,
         limit: usize,
     ) -> Result<Vec<Sample>>;
+
+    /// The samples of [`Store::samples`] without their per-disk detail: each with its disks
+    /// summed, so that reading a range costs the same whatever the agent lists. Yielded one by
+    /// one in time order, so that a caller aggregating a long range holds only its result.
+    fn sample_totals<'a>(
+        &'a self,
+        org: &OrgId,
+        agent: &AgentId,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Box<dyn Iterator<Item = Result<SampleTotals>> + 'a>;
 
     /// The most recent status changes of one agent, newest first, at most `limit`.
     fn transitions(&self, org: &OrgId, agent: &AgentId, limit: usize) -> Result<Vec<Transition>>;

@@ -6,7 +6,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::domain::{AgentId, AgentRecord, AuditRecord, OrgId, Sample, SystemInfo, Transition};
+use crate::domain::{
+    AgentId, AgentRecord, AuditRecord, OrgId, Sample, SampleTotals, SystemInfo, Transition,
+};
 use crate::store::{self, Encoded, SledStore, Snapshot, Store, StoreError, Write};
 
 /// An enrolled agent `id` of `org` whose machine has hardware id `hardware_id`.
@@ -93,6 +95,16 @@ impl Store for FailingStore {
         limit: usize,
     ) -> store::Result<Vec<Sample>> {
         self.inner.samples(org, agent, from, to, limit)
+    }
+
+    fn sample_totals<'a>(
+        &'a self,
+        org: &OrgId,
+        agent: &AgentId,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Box<dyn Iterator<Item = store::Result<SampleTotals>> + 'a> {
+        self.inner.sample_totals(org, agent, from, to)
     }
 
     fn transitions(

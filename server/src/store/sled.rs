@@ -44,7 +44,7 @@ use serde::de::DeserializeOwned;
 use super::{Encoded, Op, Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
 use crate::domain::{
     AgentId, AgentRecord, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId, OrgRecord, Sample,
-    TokenRecord, Transition,
+    SampleTotals, TokenRecord, Transition,
 };
 
 mod layout;
@@ -452,6 +452,30 @@ impl Store for SledStore {
             }
         }
         Ok(samples)
+    }
+
+    fn sample_totals<'a>(
+        &'a self,
+        org: &OrgId,
+        agent: &AgentId,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Box<dyn Iterator<Item = Result<SampleTotals>> + 'a> {
+        if from >= to {
+            return Box::new(std::iter::empty());
+        }
+        let series = series_prefix(org, SAMPLE, agent);
+        let start = Bound::Included(series_key(&series, millis(from), 0));
+        let end = after_millis(&series, millis(to));
+        Box::new(self.data.range((start, end)).filter_map(move |entry| {
+            let totals = entry
+                .map_err(backend)
+                .and_then(|(key, value)| decode_sample_totals(&key, &value));
+            match totals {
+                Ok(t) if !(from <= t.time.get() && t.time.get() < to) => None,
+                other => Some(other),
+            }
+        }))
     }
 
     fn transitions(&self, org: &OrgId, agent: &AgentId, limit: usize) -> Result<Vec<Transition>> {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Snapshot, Store, Write};
 use crate::domain::{
     AgentId, AgentRecord, AgentStatus, DiskUsage, EnrollmentTokenRecord, LiveRecord, OrgId, Role,
-    Sample, StatusReason, SystemInfo, Time, TokenId, TokenRecord, Transition,
+    Sample, SampleTotals, StatusReason, SystemInfo, Time, TokenId, TokenRecord, Transition,
 };
 
 // === fixtures ===
@@ -373,6 +373,58 @@ pub(crate) fn check_samples_range(store: &dyn Store) {
         .samples(&org("acme"), &agent_id("web-1"), at(1_000), at(1_001), 1)
         .expect("samples");
     assert_eq!(stored, [sample(1, 1_000)]);
+}
+
+pub(crate) fn check_sample_totals(store: &dyn Store) {
+    let with_disks = |seq: u64, ms: u64, n_disks: u64| Sample {
+        disks: (0..n_disks)
+            .map(|d| DiskUsage {
+                mount_point: format!("/mnt/{d}"),
+                used_bytes: d + 1,
+                total_bytes: 10 * (d + 1),
+            })
+            .collect(),
+        ..sample(seq, ms)
+    };
+    store
+        .commit_writes(&[
+            put_sample("acme", "web-1", with_disks(2, 2_000, 3)),
+            put_sample("acme", "web-1", with_disks(1, 1_000, 0)),
+            put_sample("acme", "web-1", with_disks(3, 3_000, 256)),
+            put_sample("acme", "web-10", with_disks(1, 1_500, 1)),
+            put_sample("other", "web-1", with_disks(1, 1_500, 1)),
+        ])
+        .expect("commit");
+    // The same samples, the same order and the same range rules as `samples`, disks summed.
+    for (from, to) in [
+        (0, 10_000),
+        (1_000, 3_000),
+        (1_001, 3_001),
+        (2_000, 2_000),
+        (5, 1),
+    ] {
+        let (from, to) = (at(from), at(to));
+        let totals: Vec<SampleTotals> = store
+            .sample_totals(&org("acme"), &agent_id("web-1"), from, to)
+            .collect::<Result<_, _>>()
+            .expect("sample totals");
+        let samples = store
+            .samples(&org("acme"), &agent_id("web-1"), from, to, usize::MAX)
+            .expect("samples");
+        let expected: Vec<SampleTotals> = samples.iter().map(SampleTotals::of).collect();
+        assert_eq!(totals, expected, "range {from:?}..{to:?}");
+    }
+    let all: Vec<SampleTotals> = store
+        .sample_totals(&org("acme"), &agent_id("web-1"), at(0), at(10_000))
+        .collect::<Result<_, _>>()
+        .expect("sample totals");
+    assert_eq!(all.iter().map(|t| t.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        all.iter()
+            .map(|t| (t.disk_used_bytes, t.disk_total_bytes))
+            .collect::<Vec<_>>(),
+        [(0, 0), (6, 60), (256 * 257 / 2, 10 * 256 * 257 / 2)]
+    );
 }
 
 pub(crate) fn check_prefix_agent_ids_isolated(store: &dyn Store) {
@@ -824,6 +876,7 @@ mod sled_store {
         agent_and_live_round_trip => check_agent_and_live_round_trip,
         overwrite => check_overwrite,
         samples_range => check_samples_range,
+        sample_totals => check_sample_totals,
         prefix_agent_ids_isolated => check_prefix_agent_ids_isolated,
         orgs_isolated => check_orgs_isolated,
         transitions_newest_first => check_transitions_newest_first,
@@ -963,6 +1016,15 @@ mod sled_store {
         }
         match store.samples(&org("acme"), &agent_id("web-1"), at(0), at(2_000), 10) {
             Err(StoreError::Corrupt { key, .. }) => {
+                assert!(key.starts_with("acme/m/web-1/\\x00"), "{key}");
+            }
+            other => panic!("expected a corrupt record, got {other:?}"),
+        }
+        let totals: Vec<_> = store
+            .sample_totals(&org("acme"), &agent_id("web-1"), at(0), at(2_000))
+            .collect();
+        match totals.as_slice() {
+            [Err(StoreError::Corrupt { key, .. })] => {
                 assert!(key.starts_with("acme/m/web-1/\\x00"), "{key}");
             }
             other => panic!("expected a corrupt record, got {other:?}"),

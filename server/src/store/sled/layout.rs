@@ -2,14 +2,15 @@
 //! builders and parsers, the record kinds, and the codecs of stored values and their errors.
 //! Byte order of keys is the order scans rely on: time (or seq) order within a series.
 
+use std::fmt;
 use std::ops::Bound;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Result, StoreError};
-use crate::domain::{AgentId, OrgId, Sample};
+use crate::domain::{AgentId, OrgId, Sample, SampleTotals, Time};
 
 /// The kinds of record: the byte after `{org}/` in a key.
 pub(super) const AGENT: u8 = b'a';
@@ -163,6 +164,109 @@ pub(super) fn decode_sample(key: &[u8], value: &[u8]) -> Result<Sample> {
     postcard::from_bytes(value).map_err(|e| corrupt(key, e.to_string()))
 }
 
+/// Decodes a stored sample with its disks summed, without building the disk list: see
+/// [`StoredTotals`].
+pub(super) fn decode_sample_totals(key: &[u8], value: &[u8]) -> Result<SampleTotals> {
+    postcard::from_bytes::<StoredTotals>(value)
+        .map(SampleTotals::from)
+        .map_err(|e| corrupt(key, e.to_string()))
+}
+
+/// A stored [`Sample`] read field by field in its serde order (postcard is not self-describing:
+/// the order is the format), with the disk list walked instead of built: each mount point is
+/// borrowed from the stored bytes, never copied, and only the counters are summed. A unit test
+/// decodes the encoding of a fully populated `Sample` both ways, so a field added to `Sample`
+/// fails it until it is added here too.
+#[derive(Deserialize)]
+struct StoredTotals {
+    seq: u64,
+    time: Time,
+    cpu_percent: f64,
+    load: [f64; 3],
+    memory_used_bytes: u64,
+    memory_total_bytes: u64,
+    swap_used_bytes: u64,
+    swap_total_bytes: u64,
+    #[serde(deserialize_with = "sum_disks")]
+    disks: DiskSums,
+    network_rx_bytes: u64,
+    network_tx_bytes: u64,
+    uptime: Duration,
+    process_count: u32,
+}
+
+#[derive(Default)]
+struct DiskSums {
+    used: u64,
+    total: u64,
+}
+
+/// One stored `DiskUsage`, its mount point borrowed.
+#[derive(Deserialize)]
+struct DiskRef<'a> {
+    #[serde(borrow, rename = "mount_point")]
+    _mount_point: &'a str,
+    used_bytes: u64,
+    total_bytes: u64,
+}
+
+fn sum_disks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DiskSums, D::Error> {
+    struct Sums;
+    impl<'de> Visitor<'de> for Sums {
+        type Value = DiskSums;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of disks")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut disks: A) -> Result<DiskSums, A::Error> {
+            let mut sums = DiskSums::default();
+            while let Some(disk) = disks.next_element::<DiskRef<'de>>()? {
+                sums.used = sums.used.saturating_add(disk.used_bytes);
+                sums.total = sums.total.saturating_add(disk.total_bytes);
+            }
+            Ok(sums)
+        }
+    }
+    deserializer.deserialize_seq(Sums)
+}
+
+impl From<StoredTotals> for SampleTotals {
+    fn from(stored: StoredTotals) -> Self {
+        let StoredTotals {
+            seq,
+            time,
+            cpu_percent,
+            load,
+            memory_used_bytes,
+            memory_total_bytes,
+            swap_used_bytes,
+            swap_total_bytes,
+            disks,
+            network_rx_bytes,
+            network_tx_bytes,
+            uptime,
+            process_count,
+        } = stored;
+        Self {
+            seq,
+            time,
+            cpu_percent,
+            load,
+            memory_used_bytes,
+            memory_total_bytes,
+            swap_used_bytes,
+            swap_total_bytes,
+            disk_used_bytes: disks.used,
+            disk_total_bytes: disks.total,
+            network_rx_bytes,
+            network_tx_bytes,
+            uptime,
+            process_count,
+        }
+    }
+}
+
 /// Serializes a record (`what`, for the error) as JSON.
 pub(super) fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| unencodable(what, e))
@@ -205,4 +309,69 @@ pub(super) fn corrupt(key: &[u8], detail: impl Into<String>) -> StoreError {
 
 pub(super) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DiskUsage;
+
+    /// Every field set to a distinct value, so a field read out of order shows.
+    fn full_sample() -> Sample {
+        Sample {
+            seq: 7,
+            time: Time::new(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))
+                .expect("in range"),
+            cpu_percent: 12.5,
+            load: [0.5, 1.5, 2.5],
+            memory_used_bytes: 11,
+            memory_total_bytes: 12,
+            swap_used_bytes: 13,
+            swap_total_bytes: 14,
+            disks: vec![
+                DiskUsage {
+                    mount_point: "/".repeat(300),
+                    used_bytes: 100,
+                    total_bytes: 1000,
+                },
+                DiskUsage {
+                    mount_point: "/data".to_owned(),
+                    used_bytes: u64::MAX,
+                    total_bytes: 2000,
+                },
+            ],
+            network_rx_bytes: 15,
+            network_tx_bytes: 16,
+            uptime: Duration::new(17, 18),
+            process_count: 19,
+        }
+    }
+
+    #[test]
+    fn totals_decode_the_stored_sample_with_its_disks_summed() {
+        let sample = full_sample();
+        let value = encode_sample(&sample).expect("encode");
+        let totals = decode_sample_totals(b"k", &value).expect("decode totals");
+        assert_eq!(totals, SampleTotals::of(&sample));
+        assert_eq!(totals.disk_used_bytes, u64::MAX, "sums saturate");
+        assert_eq!(totals.disk_total_bytes, 3000);
+        let without_disks = Sample {
+            disks: vec![],
+            ..sample
+        };
+        let value = encode_sample(&without_disks).expect("encode");
+        assert_eq!(
+            decode_sample_totals(b"k", &value).expect("decode totals"),
+            SampleTotals::of(&without_disks)
+        );
+    }
+
+    #[test]
+    fn a_truncated_sample_is_corrupt_not_a_panic() {
+        let value = encode_sample(&full_sample()).expect("encode");
+        for len in [0, 1, value.len() / 2, value.len() - 1] {
+            let err = decode_sample_totals(b"k", &value[..len]).expect_err("truncated");
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        }
+    }
 }
