@@ -49,8 +49,21 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events buffered per watcher before it is ended with `ABORTED` and must resync.
+/// Events queued per watcher before it is ended with `ABORTED` and must resync.
 pub const DEFAULT_WATCH_BUFFER: usize = 8192;
+/// Bytes of events queued per watcher before it is ended with `ABORTED` and must resync: what
+/// a watcher that stops reading can hold, beyond one snapshot page.
+pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Concurrent `WatchAgents` streams per token.
+pub const DEFAULT_MAX_WATCHES_PER_TOKEN: usize = 16;
+/// Concurrent `WatchAgents` streams per org.
+pub const DEFAULT_MAX_WATCHES_PER_ORG: usize = 128;
+/// Largest answer of a read RPC (a `ListAgents` page, `GetAgent`, `GetMetrics`): half the
+/// 4 MiB that gRPC clients accept by default.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
+/// Smallest allowed read budget and watcher byte bound: one agent at every input limit must
+/// fit (`convert` tests pin that the largest valid agent is smaller).
+pub const MIN_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Largest HTTP/2 header block accepted (header-flood defence).
 pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Streams reset by a client before the server accepted them, per connection, before the
@@ -166,6 +179,10 @@ pub struct Limits {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub watch_buffer: usize,
+    pub watch_buffer_bytes: usize,
+    pub max_watches_per_token: usize,
+    pub max_watches_per_org: usize,
+    pub max_response_bytes: usize,
     pub max_header_list_bytes: u32,
     pub max_pending_accept_resets: usize,
     pub max_local_error_resets: usize,
@@ -268,8 +285,20 @@ impl Config {
         if l.max_reported_text_bytes == 0 {
             return invalid("the reported text size limit must be greater than zero".to_owned());
         }
-        if self.limits.max_concurrent_streams == 0 || self.limits.watch_buffer == 0 {
-            return invalid("stream limits must be greater than zero".to_owned());
+        if self.limits.max_concurrent_streams == 0
+            || self.limits.watch_buffer == 0
+            || self.limits.max_watches_per_token == 0
+            || self.limits.max_watches_per_org == 0
+        {
+            return invalid("stream and watch limits must be greater than zero".to_owned());
+        }
+        if self.limits.max_response_bytes < MIN_RESPONSE_BYTES
+            || self.limits.watch_buffer_bytes < MIN_RESPONSE_BYTES
+        {
+            return invalid(format!(
+                "the response size and the watch buffer must be at least {MIN_RESPONSE_BYTES} \
+                 bytes, so that the largest valid agent fits"
+            ));
         }
         if self
             .tls
@@ -389,6 +418,10 @@ impl Default for Limits {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             watch_buffer: DEFAULT_WATCH_BUFFER,
+            watch_buffer_bytes: DEFAULT_WATCH_BUFFER_BYTES,
+            max_watches_per_token: DEFAULT_MAX_WATCHES_PER_TOKEN,
+            max_watches_per_org: DEFAULT_MAX_WATCHES_PER_ORG,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
             max_pending_accept_resets: DEFAULT_MAX_PENDING_ACCEPT_RESETS,
             max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
@@ -459,6 +492,19 @@ mod tests {
         config.tls.as_mut().expect("tls").client_ca = p("ca");
         assert!(config.mtls());
         config.tls.as_mut().expect("tls").handshake_timeout = Duration::ZERO;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn read_budgets_must_hold_the_largest_agent() {
+        let mut config = Config::new("x");
+        config.limits.max_response_bytes = MIN_RESPONSE_BYTES - 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.limits.watch_buffer_bytes = MIN_RESPONSE_BYTES - 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.limits.max_watches_per_token = 0;
         assert!(config.validate().is_err());
     }
 

@@ -155,9 +155,25 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_KEEPALIVE_TIMEOUT.into())]
     keepalive_timeout: humantime::Duration,
 
-    /// Events buffered per watcher before a slow watcher is ended and must resync.
+    /// Events queued per watcher before a slow watcher is ended and must resync.
     #[arg(long, default_value_t = config::DEFAULT_WATCH_BUFFER)]
     watch_buffer: usize,
+
+    /// Bytes of events queued per watcher before a slow watcher is ended and must resync.
+    #[arg(long, default_value_t = config::DEFAULT_WATCH_BUFFER_BYTES)]
+    watch_buffer_bytes: usize,
+
+    /// Concurrent watches per token.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WATCHES_PER_TOKEN)]
+    max_watches_per_token: usize,
+
+    /// Concurrent watches per org.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WATCHES_PER_ORG)]
+    max_watches_per_org: usize,
+
+    /// Largest answer of a read RPC, in bytes (listings page by it).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_RESPONSE_BYTES)]
+    max_response_bytes: usize,
 
     /// Largest HTTP/2 header block accepted, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_HEADER_LIST_BYTES)]
@@ -260,6 +276,10 @@ impl Args {
         c.limits.keepalive_interval = self.keepalive_interval.into();
         c.limits.keepalive_timeout = self.keepalive_timeout.into();
         c.limits.watch_buffer = self.watch_buffer;
+        c.limits.watch_buffer_bytes = self.watch_buffer_bytes;
+        c.limits.max_watches_per_token = self.max_watches_per_token;
+        c.limits.max_watches_per_org = self.max_watches_per_org;
+        c.limits.max_response_bytes = self.max_response_bytes;
         c.limits.max_header_list_bytes = self.max_header_list_bytes;
         c.limits.max_pending_accept_resets = self.max_pending_accept_resets;
         c.limits.max_local_error_resets = self.max_local_error_resets;

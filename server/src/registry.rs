@@ -5,17 +5,16 @@
 //! liveness pass reports silence and expiry, the writer reports committed samples; each change is
 //! applied under one short write lock, numbered with a revision, handed to the writer (its live
 //! table, which keeps each agent's changes in order and never makes the registry wait), and
-//! broadcast to watchers, all while the lock is held so that revision order, store order and
-//! event order agree for each agent. Queries take the read lock and copy out [`AgentView`]s.
+//! queued to the watchers of its org, all while the lock is held so that revision order, store
+//! order and event order agree for each agent. Queries take the read lock and copy out
+//! [`AgentView`]s, within a byte budget where they copy many.
 //!
 //! Nothing here awaits while holding a lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
-
-use tokio::sync::broadcast;
 
 use crate::config::{HealthThresholds, LivenessConfig};
 use crate::domain::{
@@ -28,10 +27,15 @@ use crate::session::{CloseReason, Session};
 use crate::writer::WriterHandle;
 
 mod query;
+mod size;
 mod watch;
 
 pub use self::query::{AgentFilter, AgentListQuery, Page, Summary};
-pub use self::watch::{EventKind, FleetEvent, WatchGuard};
+#[cfg(test)]
+pub(crate) use self::size::agent_bytes;
+pub use self::watch::{
+    EventKind, FleetEvent, Lagged, Subscription, WatchItem, WatchLimits, WatchRefused,
+};
 
 /// A copy of one agent's state, taken under the read lock.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,9 +65,7 @@ pub struct Registry {
     inner: RwLock<Inner>,
     /// Where wall-clock times come from (status `since`, expiry).
     clock: Clock,
-    events: broadcast::Sender<Arc<FleetEvent>>,
-    /// Watchers that asked for metrics events; none means metrics events are not built at all.
-    metrics_watchers: AtomicUsize,
+    watch_limits: WatchLimits,
     writer: WriterHandle,
     liveness: LivenessConfig,
     health: HealthThresholds,
@@ -98,6 +100,8 @@ struct Inner {
     /// Agents by (org, hardware id), so enrollment and the duplicate flag cost one lookup
     /// instead of a pass over the org.
     hardware: HashMap<(OrgId, String), BTreeSet<AgentId>>,
+    /// The watchers of each org that has some.
+    feeds: HashMap<OrgId, watch::Feed>,
     revision: u64,
 }
 
@@ -126,10 +130,9 @@ impl Registry {
         writer: WriterHandle,
         liveness: LivenessConfig,
         health: HealthThresholds,
-        watch_buffer: usize,
+        watch_limits: WatchLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (events, _) = broadcast::channel(watch_buffer);
         let now = SystemTime::now();
         let mut orgs: HashMap<OrgId, BTreeMap<AgentId, Entry>> = HashMap::new();
         for (record, live) in stored {
@@ -166,6 +169,7 @@ impl Registry {
         let mut inner = Inner {
             orgs,
             hardware: HashMap::new(),
+            feeds: HashMap::new(),
             revision: 0,
         };
         let ids: Vec<(OrgId, AgentId, String)> = inner
@@ -187,8 +191,7 @@ impl Registry {
         Self {
             inner: RwLock::new(inner),
             clock: Clock::System,
-            events,
-            metrics_watchers: AtomicUsize::new(0),
+            watch_limits,
             writer,
             liveness,
             health,
@@ -488,9 +491,9 @@ impl Registry {
     /// Records samples the writer made durable: latest sample and durable seq per agent.
     pub fn samples_committed(&self, updates: Vec<(OrgId, AgentId, Sample, u64)>) {
         let now = self.clock.now();
-        let want_events = self.metrics_watchers.load(Ordering::Relaxed) > 0;
         let mut inner = self.write();
         for (org, agent, sample, last_seq) in updates {
+            let want_events = inner.wants_metrics(&org);
             let Some(entry) = inner.orgs.get_mut(&org).and_then(|a| a.get_mut(&agent)) else {
                 continue;
             };
@@ -616,6 +619,15 @@ impl Entry {
             last_seq: 0,
             duplicate_hardware_id: false,
         }
+    }
+
+    /// An upper bound of this agent's size, in memory and on the wire (see `registry/size.rs`).
+    fn size_bytes(&self) -> usize {
+        size::agent_bytes(
+            &self.record,
+            self.latest.as_ref(),
+            self.session.as_ref().map(|s| &s.id),
+        )
     }
 
     fn set_record(&mut self, record: AgentRecord) {

@@ -192,7 +192,7 @@ async fn start_inner(
         writer.clone(),
         config.liveness.clone(),
         config.health.clone(),
-        config.limits.watch_buffer,
+        crate::registry::WatchLimits::from_config(&config.limits),
         metrics.clone(),
     ));
     auth.set_writer(writer.clone());

@@ -1,8 +1,11 @@
 //! `FleetService` messages: agents and their history, listing and watch requests, page tokens,
-//! metrics queries and points, the fleet summary and the server's configuration.
+//! metrics queries and points, the fleet summary and the server's configuration. Also what the
+//! read budgets need to know about the wire: the room an answer leaves around its agents, the
+//! largest metrics point, and the history `GetAgent` trims to fit.
 
 use std::time::SystemTime;
 
+use prost::Message as _;
 use tether_proto as pb;
 use tether_proto::selector::Selector;
 
@@ -15,13 +18,17 @@ use crate::config::{Config, FEATURES};
 use crate::domain::{AgentId, Health, MetricsPoint, MetricsQuery, Time, Transition};
 use crate::error::ServerError;
 use crate::registry::{
-    AgentFilter, AgentListQuery, AgentView, EventKind, FleetEvent, Page, Summary,
+    AgentFilter, AgentListQuery, AgentView, EventKind, FleetEvent, Page, Summary, WatchItem,
 };
 
 /// Page size of `ListAgents` when the request leaves it at zero.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page `ListAgents` returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Room a `ListAgentsResponse` keeps for what is not an agent (page token, total).
+pub const LIST_RESPONSE_ROOM: usize = 1024;
+/// Largest encoding of one `MetricsPoint` in a `GetMetricsResponse` (a test pins it).
+pub const MAX_METRICS_POINT_BYTES: usize = 160;
 
 const PAGE_TOKEN_VERSION: &str = "1:";
 
@@ -77,11 +84,20 @@ pub fn get_agent_from_pb(req: pb::GetAgentRequest) -> Result<AgentId, ServerErro
     agent_id_from_pb(&agent_id)
 }
 
-pub fn get_agent_to_pb(view: &AgentView, transitions: &[Transition]) -> pb::GetAgentResponse {
-    pb::GetAgentResponse {
+/// The agent with as many of its `transitions` (newest first) as fit in `max_bytes`; the
+/// agent alone always fits, since the read budget is at least the largest valid agent
+/// (`config::MIN_RESPONSE_BYTES`).
+pub fn get_agent_to_pb(
+    view: &AgentView,
+    transitions: &[Transition],
+    max_bytes: usize,
+) -> pb::GetAgentResponse {
+    let mut response = pb::GetAgentResponse {
         agent: Some(agent_to_pb(view)),
         recent_transitions: transitions.iter().map(transition_to_pb).collect(),
-    }
+    };
+    while response.encoded_len() > max_bytes && response.recent_transitions.pop().is_some() {}
+    response
 }
 
 // === listing ===
@@ -136,11 +152,16 @@ fn filter_from_pb(
     })
 }
 
+/// The query of a `ListAgents` request whose answer may take `max_response_bytes`.
+///
 /// # Errors
 ///
 /// `INVALID_ARGUMENT` for a negative page size, a foreign page token, an unknown status or a
 /// malformed label selector.
-pub fn list_agents_from_pb(req: pb::ListAgentsRequest) -> Result<AgentListQuery, ServerError> {
+pub fn list_agents_from_pb(
+    req: pb::ListAgentsRequest,
+    max_response_bytes: usize,
+) -> Result<AgentListQuery, ServerError> {
     let pb::ListAgentsRequest {
         statuses,
         label_selector,
@@ -157,6 +178,7 @@ pub fn list_agents_from_pb(req: pb::ListAgentsRequest) -> Result<AgentListQuery,
         filter,
         after,
         page_size,
+        max_bytes: max_response_bytes.saturating_sub(LIST_RESPONSE_ROOM),
     })
 }
 
@@ -191,24 +213,25 @@ pub fn watch_agents_from_pb(
     Ok((filter, include_metrics))
 }
 
-/// The start of a watch: one `SNAPSHOT` per agent, then `SYNCED`, all at `revision`.
-pub fn watch_snapshot_to_pb(
-    snapshot: &[AgentView],
-    revision: u64,
-    now: SystemTime,
-) -> Vec<pb::WatchAgentsResponse> {
-    let event = |kind: pb::AgentEventKind, agent: Option<pb::Agent>| pb::WatchAgentsResponse {
-        kind: kind as i32,
-        agent,
-        previous_status: 0,
-        time: Some(timestamp(now)),
-        revision,
-    };
-    snapshot
-        .iter()
-        .map(|view| event(pb::AgentEventKind::Snapshot, Some(agent_to_pb(view))))
-        .chain([event(pb::AgentEventKind::Synced, None)])
-        .collect()
+/// One item of a watch as sent; snapshot and `SYNCED` items are stamped `now`.
+pub fn watch_item_to_pb(item: &WatchItem, now: SystemTime) -> pb::WatchAgentsResponse {
+    let marker =
+        |kind: pb::AgentEventKind, agent: Option<pb::Agent>, revision| pb::WatchAgentsResponse {
+            kind: kind as i32,
+            agent,
+            previous_status: 0,
+            time: Some(timestamp(now)),
+            revision,
+        };
+    match item {
+        WatchItem::Snapshot { agent, revision } => marker(
+            pb::AgentEventKind::Snapshot,
+            Some(agent_to_pb(agent)),
+            *revision,
+        ),
+        WatchItem::Synced { revision } => marker(pb::AgentEventKind::Synced, None, *revision),
+        WatchItem::Event(event) => fleet_event_to_pb(event),
+    }
 }
 
 pub fn fleet_event_to_pb(event: &FleetEvent) -> pb::WatchAgentsResponse {
@@ -256,6 +279,11 @@ pub fn get_metrics_from_pb(req: pb::GetMetricsRequest) -> Result<MetricsQuery, S
             .transpose()?
             .unwrap_or_default(),
     })
+}
+
+/// How many metrics points a `GetMetricsResponse` of at most `max_bytes` holds.
+pub fn metrics_points_within(max_bytes: usize) -> usize {
+    max_bytes / MAX_METRICS_POINT_BYTES
 }
 
 pub fn get_metrics_to_pb(points: &[MetricsPoint]) -> pb::GetMetricsResponse {
@@ -351,3 +379,6 @@ pub fn server_config_to_pb(config: &Config) -> pb::GetServerConfigResponse {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,7 @@
 //! Queries over the registry: one agent, a filtered page of agents, the fleet summary. Each
 //! takes the read lock once and copies out [`AgentView`]s; nothing is held after it returns.
+//! A page stops at its byte budget before copying the agent that would exceed it, so a listing
+//! costs at most its budget in memory and on the wire whatever the agents hold.
 
 use std::collections::BTreeMap;
 
@@ -32,13 +34,16 @@ pub struct Summary {
     pub health: BTreeMap<Health, u32>,
 }
 
-/// What `ListAgents` asks for: the filter and where the page starts.
+/// What `ListAgents` asks for: the filter, where the page starts and how large it may be.
 #[derive(Clone, Debug, Default)]
 pub struct AgentListQuery {
     pub filter: AgentFilter,
     /// Start after this agent id (the previous page's last).
     pub after: Option<AgentId>,
     pub page_size: usize,
+    /// Most bytes of agents in the page (see `registry/size.rs`); the page ends early, with a
+    /// next page, before the agent that would exceed it. A page holds at least one agent.
+    pub max_bytes: usize,
 }
 
 /// One page of a listing.
@@ -66,13 +71,16 @@ impl Registry {
             filter,
             after,
             page_size,
+            max_bytes,
         } = query;
-        let (after, page_size) = (after.as_ref(), *page_size);
+        let (after, page_size, max_bytes) = (after.as_ref(), *page_size, *max_bytes);
         let inner = self.read();
         let Some(agents) = inner.orgs.get(org) else {
             return Page::default();
         };
         let mut page = Page::default();
+        let mut bytes = 0;
+        let mut full = false;
         for (id, entry) in agents {
             if !entry.matches(filter) {
                 continue;
@@ -81,9 +89,16 @@ impl Registry {
             if after.is_some_and(|after| id <= after) {
                 continue;
             }
-            if page.agents.len() < page_size {
-                page.agents.push(entry.view(&self.health));
-            } else if page.next_after.is_none() {
+            if !full {
+                let size = entry.size_bytes();
+                full = page.agents.len() == page_size
+                    || (!page.agents.is_empty() && bytes + size > max_bytes);
+                if !full {
+                    bytes += size;
+                    page.agents.push(entry.view(&self.health));
+                }
+            }
+            if full && page.next_after.is_none() {
                 page.next_after = page.agents.last().map(|a| a.record.id.clone());
             }
         }

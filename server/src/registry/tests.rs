@@ -1,16 +1,18 @@
 //! Unit tests of the registry without sockets: session replacement, the duplicate hardware id
-//! flag, the order of events, and the liveness pass driven by paused time.
+//! flag, the order of events, and the liveness pass driven by paused time. The fixture and the
+//! helpers that drain a watch are shared with the watch's own tests (`watch/tests.rs`).
 
-use tokio::sync::broadcast::error::TryRecvError;
+use futures::FutureExt as _;
 
 use super::*;
 use crate::config::{HealthThresholds, LivenessConfig};
+use crate::domain::TokenId;
 use crate::testing::{agent_record, sample};
 use crate::writer::WriterQueues;
 
-struct Fixture {
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
+pub(super) struct Fixture {
+    pub(super) registry: Arc<Registry>,
+    pub(super) metrics: Arc<Metrics>,
     /// Keeps the writer's queues open, as the running server does.
     _queues: WriterQueues,
     /// The store the writer's handle encodes for.
@@ -18,7 +20,12 @@ struct Fixture {
 }
 
 /// A registry holding `agents` of org `acme` as (id, hardware id), all offline.
-fn fixture(agents: &[(&str, &str)]) -> Fixture {
+pub(super) fn fixture(agents: &[(&str, &str)]) -> Fixture {
+    fixture_with(agents, WatchLimits::default())
+}
+
+/// [`fixture`] with the watch limits `watch_limits`.
+pub(super) fn fixture_with(agents: &[(&str, &str)], watch_limits: WatchLimits) -> Fixture {
     let metrics = Metrics::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(crate::store::SledStore::open(dir.path()).expect("open store"));
@@ -31,7 +38,7 @@ fn fixture(agents: &[(&str, &str)]) -> Fixture {
         writer,
         LivenessConfig::default(),
         HealthThresholds::default(),
-        64,
+        watch_limits,
         metrics.clone(),
     );
     registry.clock = Clock::FollowsTokio {
@@ -46,22 +53,22 @@ fn fixture(agents: &[(&str, &str)]) -> Fixture {
     }
 }
 
-fn org() -> OrgId {
+pub(super) fn org() -> OrgId {
     OrgId::new("acme")
 }
 
-fn id(agent: &str) -> AgentId {
+pub(super) fn id(agent: &str) -> AgentId {
     AgentId::new(agent)
 }
 
 impl Fixture {
     /// Opens a session for `agent` reporting the hardware id it was enrolled with.
-    fn open(&self, agent: &str, session: &str) -> Arc<Session> {
+    pub(super) fn open(&self, agent: &str, session: &str) -> Arc<Session> {
         let info = self.view(agent).record.system_info;
         self.open_with(agent, session, info, None)
     }
 
-    fn open_with(
+    pub(super) fn open_with(
         &self,
         agent: &str,
         session: &str,
@@ -75,22 +82,37 @@ impl Fixture {
         session
     }
 
-    fn view(&self, agent: &str) -> AgentView {
+    pub(super) fn view(&self, agent: &str) -> AgentView {
         self.registry
             .get(&org(), &id(agent))
             .expect("a known agent")
     }
 
-    fn watch(&self, include_metrics: bool) -> (u64, WatchGuard) {
-        let (_, revision, guard) =
-            self.registry
-                .watch(&org(), &AgentFilter::default(), include_metrics);
-        (revision, guard)
+    /// A watch of `acme` by token `t-1`, its snapshot read: (snapshot revision, watch).
+    pub(super) fn watch(&self, include_metrics: bool) -> (u64, Subscription) {
+        let mut watch = self
+            .registry
+            .watch(
+                &org(),
+                &TokenId::new("t-1"),
+                AgentFilter::default(),
+                include_metrics,
+            )
+            .expect("within the watch limits");
+        let revision = drain_items(&mut watch)
+            .iter()
+            .find_map(|item| match item {
+                WatchItem::Synced { revision } => Some(*revision),
+                _ => None,
+            })
+            .expect("the snapshot ends with SYNCED");
+        (revision, watch)
     }
 
     fn duplicates(&self) -> Vec<(String, bool)> {
         let all = AgentListQuery {
             page_size: 100,
+            max_bytes: usize::MAX,
             ..AgentListQuery::default()
         };
         self.registry
@@ -102,19 +124,30 @@ impl Fixture {
     }
 }
 
-/// Every event queued for `guard` so far, as (agent, kind).
-fn drain(guard: &mut WatchGuard) -> Vec<Arc<FleetEvent>> {
-    let mut events = Vec::new();
+/// Every item `watch` has ready now (snapshot pages are read as it goes); panics if it lagged.
+pub(super) fn drain_items(watch: &mut Subscription) -> Vec<WatchItem> {
+    let mut items = Vec::new();
     loop {
-        match guard.rx.try_recv() {
-            Ok(event) => events.push(event),
-            Err(TryRecvError::Empty) => return events,
-            Err(e) => panic!("watch failed: {e}"),
+        match watch.next().now_or_never() {
+            Some(Ok(item)) => items.push(item),
+            Some(Err(lagged)) => panic!("the watch lagged: {lagged:?}"),
+            None => return items,
         }
     }
 }
 
-fn kinds(events: &[Arc<FleetEvent>]) -> Vec<(String, EventKind)> {
+/// The events `watch` has ready now (after its snapshot).
+pub(super) fn drain(watch: &mut Subscription) -> Vec<Arc<FleetEvent>> {
+    drain_items(watch)
+        .into_iter()
+        .map(|item| match item {
+            WatchItem::Event(event) => event,
+            other => panic!("expected an event, got {other:?}"),
+        })
+        .collect()
+}
+
+pub(super) fn kinds(events: &[Arc<FleetEvent>]) -> Vec<(String, EventKind)> {
     events
         .iter()
         .map(|e| (e.agent.record.id.to_string(), e.kind))
@@ -251,24 +284,28 @@ fn events_carry_increasing_revisions_in_the_order_of_the_changes() {
     assert_eq!(events[3].agent.session, Some(SessionId::new("s-2")));
 
     // Once a watcher asks for metrics, committed samples are events too, numbered in line
-    // with the others and seen by every watcher.
+    // with the others; only the watchers that asked for them get them.
     let (_, mut with_metrics) = f.watch(true);
     f.registry.enrolled(agent_record("acme", "e-1", "hw-e"));
     f.registry
         .samples_committed(vec![(org(), id("e-1"), sample(7), 7)]);
-    for guard in [&mut watch, &mut with_metrics] {
-        let events = drain(guard);
-        let seen: Vec<(EventKind, u64)> = events.iter().map(|e| (e.kind, e.revision)).collect();
-        let last = revisions[3];
-        assert_eq!(
-            seen,
-            [
-                (EventKind::Registered, last + 1),
-                (EventKind::MetricsUpdated, last + 2)
-            ]
-        );
-        assert_eq!(events[1].agent.latest.as_ref().map(|s| s.seq), Some(7));
-    }
+    let seen = |events: &[Arc<FleetEvent>]| -> Vec<(EventKind, u64)> {
+        events.iter().map(|e| (e.kind, e.revision)).collect()
+    };
+    let last = revisions[3];
+    assert_eq!(
+        seen(&drain(&mut watch)),
+        [(EventKind::Registered, last + 1)]
+    );
+    let events = drain(&mut with_metrics);
+    assert_eq!(
+        seen(&events),
+        [
+            (EventKind::Registered, last + 1),
+            (EventKind::MetricsUpdated, last + 2)
+        ]
+    );
+    assert_eq!(events[1].agent.latest.as_ref().map(|s| s.seq), Some(7));
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,7 +325,10 @@ async fn the_liveness_pass_turns_a_silent_agent_stale_then_offline_then_expired(
     tokio::time::advance(Duration::from_millis(1)).await;
     assert_eq!(f.registry.liveness_pass(), 1);
     assert_eq!(status(), (AgentStatus::Stale, StatusReason::Silent));
-    assert!(session.stale.load(Ordering::Acquire), "the session knows");
+    assert!(
+        session.stale.load(std::sync::atomic::Ordering::Acquire),
+        "the session knows"
+    );
     assert_eq!(session.close_reason(), CloseReason::None);
 
     tokio::time::advance(config.offline_after - config.stale_after).await;
@@ -324,4 +364,37 @@ async fn the_liveness_pass_turns_a_silent_agent_stale_then_offline_then_expired(
             },
         ]
     );
+}
+
+#[test]
+fn a_listing_page_stops_before_the_agent_that_would_exceed_its_bytes() {
+    let f = fixture(&[("a-1", "hw-1"), ("a-2", "hw-2"), ("a-3", "hw-3")]);
+    let one = f.registry.read().orgs[&org()][&id("a-1")].size_bytes();
+    let page = |after: Option<&str>, max_bytes: usize| {
+        let page = f.registry.list(
+            &org(),
+            &AgentListQuery {
+                page_size: 100,
+                max_bytes,
+                after: after.map(id),
+                ..AgentListQuery::default()
+            },
+        );
+        let ids: Vec<String> = page
+            .agents
+            .iter()
+            .map(|a| a.record.id.to_string())
+            .collect();
+        (ids, page.next_after.map(|a| a.to_string()), page.total)
+    };
+    assert_eq!(
+        page(None, 2 * one + one / 2),
+        (vec!["a-1".into(), "a-2".into()], Some("a-2".into()), 3)
+    );
+    assert_eq!(
+        page(Some("a-2"), 2 * one + one / 2),
+        (vec!["a-3".into()], None, 3)
+    );
+    // A page holds at least one agent, whatever its size.
+    assert_eq!(page(None, 1), (vec!["a-1".into()], Some("a-1".into()), 3));
 }

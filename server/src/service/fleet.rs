@@ -1,20 +1,27 @@
 //! `FleetService`: listings, lookups, the watch stream, metrics and the server's configuration.
 //! Every call sees only the caller's org (who may call is `access.rs`'s).
+//!
+//! Every read answers within `limits.max_response_bytes`, below the 4 MiB that gRPC clients
+//! accept by default, whatever agents report: listings page by bytes as well as by count,
+//! `GetAgent` trims its history to fit, `GetMetrics` keeps at most the points that fit and
+//! aggregates from disk totals without reading disk lists. A watch reads its snapshot in pages
+//! and queues at most its bound (`registry/watch.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::{Stream, StreamExt};
+use std::collections::VecDeque;
+
+use futures::Stream;
 use tether_proto as pb;
-use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::convert;
-use crate::domain::{AgentId, MetricsPoint, MetricsQuery, OrgId, Sample, Transition};
+use crate::domain::{AgentId, MetricsPoint, MetricsQuery, OrgId, SampleTotals, Transition};
 use crate::error::ServerError;
-use crate::registry::{AgentFilter, AgentView, EventKind, FleetEvent};
+use crate::registry::{AgentView, Subscription, WatchRefused};
 use crate::service::AppState;
 
 /// Default range of `GetMetrics` when `start` is unset.
@@ -45,7 +52,8 @@ impl pb::fleet_service_server::FleetService for FleetService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let caller = auth::caller(&request)?;
-        let query = convert::fleet::list_agents_from_pb(request.into_inner())?;
+        let budget = self.state.config.limits.max_response_bytes;
+        let query = convert::fleet::list_agents_from_pb(request.into_inner(), budget)?;
         let page = self.state.registry.list(&caller.org, &query);
         Ok(Response::new(convert::fleet::list_agents_to_pb(&page)))
     }
@@ -60,6 +68,7 @@ impl pb::fleet_service_server::FleetService for FleetService {
         Ok(Response::new(convert::fleet::get_agent_to_pb(
             &view,
             &transitions,
+            self.state.config.limits.max_response_bytes,
         )))
     }
 
@@ -71,27 +80,28 @@ impl pb::fleet_service_server::FleetService for FleetService {
     ) -> Result<Response<Self::WatchAgentsStream>, Status> {
         let caller = auth::caller(&request)?;
         let (filter, include_metrics) = convert::fleet::watch_agents_from_pb(request.into_inner())?;
-        let (snapshot, revision, guard) =
-            self.state
-                .registry
-                .watch(&caller.org, &filter, include_metrics);
-        let initial = convert::fleet::watch_snapshot_to_pb(&snapshot, revision, SystemTime::now());
+        let subscription = self
+            .state
+            .registry
+            .watch(&caller.org, &caller.token, filter, include_metrics)
+            .map_err(|refused| {
+                self.state.metrics.limit(match refused {
+                    WatchRefused::PerToken { .. } => "watches_per_token",
+                    WatchRefused::PerOrg { .. } => "watches_per_org",
+                });
+                ServerError::ResourceExhausted(refused.to_string())
+            })?;
         let watch = Watch {
-            org: caller.org,
-            filter,
-            include_metrics,
-            revision,
-            guard,
+            subscription,
             shutdown: self.state.shutdown.clone(),
             revoked: self.state.auth.revocation(&caller.token),
             metrics: self.state.metrics.clone(),
             done: false,
         };
-        let live = futures::stream::unfold(watch, |mut watch| async move {
+        let stream = futures::stream::unfold(watch, |mut watch| async move {
             let item = watch.next().await?;
             Some((item, watch))
         });
-        let stream = futures::stream::iter(initial.into_iter().map(Ok)).chain(live);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -148,8 +158,8 @@ pub async fn get_agent(
     Ok((view, transitions))
 }
 
-/// The points of `query` for an agent of `org`: at most [`MAX_METRICS_POINTS`], the newest
-/// kept.
+/// The points of `query` for an agent of `org`: at most [`MAX_METRICS_POINTS`] and at most
+/// what fits in the read budget, the newest kept. Reads disk totals only, one sample at a time.
 ///
 /// # Errors
 ///
@@ -185,29 +195,30 @@ pub async fn metrics(
             )));
         }
     }
+    let max_points = usize::try_from(MAX_METRICS_POINTS)
+        .unwrap_or(usize::MAX)
+        .min(convert::fleet::metrics_points_within(
+            state.config.limits.max_response_bytes,
+        ));
     let store = state.store.clone();
     let org = org.clone();
-    let samples = tokio::task::spawn_blocking(move || {
-        store.samples(&org, &id, start, end, MAX_METRICS_SAMPLES_READ)
+    tokio::task::spawn_blocking(move || {
+        let mut points = Aggregator::new(start, step, max_points);
+        for totals in store
+            .sample_totals(&org, &id, start, end)
+            .take(MAX_METRICS_SAMPLES_READ)
+        {
+            points.push(&totals?);
+        }
+        Ok(points.finish())
     })
     .await
-    .map_err(|e| ServerError::Internal(e.to_string()))??;
-    let mut points = aggregate(&samples, start, step);
-    let max = usize::try_from(MAX_METRICS_POINTS).unwrap_or(usize::MAX);
-    if points.len() > max {
-        points.drain(..points.len() - max);
-    }
-    Ok(points)
+    .map_err(|e| ServerError::Internal(e.to_string()))?
 }
 
-/// State of one `WatchAgents` stream after its snapshot.
+/// State of one `WatchAgents` stream.
 struct Watch {
-    org: OrgId,
-    filter: AgentFilter,
-    include_metrics: bool,
-    /// Revision of the snapshot: older events are already reflected in it.
-    revision: u64,
-    guard: crate::registry::WatchGuard,
+    subscription: Subscription,
     shutdown: tokio_util::sync::CancellationToken,
     /// Cancelled when the caller's token is revoked.
     revoked: tokio_util::sync::CancellationToken,
@@ -217,170 +228,194 @@ struct Watch {
 
 impl Watch {
     async fn next(&mut self) -> Option<Result<pb::WatchAgentsResponse, Status>> {
-        loop {
-            if self.done {
-                return None;
+        if self.done {
+            return None;
+        }
+        let item = tokio::select! {
+            () = self.shutdown.cancelled() => {
+                self.done = true;
+                return Some(Err(Status::unavailable("server is shutting down")));
             }
-            let received = tokio::select! {
-                () = self.shutdown.cancelled() => {
-                    self.done = true;
-                    return Some(Err(Status::unavailable("server is shutting down")));
-                }
-                () = self.revoked.cancelled() => {
-                    self.done = true;
-                    return Some(Err(Status::unauthenticated("token has been revoked")));
-                }
-                r = self.guard.rx.recv() => r,
-            };
-            let event = match received {
-                Ok(event) => event,
-                Err(RecvError::Lagged(n)) => {
-                    self.done = true;
-                    self.metrics.watchers_aborted.inc();
-                    return Some(Err(Status::aborted(format!(
-                        "watcher fell behind by {n} events; call WatchAgents again to resync"
-                    ))));
-                }
-                Err(RecvError::Closed) => return None,
-            };
-            if let Some(out) = self.convert(&event) {
-                return Some(Ok(out));
+            () = self.revoked.cancelled() => {
+                self.done = true;
+                return Some(Err(Status::unauthenticated("token has been revoked")));
+            }
+            item = self.subscription.next() => item,
+        };
+        match item {
+            Ok(item) => Some(Ok(convert::fleet::watch_item_to_pb(
+                &item,
+                SystemTime::now(),
+            ))),
+            Err(lagged) => {
+                self.done = true;
+                self.metrics.watchers_aborted.inc();
+                Some(Err(Status::aborted(format!(
+                    "watcher fell behind ({} events, {} bytes queued); call WatchAgents again \
+                     to resync",
+                    lagged.events, lagged.bytes
+                ))))
             }
         }
-    }
-
-    fn convert(&self, event: &FleetEvent) -> Option<pb::WatchAgentsResponse> {
-        if event.org != self.org || event.revision <= self.revision {
-            return None;
-        }
-        if event.kind == EventKind::MetricsUpdated && !self.include_metrics {
-            return None;
-        }
-        if event.kind != EventKind::Removed
-            && !self.filter.selector.matches(&event.agent.record.labels)
-        {
-            return None;
-        }
-        Some(convert::fleet::fleet_event_to_pb(event))
     }
 }
 
-/// Averages samples into points of width `step` starting at `start`; `step` zero makes each
-/// sample its own point. Network rates come from the counter delta to the previous sample
-/// (skipped across a counter reset). Empty steps produce no point.
-pub fn aggregate(samples: &[Sample], start: SystemTime, step: Duration) -> Vec<MetricsPoint> {
-    #[derive(Default)]
-    struct Acc {
-        n: u32,
-        cpu: f64,
-        load: [f64; 3],
-        mem_used: u128,
-        mem_total: u128,
-        swap_used: u128,
-        swap_total: u128,
-        disk_used: u128,
-        disk_total: u128,
-        rx_rate: f64,
-        tx_rate: f64,
-        n_rates: u32,
-        processes: u64,
-    }
-    let mut points = Vec::new();
-    let mut current: Option<(u128, SystemTime, Acc)> = None;
-    let step_ms = step.as_millis();
-    let finish = |time: SystemTime, acc: Acc| {
-        let n = u128::from(acc.n.max(1));
-        let nf = f64::from(acc.n.max(1));
-        let rates = f64::from(acc.n_rates.max(1));
-        let avg = |v: u128| u64::try_from(v / n).unwrap_or(u64::MAX);
-        MetricsPoint {
-            time,
-            sample_count: acc.n,
-            cpu_percent: acc.cpu / nf,
-            load: acc.load.map(|sum| sum / nf),
-            memory_used_bytes: avg(acc.mem_used),
-            memory_total_bytes: avg(acc.mem_total),
-            swap_used_bytes: avg(acc.swap_used),
-            swap_total_bytes: avg(acc.swap_total),
-            disk_used_bytes: avg(acc.disk_used),
-            disk_total_bytes: avg(acc.disk_total),
-            network_rx_bytes_per_second: acc.rx_rate / rates,
-            network_tx_bytes_per_second: acc.tx_rate / rates,
-            process_count: u32::try_from(acc.processes / u64::from(acc.n.max(1)))
-                .unwrap_or(u32::MAX),
+/// Averages samples, given in time order, into points of width `step` starting at `start`;
+/// `step` zero makes each sample its own point. Network rates come from the counter delta to
+/// the previous sample (skipped across a counter reset). Empty steps produce no point. Holds at
+/// most `max_points` points (the newest) and never a sample, so any range costs its answer only.
+pub struct Aggregator {
+    start: SystemTime,
+    step_ms: u128,
+    max_points: usize,
+    points: VecDeque<MetricsPoint>,
+    /// The bucket being filled: its number, its time and its sums.
+    current: Option<(u128, SystemTime, Acc)>,
+    /// Time and network counters of the previous sample.
+    previous: Option<(SystemTime, u64, u64)>,
+}
+
+#[derive(Default)]
+struct Acc {
+    n: u32,
+    cpu: f64,
+    load: [f64; 3],
+    mem_used: u128,
+    mem_total: u128,
+    swap_used: u128,
+    swap_total: u128,
+    disk_used: u128,
+    disk_total: u128,
+    rx_rate: f64,
+    tx_rate: f64,
+    n_rates: u32,
+    processes: u64,
+}
+
+impl Aggregator {
+    pub fn new(start: SystemTime, step: Duration, max_points: usize) -> Self {
+        Self {
+            start,
+            step_ms: step.as_millis(),
+            max_points,
+            points: VecDeque::new(),
+            current: None,
+            previous: None,
         }
-    };
-    let mut previous: Option<&Sample> = None;
-    for sample in samples {
-        let offset = sample
-            .time
-            .get()
-            .duration_since(start)
+    }
+
+    /// Adds the next sample (in time order).
+    pub fn push(&mut self, sample: &SampleTotals) {
+        let at = sample.time.get();
+        let offset = at
+            .duration_since(self.start)
             .unwrap_or_default()
             .as_millis();
-        let (bucket, bucket_time) = match offset.checked_div(step_ms) {
-            None => (u128::from(sample.seq), sample.time.get()),
+        let (bucket, bucket_time) = match offset.checked_div(self.step_ms) {
+            None => (u128::from(sample.seq), at),
             Some(bucket) => {
-                let millis = u64::try_from(bucket * step_ms).unwrap_or(u64::MAX);
-                (bucket, start + Duration::from_millis(millis))
+                let millis = u64::try_from(bucket * self.step_ms).unwrap_or(u64::MAX);
+                (bucket, self.start + Duration::from_millis(millis))
             }
         };
-        if current.as_ref().is_none_or(|(b, _, _)| *b != bucket) {
-            if let Some((_, time, acc)) = current.take() {
-                points.push(finish(time, acc));
+        if self.current.as_ref().is_none_or(|(b, _, _)| *b != bucket) {
+            if let Some((_, time, acc)) = self.current.take() {
+                self.keep(acc.finish(time));
             }
-            current = Some((bucket, bucket_time, Acc::default()));
+            self.current = Some((bucket, bucket_time, Acc::default()));
         }
-        let Some((_, _, acc)) = current.as_mut() else {
-            continue;
+        let previous =
+            self.previous
+                .replace((at, sample.network_rx_bytes, sample.network_tx_bytes));
+        let Some((_, _, acc)) = self.current.as_mut() else {
+            return;
         };
-        acc.n += 1;
-        acc.cpu += sample.cpu_percent;
-        for (sum, v) in acc.load.iter_mut().zip(sample.load) {
+        acc.add(sample, previous);
+    }
+
+    /// The points, oldest first.
+    pub fn finish(mut self) -> Vec<MetricsPoint> {
+        if let Some((_, time, acc)) = self.current.take() {
+            self.keep(acc.finish(time));
+        }
+        self.points.into()
+    }
+
+    fn keep(&mut self, point: MetricsPoint) {
+        if self.points.len() == self.max_points {
+            self.points.pop_front();
+        }
+        if self.max_points > 0 {
+            self.points.push_back(point);
+        }
+    }
+}
+
+impl Acc {
+    fn add(&mut self, sample: &SampleTotals, previous: Option<(SystemTime, u64, u64)>) {
+        self.n += 1;
+        self.cpu += sample.cpu_percent;
+        for (sum, v) in self.load.iter_mut().zip(sample.load) {
             *sum += v;
         }
-        acc.mem_used += u128::from(sample.memory_used_bytes);
-        acc.mem_total += u128::from(sample.memory_total_bytes);
-        acc.swap_used += u128::from(sample.swap_used_bytes);
-        acc.swap_total += u128::from(sample.swap_total_bytes);
-        acc.disk_used += sample
-            .disks
-            .iter()
-            .map(|d| u128::from(d.used_bytes))
-            .sum::<u128>();
-        acc.disk_total += sample
-            .disks
-            .iter()
-            .map(|d| u128::from(d.total_bytes))
-            .sum::<u128>();
-        acc.processes += u64::from(sample.process_count);
-        if let Some(prev) = previous {
+        self.mem_used += u128::from(sample.memory_used_bytes);
+        self.mem_total += u128::from(sample.memory_total_bytes);
+        self.swap_used += u128::from(sample.swap_used_bytes);
+        self.swap_total += u128::from(sample.swap_total_bytes);
+        self.disk_used += u128::from(sample.disk_used_bytes);
+        self.disk_total += u128::from(sample.disk_total_bytes);
+        self.processes += u64::from(sample.process_count);
+        if let Some((time, rx, tx)) = previous {
             let dt = sample
                 .time
                 .get()
-                .duration_since(prev.time.get())
+                .duration_since(time)
                 .unwrap_or_default()
                 .as_secs_f64();
-            if dt > 0.0
-                && sample.network_rx_bytes >= prev.network_rx_bytes
-                && sample.network_tx_bytes >= prev.network_tx_bytes
-            {
-                acc.rx_rate += (sample.network_rx_bytes - prev.network_rx_bytes) as f64 / dt;
-                acc.tx_rate += (sample.network_tx_bytes - prev.network_tx_bytes) as f64 / dt;
-                acc.n_rates += 1;
+            if dt > 0.0 && sample.network_rx_bytes >= rx && sample.network_tx_bytes >= tx {
+                self.rx_rate += (sample.network_rx_bytes - rx) as f64 / dt;
+                self.tx_rate += (sample.network_tx_bytes - tx) as f64 / dt;
+                self.n_rates += 1;
             }
         }
-        previous = Some(sample);
     }
-    if let Some((_, time, acc)) = current {
-        points.push(finish(time, acc));
+
+    fn finish(self, time: SystemTime) -> MetricsPoint {
+        let n = u128::from(self.n.max(1));
+        let nf = f64::from(self.n.max(1));
+        let rates = f64::from(self.n_rates.max(1));
+        let avg = |v: u128| u64::try_from(v / n).unwrap_or(u64::MAX);
+        MetricsPoint {
+            time,
+            sample_count: self.n,
+            cpu_percent: self.cpu / nf,
+            load: self.load.map(|sum| sum / nf),
+            memory_used_bytes: avg(self.mem_used),
+            memory_total_bytes: avg(self.mem_total),
+            swap_used_bytes: avg(self.swap_used),
+            swap_total_bytes: avg(self.swap_total),
+            disk_used_bytes: avg(self.disk_used),
+            disk_total_bytes: avg(self.disk_total),
+            network_rx_bytes_per_second: self.rx_rate / rates,
+            network_tx_bytes_per_second: self.tx_rate / rates,
+            process_count: u32::try_from(self.processes / u64::from(self.n.max(1)))
+                .unwrap_or(u32::MAX),
+        }
     }
-    points
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{DiskUsage, Sample};
+
+    fn aggregate(samples: &[Sample], start: SystemTime, step: Duration) -> Vec<MetricsPoint> {
+        let mut points = Aggregator::new(start, step, usize::MAX);
+        for sample in samples {
+            points.push(&SampleTotals::of(sample));
+        }
+        points.finish()
+    }
 
     fn sample(seq: u64, secs: u64, cpu: f64, rx: u64) -> Sample {
         Sample {
@@ -422,5 +457,40 @@ mod tests {
         let samples = vec![sample(1, 0, 10.0, 0), sample(2, 1, 20.0, 0)];
         let points = aggregate(&samples, SystemTime::UNIX_EPOCH, Duration::ZERO);
         assert_eq!(points.len(), 2);
+    }
+
+    #[test]
+    fn disks_are_averaged_from_their_totals() {
+        let disk = |used, total| DiskUsage {
+            mount_point: "/".to_owned(),
+            used_bytes: used,
+            total_bytes: total,
+        };
+        let mut first = sample(1, 0, 0.0, 0);
+        first.disks = vec![disk(10, 100), disk(30, 100)];
+        let mut second = sample(2, 1, 0.0, 0);
+        second.disks = vec![disk(60, 300)];
+        let points = aggregate(
+            &[first, second],
+            SystemTime::UNIX_EPOCH,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            (points[0].disk_used_bytes, points[0].disk_total_bytes),
+            (50, 250)
+        );
+    }
+
+    #[test]
+    fn only_the_newest_points_are_kept() {
+        let mut points = Aggregator::new(SystemTime::UNIX_EPOCH, Duration::ZERO, 3);
+        for seq in 1..=10 {
+            points.push(&SampleTotals::of(&sample(seq, seq, seq as f64, 0)));
+        }
+        let cpu: Vec<f64> = points.finish().iter().map(|p| p.cpu_percent).collect();
+        assert_eq!(cpu, [8.0, 9.0, 10.0]);
+        let mut none = Aggregator::new(SystemTime::UNIX_EPOCH, Duration::ZERO, 0);
+        none.push(&SampleTotals::of(&sample(1, 1, 1.0, 0)));
+        assert!(none.finish().is_empty());
     }
 }

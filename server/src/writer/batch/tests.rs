@@ -43,7 +43,7 @@ fn fixture() -> Fixture {
         handle.clone(),
         LivenessConfig::default(),
         HealthThresholds::default(),
-        16,
+        crate::registry::WatchLimits::default(),
         metrics.clone(),
     ));
     Fixture {
