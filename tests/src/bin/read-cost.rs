@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::Parser;
-use procs::{Reaper, ServerProc, free_port, rss_kib};
+use procs::{Reaper, ServerProc, free_port, rss_kib, status_kib};
 use prost::Message as _;
 use tether_proto as pb;
 use tether_tests::{Bearer, FleetClient, MAX_DISKS, Seed, seed_heavy_agents};
@@ -186,11 +186,21 @@ async fn watch(args: &Args, server: &ServerProc) -> anyhow::Result<()> {
     figure("watch.agents", agents.len());
     figure("watch.rss_before_mib", format!("{:.1}", mib(baseline)));
 
-    // Each watcher on its own connection, never reading: only the HTTP/2 window (64 KiB by
-    // default) can leave the server.
+    // Each watcher with a viewer token of its own (one token may hold only a few watches), on
+    // its own connection, never reading: only the HTTP/2 window (64 KiB by default) can leave
+    // the server.
+    let mut admin = pb::admin_service_client::AdminServiceClient::with_interceptor(
+        seeding.clone(),
+        Bearer(Some(server.admin_token.clone())),
+    );
     let mut watchers = Vec::new();
-    for _ in 0..args.watchers {
-        let mut client = fleet(&server.url, &server.admin_token).await?;
+    let mut refused = Vec::new();
+    for i in 0..args.watchers {
+        let token =
+            tether_tests::create_token(&mut admin, &format!("watcher-{i}"), pb::Role::Viewer, None)
+                .await
+                .secret;
+        let mut client = fleet(&server.url, &token).await?;
         match client
             .watch_agents(pb::WatchAgentsRequest {
                 include_metrics: true,
@@ -199,8 +209,14 @@ async fn watch(args: &Args, server: &ServerProc) -> anyhow::Result<()> {
             .await
         {
             Ok(stream) => watchers.push((client, stream.into_inner())),
-            Err(status) => figure("watch.refused", format!("{:?}", status.code())),
+            Err(status) => refused.push(status.code()),
         }
+    }
+    if !refused.is_empty() {
+        figure(
+            "watch.refused",
+            format!("{} ({:?})", refused.len(), refused[0]),
+        );
     }
     let opened = settled_rss_kib(server.pid).await?;
     let per = opened.saturating_sub(baseline) / u64::try_from(args.watchers.max(1))?;
@@ -212,11 +228,8 @@ async fn watch(args: &Args, server: &ServerProc) -> anyhow::Result<()> {
     let n = args.agents;
     seed_heavy_agents(&seeding, &server.enroll_token, n..n + args.churn, seed).await?;
     let churned = settled_rss_kib(server.pid).await?;
+    // This includes the new agents themselves.
     figure("watch.rss_after_churn_mib", format!("{:.1}", mib(churned)));
-    figure(
-        "watch.per_watcher_after_churn_kib",
-        churned.saturating_sub(baseline) / u64::try_from(args.watchers.max(1))?,
-    );
     let mut aborted = 0;
     for (_, stream) in &mut watchers {
         loop {
@@ -309,7 +322,7 @@ async fn metrics(args: &Args, server: &ServerProc, agent_id: &str) -> anyhow::Re
         }
     });
     let answers = futures::future::try_join_all(calls).await?;
-    let peak = peak_rss_kib(server.pid).context("read the server's peak RSS")?;
+    let peak = status_kib(server.pid, "VmHWM:").context("read the server's peak RSS")?;
     figure("metrics.samples", args.samples);
     figure("metrics.rss_before_mib", format!("{:.1}", mib(before)));
     figure(
@@ -333,16 +346,4 @@ async fn metrics(args: &Args, server: &ServerProc, agent_id: &str) -> anyhow::Re
         }
     }
     Ok(())
-}
-
-/// VmHWM (peak RSS) of `pid` in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
