@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use crate::domain::{
     AgentId, AgentRecord, AgentTombstone, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId,
-    OrgRecord, Sample, SampleTotals, TokenRecord, Transition,
+    OrgRecord, Sample, SampleTotals, TokenId, TokenRecord, Transition,
 };
 
 pub mod sled;
@@ -59,6 +59,11 @@ pub enum Write {
     /// Append a status change to the agent's history.
     PutTransition(Transition),
     PutToken(TokenRecord),
+    /// Removes a token record: a superseded agent credential, which nothing needs to remember.
+    DeleteToken {
+        org: OrgId,
+        id: TokenId,
+    },
     PutEnrollmentToken(EnrollmentTokenRecord),
     PutOrg(OrgRecord),
     /// Removes the agent's record and live summary and leaves a tombstone. Samples and history
@@ -108,6 +113,8 @@ pub struct Snapshot {
     pub orgs: Vec<OrgRecord>,
     /// The last audit record of every org that has one: where its chain continues.
     pub audit_heads: Vec<AuditRecord>,
+    /// Every deleted agent: an id here never comes back.
+    pub tombstones: Vec<AgentTombstone>,
 }
 
 /// Errors of every backend. Backend detail is boxed inside so callers branch on the kind only.

@@ -9,10 +9,10 @@
 use std::time::SystemTime;
 
 use tether_proto as pb;
+use tether_proto::text::{MAX_DISKS_PER_SAMPLE, MAX_REPORTED_TEXT_BYTES as MAX_TEXT_BYTES};
 use tether_server::config::{
     DEFAULT_MAX_LABEL_KEY_BYTES, DEFAULT_MAX_LABEL_VALUE_BYTES, DEFAULT_MAX_LABELS,
 };
-use tether_proto::text::{MAX_DISKS_PER_SAMPLE, MAX_REPORTED_TEXT_BYTES as MAX_TEXT_BYTES};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;

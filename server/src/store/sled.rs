@@ -43,8 +43,8 @@ use serde::de::DeserializeOwned;
 
 use super::{Encoded, Op, Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
 use crate::domain::{
-    AgentId, AgentRecord, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId, OrgRecord, Sample,
-    SampleTotals, TokenRecord, Transition,
+    AgentId, AgentRecord, AgentTombstone, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId,
+    OrgRecord, Sample, SampleTotals, TokenRecord, Transition,
 };
 
 mod layout;
@@ -323,6 +323,16 @@ impl Store for SledStore {
                 check_owner(&org, &id, &token.org, token.id.as_str(), ENROLLMENT_TOKEN)?;
                 snapshot.enrollment_tokens.push(token);
             }
+            for (id, tombstone) in self.scan_section::<AgentTombstone>(&org, TOMBSTONE)? {
+                check_owner(
+                    &org,
+                    &id,
+                    &tombstone.org,
+                    tombstone.agent.as_str(),
+                    TOMBSTONE,
+                )?;
+                snapshot.tombstones.push(tombstone);
+            }
             for (_, record) in self.scan_section::<OrgRecord>(&org, ORG)? {
                 check_owner(&org, ORG_RECORD_ID, &record.id, ORG_RECORD_ID, ORG)?;
                 snapshot.orgs.push(record);
@@ -379,6 +389,9 @@ impl Store for SledStore {
                 record_key(token.org.as_str(), TOKEN, token.id.as_str()),
                 encode(token, "token")?,
             ),
+            Write::DeleteToken { org, id } => Encoded {
+                ops: vec![Op::Remove(record_key(org.as_str(), TOKEN, id.as_str()))],
+            },
             Write::PutEnrollmentToken(token) => put(
                 record_key(token.org.as_str(), ENROLLMENT_TOKEN, token.id.as_str()),
                 encode(token, "enrollment token")?,

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Snapshot, Store, Write};
 use crate::domain::{
-    AgentId, AgentRecord, AgentStatus, DiskUsage, EnrollmentTokenRecord, LiveRecord, OrgId, Role,
-    Sample, SampleTotals, StatusReason, SystemInfo, Time, TokenId, TokenRecord, Transition,
+    AgentId, AgentRecord, AgentStatus, AgentTombstone, DiskUsage, EnrollmentTokenRecord,
+    LiveRecord, OrgId, Role, Sample, SampleTotals, StatusReason, SystemInfo, Time, TokenId,
+    TokenRecord, Transition,
 };
 
 // === fixtures ===
@@ -163,6 +164,9 @@ fn load_sorted(store: &dyn Store) -> Snapshot {
     snapshot
         .enrollment_tokens
         .sort_by(|a, b| (&a.org, &a.id).cmp(&(&b.org, &b.id)));
+    snapshot
+        .tombstones
+        .sort_by(|a, b| (&a.org, &a.agent).cmp(&(&b.org, &b.agent)));
     snapshot
 }
 
@@ -618,6 +622,68 @@ pub(crate) fn check_tokens_round_trip(store: &dyn Store) {
     assert_eq!(snapshot.enrollment_tokens, [used]);
 }
 
+pub(crate) fn check_deleted_token_is_gone(store: &dyn Store) {
+    let old = token("acme", "tok-old", Role::Agent, Some("web-1"));
+    let new = token("acme", "tok-new", Role::Agent, Some("web-1"));
+    let other_org = token("beta", "tok-old", Role::Agent, Some("web-1"));
+    store
+        .commit_writes(&[
+            Write::PutToken(old.clone()),
+            Write::PutToken(new.clone()),
+            Write::PutToken(other_org.clone()),
+        ])
+        .expect("commit");
+    // Deleting a token (and deleting one that does not exist) removes only that org's record.
+    store
+        .commit_writes(&[
+            Write::DeleteToken {
+                org: org("acme"),
+                id: old.id.clone(),
+            },
+            Write::DeleteToken {
+                org: org("acme"),
+                id: TokenId::new("never-issued"),
+            },
+        ])
+        .expect("commit");
+    assert_eq!(load_sorted(store).tokens, [new, other_org]);
+}
+
+pub(crate) fn check_deleted_agent_leaves_a_tombstone(store: &dyn Store) {
+    let web = agent("acme", "web-1", "web one");
+    let db = agent("acme", "db-1", "db one");
+    store
+        .commit_writes(&[
+            Write::PutAgent(web.clone()),
+            put_live("acme", "web-1", live(AgentStatus::Online, 3)),
+            put_sample("acme", "web-1", sample(3, 5_000)),
+            Write::PutAgent(db.clone()),
+        ])
+        .expect("commit");
+    let tombstone = AgentTombstone {
+        org: org("acme"),
+        agent: agent_id("web-1"),
+        hardware_id: "hw-web-1".to_owned(),
+        deleted_at: at(6_000),
+        deleted_by: TokenId::new("tok-admin"),
+    };
+    store
+        .commit_writes(&[Write::DeleteAgent(tombstone.clone())])
+        .expect("commit");
+    let snapshot = load_sorted(store);
+    assert_eq!(
+        snapshot.agents,
+        [(db, None)],
+        "the record and live summary go"
+    );
+    assert_eq!(snapshot.tombstones, [tombstone], "the tombstone stays");
+    assert_eq!(
+        all_seqs(store, "acme", "web-1"),
+        [3],
+        "samples stay until retention"
+    );
+}
+
 pub(crate) fn check_purge_before(store: &dyn Store) {
     use AgentStatus::{Offline, Online};
     let mut writes = vec![
@@ -881,6 +947,8 @@ mod sled_store {
         orgs_isolated => check_orgs_isolated,
         transitions_newest_first => check_transitions_newest_first,
         tokens_round_trip => check_tokens_round_trip,
+        deleted_token_is_gone => check_deleted_token_is_gone,
+        deleted_agent_leaves_a_tombstone => check_deleted_agent_leaves_a_tombstone,
         purge_before => check_purge_before,
         purge_many => check_purge_many,
         concurrent_commits => check_concurrent_commits,
