@@ -19,7 +19,7 @@ use crate::AgentError;
 use crate::collector::SystemInfo;
 use crate::config::{ClientTls, DEFAULT_CONNECT_TIMEOUT};
 use crate::convert;
-use crate::state::Enrollment;
+use crate::state::{Credential, Enrollment};
 
 /// Interval of HTTP/2 keepalive pings, which detect half-open connections.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -217,7 +217,9 @@ pub(crate) fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Resu
 /// # Cancellation
 ///
 /// Cancel-safe: dropping the future abandons the call; the server may still have enrolled the
-/// agent, which a later enrollment of the same hardware id reuses.
+/// machine, as an agent a later enrollment cannot take over without that agent's credential
+/// (it becomes a new agent, flagged `duplicate_hardware_id` with the abandoned one, which an
+/// admin deletes).
 pub async fn enroll(
     server_url: &str,
     enroll_token: &str,
@@ -225,42 +227,52 @@ pub async fn enroll(
     labels: &BTreeMap<String, String>,
     name: Option<&str>,
 ) -> Result<Enrollment, AgentError> {
-    enroll_with_timeout(
-        server_url,
-        None,
+    let client = connect_client(server_url, None, DEFAULT_CONNECT_TIMEOUT).await?;
+    let request = EnrollCall {
         enroll_token,
         info,
         labels,
         name,
-        DEFAULT_CONNECT_TIMEOUT,
-    )
-    .await
+        previous: None,
+    };
+    enroll_on(client, &request).await
 }
 
-/// [`enroll`] with TLS settings and an explicit connect timeout.
+/// One enrollment's request: the token, what the machine says about itself, and the
+/// credential it held before, if any (its proof of being that agent).
+pub(crate) struct EnrollCall<'a> {
+    pub(crate) enroll_token: &'a str,
+    pub(crate) info: &'a SystemInfo,
+    pub(crate) labels: &'a BTreeMap<String, String>,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) previous: Option<&'a Credential>,
+}
+
+/// [`enroll`] with TLS settings, an explicit connect timeout, and maybe a previous credential.
 pub(crate) async fn enroll_with_timeout(
     server_url: &str,
     tls: Option<&ClientTls>,
-    enroll_token: &str,
-    info: &SystemInfo,
-    labels: &BTreeMap<String, String>,
-    name: Option<&str>,
     connect_timeout: Duration,
+    call: &EnrollCall<'_>,
 ) -> Result<Enrollment, AgentError> {
     let client = connect_client(server_url, tls, connect_timeout).await?;
-    enroll_on(client, enroll_token, info, labels, name).await
+    enroll_on(client, call).await
 }
 
 /// [`enroll`] over an existing client (the simulator enrolls thousands of agents over a few
 /// shared connections).
 pub(crate) async fn enroll_on(
     mut client: AgentClient,
-    enroll_token: &str,
-    info: &SystemInfo,
-    labels: &BTreeMap<String, String>,
-    name: Option<&str>,
+    call: &EnrollCall<'_>,
 ) -> Result<Enrollment, AgentError> {
-    let mut request = tonic::Request::new(convert::enroll_request(info, labels, name));
+    let EnrollCall {
+        enroll_token,
+        info,
+        labels,
+        name,
+        previous,
+    } = *call;
+    let mut request = tonic::Request::new(convert::enroll_request(info, labels, name, previous));
     request.set_timeout(ENROLL_TIMEOUT);
     authorize(&mut request, enroll_token)?;
     let response = tokio::time::timeout(ENROLL_TIMEOUT, client.enroll(request))

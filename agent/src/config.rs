@@ -26,6 +26,13 @@ pub const DEFAULT_BACKOFF_MULTIPLIER: f64 = 1.6;
 pub const DEFAULT_BACKOFF_JITTER: f64 = 0.2;
 /// Longest reconnect delay.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
+/// How long the agent waits before trying again after the server refused its session because
+/// another machine uses the same credential (±20 % jitter). Long on purpose: the machine
+/// holding the session keeps working, and only an operator can settle which machine keeps
+/// the identity.
+pub const DEFAULT_IDENTITY_CONFLICT_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// Longest `--hardware-id` accepted: the server's default limit for reported text.
+pub const MAX_HARDWARE_ID_BYTES: usize = tether_proto::text::MAX_REPORTED_TEXT_BYTES;
 
 /// Everything the agent needs to run. Build it with [`AgentConfig::new`] and adjust fields.
 #[derive(Clone)]
@@ -50,6 +57,13 @@ pub struct AgentConfig {
     /// Certificates for an `https://` server. `None` (the default) trusts the system's roots
     /// and presents no client certificate; it must be `None` for an `http://` server.
     pub tls: Option<ClientTls>,
+    /// Reported instead of the hardware id the collector finds (e.g. `/etc/machine-id`): for
+    /// cloned images that share one, so that each machine is told apart. `None`: the
+    /// collector's.
+    pub hardware_id: Option<String>,
+    /// Wait after the server refused a session because another machine holds the same
+    /// credential (see [`DEFAULT_IDENTITY_CONFLICT_BACKOFF`]).
+    pub identity_conflict_backoff: Duration,
 }
 
 /// Certificate files for TLS to the server (PEM). Read at every connection attempt, so a
@@ -95,6 +109,8 @@ impl AgentConfig {
             backoff: BackoffConfig::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             tls: None,
+            hardware_id: None,
+            identity_conflict_backoff: DEFAULT_IDENTITY_CONFLICT_BACKOFF,
         }
     }
 
@@ -143,6 +159,23 @@ impl AgentConfig {
         if matches!(&self.enroll_token, Some(token) if token.trim().is_empty()) {
             return Err(AgentError::Config("enroll token must not be empty".into()));
         }
+        // The server's rules for reported text, checked here so that a bad override stops
+        // the agent at start instead of being refused at every enrollment and session.
+        if let Some(id) = &self.hardware_id
+            && (id.trim().is_empty()
+                || id.len() > MAX_HARDWARE_ID_BYTES
+                || tether_proto::text::first_forbidden(id).is_some())
+        {
+            return Err(AgentError::Config(format!(
+                "hardware id must be 1 to {MAX_HARDWARE_ID_BYTES} bytes without control or \
+                 format characters"
+            )));
+        }
+        if self.identity_conflict_backoff.is_zero() {
+            return Err(AgentError::Config(
+                "identity conflict backoff must not be zero".into(),
+            ));
+        }
         self.backoff.validate()
     }
 }
@@ -163,6 +196,8 @@ impl fmt::Debug for AgentConfig {
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls)
+            .field("hardware_id", &self.hardware_id)
+            .field("identity_conflict_backoff", &self.identity_conflict_backoff)
             .finish()
     }
 }
@@ -234,6 +269,16 @@ mod tests {
         config.buffer_capacity = 1;
         config.backoff.jitter = 1.5;
         assert!(config.validate().is_err());
+        config.backoff.jitter = 0.2;
+        config.validate().expect("valid again");
+        for bad in ["", "  ", "a\nb", "a\u{200b}b", "a\u{202e}b"] {
+            config.hardware_id = Some(bad.to_owned());
+            assert!(config.validate().is_err(), "{bad:?}");
+        }
+        config.hardware_id = Some("x".repeat(MAX_HARDWARE_ID_BYTES + 1));
+        assert!(config.validate().is_err());
+        config.hardware_id = Some("clone-7f3a".to_owned());
+        config.validate().expect("an override");
     }
 
     #[test]

@@ -106,31 +106,38 @@ impl From<&DiskUsage> for pb::DiskUsage {
     }
 }
 
-/// The enrollment request.
+/// The enrollment request; `previous` is the credential the agent held before, if any (its
+/// proof of being that agent).
 pub(crate) fn enroll_request(
     info: &SystemInfo,
     labels: &BTreeMap<String, String>,
     name: Option<&str>,
+    previous: Option<&Credential>,
 ) -> pb::EnrollRequest {
     pb::EnrollRequest {
         system_info: Some(info.into()),
         labels: labels_to_pb(labels),
         name: name.unwrap_or_default().to_owned(),
+        previous_credential: previous
+            .map(|c| c.expose_secret().to_owned())
+            .unwrap_or_default(),
     }
 }
 
-/// The first message of a session.
+/// The first message of a session, from the agent process `instance_id`.
 pub(crate) fn hello(
     agent_id: &str,
     agent_version: &str,
     info: &SystemInfo,
     labels: &BTreeMap<String, String>,
+    instance_id: &str,
 ) -> pb::ConnectRequest {
     request(pb::connect_request::Message::Hello(pb::Hello {
         agent_id: agent_id.to_owned(),
         agent_version: agent_version.to_owned(),
         system_info: Some(info.into()),
         labels: labels_to_pb(labels),
+        instance_id: instance_id.to_owned(),
     }))
 }
 
@@ -480,14 +487,27 @@ mod tests {
     #[test]
     fn hello_carries_identity() {
         let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
-        let hello = hello("agent-1", "0.1.0", &system_info(), &labels);
+        let hello = hello("agent-1", "0.1.0", &system_info(), &labels, "0a1b2c");
         let Some(pb::connect_request::Message::Hello(hello)) = hello.message else {
             panic!("expected Hello");
         };
         assert_eq!(hello.agent_id, "agent-1");
+        assert_eq!(hello.instance_id, "0a1b2c");
         assert_eq!(hello.agent_version, "0.1.0");
         assert_eq!(hello.labels.get("env").map(String::as_str), Some("prod"));
         assert!(hello.system_info.is_some());
+    }
+
+    #[test]
+    fn enroll_request_carries_the_previous_credential() {
+        let info = system_info();
+        let labels = BTreeMap::new();
+        let first = enroll_request(&info, &labels, None, None);
+        assert!(first.previous_credential.is_empty());
+        let previous = Credential::new("tether_abc_secret");
+        let again = enroll_request(&info, &labels, Some("web"), Some(&previous));
+        assert_eq!(again.previous_credential, "tether_abc_secret");
+        assert_eq!(again.name, "web");
     }
 
     #[test]

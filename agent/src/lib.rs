@@ -54,7 +54,8 @@ pub use collector::{AGENT_VERSION, Collector, DiskUsage, Sample, SysinfoCollecto
 pub use config::{
     AgentConfig, BackoffConfig, ClientTls, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_BUFFER_CAPACITY,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_SERVER_URL, DEFAULT_STATE_DIR,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDENTITY_CONFLICT_BACKOFF, DEFAULT_SERVER_URL,
+    DEFAULT_STATE_DIR,
 };
 pub use error::{AgentError, SimulateError};
 pub use latency::{LatencyHistogram, LatencySnapshot};

@@ -116,7 +116,8 @@ struct RunArgs {
     #[arg(long, env = "TETHER_AGENT_STATE_DIR", default_value = tether_agent::DEFAULT_STATE_DIR, global = true)]
     state_dir: PathBuf,
 
-    /// Enrollment token; used only when the state directory holds no credential.
+    /// Enrollment token; used when the state directory holds no credential, and to enroll
+    /// again when the server revoked the stored one (the agent was deleted).
     #[arg(
         long,
         env = "TETHER_ENROLL_TOKEN",
@@ -128,6 +129,12 @@ struct RunArgs {
     /// Display name sent at enrollment (the server defaults it to the hostname).
     #[arg(long, global = true)]
     name: Option<String>,
+
+    /// Hardware id to report instead of this machine's (/etc/machine-id, else the SMBIOS
+    /// UUID): give each machine cloned from one image its own, so that the server tells them
+    /// apart.
+    #[arg(long, env = "TETHER_HARDWARE_ID", global = true)]
+    hardware_id: Option<String>,
 
     /// Label as key=value; repeat for several.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, global = true)]
@@ -287,6 +294,7 @@ fn agent_config(args: RunArgs) -> AgentConfig {
         state_dir,
         enroll_token,
         name,
+        hardware_id,
         labels,
         buffer_capacity,
         connect_timeout,
@@ -304,6 +312,7 @@ fn agent_config(args: RunArgs) -> AgentConfig {
     }
     config.enroll_token = enroll_token.filter(|token| !token.is_empty());
     config.name = name;
+    config.hardware_id = hardware_id;
     config.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
     config.buffer_capacity = buffer_capacity;
     config.backoff = BackoffConfig::default();
@@ -390,5 +399,20 @@ mod tests {
             .expect("run subcommand accepts flags");
         assert!(matches!(cli.command, Some(Command::Run)));
         assert_eq!(cli.run.name.as_deref(), Some("web-1"));
+        assert_eq!(agent_config(cli.run).hardware_id, None);
+    }
+
+    #[test]
+    fn hardware_id_comes_from_the_flag() {
+        let cli = Cli::try_parse_from(["tether-agent", "--hardware-id", "clone-0042"])
+            .expect("valid flags");
+        let config = agent_config(cli.run);
+        assert_eq!(config.hardware_id.as_deref(), Some("clone-0042"));
+        config.validate().expect("valid config");
+        let cli = Cli::try_parse_from(["tether-agent", "--hardware-id", ""]).expect("parses");
+        assert!(
+            agent_config(cli.run).validate().is_err(),
+            "an empty override is refused before anything connects"
+        );
     }
 }

@@ -5,6 +5,15 @@
 //! [`AgentHandle`]. The fleet simulator (`crate::simulate`) runs the same reconnect loop
 //! (`hold_sessions`) and sampler (`sample_forever`) for each simulated agent; only
 //! enrollment and the transport differ.
+//!
+//! Identity flows live here too. Every process picks a random instance id (sent in `Hello`,
+//! so the server tells a restart from two machines sharing one credential); a `--hardware-id`
+//! override replaces the collector's. When the server revoked the credential (the agent was
+//! deleted), an agent with an enrollment token discards its state and enrolls again, sending
+//! the old credential as its claim to the old identity (the server grants it only if it is
+//! still valid); without a token it stops, saying which flag and command bring it back. When
+//! the server refuses a session because another machine holds the same credential, the agent
+//! logs what to do and retries only after a long pause: it never exits for it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,11 +24,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use tether_proto::refusal::{self, Refusal};
+use tracing::error;
+
 use crate::backoff::Backoff;
-use crate::client::{self, Transport};
-use crate::collector::{Collector, SystemInfo};
+use crate::client::{self, EnrollCall, Transport};
+use crate::collector::{Collector, Sample, SystemInfo};
 use crate::session::{self, SessionContext, SessionEnd, Shared};
-use crate::state::{Enrollment, StateDir};
+use crate::state::{Credential, Enrollment, StateDir};
 use crate::{AgentConfig, AgentError, AgentStats};
 
 /// The collector, shared between the sampler and the sessions (which need `SystemInfo`).
@@ -33,6 +45,10 @@ pub(crate) struct Agent<'a> {
     pub(crate) collector: &'a SharedCollector,
     pub(crate) shared: &'a Shared,
     pub(crate) shutdown: &'a CancellationToken,
+    /// This agent process's random instance id, sent in every `Hello`.
+    pub(crate) instance_id: &'a str,
+    /// Wait after a session refused for an identity conflict.
+    pub(crate) conflict_backoff: Duration,
 }
 
 /// Why [`hold_sessions`] returned.
@@ -42,6 +58,9 @@ pub(crate) enum HoldEnd {
     Shutdown,
     /// The server rejected the credential (`UNAUTHENTICATED`): the caller may enroll again.
     Unauthenticated(AgentError),
+    /// The server revoked the credential (the agent was deleted, or its credential replaced):
+    /// the caller enrolls again if it has a token, and stops otherwise.
+    Revoked(AgentError),
     /// A non-retryable error.
     Fatal(AgentError),
 }
@@ -126,13 +145,17 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     config.validate()?;
     let state = StateDir::open(&config.state_dir)?;
-    let collector: SharedCollector = Arc::new(Mutex::new(collector));
+    let collector: SharedCollector = Arc::new(Mutex::new(with_hardware_id(
+        collector,
+        config.hardware_id.clone(),
+    )));
+    let instance_id = new_instance_id();
 
     let stored = state.load()?;
     let mut enrollment = match (stored, config.enroll_token.as_deref()) {
         (Some(enrollment), _) => enrollment,
         (None, Some(token)) => {
-            match enroll_until_done(&config, token, &collector, &state, &shutdown).await? {
+            match enroll_until_done(&config, token, None, &collector, &state, &shutdown).await? {
                 Some(enrollment) => enrollment,
                 None => return Ok(()),
             }
@@ -144,6 +167,7 @@ pub async fn run(
         agent_id = %enrollment.agent_id,
         org_id = %enrollment.org_id,
         server = %config.server_url,
+        instance_id,
         "agent starting"
     );
 
@@ -160,6 +184,8 @@ pub async fn run(
         collector: &collector,
         shared: &shared,
         shutdown: &shutdown,
+        instance_id: &instance_id,
+        conflict_backoff: config.identity_conflict_backoff,
     };
     // The sampler runs beside the sessions on this same task: it never ends by itself, and is
     // dropped when the reconnect loop returns.
@@ -174,35 +200,150 @@ pub async fn run(
             if healthy {
                 reenrolled = false;
             }
-            match end {
+            let (error, revoked) = match end {
                 HoldEnd::Shutdown => {
                     info!("agent stopped");
                     return Ok(());
                 }
                 HoldEnd::Fatal(error) => return Err(error),
-                HoldEnd::Unauthenticated(error) => {
-                    let Some(token) = config.enroll_token.as_deref() else {
-                        return Err(error);
-                    };
-                    if reenrolled {
-                        return Err(error);
+                HoldEnd::Revoked(error) => (error, true),
+                HoldEnd::Unauthenticated(error) => (error, false),
+            };
+            let Some(token) = config.enroll_token.as_deref() else {
+                return Err(refused_without_token(&enrollment, &state, error, revoked));
+            };
+            if reenrolled {
+                error!(
+                    agent_id = %enrollment.agent_id,
+                    "the server refused the credential it has just issued; stopping"
+                );
+                return Err(error);
+            }
+            reenrolled = true;
+            if revoked {
+                state.discard()?;
+                warn!(
+                    agent_id = %enrollment.agent_id,
+                    state_file = %state.file_path().display(),
+                    "the server revoked this agent's credential (the agent was deleted or its \
+                     credential replaced): discarded the revoked state; enrolling again with \
+                     the enrollment token"
+                );
+            } else {
+                warn!(
+                    agent_id = %enrollment.agent_id,
+                    "the server does not know this agent's credential; enrolling again with the \
+                     enrollment token"
+                );
+            }
+            let previous = enrollment.credential.clone();
+            match enroll_until_done(
+                &config,
+                token,
+                Some(&previous),
+                &collector,
+                &state,
+                &shutdown,
+            )
+            .await?
+            {
+                Some(fresh) => {
+                    if fresh.agent_id == enrollment.agent_id {
+                        info!(agent_id = %fresh.agent_id, "enrolled again as the same agent");
+                    } else {
+                        warn!(
+                            previous_agent_id = %enrollment.agent_id,
+                            agent_id = %fresh.agent_id,
+                            "enrolled again as a new agent"
+                        );
                     }
-                    warn!("server rejected the agent credential; enrolling again");
-                    reenrolled = true;
-                    match enroll_until_done(&config, token, &collector, &state, &shutdown).await? {
-                        Some(fresh) => {
-                            enrollment = fresh;
-                            stats.set_agent_id(&enrollment.agent_id);
-                        }
-                        None => return Ok(()),
-                    }
+                    enrollment = fresh;
+                    stats.set_agent_id(&enrollment.agent_id);
                 }
+                None => return Ok(()),
             }
         }
     };
     tokio::select! {
         result = sessions => result,
         never = sampler => match never {},
+    }
+}
+
+/// The error an agent without an enrollment token stops with when the server refused its
+/// credential, saying exactly how to bring the machine back (which flag, which command).
+fn refused_without_token(
+    enrollment: &Enrollment,
+    state: &StateDir,
+    error: AgentError,
+    revoked: bool,
+) -> AgentError {
+    let what = if revoked {
+        format!(
+            "agent {} was deleted on the server (or its credential replaced), so the credential \
+             in {} no longer works",
+            enrollment.agent_id,
+            state.file_path().display()
+        )
+    } else {
+        format!(
+            "the server does not accept the credential of agent {} in {} ({error})",
+            enrollment.agent_id,
+            state.file_path().display()
+        )
+    };
+    let message = format!(
+        "{what}. To enroll this machine again, restart tether-agent with --enroll-token TOKEN \
+         (or TETHER_ENROLL_TOKEN=TOKEN); an admin creates a token with `tetherctl enroll-token \
+         create`. The agent then discards the old state and enrolls as a new agent."
+    );
+    error!("{message}");
+    if revoked {
+        AgentError::Revoked(message)
+    } else {
+        error
+    }
+}
+
+/// A random id for this agent process (see `Hello.instance_id`).
+fn new_instance_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// `collector`, reporting `hardware_id` instead of its own when one is given.
+fn with_hardware_id(
+    collector: Box<dyn Collector>,
+    hardware_id: Option<String>,
+) -> Box<dyn Collector> {
+    match hardware_id {
+        Some(hardware_id) => Box::new(HardwareIdOverride {
+            inner: collector,
+            hardware_id,
+        }),
+        None => collector,
+    }
+}
+
+/// A collector whose `SystemInfo` names a configured hardware id (`--hardware-id`).
+struct HardwareIdOverride {
+    inner: Box<dyn Collector>,
+    hardware_id: String,
+}
+
+impl Collector for HardwareIdOverride {
+    fn blocks(&self) -> bool {
+        self.inner.blocks()
+    }
+
+    fn system_info(&mut self) -> SystemInfo {
+        SystemInfo {
+            hardware_id: self.hardware_id.clone(),
+            ..self.inner.system_info()
+        }
+    }
+
+    fn sample(&mut self) -> Sample {
+        self.inner.sample()
     }
 }
 
@@ -232,6 +373,7 @@ pub(crate) async fn hold_sessions(
             labels: agent.labels,
             shared: agent.shared,
             shutdown: agent.shutdown,
+            instance_id: agent.instance_id,
         };
         let end = session::run_session(&ctx)
             .instrument(info_span!("session", agent_id = %enrollment.agent_id))
@@ -249,6 +391,28 @@ pub(crate) async fn hold_sessions(
                 if healthy {
                     backoff.reset();
                     *healthy_seen = true;
+                }
+                match refusal_of(&error) {
+                    Some(Refusal::CredentialRevoked) => return HoldEnd::Revoked(error),
+                    Some(Refusal::IdentityConflict) => {
+                        let delay = agent
+                            .conflict_backoff
+                            .mul_f64(rand::random_range(0.8..=1.2));
+                        error!(
+                            agent_id = %enrollment.agent_id,
+                            retry_in = ?delay,
+                            "the server refused this session: another machine uses this \
+                             agent's credential (a copied state directory). The other keeps the \
+                             identity; this agent retries after a long pause and never replaces \
+                             it. {error}"
+                        );
+                        tokio::select! {
+                            () = agent.shutdown.cancelled() => return HoldEnd::Shutdown,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        continue;
+                    }
+                    None => {}
                 }
                 if error.is_unauthenticated() {
                     return HoldEnd::Unauthenticated(error);
@@ -268,11 +432,13 @@ pub(crate) async fn hold_sessions(
     }
 }
 
-/// Enrolls, retrying retryable failures with backoff, and persists the result. Returns `None`
-/// if `shutdown` fires first.
+/// Enrolls, retrying retryable failures with backoff (at least as long as the server asks),
+/// and persists the result. `previous` is the credential the agent held before, sent as its
+/// claim to that identity. Returns `None` if `shutdown` fires first.
 async fn enroll_until_done(
     config: &AgentConfig,
     token: &str,
+    previous: Option<&Credential>,
     collector: &SharedCollector,
     state: &StateDir,
     shutdown: &CancellationToken,
@@ -280,16 +446,20 @@ async fn enroll_until_done(
     let mut backoff = Backoff::new(config.backoff.clone());
     loop {
         let info = system_info(collector).await?;
+        let call = EnrollCall {
+            enroll_token: token,
+            info: &info,
+            labels: &config.labels,
+            name: config.name.as_deref(),
+            previous,
+        };
         let attempt = tokio::select! {
             () = shutdown.cancelled() => return Ok(None),
             attempt = client::enroll_with_timeout(
                 &config.server_url,
                 config.tls.as_ref(),
-                token,
-                &info,
-                &config.labels,
-                config.name.as_deref(),
                 config.connect_timeout,
+                &call,
             ) => attempt,
         };
         match attempt {
@@ -303,7 +473,11 @@ async fn enroll_until_done(
                 return Ok(Some(enrollment));
             }
             Err(error) if error.is_retryable() => {
-                let delay = backoff.next_delay();
+                let asked = match &error {
+                    AgentError::Rpc(status) => refusal::retry_after(status),
+                    _ => None,
+                };
+                let delay = backoff.next_delay().max(asked.unwrap_or_default());
                 info!(error = %error, delay = ?delay, "enrollment failed; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(None),
@@ -312,6 +486,16 @@ async fn enroll_until_done(
             }
             Err(error) => return Err(error),
         }
+    }
+}
+
+/// The refusal `error` carries, if the server named one: a revoked credential (also said by
+/// `Goodbye(REVOKED)`) or an identity conflict.
+fn refusal_of(error: &AgentError) -> Option<Refusal> {
+    match error {
+        AgentError::Revoked(_) => Some(Refusal::CredentialRevoked),
+        AgentError::Rpc(status) => refusal::refusal(status),
+        _ => None,
     }
 }
 

@@ -66,6 +66,8 @@ pub(crate) struct SessionContext<'a> {
     pub(crate) labels: &'a BTreeMap<String, String>,
     pub(crate) shared: &'a Shared,
     pub(crate) shutdown: &'a CancellationToken,
+    /// The agent process's random instance id, sent in `Hello`.
+    pub(crate) instance_id: &'a str,
 }
 
 /// How a session ended.
@@ -270,6 +272,7 @@ impl Session<'_> {
             AGENT_VERSION,
             ctx.system_info,
             ctx.labels,
+            ctx.instance_id,
         );
         if self.tx.send(hello).await.is_err() {
             return Err(AgentError::Protocol(

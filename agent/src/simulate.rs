@@ -280,6 +280,7 @@ async fn run_agent(
         identity.os,
     ))));
     shared.stats.set_agent_id(&enrollment.agent_id);
+    let instance_id = format!("{:016x}", rand::random::<u64>());
     let agent = Agent {
         transport: &transport,
         connect_timeout: config.connect_timeout,
@@ -287,6 +288,8 @@ async fn run_agent(
         collector: &collector,
         shared: &shared,
         shutdown: &shutdown,
+        instance_id: &instance_id,
+        conflict_backoff: crate::DEFAULT_IDENTITY_CONFLICT_BACKOFF,
     };
     let sampler = runner::sample_forever(&collector, &shared);
     let sessions = async {
@@ -300,7 +303,7 @@ async fn run_agent(
                     warn!(hostname = %identity.hostname, "simulated agent stopped: {error}");
                     return;
                 }
-                HoldEnd::Unauthenticated(error) => {
+                HoldEnd::Unauthenticated(error) | HoldEnd::Revoked(error) => {
                     let token = config.enroll_token.as_deref();
                     let (Some(token), false) = (token, reenrolled && !healthy) else {
                         warn!(hostname = %identity.hostname, "simulated agent rejected: {error}");
@@ -310,7 +313,14 @@ async fn run_agent(
                     let info = lock(&collector).system_info();
                     let attempt = async {
                         let client = transport.client(config.connect_timeout).await?;
-                        client::enroll_on(client, token, &info, &identity.labels, None).await
+                        let call = client::EnrollCall {
+                            enroll_token: token,
+                            info: &info,
+                            labels: &identity.labels,
+                            name: None,
+                            previous: Some(&enrollment.credential),
+                        };
+                        client::enroll_on(client, &call).await
                     };
                     match attempt.await {
                         Ok(fresh) => {

@@ -226,6 +226,31 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// Removes the stored enrollment (a revoked credential), so that the agent enrolls again.
+    /// Removing a state that is not there is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::StateIo`] when the file cannot be removed or the removal synced.
+    pub fn discard(&self) -> Result<(), AgentError> {
+        let path = self.file_path();
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(AgentError::StateIo { path, source }),
+        }
+        #[cfg(unix)]
+        fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| AgentError::StateIo {
+                path: self.dir.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +277,16 @@ mod tests {
         state.save(&next).expect("save again");
         let reopened = StateDir::open(tmp.path().join("state")).expect("reopen");
         assert_eq!(reopened.load().expect("load"), Some(next));
+    }
+
+    #[test]
+    fn a_discarded_state_is_gone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::open(tmp.path()).expect("open");
+        state.discard().expect("nothing to discard is fine");
+        state.save(&enrollment()).expect("save");
+        state.discard().expect("discard");
+        assert_eq!(state.load().expect("load"), None);
     }
 
     #[cfg(unix)]

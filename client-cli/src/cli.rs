@@ -108,6 +108,11 @@ pub enum AgentsCommand {
 
     /// Delete an agent: revoke its credential and end its session (admin; needs --yes).
     Delete(DeleteArgs),
+
+    /// Let the next enrollment that reports this agent's hardware id take the agent over
+    /// (its id, history and pinned labels) without its credential: for a machine that was
+    /// reinstalled or lost its state directory (admin). Used once; expires.
+    AllowReclaim(AllowReclaimArgs),
 }
 
 /// `agents list`
@@ -237,6 +242,12 @@ pub struct CreateTokenArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
     pub ttl: Ttl,
 
+    /// Let an enrollment with this token take over the one disconnected agent that reports
+    /// the same hardware id (a reinstalled machine keeps its agent), instead of creating a
+    /// new, flagged agent. Anyone holding the token can then take over such an agent.
+    #[arg(long)]
+    pub allow_reclaim: bool,
+
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
     pub output: ObjectFormat,
@@ -267,9 +278,20 @@ pub struct DeleteArgs {
     /// Agent id
     pub id: String,
 
-    /// Confirm: revoke the agent's credential, end its session; it must enroll again
+    /// Confirm: revoke the agent's credential and end its session
     #[arg(long)]
     pub yes: bool,
+}
+
+/// `agents allow-reclaim`
+#[derive(Debug, Clone, Args)]
+pub struct AllowReclaimArgs {
+    /// Agent id
+    pub id: String,
+
+    /// How long the permission lasts, e.g. 30m, 1d (at most 7d)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
 }
 
 /// `orgs …`

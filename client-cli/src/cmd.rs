@@ -36,6 +36,9 @@ pub(crate) async fn dispatch(
         Command::Agents(AgentsCommand::Get(args)) => agents::get(args, settings, out).await,
         Command::Agents(AgentsCommand::Watch(args)) => agents::watch(args, settings, out).await,
         Command::Agents(AgentsCommand::Delete(args)) => agents::delete(args, settings, out).await,
+        Command::Agents(AgentsCommand::AllowReclaim(args)) => {
+            agents::allow_reclaim(args, settings, out).await
+        }
         Command::Metrics(args) => fleet::metrics(args, settings, out).await,
         Command::Summary(args) => fleet::summary(args, settings, out).await,
         Command::Config(args) => fleet::config(args, settings, out).await,

@@ -9,6 +9,7 @@
 //! - [`process`]: how every Tether binary answers termination signals;
 //! - [`text`]: the characters no text field may carry, and the default sizes of what agents
 //!   report.
+//! - [`refusal`]: the status metadata that says why a call was refused and when to retry.
 //!
 //! Other crates import the generated types as `pb` and convert to their own domain types at
 //! their edges, so wire types never travel through their internals.
@@ -16,6 +17,7 @@
 pub mod audit;
 pub mod codec;
 pub mod process;
+pub mod refusal;
 pub mod selector;
 pub mod text;
 

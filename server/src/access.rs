@@ -91,6 +91,11 @@ pub const RPC_ACCESS: &[(&str, Access, bool)] = &[
         true,
     ),
     (
+        "/tether.v1.AdminService/AllowAgentReclaim",
+        Access::AtLeast(Role::Admin),
+        true,
+    ),
+    (
         "/tether.v1.AdminService/ListAuditEvents",
         Access::AtLeast(Role::Admin),
         false,

@@ -162,6 +162,21 @@ impl RefusalAudits {
         self.writer.audit(entry).await;
     }
 
+    /// [`RefusalAudits::refused`] then [`RefusalAudits::record`], for a handler that refuses
+    /// on its own and may wait.
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        method: &str,
+        target: &str,
+        status: &tonic::Status,
+        kind: RefusalKind,
+    ) {
+        if let Some(entry) = self.refused(caller, method, target, status, kind) {
+            self.record(entry).await;
+        }
+    }
+
     /// Takes one record from token `id`'s `kind` budget at `now`: how many of its refusals were
     /// left out before this one, or `None` when this one is left out too.
     fn take(&self, id: &TokenId, kind: RefusalKind, now: Instant) -> Option<u64> {

@@ -19,7 +19,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::domain::{
-    AgentId, EnrollmentTokenRecord, OrgId, Role, SecretDigest, TokenId, TokenRecord,
+    AgentId, EnrollmentTokenRecord, OrgId, PresentedCredential, Role, SecretDigest, TokenId,
+    TokenRecord,
 };
 use crate::error::ServerError;
 use crate::writer::WriterHandle;
@@ -112,6 +113,27 @@ fn parse_token(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix(TOKEN_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
     (crate::domain::is_valid_id(id) && !secret.is_empty()).then_some((id, secret))
+}
+
+/// The id and secret digest of `token` (`tether_<id>_<secret>`), for verifying it later
+/// without keeping the secret. `None` if it is not shaped like a Tether token.
+pub fn presented(token: &str) -> Option<PresentedCredential> {
+    let (id, secret) = parse_token(token)?;
+    Some(PresentedCredential {
+        id: TokenId::new(id),
+        digest: digest(secret),
+    })
+}
+
+/// What a presented agent credential proves, from [`Auth::check_agent_credential`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum CredentialCheck {
+    /// A valid credential of this agent.
+    Valid(AgentId),
+    /// A credential of this agent that was revoked (the agent was deleted).
+    Revoked(AgentId),
+    /// Unknown, wrong secret, not an agent credential, or another org's: proves nothing.
+    Invalid,
 }
 
 /// Who is calling, resolved from the bearer token.
@@ -217,9 +239,12 @@ impl Auth {
                 return Err(invalid());
             }
             if record.revoked && record.role == Role::Agent {
-                // Not retryable for the agent: it must not silently re-enroll after deletion.
-                return Err(Status::permission_denied(
-                    "agent credential has been revoked (agent deleted or re-enrolled); enroll again",
+                // Not retryable for the agent: it enrolls again only if it was given an
+                // enrollment token, and stops otherwise. Marked so that it knows.
+                return Err(tether_proto::refusal::refuse(
+                    tonic::Code::PermissionDenied,
+                    "agent credential has been revoked (the agent was deleted); enroll again",
+                    tether_proto::refusal::Refusal::CredentialRevoked,
                 ));
             }
             if record.revoked {
@@ -387,13 +412,74 @@ impl Auth {
 
     /// Agent credentials of `agent` that are not revoked.
     pub fn agent_credentials(&self, agent: &AgentId) -> Vec<TokenRecord> {
+        self.all_agent_credentials(agent)
+            .into_iter()
+            .filter(|t| !t.revoked)
+            .collect()
+    }
+
+    /// Every agent credential of `agent` the cache holds, revoked ones included.
+    pub fn all_agent_credentials(&self, agent: &AgentId) -> Vec<TokenRecord> {
         self.tokens
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|t| t.agent.as_ref() == Some(agent) && !t.revoked)
+            .filter(|t| t.role == Role::Agent && t.agent.as_ref() == Some(agent))
             .map(|t| (**t).clone())
             .collect()
+    }
+
+    /// What `presented` proves in `org`: compared in constant time, like any token.
+    pub fn check_agent_credential(
+        &self,
+        org: &OrgId,
+        presented: &PresentedCredential,
+    ) -> CredentialCheck {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        let Some(record) = tokens.get(&presented.id) else {
+            return CredentialCheck::Invalid;
+        };
+        let matches = bool::from(record.digest.ct_eq(&presented.digest));
+        match (&record.agent, record.role) {
+            (Some(agent), Role::Agent) if matches && &record.org == org => {
+                if record.revoked {
+                    CredentialCheck::Revoked(agent.clone())
+                } else {
+                    CredentialCheck::Valid(agent.clone())
+                }
+            }
+            _ => CredentialCheck::Invalid,
+        }
+    }
+
+    /// Whether token `id` is known and not revoked (its expiry is not checked).
+    pub fn is_active(&self, id: &TokenId) -> bool {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|t| !t.revoked)
+    }
+
+    /// Forgets the tokens `ids` (superseded agent credentials, already deleted from the store)
+    /// and ends every open stream using them.
+    pub fn remove_tokens(&self, ids: &[TokenId]) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            tokens.remove(id);
+        }
+        drop(tokens);
+        let mut last_used = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            last_used.remove(id);
+        }
+        drop(last_used);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if let Some(cancel) = streams.remove(id) {
+                cancel.cancel();
+            }
+        }
     }
 
     /// Whether `org` has a usable admin token.

@@ -83,6 +83,21 @@ pub const DEFAULT_TOKEN_REQUESTS_PER_SECOND: u32 = 200;
 pub const DEFAULT_TOKEN_REQUEST_BURST: u32 = 400;
 /// Most enrolled agents per org.
 pub const DEFAULT_MAX_AGENTS_PER_ORG: usize = 250_000;
+/// Sustained re-enrollments per minute allowed for one hardware id the org already knows
+/// (first enrollments of a hardware id are not limited by it).
+pub const DEFAULT_REENROLL_PER_MINUTE: u32 = 10;
+/// Burst of re-enrollments allowed for one hardware id.
+pub const DEFAULT_REENROLL_BURST: u32 = 10;
+/// How long a session replaced by another agent process, and an identity conflict, are
+/// remembered; the `identity_conflict` flag clears once none happened for this long.
+pub const DEFAULT_IDENTITY_CONFLICT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Conflicting replacements (two processes with one credential replacing each other) allowed
+/// within the window before the newcomer is refused with `FAILED_PRECONDITION`.
+pub const DEFAULT_IDENTITY_CONFLICT_REPLACEMENTS: u32 = 3;
+/// How long an admin's reclaim permission (`AllowAgentReclaim`) lasts when no TTL is given.
+pub const DEFAULT_RECLAIM_TTL: Duration = Duration::from_secs(3600);
+/// Longest reclaim permission an admin may give.
+pub const MAX_RECLAIM_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time a new connection has to complete its TLS handshake before the server closes it, so a
 /// peer that connects and sends nothing cannot hold a socket (and a task) forever.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,6 +206,10 @@ pub struct Limits {
     pub token_requests_per_second: u32,
     pub token_request_burst: u32,
     pub max_agents_per_org: usize,
+    pub reenroll_per_minute: u32,
+    pub reenroll_burst: u32,
+    pub identity_conflict_window: Duration,
+    pub identity_conflict_replacements: u32,
 }
 
 /// Percentages at or above which a resource makes an agent `Warning` / `Critical`.
@@ -282,6 +301,17 @@ impl Config {
                 "rate limits and the header list size must be greater than zero".to_owned(),
             );
         }
+        if l.reenroll_per_minute == 0 || l.reenroll_burst == 0 {
+            return invalid(
+                "the re-enrollment rate and burst must be greater than zero".to_owned(),
+            );
+        }
+        if l.identity_conflict_window.is_zero() || l.identity_conflict_replacements == 0 {
+            return invalid(
+                "the identity conflict window and replacement count must be greater than zero"
+                    .to_owned(),
+            );
+        }
         if l.max_reported_text_bytes == 0 {
             return invalid("the reported text size limit must be greater than zero".to_owned());
         }
@@ -326,6 +356,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Limits {
+    /// When sessions replacing each other count as an identity conflict.
+    pub fn conflict_policy(&self) -> crate::identity::ConflictPolicy {
+        crate::identity::ConflictPolicy {
+            window: self.identity_conflict_window,
+            max_replacements: self.identity_conflict_replacements,
+        }
+    }
+
+    /// How often one known hardware id may enroll again.
+    pub fn reenroll_rate(&self) -> crate::identity::ReenrollRate {
+        crate::identity::ReenrollRate {
+            per_minute: self.reenroll_per_minute,
+            burst: self.reenroll_burst,
+        }
     }
 }
 
@@ -430,6 +478,10 @@ impl Default for Limits {
             token_requests_per_second: DEFAULT_TOKEN_REQUESTS_PER_SECOND,
             token_request_burst: DEFAULT_TOKEN_REQUEST_BURST,
             max_agents_per_org: DEFAULT_MAX_AGENTS_PER_ORG,
+            reenroll_per_minute: DEFAULT_REENROLL_PER_MINUTE,
+            reenroll_burst: DEFAULT_REENROLL_BURST,
+            identity_conflict_window: DEFAULT_IDENTITY_CONFLICT_WINDOW,
+            identity_conflict_replacements: DEFAULT_IDENTITY_CONFLICT_REPLACEMENTS,
         }
     }
 }

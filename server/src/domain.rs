@@ -319,8 +319,14 @@ pub struct AgentRecord {
     pub system_info: SystemInfo,
     pub enrolled_at: SystemTime,
     /// Labels stamped by the enrollment token; they win over the labels the agent reports.
+    /// A re-enrollment into this agent adds the new token's labels but never drops or changes
+    /// these.
     #[serde(default)]
     pub pinned_labels: Labels,
+    /// Until when an admin allows the next enrollment with this agent's hardware id to take
+    /// it over without its credential (`AllowAgentReclaim`); used once.
+    #[serde(default)]
+    pub reclaim_until: Option<SystemTime>,
 }
 
 /// The persisted summary of an agent's live state: what survives a restart.
@@ -393,6 +399,10 @@ pub struct EnrollmentTokenRecord {
     pub created_at: SystemTime,
     pub expires_at: Option<SystemTime>,
     pub revoked: bool,
+    /// An enrollment with this token may take over the one disconnected agent that has its
+    /// hardware id, without that agent's credential.
+    #[serde(default)]
+    pub allow_reclaim: bool,
 }
 
 impl EnrollmentTokenRecord {
@@ -470,6 +480,8 @@ pub struct NewEnrollmentToken {
     pub max_uses: u32,
     /// `None`: the token does not expire.
     pub ttl: Option<Duration>,
+    /// See [`EnrollmentTokenRecord::allow_reclaim`].
+    pub allow_reclaim: bool,
 }
 
 /// A new API token of the caller's org.
@@ -497,6 +509,17 @@ pub struct Enrollment {
     pub labels: Labels,
     /// Display name; empty means the hostname.
     pub name: String,
+    /// The agent credential the machine held before, if it presented one: the only proof
+    /// that it is that agent. Not yet verified.
+    pub previous_credential: Option<PresentedCredential>,
+}
+
+/// A token as presented by a caller, reduced to what verifying it needs: its public id and the
+/// digest of its secret (the secret itself is not kept).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresentedCredential {
+    pub id: TokenId,
+    pub digest: SecretDigest,
 }
 
 /// What an agent says about itself when its session opens.
@@ -505,6 +528,8 @@ pub struct AgentHello {
     pub system_info: SystemInfo,
     /// The labels the agent asks for (before its pinned labels are applied).
     pub labels: Labels,
+    /// The agent process's random instance id (empty if it sent none).
+    pub instance_id: String,
 }
 
 /// One page of an org's audit trail, filtered.

@@ -27,6 +27,12 @@ pub enum ServerError {
     /// A configured limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rate was exceeded: the caller may try again after `after`.
+    #[error("{message}")]
+    RetryLater {
+        message: String,
+        after: std::time::Duration,
+    },
     /// The operation conflicts with the current state (e.g. the agent was replaced).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -59,6 +65,10 @@ impl From<ServerError> for Status {
             }
             ServerError::PermissionDenied(m) => Status::new(Code::PermissionDenied, m),
             ServerError::ResourceExhausted(m) => Status::new(Code::ResourceExhausted, m),
+            ServerError::RetryLater { message, after } => tether_proto::refusal::with_retry_after(
+                Status::new(Code::ResourceExhausted, message),
+                after,
+            ),
             ServerError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             ServerError::Unavailable => Status::new(Code::Unavailable, "server is shutting down"),
             ServerError::Store(e) => {

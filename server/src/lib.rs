@@ -18,6 +18,7 @@ pub mod domain;
 pub mod error;
 pub mod gate;
 pub mod health;
+pub mod identity;
 pub mod liveness;
 pub mod metrics;
 pub mod rate;

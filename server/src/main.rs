@@ -6,6 +6,9 @@
 //!
 //! `gen-certs` writes a development CA, a server certificate and client certificates, so the
 //! TLS path (`--tls-cert`, `--tls-key`, `--client-ca`) is as easy to try as `--dev`.
+//!
+//! Longer than most files: [`Args`] is the server's whole configuration surface, one flag with
+//! its help text per setting, and reads best in one place.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -207,6 +210,23 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_AGENTS_PER_ORG)]
     max_agents_per_org: usize,
 
+    /// Sustained re-enrollments per minute allowed for one hardware id the org already knows.
+    #[arg(long, default_value_t = config::DEFAULT_REENROLL_PER_MINUTE)]
+    reenroll_per_minute: u32,
+
+    /// Burst of re-enrollments allowed for one hardware id.
+    #[arg(long, default_value_t = config::DEFAULT_REENROLL_BURST)]
+    reenroll_burst: u32,
+
+    /// How long sessions of two agent processes sharing one credential, replacing each other,
+    /// are remembered (the `identity_conflict` flag clears after this long without one).
+    #[arg(long, default_value_t = config::DEFAULT_IDENTITY_CONFLICT_WINDOW.into())]
+    identity_conflict_window: humantime::Duration,
+
+    /// Conflicting replacements allowed within the window before the newcomer is refused.
+    #[arg(long, default_value_t = config::DEFAULT_IDENTITY_CONFLICT_REPLACEMENTS)]
+    identity_conflict_replacements: u32,
+
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "TETHER_LOG_FORMAT")]
     log_format: LogFormat,
@@ -288,6 +308,10 @@ impl Args {
         c.limits.token_requests_per_second = self.token_requests_per_second;
         c.limits.token_request_burst = self.token_request_burst;
         c.limits.max_agents_per_org = self.max_agents_per_org;
+        c.limits.reenroll_per_minute = self.reenroll_per_minute;
+        c.limits.reenroll_burst = self.reenroll_burst;
+        c.limits.identity_conflict_window = self.identity_conflict_window.into();
+        c.limits.identity_conflict_replacements = self.identity_conflict_replacements;
         c.metrics_listen = (!self.no_metrics).then_some(self.metrics_listen);
         c
     }
@@ -587,6 +611,7 @@ mod dev {
                 labels: Default::default(),
                 max_uses: 1,
                 ttl: Some(LOCAL_AGENT_ENROLLMENT_TTL),
+                allow_reclaim: false,
             };
             let (_, secret) = tether_server::service::admin::create_enrollment_token(
                 server.state(),

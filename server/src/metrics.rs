@@ -41,6 +41,21 @@ pub struct DenialLabels {
     pub code: &'static str,
 }
 
+/// How an enrollment ended up: `new`, `duplicate_hardware_id` (a new agent sharing its
+/// hardware id with others), or the take-over's claim (`proof`, `admin_reclaim`,
+/// `token_reclaim`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnrollmentLabels {
+    pub outcome: &'static str,
+}
+
+/// What the server did about two agent processes sharing one credential: `flagged` (a
+/// conflicting replacement, allowed), `refused` (the newcomer was refused).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub limit_violations: Family<LimitLabels, Counter>,
@@ -59,6 +74,8 @@ pub struct Metrics {
     pub refusals_unaudited: Counter,
     /// Agent streams refused for their client certificate (mTLS), by reason.
     pub mtls_refusals: Family<MtlsLabels, Counter>,
+    pub enrollments: Family<EnrollmentLabels, Counter>,
+    pub identity_conflicts: Family<ConflictLabels, Counter>,
 }
 
 impl Metrics {
@@ -78,6 +95,8 @@ impl Metrics {
         let writer_queue_depth = Family::<QueueLabels, Gauge>::default();
         let writer_transitions_coalesced = Counter::default();
         let writer_unencodable_writes = Counter::default();
+        let enrollments = Family::<EnrollmentLabels, Counter>::default();
+        let identity_conflicts = Family::<ConflictLabels, Counter>::default();
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -145,6 +164,18 @@ impl Metrics {
             "Agent streams refused for their client certificate",
             mtls_refusals.clone(),
         );
+        registry.register(
+            "enrollments",
+            "Enrollments by outcome: a new agent, a new agent sharing its hardware id \
+             (duplicate_hardware_id), or a take-over and its claim",
+            enrollments.clone(),
+        );
+        registry.register(
+            "identity_conflicts",
+            "Sessions of two agent processes sharing one credential replacing each other \
+             (flagged) or refused",
+            identity_conflicts.clone(),
+        );
         Arc::new(Self {
             registry,
             limit_violations,
@@ -161,12 +192,28 @@ impl Metrics {
             watchers_aborted,
             refusals_unaudited,
             mtls_refusals,
+            enrollments,
+            identity_conflicts,
         })
     }
 
     pub fn limit(&self, limit: &'static str) {
         self.limit_violations
             .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    /// Counts an enrollment that ended as `outcome`.
+    pub fn enrollment(&self, outcome: &'static str) {
+        self.enrollments
+            .get_or_create(&EnrollmentLabels { outcome })
+            .inc();
+    }
+
+    /// Counts an identity conflict the server answered with `outcome`.
+    pub fn identity_conflict(&self, outcome: &'static str) {
+        self.identity_conflicts
+            .get_or_create(&ConflictLabels { outcome })
             .inc();
     }
 

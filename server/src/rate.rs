@@ -35,6 +35,22 @@ impl TokenBucket {
             false
         }
     }
+
+    /// How long from `now` until a token is available (zero if one is).
+    pub fn time_to_next(&self, now: Instant) -> std::time::Duration {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        let tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        if tokens >= 1.0 || self.per_second <= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64((1.0 - tokens) / self.per_second)
+    }
+
+    /// Whether the bucket has refilled to its burst at `now`: forgetting it changes nothing.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens + elapsed * self.per_second >= self.burst
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +71,12 @@ mod tests {
         let later = start + Duration::from_secs(60);
         assert!((0..3).all(|_| bucket.try_take(later)));
         assert!(!bucket.try_take(later));
+        assert_eq!(bucket.time_to_next(later), Duration::from_millis(100));
+        assert!(!bucket.is_full(later));
+        assert!(bucket.is_full(later + Duration::from_millis(300)));
+        assert_eq!(
+            bucket.time_to_next(later + Duration::from_millis(100)),
+            Duration::ZERO
+        );
     }
 }

@@ -9,9 +9,11 @@
 //! order and event order agree for each agent. Queries take the read lock and copy out
 //! [`AgentView`]s, within a byte budget where they copy many.
 //!
-//! Nothing here awaits while holding a lock.
+//! Nothing here awaits while holding a lock. Identity changes (enrollment, deletion and the
+//! tombstones that keep a deleted id from coming back, reclaim permissions, the identity
+//! conflict check of a replacing session) are in `registry/identity.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
@@ -21,15 +23,18 @@ use crate::domain::{
     AgentId, AgentRecord, AgentStatus, Health, Labels, LiveRecord, OrgId, Sample, SessionId,
     StatusReason, SystemInfo, Transition,
 };
+use crate::identity::{ConflictPolicy, IdentityWatch};
 use crate::liveness;
 use crate::metrics::{Metrics, TransitionLabels};
 use crate::session::{CloseReason, Session};
 use crate::writer::WriterHandle;
 
+mod identity;
 mod query;
 mod size;
 mod watch;
 
+pub use self::identity::{OpenRefused, OpenedSession, SessionConflict};
 pub use self::query::{AgentFilter, AgentListQuery, Page, Summary};
 #[cfg(test)]
 pub(crate) use self::size::agent_bytes;
@@ -50,15 +55,8 @@ pub struct AgentView {
     pub last_seq: u64,
     pub health: Health,
     pub duplicate_hardware_id: bool,
-}
-
-/// Outcome of [`Registry::enroll_target`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum EnrollTarget {
-    /// A known, disconnected agent with the same hardware id: reuse its id.
-    Existing(AgentId),
-    /// A new agent. `duplicates` are live agents already using the same hardware id.
-    New { duplicates: Vec<AgentId> },
+    /// What the identity conflict is about; `None` when the agent is not flagged.
+    pub identity_conflict: Option<String>,
 }
 
 pub struct Registry {
@@ -70,6 +68,8 @@ pub struct Registry {
     liveness: LivenessConfig,
     health: HealthThresholds,
     metrics: Arc<Metrics>,
+    /// When sessions replacing each other are an identity conflict.
+    conflict: ConflictPolicy,
 }
 
 /// The registry's wall clock: the system's, or in unit tests one that follows tokio's (paused)
@@ -102,6 +102,8 @@ struct Inner {
     hardware: HashMap<(OrgId, String), BTreeSet<AgentId>>,
     /// The watchers of each org that has some.
     feeds: HashMap<OrgId, watch::Feed>,
+    /// Deleted agents (tombstones): an id here is never inserted again.
+    deleted: HashSet<(OrgId, AgentId)>,
     revision: u64,
 }
 
@@ -117,6 +119,11 @@ struct Entry {
     latest: Option<Sample>,
     last_seq: u64,
     duplicate_hardware_id: bool,
+    /// Instance id of the agent process holding the live session (empty if it sent none).
+    instance_id: Box<str>,
+    /// Processes that recently lost this agent's session to another one, and the conflicts
+    /// seen; `None` for almost every agent.
+    identity: Option<Box<IdentityWatch>>,
 }
 
 // === impl Registry ===
@@ -170,6 +177,7 @@ impl Registry {
             orgs,
             hardware: HashMap::new(),
             feeds: HashMap::new(),
+            deleted: HashSet::new(),
             revision: 0,
         };
         let ids: Vec<(OrgId, AgentId, String)> = inner
@@ -196,7 +204,25 @@ impl Registry {
             liveness,
             health,
             metrics,
+            conflict: ConflictPolicy {
+                window: crate::config::DEFAULT_IDENTITY_CONFLICT_WINDOW,
+                max_replacements: crate::config::DEFAULT_IDENTITY_CONFLICT_REPLACEMENTS,
+            },
         }
+    }
+
+    /// Sets the identity rules: the deleted agents (which never come back) and when sessions
+    /// replacing each other count as a conflict.
+    #[must_use]
+    pub fn with_identity(
+        mut self,
+        tombstones: impl IntoIterator<Item = (OrgId, AgentId)>,
+        conflict: ConflictPolicy,
+    ) -> Self {
+        self.conflict = conflict;
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        inner.deleted.extend(tombstones);
+        self
     }
 
     pub fn liveness_config(&self) -> &LivenessConfig {
@@ -213,94 +239,17 @@ impl Registry {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    // --- enrollment ---
-
-    /// Decides which agent id an enrollment with `hardware_id` gets in `org`.
-    pub fn enroll_target(&self, org: &OrgId, hardware_id: &str) -> EnrollTarget {
-        let inner = self.read();
-        let (Some(agents), Some(same)) = (
-            inner.orgs.get(org),
-            inner.hardware.get(&(org.clone(), hardware_id.to_owned())),
-        ) else {
-            return EnrollTarget::New { duplicates: vec![] };
-        };
-        if hardware_id.is_empty() {
-            return EnrollTarget::New { duplicates: vec![] };
-        }
-        let mut live = Vec::new();
-        for entry in same.iter().filter_map(|id| agents.get(id)) {
-            if entry.session.is_none() {
-                return EnrollTarget::Existing(entry.record.id.clone());
-            }
-            live.push(entry.record.id.clone());
-        }
-        EnrollTarget::New { duplicates: live }
-    }
-
-    /// Inserts or replaces an enrolled agent after its enrollment was made durable.
-    pub fn enrolled(&self, record: AgentRecord) {
-        let now = self.clock.now();
-        let mut inner = self.write();
-        let org = record.org.clone();
-        let agents = inner.orgs.entry(org.clone()).or_default();
-        let mut old_hardware = None;
-        let kind = match agents.get_mut(&record.id) {
-            Some(entry) => {
-                let labels_changed = entry.record.labels != record.labels;
-                old_hardware = Some(entry.record.system_info.hardware_id.clone());
-                entry.set_record(record.clone());
-                labels_changed.then_some(EventKind::LabelsChanged)
-            }
-            None => {
-                let entry = Entry::new(
-                    record.clone(),
-                    AgentStatus::Offline,
-                    StatusReason::Enrolled,
-                    now,
-                );
-                agents.insert(record.id.clone(), entry);
-                Some(EventKind::Registered)
-            }
-        };
-        if let Some(old) = old_hardware {
-            inner.index(&org, &old, &record.id, false);
-        }
-        inner.index(&org, &record.system_info.hardware_id, &record.id, true);
-        if let Some(kind) = kind {
-            self.emit(&mut inner, &org, &record.id, kind, now);
-        }
-    }
-
-    /// Number of agents enrolled in `org`.
-    pub fn n_agents(&self, org: &OrgId) -> usize {
-        self.read().orgs.get(org).map_or(0, BTreeMap::len)
-    }
-
-    /// Removes a deleted agent: its live session ends with `Goodbye(REVOKED)` and watchers get
-    /// `REMOVED`. Returns the agent as it was, or `None` if it is not in `org`.
-    pub fn remove(&self, org: &OrgId, agent: &AgentId) -> Option<AgentView> {
-        let now = self.clock.now();
-        let mut inner = self.write();
-        let entry = inner.orgs.get(org)?.get(agent)?;
-        let view = entry.view(&self.health);
-        if let Some(session) = &entry.session {
-            session.close(CloseReason::Revoked);
-        }
-        // Emit while the entry still exists, so the event carries the agent.
-        self.emit(&mut inner, org, agent, EventKind::Removed, now);
-        if let Some(removed) = inner.orgs.get_mut(org).and_then(|a| a.remove(agent)) {
-            if removed.session.is_some() {
-                self.metrics.sessions.dec();
-            }
-            inner.index(org, &removed.record.system_info.hardware_id, agent, false);
-        }
-        Some(view)
-    }
-
     // --- sessions ---
 
-    /// Opens a session for a known agent, replacing a live one if any. Returns the session and
-    /// the highest durable seq for the Welcome, or `None` if the agent is unknown in `org`.
+    /// Opens a session for a known agent, replacing a live one if any. `instance_id` names the
+    /// agent process (see [`crate::identity::Host::key`]): a replacement by another process is checked for an
+    /// identity conflict first.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenRefused::Unknown`] if the agent is not in `org`; [`OpenRefused::Conflict`] if
+    /// the newcomer is a process whose session keeps being replaced by (and replacing) another
+    /// one past the allowed number: the live session stays, nothing else changes.
     pub fn open_session(
         &self,
         org: &OrgId,
@@ -308,10 +257,16 @@ impl Registry {
         session_id: SessionId,
         system_info: SystemInfo,
         labels: Option<Labels>,
-    ) -> Option<(Arc<Session>, u64)> {
+        instance_id: &str,
+    ) -> Result<OpenedSession, OpenRefused> {
         let now = self.clock.now();
         let mut inner = self.write();
-        let entry = inner.orgs.get_mut(org)?.get_mut(agent)?;
+        let entry = inner
+            .orgs
+            .get_mut(org)
+            .and_then(|agents| agents.get_mut(agent))
+            .ok_or(OpenRefused::Unknown)?;
+        let conflict = entry.check_replacement(instance_id, &system_info, &self.conflict)?;
         let session = Arc::new(Session::new(
             session_id,
             org.clone(),
@@ -323,6 +278,7 @@ impl Registry {
         if replaced.is_none() {
             self.metrics.sessions.inc();
         }
+        entry.instance_id = instance_id.into();
         entry.last_seen = Some(now);
         let last_seq = entry.last_seq;
 
@@ -354,9 +310,16 @@ impl Registry {
         if let Some(old) = replaced {
             old.close(CloseReason::Replaced);
         }
+        let mut flipped = Vec::new();
         if let Some((old, new)) = hardware_change {
-            inner.index(org, &old, agent, false);
-            inner.index(org, &new, agent, true);
+            flipped.extend(inner.index(org, &old, agent, false));
+            flipped.extend(inner.index(org, &new, agent, true));
+        }
+        if conflict.as_ref().is_some_and(|c| c.first) && !flipped.contains(agent) {
+            flipped.push(agent.clone());
+        }
+        for id in flipped {
+            self.emit(&mut inner, org, &id, EventKind::FlagsChanged, now);
         }
         if labels_changed {
             self.emit(&mut inner, org, agent, EventKind::LabelsChanged, now);
@@ -364,7 +327,11 @@ impl Registry {
         if previous != AgentStatus::Online {
             self.transition(&mut inner, org, agent, AgentStatus::Online, reason, now);
         }
-        Some((session, last_seq))
+        Ok(OpenedSession {
+            session,
+            last_seq,
+            conflict,
+        })
     }
 
     /// A stale agent's session delivered a message again.
@@ -428,12 +395,14 @@ impl Registry {
     // --- liveness ---
 
     /// One liveness pass over the fleet: silent sessions turn stale, then offline (their
-    /// stream is ended); offline agents past the fleet TTL expire. Reads under the read lock and
+    /// stream is ended); offline agents past the fleet TTL expire; identity conflicts older
+    /// than their window are forgotten. Reads under the read lock and
     /// takes the write lock only when something changes. Returns how many transitions it made.
     pub fn liveness_pass(&self) -> usize {
         let now = tokio::time::Instant::now();
         let wall = self.clock.now();
         let mut due = Vec::new();
+        let mut identity_due = Vec::new();
         {
             let inner = self.read();
             for (org, agents) in &inner.orgs {
@@ -444,9 +413,13 @@ impl Registry {
                     {
                         due.push((org.clone(), id.clone()));
                     }
+                    if entry.identity_due(now, &self.conflict) {
+                        identity_due.push((org.clone(), id.clone()));
+                    }
                 }
             }
         }
+        self.expire_identity_conflicts(identity_due, now, wall);
         if due.is_empty() {
             return 0;
         }
@@ -567,10 +540,17 @@ fn lookup<'a>(inner: &'a mut Inner, session: &Session) -> Option<&'a mut Entry> 
 
 impl Inner {
     /// Adds (`present`) or removes `agent` under `(org, hardware)` and refreshes the
-    /// duplicate flag of every agent sharing that hardware id.
-    fn index(&mut self, org: &OrgId, hardware: &str, agent: &AgentId, present: bool) {
+    /// duplicate flag of every agent sharing that hardware id. Returns the agents whose flag
+    /// changed (for their `FLAGS_CHANGED` events).
+    fn index(
+        &mut self,
+        org: &OrgId,
+        hardware: &str,
+        agent: &AgentId,
+        present: bool,
+    ) -> Vec<AgentId> {
         if hardware.is_empty() {
-            return;
+            return Vec::new();
         }
         let key = (org.clone(), hardware.to_owned());
         let same = self.hardware.entry(key.clone()).or_default();
@@ -584,16 +564,24 @@ impl Inner {
         if ids.is_empty() {
             self.hardware.remove(&key);
         }
+        let mut flipped = Vec::new();
         if let Some(agents) = self.orgs.get_mut(org) {
             for id in ids {
-                if let Some(entry) = agents.get_mut(&id) {
+                if let Some(entry) = agents.get_mut(&id)
+                    && entry.duplicate_hardware_id != duplicate
+                {
                     entry.duplicate_hardware_id = duplicate;
+                    flipped.push(id);
                 }
             }
-            if let Some(entry) = agents.get_mut(agent).filter(|_| !present) {
+            if let Some(entry) = agents.get_mut(agent).filter(|_| !present)
+                && entry.duplicate_hardware_id
+            {
                 entry.duplicate_hardware_id = false;
+                flipped.push(agent.clone());
             }
         }
+        flipped
     }
 }
 
@@ -618,6 +606,8 @@ impl Entry {
             latest: None,
             last_seq: 0,
             duplicate_hardware_id: false,
+            instance_id: Box::default(),
+            identity: None,
         }
     }
 
@@ -627,6 +617,7 @@ impl Entry {
             &self.record,
             self.latest.as_ref(),
             self.session.as_ref().map(|s| &s.id),
+            self.identity_conflict(),
         )
     }
 
@@ -661,7 +652,16 @@ impl Entry {
             last_seq: self.last_seq,
             health: self.health(thresholds),
             duplicate_hardware_id: self.duplicate_hardware_id,
+            identity_conflict: self.identity_conflict().map(str::to_owned),
         }
+    }
+
+    /// What the identity conflict is about, while the agent is flagged.
+    fn identity_conflict(&self) -> Option<&str> {
+        self.identity
+            .as_ref()
+            .filter(|watch| watch.is_flagged())
+            .map(|watch| watch.detail.as_str())
     }
 }
 

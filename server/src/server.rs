@@ -82,6 +82,35 @@ pub struct Server {
     pub admin_token_file: PathBuf,
 }
 
+/// Splits stored tokens into those to keep and the deletions of superseded agent credentials:
+/// revoked credentials of agents that still exist (replaced at a re-enrollment). Revoked
+/// credentials of deleted agents stay, so that their agents are told they were deleted.
+fn split_superseded_credentials(
+    tokens: Vec<crate::domain::TokenRecord>,
+    agents: &[(
+        crate::domain::AgentRecord,
+        Option<crate::domain::LiveRecord>,
+    )],
+) -> (Vec<crate::domain::TokenRecord>, Vec<Write>) {
+    let existing: std::collections::HashSet<_> =
+        agents.iter().map(|(a, _)| (&a.org, &a.id)).collect();
+    let (superseded, kept): (Vec<_>, Vec<_>) = tokens.into_iter().partition(|t| {
+        t.role == Role::Agent
+            && t.revoked
+            && t.agent
+                .as_ref()
+                .is_some_and(|agent| existing.contains(&(&t.org, agent)))
+    });
+    let deletes = superseded
+        .into_iter()
+        .map(|t| Write::DeleteToken {
+            org: t.org,
+            id: t.id,
+        })
+        .collect();
+    (kept, deletes)
+}
+
 /// Opens the store under `config.data_dir` and starts the background tasks.
 ///
 /// # Errors
@@ -166,7 +195,21 @@ async fn start_inner(
         "store loaded"
     );
 
-    let auth = Arc::new(Auth::new(snapshot.tokens, snapshot.enrollment_tokens));
+    let (tokens, superseded) = split_superseded_credentials(snapshot.tokens, &snapshot.agents);
+    if !superseded.is_empty() {
+        // Left by servers that kept every replaced credential: pruned once, here.
+        let n_superseded = superseded.len();
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.commit_writes(&superseded))
+            .await
+            .map_err(|e| StartError::Internal(e.to_string()))?
+            .map_err(|source| StartError::Store {
+                path: store_path.clone(),
+                source,
+            })?;
+        tracing::info!(n_superseded, "pruned superseded agent credentials");
+    }
+    let auth = Arc::new(Auth::new(tokens, snapshot.enrollment_tokens));
     let admin_token_file = data_dir.join(ADMIN_TOKEN_FILE);
     let mut orgs = snapshot.orgs;
     if let Some(created) = ensure_default_org(&orgs, store.as_ref())? {
@@ -187,14 +230,21 @@ async fn start_inner(
         config.storage.writer_queue,
         config.storage.writer_control_queue,
     );
-    let registry = Arc::new(Registry::new(
-        snapshot.agents,
-        writer.clone(),
-        config.liveness.clone(),
-        config.health.clone(),
-        crate::registry::WatchLimits::from_config(&config.limits),
-        metrics.clone(),
-    ));
+    let tombstones = snapshot
+        .tombstones
+        .iter()
+        .map(|t| (t.org.clone(), t.agent.clone()));
+    let registry = Arc::new(
+        Registry::new(
+            snapshot.agents,
+            writer.clone(),
+            config.liveness.clone(),
+            config.health.clone(),
+            crate::registry::WatchLimits::from_config(&config.limits),
+            metrics.clone(),
+        )
+        .with_identity(tombstones, config.limits.conflict_policy()),
+    );
     auth.set_writer(writer.clone());
 
     let background = CancellationToken::new();
@@ -239,6 +289,7 @@ async fn start_inner(
         writer.clone(),
         metrics.clone(),
     ));
+    let reenroll = config.limits.reenroll_rate();
     let state = Arc::new(AppState {
         config,
         registry,
@@ -248,6 +299,7 @@ async fn start_inner(
         orgs,
         metrics,
         refusals,
+        identity: crate::identity::Identity::new(reenroll),
         shutdown: CancellationToken::new(),
     });
     Ok(Server {
@@ -539,4 +591,52 @@ pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     file.write_all(b"\n")?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::domain::{AgentId, TokenId};
+    use crate::testing::agent_record;
+
+    #[test]
+    fn only_revoked_credentials_of_existing_agents_are_superseded() {
+        let credential = |id: &str, agent: &str, revoked: bool| {
+            let (mut record, _) = auth::issue(
+                OrgId::new("acme"),
+                Role::Agent,
+                format!("agent {agent}"),
+                SystemTime::now(),
+            );
+            record.id = TokenId::new(id);
+            record.agent = Some(AgentId::new(agent));
+            record.revoked = revoked;
+            record
+        };
+        let (admin, _) = auth::issue(
+            OrgId::new("acme"),
+            Role::Admin,
+            "a".into(),
+            SystemTime::now(),
+        );
+        let tokens = vec![
+            credential("old", "a-1", true),
+            credential("new", "a-1", false),
+            credential("gone", "deleted-1", true),
+            admin.clone(),
+        ];
+        let agents = vec![(agent_record("acme", "a-1", "hw"), None)];
+        let (kept, deletes) = split_superseded_credentials(tokens, &agents);
+        let kept: Vec<&str> = kept.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(kept, ["new", "gone", admin.id.as_str()]);
+        assert_eq!(
+            deletes,
+            [Write::DeleteToken {
+                org: OrgId::new("acme"),
+                id: TokenId::new("old")
+            }]
+        );
+    }
 }

@@ -13,6 +13,7 @@ use crate::audit::RefusalAudits;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::domain::{OrgId, OrgRecord};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -20,6 +21,7 @@ use crate::writer::WriterHandle;
 
 pub mod admin;
 pub mod agent;
+pub mod enroll;
 pub mod fleet;
 
 /// What every handler shares.
@@ -33,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The per-token audit budget of refused calls, shared with the gate.
     pub refusals: Arc<RefusalAudits>,
+    /// Serializes identity changes (enrollment, deletion, reclaim) and limits re-enrollment.
+    pub identity: Identity,
     /// Cancelled when the server starts shutting down: long-lived streams end.
     pub shutdown: CancellationToken,
 }

@@ -26,6 +26,7 @@ pub fn agent_record(org: &str, id: &str, hardware_id: &str) -> AgentRecord {
         },
         enrolled_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
         pinned_labels: Default::default(),
+        reclaim_until: None,
     }
 }
 

@@ -56,6 +56,27 @@ impl TestAgent {
     ) -> Self {
         let collector =
             tether_agent::SyntheticCollector::new(hostname, format!("hw-{hostname}"), os);
+        Self::spawn_collecting(config, state_dir, hostname, collector)
+    }
+
+    /// Starts an agent with `config` for the synthetic Linux machine `hostname` whose own
+    /// hardware id is `hardware_id` (machines cloned from one image share theirs).
+    pub fn spawn_machine(
+        config: tether_agent::AgentConfig,
+        state_dir: tempfile::TempDir,
+        hostname: &str,
+        hardware_id: &str,
+    ) -> Self {
+        let collector = tether_agent::SyntheticCollector::new(hostname, hardware_id, "linux");
+        Self::spawn_collecting(config, state_dir, hostname, collector)
+    }
+
+    fn spawn_collecting(
+        config: tether_agent::AgentConfig,
+        state_dir: tempfile::TempDir,
+        hostname: &str,
+        collector: tether_agent::SyntheticCollector,
+    ) -> Self {
         let handle = tether_agent::spawn(config, Box::new(collector));
         Self {
             handle,

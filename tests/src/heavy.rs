@@ -65,6 +65,7 @@ pub fn heavy_enroll_request(n: usize) -> pb::EnrollRequest {
         system_info: Some(heavy_system_info(n)),
         labels: heavy_labels(),
         name: String::new(),
+        previous_credential: String::new(),
     }
 }
 
@@ -75,6 +76,8 @@ pub fn heavy_hello(agent_id: &str, n: usize) -> pb::Hello {
         agent_version: "heavy".to_owned(),
         system_info: Some(heavy_system_info(n)),
         labels: heavy_labels(),
+        // An instance id at its limit: 64 characters of [a-z0-9-].
+        instance_id: padded(&format!("heavy-{n}-"), 'i', 64),
     }
 }
 

@@ -329,7 +329,7 @@ impl TestServer {
             .enroll_with(pb::EnrollRequest {
                 system_info: Some(system_info(hostname)),
                 labels: crate::labels(labels),
-                name: String::new(),
+                ..Default::default()
             })
             .await
             .expect("enroll");

@@ -48,13 +48,15 @@ pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 /// A `Hello` for `agent_id` on the synthetic machine `hostname` (see [`system_info`]) asking
-/// for `labels`.
+/// for `labels`. It names no agent instance, so every session it opens looks like the same
+/// process to the server (set `instance_id` to play several).
 pub fn hello(agent_id: &str, hostname: &str, pairs: &[(&str, &str)]) -> pb::Hello {
     pb::Hello {
         agent_id: agent_id.to_owned(),
         agent_version: "test".to_owned(),
         system_info: Some(system_info(hostname)),
         labels: labels(pairs),
+        instance_id: String::new(),
     }
 }
 

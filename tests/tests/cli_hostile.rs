@@ -69,6 +69,7 @@ async fn the_cli_shows_whatever_the_server_accepts_escaped_and_exact() {
                 system_info: Some(info.clone()),
                 labels: Default::default(),
                 name: String::new(),
+                previous_credential: String::new(),
             })
             .await;
         if let Some(enrolled) = accepted("system info", enrolled) {
@@ -100,6 +101,7 @@ async fn the_cli_shows_whatever_the_server_accepts_escaped_and_exact() {
                 system_info: Some(system_info(&format!("named-{idx}"))),
                 labels: Default::default(),
                 name: (*text).to_owned(),
+                previous_credential: String::new(),
             })
             .await;
         if let Some(named) = accepted("agent name", named) {

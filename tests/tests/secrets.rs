@@ -103,13 +103,16 @@ async fn no_secret_appears_in_any_log_line_or_error_message() {
     })
     .await;
     let state_file = agent.state_dir.path().join("state.json");
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state_file).expect("agent state file"))
-            .expect("state json");
-    let credential = state["credential"]
-        .as_str()
-        .expect("credential in the state file")
-        .to_owned();
+    let stored_credential = || {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).expect("agent state file"))
+                .expect("state json");
+        state["credential"]
+            .as_str()
+            .expect("credential in the state file")
+            .to_owned()
+    };
+    let credential = stored_credential();
     assert!(credential.starts_with("tether_"));
     secrets.push(credential.clone());
 
@@ -258,17 +261,21 @@ async fn no_secret_appears_in_any_log_line_or_error_message() {
         errors.push(format!("{err:?} / {err}"));
     }
 
-    // The agent is deleted while running and stops.
+    // The agent is deleted while running: it discards its state and enrolls again, sending its
+    // old credential as its claim, which no log line may show either.
     admin
         .delete_agent(pb::DeleteAgentRequest {
             agent_id: agent_id.clone(),
         })
         .await
         .expect("delete agent");
-    eventually("the deleted agent to stop", || async {
-        agent.handle.is_finished().then_some(())
+    let new_id = eventually("the deleted agent to enroll again", || async {
+        agent.handle.stats.agent_id().filter(|id| *id != agent_id)
     })
     .await;
+    server.wait_status(&new_id, pb::AgentStatus::Online).await;
+    secrets.push(stored_credential());
+    agent.handle.shutdown();
     let state_dir = agent.state_dir;
     let stopped = agent.handle.join().await;
     errors.push(format!("{stopped:?}"));

@@ -163,6 +163,7 @@ async fn mtls_requires_a_certificate_issued_for_the_agents_own_id() {
             system_info: Some(system_info("mtls-1")),
             labels: Default::default(),
             name: String::new(),
+            previous_credential: String::new(),
         })
         .await
         .expect("enroll over TLS");

@@ -112,7 +112,14 @@ pub(super) async fn enroll_all(
                         .await;
                     let attempt = match client {
                         Ok(client) => {
-                            client::enroll_on(client, &token, &info, &identity.labels, None).await
+                            let call = client::EnrollCall {
+                                enroll_token: &token,
+                                info: &info,
+                                labels: &identity.labels,
+                                name: None,
+                                previous: None,
+                            };
+                            client::enroll_on(client, &call).await
                         }
                         Err(error) => Err(error),
                     };

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use tether_proto as pb;
 
 use crate::cli::{
-    DeleteArgs, GetArgs, LIST_PAGE_SIZE, ListArgs, ListFormat, ObjectFormat, WatchArgs,
+    AllowReclaimArgs, DeleteArgs, GetArgs, LIST_PAGE_SIZE, ListArgs, ListFormat, ObjectFormat,
+    WatchArgs,
 };
 use crate::client::{Connection, unary};
 use crate::config::Settings;
@@ -201,18 +202,55 @@ pub(crate) async fn delete(
         .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?;
     writeln!(
         out,
-        "Agent {id} deleted: its credential is revoked and its session ended; the machine must \
-         enroll again to come back."
+        "Agent {id} deleted: its credential is revoked and its session ended. An agent started \
+         with an enrollment token enrolls again, as a new agent; revoke that token to keep the \
+         machine out."
     )?;
     Ok(())
+}
+
+/// `agents allow-reclaim ID [--ttl D]`: `AdminService.AllowAgentReclaim`.
+pub(crate) async fn allow_reclaim(
+    args: AllowReclaimArgs,
+    settings: &Settings,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let id = required_id(&args.id, "agent")?;
+    let ttl = prost_types::Duration::try_from(args.ttl)
+        .map_err(|_| CliError::Usage("--ttl is too long".to_owned()))?;
+    let conn = Connection::connect(settings).await?;
+    let response = conn
+        .admin()
+        .allow_agent_reclaim(unary(pb::AllowAgentReclaimRequest {
+            agent_id: id.clone(),
+            ttl: Some(ttl),
+        }))
+        .await
+        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?
+        .into_inner();
+    write_text(out, &render_reclaim_allowed(&id, response.expires_at))
+}
+
+/// What `agents allow-reclaim` prints: until when the server allows the take-over.
+pub(crate) fn render_reclaim_allowed(
+    id: &str,
+    expires_at: Option<prost_types::Timestamp>,
+) -> String {
+    format!(
+        "Agent {} may be reclaimed until {}: the next enrollment that reports its hardware id \
+         takes it over (its id, history and pinned labels), once.\n",
+        crate::format::escape(id),
+        crate::format::rfc3339_opt(crate::view::time(expires_at))
+    )
 }
 
 /// Why `agents delete ID` without `--yes` did nothing, and how to confirm.
 fn unconfirmed_delete_message(id: &str) -> String {
     format!(
         "not deleting agent {id} without confirmation: deleting revokes its credential, ends its \
-         open session and keeps it from reconnecting; the machine must enroll again with a new \
-         enrollment token to come back; run `tetherctl agents delete {id} --yes` to confirm"
+         open session and keeps it from reconnecting; the machine must enroll again with an \
+         enrollment token to come back (as a new agent); run `tetherctl agents delete {id} \
+         --yes` to confirm"
     )
 }
 

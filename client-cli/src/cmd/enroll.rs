@@ -35,6 +35,7 @@ pub(crate) async fn create(
         labels,
         max_uses: args.max_uses,
         ttl: ttl_to_pb(args.ttl)?,
+        allow_reclaim: args.allow_reclaim,
     };
     let conn = Connection::connect(settings).await?;
     let pb::CreateEnrollmentTokenResponse { token, secret } = conn
@@ -130,6 +131,15 @@ pub(crate) fn render_created(created: &CreatedTokenView, now: SystemTime) -> Str
             ("Labels", or_none(&labels_text(&t.labels))),
             ("Uses", uses_text(t)),
             ("Expires", relative_time_detail(now, t.expires_at)),
+            (
+                "Reclaim",
+                if t.allow_reclaim {
+                    "takes over the one disconnected agent with the same hardware id"
+                } else {
+                    "no (a machine keeps its agent only with its previous credential)"
+                }
+                .to_owned(),
+            ),
         ],
     ));
     text.push_str(&secret_block("Secret", &created.secret));
@@ -208,6 +218,7 @@ mod tests {
             created_at: Some(SystemTime::UNIX_EPOCH),
             expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(7_200)),
             revoked: false,
+            allow_reclaim: false,
             state: TokenState::Active,
         }
     }

@@ -100,6 +100,8 @@ fn agent(idx: usize, time: Option<prost_types::Timestamp>) -> pb::Agent {
         duplicate_hardware_id: idx.is_multiple_of(2),
         agent_version: nasty(idx + 4),
         last_durable_seq: u64::MAX,
+        identity_conflict: !idx.is_multiple_of(3),
+        identity_conflict_detail: nasty(idx + 5),
     }
 }
 
@@ -150,6 +152,10 @@ fn agent_renderers_survive_anything_a_server_sends() {
             })],
         };
         assert_printable("agents get", &agents::render::render_detail(&detail, now));
+        assert_printable(
+            "agents allow-reclaim",
+            &agents::render_reclaim_allowed(&nasty(idx), time),
+        );
         assert_exact_json("agents get -o json", &detail);
         for kind in -1..10 {
             let event = WatchEventView::from(pb::WatchAgentsResponse {
@@ -256,6 +262,7 @@ fn admin_renderers_survive_anything_a_server_sends() {
                 created_at: time,
                 expires_at: time,
                 revoked: false,
+                allow_reclaim: idx.is_multiple_of(2),
             },
             now,
         );

@@ -43,6 +43,8 @@ pub struct EnrollmentTokenView {
     pub expires_at: Option<SystemTime>,
     /// Revoked by an admin.
     pub revoked: bool,
+    /// An enrollment with it may take over the one disconnected agent with its hardware id.
+    pub allow_reclaim: bool,
     /// Usable right now?
     pub state: TokenState,
 }

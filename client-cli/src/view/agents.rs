@@ -81,6 +81,8 @@ pub enum EventKind {
     LabelsChanged,
     /// The agent was deleted.
     Removed,
+    /// `duplicate_hardware_id` or `identity_conflict` changed.
+    FlagsChanged,
     /// Unknown to this CLI.
     Unknown,
 }
@@ -111,8 +113,14 @@ pub struct AgentView {
     pub session_id: Option<String>,
     /// Health from the latest metrics.
     pub health: Health,
-    /// Another live machine shares this agent's hardware id.
+    /// Another agent of the org reports the same hardware id (e.g. a cloned image).
     pub duplicate_hardware_id: bool,
+    /// Two machines (or agent processes) holding this agent's credential keep replacing
+    /// each other's session: a copied state directory.
+    pub identity_conflict: bool,
+    /// What the server saw, when `identity_conflict` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_conflict_detail: Option<String>,
     /// Version of the agent software.
     pub agent_version: String,
     /// Highest metrics sequence number durably stored.
@@ -303,6 +311,7 @@ impl EventKind {
             Self::MetricsUpdated => "metrics_updated",
             Self::LabelsChanged => "labels_changed",
             Self::Removed => "removed",
+            Self::FlagsChanged => "flags_changed",
             Self::Unknown => "unknown",
         }
     }

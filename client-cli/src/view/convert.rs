@@ -84,6 +84,7 @@ impl EventKind {
             Ok(K::MetricsUpdated) => Self::MetricsUpdated,
             Ok(K::LabelsChanged) => Self::LabelsChanged,
             Ok(K::Removed) => Self::Removed,
+            Ok(K::FlagsChanged) => Self::FlagsChanged,
             Ok(K::Unspecified) | Err(_) => Self::Unknown,
         }
     }
@@ -197,6 +198,8 @@ impl From<pb::Agent> for AgentView {
             duplicate_hardware_id,
             agent_version,
             last_durable_seq,
+            identity_conflict,
+            identity_conflict_detail,
         } = agent;
         Self {
             agent_id,
@@ -210,6 +213,8 @@ impl From<pb::Agent> for AgentView {
             session_id: Some(session_id).filter(|s| !s.is_empty()),
             health: Health::from_pb(health),
             duplicate_hardware_id,
+            identity_conflict,
+            identity_conflict_detail: Some(identity_conflict_detail).filter(|d| !d.is_empty()),
             agent_version,
             last_durable_seq,
             labels: sorted(labels),
@@ -481,6 +486,7 @@ impl EnrollmentTokenView {
             created_at,
             expires_at,
             revoked,
+            allow_reclaim,
         } = token;
         let max_uses = Some(max_uses).filter(|&n| n > 0);
         let expires_at = time(expires_at);
@@ -503,6 +509,7 @@ impl EnrollmentTokenView {
             created_at: time(created_at),
             expires_at,
             revoked,
+            allow_reclaim,
             state,
         }
     }

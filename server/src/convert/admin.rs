@@ -1,7 +1,7 @@
 //! `AdminService` messages: orgs, API tokens, enrollment tokens and audit events, and the
 //! requests that create or query them.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 
@@ -11,9 +11,9 @@ use super::{
     time_from_pb, timestamp,
 };
 use crate::auth::Secret;
-use crate::config::Limits;
+use crate::config::{DEFAULT_RECLAIM_TTL, Limits, MAX_RECLAIM_TTL};
 use crate::domain::{
-    AuditEntry, AuditPage, AuditQuery, AuditRecord, EnrollmentTokenRecord, NewApiToken,
+    AgentId, AuditEntry, AuditPage, AuditQuery, AuditRecord, EnrollmentTokenRecord, NewApiToken,
     NewEnrollmentToken, NewOrg, OrgId, OrgRecord, Role, TokenId, TokenRecord,
 };
 use crate::error::ServerError;
@@ -181,12 +181,14 @@ pub fn create_enrollment_token_from_pb(
         labels,
         max_uses,
         ttl,
+        allow_reclaim,
     } = req;
     Ok(NewEnrollmentToken {
         description: text(description, "description", MAX_DESCRIPTION_BYTES)?,
         labels: labels_from_pb(labels, limits)?,
         max_uses,
         ttl: ttl_from_pb(ttl)?,
+        allow_reclaim,
     })
 }
 
@@ -227,6 +229,36 @@ pub fn enrollment_token_to_pb(t: &EnrollmentTokenRecord) -> pb::EnrollmentToken 
         created_at: Some(timestamp(t.created_at)),
         expires_at: opt_timestamp(t.expires_at),
         revoked: t.revoked,
+        allow_reclaim: t.allow_reclaim,
+    }
+}
+
+// === agents ===
+
+/// The agent and how long its reclaim permission lasts (default [`DEFAULT_RECLAIM_TTL`]).
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for a malformed agent id or a TTL that is negative or above
+/// [`MAX_RECLAIM_TTL`].
+pub fn allow_agent_reclaim_from_pb(
+    req: pb::AllowAgentReclaimRequest,
+) -> Result<(AgentId, Duration), ServerError> {
+    let pb::AllowAgentReclaimRequest { agent_id, ttl } = req;
+    let agent = super::fleet::agent_id_from_pb(&agent_id)?;
+    let ttl = nonzero_duration_from_pb(ttl, "ttl")?.unwrap_or(DEFAULT_RECLAIM_TTL);
+    if ttl > MAX_RECLAIM_TTL {
+        return Err(ServerError::invalid(format!(
+            "ttl must be at most {}",
+            humantime::format_duration(MAX_RECLAIM_TTL)
+        )));
+    }
+    Ok((agent, ttl))
+}
+
+pub fn allow_agent_reclaim_to_pb(expires_at: SystemTime) -> pb::AllowAgentReclaimResponse {
+    pb::AllowAgentReclaimResponse {
+        expires_at: Some(timestamp(expires_at)),
     }
 }
 

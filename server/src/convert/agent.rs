@@ -18,6 +18,8 @@ use crate::session::CloseReason;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Longest reason accepted in an agent's `Goodbye`.
 pub const MAX_GOODBYE_REASON_BYTES: usize = 256;
+/// Longest `previous_credential` accepted (a credential is about 100 bytes).
+pub const MAX_CREDENTIAL_BYTES: usize = 256;
 
 /// `now` is the server's clock.
 ///
@@ -33,6 +35,7 @@ pub fn enroll_from_pb(
         system_info,
         labels,
         name,
+        previous_credential,
     } = req;
     let system_info = system_info_from_pb(
         system_info.ok_or_else(|| ServerError::invalid("system_info is required"))?,
@@ -41,10 +44,24 @@ pub fn enroll_from_pb(
     )?;
     let labels = labels_from_pb(labels, limits)?;
     let name = text(name, "name", MAX_NAME_BYTES)?;
+    let previous_credential = match previous_credential.as_str() {
+        "" => None,
+        _ => {
+            let presented = text(
+                previous_credential,
+                "previous_credential",
+                MAX_CREDENTIAL_BYTES,
+            )?;
+            Some(crate::auth::presented(&presented).ok_or_else(|| {
+                ServerError::invalid("previous_credential is not a Tether agent credential")
+            })?)
+        }
+    };
     Ok(Enrollment {
         system_info,
         labels,
         name,
+        previous_credential,
     })
 }
 
@@ -74,9 +91,16 @@ pub fn hello_from_pb(
         agent_version,
         system_info,
         labels,
+        instance_id,
     } = hello;
     let report = ReportLimits::of(limits);
     let agent_version = text(agent_version, "agent_version", report.max_text_bytes)?;
+    // Stricter than the text rules: an id's characters are printable ASCII only.
+    if !instance_id.is_empty() && !crate::domain::is_valid_id(&instance_id) {
+        return Err(ServerError::invalid(
+            "Hello.instance_id must be at most 64 characters of a-z, 0-9 and -",
+        ));
+    }
     let mut system_info = system_info_from_pb(
         system_info.ok_or_else(|| ServerError::invalid("Hello.system_info is required"))?,
         &report,
@@ -88,6 +112,7 @@ pub fn hello_from_pb(
     Ok(AgentHello {
         system_info,
         labels: labels_from_pb(labels, limits)?,
+        instance_id,
     })
 }
 

@@ -57,6 +57,8 @@ pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
         duplicate_hardware_id: view.duplicate_hardware_id,
         agent_version: record.system_info.agent_version.clone(),
         last_durable_seq: view.last_seq,
+        identity_conflict: view.identity_conflict.is_some(),
+        identity_conflict_detail: view.identity_conflict.clone().unwrap_or_default(),
     }
 }
 
@@ -243,6 +245,7 @@ pub fn fleet_event_to_pb(event: &FleetEvent) -> pb::WatchAgentsResponse {
         EventKind::MetricsUpdated => (pb::AgentEventKind::MetricsUpdated, None),
         EventKind::LabelsChanged => (pb::AgentEventKind::LabelsChanged, None),
         EventKind::Removed => (pb::AgentEventKind::Removed, None),
+        EventKind::FlagsChanged => (pb::AgentEventKind::FlagsChanged, None),
     };
     pb::WatchAgentsResponse {
         kind: kind as i32,

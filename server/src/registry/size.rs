@@ -19,11 +19,13 @@ const PER_LABEL: usize = 16;
 /// Per disk: its message header, the mount point's prefix and the two counters.
 const PER_DISK: usize = 32;
 
-/// An upper bound of the size of the agent `record` with its `latest` sample and `session`.
+/// An upper bound of the size of the agent `record` with its `latest` sample, `session` and
+/// `identity_conflict` detail (see `AgentView`).
 pub(crate) fn agent_bytes(
     record: &AgentRecord,
     latest: Option<&Sample>,
     session: Option<&SessionId>,
+    identity_conflict: Option<&str>,
 ) -> usize {
     let info = &record.system_info;
     let strings = [
@@ -41,6 +43,7 @@ pub(crate) fn agent_bytes(
         &info.agent_version,
         &info.agent_version,
         session.map_or("", SessionId::as_str),
+        identity_conflict.unwrap_or(""),
     ];
     let strings: usize = strings.iter().map(|s| s.len() + PER_STRING).sum();
     let disks: usize = latest.map_or(0, |sample| {

@@ -7,6 +7,7 @@ use futures::FutureExt as _;
 use super::*;
 use crate::config::{HealthThresholds, LivenessConfig};
 use crate::domain::TokenId;
+use crate::identity::ConflictPolicy;
 use crate::testing::{agent_record, sample};
 use crate::writer::WriterQueues;
 
@@ -40,6 +41,13 @@ pub(super) fn fixture_with(agents: &[(&str, &str)], watch_limits: WatchLimits) -
         HealthThresholds::default(),
         watch_limits,
         metrics.clone(),
+    )
+    .with_identity(
+        [],
+        ConflictPolicy {
+            window: Duration::from_secs(60),
+            max_replacements: 2,
+        },
     );
     registry.clock = Clock::FollowsTokio {
         origin: tokio::time::Instant::now(),
@@ -62,7 +70,8 @@ pub(super) fn id(agent: &str) -> AgentId {
 }
 
 impl Fixture {
-    /// Opens a session for `agent` reporting the hardware id it was enrolled with.
+    /// Opens a session for `agent` reporting the hardware id it was enrolled with, from the
+    /// agent process `instance` (one per agent unless a test says otherwise).
     pub(super) fn open(&self, agent: &str, session: &str) -> Arc<Session> {
         let info = self.view(agent).record.system_info;
         self.open_with(agent, session, info, None)
@@ -75,11 +84,27 @@ impl Fixture {
         info: SystemInfo,
         labels: Option<Labels>,
     ) -> Arc<Session> {
-        let (session, _) = self
-            .registry
-            .open_session(&org(), &id(agent), SessionId::new(session), info, labels)
-            .expect("a known agent");
-        session
+        self.open_as(agent, session, info, labels, agent)
+            .expect("a known agent")
+            .session
+    }
+
+    fn open_as(
+        &self,
+        agent: &str,
+        session: &str,
+        info: SystemInfo,
+        labels: Option<Labels>,
+        instance: &str,
+    ) -> Result<OpenedSession, OpenRefused> {
+        self.registry.open_session(
+            &org(),
+            &id(agent),
+            SessionId::new(session),
+            info,
+            labels,
+            instance,
+        )
     }
 
     pub(super) fn view(&self, agent: &str) -> AgentView {
@@ -213,19 +238,25 @@ fn agents_sharing_a_hardware_id_are_flagged_until_they_no_longer_share_it() {
     };
     assert_eq!(f.duplicates(), flags(true, true, false));
 
-    // A disconnected agent with the hardware id is taken over; connected ones are reported.
+    // Enrollment sees every agent with the hardware id and whether it is connected.
+    let connected = |f: &Fixture| -> Vec<(String, bool)> {
+        f.registry
+            .hardware_mates(&org(), "hw-x")
+            .into_iter()
+            .map(|m| (m.id.to_string(), m.connected))
+            .collect()
+    };
     assert_eq!(
-        f.registry.enroll_target(&org(), "hw-x"),
-        EnrollTarget::Existing(id("a-1"))
+        connected(&f),
+        [("a-1".to_owned(), false), ("b-1".to_owned(), false)]
     );
     let _a = f.open("a-1", "s-a");
     let _b = f.open("b-1", "s-b");
     assert_eq!(
-        f.registry.enroll_target(&org(), "hw-x"),
-        EnrollTarget::New {
-            duplicates: vec![id("a-1"), id("b-1")]
-        }
+        connected(&f),
+        [("a-1".to_owned(), true), ("b-1".to_owned(), true)]
     );
+    assert!(f.registry.hardware_mates(&org(), "").is_empty());
 
     // c-1 reports the shared hardware id in its Hello: all three are flagged.
     let mut info = f.view("c-1").record.system_info;
@@ -306,6 +337,142 @@ fn events_carry_increasing_revisions_in_the_order_of_the_changes() {
         ]
     );
     assert_eq!(events[1].agent.latest.as_ref().map(|s| s.seq), Some(7));
+}
+
+#[test]
+fn sharing_a_hardware_id_is_announced_and_a_deleted_agent_never_comes_back() {
+    let f = fixture(&[("a-1", "hw-x")]);
+    let (_, mut watch) = f.watch(false);
+    f.registry.enrolled(agent_record("acme", "b-1", "hw-x"));
+    let events = drain(&mut watch);
+    assert_eq!(
+        kinds(&events),
+        [
+            ("b-1".to_owned(), EventKind::Registered),
+            ("a-1".to_owned(), EventKind::FlagsChanged),
+        ]
+    );
+    assert!(events[0].agent.duplicate_hardware_id, "registered flagged");
+    assert!(events[1].agent.duplicate_hardware_id);
+
+    let view = f.registry.remove(&org(), &id("b-1")).expect("b-1 existed");
+    assert_eq!(
+        kinds(&drain(&mut watch)),
+        [
+            ("b-1".to_owned(), EventKind::Removed),
+            ("a-1".to_owned(), EventKind::FlagsChanged),
+        ]
+    );
+    assert!(!f.view("a-1").duplicate_hardware_id);
+    assert!(f.registry.is_deleted(&org(), &id("b-1")));
+
+    // Whatever races with the deletion, the id is not inserted again.
+    assert!(!f.registry.enrolled(agent_record("acme", "b-1", "hw-x")));
+    assert!(f.registry.get(&org(), &id("b-1")).is_none());
+    assert!(drain(&mut watch).is_empty());
+
+    // A deletion that could not be made durable is undone.
+    f.registry.restore(view);
+    assert!(!f.registry.is_deleted(&org(), &id("b-1")));
+    assert!(f.view("b-1").duplicate_hardware_id);
+    assert!(f.view("a-1").duplicate_hardware_id);
+}
+
+#[test]
+fn a_take_over_ends_the_live_session_of_the_old_credential() {
+    let f = fixture(&[("a-1", "hw-1")]);
+    let session = f.open("a-1", "s-1");
+    let (_, mut watch) = f.watch(false);
+    let mut record = agent_record("acme", "a-1", "hw-1");
+    record.labels.insert("role".to_owned(), "db".to_owned());
+    assert!(f.registry.enrolled(record));
+    assert_eq!(session.close_reason(), CloseReason::Revoked);
+    let view = f.view("a-1");
+    assert_eq!(
+        (view.status, view.reason, view.session),
+        (AgentStatus::Offline, StatusReason::Enrolled, None)
+    );
+    assert_eq!(f.metrics.sessions.get(), 0);
+    assert_eq!(
+        kinds(&drain(&mut watch)),
+        [
+            ("a-1".to_owned(), EventKind::LabelsChanged),
+            (
+                "a-1".to_owned(),
+                EventKind::StatusChanged {
+                    previous: AgentStatus::Online
+                }
+            ),
+        ]
+    );
+    // The ended session's stream closes later: nothing changes.
+    f.registry
+        .session_closed(&session, StatusReason::StreamClosed);
+    assert!(drain(&mut watch).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarts_are_not_conflicts_but_two_processes_fighting_are_flagged_then_refused() {
+    let f = fixture(&[("a-1", "hw-1")]);
+    let info = f.view("a-1").record.system_info;
+    let open =
+        |session: &str, instance: &str| f.open_as("a-1", session, info.clone(), None, instance);
+    // Restarts: each new process replaces the previous one's session, which never comes back.
+    for (n, instance) in ["p1", "p2", "p3", "p4"].into_iter().enumerate() {
+        let opened = open(&format!("r-{n}"), instance).expect("opens");
+        assert_eq!(opened.conflict, None, "{instance}");
+    }
+    let (_, mut watch) = f.watch(false);
+
+    // p5 replaces p4, and p4 comes back: two live processes share the credential.
+    open("s-1", "p5").expect("opens");
+    let conflict = open("s-2", "p4")
+        .expect("allowed, flagged")
+        .conflict
+        .expect("a conflict");
+    assert!(conflict.first && conflict.audit, "{conflict:?}");
+    assert!(
+        conflict.detail.contains("two agent processes"),
+        "{conflict:?}"
+    );
+    let view = f.view("a-1");
+    assert_eq!(
+        view.identity_conflict.as_deref(),
+        Some(conflict.detail.as_str())
+    );
+    assert_eq!(
+        kinds(&drain(&mut watch)),
+        [("a-1".to_owned(), EventKind::FlagsChanged)]
+    );
+    let again = open("s-3", "p5")
+        .expect("allowed")
+        .conflict
+        .expect("conflict");
+    assert!(!again.first && !again.audit, "audited once per interval");
+
+    // Past the allowed replacements the newcomer is refused; the incumbent keeps its session.
+    let refused = open("s-4", "p4").expect_err("refused");
+    assert!(
+        matches!(refused, OpenRefused::Conflict(ref c) if !c.first && !c.audit),
+        "refusals are audited by the refusal budget, not here: {refused:?}"
+    );
+    assert_eq!(f.view("a-1").session, Some(SessionId::new("s-3")));
+    assert!(drain(&mut watch).is_empty());
+
+    // Nothing for a whole window: the flag clears, and watchers hear of it (besides the
+    // silent session's status changes, which paused time also brings).
+    tokio::time::advance(Duration::from_secs(59)).await;
+    f.registry.liveness_pass();
+    assert!(f.view("a-1").identity_conflict.is_some());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    f.registry.liveness_pass();
+    assert_eq!(f.view("a-1").identity_conflict, None);
+    let flags: Vec<_> = drain(&mut watch)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::FlagsChanged)
+        .collect();
+    assert_eq!(flags.len(), 1);
+    assert!(flags[0].agent.identity_conflict.is_none());
 }
 
 #[tokio::test(start_paused = true)]

@@ -46,10 +46,14 @@ pub const PAGE_SCAN: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Registered,
-    StatusChanged { previous: AgentStatus },
+    StatusChanged {
+        previous: AgentStatus,
+    },
     MetricsUpdated,
     LabelsChanged,
     Removed,
+    /// `duplicate_hardware_id` or `identity_conflict` changed.
+    FlagsChanged,
 }
 
 /// One change, numbered by `revision` (server-wide, increasing).

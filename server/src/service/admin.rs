@@ -18,6 +18,7 @@ use crate::domain::{
     NewEnrollmentToken, NewOrg, OrgId, OrgRecord, Role, TokenId, TokenRecord,
 };
 use crate::error::ServerError;
+use crate::identity::LockKey;
 use crate::service::AppState;
 use crate::store::Write;
 
@@ -40,6 +41,7 @@ const CREATE_ORG: &str = "/tether.v1.AdminService/CreateOrg";
 const CREATE_TOKEN: &str = "/tether.v1.AdminService/CreateToken";
 const REVOKE_TOKEN: &str = "/tether.v1.AdminService/RevokeToken";
 const DELETE_AGENT: &str = "/tether.v1.AdminService/DeleteAgent";
+const ALLOW_AGENT_RECLAIM: &str = "/tether.v1.AdminService/AllowAgentReclaim";
 const CREATE_ENROLLMENT_TOKEN: &str = "/tether.v1.AdminService/CreateEnrollmentToken";
 const REVOKE_ENROLLMENT_TOKEN: &str = "/tether.v1.AdminService/RevokeEnrollmentToken";
 
@@ -198,6 +200,25 @@ impl pb::admin_service_server::AdminService for AdminService {
         self.finish(&caller, DELETE_AGENT, &raw, result).await
     }
 
+    async fn allow_agent_reclaim(
+        &self,
+        request: Request<pb::AllowAgentReclaimRequest>,
+    ) -> Result<Response<pb::AllowAgentReclaimResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let req = request.into_inner();
+        let target = req.agent_id.clone();
+        let result = async {
+            let (agent, ttl) = convert::admin::allow_agent_reclaim_from_pb(req)?;
+            let expires_at = self
+                .allow_agent_reclaim(&caller, agent, ttl, &target)
+                .await?;
+            Ok(convert::admin::allow_agent_reclaim_to_pb(expires_at))
+        }
+        .await;
+        self.finish(&caller, ALLOW_AGENT_RECLAIM, &target, result)
+            .await
+    }
+
     async fn list_audit_events(
         &self,
         request: Request<pb::ListAuditEventsRequest>,
@@ -228,6 +249,7 @@ pub async fn create_enrollment_token(
         labels,
         max_uses,
         ttl,
+        allow_reclaim,
     } = new;
     let now = SystemTime::now();
     let expires_at = expiry(ttl, now)?;
@@ -243,6 +265,7 @@ pub async fn create_enrollment_token(
         created_at: now,
         expires_at,
         revoked: false,
+        allow_reclaim,
     };
     let audit = caller.map(|c| audit_ok(c, CREATE_ENROLLMENT_TOKEN, record.id.as_str()));
     state
@@ -485,28 +508,33 @@ impl AdminService {
 
     /// Deletes `agent` of the caller's org: its credentials are revoked, a tombstone stays, and
     /// its live session ends.
+    ///
+    /// Under the agent's identity lock (so no enrollment takes it over meanwhile), the agent
+    /// leaves memory first: from then on its credentials fail, no session opens, and nothing
+    /// queues a write of its record; only then is the deletion committed, so no write of the
+    /// agent can follow its tombstone. If the commit fails, the agent is put back.
     async fn delete_agent(
         &self,
         caller: &auth::Caller,
         agent: AgentId,
         target: &str,
     ) -> Result<(), ServerError> {
-        let view = self
-            .state
+        let state = &self.state;
+        let _lock = state
+            .identity
+            .locks
+            .lock(LockKey::Agent(caller.org.clone(), agent.clone()))
+            .await;
+        let credentials = state.auth.agent_credentials(&agent);
+        let view = state
             .registry
-            .get(&caller.org, &agent)
+            .remove(&caller.org, &agent)
             .ok_or_else(|| ServerError::NotFound(format!("agent {agent}")))?;
-        let credentials: Vec<TokenRecord> = self
-            .state
-            .auth
-            .agent_credentials(&agent)
-            .into_iter()
-            .map(|mut t| {
-                t.revoked = true;
-                t
-            })
+        let revoked: Vec<TokenRecord> = credentials
+            .iter()
+            .filter_map(|credential| state.auth.revoke_token(&credential.id))
             .collect();
-        let mut writes: Vec<Write> = credentials.iter().cloned().map(Write::PutToken).collect();
+        let mut writes: Vec<Write> = revoked.iter().cloned().map(Write::PutToken).collect();
         writes.push(Write::DeleteAgent(AgentTombstone {
             org: caller.org.clone(),
             agent: agent.clone(),
@@ -514,16 +542,68 @@ impl AdminService {
             deleted_at: SystemTime::now(),
             deleted_by: caller.token.clone(),
         }));
-        self.state
+        if let Err(e) = state
             .writer
             .commit_audited(writes, Some(audit_ok(caller, DELETE_AGENT, target)))
-            .await?;
-        for credential in &credentials {
-            self.state.auth.revoke_token(&credential.id);
+            .await
+        {
+            for credential in credentials {
+                state.auth.insert_token(credential);
+            }
+            state.registry.restore(view);
+            return Err(e);
         }
-        self.state.registry.remove(&caller.org, &agent);
         tracing::info!(%agent, org = %caller.org, by = %caller.token, "agent deleted");
         Ok(())
+    }
+
+    /// Lets the next enrollment reporting `agent`'s hardware id take it over within `ttl`;
+    /// returns when the permission lapses. Under the agent's identity lock, like every change
+    /// of its identity; the record's write is queued under the registry's lock, so no older
+    /// copy of it is written after.
+    async fn allow_agent_reclaim(
+        &self,
+        caller: &auth::Caller,
+        agent: AgentId,
+        ttl: std::time::Duration,
+        target: &str,
+    ) -> Result<SystemTime, ServerError> {
+        let state = &self.state;
+        let _lock = state
+            .identity
+            .locks
+            .lock(LockKey::Agent(caller.org.clone(), agent.clone()))
+            .await;
+        let previous = state
+            .registry
+            .get(&caller.org, &agent)
+            .ok_or_else(|| ServerError::NotFound(format!("agent {agent}")))?
+            .record
+            .reclaim_until;
+        let until = expiry(Some(ttl), SystemTime::now())?
+            .ok_or_else(|| ServerError::Internal("a ttl gives an expiry".to_owned()))?;
+        let mut audit = audit_ok(caller, ALLOW_AGENT_RECLAIM, target);
+        audit.message = format!(
+            "the next enrollment with this agent's hardware id within {} takes it over",
+            humantime::format_duration(ttl)
+        );
+        // The queue slot is taken first: nothing may wait under the registry's lock.
+        let slot = state.writer.reserve().await?;
+        let pending = state
+            .registry
+            .set_reclaim(&caller.org, &agent, Some(until), |record| {
+                slot.submit(vec![Write::PutAgent(record.clone())], Some(audit))
+            })
+            .ok_or_else(|| ServerError::NotFound(format!("agent {agent}")))??;
+        if let Err(e) = pending.wait().await {
+            let restore = state
+                .registry
+                .set_reclaim(&caller.org, &agent, previous, |_| ());
+            debug_assert!(restore.is_some(), "the agent lock keeps the agent");
+            return Err(e);
+        }
+        tracing::info!(%agent, org = %caller.org, by = %caller.token, until = %humantime::format_rfc3339_seconds(until), "agent reclaim allowed");
+        Ok(until)
     }
 
     /// Revokes enrollment token `id` of the caller's org (revoking twice is not an error);

@@ -8,20 +8,17 @@ use futures::Stream;
 use tether_proto as pb;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{self, Principal, Secret};
+use crate::audit::RefusalKind;
+use crate::auth::{self, Principal};
 use crate::convert;
-use crate::domain::{
-    AgentHello, AgentId, AgentRecord, AgentStatus, Enrollment, Labels, LiveRecord, OrgId, Role,
-    SessionId, StatusReason, TokenRecord,
-};
+use crate::domain::{AgentHello, AgentId, Labels, SessionId};
 use crate::error::ServerError;
 use crate::metrics::MtlsLabels;
-use crate::registry::EnrollTarget;
+use crate::registry::{OpenRefused, OpenedSession, SessionConflict};
 use crate::service::AppState;
-use crate::session::{SessionLimits, SessionLoop};
-use crate::store::Write;
+use crate::session::{CloseReason, SessionLimits, SessionLoop};
 
-const ENROLL: &str = "/tether.v1.AgentService/Enroll";
+pub(crate) const ENROLL: &str = "/tether.v1.AgentService/Enroll";
 const CONNECT: &str = "/tether.v1.AgentService/Connect";
 
 /// How long a new stream may take to send its `Hello`.
@@ -36,138 +33,49 @@ impl AgentService {
         Self { state }
     }
 
-    async fn enroll_inner(
-        &self,
-        caller: auth::Caller,
-        req: pb::EnrollRequest,
-    ) -> Result<(AgentId, OrgId, Secret), ServerError> {
-        let enrollment =
-            convert::agent::enroll_from_pb(req, &self.state.config.limits, SystemTime::now())?;
-        let token = self.state.auth.reserve_enrollment(&caller.token)?;
-        let result = self.enroll_reserved(&caller, &token, enrollment).await;
-        if result.is_err() {
-            self.state.auth.release_enrollment(&caller.token);
-        }
-        result
-    }
-
-    /// Enrolls with a use of `token` already reserved; returns the agent's id, org and new
-    /// credential.
-    async fn enroll_reserved(
+    /// Counts, logs and (at most once per interval per agent) audits a conflicting session that
+    /// was let in: two agent processes share the credential.
+    async fn note_conflict(
         &self,
         caller: &auth::Caller,
-        token: &crate::domain::EnrollmentTokenRecord,
-        enrollment: Enrollment,
-    ) -> Result<(AgentId, OrgId, Secret), ServerError> {
-        let Enrollment {
-            system_info: info,
-            labels: asked,
-            name,
-        } = enrollment;
-        let state = &self.state;
-        let org = caller.org.clone();
-        let labels = merge_labels(asked, &token.labels);
-        if labels.len() > state.config.limits.max_labels {
-            return Err(ServerError::invalid(format!(
-                "the agent's and the enrollment token's labels together exceed {} labels",
-                state.config.limits.max_labels
-            )));
+        agent: &AgentId,
+        conflict: &SessionConflict,
+    ) {
+        self.state.metrics.identity_conflict("flagged");
+        tracing::warn!(%agent, org = %caller.org, detail = %conflict.detail, "identity conflict: {}", conflict.remedy);
+        if conflict.audit {
+            let mut entry = crate::audit::entry(caller, CONNECT, agent.as_str(), Ok(()));
+            entry.message = crate::audit::bounded(
+                &format!("identity_conflict: {}", conflict.detail),
+                crate::audit::MAX_MESSAGE_BYTES,
+            );
+            self.state.writer.audit(entry).await;
         }
-        let now = SystemTime::now();
-        let (agent_id, enrolled_at, old_credentials) = match state
-            .registry
-            .enroll_target(&org, &info.hardware_id)
-        {
-            EnrollTarget::Existing(id) => {
-                let enrolled_at = state
-                    .registry
-                    .get(&org, &id)
-                    .map_or(now, |a| a.record.enrolled_at);
-                let old = state.auth.agent_credentials(&id);
-                (id, enrolled_at, old)
-            }
-            EnrollTarget::New { duplicates } => {
-                let max = state.config.limits.max_agents_per_org;
-                if state.registry.n_agents(&org) >= max {
-                    state.metrics.limit("max_agents_per_org");
-                    return Err(ServerError::ResourceExhausted(format!(
-                        "org {org} has reached its limit of {max} agents"
-                    )));
-                }
-                let id = AgentId::new(random_id());
-                if !duplicates.is_empty() {
-                    tracing::warn!(
-                        agent = %id,
-                        ?duplicates,
-                        "hardware id already in use by a connected agent; enrolling as a new agent"
-                    );
-                }
-                (id, now, Vec::new())
-            }
-        };
-        let name = if name.is_empty() {
-            info.hostname.clone()
-        } else {
-            name
-        };
-        let record = AgentRecord {
-            id: agent_id.clone(),
-            org: org.clone(),
-            name,
-            labels,
-            system_info: info,
-            enrolled_at,
-            pinned_labels: token.labels.clone(),
-        };
-        let (mut credential_record, credential) =
-            auth::issue(org.clone(), Role::Agent, format!("agent {agent_id}"), now);
-        credential_record.agent = Some(agent_id.clone());
-        let revoked: Vec<TokenRecord> = old_credentials
-            .into_iter()
-            .map(|mut t| {
-                t.revoked = true;
-                t
-            })
-            .collect();
+    }
 
-        let mut writes = vec![
-            Write::PutAgent(record.clone()),
-            Write::PutToken(credential_record.clone()),
-        ];
-        writes.extend(revoked.iter().cloned().map(Write::PutToken));
-        if state.registry.get(&org, &agent_id).is_none() {
-            writes.push(Write::PutLive {
-                org: org.clone(),
-                agent: agent_id.clone(),
-                live: LiveRecord {
-                    status: AgentStatus::Offline,
-                    reason: StatusReason::Enrolled,
-                    since: now,
-                    last_seen: None,
-                    last_seq: 0,
-                },
-            });
-        }
-        let audit = crate::audit::entry(caller, ENROLL, agent_id.as_str(), Ok(()));
-        // The token's current record (with every use reserved so far) is queued under the
-        // cache lock, so writes of its count reach the store in order; the queue slot is taken
-        // before, since nothing may wait under that lock.
-        let slot = state.writer.reserve().await?;
-        let pending = state.auth.with_enrollment(&token.id, |current| {
-            if let Some(current) = current {
-                writes.push(Write::PutEnrollmentToken(current.clone()));
-            }
-            slot.submit(writes, Some(audit))
-        })?;
-        pending.wait().await?;
-
-        state.auth.insert_token(credential_record);
-        for t in revoked {
-            state.auth.insert_token(t);
-        }
-        state.registry.enrolled(record);
-        tracing::info!(agent = %agent_id, org = %org, enrollment_token = %token.id, "agent enrolled");
-        Ok((agent_id, org, credential))
+    /// The answer to a session refused for an identity conflict: counted, logged, and audited
+    /// within the credential's refusal budget.
+    async fn refuse_conflict(
+        &self,
+        caller: &auth::Caller,
+        agent: &AgentId,
+        conflict: &SessionConflict,
+    ) -> Status {
+        self.state.metrics.identity_conflict("refused");
+        let status = tether_proto::refusal::refuse(
+            tonic::Code::FailedPrecondition,
+            format!(
+                "{}; this session was refused so that the other keeps working. To fix it: {}",
+                conflict.detail, conflict.remedy
+            ),
+            tether_proto::refusal::Refusal::IdentityConflict,
+        );
+        tracing::warn!(%agent, org = %caller.org, detail = %conflict.detail, "identity conflict: session refused");
+        self.state
+            .refusals
+            .audit(caller, CONNECT, agent.as_str(), &status, RefusalKind::Other)
+            .await;
+        status
     }
 }
 
@@ -222,15 +130,10 @@ impl AgentService {
             peer = ?request.remote_addr(),
             "refused an agent stream: client certificate"
         );
-        if let Some(entry) = self.state.refusals.refused(
-            caller,
-            CONNECT,
-            agent.as_str(),
-            &status,
-            crate::audit::RefusalKind::Other,
-        ) {
-            self.state.refusals.record(entry).await;
-        }
+        self.state
+            .refusals
+            .audit(caller, CONNECT, agent.as_str(), &status, RefusalKind::Other)
+            .await;
         status
     }
 }
@@ -242,21 +145,38 @@ impl pb::agent_service_server::AgentService for AgentService {
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let caller = auth::caller(&request)?;
-        match self
-            .enroll_inner(caller.clone(), request.into_inner())
-            .await
-        {
-            Ok((agent, org, credential)) => Ok(Response::new(convert::agent::enroll_to_pb(
-                &agent,
-                &org,
-                &credential,
+        let result = match convert::agent::enroll_from_pb(
+            request.into_inner(),
+            &self.state.config.limits,
+            SystemTime::now(),
+        ) {
+            Ok(enrollment) => {
+                crate::service::enroll::enroll(&self.state, &caller, enrollment).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(enrolled) => Ok(Response::new(convert::agent::enroll_to_pb(
+                &enrolled.agent,
+                &enrolled.org,
+                &enrolled.credential,
             ))),
             Err(err) => {
+                // A re-enrollment over its rate is a rate refusal: audited at most once per
+                // interval per token, like the gate's; every other failure is audited.
+                let rate = matches!(err, ServerError::RetryLater { .. });
                 let status = Status::from(err);
-                self.state
-                    .writer
-                    .audit(crate::audit::entry(&caller, ENROLL, "", Err(&status)))
-                    .await;
+                if rate {
+                    self.state
+                        .refusals
+                        .audit(&caller, ENROLL, "", &status, RefusalKind::Rate)
+                        .await;
+                } else {
+                    self.state
+                        .writer
+                        .audit(crate::audit::entry(&caller, ENROLL, "", Err(&status)))
+                        .await;
+                }
                 Err(status)
             }
         }
@@ -317,6 +237,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let AgentHello {
             system_info: info,
             labels,
+            instance_id,
         } = convert::agent::hello_from_pb(hello, &state.config.limits, SystemTime::now())?;
         let pinned = state
             .registry
@@ -332,10 +253,40 @@ impl pb::agent_service_server::AgentService for AgentService {
         }
 
         let session_id = SessionId::new(random_id());
-        let (session, last_seq) = state
-            .registry
-            .open_session(&caller.org, &agent, session_id.clone(), info, Some(labels))
-            .ok_or(ServerError::NotFound(format!("agent {agent}")))?;
+        let opened = state.registry.open_session(
+            &caller.org,
+            &agent,
+            session_id.clone(),
+            info,
+            Some(labels),
+            &instance_id,
+        );
+        let OpenedSession {
+            session,
+            last_seq,
+            conflict,
+        } = match opened {
+            Ok(opened) => opened,
+            Err(OpenRefused::Unknown) => {
+                return Err(ServerError::NotFound(format!("agent {agent}")).into());
+            }
+            Err(OpenRefused::Conflict(conflict)) => {
+                return Err(self.refuse_conflict(&caller, &agent, &conflict).await);
+            }
+        };
+        if !state.auth.is_active(&caller.token) {
+            // The credential was superseded or revoked while the session opened: the registry
+            // may have applied that before this session existed, so end it here.
+            session.close(CloseReason::Revoked);
+            return Err(tether_proto::refusal::refuse(
+                tonic::Code::PermissionDenied,
+                "agent credential has been revoked (the agent was deleted or re-enrolled)",
+                tether_proto::refusal::Refusal::CredentialRevoked,
+            ));
+        }
+        if let Some(conflict) = &conflict {
+            self.note_conflict(&caller, &agent, conflict).await;
+        }
         tracing::info!(agent = %agent, session = %session_id, org = %caller.org, "session opened");
 
         let welcome = convert::agent::welcome_to_pb(

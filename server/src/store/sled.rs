@@ -15,7 +15,7 @@
 //! | `{org}/t/{token}` | [`TokenRecord`] |
 //! | `{org}/e/{token}` | [`EnrollmentTokenRecord`] |
 //! | `{org}/o/info` | [`OrgRecord`] |
-//! | `{org}/d/{agent}` | [`AgentTombstone`](crate::domain::AgentTombstone) |
+//! | `{org}/d/{agent}` | [`AgentTombstone`] |
 //! | `{org}/u/{seq}` | [`AuditRecord`] |
 //!
 //! Values are `serde_json` unless the table says otherwise. `millis` (since the Unix epoch,

@@ -49,6 +49,7 @@ fn agent(org_id: &str, id: &str, name: &str) -> AgentRecord {
         },
         enrolled_at: at(2_000),
         pinned_labels: [("team".to_owned(), "core".to_owned())].into(),
+        reclaim_until: Some(at(4_000)),
     }
 }
 
@@ -133,6 +134,7 @@ fn enrollment_token(org_id: &str, id: &str) -> EnrollmentTokenRecord {
         created_at: at(1_000),
         expires_at: None,
         revoked: false,
+        allow_reclaim: true,
     }
 }
 

@@ -10,8 +10,8 @@ use sha2::{Digest as _, Sha256};
 use tether_proto as pb;
 use tether_server::store::sled::test_support::RawStore;
 use tether_tests::{
-    AdminClient, FleetClient, RawSession, TestAgent, TestServer, create_token, eventually,
-    fast_config, labels, list_all, system_info, token_id, trace_init,
+    AdminClient, FleetClient, RawSession, TestServer, create_token, eventually, fast_config,
+    labels, list_all, system_info, token_id, trace_init,
 };
 use tonic::Code;
 
@@ -25,6 +25,7 @@ fn enroll_request(hostname: &str, pairs: &[(&str, &str)]) -> pb::EnrollRequest {
         system_info: Some(system_info(hostname)),
         labels: labels(pairs),
         name: String::new(),
+        previous_credential: String::new(),
     }
 }
 
@@ -90,6 +91,7 @@ async fn enrollment_tokens_enforce_max_uses_revocation_expiry_and_stamp_labels()
             labels: labels(&[("team", "blue"), ("env", "prod")]),
             max_uses: 2,
             ttl: None,
+            allow_reclaim: false,
         },
     )
     .await;
@@ -294,46 +296,6 @@ async fn a_deleted_agent_is_disconnected_and_can_neither_reconnect_nor_reappear(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_agent_deleted_while_running_stops_instead_of_re_enrolling() {
-    trace_init();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(fast_config(dir.path())).await;
-    let token = server.enrollment_token().await;
-    let state = tempfile::tempdir().expect("agent state dir");
-    // It holds an (unlimited) enrollment token, so it could enroll again if it tried.
-    let agent = TestAgent::spawn(&server.url, state, "runner", "linux", &[], Some(token));
-    let id = agent.id().await;
-    server.wait_status(&id, pb::AgentStatus::Online).await;
-
-    server
-        .admin()
-        .await
-        .delete_agent(pb::DeleteAgentRequest {
-            agent_id: id.clone(),
-        })
-        .await
-        .expect("delete agent");
-
-    eventually("the deleted agent to stop", || async {
-        agent.handle.is_finished().then_some(())
-    })
-    .await;
-    let stats = agent.handle.stats.clone();
-    match agent.handle.join().await {
-        Err(tether_agent::AgentError::Revoked(_)) => {}
-        Err(tether_agent::AgentError::Rpc(status)) if status.code() == Code::PermissionDenied => {}
-        other => panic!("expected the agent to stop as revoked, got {other:?}"),
-    }
-    assert_eq!(stats.agent_id().as_deref(), Some(id.as_str()));
-    let mut fleet = server.fleet().await;
-    assert!(
-        agent_ids(&mut fleet).await.is_empty(),
-        "the agent did not enroll again"
-    );
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_token_ends_its_open_watch() {
     trace_init();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -508,10 +470,18 @@ async fn enrollment_beyond_the_per_org_agent_limit_is_refused() {
         .await
         .expect_err("over the limit");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    // Re-enrolling a machine that is already counted adds no agent, so it is allowed.
-    let again = enroll_with(&server, &token, "one")
+    // Re-enrolling a machine that is already counted (proving it with its credential) adds no
+    // agent, so it is allowed.
+    let again = server
+        .agent_client(Some(&token))
         .await
-        .expect("re-enroll");
+        .enroll(pb::EnrollRequest {
+            previous_credential: first.agent_credential.clone(),
+            ..enroll_request("one", &[])
+        })
+        .await
+        .expect("re-enroll")
+        .into_inner();
     assert_eq!(again.agent_id, first.agent_id);
     let mut fleet = server.fleet().await;
     assert_eq!(agent_ids(&mut fleet).await.len(), 2);

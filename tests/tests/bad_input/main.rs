@@ -252,6 +252,7 @@ fn enroll_request(hostname: &str, pairs: &[(&str, &str)]) -> pb::EnrollRequest {
         system_info: Some(system_info(hostname)),
         labels: labels(pairs),
         name: String::new(),
+        previous_credential: String::new(),
     }
 }
 

@@ -269,6 +269,7 @@ async fn control_and_format_characters_are_refused_naming_the_field() {
             system_info: Some(tether_tests::system_info("fresh")),
             labels: Default::default(),
             name: "name\u{1b}c".into(),
+            previous_credential: String::new(),
         })
         .await
         .expect_err("control character in the name");
@@ -281,10 +282,26 @@ async fn control_and_format_characters_are_refused_naming_the_field() {
             system_info: Some(info),
             labels: Default::default(),
             name: String::new(),
+            previous_credential: String::new(),
         })
         .await
         .expect_err("format character in the hardware id");
     assert_invalid("enroll hardware id", &status, "system_info.hardware_id");
+    let status = f
+        .server
+        .enroll_with(pb::EnrollRequest {
+            system_info: Some(tether_tests::system_info("fresh")),
+            labels: Default::default(),
+            name: String::new(),
+            previous_credential: "tether_abc_\u{7}secret".into(),
+        })
+        .await
+        .expect_err("control character in the previous credential");
+    assert_invalid("enroll previous credential", &status, "previous_credential");
+    let mut hello = f.hello();
+    hello.instance_id = "proc\u{1b}[2J".into();
+    let status = refusal(&f.server, &f.credential, hello, None).await;
+    assert_invalid("hello instance id", &status, "instance_id");
 
     // Admin and fleet calls.
     let mut admin = f.server.admin().await;

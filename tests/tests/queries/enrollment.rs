@@ -1,14 +1,17 @@
-//! Enrollment identity: re-enrolling a machine, duplicate hardware ids, token labels.
+//! Enrollment identity: re-enrolling a machine, duplicate hardware ids, token labels. The
+//! attacks and mistakes around identity (take-overs, clones, copies, races) are in the
+//! `identity` suite.
 
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reenrolling_a_disconnected_machine_keeps_its_id_and_replaces_the_credential() {
+async fn reenrolling_with_the_previous_credential_keeps_the_id_and_replaces_the_credential() {
     let (server, _dir) = start().await;
     let request = pb::EnrollRequest {
         system_info: Some(system_info("phoenix")),
         labels: labels(&[("env", "prod")]),
         name: String::new(),
+        previous_credential: String::new(),
     };
     let first = server.enroll_with(request.clone()).await.expect("enroll");
     let (mut session, _) = RawSession::hello_with(
@@ -25,8 +28,14 @@ async fn reenrolling_a_disconnected_machine_keeps_its_id_and_replaces_the_creden
         .wait_status(&first.agent_id, pb::AgentStatus::Offline)
         .await;
 
-    // The machine lost its state directory and enrolls again.
-    let second = server.enroll_with(request).await.expect("re-enroll");
+    // The machine enrolls again, proving who it is with the credential it holds.
+    let second = server
+        .enroll_with(pb::EnrollRequest {
+            previous_credential: first.agent_credential.clone(),
+            ..request
+        })
+        .await
+        .expect("re-enroll");
     assert_eq!(second.agent_id, first.agent_id, "same machine, same id");
     assert_ne!(second.agent_credential, first.agent_credential);
 
@@ -40,9 +49,9 @@ async fn reenrolling_a_disconnected_machine_keeps_its_id_and_replaces_the_creden
         Ok(_) => panic!("the replaced credential still connects"),
         Err(status) => status,
     };
-    // A revoked agent credential is refused as PERMISSION_DENIED, which the agent does not
-    // retry: an old copy of the machine must enroll again rather than fight for the identity.
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // The replaced credential is gone (deleted, not kept revoked): an old copy of the machine
+    // must enroll again rather than fight for the identity.
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     let (_session, welcome) = RawSession::hello_with(
         &server,
@@ -161,6 +170,7 @@ async fn enrollment_token_labels_win_over_the_agents_own() {
             system_info: Some(system_info("pinned")),
             labels: labels(&[("env", "dev"), ("role", "web")]),
             name: String::new(),
+            previous_credential: String::new(),
         })
         .await
         .expect("enroll")

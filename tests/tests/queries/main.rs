@@ -55,6 +55,7 @@ impl Machine {
             system_info: Some(self.info()),
             labels: labels(self.labels),
             name: self.name.to_owned(),
+            previous_credential: String::new(),
         }
     }
 
@@ -65,6 +66,7 @@ impl Machine {
             agent_version: "test".to_owned(),
             system_info: Some(self.info()),
             labels: labels(self.labels),
+            instance_id: String::new(),
         }
     }
 }

@@ -109,7 +109,7 @@ struct Org {
     victim_token: String,
     /// Revoked by the matrix's `RevokeEnrollmentToken`.
     victim_enrollment: String,
-    /// A credential replaced by a re-enrollment of its agent.
+    /// The credential of an agent deleted before the matrix.
     revoked_agent_credential: String,
     agents: Vec<String>,
     tokens: Vec<String>,
@@ -174,9 +174,27 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
     let victim_enrollment = create_enrollment_token(&mut admin).await;
     let subject = enroll(server, &enrollment.secret, &format!("{id}-subject")).await;
     let victim = enroll(server, &enrollment.secret, &format!("{id}-victim")).await;
-    // Enrolling the same machine again replaces (revokes) its first credential.
+    // An agent deleted before the matrix: its credential is revoked.
+    let retired = enroll(server, &enrollment.secret, &format!("{id}-retired")).await;
+    admin
+        .delete_agent(pb::DeleteAgentRequest {
+            agent_id: retired.agent_id.clone(),
+        })
+        .await
+        .expect("delete the retired agent");
+    // Enrolling the same machine again with its credential keeps the agent.
     let first = enroll(server, &enrollment.secret, &format!("{id}-reenrolled")).await;
-    let again = enroll(server, &enrollment.secret, &format!("{id}-reenrolled")).await;
+    let again = server
+        .agent_client(Some(&enrollment.secret))
+        .await
+        .enroll(pb::EnrollRequest {
+            system_info: Some(system_info(&format!("{id}-reenrolled"))),
+            previous_credential: first.agent_credential.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("re-enroll")
+        .into_inner();
     assert_eq!(first.agent_id, again.agent_id);
     assert_eq!(subject.org_id, id);
 
@@ -216,7 +234,7 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
         ],
         subject: (subject.agent_id, subject.agent_credential),
         victim_agent: victim.agent_id,
-        revoked_agent_credential: first.agent_credential,
+        revoked_agent_credential: retired.agent_credential,
         tokens,
     }
 }
@@ -510,6 +528,17 @@ async fn invoke(
                 admin
                     .delete_agent(pb::DeleteAgentRequest {
                         agent_id: t.victim_agent.clone(),
+                    })
+                    .await,
+            ),
+        ),
+        "/tether.v1.AdminService/AllowAgentReclaim" => (
+            true,
+            drop_ok(
+                admin
+                    .allow_agent_reclaim(pb::AllowAgentReclaimRequest {
+                        agent_id: t.subject.clone(),
+                        ttl: None,
                     })
                     .await,
             ),

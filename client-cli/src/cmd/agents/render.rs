@@ -12,11 +12,14 @@ use crate::format::{
 };
 use crate::view::{AgentDetailView, AgentView, EventKind, TransitionView, WatchEventView};
 
-/// STATUS cell: the status, plus kubectl-style flags (`online,duplicate-hwid`).
+/// STATUS cell: the status, plus kubectl-style flags (`online,duplicate-hwid,identity-conflict`).
 fn status_text(agent: &AgentView) -> String {
     let mut text = agent.status.as_str().to_owned();
     if agent.duplicate_hardware_id {
         text.push_str(",duplicate-hwid");
+    }
+    if agent.identity_conflict {
+        text.push_str(",identity-conflict");
     }
     text
 }
@@ -88,6 +91,7 @@ pub(crate) fn render_csv(agents: &[AgentView]) -> String {
         "last_seen",
         "health",
         "duplicate_hardware_id",
+        "identity_conflict",
         "hostname",
         "os_name",
         "os_version",
@@ -111,6 +115,7 @@ pub(crate) fn render_csv(agents: &[AgentView]) -> String {
             csv_time(agent.last_seen),
             agent.health.as_str().to_owned(),
             agent.duplicate_hardware_id.to_string(),
+            agent.identity_conflict.to_string(),
             sys(|s| &s.hostname),
             sys(|s| &s.os_name),
             sys(|s| &s.os_version),
@@ -168,7 +173,17 @@ pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String
     if agent.duplicate_hardware_id {
         pairs.push((
             "Warning",
-            "another live machine shares this hardware id (cloned image?)".to_owned(),
+            "another agent reports this hardware id (cloned image? give each clone its own \
+             with tether-agent --hardware-id)"
+                .to_owned(),
+        ));
+    }
+    if agent.identity_conflict {
+        pairs.push((
+            "Conflict",
+            agent.identity_conflict_detail.clone().unwrap_or_else(|| {
+                "two machines share this agent's credential (a copied state directory)".to_owned()
+            }),
         ));
     }
     let mut text = key_values(0, &pairs);
@@ -322,6 +337,7 @@ pub(crate) fn render_event(event: &WatchEventView, now: SystemTime) -> String {
             }
         }
         EventKind::Removed => "removed".to_owned(),
+        EventKind::FlagsChanged => status_text(agent),
         EventKind::Snapshot | EventKind::Registered | EventKind::Synced | EventKind::Unknown => {
             format!(
                 "{}, last seen {}",
@@ -371,6 +387,8 @@ mod tests {
             session_id: None,
             health: Health::Ok,
             duplicate_hardware_id: false,
+            identity_conflict: false,
+            identity_conflict_detail: None,
             agent_version: "0.1.0".into(),
             last_durable_seq: 0,
             labels: BTreeMap::from([("env".into(), "prod".into()), ("a".into(), "b".into())]),
@@ -497,6 +515,47 @@ mod tests {
         assert_eq!(
             render_event(&event, at(1_000)),
             "1970-01-01T00:16:40Z  status_changed   a-1  web-1  online -> stale (reconnected)\n"
+        );
+    }
+
+    #[test]
+    fn identity_flags_show_in_the_table_the_detail_and_the_watch() {
+        let mut agent = agent("a-1", "web-1", AgentStatus::Online, 988);
+        agent.duplicate_hardware_id = true;
+        agent.identity_conflict = true;
+        agent.identity_conflict_detail = Some("two machines share this agent's credential".into());
+        let table = render_table(std::slice::from_ref(&agent), false, at(1_000));
+        assert!(
+            table.contains("online,duplicate-hwid,identity-conflict"),
+            "{table}"
+        );
+        let detail = render_detail(
+            &AgentDetailView {
+                agent: agent.clone(),
+                recent_transitions: Vec::new(),
+            },
+            at(1_000),
+        );
+        assert!(
+            detail.contains("Conflict:       two machines share this agent's credential"),
+            "{detail}"
+        );
+        assert!(detail.contains("--hardware-id"), "{detail}");
+        let line = render_event(
+            &WatchEventView {
+                kind: EventKind::FlagsChanged,
+                time: Some(at(1_000)),
+                revision: 9,
+                previous_status: None,
+                agent: Some(agent),
+            },
+            at(1_000),
+        );
+        assert!(
+            line.ends_with(
+                "flags_changed    a-1  web-1  online,duplicate-hwid,identity-conflict\n"
+            ),
+            "{line:?}"
         );
     }
 }

@@ -11,6 +11,7 @@ use crate::domain::{
     AgentRecord, AgentStatus, DiskUsage, Labels, OrgId, Sample, SessionId, StatusReason,
     SystemInfo, Time,
 };
+use crate::identity::MAX_CONFLICT_DETAIL_BYTES;
 use crate::registry::agent_bytes;
 use crate::service::fleet::RECENT_TRANSITIONS;
 use tether_proto::text::{MAX_DISKS_PER_SAMPLE, MAX_REPORTED_TEXT_BYTES as MAX_TEXT_BYTES};
@@ -48,6 +49,7 @@ fn agent(len: usize, labels: Labels, disks: Vec<DiskUsage>) -> AgentView {
         system_info: info,
         enrolled_at: late(),
         pinned_labels: labels,
+        reclaim_until: Some(late()),
     };
     AgentView {
         record,
@@ -74,6 +76,8 @@ fn agent(len: usize, labels: Labels, disks: Vec<DiskUsage>) -> AgentView {
         last_seq: u64::MAX,
         health: crate::domain::Health::Critical,
         duplicate_hardware_id: true,
+        // A detail four times the text's length reaches its bound with text at the limit.
+        identity_conflict: Some(text('x', (4 * len).min(MAX_CONFLICT_DETAIL_BYTES))),
     }
 }
 
@@ -99,7 +103,12 @@ fn largest() -> AgentView {
 }
 
 fn estimate(view: &AgentView) -> usize {
-    agent_bytes(&view.record, view.latest.as_ref(), view.session.as_ref())
+    agent_bytes(
+        &view.record,
+        view.latest.as_ref(),
+        view.session.as_ref(),
+        view.identity_conflict.as_deref(),
+    )
 }
 
 #[test]
@@ -116,6 +125,7 @@ fn the_size_estimate_never_falls_below_the_encoding() {
     let mut bare = agent(0, Labels::new(), vec![]);
     bare.latest = None;
     bare.session = None;
+    bare.identity_conflict = None;
     for view in [
         bare,
         agent(0, tiny_labels.clone(), empty_disks.clone()),

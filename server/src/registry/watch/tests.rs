@@ -13,14 +13,19 @@ use crate::registry::tests::{Fixture, drain, drain_items, fixture, fixture_with,
 use crate::session::Session;
 use crate::testing::{agent_record, sample};
 
-/// What a watcher knows of each agent: its status and labels. (A session replaced by another
-/// is no event, so the session id is not something a watcher can follow.)
-type Known = BTreeMap<String, (AgentStatus, Labels)>;
+/// What a watcher knows of each agent: its status, labels and duplicate hardware id flag. (A
+/// session replaced by another is no event, so the session id is not something a watcher can
+/// follow.)
+type Known = BTreeMap<String, (AgentStatus, Labels, bool)>;
 
-fn known(view: &AgentView) -> (String, (AgentStatus, Labels)) {
+fn known(view: &AgentView) -> (String, (AgentStatus, Labels, bool)) {
     (
         view.record.id.to_string(),
-        (view.status, view.record.labels.clone()),
+        (
+            view.status,
+            view.record.labels.clone(),
+            view.duplicate_hardware_id,
+        ),
     )
 }
 
@@ -64,7 +69,8 @@ impl Lcg {
 }
 
 /// One random change to the fleet: sessions open and close, agents enroll (with ids that land
-/// before and after any cursor), get relabelled and are removed.
+/// before and after any cursor; half of them sharing another agent's hardware id, which flags
+/// both), get relabelled and are removed.
 fn change(f: &Fixture, rng: &mut Lcg, sessions: &mut Vec<Arc<Session>>, step: usize) {
     let ids: Vec<String> = truth(f).into_keys().collect();
     let pick = |rng: &mut Lcg| ids[rng.below(ids.len())].clone();
@@ -76,9 +82,14 @@ fn change(f: &Fixture, rng: &mut Lcg, sessions: &mut Vec<Arc<Session>>, step: us
                 .session_closed(&session, StatusReason::StreamClosed);
         }
         2 => {
-            let new = format!("{}-{step}", pick(rng));
-            f.registry
-                .enrolled(agent_record("acme", &new, &format!("hw-{new}")));
+            let mate = pick(rng);
+            let new = format!("{mate}-{step}");
+            let hardware = if rng.below(2) == 0 {
+                f.view(&mate).record.system_info.hardware_id
+            } else {
+                format!("hw-{new}")
+            };
+            f.registry.enrolled(agent_record("acme", &new, &hardware));
         }
         3 => {
             let agent = pick(rng);
