@@ -335,9 +335,7 @@ impl Auth {
         last_used.insert(record.id.clone(), now);
         drop(last_used);
         if let Some(writer) = self.writer.get() {
-            let mut updated = record.clone();
-            updated.last_used_at = Some(now);
-            writer.put_token(updated);
+            writer.token_used(record.org.clone(), record.id.clone(), now);
         }
     }
 

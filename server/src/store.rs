@@ -59,6 +59,14 @@ pub enum Write {
     /// Append a status change to the agent's history.
     PutTransition(Transition),
     PutToken(TokenRecord),
+    /// Records when a token was last used, apart from its record: authentication reads a
+    /// token's record before it queues this, and a copy of that record written later could undo
+    /// a revocation committed in between. `load` sets `TokenRecord::last_used_at` from it.
+    PutTokenUse {
+        org: OrgId,
+        id: TokenId,
+        at: SystemTime,
+    },
     /// Removes a token record: a superseded agent credential, which nothing needs to remember.
     DeleteToken {
         org: OrgId,

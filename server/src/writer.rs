@@ -48,8 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
 use crate::domain::{
-    AgentId, AgentRecord, AuditEntry, AuditRecord, LiveRecord, OrgId, Sample, TokenRecord,
-    Transition,
+    AgentId, AgentRecord, AuditEntry, AuditRecord, LiveRecord, OrgId, Sample, TokenId, Transition,
 };
 use crate::error::ServerError;
 use crate::metrics::{Metrics, QueueLabels};
@@ -245,10 +244,11 @@ impl WriterHandle {
         self.live.agent(record);
     }
 
-    /// Queues a token record (e.g. a new last-use time) for persistence (the newest one waiting
-    /// wins). Never waits.
-    pub fn put_token(&self, record: TokenRecord) {
-        self.live.token(record);
+    /// Queues the time token `id` of `org` was last used (the newest one waiting wins). Never
+    /// waits. Only the time is stored: never a copy of the token's record, which a revocation
+    /// committed after authentication read it would otherwise undo.
+    pub fn token_used(&self, org: OrgId, id: TokenId, at: SystemTime) {
+        self.live.token_use(org, id, at);
     }
 
     /// Queues an audit entry, waiting while the control queue is full; the writer places it in

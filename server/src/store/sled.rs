@@ -12,7 +12,8 @@
 //! | `{org}/q/{agent}` | progress: last seq, last seen millis (`encode_progress`) |
 //! | `{org}/m/{agent}/{millis}{seq}` | [`Sample`] (postcard, see `encode_sample`) |
 //! | `{org}/x/{agent}/{millis}{counter}` | [`Transition`] |
-//! | `{org}/t/{token}` | [`TokenRecord`] |
+//! | `{org}/t/{token}` | [`TokenRecord`] (its `last_used_at` is the newer of its own and the next row) |
+//! | `{org}/n/{token}` | the token's last use, millis (`encode_token_use`): apart from the record, so no use can undo a revocation |
 //! | `{org}/e/{token}` | [`EnrollmentTokenRecord`] |
 //! | `{org}/o/info` | [`OrgRecord`] |
 //! | `{org}/d/{agent}` | [`AgentTombstone`] |
@@ -315,8 +316,18 @@ impl Store for SledStore {
                     "live records without an agent"
                 );
             }
-            for (id, token) in self.scan_section::<TokenRecord>(&org, TOKEN)? {
+            let mut uses = HashMap::new();
+            let prefix = section(&org, TOKEN_USE);
+            for entry in self.data.scan_prefix(&prefix) {
+                let (key, value) = entry.map_err(backend)?;
+                let id = key_id(&prefix, &key)?;
+                uses.insert(id.to_owned(), decode_token_use(&key, &value)?);
+            }
+            for (id, mut token) in self.scan_section::<TokenRecord>(&org, TOKEN)? {
                 check_owner(&org, &id, &token.org, token.id.as_str(), TOKEN)?;
+                if let Some(at) = uses.remove(&id) {
+                    token.last_used_at = token.last_used_at.max(Some(at));
+                }
                 snapshot.tokens.push(token);
             }
             for (id, token) in self.scan_section::<EnrollmentTokenRecord>(&org, ENROLLMENT_TOKEN)? {
@@ -389,8 +400,15 @@ impl Store for SledStore {
                 record_key(token.org.as_str(), TOKEN, token.id.as_str()),
                 encode(token, "token")?,
             ),
+            Write::PutTokenUse { org, id, at } => put(
+                record_key(org.as_str(), TOKEN_USE, id.as_str()),
+                encode_token_use(*at),
+            ),
             Write::DeleteToken { org, id } => Encoded {
-                ops: vec![Op::Remove(record_key(org.as_str(), TOKEN, id.as_str()))],
+                ops: vec![
+                    Op::Remove(record_key(org.as_str(), TOKEN, id.as_str())),
+                    Op::Remove(record_key(org.as_str(), TOKEN_USE, id.as_str())),
+                ],
             },
             Write::PutEnrollmentToken(token) => put(
                 record_key(token.org.as_str(), ENROLLMENT_TOKEN, token.id.as_str()),

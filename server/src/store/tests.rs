@@ -624,6 +624,49 @@ pub(crate) fn check_tokens_round_trip(store: &dyn Store) {
     assert_eq!(snapshot.enrollment_tokens, [used]);
 }
 
+/// A token's last use is its own record: written after a revocation (authentication read the
+/// token before it was revoked), it sets the last-use time and never un-revokes the token.
+pub(crate) fn check_token_use_never_undoes_a_revocation(store: &dyn Store) {
+    let mut token = token("acme", "tok-ci", Role::Viewer, None);
+    store
+        .commit_writes(&[Write::PutToken(token.clone())])
+        .expect("commit");
+    let used_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    token.revoked = true;
+    store
+        .commit_writes(&[Write::PutToken(token.clone())])
+        .expect("revoke");
+    store
+        .commit_writes(&[Write::PutTokenUse {
+            org: org("acme"),
+            id: token.id.clone(),
+            at: used_at,
+        }])
+        .expect("use");
+    let snapshot = load_sorted(store);
+    token.last_used_at = Some(used_at);
+    assert_eq!(snapshot.tokens, [token.clone()]);
+
+    // Deleting the token forgets its use.
+    store
+        .commit_writes(&[
+            Write::DeleteToken {
+                org: org("acme"),
+                id: token.id.clone(),
+            },
+            Write::PutToken(TokenRecord {
+                last_used_at: None,
+                ..token.clone()
+            }),
+        ])
+        .expect("delete, then create again under the same id");
+    assert_eq!(
+        load_sorted(store).tokens[0].last_used_at,
+        None,
+        "a deleted token's use is gone with it"
+    );
+}
+
 pub(crate) fn check_deleted_token_is_gone(store: &dyn Store) {
     let old = token("acme", "tok-old", Role::Agent, Some("web-1"));
     let new = token("acme", "tok-new", Role::Agent, Some("web-1"));
@@ -949,6 +992,7 @@ mod sled_store {
         orgs_isolated => check_orgs_isolated,
         transitions_newest_first => check_transitions_newest_first,
         tokens_round_trip => check_tokens_round_trip,
+        token_use_never_undoes_a_revocation => check_token_use_never_undoes_a_revocation,
         deleted_token_is_gone => check_deleted_token_is_gone,
         deleted_agent_leaves_a_tombstone => check_deleted_agent_leaves_a_tombstone,
         purge_before => check_purge_before,

@@ -206,8 +206,12 @@ impl WriterState {
                 writes.extend(encoder.encode(&Write::PutAgent(record.clone())));
             }
         }
-        for token in taken.tokens.values() {
-            writes.extend(encoder.encode(&Write::PutToken(token.clone())));
+        for (id, (org, at)) in &taken.tokens {
+            writes.extend(encoder.encode(&Write::PutTokenUse {
+                org: org.clone(),
+                id: id.clone(),
+                at: *at,
+            }));
         }
         out.taken = taken;
 

@@ -1,11 +1,11 @@
-//! Live-state writes waiting for the writer: status changes and records of agents, last-use
-//! records of tokens, coalesced per agent and per token.
+//! Live-state writes waiting for the writer: status changes and records of agents, last uses
+//! of tokens, coalesced per agent and per token.
 //!
 //! The registry queues these from synchronous code under its lock, and the gate's
 //! authentication path queues last-use records; neither may wait for the writer. So instead of
 //! a queue they go into this table, whose size is bounded by what exists, not by how fast it
 //! changes: per agent at most [`MAX_PENDING_TRANSITIONS`] status changes and the newest record,
-//! per token its newest record. A change to an agent already waiting joins it (the newest agent
+//! per token its newest use. A change to an agent already waiting joins it (the newest agent
 //! or token record replaces the older; past the bound, the newest status change replaces the
 //! last one waiting, and the history keeps the first ones and the latest). The writer takes the
 //! whole table at the start of each batch, and gives it back in front of newer changes if the
@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-use crate::domain::{AgentId, AgentRecord, OrgId, TokenId, TokenRecord, Transition};
+use crate::domain::{AgentId, AgentRecord, OrgId, TokenId, Transition};
 
 /// Most status changes of one agent waiting for the writer. An agent changes status a few
 /// times per connection; more than this waiting means the writer is far behind, and the
@@ -43,7 +43,9 @@ pub(super) struct LiveChanges {
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     pub(super) agents: HashMap<AgentId, AgentChanges>,
-    pub(super) tokens: HashMap<TokenId, TokenRecord>,
+    /// Each token's newest use, with its org. Only the time is written (`Write::PutTokenUse`),
+    /// never the token's record, which a revocation may have changed since it was read.
+    pub(super) tokens: HashMap<TokenId, (OrgId, SystemTime)>,
 }
 
 /// One agent's changes, in the order they were made.
@@ -85,9 +87,10 @@ impl LiveChanges {
         });
     }
 
-    pub(super) fn token(&self, record: TokenRecord) {
+    pub(super) fn token_use(&self, org: OrgId, id: TokenId, at: SystemTime) {
         self.change(|pending| {
-            pending.tokens.insert(record.id.clone(), record);
+            let newest = pending.tokens.entry(id).or_insert((org, at));
+            newest.1 = newest.1.max(at);
         });
     }
 

@@ -23,6 +23,22 @@ pub(super) const ORG: u8 = b'o';
 pub(super) const TOMBSTONE: u8 = b'd';
 pub(super) const AUDIT: u8 = b'u';
 pub(super) const PROGRESS: u8 = b'q';
+pub(super) const TOKEN_USE: u8 = b'n';
+/// Every kind above, for the test that no two share a byte.
+#[cfg(test)]
+pub(super) const KINDS: &[u8] = &[
+    AGENT,
+    LIVE,
+    SAMPLE,
+    TRANSITION,
+    TOKEN,
+    ENROLLMENT_TOKEN,
+    ORG,
+    TOMBSTONE,
+    AUDIT,
+    PROGRESS,
+    TOKEN_USE,
+];
 /// Id of the one org record under `{org}/o/`.
 pub(super) const ORG_RECORD_ID: &str = "info";
 
@@ -139,6 +155,21 @@ pub(super) fn encode_progress(last_seq: u64, last_seen: SystemTime) -> Vec<u8> {
     value.extend_from_slice(&last_seq.to_be_bytes());
     value.extend_from_slice(&millis(last_seen).to_be_bytes());
     value
+}
+
+/// A token's last use: milliseconds since the epoch, big-endian `u64`.
+pub(super) fn encode_token_use(at: SystemTime) -> Vec<u8> {
+    millis(at).to_be_bytes().to_vec()
+}
+
+pub(super) fn decode_token_use(key: &[u8], value: &[u8]) -> Result<SystemTime> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| {
+        corrupt(
+            key,
+            format!("token use record is {} bytes, not 8", value.len()),
+        )
+    })?;
+    Ok(UNIX_EPOCH + Duration::from_millis(u64::from_be_bytes(bytes)))
 }
 
 pub(super) fn decode_progress(key: &[u8], value: &[u8]) -> Result<(u64, SystemTime)> {
@@ -315,6 +346,18 @@ pub(super) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> St
 mod tests {
     use super::*;
     use crate::domain::DiskUsage;
+
+    #[test]
+    fn every_kind_of_record_has_its_own_byte() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in KINDS {
+            assert!(
+                seen.insert(kind),
+                "two kinds of record share {:?}",
+                *kind as char
+            );
+        }
+    }
 
     /// Every field set to a distinct value, so a field read out of order shows.
     fn full_sample() -> Sample {
