@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "tether/v1/agent.proto",
     "tether/v1/fleet.proto",
     "tether/v1/admin.proto",
+    "tether/v1/command.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
