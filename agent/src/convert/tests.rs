@@ -1,0 +1,202 @@
+use super::*;
+
+fn system_info() -> SystemInfo {
+    SystemInfo {
+        hostname: "web-1".into(),
+        os_name: "Debian GNU/Linux".into(),
+        os_version: "12".into(),
+        kernel_version: "6.1.0".into(),
+        architecture: "x86_64".into(),
+        cpu_model: "Test CPU".into(),
+        logical_cores: 8,
+        total_memory_bytes: 16 << 30,
+        hardware_id: "abc123".into(),
+        boot_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        agent_version: "0.1.0".into(),
+    }
+}
+
+fn seq_sample() -> SeqSample {
+    SeqSample {
+        seq: 42,
+        sample: Sample {
+            time: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_100, 123_456_000),
+            cpu_percent: 12.5,
+            load_1: 0.5,
+            load_5: 0.25,
+            load_15: 0.125,
+            memory_used_bytes: 1 << 30,
+            memory_total_bytes: 16 << 30,
+            swap_used_bytes: 0,
+            swap_total_bytes: 1 << 30,
+            disks: vec![DiskUsage {
+                mount_point: "/".into(),
+                used_bytes: 10,
+                total_bytes: 100,
+            }],
+            network_rx_bytes: 1000,
+            network_tx_bytes: 2000,
+            uptime: Duration::from_secs(3600),
+            process_count: 123,
+        },
+    }
+}
+
+#[test]
+fn system_info_round_trip() {
+    let info = system_info();
+    let wire = pb::SystemInfo::from(&info);
+    assert_eq!(wire.hostname, "web-1");
+    assert_eq!(
+        wire.boot_time,
+        Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0
+        })
+    );
+    assert_eq!(SystemInfo::try_from(wire).expect("valid"), info);
+}
+
+#[test]
+fn sample_round_trip() {
+    let entry = seq_sample();
+    let wire = pb::MetricsSample::from(&entry);
+    assert_eq!(wire.seq, 42);
+    assert_eq!(
+        wire.uptime,
+        Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0
+        })
+    );
+    assert_eq!(SeqSample::try_from(wire).expect("valid"), entry);
+}
+
+#[test]
+fn hello_carries_identity() {
+    let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+    let hello = hello("agent-1", "0.1.0", &system_info(), &labels, "0a1b2c");
+    let Some(pb::connect_request::Message::Hello(hello)) = hello.message else {
+        panic!("expected Hello");
+    };
+    assert_eq!(hello.agent_id, "agent-1");
+    assert_eq!(hello.instance_id, "0a1b2c");
+    assert_eq!(hello.agent_version, "0.1.0");
+    assert_eq!(hello.labels.get("env").map(String::as_str), Some("prod"));
+    assert!(hello.system_info.is_some());
+}
+
+#[test]
+fn enroll_request_carries_the_previous_credential() {
+    let info = system_info();
+    let labels = BTreeMap::new();
+    let first = enroll_request(&info, &labels, None, None);
+    assert!(first.previous_credential.is_empty());
+    let previous = Credential::new("tether_abc_secret");
+    let again = enroll_request(&info, &labels, Some("web"), Some(&previous));
+    assert_eq!(again.previous_credential, "tether_abc_secret");
+    assert_eq!(again.name, "web");
+}
+
+#[test]
+fn welcome_requires_intervals() {
+    let welcome = pb::Welcome {
+        session_id: "s1".into(),
+        server_time: Some(SystemTime::now().into()),
+        heartbeat_interval: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        metrics_interval: Some(prost_types::Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        stale_after: Some(prost_types::Duration {
+            seconds: 15,
+            nanos: 0,
+        }),
+        offline_after: None,
+        last_durable_seq: 7,
+    };
+    let parsed = Welcome::try_from(welcome.clone()).expect("valid");
+    assert_eq!(parsed.heartbeat_interval, Duration::from_secs(5));
+    assert_eq!(parsed.metrics_interval, Duration::from_secs(10));
+    assert_eq!(parsed.stale_after, Some(Duration::from_secs(15)));
+    assert_eq!(parsed.offline_after, None);
+    assert_eq!(parsed.last_durable_seq, 7);
+
+    let missing = pb::Welcome {
+        heartbeat_interval: None,
+        ..welcome.clone()
+    };
+    assert!(matches!(
+        Welcome::try_from(missing),
+        Err(AgentError::Protocol(_))
+    ));
+    let zero = pb::Welcome {
+        metrics_interval: Some(prost_types::Duration::default()),
+        ..welcome.clone()
+    };
+    assert!(matches!(
+        Welcome::try_from(zero),
+        Err(AgentError::Protocol(_))
+    ));
+    let negative = pb::Welcome {
+        metrics_interval: Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        }),
+        ..welcome
+    };
+    assert!(matches!(
+        Welcome::try_from(negative),
+        Err(AgentError::Protocol(_))
+    ));
+}
+
+#[test]
+fn goodbye_reasons() {
+    let goodbye = |reason: pb::GoodbyeReason| {
+        ServerGoodbye::from(pb::ServerGoodbye {
+            reason: reason.into(),
+            message: String::new(),
+        })
+        .reason
+    };
+    assert_eq!(
+        goodbye(pb::GoodbyeReason::Replaced),
+        GoodbyeReason::Replaced
+    );
+    assert_eq!(goodbye(pb::GoodbyeReason::Revoked), GoodbyeReason::Revoked);
+    assert_eq!(
+        goodbye(pb::GoodbyeReason::ServerDraining),
+        GoodbyeReason::ServerDraining
+    );
+    let unknown = ServerGoodbye::from(pb::ServerGoodbye {
+        reason: 99,
+        message: String::new(),
+    });
+    assert_eq!(unknown.reason, GoodbyeReason::Unspecified);
+}
+
+#[test]
+fn unknown_server_message_is_tolerated() {
+    let message = ServerMessage::try_from(pb::ConnectResponse { message: None });
+    assert!(matches!(message, Ok(ServerMessage::Unknown)));
+}
+
+#[test]
+fn enrollment_requires_id_and_credential() {
+    let response = pb::EnrollResponse {
+        agent_id: "a1".into(),
+        org_id: "o1".into(),
+        agent_credential: "secret".into(),
+    };
+    let enrollment = Enrollment::try_from(response.clone()).expect("valid");
+    assert_eq!(enrollment.credential.expose_secret(), "secret");
+    let empty = pb::EnrollResponse {
+        agent_credential: String::new(),
+        ..response
+    };
+    assert!(Enrollment::try_from(empty).is_err());
+}
