@@ -330,9 +330,9 @@ impl SessionLoop {
                     match self.handle(msg).await {
                         Ok(Some(out)) => return Some(Ok(respond(out))),
                         Ok(None) => {}
-                        Err(err) => {
+                        Err(status) => {
                             self.done = true;
-                            return Some(Err(err.into()));
+                            return Some(Err(status));
                         }
                     }
                 }
@@ -360,7 +360,7 @@ impl SessionLoop {
     async fn handle(
         &mut self,
         msg: pb::ConnectRequest,
-    ) -> Result<Option<pb::connect_response::Message>, ServerError> {
+    ) -> Result<Option<pb::connect_response::Message>, Status> {
         use pb::connect_request::Message as In;
         match msg.message {
             Some(In::Ping(ping)) => Ok(Some(pb::connect_response::Message::Pong(
@@ -381,10 +381,16 @@ impl SessionLoop {
                 self.done = true;
                 Ok(None)
             }
-            Some(In::Hello(_)) => Err(ServerError::invalid(
-                "Hello may only be the first message of a session",
-            )),
-            None => Err(ServerError::invalid("empty ConnectRequest: no message set")),
+            // Commands are not served yet: this server never offers one, so a report is a
+            // protocol error it cannot store (the agent keeps its updates and re-sends them to
+            // a server that runs commands).
+            Some(In::Commands(_)) => {
+                Err(Status::unimplemented("this server does not run commands"))
+            }
+            Some(In::Hello(_)) => {
+                Err(ServerError::invalid("Hello may only be the first message of a session").into())
+            }
+            None => Err(ServerError::invalid("empty ConnectRequest: no message set").into()),
         }
     }
 

@@ -78,6 +78,8 @@ pub fn heavy_hello(agent_id: &str, n: usize) -> pb::Hello {
         labels: heavy_labels(),
         // An instance id at its limit: 64 characters of [a-z0-9-].
         instance_id: padded(&format!("heavy-{n}-"), 'i', 64),
+        // The registry keeps none of these: they cost a listing nothing.
+        journaled_invocation_ids: Vec::new(),
     }
 }
 

@@ -57,6 +57,7 @@ pub fn hello(agent_id: &str, hostname: &str, pairs: &[(&str, &str)]) -> pb::Hell
         system_info: Some(system_info(hostname)),
         labels: labels(pairs),
         instance_id: String::new(),
+        journaled_invocation_ids: Vec::new(),
     }
 }
 

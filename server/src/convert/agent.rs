@@ -92,6 +92,8 @@ pub fn hello_from_pb(
         system_info,
         labels,
         instance_id,
+        // This server runs no commands, so it has no invocation to settle.
+        journaled_invocation_ids: _,
     } = hello;
     let report = ReportLimits::of(limits);
     let agent_version = text(agent_version, "agent_version", report.max_text_bytes)?;
@@ -132,6 +134,8 @@ pub fn welcome_to_pb(
         stale_after: Some(duration(liveness.stale_after)),
         offline_after: Some(duration(liveness.offline_after)),
         last_durable_seq,
+        // No command was ever offered by this server: nothing of the agent's is stored.
+        invocation_acks: Vec::new(),
     }
 }
 

@@ -59,6 +59,7 @@ fn hello(agent_id: &str, info: &pb::SystemInfo, instance: &str) -> pb::Hello {
         system_info: Some(info.clone()),
         labels: Default::default(),
         instance_id: instance.to_owned(),
+        journaled_invocation_ids: Vec::new(),
     }
 }
 

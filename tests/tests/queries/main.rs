@@ -67,6 +67,7 @@ impl Machine {
             system_info: Some(self.info()),
             labels: labels(self.labels),
             instance_id: String::new(),
+            journaled_invocation_ids: Vec::new(),
         }
     }
 }
