@@ -2,6 +2,7 @@
 //! code, with every default as a named constant.
 //!
 //! Intervals (heartbeat, metrics) are deliberately absent: the server sends them in `Welcome`.
+//! What commands may run is the agent's own decision: [`AgentConfig::commands`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::AgentError;
+use crate::command::CommandConfig;
 
 /// Server address used when none is given.
 pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7600";
@@ -64,6 +66,8 @@ pub struct AgentConfig {
     /// Wait after the server refused a session because another machine holds the same
     /// credential (see [`DEFAULT_IDENTITY_CONFLICT_BACKOFF`]).
     pub identity_conflict_backoff: Duration,
+    /// What commands this agent runs (the trust boundary) and their bounds.
+    pub commands: CommandConfig,
 }
 
 /// Certificate files for TLS to the server (PEM). Read at every connection attempt, so a
@@ -111,6 +115,7 @@ impl AgentConfig {
             tls: None,
             hardware_id: None,
             identity_conflict_backoff: DEFAULT_IDENTITY_CONFLICT_BACKOFF,
+            commands: CommandConfig::default(),
         }
     }
 
@@ -176,6 +181,7 @@ impl AgentConfig {
                 "identity conflict backoff must not be zero".into(),
             ));
         }
+        self.commands.validate()?;
         self.backoff.validate()
     }
 }
@@ -198,6 +204,7 @@ impl fmt::Debug for AgentConfig {
             .field("tls", &self.tls)
             .field("hardware_id", &self.hardware_id)
             .field("identity_conflict_backoff", &self.identity_conflict_backoff)
+            .field("commands", &self.commands)
             .finish()
     }
 }

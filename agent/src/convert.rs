@@ -5,19 +5,25 @@
 //! until it is handled.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 
 use crate::AgentError;
 use crate::buffer::SeqSample;
-use crate::collector::{DiskUsage, Sample, SystemInfo};
+use crate::collector::{AGENT_VERSION, DiskUsage, Sample, SystemInfo};
+use crate::command::types::{
+    CommandSpec, ExecSpec, InvalidOffer, Offer, OutputChunk, OutputStream, Step, Terminal, Update,
+};
 use crate::session::{GoodbyeReason, Pong, ServerGoodbye, ServerMessage, Welcome};
 use crate::state::{Credential, Enrollment};
 
 /// Shortest interval accepted from the server; guards against a misconfigured server making the
 /// agent spin.
 pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest kill grace the agent honours, whatever an offer asks for.
+pub(crate) const MAX_KILL_GRACE: Duration = Duration::from_secs(300);
 
 // === outgoing ===
 
@@ -131,6 +137,7 @@ pub(crate) fn hello(
     info: &SystemInfo,
     labels: &BTreeMap<String, String>,
     instance_id: &str,
+    journaled_invocation_ids: Vec<String>,
 ) -> pb::ConnectRequest {
     request(pb::connect_request::Message::Hello(pb::Hello {
         agent_id: agent_id.to_owned(),
@@ -138,7 +145,73 @@ pub(crate) fn hello(
         system_info: Some(info.into()),
         labels: labels_to_pb(labels),
         instance_id: instance_id.to_owned(),
+        journaled_invocation_ids,
     }))
+}
+
+/// A report carrying `updates` in order.
+pub(crate) fn command_report(updates: &[Update]) -> pb::ConnectRequest {
+    request(pb::connect_request::Message::Commands(pb::CommandReport {
+        updates: updates.iter().map(pb::CommandUpdate::from).collect(),
+    }))
+}
+
+impl From<&Update> for pb::CommandUpdate {
+    fn from(update: &Update) -> Self {
+        let Update {
+            invocation_id,
+            seq,
+            step,
+            output,
+            time,
+        } = update;
+        let (state, outcome) = match step {
+            Step::Output => (pb::InvocationState::Unspecified, None),
+            Step::Running => (pb::InvocationState::Running, None),
+            Step::Finished(outcome) => (terminal_to_pb(outcome.state), Some(outcome)),
+        };
+        Self {
+            invocation_id: invocation_id.clone(),
+            seq: *seq,
+            state: state.into(),
+            reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
+            exit_code: outcome.and_then(|o| o.exit_code),
+            signal: outcome.and_then(|o| o.signal),
+            output: output.iter().map(pb::OutputChunk::from).collect(),
+            time: Some((*time).into()),
+        }
+    }
+}
+
+impl From<&OutputChunk> for pb::OutputChunk {
+    fn from(chunk: &OutputChunk) -> Self {
+        let OutputChunk {
+            stream,
+            offset,
+            data,
+        } = chunk;
+        let stream = match stream {
+            OutputStream::Stdout => pb::OutputStream::Stdout,
+            OutputStream::Stderr => pb::OutputStream::Stderr,
+        };
+        Self {
+            stream: stream.into(),
+            offset: *offset,
+            data: data.clone(),
+        }
+    }
+}
+
+fn terminal_to_pb(state: Terminal) -> pb::InvocationState {
+    match state {
+        Terminal::Succeeded => pb::InvocationState::Succeeded,
+        Terminal::Failed => pb::InvocationState::Failed,
+        Terminal::TimedOut => pb::InvocationState::TimedOut,
+        Terminal::Cancelled => pb::InvocationState::Cancelled,
+        Terminal::DeliveryTimedOut => pb::InvocationState::DeliveryTimedOut,
+        Terminal::Rejected => pb::InvocationState::Rejected,
+        Terminal::AgentRestarted => pb::InvocationState::AgentRestarted,
+    }
 }
 
 /// A metrics report carrying `samples` in order.
@@ -222,6 +295,13 @@ impl TryFrom<pb::ConnectResponse> for ServerMessage {
                 Self::MetricsAck { durable_seq }
             }
             Some(Message::Goodbye(goodbye)) => Self::Goodbye(goodbye.into()),
+            Some(Message::CommandOffer(offer)) => Self::CommandOffer(offer.try_into()),
+            Some(Message::CommandCancel(pb::CommandCancel { invocation_id })) => {
+                Self::CommandCancel { invocation_id }
+            }
+            Some(Message::CommandAck(pb::CommandAck { acks })) => {
+                Self::CommandAck(acks.into_iter().map(invocation_ack).collect())
+            }
             // A message type newer than this agent: prost decodes it as an empty oneof.
             None => Self::Unknown,
         })
@@ -240,6 +320,7 @@ impl TryFrom<pb::Welcome> for Welcome {
             stale_after,
             offline_after,
             last_durable_seq,
+            invocation_acks,
         } = welcome;
         Ok(Self {
             session_id,
@@ -249,6 +330,89 @@ impl TryFrom<pb::Welcome> for Welcome {
             stale_after: optional_duration(stale_after),
             offline_after: optional_duration(offline_after),
             last_durable_seq,
+            invocation_acks: invocation_acks.into_iter().map(invocation_ack).collect(),
+        })
+    }
+}
+
+fn invocation_ack(ack: pb::InvocationAck) -> (String, u64) {
+    let pb::InvocationAck { invocation_id, seq } = ack;
+    (invocation_id, seq)
+}
+
+impl TryFrom<pb::CommandOffer> for Offer {
+    type Error = InvalidOffer;
+
+    /// Validates an offer. A malformed one comes back as [`InvalidOffer`], to be rejected with
+    /// its reason rather than end the session.
+    fn try_from(offer: pb::CommandOffer) -> Result<Self, Self::Error> {
+        let pb::CommandOffer {
+            invocation_id,
+            command_id,
+            spec,
+            timeout,
+            deliver_by,
+            output_limit_bytes,
+            kill_grace,
+        } = offer;
+        let invalid = |reason: String| InvalidOffer {
+            invocation_id: invocation_id.clone(),
+            command_id: command_id.clone(),
+            reason,
+        };
+        if invocation_id.is_empty() {
+            return Err(invalid("the offer has no invocation id".into()));
+        }
+        let duration = |field: &str, value: Option<prost_types::Duration>| {
+            value
+                .map(Duration::try_from)
+                .transpose()
+                .map_err(|err| invalid(format!("CommandOffer.{field}: {err}")))
+        };
+        let spec = match spec.and_then(|spec| spec.kind) {
+            None => {
+                return Err(invalid(format!(
+                    "the offer names no command kind this agent knows (tether-agent \
+                     {AGENT_VERSION})"
+                )));
+            }
+            Some(pb::command_spec::Kind::Exec(exec)) => {
+                let pb::ExecSpec {
+                    argv,
+                    env,
+                    working_dir,
+                    stdin,
+                } = exec;
+                CommandSpec::Exec(ExecSpec {
+                    argv,
+                    env: env.into_iter().collect(),
+                    working_dir: (!working_dir.is_empty()).then(|| PathBuf::from(working_dir)),
+                    stdin,
+                })
+            }
+            Some(pb::command_spec::Kind::Noop(pb::NoopSpec {})) => CommandSpec::Noop,
+            Some(pb::command_spec::Kind::Collect(pb::CollectSpec {})) => CommandSpec::Collect,
+            Some(pb::command_spec::Kind::Sleep(pb::SleepSpec { duration: sleep })) => {
+                CommandSpec::Sleep(
+                    duration("spec.sleep.duration", sleep)?
+                        .ok_or_else(|| invalid("sleep needs a duration".into()))?,
+                )
+            }
+        };
+        let deliver_by = deliver_by
+            .map(SystemTime::try_from)
+            .transpose()
+            .map_err(|err| invalid(format!("CommandOffer.deliver_by: {err}")))?;
+        let timeout = duration("timeout", timeout)?.filter(|timeout| !timeout.is_zero());
+        let kill_grace = duration("kill_grace", kill_grace)?.map(|grace| grace.min(MAX_KILL_GRACE));
+        Ok(Self {
+            invocation_id,
+            command_id,
+            spec,
+            timeout,
+            deliver_by,
+            output_limit_bytes,
+            kill_grace,
         })
     }
 }

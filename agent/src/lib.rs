@@ -14,6 +14,8 @@
 //! - `client`: gRPC clients from an explicit endpoint (connect timeout, keepalive, TLS), the
 //!   credential on every call, and enrollment ([`enroll`]).
 //! - [`buffer`]: unacknowledged samples and their sequence numbers, across sessions.
+//! - [`command`]: commands the server offers: the policy that decides what may run (the agent
+//!   is the trust boundary), execution, the exactly-once journal, coalesced reports.
 //! - [`collector`]: what is measured ([`SysinfoCollector`] reads the real machine);
 //!   [`synthetic`]: [`SyntheticCollector`], a deterministic machine for the simulator and tests.
 //! - [`state`]: the 0600 state file with the agent id and credential.
@@ -36,6 +38,7 @@ pub mod backoff;
 pub mod buffer;
 mod client;
 pub mod collector;
+pub mod command;
 pub mod config;
 mod convert;
 pub mod error;
@@ -51,6 +54,7 @@ pub use backoff::Backoff;
 pub use buffer::{SampleBuffer, SeqSample};
 pub use client::{ENROLL_TIMEOUT, KEEPALIVE_INTERVAL, MAX_DECODING_MESSAGE_SIZE, enroll};
 pub use collector::{AGENT_VERSION, Collector, DiskUsage, Sample, SysinfoCollector, SystemInfo};
+pub use command::{CommandConfig, CommandPolicy};
 pub use config::{
     AgentConfig, BackoffConfig, ClientTls, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_JITTER,
     DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MULTIPLIER, DEFAULT_BUFFER_CAPACITY,
@@ -60,7 +64,7 @@ pub use config::{
 pub use error::{AgentError, SimulateError};
 pub use latency::{LatencyHistogram, LatencySnapshot};
 pub use runner::{AgentHandle, run, spawn};
-pub use session::{MAX_SAMPLES_PER_REPORT, SHUTDOWN_GRACE};
+pub use session::{MAX_SAMPLES_PER_REPORT, REPORT_INTERVAL, SHUTDOWN_GRACE};
 pub use state::{Credential, Enrollment, StateDir};
 pub use stats::AgentStats;
 pub use synthetic::SyntheticCollector;

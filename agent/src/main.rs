@@ -172,6 +172,16 @@ struct RunArgs {
         global = true
     )]
     client_key: Option<PathBuf>,
+
+    /// Program the `exec` command may run: an absolute path, or a glob over absolute paths
+    /// (`*` stays within one directory); repeat for several. A shell runs only when named
+    /// exactly. Without any, this agent runs no program.
+    #[arg(long = "allow-exec", value_name = "PATTERN")]
+    allow_exec: Vec<String>,
+
+    /// Refuse the built-in commands (noop, collect, sleep).
+    #[arg(long)]
+    no_builtin_commands: bool,
 }
 
 #[derive(Debug, Args)]
@@ -301,8 +311,12 @@ fn agent_config(args: RunArgs) -> AgentConfig {
         ca_cert,
         client_cert,
         client_key,
+        allow_exec,
+        no_builtin_commands,
     } = args;
     let mut config = AgentConfig::new(server, state_dir);
+    config.commands.allow_exec = allow_exec;
+    config.commands.builtins = !no_builtin_commands;
     if ca_cert.is_some() || client_cert.is_some() || client_key.is_some() {
         config.tls = Some(tether_agent::ClientTls {
             ca_cert,
@@ -393,7 +407,29 @@ mod tests {
         assert_eq!(config.server_url, "http://10.0.0.1:7600");
         assert_eq!(config.labels.len(), 2);
         assert_eq!(config.buffer_capacity, 50);
+        assert!(config.commands.builtins);
+        assert!(config.commands.allow_exec.is_empty());
         config.validate().expect("valid config");
+
+        let cli = Cli::try_parse_from([
+            "tether-agent",
+            "--allow-exec",
+            "/usr/bin/uptime",
+            "--allow-exec",
+            "/usr/lib/tether/*",
+            "--no-builtin-commands",
+        ])
+        .expect("command flags");
+        let config = agent_config(cli.run);
+        assert_eq!(
+            config.commands.allow_exec,
+            ["/usr/bin/uptime", "/usr/lib/tether/*"]
+        );
+        assert!(!config.commands.builtins);
+        config.validate().expect("valid config");
+        let cli = Cli::try_parse_from(["tether-agent", "--allow-exec", "uptime"])
+            .expect("parsed; checked by validate");
+        assert!(agent_config(cli.run).validate().is_err());
 
         let cli = Cli::try_parse_from(["tether-agent", "run", "--name", "web-1"])
             .expect("run subcommand accepts flags");

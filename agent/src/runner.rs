@@ -30,6 +30,7 @@ use tracing::error;
 use crate::backoff::Backoff;
 use crate::client::{self, EnrollCall, Transport};
 use crate::collector::{Collector, Sample, SystemInfo};
+use crate::command::Commands;
 use crate::session::{self, SessionContext, SessionEnd, Shared};
 use crate::state::{Credential, Enrollment, StateDir};
 use crate::{AgentConfig, AgentError, AgentStats};
@@ -171,7 +172,8 @@ pub async fn run(
         "agent starting"
     );
 
-    let shared = Shared::new(config.buffer_capacity, stats.clone());
+    let commands = Commands::open(&config.commands, state.path(), stats.clone())?;
+    let shared = Shared::new(config.buffer_capacity, stats.clone(), commands.clone());
     let transport = Transport::Dial {
         server_url: config.server_url.clone(),
         local_address: None,
@@ -264,10 +266,15 @@ pub async fn run(
             }
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = sessions => result,
         never = sampler => match never {},
-    }
+    };
+    // Whatever ended the agent (shutdown, revocation, a fatal error), no command outlives it:
+    // running process groups are killed and will be reported AGENT_RESTARTED by the next
+    // start (their accept is journaled, their end is not).
+    commands.stop().await;
+    result
 }
 
 /// The error an agent without an enrollment token stops with when the server refused its
@@ -513,8 +520,8 @@ async fn system_info(collector: &SharedCollector) -> Result<SystemInfo, AgentErr
 }
 
 /// The sampler: idle until the first `Welcome` gives a metrics interval, then one sample per
-/// interval into the shared buffer, connected or not. Follows interval changes from later
-/// `Welcome`s. Never returns: it stops when dropped.
+/// interval into the shared buffer, connected or not, plus one whenever the `collect` command
+/// asks. Follows interval changes from later `Welcome`s. Never returns: it stops when dropped.
 pub(crate) async fn sample_forever(
     collector: &SharedCollector,
     shared: &Shared,
@@ -537,6 +544,7 @@ pub(crate) async fn sample_forever(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reported_drops = 0;
+    let trigger = shared.commands.sampler();
     loop {
         tokio::select! {
             changed = interval_rx.changed() => {
@@ -552,40 +560,49 @@ pub(crate) async fn sample_forever(
                     ticker = tokio::time::interval_at(Instant::now() + period, period);
                     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 }
+                continue;
             }
-            _ = ticker.tick() => {
-                let sample = if blocks {
-                    let collector = collector.clone();
-                    let sample = tokio::task::spawn_blocking(move || {
-                        collector.lock().unwrap_or_else(PoisonError::into_inner).sample()
-                    })
-                    .await;
-                    match sample {
-                        Ok(sample) => sample,
-                        Err(err) => {
-                            warn!("failed to take a sample: {err}");
-                            continue;
-                        }
-                    }
-                } else {
-                    collector.lock().unwrap_or_else(PoisonError::into_inner).sample()
-                };
-                let dropped = {
-                    let mut buffer = shared.buffer();
-                    buffer.push(sample);
-                    shared.stats.set_buffer(buffer.len(), buffer.dropped());
-                    buffer.dropped()
-                };
-                shared.stats.sample_taken();
-                shared.new_samples.notify_one();
-                if dropped > reported_drops && (reported_drops == 0 || dropped - reported_drops >= 1000) {
-                    warn!(
-                        samples_dropped = dropped,
-                        "sample buffer full: dropping the oldest unacknowledged samples"
-                    );
-                    reported_drops = dropped;
+            _ = ticker.tick() => {}
+            // The `collect` command: a sample now, through the normal path.
+            () = trigger.requested() => {}
+        }
+        let sample = if blocks {
+            let collector = collector.clone();
+            let sample = tokio::task::spawn_blocking(move || {
+                collector
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .sample()
+            })
+            .await;
+            match sample {
+                Ok(sample) => sample,
+                Err(err) => {
+                    warn!("failed to take a sample: {err}");
+                    continue;
                 }
             }
+        } else {
+            collector
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sample()
+        };
+        let (seq, dropped) = {
+            let mut buffer = shared.buffer();
+            let seq = buffer.push(sample);
+            shared.stats.set_buffer(buffer.len(), buffer.dropped());
+            (seq, buffer.dropped())
+        };
+        shared.stats.sample_taken();
+        shared.new_samples.notify_one();
+        trigger.taken(seq);
+        if dropped > reported_drops && (reported_drops == 0 || dropped - reported_drops >= 1000) {
+            warn!(
+                samples_dropped = dropped,
+                "sample buffer full: dropping the oldest unacknowledged samples"
+            );
+            reported_drops = dropped;
         }
     }
 }

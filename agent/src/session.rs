@@ -7,7 +7,10 @@
 //! its own goodbye first). The run loop decides what happens next from [`SessionEnd`].
 //!
 //! The buffer and the sampler live outside the session, in [`Shared`], so samples keep being
-//! taken and numbered while disconnected.
+//! taken and numbered while disconnected. So does the command subsystem: the session hands it
+//! offers, cancels and acks, lists its journaled invocations in `Hello`, and sends its updates
+//! as coalesced `CommandReport`s, at most one per [`REPORT_INTERVAL`], re-sending after
+//! `Welcome` whatever the server has not acknowledged.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +28,8 @@ use tracing::{debug, info, warn};
 use crate::buffer::SampleBuffer;
 use crate::client::{self, Transport};
 use crate::collector::{AGENT_VERSION, SystemInfo};
+use crate::command::Commands;
+use crate::command::types::{InvalidOffer, Offer};
 use crate::convert;
 use crate::latency::LatencyHistogram;
 use crate::state::Enrollment;
@@ -34,6 +39,9 @@ use crate::{AgentError, AgentStats};
 pub const MAX_SAMPLES_PER_REPORT: usize = 500;
 /// How long the agent waits, after its goodbye, for the server to end the stream.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Most one `CommandReport` per this interval: output never approaches the server's
+/// per-stream message-rate limit, which metrics and pings share.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// Capacity of the outbound message queue of one session.
 const OUTBOUND_QUEUE: usize = 32;
 /// A session with no inbound message for this many heartbeat intervals (or the server's
@@ -55,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) muted: AtomicBool,
     /// Where to record the time from writing a report to the ack covering it (simulator only).
     pub(crate) ack_latency: Option<Arc<LatencyHistogram>>,
+    /// The command subsystem: invocations run and report across sessions.
+    pub(crate) commands: Commands,
 }
 
 /// Everything a session needs from the run loop.
@@ -92,6 +102,8 @@ pub(crate) struct Welcome {
     pub(crate) stale_after: Option<Duration>,
     pub(crate) offline_after: Option<Duration>,
     pub(crate) last_durable_seq: u64,
+    /// Highest durable update seq per journaled invocation listed in `Hello`.
+    pub(crate) invocation_acks: Vec<(String, u64)>,
 }
 
 /// The server's answer to a `Ping`.
@@ -127,6 +139,13 @@ pub(crate) enum ServerMessage {
         durable_seq: u64,
     },
     Goodbye(ServerGoodbye),
+    /// Run an invocation (or reject it, if the offer is malformed).
+    CommandOffer(Result<Offer, InvalidOffer>),
+    CommandCancel {
+        invocation_id: String,
+    },
+    /// (invocation id, highest durable seq) pairs.
+    CommandAck(Vec<(String, u64)>),
     /// A message type this agent does not know (sent by a newer server).
     Unknown,
 }
@@ -150,6 +169,10 @@ struct Session<'a> {
     healthy: bool,
     /// Last seq and send time of each report awaiting its ack, when ack latency is recorded.
     in_flight: VecDeque<(u64, Instant)>,
+    /// Highest command outbox index already written to this stream.
+    commands_sent_through: u64,
+    /// Earliest time the next `CommandReport` may go out.
+    next_report_at: Instant,
 }
 
 /// Why a send on the outbound stream did not happen.
@@ -171,6 +194,8 @@ pub(crate) async fn run_session(ctx: &SessionContext<'_>) -> SessionEnd {
         next_nonce: 1,
         healthy: false,
         in_flight: VecDeque::new(),
+        commands_sent_through: 0,
+        next_report_at: Instant::now(),
     };
     let result = session.run(rx).await;
     ctx.shared.stats.session_closed();
@@ -202,7 +227,7 @@ pub(crate) fn clock_sample(
 }
 
 /// `a - b` in microseconds, saturating.
-fn signed_micros(a: SystemTime, b: SystemTime) -> i64 {
+pub(crate) fn signed_micros(a: SystemTime, b: SystemTime) -> i64 {
     match a.duration_since(b) {
         Ok(ahead) => i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX),
         Err(behind) => i64::try_from(behind.duration().as_micros())
@@ -219,7 +244,7 @@ fn lock(buffer: &Mutex<SampleBuffer>) -> MutexGuard<'_, SampleBuffer> {
 // === impl Shared ===
 
 impl Shared {
-    pub(crate) fn new(buffer_capacity: usize, stats: Arc<AgentStats>) -> Self {
+    pub(crate) fn new(buffer_capacity: usize, stats: Arc<AgentStats>, commands: Commands) -> Self {
         Self {
             buffer: Mutex::new(SampleBuffer::new(buffer_capacity)),
             new_samples: Notify::new(),
@@ -227,6 +252,7 @@ impl Shared {
             stats,
             muted: AtomicBool::new(false),
             ack_latency: None,
+            commands,
         }
     }
 
@@ -273,6 +299,7 @@ impl Session<'_> {
             ctx.system_info,
             ctx.labels,
             ctx.instance_id,
+            ctx.shared.commands.journaled_ids(),
         );
         if self.tx.send(hello).await.is_err() {
             return Err(AgentError::Protocol(
@@ -345,6 +372,12 @@ impl Session<'_> {
             (heartbeat_interval * SILENT_HEARTBEATS).max(welcome.offline_after.unwrap_or_default());
         let silence = tokio::time::sleep(silence_limit);
         tokio::pin!(silence);
+        // Armed when the command subsystem has something to report; fires no earlier than
+        // `next_report_at`. Armed at once: unacknowledged updates are re-sent after `Welcome`.
+        let report_timer = tokio::time::sleep_until(self.next_report_at);
+        tokio::pin!(report_timer);
+        let mut report_armed = true;
+        let commands = &ctx.shared.commands;
 
         loop {
             tokio::select! {
@@ -387,6 +420,23 @@ impl Session<'_> {
                     Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
                     Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
                 },
+                () = commands.ready().notified(), if !report_armed => {
+                    report_armed = true;
+                    report_timer.as_mut().reset(self.next_report_at.max(Instant::now()));
+                }
+                () = &mut report_timer, if report_armed && !ctx.shared.is_muted() => {
+                    report_armed = false;
+                    match self.send_command_report().await {
+                        Ok(more) => {
+                            if more {
+                                report_armed = true;
+                                report_timer.as_mut().reset(self.next_report_at);
+                            }
+                        }
+                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                    }
+                }
             }
         }
     }
@@ -400,6 +450,10 @@ impl Session<'_> {
         }
         self.sent_through = welcome.last_durable_seq;
         shared.stats.acked(welcome.last_durable_seq);
+        shared
+            .commands
+            .on_welcome(&welcome.invocation_acks, welcome.server_time);
+        self.commands_sent_through = 0;
         shared.stats.session_established(&welcome.session_id);
         shared.metrics_interval.send_if_modified(|interval| {
             let changed = *interval != Some(welcome.metrics_interval);
@@ -451,6 +505,14 @@ impl Session<'_> {
                 debug!(durable_seq, "metrics acknowledged");
             }
             ServerMessage::Goodbye(goodbye) => return self.on_goodbye(goodbye).map(Some),
+            ServerMessage::CommandOffer(offer) => self.ctx.shared.commands.offer(offer),
+            ServerMessage::CommandCancel { invocation_id } => {
+                self.ctx.shared.commands.cancel(&invocation_id);
+            }
+            ServerMessage::CommandAck(acks) => {
+                self.mark_healthy();
+                self.ctx.shared.commands.ack(&acks);
+            }
             ServerMessage::Welcome(welcome) => {
                 warn!(session_id = %welcome.session_id, "ignoring a second Welcome");
             }
@@ -508,6 +570,28 @@ impl Session<'_> {
         }
     }
 
+    /// Sends one `CommandReport` of what this stream has not carried yet. Returns whether more
+    /// waits (the report hit its size cap).
+    async fn send_command_report(&mut self) -> Result<bool, SendFailed> {
+        let Some(report) = self
+            .ctx
+            .shared
+            .commands
+            .next_report(self.commands_sent_through)
+        else {
+            return Ok(false);
+        };
+        self.send(convert::command_report(&report.updates)).await?;
+        self.commands_sent_through = report.last_index;
+        self.next_report_at = Instant::now() + REPORT_INTERVAL;
+        debug!(
+            n_updates = report.updates.len(),
+            more = report.more,
+            "command report sent"
+        );
+        Ok(report.more)
+    }
+
     /// Queues one message on the outbound stream, giving up on shutdown.
     async fn send(&self, message: pb::ConnectRequest) -> Result<(), SendFailed> {
         tokio::select! {
@@ -563,13 +647,13 @@ impl Session<'_> {
                     debug!(code = ?status.code(), "stream ended with an error during shutdown");
                     break;
                 }
-                Ok(Ok(Some(response))) => {
-                    if let Ok(ServerMessage::MetricsAck { durable_seq }) =
-                        ServerMessage::try_from(response)
-                    {
+                Ok(Ok(Some(response))) => match ServerMessage::try_from(response) {
+                    Ok(ServerMessage::MetricsAck { durable_seq }) => {
                         self.ctx.shared.apply_ack(durable_seq);
                     }
-                }
+                    Ok(ServerMessage::CommandAck(acks)) => self.ctx.shared.commands.ack(&acks),
+                    _ => {}
+                },
             }
         }
         info!("session closed for shutdown");

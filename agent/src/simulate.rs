@@ -17,6 +17,11 @@
 //!
 //! Memory: one task per agent (the sampler runs inside it), one outbound queue per live session,
 //! and the agent's small `session::Shared` state. No per-agent thread, no per-agent timer task.
+//! Commands: each simulated agent runs the offers [`SimulateConfig::commands`] allows (by
+//! default the built-ins, e.g. `noop`) through the real command subsystem, with an in-memory
+//! journal (not durable: a file fsync'd per simulated agent would measure the disk, not the
+//! server); an idle agent's command state is a few hundred bytes, and an invocation costs
+//! memory only while it exists.
 //!
 //! Output: progress while enrolling and ramping, then one stats record per `--stats-interval`,
 //! as text or JSON lines on stdout (and always as JSON lines in `--stats-file`). The fleet
@@ -41,6 +46,7 @@ use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::client::{self, Transport};
+use crate::command::{CommandPolicy, Commands};
 use crate::error::{SimulateError, error_chain};
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::runner::{self, Agent, HoldEnd, SharedCollector};
@@ -94,6 +100,8 @@ pub async fn simulate(
         Vec::new()
     };
 
+    // One compiled policy for every simulated agent; each has its own in-memory journal.
+    let policy = Arc::new(CommandPolicy::new(&config.commands)?);
     let histogram = Arc::new(LatencyHistogram::new());
     let agents_token = CancellationToken::new();
     let mut agents: Vec<Arc<Shared>> = Vec::with_capacity(config.n_agents);
@@ -131,8 +139,10 @@ pub async fn simulate(
                 let mut index = unit;
                 while index < config.n_agents {
                     let shared = Arc::new({
-                        let mut shared =
-                            Shared::new(config.buffer_capacity, Arc::new(AgentStats::new()));
+                        let stats = Arc::new(AgentStats::new());
+                        let commands =
+                            Commands::in_memory(policy.clone(), &config.commands, stats.clone());
+                        let mut shared = Shared::new(config.buffer_capacity, stats, commands);
                         shared.ack_latency = Some(histogram.clone());
                         shared
                     });
@@ -348,6 +358,7 @@ async fn run_agent(
             () = sessions => {}
             never = sampler => match never {},
         }
+        shared.commands.stop().await;
     }
     .instrument(span)
     .await;

@@ -26,6 +26,9 @@ pub struct AgentStats {
     samples_acked: AtomicU64,
     messages_sent: AtomicU64,
     session_failures: AtomicU64,
+    invocations_accepted: AtomicU64,
+    invocations_started: AtomicU64,
+    invocations_finished: AtomicU64,
     last_rtt_micros: AtomicU64,
     last_clock_offset_micros: AtomicI64,
     agent_id: Mutex<Option<String>>,
@@ -46,6 +49,9 @@ impl AgentStats {
             samples_acked: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             session_failures: AtomicU64::new(0),
+            invocations_accepted: AtomicU64::new(0),
+            invocations_started: AtomicU64::new(0),
+            invocations_finished: AtomicU64::new(0),
             last_rtt_micros: AtomicU64::new(NO_RTT),
             last_clock_offset_micros: AtomicI64::new(NO_OFFSET),
             agent_id: Mutex::new(None),
@@ -132,6 +138,33 @@ impl AgentStats {
     }
 
     // --- updates, by the agent's own tasks ---
+
+    /// Command invocations journaled as accepted (about to run).
+    pub fn invocations_accepted(&self) -> u64 {
+        self.invocations_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Command invocations whose process (or built-in) started.
+    pub fn invocations_started(&self) -> u64 {
+        self.invocations_started.load(Ordering::Relaxed)
+    }
+
+    /// Command invocations that reached a terminal state in this process.
+    pub fn invocations_finished(&self) -> u64 {
+        self.invocations_finished.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn invocation_accepted(&self) {
+        self.invocations_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn invocation_started(&self) {
+        self.invocations_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn invocation_finished(&self) {
+        self.invocations_finished.fetch_add(1, Ordering::Relaxed);
+    }
 
     pub(crate) fn set_agent_id(&self, agent_id: &str) {
         *lock(&self.agent_id) = Some(agent_id.to_owned());

@@ -75,7 +75,14 @@ fn sample_round_trip() {
 #[test]
 fn hello_carries_identity() {
     let labels = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
-    let hello = hello("agent-1", "0.1.0", &system_info(), &labels, "0a1b2c");
+    let hello = hello(
+        "agent-1",
+        "0.1.0",
+        &system_info(),
+        &labels,
+        "0a1b2c",
+        vec!["inv-1".to_owned()],
+    );
     let Some(pb::connect_request::Message::Hello(hello)) = hello.message else {
         panic!("expected Hello");
     };
@@ -84,6 +91,7 @@ fn hello_carries_identity() {
     assert_eq!(hello.agent_version, "0.1.0");
     assert_eq!(hello.labels.get("env").map(String::as_str), Some("prod"));
     assert!(hello.system_info.is_some());
+    assert_eq!(hello.journaled_invocation_ids, ["inv-1"]);
 }
 
 #[test]
@@ -117,6 +125,10 @@ fn welcome_requires_intervals() {
         }),
         offline_after: None,
         last_durable_seq: 7,
+        invocation_acks: vec![pb::InvocationAck {
+            invocation_id: "inv-1".into(),
+            seq: 3,
+        }],
     };
     let parsed = Welcome::try_from(welcome.clone()).expect("valid");
     assert_eq!(parsed.heartbeat_interval, Duration::from_secs(5));
@@ -124,6 +136,7 @@ fn welcome_requires_intervals() {
     assert_eq!(parsed.stale_after, Some(Duration::from_secs(15)));
     assert_eq!(parsed.offline_after, None);
     assert_eq!(parsed.last_durable_seq, 7);
+    assert_eq!(parsed.invocation_acks, [("inv-1".to_owned(), 3)]);
 
     let missing = pb::Welcome {
         heartbeat_interval: None,
@@ -199,4 +212,147 @@ fn enrollment_requires_id_and_credential() {
         ..response
     };
     assert!(Enrollment::try_from(empty).is_err());
+}
+
+fn pb_duration(seconds: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds, nanos: 0 }
+}
+
+fn exec_offer() -> pb::CommandOffer {
+    pb::CommandOffer {
+        invocation_id: "inv-1".into(),
+        command_id: "cmd-1".into(),
+        spec: Some(pb::CommandSpec {
+            kind: Some(pb::command_spec::Kind::Exec(pb::ExecSpec {
+                argv: vec!["/bin/echo".into(), "hi".into()],
+                env: std::collections::HashMap::from([("A".to_owned(), "1".to_owned())]),
+                working_dir: String::new(),
+                stdin: b"in".to_vec(),
+            })),
+        }),
+        timeout: Some(pb_duration(30)),
+        deliver_by: Some((SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)).into()),
+        output_limit_bytes: 4096,
+        kill_grace: Some(pb_duration(10_000)),
+    }
+}
+
+#[test]
+fn offers_convert_to_domain_offers() {
+    let offer = Offer::try_from(exec_offer()).expect("valid");
+    assert_eq!(offer.invocation_id, "inv-1");
+    assert_eq!(offer.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(
+        offer.deliver_by,
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+    );
+    // An absurd grace is capped.
+    assert_eq!(offer.kill_grace, Some(MAX_KILL_GRACE));
+    let CommandSpec::Exec(exec) = offer.spec else {
+        panic!("expected exec");
+    };
+    assert_eq!(exec.argv, ["/bin/echo", "hi"]);
+    assert_eq!(exec.env.get("A").map(String::as_str), Some("1"));
+    assert_eq!(exec.working_dir, None);
+    assert_eq!(exec.stdin, b"in");
+}
+
+#[test]
+fn malformed_offers_become_rejections_with_a_reason() {
+    let no_kind = pb::CommandOffer {
+        spec: Some(pb::CommandSpec { kind: None }),
+        ..exec_offer()
+    };
+    let invalid = Offer::try_from(no_kind).expect_err("no kind");
+    assert_eq!(invalid.invocation_id, "inv-1");
+    assert!(invalid.reason.contains("kind"), "{}", invalid.reason);
+    let negative = pb::CommandOffer {
+        timeout: Some(pb_duration(-1)),
+        ..exec_offer()
+    };
+    assert!(Offer::try_from(negative).is_err());
+    let sleep_without_duration = pb::CommandOffer {
+        spec: Some(pb::CommandSpec {
+            kind: Some(pb::command_spec::Kind::Sleep(pb::SleepSpec {
+                duration: None,
+            })),
+        }),
+        ..exec_offer()
+    };
+    assert!(Offer::try_from(sleep_without_duration).is_err());
+    // No timeout is not malformed here: the command subsystem decides (noop needs none).
+    let no_timeout = pb::CommandOffer {
+        timeout: None,
+        ..exec_offer()
+    };
+    assert_eq!(Offer::try_from(no_timeout).expect("valid").timeout, None);
+}
+
+#[test]
+fn server_command_messages_convert() {
+    let cancel = ServerMessage::try_from(pb::ConnectResponse {
+        message: Some(pb::connect_response::Message::CommandCancel(
+            pb::CommandCancel {
+                invocation_id: "inv-2".into(),
+            },
+        )),
+    })
+    .expect("valid");
+    assert_eq!(
+        cancel,
+        ServerMessage::CommandCancel {
+            invocation_id: "inv-2".into()
+        }
+    );
+    let ack = ServerMessage::try_from(pb::ConnectResponse {
+        message: Some(pb::connect_response::Message::CommandAck(pb::CommandAck {
+            acks: vec![pb::InvocationAck {
+                invocation_id: "inv-2".into(),
+                seq: 4,
+            }],
+        })),
+    })
+    .expect("valid");
+    assert_eq!(ack, ServerMessage::CommandAck(vec![("inv-2".into(), 4)]));
+}
+
+#[test]
+fn updates_convert_to_wire_updates() {
+    use crate::command::types::{Outcome, OutputChunk, OutputStream, Step, Terminal, Update};
+
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let finished = Update {
+        invocation_id: "inv-1".into(),
+        seq: 3,
+        step: Step::Finished(Outcome {
+            state: Terminal::Failed,
+            reason: "exited with code 2".into(),
+            exit_code: Some(2),
+            signal: None,
+        }),
+        output: vec![OutputChunk {
+            stream: OutputStream::Stderr,
+            offset: 10,
+            data: b"oops".to_vec(),
+        }],
+        time,
+    };
+    let wire = pb::CommandUpdate::from(&finished);
+    assert_eq!(wire.seq, 3);
+    assert_eq!(wire.state(), pb::InvocationState::Failed);
+    assert_eq!(wire.exit_code, Some(2));
+    assert_eq!(wire.signal, None);
+    assert_eq!(wire.output[0].stream(), pb::OutputStream::Stderr);
+    assert_eq!(wire.output[0].offset, 10);
+    let output_only = pb::CommandUpdate::from(&Update {
+        step: Step::Output,
+        ..finished.clone()
+    });
+    assert_eq!(output_only.state(), pb::InvocationState::Unspecified);
+    assert!(output_only.reason.is_empty());
+    let restarted = pb::CommandUpdate::from(&Update {
+        step: Step::Finished(Outcome::new(Terminal::AgentRestarted, "gone")),
+        ..finished
+    });
+    assert_eq!(restarted.state(), pb::InvocationState::AgentRestarted);
 }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::command::CommandConfig;
 use crate::error::SimulateError;
 use crate::{BackoffConfig, DEFAULT_BUFFER_CAPACITY};
 
@@ -59,6 +60,9 @@ pub struct SimulateConfig {
     pub backoff: BackoffConfig,
     /// Enrollments in flight at once.
     pub enroll_concurrency: usize,
+    /// What the simulated agents may run (default: the built-ins, no program). Their command
+    /// journal lives in memory: not durable, one per simulated agent.
+    pub commands: CommandConfig,
 }
 
 /// The identity of simulated agent `index`.
@@ -95,6 +99,7 @@ impl SimulateConfig {
             connect_timeout: Duration::from_secs(30),
             backoff: BackoffConfig::default(),
             enroll_concurrency: DEFAULT_ENROLL_CONCURRENCY,
+            commands: CommandConfig::default(),
         }
     }
 
@@ -119,6 +124,7 @@ impl SimulateConfig {
             return invalid("--stats-interval must not be zero");
         }
         self.backoff.validate()?;
+        self.commands.validate()?;
         Ok(())
     }
 
