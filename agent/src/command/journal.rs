@@ -80,7 +80,7 @@ pub(crate) struct JournaledResult {
 pub(crate) struct Journal {
     entries: Mutex<Entries>,
     /// `None`: in-memory journal.
-    file: Option<Mutex<JournalFile>>,
+    file: Option<Mutex<FileSlot>>,
     max_entries: usize,
 }
 
@@ -89,6 +89,14 @@ struct Entries {
     map: HashMap<String, Entry>,
     /// Ids marked acked in memory but not yet written.
     unsaved_acks: Vec<String>,
+}
+
+/// The journal's file, created by the first record: an agent that never ran a command has
+/// none (and touches none of this code while idle).
+#[derive(Debug)]
+struct FileSlot {
+    path: PathBuf,
+    open: Option<JournalFile>,
 }
 
 #[derive(Debug)]
@@ -159,8 +167,9 @@ impl Record {
 // === impl Journal ===
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir`, settles invocations that were running when the
-    /// agent stopped (`agent_restarted`), and rewrites the file compactly.
+    /// Opens the journal in `dir`, settles invocations that were running when the agent
+    /// stopped (`agent_restarted`), and rewrites the file compactly. Without a file (or with an
+    /// empty one), nothing is written until the first record.
     ///
     /// # Errors
     ///
@@ -198,10 +207,14 @@ impl Journal {
             }
         }
         prune(&mut entries.map, MAX_ENTRIES, now);
-        let file = JournalFile::rewrite(&path, &entries.map).map_err(io_err)?;
+        let open = if bytes.is_empty() {
+            None
+        } else {
+            Some(JournalFile::rewrite(&path, &entries.map).map_err(io_err)?)
+        };
         Ok(Self {
             entries: Mutex::new(entries),
-            file: Some(Mutex::new(file)),
+            file: Some(Mutex::new(FileSlot { path, open })),
             max_entries: MAX_ENTRIES,
         })
     }
@@ -317,7 +330,11 @@ impl Journal {
         let Some(file) = &self.file else {
             return Ok(());
         };
-        let mut file = lock(file);
+        let mut slot = lock(file);
+        let Some(file) = slot.open.as_mut() else {
+            // No record was ever written, so nothing can have been acknowledged.
+            return Ok(());
+        };
         let mut buf = Vec::new();
         let ids = std::mem::take(&mut self.entries().unsaved_acks);
         encode_acks(&mut buf, &ids);
@@ -333,7 +350,15 @@ impl Journal {
             }
             return Ok(());
         };
-        let mut file = lock(file);
+        let mut slot = lock(file);
+        let FileSlot { path, open } = &mut *slot;
+        let file = match open {
+            Some(file) => file,
+            None => {
+                let map = self.entries().map.clone();
+                open.insert(JournalFile::rewrite(path, &map)?)
+            }
+        };
         let ids = std::mem::take(&mut self.entries().unsaved_acks);
         let mut buf = Vec::new();
         encode_acks(&mut buf, &ids);

@@ -239,3 +239,14 @@ fn the_in_memory_journal_keeps_state_without_a_file() {
     assert!(journal.get("inv-1").expect("remembered").acked);
     journal.flush().expect("nothing to write");
 }
+
+#[test]
+fn no_file_is_written_until_the_first_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path()).expect("open");
+    journal.flush().expect("nothing to flush");
+    assert!(!file_of(dir.path()).exists());
+    journal.accept("inv-1", "cmd").expect("accept");
+    let written = fs::read_to_string(file_of(dir.path())).expect("created");
+    assert_eq!(written.lines().count(), 2, "header and the accept");
+}
