@@ -223,7 +223,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let config = agent_config(cli.run);
             config.validate()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            // One thread is plenty for one agent: it is idle most of the time, and what blocks
+            // (sampling, journal writes) runs on the blocking pool. Each extra worker would cost
+            // its stack and a malloc arena, against the agent's small memory budget.
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("start the tokio runtime")?;
