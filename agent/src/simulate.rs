@@ -20,8 +20,9 @@
 //! Commands: each simulated agent runs the offers [`SimulateConfig::commands`] allows (by
 //! default the built-ins, e.g. `noop`) through the real command subsystem, with an in-memory
 //! journal (not durable: a file fsync'd per simulated agent would measure the disk, not the
-//! server); an idle agent's command state is a few hundred bytes, and an invocation costs
-//! memory only while it exists.
+//! server). An idle agent's command state is about 700 bytes; an invocation costs memory while
+//! it runs and until its end is acked, plus a journal entry of about 200 bytes (at most 16 per
+//! agent).
 //!
 //! Output: progress while enrolling and ramping, then one stats record per `--stats-interval`,
 //! as text or JSON lines on stdout (and always as JSON lines in `--stats-file`). The fleet
