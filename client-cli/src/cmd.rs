@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -64,6 +65,22 @@ pub(crate) async fn dispatch(
     }
 }
 
+/// The start of `--since DURATION`: that long before now.
+///
+/// # Errors
+///
+/// [`CliError::Usage`] for a zero duration, or one reaching before the clock's start.
+pub(crate) fn since_time(since: Duration) -> Result<SystemTime, CliError> {
+    if since.is_zero() {
+        return Err(CliError::Usage(
+            "--since must be longer than zero".to_owned(),
+        ));
+    }
+    SystemTime::now()
+        .checked_sub(since)
+        .ok_or_else(|| CliError::Usage("--since reaches too far back".to_owned()))
+}
+
 /// `raw` without surrounding spaces; an empty id is a usage error naming `what` ("the agent id
 /// must not be empty").
 ///
@@ -106,6 +123,27 @@ pub(crate) fn print_object<T: Serialize>(
 /// Writing to `out` failed.
 pub(crate) fn write_text(out: &mut (dyn Write + Send), text: &str) -> Result<(), CliError> {
     out.write_all(crate::format::terminal_safe(text).as_bytes())?;
+    Ok(())
+}
+
+/// Prints a listing: `render`'s table for people, or "No {plural} found." when there is
+/// nothing; one JSON array (`[]` when empty) for scripts.
+///
+/// # Errors
+///
+/// Writing to `out` failed.
+pub(crate) fn print_list<T: Serialize>(
+    out: &mut (dyn Write + Send),
+    output: ObjectFormat,
+    items: &[T],
+    plural: &str,
+    render: impl FnOnce(&[T]) -> String,
+) -> Result<(), CliError> {
+    match output {
+        ObjectFormat::Table if items.is_empty() => writeln!(out, "No {plural} found.")?,
+        ObjectFormat::Table => write_text(out, &render(items))?,
+        ObjectFormat::Json => write_json(out, items)?,
+    }
     Ok(())
 }
 
@@ -203,6 +241,19 @@ mod tests {
             .await
             .expect_err("loops");
         assert!(matches!(err, CliError::Server { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn since_is_a_recent_past_instant() {
+        let hour = Duration::from_secs(3_600);
+        let before = SystemTime::now();
+        let since = since_time(hour).expect("an hour ago");
+        assert!(before - hour <= since && since <= SystemTime::now() - hour);
+        assert!(matches!(
+            since_time(Duration::ZERO),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(since_time(Duration::MAX), Err(CliError::Usage(_))));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::format::{NONE, Table, relative_time_opt};
 use crate::view::{AuditChainView, AuditEventView};
 use crate::{CliError, write_json};
 
-use super::{fetch_pages, write_text};
+use super::{fetch_pages, print_list, since_time, write_text};
 
 /// Events requested per page (the server's maximum).
 pub const AUDIT_PAGE_SIZE: u32 = 1_000;
@@ -49,19 +49,7 @@ async fn list(
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     let method = args.method.as_deref().map(resolve_method).transpose()?;
-    let since = match args.since {
-        Some(d) if d.is_zero() => {
-            return Err(CliError::Usage(
-                "--since must be longer than zero".to_owned(),
-            ));
-        }
-        Some(d) => Some(
-            SystemTime::now()
-                .checked_sub(d)
-                .ok_or_else(|| CliError::Usage("--since reaches too far back".to_owned()))?,
-        ),
-        None => None,
-    };
+    let since = args.since.map(since_time).transpose()?;
     let base = pb::ListAuditEventsRequest {
         method: method.unwrap_or_default(),
         actor_token_id: args.actor.map(|a| a.trim().to_owned()).unwrap_or_default(),
@@ -76,12 +64,9 @@ async fn list(
         .into_iter()
         .map(AuditEventView::from)
         .collect();
-    match args.output {
-        ObjectFormat::Table if events.is_empty() => writeln!(out, "No audit events found.")?,
-        ObjectFormat::Table => write_text(out, &render_table(&events, SystemTime::now()))?,
-        ObjectFormat::Json => write_json(out, &events)?,
-    }
-    Ok(())
+    print_list(out, args.output, &events, "audit events", |events| {
+        render_table(events, SystemTime::now())
+    })
 }
 
 /// `audit verify`: fetches every event of the org and checks the chain.

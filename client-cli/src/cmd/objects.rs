@@ -77,12 +77,9 @@ pub(crate) fn print_list<T: AdminObject>(
     now: SystemTime,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    match output {
-        ObjectFormat::Table if objects.is_empty() => writeln!(out, "No {} found.", T::PLURAL)?,
-        ObjectFormat::Table => write_text(out, &T::render_table(objects, now))?,
-        ObjectFormat::Json => write_json(out, objects)?,
-    }
-    Ok(())
+    super::print_list(out, output, objects, T::PLURAL, |objects| {
+        T::render_table(objects, now)
+    })
 }
 
 /// `… list`: [`fetch`], then [`print_list`].
