@@ -8,12 +8,14 @@
 //! every format shows the same facts.
 //!
 //! Where things live: the types by command area (`agents`, `fleet`, `admin` for tokens and
-//! orgs, `audit`), every conversion from a wire answer to a view in `convert`, and the serde
-//! helpers for times, durations and bytes in `json`.
+//! orgs, `audit`, `command` for `cmd`), every conversion from a wire answer to a view in
+//! `convert` (`convert/command.rs` for commands), and the serde helpers for times, durations and
+//! bytes in `json`.
 
 mod admin;
 mod agents;
 mod audit;
+mod command;
 mod convert;
 mod fleet;
 mod json;
@@ -29,5 +31,10 @@ pub use agents::{
     StatusReason, SystemInfoView, TransitionView, WatchEventView,
 };
 pub use audit::{AuditChainView, AuditEventView, AuditOutcome};
+pub use command::{
+    BudgetView, CommandEventKind, CommandEventView, CommandKind, CommandSpecView, CommandState,
+    CommandView, GapView, InvocationCountsView, InvocationLogView, InvocationState, InvocationView,
+    OutputChunkView, OutputStream, RolloutView, SkipReason, StreamLogView, TargetsView,
+};
 pub use convert::{duration, status_code_name, time};
 pub use fleet::{HealthCounts, MetricsPointView, ServerConfigView, SummaryView, ThresholdsView};

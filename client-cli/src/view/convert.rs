@@ -4,6 +4,10 @@
 //! Conversions destructure the wire types exhaustively: a new proto field fails the build here
 //! until the CLI decides how to show it. Unknown enum values degrade to an `Unknown` variant
 //! instead of failing, so an older CLI still reads a newer server.
+//!
+//! The `CommandService` conversions live in the child module `command`.
+
+mod command;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};

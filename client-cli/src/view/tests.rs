@@ -102,3 +102,113 @@ fn durations_are_seconds() {
     assert_eq!(json["heartbeat_interval_seconds"], 0.5);
     assert_eq!(json["fleet_ttl_seconds"], serde_json::Value::Null);
 }
+
+#[test]
+fn command_json_is_stable() {
+    let command = pb::Command {
+        command_id: "c-1".into(),
+        spec: Some(pb::CommandSpec {
+            kind: Some(pb::command_spec::Kind::Sleep(pb::SleepSpec {
+                duration: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+            })),
+        }),
+        rollout: Some(pb::RolloutPolicy {
+            max_concurrency: Some(BudgetView::Percent(10).to_pb()),
+            max_errors: Some(pb::Budget { value: None }),
+            canary: 1,
+        }),
+        state: pb::CommandState::Paused as i32,
+        created_at: ts(1_700_000_000),
+        ..pb::Command::default()
+    };
+    let json = serde_json::to_value(CommandView::from(command)).expect("serializes");
+    assert_eq!(json["state"], "paused");
+    assert_eq!(json["spec"]["kind"], "sleep");
+    assert_eq!(json["spec"]["sleep_seconds"], 5.0);
+    assert_eq!(json["rollout"]["max_concurrency"]["percent"], 10);
+    assert_eq!(json["rollout"]["max_errors"], serde_json::Value::Null);
+    assert_eq!(json["created_at"], "2023-11-14T22:13:20Z");
+    assert_eq!(json["finished_at"], serde_json::Value::Null);
+    assert_eq!(json["counts"]["total"], 0);
+    let spec = serde_json::to_value(CommandView::from(pb::Command::default())).expect("json");
+    assert_eq!(
+        spec["spec"]["kind"], "unknown",
+        "a command without a spec degrades"
+    );
+}
+
+#[test]
+fn invocation_json_is_stable() {
+    let invocation = pb::Invocation {
+        invocation_id: "i-1".into(),
+        agent_id: "a-1".into(),
+        state: pb::InvocationState::Skipped as i32,
+        skip_reason: pb::SkipReason::Offline as i32,
+        signal: Some(9),
+        started_at: ts(100),
+        finished_at: ts(102),
+        ..pb::Invocation::default()
+    };
+    let view = InvocationView::from(invocation.clone());
+    assert_eq!(view.state_label(), "SKIPPED_OFFLINE");
+    let json = serde_json::to_value(&view).expect("serializes");
+    assert_eq!(json["state"], "skipped");
+    assert_eq!(json["skip_reason"], "offline");
+    assert_eq!(json["exit_code"], serde_json::Value::Null);
+    assert_eq!(json["signal"], 9);
+    assert_eq!(json["duration_seconds"], 2.0);
+    // A skip reason only means something for a skipped invocation.
+    let running = InvocationView::from(pb::Invocation {
+        state: pb::InvocationState::DeliveryTimedOut as i32,
+        ..invocation
+    });
+    assert_eq!(running.skip_reason, None);
+    let json = serde_json::to_value(&running).expect("serializes");
+    assert_eq!(json["state"], "delivery_timed_out");
+    assert_eq!(InvocationState::from_pb(99), InvocationState::Unknown);
+    assert_eq!(SkipReason::from_pb(99), Some(SkipReason::Unknown));
+    assert_eq!(CommandState::from_pb(0), CommandState::Unknown);
+}
+
+#[test]
+fn watch_events_carry_output_as_text_or_hex() {
+    let event = |data: &[u8]| pb::WatchCommandResponse {
+        cursor: 7,
+        event: Some(pb::watch_command_response::Event::Output(
+            pb::InvocationOutput {
+                invocation_id: "i-1".into(),
+                agent_id: "a-1".into(),
+                chunk: Some(pb::OutputChunk {
+                    stream: pb::OutputStream::Stderr as i32,
+                    offset: 64,
+                    data: data.to_vec(),
+                }),
+            },
+        )),
+    };
+    let json = serde_json::to_value(CommandEventView::from(event(b"w\xc3\xa4rm\n"))).expect("json");
+    assert_eq!(json["kind"], "output");
+    assert_eq!(json["cursor"], 7);
+    assert_eq!(json["output"]["stream"], "stderr");
+    assert_eq!(json["output"]["offset"], 64);
+    assert_eq!(json["output"]["length"], 6);
+    assert_eq!(json["output"]["text"], "wärm\n");
+    assert_eq!(json["output"]["data_hex"], serde_json::Value::Null);
+    assert_eq!(json["command"], serde_json::Value::Null);
+    let json = serde_json::to_value(CommandEventView::from(event(b"\xc3"))).expect("json");
+    assert_eq!(json["output"]["text"], serde_json::Value::Null);
+    assert_eq!(json["output"]["data_hex"], "c3");
+    let synced = pb::WatchCommandResponse {
+        cursor: 0,
+        event: Some(pb::watch_command_response::Event::Synced(
+            pb::WatchSynced {},
+        )),
+    };
+    assert_eq!(
+        CommandEventView::from(synced).kind,
+        CommandEventKind::Synced
+    );
+}
