@@ -1,7 +1,10 @@
 //! The command-line grammar: every command, flag and help text, as clap derive types.
 //!
 //! This lives in the library (not `main.rs`) so the end-to-end tests can build a [`Cli`] with
-//! `Cli::try_parse_from([...])` and drive [`crate::run`] exactly as the binary does.
+//! `Cli::try_parse_from([...])` and drive [`crate::run`] exactly as the binary does. The `cmd`
+//! group's grammar is in the child module `command`.
+
+mod command;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +13,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Secret;
 use crate::view::{AgentStatus, AuditOutcome, Role};
+
+pub use command::{
+    CmdCommand, CommandIdArgs, InvocationsArgs, KindArg, ListCommandsArgs, LogsArgs, RunArgs,
+    parse_budget, parse_size,
+};
 
 /// Default page size when `agents list` follows pages.
 pub const LIST_PAGE_SIZE: u32 = 500;
@@ -91,6 +99,10 @@ pub enum Command {
 
     /// List audit events, or verify their hash chain (admin).
     Audit(AuditArgs),
+
+    /// Run commands on agents and follow, inspect, cancel, pause or resume them.
+    #[command(subcommand)]
+    Cmd(CmdCommand),
 }
 
 /// `agents …`

@@ -3,7 +3,9 @@
 //!
 //! The channel is built from an explicit [`Endpoint`] (connect timeout [`CONNECT_TIMEOUT`]) and
 //! connected eagerly, so an unreachable server is reported once, clearly, before any request.
-//! Unary calls carry a [`REQUEST_TIMEOUT`] deadline; streaming calls (watch) have none.
+//! Unary calls carry a [`REQUEST_TIMEOUT`] deadline; streaming calls (watch) have none. The
+//! channel reconnects by itself, so a watch that broke (a server restart) is resumed on the same
+//! [`Connection`].
 //! `https://` servers are reached over TLS: the certificate must chain to `--ca-cert` (else to
 //! the system's roots), and `--client-cert`/`--client-key` are presented when given (mTLS).
 
@@ -36,6 +38,8 @@ pub type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
 pub type FleetClient = pb::fleet_service_client::FleetServiceClient<AuthChannel>;
 /// Client of `tether.v1.AdminService`.
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<AuthChannel>;
+/// Client of `tether.v1.CommandService`.
+pub type CommandClient = pb::command_service_client::CommandServiceClient<AuthChannel>;
 
 /// A connected server.
 #[derive(Clone)]
@@ -102,6 +106,14 @@ impl Connection {
     /// An `AdminService` client sharing this connection.
     pub fn admin(&self) -> AdminClient {
         pb::admin_service_client::AdminServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
+    /// A `CommandService` client sharing this connection.
+    pub fn commands(&self) -> CommandClient {
+        pb::command_service_client::CommandServiceClient::with_interceptor(
             self.channel.clone(),
             self.auth.clone(),
         )

@@ -13,11 +13,14 @@ use serde::Serialize;
 use crate::cli::{
     AgentsCommand, ApiTokensCommand, Command, EnrollTokenCommand, ObjectFormat, OrgsCommand,
 };
+use crate::client::Connection;
 use crate::config::Settings;
+use crate::console::Console;
 use crate::{CliError, write_json};
 
 mod agents;
 pub(crate) mod audit;
+mod command;
 mod enroll;
 mod fleet;
 #[cfg(test)]
@@ -26,10 +29,12 @@ mod objects;
 mod orgs;
 mod tokens;
 
-/// Runs `command` against the server in `settings`, writing its output to `out`.
+/// Runs `command` against the server in `settings`, writing its output to `out`; `console`
+/// says whether it may colour output and ask questions.
 pub(crate) async fn dispatch(
     command: Command,
     settings: &Settings,
+    console: Console,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     match command {
@@ -62,6 +67,7 @@ pub(crate) async fn dispatch(
             tokens::revoke(args, settings, out).await
         }
         Command::Audit(args) => audit::run(args, settings, out).await,
+        Command::Cmd(command) => command::dispatch(command, settings, console, out).await,
     }
 }
 
@@ -192,6 +198,39 @@ where
         page_token = next_page_token;
     }
     Ok(items)
+}
+
+/// A list request that carries its own paging fields (`page_size`, `page_token`).
+pub(crate) trait Paged: Clone {
+    /// This request, asking for one page.
+    fn page(&self, page_size: i32, page_token: String) -> Self;
+}
+
+/// [`fetch_pages`] for a request that pages itself: `rpc` sends one page's request and
+/// answers that page's items and the next page token; a refusal becomes a [`CliError`] through
+/// `conn` with `what` (see [`Connection::error`]).
+///
+/// # Errors
+///
+/// As [`fetch_pages`], and the call refused.
+pub(crate) async fn fetch_paged<R, T, F, Fut>(
+    conn: &Connection,
+    max_page_size: u32,
+    limit: Option<u32>,
+    base: &R,
+    what: Option<&str>,
+    mut rpc: F,
+) -> Result<Vec<T>, CliError>
+where
+    R: Paged,
+    F: FnMut(R) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    fetch_pages(max_page_size, limit, |page_size, page_token| {
+        let call = rpc(base.page(page_size, page_token));
+        async move { call.await.map_err(|status| conn.error(&status, what)) }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -91,6 +91,27 @@ pub enum CliError {
     #[error("audit chain broken at seq {seq}: {0}", seq = .0.seq())]
     AuditChainBroken(crate::ChainError),
 
+    /// A command that was followed to its end did not succeed on every agent.
+    #[error("command {command_id} {state}: {summary}")]
+    CommandFailed {
+        /// The command.
+        command_id: String,
+        /// Its final state, as tables show it (`FAILED`, `CANCELLED`).
+        state: String,
+        /// How its invocations ended, e.g. "2 of 5 invocations did not succeed".
+        summary: String,
+    },
+
+    /// Following a command was interrupted (ctrl-c, SIGTERM) and the command left running.
+    #[error(
+        "detached from command {command_id}; it keeps running: follow it with `tetherctl cmd \
+         watch {command_id}`"
+    )]
+    Detached {
+        /// The command, still running.
+        command_id: String,
+    },
+
     /// Writing the output failed (for example a closed pipe).
     #[error("failed to write output: {0}")]
     Io(#[from] std::io::Error),
@@ -100,6 +121,9 @@ pub enum CliError {
 pub const EXIT_USAGE: u8 = 2;
 /// Process exit code for every other failure.
 pub const EXIT_FAILURE: u8 = 1;
+/// Process exit code after detaching from a command on ctrl-c or SIGTERM (128 + SIGINT, as
+/// shells report an interrupted command).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 // === impl CliError ===
 
@@ -146,13 +170,15 @@ impl CliError {
     }
 
     /// The process exit code for this error: [`EXIT_USAGE`] for local argument and
-    /// configuration problems, [`EXIT_FAILURE`] otherwise.
+    /// configuration problems, [`EXIT_INTERRUPTED`] after detaching from a command,
+    /// [`EXIT_FAILURE`] otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_)
             | Self::MissingToken { .. }
             | Self::Config { .. }
             | Self::NotConfirmed(_) => EXIT_USAGE,
+            Self::Detached { .. } => EXIT_INTERRUPTED,
             _ => EXIT_FAILURE,
         }
     }
@@ -276,6 +302,23 @@ mod tests {
         );
         assert_eq!(
             CliError::Unauthenticated("x".into()).exit_code(),
+            EXIT_FAILURE
+        );
+        let detached = CliError::Detached {
+            command_id: "c-1".into(),
+        };
+        assert_eq!(detached.exit_code(), EXIT_INTERRUPTED);
+        assert!(
+            detached.to_string().contains("tetherctl cmd watch c-1"),
+            "{detached}"
+        );
+        assert_eq!(
+            CliError::CommandFailed {
+                command_id: "c-1".into(),
+                state: "FAILED".into(),
+                summary: "1 of 2 invocations did not succeed".into(),
+            }
+            .exit_code(),
             EXIT_FAILURE
         );
     }

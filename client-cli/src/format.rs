@@ -72,6 +72,16 @@ pub fn long_duration(d: Duration) -> String {
     }
 }
 
+/// How long a command ran: tenths of a second below a minute ("0.3s", "12.4s"), then as
+/// [`long_duration`] ("5m 3s").
+pub fn elapsed(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        long_duration(d)
+    }
+}
+
 /// A byte count with binary units and one decimal: "512 B", "1.5 KiB", "3.2 GiB".
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -182,6 +192,25 @@ pub fn or_none(text: &str) -> String {
     } else {
         text.to_owned()
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\t`, `\u{1b}`, …), and the Unicode marks that
+/// reorder text, for what others chose (agent names, reasons) shown in a table or a prefix: it
+/// cannot move the cursor, recolour the terminal or break a row.
+pub fn escape_control(text: &str) -> String {
+    let reorders = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(|c| c.is_control() || reorders(c)) {
+        return text.to_owned();
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() || reorders(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 /// Labels as `k=v,k2=v2`, in key order; empty when there are none.
@@ -479,6 +508,26 @@ mod tests {
             long_duration(Duration::from_secs(3 * 86_400 + 4 * 3_600)),
             "3d 4h"
         );
+    }
+
+    #[test]
+    fn elapsed_times() {
+        assert_eq!(elapsed(Duration::from_millis(250)), "0.2s");
+        assert_eq!(elapsed(Duration::from_millis(12_400)), "12.4s");
+        assert_eq!(elapsed(Duration::from_secs(303)), "5m 3s");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_control("web-1"), "web-1");
+        assert_eq!(escape_control("héllo wörld"), "héllo wörld");
+        assert_eq!(escape_control("a\nb\tc"), "a\\nb\\tc");
+        assert_eq!(
+            escape_control("\u{1b}[31mred\u{1b}[0m"),
+            "\\u{1b}[31mred\\u{1b}[0m"
+        );
+        assert_eq!(escape_control("\u{9b}x\u{7f}"), "\\u{9b}x\\u{7f}");
+        assert_eq!(escape_control("abc\u{202e}fed"), "abc\\u{202e}fed");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! It follows kubectl/nomad habits: `tetherctl agents list -l env=prod -o wide`,
 //! `agents get ID`, `agents watch`, `agents delete ID --yes`, `metrics ID --since 1h`,
 //! `summary`, `config`, `enroll-token create|list|revoke`, `orgs create|list`,
-//! `tokens create|list|revoke`, `audit` and `audit verify` (see [`verify_chain`]). Tables are
+//! `tokens create|list|revoke`, `audit` and `audit verify` (see [`verify_chain`]),
+//! `cmd run -l env=prod -- /usr/bin/uptime` and `cmd get|list|invocations|watch|logs|cancel|
+//! pause|resume`. Tables are
 //! aligned and show relative times; `-o json` is a stable, scriptable document
 //! (newline-delimited for `agents watch`); errors are [`CliError`]s with messages meant for a
 //! person.
@@ -17,6 +19,7 @@
 //! - [`config`]: where the server, the token and the TLS files come from (flags, environment,
 //!   config file).
 //! - [`client`]: the connection, the bearer-token interceptor and the typed service clients.
+//! - [`console`]: whether output may be coloured and questions asked.
 //! - [`view`]: the stable JSON output types, by command area, with every conversion from a
 //!   wire answer (`view/convert.rs`) and the serde helpers for times, durations and bytes.
 //! - [`mod@format`]: tables, CSV, relative times, sizes, and the small text rules every command
@@ -27,12 +30,15 @@
 //! - `cmd` (private): the dispatcher and the helpers every command shares (id check, one-object
 //!   output, paging); one module per command group (`agents` with its renderers in
 //!   `agents/render.rs`, `fleet`, `tokens`, `enroll`, `orgs`, `audit` with the pure chain check
-//!   in `audit/chain.rs`); `objects` is the list/revoke skeleton `tokens`, `enroll-token` and
-//!   `orgs` share.
+//!   in `audit/chain.rs`, `command` for `cmd` with its children: `send` builds the request,
+//!   `follow` watches with resume and ctrl-c, `stream` prefixes output lines, `logs` assembles
+//!   stored output, `render` draws the tables); `objects` is the list/revoke skeleton `tokens`,
+//!   `enroll-token` and `orgs` share.
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod format;
 pub mod selector;
@@ -45,11 +51,14 @@ use std::io::Write;
 pub use cli::Cli;
 pub use cmd::audit::{ChainError, ChainSummary, event_hash, verify_chain};
 pub use config::Env;
+pub use console::Console;
 pub use error::CliError;
 
 /// Runs one invocation, reading `TETHER_SERVER`, `TETHER_TOKEN`, `TETHER_CONFIG`,
-/// `XDG_CONFIG_HOME` and `HOME` from the process environment. Normal output goes to `out`;
-/// the only other output is a notice on stderr when `agents watch` has to resubscribe.
+/// `XDG_CONFIG_HOME` and `HOME` from the process environment, with the process's
+/// [`Console`]. Normal output goes to `out`; stderr gets notices (`agents watch` resubscribing,
+/// a `cmd` watch resuming, ctrl-c's question) and the agents' stderr output of `cmd run`,
+/// `cmd watch` and `cmd logs`.
 ///
 /// # Errors
 ///
@@ -60,11 +69,11 @@ pub use error::CliError;
 ///
 /// Dropping the future abandons the request; nothing is left half-done on the client side.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
-    run_with_env(cli, &Env::from_process(), out).await
+    run_with(cli, &Env::from_process(), Console::detect(), out).await
 }
 
-/// [`run`] with the environment given explicitly, so tests need not touch the process
-/// environment.
+/// [`run`] with the environment given explicitly and a plain, non-interactive console, so
+/// tests need not touch the process environment and never depend on a terminal.
 ///
 /// # Errors
 ///
@@ -72,6 +81,20 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<(), CliError>
 pub async fn run_with_env(
     cli: Cli,
     env: &Env,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    run_with(cli, env, Console::default(), out).await
+}
+
+/// [`run`] with the environment and the console given explicitly.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_with(
+    cli: Cli,
+    env: &Env,
+    console: Console,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     let Cli { global, command } = cli;
@@ -86,7 +109,7 @@ pub async fn run_with_env(
         },
     };
     let settings = config::load_settings(&flags, env)?;
-    cmd::dispatch(command, &settings, out).await?;
+    cmd::dispatch(command, &settings, console, out).await?;
     out.flush()?;
     Ok(())
 }

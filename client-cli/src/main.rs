@@ -17,6 +17,12 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`tetherctl agents list | head`): not an error worth reporting.
         Err(CliError::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        // Not a failure: the person chose to leave the command running.
+        Err(err @ CliError::Detached { .. }) => {
+            let _ = out.flush();
+            eprintln!("{err}");
+            ExitCode::from(err.exit_code())
+        }
         Err(err) => {
             let _ = out.flush();
             // Escaped as all human output is: server text reaches errors too.
