@@ -10,6 +10,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod command;
 pub mod config;
 pub mod convert;
 pub mod datadir;

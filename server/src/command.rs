@@ -1,0 +1,10 @@
+//! Commands: what an operator asks selected agents to do, and the rules that take every
+//! invocation to exactly one terminal state.
+//!
+//! - [`model`]: the domain types of commands and invocations (states, skip reasons, budgets).
+//! - [`rollout`]: the pure rollout rule: how many queued invocations may be offered now, and
+//!   when the rest must be skipped (error budget, failed canary). The engine applies it after
+//!   every change; nothing else decides.
+
+pub mod model;
+pub mod rollout;
