@@ -61,6 +61,46 @@ pub const RPC_ACCESS: &[(&str, Access, bool)] = &[
         false,
     ),
     (
+        "/tether.v1.CommandService/SendCommand",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.CommandService/GetCommand",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.CommandService/ListCommands",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.CommandService/ListInvocations",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.CommandService/WatchCommand",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.CommandService/CancelCommand",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.CommandService/PauseCommand",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.CommandService/ResumeCommand",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
         "/tether.v1.AdminService/CreateOrg",
         Access::ServerAdmin,
         true,
