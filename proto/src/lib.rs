@@ -4,6 +4,7 @@
 //! few definitions both ends of the contract must share exactly, so that no crate restates them:
 //!
 //! - [`codec`]: the codec the generated stubs use (small starting buffers);
+//! - [`command`]: the bounds of a command's spec and of agents' command reports;
 //! - [`selector`]: the label grammar and the label selector the RPCs take;
 //! - [`audit`]: the audit chain's hash, which the server computes and clients verify;
 //! - [`process`]: how every Tether binary answers termination signals;
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod codec;
+pub mod command;
 pub mod process;
 pub mod refusal;
 pub mod selector;
