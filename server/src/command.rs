@@ -7,4 +7,6 @@
 //!   every change; nothing else decides.
 
 pub mod model;
+pub mod output;
+pub mod record;
 pub mod rollout;

@@ -65,6 +65,11 @@ id_type!(
     /// The public half of a token (API token, agent credential or enrollment token).
     TokenId
 );
+id_type!(
+    /// A command: hex milliseconds of its creation then random hex, so that ids sort by
+    /// creation time (see `command::record::new_command_id`).
+    CommandId
+);
 
 /// A wall-clock time Tether accepts from outside, stores and shows: from the Unix epoch to the
 /// last nanosecond of the year 9999 (UTC).
