@@ -15,9 +15,12 @@
 
 use std::time::SystemTime;
 
+use crate::command::record::{
+    CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
+};
 use crate::domain::{
-    AgentId, AgentRecord, AgentTombstone, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId,
-    OrgRecord, Sample, SampleTotals, TokenId, TokenRecord, Transition,
+    AgentId, AgentRecord, AgentTombstone, AuditRecord, CommandId, EnrollmentTokenRecord,
+    LiveRecord, OrgId, OrgRecord, Sample, SampleTotals, Time, TokenId, TokenRecord, Transition,
 };
 
 pub mod sled;
@@ -79,6 +82,44 @@ pub enum Write {
     DeleteAgent(AgentTombstone),
     /// Appends an audit record; the caller has chained it.
     PutAudit(AuditRecord),
+    /// Insert or replace a command. An unfinished command is also listed among the active
+    /// ones ([`Store::active_commands`]); a finished one leaves that list.
+    PutCommand(Box<CommandRecord>),
+    /// Insert or replace one invocation of a command.
+    PutInvocation {
+        org: OrgId,
+        command: CommandId,
+        record: Box<InvocationRecord>,
+    },
+    /// Store event `cursor` of a command's history (replacing one with the same cursor).
+    PutCommandEvent {
+        org: OrgId,
+        command: CommandId,
+        cursor: u64,
+        event: Box<CommandEvent>,
+    },
+    /// Remove event `cursor` of a command's history (output dropped from a tail).
+    DeleteCommandEvent {
+        org: OrgId,
+        command: CommandId,
+        cursor: u64,
+    },
+    /// Remember that `key` sent `command` at `created_at` ([`Store::idempotent_command`]).
+    PutIdempotencyKey {
+        org: OrgId,
+        key: String,
+        command: CommandId,
+        created_at: Time,
+    },
+    /// Remove a command with everything stored under it: its record, its `n_invocations`
+    /// invocations, its events up to `last_cursor`, and its idempotency key's entry.
+    DeleteCommand {
+        org: OrgId,
+        command: CommandId,
+        n_invocations: u32,
+        last_cursor: u64,
+        idempotency_key: String,
+    },
 }
 
 /// A [`Write`] in the form its backend applies it, made by [`Store::encode`]: keys built, values
@@ -213,6 +254,50 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes samples and transitions older than `cutoff`; returns how many records went.
     fn purge_before(&self, cutoff: SystemTime) -> Result<u64>;
+
+    /// Every unfinished command of every org: what the command engine resumes at start.
+    fn active_commands(&self) -> Result<Vec<CommandRecord>>;
+
+    /// One command of `org`.
+    fn command(&self, org: &OrgId, id: &CommandId) -> Result<Option<CommandRecord>>;
+
+    /// One page of `org`'s commands matching `query`, newest first. Reads at most `max_scan`
+    /// commands: a filter that matches rarely ends the page early, with `next_before` set.
+    fn commands(&self, org: &OrgId, query: &CommandQuery, max_scan: usize) -> Result<CommandPage>;
+
+    /// Invocations of one command numbered after `after` (all with `None`), in order, at most
+    /// `limit`.
+    fn invocations(
+        &self,
+        org: &OrgId,
+        command: &CommandId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<InvocationRecord>>;
+
+    /// Events of one command with `after < cursor <= until`, in cursor order: at most `limit`,
+    /// and no more than `max_bytes` of output (at least one event, whatever its size).
+    fn command_events(
+        &self,
+        org: &OrgId,
+        command: &CommandId,
+        after: u64,
+        until: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, CommandEvent)>>;
+
+    /// The newest command of `org` sent with idempotency `key` at or after `since`.
+    fn idempotent_command(
+        &self,
+        org: &OrgId,
+        key: &str,
+        since: SystemTime,
+    ) -> Result<Option<CommandId>>;
+
+    /// Finished commands (of every org) that finished before `cutoff`, oldest first, at most
+    /// `limit`.
+    fn expired_commands(&self, cutoff: SystemTime, limit: usize) -> Result<Vec<CommandRecord>>;
 }
 
 #[cfg(test)]

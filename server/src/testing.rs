@@ -6,8 +6,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::command::record::{
+    CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
+};
 use crate::domain::{
-    AgentId, AgentRecord, AuditRecord, OrgId, Sample, SampleTotals, SystemInfo, Transition,
+    AgentId, AgentRecord, AuditRecord, CommandId, OrgId, Sample, SampleTotals, SystemInfo,
+    Transition,
 };
 use crate::store::{self, Encoded, SledStore, Snapshot, Store, StoreError, Write};
 
@@ -128,5 +132,61 @@ impl Store for FailingStore {
 
     fn purge_before(&self, cutoff: SystemTime) -> store::Result<u64> {
         self.inner.purge_before(cutoff)
+    }
+
+    fn active_commands(&self) -> store::Result<Vec<CommandRecord>> {
+        self.inner.active_commands()
+    }
+
+    fn command(&self, org: &OrgId, id: &CommandId) -> store::Result<Option<CommandRecord>> {
+        Store::command(&self.inner, org, id)
+    }
+
+    fn commands(
+        &self,
+        org: &OrgId,
+        query: &CommandQuery,
+        max_scan: usize,
+    ) -> store::Result<CommandPage> {
+        Store::commands(&self.inner, org, query, max_scan)
+    }
+
+    fn invocations(
+        &self,
+        org: &OrgId,
+        command: &CommandId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> store::Result<Vec<InvocationRecord>> {
+        Store::invocations(&self.inner, org, command, after, limit)
+    }
+
+    fn command_events(
+        &self,
+        org: &OrgId,
+        command: &CommandId,
+        after: u64,
+        until: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> store::Result<Vec<(u64, CommandEvent)>> {
+        Store::command_events(&self.inner, org, command, after, until, limit, max_bytes)
+    }
+
+    fn idempotent_command(
+        &self,
+        org: &OrgId,
+        key: &str,
+        since: SystemTime,
+    ) -> store::Result<Option<CommandId>> {
+        Store::idempotent_command(&self.inner, org, key, since)
+    }
+
+    fn expired_commands(
+        &self,
+        cutoff: SystemTime,
+        limit: usize,
+    ) -> store::Result<Vec<CommandRecord>> {
+        Store::expired_commands(&self.inner, cutoff, limit)
     }
 }

@@ -18,8 +18,15 @@
 //! | `{org}/o/info` | [`OrgRecord`] |
 //! | `{org}/d/{agent}` | [`AgentTombstone`] |
 //! | `{org}/u/{seq}` | [`AuditRecord`] |
+//! | `{org}/c/{command}` | [`CommandRecord`](crate::command::record::CommandRecord) (postcard) |
+//! | `{org}/r/{command}` | empty: the command is not finished |
+//! | `{org}/i/{command}/{n}` | [`InvocationRecord`](crate::command::record::InvocationRecord) (postcard) |
+//! | `{org}/v/{command}/{cursor}` | [`CommandEvent`](crate::command::record::CommandEvent) (postcard) |
+//! | `{org}/k/{sha256(key)}/{command}` | creation millis of a command sent with an idempotency key |
 //!
-//! Values are `serde_json` unless the table says otherwise. `millis` (since the Unix epoch,
+//! Values are `serde_json` unless the table says otherwise. Command ids start with their
+//! creation time in fixed-width hex, so `{org}/c/` is in creation order (`store/sled/command.rs`).
+//! `n` is a big-endian `u32`, `cursor` a big-endian `u64`. `millis` (since the Unix epoch,
 //! earlier times clamp to 0), `seq` and `counter` are big-endian `u64`s, so byte order is time
 //! (or seq) order. `counter` comes from sled's `generate_id`, which never repeats, even across
 //! restarts: two transitions of one agent in the same millisecond keep their commit order. Ids
@@ -43,11 +50,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 
 use super::{Encoded, Op, Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
+use crate::command::record::{
+    CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
+};
 use crate::domain::{
-    AgentId, AgentRecord, AgentTombstone, AuditRecord, EnrollmentTokenRecord, LiveRecord, OrgId,
-    OrgRecord, Sample, SampleTotals, TokenRecord, Transition,
+    AgentId, AgentRecord, AgentTombstone, AuditRecord, CommandId, EnrollmentTokenRecord,
+    LiveRecord, OrgId, OrgRecord, Sample, SampleTotals, TokenRecord, Transition,
 };
 
+mod command;
 mod layout;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -435,6 +446,12 @@ impl Store for SledStore {
                 audit_key(record.entry.org.as_str(), record.seq),
                 encode(record, "audit record")?,
             ),
+            Write::PutCommand(_)
+            | Write::PutInvocation { .. }
+            | Write::PutCommandEvent { .. }
+            | Write::DeleteCommandEvent { .. }
+            | Write::PutIdempotencyKey { .. }
+            | Write::DeleteCommand { .. } => return command::encode(write),
         })
     }
 
@@ -548,6 +565,53 @@ impl Store for SledStore {
             self.db.flush().map_err(backend)?;
         }
         Ok(removed)
+    }
+
+    fn active_commands(&self) -> Result<Vec<CommandRecord>> {
+        SledStore::active_commands(self)
+    }
+
+    fn command(&self, org: &OrgId, id: &CommandId) -> Result<Option<CommandRecord>> {
+        SledStore::command(self, org, id)
+    }
+
+    fn commands(&self, org: &OrgId, query: &CommandQuery, max_scan: usize) -> Result<CommandPage> {
+        SledStore::commands(self, org, query, max_scan)
+    }
+
+    fn invocations(
+        &self,
+        org: &OrgId,
+        command: &CommandId,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<InvocationRecord>> {
+        SledStore::invocations(self, org, command, after, limit)
+    }
+
+    fn command_events(
+        &self,
+        org: &OrgId,
+        command: &CommandId,
+        after: u64,
+        until: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, CommandEvent)>> {
+        SledStore::command_events(self, org, command, after, until, limit, max_bytes)
+    }
+
+    fn idempotent_command(
+        &self,
+        org: &OrgId,
+        key: &str,
+        since: SystemTime,
+    ) -> Result<Option<CommandId>> {
+        SledStore::idempotent_command(self, org, key, since)
+    }
+
+    fn expired_commands(&self, cutoff: SystemTime, limit: usize) -> Result<Vec<CommandRecord>> {
+        SledStore::expired_commands(self, cutoff, limit)
     }
 }
 

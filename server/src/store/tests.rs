@@ -18,6 +18,8 @@ use crate::domain::{
     TokenRecord, Transition,
 };
 
+mod commands;
+
 // === fixtures ===
 
 fn at(ms: u64) -> SystemTime {
@@ -971,7 +973,7 @@ mod sled_store {
     }
 
     macro_rules! sled_cases {
-        ($($name:ident => $check:ident,)*) => {
+        ($($name:ident => $check:path,)*) => {
             $(
                 #[test]
                 fn $name() {
@@ -999,6 +1001,13 @@ mod sled_store {
         purge_many => check_purge_many,
         concurrent_commits => check_concurrent_commits,
         encode_fails_alone => check_encode_fails_alone,
+        command_round_trip => commands::check_command_round_trip_and_active_list,
+        commands_listed => commands::check_commands_newest_first_filtered_and_paged,
+        invocations_listed => commands::check_invocations_in_order_and_paged,
+        command_events => commands::check_command_events_range_and_byte_cap,
+        idempotency_keys => commands::check_idempotency_keys,
+        delete_command => commands::check_delete_command_removes_everything_it_owns,
+        expired_commands => commands::check_expired_commands,
     }
 
     #[test]

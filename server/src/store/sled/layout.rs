@@ -24,6 +24,11 @@ pub(super) const TOMBSTONE: u8 = b'd';
 pub(super) const AUDIT: u8 = b'u';
 pub(super) const PROGRESS: u8 = b'q';
 pub(super) const TOKEN_USE: u8 = b'n';
+pub(super) const COMMAND: u8 = b'c';
+pub(super) const ACTIVE_COMMAND: u8 = b'r';
+pub(super) const INVOCATION: u8 = b'i';
+pub(super) const COMMAND_EVENT: u8 = b'v';
+pub(super) const IDEMPOTENCY: u8 = b'k';
 /// Every kind above, for the test that no two share a byte.
 #[cfg(test)]
 pub(super) const KINDS: &[u8] = &[
@@ -38,6 +43,11 @@ pub(super) const KINDS: &[u8] = &[
     AUDIT,
     PROGRESS,
     TOKEN_USE,
+    COMMAND,
+    ACTIVE_COMMAND,
+    INVOCATION,
+    COMMAND_EVENT,
+    IDEMPOTENCY,
 ];
 /// Id of the one org record under `{org}/o/`.
 pub(super) const ORG_RECORD_ID: &str = "info";
@@ -296,6 +306,16 @@ impl From<StoredTotals> for SampleTotals {
             process_count,
         }
     }
+}
+
+/// Serializes a record (`what`, for the error) with postcard: command records, whose specs may
+/// carry up to 256 KiB of standard input and whose events carry output bytes.
+pub(super) fn encode_compact<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(|e| unencodable(what, e))
+}
+
+pub(super) fn decode_compact<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
+    postcard::from_bytes(value).map_err(|e| corrupt(key, e.to_string()))
 }
 
 /// Serializes a record (`what`, for the error) as JSON.
