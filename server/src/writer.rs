@@ -288,6 +288,15 @@ impl WriterHandle {
         self.reserve().await?.submit(writes, audit)?.wait().await
     }
 
+    /// Encodes one write for [`Reservation::submit_encoded`].
+    ///
+    /// # Errors
+    ///
+    /// `Store` (INTERNAL) if the write cannot be stored.
+    pub fn encode(&self, write: &Write) -> Result<Encoded, ServerError> {
+        Ok(self.store.encode(write)?)
+    }
+
     /// Waits for a slot in the control queue, for a caller that must queue its writes under a
     /// lock that orders them (and may not wait while holding it).
     ///
@@ -337,15 +346,32 @@ impl Reservation<'_> {
                 write => encoded.push(self.handle.store.encode(&write)?),
             }
         }
+        Ok(self.send(encoded, live, audit))
+    }
+
+    /// Queues writes its caller encoded itself ([`Store::encode`], through
+    /// [`WriterHandle::encode`]) one by one, each as the change it records was made, so that a
+    /// write that cannot be encoded fails before its change is applied, alone (the command
+    /// engine does). Never fails.
+    pub fn submit_encoded(self, writes: Vec<Encoded>, audit: Option<AuditEntry>) -> Pending {
+        self.send(writes, Vec::new(), audit)
+    }
+
+    fn send(
+        self,
+        writes: Vec<Encoded>,
+        live: Vec<(OrgId, AgentId, LiveRecord)>,
+        audit: Option<AuditEntry>,
+    ) -> Pending {
         let (done, wait) = oneshot::channel();
         self.permit.send(Control::Commit(Box::new(Commit {
-            writes: encoded,
+            writes,
             live,
             audit,
             done,
         })));
         observe(&self.handle.depth.control, &self.handle.control);
-        Ok(Pending(wait))
+        Pending(wait)
     }
 }
 
@@ -360,8 +386,21 @@ impl Pending {
     ///
     /// `Unavailable` if the writer stopped first, `Internal` (logged with the store's detail)
     /// if the commit failed.
-    pub async fn wait(self) -> Result<(), ServerError> {
-        match self.0.await {
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        self.settled().await
+    }
+
+    /// [`Pending::wait`] by reference, for a caller that selects on it among other things.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pending::wait`]. Once it has returned, it returns `Unavailable`.
+    ///
+    /// # Cancellation
+    ///
+    /// Cancel safe: dropping the future before it returns loses nothing.
+    pub async fn settled(&mut self) -> Result<(), ServerError> {
+        match (&mut self.0).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServerError::Internal(format!("commit failed: {e}"))),
             Err(_) => Err(ServerError::Unavailable),
