@@ -46,7 +46,7 @@ pub const JOURNAL_FILE_NAME: &str = "commands.journal";
 /// How long an entry is kept after its last change.
 pub const JOURNAL_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most entries kept (the oldest acknowledged ones are dropped first).
-pub const MAX_ENTRIES: usize = 10_000;
+pub const MAX_ENTRIES: usize = tether_proto::command::MAX_JOURNALED_INVOCATIONS;
 /// Appended bytes after which the file is rewritten compactly.
 pub const COMPACT_AFTER_BYTES: u64 = 256 << 10;
 /// Most entries an in-memory journal keeps: one journal per simulated agent, and a simulated

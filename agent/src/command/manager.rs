@@ -37,7 +37,7 @@ use crate::session::signed_micros;
 use crate::{AgentError, AgentStats};
 
 /// Most output bytes in one update (and so in one chunk).
-pub const MAX_UPDATE_OUTPUT_BYTES: usize = 64 << 10;
+pub const MAX_UPDATE_OUTPUT_BYTES: usize = tether_proto::command::MAX_UPDATE_OUTPUT_BYTES;
 /// How long [`Commands::stop`] waits for invocations to be killed and journaled.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// An update is formed from pending output only if the window has at least this much room (or

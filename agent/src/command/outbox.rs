@@ -16,7 +16,7 @@ use crate::command::types::Update;
 /// limit, so several full output chunks still fit.
 pub const MAX_REPORT_BYTES: usize = 256 << 10;
 /// Most updates in one `CommandReport`.
-pub const MAX_UPDATES_PER_REPORT: usize = 512;
+pub const MAX_UPDATES_PER_REPORT: usize = tether_proto::command::MAX_UPDATES_PER_REPORT;
 
 /// The unacknowledged updates of every invocation.
 #[derive(Debug, Default)]

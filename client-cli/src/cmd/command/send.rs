@@ -16,9 +16,8 @@ use crate::CliError;
 use crate::cli::{KindArg, RunArgs};
 use crate::selector::parse_selector;
 
-/// Most bytes `--stdin-file` may hold: a command travels in one message, and the server's
-/// default message limit is 1 MiB.
-pub(super) const MAX_STDIN_BYTES: u64 = 1 << 20;
+/// Most bytes `--stdin-file` may hold: the contract's bound on a command's standard input.
+pub(super) const MAX_STDIN_BYTES: u64 = tether_proto::command::MAX_STDIN_BYTES as u64;
 
 /// The `SendCommand` request `args` describe, with `stdin` as the program's standard input.
 ///
