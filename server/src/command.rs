@@ -6,7 +6,13 @@
 //!   when the rest must be skipped (error budget, failed canary). The engine applies it after
 //!   every change; nothing else decides.
 
+pub mod engine;
 pub mod model;
 pub mod output;
+pub mod query;
 pub mod record;
+pub mod retention;
 pub mod rollout;
+pub mod watch;
+
+pub use self::engine::Engine;

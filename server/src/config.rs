@@ -102,6 +102,26 @@ pub const MAX_RECLAIM_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// peer that connects and sends nothing cannot hold a socket (and a task) forever.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Run time an invocation gets when its command names none.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How long the server tries to deliver an invocation when its command says nothing.
+pub const DEFAULT_COMMAND_DELIVER_WITHIN: Duration = Duration::from_secs(10 * 60);
+/// Output kept per invocation when its command says nothing (head and tail).
+pub const DEFAULT_COMMAND_OUTPUT_LIMIT: u64 = 1 << 20;
+/// Most output a command may ask the server to keep per invocation.
+pub const DEFAULT_MAX_COMMAND_OUTPUT_LIMIT: u64 = 16 << 20;
+/// Between SIGTERM and SIGKILL when an invocation is cancelled or times out (sent in offers).
+pub const DEFAULT_COMMAND_KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long finished commands (with their invocations and output) are kept.
+pub const DEFAULT_COMMAND_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Unfinished commands an org may have at once.
+pub const DEFAULT_MAX_COMMANDS_IN_FLIGHT: usize = 1000;
+/// Unfinished invocations one agent may have at once (a send that would exceed it is refused;
+/// the agent's own queue holds 64 waiting offers by default).
+pub const DEFAULT_MAX_QUEUED_INVOCATIONS_PER_AGENT: usize = 64;
+/// How often the command engine checks delivery and result deadlines.
+pub const DEFAULT_COMMAND_TICK: Duration = Duration::from_millis(250);
+
 pub const DEFAULT_CPU_WARNING: f64 = 80.0;
 pub const DEFAULT_CPU_CRITICAL: f64 = 95.0;
 pub const DEFAULT_MEMORY_WARNING: f64 = 85.0;
@@ -118,6 +138,7 @@ pub const FEATURES: &[&str] = &[
     "liveness",
     "orgs",
     "audit",
+    "commands",
 ];
 
 /// Name of the file in the data directory that holds the bootstrap admin token (mode 0600).
@@ -131,6 +152,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: Limits,
     pub health: HealthThresholds,
+    pub commands: CommandSettings,
     /// TLS on the gRPC listener; `None` serves plaintext (allowed on loopback only, unless the
     /// binary was told `--insecure-plaintext`).
     pub tls: Option<TlsSettings>,
@@ -212,6 +234,20 @@ pub struct Limits {
     pub identity_conflict_replacements: u32,
 }
 
+/// Defaults and limits of commands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandSettings {
+    pub default_timeout: Duration,
+    pub default_deliver_within: Duration,
+    pub default_output_limit: u64,
+    pub max_output_limit: u64,
+    pub kill_grace: Duration,
+    pub retention: Duration,
+    pub max_in_flight_per_org: usize,
+    pub max_queued_per_agent: usize,
+    pub tick: Duration,
+}
+
 /// Percentages at or above which a resource makes an agent `Warning` / `Critical`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthThresholds {
@@ -241,6 +277,7 @@ impl Config {
             storage: StorageConfig::default(),
             limits: Limits::default(),
             health: HealthThresholds::default(),
+            commands: CommandSettings::default(),
             tls: None,
             metrics_listen: None,
         }
@@ -343,6 +380,7 @@ impl Config {
         {
             return invalid("writer batch and queue sizes must be greater than zero".to_owned());
         }
+        self.commands.validate()?;
         let h = &self.health;
         for (name, warn, crit) in [
             ("cpu", h.cpu_warning, h.cpu_critical),
@@ -419,6 +457,60 @@ impl TlsSettings {
             (None, Some(_)) => Err(ConfigError::Invalid(
                 "--tls-key needs --tls-cert (the certificate chain)".to_owned(),
             )),
+        }
+    }
+}
+
+impl CommandSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        use tether_proto::command::{MAX_DELIVER_WITHIN, MAX_TIMEOUT};
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.default_timeout.is_zero() || self.default_timeout > MAX_TIMEOUT {
+            return invalid(format!(
+                "the default command timeout must be above zero and at most {}",
+                humantime::format_duration(MAX_TIMEOUT)
+            ));
+        }
+        if self.default_deliver_within.is_zero() || self.default_deliver_within > MAX_DELIVER_WITHIN
+        {
+            return invalid(format!(
+                "the default command delivery window must be above zero and at most {}",
+                humantime::format_duration(MAX_DELIVER_WITHIN)
+            ));
+        }
+        if self.default_output_limit == 0 || self.default_output_limit > self.max_output_limit {
+            return invalid(
+                "the default command output limit must be above zero and at most the maximum"
+                    .to_owned(),
+            );
+        }
+        if self.tick.is_zero()
+            || self.retention.is_zero()
+            || self.max_in_flight_per_org == 0
+            || self.max_queued_per_agent == 0
+        {
+            return invalid(
+                "the command tick, retention and per-org and per-agent limits must be greater \
+                 than zero"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        Self {
+            default_timeout: DEFAULT_COMMAND_TIMEOUT,
+            default_deliver_within: DEFAULT_COMMAND_DELIVER_WITHIN,
+            default_output_limit: DEFAULT_COMMAND_OUTPUT_LIMIT,
+            max_output_limit: DEFAULT_MAX_COMMAND_OUTPUT_LIMIT,
+            kill_grace: DEFAULT_COMMAND_KILL_GRACE,
+            retention: DEFAULT_COMMAND_RETENTION,
+            max_in_flight_per_org: DEFAULT_MAX_COMMANDS_IN_FLIGHT,
+            max_queued_per_agent: DEFAULT_MAX_QUEUED_INVOCATIONS_PER_AGENT,
+            tick: DEFAULT_COMMAND_TICK,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! Handlers convert a request here, call a use case with domain types, and convert its answer
 //! here; nothing else in the server builds or reads a `pb` message's fields (the session loop's
 //! protocol framing aside). This file holds what every service shares (times, labels, ids,
-//! system info, samples, enums); `convert/{agent,fleet,admin}.rs` hold each service's messages.
+//! system info, samples, enums); `convert/{agent,fleet,admin,command}.rs` hold each service's
+//! messages (`command` also the command messages of the agent stream).
 //!
 //! Inbound conversions destructure their message exhaustively, so a field added to the proto
 //! fails to compile here until it is handled.
@@ -23,6 +24,7 @@ use crate::error::ServerError;
 
 pub mod admin;
 pub mod agent;
+pub mod command;
 pub mod fleet;
 
 /// What the edge accepts of the text, lists and times agents report, from [`Limits`]: small and

@@ -535,6 +535,8 @@ pub struct AgentHello {
     pub labels: Labels,
     /// The agent process's random instance id (empty if it sent none).
     pub instance_id: String,
+    /// Invocations the agent journaled and whose end the server has not acknowledged.
+    pub journaled_invocations: Vec<String>,
 }
 
 /// One page of an org's audit trail, filtered.

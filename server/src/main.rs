@@ -227,6 +227,38 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_IDENTITY_CONFLICT_REPLACEMENTS)]
     identity_conflict_replacements: u32,
 
+    /// Run time an invocation gets when its command names none.
+    #[arg(long, default_value_t = config::DEFAULT_COMMAND_TIMEOUT.into())]
+    command_timeout: humantime::Duration,
+
+    /// How long an invocation may wait for its agent when its command says nothing.
+    #[arg(long, default_value_t = config::DEFAULT_COMMAND_DELIVER_WITHIN.into())]
+    command_deliver_within: humantime::Duration,
+
+    /// Output kept per invocation (head and tail), in bytes, when its command says nothing.
+    #[arg(long, default_value_t = config::DEFAULT_COMMAND_OUTPUT_LIMIT)]
+    command_output_limit: u64,
+
+    /// Most output a command may ask to keep per invocation, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_COMMAND_OUTPUT_LIMIT)]
+    max_command_output_limit: u64,
+
+    /// Between SIGTERM and SIGKILL when an invocation is cancelled or times out.
+    #[arg(long, default_value_t = config::DEFAULT_COMMAND_KILL_GRACE.into())]
+    command_kill_grace: humantime::Duration,
+
+    /// How long finished commands, with their output, are kept.
+    #[arg(long, default_value_t = config::DEFAULT_COMMAND_RETENTION.into())]
+    command_retention: humantime::Duration,
+
+    /// Unfinished commands an org may have at once.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_COMMANDS_IN_FLIGHT)]
+    max_commands_in_flight: usize,
+
+    /// Unfinished invocations one agent may have at once.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_QUEUED_INVOCATIONS_PER_AGENT)]
+    max_queued_invocations_per_agent: usize,
+
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "TETHER_LOG_FORMAT")]
     log_format: LogFormat,
@@ -312,6 +344,14 @@ impl Args {
         c.limits.reenroll_burst = self.reenroll_burst;
         c.limits.identity_conflict_window = self.identity_conflict_window.into();
         c.limits.identity_conflict_replacements = self.identity_conflict_replacements;
+        c.commands.default_timeout = self.command_timeout.into();
+        c.commands.default_deliver_within = self.command_deliver_within.into();
+        c.commands.default_output_limit = self.command_output_limit;
+        c.commands.max_output_limit = self.max_command_output_limit;
+        c.commands.kill_grace = self.command_kill_grace.into();
+        c.commands.retention = self.command_retention.into();
+        c.commands.max_in_flight_per_org = self.max_commands_in_flight;
+        c.commands.max_queued_per_agent = self.max_queued_invocations_per_agent;
         c.metrics_listen = (!self.no_metrics).then_some(self.metrics_listen);
         c
     }

@@ -35,6 +35,12 @@ pub struct QueueLabels {
     pub queue: &'static str,
 }
 
+/// A terminal state of a command invocation, or why an agent's command update was not stored.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub kind: &'static str,
+}
+
 /// Why authentication or authorization refused a call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
@@ -76,6 +82,14 @@ pub struct Metrics {
     pub mtls_refusals: Family<MtlsLabels, Counter>,
     pub enrollments: Family<EnrollmentLabels, Counter>,
     pub identity_conflicts: Family<ConflictLabels, Counter>,
+    /// Commands sent (stored).
+    pub commands_sent: Counter,
+    /// Invocations that reached a terminal state, by state.
+    pub invocations_finished: Family<CommandLabels, Counter>,
+    /// Agents' command updates acked without being stored, by reason.
+    pub command_updates_ignored: Family<CommandLabels, Counter>,
+    /// Command commits that failed and were submitted again.
+    pub command_commit_retries: Counter,
 }
 
 impl Metrics {
@@ -97,6 +111,32 @@ impl Metrics {
         let writer_unencodable_writes = Counter::default();
         let enrollments = Family::<EnrollmentLabels, Counter>::default();
         let identity_conflicts = Family::<ConflictLabels, Counter>::default();
+        let commands_sent = Counter::default();
+        let invocations_finished = Family::<CommandLabels, Counter>::default();
+        let command_updates_ignored = Family::<CommandLabels, Counter>::default();
+        let command_commit_retries = Counter::default();
+        registry.register(
+            "commands_sent",
+            "Commands stored by SendCommand",
+            commands_sent.clone(),
+        );
+        registry.register(
+            "command_invocations_finished",
+            "Command invocations that reached a terminal state, by state",
+            invocations_finished.clone(),
+        );
+        registry.register(
+            "command_updates_ignored",
+            "Agents' command updates acked without being stored: duplicate, unknown, \
+             foreign (another agent's), settled (already terminal), illegal (a state the \
+             invocation cannot reach)",
+            command_updates_ignored.clone(),
+        );
+        registry.register(
+            "command_commit_retries",
+            "Command commits that failed and were submitted again",
+            command_commit_retries.clone(),
+        );
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -194,6 +234,10 @@ impl Metrics {
             mtls_refusals,
             enrollments,
             identity_conflicts,
+            commands_sent,
+            invocations_finished,
+            command_updates_ignored,
+            command_commit_retries,
         })
     }
 

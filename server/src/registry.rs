@@ -35,7 +35,7 @@ mod size;
 mod watch;
 
 pub use self::identity::{OpenRefused, OpenedSession, SessionConflict};
-pub use self::query::{AgentFilter, AgentListQuery, Page, Summary};
+pub use self::query::{AgentFilter, AgentListQuery, Page, Summary, Target};
 #[cfg(test)]
 pub(crate) use self::size::agent_bytes;
 pub use self::watch::{

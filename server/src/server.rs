@@ -29,6 +29,7 @@ use crate::registry::Registry;
 use crate::service::AppState;
 use crate::service::admin::AdminService;
 use crate::service::agent::AgentService;
+use crate::service::command::CommandService;
 use crate::service::fleet::FleetService;
 use crate::session::CloseReason;
 use crate::store::{SledStore, Store, StoreError, Write};
@@ -246,6 +247,24 @@ async fn start_inner(
         .with_identity(tombstones, config.limits.conflict_policy()),
     );
     auth.set_writer(writer.clone());
+    let commands = {
+        let (store, writer, registry) = (store.clone(), writer.clone(), registry.clone());
+        let (settings, metrics) = (config.commands.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::command::Engine::load(store, writer, registry, settings, metrics)
+        })
+        .await
+        .map_err(|e| StartError::Internal(e.to_string()))?
+        .map_err(|source| StartError::Store {
+            path: store_path.clone(),
+            source,
+        })?
+    };
+    let commands = Arc::new(commands);
+    tracing::info!(
+        commands = commands.n_active(),
+        "unfinished commands resumed"
+    );
 
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -267,6 +286,14 @@ async fn start_inner(
     tasks.spawn(crate::writer::run_retention(
         store.clone(),
         config.storage.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(commands.clone().run(background.clone()));
+    tasks.spawn(crate::command::retention::run(
+        store.clone(),
+        writer.clone(),
+        config.commands.retention,
+        config.storage.retention_interval,
         background.clone(),
     ));
     let metrics_addr = match metrics_listener {
@@ -293,6 +320,7 @@ async fn start_inner(
     let state = Arc::new(AppState {
         config,
         registry,
+        commands,
         auth,
         writer,
         store,
@@ -355,6 +383,9 @@ impl Server {
         health_reporter
             .set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
             .await;
+        health_reporter
+            .set_serving::<pb::command_service_server::CommandServiceServer<CommandService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -372,6 +403,11 @@ impl Server {
         let admin =
             pb::admin_service_server::AdminServiceServer::new(AdminService::new(state.clone()))
                 .max_decoding_message_size(limits.max_message_bytes);
+        let command = pb::command_service_server::CommandServiceServer::new(CommandService::new(
+            state.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
 
         let local = listener.local_addr().ok();
         let tls = match state.config.tls.as_ref().map(crate::tls::server_config) {
@@ -410,7 +446,8 @@ impl Server {
             .add_service(reflection)
             .add_service(agent)
             .add_service(fleet)
-            .add_service(admin);
+            .add_service(admin)
+            .add_service(command);
         let serve = match (tls, &state.config.tls) {
             (Some(tls), Some(settings)) => {
                 let incoming = crate::tls::incoming(listener, tls, settings.handshake_timeout);

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::RefusalAudits;
 use crate::auth::Auth;
+use crate::command::Engine;
 use crate::config::Config;
 use crate::domain::{OrgId, OrgRecord};
 use crate::identity::Identity;
@@ -21,6 +22,7 @@ use crate::writer::WriterHandle;
 
 pub mod admin;
 pub mod agent;
+pub mod command;
 pub mod enroll;
 pub mod fleet;
 
@@ -28,6 +30,8 @@ pub mod fleet;
 pub struct AppState {
     pub config: Config,
     pub registry: Arc<Registry>,
+    /// The command engine: every unfinished command.
+    pub commands: Arc<Engine>,
     pub auth: Arc<Auth>,
     pub writer: WriterHandle,
     pub store: Arc<dyn Store>,

@@ -9,8 +9,8 @@
 //! Liveness updates go through one path: [`SessionGuard`]'s `Drop` tells the registry that the
 //! stream ended, whether it ended by EOF, error, Goodbye, replacement or cancellation.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
@@ -18,6 +18,8 @@ use tether_proto as pb;
 use tokio::sync::Notify;
 use tonic::{Status, Streaming};
 
+use crate::command::Engine;
+use crate::command::record::Offer;
 use crate::convert;
 use crate::domain::{AgentId, OrgId, Sample, SessionId, StatusReason};
 use crate::error::ServerError;
@@ -25,6 +27,10 @@ use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::registry::Registry;
 use crate::writer::WriterHandle;
+
+mod outbox;
+
+pub use self::outbox::{CommandMessage, MAX_ACKS_PER_MESSAGE};
 
 /// Why the server ends a session on its own initiative.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,8 +89,12 @@ pub struct Session {
     /// on the writer stores and acks nothing more of this session, whatever its close reason:
     /// a later ack would cover the samples that were not written.
     write_failed: AtomicBool,
-    /// Wakes the loop when `durable_seq` or `close` changes. `notify_one` stores a permit, so a
-    /// wake-up that arrives while the loop is busy is not lost.
+    /// Command messages for the agent (acks, offers, cancels), filled by the command engine.
+    /// `None` while there are none: an idle session pays for the empty slot only, and commands
+    /// cost memory only while they exist.
+    commands: Mutex<Option<Box<outbox::Outbox>>>,
+    /// Wakes the loop when `durable_seq`, `close` or `commands` changes. `notify_one` stores a
+    /// permit, so a wake-up that arrives while the loop is busy is not lost.
     notify: Notify,
 }
 
@@ -103,6 +113,7 @@ impl Session {
             durable_seq: AtomicU64::new(durable_seq),
             close: AtomicU8::new(CloseReason::None as u8),
             write_failed: AtomicBool::new(false),
+            commands: Mutex::new(None),
             notify: Notify::new(),
         }
     }
@@ -168,6 +179,51 @@ impl Session {
     pub fn close_reason(&self) -> CloseReason {
         CloseReason::from_u8(self.close.load(Ordering::Acquire))
     }
+
+    /// Queues `CommandAck`s: every update of each invocation up to its seq is durable (or will
+    /// never be stored). Acks of one invocation merge.
+    pub fn push_acks(&self, acks: impl IntoIterator<Item = (String, u64)>) {
+        let mut acks = acks.into_iter().peekable();
+        if acks.peek().is_none() {
+            return;
+        }
+        self.with_outbox(|outbox| {
+            for (id, seq) in acks {
+                outbox.ack(id, seq);
+            }
+        });
+    }
+
+    /// Queues an offer, after the offers and cancels already waiting.
+    pub fn push_offer(&self, offer: Offer) {
+        self.with_outbox(|outbox| outbox.offer(offer));
+    }
+
+    /// Queues a cancel, after the offers and cancels already waiting.
+    pub fn push_cancel(&self, invocation_id: String) {
+        self.with_outbox(|outbox| outbox.cancel(invocation_id));
+    }
+
+    /// The next command message for the agent; frees the outbox once it is empty.
+    pub fn next_command_message(&self) -> Option<CommandMessage> {
+        let mut slot = self.outbox();
+        let outbox = slot.as_mut()?;
+        let message = outbox.next();
+        if outbox.is_empty() {
+            *slot = None;
+        }
+        message
+    }
+
+    fn with_outbox(&self, push: impl FnOnce(&mut outbox::Outbox)) {
+        push(self.outbox().get_or_insert_with(Box::default));
+        self.notify.notify_one();
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Option<Box<outbox::Outbox>>> {
+        // Each change under this lock is a push or a pop that cannot panic midway.
+        self.commands.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Marks the session closed in the registry when dropped, whatever ended the stream.
@@ -214,6 +270,8 @@ pub struct SessionLoop {
     guard: SessionGuard,
     registry: Arc<Registry>,
     writer: WriterHandle,
+    /// Where command reports go.
+    commands: Arc<Engine>,
     limits: SessionLimits,
     /// Highest seq accepted in this session (or durable at its start).
     max_seq: u64,
@@ -233,6 +291,7 @@ impl SessionLoop {
         session: Arc<Session>,
         registry: Arc<Registry>,
         writer: WriterHandle,
+        commands: Arc<Engine>,
         limits: SessionLimits,
         welcome: pb::Welcome,
     ) -> Self {
@@ -248,6 +307,7 @@ impl SessionLoop {
             session,
             registry,
             writer,
+            commands,
             limits,
             max_seq: durable,
             acked_seq: durable,
@@ -257,8 +317,8 @@ impl SessionLoop {
         }
     }
 
-    /// The response stream: `Welcome`, then pongs, acks and at most one Goodbye, interleaved with
-    /// handling every inbound message.
+    /// The response stream: `Welcome`, then pongs, acks, command messages and at most one
+    /// Goodbye, interleaved with handling every inbound message.
     pub fn into_stream(self) -> impl Stream<Item = Result<pb::ConnectResponse, Status>> + Send {
         futures::stream::unfold(self, |mut this| async move {
             let item = this.next_item().await?;
@@ -303,6 +363,11 @@ impl SessionLoop {
                 return Some(Ok(respond(Out::MetricsAck(pb::MetricsAck {
                     durable_seq: durable,
                 }))));
+            }
+            if let Some(message) = self.session.next_command_message() {
+                return Some(Ok(respond(convert::command::session_message_to_pb(
+                    message,
+                ))));
             }
             let event = tokio::select! {
                 biased;
@@ -381,11 +446,12 @@ impl SessionLoop {
                 self.done = true;
                 Ok(None)
             }
-            // Commands are not served yet: this server never offers one, so a report is a
-            // protocol error it cannot store (the agent keeps its updates and re-sends them to
-            // a server that runs commands).
-            Some(In::Commands(_)) => {
-                Err(Status::unimplemented("this server does not run commands"))
+            Some(In::Commands(report)) => {
+                let updates = convert::command::report_from_pb(report)?;
+                if !updates.is_empty() {
+                    self.commands.report(&self.session, updates).await?;
+                }
+                Ok(None)
             }
             Some(In::Hello(_)) => {
                 Err(ServerError::invalid("Hello may only be the first message of a session").into())

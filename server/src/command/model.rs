@@ -60,6 +60,15 @@ pub enum Standing {
     Neutral,
 }
 
+// === impl CommandState ===
+
+impl CommandState {
+    /// Whether every invocation has ended: SUCCEEDED, FAILED or CANCELLED.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
 // === impl InvocationState ===
 
 impl InvocationState {

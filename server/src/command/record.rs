@@ -199,6 +199,48 @@ pub struct Offer {
     pub kill_grace: Duration,
 }
 
+/// One step of one invocation, as its agent reported it (checked at the edge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentUpdate {
+    pub invocation_id: String,
+    /// At least 1.
+    pub seq: u64,
+    pub step: UpdateStep,
+    /// Why it was rejected or failed, or what ended it (cleaned and bounded).
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub output: Vec<Chunk>,
+}
+
+/// What an update says besides its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateStep {
+    /// Output only.
+    Output,
+    Running,
+    /// A terminal state an agent may report.
+    Finished(InvocationState),
+}
+
+/// Output of one stream from `offset` on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub stream: OutputStream,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chunk")
+            .field("stream", &self.stream)
+            .field("offset", &self.offset)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
 /// What `ListCommands` asks for.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CommandQuery {

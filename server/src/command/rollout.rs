@@ -116,6 +116,18 @@ impl Tally {
         *slot = slot.saturating_add(1);
     }
 
+    /// Takes back one [`Tally::add`] of `standing`.
+    pub fn remove(&mut self, standing: Standing) {
+        let slot = match standing {
+            Standing::Queued => &mut self.queued,
+            Standing::InFlight => &mut self.in_flight,
+            Standing::Succeeded => &mut self.succeeded,
+            Standing::Failed => &mut self.failed,
+            Standing::Neutral => &mut self.neutral,
+        };
+        *slot = slot.saturating_sub(1);
+    }
+
     fn total(&self) -> u32 {
         self.queued
             .saturating_add(self.in_flight)

@@ -92,9 +92,21 @@ pub fn hello_from_pb(
         system_info,
         labels,
         instance_id,
-        // This server runs no commands, so it has no invocation to settle.
-        journaled_invocation_ids: _,
+        journaled_invocation_ids,
     } = hello;
+    let max = tether_proto::command::MAX_JOURNALED_INVOCATIONS;
+    if journaled_invocation_ids.len() > max {
+        return Err(ServerError::invalid(format!(
+            "Hello lists {} journaled invocations; at most {max} are allowed",
+            journaled_invocation_ids.len()
+        )));
+    }
+    let id_max = super::command::MAX_INVOCATION_ID_BYTES;
+    if journaled_invocation_ids.iter().any(|id| id.len() > id_max) {
+        return Err(ServerError::invalid(format!(
+            "Hello lists a journaled invocation id longer than {id_max} bytes"
+        )));
+    }
     let report = ReportLimits::of(limits);
     let agent_version = text(agent_version, "agent_version", report.max_text_bytes)?;
     // Stricter than the text rules: an id's characters are printable ASCII only.
@@ -115,14 +127,16 @@ pub fn hello_from_pb(
         system_info,
         labels: labels_from_pb(labels, limits)?,
         instance_id,
+        journaled_invocations: journaled_invocation_ids,
     })
 }
 
-/// The session's first answer: its id, the intervals the agent must follow, and how far its
-/// samples are durable.
+/// The session's first answer: its id, the intervals the agent must follow, how far its
+/// samples are durable, and how far the updates of its journaled invocations are.
 pub fn welcome_to_pb(
     session: &SessionId,
     last_durable_seq: u64,
+    invocation_acks: &[(String, u64)],
     liveness: &LivenessConfig,
     now: SystemTime,
 ) -> pb::Welcome {
@@ -134,8 +148,7 @@ pub fn welcome_to_pb(
         stale_after: Some(duration(liveness.stale_after)),
         offline_after: Some(duration(liveness.offline_after)),
         last_durable_seq,
-        // No command was ever offered by this server: nothing of the agent's is stored.
-        invocation_acks: Vec::new(),
+        invocation_acks: super::command::invocation_acks_to_pb(invocation_acks),
     }
 }
 

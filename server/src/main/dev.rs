@@ -12,6 +12,30 @@ use tether_server::server::Server;
 /// How long the local agent's one-use enrollment token stays valid.
 const LOCAL_AGENT_ENROLLMENT_TTL: Duration = Duration::from_secs(600);
 
+/// Programs the local agent may run: harmless, read-only ones, so that `cmd run` can be tried
+/// at once. Their absolute paths are found at start (the agent compares `argv[0]` literally
+/// with its allowlist).
+const SAFE_PROGRAMS: &[&str] = &["uptime", "uname", "df", "hostname"];
+
+/// Where [`SAFE_PROGRAMS`] are on this machine: the first match in `PATH`, then in the usual
+/// directories; a program found nowhere is left out.
+fn safe_programs() -> Vec<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .collect();
+    dirs.extend(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from));
+    SAFE_PROGRAMS
+        .iter()
+        .filter_map(|name| {
+            dirs.iter()
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+                .and_then(|found| found.to_str().map(str::to_owned))
+        })
+        .collect()
+}
+
 /// Starts the local agent against `url`, unless the server requires client certificates
 /// (`mtls`), which the local agent does not have. With TLS (an `https` url), it trusts
 /// `tls_ca` if that file exists (the `gen-certs` layout), else the system's roots.
@@ -65,9 +89,39 @@ pub async fn spawn_local_agent(
         config.enroll_token = Some(secret.expose().to_owned());
     }
     config.labels = BTreeMap::from([("tether.dev/local".to_owned(), "true".to_owned())]);
-    tracing::info!(state_dir = %state_dir.display(), "starting the local agent");
+    config.commands.allow_exec = safe_programs();
+    tracing::info!(
+        state_dir = %state_dir.display(),
+        allow_exec = ?config.commands.allow_exec,
+        "starting the local agent"
+    );
     Ok(Some(tether_agent::spawn(
         config,
         Box::new(tether_agent::SysinfoCollector::new()),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_safe_programs_are_found_as_absolute_paths() {
+        let found = safe_programs();
+        assert!(
+            !found.is_empty(),
+            "uname is on every machine the tests run on"
+        );
+        for path in &found {
+            assert!(path.starts_with('/'), "{path}");
+            let name = path.rsplit('/').next().unwrap_or_default();
+            assert!(SAFE_PROGRAMS.contains(&name), "{path}");
+        }
+        // What the allowlist holds is what an operator names: the agent's policy accepts it.
+        let config = tether_agent::CommandConfig {
+            allow_exec: found,
+            ..Default::default()
+        };
+        config.validate().expect("a valid allowlist");
+    }
 }

@@ -4,11 +4,13 @@
 //! costs at most its budget in memory and on the wire whatever the agents hold.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tether_proto::selector::Selector;
 
 use super::{AgentView, Entry, Registry};
 use crate::domain::{AgentId, AgentStatus, Health, OrgId};
+use crate::session::Session;
 
 /// Filters of `ListAgents` / `WatchAgents`.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +46,15 @@ pub struct AgentListQuery {
     /// Most bytes of agents in the page (see `registry/size.rs`); the page ends early, with a
     /// next page, before the agent that would exceed it. A page holds at least one agent.
     pub max_bytes: usize,
+}
+
+/// An agent a command targets, as resolved when the command is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub id: AgentId,
+    pub name: String,
+    /// Online with a live session (not stale, not offline).
+    pub online: bool,
 }
 
 /// One page of a listing.
@@ -103,6 +114,51 @@ impl Registry {
             }
         }
         page
+    }
+
+    /// The live session of `agent` in `org`, if it has one.
+    pub fn session(&self, org: &OrgId, agent: &AgentId) -> Option<Arc<Session>> {
+        let inner = self.read();
+        inner.orgs.get(org)?.get(agent)?.session.clone()
+    }
+
+    /// The agents of `org` a command targets: each of `ids`, and each agent `selector` matches
+    /// (expired agents aside), once, in agent id order.
+    ///
+    /// # Errors
+    ///
+    /// The first of `ids` that is not an agent of `org`.
+    pub fn resolve_targets(
+        &self,
+        org: &OrgId,
+        ids: &[AgentId],
+        selector: Option<&Selector>,
+    ) -> Result<Vec<Target>, AgentId> {
+        let inner = self.read();
+        let Some(agents) = inner.orgs.get(org) else {
+            return match ids.first() {
+                Some(id) => Err(id.clone()),
+                None => Ok(Vec::new()),
+            };
+        };
+        let target = |entry: &Entry| Target {
+            id: entry.record.id.clone(),
+            name: entry.record.name.clone(),
+            online: entry.status == AgentStatus::Online && entry.session.is_some(),
+        };
+        let mut out: BTreeMap<&AgentId, Target> = BTreeMap::new();
+        for id in ids {
+            let entry = agents.get(id).ok_or_else(|| id.clone())?;
+            out.insert(&entry.record.id, target(entry));
+        }
+        if let Some(selector) = selector {
+            for (id, entry) in agents {
+                if entry.status != AgentStatus::Expired && selector.matches(&entry.record.labels) {
+                    out.entry(id).or_insert_with(|| target(entry));
+                }
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     pub fn summary(&self, org: &OrgId) -> Summary {

@@ -506,8 +506,8 @@ impl AdminService {
         Ok((revoked, last_used))
     }
 
-    /// Deletes `agent` of the caller's org: its credentials are revoked, a tombstone stays, and
-    /// its live session ends.
+    /// Deletes `agent` of the caller's org: its credentials are revoked, a tombstone stays, its
+    /// live session ends, and its unfinished command invocations end AGENT_DELETED.
     ///
     /// Under the agent's identity lock (so no enrollment takes it over meanwhile), the agent
     /// leaves memory first: from then on its credentials fail, no session opens, and nothing
@@ -553,6 +553,9 @@ impl AdminService {
             state.registry.restore(view);
             return Err(e);
         }
+        // Still under the agent's lock, so no enrollment takes the id over before its
+        // unfinished invocations have ended AGENT_DELETED.
+        state.commands.agent_deleted(&caller.org, &agent).await;
         tracing::info!(%agent, org = %caller.org, by = %caller.token, "agent deleted");
         Ok(())
     }

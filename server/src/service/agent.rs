@@ -238,6 +238,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             system_info: info,
             labels,
             instance_id,
+            journaled_invocations,
         } = convert::agent::hello_from_pb(hello, &state.config.limits, SystemTime::now())?;
         let pinned = state
             .registry
@@ -252,6 +253,13 @@ impl pb::agent_service_server::AgentService for AgentService {
             )));
         }
 
+        // Before the session opens (a store failure here must not leave a session behind):
+        // what the server stored of the invocations the agent journaled, for its Welcome. A
+        // read only: a session refused below changes nothing of them.
+        let journaled = state
+            .commands
+            .journaled(&caller.org, &agent, journaled_invocations)
+            .await?;
         let session_id = SessionId::new(random_id());
         let opened = state.registry.open_session(
             &caller.org,
@@ -292,6 +300,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let welcome = convert::agent::welcome_to_pb(
             &session_id,
             last_seq,
+            &journaled.acks,
             state.registry.liveness_config(),
             SystemTime::now(),
         );
@@ -303,15 +312,18 @@ impl pb::agent_service_server::AgentService for AgentService {
             message_burst: f64::from(state.config.limits.stream_message_burst),
             metrics: state.metrics.clone(),
         };
-        let stream = SessionLoop::new(
+        let session_loop = SessionLoop::new(
             inbound,
-            session,
+            session.clone(),
             state.registry.clone(),
             state.writer.clone(),
+            state.commands.clone(),
             limits,
             welcome,
-        )
-        .into_stream();
-        Ok(Response::new(Box::pin(stream)))
+        );
+        // With the loop (and its guard) in place: re-offers, settlements and offers of queued
+        // invocations, sent after the Welcome.
+        state.commands.session_opened(&session, &journaled).await;
+        Ok(Response::new(Box::pin(session_loop.into_stream())))
     }
 }
