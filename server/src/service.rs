@@ -45,6 +45,33 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+/// Answers a mutating call: its response, or its error after auditing the failure (a success
+/// is audited inside the commit that makes it durable). Waits while the writer's control queue
+/// is full.
+///
+/// # Errors
+///
+/// `result`'s error, as a `Status`.
+pub async fn answer_audited<T>(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    method: &str,
+    target: &str,
+    result: Result<T, crate::error::ServerError>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    match result {
+        Ok(response) => Ok(tonic::Response::new(response)),
+        Err(err) => {
+            let status = tonic::Status::from(err);
+            state
+                .writer
+                .audit(crate::audit::entry(caller, method, target, Err(&status)))
+                .await;
+            Err(status)
+        }
+    }
+}
+
 /// The orgs that exist. Created rarely (by the server admin), read on every org-scoped call
 /// that names an org.
 pub struct Orgs {

@@ -405,17 +405,7 @@ impl AdminService {
         target: &str,
         result: Result<T, ServerError>,
     ) -> Result<Response<T>, Status> {
-        match result {
-            Ok(response) => Ok(Response::new(response)),
-            Err(err) => {
-                let status = Status::from(err);
-                self.state
-                    .writer
-                    .audit(crate::audit::entry(caller, method, target, Err(&status)))
-                    .await;
-                Err(status)
-            }
-        }
+        crate::service::answer_audited(&self.state, caller, method, target, result).await
     }
 
     /// Creates org `new` with its first admin token; returns both and the token's secret.
