@@ -12,6 +12,8 @@
 //! - `session.rs`: [`RawSession`] and the messages tests send by hand.
 //! - `rpc.rs`: helpers over the RPCs and the CLI (listing, tokens, `tetherctl`).
 //! - `heavy.rs`: agents as large as the server accepts, and seeding an org with them.
+//! - `command.rs`: helpers over `CommandService` (send, wait for the end, read the history).
+//! - `procs.rs`: a server and agents as real processes (`test-server`, `test-agent`), to kill.
 
 use std::future::Future;
 use std::path::Path;
@@ -24,18 +26,24 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod agent;
+mod command;
 mod crash;
 mod heavy;
+mod procs;
 mod rpc;
 mod server;
 mod session;
 
 pub use self::agent::{TestAgent, agent_config};
+pub use self::command::{
+    History, command_agent, exec_request, finished, history, invocations, send, shell,
+};
 pub use self::crash::CrashableServer;
 pub use self::heavy::{
     MAX_DISKS, Seed, heavy_enroll_request, heavy_hello, heavy_labels, heavy_sample,
     heavy_system_info, seed_heavy_agents,
 };
+pub use self::procs::{AgentProcess, ServerProcess, agent_dirs};
 pub use self::rpc::{cli_at, create_token, list_all, list_audit, token_id};
 pub use self::server::{TestServer, TestTls, TlsOptions, limit_violations};
 pub use self::session::{RawSession, hello, labels, sample, system_info};
@@ -52,6 +60,18 @@ pub fn trace_init() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Installs a subscriber writing to stderr (honours `RUST_LOG`, default `warn`): for this
+/// crate's test binaries, whose stdout carries what the tests read.
+pub fn trace_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
@@ -116,3 +136,4 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 pub type FleetClient = pb::fleet_service_client::FleetServiceClient<Authed>;
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<Authed>;
 pub type AgentClient = pb::agent_service_client::AgentServiceClient<Authed>;
+pub type CommandClient = pb::command_service_client::CommandServiceClient<Authed>;

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
-    AdminClient, AgentClient, Bearer, FleetClient, TestAgent, agent_config, cli_at, eventually,
-    system_info,
+    AdminClient, AgentClient, Bearer, CommandClient, FleetClient, TestAgent, agent_config, cli_at,
+    eventually, system_info,
 };
 
 /// A server running in this process on a real socket.
@@ -259,6 +259,19 @@ impl TestServer {
         )
     }
 
+    pub async fn commands(&self) -> CommandClient {
+        self.commands_as(Some(&self.admin_token)).await
+    }
+
+    /// A `CommandService` client presenting `token` (none when `None`).
+    pub async fn commands_as(&self, token: Option<&str>) -> CommandClient {
+        pb::command_service_client::CommandServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(token.map(str::to_owned)),
+        )
+        .max_decoding_message_size(64 << 20)
+    }
+
     pub async fn admin(&self) -> AdminClient {
         self.admin_as(Some(&self.admin_token)).await
     }
@@ -360,6 +373,24 @@ impl TestServer {
         let state_dir = tempfile::tempdir().expect("agent state dir");
         let token = self.enrollment_token().await;
         self.spawn_agent_in(hostname, labels, state_dir, Some(token), None)
+    }
+
+    /// Starts a real agent (plaintext only) that may run the programs `allow_exec` names, and
+    /// waits until it is online; returns it with its id.
+    pub async fn spawn_commanded_agent(
+        &self,
+        hostname: &str,
+        labels: &[(&str, &str)],
+        allow_exec: &[&str],
+    ) -> (TestAgent, String) {
+        let state_dir = tempfile::tempdir().expect("agent state dir");
+        let token = self.enrollment_token().await;
+        let mut config = agent_config(&self.url, state_dir.path(), labels, Some(token));
+        config.commands.allow_exec = allow_exec.iter().map(|p| (*p).to_owned()).collect();
+        let agent = TestAgent::spawn_with(config, state_dir, hostname, "linux");
+        let id = agent.id().await;
+        self.wait_status(&id, pb::AgentStatus::Online).await;
+        (agent, id)
     }
 
     /// Starts a real agent (synthetic Linux machine `hostname`) in `state_dir`, enrolling with

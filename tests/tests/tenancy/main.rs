@@ -45,12 +45,13 @@ impl tonic::service::Interceptor for Header {
 
 type Raw = InterceptedService<Channel, Header>;
 
-/// Clients of the three services sending one `authorization` header.
+/// Clients of the four services sending one `authorization` header.
 #[derive(Clone)]
 struct Clients {
     agent: pb::agent_service_client::AgentServiceClient<Raw>,
     fleet: pb::fleet_service_client::FleetServiceClient<Raw>,
     admin: pb::admin_service_client::AdminServiceClient<Raw>,
+    commands: pb::command_service_client::CommandServiceClient<Raw>,
 }
 
 impl Clients {
@@ -60,6 +61,7 @@ impl Clients {
             agent: pb::agent_service_client::AgentServiceClient::new(with(&header)),
             fleet: pb::fleet_service_client::FleetServiceClient::new(with(&header)),
             admin: pb::admin_service_client::AdminServiceClient::new(with(&header)),
+            commands: pb::command_service_client::CommandServiceClient::new(with(&header)),
         }
     }
 }
@@ -111,6 +113,9 @@ struct Org {
     victim_enrollment: String,
     /// The credential of an agent deleted before the matrix.
     revoked_agent_credential: String,
+    /// Commands sent to the subject: one the matrix cancels, one it pauses and resumes.
+    cancel_command: String,
+    steer_command: String,
     agents: Vec<String>,
     tokens: Vec<String>,
     enrollment_tokens: Vec<String>,
@@ -210,6 +215,19 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
     .into_iter()
     .map(|t| t.as_ref().expect("token").token_id.clone())
     .collect();
+    let commands = server.commands_as(Some(&admin_token.secret)).await;
+    let queued = || {
+        let mut request = tether_tests::exec_request(
+            vec!["/bin/true".into()],
+            tether_tests::command_agent(&[&subject.agent_id]),
+        );
+        if let Some(targets) = request.targets.as_mut() {
+            targets.include_offline = true;
+        }
+        request
+    };
+    let cancel_command = tether_tests::send(&commands, queued()).await.command_id;
+    let steer_command = tether_tests::send(&commands, queued()).await.command_id;
     let enrollment_id = |t: &pb::CreateEnrollmentTokenResponse| {
         t.token.as_ref().expect("enrollment token").token_id.clone()
     };
@@ -232,6 +250,8 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
             victim.agent_id.clone(),
             again.agent_id.clone(),
         ],
+        cancel_command,
+        steer_command,
         subject: (subject.agent_id, subject.agent_credential),
         victim_agent: victim.agent_id,
         revoked_agent_credential: retired.agent_credential,
@@ -371,6 +391,8 @@ fn expected(access: Access, who: &Who, names_object: bool) -> Code {
 
 /// Ids of org acme's objects that requests name.
 struct Targets {
+    cancel_command: String,
+    steer_command: String,
     subject: String,
     victim_agent: String,
     victim_token: String,
@@ -387,6 +409,7 @@ async fn invoke(
     serial: usize,
 ) -> (bool, Result<(), Status>) {
     let (mut agent, mut fleet, mut admin) = (c.agent.clone(), c.fleet.clone(), c.admin.clone());
+    let mut commands = c.commands.clone();
     match method {
         "/tether.v1.AgentService/Enroll" => (
             false,
@@ -478,6 +501,93 @@ async fn invoke(
             drop_ok(
                 fleet
                     .get_server_config(pb::GetServerConfigRequest::default())
+                    .await,
+            ),
+        ),
+        "/tether.v1.CommandService/SendCommand" => {
+            let mut request = tether_tests::exec_request(
+                vec!["/bin/true".into()],
+                tether_tests::command_agent(&[&t.subject]),
+            );
+            if let Some(targets) = request.targets.as_mut() {
+                targets.include_offline = true;
+            }
+            (true, drop_ok(commands.send_command(request).await))
+        }
+        "/tether.v1.CommandService/GetCommand" => (
+            true,
+            drop_ok(
+                commands
+                    .get_command(pb::GetCommandRequest {
+                        command_id: t.steer_command.clone(),
+                    })
+                    .await,
+            ),
+        ),
+        "/tether.v1.CommandService/ListCommands" => (
+            false,
+            drop_ok(
+                commands
+                    .list_commands(pb::ListCommandsRequest::default())
+                    .await,
+            ),
+        ),
+        "/tether.v1.CommandService/ListInvocations" => (
+            true,
+            drop_ok(
+                commands
+                    .list_invocations(pb::ListInvocationsRequest {
+                        command_id: t.steer_command.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+            ),
+        ),
+        "/tether.v1.CommandService/WatchCommand" => {
+            let result = async {
+                let mut stream = commands
+                    .watch_command(pb::WatchCommandRequest {
+                        command_id: t.steer_command.clone(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                match tokio::time::timeout(STREAM_WAIT, stream.message()).await {
+                    Ok(Ok(Some(_))) => Ok(()),
+                    Ok(Err(status)) => Err(status),
+                    other => panic!("WatchCommand: expected the command, got {other:?}"),
+                }
+            }
+            .await;
+            (true, result)
+        }
+        "/tether.v1.CommandService/CancelCommand" => (
+            true,
+            drop_ok(
+                commands
+                    .cancel_command(pb::CancelCommandRequest {
+                        command_id: t.cancel_command.clone(),
+                    })
+                    .await,
+            ),
+        ),
+        "/tether.v1.CommandService/PauseCommand" => (
+            true,
+            drop_ok(
+                commands
+                    .pause_command(pb::PauseCommandRequest {
+                        command_id: t.steer_command.clone(),
+                    })
+                    .await,
+            ),
+        ),
+        "/tether.v1.CommandService/ResumeCommand" => (
+            true,
+            drop_ok(
+                commands
+                    .resume_command(pb::ResumeCommandRequest {
+                        command_id: t.steer_command.clone(),
+                    })
                     .await,
             ),
         ),

@@ -8,6 +8,8 @@ async fn every_rpc_answers_every_caller_as_the_role_table_says() {
     let server = &world.server;
     let callers = world.callers();
     let targets = Targets {
+        cancel_command: world.acme.cancel_command.clone(),
+        steer_command: world.acme.steer_command.clone(),
         subject: world.acme.subject.0.clone(),
         victim_agent: world.acme.victim_agent.clone(),
         victim_token: world.acme.victim_token.clone(),
