@@ -1,5 +1,7 @@
 //! The engine without sockets: a real store, the real writer task and registry, sessions opened
 //! in the registry and read through their outboxes. Each test states one promise.
+//!
+//! Longer than usual: the engine's promises share one fixture, kept with them in one file.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,11 +104,25 @@ fn stdout(offset: u64, data: &[u8]) -> Chunk {
 impl Fixture {
     /// An engine over a fresh store whose org `acme` has `agents`, all offline.
     async fn new(agents: &[&str]) -> Self {
-        Self::open(tempfile::tempdir().expect("tempdir"), agents).await
+        Self::with(agents, |_| {}).await
+    }
+
+    /// [`Fixture::new`] with the command settings `edit` makes.
+    async fn with(agents: &[&str], edit: impl FnOnce(&mut CommandSettings)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::open_with(dir, agents, edit).await
     }
 
     /// An engine over the store in `dir` (which holds `agents`, or gets them).
     async fn open(dir: tempfile::TempDir, agents: &[&str]) -> Self {
+        Self::open_with(dir, agents, |_| {}).await
+    }
+
+    async fn open_with(
+        dir: tempfile::TempDir,
+        agents: &[&str],
+        edit: impl FnOnce(&mut CommandSettings),
+    ) -> Self {
         let metrics = Metrics::new();
         let sled = crate::store::SledStore::open(dir.path()).expect("open store");
         let store = Arc::new(FailingStore::new(sled));
@@ -123,10 +139,11 @@ impl Fixture {
             crate::registry::WatchLimits::default(),
             metrics.clone(),
         ));
-        let settings = CommandSettings {
+        let mut settings = CommandSettings {
             tick: Duration::from_millis(10),
             ..CommandSettings::default()
         };
+        edit(&mut settings);
         let engine = Arc::new(
             Engine::load(
                 dyn_store.clone(),
@@ -629,5 +646,103 @@ async fn a_send_that_cannot_be_stored_is_withdrawn_and_an_idempotency_key_return
     let again = f.engine.send(&caller(), new, audit).await.expect("send");
     assert!(!first.existing && again.existing);
     assert_eq!(first.command.id, again.command.id);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn retention_deletes_finished_commands_with_everything_they_own() {
+    let f = Fixture::new(&["a1"]).await;
+    let mut new = new_command(&["a1"], RolloutPolicy::default());
+    // Offline and not included: skipped at once, so the command is finished when sent.
+    new.targets.include_offline = false;
+    new.idempotency_key = "gone-soon".into();
+    let command = f.send(new).await;
+    f.until(&command.id, "the command to finish", |c| c.is_finished())
+        .await;
+    assert!(!f.events(&command.id).is_empty());
+    let stop = CancellationToken::new();
+    let retention = tokio::spawn(crate::command::retention::run(
+        f.store.clone(),
+        f.engine.writer.clone(),
+        Duration::from_millis(1),
+        Duration::from_millis(10),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while Store::command(f.store.as_ref(), &org(), &command.id)
+        .expect("read")
+        .is_some()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not deleted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(f.events(&command.id).is_empty());
+    assert!(
+        f.store
+            .invocations(&org(), &command.id, None, 10)
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        f.store
+            .idempotent_command(&org(), "gone-soon", std::time::SystemTime::UNIX_EPOCH)
+            .expect("read"),
+        None
+    );
+    stop.cancel();
+    retention.await.expect("retention task");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_org_and_per_agent_limits_refuse_a_send_and_store_nothing() {
+    let f = Fixture::with(&["a1", "a2", "a3"], |settings| {
+        settings.max_queued_per_agent = 1;
+        settings.max_in_flight_per_org = 2;
+    })
+    .await;
+    let exhausted = |result: Result<_, ServerError>| {
+        assert!(
+            matches!(result, Err(ServerError::ResourceExhausted(_))),
+            "{result:?}"
+        );
+    };
+    f.send(new_command(&["a1"], RolloutPolicy::default())).await;
+    exhausted(
+        f.engine
+            .send(
+                &caller(),
+                new_command(&["a1"], RolloutPolicy::default()),
+                audit,
+            )
+            .await,
+    );
+    f.send(new_command(&["a2"], RolloutPolicy::default())).await;
+    exhausted(
+        f.engine
+            .send(
+                &caller(),
+                new_command(&["a3"], RolloutPolicy::default()),
+                audit,
+            )
+            .await,
+    );
+    assert_eq!(f.engine.n_active(), 2);
+    let stored = f
+        .store
+        .commands(
+            &org(),
+            &crate::command::record::CommandQuery {
+                page_size: 10,
+                ..Default::default()
+            },
+            100,
+        )
+        .expect("list");
+    assert_eq!(
+        stored.commands.len(),
+        2,
+        "nothing of the refused sends was stored"
+    );
     f.stop().await;
 }
