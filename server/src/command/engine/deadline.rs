@@ -21,6 +21,9 @@ use crate::command::model::InvocationState;
 use crate::command::record::{CommandRecord, InvocationRecord};
 use crate::domain::Time;
 
+/// How often the idempotency keys remembered in memory are swept.
+const KEY_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How an invocation ends at its deadline, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Expiry {
@@ -79,6 +82,7 @@ impl Engine {
     /// come; takes a writer slot only when something is due.
     pub(super) async fn tick(&self) {
         let now = Time::now();
+        self.forget_old_keys(now);
         if !self.anything_due(now) {
             return;
         }
@@ -134,6 +138,16 @@ impl Engine {
             }
         }
         drop(self.commit(&mut state, tx, slot));
+    }
+
+    /// Forgets the idempotency keys older than their window (the store answers for them), at
+    /// most once per [`KEY_SWEEP`].
+    fn forget_old_keys(&self, now: Time) {
+        let mut state = self.lock();
+        if state.swept_keys.is_some_and(|at| at.elapsed() < KEY_SWEEP) {
+            return;
+        }
+        state.swept_keys = Some(std::time::Instant::now());
         let window = now
             .get()
             .checked_sub(tether_proto::command::IDEMPOTENCY_WINDOW)

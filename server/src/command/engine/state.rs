@@ -36,6 +36,8 @@ pub(super) struct State {
     /// Idempotency keys of the commands this process created, with their creation time: a send
     /// racing another with the same key finds it here before its commit is stored.
     pub(super) keys: HashMap<(OrgId, String), (CommandId, Time)>,
+    /// When `keys` was last swept of keys older than their window.
+    pub(super) swept_keys: Option<std::time::Instant>,
     /// Commits queued and not yet seen durable, in the order they were queued.
     pub(super) pending: VecDeque<PendingTx>,
 }
