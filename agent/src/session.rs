@@ -6,6 +6,10 @@
 //! goodbye, when the stream breaks or goes silent, or when the agent shuts down (then it sends
 //! its own goodbye first). The run loop decides what happens next from [`SessionEnd`].
 //!
+//! Longer than usual: one `select!` loop and the handlers of every server message share the
+//! session's state (buffer marks, command outbox, timers); splitting them would pass that state
+//! through every call.
+//!
 //! The buffer and the sampler live outside the session, in [`Shared`], so samples keep being
 //! taken and numbered while disconnected. So does the command subsystem: the session hands it
 //! offers, cancels and acks, lists its journaled invocations in `Hello`, and sends its updates

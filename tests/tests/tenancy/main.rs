@@ -3,6 +3,9 @@
 //!
 //! The matrix iterates `tether_server::access::RPC_ACCESS`, so a new RPC gets a row there and a
 //! request in [`invoke`] (which panics for a method it does not know) before this test passes.
+//!
+//! Longer than usual: [`invoke`] holds one request per RPC of the contract, in one place, so that
+//! a new RPC is one edit here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
