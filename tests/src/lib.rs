@@ -9,6 +9,7 @@
 //! - `server.rs`: [`TestServer`], its clients, and its TLS option ([`TlsOptions`]).
 //! - `crash.rs`: [`CrashableServer`], a server on a runtime of its own that can die abruptly.
 //! - `agent.rs`: [`TestAgent`], a real agent in this process.
+//! - `healthy.rs`: [`Healthy`], the agent that must lose nothing while a test abuses the server.
 //! - `session.rs`: [`RawSession`] and the messages tests send by hand.
 //! - `rpc.rs`: helpers over the RPCs and the CLI (listing, tokens, `tetherctl`).
 //! - `heavy.rs`: agents as large as the server accepts, and seeding an org with them.
@@ -28,6 +29,7 @@ use tonic::transport::Channel;
 mod agent;
 mod command;
 mod crash;
+mod healthy;
 mod heavy;
 mod procs;
 mod rpc;
@@ -39,6 +41,7 @@ pub use self::command::{
     History, command_agent, exec_request, finished, history, invocations, send, shell,
 };
 pub use self::crash::CrashableServer;
+pub use self::healthy::Healthy;
 pub use self::heavy::{
     MAX_DISKS, Seed, heavy_enroll_request, heavy_hello, heavy_labels, heavy_sample,
     heavy_system_info, seed_heavy_agents,
