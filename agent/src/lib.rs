@@ -20,7 +20,8 @@
 //!   [`synthetic`]: [`SyntheticCollector`], a deterministic machine for the simulator and tests.
 //! - [`state`]: the 0600 state file with the agent id and credential.
 //! - [`config`]: [`AgentConfig`], with every default as a named constant.
-//! - [`error`]: [`AgentError`] with its retry predicate, and the simulator's [`SimulateError`].
+//! - [`error`]: [`AgentError`], the agent's error policy (what is retried, what stops it), and
+//!   the simulator's [`SimulateError`].
 //! - [`stats`]: [`AgentStats`], live counters the agent updates and anyone reads without
 //!   blocking it.
 //! - [`latency`]: [`LatencyHistogram`], the lock-free ack-latency histogram the simulator

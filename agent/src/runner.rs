@@ -8,12 +8,20 @@
 //!
 //! Identity flows live here too. Every process picks a random instance id (sent in `Hello`,
 //! so the server tells a restart from two machines sharing one credential); a `--hardware-id`
-//! override replaces the collector's. When the server revoked the credential (the agent was
-//! deleted), an agent with an enrollment token discards its state and enrolls again, sending
-//! the old credential as its claim to the old identity (the server grants it only if it is
-//! still valid); without a token it stops, saying which flag and command bring it back. When
-//! the server refuses a session because another machine holds the same credential, the agent
-//! logs what to do and retries only after a long pause: it never exits for it.
+//! override replaces the collector's. When the server refuses a session because another machine
+//! holds the same credential, the agent logs what to do and retries only after a long pause: it
+//! never exits for it.
+//!
+//! Error policy (`error.rs`, decided by [`after_refused_credential`] once the credential itself
+//! is refused): an agent stops on its own only when the server revoked its credential (the agent
+//! was deleted) and it has no enrollment token to enroll again with, when enrolling again is
+//! refused, when its local configuration cannot work, or on shutdown. With a token, a revoked
+//! agent discards its state and enrolls again, sending the old credential as its claim to the
+//! old identity (the server grants it only if it is still valid); without one it stops, saying
+//! which flag and command bring it back. Every other failure (an unreachable, busy or failing
+//! server, a code the agent does not know, a credential the server does not know) waits
+//! (`wait_to_retry`: backoff, at least the server's retry delay) and tries again, logging at
+//! ERROR with what to do once it persists.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,15 +30,15 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use tether_proto::refusal::{self, Refusal};
-use tracing::error;
+use tether_proto::refusal::Refusal;
 
 use crate::backoff::Backoff;
 use crate::client::{self, EnrollCall, Transport};
 use crate::collector::{Collector, Sample, SystemInfo};
 use crate::command::Commands;
+use crate::error::{Refused, after_refused_credential};
 use crate::session::{self, SessionContext, SessionEnd, Shared};
 use crate::state::{Credential, Enrollment, StateDir};
 use crate::{AgentConfig, AgentError, AgentStats};
@@ -57,12 +65,13 @@ pub(crate) struct Agent<'a> {
 pub(crate) enum HoldEnd {
     /// `shutdown` was cancelled; the agent said goodbye.
     Shutdown,
-    /// The server rejected the credential (`UNAUTHENTICATED`): the caller may enroll again.
+    /// The server rejected the credential (`UNAUTHENTICATED`): the caller may enroll again, or
+    /// else wait and retry ([`wait_to_retry`]).
     Unauthenticated(AgentError),
     /// The server revoked the credential (the agent was deleted, or its credential replaced):
     /// the caller enrolls again if it has a token, and stops otherwise.
     Revoked(AgentError),
-    /// A non-retryable error.
+    /// A broken local configuration: the agent stops.
     Fatal(AgentError),
 }
 
@@ -117,21 +126,25 @@ pub fn spawn(config: AgentConfig, collector: Box<dyn Collector>) -> AgentHandle 
     }
 }
 
-/// Runs the agent until `shutdown` is cancelled or a non-retryable error occurs.
+/// Runs the agent until `shutdown` is cancelled or it must stop (see the error policy above).
 ///
 /// Start-up: the credential comes from the state directory; without one, the agent enrolls with
 /// `config.enroll_token` (retrying while the server is unreachable) and persists the result
-/// before connecting. Then it holds one session at a time, reconnecting with backoff.
+/// before connecting. Then it holds one session at a time, reconnecting with backoff, and
+/// enrolls again when the server refused its credential and it has a token.
 ///
 /// # Errors
 ///
 /// - [`AgentError::Config`] for an invalid configuration;
 /// - [`AgentError::NotEnrolled`] when there is neither a stored credential nor a token;
 /// - [`AgentError::StateIo`] / [`AgentError::StateCorrupt`] for state-directory trouble;
-/// - [`AgentError::Rpc`] with `UNAUTHENTICATED` or `PERMISSION_DENIED` (or another
-///   non-retryable code) when the server refuses the agent (after one re-enrollment, if a
-///   token is configured);
-/// - [`AgentError::Revoked`] when the server revoked the agent.
+/// - [`AgentError::Revoked`] when the server revoked the agent and there is no enrollment token
+///   (its message says how to bring the machine back);
+/// - the enrollment's error when the enrollment token or request is refused (at the first
+///   enrollment or a later one).
+///
+/// Nothing else ends it: an unreachable, failing or overloaded server is retried for as long
+/// as it lasts (see `error.rs`).
 ///
 /// # Cancellation
 ///
@@ -211,16 +224,33 @@ pub async fn run(
                 HoldEnd::Revoked(error) => (error, true),
                 HoldEnd::Unauthenticated(error) => (error, false),
             };
-            let Some(token) = config.enroll_token.as_deref() else {
-                return Err(refused_without_token(&enrollment, &state, error, revoked));
+            let token = config.enroll_token.as_deref();
+            let token = match after_refused_credential(revoked, token, reenrolled) {
+                Refused::Stop => {
+                    return Err(revoked_without_token(&enrollment, &state));
+                }
+                Refused::RetrySession => {
+                    // Nothing to enroll with: the server may accept the credential again (its
+                    // data restored), so keep trying.
+                    if !wait_to_retry("the session", &error, &mut backoff, &shutdown).await {
+                        info!("agent stopped");
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Refused::Enroll { token, wait_first } => {
+                    // The credential just issued was refused before any healthy session: wait
+                    // before asking for another, so that such a server is not asked in a loop.
+                    if wait_first
+                        && !wait_to_retry("the new credential", &error, &mut backoff, &shutdown)
+                            .await
+                    {
+                        info!("agent stopped");
+                        return Ok(());
+                    }
+                    token
+                }
             };
-            if reenrolled {
-                error!(
-                    agent_id = %enrollment.agent_id,
-                    "the server refused the credential it has just issued; stopping"
-                );
-                return Err(error);
-            }
             reenrolled = true;
             if revoked {
                 state.discard()?;
@@ -277,39 +307,20 @@ pub async fn run(
     result
 }
 
-/// The error an agent without an enrollment token stops with when the server refused its
+/// The error an agent without an enrollment token stops with when the server revoked its
 /// credential, saying exactly how to bring the machine back (which flag, which command).
-fn refused_without_token(
-    enrollment: &Enrollment,
-    state: &StateDir,
-    error: AgentError,
-    revoked: bool,
-) -> AgentError {
-    let what = if revoked {
-        format!(
-            "agent {} was deleted on the server (or its credential replaced), so the credential \
-             in {} no longer works",
-            enrollment.agent_id,
-            state.file_path().display()
-        )
-    } else {
-        format!(
-            "the server does not accept the credential of agent {} in {} ({error})",
-            enrollment.agent_id,
-            state.file_path().display()
-        )
-    };
+fn revoked_without_token(enrollment: &Enrollment, state: &StateDir) -> AgentError {
     let message = format!(
-        "{what}. To enroll this machine again, restart tether-agent with --enroll-token TOKEN \
-         (or TETHER_ENROLL_TOKEN=TOKEN); an admin creates a token with `tetherctl enroll-token \
-         create`. The agent then discards the old state and enrolls as a new agent."
+        "agent {} was deleted on the server (or its credential replaced), so the credential in \
+         {} no longer works. To enroll this machine again, restart tether-agent with \
+         --enroll-token TOKEN (or TETHER_ENROLL_TOKEN=TOKEN); an admin creates a token with \
+         `tetherctl enroll-token create`. The agent then discards the old state and enrolls as \
+         a new agent.",
+        enrollment.agent_id,
+        state.file_path().display()
     );
     error!("{message}");
-    if revoked {
-        AgentError::Revoked(message)
-    } else {
-        error
-    }
+    AgentError::Revoked(message)
 }
 
 /// A random id for this agent process (see `Hello.instance_id`).
@@ -370,7 +381,13 @@ pub(crate) async fn hold_sessions(
     loop {
         let system_info = match system_info(agent.collector).await {
             Ok(info) => info,
-            Err(error) => return HoldEnd::Fatal(error),
+            Err(error) => {
+                if !wait_to_retry("describing this machine", &error, backoff, agent.shutdown).await
+                {
+                    return HoldEnd::Shutdown;
+                }
+                continue;
+            }
         };
         let ctx = SessionContext {
             transport: agent.transport,
@@ -387,19 +404,35 @@ pub(crate) async fn hold_sessions(
             .await;
         match end {
             SessionEnd::Shutdown => return HoldEnd::Shutdown,
-            SessionEnd::Closed { healthy, reason } => {
-                if healthy {
-                    backoff.reset();
-                    *healthy_seen = true;
-                }
+            SessionEnd::Closed {
+                healthy: true,
+                reason,
+            } => {
+                backoff.reset();
+                *healthy_seen = true;
                 info!(%reason, "session closed");
+                let delay = backoff.next_delay();
+                info!(delay = ?delay, "reconnecting after backoff");
+                if !sleep_unless_shutdown(delay, agent.shutdown).await {
+                    return HoldEnd::Shutdown;
+                }
+            }
+            SessionEnd::Closed {
+                healthy: false,
+                reason,
+            } => {
+                // Closed before it was of any use: a failure like any other for the backoff.
+                let error = AgentError::Protocol(format!("session closed early: {reason}"));
+                if !wait_to_retry("the session", &error, backoff, agent.shutdown).await {
+                    return HoldEnd::Shutdown;
+                }
             }
             SessionEnd::Failed { healthy, error } => {
                 if healthy {
                     backoff.reset();
                     *healthy_seen = true;
                 }
-                match refusal_of(&error) {
+                match error.refusal() {
                     Some(Refusal::CredentialRevoked) => return HoldEnd::Revoked(error),
                     Some(Refusal::IdentityConflict) => {
                         let delay = agent
@@ -427,15 +460,44 @@ pub(crate) async fn hold_sessions(
                 if !error.is_retryable() {
                     return HoldEnd::Fatal(error);
                 }
-                info!(error = %error, "session failed");
+                if !wait_to_retry("the session", &error, backoff, agent.shutdown).await {
+                    return HoldEnd::Shutdown;
+                }
             }
         }
-        let delay = backoff.next_delay();
-        info!(delay = ?delay, "reconnecting after backoff");
-        tokio::select! {
-            () = agent.shutdown.cancelled() => return HoldEnd::Shutdown,
-            () = tokio::time::sleep(delay) => {}
-        }
+    }
+}
+
+/// Records a failure of `what` in `backoff` and waits before the next attempt: the backoff's delay, or
+/// longer if the server asked for it. Logs the failure at INFO, or at ERROR with what to do
+/// once it persists. Returns `false` if `shutdown` fired first.
+pub(crate) async fn wait_to_retry(
+    what: &str,
+    error: &AgentError,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> bool {
+    let retry = backoff.failed(error.retry_after(), Instant::now());
+    if retry.persistent {
+        error!(
+            error = %error,
+            failures = retry.failures,
+            failing_for = ?retry.failing_for,
+            delay = ?retry.delay,
+            "{what} keeps failing: {}",
+            error.advice()
+        );
+    } else {
+        info!(error = %error, delay = ?retry.delay, "{what} failed; retrying after backoff");
+    }
+    sleep_unless_shutdown(retry.delay, shutdown).await
+}
+
+/// Sleeps for `delay`; `false` if `shutdown` fired first.
+async fn sleep_unless_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -479,30 +541,13 @@ async fn enroll_until_done(
                 );
                 return Ok(Some(enrollment));
             }
-            Err(error) if error.is_retryable() => {
-                let asked = match &error {
-                    AgentError::Rpc(status) => refusal::retry_after(status),
-                    _ => None,
-                };
-                let delay = backoff.next_delay().max(asked.unwrap_or_default());
-                info!(error = %error, delay = ?delay, "enrollment failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(delay) => {}
+            Err(error) if error.is_retryable_enrollment() => {
+                if !wait_to_retry("enrollment", &error, &mut backoff, shutdown).await {
+                    return Ok(None);
                 }
             }
             Err(error) => return Err(error),
         }
-    }
-}
-
-/// The refusal `error` carries, if the server named one: a revoked credential (also said by
-/// `Goodbye(REVOKED)`) or an identity conflict.
-fn refusal_of(error: &AgentError) -> Option<Refusal> {
-    match error {
-        AgentError::Revoked(_) => Some(Refusal::CredentialRevoked),
-        AgentError::Rpc(status) => refusal::refusal(status),
-        _ => None,
     }
 }
 

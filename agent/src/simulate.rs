@@ -48,7 +48,7 @@ use tracing::{Instrument as _, debug, info_span, warn};
 use crate::backoff::Backoff;
 use crate::client::{self, Transport};
 use crate::command::{CommandPolicy, Commands};
-use crate::error::{SimulateError, error_chain};
+use crate::error::{Refused, SimulateError, after_refused_credential, error_chain};
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::runner::{self, Agent, HoldEnd, SharedCollector};
 use crate::session::Shared;
@@ -114,6 +114,8 @@ pub async fn simulate(
     let mut ready_at: Option<Instant> = None;
     let mut silenced = false;
     let mut last_snapshot = LatencySnapshot::empty();
+    // Agents whose task ended while the simulation ran (revoked or misconfigured).
+    let mut n_stopped = 0_u64;
 
     // Ramp: unit `u` is a connection; in multiplexed mode it carries agents u, u+M, u+2M, …
     let mut unit = 0;
@@ -168,7 +170,7 @@ pub async fn simulate(
         let now = tokio::time::Instant::now();
         if now >= next_report {
             next_report += config.stats_interval;
-            let totals = Totals::sum(&agents);
+            let totals = Totals::sum(&agents, n_stopped);
             let snapshot = histogram.snapshot();
             let interval = snapshot.since(&last_snapshot);
             last_snapshot = snapshot.clone();
@@ -247,6 +249,8 @@ pub async fn simulate(
                 {
                     std::panic::resume_unwind(err.into_panic());
                 }
+                // Before the stop, an agent task ends only when its agent gave up for good.
+                n_stopped += 1;
             }
             () = tick => {}
         }
@@ -268,7 +272,7 @@ pub async fn simulate(
         warn!("some agents did not stop within {STOP_GRACE:?}");
         tasks.abort_all();
     }
-    let totals = Totals::sum(&agents);
+    let totals = Totals::sum(&agents, n_stopped);
     let snapshot = histogram.snapshot();
     reporter.stats(&totals, &snapshot.since(&last_snapshot), &snapshot);
     reporter.event("stopped", json!({}), "simulator stopped");
@@ -308,47 +312,78 @@ async fn run_agent(
         let mut reenrolled = false;
         loop {
             let mut healthy = false;
-            match runner::hold_sessions(&agent, &enrollment, &mut backoff, &mut healthy).await {
+            let end = runner::hold_sessions(&agent, &enrollment, &mut backoff, &mut healthy).await;
+            if healthy {
+                reenrolled = false;
+            }
+            let (error, revoked) = match end {
                 HoldEnd::Shutdown => return,
                 HoldEnd::Fatal(error) => {
+                    // A configuration that cannot work.
                     warn!(hostname = %identity.hostname, "simulated agent stopped: {error}");
                     return;
                 }
-                HoldEnd::Unauthenticated(error) | HoldEnd::Revoked(error) => {
-                    let token = config.enroll_token.as_deref();
-                    let (Some(token), false) = (token, reenrolled && !healthy) else {
-                        warn!(hostname = %identity.hostname, "simulated agent rejected: {error}");
+                HoldEnd::Revoked(error) => (error, true),
+                HoldEnd::Unauthenticated(error) => (error, false),
+            };
+            let token = config.enroll_token.as_deref();
+            let token = match after_refused_credential(revoked, token, reenrolled) {
+                Refused::Stop => {
+                    warn!(hostname = %identity.hostname, "simulated agent stopped: {error}");
+                    return;
+                }
+                Refused::RetrySession => {
+                    if !runner::wait_to_retry("the session", &error, &mut backoff, &shutdown).await
+                    {
                         return;
-                    };
-                    reenrolled = true;
-                    let info = lock(&collector).system_info();
-                    let attempt = async {
-                        let client = transport.client(config.connect_timeout).await?;
-                        let call = client::EnrollCall {
-                            enroll_token: token,
-                            info: &info,
-                            labels: &identity.labels,
-                            name: None,
-                            previous: Some(&enrollment.credential),
-                        };
-                        client::enroll_on(client, &call).await
-                    };
-                    match attempt.await {
-                        Ok(fresh) => {
-                            debug!(hostname = %identity.hostname, "enrolled again");
-                            shared.stats.set_agent_id(&fresh.agent_id);
-                            if let Some(path) = &config.state_file
-                                && let Err(err) = append_state(path, &identity.hostname, &fresh)
-                            {
-                                warn!("failed to record the new enrollment: {}", error_chain(&err));
-                            }
-                            enrollment = fresh;
-                        }
-                        Err(error) => {
-                            warn!(hostname = %identity.hostname, "re-enrollment failed: {error}");
-                            return;
-                        }
                     }
+                    continue;
+                }
+                Refused::Enroll { token, wait_first } => {
+                    let wait = runner::wait_to_retry(
+                        "the new credential",
+                        &error,
+                        &mut backoff,
+                        &shutdown,
+                    );
+                    if wait_first && !wait.await {
+                        return;
+                    }
+                    token
+                }
+            };
+            let info = lock(&collector).system_info();
+            let attempt = async {
+                let client = transport.client(config.connect_timeout).await?;
+                let call = client::EnrollCall {
+                    enroll_token: token,
+                    info: &info,
+                    labels: &identity.labels,
+                    name: None,
+                    previous: Some(&enrollment.credential),
+                };
+                client::enroll_on(client, &call).await
+            };
+            match attempt.await {
+                Ok(fresh) => {
+                    reenrolled = true;
+                    debug!(hostname = %identity.hostname, "enrolled again");
+                    shared.stats.set_agent_id(&fresh.agent_id);
+                    if let Some(path) = &config.state_file
+                        && let Err(err) = append_state(path, &identity.hostname, &fresh)
+                    {
+                        warn!("failed to record the new enrollment: {}", error_chain(&err));
+                    }
+                    enrollment = fresh;
+                }
+                Err(error) if error.is_retryable_enrollment() => {
+                    if !runner::wait_to_retry("enrollment", &error, &mut backoff, &shutdown).await {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    warn!(hostname = %identity.hostname, "re-enrollment refused: {error}");
+                    return;
                 }
             }
         }

@@ -140,8 +140,10 @@ pub(super) async fn enroll_all(
                             backoff.reset();
                             break;
                         }
-                        Err(error) if error.is_retryable() => {
-                            tokio::time::sleep(backoff.next_delay()).await;
+                        Err(error) if error.is_retryable_enrollment() => {
+                            let retry =
+                                backoff.failed(error.retry_after(), tokio::time::Instant::now());
+                            tokio::time::sleep(retry.delay).await;
                         }
                         Err(error) => {
                             *lock(&fatal) = Some(error);

@@ -33,6 +33,8 @@ pub(super) struct Totals {
     pub(super) messages_sent: u64,
     pub(super) buffered: u64,
     pub(super) dropped: u64,
+    /// Agents that stopped on their own (revoked or misconfigured) while the simulation ran.
+    pub(super) stopped: u64,
 }
 
 pub(super) fn unix_ms(time: SystemTime) -> u64 {
@@ -58,8 +60,11 @@ pub fn self_rss_kib() -> u64 {
 // === impl Totals ===
 
 impl Totals {
-    pub(super) fn sum(agents: &[Arc<Shared>]) -> Self {
-        let mut totals = Self::default();
+    pub(super) fn sum(agents: &[Arc<Shared>], stopped: u64) -> Self {
+        let mut totals = Self {
+            stopped,
+            ..Self::default()
+        };
         for shared in agents {
             let stats = &shared.stats;
             totals.online += u64::from(stats.connected());
@@ -131,10 +136,11 @@ impl Reporter {
             "ack_total_p99_ms": ms(cumulative.quantile(0.99)),
             "ack_hist": interval.to_sparse(),
             "rss_kib": rss_kib,
+            "stopped": totals.stopped,
         });
         let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
         let text = format!(
-            "online {} | sent {} msgs, {} samples | acked {} | ack p50 {} p99 {} | reconnects {} | errors {} | rss {} MiB",
+            "online {} | sent {} msgs, {} samples | acked {} | ack p50 {} p99 {} | reconnects {} | errors {} | stopped {} | rss {} MiB",
             totals.online,
             totals.messages_sent,
             totals.samples_sent,
@@ -143,6 +149,7 @@ impl Reporter {
             fmt(p99),
             totals.sessions.saturating_sub(totals.online),
             totals.failures,
+            totals.stopped,
             rss_kib / 1024
         );
         self.emit(&fields, &text);

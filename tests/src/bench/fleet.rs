@@ -329,6 +329,25 @@ pub(crate) async fn fleet_phase(
         values: json!({"before_restart": false_before, "after_restart": false_after}),
     });
 
+    // An agent stops on its own only when revoked without a token or misconfigured; nothing
+    // here is either.
+    let stopped: Vec<(String, u64)> = [&main, &close, &silent]
+        .iter()
+        .map(|sim| (sim.prefix.clone(), sim.latest_u64("stopped")))
+        .collect();
+    let n_stopped: u64 = stopped.iter().map(|(_, n)| n).sum();
+    record(Row {
+        scenario: "no simulated agent stops on its own".into(),
+        figure: stopped
+            .iter()
+            .map(|(group, n)| format!("{group}: {n} stopped"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        target: "0".into(),
+        pass: Some(n_stopped == 0),
+        values: json!({"stopped": n_stopped}),
+    });
+
     main.stop().await;
     silent.stop().await;
     server.stop(Duration::from_secs(30)).await;

@@ -159,11 +159,12 @@ fn progress(what: &str, sims: &[&Simulator]) {
         .map(|s| {
             let latest = s.latest().unwrap_or_default();
             format!(
-                "{} {}/{} (errors {})",
+                "{} {}/{} (errors {}, stopped {})",
                 s.prefix,
                 latest["online"].as_u64().unwrap_or(0),
                 s.n_agents,
-                latest["errors"].as_u64().unwrap_or(0)
+                latest["errors"].as_u64().unwrap_or(0),
+                latest["stopped"].as_u64().unwrap_or(0)
             )
         })
         .collect();

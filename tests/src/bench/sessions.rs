@@ -81,6 +81,7 @@ pub(crate) async fn sessions_phase(
         .into_inner();
     let steady_rss = rss_kib(server.pid).context("server rss")?;
     let sim_rss = sim.latest_u64("rss_kib");
+    let (errors, stopped) = (sim.latest_u64("errors"), sim.latest_u64("stopped"));
     let per_session = (steady_rss.saturating_sub(idle_rss)) as f64 / args.sessions as f64;
     record(Row {
         scenario: format!(
@@ -88,19 +89,20 @@ pub(crate) async fn sessions_phase(
             args.sessions, args.session_connections
         ),
         figure: format!(
-            "{}/{} online (enroll {:.0}/s, ramp {ramp_secs:.0} s); server RSS {:.1} MiB = {per_session:.1} KiB/session above idle; simulator {:.1} KiB/session",
+            "{}/{} online (enroll {:.0}/s, ramp {ramp_secs:.0} s; {errors} session errors, {stopped} agents stopped on their own); server RSS {:.1} MiB = {per_session:.1} KiB/session above idle; simulator {:.1} KiB/session",
             summary.online,
             args.sessions,
             enroll_rate.unwrap_or(f64::NAN),
             steady_rss as f64 / 1024.0,
             sim_rss as f64 / args.sessions as f64
         ),
-        target: "all online; report RSS/session".into(),
-        pass: Some(summary.online as usize == args.sessions),
+        target: "all online, none stopped; report RSS/session".into(),
+        pass: Some(summary.online as usize == args.sessions && stopped == 0),
         values: json!({"sessions": args.sessions, "online": summary.online, "idle_rss_kib": idle_rss,
             "steady_rss_kib": steady_rss, "kib_per_session": per_session,
             "simulator_kib_per_session": sim_rss as f64 / args.sessions as f64,
-            "ramp_secs": ramp_secs, "enroll_per_sec": enroll_rate}),
+            "ramp_secs": ramp_secs, "enroll_per_sec": enroll_rate,
+            "session_errors": errors, "agents_stopped": stopped}),
     });
 
     // Queries while the sessions keep sending.
