@@ -18,7 +18,8 @@ pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7600";
 pub const DEFAULT_STATE_DIR: &str = "./tether-agent-state";
 /// How many unacknowledged samples the agent keeps across disconnects.
 pub const DEFAULT_BUFFER_CAPACITY: usize = 10_000;
-/// Time allowed to open a connection, and then again to receive `Welcome`.
+/// Time allowed to open a connection, and then again (at least
+/// [`crate::MIN_WELCOME_TIMEOUT`]) to receive `Welcome`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First reconnect delay.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -54,7 +55,8 @@ pub struct AgentConfig {
     pub buffer_capacity: usize,
     /// Reconnect backoff.
     pub backoff: BackoffConfig,
-    /// Time allowed to open a connection, and then again to receive `Welcome`.
+    /// Time allowed to open a connection, and then again (at least
+    /// [`crate::MIN_WELCOME_TIMEOUT`]) to receive `Welcome`.
     pub connect_timeout: Duration,
     /// Certificates for an `https://` server. `None` (the default) trusts the system's roots
     /// and presents no client certificate; it must be `None` for an `http://` server.

@@ -65,7 +65,7 @@ pub use config::{
 pub use error::{AgentError, SimulateError};
 pub use latency::{LatencyHistogram, LatencySnapshot};
 pub use runner::{AgentHandle, run, spawn};
-pub use session::{MAX_SAMPLES_PER_REPORT, REPORT_INTERVAL, SHUTDOWN_GRACE};
+pub use session::{MAX_SAMPLES_PER_REPORT, MIN_WELCOME_TIMEOUT, REPORT_INTERVAL, SHUTDOWN_GRACE};
 pub use state::{Credential, Enrollment, StateDir};
 pub use stats::AgentStats;
 pub use synthetic::SyntheticCollector;

@@ -144,7 +144,7 @@ struct RunArgs {
     #[arg(long, default_value_t = tether_agent::DEFAULT_BUFFER_CAPACITY, global = true)]
     buffer_capacity: usize,
 
-    /// Time allowed to connect to the server, and again to receive its Welcome.
+    /// Time allowed to connect to the server, and again (at least 60s) to receive its Welcome.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", global = true)]
     connect_timeout: Duration,
 

@@ -46,6 +46,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Most one `CommandReport` per this interval: output never approaches the server's
 /// per-stream message-rate limit, which metrics and pings share.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// Least time the agent waits for the server to answer a new stream (its response, then
+/// `Welcome`). A server that read the stream's HEADERS answers within its Hello timeout (10 s
+/// by default), with `Welcome` or `UNAVAILABLE` and a retry delay; a dead connection is found by
+/// HTTP/2 keepalive. What is left for this timeout is a server so far behind that it has not
+/// read the stream yet, and cancelling early there does harm: the RST_STREAM reaches the server
+/// together with the HEADERS it cancels, and the server counts such resets as a Rapid Reset
+/// attack. Sessions opened together on one connection (the simulator's) time out together, so a
+/// short timeout got whole connections closed with GOAWAY under load.
+pub const MIN_WELCOME_TIMEOUT: Duration = Duration::from_secs(60);
 /// Capacity of the outbound message queue of one session.
 const OUTBOUND_QUEUE: usize = 32;
 /// A session with no inbound message for this many heartbeat intervals (or the server's
@@ -314,9 +323,10 @@ impl Session<'_> {
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         client::authorize(&mut request, ctx.enrollment.credential.expose_secret())?;
 
+        let welcome_timeout = ctx.connect_timeout.max(MIN_WELCOME_TIMEOUT);
         let Some(opened) = cancellable(
             ctx.shutdown,
-            tokio::time::timeout(ctx.connect_timeout, client.connect(request)),
+            tokio::time::timeout(welcome_timeout, client.connect(request)),
         )
         .await
         else {
@@ -329,7 +339,7 @@ impl Session<'_> {
         // The first message must be `Welcome`; the agent does nothing else until it arrives.
         let Some(first) = cancellable(
             ctx.shutdown,
-            tokio::time::timeout(ctx.connect_timeout, inbound.message()),
+            tokio::time::timeout(welcome_timeout, inbound.message()),
         )
         .await
         else {

@@ -67,8 +67,11 @@ pub const MIN_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Largest HTTP/2 header block accepted (header-flood defence).
 pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Streams reset by a client before the server accepted them, per connection, before the
-/// connection is closed (HTTP/2 Rapid Reset defence).
-pub const DEFAULT_MAX_PENDING_ACCEPT_RESETS: usize = 32;
+/// connection is closed (HTTP/2 Rapid Reset defence). As large as the stream limit: a
+/// well-behaved client may cancel every stream it is allowed to have open at once (its HEADERS
+/// and its RST_STREAM then reach a busy server in one read), and must not lose its connection
+/// for it; a Rapid Reset flood opens and resets far more than that per read.
+pub const DEFAULT_MAX_PENDING_ACCEPT_RESETS: usize = DEFAULT_MAX_CONCURRENT_STREAMS as usize;
 /// Streams the server itself had to reset for protocol errors, per connection, before the
 /// connection is closed (reset-flood defence).
 pub const DEFAULT_MAX_LOCAL_ERROR_RESETS: usize = 256;

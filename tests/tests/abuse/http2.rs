@@ -5,9 +5,11 @@ use super::*;
 // === 1. Rapid reset ===
 
 /// CVE-2023-44487: open streams and reset each at once, so the server does the work of
-/// accepting them while the client pays nothing. After `max_pending_accept_resets` (32 by
-/// default) resets of streams the server had not accepted yet, the server ends the connection
-/// with GOAWAY(ENHANCE_YOUR_CALM), long before the 1,000 streams were sent.
+/// accepting them while the client pays nothing. After `max_pending_accept_resets` (the stream
+/// limit, 1,024, by default) resets of streams the server had not accepted yet, the server ends
+/// the connection with GOAWAY(ENHANCE_YOUR_CALM), long before the flood's streams were all
+/// sent. (That a well-behaved client cancelling all its streams at once keeps its connection
+/// is the next test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_is_answered_with_goaway_enhance_your_calm() {
     trace_init();
@@ -17,21 +19,33 @@ async fn rapid_reset_is_answered_with_goaway_enhance_your_calm() {
     let server = TestServer::start(config).await;
     let healthy = Healthy::start(&server).await;
 
-    let mut raw = Raw::connect(server.addr).await;
-    const STREAMS: usize = 1000;
+    // Through an HTTP/2 client, as an attacker's loop would: open and reset as fast as the
+    // client allows, until the server ends the connection. A server that keeps up accepts each
+    // reset stream at once (no worse than an ordinary request, charged to the attacker's token);
+    // the attack is the server falling behind, so that one read holds more resets than the
+    // limit. The client's own defences against a misbehaving server are lifted: it is the
+    // attacker here.
+    let mut admin = server.admin().await;
+    let attacker = tether_tests::create_token(&mut admin, "attacker", pb::Role::Viewer, None)
+        .await
+        .secret;
+    let mut builder = h2::client::Builder::new();
+    builder
+        .max_concurrent_reset_streams(usize::MAX)
+        .max_local_error_reset_streams(None);
+    let mut raw = Raw::connect_with(server.addr, &builder).await;
+    let streams = 64 * limit;
     let mut reset = 0;
-    for _ in 0..STREAMS {
+    for _ in 0..streams {
         let Ok(mut send) = raw.send.clone().ready().await else {
             break;
         };
-        let request = raw.request(LIST_AGENTS, &server.admin_token, &[]);
+        let request = raw.request(LIST_AGENTS, &attacker, &[]);
         let Ok((_response, mut stream)) = send.send_request(request, false) else {
             break;
         };
         stream.send_reset(Reason::CANCEL);
         reset += 1;
-        // Let the connection task write what is queued, as a real attacker's loop would.
-        tokio::task::yield_now().await;
     }
     // How many of the resets the client queued before it read the GOAWAY depends on timing;
     // the server's verdict does not.
@@ -61,14 +75,15 @@ async fn rapid_reset_is_answered_with_goaway_enhance_your_calm() {
         "the connection takes no new stream"
     );
 
-    // The same attack at wire speed: 1,000 HEADERS + RST_STREAM(CANCEL) pairs in one write.
+    // The same attack at wire speed: HEADERS + RST_STREAM(CANCEL) pairs in one write, the
+    // headers HPACK-indexed so that well over the limit reach the server in one read.
     // The GOAWAY names the pending-accept limit ("too_many_resets") and its last stream id
     // shows the server stopped processing streams long before the end of the batch.
     let mut frames = Vec::new();
-    let block = hpack_request(server.addr, LIST_AGENTS, &server.admin_token);
-    for i in 0..STREAMS {
+    let blocks = hpack_requests_indexed(server.addr, LIST_AGENTS, &server.admin_token, 8 * limit);
+    for (i, block) in blocks.iter().enumerate() {
         let stream = 2 * u32::try_from(i).expect("u32") + 1;
-        h2_frame(&mut frames, FRAME_HEADERS, FLAG_END_HEADERS, stream, &block);
+        h2_frame(&mut frames, FRAME_HEADERS, FLAG_END_HEADERS, stream, block);
         h2_frame(
             &mut frames,
             FRAME_RST_STREAM,
@@ -94,7 +109,7 @@ async fn rapid_reset_is_answered_with_goaway_enhance_your_calm() {
         (Reason::ENHANCE_YOUR_CALM, b"too_many_resets".as_slice())
     );
     let limit_stream = 2 * u32::try_from(limit).expect("u32") + 1;
-    // Observed: exactly the stream whose reset was one too many (65 for the default 32).
+    // Observed: exactly the stream whose reset was one too many (2,049 for the default 1,024).
     assert!(
         (limit_stream..=4 * limit_stream).contains(&last_stream),
         "GOAWAY last stream id {last_stream} (limit {limit} resets)"
@@ -103,6 +118,62 @@ async fn rapid_reset_is_answered_with_goaway_enhance_your_calm() {
 
     healthy.assert_unaffected(&server).await;
     assert_list_agents_ok(&server, &server.admin_token).await;
+    server.stop().await;
+}
+
+/// The other side of the Rapid Reset defence: a well-behaved multiplexed client (e.g. a
+/// simulator or gateway carrying many agents over one connection) whose every open stream is
+/// cancelled at once, while the server is too busy to accept them, must keep its connection.
+/// The worst such client opens `max_concurrent_streams` streams and resets them all before the
+/// server reads any: here all those HEADERS and RST_STREAMs arrive in one write, and the
+/// connection still answers a PING afterwards instead of being closed with GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_every_stream_at_once_keeps_the_connection() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = fast_config(dir.path());
+    let streams = config.limits.max_concurrent_streams;
+    let server = TestServer::start(config).await;
+    let healthy = Healthy::start(&server).await;
+
+    let count = usize::try_from(streams).expect("usize");
+    let blocks = hpack_requests_indexed(server.addr, LIST_AGENTS, &server.admin_token, count);
+    let mut frames = Vec::new();
+    for (i, block) in (0..streams).zip(&blocks) {
+        h2_frame(
+            &mut frames,
+            FRAME_HEADERS,
+            FLAG_END_HEADERS,
+            2 * i + 1,
+            block,
+        );
+    }
+    for i in 0..streams {
+        let reset = u32::from(Reason::CANCEL).to_be_bytes();
+        h2_frame(&mut frames, FRAME_RST_STREAM, 0, 2 * i + 1, &reset);
+    }
+    const OPAQUE: [u8; 8] = *b"stillok!";
+    h2_frame(&mut frames, FRAME_PING, 0, 0, &OPAQUE);
+    let mut tcp = raw_h2(server.addr, &frames).await;
+    let answer = tokio::time::timeout(ANSWER, async {
+        loop {
+            let (kind, flags, _, payload) = read_h2_frame(&mut tcp).await;
+            match kind {
+                FRAME_GOAWAY => return Err(error_code(&payload[4..])),
+                FRAME_PING if flags & FLAG_ACK != 0 => return Ok(payload),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    assert_eq!(
+        answer.expect("no GOAWAY for cancelled streams within the stream limit"),
+        OPAQUE
+    );
+    drop(tcp);
+
+    healthy.assert_unaffected(&server).await;
     server.stop().await;
 }
 

@@ -46,7 +46,13 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr) -> Self {
-        let (send, conn) = h2::client::handshake(tcp(addr).await)
+        Self::connect_with(addr, &h2::client::Builder::new()).await
+    }
+
+    /// Connects with `builder`'s settings (e.g. client-side limits an attacker lifts).
+    async fn connect_with(addr: SocketAddr, builder: &h2::client::Builder) -> Self {
+        let (send, conn) = builder
+            .handshake(tcp(addr).await)
             .await
             .expect("h2 handshake");
         Self {
@@ -284,7 +290,9 @@ fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8])
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_RST_STREAM: u8 = 0x3;
 const FRAME_SETTINGS: u8 = 0x4;
+const FRAME_PING: u8 = 0x6;
 const FRAME_GOAWAY: u8 = 0x7;
+const FLAG_ACK: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 
 /// The HPACK block of a gRPC request for `path`, every field a literal without indexing (so
@@ -303,6 +311,38 @@ fn hpack_request(addr: SocketAddr, path: &str, token: &str) -> Vec<u8> {
     hpack_int(&mut block, 0x00, 4, 23); // authorization
     hpack_str(&mut block, format!("Bearer {token}").as_bytes());
     block
+}
+
+/// The HPACK blocks of `n` gRPC requests for `path` on one connection, as a real client (or
+/// attacker) encodes them: the first adds its fields to the dynamic table, the others only
+/// refer to them (seven bytes each), so that many requests fit one TCP window and reach the
+/// server in one read.
+fn hpack_requests_indexed(addr: SocketAddr, path: &str, token: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut first = vec![0x83, 0x86]; // :method POST, :scheme http (static 3 and 6)
+    // Literals with incremental indexing (pattern 01, 6-bit name index): each new entry takes
+    // dynamic index 62 and pushes the earlier ones up.
+    for (name_index, value) in [
+        (4, path.to_owned()),                // :path
+        (1, addr.to_string()),               // :authority
+        (31, "application/grpc".to_owned()), // content-type
+        (23, format!("Bearer {token}")),     // authorization
+    ] {
+        hpack_int(&mut first, 0x40, 6, name_index);
+        hpack_str(&mut first, value.as_bytes());
+    }
+    first.push(0x40); // te, a new name
+    hpack_str(&mut first, b"te");
+    hpack_str(&mut first, b"trailers");
+    // The table now holds te (62), authorization (63), content-type (64), :authority (65),
+    // :path (66).
+    let mut again = vec![0x83, 0x86];
+    for index in [66, 65, 64, 63, 62] {
+        hpack_int(&mut again, 0x80, 7, index);
+    }
+    let mut blocks = vec![first];
+    blocks.resize(n.max(1), again);
+    blocks.truncate(n);
+    blocks
 }
 
 /// Opens a TCP connection and writes the client preface, an empty SETTINGS and `frames`, all
