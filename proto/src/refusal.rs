@@ -5,10 +5,13 @@
 //!   retried (the agent enrolls again or stops), and an identity conflict must be retried only
 //!   after a long pause, whatever the code says otherwise.
 //! - [`RETRY_PUSHBACK_KEY`] carries how long to wait before trying again, in milliseconds
-//!   (gRPC's own name for it, `grpc-retry-pushback-ms`), on `RESOURCE_EXHAUSTED` answers such
-//!   as a re-enrollment over its rate.
+//!   (gRPC's own name for it, `grpc-retry-pushback-ms`): on `RESOURCE_EXHAUSTED` answers such
+//!   as a re-enrollment over its rate, and on the `UNAVAILABLE` of a server too busy for a new
+//!   session (admission control, a `Hello` it did not read in time).
 //!
-//! Messages stay human-readable; clients branch on these values, never on message text.
+//! This module is the one place that writes and reads these values; the server and the agent
+//! go through it. Messages stay human-readable; clients branch on these values, never on
+//! message text.
 
 use std::time::Duration;
 

@@ -2,6 +2,9 @@
 //!
 //! Every default is a named constant here; clap's `default_value` and `GetServerConfig` use the
 //! same constants, so there is one source of truth for intervals, thresholds and limits.
+//!
+//! Longer than most files: it is that one source, every subsystem's settings with their
+//! defaults and validation, and reads best in one place.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,6 +107,29 @@ pub const MAX_RECLAIM_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Time a new connection has to complete its TLS handshake before the server closes it, so a
 /// peer that connects and sends nothing cannot hold a socket (and a task) forever.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a new connection has, from accept, to send its first authenticated request (TLS
+/// handshake and HTTP/2 preface included); a connection that has not is closed.
+pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once from one source address. Enough for the benchmark's 11,000 agents
+/// over 39 addresses many times over; raise it when many agents share one address (NAT).
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 2048;
+/// File descriptors kept out of the connection cap when it is derived from the open-file limit
+/// (the store, the metrics listener, the accept itself). At most a quarter of the limit.
+pub const CONNECTION_FD_RESERVE: usize = 256;
+/// The connection cap when none is configured and the open-file limit cannot be read.
+pub const FALLBACK_MAX_CONNECTIONS: usize = 65_536;
+/// TLS handshakes in progress at once; further accepted connections wait for a turn (within
+/// their first-request deadline).
+pub const DEFAULT_MAX_TLS_HANDSHAKES: usize = 512;
+/// How long a new `Connect` stream may take to send its `Hello` before it is ended with
+/// `UNAVAILABLE` (the server may be the slow one, so it is never the client's fault).
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sessions being set up at once (from the opening of `Connect` to its `Welcome`); a new one
+/// beyond this is refused with `UNAVAILABLE` and a retry delay before any work is done for it.
+pub const DEFAULT_MAX_SESSIONS_IN_SETUP: usize = 512;
+/// Retry delay the server asks for when it refuses or ends a session because it is busy. Each
+/// answer spreads it with jitter over `[1×, 2×]`, so refused agents do not return together.
+pub const DEFAULT_BUSY_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Run time an invocation gets when its command names none.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -159,6 +185,8 @@ pub struct Config {
     /// TLS on the gRPC listener; `None` serves plaintext (allowed on loopback only, unless the
     /// binary was told `--insecure-plaintext`).
     pub tls: Option<TlsSettings>,
+    pub connections: ConnectionLimits,
+    pub admission: AdmissionConfig,
     /// Where the Prometheus listener (`GET /metrics`) binds; `None` serves no metrics. Off in
     /// [`Config::new`], so servers started by tests bind nothing extra; the binary sets
     /// [`DEFAULT_METRICS_LISTEN`] unless told `--no-metrics`.
@@ -251,6 +279,32 @@ pub struct CommandSettings {
     pub tick: Duration,
 }
 
+/// What a connection may hold before it proves useful, and how many there may be. Enforced by
+/// the accept loop (`listener.rs`) and the connection wrapper (`conn.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionLimits {
+    /// See [`DEFAULT_FIRST_REQUEST_TIMEOUT`].
+    pub first_request_timeout: Duration,
+    /// Connections open at once; `None` derives it from the process's open-file limit (see
+    /// [`ConnectionLimits::effective_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// See [`DEFAULT_MAX_CONNECTIONS_PER_SOURCE`].
+    pub max_connections_per_source: usize,
+    /// See [`DEFAULT_MAX_TLS_HANDSHAKES`].
+    pub max_tls_handshakes: usize,
+}
+
+/// When the `Connect` handler refuses new sessions because the server is behind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdmissionConfig {
+    /// See [`DEFAULT_HELLO_TIMEOUT`].
+    pub hello_timeout: Duration,
+    /// See [`DEFAULT_MAX_SESSIONS_IN_SETUP`].
+    pub max_sessions_in_setup: usize,
+    /// See [`DEFAULT_BUSY_RETRY_AFTER`].
+    pub retry_after: Duration,
+}
+
 /// Percentages at or above which a resource makes an agent `Warning` / `Critical`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthThresholds {
@@ -282,6 +336,8 @@ impl Config {
             health: HealthThresholds::default(),
             commands: CommandSettings::default(),
             tls: None,
+            connections: ConnectionLimits::default(),
+            admission: AdmissionConfig::default(),
             metrics_listen: None,
         }
     }
@@ -376,6 +432,26 @@ impl Config {
             .is_some_and(|t| t.handshake_timeout.is_zero())
         {
             return invalid("TLS handshake timeout must be greater than zero".to_owned());
+        }
+        let c = &self.connections;
+        if c.first_request_timeout.is_zero()
+            || c.max_connections == Some(0)
+            || c.max_connections_per_source == 0
+            || c.max_tls_handshakes == 0
+        {
+            return invalid(
+                "the first-request timeout and the connection and handshake limits must be \
+                 greater than zero"
+                    .to_owned(),
+            );
+        }
+        let a = &self.admission;
+        if a.hello_timeout.is_zero() || a.max_sessions_in_setup == 0 || a.retry_after.is_zero() {
+            return invalid(
+                "the Hello timeout, the sessions-in-setup limit and the busy retry delay must be \
+                 greater than zero"
+                    .to_owned(),
+            );
         }
         if self.storage.writer_max_batch == 0
             || self.storage.writer_queue == 0
@@ -581,6 +657,62 @@ impl Default for Limits {
     }
 }
 
+impl ConnectionLimits {
+    /// The global connection cap in force: the configured one, else the soft open-file limit
+    /// minus [`CONNECTION_FD_RESERVE`] (at most a quarter of it), else
+    /// [`FALLBACK_MAX_CONNECTIONS`] where the limit cannot be read.
+    pub fn effective_max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            open_file_limit().map_or(FALLBACK_MAX_CONNECTIONS, connections_for_fd_limit)
+        })
+    }
+}
+
+/// The connection cap that leaves room for everything else under an open-file limit of
+/// `limit`.
+pub fn connections_for_fd_limit(limit: usize) -> usize {
+    let reserve = CONNECTION_FD_RESERVE.min(limit / 4);
+    limit.saturating_sub(reserve).max(1)
+}
+
+/// The soft limit on open files of this process, from `/proc/self/limits` (Linux); `None`
+/// elsewhere or when unlimited.
+pub fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&limits)
+}
+
+/// The soft "Max open files" value of a `/proc/<pid>/limits` text.
+fn parse_open_file_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            first_request_timeout: DEFAULT_FIRST_REQUEST_TIMEOUT,
+            max_connections: None,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            max_tls_handshakes: DEFAULT_MAX_TLS_HANDSHAKES,
+        }
+    }
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            max_sessions_in_setup: DEFAULT_MAX_SESSIONS_IN_SETUP,
+            retry_after: DEFAULT_BUSY_RETRY_AFTER,
+        }
+    }
+}
+
 impl Default for HealthThresholds {
     fn default() -> Self {
         Self {
@@ -652,6 +784,44 @@ mod tests {
         assert!(config.validate().is_err());
         let mut config = Config::new("x");
         config.limits.max_watches_per_token = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn connection_cap_follows_the_open_file_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             63448                63448                processes \n\
+                    Max open files            20000                524288               files     \n";
+        assert_eq!(parse_open_file_limit(text), Some(20_000));
+        assert_eq!(
+            parse_open_file_limit("Max open files  unlimited  unlimited  files"),
+            None
+        );
+        assert_eq!(
+            connections_for_fd_limit(20_000),
+            20_000 - CONNECTION_FD_RESERVE
+        );
+        // A small limit keeps three quarters for connections.
+        assert_eq!(connections_for_fd_limit(256), 192);
+        assert_eq!(connections_for_fd_limit(0), 1);
+        let limits = ConnectionLimits {
+            max_connections: Some(7),
+            ..ConnectionLimits::default()
+        };
+        assert_eq!(limits.effective_max_connections(), 7);
+        assert!(ConnectionLimits::default().effective_max_connections() > 0);
+    }
+
+    #[test]
+    fn connection_and_admission_limits_must_be_positive() {
+        let mut config = Config::new("x");
+        config.connections.first_request_timeout = Duration::ZERO;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.connections.max_connections = Some(0);
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.admission.max_sessions_in_setup = 0;
         assert!(config.validate().is_err());
     }
 

@@ -2,6 +2,14 @@
 //!
 //! Handlers return `Result<_, ServerError>` and use `?`; the conversion below decides the gRPC
 //! code. Store failures are logged with their detail and answered without it.
+//!
+//! Two answers carry a retry delay (`grpc-retry-pushback-ms`, written by
+//! `tether_proto::refusal`, the one place that reads and writes it): a caller over a rate
+//! ([`ServerError::RetryLater`], `RESOURCE_EXHAUSTED`), and a server too busy for the call now
+//! ([`ServerError::Busy`], `UNAVAILABLE`: the client did nothing wrong and should come back
+//! after that long).
+
+use std::time::Duration;
 
 use tonic::{Code, Status};
 
@@ -29,16 +37,16 @@ pub enum ServerError {
     ResourceExhausted(String),
     /// A rate was exceeded: the caller may try again after `after`.
     #[error("{message}")]
-    RetryLater {
-        message: String,
-        after: std::time::Duration,
-    },
+    RetryLater { message: String, after: Duration },
     /// The operation conflicts with the current state (e.g. the agent was replaced).
     #[error("{0}")]
     FailedPrecondition(String),
     /// The server is shutting down.
     #[error("server is shutting down")]
     Unavailable,
+    /// The server is too busy for this call now; the caller should retry after `after`.
+    #[error("{message}")]
+    Busy { message: String, after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A bug or an unexpected failure, described for the log only.
@@ -71,6 +79,10 @@ impl From<ServerError> for Status {
             ),
             ServerError::FailedPrecondition(m) => Status::new(Code::FailedPrecondition, m),
             ServerError::Unavailable => Status::new(Code::Unavailable, "server is shutting down"),
+            ServerError::Busy { message, after } => tether_proto::refusal::with_retry_after(
+                Status::new(Code::Unavailable, message),
+                after,
+            ),
             ServerError::Store(e) => {
                 tracing::error!(error = %e, "store operation failed");
                 Status::new(Code::Internal, "internal storage error")
@@ -80,5 +92,23 @@ impl From<ServerError> for Status {
                 Status::new(Code::Internal, "internal error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_unavailable_with_a_retry_delay() {
+        let status = Status::from(ServerError::Busy {
+            message: "too many sessions in setup".to_owned(),
+            after: Duration::from_millis(2345),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            tether_proto::refusal::retry_after(&status),
+            Some(Duration::from_millis(2345))
+        );
     }
 }

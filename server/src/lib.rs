@@ -8,10 +8,12 @@
 //! with a listener bound to `127.0.0.1:0`.
 
 pub mod access;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod conn;
 pub mod convert;
 pub mod datadir;
 pub mod devcerts;
@@ -20,6 +22,7 @@ pub mod error;
 pub mod gate;
 pub mod health;
 pub mod identity;
+pub mod listener;
 pub mod liveness;
 pub mod metrics;
 pub mod rate;

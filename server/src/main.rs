@@ -259,6 +259,38 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_QUEUED_INVOCATIONS_PER_AGENT)]
     max_queued_invocations_per_agent: usize,
 
+    /// Time a new connection has, from accept, to send its first authenticated request (TLS
+    /// handshake and HTTP/2 preface included) before it is closed.
+    #[arg(long, default_value_t = config::DEFAULT_FIRST_REQUEST_TIMEOUT.into())]
+    first_request_timeout: humantime::Duration,
+
+    /// Most client connections open at once [default: the open-file limit minus 256]. At the
+    /// limit, a new connection replaces the oldest one that has made no request yet.
+    #[arg(long)]
+    max_connections: Option<usize>,
+
+    /// Most client connections open at once from one source address (raise it when many
+    /// agents share an address, e.g. behind NAT).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS_PER_SOURCE)]
+    max_connections_per_source: usize,
+
+    /// Most TLS handshakes in progress at once; more connections wait for a turn.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_TLS_HANDSHAKES)]
+    max_tls_handshakes: usize,
+
+    /// Time a new agent stream has to send its Hello before it is ended with UNAVAILABLE.
+    #[arg(long, default_value_t = config::DEFAULT_HELLO_TIMEOUT.into())]
+    hello_timeout: humantime::Duration,
+
+    /// Most agent sessions being set up at once; more are refused with UNAVAILABLE and a
+    /// retry delay until the server catches up.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_SESSIONS_IN_SETUP)]
+    max_sessions_in_setup: usize,
+
+    /// Retry delay asked of refused agents (spread with jitter up to twice as long).
+    #[arg(long, default_value_t = config::DEFAULT_BUSY_RETRY_AFTER.into())]
+    busy_retry_after: humantime::Duration,
+
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "TETHER_LOG_FORMAT")]
     log_format: LogFormat,
@@ -352,6 +384,13 @@ impl Args {
         c.commands.retention = self.command_retention.into();
         c.commands.max_in_flight_per_org = self.max_commands_in_flight;
         c.commands.max_queued_per_agent = self.max_queued_invocations_per_agent;
+        c.connections.first_request_timeout = self.first_request_timeout.into();
+        c.connections.max_connections = self.max_connections;
+        c.connections.max_connections_per_source = self.max_connections_per_source;
+        c.connections.max_tls_handshakes = self.max_tls_handshakes;
+        c.admission.hello_timeout = self.hello_timeout.into();
+        c.admission.max_sessions_in_setup = self.max_sessions_in_setup;
+        c.admission.retry_after = self.busy_retry_after.into();
         c.metrics_listen = (!self.no_metrics).then_some(self.metrics_listen);
         c
     }

@@ -62,6 +62,12 @@ pub struct ConflictLabels {
     pub outcome: &'static str,
 }
 
+/// Why the server turned something away or closed it: a connection, an accept, a session.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub limit_violations: Family<LimitLabels, Counter>,
@@ -90,6 +96,19 @@ pub struct Metrics {
     pub command_updates_ignored: Family<CommandLabels, Counter>,
     /// Command commits that failed and were submitted again.
     pub command_commit_retries: Counter,
+    /// Open client connections (accepted and not yet closed).
+    pub connections: Gauge,
+    /// Connections closed or refused by a connection limit, by `reason`.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Failed `accept` calls, by `reason` (`fd_limit` for EMFILE/ENFILE and other resource
+    /// exhaustion, after which accepting backs off; `other`).
+    pub accept_errors: Family<ReasonLabels, Counter>,
+    /// New sessions refused or ended by admission control, by `reason`.
+    pub sessions_refused: Family<ReasonLabels, Counter>,
+    /// Agent sessions being set up (from `Connect` to `Welcome`).
+    pub sessions_in_setup: Gauge,
+    /// TLS handshakes in progress (holding one of the `max_tls_handshakes` turns).
+    pub tls_handshakes: Gauge,
 }
 
 impl Metrics {
@@ -137,6 +156,12 @@ impl Metrics {
             "Command commits that failed and were submitted again",
             command_commit_retries.clone(),
         );
+        let connections = Gauge::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let accept_errors = Family::<ReasonLabels, Counter>::default();
+        let sessions_refused = Family::<ReasonLabels, Counter>::default();
+        let sessions_in_setup = Gauge::default();
+        let tls_handshakes = Gauge::default();
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -216,6 +241,36 @@ impl Metrics {
              (flagged) or refused",
             identity_conflicts.clone(),
         );
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed or refused by a connection limit",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts of new connections (fd_limit: out of file descriptors)",
+            accept_errors.clone(),
+        );
+        registry.register(
+            "sessions_refused",
+            "Agent sessions refused or ended by admission control",
+            sessions_refused.clone(),
+        );
+        registry.register(
+            "sessions_in_setup",
+            "Agent sessions being set up (from Connect to Welcome)",
+            sessions_in_setup.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes in progress",
+            tls_handshakes.clone(),
+        );
         Arc::new(Self {
             registry,
             limit_violations,
@@ -238,6 +293,12 @@ impl Metrics {
             invocations_finished,
             command_updates_ignored,
             command_commit_retries,
+            connections,
+            connections_refused,
+            accept_errors,
+            sessions_refused,
+            sessions_in_setup,
+            tls_handshakes,
         })
     }
 
@@ -258,6 +319,27 @@ impl Metrics {
     pub fn identity_conflict(&self, outcome: &'static str) {
         self.identity_conflicts
             .get_or_create(&ConflictLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a connection closed or refused by a connection limit for `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a failed `accept` for `reason`.
+    pub fn accept_error(&self, reason: &'static str) {
+        self.accept_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a session refused or ended by admission control for `reason`.
+    pub fn session_refused(&self, reason: &'static str) {
+        self.sessions_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

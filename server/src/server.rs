@@ -3,11 +3,12 @@
 //! [`start`] binds the Prometheus listener (if configured), checks that the data directory is
 //! private (`datadir.rs`), opens the store, rebuilds the in-memory state from it, makes sure a
 //! bootstrap admin token exists, and spawns the writer, liveness, retention and metrics tasks;
-//! [`Server::serve`] then serves gRPC on a listener the caller bound (tests bind `127.0.0.1:0`).
-//! Every task the server spawns runs under its `TaskTracker` and stops on its `background`
-//! token. Shutdown order: stop accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end
-//! watches, wait for connections under a grace period, then stop the background tasks (the
-//! writer commits what is queued first) and wait for them.
+//! [`Server::serve`] then serves gRPC on a listener the caller bound (tests bind `127.0.0.1:0`),
+//! accepting through `listener.rs` under the connection limits of `conn.rs`. Every task the
+//! server spawns runs under its `TaskTracker` and stops on its `background` token. Shutdown
+//! order: stop accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end watches, wait for
+//! connections under a grace period, then stop the background tasks (the writer commits what is
+//! queued first) and wait for them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +20,6 @@ use tether_proto as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{self, Auth, Principal};
 use crate::config::{ADMIN_TOKEN_FILE, Config, ConfigError};
@@ -317,6 +317,10 @@ async fn start_inner(
         metrics.clone(),
     ));
     let reenroll = config.limits.reenroll_rate();
+    let admission = Arc::new(crate::admission::Admission::new(
+        config.admission.clone(),
+        metrics.clone(),
+    ));
     let state = Arc::new(AppState {
         config,
         registry,
@@ -328,6 +332,7 @@ async fn start_inner(
         metrics,
         refusals,
         identity: crate::identity::Identity::new(reenroll),
+        admission,
         shutdown: CancellationToken::new(),
     });
     Ok(Server {
@@ -433,7 +438,23 @@ impl Server {
                 state.registry.close_all_sessions(CloseReason::Draining);
             }
         };
-        tracing::info!(addr = ?local, tls = tls_mode, "serving gRPC");
+        let connections =
+            crate::conn::Connections::new(&state.config.connections, state.metrics.clone());
+        if limits.max_pending_accept_resets < limits.max_concurrent_streams as usize {
+            tracing::warn!(
+                max_pending_accept_resets = limits.max_pending_accept_resets,
+                max_concurrent_streams = limits.max_concurrent_streams,
+                "the Rapid Reset limit is below the stream limit: a client cancelling the \
+                 streams it may open at once can lose its connection"
+            );
+        }
+        tracing::info!(
+            addr = ?local,
+            tls = tls_mode,
+            max_connections = connections.max_total(),
+            max_connections_per_source = state.config.connections.max_connections_per_source,
+            "serving gRPC"
+        );
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
@@ -442,22 +463,23 @@ impl Server {
             .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_resets))
             .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
             .layer(gate)
+            .layer(crate::conn::FirstRequestLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(agent)
             .add_service(fleet)
             .add_service(admin)
             .add_service(command);
-        let serve = match (tls, &state.config.tls) {
-            (Some(tls), Some(settings)) => {
-                let incoming = crate::tls::incoming(listener, tls, settings.handshake_timeout);
-                futures::future::Either::Left(router.serve_with_incoming_shutdown(incoming, drain))
-            }
-            _ => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                futures::future::Either::Right(router.serve_with_incoming_shutdown(incoming, drain))
-            }
+        let tls = match (tls, &state.config.tls) {
+            (Some(config), Some(settings)) => Some(crate::listener::TlsAccept {
+                config,
+                handshake_timeout: settings.handshake_timeout,
+                max_handshakes: state.config.connections.max_tls_handshakes,
+            }),
+            _ => None,
         };
+        let incoming = crate::listener::incoming(listener, tls, connections, state.metrics.clone());
+        let serve = router.serve_with_incoming_shutdown(incoming, drain);
 
         let result = tokio::select! {
             r = serve => r.map_err(StartError::from),

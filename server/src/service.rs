@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::audit::RefusalAudits;
 use crate::auth::Auth;
 use crate::command::Engine;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub refusals: Arc<RefusalAudits>,
     /// Serializes identity changes (enrollment, deletion, reclaim) and limits re-enrollment.
     pub identity: Identity,
+    /// Admission control of new agent sessions.
+    pub admission: Arc<Admission>,
     /// Cancelled when the server starts shutting down: long-lived streams end.
     pub shutdown: CancellationToken,
 }

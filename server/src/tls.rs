@@ -4,36 +4,24 @@
 //!
 //! [`server_config`] turns [`TlsSettings`] into a rustls `ServerConfig` (ALPN `h2`; with a
 //! client CA, client certificates are optional but verified when presented, so operators' CLI
-//! connects without one while agents present theirs). [`incoming`] accepts TCP connections and
-//! runs each handshake on its own short-lived task under the handshake timeout, yielding only
-//! established streams, which `Server::serve` hands to tonic. tonic implements `Connected` for
-//! `tokio_rustls::server::TlsStream<TcpStream>`, so handlers read the verified peer chain with
-//! `request.peer_certs()`; [`peer_identity`] turns it into the identity that mTLS compares with
-//! the agent id.
+//! connects without one while agents present theirs). The handshakes themselves run in the
+//! accept loop (`listener.rs`), under its limits. The verified peer chain reaches handlers in
+//! the request's [`ConnInfo`]; [`peer_identity`] turns it into the identity that mTLS compares
+//! with the agent id.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::TlsSettings;
+use crate::conn::ConnInfo;
 
 /// The only application protocol the listener speaks.
 pub const ALPN_H2: &[u8] = b"h2";
-
-/// Established TLS connections waiting for tonic to pick them up.
-const ESTABLISHED_QUEUE: usize = 128;
-/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// TLS material that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -163,74 +151,6 @@ pub(crate) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError>
     })
 }
 
-// === accept loop ===
-
-/// Accepts connections on `listener` and performs each TLS handshake on its own task, closing
-/// connections whose handshake does not complete within `handshake_timeout`. The returned
-/// stream yields established connections only (it never yields an error), for tonic's
-/// `serve_with_incoming_shutdown`.
-///
-/// The accept task ends when the returned stream is dropped (tonic drops it when it stops
-/// accepting, at shutdown); it then closes the listener. Handshakes in flight end on their own
-/// within the timeout.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    handshake_timeout: Duration,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-    let (tx, rx) = mpsc::channel(ESTABLISHED_QUEUE);
-    tokio::spawn(accept_loop(
-        listener,
-        TlsAcceptor::from(config),
-        handshake_timeout,
-        tx,
-    ));
-    ReceiverStream::new(rx)
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
-    tx: mpsc::Sender<Result<TlsStream<TcpStream>, io::Error>>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            () = tx.closed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Per-connection failures (reset before accept) and resource exhaustion alike:
-                // log, pause briefly so a full descriptor table does not spin, and go on.
-                tracing::warn!("failed to accept a connection: {e}");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
-        }
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    // A failed send means the server stopped accepting: the stream is dropped.
-                    let _ = tx.send(Ok(stream)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(
-                    %peer,
-                    timeout = ?handshake_timeout,
-                    "TLS handshake timed out; closing the connection"
-                ),
-            }
-        });
-    }
-}
-
 // === peer identity ===
 
 /// The identity of the verified client certificate the peer presented on this request's
@@ -238,7 +158,7 @@ async fn accept_loop(
 /// on plaintext connections, when the client presented no certificate, or when the server has
 /// no client CA (it then never asks for one).
 pub fn peer_identity<T>(request: &tonic::Request<T>) -> Option<String> {
-    let certs = request.peer_certs()?;
+    let certs = request.extensions().get::<ConnInfo>()?.peer_certs.clone()?;
     cert_identity(certs.first()?)
 }
 

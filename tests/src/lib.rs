@@ -46,9 +46,12 @@ pub use self::heavy::{
     MAX_DISKS, Seed, heavy_enroll_request, heavy_hello, heavy_labels, heavy_sample,
     heavy_system_info, seed_heavy_agents,
 };
-pub use self::procs::{AgentProcess, ServerProcess, agent_dirs};
+pub use self::procs::{AgentProcess, Launch, ServerProcess, agent_dirs};
 pub use self::rpc::{cli_at, create_token, list_all, list_audit, token_id};
-pub use self::server::{TestServer, TestTls, TlsOptions, limit_violations};
+pub use self::server::{
+    TestServer, TestTls, TlsOptions, connections_refused, limit_violations, scrape_metrics,
+    sessions_refused,
+};
 pub use self::session::{RawSession, hello, labels, sample, system_info};
 
 /// How long [`eventually`] waits by default. Generous: CI machines are slow and shared.

@@ -1,6 +1,7 @@
 //! A server and agents as real processes (the `test-server` and `test-agent` binaries of this
 //! crate, which run the server and agent libraries), for the tests that kill them with
-//! SIGKILL: nothing runs after the signal, only what was on disk survives.
+//! SIGKILL (nothing runs after the signal, only what was on disk survives) and for those that
+//! run the server under process limits ([`Launch`]: `prlimit --nofile=256 -- test-server …`).
 //!
 //! The binaries' paths come from the test (`env!("CARGO_BIN_EXE_test-server")`), which Cargo
 //! sets only for integration tests.
@@ -13,7 +14,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::eventually;
+use tether_proto as pb;
+
+use crate::{Bearer, eventually, scrape_metrics};
 
 /// A `test-server` process.
 pub struct ServerProcess {
@@ -21,6 +24,16 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     pub url: String,
     pub admin_token: String,
+    /// Where it serves Prometheus metrics, when launched with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// How a `test-server` process is launched beyond its data directory and address: under a
+/// wrapper program (`["prlimit", "--nofile=256:256", "--"]`), with extra flags of its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Launch<'a> {
+    pub wrapper: &'a [&'a str],
+    pub flags: &'a [&'a str],
 }
 
 /// A `test-agent` process.
@@ -34,18 +47,42 @@ impl ServerProcess {
     /// Starts `exe` on `data_dir`, listening on `listen` (port 0: any; a port a killed server
     /// held is retried until free), and waits until it serves.
     pub async fn start(exe: &Path, data_dir: &Path, listen: SocketAddr) -> Self {
+        Self::start_with(exe, data_dir, listen, Launch::default()).await
+    }
+
+    /// [`ServerProcess::start`], launched as `launch` says.
+    pub async fn start_with(
+        exe: &Path,
+        data_dir: &Path,
+        listen: SocketAddr,
+        launch: Launch<'_>,
+    ) -> Self {
         eventually("a server process to start", || async {
-            Self::try_start(exe, data_dir, listen).await
+            Self::try_start(exe, data_dir, listen, launch).await
         })
         .await
     }
 
-    async fn try_start(exe: &Path, data_dir: &Path, listen: SocketAddr) -> Option<Self> {
-        let mut child = Command::new(exe)
+    async fn try_start(
+        exe: &Path,
+        data_dir: &Path,
+        listen: SocketAddr,
+        launch: Launch<'_>,
+    ) -> Option<Self> {
+        let mut command = match launch.wrapper.split_first() {
+            Some((wrapper, args)) => {
+                let mut command = Command::new(wrapper);
+                command.args(args).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
             .arg(listen.to_string())
+            .args(launch.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -53,7 +90,7 @@ impl ServerProcess {
             .expect("spawn test-server");
         let stdout = child.stdout.take().expect("server stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut addr, mut admin_token) = (None, None);
+        let (mut addr, mut admin_token, mut metrics) = (None, None, None);
         while addr.is_none() || admin_token.is_none() {
             let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
                 .await
@@ -70,6 +107,10 @@ impl ServerProcess {
             if let Some(rest) = line.strip_prefix("ADMIN_TOKEN ") {
                 admin_token = Some(rest.trim().to_owned());
             }
+            // Printed first, when the server serves metrics.
+            if let Some(rest) = line.strip_prefix("METRICS ") {
+                metrics = rest.trim().parse().ok();
+            }
         }
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let addr: SocketAddr = addr.expect("loop ends when set");
@@ -78,7 +119,44 @@ impl ServerProcess {
             addr,
             url: format!("http://{addr}"),
             admin_token: admin_token.expect("loop ends when set"),
+            metrics,
         })
+    }
+
+    /// The value of the Prometheus sample `name` (with its labels, as exposed), 0 if absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let addr = self.metrics.expect("launched with --metrics-listen");
+        let text = scrape_metrics(addr).await.expect("scrape the metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// An enrollment token, created with the admin token.
+    pub async fn enrollment_token(&self) -> String {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to the server process");
+        pb::admin_service_client::AdminServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(self.admin_token.clone())),
+        )
+        .create_enrollment_token(pb::CreateEnrollmentTokenRequest::default())
+        .await
+        .expect("create an enrollment token")
+        .into_inner()
+        .secret
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("the server's status")
+            .is_none()
     }
 
     /// SIGKILL, and waits until the process is gone.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tether_proto as pb;
 use tether_server::config::{Config, TlsSettings};
 use tether_server::devcerts::{DevCerts, generate_dev_certs, issue_agent_certs};
-use tether_server::metrics::{LimitLabels, Metrics};
+use tether_server::metrics::{LimitLabels, Metrics, ReasonLabels};
 use tether_server::server::{Server, StartError};
 use tether_server::testing::FailingStore;
 use tokio::task::JoinHandle;
@@ -510,4 +510,38 @@ pub fn limit_violations(metrics: &Metrics, limit: &'static str) -> u64 {
         .limit_violations
         .get_or_create(&LimitLabels { limit })
         .get()
+}
+
+/// How many connections the server closed or refused for `reason` (the `reason` label of
+/// `tether_connections_refused`).
+pub fn connections_refused(metrics: &Metrics, reason: &'static str) -> u64 {
+    metrics
+        .connections_refused
+        .get_or_create(&ReasonLabels { reason })
+        .get()
+}
+
+/// How many new sessions admission control refused for `reason` (the `reason` label of
+/// `tether_sessions_refused`).
+pub fn sessions_refused(metrics: &Metrics, reason: &'static str) -> u64 {
+    metrics
+        .sessions_refused
+        .get_or_create(&ReasonLabels { reason })
+        .get()
+}
+
+/// `GET /metrics` over a plain HTTP/1.1 connection to `addr`: the whole response.
+///
+/// # Errors
+///
+/// Connecting, writing or reading failed (nothing serves metrics there).
+pub async fn scrape_metrics(addr: SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tether\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
 }

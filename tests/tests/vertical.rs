@@ -2,7 +2,7 @@
 //! through the fleet RPCs, the CLI and the Prometheus listener the server owns.
 
 use tether_proto as pb;
-use tether_tests::{TestServer, eventually, fast_config, trace_init};
+use tether_tests::{TestServer, eventually, fast_config, scrape_metrics, trace_init};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_enrolls_connects_and_reports() {
@@ -56,18 +56,6 @@ async fn agent_enrolls_connects_and_reports() {
     server.stop().await;
 }
 
-/// `GET /metrics` over a plain HTTP/1.1 connection; the whole response, or the connect error.
-async fn scrape(addr: std::net::SocketAddr) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tether\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_serves_prometheus_metrics_and_stops_them_with_itself() {
     trace_init();
@@ -81,7 +69,7 @@ async fn the_server_serves_prometheus_metrics_and_stops_them_with_itself() {
     server.wait_status(&id, pb::AgentStatus::Online).await;
 
     let body = eventually("the session gauge to count the agent", || async {
-        let body = scrape(addr).await.ok()?;
+        let body = scrape_metrics(addr).await.ok()?;
         body.lines()
             .any(|line| line == "tether_sessions 1")
             .then_some(body)
@@ -94,7 +82,7 @@ async fn the_server_serves_prometheus_metrics_and_stops_them_with_itself() {
     server.stop().await;
     // Stopping the server stopped its listener: nothing answers on that port any more.
     assert!(
-        scrape(addr).await.is_err(),
+        scrape_metrics(addr).await.is_err(),
         "metrics still served after stop"
     );
 }

@@ -2,12 +2,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::Stream;
 use tether_proto as pb;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admission::Busy;
 use crate::audit::RefusalKind;
 use crate::auth::{self, Principal};
 use crate::convert;
@@ -20,9 +21,6 @@ use crate::session::{CloseReason, SessionLimits, SessionLoop};
 
 pub(crate) const ENROLL: &str = "/tether.v1.AgentService/Enroll";
 const CONNECT: &str = "/tether.v1.AgentService/Connect";
-
-/// How long a new stream may take to send its `Hello`.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AgentService {
     state: Arc<AppState>,
@@ -127,7 +125,7 @@ impl AgentService {
             org = %caller.org,
             reason,
             presented = ?presented,
-            peer = ?request.remote_addr(),
+            peer = ?crate::conn::remote_addr(request),
             "refused an agent stream: client certificate"
         );
         self.state
@@ -197,6 +195,9 @@ impl pb::agent_service_server::AgentService for AgentService {
             )
             .into());
         };
+        // Admission first: when the server is behind, a new session costs it nothing more than
+        // this answer. The permit is held until the session's setup ends (this function returns).
+        let _setup = self.state.admission.admit(&agent)?;
         if self.state.config.mtls() {
             // With a client CA configured, an agent proves its identity twice: the credential
             // and a client certificate issued for its agent id.
@@ -207,14 +208,11 @@ impl pb::agent_service_server::AgentService for AgentService {
                     .await);
             }
         }
+        let admission = &self.state.admission;
         let mut inbound = request.into_inner();
-        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "no Hello within {}s of opening the stream",
-                    HELLO_TIMEOUT.as_secs()
-                )));
-            }
+        let first = match tokio::time::timeout(admission.hello_timeout(), inbound.message()).await {
+            // The server may be the slow one: the agent is told to come back, not blamed.
+            Err(_) => return Err(admission.refuse(Busy::HelloTimeout).into()),
             Ok(Err(status)) => {
                 return Err(crate::session::inbound_error(status, &self.state.metrics));
             }

@@ -1,0 +1,121 @@
+//! A server process with 256 file descriptors (`prlimit --nofile=256`) under a flood of silent
+//! connections keeps serving its agent and answers the CLI: with its connection cap derived
+//! from that limit it never runs out; told to allow more connections than it has descriptors,
+//! it runs out, keeps serving what it has, backs off, and counts it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tether_tests::{Launch, ServerProcess, TestAgent, cli_at, eventually_within, trace_init};
+
+use super::{loopback, silent_flood};
+
+/// The flood: far more connections than the server has descriptors.
+const FLOOD: usize = 600;
+/// The server under a 256-file limit.
+const PRLIMIT: &[&str] = &["prlimit", "--nofile=256:256", "--"];
+const SERVER: &str = env!("CARGO_BIN_EXE_test-server");
+
+/// A `test-server` process under `prlimit`, with metrics and a short first-request deadline,
+/// and `extra` flags.
+async fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+    let mut flags = vec![
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--first-request-timeout",
+        "2s",
+    ];
+    flags.extend_from_slice(extra);
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let launch = Launch {
+        wrapper: PRLIMIT,
+        flags: &flags,
+    };
+    ServerProcess::start_with(Path::new(SERVER), data_dir, any, launch).await
+}
+
+/// Asserts the process is still running, then stops it.
+async fn stop(mut server: ServerProcess) {
+    assert!(server.is_running(), "the server process died");
+    server.kill().await;
+}
+
+/// Runs the scenario against a server started with `extra` flags; returns the server, still
+/// running, for the caller's own checks.
+async fn flood_scenario(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+    let server = start(data_dir, extra).await;
+    let state = tempfile::tempdir().expect("agent state dir");
+    let token = server.enrollment_token().await;
+    let agent = TestAgent::spawn(&server.url, state, "kept", "linux", &[], Some(token));
+    let stats = agent.handle.stats.clone();
+    let acked = eventually_within(Duration::from_secs(60), "the agent's first ack", || async {
+        let seq = stats.samples_acked_seq();
+        (seq >= 1).then_some(seq)
+    })
+    .await;
+    let sessions = stats.sessions_started();
+
+    // Far more silent connections than the server has descriptors, from other addresses.
+    let mut flood = Vec::new();
+    for source in 2..5 {
+        flood.extend(silent_flood(server.addr, loopback(source), FLOOD / 3).await);
+    }
+    let out = cli_at(&server.url, &server.admin_token, &["agents", "list"])
+        .await
+        .expect("tetherctl while the flood holds connections");
+    assert!(out.contains("kept"), "{out}");
+
+    // The agent kept its session and kept being acknowledged.
+    eventually_within(
+        Duration::from_secs(60),
+        "new acks for the agent",
+        || async { (stats.samples_acked_seq() > acked).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        stats.sessions_started(),
+        sessions,
+        "the agent's session survived"
+    );
+    drop(flood);
+    agent.stop().await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_its_derived_connection_cap_a_server_never_runs_out_of_descriptors() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = flood_scenario(dir.path(), &[]).await;
+    let refused = server
+        .metric("tether_connections_refused_total{reason=\"evicted\"}")
+        .await
+        + server
+            .metric("tether_connections_refused_total{reason=\"max_connections\"}")
+            .await;
+    assert!(refused > 0.0, "the cap was reached");
+    assert_eq!(
+        server
+            .metric("tether_accept_errors_total{reason=\"fd_limit\"}")
+            .await,
+        0.0,
+        "the cap kept accept from running out of descriptors"
+    );
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_a_server_keeps_serving_and_backs_off() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = flood_scenario(dir.path(), &["--max-connections", "100000"]).await;
+    assert!(
+        server
+            .metric("tether_accept_errors_total{reason=\"fd_limit\"}")
+            .await
+            > 0.0,
+        "accept ran out of descriptors and it was counted"
+    );
+    stop(server).await;
+}
