@@ -23,6 +23,8 @@ use crate::domain::{
     LiveRecord, OrgId, OrgRecord, Sample, SampleTotals, Time, TokenId, TokenRecord, Transition,
 };
 
+pub mod bits;
+pub mod chunk;
 pub mod sled;
 
 pub use self::sled::SledStore;
