@@ -27,6 +27,7 @@ pub mod bits;
 pub mod chunk;
 pub mod rollup;
 pub mod sled;
+pub mod wal;
 
 pub use self::sled::SledStore;
 
