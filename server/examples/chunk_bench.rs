@@ -1,0 +1,371 @@
+//! Measures the time-series codecs on samples shaped like Tether's: bytes per sample of sealed
+//! chunks (120 and 720 samples) for the simulator's synthetic machines and for real-like
+//! machines, where those bytes go, chunk encode and decode throughput, the size of encoded
+//! rollups, and the size and speed of a WAL record per sample.
+//!
+//! `cargo run --release -p tether-server --example chunk_bench -- [AGENTS]`
+//!
+//! Everything is generated from fixed seeds, so two runs print the same sizes.
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tether_agent::{Collector, SyntheticCollector};
+use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample};
+use tether_server::store::chunk::{ChunkDecoder, ChunkEncoder};
+use tether_server::store::rollup::{Resolution, RollupBuilder};
+use tether_server::store::wal;
+
+// The same allocator as the server binary, so the figures match what the server can do.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// 2025-06-15, a start time with a full-width millisecond figure.
+const T0_MS: u64 = 1_750_000_000_000;
+
+fn main() {
+    let agents: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50);
+    let datasets: [(&str, Generator); 5] = [
+        ("synthetic 500 ms", |a, n| synthetic(a, n, 500, 2)),
+        ("synthetic 10 s", |a, n| synthetic(a, n, 10_000, 2)),
+        ("synthetic 500 ms, 50 ms jitter", |a, n| {
+            synthetic(a, n, 500, 50)
+        }),
+        ("real-like 10 s", |a, n| real_like(a, n, 10_000)),
+        ("real-like 500 ms", |a, n| real_like(a, n, 500)),
+    ];
+
+    println!("sealed chunk size, bytes per sample (header included), {agents} agents each");
+    println!("{:<32} {:>10} {:>10}", "data", "120", "720");
+    for (name, generate) in &datasets {
+        let sizes = [120, 720].map(|len| bytes_per_sample(*generate, agents, len));
+        println!("{name:<32} {:>10.2} {:>10.2}", sizes[0], sizes[1]);
+    }
+
+    println!();
+    println!("where the bytes go, 720-sample chunks: bytes per sample saved by holding one field");
+    println!("group constant (the rest is the header, seq and per-field zero codes)");
+    let groups: [(&str, Flatten); 9] = [
+        ("time", |s, f| s.time = f.time),
+        ("cpu", |s, f| s.cpu_percent = f.cpu_percent),
+        ("load x3", |s, f| s.load = f.load),
+        ("memory", |s, f| s.memory_used_bytes = f.memory_used_bytes),
+        ("swap", |s, f| s.swap_used_bytes = f.swap_used_bytes),
+        ("disks", |s, f| s.disks.clone_from(&f.disks)),
+        ("network", |s, f| {
+            s.network_rx_bytes = f.network_rx_bytes;
+            s.network_tx_bytes = f.network_tx_bytes;
+        }),
+        ("uptime", |s, f| s.uptime = f.uptime),
+        ("procs", |s, f| s.process_count = f.process_count),
+    ];
+    print!("{:<32}", "data");
+    for (group, _) in &groups {
+        print!(" {group:>8.8}");
+    }
+    println!();
+    for (name, generate) in [&datasets[0], &datasets[3]] {
+        print!("{name:<32}");
+        for (_, flatten) in &groups {
+            print!(" {:>8.2}", field_cost(*generate, agents, *flatten));
+        }
+        println!();
+    }
+
+    println!();
+    println!("chunk throughput, 720-sample chunks, best of 5 passes");
+    println!("{:<32} {:>14} {:>14}", "data", "encode/s", "decode/s");
+    for (name, generate) in [&datasets[0], &datasets[3]] {
+        let (encode, decode) = throughput(*generate, agents);
+        println!("{name:<32} {encode:>14.0} {decode:>14.0}");
+    }
+
+    println!();
+    println!("encoded rollup size, bytes per complete bucket, 3 hours of 10 agents");
+    println!("{:<32} {:>10} {:>10}", "data", "5 min", "1 hour");
+    for (name, generate, interval_ms) in [
+        (datasets[0].0, datasets[0].1, 500),
+        (datasets[3].0, datasets[3].1, 10_000),
+    ] {
+        let sizes = Resolution::ALL.map(|r| rollup_bytes(generate, interval_ms, r));
+        println!("{name:<32} {:>10.1} {:>10.1}", sizes[0], sizes[1]);
+    }
+
+    println!();
+    println!("WAL record: 2000 agents, one sample each (one writer batch)");
+    println!(
+        "{:<32} {:>10} {:>14} {:>14} {:>12}",
+        "data", "B/sample", "encode/s", "decode/s", "postcard B"
+    );
+    for (name, generate) in [&datasets[0], &datasets[3]] {
+        wal_figures(name, *generate);
+    }
+}
+
+type Generator = fn(usize, usize) -> Vec<Sample>;
+
+/// Sets one field group of a sample to its value in the series' first sample.
+type Flatten = fn(&mut Sample, &Sample);
+
+fn bytes_per_sample(generate: Generator, agents: usize, chunk_len: usize) -> f64 {
+    chunk_bytes_per_sample(generate, agents, chunk_len, |_, _| {})
+}
+
+/// Bytes per sample a field group costs: the size with it minus the size without it.
+fn field_cost(generate: Generator, agents: usize, flatten: Flatten) -> f64 {
+    chunk_bytes_per_sample(generate, agents, 720, |_, _| {})
+        - chunk_bytes_per_sample(generate, agents, 720, flatten)
+}
+
+fn chunk_bytes_per_sample(
+    generate: Generator,
+    agents: usize,
+    chunk_len: usize,
+    flatten: Flatten,
+) -> f64 {
+    let (mut bytes, mut samples) = (0usize, 0usize);
+    for agent in 0..agents {
+        let mut series = generate(agent, chunk_len);
+        let first = series[0].clone();
+        for s in &mut series {
+            flatten(s, &first);
+        }
+        let mut enc = ChunkEncoder::new();
+        for s in &series {
+            enc.push(s).expect("generated samples are storable");
+        }
+        bytes += enc.finish().len();
+        samples += series.len();
+    }
+    bytes as f64 / samples as f64
+}
+
+fn throughput(generate: Generator, agents: usize) -> (f64, f64) {
+    let series: Vec<Vec<Sample>> = (0..agents).map(|a| generate(a, 720)).collect();
+    let n = (agents * 720) as f64;
+    let (mut best_encode, mut best_decode) = (Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let chunks: Vec<Vec<u8>> = series
+            .iter()
+            .map(|samples| {
+                let mut enc = ChunkEncoder::new();
+                for s in samples {
+                    enc.push(s).expect("generated samples are storable");
+                }
+                enc.finish()
+            })
+            .collect();
+        best_encode = best_encode.min(started.elapsed());
+        let started = Instant::now();
+        let mut out = series[0][0].clone();
+        let mut decoded = 0usize;
+        for chunk in &chunks {
+            let mut dec = ChunkDecoder::new(chunk).expect("a chunk just sealed");
+            while dec.next_into(&mut out).expect("a chunk just sealed") {
+                decoded += 1;
+            }
+        }
+        best_decode = best_decode.min(started.elapsed());
+        assert_eq!(decoded, agents * 720);
+    }
+    (n / best_encode.as_secs_f64(), n / best_decode.as_secs_f64())
+}
+
+/// Mean encoded size of the buckets `resolution` closes over 3 hours of 10 agents, leaving out
+/// each agent's first bucket (it starts mid-way).
+fn rollup_bytes(generate: Generator, interval_ms: u64, resolution: Resolution) -> f64 {
+    let n = (3 * 3_600_000 / interval_ms) as usize;
+    let (mut bytes, mut buckets) = (0usize, 0usize);
+    for agent in 0..10 {
+        let mut builder = RollupBuilder::new(resolution);
+        let mut closed = Vec::new();
+        for s in generate(agent, n) {
+            closed.extend(builder.push(&s).expect("generated samples are storable"));
+        }
+        for (_, rollup) in closed.iter().skip(1) {
+            bytes += rollup.encode().len();
+            buckets += 1;
+        }
+    }
+    bytes as f64 / buckets as f64
+}
+
+fn wal_figures(name: &str, generate: Generator) {
+    const BATCH: usize = 2_000;
+    let mut rng = StdRng::seed_from_u64(11);
+    let org = OrgId::new("default");
+    let batch: Vec<(AgentId, Sample)> = (0..BATCH)
+        .map(|a| {
+            // One day into the agent's life: seqs of a realistic width.
+            let sample = generate(a, 2).pop().expect("two samples");
+            let id = AgentId::new(format!("{:016x}", rng.random::<u64>()));
+            (
+                id,
+                Sample {
+                    seq: 172_800,
+                    ..sample
+                },
+            )
+        })
+        .collect();
+    let entries = || batch.iter().map(|(agent, s)| (&org, agent, s));
+    let record = wal::encode(entries()).expect("generated samples are storable");
+    let (mut best_encode, mut best_decode) = (Duration::MAX, Duration::MAX);
+    let mut buf = Vec::with_capacity(record.len());
+    for _ in 0..20 {
+        buf.clear();
+        let started = Instant::now();
+        wal::encode_into(&mut buf, entries()).expect("generated samples are storable");
+        best_encode = best_encode.min(started.elapsed());
+        let started = Instant::now();
+        let decoded = wal::decode(&buf).expect("a record just written");
+        best_decode = best_decode.min(started.elapsed());
+        assert_eq!(decoded.entries.len(), BATCH);
+    }
+    let postcard: usize = batch
+        .iter()
+        .map(|(_, s)| postcard::to_allocvec(s).expect("serializable").len())
+        .sum();
+    println!(
+        "{name:<32} {:>10.1} {:>14.0} {:>14.0} {:>12.1}",
+        record.len() as f64 / BATCH as f64,
+        BATCH as f64 / best_encode.as_secs_f64(),
+        BATCH as f64 / best_decode.as_secs_f64(),
+        postcard as f64 / BATCH as f64,
+    );
+}
+
+// === Data ===
+
+/// The fleet simulator's machine `agent`: `SyntheticCollector` values, stamped every
+/// `interval_ms` plus up to `jitter_ms` of scheduling delay (with sub-millisecond noise), uptime
+/// advancing with the stamps as the collector's does with the clock.
+fn synthetic(agent: usize, n: usize, interval_ms: u64, jitter_ms: u64) -> Vec<Sample> {
+    let mut collector = SyntheticCollector::new(format!("sim-{agent:05}"), "hw", "linux");
+    let mut rng = StdRng::seed_from_u64(agent as u64);
+    let start = UNIX_EPOCH + Duration::from_millis(T0_MS + agent as u64 * 7_919);
+    let mut uptime0 = None;
+    (0..n)
+        .map(|i| {
+            let s = collector.sample();
+            let jitter = Duration::from_micros(rng.random_range(0..=jitter_ms * 1_000));
+            let offset = Duration::from_millis(i as u64 * interval_ms) + jitter;
+            let uptime = *uptime0.get_or_insert(s.uptime) + offset;
+            Sample {
+                seq: i as u64 + 1,
+                time: start + offset,
+                cpu_percent: s.cpu_percent,
+                load: [s.load_1, s.load_5, s.load_15],
+                memory_used_bytes: s.memory_used_bytes,
+                memory_total_bytes: s.memory_total_bytes,
+                swap_used_bytes: s.swap_used_bytes,
+                swap_total_bytes: s.swap_total_bytes,
+                disks: s
+                    .disks
+                    .into_iter()
+                    .map(|d| DiskUsage {
+                        mount_point: d.mount_point,
+                        used_bytes: d.used_bytes,
+                        total_bytes: d.total_bytes,
+                    })
+                    .collect(),
+                network_rx_bytes: s.network_rx_bytes,
+                network_tx_bytes: s.network_tx_bytes,
+                uptime,
+                process_count: s.process_count,
+            }
+        })
+        .collect()
+}
+
+/// A real machine as `SysinfoCollector` reports it: CPU from an `f32` that wanders around a
+/// base load; load averages computed the kernel's way (every 5 s) and printed with two decimals;
+/// memory in KiB pages; three disks (a busy root growing in 4 KiB blocks, a static boot, a home
+/// that changes now and then); network counters at a noisy ~40 / 12 KB/s; uptime in whole
+/// seconds; a process count that drifts. Stamped every `interval_ms` plus 0–3 ms.
+fn real_like(agent: usize, n: usize, interval_ms: u64) -> Vec<Sample> {
+    let mut rng = StdRng::seed_from_u64(1_000 + agent as u64);
+    let seconds = interval_ms as f64 / 1_000.0;
+    let start_ms = T0_MS + agent as u64 * 7_919 + rng.random_range(0..1_000);
+    let boot_ms = start_ms - rng.random_range(3_600_000..30 * 86_400_000);
+    let base_cpu = rng.random_range(2.0..40.0f64);
+    let mut cpu = base_cpu;
+    let mut load = [base_cpu / 12.5; 3];
+    let mut next_load_tick = start_ms - start_ms % 5_000 + 5_000;
+    let mut mem_kib: u64 = rng.random_range(2_000_000..12_000_000);
+    let mut swap_kib: u64 = rng.random_range(0..400_000);
+    let mut root_used: u64 = rng.random_range(20u64 << 30..200u64 << 30) & !4095;
+    let mut home_used: u64 = rng.random_range(1u64 << 30..400u64 << 30) & !4095;
+    let (mut rx, mut tx): (u64, u64) = (rng.random::<u32>().into(), rng.random::<u32>().into());
+    let mut procs: u32 = rng.random_range(180..450);
+    (0..n)
+        .map(|i| {
+            let time_ms = start_ms + i as u64 * interval_ms + rng.random_range(0..=3);
+            let nanos = rng.random_range(0..1_000_000u64);
+            cpu = (0.7 * cpu + 0.3 * base_cpu + 6.0 * normal(&mut rng)).clamp(0.0, 100.0);
+            while next_load_tick <= time_ms {
+                let running = cpu / 100.0 * 8.0 + normal(&mut rng).abs();
+                for (avg, minutes) in load.iter_mut().zip([1.0, 5.0, 15.0f64]) {
+                    let decay = (-5.0 / (60.0 * minutes)).exp();
+                    *avg = *avg * decay + running * (1.0 - decay);
+                }
+                next_load_tick += 5_000;
+            }
+            let walk = |rng: &mut StdRng, sd: f64| (sd * seconds.sqrt() * normal(rng)) as i64;
+            mem_kib = mem_kib.saturating_add_signed(walk(&mut rng, 2_048.0));
+            if rng.random_bool(0.005) {
+                swap_kib = swap_kib.saturating_add_signed(walk(&mut rng, 20_000.0));
+            }
+            root_used += rng.random_range(0..(4.0 * seconds).ceil() as u64 + 1) * 4096;
+            if rng.random_bool(0.05) {
+                home_used = home_used.saturating_add_signed(rng.random_range(-256..=256) * 4096);
+            }
+            let rate =
+                |rng: &mut StdRng, mean: f64| (mean * seconds * (0.6 * normal(rng)).exp()) as u64;
+            rx += rate(&mut rng, 40_000.0);
+            tx += rate(&mut rng, 12_000.0);
+            if rng.random_bool(0.3) {
+                procs = procs.saturating_add_signed(rng.random_range(-3..=3));
+            }
+            Sample {
+                seq: i as u64 + 1,
+                time: UNIX_EPOCH + Duration::from_millis(time_ms) + Duration::from_nanos(nanos),
+                cpu_percent: f64::from(cpu as f32),
+                load: load.map(|l| format!("{l:.2}").parse().expect("a printed number")),
+                memory_used_bytes: mem_kib * 1024,
+                memory_total_bytes: 16_318_412 * 1024,
+                swap_used_bytes: swap_kib * 1024,
+                swap_total_bytes: 2_097_148 * 1024,
+                disks: vec![
+                    disk("/", root_used, 502_468_108_288),
+                    disk("/boot", 254_869_504, 1_020_702_720),
+                    disk("/home", home_used, 1_967_317_565_440),
+                ],
+                network_rx_bytes: rx,
+                network_tx_bytes: tx,
+                uptime: Duration::from_secs((time_ms - boot_ms) / 1_000),
+                process_count: procs,
+            }
+        })
+        .collect()
+}
+
+fn disk(mount: &str, used: u64, total: u64) -> DiskUsage {
+    DiskUsage {
+        mount_point: mount.to_owned(),
+        used_bytes: used,
+        total_bytes: total,
+    }
+}
+
+/// A standard normal variate (Box–Muller).
+fn normal(rng: &mut StdRng) -> f64 {
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
