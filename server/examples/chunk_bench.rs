@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tether_agent::{Collector, SyntheticCollector};
-use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample};
+use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample, Time};
 use tether_server::store::chunk::{ChunkDecoder, ChunkEncoder};
 use tether_server::store::rollup::{Resolution, RollupBuilder};
 use tether_server::store::wal;
@@ -258,7 +258,7 @@ fn synthetic(agent: usize, n: usize, interval_ms: u64, jitter_ms: u64) -> Vec<Sa
             let uptime = *uptime0.get_or_insert(s.uptime) + offset;
             Sample {
                 seq: i as u64 + 1,
-                time: start + offset,
+                time: Time::new(start + offset).expect("2025 is within Time's range"),
                 cpu_percent: s.cpu_percent,
                 load: [s.load_1, s.load_5, s.load_15],
                 memory_used_bytes: s.memory_used_bytes,
@@ -334,7 +334,10 @@ fn real_like(agent: usize, n: usize, interval_ms: u64) -> Vec<Sample> {
             }
             Sample {
                 seq: i as u64 + 1,
-                time: UNIX_EPOCH + Duration::from_millis(time_ms) + Duration::from_nanos(nanos),
+                time: Time::new(
+                    UNIX_EPOCH + Duration::from_millis(time_ms) + Duration::from_nanos(nanos),
+                )
+                .expect("2025 is within Time's range"),
                 cpu_percent: f64::from(cpu as f32),
                 load: load.map(|l| format!("{l:.2}").parse().expect("a printed number")),
                 memory_used_bytes: mem_kib * 1024,

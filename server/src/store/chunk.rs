@@ -18,8 +18,9 @@
 //!
 //! A chunk stores what [`stored`] returns for a sample, and nothing finer:
 //!
-//! - `time`: whole milliseconds since the Unix epoch (a `u64`), truncated ([`time_to_millis`]);
-//!   a time before 1970 is refused.
+//! - `time`: whole milliseconds since the Unix epoch (a `u64`), truncated ([`time_to_millis`]).
+//!   A sample's time is a `domain::Time` (1970–9999), so every one has a stored form; a decoded
+//!   time outside that range is damage.
 //! - `cpu_percent` and the three load averages: fixed point in hundredths, by the one rule
 //!   [`quantize`] (`round(x * 100)`, half away from zero, read back as `q as f64 / 100.0`).
 //!   Lossless f64 cannot reach the size target: an f32 CPU figure widened to f64 keeps 24
@@ -103,7 +104,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::series::Series;
 use super::bits::{BitReader, BitWriter, DecodeError};
-use crate::domain::{DiskUsage, Sample};
+use crate::domain::{DiskUsage, Sample, Time};
 
 mod series;
 
@@ -220,7 +221,7 @@ impl Fixed {
     pub fn of(sample: &Sample) -> Result<Self, ChunkError> {
         Ok(Self {
             seq: sample.seq,
-            time_ms: time_to_millis(sample.time)?,
+            time_ms: time_to_millis(sample.time.get())?,
             cpu: quantize(sample.cpu_percent, "cpu_percent")?,
             load: [
                 quantize(sample.load[0], "load_1")?,
@@ -242,7 +243,9 @@ impl Fixed {
     pub fn to_sample(self, disks: Vec<DiskUsage>) -> Result<Sample, DecodeError> {
         Ok(Sample {
             seq: self.seq,
-            time: millis_to_time(self.time_ms).ok_or(DecodeError::Corrupt("sample time"))?,
+            time: millis_to_time(self.time_ms)
+                .and_then(|time| Time::new(time).ok())
+                .ok_or(DecodeError::Corrupt("sample time"))?,
             cpu_percent: dequantize(self.cpu),
             load: self.load.map(dequantize),
             memory_used_bytes: self.memory_used,

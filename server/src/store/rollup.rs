@@ -216,7 +216,7 @@ impl CounterPoint {
     /// `Sample` when the sample's time has no stored form.
     pub fn of(sample: &Sample) -> Result<Self, RollupError> {
         Ok(Self {
-            time_ms: chunk::time_to_millis(sample.time)?,
+            time_ms: chunk::time_to_millis(sample.time.get())?,
             rx: sample.network_rx_bytes,
             tx: sample.network_tx_bytes,
         })

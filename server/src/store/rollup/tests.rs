@@ -1,4 +1,4 @@
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -10,7 +10,7 @@ const T0: u64 = 1_700_000_120_000; // 20 s into a 5-minute bucket
 fn sample(seq: u64, ms: u64, cpu: f64, rx: u64, tx: u64) -> Sample {
     Sample {
         seq,
-        time: UNIX_EPOCH + Duration::from_millis(ms),
+        time: crate::store::chunk::tests::at(ms),
         cpu_percent: cpu,
         load: [0.5, 0.4, 0.3],
         memory_used_bytes: 1_000 + seq,

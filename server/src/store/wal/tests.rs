@@ -1,5 +1,3 @@
-use std::time::{Duration, UNIX_EPOCH};
-
 use proptest::prelude::*;
 
 use super::*;
@@ -102,14 +100,14 @@ fn a_bad_id_or_sample_is_refused_and_leaves_the_buffer_as_it_was() {
         assert_eq!(out, [7, 7, 7]);
     }
     let (org, agent) = key("default", "a1");
-    let before_epoch = Sample {
-        time: UNIX_EPOCH - Duration::from_secs(1),
+    let unstorable = Sample {
+        cpu_percent: f64::NAN,
         ..sample(5, 0)
     };
     assert!(matches!(
         encode_into(
             &mut out,
-            [(&org, &agent, &good), (&org, &agent, &before_epoch)]
+            [(&org, &agent, &good), (&org, &agent, &unstorable)]
         ),
         Err(WalError::Sample { seq: 5, .. })
     ));
