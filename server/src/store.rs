@@ -25,6 +25,7 @@ use crate::domain::{
 
 pub mod bits;
 pub mod chunk;
+pub mod head;
 pub mod rollup;
 pub mod sled;
 pub mod wal;

@@ -118,6 +118,11 @@ impl BitWriter {
         self.buf.len() as u64 * 8 - u64::from(self.free)
     }
 
+    /// Bytes the buffer has allocated (at least [`bytes`](Self::bytes)' length).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The buffer, zero-padded to a whole byte.
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf

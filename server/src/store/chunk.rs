@@ -198,6 +198,25 @@ pub fn stored(sample: &Sample) -> Result<Sample, ChunkError> {
     Ok(out)
 }
 
+/// An all-zero sample at the epoch: the buffer [`ChunkDecoder::next_into`] decodes into.
+pub fn blank_sample() -> Sample {
+    Sample {
+        seq: 0,
+        time: Time::EPOCH,
+        cpu_percent: 0.0,
+        load: [0.0; 3],
+        memory_used_bytes: 0,
+        memory_total_bytes: 0,
+        swap_used_bytes: 0,
+        swap_total_bytes: 0,
+        disks: Vec::new(),
+        network_rx_bytes: 0,
+        network_tx_bytes: 0,
+        uptime: Duration::ZERO,
+        process_count: 0,
+    }
+}
+
 /// A sample's scalar fields in their stored integer form. Shared with the WAL codec so a
 /// replayed sample is exactly what a chunk would hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -433,10 +452,37 @@ impl ChunkEncoder {
 
     /// Seals the chunk: header, then body.
     pub fn finish(self) -> Vec<u8> {
+        self.sealed()
+    }
+
+    /// The chunk [`finish`](Self::finish) would seal, leaving this one open: for a copy of the
+    /// head that outlives a lock, or a snapshot of it.
+    pub fn sealed(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAX_HEADER_BYTES + self.body.bytes().len());
         self.header.write(&mut out);
         out.extend_from_slice(self.body.bytes());
         out
+    }
+
+    /// Reopens a sealed chunk for appending: the encoder that sealed it, with the same state,
+    /// so further pushes code exactly as if it had never been sealed.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`ChunkDecoder::new`] and of decoding the chunk's samples.
+    pub fn resume(chunk: &[u8]) -> Result<Self, ChunkError> {
+        let mut enc = Self::new();
+        for sample in ChunkDecoder::new(chunk)? {
+            // Decoded samples are in their stored form and in strictly increasing seq order,
+            // so pushing them back cannot fail; if it did, the chunk was not ours.
+            enc.push(&sample?)?;
+        }
+        Ok(enc)
+    }
+
+    /// Heap bytes this encoder holds (body buffer, dictionary), for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.body.capacity() + self.series.heap_bytes()
     }
 }
 
@@ -528,10 +574,7 @@ impl Iterator for ChunkDecoder<'_> {
     type Item = Result<Sample, ChunkError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut out = match Fixed::default().to_sample(Vec::new()) {
-            Ok(blank) => blank,
-            Err(e) => return Some(Err(e.into())),
-        };
+        let mut out = blank_sample();
         match self.next_into(&mut out) {
             Ok(true) => Some(Ok(out)),
             Ok(false) => None,

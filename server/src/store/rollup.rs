@@ -8,7 +8,7 @@
 //! | metric | unit |
 //! |---|---|
 //! | `cpu`, `load[0..3]` | hundredths ([`chunk::quantize`]) |
-//! | `memory_used`, `swap_used` | bytes |
+//! | `memory_used`, `memory_total`, `swap_used`, `swap_total` | bytes |
 //! | `disk_used`, `disk_total` | bytes, summed over the sample's disk list as reported (saturating) |
 //! | `process_count` | processes |
 //! | `net_rx_rate`, `net_tx_rate` | bytes per second, rounded down |
@@ -36,7 +36,7 @@
 //! | version | one byte, [`ROLLUP_VERSION`] |
 //! | count | varint |
 //! | if count > 0: cpu, load 1, load 5, load 15 | each a signed stat |
-//! | if count > 0: memory used, swap used, disk used, disk total, process count | each an unsigned stat |
+//! | if count > 0: memory used, memory total, swap used, swap total, disk used, disk total, process count | each an unsigned stat |
 //! | rate count | varint, at most count |
 //! | if rate count > 0: rx rate, tx rate | each an unsigned stat |
 //!
@@ -246,7 +246,9 @@ pub struct Rollup {
     pub cpu: Stat<i64>,
     pub load: [Stat<i64>; 3],
     pub memory_used: Stat<u64>,
+    pub memory_total: Stat<u64>,
     pub swap_used: Stat<u64>,
+    pub swap_total: Stat<u64>,
     pub disk_used: Stat<u64>,
     pub disk_total: Stat<u64>,
     pub process_count: Stat<u64>,
@@ -277,7 +279,9 @@ impl Rollup {
             stat.add(q);
         }
         self.memory_used.add(sample.memory_used_bytes);
+        self.memory_total.add(sample.memory_total_bytes);
         self.swap_used.add(sample.swap_used_bytes);
+        self.swap_total.add(sample.swap_total_bytes);
         let (used, total) = sample.disks.iter().fold((0u64, 0u64), |(u, t), d| {
             (
                 u.saturating_add(d.used_bytes),
@@ -303,7 +307,9 @@ impl Rollup {
             stat.merge(o);
         }
         self.memory_used.merge(&other.memory_used);
+        self.memory_total.merge(&other.memory_total);
         self.swap_used.merge(&other.swap_used);
+        self.swap_total.merge(&other.swap_total);
         self.disk_used.merge(&other.disk_used);
         self.disk_total.merge(&other.disk_total);
         self.process_count.merge(&other.process_count);
@@ -364,7 +370,9 @@ impl Rollup {
                 *stat = Stat::decode(n, &mut r)?;
             }
             rollup.memory_used = Stat::decode(n, &mut r)?;
+            rollup.memory_total = Stat::decode(n, &mut r)?;
             rollup.swap_used = Stat::decode(n, &mut r)?;
+            rollup.swap_total = Stat::decode(n, &mut r)?;
             rollup.disk_used = Stat::decode(n, &mut r)?;
             rollup.disk_total = Stat::decode(n, &mut r)?;
             rollup.process_count = Stat::decode(n, &mut r)?;
@@ -383,10 +391,12 @@ impl Rollup {
         Ok(rollup)
     }
 
-    fn unsigned_stats(&self) -> [&Stat<u64>; 5] {
+    fn unsigned_stats(&self) -> [&Stat<u64>; 7] {
         [
             &self.memory_used,
+            &self.memory_total,
             &self.swap_used,
+            &self.swap_total,
             &self.disk_used,
             &self.disk_total,
             &self.process_count,
@@ -415,6 +425,25 @@ impl RollupBuilder {
             open: None,
             prev: None,
         }
+    }
+
+    /// A builder with nothing open that continues after a sample whose counter point was
+    /// `prev` (the last sample of the agent's previous chunk), so the first rate is kept.
+    pub fn after(resolution: Resolution, prev: Option<CounterPoint>) -> Self {
+        Self {
+            prev,
+            ..Self::new(resolution)
+        }
+    }
+
+    /// The resolution of the buckets this builder fills.
+    pub fn resolution(&self) -> Resolution {
+        self.resolution
+    }
+
+    /// The counter point of the last sample pushed (or the one given to [`after`](Self::after)).
+    pub fn previous(&self) -> Option<CounterPoint> {
+        self.prev
     }
 
     /// Adds the agent's next sample. Returns `(bucket start ms, rollup)` of the bucket it

@@ -38,6 +38,17 @@ struct DiskSlot {
 }
 
 impl Series {
+    /// Heap bytes held: the mount-point dictionary and the disk list.
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.dict.capacity() * std::mem::size_of::<DiskSlot>()
+            + self
+                .dict
+                .iter()
+                .map(|slot| slot.name.capacity())
+                .sum::<usize>()
+            + self.list.capacity() * std::mem::size_of::<usize>()
+    }
+
     pub(super) fn encode(
         &mut self,
         w: &mut BitWriter,

@@ -227,6 +227,44 @@ fn the_open_chunk_reads_back_every_prefix_in_place() {
 }
 
 #[test]
+fn a_resumed_chunk_codes_exactly_as_one_never_sealed() {
+    let samples = series(60);
+    for split in [0, 1, 2, 30, 59, 60] {
+        let mut whole = ChunkEncoder::new();
+        for s in &samples {
+            whole.push(s).expect("valid");
+        }
+        let mut first = ChunkEncoder::new();
+        for s in &samples[..split] {
+            first.push(s).expect("valid");
+        }
+        let mut resumed = ChunkEncoder::resume(&first.sealed()).expect("a chunk just sealed");
+        assert_eq!(resumed.header(), first.header());
+        for s in &samples[split..] {
+            resumed.push(s).expect("valid");
+        }
+        assert_eq!(resumed.finish(), whole.sealed(), "split at {split}");
+    }
+    let mut damaged = encode(&samples);
+    damaged.truncate(damaged.len() - 3);
+    assert!(ChunkEncoder::resume(&damaged).is_err());
+}
+
+#[test]
+fn heap_bytes_follow_the_body() {
+    let mut enc = ChunkEncoder::new();
+    let empty = enc.heap_bytes();
+    for s in &series(100) {
+        enc.push(s).expect("valid");
+    }
+    assert!(
+        enc.heap_bytes() >= empty + enc.body_len(),
+        "{}",
+        enc.heap_bytes()
+    );
+}
+
+#[test]
 fn an_empty_chunk_seals_and_decodes_to_nothing() {
     let chunk = ChunkEncoder::new().finish();
     let (header, body) = ChunkHeader::parse(&chunk).expect("valid");

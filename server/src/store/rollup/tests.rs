@@ -71,6 +71,8 @@ fn a_rollup_holds_count_min_max_and_sum_in_stored_units() {
     assert_eq!(r.cpu.mean(r.count), Some(6001.0 / 3.0));
     assert_eq!((r.load[0].min, r.load[2].max), (50, 30));
     assert_eq!((r.memory_used.min, r.memory_used.max), (1_001, 1_003));
+    assert_eq!((r.memory_total.min, r.memory_total.sum), (8_000, 24_000));
+    assert_eq!(r.swap_total.sum, 0);
     assert_eq!(r.disk_used.sum, 3 * 15);
     assert_eq!(r.disk_total.max, 150);
     assert_eq!(r.process_count.sum, 101 + 102 + 103);
@@ -155,6 +157,25 @@ fn the_builder_closes_a_bucket_when_a_sample_leaves_it() {
 }
 
 #[test]
+fn a_builder_after_a_previous_chunk_keeps_the_first_rate() {
+    let first = sample(1, T0, 1.0, 1_000, 0);
+    let second = sample(2, T0 + 10_000, 2.0, 11_000, 0);
+    let mut fresh = RollupBuilder::new(Resolution::FiveMinutes);
+    fresh.push(&second).expect("ok");
+    assert_eq!(fresh.open().expect("open").1.rate_count, 0);
+    let prev = CounterPoint::of(&first).expect("storable");
+    let mut after = RollupBuilder::after(Resolution::FiveMinutes, Some(prev));
+    assert_eq!(after.previous(), Some(prev));
+    after.push(&second).expect("ok");
+    let (_, rollup) = after.open().expect("open");
+    assert_eq!((rollup.rate_count, rollup.net_rx_rate.max), (1, 1_000));
+    assert_eq!(
+        after.previous(),
+        Some(CounterPoint::of(&second).expect("storable"))
+    );
+}
+
+#[test]
 fn an_encoded_rollup_is_compact() {
     let samples: Vec<Sample> = (0..30)
         .map(|i| {
@@ -172,7 +193,7 @@ fn an_encoded_rollup_is_compact() {
         })
         .collect();
     let bytes = fold(&samples, None).encode();
-    assert!(bytes.len() < 100, "{} bytes", bytes.len());
+    assert!(bytes.len() < 110, "{} bytes", bytes.len());
     assert_eq!(Rollup::default().encode(), [ROLLUP_VERSION, 0, 0]);
 }
 
