@@ -22,8 +22,20 @@ pub const DEFAULT_FLEET_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How often the liveness pass runs. Bounds how late a silent agent turns stale.
 pub const DEFAULT_LIVENESS_TICK: Duration = Duration::from_millis(250);
 
+/// How long raw samples (sealed chunks) and status history are kept.
 pub const DEFAULT_METRICS_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long 5-minute rollups are kept.
+pub const DEFAULT_ROLLUP_5M_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long 1-hour rollups are kept (two years).
+pub const DEFAULT_ROLLUP_1H_RETENTION: Duration = Duration::from_secs(730 * 24 * 3600);
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the store seals heads that are due and reports its memory.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the store snapshots its open heads and truncates its write-ahead log: bounds
+/// the log (about this long of ingest) and so the replay at start-up.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Smallest allowed head size bound: a chunk must hold a few samples to compress at all.
+pub const MIN_HEAD_MAX_BYTES: usize = 256;
 /// Most writes the writer commits in one batch.
 pub const DEFAULT_WRITER_MAX_BATCH: usize = 4096;
 /// How long the writer waits for more writes after the first one of a batch arrives.
@@ -224,8 +236,15 @@ pub struct LivenessConfig {
 pub struct StorageConfig {
     /// Bound of the embedded store's page cache.
     pub cache_bytes: u64,
+    /// Raw samples and status history.
     pub metrics_retention: Duration,
+    pub rollup_5m_retention: Duration,
+    pub rollup_1h_retention: Duration,
     pub retention_interval: Duration,
+    pub compaction_interval: Duration,
+    pub checkpoint_interval: Duration,
+    /// How samples are kept: head sizes, chunk span, the heads' memory budget.
+    pub series: crate::store::SeriesConfig,
     pub writer_max_batch: usize,
     pub writer_linger: Duration,
     pub writer_queue: usize,
@@ -460,6 +479,25 @@ impl Config {
             return invalid("writer batch and queue sizes must be greater than zero".to_owned());
         }
         self.commands.validate()?;
+        let st = &self.storage;
+        for (name, value) in [
+            ("metrics retention", st.metrics_retention),
+            ("5-minute rollup retention", st.rollup_5m_retention),
+            ("1-hour rollup retention", st.rollup_1h_retention),
+            ("retention interval", st.retention_interval),
+            ("compaction interval", st.compaction_interval),
+            ("checkpoint interval", st.checkpoint_interval),
+            ("chunk span", st.series.chunk_max_span),
+        ] {
+            if value.is_zero() {
+                return invalid(format!("{name} must be greater than zero"));
+            }
+        }
+        if st.series.head_max_samples == 0 || st.series.head_max_bytes < MIN_HEAD_MAX_BYTES {
+            return invalid(format!(
+                "a head must hold at least one sample and {MIN_HEAD_MAX_BYTES} bytes"
+            ));
+        }
         let h = &self.health;
         for (name, warn, crit) in [
             ("cpu", h.cpu_warning, h.cpu_critical),
@@ -612,7 +650,12 @@ impl Default for StorageConfig {
         Self {
             cache_bytes: crate::store::sled::CACHE_CAPACITY_BYTES,
             metrics_retention: DEFAULT_METRICS_RETENTION,
+            rollup_5m_retention: DEFAULT_ROLLUP_5M_RETENTION,
+            rollup_1h_retention: DEFAULT_ROLLUP_1H_RETENTION,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            series: crate::store::SeriesConfig::default(),
             writer_max_batch: DEFAULT_WRITER_MAX_BATCH,
             writer_linger: DEFAULT_WRITER_LINGER,
             writer_queue: DEFAULT_WRITER_QUEUE,
@@ -822,6 +865,22 @@ mod tests {
         assert!(config.validate().is_err());
         let mut config = Config::new("x");
         config.admission.max_sessions_in_setup = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn storage_settings_must_be_usable() {
+        let mut config = Config::new("x");
+        config.storage.rollup_1h_retention = Duration::ZERO;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.storage.checkpoint_interval = Duration::ZERO;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.storage.series.head_max_bytes = MIN_HEAD_MAX_BYTES - 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.storage.series.head_max_samples = 0;
         assert!(config.validate().is_err());
     }
 

@@ -106,13 +106,50 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_LIVENESS_TICK.into())]
     liveness_tick: humantime::Duration,
 
-    /// How long metrics samples and status history are kept.
+    /// How long raw metrics samples and status history are kept (whole chunks of samples go
+    /// once their newest sample is older).
     #[arg(long, default_value_t = config::DEFAULT_METRICS_RETENTION.into())]
     metrics_retention: humantime::Duration,
+
+    /// How long 5-minute rollups of samples are kept.
+    // Spelled out: humantime prints 90 days in months. A test checks it is the constant.
+    #[arg(long, default_value = "90days")]
+    rollup_5m_retention: humantime::Duration,
+
+    /// How long 1-hour rollups of samples are kept.
+    #[arg(long, default_value = "730days")]
+    rollup_1h_retention: humantime::Duration,
 
     /// Size of the embedded store's page cache, in MiB.
     #[arg(long, default_value_t = tether_server::store::sled::CACHE_CAPACITY_BYTES >> 20)]
     store_cache_mib: u64,
+
+    /// Most memory all agents' open chunks of samples may hold together, in MiB; past it,
+    /// chunks are sealed early (smaller chunks compress less well).
+    #[arg(long, default_value_t = tether_server::store::DEFAULT_HEADS_BUDGET_BYTES >> 20)]
+    store_heads_budget_mib: usize,
+
+    /// Bytes at which an agent's open chunk of samples is sealed: memory per agent against
+    /// compression.
+    #[arg(long, default_value_t = tether_server::store::DEFAULT_HEAD_MAX_BYTES)]
+    store_head_bytes: usize,
+
+    /// Most samples in one chunk.
+    #[arg(long, default_value_t = tether_server::store::DEFAULT_HEAD_MAX_SAMPLES)]
+    store_head_samples: u32,
+
+    /// Longest a chunk of samples stays open, and widest span of sample times it covers.
+    #[arg(long, default_value_t = tether_server::store::DEFAULT_CHUNK_MAX_SPAN.into())]
+    store_chunk_span: humantime::Duration,
+
+    /// How often the store seals chunks that are due and reports its memory.
+    #[arg(long, default_value_t = config::DEFAULT_COMPACTION_INTERVAL.into())]
+    store_compaction_interval: humantime::Duration,
+
+    /// How often the store snapshots open chunks and truncates its write-ahead log (bounds
+    /// the log, and the replay at start-up, to about this much ingest).
+    #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_INTERVAL.into())]
+    store_checkpoint_interval: humantime::Duration,
 
     /// How long the writer waits for more writes before committing a batch.
     #[arg(long, default_value_t = config::DEFAULT_WRITER_LINGER.into())]
@@ -347,6 +384,14 @@ impl Args {
         c.liveness.fleet_ttl = self.fleet_ttl.into();
         c.liveness.tick = self.liveness_tick.into();
         c.storage.metrics_retention = self.metrics_retention.into();
+        c.storage.rollup_5m_retention = self.rollup_5m_retention.into();
+        c.storage.rollup_1h_retention = self.rollup_1h_retention.into();
+        c.storage.compaction_interval = self.store_compaction_interval.into();
+        c.storage.checkpoint_interval = self.store_checkpoint_interval.into();
+        c.storage.series.heads_budget_bytes = self.store_heads_budget_mib << 20;
+        c.storage.series.head_max_bytes = self.store_head_bytes;
+        c.storage.series.head_max_samples = self.store_head_samples;
+        c.storage.series.chunk_max_span = self.store_chunk_span.into();
         c.storage.writer_linger = self.writer_linger.into();
         c.storage.cache_bytes = self.store_cache_mib << 20;
         c.storage.writer_max_batch = self.writer_max_batch;
@@ -647,6 +692,13 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn storage_defaults_are_the_config_defaults() {
+        let args = Args::try_parse_from(["tether-server"]).expect("defaults");
+        let storage = args.config().storage;
+        assert_eq!(storage, config::StorageConfig::default());
     }
 
     #[test]

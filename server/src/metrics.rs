@@ -41,6 +41,12 @@ pub struct CommandLabels {
     pub kind: &'static str,
 }
 
+/// A part of the store's memory: `heads` (open chunks), `cache` (the page cache).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreMemoryLabels {
+    pub part: &'static str,
+}
+
 /// Why authentication or authorization refused a call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
@@ -109,6 +115,12 @@ pub struct Metrics {
     pub sessions_in_setup: Gauge,
     /// TLS handshakes in progress (holding one of the `max_tls_handshakes` turns).
     pub tls_handshakes: Gauge,
+    /// Memory the store holds for samples now (`heads`), apart from the rest of the server.
+    pub store_memory: Family<StoreMemoryLabels, Gauge>,
+    /// The configured bounds of that memory (`heads`, `cache`).
+    pub store_memory_limit: Family<StoreMemoryLabels, Gauge>,
+    /// Agents with an open head.
+    pub store_open_heads: Gauge,
 }
 
 impl Metrics {
@@ -162,6 +174,24 @@ impl Metrics {
         let sessions_refused = Family::<ReasonLabels, Counter>::default();
         let sessions_in_setup = Gauge::default();
         let tls_handshakes = Gauge::default();
+        let store_memory = Family::<StoreMemoryLabels, Gauge>::default();
+        let store_memory_limit = Family::<StoreMemoryLabels, Gauge>::default();
+        let store_open_heads = Gauge::default();
+        registry.register(
+            "store_memory_bytes",
+            "Memory the store holds for samples, by part (heads: open chunks of every agent)",
+            store_memory.clone(),
+        );
+        registry.register(
+            "store_memory_limit_bytes",
+            "Configured bound of the store's memory, by part (heads, cache)",
+            store_memory_limit.clone(),
+        );
+        registry.register(
+            "store_open_heads",
+            "Agents whose newest samples are in an open chunk in memory",
+            store_open_heads.clone(),
+        );
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -299,7 +329,24 @@ impl Metrics {
             sessions_refused,
             sessions_in_setup,
             tls_handshakes,
+            store_memory,
+            store_memory_limit,
+            store_open_heads,
         })
+    }
+
+    /// Sets the store's memory gauges from `memory`.
+    pub fn set_store_memory(&self, memory: &crate::store::StoreMemory) {
+        let set = |family: &Family<StoreMemoryLabels, Gauge>, part, bytes: u64| {
+            family
+                .get_or_create(&StoreMemoryLabels { part })
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        };
+        set(&self.store_memory, "heads", memory.heads_bytes);
+        set(&self.store_memory_limit, "heads", memory.heads_budget_bytes);
+        set(&self.store_memory_limit, "cache", memory.cache_bytes);
+        self.store_open_heads
+            .set(i64::try_from(memory.heads).unwrap_or(i64::MAX));
     }
 
     pub fn limit(&self, limit: &'static str) {

@@ -2,13 +2,13 @@
 //!
 //! [`start`] binds the Prometheus listener (if configured), checks that the data directory is
 //! private (`datadir.rs`), opens the store, rebuilds the in-memory state from it, makes sure a
-//! bootstrap admin token exists, and spawns the writer, liveness, retention and metrics tasks;
-//! [`Server::serve`] then serves gRPC on a listener the caller bound (tests bind `127.0.0.1:0`),
-//! accepting through `listener.rs` under the connection limits of `conn.rs`. Every task the
-//! server spawns runs under its `TaskTracker` and stops on its `background` token. Shutdown
-//! order: stop accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end watches, wait for
-//! connections under a grace period, then stop the background tasks (the writer commits what is
-//! queued first) and wait for them.
+//! bootstrap admin token exists, and spawns the writer, liveness, retention, compaction and
+//! metrics tasks; [`Server::serve`] then serves gRPC on a listener the caller bound (tests bind
+//! `127.0.0.1:0`), accepting through `listener.rs` under the connection limits of `conn.rs`.
+//! Every task the server spawns runs under its `TaskTracker` and stops on its `background`
+//! token. Shutdown order: stop accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end
+//! watches, wait for connections under a grace period, then stop the background tasks (the
+//! writer commits what is queued first) and wait for them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,7 +73,8 @@ pub enum StartError {
 /// A started server: state loaded, background tasks running, not yet serving.
 pub struct Server {
     state: Arc<AppState>,
-    /// The writer, liveness, retention and metrics tasks; [`Server::stop`] waits for them.
+    /// The writer, liveness, retention, compaction and metrics tasks; [`Server::stop`] waits
+    /// for them.
     tasks: TaskTracker,
     /// Stops the background tasks, after the RPCs have stopped.
     background: CancellationToken,
@@ -165,9 +166,11 @@ async fn start_inner(
     let store: Arc<dyn Store> = {
         let path = store_path.clone();
         let cache = config.storage.cache_bytes;
-        let opened = tokio::task::spawn_blocking(move || SledStore::open_with_cache(&path, cache))
-            .await
-            .map_err(|e| StartError::Internal(e.to_string()))?;
+        let series = config.storage.series.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || SledStore::open_with(&path, cache, &series))
+                .await
+                .map_err(|e| StartError::Internal(e.to_string()))?;
         wrap(opened.map_err(|source| StartError::Store {
             path: store_path.clone(),
             source,
@@ -294,6 +297,12 @@ async fn start_inner(
         writer.clone(),
         config.commands.retention,
         config.storage.retention_interval,
+        background.clone(),
+    ));
+    tasks.spawn(crate::writer::run_compaction(
+        store.clone(),
+        config.storage.clone(),
+        metrics.clone(),
         background.clone(),
     ));
     let metrics_addr = match metrics_listener {

@@ -12,8 +12,29 @@
 //! Every key a backend writes for an object starts with the object's org id, so tenancy lives in
 //! the data model itself. Methods are blocking; async callers use `spawn_blocking` or the writer
 //! task.
+//!
+//! # Samples: a time-series engine behind the same trait
+//!
+//! Samples are the bulk of what is stored and of the ingest path's work, so the contract for
+//! them is that of a time-series store (after Prometheus' head block and WAL, and Facebook's
+//! Gorilla): a commit makes a batch's samples durable in one write (the embedded backend logs
+//! them in one write-ahead record per batch); each agent's newest samples stay in an open,
+//! compressed head chunk (`head.rs`, `chunk.rs`) until it is sealed into history together with
+//! its rollups (`rollup.rs`: 5-minute and 1-hour min/max/sum/count, kept longer than samples);
+//! [`Store::compact`] seals what is due and bounds the log; [`Store::purge`] drops whole
+//! chunks and whole rollup buckets past their retention. The rules every backend keeps:
+//!
+//! - A sample of an agent whose seq is at or below the highest seq stored for that agent is a
+//!   duplicate and is dropped, across restarts (the writer deduplicates first; this is the
+//!   store's own guarantee).
+//! - Every stored sample is counted in the rollups exactly once: [`Store::rollups`] gives the
+//!   same totals whether the samples are sealed or still open.
+//! - Samples are stored in their stored form (`chunk.rs`, "Stored precision": whole
+//!   milliseconds, gauges in hundredths), and read back in `(time, seq)` order.
+//! - The memory a backend holds for samples is bounded by its configuration
+//!   ([`SeriesConfig`]), whatever the history; [`Store::memory`] reports it.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::command::record::{
     CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
@@ -25,16 +46,107 @@ use crate::domain::{
 
 pub mod bits;
 pub mod chunk;
+pub mod fault;
 pub mod head;
+mod merge;
 pub mod rollup;
 pub mod sled;
 pub mod wal;
 
+pub use self::rollup::{Resolution, Rollup};
 pub use self::sled::SledStore;
 
 /// Version of the on-disk layout this build reads and writes. A store created by another
-/// version is refused at open, never reinterpreted.
-pub const SCHEMA_VERSION: u32 = 2;
+/// version is refused at open, never reinterpreted. Version 3 keeps samples as compressed
+/// chunks, rollups and a write-ahead log; version 2 kept one record per sample and is refused
+/// (no migration: start version 3 on a fresh data directory).
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// Most samples in one chunk.
+pub const DEFAULT_HEAD_MAX_SAMPLES: u32 = 720;
+/// Body bytes at which an agent's open chunk is sealed. Bounds the memory of one agent's head
+/// (about this much plus ~1 KiB of coding state at most, half of it on average), against the
+/// fleet's budget of 32 KiB per connected agent; the `chunk_bench` example gives the cost in
+/// bytes per sample of shorter chunks.
+pub const DEFAULT_HEAD_MAX_BYTES: usize = 2048;
+/// Longest a chunk stays open, and widest span of sample times one chunk covers.
+pub const DEFAULT_CHUNK_MAX_SPAN: Duration = Duration::from_secs(2 * 3600);
+/// Most memory all open heads together may hold; past it, heads are sealed early.
+pub const DEFAULT_HEADS_BUDGET_BYTES: usize = 128 * 1024 * 1024;
+
+/// How the time-series engine keeps samples: when heads are sealed and how much memory they
+/// may hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesConfig {
+    pub head_max_samples: u32,
+    pub head_max_bytes: usize,
+    pub chunk_max_span: Duration,
+    pub heads_budget_bytes: usize,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        Self {
+            head_max_samples: DEFAULT_HEAD_MAX_SAMPLES,
+            head_max_bytes: DEFAULT_HEAD_MAX_BYTES,
+            chunk_max_span: DEFAULT_CHUNK_MAX_SPAN,
+            heads_budget_bytes: DEFAULT_HEADS_BUDGET_BYTES,
+        }
+    }
+}
+
+/// What [`Store::purge`] removes: everything older than each cutoff, in whole units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Sealed chunks whose newest sample is older go, whole; so do status changes older.
+    pub samples: SystemTime,
+    /// 5-minute rollup buckets that start before it go.
+    pub five_minutes: SystemTime,
+    /// 1-hour rollup buckets that start before it go.
+    pub one_hour: SystemTime,
+}
+
+/// What one [`Store::purge`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub chunks: u64,
+    /// Samples in the chunks removed.
+    pub samples: u64,
+    pub rollups: u64,
+    pub transitions: u64,
+}
+
+/// What one [`Store::compact`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Heads sealed into chunks.
+    pub sealed: u64,
+    /// Heads written as snapshots (with `checkpoint`).
+    pub snapshots: u64,
+    /// Write-ahead records removed (with `checkpoint`).
+    pub log_records_removed: u64,
+}
+
+/// The memory a store holds for samples, for the server's gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Agents with an open head.
+    pub heads: u64,
+    /// Bytes the open heads hold (their chunks and coding state, and their map entries).
+    pub heads_bytes: u64,
+    /// The configured bound of `heads_bytes` ([`SeriesConfig::heads_budget_bytes`]).
+    pub heads_budget_bytes: u64,
+    /// The configured bound of the backend's page cache.
+    pub cache_bytes: u64,
+}
+
+/// One rollup bucket of an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RollupBucket {
+    /// The bucket's start (a multiple of its width since the Unix epoch).
+    pub start: Time,
+    pub rollup: Rollup,
+}
 
 /// One durable write. A batch of them commits atomically-enough for Tether's needs: after
 /// [`Store::commit`] returns `Ok`, every write in it survives a crash.
@@ -58,7 +170,8 @@ pub enum Write {
         last_seq: u64,
         last_seen: SystemTime,
     },
-    /// Store a sample. The caller has already deduplicated by (agent, seq).
+    /// Store a sample. The caller has already deduplicated by (agent, seq); a sample at or
+    /// below the agent's highest stored seq is dropped all the same.
     PutSample {
         org: OrgId,
         agent: AgentId,
@@ -143,17 +256,30 @@ impl Encoded {
             .iter()
             .filter_map(|op| match op {
                 Op::Put(key, value) => Some((key.as_slice(), value.as_slice())),
-                Op::Remove(_) => None,
+                Op::Remove(_) | Op::Sample(_) => None,
+            })
+            .collect()
+    }
+
+    /// The seqs of the samples this write stores.
+    pub(crate) fn sample_seqs(&self) -> Vec<u64> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Sample(logged) => Some(logged.1.seq),
+                Op::Put(..) | Op::Remove(_) => None,
             })
             .collect()
     }
 }
 
-/// One key-value operation of an [`Encoded`] write, in order.
+/// One operation of an [`Encoded`] write, in order.
 #[derive(Debug)]
 enum Op {
     Put(Vec<u8>, Vec<u8>),
     Remove(Vec<u8>),
+    /// A sample, already in its stored form and checked to be loggable.
+    Sample(Box<(wal::AgentKey, Sample)>),
 }
 
 /// Everything the server rebuilds its in-memory state from at start-up.
@@ -230,7 +356,8 @@ pub trait Store: Send + Sync + 'static {
         self.commit(encoded)
     }
 
-    /// Samples of one agent with `from <= time < to`, in time order, at most `limit`.
+    /// Samples of one agent with `from <= time < to`, in `(time, seq)` order, at most `limit`
+    /// (the oldest).
     fn samples(
         &self,
         org: &OrgId,
@@ -257,8 +384,38 @@ pub trait Store: Send + Sync + 'static {
     /// Audit records of `org` with `seq > after`, in seq order, at most `limit`.
     fn audit_records(&self, org: &OrgId, after: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 
-    /// Deletes samples and transitions older than `cutoff`; returns how many records went.
-    fn purge_before(&self, cutoff: SystemTime) -> Result<u64>;
+    /// The rollups of one agent at `resolution` whose bucket starts in `from..to`, in bucket
+    /// order, each covering every stored sample of its bucket exactly once (sealed or open).
+    fn rollups<'a>(
+        &'a self,
+        org: &OrgId,
+        agent: &AgentId,
+        resolution: Resolution,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Box<dyn Iterator<Item = Result<RollupBucket>> + 'a>;
+
+    /// Seals the heads that are due at `now` (open for the longest span, or past the memory
+    /// budget); with `checkpoint`, also makes every open head durable on its own and drops the
+    /// write-ahead records nothing needs any more. Run periodically by the server.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] if a write failed; what was not done is retried next time.
+    fn compact(&self, now: SystemTime, checkpoint: bool) -> Result<Compacted>;
+
+    /// Removes history past `retention`, in whole units: sealed chunks whose newest sample is
+    /// older than `retention.samples`, rollup buckets that start before their cutoff, status
+    /// changes older than `retention.samples`. Open heads are never purged (they are sealed
+    /// within [`SeriesConfig::chunk_max_span`], then purged like any chunk).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] or `Corrupt`; what was removed before stays removed.
+    fn purge(&self, retention: &Retention) -> Result<Purged>;
+
+    /// The memory the store holds for samples now, and its configured bounds.
+    fn memory(&self) -> StoreMemory;
 
     /// Every unfinished command of every org: what the command engine resumes at start.
     fn active_commands(&self) -> Result<Vec<CommandRecord>>;

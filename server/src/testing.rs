@@ -130,8 +130,27 @@ impl Store for FailingStore {
         self.inner.audit_records(org, after, limit)
     }
 
-    fn purge_before(&self, cutoff: SystemTime) -> store::Result<u64> {
-        self.inner.purge_before(cutoff)
+    fn rollups<'a>(
+        &'a self,
+        org: &OrgId,
+        agent: &AgentId,
+        resolution: store::Resolution,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Box<dyn Iterator<Item = store::Result<store::RollupBucket>> + 'a> {
+        self.inner.rollups(org, agent, resolution, from, to)
+    }
+
+    fn compact(&self, now: SystemTime, checkpoint: bool) -> store::Result<store::Compacted> {
+        self.inner.compact(now, checkpoint)
+    }
+
+    fn purge(&self, retention: &store::Retention) -> store::Result<store::Purged> {
+        self.inner.purge(retention)
+    }
+
+    fn memory(&self) -> store::StoreMemory {
+        self.inner.memory()
     }
 
     fn active_commands(&self) -> store::Result<Vec<CommandRecord>> {

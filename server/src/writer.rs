@@ -54,7 +54,7 @@ use crate::error::ServerError;
 use crate::metrics::{Metrics, QueueLabels};
 use crate::registry::Registry;
 use crate::session::Session;
-use crate::store::{Encoded, Store, StoreError, Write};
+use crate::store::{Encoded, Purged, Retention, Store, StoreError, Write};
 
 mod batch;
 mod live;
@@ -470,7 +470,8 @@ pub async fn run(
     tracing::debug!("writer stopped");
 }
 
-/// Deletes samples and status history older than the retention, every `interval`.
+/// Removes history past its retention (chunks, rollup buckets, status changes), every
+/// `retention_interval`.
 pub async fn run_retention(
     store: Arc<dyn Store>,
     config: StorageConfig,
@@ -482,15 +483,78 @@ pub async fn run_retention(
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let Some(cutoff) = SystemTime::now().checked_sub(config.metrics_retention) else {
-            continue;
+        let now = SystemTime::now();
+        let cutoff = |keep: Duration| now.checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
+        let retention = Retention {
+            samples: cutoff(config.metrics_retention),
+            five_minutes: cutoff(config.rollup_5m_retention),
+            one_hour: cutoff(config.rollup_1h_retention),
         };
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.purge_before(cutoff)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(removed = n, "retention removed old samples"),
+        match tokio::task::spawn_blocking(move || store.purge(&retention)).await {
+            Ok(Ok(purged)) if purged == Purged::default() => {}
+            Ok(Ok(purged)) => tracing::info!(
+                chunks = purged.chunks,
+                samples = purged.samples,
+                rollups = purged.rollups,
+                transitions = purged.transitions,
+                "retention removed old history"
+            ),
             Ok(Err(e)) => tracing::warn!("retention failed: {e:#}"),
             Err(e) => tracing::warn!("retention task failed: {e}"),
+        }
+    }
+}
+
+/// Compacts the store every `compaction_interval` (sealing heads that are due), with a
+/// checkpoint (head snapshots, log truncation) every `checkpoint_interval` and once more at
+/// shutdown, and reports the store's memory after each pass.
+pub async fn run_compaction(
+    store: Arc<dyn Store>,
+    config: StorageConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(config.compaction_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = tokio::time::Instant::now();
+    loop {
+        let stopping = tokio::select! {
+            () = shutdown.cancelled() => true,
+            _ = interval.tick() => false,
+        };
+        let checkpoint = stopping || last_checkpoint.elapsed() >= config.checkpoint_interval;
+        let pass = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let done = store.compact(SystemTime::now(), checkpoint);
+                (done, store.memory())
+            })
+        };
+        match pass.await {
+            Ok((done, memory)) => {
+                metrics.set_store_memory(&memory);
+                match done {
+                    Ok(done) => {
+                        if checkpoint {
+                            last_checkpoint = tokio::time::Instant::now();
+                        }
+                        tracing::debug!(
+                            sealed = done.sealed,
+                            snapshots = done.snapshots,
+                            log_records_removed = done.log_records_removed,
+                            heads = memory.heads,
+                            heads_bytes = memory.heads_bytes,
+                            "store compacted"
+                        );
+                    }
+                    Err(e) => tracing::warn!("store compaction failed: {e:#}"),
+                }
+            }
+            Err(e) => tracing::warn!("compaction task failed: {e}"),
+        }
+        if stopping {
+            return;
         }
     }
 }

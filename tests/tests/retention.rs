@@ -1,5 +1,5 @@
-//! Metrics retention: the background task removes samples older than the configured retention,
-//! and only those, while the server keeps ingesting.
+//! Metrics retention: the background task removes whole chunks of samples older than the
+//! configured retention, and only those, while the server keeps ingesting.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +13,12 @@ fn sample_at(seq: u64, time: SystemTime) -> pb::MetricsSample {
     }
 }
 
-async fn stored_seq_count(server: &TestServer, agent: &str, since: SystemTime) -> usize {
+async fn points(
+    server: &TestServer,
+    agent: &str,
+    since: SystemTime,
+    step: Duration,
+) -> Vec<pb::MetricsPoint> {
     server
         .fleet()
         .await
@@ -23,13 +28,17 @@ async fn stored_seq_count(server: &TestServer, agent: &str, since: SystemTime) -
             end: Some(prost_types::Timestamp::from(
                 SystemTime::now() + Duration::from_secs(60),
             )),
-            step: Some(prost_types::Duration::default()),
+            step: Some(step.try_into().expect("a step")),
         })
         .await
         .expect("get metrics")
         .into_inner()
         .points
-        .len()
+}
+
+/// Raw samples stored since `since`: one point each at step 0.
+async fn stored_seq_count(server: &TestServer, agent: &str, since: SystemTime) -> usize {
+    points(server, agent, since, Duration::ZERO).await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,9 +55,10 @@ async fn retention_removes_only_samples_older_than_the_retention() {
         .expect("hello");
     let mut session = session;
 
-    // Three samples from two hours ago (past the retention), two from now.
+    // Three samples from three hours ago (past the retention, and more than a chunk's span
+    // before the next sample, so they are sealed into a chunk of their own), two from now.
     let now = SystemTime::now();
-    let old = now - Duration::from_secs(2 * 3600);
+    let old = now - Duration::from_secs(3 * 3600);
     session
         .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
             samples: vec![

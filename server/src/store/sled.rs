@@ -2,15 +2,21 @@
 //!
 //! # Layout
 //!
-//! Two trees. `meta` holds `schema_version` (decimal text), written when the database is created
-//! and checked at every open. `data` holds every record under a key that starts with its org id:
+//! Three trees. `meta` holds `schema_version` (decimal text), written when the database is
+//! created and checked at every open. `log` is the samples' write-ahead log: keys are
+//! big-endian `u64` record numbers, values `wal.rs` records (each names its agents' orgs, so
+//! tenancy holds there too; it is the one tree whose keys do not start with an org). `data`
+//! holds every other record under a key that starts with its org id:
 //!
 //! | key | value |
 //! |---|---|
 //! | `{org}/a/{agent}` | [`AgentRecord`] |
 //! | `{org}/l/{agent}` | [`LiveRecord`] |
 //! | `{org}/q/{agent}` | progress: last seq, last seen millis (`encode_progress`) |
-//! | `{org}/m/{agent}/{millis}{seq}` | [`Sample`] (postcard, see `encode_sample`) |
+//! | `{org}/s/{agent}/{max time}{first seq}` | a sealed chunk of samples (`chunk.rs`) |
+//! | `{org}/hd/{agent}` | the agent's head: snapshot of its open chunk, or what was sealed (`head.rs`) |
+//! | `{org}/r5/{agent}/{bucket start}` | 5-minute [`Rollup`](crate::store::Rollup) (`rollup.rs`) |
+//! | `{org}/rh/{agent}/{bucket start}` | 1-hour rollup |
 //! | `{org}/x/{agent}/{millis}{counter}` | [`Transition`] |
 //! | `{org}/t/{token}` | [`TokenRecord`] (its `last_used_at` is the newer of its own and the next row) |
 //! | `{org}/n/{token}` | the token's last use, millis (`encode_token_use`): apart from the record, so no use can undo a revocation |
@@ -27,20 +33,25 @@
 //! Values are `serde_json` unless the table says otherwise. Command ids start with their
 //! creation time in fixed-width hex, so `{org}/c/` is in creation order (`store/sled/command.rs`).
 //! `n` is a big-endian `u32`, `cursor` a big-endian `u64`. `millis` (since the Unix epoch,
-//! earlier times clamp to 0), `seq` and `counter` are big-endian `u64`s, so byte order is time
-//! (or seq) order. `counter` comes from sled's `generate_id`, which never repeats, even across
+//! earlier times clamp to 0), times, bucket starts, seqs and counters in keys are big-endian
+//! `u64`s, so byte order is time (or seq) order. A chunk is keyed by its newest sample's time,
+//! so retention drops every key below a cutoff without reading it, and a range read starts at
+//! its `from`. `counter` comes from sled's `generate_id`, which never repeats, even across
 //! restarts: two transitions of one agent in the same millisecond keep their commit order. Ids
-//! are `[a-z0-9-]` (checked at the edge), so `/` is a safe separator, and every scan prefix ends
-//! with it: agent `ab` never sees the records of `abc`.
+//! are `[a-z0-9-]` (checked at the edge), so `/` is a safe separator, and every scan prefix
+//! ends with it: agent `ab` never sees the records of `abc`.
+//!
+//! Samples live in `series.rs` (write path, seals, checkpoints, recovery, and their
+//! invariants) and `series/read.rs`.
 //!
 //! # Cost
 //!
-//! [`SledStore::commit`] is one `apply_batch` plus one blocking `flush` (an fsync), so its cost is
-//! dominated by the flush, not by the number of writes: the caller (the writer task) must batch.
-//! Scans that cover every org ([`Store::load`], [`Store::purge_before`]) skip from one org to the
-//! next by seeking past `{org}/`, and from one agent's series to the next the same way, so they
-//! cost one seek per org (and per agent with samples) plus the records they return or delete,
-//! never a pass over every stored sample.
+//! [`SledStore::commit`] is one `apply_batch` on the log (a record per 128 samples), one on
+//! `data`, and one blocking `flush` (an fsync), so its cost is dominated by the flush, not by
+//! the number of writes: the caller (the writer task) must batch. Scans that cover every org
+//! ([`Store::load`], [`Store::purge`]) skip from one org to the next by seeking past `{org}/`,
+//! and from one agent's series to the next the same way, so they cost one seek per org (and
+//! per agent with history) plus the records they return or delete.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -49,21 +60,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 
-use super::{Encoded, Op, Result, SCHEMA_VERSION, Snapshot, Store, StoreError, Write};
+use super::{
+    Compacted, Encoded, Op, Purged, Resolution, Result, Retention, RollupBucket, SCHEMA_VERSION,
+    SeriesConfig, Snapshot, Store, StoreError, StoreMemory, Write,
+};
 use crate::command::record::{
     CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
 };
 use crate::domain::{
     AgentId, AgentRecord, AgentTombstone, AuditRecord, CommandId, EnrollmentTokenRecord,
-    LiveRecord, OrgId, OrgRecord, Sample, SampleTotals, TokenRecord, Transition,
+    LiveRecord, OrgId, OrgRecord, Sample, SampleTotals, TokenRecord, Transition, is_valid_id,
 };
+use crate::store::chunk::{self, ChunkHeader};
+use crate::store::fault;
+use crate::store::wal::AgentKey;
 
 mod command;
 mod layout;
+mod series;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
 use self::layout::*;
+use self::series::Series;
 
 /// Default bound of sled's page cache. sled's own default (1 GiB) is more than a server that
 /// holds its registry in memory needs; reads are mostly recent samples.
@@ -75,7 +94,7 @@ pub const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// Segments at or below 128 KiB behaved the same; 256 KiB already grew like the default.
 pub const SEGMENT_SIZE_BYTES: usize = 128 * 1024;
 
-/// How many removals [`Store::purge_before`] applies per batch: bounds its memory and the time it
+/// How many removals [`Store::purge`] applies per batch: bounds its memory and the time it
 /// holds up concurrent writers, whatever the amount of expired data.
 const PURGE_BATCH: usize = 10_000;
 
@@ -84,19 +103,38 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const META_TREE: &str = "meta";
 const DATA_TREE: &str = "data";
+const LOG_TREE: &str = "log";
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
 /// A [`Store`] backed by one sled database.
 ///
 /// Cloning is cheap (sled handles are reference counted) and every method may be called from
 /// many threads at once.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SledStore {
     /// The database, for flushes and the transition counter. A flush covers every tree.
     db: sled::Db,
-    /// Every record, keyed as the module documentation describes.
+    /// Every record but the log, keyed as the module documentation describes.
     data: sled::Tree,
+    /// Samples: the log and the open heads.
+    series: std::sync::Arc<Series>,
+    /// Serializes commits, so an agent's samples reach its head in the order their log
+    /// records were written (a later record appended first would make an earlier one's
+    /// samples look like duplicates). The server has one writer; this is for other callers.
+    commits: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The page cache's bound, for [`Store::memory`].
+    cache_bytes: u64,
 }
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+/// Whether a record of a series (key, value) has expired, and if so its weight (the samples of
+/// a chunk, 1 for anything else).
+type Expiry<'a> = dyn Fn(&[u8], &[u8]) -> Result<Option<u64>> + 'a;
 
 // === impl SledStore ===
 
@@ -155,15 +193,21 @@ impl SledStore {
     /// [`StoreError::Backend`] if sled cannot open the directory (I/O, or another process holds
     /// its lock).
     pub fn open(path: &Path) -> Result<SledStore> {
-        Self::open_with_cache(path, CACHE_CAPACITY_BYTES)
+        Self::open_with(path, CACHE_CAPACITY_BYTES, &SeriesConfig::default())
     }
 
-    /// [`SledStore::open`] with a page cache of `cache_capacity_bytes`.
+    /// [`SledStore::open`] with a page cache of `cache_capacity_bytes` and samples kept as
+    /// `series` says. Opening recovers the samples: the open heads are loaded and the log is
+    /// replayed (`series.rs`).
     ///
     /// # Errors
     ///
-    /// As [`SledStore::open`].
-    pub fn open_with_cache(path: &Path, cache_capacity_bytes: u64) -> Result<SledStore> {
+    /// As [`SledStore::open`]; `Corrupt` for a damaged head or log record.
+    pub fn open_with(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        series: &SeriesConfig,
+    ) -> Result<SledStore> {
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)
@@ -173,18 +217,29 @@ impl SledStore {
         let db = open_waiting_for_lock(&config).map_err(backend)?;
         check_or_stamp_schema(&db)?;
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
-        Ok(SledStore { db, data })
+        let log = db.open_tree(LOG_TREE).map_err(backend)?;
+        let orgs = orgs(&data)?;
+        let series = Series::open(db.clone(), data.clone(), log, series, &orgs)?;
+        Ok(SledStore {
+            db,
+            data,
+            series: std::sync::Arc::new(series),
+            commits: std::sync::Arc::default(),
+            cache_bytes: cache_capacity_bytes,
+        })
     }
 
-    /// Every org that owns at least one key, in key order, found with one seek per org.
     fn orgs(&self) -> Result<Vec<String>> {
+        orgs(&self.data)
+    }
+}
+
+/// Every org that owns at least one key of `data`, in key order, found with one seek per org.
+fn orgs(data: &sled::Tree) -> Result<Vec<String>> {
+    {
         let mut orgs = Vec::new();
         let mut from = Bound::Unbounded;
-        while let Some(entry) = self
-            .data
-            .range::<Vec<u8>, _>((from, Bound::Unbounded))
-            .next()
-        {
+        while let Some(entry) = data.range::<Vec<u8>, _>((from, Bound::Unbounded)).next() {
             let (key, _) = entry.map_err(backend)?;
             let org_len = key
                 .iter()
@@ -200,9 +255,15 @@ impl SledStore {
         }
         Ok(orgs)
     }
+}
 
+impl SledStore {
     /// Decodes every record of one kind in one org, with the id its key names.
-    fn scan_section<T: DeserializeOwned>(&self, org: &str, kind: u8) -> Result<Vec<(String, T)>> {
+    fn scan_section<T: DeserializeOwned>(
+        &self,
+        org: &str,
+        kind: &[u8],
+    ) -> Result<Vec<(String, T)>> {
         let prefix = section(org, kind);
         self.data
             .scan_prefix(&prefix)
@@ -214,18 +275,19 @@ impl SledStore {
             .collect()
     }
 
-    /// Deletes the records older than `cutoff` in every series (one per agent) of one kind in
-    /// one org; returns how many went.
+    /// Deletes, in every series (one per agent) of one kind in one org, the records below
+    /// `end_ms` in key order that `expired` (given the key and value) says have expired;
+    /// returns how many went and the sum of `expired`'s weights (e.g. a chunk's samples).
     fn purge_section(
         &self,
         org: &str,
-        kind: u8,
-        cutoff: SystemTime,
-        time_of: fn(&[u8], &[u8]) -> Result<SystemTime>,
-    ) -> Result<u64> {
+        kind: &[u8],
+        end_ms: u64,
+        expired: &Expiry<'_>,
+    ) -> Result<(u64, u64)> {
         let section = section(org, kind);
         let section_end = prefix_end(&section);
-        let mut removed = 0;
+        let (mut removed, mut weight) = (0, 0);
         let mut from = Bound::Included(section.clone());
         while let Some(entry) = self.data.range((from, section_end.clone())).next() {
             let (key, _) = entry.map_err(backend)?;
@@ -234,29 +296,26 @@ impl SledStore {
                 .position(|&b| b == b'/')
                 .ok_or_else(|| corrupt(&key, "series key has no agent id"))?;
             let series = &key[..section.len() + agent_len + 1];
-            removed += self.purge_series(series, cutoff, time_of)?;
+            let (n, w) = self.purge_series(series, end_ms, expired)?;
+            removed += n;
+            weight += w;
             match successor(series) {
                 Some(next) => from = Bound::Included(next),
                 None => break,
             }
         }
-        Ok(removed)
+        Ok((removed, weight))
     }
 
-    /// Deletes the records of one series (keys under `series`) older than `cutoff`, in batches of
-    /// [`PURGE_BATCH`]; returns how many went.
-    ///
-    /// Keys in a millisecond before the cutoff's go without being read; those in the cutoff's
-    /// own millisecond are decoded, so the boundary is exact (`time < cutoff`).
-    fn purge_series(
-        &self,
-        series: &[u8],
-        cutoff: SystemTime,
-        time_of: fn(&[u8], &[u8]) -> Result<SystemTime>,
-    ) -> Result<u64> {
-        let cutoff_ms = millis(cutoff);
-        let end = after_millis(series, cutoff_ms);
-        let mut removed = 0;
+    /// Deletes the expired records of one series stamped before `end_ms` (keys under `series`,
+    /// in key order), in batches of [`PURGE_BATCH`]; returns how many went, and their weight.
+    fn purge_series(&self, series: &[u8], end_ms: u64, expired: &Expiry<'_>) -> Result<(u64, u64)> {
+        // Keys stamped at `end_ms` or before, whatever follows the stamp.
+        let end = match end_ms.checked_add(1) {
+            Some(next) => Bound::Excluded(bucket_key(series, next)),
+            None => prefix_end(series),
+        };
+        let (mut removed, mut weight) = (0, 0);
         let mut from = Bound::Included(series.to_vec());
         loop {
             let mut batch = sled::Batch::default();
@@ -264,10 +323,10 @@ impl SledStore {
             let mut last_key = None;
             for entry in self.data.range((from.clone(), end.clone())) {
                 let (key, value) = entry.map_err(backend)?;
-                let key_ms = series_millis(series, &key)?;
-                if key_ms < cutoff_ms || time_of(&key, &value)? < cutoff {
+                if let Some(w) = expired(&key, &value)? {
                     batch.remove(key.clone());
                     n_batch += 1;
+                    weight += w;
                 }
                 last_key = Some(key);
                 if n_batch == PURGE_BATCH {
@@ -276,11 +335,12 @@ impl SledStore {
             }
             if n_batch > 0 {
                 self.data.apply_batch(batch).map_err(backend)?;
+                fault::point("retention-batch");
                 removed += n_batch as u64;
             }
             match last_key {
                 Some(key) if n_batch == PURGE_BATCH => from = Bound::Excluded(key.to_vec()),
-                _ => return Ok(removed),
+                _ => return Ok((removed, weight)),
             }
         }
     }
@@ -306,12 +366,12 @@ impl Store for SledStore {
                 check_owner(&org, &id, &agent.org, agent.id.as_str(), AGENT)?;
                 let mut live = lives.remove(&id);
                 // Progress records are written at intervals; the newest sample covers the rest.
-                let series = series_prefix(&agent.org, SAMPLE, &agent.id);
-                if let (Some(live), Some(entry)) =
-                    (live.as_mut(), self.data.scan_prefix(&series).next_back())
+                let key = AgentKey {
+                    org: agent.org.clone(),
+                    agent: agent.id.clone(),
+                };
+                if let (Some(live), Some((seq, millis))) = (live.as_mut(), self.series.last(&key)?)
                 {
-                    let (key, _) = entry.map_err(backend)?;
-                    let (millis, seq) = series_suffix(&series, &key)?;
                     live.last_seq = live.last_seq.max(seq);
                     live.last_seen = live
                         .last_seen
@@ -393,14 +453,26 @@ impl Store for SledStore {
                 record_key(org.as_str(), PROGRESS, agent.as_str()),
                 encode_progress(*last_seq, *last_seen),
             ),
-            Write::PutSample { org, agent, sample } => put(
-                series_key(
-                    &series_prefix(org, SAMPLE, agent),
-                    millis(sample.time.get()),
-                    sample.seq,
-                ),
-                encode_sample(sample)?,
-            ),
+            Write::PutSample { org, agent, sample } => {
+                // Everything the log record of this sample can fail on, checked here, alone.
+                let stored = chunk::stored(sample).map_err(|e| StoreError::Unencodable {
+                    what: "sample",
+                    detail: e.to_string(),
+                })?;
+                if !is_valid_id(org.as_str()) || !is_valid_id(agent.as_str()) {
+                    return Err(StoreError::Unencodable {
+                        what: "sample",
+                        detail: format!("invalid agent key {org}/{agent}"),
+                    });
+                }
+                let key = AgentKey {
+                    org: org.clone(),
+                    agent: agent.clone(),
+                };
+                Encoded {
+                    ops: vec![Op::Sample(Box::new((key, stored)))],
+                }
+            }
             Write::PutTransition(transition) => {
                 let value = encode(transition, "transition")?;
                 let counter = self.db.generate_id().map_err(backend)?;
@@ -455,21 +527,45 @@ impl Store for SledStore {
         })
     }
 
-    /// Applies every write in one sled batch, then flushes (blocking, fsync) before returning.
-    /// The flush dominates the cost, so callers batch many writes per commit.
+    /// Logs the samples (one log `apply_batch`), applies every other write in one `data`
+    /// batch, then flushes (blocking, fsync) before returning; only then are the samples added
+    /// to their heads. The flush dominates the cost, so callers batch many writes per commit.
     fn commit(&self, writes: Vec<Encoded>) -> Result<()> {
         if writes.is_empty() {
             return Ok(());
         }
+        let _serial = self
+            .commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = sled::Batch::default();
+        let mut n_data = 0;
+        let mut samples = Vec::new();
         for op in writes.into_iter().flat_map(|write| write.ops) {
             match op {
                 Op::Put(key, value) => batch.insert(key, value),
                 Op::Remove(key) => batch.remove(key),
+                Op::Sample(logged) => {
+                    samples.push(*logged);
+                    continue;
+                }
             }
+            n_data += 1;
         }
-        self.data.apply_batch(batch).map_err(backend)?;
+        // The log first: a crash in between keeps the samples without the rest, never the
+        // reverse (a progress record ahead of its samples would claim them durable).
+        let logged = match samples.is_empty() {
+            true => None,
+            false => Some(self.series.log(&samples)?),
+        };
+        if n_data > 0 {
+            self.data.apply_batch(batch).map_err(backend)?;
+        }
         self.db.flush().map_err(backend)?;
+        if let Some(logged) = logged {
+            fault::point("log-flushed");
+            self.series.append(&samples, logged);
+        }
         Ok(())
     }
 
@@ -481,25 +577,14 @@ impl Store for SledStore {
         to: SystemTime,
         limit: usize,
     ) -> Result<Vec<Sample>> {
-        if limit == 0 || from >= to {
+        if limit == 0 {
             return Ok(Vec::new());
         }
-        let series = series_prefix(org, SAMPLE, agent);
-        let start = Bound::Included(series_key(&series, millis(from), 0));
-        // Keys carry whole milliseconds: scan the millisecond of `to` too and filter exactly.
-        let end = after_millis(&series, millis(to));
-        let mut samples = Vec::new();
-        for entry in self.data.range((start, end)) {
-            let (key, value) = entry.map_err(backend)?;
-            let sample = decode_sample(&key, &value)?;
-            if from <= sample.time.get() && sample.time.get() < to {
-                samples.push(sample);
-                if samples.len() == limit {
-                    break;
-                }
-            }
-        }
-        Ok(samples)
+        let key = agent_key(org, agent);
+        self.series
+            .samples(&key, from, to, Sample::clone)
+            .take(limit)
+            .collect()
     }
 
     fn sample_totals<'a>(
@@ -509,21 +594,20 @@ impl Store for SledStore {
         from: SystemTime,
         to: SystemTime,
     ) -> Box<dyn Iterator<Item = Result<SampleTotals>> + 'a> {
-        if from >= to {
-            return Box::new(std::iter::empty());
-        }
-        let series = series_prefix(org, SAMPLE, agent);
-        let start = Bound::Included(series_key(&series, millis(from), 0));
-        let end = after_millis(&series, millis(to));
-        Box::new(self.data.range((start, end)).filter_map(move |entry| {
-            let totals = entry
-                .map_err(backend)
-                .and_then(|(key, value)| decode_sample_totals(&key, &value));
-            match totals {
-                Ok(t) if !(from <= t.time.get() && t.time.get() < to) => None,
-                other => Some(other),
-            }
-        }))
+        self.series
+            .samples(&agent_key(org, agent), from, to, SampleTotals::of)
+    }
+
+    fn rollups<'a>(
+        &'a self,
+        org: &OrgId,
+        agent: &AgentId,
+        resolution: Resolution,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Box<dyn Iterator<Item = Result<RollupBucket>> + 'a> {
+        self.series
+            .rollups(&agent_key(org, agent), resolution, from, to)
     }
 
     fn transitions(&self, org: &OrgId, agent: &AgentId, limit: usize) -> Result<Vec<Transition>> {
@@ -546,25 +630,68 @@ impl Store for SledStore {
             .collect()
     }
 
-    /// Finds series by skipping from org to org and, within an org's sample and transition
-    /// sections, from agent to agent (one seek each), so the work grows with the number of
-    /// deleted records plus orgs and agents, not with the samples that stay. Series are found
-    /// from their keys rather than from agent records, so the samples of an agent whose record is
-    /// gone are purged too. Removals go in batches of `PURGE_BATCH`, flushed once at the end.
-    fn purge_before(&self, cutoff: SystemTime) -> Result<u64> {
-        let mut removed = 0;
+    /// Finds series by skipping from org to org and, within an org's chunk, rollup and
+    /// transition sections, from agent to agent (one seek each), so the work grows with the
+    /// number of deleted records plus orgs and agents, not with what stays. Series are found
+    /// from their keys rather than from agent records, so the history of an agent whose record
+    /// is gone is purged too. Chunks and buckets go by their key alone (a chunk's key is its
+    /// newest sample's time); a transition in the cutoff's own millisecond is decoded, so its
+    /// boundary is exact. Removals go in batches of `PURGE_BATCH`, flushed once at the end.
+    fn purge(&self, retention: &Retention) -> Result<Purged> {
+        let mut purged = Purged::default();
+        // Stored times are whole milliseconds: `t < cutoff` is `t_ms < ceil(cutoff)`.
+        let whole_ms = |cutoff: SystemTime| {
+            let ms = millis(cutoff);
+            ms + u64::from(UNIX_EPOCH + std::time::Duration::from_millis(ms) < cutoff)
+        };
+        let chunk_end = whole_ms(retention.samples);
+        let chunk_samples = |key: &[u8], value: &[u8]| -> Result<Option<u64>> {
+            let (header, _) = ChunkHeader::parse(value).map_err(|e| corrupt(key, e.to_string()))?;
+            Ok(Some(u64::from(header.count)))
+        };
+        let bucket = |_: &[u8], _: &[u8]| -> Result<Option<u64>> { Ok(Some(1)) };
+        let transition_cutoff = retention.samples;
+        let transition = move |key: &[u8], value: &[u8]| -> Result<Option<u64>> {
+            let transition: Transition = decode(key, value)?;
+            Ok((transition.time < transition_cutoff).then_some(1))
+        };
         for org in self.orgs()? {
-            removed += self.purge_section(&org, SAMPLE, cutoff, |key, value| {
-                decode_sample(key, value).map(|sample| sample.time.get())
-            })?;
-            removed += self.purge_section(&org, TRANSITION, cutoff, |key, value| {
-                decode::<Transition>(key, value).map(|transition| transition.time)
-            })?;
+            // A chunk whose newest sample is at `chunk_end - 1` ms or earlier is wholly older.
+            if let Some(end) = chunk_end.checked_sub(1) {
+                let (n, samples) = self.purge_section(&org, CHUNK, end, &chunk_samples)?;
+                purged.chunks += n;
+                purged.samples += samples;
+            }
+            for (kind, cutoff) in [
+                (ROLLUP_5M, retention.five_minutes),
+                (ROLLUP_1H, retention.one_hour),
+            ] {
+                if let Some(end) = whole_ms(cutoff).checked_sub(1) {
+                    purged.rollups += self.purge_section(&org, kind, end, &bucket)?.0;
+                }
+            }
+            purged.transitions += self
+                .purge_section(&org, TRANSITION, millis(transition_cutoff), &transition)?
+                .0;
         }
-        if removed > 0 {
+        if purged != Purged::default() {
             self.db.flush().map_err(backend)?;
         }
-        Ok(removed)
+        Ok(purged)
+    }
+
+    fn compact(&self, now: SystemTime, checkpoint: bool) -> Result<Compacted> {
+        self.series.compact(now, checkpoint)
+    }
+
+    fn memory(&self) -> StoreMemory {
+        let (heads, heads_bytes, heads_budget_bytes) = self.series.memory();
+        StoreMemory {
+            heads,
+            heads_bytes,
+            heads_budget_bytes,
+            cache_bytes: self.cache_bytes,
+        }
     }
 
     fn active_commands(&self) -> Result<Vec<CommandRecord>> {
@@ -612,6 +739,13 @@ impl Store for SledStore {
 
     fn expired_commands(&self, cutoff: SystemTime, limit: usize) -> Result<Vec<CommandRecord>> {
         SledStore::expired_commands(self, cutoff, limit)
+    }
+}
+
+fn agent_key(org: &OrgId, agent: &AgentId) -> AgentKey {
+    AgentKey {
+        org: org.clone(),
+        agent: agent.clone(),
     }
 }
 

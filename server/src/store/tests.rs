@@ -1,7 +1,8 @@
 //! Conformance suite for [`Store`] implementations.
 //!
-//! Longer than usual: it is the whole contract a backend must pass, kept in one file so that
-//! the author of a new backend reads it in one place.
+//! Longer than usual: it is the whole contract a backend must pass, kept in one place so that
+//! the author of a new backend reads it there: this file (records, and the sled module), and
+//! `tests/series.rs` (samples: dedupe, rollups, compaction, retention, recovery).
 //!
 //! Every `check_*` function states one piece of the `Store` contract against a fresh, empty
 //! store (`check_commit_is_durable` takes a function that opens the same store again), so a
@@ -11,7 +12,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Snapshot, Store, Write};
+use super::{Purged, Retention, Snapshot, Store, Write};
 use crate::domain::{
     AgentId, AgentRecord, AgentStatus, AgentTombstone, DiskUsage, EnrollmentTokenRecord,
     LiveRecord, OrgId, Role, Sample, SampleTotals, StatusReason, SystemInfo, Time, TokenId,
@@ -220,7 +221,14 @@ pub(crate) fn check_empty_load(store: &dyn Store) {
         transition_times(store, "acme", "web-1", 10),
         Vec::<u128>::new()
     );
-    assert_eq!(store.purge_before(at(u64::MAX)).expect("purge"), 0);
+    let everything = Retention {
+        samples: at(u64::MAX),
+        five_minutes: at(u64::MAX),
+        one_hour: at(u64::MAX),
+    };
+    assert_eq!(store.purge(&everything).expect("purge"), Purged::default());
+    let compacted = store.compact(at(u64::MAX), true).expect("compact");
+    assert_eq!((compacted.sealed, compacted.snapshots), (0, 0));
     store.commit_writes(&[]).expect("an empty commit is fine");
     assert_eq!(store.load().expect("load"), Snapshot::default());
 }
@@ -284,32 +292,32 @@ pub(crate) fn check_overwrite(store: &dyn Store) {
 }
 
 pub(crate) fn check_samples_range(store: &dyn Store) {
-    // Committed out of time order, over two commits.
+    // Seqs increase; times do not (the agent's clock went back), over two commits.
     store
         .commit_writes(&[
-            put_sample("acme", "web-1", sample(3, 3_000)),
-            put_sample("acme", "web-1", sample(1, 1_000)),
+            put_sample("acme", "web-1", sample(1, 3_000)),
+            put_sample("acme", "web-1", sample(2, 1_000)),
         ])
         .expect("commit");
     store
         .commit_writes(&[
-            put_sample("acme", "web-1", sample(4, 4_000)),
-            put_sample("acme", "web-1", sample(2, 2_000)),
+            put_sample("acme", "web-1", sample(3, 4_000)),
+            put_sample("acme", "web-1", sample(4, 2_000)),
         ])
         .expect("commit");
 
     // from is inclusive, to exclusive, results in time order.
     assert_eq!(
         seqs(store, "acme", "web-1", at(2_000), at(4_000), 10),
-        [2, 3]
+        [4, 1]
     );
     assert_eq!(
         seqs(store, "acme", "web-1", at(1_999), at(4_001), 10),
-        [2, 3, 4]
+        [4, 1, 3]
     );
-    assert_eq!(all_seqs(store, "acme", "web-1"), [1, 2, 3, 4]);
+    assert_eq!(all_seqs(store, "acme", "web-1"), [2, 4, 1, 3]);
     // limit keeps the oldest.
-    assert_eq!(seqs(store, "acme", "web-1", at(0), at(10_000), 2), [1, 2]);
+    assert_eq!(seqs(store, "acme", "web-1", at(0), at(10_000), 2), [2, 4]);
     assert_eq!(
         seqs(store, "acme", "web-1", at(0), at(10_000), 0),
         Vec::<u64>::new()
@@ -337,7 +345,7 @@ pub(crate) fn check_samples_range(store: &dyn Store) {
             at(1_001),
             10
         ),
-        [1]
+        [2]
     );
     // Another agent, another org: nothing.
     assert_eq!(all_seqs(store, "acme", "web-2"), Vec::<u64>::new());
@@ -346,8 +354,8 @@ pub(crate) fn check_samples_range(store: &dyn Store) {
     // Two samples in the same millisecond are both kept, in seq order.
     store
         .commit_writes(&[
-            put_sample("acme", "web-1", sample(6, 6_000)),
             put_sample("acme", "web-1", sample(5, 6_000)),
+            put_sample("acme", "web-1", sample(6, 6_000)),
         ])
         .expect("commit");
     assert_eq!(
@@ -355,32 +363,35 @@ pub(crate) fn check_samples_range(store: &dyn Store) {
         [5, 6]
     );
 
-    // The bounds are exact below a millisecond too.
+    // Times are stored in whole milliseconds (truncated), and the bounds apply to that.
     let half = at(7_000) + Duration::from_micros(500);
     store
         .commit_writes(&[put_sample("acme", "web-1", sample_at(7, half))])
         .expect("commit");
-    let just_before = half - Duration::from_micros(1);
-    let just_after = half + Duration::from_micros(1);
+    let micro = Duration::from_micros(1);
     assert_eq!(
-        seqs(store, "acme", "web-1", just_before, just_after, 10),
+        seqs(store, "acme", "web-1", at(7_000), at(7_000) + micro, 10),
         [7]
     );
     assert_eq!(
-        seqs(store, "acme", "web-1", just_after, at(8_000), 10),
+        seqs(store, "acme", "web-1", at(7_000) - micro, at(7_000), 10),
         Vec::<u64>::new()
     );
     assert_eq!(
-        seqs(store, "acme", "web-1", at(7_000), half, 10),
+        seqs(store, "acme", "web-1", at(7_000) + micro, at(8_000), 10),
         Vec::<u64>::new()
     );
-    assert_eq!(seqs(store, "acme", "web-1", half, just_after, 10), [7]);
-
-    // Every field survives the round trip.
-    let stored = store
-        .samples(&org("acme"), &agent_id("web-1"), at(1_000), at(1_001), 1)
+    let read = store
+        .samples(&org("acme"), &agent_id("web-1"), at(7_000), at(7_001), 1)
         .expect("samples");
-    assert_eq!(stored, [sample(1, 1_000)]);
+    assert_eq!(read[0].time.get(), at(7_000));
+
+    // Every field survives in its stored form (`chunk.rs`, "Stored precision").
+    let stored = store
+        .samples(&org("acme"), &agent_id("web-1"), at(3_000), at(3_001), 1)
+        .expect("samples");
+    let expected = crate::store::chunk::stored(&sample(1, 3_000)).expect("storable");
+    assert_eq!(stored, [expected]);
 }
 
 pub(crate) fn check_sample_totals(store: &dyn Store) {
@@ -396,8 +407,8 @@ pub(crate) fn check_sample_totals(store: &dyn Store) {
     };
     store
         .commit_writes(&[
-            put_sample("acme", "web-1", with_disks(2, 2_000, 3)),
             put_sample("acme", "web-1", with_disks(1, 1_000, 0)),
+            put_sample("acme", "web-1", with_disks(2, 2_000, 3)),
             put_sample("acme", "web-1", with_disks(3, 3_000, 256)),
             put_sample("acme", "web-10", with_disks(1, 1_500, 1)),
             put_sample("other", "web-1", with_disks(1, 1_500, 1)),
@@ -731,90 +742,6 @@ pub(crate) fn check_deleted_agent_leaves_a_tombstone(store: &dyn Store) {
     );
 }
 
-pub(crate) fn check_purge_before(store: &dyn Store) {
-    use AgentStatus::{Offline, Online};
-    let mut writes = vec![
-        Write::PutAgent(agent("acme", "web-1", "web one")),
-        put_live("acme", "web-1", live(Online, 5)),
-        Write::PutToken(token("acme", "tok-1", Role::Viewer, None)),
-        Write::PutEnrollmentToken(enrollment_token("acme", "enr-1")),
-    ];
-    for (org_id, agent) in [("acme", "web-1"), ("acme", "web-2"), ("beta", "web-1")] {
-        for seq in 1..=5 {
-            writes.push(put_sample(org_id, agent, sample(seq, 1_000 * seq)));
-            writes.push(Write::PutTransition(transition(
-                org_id,
-                agent,
-                1_000 * seq,
-                Offline,
-                Online,
-            )));
-        }
-    }
-    // An agent with samples but no agent record: purged all the same.
-    writes.push(put_sample("gamma", "gone", sample(1, 1_000)));
-    store.commit_writes(&writes).expect("commit");
-    let before = load_sorted(store);
-
-    // Strictly older than the cutoff: 1,000 and 2,000 go, 3,000 stays.
-    let removed = store.purge_before(at(3_000)).expect("purge");
-    assert_eq!(removed, 3 * (2 + 2) + 1);
-    for (org_id, agent) in [("acme", "web-1"), ("acme", "web-2"), ("beta", "web-1")] {
-        assert_eq!(
-            all_seqs(store, org_id, agent),
-            [3, 4, 5],
-            "{org_id}/{agent}"
-        );
-        assert_eq!(
-            transition_times(store, org_id, agent, 10),
-            [5_000, 4_000, 3_000],
-            "{org_id}/{agent}"
-        );
-    }
-    assert_eq!(all_seqs(store, "gamma", "gone"), Vec::<u64>::new());
-    // Agents, live records and tokens are not history: untouched.
-    assert_eq!(load_sorted(store), before);
-
-    // Nothing more to remove at the same cutoff; an earlier one removes nothing either.
-    assert_eq!(store.purge_before(at(3_000)).expect("purge"), 0);
-    assert_eq!(store.purge_before(at(0)).expect("purge"), 0);
-
-    // The cutoff is exact below a millisecond.
-    let half = at(6_000) + Duration::from_micros(500);
-    store
-        .commit_writes(&[
-            put_sample("acme", "web-1", sample_at(6, half)),
-            put_sample(
-                "acme",
-                "web-1",
-                sample_at(7, half + Duration::from_micros(200)),
-            ),
-        ])
-        .expect("commit");
-    let removed = store
-        .purge_before(half + Duration::from_micros(100))
-        .expect("purge");
-    // 3,000, 4,000 and 5,000 of every series (samples and transitions), and seq 6.
-    assert_eq!(removed, 3 * (3 + 3) + 1);
-    assert_eq!(all_seqs(store, "acme", "web-1"), [7]);
-}
-
-/// More expired samples in one series than one purge batch of any reasonable backend holds.
-pub(crate) fn check_purge_many(store: &dyn Store) {
-    const N_OLD: u64 = 25_000;
-    const N_NEW: u64 = 10;
-    let writes: Vec<Write> = (0..N_OLD + N_NEW)
-        .map(|seq| put_sample("acme", "web-1", sample(seq, 1_000 + seq)))
-        .collect();
-    for chunk in writes.chunks(5_000) {
-        store.commit_writes(chunk).expect("commit");
-    }
-    let removed = store.purge_before(at(1_000 + N_OLD)).expect("purge");
-    assert_eq!(removed, N_OLD);
-    let left = all_seqs(store, "acme", "web-1");
-    assert_eq!(left, (N_OLD..N_OLD + N_NEW).collect::<Vec<_>>());
-}
-
 /// Commits from many threads at once all land.
 pub(crate) fn check_concurrent_commits(store: &dyn Store) {
     const N_THREADS: u64 = 4;
@@ -823,7 +750,7 @@ pub(crate) fn check_concurrent_commits(store: &dyn Store) {
         for thread_idx in 0..N_THREADS {
             scope.spawn(move || {
                 let agent = format!("web-{thread_idx}");
-                for seq in 0..N_COMMITS {
+                for seq in 1..=N_COMMITS {
                     store
                         .commit_writes(&[
                             put_sample("acme", &agent, sample(seq, 1_000 + seq)),
@@ -844,7 +771,7 @@ pub(crate) fn check_concurrent_commits(store: &dyn Store) {
         let agent = format!("web-{thread_idx}");
         assert_eq!(
             all_seqs(store, "acme", &agent),
-            (0..N_COMMITS).collect::<Vec<_>>()
+            (1..=N_COMMITS).collect::<Vec<_>>()
         );
         assert_eq!(
             transition_times(store, "acme", &agent, 1_000).len() as u64,
@@ -862,6 +789,18 @@ pub(crate) fn check_encode_fails_alone(store: &dyn Store) {
     let err = store
         .encode(&Write::PutToken(bad))
         .expect_err("a time before 1970 cannot be encoded");
+    assert!(
+        matches!(err, super::StoreError::Unencodable { .. }),
+        "{err:?}"
+    );
+    // A sample with no stored form (a non-finite gauge) fails alone too.
+    let unstorable = Sample {
+        cpu_percent: f64::NAN,
+        ..sample(2, 2_000)
+    };
+    let err = store
+        .encode(&put_sample("acme", "web-1", unstorable))
+        .expect_err("NaN has no stored form");
     assert!(
         matches!(err, super::StoreError::Unencodable { .. }),
         "{err:?}"
@@ -958,6 +897,8 @@ pub(crate) fn check_commit_is_durable(open: &dyn Fn() -> Box<dyn Store>) {
     assert_eq!(newest[0].to, AgentStatus::Stale);
 }
 
+mod series;
+
 // === sled ===
 
 /// Runs the suite against [`SledStore`](super::SledStore), each case in its own directory, plus
@@ -997,8 +938,6 @@ mod sled_store {
         token_use_never_undoes_a_revocation => check_token_use_never_undoes_a_revocation,
         deleted_token_is_gone => check_deleted_token_is_gone,
         deleted_agent_leaves_a_tombstone => check_deleted_agent_leaves_a_tombstone,
-        purge_before => check_purge_before,
-        purge_many => check_purge_many,
         concurrent_commits => check_concurrent_commits,
         encode_fails_alone => check_encode_fails_alone,
         command_round_trip => commands::check_command_round_trip_and_active_list,
@@ -1008,12 +947,26 @@ mod sled_store {
         idempotency_keys => commands::check_idempotency_keys,
         delete_command => commands::check_delete_command_removes_everything_it_owns,
         expired_commands => commands::check_expired_commands,
+        duplicates_are_dropped => series::check_duplicates_are_dropped,
+        rollups_count_every_sample_once => series::check_rollups_count_every_sample_once,
+        rollup_ranges => series::check_rollup_ranges,
+        reads_merge_sealed_and_open_in_time_order => series::check_reads_merge_sealed_and_open,
+        purge_drops_whole_chunks => series::check_purge_drops_whole_chunks,
+        purge_many => series::check_purge_many,
+        purge_rollups_and_transitions => series::check_purge_rollups_and_transitions,
+        memory_follows_the_open_heads => series::check_memory_follows_the_open_heads,
     }
 
     #[test]
     fn commit_is_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
         check_commit_is_durable(&|| Box::new(open(dir.path())));
+    }
+
+    #[test]
+    fn samples_survive_reopening_at_every_stage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        series::check_samples_survive_reopening(&|| Box::new(open(dir.path())));
     }
 
     /// Reads (and with `Some`, first replaces) the raw schema version, with sled directly.
@@ -1117,19 +1070,23 @@ mod sled_store {
     #[test]
     fn corrupt_values_are_reported_with_their_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        open(dir.path())
-            .commit_writes(&[put_sample("acme", "web-1", sample(1, 1_000))])
-            .expect("commit");
+        {
+            let store = open(dir.path());
+            store
+                .commit_writes(&[put_sample("acme", "web-1", sample(1, 1_000))])
+                .expect("commit");
+            store.compact(at(u64::MAX), true).expect("seal");
+        }
         {
             let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
             let data = db.open_tree("data").expect("data tree");
             data.insert("acme/a/web-1", "{not json").expect("insert");
-            let (sample_key, _) = data
-                .scan_prefix("acme/m/web-1/")
+            let (chunk_key, _) = data
+                .scan_prefix("acme/s/web-1/")
                 .next()
-                .expect("a sample")
+                .expect("a chunk")
                 .expect("read");
-            data.insert(sample_key, "[]").expect("insert");
+            data.insert(chunk_key, "[]").expect("insert");
             db.flush().expect("flush");
         }
         let store = open(dir.path());
@@ -1139,7 +1096,7 @@ mod sled_store {
         }
         match store.samples(&org("acme"), &agent_id("web-1"), at(0), at(2_000), 10) {
             Err(StoreError::Corrupt { key, .. }) => {
-                assert!(key.starts_with("acme/m/web-1/\\x00"), "{key}");
+                assert!(key.starts_with("acme/s/web-1/\\x00"), "{key}");
             }
             other => panic!("expected a corrupt record, got {other:?}"),
         }
@@ -1148,9 +1105,101 @@ mod sled_store {
             .collect();
         match totals.as_slice() {
             [Err(StoreError::Corrupt { key, .. })] => {
-                assert!(key.starts_with("acme/m/web-1/\\x00"), "{key}");
+                assert!(key.starts_with("acme/s/web-1/\\x00"), "{key}");
             }
             other => panic!("expected a corrupt record, got {other:?}"),
+        }
+    }
+
+    /// A damaged head record or log record stops the store from opening, naming the record:
+    /// recovery never guesses what an unreadable record held.
+    #[test]
+    fn a_damaged_head_or_log_record_refuses_the_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path());
+            store
+                .commit_writes(&[put_sample("acme", "web-1", sample(1, 1_000))])
+                .expect("commit");
+            store.compact(at(0), true).expect("checkpoint");
+            store
+                .commit_writes(&[put_sample("acme", "web-1", sample(2, 2_000))])
+                .expect("commit");
+        }
+        let tamper = |tree: &str, key: &[u8], value: Option<&[u8]>| {
+            let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
+            let tree = db.open_tree(tree).expect("tree");
+            let old = tree.get(key).expect("read").expect("present").to_vec();
+            match value {
+                Some(value) => tree.insert(key, value).expect("insert"),
+                None => tree.insert(key, &old[..old.len() - 1]).expect("insert"),
+            };
+            db.flush().expect("flush");
+            old
+        };
+        let head = tamper("data", b"acme/hd/web-1", Some(b"\x07"));
+        match SledStore::open(dir.path()) {
+            Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, "acme/hd/web-1"),
+            other => panic!("expected a corrupt head record, got {other:?}"),
+        }
+        tamper("data", b"acme/hd/web-1", Some(&head));
+        let log_key = {
+            let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
+            let log = db.open_tree("log").expect("log tree");
+            let (key, _) = log.last().expect("read").expect("a record");
+            key.to_vec()
+        };
+        tamper("log", &log_key, None);
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// A checkpoint removes every log record once the heads are snapshotted; the samples stay.
+    #[test]
+    fn a_checkpoint_empties_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path());
+            for seq in 1..=3 {
+                store
+                    .commit_writes(&[put_sample("acme", "web-1", sample(seq, 1_000 * seq))])
+                    .expect("commit");
+            }
+            let done = store.compact(at(0), true).expect("checkpoint");
+            assert_eq!((done.snapshots, done.log_records_removed), (1, 3));
+        }
+        let log_len = {
+            let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
+            db.open_tree("log").expect("log tree").len()
+        };
+        assert_eq!(log_len, 0);
+        assert_eq!(all_seqs(&open(dir.path()), "acme", "web-1"), [1, 2, 3]);
+    }
+
+    /// Past the heads' budget, heads are sealed early: the memory they hold stays within the
+    /// budget plus one head, and nothing is lost.
+    #[test]
+    fn the_heads_budget_bounds_their_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let budget = 16 * 1024;
+        let series = crate::store::SeriesConfig {
+            heads_budget_bytes: budget,
+            ..Default::default()
+        };
+        let store = SledStore::open_with(dir.path(), 1 << 20, &series).expect("open");
+        let mut most = 0;
+        for seq in 1..=20 {
+            let writes: Vec<Write> = (0..100)
+                .map(|a| put_sample("acme", &format!("web-{a}"), sample(seq, 1_000 * seq)))
+                .collect();
+            store.commit_writes(&writes).expect("commit");
+            most = most.max(store.memory().heads_bytes);
+        }
+        assert!(most <= budget as u64 + 4096, "{most} bytes");
+        for a in 0..100 {
+            assert_eq!(all_seqs(&store, "acme", &format!("web-{a}")).len(), 20);
         }
     }
 

@@ -118,7 +118,11 @@ async fn get_metrics_keeps_the_newest_points_that_fit_its_budget() {
         .expect("hello");
     let fits = metrics_points_within(MIN_RESPONSE_BYTES);
     let n = u64::try_from(fits).expect("small") + 500;
-    let t0 = SystemTime::now() - Duration::from_secs(3600);
+    // Whole milliseconds: the store keeps sample times at that precision.
+    let hour_ago = (SystemTime::now() - Duration::from_secs(3600))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970");
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(hour_ago.as_millis() as u64);
     let at = |seq: u64| t0 + Duration::from_millis(seq);
     for first in (1..=n).step_by(500) {
         let samples = (first..=(first + 499).min(n))

@@ -30,7 +30,7 @@ fn active_key(org: &OrgId, id: &CommandId) -> Vec<u8> {
 }
 
 /// `{org}/{kind}/{command}/`: where one command's invocations or events are.
-fn under_command(org: &OrgId, kind: u8, id: &CommandId) -> Vec<u8> {
+fn under_command(org: &OrgId, kind: &[u8], id: &CommandId) -> Vec<u8> {
     let mut key = record_key(org.as_str(), kind, id.as_str());
     key.push(b'/');
     key

@@ -8,9 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{DATA_TREE, META_TREE, Result, SAMPLE, SCHEMA_VERSION_KEY};
-use super::{audit_key, backend, raw_db, series_prefix, series_suffix};
+use super::{DATA_TREE, LOG_TREE, META_TREE, Result, SCHEMA_VERSION_KEY};
+use super::{audit_key, backend, chunk_series, corrupt, head_key, millis, raw_db};
 use crate::domain::{AgentId, OrgId};
+use crate::store::chunk::ChunkDecoder;
+use crate::store::head::Head;
+use crate::store::wal::{self, AgentKey};
 
 /// Every stored record: (tree name, key) → value.
 pub type Dump = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
@@ -30,20 +33,60 @@ impl RawStore {
         raw_db(path.as_ref()).map(|db| Self { db }).map_err(backend)
     }
 
-    /// The seqs of the samples stored for `agent` in `org`, in key (time) order.
+    /// The seqs of the samples stored for `agent` in `org`, in `(time, seq)` order: those in
+    /// its sealed chunks, its head record, and the write-ahead log (which a start-up would
+    /// replay), each seq once.
     ///
     /// # Errors
     ///
-    /// A read failure or a malformed sample key.
+    /// A read failure or a damaged record.
     pub fn sample_seqs(&self, org: &str, agent: &str) -> Result<Vec<u64>> {
-        let series = series_prefix(&OrgId::new(org), SAMPLE, &AgentId::new(agent));
-        self.data()?
-            .scan_prefix(&series)
-            .map(|entry| {
-                let (key, _) = entry.map_err(backend)?;
-                series_suffix(&series, &key).map(|(_, seq)| seq)
-            })
-            .collect()
+        let key = AgentKey {
+            org: OrgId::new(org),
+            agent: AgentId::new(agent),
+        };
+        let data = self.data()?;
+        // seq → time in ms.
+        let mut seqs: BTreeMap<u64, u64> = BTreeMap::new();
+        for entry in data.scan_prefix(chunk_series(&key)) {
+            let (chunk_key, value) = entry.map_err(backend)?;
+            let samples =
+                ChunkDecoder::new(&value).map_err(|e| corrupt(&chunk_key, e.to_string()))?;
+            for sample in samples {
+                let sample = sample.map_err(|e| corrupt(&chunk_key, e.to_string()))?;
+                seqs.insert(sample.seq, millis(sample.time.get()));
+            }
+        }
+        let record_key = head_key(&key);
+        if let Some(value) = data.get(&record_key).map_err(backend)? {
+            let head = Head::decode(&value).map_err(|e| corrupt(&record_key, e.to_string()))?;
+            for sample in head.samples() {
+                let sample = sample.map_err(|e| corrupt(&record_key, e.to_string()))?;
+                seqs.insert(sample.seq, millis(sample.time.get()));
+            }
+        }
+        for entry in self.log()?.iter() {
+            let (log_key, value) = entry.map_err(backend)?;
+            let record = wal::decode(&value).map_err(|e| corrupt(&log_key, e.to_string()))?;
+            for (logged, sample) in record.iter() {
+                if *logged == key {
+                    seqs.entry(sample.seq)
+                        .or_insert_with(|| millis(sample.time.get()));
+                }
+            }
+        }
+        let mut ordered: Vec<(u64, u64)> = seqs.into_iter().map(|(seq, ms)| (ms, seq)).collect();
+        ordered.sort_unstable();
+        Ok(ordered.into_iter().map(|(_, seq)| seq).collect())
+    }
+
+    /// How many records the write-ahead log holds.
+    ///
+    /// # Errors
+    ///
+    /// A read failure.
+    pub fn log_records(&self) -> Result<usize> {
+        Ok(self.log()?.len())
     }
 
     /// Every record of every tree: (tree name, key) → value.
@@ -117,6 +160,10 @@ impl RawStore {
 
     fn data(&self) -> Result<::sled::Tree> {
         self.db.open_tree(DATA_TREE).map_err(backend)
+    }
+
+    fn log(&self) -> Result<::sled::Tree> {
+        self.db.open_tree(LOG_TREE).map_err(backend)
     }
 
     fn flush(&self) -> Result<()> {

@@ -238,15 +238,9 @@ fn puts(writes: &[Encoded], wanted: u8) -> Vec<(&[u8], &[u8])> {
         .collect()
 }
 
-/// The seqs of the samples in `writes`: the last 8 bytes of a sample key.
+/// The seqs of the samples in `writes`.
 fn sample_seqs(writes: &[Encoded]) -> Vec<u64> {
-    puts(writes, b'm')
-        .iter()
-        .map(|(key, _)| {
-            let seq: [u8; 8] = key[key.len() - 8..].try_into().expect("8 bytes");
-            u64::from_be_bytes(seq)
-        })
-        .collect()
+    writes.iter().flat_map(Encoded::sample_seqs).collect()
 }
 
 fn n_progress(writes: &[Encoded]) -> usize {

@@ -1,0 +1,59 @@
+//! Named crash points in the store's durability steps, for the end-to-end crash tests.
+//!
+//! The store calls [`point`] between the steps whose order its crash guarantee depends on
+//! (after the log flush and before the ack, after a seal, between a checkpoint's flush and the
+//! log's truncation, inside retention). In a normal build `point` does nothing and compiles to
+//! nothing. With the `test-support` feature, a test's server process may [`arm`] one point:
+//! when the store reaches it for the `n`th time, the process aborts on the spot (no unwinding,
+//! no destructor, no flush), which is what a `kill -9` at that instant would leave on disk.
+//! Nothing in the server or its binary arms a point; only the test harness's crash server does.
+
+/// The points, for the harness to name.
+pub const POINTS: &[&str] = &[
+    "log-flushed",
+    "sealed",
+    "snapshots-written",
+    "checkpoint-flushed",
+    "log-truncated",
+    "retention-batch",
+];
+
+#[cfg(feature = "test-support")]
+mod armed {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The armed point and how many more passes it lets through.
+    static ARMED: OnceLock<(&'static str, AtomicU64)> = OnceLock::new();
+
+    /// Arms `name` (one of [`super::POINTS`]): the process aborts the `nth` time (from 1) the
+    /// store reaches it. Returns `false` if the name is unknown or a point is armed already.
+    pub fn arm(name: &str, nth: u64) -> bool {
+        let Some(point) = super::POINTS.iter().find(|p| **p == name) else {
+            return false;
+        };
+        ARMED.set((point, AtomicU64::new(nth.max(1)))).is_ok()
+    }
+
+    pub fn point(name: &str) {
+        if let Some((armed, left)) = ARMED.get()
+            && *armed == name
+            && left.fetch_sub(1, Ordering::SeqCst) == 1
+        {
+            eprintln!("store crash point {name} reached: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(feature = "test-support")]
+pub use self::armed::arm;
+
+/// Marks the store reaching step `name`. Does nothing unless a test armed it.
+#[inline]
+pub fn point(name: &str) {
+    #[cfg(feature = "test-support")]
+    armed::point(name);
+    #[cfg(not(feature = "test-support"))]
+    let _ = name;
+}
