@@ -277,6 +277,14 @@ async fn summary_config_and_metrics() {
         config["metrics_retention_seconds"],
         seconds(c.storage.metrics_retention)
     );
+    assert_eq!(
+        config["rollup_5m_retention_seconds"],
+        seconds(c.storage.rollup_5m_retention)
+    );
+    assert_eq!(
+        config["rollup_1h_retention_seconds"],
+        seconds(c.storage.rollup_1h_retention)
+    );
     assert_eq!(config["max_message_bytes"], c.limits.max_message_bytes);
     assert_eq!(config["max_labels"], c.limits.max_labels);
     assert_eq!(config["max_label_key_bytes"], c.limits.max_label_key_bytes);

@@ -1,5 +1,5 @@
 //! Metrics retention: the background task removes whole chunks of samples older than the
-//! configured retention, and only those, while the server keeps ingesting.
+//! configured retention, and only those, while the server keeps ingesting; rollups outlive them.
 
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +41,15 @@ async fn stored_seq_count(server: &TestServer, agent: &str, since: SystemTime) -
     points(server, agent, since, Duration::ZERO).await.len()
 }
 
+/// Samples counted in the 5-minute rollups of buckets starting since `since`.
+async fn rolled_up_count(server: &TestServer, agent: &str, since: SystemTime) -> u32 {
+    points(server, agent, since, Duration::from_secs(300))
+        .await
+        .iter()
+        .map(|p| p.sample_count)
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_only_samples_older_than_the_retention() {
     trace_init();
@@ -73,6 +82,7 @@ async fn retention_removes_only_samples_older_than_the_retention() {
     session.wait_ack(5).await.expect("ack");
 
     let day_ago = now - Duration::from_secs(86_400);
+    assert_eq!(rolled_up_count(&server, &agent, day_ago).await, 5);
     eventually("retention to remove the old samples", || {
         let server = &server;
         let agent = agent.clone();
@@ -91,6 +101,8 @@ async fn retention_removes_only_samples_older_than_the_retention() {
     session.send_samples([6]).await;
     session.wait_ack(6).await.expect("ack after retention");
     assert_eq!(stored_seq_count(&server, &agent, day_ago).await, 3);
+    // The 5-minute rollups are kept longer: they still count the removed samples.
+    assert_eq!(rolled_up_count(&server, &agent, day_ago).await, 6);
     drop(session);
     server.stop().await;
 }

@@ -238,6 +238,8 @@ pub(crate) fn render_config(c: &ServerConfigView) -> String {
             ("Offline after", dur(c.offline_after_seconds)),
             ("Fleet TTL", dur(c.fleet_ttl_seconds)),
             ("Metrics retention", dur(c.metrics_retention_seconds)),
+            ("5-minute rollups kept", dur(c.rollup_5m_retention_seconds)),
+            ("1-hour rollups kept", dur(c.rollup_1h_retention_seconds)),
             ("Health thresholds", thresholds),
             ("Max message size", format_bytes(c.max_message_bytes)),
             (

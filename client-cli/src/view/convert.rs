@@ -437,6 +437,8 @@ impl From<pb::GetServerConfigResponse> for ServerConfigView {
             max_label_key_bytes,
             max_label_value_bytes,
             features,
+            rollup_5m_retention,
+            rollup_1h_retention,
         } = config;
         Self {
             server_version,
@@ -446,6 +448,8 @@ impl From<pb::GetServerConfigResponse> for ServerConfigView {
             offline_after_seconds: duration(offline_after),
             fleet_ttl_seconds: duration(fleet_ttl),
             metrics_retention_seconds: duration(metrics_retention),
+            rollup_5m_retention_seconds: duration(rollup_5m_retention),
+            rollup_1h_retention_seconds: duration(rollup_1h_retention),
             health_thresholds: health_thresholds.map(Into::into),
             max_message_bytes,
             max_labels,

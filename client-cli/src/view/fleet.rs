@@ -93,9 +93,15 @@ pub struct ServerConfigView {
     /// Offline time after which an agent expires.
     #[serde(with = "super::json::seconds")]
     pub fleet_ttl_seconds: Option<Duration>,
-    /// How long metrics are kept.
+    /// How long raw metrics samples are kept.
     #[serde(with = "super::json::seconds")]
     pub metrics_retention_seconds: Option<Duration>,
+    /// How long 5-minute rollups are kept.
+    #[serde(with = "super::json::seconds")]
+    pub rollup_5m_retention_seconds: Option<Duration>,
+    /// How long 1-hour rollups are kept.
+    #[serde(with = "super::json::seconds")]
+    pub rollup_1h_retention_seconds: Option<Duration>,
     /// Health thresholds.
     pub health_thresholds: Option<ThresholdsView>,
     /// Largest accepted message.

@@ -361,6 +361,8 @@ pub fn server_config_to_pb(config: &Config) -> pb::GetServerConfigResponse {
         offline_after: Some(duration(l.offline_after)),
         fleet_ttl: Some(duration(l.fleet_ttl)),
         metrics_retention: Some(duration(config.storage.metrics_retention)),
+        rollup_5m_retention: Some(duration(config.storage.rollup_5m_retention)),
+        rollup_1h_retention: Some(duration(config.storage.rollup_1h_retention)),
         health_thresholds: Some(pb::HealthThresholds {
             cpu_warning_percent: h.cpu_warning,
             cpu_critical_percent: h.cpu_critical,

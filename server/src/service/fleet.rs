@@ -6,6 +6,12 @@
 //! `GetAgent` trims its history to fit, `GetMetrics` keeps at most the points that fit and
 //! aggregates from disk totals without reading disk lists. A watch reads its snapshot in pages
 //! and queues at most its bound (`registry/watch.rs`).
+//!
+//! `GetMetrics` chooses the resolution it reads from its step ([`resolution_for`]): raw samples
+//! below 5 minutes, 5-minute rollups from 5 minutes, 1-hour rollups from 1 hour. From rollups,
+//! the range is rounded out to whole buckets (a bucket that overlaps it counts whole), and a
+//! point is the merge of the buckets whose start (or the range's start, for the first one)
+//! falls in its step; it covers every stored sample of those buckets.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use crate::domain::{AgentId, MetricsPoint, MetricsQuery, OrgId, SampleTotals, Tr
 use crate::error::ServerError;
 use crate::registry::{AgentView, Subscription, WatchRefused};
 use crate::service::AppState;
+use crate::store::{Resolution, Rollup, RollupBucket};
 
 /// Default range of `GetMetrics` when `start` is unset.
 pub const DEFAULT_METRICS_RANGE: Duration = Duration::from_secs(3600);
@@ -32,6 +39,16 @@ pub const MAX_METRICS_POINTS: u64 = 10_000;
 pub const MAX_METRICS_SAMPLES_READ: usize = 500_000;
 /// Status changes `GetAgent` returns with the agent.
 pub const RECENT_TRANSITIONS: usize = 20;
+
+/// The resolution `GetMetrics` reads for `step`: `None` (raw samples) below 5 minutes, 5-minute
+/// rollups from 5 minutes, 1-hour rollups from 1 hour. A step at least as wide as a bucket
+/// loses nothing to the rollup's coarser edges but the rounding of its own to whole buckets.
+pub fn resolution_for(step: Duration) -> Option<Resolution> {
+    Resolution::ALL
+        .into_iter()
+        .rev()
+        .find(|r| step.as_millis() >= u128::from(r.width_ms()))
+}
 
 pub struct FleetService {
     state: Arc<AppState>,
@@ -202,15 +219,25 @@ pub async fn metrics(
         ));
     let store = state.store.clone();
     let org = org.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut points = Aggregator::new(start, step, max_points);
-        for totals in store
-            .sample_totals(&org, &id, start, end)
-            .take(MAX_METRICS_SAMPLES_READ)
-        {
-            points.push(&totals?);
+    tokio::task::spawn_blocking(move || match resolution_for(step) {
+        None => {
+            let mut points = Aggregator::new(start, step, max_points);
+            for totals in store
+                .sample_totals(&org, &id, start, end)
+                .take(MAX_METRICS_SAMPLES_READ)
+            {
+                points.push(&totals?);
+            }
+            Ok(points.finish())
         }
-        Ok(points.finish())
+        Some(resolution) => {
+            let mut points = RollupAggregator::new(start, step, max_points);
+            let first_bucket = bucket_start(start, resolution);
+            for bucket in store.rollups(&org, &id, resolution, first_bucket, end) {
+                points.push(&bucket?);
+            }
+            Ok(points.finish())
+        }
     })
     .await
     .map_err(|e| ServerError::Internal(e.to_string()))?
@@ -404,6 +431,107 @@ impl Acc {
     }
 }
 
+/// The start of the bucket of `resolution` that holds `time`.
+fn bucket_start(time: SystemTime, resolution: Resolution) -> SystemTime {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let width = u128::from(resolution.width_ms());
+    let start = since.as_millis() / width * width;
+    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(start).unwrap_or(u64::MAX))
+}
+
+/// Merges rollup buckets, given in bucket order, into points of width `step` starting at
+/// `start`: a bucket joins the point whose step holds its start, or the first point if it
+/// starts before `start`. Holds at most `max_points` points (the newest).
+pub struct RollupAggregator {
+    start: SystemTime,
+    step: Duration,
+    max_points: usize,
+    points: VecDeque<MetricsPoint>,
+    /// The point being filled: its index and its merged rollup.
+    current: Option<(u128, Rollup)>,
+}
+
+impl RollupAggregator {
+    /// `step` must not be zero (rollups are read only for steps of 5 minutes and more).
+    pub fn new(start: SystemTime, step: Duration, max_points: usize) -> Self {
+        Self {
+            start,
+            step: step.max(Duration::from_millis(1)),
+            max_points,
+            points: VecDeque::new(),
+            current: None,
+        }
+    }
+
+    /// Adds the next bucket (in bucket order).
+    pub fn push(&mut self, bucket: &RollupBucket) {
+        let offset = bucket
+            .start
+            .get()
+            .duration_since(self.start)
+            .unwrap_or_default()
+            .as_millis();
+        let index = offset / self.step.as_millis();
+        match &mut self.current {
+            Some((current, rollup)) if *current == index => rollup.merge(&bucket.rollup),
+            _ => {
+                self.flush();
+                self.current = Some((index, bucket.rollup));
+            }
+        }
+    }
+
+    /// The points, oldest first.
+    pub fn finish(mut self) -> Vec<MetricsPoint> {
+        self.flush();
+        self.points.into()
+    }
+
+    fn flush(&mut self) {
+        let Some((index, rollup)) = self.current.take() else {
+            return;
+        };
+        let offset = u64::try_from(index * self.step.as_millis()).unwrap_or(u64::MAX);
+        let time = self.start + Duration::from_millis(offset);
+        if self.points.len() == self.max_points {
+            self.points.pop_front();
+        }
+        if self.max_points > 0 {
+            self.points.push_back(point_of(time, &rollup));
+        }
+    }
+}
+
+/// The point a merged rollup makes: means over its samples (gauges in hundredths become
+/// percentages and load figures), rates over its rate intervals.
+fn point_of(time: SystemTime, r: &Rollup) -> MetricsPoint {
+    let n = r.count.max(1);
+    let mean = |sum: i128| u64::try_from(sum / i128::from(n)).unwrap_or(u64::MAX);
+    let hundredths = |sum: i128| sum as f64 / n as f64 / 100.0;
+    let rate = |sum: i128| sum as f64 / r.rate_count.max(1) as f64;
+    MetricsPoint {
+        time,
+        sample_count: u32::try_from(r.count).unwrap_or(u32::MAX),
+        cpu_percent: hundredths(r.cpu.sum),
+        load: [
+            hundredths(r.load[0].sum),
+            hundredths(r.load[1].sum),
+            hundredths(r.load[2].sum),
+        ],
+        memory_used_bytes: mean(r.memory_used.sum),
+        memory_total_bytes: mean(r.memory_total.sum),
+        swap_used_bytes: mean(r.swap_used.sum),
+        swap_total_bytes: mean(r.swap_total.sum),
+        disk_used_bytes: mean(r.disk_used.sum),
+        disk_total_bytes: mean(r.disk_total.sum),
+        network_rx_bytes_per_second: rate(r.net_rx_rate.sum),
+        network_tx_bytes_per_second: rate(r.net_tx_rate.sum),
+        process_count: u32::try_from(mean(r.process_count.sum)).unwrap_or(u32::MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,6 +606,99 @@ mod tests {
         assert_eq!(
             (points[0].disk_used_bytes, points[0].disk_total_bytes),
             (50, 250)
+        );
+    }
+
+    #[test]
+    fn a_bucket_overlapping_the_range_start_joins_the_first_point() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(3_600 + 600);
+        assert_eq!(
+            bucket_start(start, Resolution::OneHour),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(3_600)
+        );
+        let bucket = |secs: u64, count: u64| RollupBucket {
+            start: crate::domain::Time::new(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                .expect("in range"),
+            rollup: Rollup {
+                count,
+                ..Rollup::default()
+            },
+        };
+        let mut points = RollupAggregator::new(start, Duration::from_secs(3_600), 10);
+        // Before the start: the first point. Then by start: 7,200 s is in the first step
+        // (4,200..7,800), 10,800 s in the second.
+        points.push(&bucket(3_600, 2));
+        points.push(&bucket(7_200, 3));
+        points.push(&bucket(10_800, 4));
+        let points = points.finish();
+        let counts: Vec<(SystemTime, u32)> =
+            points.iter().map(|p| (p.time, p.sample_count)).collect();
+        assert_eq!(
+            counts,
+            [(start, 5), (start + Duration::from_secs(3_600), 4)]
+        );
+    }
+
+    #[test]
+    fn the_step_chooses_the_resolution() {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        assert_eq!(resolution_for(Duration::ZERO), None);
+        assert_eq!(resolution_for(minutes(5) - Duration::from_millis(1)), None);
+        assert_eq!(resolution_for(minutes(5)), Some(Resolution::FiveMinutes));
+        assert_eq!(resolution_for(minutes(59)), Some(Resolution::FiveMinutes));
+        assert_eq!(resolution_for(minutes(60)), Some(Resolution::OneHour));
+        assert_eq!(resolution_for(minutes(60 * 24)), Some(Resolution::OneHour));
+    }
+
+    /// Points from rollups equal points from the same samples read raw, when the step is a
+    /// whole number of buckets and the range starts on a bucket.
+    #[test]
+    fn rollup_points_equal_raw_points_on_bucket_edges() {
+        use crate::store::rollup::RollupBuilder;
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_400);
+        let samples: Vec<Sample> = (0..120)
+            .map(|i| {
+                let mut s = sample(i + 1, 1_700_000_400 + i * 10, (i % 9) as f64, i * 1_000);
+                s.memory_used_bytes = 1_000 + i;
+                s.disks = vec![DiskUsage {
+                    mount_point: "/".to_owned(),
+                    used_bytes: 10 * i,
+                    total_bytes: 10_000,
+                }];
+                s
+            })
+            .collect();
+        let step = Duration::from_secs(600);
+        let raw = aggregate(&samples, start, step);
+        let mut builder = RollupBuilder::new(Resolution::FiveMinutes);
+        let mut buckets = Vec::new();
+        for s in &samples {
+            buckets.extend(builder.push(s).expect("storable"));
+        }
+        buckets.extend(builder.close());
+        let mut points = RollupAggregator::new(start, step, usize::MAX);
+        for (ms, rollup) in buckets {
+            let start = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            points.push(&RollupBucket {
+                start: crate::domain::Time::new(start).expect("in range"),
+                rollup,
+            });
+        }
+        let from_rollups = points.finish();
+        assert_eq!(from_rollups.len(), raw.len());
+        for (r, p) in from_rollups.iter().zip(&raw) {
+            assert_eq!((r.time, r.sample_count), (p.time, p.sample_count));
+            assert!((r.cpu_percent - p.cpu_percent).abs() < 1e-9);
+            assert_eq!(r.memory_used_bytes, p.memory_used_bytes);
+            assert_eq!(r.disk_used_bytes, p.disk_used_bytes);
+            assert_eq!(r.process_count, p.process_count);
+        }
+        // The raw aggregator has no rate for the range's first sample; rollups carry it
+        // from the sample before, which here does not exist either: the same rates.
+        assert!(
+            (from_rollups[1].network_rx_bytes_per_second - raw[1].network_rx_bytes_per_second)
+                .abs()
+                < 1.0
         );
     }
 

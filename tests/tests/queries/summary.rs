@@ -122,6 +122,8 @@ async fn server_config_is_the_configured_one() {
     config.liveness.offline_after = Duration::from_secs(4);
     config.liveness.fleet_ttl = Duration::from_secs(7200);
     config.storage.metrics_retention = Duration::from_secs(3 * 86_400);
+    config.storage.rollup_5m_retention = Duration::from_secs(5 * 86_400);
+    config.storage.rollup_1h_retention = Duration::from_secs(7 * 86_400);
     config.health.cpu_warning = 70.0;
     config.health.cpu_critical = 90.0;
     config.health.memory_warning = 75.0;
@@ -151,6 +153,8 @@ async fn server_config_is_the_configured_one() {
         offline_after: dur(config.liveness.offline_after),
         fleet_ttl: dur(config.liveness.fleet_ttl),
         metrics_retention: dur(config.storage.metrics_retention),
+        rollup_5m_retention: dur(config.storage.rollup_5m_retention),
+        rollup_1h_retention: dur(config.storage.rollup_1h_retention),
         health_thresholds: Some(pb::HealthThresholds {
             cpu_warning_percent: 70.0,
             cpu_critical_percent: 90.0,
