@@ -614,3 +614,6 @@ fn record_number(key: &[u8]) -> Result<u64> {
         .map(u64::from_be_bytes)
         .map_err(|_| corrupt(key, "log key is not a record number"))
 }
+
+#[cfg(test)]
+mod tests;
