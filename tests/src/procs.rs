@@ -1,24 +1,30 @@
 //! A server and agents as real processes (the `test-server` and `test-agent` binaries of this
 //! crate, which run the server and agent libraries), for the tests that kill them with
-//! SIGKILL (nothing runs after the signal, only what was on disk survives) and for those that
-//! run the server under process limits ([`Launch`]: `prlimit --nofile=256 -- test-server …`).
+//! SIGKILL or stop the server at an armed crash point of its store (nothing runs after that,
+//! only what was on disk survives), and for those that run the server under process limits
+//! ([`Launch`]: `prlimit --nofile=256 -- test-server …`).
 //!
 //! The binaries' paths come from the test (`env!("CARGO_BIN_EXE_test-server")`), which Cargo
 //! sets only for integration tests.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
 
 use tether_proto as pb;
 
-use crate::{Bearer, eventually, scrape_metrics};
+use crate::{
+    AdminClient, AgentClient, Bearer, EVENTUALLY, FleetClient, eventually, scrape_metrics,
+    system_info,
+};
 
-/// A `test-server` process.
+/// A `test-server` process. Its standard input stays open while this lives: closing it
+/// ([`ServerProcess::stop`]) stops the server in order.
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
@@ -83,7 +89,7 @@ impl ServerProcess {
             .arg("--listen")
             .arg(listen.to_string())
             .args(launch.flags)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -135,20 +141,61 @@ impl ServerProcess {
 
     /// An enrollment token, created with the admin token.
     pub async fn enrollment_token(&self) -> String {
-        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .expect("url")
+        self.admin()
+            .await
+            .create_enrollment_token(pb::CreateEnrollmentTokenRequest::default())
+            .await
+            .expect("create an enrollment token")
+            .into_inner()
+            .secret
+    }
+
+    /// Enrolls a synthetic machine; returns (agent id, credential).
+    pub async fn enroll(&self, hostname: &str) -> (String, String) {
+        let token = self.enrollment_token().await;
+        let response = self
+            .agent_client(&token)
+            .await
+            .enroll(pb::EnrollRequest {
+                system_info: Some(system_info(hostname)),
+                ..Default::default()
+            })
+            .await
+            .expect("enroll")
+            .into_inner();
+        (response.agent_id, response.agent_credential)
+    }
+
+    async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url.clone())
+            .expect("a url")
+            .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
-            .expect("connect to the server process");
+            .expect("connect to the server process")
+    }
+
+    async fn admin(&self) -> AdminClient {
         pb::admin_service_client::AdminServiceClient::with_interceptor(
-            channel,
+            self.channel().await,
             Bearer(Some(self.admin_token.clone())),
         )
-        .create_enrollment_token(pb::CreateEnrollmentTokenRequest::default())
-        .await
-        .expect("create an enrollment token")
-        .into_inner()
-        .secret
+    }
+
+    /// A `FleetService` client with the admin token.
+    pub async fn fleet(&self) -> FleetClient {
+        pb::fleet_service_client::FleetServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(self.admin_token.clone())),
+        )
+    }
+
+    /// An `AgentService` client presenting `token`.
+    pub async fn agent_client(&self, token: &str) -> AgentClient {
+        pb::agent_service_client::AgentServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(token.to_owned())),
+        )
     }
 
     /// Whether the process is still running.
@@ -162,6 +209,25 @@ impl ServerProcess {
     /// SIGKILL, and waits until the process is gone.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill the server");
+    }
+
+    /// Waits for the process to end on its own (an armed crash point); panics after
+    /// [`EVENTUALLY`].
+    pub async fn exited(mut self) -> ExitStatus {
+        tokio::time::timeout(EVENTUALLY, self.child.wait())
+            .await
+            .expect("the server to end in time")
+            .expect("wait for the server")
+    }
+
+    /// Stops the process in order (its standard input closes; it drains and exits) and waits
+    /// for it.
+    pub async fn stop(mut self) -> ExitStatus {
+        drop(self.child.stdin.take());
+        tokio::time::timeout(EVENTUALLY, self.child.wait())
+            .await
+            .expect("the server to stop in time")
+            .expect("wait for the server")
     }
 }
 

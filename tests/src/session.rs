@@ -79,6 +79,19 @@ impl RawSession {
         credential: Option<&str>,
         first: Option<pb::connect_request::Message>,
     ) -> Result<Self, tonic::Status> {
+        Self::open_on(server.agent_client(credential).await, first).await
+    }
+
+    /// [`RawSession::open`] through `client` (which carries the credential), for a server that
+    /// is not a [`TestServer`] (a server process).
+    ///
+    /// # Errors
+    ///
+    /// The status the server answered with.
+    pub async fn open_on(
+        mut client: crate::AgentClient,
+        first: Option<pb::connect_request::Message>,
+    ) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(64);
         if let Some(first) = first {
             tx.send(pb::ConnectRequest {
@@ -87,7 +100,6 @@ impl RawSession {
             .await
             .expect("queue first message");
         }
-        let mut client = server.agent_client(credential).await;
         let rx = client.connect(ReceiverStream::new(rx)).await?.into_inner();
         Ok(Self { tx, rx })
     }
@@ -170,8 +182,20 @@ impl RawSession {
         credential: &str,
         hello: pb::Hello,
     ) -> Result<(Self, pb::Welcome), tonic::Status> {
+        Self::hello_on(server.agent_client(Some(credential)).await, hello).await
+    }
+
+    /// [`RawSession::hello_with`] through `client` (which carries the agent's credential).
+    ///
+    /// # Errors
+    ///
+    /// The status the server answered with.
+    pub async fn hello_on(
+        client: crate::AgentClient,
+        hello: pb::Hello,
+    ) -> Result<(Self, pb::Welcome), tonic::Status> {
         let first = pb::connect_request::Message::Hello(hello);
-        let mut session = Self::open(server, Some(credential), Some(first)).await?;
+        let mut session = Self::open_on(client, Some(first)).await?;
         match session.recv().await? {
             Some(pb::connect_response::Message::Welcome(w)) => Ok((session, w)),
             other => panic!("expected Welcome, got {other:?}"),

@@ -1,12 +1,14 @@
 //! `test-server`: the Tether server library as a process of its own, with the short intervals
 //! of the tests ([`tether_tests::fast_config`]), for the tests that kill a server the way an
-//! operating system does (SIGKILL) and for those that put it under process limits
-//! (`prlimit --nofile=256 -- test-server …`), which an in-process server would share with the
-//! test. It serves exactly what `tether-server` serves (the same `start` and `serve`).
+//! operating system does (SIGKILL), or at one of its store's crash points (`--crash-at`, where
+//! the process aborts on the spot as a `kill -9` there would leave it), and for those that put
+//! it under process limits (`prlimit --nofile=256 -- test-server …`), which an in-process
+//! server would share with the test. It serves exactly what `tether-server` serves (the same
+//! `start` and `serve`); the store settings the crash tests vary come from flags.
 //!
 //! Serves on `--listen` (port 0: any). Once it serves it prints `METRICS <addr>` (with
-//! `--metrics-listen`), then `LISTENING <addr>` and `ADMIN_TOKEN <token>`. SIGTERM drains and
-//! stops it.
+//! `--metrics-listen`), then `LISTENING <addr>` and `ADMIN_TOKEN <token>`. SIGTERM, or its
+//! standard input closing, drains and stops it.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -32,12 +35,36 @@ struct Args {
     max_connections: Option<usize>,
     #[arg(long)]
     max_connections_per_source: Option<usize>,
+    /// A store crash point (`tether_server::store::fault::POINTS`) to abort at.
+    #[arg(long)]
+    crash_at: Option<String>,
+    /// Abort the `n`th time the crash point is reached.
+    #[arg(long, default_value_t = 1)]
+    crash_nth: u64,
+    /// Most samples in one chunk.
+    #[arg(long)]
+    head_samples: Option<u32>,
+    /// How often the store compacts.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    compaction_interval: Option<Duration>,
+    /// How often the store checkpoints.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    checkpoint_interval: Option<Duration>,
+    /// How often retention runs.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retention_interval: Option<Duration>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tether_tests::trace_to_stderr();
     let args = Args::parse();
+    if let Some(point) = &args.crash_at {
+        anyhow::ensure!(
+            tether_server::store::fault::arm(point, args.crash_nth),
+            "unknown crash point {point}"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
@@ -50,6 +77,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(max) = args.max_connections_per_source {
         config.connections.max_connections_per_source = max;
     }
+    let storage = &mut config.storage;
+    if let Some(samples) = args.head_samples {
+        storage.series.head_max_samples = samples;
+    }
+    if let Some(every) = args.compaction_interval {
+        storage.compaction_interval = every;
+    }
+    if let Some(every) = args.checkpoint_interval {
+        storage.checkpoint_interval = every;
+    }
+    if let Some(every) = args.retention_interval {
+        storage.retention_interval = every;
+    }
     let server = tether_server::server::start(config).await?;
     let token = std::fs::read_to_string(&server.admin_token_file).context("admin token")?;
     let mut out = std::io::stdout();
@@ -61,6 +101,15 @@ async fn main() -> anyhow::Result<()> {
     out.flush()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(tether_proto::process::cancel_on_signal(shutdown.clone()));
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+            shutdown.cancel();
+        }
+    });
     server.serve(listener, shutdown).await?;
     Ok(())
 }
