@@ -71,12 +71,13 @@ use crate::domain::{
     AgentId, AgentRecord, AgentTombstone, AuditRecord, CommandId, EnrollmentTokenRecord,
     LiveRecord, OrgId, OrgRecord, Sample, SampleTotals, TokenRecord, Transition, is_valid_id,
 };
-use crate::store::chunk::{self, ChunkHeader};
+use crate::store::chunk;
 use crate::store::fault;
 use crate::store::wal::AgentKey;
 
 mod command;
 mod layout;
+mod retention;
 mod series;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -93,10 +94,6 @@ pub const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// 128 KiB it stays near 270 MB after 2M samples at the same throughput (store_bench example).
 /// Segments at or below 128 KiB behaved the same; 256 KiB already grew like the default.
 pub const SEGMENT_SIZE_BYTES: usize = 128 * 1024;
-
-/// How many removals [`Store::purge`] applies per batch: bounds its memory and the time it
-/// holds up concurrent writers, whatever the amount of expired data.
-const PURGE_BATCH: usize = 10_000;
 
 /// How long [`SledStore::open`] waits for a just-dropped store's lock to be released.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -131,10 +128,6 @@ impl std::fmt::Debug for SledStore {
         f.debug_struct("SledStore").finish_non_exhaustive()
     }
 }
-
-/// Whether a record of a series (key, value) has expired, and if so its weight (the samples of
-/// a chunk, 1 for anything else).
-type Expiry<'a> = dyn Fn(&[u8], &[u8]) -> Result<Option<u64>> + 'a;
 
 // === impl SledStore ===
 
@@ -273,76 +266,6 @@ impl SledStore {
                 Ok((id.to_owned(), decode(&key, &value)?))
             })
             .collect()
-    }
-
-    /// Deletes, in every series (one per agent) of one kind in one org, the records below
-    /// `end_ms` in key order that `expired` (given the key and value) says have expired;
-    /// returns how many went and the sum of `expired`'s weights (e.g. a chunk's samples).
-    fn purge_section(
-        &self,
-        org: &str,
-        kind: &[u8],
-        end_ms: u64,
-        expired: &Expiry<'_>,
-    ) -> Result<(u64, u64)> {
-        let section = section(org, kind);
-        let section_end = prefix_end(&section);
-        let (mut removed, mut weight) = (0, 0);
-        let mut from = Bound::Included(section.clone());
-        while let Some(entry) = self.data.range((from, section_end.clone())).next() {
-            let (key, _) = entry.map_err(backend)?;
-            let agent_len = key[section.len()..]
-                .iter()
-                .position(|&b| b == b'/')
-                .ok_or_else(|| corrupt(&key, "series key has no agent id"))?;
-            let series = &key[..section.len() + agent_len + 1];
-            let (n, w) = self.purge_series(series, end_ms, expired)?;
-            removed += n;
-            weight += w;
-            match successor(series) {
-                Some(next) => from = Bound::Included(next),
-                None => break,
-            }
-        }
-        Ok((removed, weight))
-    }
-
-    /// Deletes the expired records of one series stamped before `end_ms` (keys under `series`,
-    /// in key order), in batches of [`PURGE_BATCH`]; returns how many went, and their weight.
-    fn purge_series(&self, series: &[u8], end_ms: u64, expired: &Expiry<'_>) -> Result<(u64, u64)> {
-        // Keys stamped at `end_ms` or before, whatever follows the stamp.
-        let end = match end_ms.checked_add(1) {
-            Some(next) => Bound::Excluded(bucket_key(series, next)),
-            None => prefix_end(series),
-        };
-        let (mut removed, mut weight) = (0, 0);
-        let mut from = Bound::Included(series.to_vec());
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut n_batch = 0;
-            let mut last_key = None;
-            for entry in self.data.range((from.clone(), end.clone())) {
-                let (key, value) = entry.map_err(backend)?;
-                if let Some(w) = expired(&key, &value)? {
-                    batch.remove(key.clone());
-                    n_batch += 1;
-                    weight += w;
-                }
-                last_key = Some(key);
-                if n_batch == PURGE_BATCH {
-                    break;
-                }
-            }
-            if n_batch > 0 {
-                self.data.apply_batch(batch).map_err(backend)?;
-                fault::point("retention-batch");
-                removed += n_batch as u64;
-            }
-            match last_key {
-                Some(key) if n_batch == PURGE_BATCH => from = Bound::Excluded(key.to_vec()),
-                _ => return Ok((removed, weight)),
-            }
-        }
     }
 }
 
@@ -630,54 +553,9 @@ impl Store for SledStore {
             .collect()
     }
 
-    /// Finds series by skipping from org to org and, within an org's chunk, rollup and
-    /// transition sections, from agent to agent (one seek each), so the work grows with the
-    /// number of deleted records plus orgs and agents, not with what stays. Series are found
-    /// from their keys rather than from agent records, so the history of an agent whose record
-    /// is gone is purged too. Chunks and buckets go by their key alone (a chunk's key is its
-    /// newest sample's time); a transition in the cutoff's own millisecond is decoded, so its
-    /// boundary is exact. Removals go in batches of `PURGE_BATCH`, flushed once at the end.
+    /// See `sled/retention.rs`.
     fn purge(&self, retention: &Retention) -> Result<Purged> {
-        let mut purged = Purged::default();
-        // Stored times are whole milliseconds: `t < cutoff` is `t_ms < ceil(cutoff)`.
-        let whole_ms = |cutoff: SystemTime| {
-            let ms = millis(cutoff);
-            ms + u64::from(UNIX_EPOCH + std::time::Duration::from_millis(ms) < cutoff)
-        };
-        let chunk_end = whole_ms(retention.samples);
-        let chunk_samples = |key: &[u8], value: &[u8]| -> Result<Option<u64>> {
-            let (header, _) = ChunkHeader::parse(value).map_err(|e| corrupt(key, e.to_string()))?;
-            Ok(Some(u64::from(header.count)))
-        };
-        let bucket = |_: &[u8], _: &[u8]| -> Result<Option<u64>> { Ok(Some(1)) };
-        let transition_cutoff = retention.samples;
-        let transition = move |key: &[u8], value: &[u8]| -> Result<Option<u64>> {
-            let transition: Transition = decode(key, value)?;
-            Ok((transition.time < transition_cutoff).then_some(1))
-        };
-        for org in self.orgs()? {
-            // A chunk whose newest sample is at `chunk_end - 1` ms or earlier is wholly older.
-            if let Some(end) = chunk_end.checked_sub(1) {
-                let (n, samples) = self.purge_section(&org, CHUNK, end, &chunk_samples)?;
-                purged.chunks += n;
-                purged.samples += samples;
-            }
-            for (kind, cutoff) in [
-                (ROLLUP_5M, retention.five_minutes),
-                (ROLLUP_1H, retention.one_hour),
-            ] {
-                if let Some(end) = whole_ms(cutoff).checked_sub(1) {
-                    purged.rollups += self.purge_section(&org, kind, end, &bucket)?.0;
-                }
-            }
-            purged.transitions += self
-                .purge_section(&org, TRANSITION, millis(transition_cutoff), &transition)?
-                .0;
-        }
-        if purged != Purged::default() {
-            self.db.flush().map_err(backend)?;
-        }
-        Ok(purged)
+        self.purge_history(retention)
     }
 
     fn compact(&self, now: SystemTime, checkpoint: bool) -> Result<Compacted> {
