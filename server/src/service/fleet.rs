@@ -30,14 +30,15 @@ use crate::service::AppState;
 
 mod points;
 
-pub use self::points::{Aggregator, RollupAggregator, bucket_start, resolution_for};
+pub use self::points::{
+    Aggregator, MAX_METRICS_SAMPLES_READ, PointRange, RollupAggregator, bucket_start, read_points,
+    resolution_for,
+};
 
 /// Default range of `GetMetrics` when `start` is unset.
 pub const DEFAULT_METRICS_RANGE: Duration = Duration::from_secs(3600);
 /// Most points one `GetMetrics` answer may hold.
 pub const MAX_METRICS_POINTS: u64 = 10_000;
-/// Most samples one `GetMetrics` call reads to compute its points.
-pub const MAX_METRICS_SAMPLES_READ: usize = 500_000;
 /// Status changes `GetAgent` returns with the agent.
 pub const RECENT_TRANSITIONS: usize = 20;
 
@@ -210,28 +211,16 @@ pub async fn metrics(
         ));
     let store = state.store.clone();
     let org = org.clone();
-    tokio::task::spawn_blocking(move || match resolution_for(step) {
-        None => {
-            let mut points = Aggregator::new(start, step, max_points);
-            for totals in store
-                .sample_totals(&org, &id, start, end)
-                .take(MAX_METRICS_SAMPLES_READ)
-            {
-                points.push(&totals?);
-            }
-            Ok(points.finish())
-        }
-        Some(resolution) => {
-            let mut points = RollupAggregator::new(start, step, max_points);
-            let first_bucket = bucket_start(start, resolution);
-            for bucket in store.rollups(&org, &id, resolution, first_bucket, end) {
-                points.push(&bucket?);
-            }
-            Ok(points.finish())
-        }
-    })
-    .await
-    .map_err(|e| ServerError::Internal(e.to_string()))?
+    let range = PointRange {
+        start,
+        end,
+        step,
+        max_points,
+    };
+    tokio::task::spawn_blocking(move || read_points(store.as_ref(), &org, &id, &range))
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .map_err(ServerError::from)
 }
 
 /// State of one `WatchAgents` stream.

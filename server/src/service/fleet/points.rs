@@ -5,8 +5,62 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use crate::domain::{MetricsPoint, SampleTotals};
-use crate::store::{Resolution, Rollup, RollupBucket};
+use crate::domain::{AgentId, MetricsPoint, OrgId, SampleTotals};
+use crate::store::{Resolution, Rollup, RollupBucket, Store, StoreError};
+
+/// Most samples one `GetMetrics` call reads to compute its points.
+pub const MAX_METRICS_SAMPLES_READ: usize = 500_000;
+
+/// What points to compute: from `start` to `end` by `step` (0: one per sample), at most
+/// `max_points` (the newest).
+#[derive(Clone, Copy, Debug)]
+pub struct PointRange {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub step: Duration,
+    pub max_points: usize,
+}
+
+/// The points of one agent's metrics over `range`: what `GetMetrics` answers once its request
+/// is checked, from raw samples (disk totals, at most [`MAX_METRICS_SAMPLES_READ`]) or from
+/// rollups as [`resolution_for`] says. Blocking.
+///
+/// # Errors
+///
+/// The store's, when a read fails.
+pub fn read_points(
+    store: &dyn Store,
+    org: &OrgId,
+    agent: &AgentId,
+    range: &PointRange,
+) -> Result<Vec<MetricsPoint>, StoreError> {
+    let PointRange {
+        start,
+        end,
+        step,
+        max_points,
+    } = *range;
+    match resolution_for(step) {
+        None => {
+            let mut points = Aggregator::new(start, step, max_points);
+            for totals in store
+                .sample_totals(org, agent, start, end)
+                .take(MAX_METRICS_SAMPLES_READ)
+            {
+                points.push(&totals?);
+            }
+            Ok(points.finish())
+        }
+        Some(resolution) => {
+            let mut points = RollupAggregator::new(start, step, max_points);
+            let first_bucket = bucket_start(start, resolution);
+            for bucket in store.rollups(org, agent, resolution, first_bucket, end) {
+                points.push(&bucket?);
+            }
+            Ok(points.finish())
+        }
+    }
+}
 
 /// The resolution `GetMetrics` reads for `step`: `None` (raw samples) below 5 minutes, 5-minute
 /// rollups from 5 minutes, 1-hour rollups from 1 hour. A step at least as wide as a bucket
