@@ -81,9 +81,11 @@ mod retention;
 mod series;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod usage;
 
 use self::layout::*;
 use self::series::Series;
+pub use self::usage::StoreUsage;
 
 /// Default bound of sled's page cache. sled's own default (1 GiB) is more than a server that
 /// holds its registry in memory needs; reads are mostly recent samples.

@@ -1156,6 +1156,28 @@ mod sled_store {
         ));
     }
 
+    /// The usage scan counts what the store holds, part by part.
+    #[test]
+    fn usage_sums_every_part() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let writes: Vec<Write> = (1..=30)
+            .map(|seq| put_sample("acme", "web-1", sample(seq, 1_000 * seq)))
+            .collect();
+        store.commit_writes(&writes).expect("commit");
+        let logged = store.usage().expect("usage");
+        assert_eq!((logged.log_records, logged.chunks, logged.heads), (1, 0, 0));
+        store.compact(at(u64::MAX), true).expect("seal");
+        let sealed = store.usage().expect("usage");
+        assert_eq!((sealed.chunks, sealed.chunk_samples), (1, 30));
+        assert_eq!(
+            (sealed.heads, sealed.head_samples, sealed.log_records),
+            (1, 0, 0)
+        );
+        assert_eq!(sealed.rollups, 2, "one 5-minute and one 1-hour bucket");
+        assert!(sealed.chunk_bytes > 0 && sealed.size_on_disk > 0);
+    }
+
     /// A checkpoint removes every log record once the heads are snapshotted; the samples stay.
     #[test]
     fn a_checkpoint_empties_the_log() {
