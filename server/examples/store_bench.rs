@@ -1,10 +1,19 @@
 //! Measures `Store::commit` throughput for batches shaped like the writer's under load: N
-//! samples from N different agents plus one progress record per agent.
+//! samples from N different agents plus one progress record per agent. The writer acks a
+//! batch when its commit returns (the log record is flushed), so samples per second here are
+//! acknowledged samples per second. Then it compacts (seals every head) and prints what the
+//! store holds per sample, the heads' memory and the process's RSS.
 //!
 //! `cargo run --release -p tether-server --example store_bench -- [BATCH] [BATCHES]`
+//! (`NO_LIVE=1` leaves the progress records out). The samples are alike from batch to batch,
+//! so their bytes per sample flatter any codec; `series_bench` measures real-like samples.
+
+#[path = "support/rss.rs"]
+mod rss;
 
 use std::time::{Duration, Instant, SystemTime};
 
+use rss::rss_kib;
 use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample, Time};
 use tether_server::store::{SledStore, Store, Write};
 
@@ -19,12 +28,14 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(dir.path()).expect("open");
     let org = OrgId::new("default");
+    let agents: Vec<AgentId> = (0..batch)
+        .map(|a| AgentId::new(format!("agent-{a:06}")))
+        .collect();
     let started = Instant::now();
     for b in 0..batches {
         let seq = b as u64 + 1;
         let mut writes = Vec::with_capacity(batch * 2);
-        for a in 0..batch {
-            let agent = AgentId::new(format!("agent-{a:06}"));
+        for agent in &agents {
             writes.push(Write::PutSample {
                 org: org.clone(),
                 agent: agent.clone(),
@@ -53,7 +64,7 @@ fn main() {
             }
             writes.push(Write::PutProgress {
                 org: org.clone(),
-                agent,
+                agent: agent.clone(),
                 last_seq: seq,
                 last_seen: SystemTime::now(),
             });
@@ -70,5 +81,39 @@ fn main() {
         "{samples} samples in {batches} batches of {batch} (+1 progress record each): {:.1?}, {:.0} samples/s",
         elapsed,
         samples as f64 / elapsed.as_secs_f64()
+    );
+    let open = store.memory();
+    println!(
+        "open heads: {} holding {} bytes ({:.0} per agent); RSS {} KiB",
+        open.heads,
+        open.heads_bytes,
+        open.heads_bytes as f64 / open.heads.max(1) as f64,
+        rss_kib()
+    );
+    let t = Instant::now();
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
+    let done = store.compact(far, true).expect("compact");
+    let usage = store.usage().expect("usage");
+    println!(
+        "compaction: sealed {} heads, removed {} log records in {:.1?}",
+        done.sealed,
+        done.log_records_removed,
+        t.elapsed()
+    );
+    println!(
+        "after compaction: {} chunks, {:.2} B/sample sealed; rollups {} B; store {:.1} B/sample \
+         (records), {:.1} B/sample on disk ({} bytes); RSS {} KiB",
+        usage.chunks,
+        usage.chunk_bytes as f64 / usage.chunk_samples.max(1) as f64,
+        usage.rollup_bytes,
+        (usage.chunk_bytes
+            + usage.rollup_bytes
+            + usage.head_bytes
+            + usage.log_bytes
+            + usage.other_bytes) as f64
+            / samples as f64,
+        usage.size_on_disk as f64 / samples as f64,
+        usage.size_on_disk,
+        rss_kib()
     );
 }
