@@ -162,8 +162,9 @@ pub enum Write {
     },
     /// Record how far an agent's samples are durable: the deduplication high-water mark and
     /// the time of its last message. Small and fixed-size; the writer writes it at most every
-    /// few seconds per agent, and `load` also reads each agent's newest sample key, so the
-    /// mark is exact after a restart without a write per sample.
+    /// [`PROGRESS_INTERVAL`](crate::writer::PROGRESS_INTERVAL) per agent, and `load` also
+    /// takes each agent's last stored seq from its samples, so the mark is exact after a
+    /// restart without a write per sample.
     PutProgress {
         org: OrgId,
         agent: AgentId,

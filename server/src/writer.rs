@@ -64,8 +64,11 @@ use self::live::LiveChanges;
 
 pub use self::live::MAX_PENDING_TRANSITIONS;
 
-/// Least time between two progress records of one agent.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// Least time between two progress records of one agent. The store knows each agent's last
+/// seq from its samples (its head and log), so a progress record only keeps `last_seen` (the
+/// server's clock) for a restart after a crash, which also takes the newest sample's time;
+/// and every record rewritten costs sled memory (see `store/sled.rs`), so it is rare.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Wait after a failed commit before the next one, doubled after each further failure up to
 /// [`MAX_RETRY_DELAY`]: a broken disk is not hammered, and queues fill up to their bounds

@@ -38,7 +38,7 @@ pub(super) struct WriterState {
     /// deduplication high-water mark.
     live: HashMap<AgentId, LiveRecord>,
     /// When each agent's progress record was last committed: it is written at most every
-    /// [`PROGRESS_INTERVAL`] (samples carry their own seq in their key, which `load` reads).
+    /// [`PROGRESS_INTERVAL`] (the store reads each agent's last seq from its samples).
     progress_at: HashMap<AgentId, Instant>,
     /// Where each org's audit chain continues: last committed (seq, hash).
     audit_heads: HashMap<OrgId, (u64, [u8; 32])>,

@@ -11,9 +11,10 @@ use crate::domain::Transition;
 use crate::store::chunk::ChunkHeader;
 use crate::store::{Purged, Retention, fault};
 
-/// How many removals [`Store::purge`](crate::store::Store::purge) applies per batch: bounds its memory and the time it
-/// holds up concurrent writers, whatever the amount of expired data.
-const PURGE_BATCH: usize = 10_000;
+/// How many removals [`Store::purge`](crate::store::Store::purge) applies per batch: bounds
+/// the time it holds up concurrent writers, whatever the amount of expired data, and stays
+/// below the batch size past which sled keeps memory (see `SledStore::commit`).
+const PURGE_BATCH: usize = 256;
 
 /// Whether a record of a series (key, value) has expired, and if so its weight (the samples of
 /// a chunk, 1 for anything else).

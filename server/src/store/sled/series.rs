@@ -63,8 +63,9 @@ pub(super) const LOG_PART_SAMPLES: usize = 128;
 /// rarely meet.
 const N_SHARDS: usize = 32;
 
-/// Log records removed per batch when the log is truncated.
-const TRUNCATE_BATCH: usize = 10_000;
+/// Most writes in one batch the engine applies on its own (snapshots, truncation): below the
+/// batch size past which sled keeps memory (see `SledStore::commit`).
+const STORE_BATCH: usize = 256;
 
 /// Fixed cost of one head in the map, beyond its heap: the entry, the map's control byte and
 /// slack.
@@ -492,17 +493,23 @@ impl Series {
             // One batch per shard: a head record is atomic on its own, and a checkpoint of a
             // large fleet must not build one batch of every head.
             for (idx, shard) in self.shards.iter().enumerate() {
-                let mut batch = sled::Batch::default();
+                let mut records = Vec::new();
                 {
                     let mut heads = lock(&shard.heads);
                     for (key, entry) in heads.iter_mut() {
                         if let Some(needs_from) = entry.needs_from.take() {
-                            batch.insert(head_key(key), entry.head.encode());
+                            records.push((head_key(key), entry.head.encode()));
                             written.push((idx, key.clone(), needs_from));
                         }
                     }
                 }
-                self.data.apply_batch(batch).map_err(backend)?;
+                for part in records.chunks(STORE_BATCH) {
+                    let mut batch = sled::Batch::default();
+                    for (key, value) in part {
+                        batch.insert(key.as_slice(), value.as_slice());
+                    }
+                    self.data.apply_batch(batch).map_err(backend)?;
+                }
             }
             fault::point("snapshots-written");
             let bound = self.truncation_bound();
@@ -556,7 +563,7 @@ impl Series {
                 let (key, _) = entry.map_err(backend)?;
                 batch.remove(key);
                 n += 1;
-                if n == TRUNCATE_BATCH {
+                if n == STORE_BATCH {
                     break;
                 }
             }
