@@ -5,8 +5,10 @@
 //! store holds per sample, the heads' memory and the process's RSS.
 //!
 //! `cargo run --release -p tether-server --example store_bench -- [BATCH] [BATCHES]`
-//! (`NO_LIVE=1` leaves the progress records out). The samples are alike from batch to batch,
-//! so their bytes per sample flatter any codec; `series_bench` measures real-like samples.
+//! (`NO_LIVE=1` leaves the progress records out, as the writer does for all but one sample of
+//! an agent a minute). A thread checkpoints as the server's compaction task does (when the log
+//! passes 64 MiB), alongside the commits. The samples are alike from batch to batch, so their
+//! bytes per sample flatter any codec; `series_bench` measures real-like samples.
 
 #[path = "support/rss.rs"]
 mod rss;
@@ -14,6 +16,9 @@ mod rss;
 use std::time::{Duration, Instant, SystemTime};
 
 use rss::rss_kib;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tether_server::config::DEFAULT_CHECKPOINT_LOG_BYTES;
 use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample, Time};
 use tether_server::store::{SledStore, Store, Write};
 
@@ -31,11 +36,35 @@ fn main() {
     let agents: Vec<AgentId> = (0..batch)
         .map(|a| AgentId::new(format!("agent-{a:06}")))
         .collect();
+    let done = AtomicBool::new(false);
+    let checkpoints = std::thread::scope(|scope| {
+        let compactor = scope.spawn(|| {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if store.memory().log_bytes >= DEFAULT_CHECKPOINT_LOG_BYTES {
+                    store.compact(SystemTime::now(), true).expect("checkpoint");
+                    n += 1;
+                }
+            }
+            n
+        });
+        ingest(&store, &org, &agents, batches);
+        done.store(true, Ordering::Relaxed);
+        compactor.join().expect("compactor")
+    });
+    println!("checkpoints during ingest: {checkpoints}");
+    summary(&store, batch * batches);
+}
+
+/// Commits `batches` batches of one sample (and progress record) per agent; prints the rate.
+fn ingest(store: &SledStore, org: &OrgId, agents: &[AgentId], batches: usize) {
+    let batch = agents.len();
     let started = Instant::now();
     for b in 0..batches {
         let seq = b as u64 + 1;
         let mut writes = Vec::with_capacity(batch * 2);
-        for agent in &agents {
+        for agent in agents {
             writes.push(Write::PutSample {
                 org: org.clone(),
                 agent: agent.clone(),
@@ -82,6 +111,10 @@ fn main() {
         elapsed,
         samples as f64 / elapsed.as_secs_f64()
     );
+}
+
+/// Prints the heads' memory, then compacts everything and prints what the store holds.
+fn summary(store: &SledStore, samples: usize) {
     let open = store.memory();
     println!(
         "open heads: {} holding {} bytes ({:.0} per agent); RSS {} KiB",

@@ -29,11 +29,14 @@ pub const DEFAULT_ROLLUP_5M_RETENTION: Duration = Duration::from_secs(90 * 24 * 
 /// How long 1-hour rollups are kept (two years).
 pub const DEFAULT_ROLLUP_1H_RETENTION: Duration = Duration::from_secs(730 * 24 * 3600);
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
-/// How often the store seals heads that are due and reports its memory.
-pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the store seals heads that are due, reports its memory, and checks whether a
+/// checkpoint is due.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the store snapshots its open heads and truncates its write-ahead log: bounds
 /// the log (about this long of ingest) and so the replay at start-up.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Log size past which a checkpoint is due sooner than its interval (under heavy ingest).
+pub const DEFAULT_CHECKPOINT_LOG_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest allowed head size bound: a chunk must hold a few samples to compress at all.
 pub const MIN_HEAD_MAX_BYTES: usize = 256;
 /// Most writes the writer commits in one batch.
@@ -243,6 +246,8 @@ pub struct StorageConfig {
     pub retention_interval: Duration,
     pub compaction_interval: Duration,
     pub checkpoint_interval: Duration,
+    /// Size of the write-ahead log past which a checkpoint comes before its interval.
+    pub checkpoint_log_bytes: u64,
     /// How samples are kept: head sizes, chunk span, the heads' memory budget.
     pub series: crate::store::SeriesConfig,
     pub writer_max_batch: usize,
@@ -493,6 +498,11 @@ impl Config {
                 return invalid(format!("{name} must be greater than zero"));
             }
         }
+        if st.checkpoint_log_bytes == 0 {
+            return invalid(
+                "the log size that brings a checkpoint must be greater than zero".to_owned(),
+            );
+        }
         if st.series.head_max_samples == 0 || st.series.head_max_bytes < MIN_HEAD_MAX_BYTES {
             return invalid(format!(
                 "a head must hold at least one sample and {MIN_HEAD_MAX_BYTES} bytes"
@@ -655,6 +665,7 @@ impl Default for StorageConfig {
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            checkpoint_log_bytes: DEFAULT_CHECKPOINT_LOG_BYTES,
             series: crate::store::SeriesConfig::default(),
             writer_max_batch: DEFAULT_WRITER_MAX_BATCH,
             writer_linger: DEFAULT_WRITER_LINGER,
@@ -875,6 +886,9 @@ mod tests {
         assert!(config.validate().is_err());
         let mut config = Config::new("x");
         config.storage.checkpoint_interval = Duration::ZERO;
+        assert!(config.validate().is_err());
+        let mut config = Config::new("x");
+        config.storage.checkpoint_log_bytes = 0;
         assert!(config.validate().is_err());
         let mut config = Config::new("x");
         config.storage.series.head_max_bytes = MIN_HEAD_MAX_BYTES - 1;

@@ -151,6 +151,10 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_INTERVAL.into())]
     store_checkpoint_interval: humantime::Duration,
 
+    /// Size of the write-ahead log, in MiB, past which a checkpoint comes sooner.
+    #[arg(long, default_value_t = config::DEFAULT_CHECKPOINT_LOG_BYTES >> 20)]
+    store_checkpoint_log_mib: u64,
+
     /// How long the writer waits for more writes before committing a batch.
     #[arg(long, default_value_t = config::DEFAULT_WRITER_LINGER.into())]
     writer_linger: humantime::Duration,
@@ -388,7 +392,8 @@ impl Args {
         c.storage.rollup_1h_retention = self.rollup_1h_retention.into();
         c.storage.compaction_interval = self.store_compaction_interval.into();
         c.storage.checkpoint_interval = self.store_checkpoint_interval.into();
-        c.storage.series.heads_budget_bytes = self.store_heads_budget_mib << 20;
+        c.storage.checkpoint_log_bytes = self.store_checkpoint_log_mib.saturating_mul(1 << 20);
+        c.storage.series.heads_budget_bytes = self.store_heads_budget_mib.saturating_mul(1 << 20);
         c.storage.series.head_max_bytes = self.store_head_bytes;
         c.storage.series.head_max_samples = self.store_head_samples;
         c.storage.series.chunk_max_span = self.store_chunk_span.into();

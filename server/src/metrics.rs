@@ -121,6 +121,8 @@ pub struct Metrics {
     pub store_memory_limit: Family<StoreMemoryLabels, Gauge>,
     /// Agents with an open head.
     pub store_open_heads: Gauge,
+    /// Bytes of the store's write-ahead log (on disk), which checkpoints bound.
+    pub store_log_bytes: Gauge,
 }
 
 impl Metrics {
@@ -177,6 +179,7 @@ impl Metrics {
         let store_memory = Family::<StoreMemoryLabels, Gauge>::default();
         let store_memory_limit = Family::<StoreMemoryLabels, Gauge>::default();
         let store_open_heads = Gauge::default();
+        let store_log_bytes = Gauge::default();
         registry.register(
             "store_memory_bytes",
             "Memory the store holds for samples, by part (heads: open chunks of every agent)",
@@ -191,6 +194,12 @@ impl Metrics {
             "store_open_heads",
             "Agents whose newest samples are in an open chunk in memory",
             store_open_heads.clone(),
+        );
+        registry.register(
+            "store_log_bytes",
+            "Bytes of the store's write-ahead log on disk; a checkpoint truncates it once it \
+             passes --store-checkpoint-log-mib",
+            store_log_bytes.clone(),
         );
         registry.register(
             "limit_violations",
@@ -332,10 +341,11 @@ impl Metrics {
             store_memory,
             store_memory_limit,
             store_open_heads,
+            store_log_bytes,
         })
     }
 
-    /// Sets the store's memory gauges from `memory`.
+    /// Sets the store's memory gauges, and its log's size, from `memory`.
     pub fn set_store_memory(&self, memory: &crate::store::StoreMemory) {
         let set = |family: &Family<StoreMemoryLabels, Gauge>, part, bytes: u64| {
             family
@@ -347,6 +357,8 @@ impl Metrics {
         set(&self.store_memory_limit, "cache", memory.cache_bytes);
         self.store_open_heads
             .set(i64::try_from(memory.heads).unwrap_or(i64::MAX));
+        self.store_log_bytes
+            .set(i64::try_from(memory.log_bytes).unwrap_or(i64::MAX));
     }
 
     pub fn limit(&self, limit: &'static str) {

@@ -138,6 +138,10 @@ pub struct StoreMemory {
     pub heads_budget_bytes: u64,
     /// The configured bound of the backend's page cache.
     pub cache_bytes: u64,
+    /// Bytes of the write-ahead log (on disk, not memory): reported here because the server
+    /// checkpoints, which truncates it, once it passes a bound, and a long log is a long replay
+    /// at start-up.
+    pub log_bytes: u64,
 }
 
 /// One rollup bucket of an agent.

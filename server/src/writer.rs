@@ -510,8 +510,9 @@ pub async fn run_retention(
 }
 
 /// Compacts the store every `compaction_interval` (sealing heads that are due), with a
-/// checkpoint (head snapshots, log truncation) every `checkpoint_interval` and once more at
-/// shutdown, and reports the store's memory after each pass.
+/// checkpoint (head snapshots, log truncation) every `checkpoint_interval`, as soon as the
+/// log holds `checkpoint_log_bytes`, and once more at shutdown; reports the store's memory
+/// after each pass.
 pub async fn run_compaction(
     store: Arc<dyn Store>,
     config: StorageConfig,
@@ -526,7 +527,8 @@ pub async fn run_compaction(
             () = shutdown.cancelled() => true,
             _ = interval.tick() => false,
         };
-        let checkpoint = stopping || last_checkpoint.elapsed() >= config.checkpoint_interval;
+        let checkpoint = stopping
+            || checkpoint_due(&config, last_checkpoint.elapsed(), store.memory().log_bytes);
         let pass = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || {
@@ -560,6 +562,13 @@ pub async fn run_compaction(
             return;
         }
     }
+}
+
+/// Whether a compaction pass also checkpoints: its interval has passed since the last one, or
+/// the log holds `checkpoint_log_bytes` already (under heavy ingest, well before the interval),
+/// which bounds the log on disk and the replay at start-up.
+fn checkpoint_due(config: &StorageConfig, since_last: Duration, log_bytes: u64) -> bool {
+    since_last >= config.checkpoint_interval || log_bytes >= config.checkpoint_log_bytes
 }
 
 enum Item {
@@ -674,3 +683,6 @@ impl Writer {
 fn observe_receiver<T>(gauge: &Gauge, receiver: &mpsc::Receiver<T>) {
     gauge.set(i64::try_from(receiver.len()).unwrap_or(i64::MAX));
 }
+
+#[cfg(test)]
+mod tests;

@@ -70,13 +70,18 @@ async fn the_server_serves_prometheus_metrics_and_stops_them_with_itself() {
 
     let body = eventually("the session gauge to count the agent", || async {
         let body = scrape_metrics(addr).await.ok()?;
-        body.lines()
-            .any(|line| line == "tether_sessions 1")
-            .then_some(body)
+        // The store's gauges are set by its first compaction pass, at start-up.
+        (body.lines().any(|line| line == "tether_sessions 1")
+            && body.contains("tether_store_log_bytes "))
+        .then_some(body)
     })
     .await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("tether_agent_messages_total"), "{body}");
+    assert!(
+        body.contains("tether_store_memory_limit_bytes{part=\"heads\"}"),
+        "{body}"
+    );
 
     agent.stop().await;
     server.stop().await;

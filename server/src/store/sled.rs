@@ -572,12 +572,13 @@ impl Store for SledStore {
     }
 
     fn memory(&self) -> StoreMemory {
-        let (heads, heads_bytes, heads_budget_bytes) = self.series.memory();
+        let (heads, heads_bytes, heads_budget_bytes, log_bytes) = self.series.memory();
         StoreMemory {
             heads,
             heads_bytes,
             heads_budget_bytes,
             cache_bytes: self.cache_bytes,
+            log_bytes,
         }
     }
 

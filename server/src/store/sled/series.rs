@@ -81,6 +81,8 @@ pub(super) struct Series {
     shards: Box<[Shard]>,
     n_heads: AtomicU64,
     heads_bytes: AtomicU64,
+    /// Bytes of the log's records (keys and values): what a checkpoint bounds.
+    log_bytes: AtomicU64,
     numbers: Mutex<Numbers>,
 }
 
@@ -157,6 +159,11 @@ impl Series {
             Some((key, _)) => record_number(&key)? + 1,
             None => 1,
         };
+        let mut log_bytes = 0;
+        for entry in log.iter() {
+            let (key, value) = entry.map_err(backend)?;
+            log_bytes += (key.len() + value.len()) as u64;
+        }
         let series = Self {
             db,
             data,
@@ -175,6 +182,7 @@ impl Series {
                 .collect(),
             n_heads: AtomicU64::new(0),
             heads_bytes: AtomicU64::new(0),
+            log_bytes: AtomicU64::new(log_bytes),
             numbers: Mutex::new(Numbers {
                 next,
                 held: BTreeSet::new(),
@@ -257,6 +265,7 @@ impl Series {
         };
         let mut batch = sled::Batch::default();
         let mut record = Vec::new();
+        let mut bytes = 0;
         for (number, part) in (first..).zip(samples.chunks(LOG_PART_SAMPLES)) {
             record.clear();
             wal::encode_into(
@@ -267,9 +276,11 @@ impl Series {
                 what: "sample",
                 detail: e.to_string(),
             })?;
+            bytes += (8 + record.len()) as u64;
             batch.insert(&number.to_be_bytes(), record.as_slice());
         }
         self.log.apply_batch(batch).map_err(backend)?;
+        self.log_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(logged)
     }
 
@@ -559,8 +570,10 @@ impl Series {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
+            let mut bytes = 0;
             for entry in self.log.range(..bound.to_be_bytes()) {
-                let (key, _) = entry.map_err(backend)?;
+                let (key, value) = entry.map_err(backend)?;
+                bytes += (key.len() + value.len()) as u64;
                 batch.remove(key);
                 n += 1;
                 if n == STORE_BATCH {
@@ -571,6 +584,7 @@ impl Series {
                 return Ok(removed);
             }
             self.log.apply_batch(batch).map_err(backend)?;
+            self.log_bytes.fetch_sub(bytes, Ordering::Relaxed);
             removed += n as u64;
         }
     }
@@ -598,12 +612,13 @@ impl Series {
         }
     }
 
-    /// (open heads, bytes they hold, their budget).
-    pub(super) fn memory(&self) -> (u64, u64, u64) {
+    /// (open heads, bytes they hold, their budget, bytes of the log).
+    pub(super) fn memory(&self) -> (u64, u64, u64, u64) {
         (
             self.n_heads.load(Ordering::Relaxed),
             self.heads_bytes.load(Ordering::Relaxed),
             self.budget,
+            self.log_bytes.load(Ordering::Relaxed),
         )
     }
 }

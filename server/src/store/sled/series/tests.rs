@@ -47,10 +47,12 @@ fn the_log_is_kept_for_commits_in_flight_and_for_open_heads() {
     commit(&series, &logged("b", 1..=200));
     assert_eq!(series.truncation_bound(), 1);
 
+    assert!(series.memory().3 > 0, "the log's bytes are counted");
     let done = series.compact(UNIX_EPOCH, true).expect("checkpoint");
     assert_eq!((done.snapshots, done.log_records_removed), (2, 3));
     assert_eq!(series.truncation_bound(), 4, "nothing needed");
     assert_eq!(series.log.len(), 0);
+    assert_eq!(series.memory().3, 0, "and uncounted once truncated");
 
     commit(&series, &logged("a", 4..=5));
     assert_eq!(series.truncation_bound(), 4, "a needs its new record");
@@ -59,7 +61,7 @@ fn the_log_is_kept_for_commits_in_flight_and_for_open_heads() {
     let done = series.compact(far, false).expect("seal");
     assert_eq!(done.sealed, 2);
     assert_eq!(series.truncation_bound(), 5);
-    let (heads, bytes, _) = series.memory();
+    let (heads, bytes, _, _) = series.memory();
     assert_eq!((heads, bytes), (0, 0));
 }
 
