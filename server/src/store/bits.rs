@@ -154,29 +154,30 @@ impl<'a> BitReader<'a> {
     ///
     /// [`DecodeError::Truncated`] naming `what` if fewer than `n` bits are left; the reader
     /// does not move then.
-    pub fn read_bits(&mut self, mut n: u32, what: &'static str) -> Result<u64, DecodeError> {
+    pub fn read_bits(&mut self, n: u32, what: &'static str) -> Result<u64, DecodeError> {
         debug_assert!(n <= 64, "at most 64 bits at a time");
         if u64::from(n) > self.remaining() {
             return Err(DecodeError::Truncated(what));
         }
-        let mut value = 0u64;
-        while n > 0 {
-            let byte = self
-                .bytes
-                .get((self.pos / 8) as usize)
-                .copied()
-                .ok_or(DecodeError::Truncated(what))?;
-            let used = (self.pos % 8) as u32;
-            let avail = 8 - used;
-            let take = n.min(avail);
-            let chunk = (u32::from(byte) >> (avail - take)) & ((1 << take) - 1);
-            // `take` is at most 8, so the shift never overflows its amount; the bits shifted out
-            // are zeros because at most 64 bits are read in all.
-            value = (value << take) | u64::from(chunk);
-            self.pos += u64::from(take);
-            n -= take;
+        if n == 0 {
+            return Ok(0);
         }
-        Ok(value)
+        // The 16 bytes from the current one (zeros past the end) hold the at most 7 bits
+        // already used of it and the at most 64 wanted: read them as one big-endian number.
+        let first = (self.pos / 8) as usize;
+        let rest = self.bytes.get(first..).unwrap_or_default();
+        let window = match rest.first_chunk::<16>() {
+            Some(bytes) => u128::from_be_bytes(*bytes),
+            None => {
+                let mut bytes = [0u8; 16];
+                bytes[..rest.len()].copy_from_slice(rest);
+                u128::from_be_bytes(bytes)
+            }
+        };
+        let used = (self.pos % 8) as u32;
+        self.pos += u64::from(n);
+        // `used + n <= 71 < 128`; the value is the `n` bits after the `used` ones.
+        Ok(((window << used) >> (128 - n)) as u64)
     }
 
     /// Reads one bit.
@@ -185,7 +186,13 @@ impl<'a> BitReader<'a> {
     ///
     /// [`DecodeError::Truncated`] naming `what` at the end of the input.
     pub fn read_bit(&mut self, what: &'static str) -> Result<bool, DecodeError> {
-        Ok(self.read_bits(1, what)? == 1)
+        let byte = self
+            .bytes
+            .get((self.pos / 8) as usize)
+            .ok_or(DecodeError::Truncated(what))?;
+        let bit = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Ok(bit == 1)
     }
 
     /// Reads a value written by [`BitWriter::write_gamma`].
