@@ -527,6 +527,12 @@ impl<'a> ChunkDecoder<'a> {
         self.expected
     }
 
+    /// `(time in ms, seq)` of the sample [`ChunkDecoder::next_into`] decoded last, as stored:
+    /// what a reader orders and filters by, without converting the decoded time back.
+    pub fn last_order(&self) -> (u64, u64) {
+        (self.fixed.time_ms, self.fixed.seq)
+    }
+
     /// Decodes the next sample into `out`, reusing its disk list and strings. Returns
     /// `Ok(false)` after the last sample.
     ///

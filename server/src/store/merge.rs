@@ -8,17 +8,15 @@
 //! time, so a read of any range holds one chunk's samples, never the range.
 //!
 //! Invariant: the output is sorted by `(time, seq)` whatever the sources' order and overlap,
-//! provided each source's `min_ms` is at most the time of each of its items.
+//! provided each source's `min_ms` is at most the time of each of its items. An item's order
+//! is computed once, by the source that yields it, never again by the merge.
 
 use std::collections::VecDeque;
 
 use super::Result;
 
-/// A sample as the merge orders it.
-pub(crate) trait Timed {
-    /// `(time in ms since the Unix epoch, seq)`.
-    fn order(&self) -> (u64, u64);
-}
+/// How the merge orders an item: `(time in ms since the Unix epoch, seq)`.
+pub(crate) type Order = (u64, u64);
 
 /// Something to open: a chunk, known by its earliest sample time.
 #[derive(Clone, Debug)]
@@ -28,36 +26,43 @@ pub(crate) struct Source<K> {
 }
 
 /// Yields the items of `sources` in `(time, seq)` order; `open` turns a source into its items
-/// (in any order; they are sorted here), already filtered to what the caller wants.
+/// with their order (in any order; they are sorted here), already filtered to what the caller
+/// wants, appended to the empty buffer it is given.
 pub(crate) struct TimeMerge<K, T, F> {
     sources: VecDeque<Source<K>>,
-    active: Vec<VecDeque<T>>,
+    active: Vec<VecDeque<(Order, T)>>,
+    /// The buffer of the last source drained, handed to the next `open`: a read of many
+    /// chunks allocates one buffer, not one per chunk.
+    spare: Vec<(Order, T)>,
     open: F,
     done: bool,
 }
 
-impl<K, T: Timed, F: FnMut(K) -> Result<Vec<T>>> TimeMerge<K, T, F> {
+impl<K, T, F: FnMut(K, Vec<(Order, T)>) -> Result<Vec<(Order, T)>>> TimeMerge<K, T, F> {
     pub(crate) fn new(mut sources: Vec<Source<K>>, open: F) -> Self {
         sources.sort_by_key(|s| s.min_ms);
         Self {
             sources: sources.into(),
             active: Vec::new(),
+            spare: Vec::new(),
             open,
             done: false,
         }
     }
 
     /// The open source holding the smallest next item, with that item's order.
-    fn smallest(&self) -> Option<(usize, (u64, u64))> {
+    fn smallest(&self) -> Option<(usize, Order)> {
         self.active
             .iter()
             .enumerate()
-            .filter_map(|(i, items)| items.front().map(|item| (i, item.order())))
+            .filter_map(|(i, items)| items.front().map(|(order, _)| (i, *order)))
             .min_by_key(|(_, order)| *order)
     }
 }
 
-impl<K, T: Timed, F: FnMut(K) -> Result<Vec<T>>> Iterator for TimeMerge<K, T, F> {
+impl<K, T, F: FnMut(K, Vec<(Order, T)>) -> Result<Vec<(Order, T)>>> Iterator
+    for TimeMerge<K, T, F>
+{
     type Item = Result<T>;
 
     fn next(&mut self) -> Option<Result<T>> {
@@ -75,10 +80,10 @@ impl<K, T: Timed, F: FnMut(K) -> Result<Vec<T>>> Iterator for TimeMerge<K, T, F>
                 let Some(source) = self.sources.pop_front() else {
                     continue;
                 };
-                match (self.open)(source.key) {
+                match (self.open)(source.key, std::mem::take(&mut self.spare)) {
                     Ok(mut items) => {
-                        if !items.is_sorted_by_key(Timed::order) {
-                            items.sort_by_key(Timed::order);
+                        if !items.is_sorted_by_key(|(order, _)| *order) {
+                            items.sort_by_key(|(order, _)| *order);
                         }
                         if !items.is_empty() {
                             self.active.push(items.into());
@@ -94,9 +99,9 @@ impl<K, T: Timed, F: FnMut(K) -> Result<Vec<T>>> Iterator for TimeMerge<K, T, F>
             let (idx, _) = smallest?;
             let item = self.active[idx].pop_front();
             if self.active[idx].is_empty() {
-                self.active.swap_remove(idx);
+                self.spare = self.active.swap_remove(idx).into();
             }
-            return item.map(Ok);
+            return item.map(|(_, item)| Ok(item));
         }
     }
 }
@@ -106,12 +111,6 @@ mod tests {
     use super::*;
     use crate::store::StoreError;
 
-    impl Timed for (u64, u64) {
-        fn order(&self) -> (u64, u64) {
-            *self
-        }
-    }
-
     fn merged(sources: Vec<Vec<(u64, u64)>>) -> Vec<(u64, u64)> {
         let sources = sources
             .into_iter()
@@ -120,9 +119,11 @@ mod tests {
                 key: items,
             })
             .collect();
-        TimeMerge::new(sources, Ok)
-            .collect::<Result<Vec<_>>>()
-            .expect("no error")
+        TimeMerge::new(sources, |items: Vec<(u64, u64)>, _| {
+            Ok(items.into_iter().map(|item| (item, item)).collect())
+        })
+        .collect::<Result<Vec<_>>>()
+        .expect("no error")
     }
 
     #[test]
@@ -155,8 +156,10 @@ mod tests {
                 key: i,
             })
             .collect();
-        let mut merge = TimeMerge::new(sources, |i: u64| {
-            Ok((0..10).map(|j| (i * 10 + j, i * 10 + j)).collect())
+        let mut merge = TimeMerge::new(sources, |i: u64, mut buffer: Vec<_>| {
+            assert!(buffer.is_empty(), "a spare buffer comes empty");
+            buffer.extend((0..10).map(|j| ((i * 10 + j, j), j)));
+            Ok(buffer)
         });
         let mut n = 0;
         while let Some(item) = merge.next() {
@@ -171,14 +174,14 @@ mod tests {
     #[test]
     fn an_error_opening_a_source_ends_the_merge() {
         let sources = vec![Source { min_ms: 1, key: 1 }, Source { min_ms: 2, key: 2 }];
-        let mut merge = TimeMerge::new(sources, |k: u64| {
+        let mut merge = TimeMerge::new(sources, |k: u64, _| {
             if k == 2 {
                 Err(StoreError::Corrupt {
                     key: "k".to_owned(),
                     detail: "test".to_owned(),
                 })
             } else {
-                Ok(vec![(5, 1)])
+                Ok(vec![((5, 1), ())])
             }
         });
         assert!(matches!(

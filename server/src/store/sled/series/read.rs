@@ -24,7 +24,7 @@ use super::{Series, lock};
 use crate::domain::{Sample, Time};
 use crate::store::chunk::{self, ChunkDecoder, ChunkHeader};
 use crate::store::head::Head;
-use crate::store::merge::{Source, TimeMerge, Timed};
+use crate::store::merge::{Source, TimeMerge};
 use crate::store::rollup::{Resolution, Rollup};
 use crate::store::wal::AgentKey;
 use crate::store::{Result, RollupBucket, StoreError};
@@ -52,7 +52,7 @@ fn once<'a, T: 'a>(err: StoreError) -> Box<dyn Iterator<Item = Result<T>> + 'a> 
 impl Series {
     /// `key`'s samples with `from <= time < to` in `(time, seq)` order, each turned into a `T`
     /// by `convert` as it is decoded.
-    pub(in crate::store::sled) fn samples<'a, T: Timed + 'a>(
+    pub(in crate::store::sled) fn samples<'a, T: 'a>(
         &'a self,
         key: &AgentKey,
         from: SystemTime,
@@ -62,8 +62,9 @@ impl Series {
         if from >= to {
             return Box::new(std::iter::empty());
         }
-        // Stored times are whole milliseconds: `time < to` is `time_ms < ceil(to)`.
-        let (from_ms, to_ms) = (millis(from), ceil_millis(to));
+        // Stored times are whole milliseconds: `from <= time < to` is
+        // `ceil(from) <= time_ms < ceil(to)`.
+        let (from_ms, to_ms) = (ceil_millis(from), ceil_millis(to));
         let head = lock(&self.shard(key).heads)
             .get(key)
             .map(|entry| entry.head.clone());
@@ -98,31 +99,32 @@ impl Series {
             }
         }
         let head_key = head_key(key);
-        let open = move |part: Part| -> Result<Vec<T>> {
-            let mut out = Vec::new();
+        let open = move |part: Part, mut out: Vec<((u64, u64), T)>| -> Result<Vec<_>> {
             let mut sample = chunk::blank_sample();
-            let mut keep = |sample: &Sample| {
-                if from <= sample.time.get() && sample.time.get() < to {
-                    out.push(convert(sample));
+            let keep = |out: &mut Vec<_>, order: (u64, u64), sample: &Sample| {
+                if (from_ms..to_ms).contains(&order.0) {
+                    out.push((order, convert(sample)));
                 }
             };
             match part {
                 Part::Head(head) => {
+                    out.reserve(head.header().count as usize);
                     let mut samples = head.samples();
                     let damaged = |e: chunk::ChunkError| corrupt(&head_key, e.to_string());
                     while samples.next_into(&mut sample).map_err(damaged)? {
-                        keep(&sample);
+                        keep(&mut out, samples.last_order(), &sample);
                     }
                 }
                 Part::Chunk(chunk_key) => {
                     // Gone since the range was read: retention removed it.
                     let Some(value) = self.data.get(&chunk_key).map_err(backend)? else {
-                        return Ok(Vec::new());
+                        return Ok(out);
                     };
                     let damaged = |e: chunk::ChunkError| corrupt(&chunk_key, e.to_string());
                     let mut samples = ChunkDecoder::new(&value).map_err(damaged)?;
+                    out.reserve(samples.header().count as usize);
                     while samples.next_into(&mut sample).map_err(damaged)? {
-                        keep(&sample);
+                        keep(&mut out, samples.last_order(), &sample);
                     }
                 }
             }
@@ -224,17 +226,5 @@ impl<S: Iterator<Item = Result<(u64, Rollup)>>> Iterator for RollupMerge<'_, S> 
         };
         let start = Time::clamped(UNIX_EPOCH + Duration::from_millis(start));
         Some(Ok(RollupBucket { start, rollup }))
-    }
-}
-
-impl Timed for Sample {
-    fn order(&self) -> (u64, u64) {
-        (millis(self.time.get()), self.seq)
-    }
-}
-
-impl Timed for crate::domain::SampleTotals {
-    fn order(&self) -> (u64, u64) {
-        (millis(self.time.get()), self.seq)
     }
 }

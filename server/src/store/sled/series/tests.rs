@@ -102,9 +102,3 @@ fn replay_skips_what_head_records_and_seals_hold() {
         .expect("read");
     assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
 }
-
-impl crate::store::merge::Timed for u64 {
-    fn order(&self) -> (u64, u64) {
-        (0, *self)
-    }
-}
