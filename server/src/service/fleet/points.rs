@@ -41,6 +41,7 @@ pub fn read_points(
         max_points,
     } = *range;
     match resolution_for(step) {
+        None if step.is_zero() => newest_samples(store, org, agent, range),
         None => {
             let mut points = Aggregator::new(start, step, max_points);
             for totals in store
@@ -59,6 +60,46 @@ pub fn read_points(
             }
             Ok(points.finish())
         }
+    }
+}
+
+/// Where [`newest_samples`] starts looking back from the end of the range.
+const FIRST_TAIL_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Step zero: each sample is a point and only the newest `max_points` are kept, so the range is
+/// read back from its end in windows that double (from [`FIRST_TAIL_WINDOW`]) until one holds
+/// more than `max_points` samples or reaches `start`. The oldest sample of such a window only
+/// gives the next its rate, so the points are exactly those of reading the whole range, at the
+/// cost of about twice the samples they need instead of all the range holds. All windows
+/// together read at most [`MAX_METRICS_SAMPLES_READ`] samples.
+fn newest_samples(
+    store: &dyn Store,
+    org: &OrgId,
+    agent: &AgentId,
+    range: &PointRange,
+) -> Result<Vec<MetricsPoint>, StoreError> {
+    let mut window = FIRST_TAIL_WINDOW;
+    let mut budget = MAX_METRICS_SAMPLES_READ;
+    loop {
+        let from = range
+            .end
+            .checked_sub(window)
+            .filter(|from| *from > range.start)
+            .unwrap_or(range.start);
+        let mut points = Aggregator::new(from, Duration::ZERO, range.max_points);
+        let mut n_samples = 0;
+        for totals in store
+            .sample_totals(org, agent, from, range.end)
+            .take(budget)
+        {
+            points.push(&totals?);
+            n_samples += 1;
+        }
+        budget -= n_samples;
+        if from == range.start || n_samples > range.max_points || budget == 0 {
+            return Ok(points.finish());
+        }
+        window = window.saturating_mul(2);
     }
 }
 
@@ -83,6 +124,9 @@ pub struct Aggregator {
     points: VecDeque<MetricsPoint>,
     /// The bucket being filled: its number, its time and its sums.
     current: Option<(u128, SystemTime, Acc)>,
+    /// Where the current bucket ends (with a step): a sample before it and at or after the
+    /// bucket's time joins it without the bucket being computed again.
+    current_end: SystemTime,
     /// Time and network counters of the previous sample.
     previous: Option<(SystemTime, u64, u64)>,
 }
@@ -112,6 +156,7 @@ impl Aggregator {
             max_points,
             points: VecDeque::new(),
             current: None,
+            current_end: start,
             previous: None,
         }
     }
@@ -119,22 +164,11 @@ impl Aggregator {
     /// Adds the next sample (in time order).
     pub fn push(&mut self, sample: &SampleTotals) {
         let at = sample.time.get();
-        let offset = at
-            .duration_since(self.start)
-            .unwrap_or_default()
-            .as_millis();
-        let (bucket, bucket_time) = match offset.checked_div(self.step_ms) {
-            None => (u128::from(sample.seq), at),
-            Some(bucket) => {
-                let millis = u64::try_from(bucket * self.step_ms).unwrap_or(u64::MAX);
-                (bucket, self.start + Duration::from_millis(millis))
-            }
-        };
-        if self.current.as_ref().is_none_or(|(b, _, _)| *b != bucket) {
-            if let Some((_, time, acc)) = self.current.take() {
-                self.keep(acc.finish(time));
-            }
-            self.current = Some((bucket, bucket_time, Acc::default()));
+        let in_current = self.step_ms > 0
+            && matches!(&self.current, Some((_, time, _)) if *time <= at)
+            && at < self.current_end;
+        if !in_current {
+            self.enter(sample);
         }
         let previous =
             self.previous
@@ -143,6 +177,33 @@ impl Aggregator {
             return;
         };
         acc.add(sample, previous);
+    }
+
+    /// Makes the bucket of `sample` the current one, if it is not already.
+    fn enter(&mut self, sample: &SampleTotals) {
+        let at = sample.time.get();
+        let offset = at
+            .duration_since(self.start)
+            .unwrap_or_default()
+            .as_millis();
+        let (bucket, bucket_time) = match offset.checked_div(self.step_ms) {
+            None => (u128::from(sample.seq), at),
+            Some(bucket) => {
+                let ms = |bucket: u128| u64::try_from(bucket * self.step_ms).unwrap_or(u64::MAX);
+                let end = self
+                    .start
+                    .checked_add(Duration::from_millis(ms(bucket + 1)));
+                // With no representable end, every later sample computes its bucket.
+                self.current_end = end.unwrap_or(self.start);
+                (bucket, self.start + Duration::from_millis(ms(bucket)))
+            }
+        };
+        if self.current.as_ref().is_none_or(|(b, _, _)| *b != bucket) {
+            if let Some((_, time, acc)) = self.current.take() {
+                self.keep(acc.finish(time));
+            }
+            self.current = Some((bucket, bucket_time, Acc::default()));
+        }
     }
 
     /// The points, oldest first.
@@ -366,6 +427,39 @@ mod tests {
     }
 
     #[test]
+    fn samples_join_the_step_that_holds_them_whatever_the_start() {
+        // Half a millisecond past 1 s: stored times are whole milliseconds, the start is not.
+        let start = SystemTime::UNIX_EPOCH + Duration::from_micros(1_000_500);
+        let samples: Vec<Sample> = [
+            1_001, 1_999, 2_000, 2_001, 2_999, 3_000, 3_000, 5_500, 9_001,
+        ]
+        .into_iter()
+        .zip(1..)
+        .map(|(ms, seq)| Sample {
+            time: crate::domain::Time::new(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+                .expect("a time after 1970"),
+            ..sample(seq, 0, 1.0, 0)
+        })
+        .collect();
+        let points = aggregate(&samples, start, Duration::from_secs(1));
+        let got: Vec<(Duration, u32)> = points
+            .iter()
+            .map(|p| {
+                (
+                    p.time.duration_since(start).expect("after start"),
+                    p.sample_count,
+                )
+            })
+            .collect();
+        let secs = Duration::from_secs;
+        // 2,000 ms is 999.5 ms after the start: still the first step.
+        assert_eq!(
+            got,
+            [(secs(0), 3), (secs(1), 4), (secs(4), 1), (secs(8), 1)]
+        );
+    }
+
+    #[test]
     fn zero_step_returns_every_sample() {
         let samples = vec![sample(1, 0, 10.0, 0), sample(2, 1, 20.0, 0)];
         let points = aggregate(&samples, SystemTime::UNIX_EPOCH, Duration::ZERO);
@@ -485,6 +579,46 @@ mod tests {
                 .abs()
                 < 1.0
         );
+    }
+
+    /// Step zero reads back from the end in windows; its points must be those of the whole
+    /// range, rates included, whether the first window suffices, it doubles, or it reaches the
+    /// start.
+    #[test]
+    fn the_newest_samples_read_from_the_end_equal_the_whole_range() {
+        use crate::store::{SledStore, Write};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let (org, agent) = (OrgId::new("acme"), AgentId::new("web-1"));
+        let base = 1_700_000_000;
+        // One a minute for 10 hours, counters growing unevenly.
+        let writes: Vec<Write> = (1..=600)
+            .map(|seq| Write::PutSample {
+                org: org.clone(),
+                agent: agent.clone(),
+                sample: sample(seq, base + 60 * seq, seq as f64 % 7.0, seq * seq * 13),
+            })
+            .collect();
+        store.commit_writes(&writes).expect("commit");
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(base);
+        let end = start + Duration::from_secs(601 * 60);
+        // 60 and 120: windows holding exactly as many samples as points (one short of a rate).
+        for max_points in [10, 60, 100, 120, 599, 600, 1_000] {
+            let range = PointRange {
+                start,
+                end,
+                step: Duration::ZERO,
+                max_points,
+            };
+            let got = read_points(&store, &org, &agent, &range).expect("read");
+            let mut whole = Aggregator::new(start, Duration::ZERO, max_points);
+            for totals in store.sample_totals(&org, &agent, start, end) {
+                whole.push(&totals.expect("read"));
+            }
+            let want = whole.finish();
+            assert_eq!(want.len(), max_points.min(600));
+            assert_eq!(got, want, "max_points {max_points}");
+        }
     }
 
     #[test]
