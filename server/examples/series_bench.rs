@@ -1,14 +1,15 @@
 //! Backfills `DAYS` (30) days of one real-like agent at `INTERVAL` (10) seconds through
 //! `Store::commit` in reports of 100 (as a reconnecting agent's buffer arrives), checkpoints,
-//! then times what `GetMetrics` does through the `Store` trait over the whole range at steps of
-//! 1 minute (raw samples), 5 minutes and 1 hour (rollups), `ITERATIONS` (50) times each, and
-//! prints p50 and p99 with the bytes per sample sealed and on disk and the store's memory.
+//! then times what `GetMetrics` does through the `Store` trait (`read_points`, after the
+//! request checks) `ITERATIONS` (50) times for each query below, and prints p50 and p99 with
+//! the bytes per sample sealed and on disk and the store's memory.
 //!
 //! `cargo run --release -p tether-server --example series_bench -- [DAYS] [INTERVAL] [ITERATIONS]`
 //!
-//! A 1-minute step over 30 days is 43,200 points, more than `GetMetrics` answers (10,000): the
-//! 1-minute rows read every sample as `GetMetrics` would and keep the newest 10,000 points,
-//! over the whole range and over the longest range `GetMetrics` accepts at that step.
+//! The queries are those `GetMetrics` accepts (at most 10,000 points a step gives): over the
+//! whole range, step 0 (every sample, the newest 10,000 kept), the smallest step it accepts
+//! (below 5 minutes: raw samples, all of them read), 5 minutes and 1 hour (rollups); and a
+//! 1-minute step over the longest range it accepts at that step.
 
 #[path = "support/machines.rs"]
 #[allow(dead_code, reason = "this benchmark uses the real-like machines only")]
@@ -99,20 +100,46 @@ fn main() {
     let max_points = usize::try_from(MAX_METRICS_POINTS).expect("fits");
     let minute = Duration::from_secs(60);
     let accepted = end - minute * u32::try_from(MAX_METRICS_POINTS).expect("fits");
+    let whole_ms = end
+        .duration_since(start)
+        .expect("end after start")
+        .as_millis();
+    let smallest = Duration::from_millis(
+        u64::try_from(whole_ms.div_ceil(u128::from(MAX_METRICS_POINTS))).expect("fits"),
+    );
     println!(
-        "{:<44} {:>8} {:>10} {:>10}",
-        "GetMetrics through the Store trait", "points", "p50", "p99"
+        "{:<52} {:>8} {:>10} {:>10}",
+        format!("GetMetrics through the Store trait ({days} d)"),
+        "points",
+        "p50",
+        "p99"
     );
     for (name, from, step) in [
-        ("1 m, raw samples, 30 d (newest 10,000 kept)", start, minute),
         (
-            "1 m, raw samples, 6.9 d (GetMetrics' most)",
-            accepted,
+            "step 0: every sample, the newest 10,000".to_owned(),
+            start,
+            Duration::ZERO,
+        ),
+        (
+            format!("step {smallest:.1?}, the smallest accepted: raw samples"),
+            start,
+            smallest,
+        ),
+        ("step 5 m: 5-minute rollups".to_owned(), start, minute * 5),
+        ("step 1 h: 1-hour rollups".to_owned(), start, minute * 60),
+        (
+            format!(
+                "step 1 m, the last {:.1} d: raw samples",
+                10_000.0 / 1_440.0
+            ),
+            accepted.max(start),
             minute,
         ),
-        ("5 m, 5-minute rollups, 30 d", start, minute * 5),
-        ("1 h, 1-hour rollups, 30 d", start, minute * 60),
     ] {
+        // What GetMetrics checks before reading.
+        let range = end.duration_since(from).expect("end after start");
+        let n_points = range.as_millis() / step.as_millis().max(1);
+        assert!(step.is_zero() || n_points <= u128::from(MAX_METRICS_POINTS));
         let mut times = Vec::with_capacity(iterations);
         let mut points = 0;
         for _ in 0..=iterations {
@@ -133,7 +160,7 @@ fn main() {
         times.sort();
         let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).max(1) - 1];
         println!(
-            "{name:<44} {points:>8} {:>10.2?} {:>10.2?}",
+            "{name:<52} {points:>8} {:>10.2?} {:>10.2?}",
             pct(0.50),
             pct(0.99)
         );
