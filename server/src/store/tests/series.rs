@@ -430,6 +430,12 @@ pub(crate) fn check_samples_survive_reopening(open: &dyn Fn() -> Box<dyn Store>)
             all_seqs(&*store, "acme", "web-1"),
             (1..=12).collect::<Vec<_>>()
         );
+        // Replayed after a checkpoint and a restart, they are still duplicates.
+        commit_samples(&*store, "web-1", &samples[..12]);
+        assert_eq!(
+            all_seqs(&*store, "acme", "web-1"),
+            (1..=12).collect::<Vec<_>>()
+        );
         seal_all(&*store);
         commit_samples(&*store, "web-1", &samples[12..]);
     }
