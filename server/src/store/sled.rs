@@ -61,8 +61,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 
 use super::{
-    Compacted, Encoded, Op, Purged, Resolution, Result, Retention, RollupBucket, SCHEMA_VERSION,
-    SeriesConfig, Snapshot, Store, StoreError, StoreMemory, Write,
+    Compacted, Encoded, Op, Purged, Resolution, Result, Retention, RollupBucket, SeriesConfig,
+    Snapshot, Store, StoreError, StoreMemory, Write,
 };
 use crate::command::record::{
     CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
@@ -77,6 +77,7 @@ use crate::store::wal::AgentKey;
 
 mod command;
 mod layout;
+mod open;
 mod retention;
 mod series;
 #[cfg(feature = "test-support")]
@@ -84,6 +85,9 @@ pub mod test_support;
 mod usage;
 
 use self::layout::*;
+#[cfg(any(test, feature = "test-support"))]
+pub(crate) use self::open::raw_db;
+use self::open::{check_or_stamp_schema, open_waiting_for_lock};
 use self::series::Series;
 pub use self::usage::StoreUsage;
 
@@ -109,9 +113,6 @@ pub const SEGMENT_SIZE_BYTES: usize = 128 * 1024;
 /// 440-477 MB, 21-26 B a sample on disk against 46-53, ingest within the run-to-run noise;
 /// every 200 ms or 1 s it made no difference within such a run, every 20 ms none beyond 50.
 pub const GC_INTERVAL_MS: u64 = 50;
-
-/// How long [`SledStore::open`] waits for a just-dropped store's lock to be released.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const META_TREE: &str = "meta";
 const DATA_TREE: &str = "data";
@@ -146,58 +147,18 @@ impl std::fmt::Debug for SledStore {
 
 // === impl SledStore ===
 
-/// Opens the sled database under `path` directly, with the settings [`SledStore`] uses (sled
-/// refuses to reopen a database with another segment size). For the unit tests here and
-/// [`test_support`], which examine or tamper with stored bytes; the server itself only goes
-/// through [`SledStore`].
-///
-/// # Errors
-///
-/// sled's, e.g. when the directory is locked by an open store.
-#[cfg(any(test, feature = "test-support"))]
-pub(crate) fn raw_db(path: impl AsRef<Path>) -> sled::Result<sled::Db> {
-    open_waiting_for_lock(
-        &sled::Config::new()
-            .path(path.as_ref())
-            .segment_size(SEGMENT_SIZE_BYTES)
-            .flush_every_ms(None),
-    )
-}
-
-/// Opens `config`, waiting up to [`LOCK_WAIT`] for the directory lock: sled's worker threads
-/// release it shortly after a database is dropped, not at once, so a restart in the same
-/// process waits for that instead of failing.
-fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match config.open() {
-            Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Whether `err`, from opening a database, may mean that another handle holds its lock. sled
-/// 0.34 reports a failed `flock` as `Error::Io` of kind `Other`, with no source to inspect
-/// (`Config::try_lock`); opening files fails with the OS's own kinds. Another `Other` error
-/// during open is retried until [`LOCK_WAIT`] like a lock, then reported unchanged.
-fn is_lock_held(err: &sled::Error) -> bool {
-    matches!(err, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::Other)
-}
-
 impl SledStore {
     /// Opens the sled database in the directory `path`, creating it if it does not exist.
     ///
-    /// A new, empty database is stamped with [`SCHEMA_VERSION`] (and flushed) before anything
-    /// else is written. An existing one must carry exactly that version; otherwise it is refused
-    /// without being modified.
+    /// A new, empty database is stamped with [`SCHEMA_VERSION`](crate::store::SCHEMA_VERSION)
+    /// (and flushed) before anything else is written. An existing one must carry exactly that
+    /// version; otherwise it is refused without being modified.
     ///
     /// # Errors
     ///
     /// [`StoreError::SchemaMismatch`] if the database holds data but no schema version, or a
-    /// version other than [`SCHEMA_VERSION`] (`found` is the stored text, or `none`).
+    /// version other than [`SCHEMA_VERSION`](crate::store::SCHEMA_VERSION) (`found` is the
+    /// stored text, or `none`).
     /// [`StoreError::Backend`] if sled cannot open the directory (I/O, or another process holds
     /// its lock).
     pub fn open(path: &Path) -> Result<SledStore> {
@@ -653,64 +614,4 @@ fn agent_key(org: &OrgId, agent: &AgentId) -> AgentKey {
 fn decode_entry<T: DeserializeOwned>(entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<T> {
     let (key, value) = entry.map_err(backend)?;
     decode(&key, &value)
-}
-
-// === schema ===
-
-/// Checks the schema version of `db`, or stamps it if `db` is brand new. Never writes to a
-/// database it refuses (not even by creating a tree).
-fn check_or_stamp_schema(db: &sled::Db) -> Result<()> {
-    let names = db.tree_names();
-    if names.iter().any(|name| name == META_TREE.as_bytes()) {
-        let meta = db.open_tree(META_TREE).map_err(backend)?;
-        if let Some(raw) = meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
-            let found = String::from_utf8_lossy(&raw);
-            return match found.parse::<u32>() {
-                Ok(version) if version == SCHEMA_VERSION => Ok(()),
-                _ => Err(schema_mismatch(found.into_owned())),
-            };
-        }
-    }
-    // No version: only a database without any data may be stamped as ours.
-    for name in &names {
-        if !db.open_tree(name).map_err(backend)?.is_empty() {
-            return Err(schema_mismatch("none".to_owned()));
-        }
-    }
-    let meta = db.open_tree(META_TREE).map_err(backend)?;
-    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_string().as_bytes())
-        .map_err(backend)?;
-    db.flush().map_err(backend)?;
-    Ok(())
-}
-
-fn schema_mismatch(found: String) -> StoreError {
-    StoreError::SchemaMismatch {
-        found,
-        expected: SCHEMA_VERSION,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_held_lock_is_recognised_and_other_failures_are_not() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let _held = SledStore::open(dir.path()).expect("open");
-        let config = sled::Config::new()
-            .path(dir.path())
-            .segment_size(SEGMENT_SIZE_BYTES);
-        let err = config.open().expect_err("the directory is locked");
-        assert!(is_lock_held(&err), "{err:?}");
-
-        let file = dir.path().join("not-a-directory");
-        std::fs::write(&file, b"x").expect("write");
-        let err = sled::Config::new()
-            .path(file.join("db"))
-            .open()
-            .expect_err("a path under a file");
-        assert!(!is_lock_held(&err), "{err:?}");
-    }
 }
