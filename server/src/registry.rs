@@ -66,6 +66,13 @@ pub struct AgentView {
     pub identity_conflict: Option<String>,
 }
 
+/// Registry entries one read of the liveness pass scans before it releases the read lock.
+pub const LIVENESS_SCAN_CHUNK: usize = 1024;
+/// Agents the liveness pass or [`Registry::samples_committed`] changes under one write lock: a
+/// burst (a fleet going silent at once, a large writer batch) holds the lock in short spells,
+/// so that the queries waiting for it get in between.
+pub const CHANGES_PER_LOCK: usize = 256;
+
 pub struct Registry {
     inner: RwLock<Inner>,
     /// Where wall-clock times come from (status `since`, expiry).
@@ -401,74 +408,100 @@ impl Registry {
 
     /// One liveness pass over the fleet: silent sessions turn stale, then offline (their
     /// stream is ended); offline agents past the fleet TTL expire; identity conflicts older
-    /// than their window are forgotten. Reads under the read lock and
-    /// takes the write lock only when something changes. Returns how many transitions it made.
+    /// than their window are forgotten. Reads under the read lock, released every
+    /// [`LIVENESS_SCAN_CHUNK`] agents, and takes the write lock only when something changes,
+    /// for at most [`CHANGES_PER_LOCK`] agents at a time (each decided again under it), so a
+    /// pass over a large fleet never holds back the writer, nor the queries queued behind it,
+    /// for longer than one chunk. Returns how many transitions it made.
     pub fn liveness_pass(&self) -> usize {
         let now = tokio::time::Instant::now();
         let wall = self.clock.now();
         let mut due = Vec::new();
         let mut identity_due = Vec::new();
-        {
-            let inner = self.read();
-            for (org, agents) in &inner.orgs {
-                for (id, entry) in agents.iter() {
+        let orgs: Vec<OrgId> = self.read().orgs.keys().cloned().collect();
+        for org in orgs {
+            let mut start = 0;
+            loop {
+                let inner = self.read();
+                let Some(agents) = inner.orgs.get(&org) else {
+                    break;
+                };
+                let mut chunk = agents.slots_from(start);
+                for (_, entry) in chunk.by_ref().take(LIVENESS_SCAN_CHUNK) {
                     let silent = entry.session.as_ref().map(|s| s.silent_for(now));
                     let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
                     let status = entry.status();
                     if liveness::decide(status, silent, offline_for, &self.liveness).is_some() {
-                        due.push((org.clone(), id.clone()));
+                        due.push((org.clone(), entry.record().id.clone()));
                     }
                     if entry.identity_due(now, &self.conflict) {
-                        identity_due.push((org.clone(), id.clone()));
+                        identity_due.push((org.clone(), entry.record().id.clone()));
                     }
+                }
+                match chunk.next() {
+                    Some((slot, _)) => start = slot,
+                    None => break,
                 }
             }
         }
+        // Agents change in id order within an org, whatever their slots.
+        due.sort_unstable();
         self.expire_identity_conflicts(identity_due, now, wall);
-        if due.is_empty() {
-            return 0;
-        }
         let mut n = 0;
-        let mut inner = self.write();
-        for (org, id) in due {
-            let Some(entry) = inner.orgs.get_mut(&org).and_then(|a| a.get_mut(&id)) else {
-                continue;
-            };
-            let silent = entry.session.as_ref().map(|s| s.silent_for(now));
-            let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
-            let Some((to, reason)) =
-                liveness::decide(entry.status(), silent, offline_for, &self.liveness)
-            else {
-                continue;
-            };
-            match to {
-                AgentStatus::Stale => {
-                    if let Some(session) = &entry.session {
-                        session.stale.store(true, Ordering::Release);
+        for chunk in due.chunks(CHANGES_PER_LOCK) {
+            let mut inner = self.write();
+            for (org, id) in chunk {
+                let Some(entry) = inner.orgs.get_mut(org).and_then(|a| a.get_mut(id)) else {
+                    continue;
+                };
+                let silent = entry.session.as_ref().map(|s| s.silent_for(now));
+                let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
+                let Some((to, reason)) =
+                    liveness::decide(entry.status(), silent, offline_for, &self.liveness)
+                else {
+                    continue;
+                };
+                match to {
+                    AgentStatus::Stale => {
+                        if let Some(session) = &entry.session {
+                            session.stale.store(true, Ordering::Release);
+                        }
                     }
-                }
-                AgentStatus::Offline => {
-                    // The session is kept until its stream really ends, so a late message from
-                    // a half-open connection cannot resurrect it: the loop ends it now.
-                    if let Some(session) = entry.session.take() {
-                        self.metrics.sessions.dec();
-                        entry.last_seen = entry.live_last_seen();
-                        session.close(CloseReason::Silent);
+                    AgentStatus::Offline => {
+                        // The session is kept until its stream really ends, so a late message
+                        // from a half-open connection cannot resurrect it: the loop ends it now.
+                        if let Some(session) = entry.session.take() {
+                            self.metrics.sessions.dec();
+                            entry.last_seen = entry.live_last_seen();
+                            session.close(CloseReason::Silent);
+                        }
                     }
+                    AgentStatus::Online | AgentStatus::Expired => {}
                 }
-                AgentStatus::Online | AgentStatus::Expired => {}
+                self.transition(&mut inner, org, id, to, reason, wall);
+                n += 1;
             }
-            self.transition(&mut inner, &org, &id, to, reason, wall);
-            n += 1;
         }
         n
     }
 
     // --- metrics ---
 
-    /// Records samples the writer made durable: latest sample and durable seq per agent.
+    /// Records samples the writer made durable: latest sample and durable seq per agent,
+    /// [`CHANGES_PER_LOCK`] agents per write lock (a writer batch can hold thousands).
     pub fn samples_committed(&self, updates: Vec<(OrgId, AgentId, Sample, u64)>) {
         let now = self.clock.now();
+        let mut updates = updates.into_iter().peekable();
+        while updates.peek().is_some() {
+            self.apply_samples(updates.by_ref().take(CHANGES_PER_LOCK), now);
+        }
+    }
+
+    fn apply_samples(
+        &self,
+        updates: impl Iterator<Item = (OrgId, AgentId, Sample, u64)>,
+        now: SystemTime,
+    ) {
         let mut inner = self.write();
         for (org, agent, sample, last_seq) in updates {
             let want_events = inner.wants_metrics(&org);

@@ -130,6 +130,7 @@ impl Agents {
     }
 
     /// Every agent, in id order.
+    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (&AgentId, &Entry)> {
         self.by_id.iter().map(|(id, slot)| (id, self.at(*slot)))
     }
@@ -145,6 +146,16 @@ impl Agents {
     /// Every agent, in no particular order.
     pub(super) fn values(&self) -> impl Iterator<Item = &Entry> {
         self.slots.iter().flatten()
+    }
+
+    /// The agents in slots `start` and after, in slot order, with their slots: a scan that
+    /// can stop and resume (agents inserted meanwhile may or may not be met).
+    pub(super) fn slots_from(&self, start: usize) -> impl Iterator<Item = (usize, &Entry)> {
+        let start = start.min(self.slots.len());
+        self.slots[start..]
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, entry)| entry.as_ref().map(|e| (start + i, e)))
     }
 
     /// Adds `entry`, replacing the agent of the same id if there is one.

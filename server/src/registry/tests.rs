@@ -25,6 +25,15 @@ pub(super) fn fixture(agents: &[(&str, &str)]) -> Fixture {
     fixture_with(agents, WatchLimits::default())
 }
 
+/// [`fixture`] of `agents` given as owned strings.
+pub(super) fn fixture_owned(agents: &[(String, String)]) -> Fixture {
+    let refs: Vec<(&str, &str)> = agents
+        .iter()
+        .map(|(a, h)| (a.as_str(), h.as_str()))
+        .collect();
+    fixture(&refs)
+}
+
 /// [`fixture`] with the watch limits `watch_limits`.
 pub(super) fn fixture_with(agents: &[(&str, &str)], watch_limits: WatchLimits) -> Fixture {
     let metrics = Metrics::new();
@@ -577,4 +586,51 @@ fn a_listing_page_stops_before_the_agent_that_would_exceed_its_bytes() {
     );
     // A page holds at least one agent, whatever its size.
     assert_eq!(page(None, 1), (vec!["a-1".into()], Some("a-1".into()), 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_and_a_batch_longer_than_one_lock_spell_reach_every_agent_in_id_order() {
+    let n = 2 * LIVENESS_SCAN_CHUNK + CHANGES_PER_LOCK + 1;
+    // Enrolled in reverse id order, so that slot order is not id order.
+    let agents: Vec<(String, String)> = (0..n)
+        .rev()
+        .map(|i| (format!("a-{i:05}"), format!("hw-{i}")))
+        .collect();
+    let f = fixture_owned(&agents);
+    let _sessions: Vec<Arc<Session>> = agents
+        .iter()
+        .map(|(agent, _)| f.open(agent, &format!("s-{agent}")))
+        .collect();
+    let (_, mut watch) = f.watch(false);
+
+    let mut busy = sample(1);
+    busy.cpu_percent = 99.0;
+    let updates = agents
+        .iter()
+        .map(|(agent, _)| (org(), id(agent), busy.clone(), 1))
+        .collect();
+    f.registry.samples_committed(updates);
+    let n_u32 = u32::try_from(n).expect("small");
+    assert_eq!(
+        f.registry.summary(&org()).health,
+        [(Health::Critical, n_u32)].into()
+    );
+
+    tokio::time::advance(LivenessConfig::default().stale_after).await;
+    assert_eq!(f.registry.liveness_pass(), n);
+    assert_eq!(f.registry.summary(&org()).stale, n_u32);
+    let stale: Vec<String> = kinds(&drain(&mut watch))
+        .into_iter()
+        .map(|(agent, kind)| {
+            assert_eq!(
+                kind,
+                EventKind::StatusChanged {
+                    previous: AgentStatus::Online
+                }
+            );
+            agent
+        })
+        .collect();
+    assert_eq!(stale.len(), n, "one event per agent");
+    assert!(stale.windows(2).all(|w| w[0] < w[1]), "in id order");
 }

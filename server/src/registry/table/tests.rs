@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::domain::{DiskUsage, Labels, OrgId, SessionId, SystemInfo};
-use crate::registry::tests::{Fixture, Lcg, fixture};
+use crate::registry::tests::{Fixture, Lcg, fixture_owned};
 use crate::registry::{AgentListQuery, AgentView, Page};
 use crate::session::Session;
 use crate::testing::{agent_record, sample};
@@ -387,11 +387,7 @@ async fn counts_and_index_equal_a_scan_after_random_operations() {
         let agents: Vec<(String, String)> = (0..12)
             .map(|i| (format!("a-{i:02}"), format!("hw-{}", i % 6)))
             .collect();
-        let refs: Vec<(&str, &str)> = agents
-            .iter()
-            .map(|(a, h)| (a.as_str(), h.as_str()))
-            .collect();
-        let mut world = World::new(fixture(&refs), seed);
+        let mut world = World::new(fixture_owned(&agents), seed);
         for _ in 0..400 {
             world.change().await;
             world.check(2);
@@ -411,11 +407,7 @@ fn a_large_org_lists_the_same_whichever_way_the_selection_is_ordered() {
     let agents: Vec<(String, String)> = (0..500)
         .map(|i| (format!("a-{i:03}"), format!("hw-{i}")))
         .collect();
-    let refs: Vec<(&str, &str)> = agents
-        .iter()
-        .map(|(a, h)| (a.as_str(), h.as_str()))
-        .collect();
-    let f = fixture(&refs);
+    let f = fixture_owned(&agents);
     // A selective label (below the gathering threshold) and a common one (walked).
     for (i, (id, _)) in agents.iter().enumerate() {
         let mut record = agent_record("acme", id, &format!("hw-{i}"));

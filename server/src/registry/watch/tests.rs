@@ -9,7 +9,9 @@ use futures::FutureExt as _;
 use super::*;
 use crate::domain::{Labels, StatusReason};
 use crate::registry::AgentListQuery;
-use crate::registry::tests::{Fixture, Lcg, drain, drain_items, fixture, fixture_with, id, org};
+use crate::registry::tests::{
+    Fixture, Lcg, drain, drain_items, fixture, fixture_owned, fixture_with, id, org,
+};
 use crate::session::Session;
 use crate::testing::{agent_record, sample};
 
@@ -122,11 +124,7 @@ fn a_paged_snapshot_is_the_state_at_its_revision_while_the_fleet_changes() {
     let agents: Vec<(String, String)> = (0..3 * PAGE_AGENTS + 7)
         .map(|i| (format!("a-{i:04}"), format!("hw-{i}")))
         .collect();
-    let refs: Vec<(&str, &str)> = agents
-        .iter()
-        .map(|(a, h)| (a.as_str(), h.as_str()))
-        .collect();
-    let f = fixture(&refs);
+    let f = fixture_owned(&agents);
     let mut rng = Lcg(7);
     let mut sessions = Vec::new();
     // The registry's state after every change, by revision.
