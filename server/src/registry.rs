@@ -7,13 +7,15 @@
 //! table, which keeps each agent's changes in order and never makes the registry wait), and
 //! queued to the watchers of its org, all while the lock is held so that revision order, store
 //! order and event order agree for each agent. Queries take the read lock and copy out
-//! [`AgentView`]s, within a byte budget where they copy many.
+//! [`AgentView`]s (sharing the record and the latest sample, see `registry/table.rs`), within
+//! a byte budget where they copy many; filters and the fleet summary are answered from an index
+//! and counts kept with the agents of each org (`registry/index.rs`), not from a pass over them.
 //!
 //! Nothing here awaits while holding a lock. Identity changes (enrollment, deletion and the
 //! tombstones that keep a deleted id from coming back, reclaim permissions, the identity
 //! conflict check of a replacing session) are in `registry/identity.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
@@ -30,9 +32,13 @@ use crate::session::{CloseReason, Session};
 use crate::writer::WriterHandle;
 
 mod identity;
+mod index;
 mod query;
 mod size;
+mod table;
 mod watch;
+
+use self::table::{Agents, Facts};
 
 pub use self::identity::{OpenRefused, OpenedSession, SessionConflict};
 pub use self::query::{AgentFilter, AgentListQuery, Page, Summary, Target};
@@ -42,22 +48,30 @@ pub use self::watch::{
     EventKind, FleetEvent, Lagged, Subscription, WatchItem, WatchLimits, WatchRefused,
 };
 
-/// A copy of one agent's state, taken under the read lock.
+/// A copy of one agent's state, taken under the read lock. The record and the latest sample are
+/// shared with the registry, which replaces them rather than changing them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentView {
-    pub record: AgentRecord,
+    pub record: Arc<AgentRecord>,
     pub status: AgentStatus,
     pub reason: StatusReason,
     pub since: SystemTime,
     pub last_seen: Option<SystemTime>,
     pub session: Option<SessionId>,
-    pub latest: Option<Sample>,
+    pub latest: Option<Arc<Sample>>,
     pub last_seq: u64,
     pub health: Health,
     pub duplicate_hardware_id: bool,
     /// What the identity conflict is about; `None` when the agent is not flagged.
     pub identity_conflict: Option<String>,
 }
+
+/// Registry entries one read of the liveness pass scans before it releases the read lock.
+pub const LIVENESS_SCAN_CHUNK: usize = 1024;
+/// Agents the liveness pass or [`Registry::samples_committed`] changes under one write lock: a
+/// burst (a fleet going silent at once, a large writer batch) holds the lock in short spells,
+/// so that the queries waiting for it get in between.
+pub const CHANGES_PER_LOCK: usize = 256;
 
 pub struct Registry {
     inner: RwLock<Inner>,
@@ -96,7 +110,7 @@ impl Clock {
 }
 
 struct Inner {
-    orgs: HashMap<OrgId, BTreeMap<AgentId, Entry>>,
+    orgs: HashMap<OrgId, Agents>,
     /// Agents by (org, hardware id), so enrollment and the duplicate flag cost one lookup
     /// instead of a pass over the org.
     hardware: HashMap<(OrgId, String), BTreeSet<AgentId>>,
@@ -108,15 +122,13 @@ struct Inner {
 }
 
 struct Entry {
-    record: AgentRecord,
-    /// Lowercased name and hostname, for `query` filters without allocating per match.
-    search_text: String,
-    status: AgentStatus,
+    /// Record, status and latest sample: what the org's index follows, changed only through
+    /// [`Agents`] (see `registry/table.rs`).
+    facts: Facts,
     reason: StatusReason,
     since: SystemTime,
     last_seen: Option<SystemTime>,
     session: Option<Arc<Session>>,
-    latest: Option<Sample>,
     last_seq: u64,
     duplicate_hardware_id: bool,
     /// Instance id of the agent process holding the live session (empty if it sent none).
@@ -141,7 +153,7 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = SystemTime::now();
-        let mut orgs: HashMap<OrgId, BTreeMap<AgentId, Entry>> = HashMap::new();
+        let mut orgs: HashMap<OrgId, Agents> = HashMap::new();
         for (record, live) in stored {
             let live = live.unwrap_or(LiveRecord {
                 status: AgentStatus::Offline,
@@ -150,17 +162,21 @@ impl Registry {
                 last_seen: None,
                 last_seq: 0,
             });
-            let mut entry = Entry::new(record, live.status, live.reason, live.since);
+            let cut_off = matches!(live.status, AgentStatus::Online | AgentStatus::Stale);
+            let (status, reason, since) = if cut_off {
+                (AgentStatus::Offline, StatusReason::ServerRestart, now)
+            } else {
+                (live.status, live.reason, live.since)
+            };
+            let mut entry = Entry::new(Arc::new(record), status, reason, since, None, &health);
             entry.last_seen = live.last_seen;
             entry.last_seq = live.last_seq;
-            if matches!(live.status, AgentStatus::Online | AgentStatus::Stale) {
-                entry.status = AgentStatus::Offline;
-                entry.reason = StatusReason::ServerRestart;
-                entry.since = now;
+            let record = entry.record().clone();
+            if cut_off {
                 writer.transition(
                     Transition {
-                        org: entry.record.org.clone(),
-                        agent: entry.record.id.clone(),
+                        org: record.org.clone(),
+                        agent: record.id.clone(),
                         time: now,
                         from: live.status,
                         to: AgentStatus::Offline,
@@ -169,9 +185,7 @@ impl Registry {
                     entry.last_seen,
                 );
             }
-            orgs.entry(entry.record.org.clone())
-                .or_default()
-                .insert(entry.record.id.clone(), entry);
+            orgs.entry(record.org.clone()).or_default().insert(entry);
         }
         let mut inner = Inner {
             orgs,
@@ -187,8 +201,8 @@ impl Registry {
                 agents.values().map(|e| {
                     (
                         org.clone(),
-                        e.record.id.clone(),
-                        e.record.system_info.hardware_id.clone(),
+                        e.record().id.clone(),
+                        e.record().system_info.hardware_id.clone(),
                     )
                 })
             })
@@ -261,11 +275,8 @@ impl Registry {
     ) -> Result<OpenedSession, OpenRefused> {
         let now = self.clock.now();
         let mut inner = self.write();
-        let entry = inner
-            .orgs
-            .get_mut(org)
-            .and_then(|agents| agents.get_mut(agent))
-            .ok_or(OpenRefused::Unknown)?;
+        let agents = inner.orgs.get_mut(org).ok_or(OpenRefused::Unknown)?;
+        let entry = agents.get_mut(agent).ok_or(OpenRefused::Unknown)?;
         let conflict = entry.check_replacement(instance_id, &system_info, &self.conflict)?;
         let session = Arc::new(Session::new(
             session_id,
@@ -281,27 +292,28 @@ impl Registry {
         entry.instance_id = instance_id.into();
         entry.last_seen = Some(now);
         let last_seq = entry.last_seq;
+        let previous = entry.status();
 
-        let mut record = entry.record.clone();
-        record.system_info = system_info;
-        if let Some(labels) = labels {
-            record.labels = labels;
-        }
-        let labels_changed = record.labels != entry.record.labels;
-        let record_changed = record != entry.record;
+        let current = entry.record();
+        let labels_changed = labels.as_ref().is_some_and(|l| *l != current.labels);
+        let record_changed = labels_changed || system_info != current.system_info;
         let hardware_change =
-            (entry.record.system_info.hardware_id != record.system_info.hardware_id).then(|| {
+            (current.system_info.hardware_id != system_info.hardware_id).then(|| {
                 (
-                    entry.record.system_info.hardware_id.clone(),
-                    record.system_info.hardware_id.clone(),
+                    current.system_info.hardware_id.clone(),
+                    system_info.hardware_id.clone(),
                 )
             });
         if record_changed {
-            entry.set_record(record.clone());
+            let mut record = AgentRecord::clone(current);
+            record.system_info = system_info;
+            if let Some(labels) = labels {
+                record.labels = labels;
+            }
+            agents.set_record(agent, record.clone());
             self.writer.put_agent(record);
         }
 
-        let previous = entry.status;
         let reason = if replaced.is_some() {
             StatusReason::Replaced
         } else {
@@ -341,7 +353,7 @@ impl Registry {
         let Some(entry) = lookup(&mut inner, session) else {
             return;
         };
-        if entry.status == AgentStatus::Stale {
+        if entry.status() == AgentStatus::Stale {
             self.transition(
                 &mut inner,
                 &session.org,
@@ -370,7 +382,7 @@ impl Registry {
         } else {
             reason
         };
-        if entry.status != AgentStatus::Offline {
+        if entry.status() != AgentStatus::Offline {
             self.transition(
                 &mut inner,
                 &session.org,
@@ -385,7 +397,7 @@ impl Registry {
     /// Asks every live session to end with `reason` (e.g. draining at shutdown).
     pub fn close_all_sessions(&self, reason: CloseReason) {
         let inner = self.read();
-        for entry in inner.orgs.values().flat_map(BTreeMap::values) {
+        for entry in inner.orgs.values().flat_map(Agents::values) {
             if let Some(session) = &entry.session {
                 session.close(reason);
             }
@@ -396,83 +408,108 @@ impl Registry {
 
     /// One liveness pass over the fleet: silent sessions turn stale, then offline (their
     /// stream is ended); offline agents past the fleet TTL expire; identity conflicts older
-    /// than their window are forgotten. Reads under the read lock and
-    /// takes the write lock only when something changes. Returns how many transitions it made.
+    /// than their window are forgotten. Reads under the read lock, released every
+    /// [`LIVENESS_SCAN_CHUNK`] agents, and takes the write lock only when something changes,
+    /// for at most [`CHANGES_PER_LOCK`] agents at a time (each decided again under it), so a
+    /// pass over a large fleet never holds back the writer, nor the queries queued behind it,
+    /// for longer than one chunk. Returns how many transitions it made.
     pub fn liveness_pass(&self) -> usize {
         let now = tokio::time::Instant::now();
         let wall = self.clock.now();
         let mut due = Vec::new();
         let mut identity_due = Vec::new();
-        {
-            let inner = self.read();
-            for (org, agents) in &inner.orgs {
-                for (id, entry) in agents {
+        let orgs: Vec<OrgId> = self.read().orgs.keys().cloned().collect();
+        for org in orgs {
+            let mut start = 0;
+            loop {
+                let inner = self.read();
+                let Some(agents) = inner.orgs.get(&org) else {
+                    break;
+                };
+                let mut chunk = agents.slots_from(start);
+                for (_, entry) in chunk.by_ref().take(LIVENESS_SCAN_CHUNK) {
                     let silent = entry.session.as_ref().map(|s| s.silent_for(now));
                     let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
-                    if liveness::decide(entry.status, silent, offline_for, &self.liveness).is_some()
-                    {
-                        due.push((org.clone(), id.clone()));
+                    let status = entry.status();
+                    if liveness::decide(status, silent, offline_for, &self.liveness).is_some() {
+                        due.push((org.clone(), entry.record().id.clone()));
                     }
                     if entry.identity_due(now, &self.conflict) {
-                        identity_due.push((org.clone(), id.clone()));
+                        identity_due.push((org.clone(), entry.record().id.clone()));
                     }
+                }
+                match chunk.next() {
+                    Some((slot, _)) => start = slot,
+                    None => break,
                 }
             }
         }
+        // Agents change in id order within an org, whatever their slots.
+        due.sort_unstable();
         self.expire_identity_conflicts(identity_due, now, wall);
-        if due.is_empty() {
-            return 0;
-        }
         let mut n = 0;
-        let mut inner = self.write();
-        for (org, id) in due {
-            let Some(entry) = inner.orgs.get_mut(&org).and_then(|a| a.get_mut(&id)) else {
-                continue;
-            };
-            let silent = entry.session.as_ref().map(|s| s.silent_for(now));
-            let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
-            let Some((to, reason)) =
-                liveness::decide(entry.status, silent, offline_for, &self.liveness)
-            else {
-                continue;
-            };
-            match to {
-                AgentStatus::Stale => {
-                    if let Some(session) = &entry.session {
-                        session.stale.store(true, Ordering::Release);
+        for chunk in due.chunks(CHANGES_PER_LOCK) {
+            let mut inner = self.write();
+            for (org, id) in chunk {
+                let Some(entry) = inner.orgs.get_mut(org).and_then(|a| a.get_mut(id)) else {
+                    continue;
+                };
+                let silent = entry.session.as_ref().map(|s| s.silent_for(now));
+                let offline_for = wall.duration_since(entry.since).unwrap_or(Duration::ZERO);
+                let Some((to, reason)) =
+                    liveness::decide(entry.status(), silent, offline_for, &self.liveness)
+                else {
+                    continue;
+                };
+                match to {
+                    AgentStatus::Stale => {
+                        if let Some(session) = &entry.session {
+                            session.stale.store(true, Ordering::Release);
+                        }
                     }
-                }
-                AgentStatus::Offline => {
-                    // The session is kept until its stream really ends, so a late message from
-                    // a half-open connection cannot resurrect it: the loop ends it now.
-                    if let Some(session) = entry.session.take() {
-                        self.metrics.sessions.dec();
-                        entry.last_seen = entry.live_last_seen();
-                        session.close(CloseReason::Silent);
+                    AgentStatus::Offline => {
+                        // The session is kept until its stream really ends, so a late message
+                        // from a half-open connection cannot resurrect it: the loop ends it now.
+                        if let Some(session) = entry.session.take() {
+                            self.metrics.sessions.dec();
+                            entry.last_seen = entry.live_last_seen();
+                            session.close(CloseReason::Silent);
+                        }
                     }
+                    AgentStatus::Online | AgentStatus::Expired => {}
                 }
-                AgentStatus::Online | AgentStatus::Expired => {}
+                self.transition(&mut inner, org, id, to, reason, wall);
+                n += 1;
             }
-            self.transition(&mut inner, &org, &id, to, reason, wall);
-            n += 1;
         }
         n
     }
 
     // --- metrics ---
 
-    /// Records samples the writer made durable: latest sample and durable seq per agent.
+    /// Records samples the writer made durable: latest sample and durable seq per agent,
+    /// [`CHANGES_PER_LOCK`] agents per write lock (a writer batch can hold thousands).
     pub fn samples_committed(&self, updates: Vec<(OrgId, AgentId, Sample, u64)>) {
         let now = self.clock.now();
+        let mut updates = updates.into_iter().peekable();
+        while updates.peek().is_some() {
+            self.apply_samples(updates.by_ref().take(CHANGES_PER_LOCK), now);
+        }
+    }
+
+    fn apply_samples(
+        &self,
+        updates: impl Iterator<Item = (OrgId, AgentId, Sample, u64)>,
+        now: SystemTime,
+    ) {
         let mut inner = self.write();
         for (org, agent, sample, last_seq) in updates {
             let want_events = inner.wants_metrics(&org);
-            let Some(entry) = inner.orgs.get_mut(&org).and_then(|a| a.get_mut(&agent)) else {
+            let Some(agents) = inner.orgs.get_mut(&org) else {
                 continue;
             };
-            entry.last_seq = entry.last_seq.max(last_seq);
-            if entry.latest.as_ref().is_none_or(|l| l.seq < sample.seq) {
-                entry.latest = Some(sample);
+            if !agents.sample_committed(&agent, sample, last_seq, &self.health) {
+                continue;
             }
             if want_events {
                 self.emit(&mut inner, &org, &agent, EventKind::MetricsUpdated, now);
@@ -491,10 +528,12 @@ impl Registry {
         reason: StatusReason,
         now: SystemTime,
     ) {
-        let Some(entry) = inner.orgs.get_mut(org).and_then(|a| a.get_mut(agent)) else {
+        let Some(agents) = inner.orgs.get_mut(org) else {
             return;
         };
-        let from = entry.status;
+        let Some(from) = agents.set_status(agent, to, reason, now) else {
+            return;
+        };
         self.metrics
             .transitions
             .get_or_create(&TransitionLabels {
@@ -502,10 +541,7 @@ impl Registry {
                 reason: reason.as_str(),
             })
             .inc();
-        entry.status = to;
-        entry.reason = reason;
-        entry.since = now;
-        let last_seen = entry.live_last_seen();
+        let last_seen = agents.get(agent).and_then(Entry::live_last_seen);
         tracing::debug!(%agent, from = from.as_str(), to = to.as_str(), reason = reason.as_str(), "status changed");
         self.writer.transition(
             Transition {
@@ -589,21 +625,19 @@ impl Inner {
 
 impl Entry {
     fn new(
-        record: AgentRecord,
+        record: Arc<AgentRecord>,
         status: AgentStatus,
         reason: StatusReason,
         since: SystemTime,
+        latest: Option<Arc<Sample>>,
+        thresholds: &HealthThresholds,
     ) -> Self {
-        let search_text = search_text(&record);
         Self {
-            record,
-            search_text,
-            status,
+            facts: Facts::new(record, status, latest, thresholds),
             reason,
             since,
             last_seen: None,
             session: None,
-            latest: None,
             last_seq: 0,
             duplicate_hardware_id: false,
             instance_id: Box::default(),
@@ -611,19 +645,22 @@ impl Entry {
         }
     }
 
+    fn record(&self) -> &Arc<AgentRecord> {
+        self.facts.record()
+    }
+
+    fn status(&self) -> AgentStatus {
+        self.facts.status()
+    }
+
     /// An upper bound of this agent's size, in memory and on the wire (see `registry/size.rs`).
     fn size_bytes(&self) -> usize {
         size::agent_bytes(
-            &self.record,
-            self.latest.as_ref(),
+            self.record(),
+            self.facts.latest().map(Arc::as_ref),
             self.session.as_ref().map(|s| &s.id),
             self.identity_conflict(),
         )
-    }
-
-    fn set_record(&mut self, record: AgentRecord) {
-        self.search_text = search_text(&record);
-        self.record = record;
     }
 
     /// Last inbound activity: from the live session if any, else the stored value.
@@ -634,23 +671,17 @@ impl Entry {
         }
     }
 
-    fn health(&self, thresholds: &HealthThresholds) -> Health {
-        self.latest
-            .as_ref()
-            .map_or(Health::Unknown, |s| crate::health::health_of(s, thresholds))
-    }
-
-    fn view(&self, thresholds: &HealthThresholds) -> AgentView {
+    fn view(&self) -> AgentView {
         AgentView {
-            record: self.record.clone(),
-            status: self.status,
+            record: self.record().clone(),
+            status: self.status(),
             reason: self.reason,
             since: self.since,
             last_seen: self.live_last_seen(),
             session: self.session.as_ref().map(|s| s.id.clone()),
-            latest: self.latest.clone(),
+            latest: self.facts.latest().cloned(),
             last_seq: self.last_seq,
-            health: self.health(thresholds),
+            health: self.facts.health(),
             duplicate_hardware_id: self.duplicate_hardware_id,
             identity_conflict: self.identity_conflict().map(str::to_owned),
         }
@@ -663,14 +694,6 @@ impl Entry {
             .filter(|watch| watch.is_flagged())
             .map(|watch| watch.detail.as_str())
     }
-}
-
-fn search_text(record: &AgentRecord) -> String {
-    format!(
-        "{}\n{}",
-        record.name.to_lowercase(),
-        record.system_info.hostname.to_lowercase()
-    )
 }
 
 #[cfg(test)]

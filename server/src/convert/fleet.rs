@@ -52,7 +52,7 @@ pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default(),
-        latest_metrics: view.latest.as_ref().map(sample_to_pb),
+        latest_metrics: view.latest.as_deref().map(sample_to_pb),
         health: health_to_pb(view.health) as i32,
         duplicate_hardware_id: view.duplicate_hardware_id,
         agent_version: record.system_info.agent_version.clone(),

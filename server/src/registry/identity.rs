@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::{AgentView, Entry, EventKind, Registry};
+use super::{AgentView, Agents, Entry, EventKind, Registry};
 use crate::domain::{AgentId, AgentRecord, AgentStatus, OrgId, StatusReason, SystemInfo};
 use crate::identity::{
     ConflictPolicy, HardwareMate, Host, Replacement, conflict_detail, conflict_remedy,
@@ -71,9 +71,9 @@ impl Registry {
         same.iter()
             .filter_map(|id| agents.get(id))
             .map(|entry| HardwareMate {
-                id: entry.record.id.clone(),
+                id: entry.record().id.clone(),
                 connected: entry.session.is_some(),
-                reclaim_until: entry.record.reclaim_until,
+                reclaim_until: entry.record().reclaim_until,
             })
             .collect()
     }
@@ -95,10 +95,7 @@ impl Registry {
 
     /// Number of agents enrolled in `org`.
     pub fn n_agents(&self, org: &OrgId) -> usize {
-        self.read()
-            .orgs
-            .get(org)
-            .map_or(0, std::collections::BTreeMap::len)
+        self.read().orgs.get(org).map_or(0, Agents::len)
     }
 
     /// Inserts a newly enrolled agent, or applies a take-over of an existing one, after the
@@ -122,31 +119,36 @@ impl Registry {
         let mut went_offline = false;
         let old_hardware = match agents.get_mut(&id) {
             Some(entry) => {
-                if entry.record.labels != record.labels {
+                if entry.record().labels != record.labels {
                     events.push(EventKind::LabelsChanged);
                 }
                 if entry.identity.take().is_some_and(|w| w.is_flagged()) {
                     flipped.push(id.clone());
                 }
-                let old = entry.record.system_info.hardware_id.clone();
-                entry.set_record(record.clone());
-                self.writer.put_agent(record.clone());
-                if let Some(session) = entry.session.take() {
+                let old = entry.record().system_info.hardware_id.clone();
+                let session = entry.session.take();
+                if let Some(session) = &session {
                     entry.last_seen = Some(session.last_seen());
+                    went_offline = entry.status() != AgentStatus::Offline;
+                }
+                agents.set_record(&id, record.clone());
+                self.writer.put_agent(record.clone());
+                if let Some(session) = session {
                     self.metrics.sessions.dec();
                     session.close(CloseReason::Revoked);
-                    went_offline = entry.status != AgentStatus::Offline;
                 }
                 Some(old)
             }
             None => {
                 let entry = Entry::new(
-                    record.clone(),
+                    Arc::new(record.clone()),
                     AgentStatus::Offline,
                     StatusReason::Enrolled,
                     now,
+                    None,
+                    &self.health,
                 );
-                agents.insert(id.clone(), entry);
+                agents.insert(entry);
                 events.push(EventKind::Registered);
                 None
             }
@@ -187,7 +189,7 @@ impl Registry {
         let now = self.clock.now();
         let mut inner = self.write();
         let entry = inner.orgs.get(org)?.get(agent)?;
-        let view = entry.view(&self.health);
+        let view = entry.view();
         if let Some(session) = &entry.session {
             session.close(CloseReason::Revoked);
         }
@@ -199,7 +201,8 @@ impl Registry {
             if removed.session.is_some() {
                 self.metrics.sessions.dec();
             }
-            flipped = inner.index(org, &removed.record.system_info.hardware_id, agent, false);
+            let hardware = &removed.record().system_info.hardware_id;
+            flipped = inner.index(org, hardware, agent, false);
         }
         for mate in flipped.iter().filter(|m| *m != agent) {
             self.emit(&mut inner, org, mate, EventKind::FlagsChanged, now);
@@ -216,16 +219,18 @@ impl Registry {
         let id = view.record.id.clone();
         inner.deleted.remove(&(org.clone(), id.clone()));
         let hardware = view.record.system_info.hardware_id.clone();
-        let mut entry = Entry::new(view.record, view.status, view.reason, view.since);
+        let mut entry = Entry::new(
+            view.record,
+            view.status,
+            view.reason,
+            view.since,
+            view.latest,
+            &self.health,
+        );
         entry.last_seen = view.last_seen;
-        entry.latest = view.latest;
         entry.last_seq = view.last_seq;
-        let was = entry.status;
-        inner
-            .orgs
-            .entry(org.clone())
-            .or_default()
-            .insert(id.clone(), entry);
+        let was = entry.status();
+        inner.orgs.entry(org.clone()).or_default().insert(entry);
         let flipped = inner.index(&org, &hardware, &id, true);
         self.emit(&mut inner, &org, &id, EventKind::Registered, now);
         for mate in flipped.iter().filter(|m| **m != id) {
@@ -255,11 +260,11 @@ impl Registry {
         queue: impl FnOnce(&AgentRecord) -> R,
     ) -> Option<R> {
         let mut inner = self.write();
-        let entry = inner.orgs.get_mut(org)?.get_mut(agent)?;
-        let mut record = entry.record.clone();
+        let agents = inner.orgs.get_mut(org)?;
+        let mut record = AgentRecord::clone(agents.get(agent)?.record());
         record.reclaim_until = until;
-        entry.set_record(record);
-        Some(queue(&entry.record))
+        let entry = agents.set_record(agent, record)?;
+        Some(queue(entry.record()))
     }
 
     /// Forgets what the identity watches of `due` agents hold beyond the conflict window at
@@ -306,7 +311,7 @@ impl Entry {
         if self.session.is_none() {
             return Ok(None);
         }
-        let old = Host::new(&self.instance_id, &self.record.system_info);
+        let old = Host::new(&self.instance_id, &self.record().system_info);
         let new = Host::new(instance_id, info);
         let (old_key, new_key) = (old.key(), new.key());
         if old_key == new_key {

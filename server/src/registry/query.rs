@@ -2,13 +2,18 @@
 //! takes the read lock once and copies out [`AgentView`]s; nothing is held after it returns.
 //! A page stops at its byte budget before copying the agent that would exceed it, so a listing
 //! costs at most its budget in memory and on the wire whatever the agents hold.
+//!
+//! Filters are answered by the org's index and the summary by its counts (`registry/index.rs`):
+//! a listing touches the agents its filter selects (only to test the substring `query`, which
+//! no index answers) and the ones it returns, not the whole org. [`Entry::matches`] is the same
+//! filter tested on one agent, for the watch's snapshot pages and the events it takes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tether_proto::selector::Selector;
 
-use super::{AgentView, Entry, Registry};
+use super::{AgentView, Agents, Entry, Registry};
 use crate::domain::{AgentId, AgentStatus, Health, OrgId};
 use crate::session::Session;
 
@@ -72,11 +77,11 @@ impl Registry {
     pub fn get(&self, org: &OrgId, agent: &AgentId) -> Option<AgentView> {
         let inner = self.read();
         let entry = inner.orgs.get(org)?.get(agent)?;
-        Some(entry.view(&self.health))
+        Some(entry.view())
     }
 
     /// One page of the agents of `org` matching the query's filter, ordered by agent id,
-    /// starting after the query's `after`.
+    /// starting after the query's `after`; `total` counts every match.
     pub fn list(&self, org: &OrgId, query: &AgentListQuery) -> Page {
         let AgentListQuery {
             filter,
@@ -84,34 +89,38 @@ impl Registry {
             page_size,
             max_bytes,
         } = query;
-        let (after, page_size, max_bytes) = (after.as_ref(), *page_size, *max_bytes);
+        let (page_size, max_bytes) = (*page_size, *max_bytes);
         let inner = self.read();
         let Some(agents) = inner.orgs.get(org) else {
             return Page::default();
         };
-        let mut page = Page::default();
+        let selected = agents.select(filter);
+        let text = |entry: &&Entry| {
+            filter
+                .query
+                .as_deref()
+                .is_none_or(|q| entry.facts.search_text().contains(q))
+        };
+        let total = match filter.query {
+            None => usize::try_from(selected.len()).unwrap_or(usize::MAX),
+            Some(_) => agents.selected(&selected).filter(text).count(),
+        };
+        let mut page = Page {
+            total,
+            ..Page::default()
+        };
         let mut bytes = 0;
-        let mut full = false;
-        for (id, entry) in agents {
-            if !entry.matches(filter) {
-                continue;
-            }
-            page.total += 1;
-            if after.is_some_and(|after| id <= after) {
-                continue;
-            }
-            if !full {
-                let size = entry.size_bytes();
-                full = page.agents.len() == page_size
-                    || (!page.agents.is_empty() && bytes + size > max_bytes);
-                if !full {
-                    bytes += size;
-                    page.agents.push(entry.view(&self.health));
-                }
-            }
-            if full && page.next_after.is_none() {
+        for entry in agents.in_id_order(&selected, after.as_ref()).filter(text) {
+            let size = entry.size_bytes();
+            let full = page.agents.len() == page_size
+                || (!page.agents.is_empty() && bytes + size > max_bytes);
+            if full {
+                // Another agent matches after the last one returned.
                 page.next_after = page.agents.last().map(|a| a.record.id.clone());
+                break;
             }
+            bytes += size;
+            page.agents.push(entry.view());
         }
         page
     }
@@ -142,72 +151,61 @@ impl Registry {
             };
         };
         let target = |entry: &Entry| Target {
-            id: entry.record.id.clone(),
-            name: entry.record.name.clone(),
-            online: entry.status == AgentStatus::Online && entry.session.is_some(),
+            id: entry.record().id.clone(),
+            name: entry.record().name.clone(),
+            online: entry.status() == AgentStatus::Online && entry.session.is_some(),
         };
         let mut out: BTreeMap<&AgentId, Target> = BTreeMap::new();
         for id in ids {
             let entry = agents.get(id).ok_or_else(|| id.clone())?;
-            out.insert(&entry.record.id, target(entry));
+            out.insert(&entry.record().id, target(entry));
         }
         if let Some(selector) = selector {
-            for (id, entry) in agents {
-                if entry.status != AgentStatus::Expired && selector.matches(&entry.record.labels) {
-                    out.entry(id).or_insert_with(|| target(entry));
-                }
+            // Every status but expired, as a listing without status filters.
+            let filter = AgentFilter {
+                selector: selector.clone(),
+                ..AgentFilter::default()
+            };
+            let selected = agents.select(&filter);
+            for entry in agents.selected(&selected) {
+                out.entry(&entry.record().id)
+                    .or_insert_with(|| target(entry));
             }
         }
         Ok(out.into_values().collect())
     }
 
+    /// The counts of `GetFleetSummary` for `org`, as kept by its index.
     pub fn summary(&self, org: &OrgId) -> Summary {
         let inner = self.read();
-        let mut summary = Summary::default();
-        let Some(agents) = inner.orgs.get(org) else {
-            return summary;
-        };
-        for entry in agents.values() {
-            match entry.status {
-                AgentStatus::Online => summary.online += 1,
-                AgentStatus::Stale => summary.stale += 1,
-                AgentStatus::Offline => summary.offline += 1,
-                AgentStatus::Expired => {
-                    summary.expired += 1;
-                    continue;
-                }
-            }
-            *summary
-                .by_os
-                .entry(entry.record.system_info.os_name.clone())
-                .or_default() += 1;
-            *summary
-                .health
-                .entry(entry.health(&self.health))
-                .or_default() += 1;
-        }
-        summary
+        inner
+            .orgs
+            .get(org)
+            .map_or_else(Summary::default, Agents::summary)
     }
 }
 
 // === impl Entry ===
 
 impl Entry {
+    /// Whether this agent passes `filter`.
     pub(super) fn matches(&self, filter: &AgentFilter) -> bool {
+        let status = self.status();
+        let record = self.record();
         let status_ok = if filter.statuses.is_empty() {
-            filter.include_expired || self.status != AgentStatus::Expired
+            filter.include_expired || status != AgentStatus::Expired
         } else {
-            filter.statuses.contains(&self.status)
+            filter.statuses.contains(&status)
         };
         status_ok
-            && filter.selector.matches(&self.record.labels)
+            && filter.selector.matches(&record.labels)
             && filter
                 .os
                 .as_deref()
-                .is_none_or(|os| self.record.system_info.os_name.eq_ignore_ascii_case(os))
+                .is_none_or(|os| record.system_info.os_name.eq_ignore_ascii_case(os))
             && filter
                 .query
                 .as_deref()
-                .is_none_or(|q| self.search_text.contains(q))
+                .is_none_or(|q| self.facts.search_text().contains(q))
     }
 }

@@ -25,6 +25,15 @@ pub(super) fn fixture(agents: &[(&str, &str)]) -> Fixture {
     fixture_with(agents, WatchLimits::default())
 }
 
+/// [`fixture`] of `agents` given as owned strings.
+pub(super) fn fixture_owned(agents: &[(String, String)]) -> Fixture {
+    let refs: Vec<(&str, &str)> = agents
+        .iter()
+        .map(|(a, h)| (a.as_str(), h.as_str()))
+        .collect();
+    fixture(&refs)
+}
+
 /// [`fixture`] with the watch limits `watch_limits`.
 pub(super) fn fixture_with(agents: &[(&str, &str)], watch_limits: WatchLimits) -> Fixture {
     let metrics = Metrics::new();
@@ -61,6 +70,19 @@ pub(super) fn fixture_with(agents: &[(&str, &str)], watch_limits: WatchLimits) -
     }
 }
 
+/// A small deterministic generator, so a failure replays from its seed.
+pub(super) struct Lcg(pub(super) u64);
+
+impl Lcg {
+    pub(super) fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        usize::try_from(self.0 >> 33).expect("31 bits") % n
+    }
+}
+
 pub(super) fn org() -> OrgId {
     OrgId::new("acme")
 }
@@ -73,7 +95,7 @@ impl Fixture {
     /// Opens a session for `agent` reporting the hardware id it was enrolled with, from the
     /// agent process `instance` (one per agent unless a test says otherwise).
     pub(super) fn open(&self, agent: &str, session: &str) -> Arc<Session> {
-        let info = self.view(agent).record.system_info;
+        let info = self.view(agent).record.system_info.clone();
         self.open_with(agent, session, info, None)
     }
 
@@ -259,7 +281,7 @@ fn agents_sharing_a_hardware_id_are_flagged_until_they_no_longer_share_it() {
     assert!(f.registry.hardware_mates(&org(), "").is_empty());
 
     // c-1 reports the shared hardware id in its Hello: all three are flagged.
-    let mut info = f.view("c-1").record.system_info;
+    let mut info = f.view("c-1").record.system_info.clone();
     info.hardware_id = "hw-x".to_owned();
     let _c = f.open_with("c-1", "s-c", info, None);
     assert_eq!(f.duplicates(), flags(true, true, true));
@@ -283,7 +305,7 @@ fn events_carry_increasing_revisions_in_the_order_of_the_changes() {
 
     f.registry.enrolled(agent_record("acme", "d-1", "hw-d"));
     let first = f.open("d-1", "s-1");
-    let info = f.view("d-1").record.system_info;
+    let info = f.view("d-1").record.system_info.clone();
     let relabelled = Labels::from([("env".to_owned(), "staging".to_owned())]);
     f.open_with("d-1", "s-2", info, Some(relabelled));
     f.registry
@@ -414,7 +436,7 @@ fn a_take_over_ends_the_live_session_of_the_old_credential() {
 #[tokio::test(start_paused = true)]
 async fn restarts_are_not_conflicts_but_two_processes_fighting_are_flagged_then_refused() {
     let f = fixture(&[("a-1", "hw-1")]);
-    let info = f.view("a-1").record.system_info;
+    let info = f.view("a-1").record.system_info.clone();
     let open =
         |session: &str, instance: &str| f.open_as("a-1", session, info.clone(), None, instance);
     // Restarts: each new process replaces the previous one's session, which never comes back.
@@ -564,4 +586,51 @@ fn a_listing_page_stops_before_the_agent_that_would_exceed_its_bytes() {
     );
     // A page holds at least one agent, whatever its size.
     assert_eq!(page(None, 1), (vec!["a-1".into()], Some("a-1".into()), 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_and_a_batch_longer_than_one_lock_spell_reach_every_agent_in_id_order() {
+    let n = 2 * LIVENESS_SCAN_CHUNK + CHANGES_PER_LOCK + 1;
+    // Enrolled in reverse id order, so that slot order is not id order.
+    let agents: Vec<(String, String)> = (0..n)
+        .rev()
+        .map(|i| (format!("a-{i:05}"), format!("hw-{i}")))
+        .collect();
+    let f = fixture_owned(&agents);
+    let _sessions: Vec<Arc<Session>> = agents
+        .iter()
+        .map(|(agent, _)| f.open(agent, &format!("s-{agent}")))
+        .collect();
+    let (_, mut watch) = f.watch(false);
+
+    let mut busy = sample(1);
+    busy.cpu_percent = 99.0;
+    let updates = agents
+        .iter()
+        .map(|(agent, _)| (org(), id(agent), busy.clone(), 1))
+        .collect();
+    f.registry.samples_committed(updates);
+    let n_u32 = u32::try_from(n).expect("small");
+    assert_eq!(
+        f.registry.summary(&org()).health,
+        [(Health::Critical, n_u32)].into()
+    );
+
+    tokio::time::advance(LivenessConfig::default().stale_after).await;
+    assert_eq!(f.registry.liveness_pass(), n);
+    assert_eq!(f.registry.summary(&org()).stale, n_u32);
+    let stale: Vec<String> = kinds(&drain(&mut watch))
+        .into_iter()
+        .map(|(agent, kind)| {
+            assert_eq!(
+                kind,
+                EventKind::StatusChanged {
+                    previous: AgentStatus::Online
+                }
+            );
+            agent
+        })
+        .collect();
+    assert_eq!(stale.len(), n, "one event per agent");
+    assert!(stale.windows(2).all(|w| w[0] < w[1]), "in id order");
 }

@@ -23,7 +23,6 @@
 //! would let a watcher that never reads pin a whole old copy of its org once the agents change.)
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -248,11 +247,11 @@ impl Registry {
         let mut any_lagged = false;
         for watcher in &feed.watchers {
             let mut queue = watcher.lock();
-            if !watcher.wants(&queue, kind, &entry.record) {
+            if !watcher.wants(&queue, kind, entry.record()) {
                 continue;
             }
             let (event, bytes) = event.get_or_insert_with(|| {
-                let agent = entry.view(&self.health);
+                let agent = entry.view();
                 let bytes = entry.size_bytes() + std::mem::size_of::<FleetEvent>();
                 let event = FleetEvent {
                     revision: *revision,
@@ -283,14 +282,11 @@ impl Registry {
         let Phase::Snapshot { after } = &queue.phase else {
             return;
         };
-        let start = after
-            .as_ref()
-            .map_or(Bound::Unbounded, |id| Bound::Excluded(id.clone()));
         let mut last = after.clone();
         let mut complete = true;
         let mut bytes = 0;
         let agents = inner.orgs.get(&sub.org).into_iter();
-        let range = agents.flat_map(|a| a.range((start.clone(), Bound::Unbounded)));
+        let range = agents.flat_map(|a| a.after(after.as_ref()));
         for (scanned, (id, entry)) in range.enumerate() {
             if scanned == PAGE_SCAN || sub.page.len() == PAGE_AGENTS {
                 complete = false;
@@ -303,7 +299,7 @@ impl Registry {
                     break;
                 }
                 bytes += size;
-                sub.page.push_back(entry.view(&self.health));
+                sub.page.push_back(entry.view());
             }
             last = Some(id.clone());
         }

@@ -241,7 +241,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let pinned = state
             .registry
             .get(&caller.org, &agent)
-            .map(|a| a.record.pinned_labels)
+            .map(|a| a.record.pinned_labels.clone())
             .ok_or(ServerError::NotFound(format!("agent {agent}")))?;
         let labels = merge_labels(labels, &pinned);
         if labels.len() > state.config.limits.max_labels {

@@ -103,7 +103,11 @@ async fn enroll_reserved(
                 .registry
                 .get(&org, agent)
                 .ok_or_else(|| ServerError::Internal(format!("agent {agent} vanished")))?;
-            let record = take_over(existing.record, token, &enrollment);
+            let record = take_over(
+                std::sync::Arc::unwrap_or_clone(existing.record),
+                token,
+                &enrollment,
+            );
             let superseded = state.auth.all_agent_credentials(agent);
             (record, Some(*claim), superseded, Vec::new())
         }

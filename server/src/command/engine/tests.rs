@@ -213,7 +213,7 @@ impl Fixture {
                 &org(),
                 &AgentId::new(agent),
                 SessionId::new(format!("s-{agent}-{}", rand::random::<u32>())),
-                record.system_info,
+                record.system_info.clone(),
                 None,
                 "",
             )

@@ -2,6 +2,7 @@
 //! never falls below an agent's encoding, the largest valid agent fits the smallest budget,
 //! metrics points have a bounded size, and `GetAgent` trims its history to fit.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::*;
@@ -52,13 +53,13 @@ fn agent(len: usize, labels: Labels, disks: Vec<DiskUsage>) -> AgentView {
         reclaim_until: Some(late()),
     };
     AgentView {
-        record,
+        record: Arc::new(record),
         status: AgentStatus::Expired,
         reason: StatusReason::ServerRestart,
         since: late(),
         last_seen: Some(late()),
         session: Some(SessionId::new(text('s', 64))),
-        latest: Some(Sample {
+        latest: Some(Arc::new(Sample {
             seq: u64::MAX,
             time: Time::new(late()).expect("in range"),
             cpu_percent: 100.0,
@@ -72,7 +73,7 @@ fn agent(len: usize, labels: Labels, disks: Vec<DiskUsage>) -> AgentView {
             network_tx_bytes: u64::MAX,
             uptime: Duration::new(u64::MAX / 2, 999_999_999),
             process_count: u32::MAX,
-        }),
+        })),
         last_seq: u64::MAX,
         health: crate::domain::Health::Critical,
         duplicate_hardware_id: true,
@@ -105,7 +106,7 @@ fn largest() -> AgentView {
 fn estimate(view: &AgentView) -> usize {
     agent_bytes(
         &view.record,
-        view.latest.as_ref(),
+        view.latest.as_deref(),
         view.session.as_ref(),
         view.identity_conflict.as_deref(),
     )

@@ -9,7 +9,9 @@ use futures::FutureExt as _;
 use super::*;
 use crate::domain::{Labels, StatusReason};
 use crate::registry::AgentListQuery;
-use crate::registry::tests::{Fixture, drain, drain_items, fixture, fixture_with, id, org};
+use crate::registry::tests::{
+    Fixture, Lcg, drain, drain_items, fixture, fixture_owned, fixture_with, id, org,
+};
 use crate::session::Session;
 use crate::testing::{agent_record, sample};
 
@@ -55,19 +57,6 @@ fn subscribe(f: &Fixture, org: &str, token: &str, metrics: bool) -> Subscription
         .expect("within the watch limits")
 }
 
-/// A small deterministic generator, so a failure replays.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        usize::try_from(self.0 >> 33).expect("31 bits") % n
-    }
-}
-
 /// One random change to the fleet: sessions open and close, agents enroll (with ids that land
 /// before and after any cursor; half of them sharing another agent's hardware id, which flags
 /// both), get relabelled and are removed.
@@ -85,7 +74,7 @@ fn change(f: &Fixture, rng: &mut Lcg, sessions: &mut Vec<Arc<Session>>, step: us
             let mate = pick(rng);
             let new = format!("{mate}-{step}");
             let hardware = if rng.below(2) == 0 {
-                f.view(&mate).record.system_info.hardware_id
+                f.view(&mate).record.system_info.hardware_id.clone()
             } else {
                 format!("hw-{new}")
             };
@@ -93,7 +82,7 @@ fn change(f: &Fixture, rng: &mut Lcg, sessions: &mut Vec<Arc<Session>>, step: us
         }
         3 => {
             let agent = pick(rng);
-            let info = f.view(&agent).record.system_info;
+            let info = f.view(&agent).record.system_info.clone();
             let labels = Labels::from([("step".to_owned(), step.to_string())]);
             sessions.push(f.open_with(&agent, &format!("s-{step}"), info, Some(labels)));
         }
@@ -135,11 +124,7 @@ fn a_paged_snapshot_is_the_state_at_its_revision_while_the_fleet_changes() {
     let agents: Vec<(String, String)> = (0..3 * PAGE_AGENTS + 7)
         .map(|i| (format!("a-{i:04}"), format!("hw-{i}")))
         .collect();
-    let refs: Vec<(&str, &str)> = agents
-        .iter()
-        .map(|(a, h)| (a.as_str(), h.as_str()))
-        .collect();
-    let f = fixture(&refs);
+    let f = fixture_owned(&agents);
     let mut rng = Lcg(7);
     let mut sessions = Vec::new();
     // The registry's state after every change, by revision.
