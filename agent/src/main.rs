@@ -206,13 +206,13 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(err) = init_tracing(&cli.log) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", tether_proto::process::error_line(err.as_ref()));
         return ExitCode::from(2);
     }
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", tether_proto::process::error_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -415,7 +415,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // One line, with its causes: what failed and why.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", tether_proto::process::error_line(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -457,16 +457,20 @@ async fn run() -> anyhow::Result<()> {
         .and_then(|cert| cert.parent())
         .map(|dir| dir.join(tether_server::devcerts::CA_CERT_FILE));
 
+    // Nothing is written before both checks pass: a second server on this data directory, or a
+    // port in use, fails with the data directory and the admin token untouched.
+    tether_server::datadir::ensure_unlocked(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+
     let shutdown = CancellationToken::new();
     tokio::spawn(tether_proto::process::cancel_on_signal(shutdown.clone()));
 
     let server = server::start(config)
         .await
         .context("cannot start the server")?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("listener address")?;
     let scheme = if security == server::ListenSecurity::Tls {
         "https"
     } else {

@@ -1,7 +1,7 @@
 //! Start-up, serving and shutdown.
 //!
 //! [`start`] binds the Prometheus listener (if configured), checks that the data directory is
-//! private (`datadir.rs`), opens the store, rebuilds the in-memory state from it, makes sure a
+//! private and locks it against a second server (`datadir.rs`), opens the store, rebuilds the in-memory state from it, makes sure a
 //! bootstrap admin token exists, and spawns the writer, liveness, retention and metrics tasks;
 //! [`Server::serve`] then serves gRPC on a listener the caller bound (tests bind `127.0.0.1:0`),
 //! accepting through `listener.rs` under the connection limits of `conn.rs`. Every task the
@@ -50,7 +50,10 @@ pub enum StartError {
         #[source]
         source: StoreError,
     },
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error(
+        "cannot listen for metrics on {addr} (--metrics-listen, or --no-metrics to serve none): \
+         {source}"
+    )]
     MetricsListen {
         addr: SocketAddr,
         #[source]
@@ -81,6 +84,8 @@ pub struct Server {
     metrics_addr: Option<SocketAddr>,
     /// The bootstrap admin token, when this start created it (shown once by the binary).
     pub admin_token_file: PathBuf,
+    /// This server's hold on its data directory, released when the server is dropped.
+    _lock: crate::datadir::DataDirLock,
 }
 
 /// Splits stored tokens into those to keep and the deletions of superseded agent credentials:
@@ -161,6 +166,8 @@ async fn start_inner(
             "the data directory was accessible to other users; made it private (0700)"
         );
     }
+    // Before the store: a second server stops here, in one line naming the first.
+    let lock = crate::datadir::DataDirLock::acquire(&data_dir)?;
     let store_path = data_dir.join("store");
     let store: Arc<dyn Store> = {
         let path = store_path.clone();
@@ -341,6 +348,7 @@ async fn start_inner(
         background,
         metrics_addr,
         admin_token_file,
+        _lock: lock,
     })
 }
 

@@ -1,9 +1,11 @@
 //! The `tether-server` binary as an operator runs it: what `gen-certs` writes and refuses to
-//! overwrite, and the one-line refusal of a data directory shared with other users.
+//! overwrite, and the one-line refusals at start-up (a data directory shared with other users,
+//! a second server on one data directory, a port in use), each before anything is written.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Longest a run may take: every run here ends on its own (a server that started serving
@@ -15,6 +17,8 @@ fn tether_server(args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
         .args(args)
         .env_remove("RUST_LOG")
+        // A refusal must stay one line even where backtraces are on.
+        .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -44,6 +48,132 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The one `error:` line of a failed run; fails the test if there is none, several, or any
+/// other output on stderr beyond log lines.
+fn the_error_line(output: &Output) -> String {
+    assert!(!output.status.success(), "expected a failure");
+    let message = stderr(output);
+    let errors: Vec<&str> = message
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{message}");
+    assert!(
+        !message.contains("backtrace") && !message.contains("WouldBlock"),
+        "{message}"
+    );
+    errors[0].to_owned()
+}
+
+/// A `tether-server` that serves until the test ends (killed on drop).
+struct Running {
+    child: Child,
+    url: String,
+}
+
+impl Running {
+    /// Starts the binary with `args` (plus `--print-enrollment-token`, whose banner tells
+    /// when it serves) and waits for its banner.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
+            .args(args)
+            .arg("--print-enrollment-token")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run tether-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("Tether server listening on ") {
+                    let url = url.split_whitespace().next().unwrap_or_default().to_owned();
+                    if tx.send(url).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(RUN_TIMEOUT)
+            .expect("the server prints its banner once it serves");
+        Self { child, url }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second server on a data directory in use is refused in one line naming the first one's
+/// pid and the directory, without sled's lock error or a backtrace, whether it asked for
+/// another port or the same one; the first server is untouched and keeps its admin token.
+#[test]
+fn a_second_server_on_one_data_directory_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().expect("utf-8 path");
+    let first = Running::start(&[
+        "--data-dir",
+        data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-metrics",
+    ]);
+    let token = std::fs::read(data.join("admin.token")).expect("the first server's token");
+    let pid = first.child.id();
+    let first_addr = first.url.trim_start_matches("http://").to_owned();
+    for listen in ["127.0.0.1:0", first_addr.as_str()] {
+        let second = tether_server(&["--data-dir", data_arg, "--listen", listen, "--no-metrics"]);
+        let line = the_error_line(&second);
+        assert!(
+            line.contains(&format!(
+                "another tether-server (pid {pid}) is running with data dir"
+            )) && line.contains(data_arg),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(data.join("admin.token")).expect("token"),
+        token,
+        "the first server's admin token is untouched"
+    );
+}
+
+/// A port in use fails the start in one line naming `--listen`, before the data directory (and
+/// so the admin token) is created.
+#[test]
+fn a_port_in_use_fails_before_anything_is_written() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().expect("utf-8 path");
+    let output = tether_server(&["--data-dir", data_arg, "--listen", &addr, "--no-metrics"]);
+    let line = the_error_line(&output);
+    assert!(line.contains(&addr) && line.contains("--listen"), "{line}");
+    assert!(!data.exists(), "nothing written: {line}");
+
+    // The metrics port is checked as early, and named as well.
+    let output = tether_server(&[
+        "--data-dir",
+        data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &addr,
+    ]);
+    let line = the_error_line(&output);
+    assert!(line.contains("--metrics-listen"), "{line}");
+    assert!(!data.exists(), "nothing written: {line}");
 }
 
 /// `gen-certs --agent` on a directory that already holds a server certificate for a real host
