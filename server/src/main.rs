@@ -7,14 +7,20 @@
 //! `gen-certs` writes a development CA, a server certificate and client certificates, so the
 //! TLS path (`--tls-cert`, `--tls-key`, `--client-ca`) is as easy to try as `--dev`.
 //!
+//! Every flag may also come from a TOML file (`--config`, else `$TETHER_SERVER_CONFIG`, else
+//! [`DEFAULT_CONFIG_FILE`] if it exists) whose keys are the long flag names; flags beat
+//! `TETHER_*` variables, which beat the file (`tether_proto::config_file`). `config print`
+//! shows the settings in effect and checks them.
+//!
 //! Longer than most files: [`Args`] is the server's whole configuration surface, one flag with
 //! its help text per setting, and reads best in one place.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tether_proto::config_file;
 use tether_server::config::{self, Config, TlsSettings};
 use tether_server::server;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +33,13 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The configuration file read when neither `--config` nor [`CONFIG_ENV`] names one, if it
+/// exists.
+const DEFAULT_CONFIG_FILE: &str = "/etc/tether/server.toml";
+
+/// The environment variable that names the configuration file.
+const CONFIG_ENV: &str = "TETHER_SERVER_CONFIG";
+
 /// The Tether server: agent sessions, liveness, storage, fleet queries.
 #[derive(Debug, Parser)]
 #[command(name = "tether-server", version, about)]
@@ -34,6 +47,12 @@ struct Args {
     /// Without a subcommand, the server runs with the flags below.
     #[command(subcommand)]
     command: Option<Command>,
+
+    /// Configuration file (TOML): every flag below may be set there, keyed by its long name
+    /// (`heartbeat-interval = "5s"`); flags and TETHER_* variables override it. Default:
+    /// /etc/tether/server.toml, if it exists.
+    #[arg(long = "config", env = CONFIG_ENV, value_name = "PATH", global = true)]
+    config_file: Option<PathBuf>,
 
     /// Run for local development: loopback, ./tether-data, print the admin token, and run an
     /// agent for this machine in-process (needs the `dev` cargo feature, on by default).
@@ -303,6 +322,17 @@ enum Command {
     /// existing CA in the directory is reused, so certificates for agents enrolled later share
     /// the trust root. Existing files are never overwritten without --force.
     GenCerts(gen_certs::GenCertsArgs),
+    /// The configuration file and the settings in effect.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the settings in effect (flags > TETHER_* environment > file > defaults) as TOML,
+    /// each with where it came from, and check them: exits non-zero if the server would refuse
+    /// to start with them.
+    Print,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -312,6 +342,33 @@ enum LogFormat {
 }
 
 impl Args {
+    /// The configuration the flags describe, checked as far as it can be without binding or
+    /// writing anything, with how the listener will be exposed.
+    fn checked_config(&self) -> anyhow::Result<(Config, server::ListenSecurity)> {
+        #[cfg(not(feature = "dev"))]
+        if self.dev {
+            anyhow::bail!(
+                "--dev runs an agent for this machine in-process, and this tether-server was \
+                 built without it (cargo feature `dev`, on by default)"
+            );
+        }
+        let mut config = self.config();
+        config.tls = TlsSettings::from_flags(
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.client_ca.clone(),
+            self.tls_handshake_timeout.into(),
+        )
+        .context("invalid TLS flags")?;
+        config.validate().context("invalid configuration")?;
+        if let Some(tls) = &config.tls {
+            tether_server::tls::server_config(tls).context("cannot use the TLS certificate")?;
+        }
+        let security =
+            server::check_listen(&self.listen, config.tls.is_some(), self.insecure_plaintext)?;
+        Ok((config, security))
+    }
+
     fn config(&self) -> Config {
         let mut c = Config::new(self.data_dir.clone());
         c.liveness.heartbeat_interval = self.heartbeat_interval.into();
@@ -396,32 +453,18 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let parsed = config_file::parse::<Args>(CONFIG_ENV, Path::new(DEFAULT_CONFIG_FILE))?;
+    let args = &parsed.args;
     init_tracing(args.log_format);
-    if let Some(Command::GenCerts(gen_args)) = &args.command {
-        return gen_certs::run(gen_args);
+    match &args.command {
+        Some(Command::GenCerts(gen_args)) => return gen_certs::run(gen_args),
+        Some(Command::Config(ConfigCommand::Print)) => {
+            print!("{}", parsed.render());
+            return args.checked_config().map(drop);
+        }
+        None => {}
     }
-    #[cfg(not(feature = "dev"))]
-    if args.dev {
-        anyhow::bail!(
-            "--dev runs an agent for this machine in-process, and this tether-server was built \
-             without it (cargo feature `dev`, on by default)"
-        );
-    }
-    let mut config = args.config();
-    config.tls = TlsSettings::from_flags(
-        args.tls_cert.clone(),
-        args.tls_key.clone(),
-        args.client_ca.clone(),
-        args.tls_handshake_timeout.into(),
-    )
-    .context("invalid TLS flags")?;
-    config.validate().context("invalid configuration")?;
-    if let Some(tls) = &config.tls {
-        tether_server::tls::server_config(tls).context("cannot use the TLS certificate")?;
-    }
-    let security =
-        server::check_listen(&args.listen, config.tls.is_some(), args.insecure_plaintext)?;
+    let (config, security) = args.checked_config()?;
     if security == server::ListenSecurity::PlaintextExposed {
         tracing::warn!(addr = %args.listen, "serving plaintext on a non-loopback address");
     }

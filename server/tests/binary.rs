@@ -1,6 +1,7 @@
 //! The `tether-server` binary as an operator runs it: what `gen-certs` writes and refuses to
-//! overwrite, and the one-line refusals at start-up (a data directory shared with other users,
-//! a second server on one data directory, a port in use), each before anything is written.
+//! overwrite, the one-line refusals at start-up (a data directory shared with other users, a
+//! second server on one data directory, a port in use, a bad configuration file), each before
+//! anything is written, and the configuration file under flags and environment.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -14,11 +15,25 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the binary with `args` to its end.
 fn tether_server(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-server"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether-server"));
+    command
         .args(args)
         .env_remove("RUST_LOG")
         // A refusal must stay one line even where backtraces are on.
-        .env("RUST_BACKTRACE", "1")
+        .env("RUST_BACKTRACE", "1");
+    run_to_end(command, args)
+}
+
+/// Runs the binary with `args` and only the environment `env` (so the machine's own
+/// `TETHER_*` variables cannot change the outcome) to its end.
+fn tether_server_in(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether-server"));
+    command.args(args).env_clear().envs(env.iter().copied());
+    run_to_end(command, args)
+}
+
+fn run_to_end(mut command: Command, args: &[&str]) -> Output {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -265,5 +280,153 @@ fn a_shared_data_directory_is_refused_in_one_line() {
         std::fs::read_dir(&data).expect("read").count(),
         0,
         "nothing written"
+    );
+}
+
+/// The line of `config print` for `key`, with its spacing collapsed.
+fn setting(stdout: &str, key: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} =")) || l.starts_with(&format!("# {key} =")))
+        .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Flags beat `TETHER_*` variables, which beat the file, which beats the defaults; the file is
+/// found by `--config` or `$TETHER_SERVER_CONFIG`, and its relative paths are relative to it.
+#[test]
+fn config_print_layers_flags_environment_and_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        r#"
+        listen = "127.0.0.1:7650"
+        metrics-listen = "127.0.0.1:7651"
+        heartbeat-interval = "3s"
+        stale-after = "30s"
+        data-dir = "data"
+        max-labels = 8
+        "#,
+    )
+    .expect("write config");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let output = tether_server_in(
+        &[
+            "--config",
+            config_arg,
+            "--stale-after",
+            "20s",
+            "config",
+            "print",
+        ],
+        &[
+            ("TETHER_LISTEN", "127.0.0.1:7660"),
+            ("TETHER_METRICS_LISTEN", "127.0.0.1:7661"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        setting(&stdout, "listen"),
+        r#"listen = "127.0.0.1:7660" # $TETHER_LISTEN"#
+    );
+    assert_eq!(
+        setting(&stdout, "stale-after"),
+        r#"stale-after = "20s" # flag"#
+    );
+    assert_eq!(
+        setting(&stdout, "heartbeat-interval"),
+        r#"heartbeat-interval = "3s" # file"#
+    );
+    assert_eq!(setting(&stdout, "max-labels"), "max-labels = 8 # file");
+    assert_eq!(
+        setting(&stdout, "data-dir"),
+        format!(
+            "data-dir = \"{}\" # file",
+            dir.path().join("data").display()
+        )
+    );
+    assert_eq!(
+        setting(&stdout, "offline-after"),
+        r#"offline-after = "45s" # default"#
+    );
+    assert_eq!(setting(&stdout, "tls-cert"), "# tls-cert = # unset");
+    assert!(!dir.path().join("data").exists(), "printing writes nothing");
+
+    let output = tether_server_in(
+        &["config", "print"],
+        &[("TETHER_SERVER_CONFIG", config_arg)],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        setting(&stdout, "listen"),
+        r#"listen = "127.0.0.1:7650" # file"#
+    );
+
+    // Settings the server would refuse fail `config print` too.
+    let output = tether_server_in(
+        &[
+            "--config",
+            config_arg,
+            "--stale-after",
+            "1s",
+            "config",
+            "print",
+        ],
+        &[],
+    );
+    let line = the_error_line(&output);
+    assert!(line.contains("stale-after"), "{line}");
+}
+
+/// An unknown key, or a value its flag would refuse, stops the server in one line naming the
+/// key and the file, before anything is bound or written.
+#[test]
+fn a_bad_config_file_is_refused_in_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("server.toml");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let data = dir.path().join("data");
+    for (contents, key, says) in [
+        (
+            "heartbeat_interval = \"3s\"",
+            "`heartbeat_interval`",
+            "did you mean `heartbeat-interval`",
+        ),
+        ("tls = true", "`tls`", "unknown key"),
+        ("listen = \"everywhere\"", "`listen`", "invalid value"),
+        (
+            "no-metrics = \"yes\"",
+            "`no-metrics`",
+            "expected true or false",
+        ),
+    ] {
+        std::fs::write(&config, format!("data-dir = \"data\"\n{contents}\n")).expect("write");
+        let output = tether_server_in(&["--config", config_arg, "--listen", "127.0.0.1:0"], &[]);
+        let line = the_error_line(&output);
+        assert!(
+            line.contains(key) && line.contains(says) && line.contains(config_arg),
+            "{line}"
+        );
+        assert!(!data.exists(), "nothing written: {line}");
+    }
+    let missing = dir.path().join("absent.toml");
+    let output = tether_server_in(
+        &[
+            "--config",
+            missing.to_str().expect("utf-8"),
+            "config",
+            "print",
+        ],
+        &[],
+    );
+    let line = the_error_line(&output);
+    assert!(
+        line.contains("absent.toml"),
+        "a named file must exist: {line}"
     );
 }
