@@ -468,11 +468,21 @@ async fn run() -> anyhow::Result<()> {
     if security == server::ListenSecurity::PlaintextExposed {
         tracing::warn!(addr = %args.listen, "serving plaintext on a non-loopback address");
     }
+    // With TLS, clients need the CA: `ca.pem` beside the certificate in the gen-certs layout.
     let tls_ca = args
         .tls_cert
         .as_ref()
         .and_then(|cert| cert.parent())
-        .map(|dir| dir.join(tether_server::devcerts::CA_CERT_FILE));
+        .map(|dir| dir.join(tether_server::devcerts::CA_CERT_FILE))
+        .filter(|ca| ca.exists())
+        // Absolute, so the printed lines work from any directory.
+        .map(|ca| std::path::absolute(&ca).unwrap_or(ca));
+    let cert_names = match &config.tls {
+        Some(tls) => Some(
+            tether_server::tls::cert_names(&tls.cert).context("cannot use the TLS certificate")?,
+        ),
+        None => None,
+    };
 
     // Nothing is written before both checks pass: a second server on this data directory, or a
     // port in use, fails with the data directory and the admin token untouched.
@@ -488,33 +498,20 @@ async fn run() -> anyhow::Result<()> {
     let server = server::start(config)
         .await
         .context("cannot start the server")?;
-    let scheme = if security == server::ListenSecurity::Tls {
-        "https"
-    } else {
-        "http"
-    };
-    let url = format!("{scheme}://{addr}");
-    // With TLS, clients need the CA: `ca.pem` beside the certificate in the gen-certs layout.
-    let (ca_env, ca_flag) = match (scheme, tls_ca.as_ref().filter(|ca| ca.exists())) {
-        ("https", Some(ca)) => (
-            format!(" TETHER_CA_CERT={}", ca.display()),
-            format!(" --ca-cert {}", ca.display()),
-        ),
-        ("https", None) => (
-            " TETHER_CA_CERT=CA.pem".to_owned(),
-            " --ca-cert CA.pem".to_owned(),
-        ),
-        _ => (String::new(), String::new()),
-    };
-
+    let banner = banner::Banner::new(
+        addr,
+        &banner::Machine::detect(),
+        cert_names.as_deref(),
+        cert_names.as_ref().map(|_| tls_ca.clone()),
+    );
+    println!("{}", banner.listening());
     if args.print_enrollment_token || args.dev {
         let admin_token = std::fs::read_to_string(&server.admin_token_file)
             .with_context(|| format!("cannot read {}", server.admin_token_file.display()))?;
-        println!("Tether server listening on {url}");
         println!(
-            "Admin token (also in {}):\n\n    export TETHER_SERVER={url}{ca_env} TETHER_TOKEN={}\n",
+            "Admin token (also in {}):\n\n    {}\n",
             server.admin_token_file.display(),
-            admin_token.trim()
+            banner.admin_export(admin_token.trim())
         );
     }
     if args.print_enrollment_token {
@@ -527,15 +524,16 @@ async fn run() -> anyhow::Result<()> {
         .await
         .context("cannot create an enrollment token")?;
         println!(
-            "Enrollment token {} (shown once):\n\n    tether-agent --server {url}{ca_flag} --enroll-token {}\n",
+            "Enrollment token {} (shown once):\n\n    {}\n",
             record.id,
-            secret.expose()
+            banner.agent_command(secret.expose())
         );
     }
 
     #[cfg(feature = "dev")]
     let local_agent = if args.dev {
         let mtls = server.state().config.mtls();
+        let url = banner.local_url();
         dev::spawn_local_agent(&server, &url, mtls, tls_ca.as_deref(), &args.data_dir).await?
     } else {
         None
@@ -551,6 +549,8 @@ async fn run() -> anyhow::Result<()> {
     result.context("server failed")
 }
 
+#[path = "main/banner.rs"]
+mod banner;
 #[path = "main/gen_certs.rs"]
 mod gen_certs;
 

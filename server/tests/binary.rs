@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
+use std::net::ToSocketAddrs as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -86,6 +87,8 @@ fn the_error_line(output: &Output) -> String {
 struct Running {
     child: Child,
     url: String,
+    /// What it printed up to its enrollment token's agent command.
+    banner: Vec<String>,
 }
 
 impl Running {
@@ -104,20 +107,26 @@ impl Running {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut banner = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("Tether server listening on ") {
-                    let url = url.split_whitespace().next().unwrap_or_default().to_owned();
-                    if tx.send(url).is_err() {
-                        break;
-                    }
+                let last = line.contains("--enroll-token");
+                banner.push(line);
+                if last {
+                    let _ = tx.send(std::mem::take(&mut banner));
                 }
             }
         });
-        let url = rx
+        let banner = rx
             .recv_timeout(RUN_TIMEOUT)
             .expect("the server prints its banner once it serves");
-        Self { child, url }
+        let url = banner
+            .iter()
+            .find_map(|l| l.strip_prefix("Tether server listening on "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("a listening line")
+            .to_owned();
+        Self { child, url, banner }
     }
 }
 
@@ -428,5 +437,56 @@ fn a_bad_config_file_is_refused_in_one_line_naming_the_key() {
     assert!(
         line.contains("absent.toml"),
         "a named file must exist: {line}"
+    );
+}
+
+/// On a wildcard address the banner gives URLs a client can dial (this machine's hostname and
+/// addresses, never `0.0.0.0`), and the agent command is one pasteable shell command: every
+/// line but its last ends in ` \`.
+#[test]
+fn a_wildcard_listener_is_announced_by_dialable_urls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let running = Running::start(&[
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-plaintext",
+        "--no-metrics",
+    ]);
+    let listening = &running.banner[0];
+    let port = running.url.rsplit(':').next().expect("a port");
+    assert!(
+        !running.url.contains("0.0.0.0") && running.url.starts_with("http://"),
+        "{listening}"
+    );
+    assert!(
+        listening.contains(&format!("(0.0.0.0:{port}; also http://")),
+        "the bound address, then the other URLs: {listening}"
+    );
+    // The URL it prints works.
+    let addr = running
+        .url
+        .trim_start_matches("http://")
+        .to_socket_addrs()
+        .expect("resolves")
+        .next()
+        .expect("an address");
+    std::net::TcpStream::connect(addr).expect("the printed URL leads to the server");
+
+    let start = running
+        .banner
+        .iter()
+        .position(|l| l.trim_start().starts_with("tether-agent "))
+        .expect("an agent command");
+    let agent = &running.banner[start..];
+    assert!(agent.len() > 1, "{agent:?}");
+    for line in &agent[..agent.len() - 1] {
+        assert!(line.ends_with(" \\"), "continued: {agent:?}");
+    }
+    assert!(
+        agent[0].contains(&format!("--server {}", running.url)),
+        "{agent:?}"
     );
 }

@@ -1,10 +1,12 @@
 //! `tether-server gen-certs`: its arguments, and what it prints after writing the certificates
 //! (`tether_server::devcerts` writes them): the files, and the commands that use them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use tether_server::config;
+
+use crate::banner::command;
 
 #[derive(Debug, clap::Args)]
 pub struct GenCertsArgs {
@@ -39,13 +41,20 @@ pub fn run(args: &GenCertsArgs) -> anyhow::Result<()> {
     }
     let certs = tether_server::devcerts::generate_dev_certs(&args.out, &args.hosts, args.force)
         .context("gen-certs")?;
-    let d = |p: &std::path::Path| p.display().to_string();
-    let host = args
+    // Absolute, so the printed commands work from any directory.
+    let d = |p: &Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_owned())
+            .display()
+            .to_string()
+    };
+    let hosts: Vec<&str> = args
         .hosts
         .iter()
         .map(|h| h.trim())
-        .find(|h| !h.is_empty())
-        .unwrap_or("localhost");
+        .filter(|h| !h.is_empty())
+        .collect();
+    let host = hosts.first().copied().unwrap_or("localhost");
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -78,20 +87,35 @@ pub fn run(args: &GenCertsArgs) -> anyhow::Result<()> {
         d(&certs.client_cert),
         d(&certs.client_key)
     );
-    println!(
-        "\nServer (add --client-ca {ca} to require agent certificates, mTLS):\n\n    \
-         tether-server --tls-cert {} --tls-key {}\n",
+    // Names other machines dial need a listener they can reach.
+    let mut server = vec!["tether-server".to_owned()];
+    if hosts.iter().any(|h| !is_local(h)) {
+        server[0].push_str(&format!(" --listen 0.0.0.0:{port}"));
+    }
+    server.push(format!(
+        "--tls-cert {} --tls-key {}",
         d(&certs.server_cert),
-        d(&certs.server_key),
-        ca = d(&certs.ca_cert),
-    );
+        d(&certs.server_key)
+    ));
     println!(
-        "Agent:\n\n    tether-agent --server {url} --ca-cert {} --enroll-token TOKEN",
+        "\nServer:\n\n    {}\n\n  Add --client-ca {} to require agent certificates (mTLS).\n",
+        command(&server),
         d(&certs.ca_cert)
     );
+    let agent = [
+        format!("tether-agent --server {url}"),
+        format!("--ca-cert {}", d(&certs.ca_cert)),
+        "--enroll-token TOKEN".to_owned(),
+    ];
     println!(
-        "\n  With mTLS, enroll first, then issue the agent's certificate with\n    \
-         tether-server gen-certs --out {} --agent AGENT_ID\n  and add --client-cert/--client-key.\n",
+        "Agent (on each machine, with a copy of {}):\n\n    {}\n",
+        d(&certs.ca_cert),
+        command(&agent)
+    );
+    println!(
+        "  With mTLS, enroll first, then issue the agent's certificate with\n\n    \
+         tether-server gen-certs --out {} --agent AGENT_ID\n\n  and add its --client-cert \
+         and --client-key to the agent's flags.\n",
         d(&certs.dir)
     );
     println!(
@@ -99,6 +123,14 @@ pub fn run(args: &GenCertsArgs) -> anyhow::Result<()> {
         d(&certs.ca_cert)
     );
     Ok(())
+}
+
+/// Whether `host` names this machine only (a loopback name or address).
+fn is_local(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `gen-certs --agent ID…`: writes only the agents' certificates.
@@ -127,11 +159,11 @@ fn gen_agent_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
         );
     }
     if let Some((_, cert, key)) = certs.agents.first() {
-        println!(
-            "\nAgent (add to its flags):\n\n    --client-cert {} --client-key {}",
-            d(cert),
-            d(key)
-        );
+        let flags = [
+            format!("--client-cert {}", d(cert)),
+            format!("--client-key {}", d(key)),
+        ];
+        println!("\nAgent (add to its flags):\n\n    {}", command(&flags));
     }
     Ok(())
 }
