@@ -1,4 +1,6 @@
-//! README's "Production" walkthrough, step by step, with the real `tether-server`,
+//! README's "Production" walkthrough and its service units.
+//!
+//! The walkthrough runs step by step with the real `tether-server`,
 //! `tether-agent` and `tetherctl` binaries: certificates from `gen-certs` for the name the
 //! agents dial, a TLS server on a non-default address (`127.0.0.7` stands in for the server's
 //! machine; the agent and the operator are other processes with their own directories), the
@@ -6,6 +8,10 @@
 //! it. What differs from the README: directories under a tempdir instead of `/etc` and
 //! `/var/lib`, a free port instead of 7600, `--config` instead of the default path, and the
 //! metrics listener on a free port of its own.
+//!
+//! The systemd units of `packaging/systemd` are checked for the hardening README promises, and
+//! their command lines are run (as `config print`) against the real binaries with the files the
+//! walkthrough makes; where `systemd-analyze` exists, the units must also verify cleanly.
 //!
 //! The binaries are the ones cargo builds beside this test's own (`cargo test --workspace`
 //! builds them).
@@ -217,4 +223,148 @@ async fn production_walkthrough_over_tls_on_a_non_default_address() {
     assert!(ran.contains("load average"), "{ran}");
 
     server.kill().await.expect("stop the server");
+}
+
+/// A unit file of `packaging/systemd`.
+fn unit(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/systemd")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The words of a unit's `ExecStart=`, its continuation lines joined.
+fn exec_start(unit: &str) -> Vec<String> {
+    let joined = unit.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Each unit runs its binary with flags the binary accepts, from its own user, in a sandbox
+/// with a state directory; with the files the walkthrough makes (the config file, the TLS
+/// files systemd hands over), `config print` passes the binary's own start-up checks.
+#[tokio::test]
+async fn service_units_are_hardened_and_run_the_binaries_with_flags_they_accept() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let etc = root.path().join("etc/tether");
+    let credentials = root.path().join("credentials");
+    std::fs::create_dir_all(&etc).expect("etc");
+    let output = command("tether-server", &[])
+        .args(["gen-certs", "--out"])
+        .arg(&credentials)
+        .args(["--hosts", "tether.example.com"])
+        .output()
+        .await
+        .expect("gen-certs");
+    assert!(output.status.success());
+    std::fs::copy(credentials.join("ca.pem"), etc.join("ca.pem")).expect("CA");
+    std::fs::write(etc.join("server.toml"), "listen = \"127.0.0.1:7600\"\n").expect("server.toml");
+    std::fs::write(
+        etc.join("agent.toml"),
+        "server = \"https://tether.example.com:7600\"\nca-cert = \"ca.pem\"\n\
+         label = [\"env=prod\"]\nallow-exec = [\"/usr/bin/uptime\"]\n",
+    )
+    .expect("agent.toml");
+
+    for (name, binary, state) in [
+        (
+            "tether-server.service",
+            "tether-server",
+            "StateDirectory=tether\n",
+        ),
+        (
+            "tether-agent.service",
+            "tether-agent",
+            "StateDirectory=tether-agent\n",
+        ),
+    ] {
+        let text = unit(name);
+        for setting in [
+            "DynamicUser=yes\n",
+            state,
+            "StateDirectoryMode=0700\n",
+            "ProtectSystem=strict\n",
+            "NoNewPrivileges=yes\n",
+            "CapabilityBoundingSet=\n",
+            "KillSignal=SIGTERM\n",
+        ] {
+            assert!(text.contains(setting), "{name} lacks {setting:?}");
+        }
+        assert!(
+            text.lines().any(|l| l.starts_with("Restart=")),
+            "{name} restarts"
+        );
+        let words = exec_start(&text);
+        assert_eq!(words[0], format!("/usr/local/bin/{binary}"), "{name}");
+        let args: Vec<String> = words[1..]
+            .iter()
+            .map(|w| {
+                w.replace(
+                    "${CREDENTIALS_DIRECTORY}",
+                    &credentials.display().to_string(),
+                )
+                .replace("/etc/tether", &etc.display().to_string())
+            })
+            .collect();
+        let output = command(binary, &[])
+            .args(&args)
+            .args(["config", "print"])
+            .output()
+            .await
+            .expect("run the unit's command line");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{name}: {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let state_dir = format!(
+            "\"/var/lib/{}\"",
+            state.trim_end().trim_start_matches("StateDirectory=")
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&state_dir) && l.ends_with("# flag")),
+            "{name} keeps its data in its state directory: {stdout}"
+        );
+    }
+
+    // Where systemd's own checker exists, the units pass it (with the binaries where this build
+    // put them).
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        return;
+    };
+    assert!(version.status.success());
+    let units = root.path().join("units");
+    std::fs::create_dir_all(&units).expect("units dir");
+    let mut paths = Vec::new();
+    for (name, binary) in [
+        ("tether-server.service", "tether-server"),
+        ("tether-agent.service", "tether-agent"),
+    ] {
+        let text = unit(name).replace(
+            &format!("/usr/local/bin/{binary}"),
+            &bin(binary).display().to_string(),
+        );
+        let path = units.join(name);
+        std::fs::write(&path, text).expect("unit copy");
+        paths.push(path);
+    }
+    let output = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&paths)
+        .output()
+        .expect("systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.trim().is_empty(),
+        "{stderr}"
+    );
 }
