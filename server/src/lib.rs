@@ -18,6 +18,7 @@ pub mod convert;
 pub mod datadir;
 pub mod devcerts;
 pub mod domain;
+pub mod drain;
 pub mod error;
 pub mod gate;
 pub mod health;

@@ -125,6 +125,15 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_LIVENESS_TICK.into())]
     liveness_tick: humantime::Duration,
 
+    /// At shutdown, agents are told to reconnect spread over a window that keeps their return
+    /// under this many per second (see --drain-max-window).
+    #[arg(long, default_value_t = config::DEFAULT_DRAIN_RECONNECTS_PER_SECOND)]
+    drain_reconnects_per_second: u32,
+
+    /// Longest window a shutdown spreads the agents' reconnects over, whatever the fleet's size.
+    #[arg(long, default_value_t = config::DEFAULT_DRAIN_MAX_WINDOW.into())]
+    drain_max_window: humantime::Duration,
+
     /// How long metrics samples and status history are kept.
     #[arg(long, default_value_t = config::DEFAULT_METRICS_RETENTION.into())]
     metrics_retention: humantime::Duration,
@@ -377,6 +386,8 @@ impl Args {
         c.liveness.offline_after = self.offline_after.into();
         c.liveness.fleet_ttl = self.fleet_ttl.into();
         c.liveness.tick = self.liveness_tick.into();
+        c.liveness.drain.reconnects_per_second = self.drain_reconnects_per_second;
+        c.liveness.drain.max_window = self.drain_max_window.into();
         c.storage.metrics_retention = self.metrics_retention.into();
         c.storage.writer_linger = self.writer_linger.into();
         c.storage.cache_bytes = self.store_cache_mib << 20;
