@@ -11,6 +11,7 @@ pub mod access;
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod command;
 pub mod config;
 pub mod conn;

@@ -64,7 +64,7 @@ struct Args {
     listen: SocketAddr,
 
     /// Data directory (store, admin token). Created if missing.
-    #[arg(long, env = "TETHER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "TETHER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
 
     /// Allow plaintext on a non-loopback address (without TLS): traffic, tokens included,
@@ -334,6 +334,20 @@ enum Command {
     /// The configuration file and the settings in effect.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Copy the store of a stopped server (--data-dir) into a new directory, check that the
+    /// copy loads, and describe it in tether-backup.json. Refused while a server runs there.
+    Backup {
+        /// The new (or empty) directory to write the backup into (mode 0700).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Restore a backup into --data-dir, which must hold no store, and check that it loads.
+    /// The restored server creates a new admin token at its first start.
+    Restore {
+        /// The backup's directory (as written by `backup --to`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -473,6 +487,30 @@ async fn run() -> anyhow::Result<()> {
             print!("{}", parsed.render());
             return args.checked_config().map(drop);
         }
+        Some(Command::Backup { to }) => {
+            let manifest = tether_server::backup::backup(&args.data_dir, to)
+                .with_context(|| format!("backup of {}", args.data_dir.display()))?;
+            println!(
+                "Backed up {} into {}: {}",
+                args.data_dir.display(),
+                to.display(),
+                summary(&manifest)
+            );
+            return Ok(());
+        }
+        Some(Command::Restore { from }) => {
+            let manifest = tether_server::backup::restore(from, &args.data_dir)
+                .with_context(|| format!("restore of {}", from.display()))?;
+            println!(
+                "Restored {} (taken {}) into {}: {}; start the server on it to get a new admin \
+                 token",
+                from.display(),
+                manifest.created_at,
+                args.data_dir.display(),
+                summary(&manifest)
+            );
+            return Ok(());
+        }
         None => {}
     }
     let (config, security) = args.checked_config()?;
@@ -558,6 +596,19 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     result.context("server failed")
+}
+
+/// What a backup holds, in a few words.
+fn summary(manifest: &tether_server::backup::Manifest) -> String {
+    format!(
+        "{} orgs, {} agents, {} tokens, {} enrollment tokens, {} deleted agents (schema {})",
+        manifest.orgs,
+        manifest.agents,
+        manifest.tokens,
+        manifest.enrollment_tokens,
+        manifest.tombstones,
+        manifest.schema_version
+    )
 }
 
 #[path = "main/banner.rs"]

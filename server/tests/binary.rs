@@ -490,3 +490,59 @@ fn a_wildcard_listener_is_announced_by_dialable_urls() {
         "{agent:?}"
     );
 }
+
+/// `backup` is refused in one line while a server runs on the data directory; once it is gone
+/// (here killed, as a crash would), the backup is taken, restored into a new directory, and a
+/// server starts on the restored one.
+#[test]
+fn backup_waits_for_the_server_to_stop_and_restores_into_a_new_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().expect("utf-8 path");
+    let backup_dir = dir.path().join("backup");
+    let backup_arg = backup_dir.to_str().expect("utf-8 path");
+    let running = Running::start(&[
+        "--data-dir",
+        data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-metrics",
+    ]);
+    let pid = running.child.id();
+    let refused = tether_server(&["backup", "--data-dir", data_arg, "--to", backup_arg]);
+    let line = the_error_line(&refused);
+    assert!(
+        line.contains(&format!("another tether-server (pid {pid})")),
+        "{line}"
+    );
+    assert!(!backup_dir.exists(), "nothing written: {line}");
+    drop(running);
+
+    let taken = tether_server(&["backup", "--data-dir", data_arg, "--to", backup_arg]);
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let said = String::from_utf8_lossy(&taken.stdout);
+    assert!(
+        said.contains("Backed up") && said.contains("1 orgs"),
+        "{said}"
+    );
+
+    let restored = dir.path().join("restored");
+    let restored_arg = restored.to_str().expect("utf-8 path");
+    let restore = tether_server(&["restore", "--from", backup_arg, "--data-dir", restored_arg]);
+    assert!(restore.status.success(), "{}", stderr(&restore));
+    let again = tether_server(&["restore", "--from", backup_arg, "--data-dir", restored_arg]);
+    let line = the_error_line(&again);
+    assert!(line.contains("already holds a store"), "{line}");
+    let not_a_backup = tether_server(&["restore", "--from", data_arg, "--data-dir", restored_arg]);
+    let line = the_error_line(&not_a_backup);
+    assert!(line.contains("is not a Tether backup"), "{line}");
+
+    let _serving = Running::start(&[
+        "--data-dir",
+        restored_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-metrics",
+    ]);
+    assert!(restored.join("admin.token").exists(), "a new admin token");
+}
