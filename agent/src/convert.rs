@@ -24,6 +24,9 @@ use crate::state::{Credential, Enrollment};
 pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest kill grace the agent honours, whatever an offer asks for.
 pub(crate) const MAX_KILL_GRACE: Duration = Duration::from_secs(300);
+/// Longest wait before reconnecting the agent honours from a draining server's `Goodbye`, so a
+/// misconfigured server cannot keep its fleet away for long.
+pub(crate) const MAX_RECONNECT_AFTER: Duration = Duration::from_secs(15 * 60);
 
 // === outgoing ===
 
@@ -435,14 +438,26 @@ impl From<pb::Pong> for Pong {
 
 impl From<pb::ServerGoodbye> for ServerGoodbye {
     fn from(goodbye: pb::ServerGoodbye) -> Self {
-        let pb::ServerGoodbye { reason, message } = goodbye;
+        let pb::ServerGoodbye {
+            reason,
+            message,
+            reconnect_after,
+        } = goodbye;
         let reason = match pb::GoodbyeReason::try_from(reason) {
             Ok(pb::GoodbyeReason::Replaced) => GoodbyeReason::Replaced,
             Ok(pb::GoodbyeReason::Revoked) => GoodbyeReason::Revoked,
             Ok(pb::GoodbyeReason::ServerDraining) => GoodbyeReason::ServerDraining,
             Ok(pb::GoodbyeReason::Unspecified) | Err(_) => GoodbyeReason::Unspecified,
         };
-        Self { reason, message }
+        // A negative or unreadable delay is no delay said: the agent's backoff applies.
+        let reconnect_after = reconnect_after
+            .and_then(|d| Duration::try_from(d).ok())
+            .map(|d| d.min(MAX_RECONNECT_AFTER));
+        Self {
+            reason,
+            message,
+            reconnect_after,
+        }
     }
 }
 

@@ -1,8 +1,14 @@
 //! The `tether-agent` binary: parses flags, sets up logging, and runs the agent library until
 //! SIGTERM or SIGINT.
+//!
+//! Every flag may also come from a TOML file (`--config`, else `$TETHER_AGENT_CONFIG`, else
+//! [`DEFAULT_CONFIG_FILE`] if it exists) whose keys are the long flag names, such as
+//! `allow-exec = ["/usr/bin/uptime"]`; flags beat `TETHER_*` variables, which beat the file
+//! (`tether_proto::config_file`). `config print` shows the settings in effect, the enrollment
+//! token redacted, and checks them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,12 +18,25 @@ use tether_agent::{AgentConfig, AgentStats, BackoffConfig, SysinfoCollector};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// The configuration file read when neither `--config` nor [`CONFIG_ENV`] names one, if it
+/// exists.
+const DEFAULT_CONFIG_FILE: &str = "/etc/tether/agent.toml";
+
+/// The environment variable that names the configuration file.
+const CONFIG_ENV: &str = "TETHER_AGENT_CONFIG";
+
 /// Tether agent: reports this machine to a Tether server over one long-lived stream.
 #[derive(Debug, Parser)]
 #[command(name = "tether-agent", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+
+    /// Configuration file (TOML): every flag may be set there, keyed by its long name
+    /// (`allow-exec = ["/usr/bin/uptime"]`); flags and TETHER_* variables override it.
+    /// Default: /etc/tether/agent.toml, if it exists.
+    #[arg(long = "config", env = CONFIG_ENV, value_name = "PATH", global = true)]
+    config_file: Option<PathBuf>,
 
     #[command(flatten)]
     run: RunArgs,
@@ -33,6 +52,17 @@ enum Command {
     /// Simulate a fleet: N agents in this process, each a real agent session on the real
     /// protocol, for load tests and the fleet benchmark. Intervals come from the server.
     Simulate(Box<SimulateArgs>),
+    /// The configuration file and the settings in effect.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the settings in effect (flags > TETHER_* environment > file > defaults) as TOML,
+    /// each with where it came from, the enrollment token redacted, and check them: exits
+    /// non-zero if the agent would refuse to start with them.
+    Print,
 }
 
 #[derive(Debug, Args)]
@@ -204,22 +234,36 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let parsed =
+        match tether_proto::config_file::parse::<Cli>(CONFIG_ENV, Path::new(DEFAULT_CONFIG_FILE)) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                eprintln!("error: {}", tether_proto::process::error_line(&err));
+                return ExitCode::from(2);
+            }
+        };
+    let cli = parsed.args;
+    let settings = || tether_proto::config_file::render(&parsed.layered, &parsed.matches);
     if let Err(err) = init_tracing(&cli.log) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", tether_proto::process::error_line(err.as_ref()));
         return ExitCode::from(2);
     }
-    match real_main(cli) {
+    match real_main(cli, settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", tether_proto::process::error_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
+/// Runs the subcommand; `settings` renders the settings in effect for `config print`.
+fn real_main(cli: Cli, settings: impl FnOnce() -> String) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
+        Command::Config(ConfigCommand::Print) => {
+            print!("{}", settings());
+            Ok(agent_config(cli.run).validate()?)
+        }
         Command::Run => {
             let config = agent_config(cli.run);
             config.validate()?;

@@ -427,6 +427,22 @@ pub(crate) async fn hold_sessions(
                     return HoldEnd::Shutdown;
                 }
             }
+            SessionEnd::Drained {
+                healthy,
+                reconnect_after,
+                message,
+            } => {
+                if healthy {
+                    backoff.reset();
+                    *healthy_seen = true;
+                }
+                // The server's delay instead of a backoff step: it spreads the fleet's return.
+                // If the server is not back by then, the next failure backs off from here.
+                info!(%message, delay = ?reconnect_after, "server draining; reconnecting when it said");
+                if !sleep_unless_shutdown(reconnect_after, agent.shutdown).await {
+                    return HoldEnd::Shutdown;
+                }
+            }
             SessionEnd::Failed { healthy, error } => {
                 if healthy {
                     backoff.reset();

@@ -99,8 +99,16 @@ pub(crate) enum SessionEnd {
     /// The agent is shutting down; it said goodbye.
     Shutdown,
     /// The server ended the session in an orderly way (closed the stream, replaced the session,
-    /// drained). Reconnect after backoff.
+    /// drained without saying when to come back). Reconnect after backoff.
     Closed { healthy: bool, reason: String },
+    /// The server is shutting down and said when to come back: reconnect after
+    /// `reconnect_after` (its share of the spread that keeps a restart from becoming a
+    /// reconnect storm), then with backoff if the server is not back yet.
+    Drained {
+        healthy: bool,
+        reconnect_after: Duration,
+        message: String,
+    },
     /// The session failed. Reconnect after backoff if the error is retryable.
     Failed { healthy: bool, error: AgentError },
 }
@@ -141,6 +149,8 @@ pub(crate) enum GoodbyeReason {
 pub(crate) struct ServerGoodbye {
     pub(crate) reason: GoodbyeReason,
     pub(crate) message: String,
+    /// When to reconnect, if the server said (at most [`crate::convert::MAX_RECONNECT_AFTER`]).
+    pub(crate) reconnect_after: Option<Duration>,
 }
 
 /// A message from the server, converted from `pb::ConnectResponse`.
@@ -536,12 +546,22 @@ impl Session<'_> {
     }
 
     fn on_goodbye(&self, goodbye: ServerGoodbye) -> Result<SessionEnd, AgentError> {
-        let ServerGoodbye { reason, message } = goodbye;
-        match reason {
-            GoodbyeReason::Revoked => Err(AgentError::Revoked(message)),
-            GoodbyeReason::Replaced
-            | GoodbyeReason::ServerDraining
-            | GoodbyeReason::Unspecified => {
+        let ServerGoodbye {
+            reason,
+            message,
+            reconnect_after,
+        } = goodbye;
+        match (reason, reconnect_after) {
+            (GoodbyeReason::Revoked, _) => Err(AgentError::Revoked(message)),
+            (GoodbyeReason::ServerDraining, Some(reconnect_after)) => {
+                info!(?reconnect_after, %message, "server draining");
+                Ok(SessionEnd::Drained {
+                    healthy: self.healthy,
+                    reconnect_after,
+                    message,
+                })
+            }
+            (reason, _) => {
                 info!(?reason, %message, "server said goodbye");
                 Ok(SessionEnd::Closed {
                     healthy: self.healthy,

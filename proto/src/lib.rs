@@ -7,7 +7,9 @@
 //! - [`command`]: the bounds of a command's spec and of agents' command reports;
 //! - [`selector`]: the label grammar and the label selector the RPCs take;
 //! - [`audit`]: the audit chain's hash, which the server computes and clients verify;
-//! - [`process`]: how every Tether binary answers termination signals;
+//! - [`process`]: how every Tether binary answers termination signals and reports a fatal
+//!   error;
+//! - [`config_file`]: how the daemons read their TOML configuration files;
 //! - [`text`]: the characters no text field may carry, and the default sizes of what agents
 //!   report.
 //! - [`refusal`]: the status metadata that says why a call was refused and when to retry.
@@ -18,6 +20,7 @@
 pub mod audit;
 pub mod codec;
 pub mod command;
+pub mod config_file;
 pub mod process;
 pub mod refusal;
 pub mod selector;

@@ -21,6 +21,12 @@ pub const DEFAULT_OFFLINE_AFTER: Duration = Duration::from_secs(45);
 pub const DEFAULT_FLEET_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How often the liveness pass runs. Bounds how late a silent agent turns stale.
 pub const DEFAULT_LIVENESS_TICK: Duration = Duration::from_millis(250);
+/// Returns per second a shutdown spreads its agents' reconnects to (`drain`): each
+/// reconnect costs a TLS handshake and a `Hello`, far more than a report.
+pub const DEFAULT_DRAIN_RECONNECTS_PER_SECOND: u32 = 1000;
+/// Longest window a shutdown spreads its agents' reconnects over (the agents' own backoff
+/// cap).
+pub const DEFAULT_DRAIN_MAX_WINDOW: Duration = Duration::from_secs(120);
 
 /// How long raw samples (sealed chunks) and status history are kept.
 pub const DEFAULT_METRICS_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -233,6 +239,8 @@ pub struct LivenessConfig {
     pub offline_after: Duration,
     pub fleet_ttl: Duration,
     pub tick: Duration,
+    /// When agents told to leave at shutdown come back.
+    pub drain: crate::drain::DrainPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -406,6 +414,9 @@ impl Config {
                 humantime::format_duration(l.offline_after),
                 humantime::format_duration(l.stale_after)
             ));
+        }
+        if l.drain.reconnects_per_second == 0 {
+            return invalid("the drain's reconnect rate must be greater than zero".to_owned());
         }
         if self.limits.max_message_bytes < 4096 {
             return invalid("max message size must be at least 4 KiB".to_owned());
@@ -651,6 +662,10 @@ impl Default for LivenessConfig {
             offline_after: DEFAULT_OFFLINE_AFTER,
             fleet_ttl: DEFAULT_FLEET_TTL,
             tick: DEFAULT_LIVENESS_TICK,
+            drain: crate::drain::DrainPolicy {
+                reconnects_per_second: DEFAULT_DRAIN_RECONNECTS_PER_SECOND,
+                max_window: DEFAULT_DRAIN_MAX_WINDOW,
+            },
         }
     }
 }

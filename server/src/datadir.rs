@@ -10,9 +10,20 @@
 //! private on every start: the store's files 0600 and its directories 0700, the admin token
 //! file 0600. (Files the store creates later get the process umask, but they sit in 0700
 //! directories, which nobody else may enter.)
+//!
+//! One server per directory: [`DataDirLock::acquire`] takes an advisory lock on
+//! [`LOCK_FILE`] (which also records the holder's pid) before the store is opened, and keeps it
+//! for the server's life; the operating system releases it when the process ends, however it
+//! ends, so a stale file never blocks a start. A second server is refused in one line naming
+//! the first one's pid, and [`ensure_unlocked`] lets the binary say the same before it binds or
+//! writes anything.
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// The file in the data directory that a running server holds locked, with its pid inside.
+pub const LOCK_FILE: &str = "tether-server.lock";
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +40,98 @@ pub enum DataDirError {
         path.display()
     )]
     Shared { path: PathBuf, mode: u32 },
+    #[error(
+        "another tether-server{} is running with data dir {}: stop it first, or give this one \
+         its own --data-dir",
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        path.display()
+    )]
+    Locked { path: PathBuf, pid: Option<u32> },
+}
+
+/// The lock a running server holds on its data directory; released when dropped (or when the
+/// process ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    /// Open for the lock's lifetime: closing it releases the lock.
+    _file: File,
+}
+
+// === impl DataDirLock ===
+
+impl DataDirLock {
+    /// Locks `dir` (which [`prepare`] made) for this process and writes its pid into the lock
+    /// file.
+    ///
+    /// # Errors
+    ///
+    /// [`DataDirError::Locked`] when another process holds the lock, [`DataDirError::Io`] when
+    /// the lock file cannot be created or written.
+    pub fn acquire(dir: &Path) -> Result<Self, DataDirError> {
+        use std::io::Write as _;
+        let path = dir.join(LOCK_FILE);
+        let io_err = |source| DataDirError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut options = std::fs::OpenOptions::new();
+        // Not truncated on open: the pid inside belongs to the holder until the lock is ours.
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path).map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DataDirError::Locked {
+                    path: dir.to_owned(),
+                    pid: read_pid(&mut file),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        writeln!(file, "{}", std::process::id()).map_err(io_err)?;
+        file.sync_data().map_err(io_err)?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// Fails when another server holds `dir`, as [`DataDirLock::acquire`] would. Creates and
+/// changes nothing, so the binary may ask before it binds or writes anything (a missing lock
+/// file means nobody holds the directory).
+///
+/// # Errors
+///
+/// [`DataDirError::Locked`] when a server holds it, [`DataDirError::Io`] when the lock file
+/// exists but cannot be opened or examined.
+pub fn ensure_unlocked(dir: &Path) -> Result<(), DataDirError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(DataDirError::Io { path, source }),
+    };
+    match file.try_lock_shared() {
+        // Free: dropping the file releases this probe's own lock at once.
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DataDirError::Locked {
+            path: dir.to_owned(),
+            pid: read_pid(&mut file),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(DataDirError::Io { path, source }),
+    }
+}
+
+/// The pid written in a lock file, if it holds one.
+fn read_pid(file: &mut File) -> Option<u32> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// Creates `dir` with mode 0700 if it is missing, or makes an existing one 0700. Returns the
@@ -169,6 +272,39 @@ mod tests {
             assert_eq!(now & 0o7777, shared, "not changed");
         }
         chmod(root.path(), 0o700);
+    }
+
+    #[test]
+    fn one_lock_holder_at_a_time_and_the_probe_names_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        ensure_unlocked(root.path()).expect("no lock file: free");
+        assert!(
+            !root.path().join(LOCK_FILE).exists(),
+            "the probe creates nothing"
+        );
+        let held = DataDirLock::acquire(root.path()).expect("first");
+        assert_eq!(mode(&root.path().join(LOCK_FILE)), 0o600);
+        let pid = Some(std::process::id());
+        let second = DataDirLock::acquire(root.path()).expect_err("held");
+        assert!(
+            matches!(&second, DataDirError::Locked { pid: p, .. } if *p == pid),
+            "{second:?}"
+        );
+        let text = second.to_string();
+        assert!(
+            text.contains(&format!(
+                "another tether-server (pid {})",
+                std::process::id()
+            )) && text.contains(&root.path().display().to_string())
+                && !text.contains('\n'),
+            "{text}"
+        );
+        let probed = ensure_unlocked(root.path()).expect_err("held");
+        assert!(matches!(probed, DataDirError::Locked { pid: p, .. } if p == pid));
+        drop(held);
+        ensure_unlocked(root.path()).expect("released");
+        let _again =
+            DataDirLock::acquire(root.path()).expect("free again: a stale file never blocks");
     }
 
     #[test]

@@ -81,6 +81,7 @@ mod tests {
             offline_after: Duration::from_secs(45),
             fleet_ttl: Duration::from_secs(3600),
             tick: Duration::from_millis(250),
+            drain: LivenessConfig::default().drain,
         }
     }
 

@@ -7,14 +7,20 @@
 //! `gen-certs` writes a development CA, a server certificate and client certificates, so the
 //! TLS path (`--tls-cert`, `--tls-key`, `--client-ca`) is as easy to try as `--dev`.
 //!
+//! Every flag may also come from a TOML file (`--config`, else `$TETHER_SERVER_CONFIG`, else
+//! [`DEFAULT_CONFIG_FILE`] if it exists) whose keys are the long flag names; flags beat
+//! `TETHER_*` variables, which beat the file (`tether_proto::config_file`). `config print`
+//! shows the settings in effect and checks them.
+//!
 //! Longer than most files: [`Args`] is the server's whole configuration surface, one flag with
 //! its help text per setting, and reads best in one place.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tether_proto::config_file;
 use tether_server::config::{self, Config, TlsSettings};
 use tether_server::server;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +33,13 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The configuration file read when neither `--config` nor [`CONFIG_ENV`] names one, if it
+/// exists.
+const DEFAULT_CONFIG_FILE: &str = "/etc/tether/server.toml";
+
+/// The environment variable that names the configuration file.
+const CONFIG_ENV: &str = "TETHER_SERVER_CONFIG";
+
 /// The Tether server: agent sessions, liveness, storage, fleet queries.
 #[derive(Debug, Parser)]
 #[command(name = "tether-server", version, about)]
@@ -34,6 +47,12 @@ struct Args {
     /// Without a subcommand, the server runs with the flags below.
     #[command(subcommand)]
     command: Option<Command>,
+
+    /// Configuration file (TOML): every flag below may be set there, keyed by its long name
+    /// (`heartbeat-interval = "5s"`); flags and TETHER_* variables override it. Default:
+    /// /etc/tether/server.toml, if it exists.
+    #[arg(long = "config", env = CONFIG_ENV, value_name = "PATH", global = true)]
+    config_file: Option<PathBuf>,
 
     /// Run for local development: loopback, ./tether-data, print the admin token, and run an
     /// agent for this machine in-process (needs the `dev` cargo feature, on by default).
@@ -45,7 +64,7 @@ struct Args {
     listen: SocketAddr,
 
     /// Data directory (store, admin token). Created if missing.
-    #[arg(long, env = "TETHER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "TETHER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
 
     /// Allow plaintext on a non-loopback address (without TLS): traffic, tokens included,
@@ -105,6 +124,15 @@ struct Args {
     /// How often the liveness pass runs.
     #[arg(long, default_value_t = config::DEFAULT_LIVENESS_TICK.into())]
     liveness_tick: humantime::Duration,
+
+    /// At shutdown, agents are told to reconnect spread over a window that keeps their return
+    /// under this many per second (see --drain-max-window).
+    #[arg(long, default_value_t = config::DEFAULT_DRAIN_RECONNECTS_PER_SECOND)]
+    drain_reconnects_per_second: u32,
+
+    /// Longest window a shutdown spreads the agents' reconnects over, whatever the fleet's size.
+    #[arg(long, default_value_t = config::DEFAULT_DRAIN_MAX_WINDOW.into())]
+    drain_max_window: humantime::Duration,
 
     /// How long raw metrics samples and status history are kept (whole chunks of samples go
     /// once their newest sample is older).
@@ -343,33 +371,32 @@ enum Command {
     /// 0600), or with --agent only agents' client certificates, and print how to use them. An
     /// existing CA in the directory is reused, so certificates for agents enrolled later share
     /// the trust root. Existing files are never overwritten without --force.
-    GenCerts(GenCertsArgs),
+    GenCerts(gen_certs::GenCertsArgs),
+    /// The configuration file and the settings in effect.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Copy the store of a stopped server (--data-dir) into a new directory, check that the
+    /// copy loads, and describe it in tether-backup.json. Refused while a server runs there.
+    Backup {
+        /// The new (or empty) directory to write the backup into (mode 0700).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Restore a backup into --data-dir, which must hold no store, and check that it loads.
+    /// The restored server creates a new admin token at its first start.
+    Restore {
+        /// The backup's directory (as written by `backup --to`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
 }
 
-#[derive(Debug, clap::Args)]
-struct GenCertsArgs {
-    /// Directory to write into (created with mode 0700 if missing).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-
-    /// Host names and IP addresses the server certificate is valid for, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "localhost,127.0.0.1",
-        conflicts_with = "agents"
-    )]
-    hosts: Vec<String>,
-
-    /// Agent id to issue a client certificate for (Common Name = the id); repeatable. Only
-    /// agent certificates are written, signed by the directory's CA (created if missing).
-    #[arg(long = "agent", value_name = "AGENT_ID")]
-    agents: Vec<String>,
-
-    /// Overwrite certificates and keys that already exist (the CA is kept while both of its
-    /// files are there).
-    #[arg(long)]
-    force: bool,
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the settings in effect (flags > TETHER_* environment > file > defaults) as TOML,
+    /// each with where it came from, and check them: exits non-zero if the server would refuse
+    /// to start with them.
+    Print,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -379,6 +406,33 @@ enum LogFormat {
 }
 
 impl Args {
+    /// The configuration the flags describe, checked as far as it can be without binding or
+    /// writing anything, with how the listener will be exposed.
+    fn checked_config(&self) -> anyhow::Result<(Config, server::ListenSecurity)> {
+        #[cfg(not(feature = "dev"))]
+        if self.dev {
+            anyhow::bail!(
+                "--dev runs an agent for this machine in-process, and this tether-server was \
+                 built without it (cargo feature `dev`, on by default)"
+            );
+        }
+        let mut config = self.config();
+        config.tls = TlsSettings::from_flags(
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.client_ca.clone(),
+            self.tls_handshake_timeout.into(),
+        )
+        .context("invalid TLS flags")?;
+        config.validate().context("invalid configuration")?;
+        if let Some(tls) = &config.tls {
+            tether_server::tls::server_config(tls).context("cannot use the TLS certificate")?;
+        }
+        let security =
+            server::check_listen(&self.listen, config.tls.is_some(), self.insecure_plaintext)?;
+        Ok((config, security))
+    }
+
     fn config(&self) -> Config {
         let mut c = Config::new(self.data_dir.clone());
         c.liveness.heartbeat_interval = self.heartbeat_interval.into();
@@ -387,6 +441,8 @@ impl Args {
         c.liveness.offline_after = self.offline_after.into();
         c.liveness.fleet_ttl = self.fleet_ttl.into();
         c.liveness.tick = self.liveness_tick.into();
+        c.liveness.drain.reconnects_per_second = self.drain_reconnects_per_second;
+        c.liveness.drain.max_window = self.drain_max_window.into();
         c.storage.metrics_retention = self.metrics_retention.into();
         c.storage.rollup_5m_retention = self.rollup_5m_retention.into();
         c.storage.rollup_1h_retention = self.rollup_1h_retention.into();
@@ -465,47 +521,75 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // One line, with its causes: what failed and why.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", tether_proto::process::error_line(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let parsed = config_file::parse::<Args>(CONFIG_ENV, Path::new(DEFAULT_CONFIG_FILE))?;
+    let args = &parsed.args;
     init_tracing(args.log_format);
-    if let Some(Command::GenCerts(gen_args)) = &args.command {
-        return gen_certs(gen_args);
+    match &args.command {
+        Some(Command::GenCerts(gen_args)) => return gen_certs::run(gen_args),
+        Some(Command::Config(ConfigCommand::Print)) => {
+            print!("{}", parsed.render());
+            return args.checked_config().map(drop);
+        }
+        Some(Command::Backup { to }) => {
+            let manifest = tether_server::backup::backup(&args.data_dir, to)
+                .with_context(|| format!("backup of {}", args.data_dir.display()))?;
+            println!(
+                "Backed up {} into {}: {}",
+                args.data_dir.display(),
+                to.display(),
+                summary(&manifest)
+            );
+            return Ok(());
+        }
+        Some(Command::Restore { from }) => {
+            let manifest = tether_server::backup::restore(from, &args.data_dir)
+                .with_context(|| format!("restore of {}", from.display()))?;
+            println!(
+                "Restored {} (taken {}) into {}: {}; start the server on it to get a new admin \
+                 token",
+                from.display(),
+                manifest.created_at,
+                args.data_dir.display(),
+                summary(&manifest)
+            );
+            return Ok(());
+        }
+        None => {}
     }
-    #[cfg(not(feature = "dev"))]
-    if args.dev {
-        anyhow::bail!(
-            "--dev runs an agent for this machine in-process, and this tether-server was built \
-             without it (cargo feature `dev`, on by default)"
-        );
-    }
-    let mut config = args.config();
-    config.tls = TlsSettings::from_flags(
-        args.tls_cert.clone(),
-        args.tls_key.clone(),
-        args.client_ca.clone(),
-        args.tls_handshake_timeout.into(),
-    )
-    .context("invalid TLS flags")?;
-    config.validate().context("invalid configuration")?;
-    if let Some(tls) = &config.tls {
-        tether_server::tls::server_config(tls).context("cannot use the TLS certificate")?;
-    }
-    let security =
-        server::check_listen(&args.listen, config.tls.is_some(), args.insecure_plaintext)?;
+    let (config, security) = args.checked_config()?;
     if security == server::ListenSecurity::PlaintextExposed {
         tracing::warn!(addr = %args.listen, "serving plaintext on a non-loopback address");
     }
+    // With TLS, clients need the CA: `ca.pem` beside the certificate in the gen-certs layout.
     let tls_ca = args
         .tls_cert
         .as_ref()
         .and_then(|cert| cert.parent())
-        .map(|dir| dir.join(tether_server::devcerts::CA_CERT_FILE));
+        .map(|dir| dir.join(tether_server::devcerts::CA_CERT_FILE))
+        .filter(|ca| ca.exists())
+        // Absolute, so the printed lines work from any directory.
+        .map(|ca| std::path::absolute(&ca).unwrap_or(ca));
+    let cert_names = match &config.tls {
+        Some(tls) => Some(
+            tether_server::tls::cert_names(&tls.cert).context("cannot use the TLS certificate")?,
+        ),
+        None => None,
+    };
+
+    // Nothing is written before both checks pass: a second server on this data directory, or a
+    // port in use, fails with the data directory and the admin token untouched.
+    tether_server::datadir::ensure_unlocked(&config.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(tether_proto::process::cancel_on_signal(shutdown.clone()));
@@ -513,37 +597,20 @@ async fn run() -> anyhow::Result<()> {
     let server = server::start(config)
         .await
         .context("cannot start the server")?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr().context("listener address")?;
-    let scheme = if security == server::ListenSecurity::Tls {
-        "https"
-    } else {
-        "http"
-    };
-    let url = format!("{scheme}://{addr}");
-    // With TLS, clients need the CA: `ca.pem` beside the certificate in the gen-certs layout.
-    let (ca_env, ca_flag) = match (scheme, tls_ca.as_ref().filter(|ca| ca.exists())) {
-        ("https", Some(ca)) => (
-            format!(" TETHER_CA_CERT={}", ca.display()),
-            format!(" --ca-cert {}", ca.display()),
-        ),
-        ("https", None) => (
-            " TETHER_CA_CERT=CA.pem".to_owned(),
-            " --ca-cert CA.pem".to_owned(),
-        ),
-        _ => (String::new(), String::new()),
-    };
-
+    let banner = banner::Banner::new(
+        addr,
+        &banner::Machine::detect(),
+        cert_names.as_deref(),
+        cert_names.as_ref().map(|_| tls_ca.clone()),
+    );
+    println!("{}", banner.listening());
     if args.print_enrollment_token || args.dev {
         let admin_token = std::fs::read_to_string(&server.admin_token_file)
             .with_context(|| format!("cannot read {}", server.admin_token_file.display()))?;
-        println!("Tether server listening on {url}");
         println!(
-            "Admin token (also in {}):\n\n    export TETHER_SERVER={url}{ca_env} TETHER_TOKEN={}\n",
+            "Admin token (also in {}):\n\n    {}\n",
             server.admin_token_file.display(),
-            admin_token.trim()
+            banner.admin_export(admin_token.trim())
         );
     }
     if args.print_enrollment_token {
@@ -556,15 +623,16 @@ async fn run() -> anyhow::Result<()> {
         .await
         .context("cannot create an enrollment token")?;
         println!(
-            "Enrollment token {} (shown once):\n\n    tether-agent --server {url}{ca_flag} --enroll-token {}\n",
+            "Enrollment token {} (shown once):\n\n    {}\n",
             record.id,
-            secret.expose()
+            banner.agent_command(secret.expose())
         );
     }
 
     #[cfg(feature = "dev")]
     let local_agent = if args.dev {
         let mtls = server.state().config.mtls();
+        let url = banner.local_url();
         dev::spawn_local_agent(&server, &url, mtls, tls_ca.as_deref(), &args.data_dir).await?
     } else {
         None
@@ -580,109 +648,23 @@ async fn run() -> anyhow::Result<()> {
     result.context("server failed")
 }
 
-/// `gen-certs`: writes the certificates and prints how to use them.
-fn gen_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
-    if !args.agents.is_empty() {
-        return gen_agent_certs(args);
-    }
-    let certs = tether_server::devcerts::generate_dev_certs(&args.out, &args.hosts, args.force)
-        .context("gen-certs")?;
-    let d = |p: &std::path::Path| p.display().to_string();
-    let host = args
-        .hosts
-        .iter()
-        .map(|h| h.trim())
-        .find(|h| !h.is_empty())
-        .unwrap_or("localhost");
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
-    let port = config::DEFAULT_LISTEN.rsplit(':').next().unwrap_or("7600");
-    let url = format!("https://{host}:{port}");
-    println!(
-        "{} in {}:\n",
-        if certs.reused_ca {
-            "Reused the CA and wrote certificates"
-        } else {
-            "Wrote a development CA and certificates"
-        },
-        d(&certs.dir)
-    );
-    println!(
-        "    {}  {}  CA (keep the key private)",
-        d(&certs.ca_cert),
-        d(&certs.ca_key)
-    );
-    println!(
-        "    {}  {}  server, for {}",
-        d(&certs.server_cert),
-        d(&certs.server_key),
-        args.hosts.join(", ")
-    );
-    println!(
-        "    {}  {}  tetherctl (mTLS)",
-        d(&certs.client_cert),
-        d(&certs.client_key)
-    );
-    println!(
-        "\nServer (add --client-ca {ca} to require agent certificates, mTLS):\n\n    \
-         tether-server --tls-cert {} --tls-key {}\n",
-        d(&certs.server_cert),
-        d(&certs.server_key),
-        ca = d(&certs.ca_cert),
-    );
-    println!(
-        "Agent:\n\n    tether-agent --server {url} --ca-cert {} --enroll-token TOKEN",
-        d(&certs.ca_cert)
-    );
-    println!(
-        "\n  With mTLS, enroll first, then issue the agent's certificate with\n    \
-         tether-server gen-certs --out {} --agent AGENT_ID\n  and add --client-cert/--client-key.\n",
-        d(&certs.dir)
-    );
-    println!(
-        "CLI:\n\n    export TETHER_SERVER={url} TETHER_CA_CERT={}",
-        d(&certs.ca_cert)
-    );
-    Ok(())
+/// What a backup holds, in a few words.
+fn summary(manifest: &tether_server::backup::Manifest) -> String {
+    format!(
+        "{} orgs, {} agents, {} tokens, {} enrollment tokens, {} deleted agents (schema {})",
+        manifest.orgs,
+        manifest.agents,
+        manifest.tokens,
+        manifest.enrollment_tokens,
+        manifest.tombstones,
+        manifest.schema_version
+    )
 }
 
-/// `gen-certs --agent ID…`: writes only the agents' certificates.
-fn gen_agent_certs(args: &GenCertsArgs) -> anyhow::Result<()> {
-    let certs = tether_server::devcerts::issue_agent_certs(&args.out, &args.agents, args.force)
-        .context("gen-certs")?;
-    let d = |p: &std::path::Path| p.display().to_string();
-    println!(
-        "{} in {}:\n",
-        if certs.reused_ca {
-            "Wrote agent certificates signed by the existing CA"
-        } else {
-            "Wrote a development CA and agent certificates"
-        },
-        d(&certs.dir)
-    );
-    for (id, cert, key) in &certs.agents {
-        println!("    {}  {}  agent {id}", d(cert), d(key));
-    }
-    if !certs.reused_ca {
-        println!(
-            "\n  The server trusts them with --client-ca {}; its own certificate comes from\n    \
-             tether-server gen-certs --out {}",
-            d(&certs.ca_cert),
-            d(&certs.dir)
-        );
-    }
-    if let Some((_, cert, key)) = certs.agents.first() {
-        println!(
-            "\nAgent (add to its flags):\n\n    --client-cert {} --client-key {}",
-            d(cert),
-            d(key)
-        );
-    }
-    Ok(())
-}
+#[path = "main/banner.rs"]
+mod banner;
+#[path = "main/gen_certs.rs"]
+mod gen_certs;
 
 #[cfg(feature = "dev")]
 #[path = "main/dev.rs"]

@@ -394,14 +394,21 @@ impl Registry {
         }
     }
 
-    /// Asks every live session to end with `reason` (e.g. draining at shutdown).
-    pub fn close_all_sessions(&self, reason: CloseReason) {
+    /// Ends every live session because the server shuts down: each is told to reconnect after
+    /// its own delay, spread by the drain policy (`drain.rs`). Returns how many it ended.
+    pub fn drain_sessions(&self) -> usize {
         let inner = self.read();
-        for entry in inner.orgs.values().flat_map(Agents::values) {
-            if let Some(session) = &entry.session {
-                session.close(reason);
-            }
+        let sessions: Vec<&Arc<Session>> = inner
+            .orgs
+            .values()
+            .flat_map(Agents::values)
+            .filter_map(|entry| entry.session.as_ref())
+            .collect();
+        let delays = self.liveness.drain.delays(sessions.len(), &mut rand::rng());
+        for (session, delay) in sessions.iter().zip(delays) {
+            session.drain(delay);
         }
+        sessions.len()
     }
 
     // --- liveness ---

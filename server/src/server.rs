@@ -1,14 +1,15 @@
 //! Start-up, serving and shutdown.
 //!
 //! [`start`] binds the Prometheus listener (if configured), checks that the data directory is
-//! private (`datadir.rs`), opens the store, rebuilds the in-memory state from it, makes sure a
-//! bootstrap admin token exists, and spawns the writer, liveness, retention, compaction and
-//! metrics tasks; [`Server::serve`] then serves gRPC on a listener the caller bound (tests bind
-//! `127.0.0.1:0`), accepting through `listener.rs` under the connection limits of `conn.rs`.
-//! Every task the server spawns runs under its `TaskTracker` and stops on its `background`
-//! token. Shutdown order: stop accepting, tell sessions `Goodbye(SERVER_DRAINING)` and end
-//! watches, wait for connections under a grace period, then stop the background tasks (the
-//! writer commits what is queued first) and wait for them.
+//! private and locks it against a second server (`datadir.rs`), opens the store, rebuilds the
+//! in-memory state from it, makes sure a bootstrap admin token exists, and spawns the writer,
+//! liveness, retention, compaction and metrics tasks; [`Server::serve`] then serves gRPC on a
+//! listener the caller bound (tests bind `127.0.0.1:0`), accepting through `listener.rs` under
+//! the connection limits of `conn.rs`. Every task the server spawns runs under its
+//! `TaskTracker` and stops on its `background` token. Shutdown order: report NOT_SERVING on the
+//! health service, stop accepting, tell sessions `Goodbye(SERVER_DRAINING)` with each one's
+//! reconnect delay (`drain.rs`) and end watches, wait for connections under a grace period, then
+//! stop the background tasks (the writer commits what is queued first) and wait for them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tether_proto as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic_health::ServingStatus;
 
 use crate::auth::{self, Auth, Principal};
 use crate::config::{ADMIN_TOKEN_FILE, Config, ConfigError};
@@ -31,7 +33,6 @@ use crate::service::admin::AdminService;
 use crate::service::agent::AgentService;
 use crate::service::command::CommandService;
 use crate::service::fleet::FleetService;
-use crate::session::CloseReason;
 use crate::store::{SledStore, Store, StoreError, Write};
 
 /// How long shutdown waits for connections to close after telling them to.
@@ -50,7 +51,10 @@ pub enum StartError {
         #[source]
         source: StoreError,
     },
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error(
+        "cannot listen for metrics on {addr} (--metrics-listen, or --no-metrics to serve none): \
+         {source}"
+    )]
     MetricsListen {
         addr: SocketAddr,
         #[source]
@@ -82,6 +86,8 @@ pub struct Server {
     metrics_addr: Option<SocketAddr>,
     /// The bootstrap admin token, when this start created it (shown once by the binary).
     pub admin_token_file: PathBuf,
+    /// This server's hold on its data directory, released when the server is dropped.
+    _lock: crate::datadir::DataDirLock,
 }
 
 /// Splits stored tokens into those to keep and the deletions of superseded agent credentials:
@@ -162,6 +168,8 @@ async fn start_inner(
             "the data directory was accessible to other users; made it private (0700)"
         );
     }
+    // Before the store: a second server stops here, in one line naming the first.
+    let lock = crate::datadir::DataDirLock::acquire(&data_dir)?;
     let store_path = data_dir.join("store");
     let store: Arc<dyn Store> = {
         let path = store_path.clone();
@@ -350,6 +358,7 @@ async fn start_inner(
         background,
         metrics_addr,
         admin_token_file,
+        _lock: lock,
     })
 }
 
@@ -388,18 +397,7 @@ impl Server {
         )));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<pb::agent_service_server::AgentServiceServer<AgentService>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::fleet_service_server::FleetServiceServer<FleetService>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::command_service_server::CommandServiceServer<CommandService>>()
-            .await;
+        set_health(&health_reporter, ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -443,8 +441,15 @@ impl Server {
             async move {
                 shutdown.cancelled().await;
                 tracing::info!("shutting down: draining sessions and watches");
+                // Probes and load balancers watching health stop sending work first.
+                set_health(&health_reporter, ServingStatus::NotServing).await;
                 state.shutdown.cancel();
-                state.registry.close_all_sessions(CloseReason::Draining);
+                let n_sessions = state.registry.drain_sessions();
+                tracing::info!(
+                    n_sessions,
+                    window = ?state.config.liveness.drain.window(n_sessions),
+                    "told agents to reconnect later, spread over the window"
+                );
             }
         };
         let connections =
@@ -507,6 +512,21 @@ impl Server {
         self.background.cancel();
         self.tasks.wait().await;
         tracing::info!("server stopped");
+    }
+}
+
+/// Sets the health of the server as a whole (the empty service name) and of each of its
+/// services.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService;
+    for service in [
+        "",
+        pb::agent_service_server::AgentServiceServer::<AgentService>::NAME,
+        pb::fleet_service_server::FleetServiceServer::<FleetService>::NAME,
+        pb::admin_service_server::AdminServiceServer::<AdminService>::NAME,
+        pb::command_service_server::CommandServiceServer::<CommandService>::NAME,
+    ] {
+        reporter.set_service_status(service, status).await;
     }
 }
 

@@ -9,7 +9,7 @@
 //! Liveness updates go through one path: [`SessionGuard`]'s `Drop` tells the registry that the
 //! stream ended, whether it ended by EOF, error, Goodbye, replacement or cancellation.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,6 +85,9 @@ pub struct Session {
     /// `MetricsAck` when it moves.
     durable_seq: AtomicU64,
     close: AtomicU8,
+    /// With [`CloseReason::Draining`]: milliseconds the agent is told to wait before it
+    /// reconnects (`Goodbye.reconnect_after`), set by [`Session::drain`] before the close.
+    reconnect_after_ms: AtomicU32,
     /// Set by the writer when a batch with samples of this session failed to commit. From then
     /// on the writer stores and acks nothing more of this session, whatever its close reason:
     /// a later ack would cover the samples that were not written.
@@ -112,6 +115,7 @@ impl Session {
             stale: AtomicBool::new(false),
             durable_seq: AtomicU64::new(durable_seq),
             close: AtomicU8::new(CloseReason::None as u8),
+            reconnect_after_ms: AtomicU32::new(0),
             write_failed: AtomicBool::new(false),
             commands: Mutex::new(None),
             notify: Notify::new(),
@@ -178,6 +182,20 @@ impl Session {
 
     pub fn close_reason(&self) -> CloseReason {
         CloseReason::from_u8(self.close.load(Ordering::Acquire))
+    }
+
+    /// Ends the session because the server shuts down, telling the agent to come back after
+    /// `reconnect_after` (unless the session was already ending for another reason).
+    pub fn drain(&self, reconnect_after: Duration) {
+        let ms = u32::try_from(reconnect_after.as_millis()).unwrap_or(u32::MAX);
+        // Released by the close below, which the loop reads with Acquire.
+        self.reconnect_after_ms.store(ms, Ordering::Relaxed);
+        self.close(CloseReason::Draining);
+    }
+
+    /// The delay [`Session::drain`] gave, for the `Goodbye`.
+    pub fn reconnect_after(&self) -> Duration {
+        Duration::from_millis(u64::from(self.reconnect_after_ms.load(Ordering::Relaxed)))
     }
 
     /// Queues `CommandAck`s: every update of each invocation up to its seq is durable (or will
@@ -352,8 +370,11 @@ impl SessionLoop {
                 }
                 reason => {
                     self.done = true;
+                    let reconnect_after =
+                        (reason == CloseReason::Draining).then(|| self.session.reconnect_after());
                     return Some(Ok(respond(Out::Goodbye(convert::agent::goodbye_to_pb(
                         reason,
+                        reconnect_after,
                     )))));
                 }
             }

@@ -181,10 +181,64 @@ pub fn cert_identity(cert: &[u8]) -> Option<String> {
     })
 }
 
+/// The names a client may dial the server by, as the leaf certificate of `path` states them:
+/// its DNS and IP subject alternative names, in order (IPs as text).
+///
+/// # Errors
+///
+/// [`TlsError::Read`] or [`TlsError::Parse`] when the file holds no readable certificate.
+pub fn cert_names(path: &Path) -> Result<Vec<String>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let what = "TLS certificate";
+    let certs = load_certs(what, path)?;
+    let (_, leaf) =
+        x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| TlsError::Parse {
+            what,
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let Ok(Some(san)) = leaf.subject_alternative_name() else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devcerts::generate_dev_certs;
+
+    #[test]
+    fn cert_names_are_the_hosts_the_certificate_was_made_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hosts = ["tether.example.com", "10.0.0.5", "::1"].map(str::to_owned);
+        let certs = generate_dev_certs(dir.path(), &hosts, false).expect("certs");
+        assert_eq!(
+            cert_names(&certs.server_cert).expect("names"),
+            ["tether.example.com", "10.0.0.5", "::1"]
+        );
+        assert!(matches!(
+            cert_names(&dir.path().join("absent.pem")),
+            Err(TlsError::Read { .. })
+        ));
+    }
 
     #[test]
     fn unusable_files_are_clear_errors() {

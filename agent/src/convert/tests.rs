@@ -173,6 +173,7 @@ fn goodbye_reasons() {
         ServerGoodbye::from(pb::ServerGoodbye {
             reason: reason.into(),
             message: String::new(),
+            reconnect_after: None,
         })
         .reason
     };
@@ -188,8 +189,30 @@ fn goodbye_reasons() {
     let unknown = ServerGoodbye::from(pb::ServerGoodbye {
         reason: 99,
         message: String::new(),
+        reconnect_after: None,
     });
     assert_eq!(unknown.reason, GoodbyeReason::Unspecified);
+}
+
+#[test]
+fn a_drains_reconnect_delay_is_honoured_within_bounds() {
+    let after = |d: Option<prost_types::Duration>| {
+        ServerGoodbye::from(pb::ServerGoodbye {
+            reason: pb::GoodbyeReason::ServerDraining.into(),
+            message: String::new(),
+            reconnect_after: d,
+        })
+        .reconnect_after
+    };
+    let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+    assert_eq!(after(None), None, "not said: the agent's backoff");
+    assert_eq!(after(secs(42)), Some(Duration::from_secs(42)));
+    assert_eq!(after(secs(-1)), None, "a negative delay is none");
+    assert_eq!(
+        after(secs(365 * 24 * 3600)),
+        Some(MAX_RECONNECT_AFTER),
+        "capped"
+    );
 }
 
 #[test]

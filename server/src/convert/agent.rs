@@ -1,7 +1,7 @@
 //! `AgentService` messages: enrollment, the session's `Hello` and `Welcome`, pongs and the
 //! server's `Goodbye`.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 
@@ -181,8 +181,9 @@ pub fn goodbye_from_pb(bye: pb::AgentGoodbye) -> Result<String, ServerError> {
     text(reason, "goodbye.reason", MAX_GOODBYE_REASON_BYTES)
 }
 
-/// The `Goodbye` that ends a session the server closes for `reason`.
-pub fn goodbye_to_pb(reason: CloseReason) -> pb::ServerGoodbye {
+/// The `Goodbye` that ends a session the server closes for `reason`, telling the agent when
+/// to come back (`reconnect_after`, given when the server drains).
+pub fn goodbye_to_pb(reason: CloseReason, reconnect_after: Option<Duration>) -> pb::ServerGoodbye {
     let (reason, message) = match reason {
         CloseReason::Replaced => (
             pb::GoodbyeReason::Replaced,
@@ -203,5 +204,6 @@ pub fn goodbye_to_pb(reason: CloseReason) -> pb::ServerGoodbye {
     pb::ServerGoodbye {
         reason: reason as i32,
         message: message.to_owned(),
+        reconnect_after: reconnect_after.and_then(|d| prost_types::Duration::try_from(d).ok()),
     }
 }
