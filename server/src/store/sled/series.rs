@@ -503,15 +503,17 @@ impl Series {
         let result = (|| {
             // One batch per shard: a head record is atomic on its own, and a checkpoint of a
             // large fleet must not build one batch of every head.
+            // The records are applied under the shard's lock: a seal (which writes the sealed
+            // head's empty record under the same lock) must never be overwritten by a snapshot
+            // taken before it, or a restart would load samples already sealed and count them
+            // twice in the rollups.
             for (idx, shard) in self.shards.iter().enumerate() {
+                let mut heads = lock(&shard.heads);
                 let mut records = Vec::new();
-                {
-                    let mut heads = lock(&shard.heads);
-                    for (key, entry) in heads.iter_mut() {
-                        if let Some(needs_from) = entry.needs_from.take() {
-                            records.push((head_key(key), entry.head.encode()));
-                            written.push((idx, key.clone(), needs_from));
-                        }
+                for (key, entry) in heads.iter_mut() {
+                    if let Some(needs_from) = entry.needs_from.take() {
+                        records.push((head_key(key), entry.head.encode()));
+                        written.push((idx, key.clone(), needs_from));
                     }
                 }
                 for part in records.chunks(STORE_BATCH) {
@@ -521,6 +523,7 @@ impl Series {
                     }
                     self.data.apply_batch(batch).map_err(backend)?;
                 }
+                drop(heads);
             }
             fault::point("snapshots-written");
             let bound = self.truncation_bound();
