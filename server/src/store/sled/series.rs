@@ -525,6 +525,10 @@ impl Series {
                 }
                 drop(heads);
             }
+            if written.is_empty() && self.nothing_to_truncate()? {
+                // Idle: no snapshot to make durable, no record to remove, so no flush.
+                return Ok(0);
+            }
             fault::point("snapshots-written");
             let bound = self.truncation_bound();
             self.db.flush().map_err(backend)?;
@@ -565,6 +569,18 @@ impl Series {
             }
         }
         bound
+    }
+
+    /// Whether no log record lies below the current truncation bound.
+    fn nothing_to_truncate(&self) -> Result<bool> {
+        let bound = self.truncation_bound();
+        Ok(self
+            .log
+            .range(..bound.to_be_bytes())
+            .next()
+            .transpose()
+            .map_err(backend)?
+            .is_none())
     }
 
     /// Removes the log records below `bound`; returns how many.
