@@ -60,6 +60,7 @@ fn main() {
 /// Commits `batches` batches of one sample (and progress record) per agent; prints the rate.
 fn ingest(store: &SledStore, org: &OrgId, agents: &[AgentId], batches: usize) {
     let batch = agents.len();
+    let progress = std::env::var_os("NO_LIVE").is_none();
     let started = Instant::now();
     for b in 0..batches {
         let seq = b as u64 + 1;
@@ -88,7 +89,7 @@ fn ingest(store: &SledStore, org: &OrgId, agents: &[AgentId], batches: usize) {
                     process_count: 150,
                 },
             });
-            if std::env::var_os("NO_LIVE").is_some() {
+            if !progress {
                 continue;
             }
             writes.push(Write::PutProgress {
@@ -106,8 +107,13 @@ fn ingest(store: &SledStore, org: &OrgId, agents: &[AgentId], batches: usize) {
     }
     let elapsed = started.elapsed();
     let samples = batch * batches;
+    let each = if progress {
+        " (+1 progress record each)"
+    } else {
+        ""
+    };
     println!(
-        "{samples} samples in {batches} batches of {batch} (+1 progress record each): {:.1?}, {:.0} samples/s",
+        "{samples} samples in {batches} batches of {batch}{each}: {:.1?}, {:.0} samples/s",
         elapsed,
         samples as f64 / elapsed.as_secs_f64()
     );
