@@ -210,7 +210,10 @@ impl pb::agent_service_server::AgentService for AgentService {
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
+                // A deadline, not bad input: an agent whose Hello was held up (a stalled
+                // network, a starved machine) must try again, and INVALID_ARGUMENT would
+                // tell it that trying again cannot work.
+                return Err(Status::deadline_exceeded(format!(
                     "no Hello within {}s of opening the stream",
                     HELLO_TIMEOUT.as_secs()
                 )));
