@@ -1,11 +1,17 @@
-//! [`LatencyHistogram`]: a lock-free histogram of durations, for the ack latency the fleet
-//! simulator reports (time from writing a sample to the `MetricsAck` that covers it).
+//! What the fleet simulator measures for the benchmark: [`LatencyHistogram`], a lock-free
+//! histogram of durations, for the ack latency (time from writing a sample to the
+//! `MetricsAck` that covers it); and [`ArrivalLog`], the wall-clock times at which command
+//! offers reached the simulated agents (the benchmark subtracts the time it sent the command).
 //!
 //! Buckets grow geometrically by 5 % from 1 µs up to about 10 minutes, so a percentile is
-//! exact to within 5 %. Recording is one atomic add; many agents share one histogram.
+//! exact to within 5 %. Recording is one atomic add; many agents share one histogram. An
+//! arrival log counts per Unix millisecond and is drained by every stats record, so it holds
+//! at most one entry per millisecond of one stats interval.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 /// Ratio between consecutive bucket bounds.
 const GROWTH: f64 = 1.05;
@@ -130,6 +136,48 @@ impl LatencySnapshot {
     }
 }
 
+/// Arrivals counted per wall-clock millisecond since the Unix epoch, until drained.
+#[derive(Debug, Default)]
+pub struct ArrivalLog {
+    per_ms: Mutex<BTreeMap<u64, u64>>,
+    total: AtomicU64,
+}
+
+// === impl ArrivalLog ===
+
+impl ArrivalLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one arrival at `at` (a time before the epoch counts as 0).
+    pub fn record(&self, at: SystemTime) {
+        let ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *self
+            .per_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(ms)
+            .or_default() += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The arrivals since the last drain, as `(Unix ms, count)` in time order.
+    pub fn drain(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.per_ms.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_iter()
+            .collect()
+    }
+
+    /// Arrivals counted since the log was created, drained or not.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
 fn bucket_of(latency: Duration) -> usize {
     let micros = latency.as_micros().max(1) as f64;
     let idx = micros.ln() / GROWTH.ln();
@@ -171,5 +219,20 @@ mod tests {
         let back = LatencySnapshot::from_sparse(&delta.to_sparse());
         assert_eq!(back, delta);
         assert!(LatencySnapshot::empty().quantile(0.5).is_none());
+    }
+
+    #[test]
+    fn arrivals_are_counted_per_millisecond_and_drained_once() {
+        let log = ArrivalLog::new();
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        log.record(at(1_000));
+        log.record(at(1_000));
+        log.record(at(999));
+        log.record(at(1_002) + Duration::from_micros(900));
+        assert_eq!(log.drain(), vec![(999, 1), (1_000, 2), (1_002, 1)]);
+        assert_eq!(log.drain(), Vec::new());
+        log.record(at(5));
+        assert_eq!(log.total(), 5);
+        assert_eq!(log.drain(), vec![(5, 1)]);
     }
 }

@@ -63,7 +63,7 @@ pub use config::{
     DEFAULT_STATE_DIR,
 };
 pub use error::{AgentError, SimulateError};
-pub use latency::{LatencyHistogram, LatencySnapshot};
+pub use latency::{ArrivalLog, LatencyHistogram, LatencySnapshot};
 pub use runner::{AgentHandle, run, spawn};
 pub use session::{MAX_SAMPLES_PER_REPORT, MIN_WELCOME_TIMEOUT, REPORT_INTERVAL, SHUTDOWN_GRACE};
 pub use state::{Credential, Enrollment, StateDir};

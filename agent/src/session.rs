@@ -35,7 +35,7 @@ use crate::collector::{AGENT_VERSION, SystemInfo};
 use crate::command::Commands;
 use crate::command::types::{InvalidOffer, Offer};
 use crate::convert;
-use crate::latency::LatencyHistogram;
+use crate::latency::{ArrivalLog, LatencyHistogram};
 use crate::state::Enrollment;
 use crate::{AgentError, AgentStats};
 
@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     pub(crate) muted: AtomicBool,
     /// Where to record the time from writing a report to the ack covering it (simulator only).
     pub(crate) ack_latency: Option<Arc<LatencyHistogram>>,
+    /// Where to record the time each command offer arrived (simulator only).
+    pub(crate) offer_arrivals: Option<Arc<ArrivalLog>>,
     /// The command subsystem: invocations run and report across sessions.
     pub(crate) commands: Commands,
 }
@@ -275,6 +277,7 @@ impl Shared {
             stats,
             muted: AtomicBool::new(false),
             ack_latency: None,
+            offer_arrivals: None,
             commands,
         }
     }
@@ -529,7 +532,12 @@ impl Session<'_> {
                 debug!(durable_seq, "metrics acknowledged");
             }
             ServerMessage::Goodbye(goodbye) => return self.on_goodbye(goodbye).map(Some),
-            ServerMessage::CommandOffer(offer) => self.ctx.shared.commands.offer(offer),
+            ServerMessage::CommandOffer(offer) => {
+                if let Some(arrivals) = &self.ctx.shared.offer_arrivals {
+                    arrivals.record(SystemTime::now());
+                }
+                self.ctx.shared.commands.offer(offer);
+            }
             ServerMessage::CommandCancel { invocation_id } => {
                 self.ctx.shared.commands.cancel(&invocation_id);
             }

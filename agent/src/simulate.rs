@@ -26,7 +26,9 @@
 //!
 //! Output: progress while enrolling and ramping, then one stats record per `--stats-interval`,
 //! as text or JSON lines on stdout (and always as JSON lines in `--stats-file`). The fleet
-//! benchmark parses the JSON form.
+//! benchmark parses the JSON form; each record also carries the Unix milliseconds at which
+//! command offers arrived since the previous one, from which the benchmark derives the time
+//! from `SendCommand` until each agent has its offer.
 //!
 //! Layout: `config` holds [`SimulateConfig`], the flag parsers and each agent's identity;
 //! `enroll` the state file and the up-front enrollment; `report` the progress and stats records;
@@ -49,7 +51,7 @@ use crate::backoff::Backoff;
 use crate::client::{self, Transport};
 use crate::command::{CommandPolicy, Commands};
 use crate::error::{Refused, SimulateError, after_refused_credential, error_chain};
-use crate::latency::{LatencyHistogram, LatencySnapshot};
+use crate::latency::{ArrivalLog, LatencyHistogram, LatencySnapshot};
 use crate::runner::{self, Agent, HoldEnd, SharedCollector};
 use crate::session::Shared;
 use crate::state::Enrollment;
@@ -104,6 +106,7 @@ pub async fn simulate(
     // One compiled policy for every simulated agent; each has its own in-memory journal.
     let policy = Arc::new(CommandPolicy::new(&config.commands)?);
     let histogram = Arc::new(LatencyHistogram::new());
+    let arrivals = Arc::new(ArrivalLog::new());
     let agents_token = CancellationToken::new();
     let mut agents: Vec<Arc<Shared>> = Vec::with_capacity(config.n_agents);
     let mut tasks = tokio::task::JoinSet::new();
@@ -147,6 +150,7 @@ pub async fn simulate(
                             Commands::in_memory(policy.clone(), &config.commands, stats.clone());
                         let mut shared = Shared::new(config.buffer_capacity, stats, commands);
                         shared.ack_latency = Some(histogram.clone());
+                        shared.offer_arrivals = Some(arrivals.clone());
                         shared
                     });
                     agents.push(shared.clone());
@@ -204,7 +208,7 @@ pub async fn simulate(
                     ),
                 );
             }
-            reporter.stats(&totals, &interval, &snapshot);
+            reporter.stats(&totals, &interval, &snapshot, &arrivals);
         }
 
         if let (Some(ready), Some(after), false) = (ready_at, config.silent_after, silenced)
@@ -274,7 +278,12 @@ pub async fn simulate(
     }
     let totals = Totals::sum(&agents, n_stopped);
     let snapshot = histogram.snapshot();
-    reporter.stats(&totals, &snapshot.since(&last_snapshot), &snapshot);
+    reporter.stats(
+        &totals,
+        &snapshot.since(&last_snapshot),
+        &snapshot,
+        &arrivals,
+    );
     reporter.event("stopped", json!({}), "simulator stopped");
     Ok(())
 }

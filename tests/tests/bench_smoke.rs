@@ -70,6 +70,27 @@ async fn two_hundred_simulated_agents_stay_online_and_get_acks() {
         }
     })
     .await;
+    // Simulated agents run the built-in `noop` by default, as a real agent does, and stamp
+    // every offer's arrival for the benchmark.
+    let commands = server.commands().await;
+    let noop = tether_tests::send(
+        &commands,
+        pb::SendCommandRequest {
+            spec: Some(pb::CommandSpec {
+                kind: Some(pb::command_spec::Kind::Noop(pb::NoopSpec {})),
+            }),
+            targets: Some(pb::CommandTargets {
+                label_selector: "env".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let noop = tether_tests::finished(&commands, &noop.command_id, Duration::from_secs(60)).await;
+    assert_eq!(noop.state(), pb::CommandState::Succeeded);
+    assert_eq!(noop.counts.map(|c| c.succeeded), Some(200));
+
     // Let the fleet run under its intervals for a while (a few heartbeats and stale_after of
     // the fast config), then stop it.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -102,6 +123,26 @@ async fn two_hundred_simulated_agents_stay_online_and_get_acks() {
         .find(|r| r["samples_acked"].as_u64() > Some(0));
     assert!(last_mux.is_some(), "some samples were acknowledged");
     assert!(records.iter().any(|r| r["event"] == "ready"));
+    // Each offer arrived once, and is in exactly one record's arrivals.
+    let arrivals: u64 = finals
+        .iter()
+        .filter_map(|r| r["offer_arrivals"].as_array())
+        .flatten()
+        .map(|pair| pair[1].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(arrivals, 200, "every offer's arrival was reported once");
+    // The final record of each simulator (all its agents gone) counts its offers and the
+    // invocations its agents finished.
+    let mut ended: Vec<(u64, u64)> = finals
+        .iter()
+        .filter(|r| r["online"] == 0 && r["offers_received"].as_u64() > Some(0))
+        .map(|r| {
+            let count = |field: &str| r[field].as_u64().expect("a counter");
+            (count("offers_received"), count("invocations_finished"))
+        })
+        .collect();
+    ended.sort_unstable();
+    assert_eq!(ended, [(20, 20), (180, 180)]);
     assert!(
         finals
             .iter()

@@ -1,6 +1,6 @@
 //! The simulator's output: progress events while enrolling and ramping, then one stats record
-//! per interval (fleet totals, ack latency, memory), as text or JSON lines on stdout and always
-//! as JSON lines in the stats file.
+//! per interval (fleet totals, ack latency, memory, command offers and invocations), as text or
+//! JSON lines on stdout and always as JSON lines in the stats file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::{SimulateConfig, file_error, lock};
 use crate::error::SimulateError;
-use crate::latency::LatencySnapshot;
+use crate::latency::{ArrivalLog, LatencySnapshot};
 use crate::session::Shared;
 
 /// Writes progress and stats records.
@@ -35,6 +35,7 @@ pub(super) struct Totals {
     pub(super) dropped: u64,
     /// Agents that stopped on their own (revoked or misconfigured) while the simulation ran.
     pub(super) stopped: u64,
+    pub(super) invocations_finished: u64,
 }
 
 pub(super) fn unix_ms(time: SystemTime) -> u64 {
@@ -75,6 +76,7 @@ impl Totals {
             totals.messages_sent += stats.messages_sent();
             totals.buffered += stats.samples_buffered();
             totals.dropped += stats.samples_dropped();
+            totals.invocations_finished += stats.invocations_finished();
         }
         totals
     }
@@ -114,6 +116,7 @@ impl Reporter {
         totals: &Totals,
         interval: &LatencySnapshot,
         cumulative: &LatencySnapshot,
+        arrivals: &ArrivalLog,
     ) {
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let (p50, p99) = (ms(interval.quantile(0.5)), ms(interval.quantile(0.99)));
@@ -137,10 +140,13 @@ impl Reporter {
             "ack_hist": interval.to_sparse(),
             "rss_kib": rss_kib,
             "stopped": totals.stopped,
+            "offers_received": arrivals.total(),
+            "offer_arrivals": arrivals.drain(),
+            "invocations_finished": totals.invocations_finished,
         });
         let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
         let text = format!(
-            "online {} | sent {} msgs, {} samples | acked {} | ack p50 {} p99 {} | reconnects {} | errors {} | stopped {} | rss {} MiB",
+            "online {} | sent {} msgs, {} samples | acked {} | ack p50 {} p99 {} | reconnects {} | errors {} | stopped {} | offers {}, finished {} | rss {} MiB",
             totals.online,
             totals.messages_sent,
             totals.samples_sent,
@@ -150,6 +156,8 @@ impl Reporter {
             totals.sessions.saturating_sub(totals.online),
             totals.failures,
             totals.stopped,
+            arrivals.total(),
+            totals.invocations_finished,
             rss_kib / 1024
         );
         self.emit(&fields, &text);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use tether_proto as pb;
-use tether_tests::{Bearer, FleetClient};
-use tonic::transport::Endpoint;
+use tether_tests::{Bearer, CommandClient, FleetClient};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::procs::{Simulator, lock};
 
@@ -61,18 +61,31 @@ pub(crate) async fn wait_ready(
 }
 
 pub(crate) async fn fleet_client(url: &str, token: &str) -> anyhow::Result<FleetClient> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .context("connect to the server")?;
     Ok(
         pb::fleet_service_client::FleetServiceClient::with_interceptor(
-            channel,
+            channel(url).await?,
             Bearer(Some(token.to_owned())),
         )
         .max_decoding_message_size(64 << 20),
     )
+}
+
+pub(crate) async fn command_client(url: &str, token: &str) -> anyhow::Result<CommandClient> {
+    Ok(
+        pb::command_service_client::CommandServiceClient::with_interceptor(
+            channel(url).await?,
+            Bearer(Some(token.to_owned())),
+        )
+        .max_decoding_message_size(64 << 20),
+    )
+}
+
+async fn channel(url: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .context("connect to the server")
 }
 
 pub(crate) async fn count_online(fleet: &mut FleetClient, selector: &str) -> anyhow::Result<u32> {

@@ -169,7 +169,21 @@ impl ServerProc {
         flags: &[String],
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let mut command = Command::new(bin_dir.join("tether-server"));
+        let server_bin = bin_dir.join("tether-server");
+        Self::start_bin(reaper, &server_bin, port, data_dir, flags, log).await
+    }
+
+    /// [`ServerProc::start`] with the server binary `server_bin` (e.g. an older build, to
+    /// compare against).
+    pub async fn start_bin(
+        reaper: &Reaper,
+        server_bin: &Path,
+        port: u16,
+        data_dir: &Path,
+        flags: &[String],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(server_bin);
         command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))

@@ -36,6 +36,13 @@ pub(crate) fn quantile(values: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// The machine's load averages over 1, 5 and 15 minutes (`/proc/loadavg`): on a shared
+/// machine, what else ran beside the benchmark.
+pub(crate) fn loadavg() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(raw.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 pub(crate) fn pass_str(pass: Option<bool>) -> &'static str {
     match pass {
         Some(true) => "pass",
@@ -74,6 +81,7 @@ pub(crate) fn write_json(
             .and_then(|m| m.lines().next().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "unix_time": unix_ms(SystemTime::now()) / 1000,
+        "loadavg_at_end": loadavg(),
     });
     let value = json!({
         "machine": machine,

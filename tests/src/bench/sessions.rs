@@ -16,6 +16,21 @@ use crate::procs::{
 };
 use crate::report::{Row, quantile};
 
+/// The server's flags for a fleet of multiplexed sessions: the sessions intervals, and
+/// `stale_after`/`offline_after` that fit the heartbeat.
+pub(crate) fn sessions_server_flags(args: &Args) -> Vec<String> {
+    let stale = (args.sessions_heartbeat_interval * 3).max(Duration::from_secs(15));
+    server_flags(
+        &[
+            ("--metrics-interval", args.sessions_metrics_interval),
+            ("--heartbeat-interval", args.sessions_heartbeat_interval),
+            ("--stale-after", stale),
+            ("--offline-after", stale * 3),
+        ],
+        &args.server_flags,
+    )
+}
+
 pub(crate) async fn sessions_phase(
     args: &Args,
     reaper: &Reaper,
@@ -25,16 +40,7 @@ pub(crate) async fn sessions_phase(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
-    let stale = (args.sessions_heartbeat_interval * 3).max(Duration::from_secs(15));
-    let flags = server_flags(
-        &[
-            ("--metrics-interval", args.sessions_metrics_interval),
-            ("--heartbeat-interval", args.sessions_heartbeat_interval),
-            ("--stale-after", stale),
-            ("--offline-after", stale * 3),
-        ],
-        &args.server_flags,
-    );
+    let flags = sessions_server_flags(args);
     eprintln!("sessions: starting tether-server on port {port}");
     let mut server = ServerProc::start(
         reaper,

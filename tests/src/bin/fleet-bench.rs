@@ -2,21 +2,27 @@
 //! process on a fresh data directory, drives it with `tether-agent simulate` processes, and
 //! prints one table (scenario | figure | target | pass/fail), optionally as JSON.
 //!
-//! Two phases, each with its own server:
+//! Three phases, each with its own server:
 //!
 //! - `fleet`: N agents on one connection each (plus 1,000 agents that get killed and a few that
 //!   go silent), measuring memory, ingest rate and ack latency, CPU, close → offline, silence →
 //!   stale, false transitions, and a server restart under load.
 //! - `sessions`: 100,000 sessions over ≤ 1,000 connections, measuring memory per session and
 //!   query latency over the whole fleet while ingest runs.
+//! - `commands`: `noop` fanned out to N agents on their own connections and to 100,000
+//!   sessions, measuring the time until each agent has its offer and until every result is
+//!   stored, a rollout under `max_concurrency`, server memory per idle agent (against an older
+//!   build, if given) and per queued invocation.
 //!
 //! Every run is bounded (`--timeout`) and kills its children on exit, error, panic or ctrl-c.
 //!
 //! Layout: this file holds the flags and the run; the phases and their helpers live in
-//! `tests/src/bench/`: `fleet.rs` and `sessions.rs` (one scenario each), `procs.rs` (the child
+//! `tests/src/bench/`: `fleet.rs`, `sessions.rs` and `commands.rs` (one scenario each), `procs.rs` (the child
 //! processes), `observe.rs` (what the benchmark watches through the server's API) and
 //! `report.rs` (the result table and its JSON form).
 
+#[path = "../bench/commands.rs"]
+mod commands;
 #[path = "../bench/fleet.rs"]
 mod fleet;
 #[path = "../bench/observe.rs"]
@@ -41,9 +47,11 @@ use report::{Results, Row, pass_str, print_table, write_json};
 #[derive(Debug, Parser, Clone)]
 #[command(name = "fleet-bench")]
 struct Args {
-    /// Scenarios to run: `fleet` (10k connections, ingest, cpu, offline, stale, restart) and/or
-    /// `sessions` (100k multiplexed sessions, queries).
-    #[arg(long, value_delimiter = ',', default_value = "fleet,sessions")]
+    /// Scenarios to run: `fleet` (10k connections, ingest, cpu, offline, stale, restart),
+    /// `sessions` (100k multiplexed sessions, queries), `commands` (noop fan-outs to --agents
+    /// own connections and --sessions sessions, a rollout, memory per idle agent and per queued
+    /// invocation).
+    #[arg(long, value_delimiter = ',', default_value = "fleet,sessions,commands")]
     scenarios: Vec<String>,
 
     /// Agents on their own connection in the fleet phase.
@@ -89,6 +97,19 @@ struct Args {
     /// Query calls per RPC in the sessions phase.
     #[arg(long, default_value_t = 300)]
     queries: usize,
+
+    /// Fan-outs of `noop` to the agents on their own connections in the commands phase.
+    #[arg(long, default_value_t = 3)]
+    command_rounds: usize,
+
+    /// `max_concurrency` of the commands phase's rollout over the sessions.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    command_concurrency: u32,
+
+    /// A tether-server build without commands (or any other) whose memory per idle agent the
+    /// commands phase compares with this build's.
+    #[arg(long)]
+    baseline_server: Option<PathBuf>,
 
     /// Connections opened per second by the simulators.
     #[arg(long, default_value_t = 1_000.0)]
@@ -152,8 +173,30 @@ fn main() -> anyhow::Result<()> {
     outcome
 }
 
+/// The scenarios `--scenarios` may name, in the order they run.
+const SCENARIOS: [&str; 3] = ["fleet", "sessions", "commands"];
+
 async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow::Result<()> {
+    if let Some(unknown) = args
+        .scenarios
+        .iter()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        anyhow::bail!(
+            "unknown scenario {unknown:?}; choose from {}",
+            SCENARIOS.join(", ")
+        );
+    }
+    if let Some(server) = &args.baseline_server
+        && !server.is_file()
+    {
+        anyhow::bail!("--baseline-server {} is not a file", server.display());
+    }
     let bin_dir = procs::bin_dir()?;
+    eprintln!(
+        "machine load average (1, 5, 15 min) at start: {}",
+        report::loadavg().unwrap_or_default()
+    );
     let tmp = tempfile::Builder::new()
         .prefix("fleet-bench-")
         .tempdir()
@@ -180,6 +223,10 @@ async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow
     }
     if args.scenarios.iter().any(|s| s == "sessions") {
         sessions::sessions_phase(&args, &reaper, &bin_dir, &dir.join("sessions"), &mut record)
+            .await?;
+    }
+    if args.scenarios.iter().any(|s| s == "commands") {
+        commands::commands_phase(&args, &reaper, &bin_dir, &dir.join("commands"), &mut record)
             .await?;
     }
     Ok(())

@@ -45,6 +45,27 @@ async fn connect_stream_closed_before_hello() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_hello_is_told_to_retry() {
+    let f = Fixture::new().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConnectRequest>(1);
+    let status = refused(
+        "no hello",
+        f.server
+            .agent_client(Some(&f.credential))
+            .await
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await,
+    );
+    assert_code("no hello", &status, Code::Unavailable);
+    assert!(
+        tether_agent::AgentError::Rpc(status).is_retryable(),
+        "an agent whose Hello was held up tries again"
+    );
+    drop(tx);
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_empty_first_message() {
     let f = Fixture::new().await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);

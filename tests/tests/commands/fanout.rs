@@ -1,4 +1,5 @@
-//! Targets, the agent's allowlist, idempotency, roles, and the refusal of bad requests.
+//! Targets, the agent's allowlist, idempotency, roles and the audit trail, and the refusal of
+//! bad requests.
 
 use tether_proto as pb;
 use tether_tests::{command_agent, create_token, exec_request, finished, history, send};
@@ -189,6 +190,70 @@ async fn a_viewer_reads_commands_but_cannot_send_or_steer_them() {
         .await
         .expect_err("viewers do not cancel");
     assert_eq!(refused.code(), Code::PermissionDenied);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_pause_resume_and_cancel_are_audited_with_the_command_and_its_targets() {
+    let (server, _dir) = server().await;
+    let (_agent, id) = server
+        .spawn_commanded_agent("audited-1", &[("env", "prod")], &["/bin/true"])
+        .await;
+    let client = server.commands().await;
+    let targets = pb::CommandTargets {
+        agent_ids: vec![id.clone()],
+        label_selector: "env=prod".into(),
+        include_offline: true,
+    };
+    let sent = send(&client, sleep_request(30, 60, targets)).await;
+    let command_id = sent.command_id.clone();
+    let mut steer = client.clone();
+    steer
+        .pause_command(pb::PauseCommandRequest {
+            command_id: command_id.clone(),
+        })
+        .await
+        .expect("pause");
+    steer
+        .resume_command(pb::ResumeCommandRequest {
+            command_id: command_id.clone(),
+        })
+        .await
+        .expect("resume");
+    steer
+        .cancel_command(pb::CancelCommandRequest {
+            command_id: command_id.clone(),
+        })
+        .await
+        .expect("cancel");
+    let done = finished(&client, &command_id, FINISH).await;
+    assert_eq!(done.state(), pb::CommandState::Cancelled);
+
+    let events = tether_tests::list_audit(&server.admin().await, Default::default()).await;
+    let audited: Vec<&pb::AuditEvent> = events
+        .iter()
+        .filter(|e| e.method.starts_with("/tether.v1.CommandService/"))
+        .collect();
+    let methods: Vec<&str> = audited.iter().map(|e| e.method.as_str()).collect();
+    assert_eq!(
+        methods,
+        [
+            "/tether.v1.CommandService/SendCommand",
+            "/tether.v1.CommandService/PauseCommand",
+            "/tether.v1.CommandService/ResumeCommand",
+            "/tether.v1.CommandService/CancelCommand",
+        ],
+        "every send and steer, in order; reads are not audited"
+    );
+    for event in &audited {
+        assert_eq!(event.outcome(), pb::AuditOutcome::Succeeded, "{event:?}");
+        assert_eq!(event.actor_role(), pb::Role::Admin, "{event:?}");
+        assert!(event.target.contains(&command_id), "{event:?}");
+    }
+    let send_target = &audited[0].target;
+    for part in ["to 1 agents", "selector env=prod", &id, "offline included"] {
+        assert!(send_target.contains(part), "{part:?} in {send_target:?}");
+    }
     server.stop().await;
 }
 
