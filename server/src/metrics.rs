@@ -1,14 +1,35 @@
 //! Prometheus metrics of one server, served on a separate listener (`--metrics-listen`).
 //!
-//! Counters are cheap atomics; the hot path (one agent message) touches at most one.
+//! Counters are cheap atomics; the hot path (one agent message) touches at most one, taken
+//! out of its family once at start. What is cheaper to count when scraped than to keep up to
+//! date (agents by status and org, watchers, the process) is read by collectors at scrape time
+//! (`metrics/fleet.rs`, `metrics/process.rs`); RPCs are counted by a tower layer
+//! (`metrics/rpc.rs`); `metrics/expose.rs` serves the result in the format the scraper asks
+//! for.
+//!
+//! **Invariants:** every family has help text and a name that ends in its unit (`_seconds`,
+//! `_bytes`) or, for counters, `_total`, so the exposition passes `promtool check metrics` (a
+//! test runs it where promtool is installed; CI installs it). Every label value comes from a
+//! closed set the server chooses (`&'static str`), except orgs, whose series are capped
+//! ([`fleet::MAX_ORG_SERIES`]): no input can grow the number of series.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+mod expose;
+mod fleet;
+mod process;
+mod rpc;
+
+pub use self::expose::{Format, serve, to_text_format};
+pub use self::fleet::MAX_ORG_SERIES;
+pub use self::rpc::{RpcMetricsLayer, RpcMetricsService, method_label};
 
 /// Which limit a refused input hit.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,15 +95,63 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The kind of a message an agent sent on its stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub kind: &'static str,
+}
+
+/// One RPC method ([`method_label`]) and the gRPC status code it ended with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
+/// One RPC method ([`method_label`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+/// What the server was built as.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The kinds of agent message, in the order of [`MessageCounters`]' fields.
+pub const MESSAGE_KINDS: [&str; 6] = ["hello", "metrics", "ping", "commands", "goodbye", "other"];
+
+/// Per-kind counters of agent messages, taken out of their family once so that counting a
+/// message is one atomic add.
+#[derive(Clone, Debug)]
+pub struct MessageCounters {
+    pub hello: Counter,
+    pub metrics: Counter,
+    pub ping: Counter,
+    pub commands: Counter,
+    pub goodbye: Counter,
+    /// Empty or out-of-place messages (refused).
+    pub other: Counter,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     pub registry: Registry,
     pub limit_violations: Family<LimitLabels, Counter>,
     pub denials: Family<DenialLabels, Counter>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub sessions: Gauge,
-    pub agent_messages: Counter,
+    /// Messages received on agent streams, by kind.
+    pub agent_messages: MessageCounters,
     pub samples_stored: Counter,
     pub writer_batches: Counter,
+    /// Writes per committed batch.
+    pub writer_batch_writes: Histogram,
+    /// How long one batch commit (apply and flush) took.
+    pub writer_commit_seconds: Histogram,
     pub writer_commit_failures: Counter,
     pub writer_queue_depth: Family<QueueLabels, Gauge>,
     pub writer_transitions_coalesced: Counter,
@@ -102,6 +171,13 @@ pub struct Metrics {
     pub command_updates_ignored: Family<CommandLabels, Counter>,
     /// Command commits that failed and were submitted again.
     pub command_commit_retries: Counter,
+    /// RPCs finished, by method and code.
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    /// How long RPCs took, from request headers to the end of the response (a stream's whole
+    /// life), by method and code.
+    pub rpc_duration_seconds: HistogramFamily<RpcLabels>,
+    /// RPCs being served, by method.
+    pub rpc_in_flight: Family<MethodLabels, Gauge>,
     /// Open client connections (accepted and not yet closed).
     pub connections: Gauge,
     /// Connections closed or refused by a connection limit, by `reason`.
@@ -123,16 +199,160 @@ pub struct Metrics {
     pub store_open_heads: Gauge,
     /// Bytes of the store's write-ahead log (on disk), which checkpoints bound.
     pub store_log_bytes: Gauge,
+    /// Where the fleet collector reads agents and watchers from, once the registry exists.
+    fleet: Arc<fleet::FleetSource>,
+}
+
+/// Bucket bounds of [`Metrics::rpc_duration_seconds`]: 1 ms to about 65 s.
+fn rpc_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 4.0, 9))
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("tether");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let fleet = Arc::new(fleet::FleetSource::default());
+        let registry = root.sub_registry_with_prefix("tether");
+        registry.register_collector(Box::new(fleet::FleetCollector(fleet.clone())));
+
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The server's version (the value is always 1)",
+            build_info,
+        );
+
+        let agent_messages = Family::<MessageLabels, Counter>::default();
+        let kind = |kind| {
+            agent_messages
+                .get_or_create(&MessageLabels { kind })
+                .clone()
+        };
+        let [hello, metrics, ping, commands, goodbye, other] = MESSAGE_KINDS.map(kind);
+        let message_counters = MessageCounters {
+            hello,
+            metrics,
+            ping,
+            commands,
+            goodbye,
+            other,
+        };
+        registry.register(
+            "agent_messages",
+            "Messages received on agent streams, by kind",
+            agent_messages,
+        );
+
+        let writer_batch_writes = Histogram::new(exponential_buckets(1.0, 4.0, 8));
+        registry.register(
+            "writer_batch_writes",
+            "Writes (records) per batch the writer committed",
+            writer_batch_writes.clone(),
+        );
+        let writer_commit_seconds = Histogram::new(exponential_buckets(0.0005, 3.0, 11));
+        registry.register_with_unit(
+            "writer_commit",
+            "How long the writer's batch commits (one apply and flush each) took",
+            Unit::Seconds,
+            writer_commit_seconds.clone(),
+        );
+
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "rpc_requests",
+            "RPCs finished, by method and gRPC status code (CANCELLED when the client went \
+             away first)",
+            rpc_requests.clone(),
+        );
+        let rpc_duration_seconds: HistogramFamily<RpcLabels> =
+            Family::new_with_constructor(rpc_duration_histogram);
+        registry.register_with_unit(
+            "rpc_duration",
+            "How long RPCs took, from the request to the end of the response (for streams, \
+             their whole life), by method and gRPC status code",
+            Unit::Seconds,
+            rpc_duration_seconds.clone(),
+        );
+        let rpc_in_flight = Family::<MethodLabels, Gauge>::default();
+        registry.register(
+            "rpc_in_flight",
+            "RPCs being served (streams included), by method",
+            rpc_in_flight.clone(),
+        );
+
+        let connections = Gauge::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let accept_errors = Family::<ReasonLabels, Counter>::default();
+        let sessions_refused = Family::<ReasonLabels, Counter>::default();
+        let sessions_in_setup = Gauge::default();
+        let tls_handshakes = Gauge::default();
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed or refused by a connection limit",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts of new connections (fd_limit: out of file descriptors)",
+            accept_errors.clone(),
+        );
+        registry.register(
+            "sessions_refused",
+            "Agent sessions refused or ended by admission control",
+            sessions_refused.clone(),
+        );
+        registry.register(
+            "sessions_in_setup",
+            "Agent sessions being set up (from Connect to Welcome)",
+            sessions_in_setup.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes in progress",
+            tls_handshakes.clone(),
+        );
+
+        let store_memory = Family::<StoreMemoryLabels, Gauge>::default();
+        let store_memory_limit = Family::<StoreMemoryLabels, Gauge>::default();
+        let store_open_heads = Gauge::default();
+        let store_log_bytes = Gauge::default();
+        registry.register(
+            "store_memory_bytes",
+            "Memory the store holds for samples, by part (heads: open chunks of every agent)",
+            store_memory.clone(),
+        );
+        registry.register(
+            "store_memory_limit_bytes",
+            "Configured bound of the store's memory, by part (heads, cache)",
+            store_memory_limit.clone(),
+        );
+        registry.register(
+            "store_open_heads",
+            "Agents whose newest samples are in an open chunk in memory",
+            store_open_heads.clone(),
+        );
+        registry.register(
+            "store_log_bytes",
+            "Bytes of the store's write-ahead log on disk; a checkpoint truncates it once it \
+             passes --store-checkpoint-log-mib",
+            store_log_bytes.clone(),
+        );
+
         let limit_violations = Family::<LimitLabels, Counter>::default();
         let denials = Family::<DenialLabels, Counter>::default();
         let transitions = Family::<TransitionLabels, Counter>::default();
         let sessions = Gauge::default();
-        let agent_messages = Counter::default();
         let samples_stored = Counter::default();
         let writer_batches = Counter::default();
         let writer_commit_failures = Counter::default();
@@ -170,37 +390,6 @@ impl Metrics {
             "Command commits that failed and were submitted again",
             command_commit_retries.clone(),
         );
-        let connections = Gauge::default();
-        let connections_refused = Family::<ReasonLabels, Counter>::default();
-        let accept_errors = Family::<ReasonLabels, Counter>::default();
-        let sessions_refused = Family::<ReasonLabels, Counter>::default();
-        let sessions_in_setup = Gauge::default();
-        let tls_handshakes = Gauge::default();
-        let store_memory = Family::<StoreMemoryLabels, Gauge>::default();
-        let store_memory_limit = Family::<StoreMemoryLabels, Gauge>::default();
-        let store_open_heads = Gauge::default();
-        let store_log_bytes = Gauge::default();
-        registry.register(
-            "store_memory_bytes",
-            "Memory the store holds for samples, by part (heads: open chunks of every agent)",
-            store_memory.clone(),
-        );
-        registry.register(
-            "store_memory_limit_bytes",
-            "Configured bound of the store's memory, by part (heads, cache)",
-            store_memory_limit.clone(),
-        );
-        registry.register(
-            "store_open_heads",
-            "Agents whose newest samples are in an open chunk in memory",
-            store_open_heads.clone(),
-        );
-        registry.register(
-            "store_log_bytes",
-            "Bytes of the store's write-ahead log on disk; a checkpoint truncates it once it \
-             passes --store-checkpoint-log-mib",
-            store_log_bytes.clone(),
-        );
         registry.register(
             "limit_violations",
             "Inputs refused because they exceeded a configured limit",
@@ -213,15 +402,10 @@ impl Metrics {
         );
         registry.register(
             "status_transitions",
-            "Agent status changes",
+            "Agent status changes, by new status and reason",
             transitions.clone(),
         );
         registry.register("sessions", "Live agent sessions", sessions.clone());
-        registry.register(
-            "agent_messages",
-            "Messages received on agent streams",
-            agent_messages.clone(),
-        );
         registry.register(
             "samples_stored",
             "Metrics samples durably stored (duplicates excluded)",
@@ -280,45 +464,17 @@ impl Metrics {
              (flagged) or refused",
             identity_conflicts.clone(),
         );
-        registry.register(
-            "connections",
-            "Open client connections",
-            connections.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections closed or refused by a connection limit",
-            connections_refused.clone(),
-        );
-        registry.register(
-            "accept_errors",
-            "Failed accepts of new connections (fd_limit: out of file descriptors)",
-            accept_errors.clone(),
-        );
-        registry.register(
-            "sessions_refused",
-            "Agent sessions refused or ended by admission control",
-            sessions_refused.clone(),
-        );
-        registry.register(
-            "sessions_in_setup",
-            "Agent sessions being set up (from Connect to Welcome)",
-            sessions_in_setup.clone(),
-        );
-        registry.register(
-            "tls_handshakes",
-            "TLS handshakes in progress",
-            tls_handshakes.clone(),
-        );
         Arc::new(Self {
-            registry,
+            registry: root,
             limit_violations,
             denials,
             transitions,
             sessions,
-            agent_messages,
+            agent_messages: message_counters,
             samples_stored,
             writer_batches,
+            writer_batch_writes,
+            writer_commit_seconds,
             writer_commit_failures,
             writer_queue_depth,
             writer_transitions_coalesced,
@@ -332,6 +488,9 @@ impl Metrics {
             invocations_finished,
             command_updates_ignored,
             command_commit_retries,
+            rpc_requests,
+            rpc_duration_seconds,
+            rpc_in_flight,
             connections,
             connections_refused,
             accept_errors,
@@ -342,6 +501,7 @@ impl Metrics {
             store_memory_limit,
             store_open_heads,
             store_log_bytes,
+            fleet,
         })
     }
 
@@ -359,6 +519,12 @@ impl Metrics {
             .set(i64::try_from(memory.heads).unwrap_or(i64::MAX));
         self.store_log_bytes
             .set(i64::try_from(memory.log_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Lets the scrape count agents and watchers in `registry` from now on (until it is
+    /// dropped). Before this, those families are absent.
+    pub fn observe_fleet(&self, registry: Weak<crate::registry::Registry>) {
+        self.fleet.set(registry);
     }
 
     pub fn limit(&self, limit: &'static str) {
@@ -402,43 +568,29 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition format.
-    pub fn encode(&self) -> String {
+    /// Records the size and duration of one writer batch commit (`n_writes` writes that took
+    /// `elapsed`).
+    pub fn observe_commit(&self, n_writes: usize, elapsed: std::time::Duration) {
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "a batch holds far fewer than 2^53"
+        )]
+        self.writer_batch_writes.observe(n_writes as f64);
+        self.writer_commit_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The exposition in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!("cannot encode metrics: {e}");
         }
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => to_text_format(&out),
+        }
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown`.
-///
-/// # Errors
-///
-/// An I/O error of the listener.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    use axum::http::header::CONTENT_TYPE;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
+#[cfg(test)]
+mod tests;

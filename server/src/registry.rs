@@ -31,6 +31,7 @@ use crate::metrics::{Metrics, TransitionLabels};
 use crate::session::{CloseReason, Session};
 use crate::writer::WriterHandle;
 
+mod census;
 mod identity;
 mod index;
 mod query;
@@ -38,6 +39,7 @@ mod size;
 mod table;
 mod watch;
 
+pub use self::census::{Census, STATUSES};
 use self::table::{Agents, Facts};
 
 pub use self::identity::{OpenRefused, OpenedSession, SessionConflict};

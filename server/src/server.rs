@@ -257,6 +257,7 @@ async fn start_inner(
         )
         .with_identity(tombstones, config.limits.conflict_policy()),
     );
+    metrics.observe_fleet(Arc::downgrade(&registry));
     auth.set_writer(writer.clone());
     let commands = {
         let (store, writer, registry) = (store.clone(), writer.clone(), registry.clone());
@@ -476,6 +477,8 @@ impl Server {
             .http2_max_header_list_size(Some(limits.max_header_list_bytes))
             .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_resets))
             .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
+            // Outermost, so that calls the gate refuses are counted too.
+            .layer(crate::metrics::RpcMetricsLayer(state.metrics.clone()))
             .layer(gate)
             .layer(crate::conn::FirstRequestLayer)
             .add_service(health_service)

@@ -399,7 +399,7 @@ impl SessionLoop {
                 None => {}
                 Some(Ok(Some(msg))) => {
                     self.session.touch();
-                    self.limits.metrics.agent_messages.inc();
+                    count_message(&self.limits.metrics, &msg);
                     if !self.budget.try_take(Instant::now()) {
                         self.limits.metrics.limit("stream_message_rate");
                         self.done = true;
@@ -526,6 +526,21 @@ pub(crate) fn inbound_error(status: Status, metrics: &Metrics) -> Status {
     } else {
         status
     }
+}
+
+/// Counts one inbound message under its kind (`tether_agent_messages_total{kind}`).
+pub(crate) fn count_message(metrics: &Metrics, msg: &pb::ConnectRequest) {
+    use pb::connect_request::Message as In;
+    let counters = &metrics.agent_messages;
+    let counter = match &msg.message {
+        Some(In::Hello(_)) => &counters.hello,
+        Some(In::Metrics(_)) => &counters.metrics,
+        Some(In::Ping(_)) => &counters.ping,
+        Some(In::Commands(_)) => &counters.commands,
+        Some(In::Goodbye(_)) => &counters.goodbye,
+        None => &counters.other,
+    };
+    counter.inc();
 }
 
 fn respond(message: pb::connect_response::Message) -> pb::ConnectResponse {

@@ -15,6 +15,7 @@
 //! - `heavy.rs`: agents as large as the server accepts, and seeding an org with them.
 //! - `command.rs`: helpers over `CommandService` (send, wait for the end, read the history).
 //! - `procs.rs`: a server and agents as real processes (`test-server`, `test-agent`), to kill.
+//! - `scrape.rs`: the Prometheus listener read as a scraper does, and `promtool` on it.
 
 use std::future::Future;
 use std::path::Path;
@@ -33,6 +34,7 @@ mod healthy;
 mod heavy;
 mod procs;
 mod rpc;
+mod scrape;
 mod server;
 mod session;
 
@@ -48,6 +50,7 @@ pub use self::heavy::{
 };
 pub use self::procs::{AgentProcess, Launch, ServerProcess, agent_dirs};
 pub use self::rpc::{cli_at, create_token, list_all, list_audit, token_id};
+pub use self::scrape::{Scrape, promtool_check, scrape};
 pub use self::server::{
     TestServer, TestTls, TlsOptions, connections_refused, limit_violations, scrape_metrics,
     sessions_refused,

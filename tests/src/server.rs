@@ -536,12 +536,6 @@ pub fn sessions_refused(metrics: &Metrics, reason: &'static str) -> u64 {
 ///
 /// Connecting, writing or reading failed (nothing serves metrics there).
 pub async fn scrape_metrics(addr: SocketAddr) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tether\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
+    let scraped = crate::scrape(addr, None).await?;
+    Ok(format!("{}\r\n\r\n{}", scraped.head, scraped.body))
 }

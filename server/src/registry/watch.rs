@@ -417,6 +417,22 @@ impl Feed {
 
 // === impl Watcher ===
 
+impl super::Inner {
+    /// Open watches, the events queued for them in all, and the most queued for one.
+    pub(super) fn watch_census(&self) -> (u64, u64, u64) {
+        let (mut open, mut queued, mut most) = (0u64, 0u64, 0u64);
+        for feed in self.feeds.values() {
+            open += feed.n_open as u64;
+            for watcher in &feed.watchers {
+                let n = watcher.lock().events.len() as u64;
+                queued += n;
+                most = most.max(n);
+            }
+        }
+        (open, queued, most)
+    }
+}
+
 impl Watcher {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // The queue is consistent after every statement; a panic elsewhere must not stop

@@ -221,6 +221,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             }
             Ok(Ok(Some(first))) => first,
         };
+        crate::session::count_message(&self.state.metrics, &first);
         let Some(pb::connect_request::Message::Hello(hello)) = first.message else {
             return Err(Status::invalid_argument(
                 "the first message of a session must be Hello",

@@ -105,7 +105,9 @@ pub(super) async fn commit_batch(
     let started = Instant::now();
     match execute(store, writes).await {
         Ok(()) => {
-            tracing::trace!(writes = n_writes, elapsed = ?started.elapsed(), "batch committed");
+            let elapsed = started.elapsed();
+            tracing::trace!(writes = n_writes, ?elapsed, "batch committed");
+            metrics.observe_commit(n_writes, elapsed);
             state.apply(outcome, registry, metrics);
             true
         }

@@ -63,7 +63,11 @@ async fn compaction_truncates_a_full_log_long_before_the_checkpoint_interval() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(metrics.encode().contains("tether_store_log_bytes"));
+    assert!(
+        metrics
+            .encode(crate::metrics::Format::Text)
+            .contains("tether_store_log_bytes")
+    );
     shutdown.cancel();
     task.await.expect("compaction task");
     // Nothing was lost by the truncation: the open head was written first.
