@@ -399,11 +399,24 @@ impl Server {
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&health_reporter, ServingStatus::Serving).await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| StartError::Internal(format!("reflection: {e}")))?;
+        // Reflection in both versions tools speak: `grpc.reflection.v1` (grpcurl, Postman) and
+        // `v1alpha` (Python's grpcio-reflection, older tools). Each lists both, so a client of
+        // either version sees every service the port serves.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .include_reflection_service(false)
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+        };
+        let reflection_error = |e| StartError::Internal(format!("reflection: {e}"));
+        let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
+            .map_err(reflection_error)?;
 
         let agent =
             pb::agent_service_server::AgentServiceServer::new(AgentService::new(state.clone()))
@@ -483,6 +496,7 @@ impl Server {
             .layer(crate::conn::FirstRequestLayer)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(agent)
             .add_service(fleet)
             .add_service(admin)
