@@ -1,10 +1,8 @@
 //! Opening the sled database: waiting for a just-dropped store's lock, and checking (or, on a
 //! brand-new database, stamping) the schema version before anything else touches it.
 
-use std::path::Path;
-
 use super::layout::backend;
-use super::{META_TREE, Result, SCHEMA_VERSION_KEY, SEGMENT_SIZE_BYTES, StoreError};
+use super::{META_TREE, Result, SCHEMA_VERSION_KEY, StoreError};
 use crate::store::SCHEMA_VERSION;
 
 /// How long [`SledStore::open`](super::SledStore::open) waits for a just-dropped store's lock
@@ -20,11 +18,11 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 ///
 /// sled's, e.g. when the directory is locked by an open store.
 #[cfg(any(test, feature = "test-support"))]
-pub(crate) fn raw_db(path: impl AsRef<Path>) -> sled::Result<sled::Db> {
+pub(crate) fn raw_db(path: impl AsRef<std::path::Path>) -> sled::Result<sled::Db> {
     open_waiting_for_lock(
         &sled::Config::new()
             .path(path.as_ref())
-            .segment_size(SEGMENT_SIZE_BYTES)
+            .segment_size(super::SEGMENT_SIZE_BYTES)
             .flush_every_ms(None),
     )
 }
@@ -90,6 +88,7 @@ fn schema_mismatch(found: String) -> StoreError {
 mod tests {
     use super::*;
     use crate::store::SledStore;
+    use crate::store::sled::SEGMENT_SIZE_BYTES;
 
     #[test]
     fn a_held_lock_is_recognised_and_other_failures_are_not() {
