@@ -25,6 +25,9 @@
 //!   open) is a duplicate and is skipped, so replaying a record twice, or over a snapshot or a
 //!   seal that already holds it, changes nothing. Rollups are only ever computed when a head is
 //!   sealed, never from the log.
+//! - A checkpoint applies its head snapshots under the shard's lock, the lock every seal holds,
+//!   so a snapshot taken before a seal never overwrites the sealed head's record (a restart
+//!   would otherwise load sealed samples again and count them twice in the rollups).
 //! - sled recovers a prefix of its log, so a crash between the log's `apply_batch` and the data
 //!   tree's keeps the samples without the commit's other writes (harmless: those are idempotent
 //!   puts, retried by the writer), never the reverse.
