@@ -8,6 +8,10 @@ use crate::report::quantile;
 
 /// Label every agent of this phase carries; the commands select it.
 pub(crate) const GROUP: &str = "group=cmd";
+/// Labels of the simulators: the group, and a tenth of the agents in each `part`.
+pub(crate) const LABEL_MIX: &str = "group=cmd,part=0|1|2|3|4|5|6|7|8|9";
+/// The agents of one part: a tenth of the fleet, the rollout's targets.
+pub(crate) const ONE_PART: &str = "group=cmd,part=0";
 
 /// What one command did.
 pub(crate) struct Round {
@@ -22,13 +26,13 @@ pub(crate) struct Round {
     pub(crate) offer_ms: Vec<f64>,
 }
 
-/// `noop` to every agent of the phase, with `max_concurrency` if given.
-pub(crate) fn noop(max_concurrency: Option<u32>) -> pb::SendCommandRequest {
+/// `noop` to the agents `selector` matches, with `max_concurrency` if given.
+pub(crate) fn noop(selector: &str, max_concurrency: Option<u32>) -> pb::SendCommandRequest {
     pb::SendCommandRequest {
         spec: Some(pb::CommandSpec {
             kind: Some(pb::command_spec::Kind::Noop(pb::NoopSpec {})),
         }),
-        targets: Some(targets()),
+        targets: Some(targets(selector)),
         rollout: Some(pb::RolloutPolicy {
             max_concurrency: max_concurrency.map(count),
             ..Default::default()
@@ -37,9 +41,9 @@ pub(crate) fn noop(max_concurrency: Option<u32>) -> pb::SendCommandRequest {
     }
 }
 
-pub(crate) fn targets() -> pb::CommandTargets {
+pub(crate) fn targets(selector: &str) -> pb::CommandTargets {
     pb::CommandTargets {
-        label_selector: GROUP.to_owned(),
+        label_selector: selector.to_owned(),
         ..Default::default()
     }
 }

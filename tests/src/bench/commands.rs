@@ -11,9 +11,10 @@
 //!   each. Memory per idle agent, beside a `--baseline-server` build's when given; then
 //!   `--command-rounds` fan-outs to all of them; then the memory still held once they ended.
 //! - sessions (the `sessions` phase's intervals): `--sessions` sessions over
-//!   `--session-connections` connections. One fan-out to all of them; one rollout with
-//!   `max_concurrency` `--command-concurrency`; one `sleep` with `max_concurrency` 1, so every
-//!   invocation but one stays queued while the server's memory is read, then cancelled.
+//!   `--session-connections` connections. One fan-out to all of them; one rollout to a tenth
+//!   of them (label `part=0`) with `max_concurrency` `--command-concurrency`; one `sleep` to all
+//!   with `max_concurrency` 1, so every invocation but one stays queued while the server's
+//!   memory is read, then cancelled.
 //!
 //! Rounds run one at a time, so the offers that arrive after a round's send belong to it. A
 //! command that does not finish within its limit makes a failed row, with the states its
@@ -30,8 +31,8 @@ use tether_tests::CommandClient;
 
 use crate::Args;
 use crate::command_rows::{
-    GROUP, Round, count, counts_json, counts_text, noop, outcome, rounds_json, seconds, succeeded,
-    targets,
+    GROUP, LABEL_MIX, ONE_PART, Round, count, counts_json, counts_text, noop, outcome, rounds_json,
+    seconds, succeeded, targets,
 };
 use crate::observe::{command_client, unix_ms, wait_ready};
 use crate::procs::{
@@ -151,7 +152,7 @@ async fn own_connections(
     let cpu0 = cpu_secs(fleet.server.pid).context("server cpu")?;
     let mut rounds = Vec::new();
     for i in 0..args.command_rounds {
-        let round = fan_out(&fleet, noop(None), n, Duration::from_secs(120)).await?;
+        let round = fan_out(&fleet, noop(GROUP, None), n, Duration::from_secs(120)).await?;
         eprintln!(
             "commands: round {}: answered {:.0} ms, offers p99 {:.0} ms, stored {:.2} s",
             i + 1,
@@ -239,7 +240,7 @@ async fn sessions(
             "ramp_secs": fleet.ramp_secs}),
     });
 
-    let round = fan_out(&fleet, noop(None), n, Duration::from_secs(300)).await?;
+    let round = fan_out(&fleet, noop(GROUP, None), n, Duration::from_secs(300)).await?;
     let ok = succeeded(&round, n) && round.offer_ms.len() == n;
     record(Row {
         scenario: format!(
@@ -271,20 +272,31 @@ async fn sessions(
     }
     record(held_after(&fleet, idle_rss, 1).await?);
 
-    // A rollout that keeps `max_concurrency` invocations in flight until all are done.
+    // A rollout to a tenth of the sessions that keeps `max_concurrency` invocations in flight
+    // until all are done.
     let concurrency = args.command_concurrency;
+    let part = n / 10;
     let cpu0 = cpu_secs(fleet.server.pid).context("server cpu")?;
-    let round = fan_out(&fleet, noop(Some(concurrency)), n, Duration::from_secs(600)).await?;
+    let round = fan_out(
+        &fleet,
+        noop(ONE_PART, Some(concurrency)),
+        part,
+        Duration::from_secs(600),
+    )
+    .await?;
     let cpu = cpu_secs(fleet.server.pid).context("server cpu")? - cpu0;
-    let rate = n as f64 / round.stored_secs;
-    let ok = succeeded(&round, n);
+    let part = round.command.counts.map_or(part, |c| c.total as usize);
+    let rate = part as f64 / round.stored_secs;
+    let ok = succeeded(&round, part);
     record(Row {
-        scenario: format!("rollout to {n} sessions, max_concurrency {concurrency}"),
+        scenario: format!(
+            "rollout to {part} of the {n} sessions ({ONE_PART}), max_concurrency {concurrency}"
+        ),
         figure: format!(
-            "{rate:.0} invocations/s: {n} offered, run and stored in {:.1} s; server {:.2} cores ({:.3} CPU-s per 1,000 invocations); {}",
+            "{rate:.0} invocations/s: {part} offered, run and stored in {:.1} s; server {:.2} cores ({:.3} CPU-s per 1,000 invocations); {}",
             round.stored_secs,
             cpu / round.stored_secs,
-            cpu / (n as f64 / 1000.0),
+            cpu / (part as f64 / 1000.0),
             if ok {
                 "all SUCCEEDED".to_owned()
             } else {
@@ -293,7 +305,7 @@ async fn sessions(
         ),
         target: "report; all succeed".into(),
         pass: Some(ok),
-        values: json!({"invocations": n, "max_concurrency": concurrency,
+        values: json!({"invocations": part, "sessions": n, "max_concurrency": concurrency,
             "invocations_per_sec": rate, "stored_secs": round.stored_secs,
             "send_ms": round.send_ms, "server_cpu_secs": cpu,
             "server_cores": cpu / round.stored_secs, "counts": counts_json(&round.command)}),
@@ -308,7 +320,7 @@ async fn sessions(
                 duration: Some(seconds(600)),
             })),
         }),
-        targets: Some(targets()),
+        targets: Some(targets(GROUP)),
         rollout: Some(pb::RolloutPolicy {
             max_concurrency: Some(count(1)),
             ..Default::default()
@@ -397,7 +409,7 @@ async fn start_fleet(
             "--state-file",
             &dir.join("sim.state").display().to_string(),
             "--label-mix",
-            GROUP,
+            LABEL_MIX,
             "--stats-interval",
             if n_agents > 20_000 { "2s" } else { "1s" },
         ]

@@ -105,7 +105,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     command_rounds: usize,
 
-    /// `max_concurrency` of the commands phase's rollout over the sessions.
+    /// `max_concurrency` of the commands phase's rollout over a tenth of the sessions.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     command_concurrency: u32,
 
