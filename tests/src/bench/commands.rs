@@ -11,21 +11,29 @@
 //!   each. Memory per idle agent, beside a `--baseline-server` build's when given; then
 //!   `--command-rounds` fan-outs to all of them; then the memory still held once they ended.
 //! - sessions (the `sessions` phase's intervals): `--sessions` sessions over
-//!   `--session-connections` connections. One fan-out to all of them; one rollout with
-//!   `max_concurrency` `--command-concurrency`; one `sleep` with `max_concurrency` 1, so every
-//!   invocation but one stays queued while the server's memory is read, then cancelled.
+//!   `--session-connections` connections. One fan-out to all of them; one rollout to a tenth
+//!   of them (label `part=0`) with `max_concurrency` `--command-concurrency`; one `sleep` to all
+//!   with `max_concurrency` 1, so every invocation but one stays queued while the server's
+//!   memory is read, then cancelled.
 //!
-//! Rounds run one at a time, so the offers that arrive after a round's send belong to it.
+//! Rounds run one at a time, so the offers that arrive after a round's send belong to it. A
+//! command that does not finish within its limit makes a failed row, with the states its
+//! invocations reached, and ends that part: a server that stopped storing would only time out
+//! again.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use anyhow::Context as _;
+use serde_json::json;
 use tether_proto as pb;
 use tether_tests::CommandClient;
 
 use crate::Args;
+use crate::command_rows::{
+    GROUP, LABEL_MIX, ONE_PART, Round, count, counts_json, counts_text, noop, outcome, rounds_json,
+    seconds, succeeded, targets,
+};
 use crate::observe::{command_client, unix_ms, wait_ready};
 use crate::procs::{
     Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
@@ -34,8 +42,6 @@ use crate::procs::{
 use crate::report::{Row, loadavg, quantile};
 use crate::sessions::sessions_server_flags;
 
-/// Label every agent of this phase carries; the commands select it.
-const GROUP: &str = "group=cmd";
 /// How often a command is polled for its end.
 const POLL: Duration = Duration::from_millis(20);
 /// Quiet time before memory is read: the allocator returns freed pages after a few seconds.
@@ -50,17 +56,6 @@ struct Fleet {
     /// Server RSS before any agent connected, KiB.
     idle_rss: u64,
     ramp_secs: f64,
-}
-
-/// What one command did.
-struct Round {
-    command: pb::Command,
-    /// From the call to the answer of `SendCommand`.
-    send_ms: f64,
-    /// From the call until `GetCommand` showed it finished.
-    stored_secs: f64,
-    /// Per offer, from the call until it reached its agent.
-    offer_ms: Vec<f64>,
 }
 
 pub(crate) async fn commands_phase(
@@ -157,7 +152,7 @@ async fn own_connections(
     let cpu0 = cpu_secs(fleet.server.pid).context("server cpu")?;
     let mut rounds = Vec::new();
     for i in 0..args.command_rounds {
-        let round = fan_out(&fleet, noop(None), n, Duration::from_secs(120)).await?;
+        let round = fan_out(&fleet, noop(GROUP, None), n, Duration::from_secs(120)).await?;
         eprintln!(
             "commands: round {}: answered {:.0} ms, offers p99 {:.0} ms, stored {:.2} s",
             i + 1,
@@ -165,7 +160,11 @@ async fn own_connections(
             quantile(&round.offer_ms, 0.99),
             round.stored_secs
         );
+        let finished = round.finished;
         rounds.push(round);
+        if !finished {
+            break;
+        }
     }
     let cpu = cpu_secs(fleet.server.pid).context("server cpu")? - cpu0;
     let offers: Vec<f64> = rounds.iter().flat_map(|r| r.offer_ms.clone()).collect();
@@ -241,7 +240,7 @@ async fn sessions(
             "ramp_secs": fleet.ramp_secs}),
     });
 
-    let round = fan_out(&fleet, noop(None), n, Duration::from_secs(300)).await?;
+    let round = fan_out(&fleet, noop(GROUP, None), n, Duration::from_secs(300)).await?;
     let ok = succeeded(&round, n) && round.offer_ms.len() == n;
     record(Row {
         scenario: format!(
@@ -266,22 +265,38 @@ async fn sessions(
         pass: Some(ok),
         values: rounds_json(std::slice::from_ref(&round), &round.offer_ms, f64::NAN),
     });
+    if !round.finished {
+        eprintln!("commands: the fan-out did not finish; the rest of the sessions part is skipped");
+        fleet.stop().await;
+        return Ok(());
+    }
     record(held_after(&fleet, idle_rss, 1).await?);
 
-    // A rollout that keeps `max_concurrency` invocations in flight until all are done.
+    // A rollout to a tenth of the sessions that keeps `max_concurrency` invocations in flight
+    // until all are done.
     let concurrency = args.command_concurrency;
+    let part = n / 10;
     let cpu0 = cpu_secs(fleet.server.pid).context("server cpu")?;
-    let round = fan_out(&fleet, noop(Some(concurrency)), n, Duration::from_secs(600)).await?;
+    let round = fan_out(
+        &fleet,
+        noop(ONE_PART, Some(concurrency)),
+        part,
+        Duration::from_secs(600),
+    )
+    .await?;
     let cpu = cpu_secs(fleet.server.pid).context("server cpu")? - cpu0;
-    let rate = n as f64 / round.stored_secs;
-    let ok = succeeded(&round, n);
+    let part = round.command.counts.map_or(part, |c| c.total as usize);
+    let rate = part as f64 / round.stored_secs;
+    let ok = succeeded(&round, part);
     record(Row {
-        scenario: format!("rollout to {n} sessions, max_concurrency {concurrency}"),
+        scenario: format!(
+            "rollout to {part} of the {n} sessions ({ONE_PART}), max_concurrency {concurrency}"
+        ),
         figure: format!(
-            "{rate:.0} invocations/s: {n} offered, run and stored in {:.1} s; server {:.2} cores ({:.3} CPU-s per 1,000 invocations); {}",
+            "{rate:.0} invocations/s: {part} offered, run and stored in {:.1} s; server {:.2} cores ({:.3} CPU-s per 1,000 invocations); {}",
             round.stored_secs,
             cpu / round.stored_secs,
-            cpu / (n as f64 / 1000.0),
+            cpu / (part as f64 / 1000.0),
             if ok {
                 "all SUCCEEDED".to_owned()
             } else {
@@ -290,7 +305,7 @@ async fn sessions(
         ),
         target: "report; all succeed".into(),
         pass: Some(ok),
-        values: json!({"invocations": n, "max_concurrency": concurrency,
+        values: json!({"invocations": part, "sessions": n, "max_concurrency": concurrency,
             "invocations_per_sec": rate, "stored_secs": round.stored_secs,
             "send_ms": round.send_ms, "server_cpu_secs": cpu,
             "server_cores": cpu / round.stored_secs, "counts": counts_json(&round.command)}),
@@ -305,7 +320,7 @@ async fn sessions(
                 duration: Some(seconds(600)),
             })),
         }),
-        targets: Some(targets()),
+        targets: Some(targets(GROUP)),
         rollout: Some(pb::RolloutPolicy {
             max_concurrency: Some(count(1)),
             ..Default::default()
@@ -335,13 +350,8 @@ async fn sessions(
         })
         .await
         .context("cancel the queued command")?;
-    let ended = wait_finished(
-        &fleet.commands,
-        &command.command_id,
-        t,
-        Duration::from_secs(120),
-    )
-    .await?;
+    let (ended, _) =
+        wait_finished(&fleet, &command.command_id, t, Duration::from_secs(120)).await?;
     tokio::time::sleep(SETTLE).await;
     let after_rss = steady_rss_kib(fleet.server.pid).await?;
     let per_queued = queued_rss.saturating_sub(before) as f64 * 1024.0 / f64::from(queued.max(1));
@@ -399,7 +409,7 @@ async fn start_fleet(
             "--state-file",
             &dir.join("sim.state").display().to_string(),
             "--label-mix",
-            GROUP,
+            LABEL_MIX,
             "--stats-interval",
             if n_agents > 20_000 { "2s" } else { "1s" },
         ]
@@ -501,8 +511,12 @@ async fn fan_out(
         .command
         .context("SendCommand answered without the command")?;
     let send_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let command = wait_finished(&fleet.commands, &command.command_id, started, limit).await?;
-    let stored_secs = started.elapsed().as_secs_f64();
+    let (command, finished) = wait_finished(fleet, &command.command_id, started, limit).await?;
+    let stored_secs = if finished {
+        started.elapsed().as_secs_f64()
+    } else {
+        f64::NAN
+    };
     // Every offer arrived before its result was stored; the simulators report them with their
     // next stats record.
     let arrived = Instant::now();
@@ -517,26 +531,40 @@ async fn fan_out(
         command,
         send_ms,
         stored_secs,
+        finished,
         offer_ms,
     })
 }
 
-/// Polls command `id` until it is finished; `started` and `limit` bound the wait.
+/// Polls command `id` until it is finished, printing its progress every few seconds. Returns
+/// it, and whether it finished before `limit` passed since `started`.
 async fn wait_finished(
-    commands: &CommandClient,
+    fleet: &Fleet,
     id: &str,
     started: Instant,
     limit: Duration,
-) -> anyhow::Result<pb::Command> {
+) -> anyhow::Result<(pb::Command, bool)> {
+    let mut next_progress = Instant::now() + Duration::from_secs(5);
     loop {
-        let command = get(commands, id).await?;
+        let command = get(&fleet.commands, id).await?;
         if command.finished_at.is_some() {
-            return Ok(command);
+            return Ok((command, true));
         }
+        let progress = format!(
+            "{}; the simulator counted {} offers and {} finished invocations",
+            counts_text(&command),
+            fleet.sim.latest_u64("offers_received"),
+            fleet.sim.latest_u64("invocations_finished"),
+        );
         if started.elapsed() > limit {
-            bail!(
-                "command {id} did not finish within {limit:?}: {:?}",
-                command.counts
+            eprintln!("commands: {id} did NOT finish within {limit:?}: {progress}");
+            return Ok((command, false));
+        }
+        if Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(5);
+            eprintln!(
+                "commands: {id} after {:.0} s: {progress}",
+                started.elapsed().as_secs_f64()
             );
         }
         tokio::time::sleep(POLL).await;
@@ -573,84 +601,6 @@ fn offer_latencies(sim: &Simulator, since: u64) -> Vec<f64> {
         }
     }
     out
-}
-
-/// `noop` to every agent of the phase, with `max_concurrency` if given.
-fn noop(max_concurrency: Option<u32>) -> pb::SendCommandRequest {
-    pb::SendCommandRequest {
-        spec: Some(pb::CommandSpec {
-            kind: Some(pb::command_spec::Kind::Noop(pb::NoopSpec {})),
-        }),
-        targets: Some(targets()),
-        rollout: Some(pb::RolloutPolicy {
-            max_concurrency: max_concurrency.map(count),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn targets() -> pb::CommandTargets {
-    pb::CommandTargets {
-        label_selector: GROUP.to_owned(),
-        ..Default::default()
-    }
-}
-
-fn count(n: u32) -> pb::Budget {
-    pb::Budget {
-        value: Some(pb::budget::Value::Count(n)),
-    }
-}
-
-fn seconds(s: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    }
-}
-
-fn succeeded(round: &Round, n: usize) -> bool {
-    round.command.state == pb::CommandState::Succeeded as i32
-        && round.command.counts.as_ref().map(|c| c.succeeded as usize) == Some(n)
-}
-
-/// The end states of rounds that did not all succeed.
-fn outcome(rounds: &[Round]) -> String {
-    let parts: Vec<String> = rounds
-        .iter()
-        .map(|r| format!("{:?}", r.command.counts))
-        .collect();
-    format!("NOT all succeeded: {}", parts.join("; "))
-}
-
-fn counts_json(command: &pb::Command) -> Value {
-    command.counts.as_ref().map_or(Value::Null, |c| {
-        json!({"total": c.total, "succeeded": c.succeeded, "failed": c.failed,
-            "rejected": c.rejected, "delivery_timed_out": c.delivery_timed_out,
-            "timed_out": c.timed_out, "skipped": c.skipped, "cancelled": c.cancelled,
-            "agent_restarted": c.agent_restarted})
-    })
-}
-
-fn rounds_json(rounds: &[Round], offers: &[f64], cpu: f64) -> Value {
-    json!({
-        "offers": offers.len(),
-        "offer_p50_ms": quantile(offers, 0.5),
-        "offer_p99_ms": quantile(offers, 0.99),
-        "offer_max_ms": quantile(offers, 1.0),
-        "server_cpu_secs": cpu,
-        "rounds": rounds.iter().map(|r| json!({
-            "command_id": r.command.command_id,
-            "send_ms": r.send_ms,
-            "stored_secs": r.stored_secs,
-            "offers": r.offer_ms.len(),
-            "offer_p50_ms": quantile(&r.offer_ms, 0.5),
-            "offer_p99_ms": quantile(&r.offer_ms, 0.99),
-            "offer_max_ms": quantile(&r.offer_ms, 1.0),
-            "counts": counts_json(&r.command),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 // === impl Fleet ===

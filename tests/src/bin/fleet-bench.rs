@@ -17,10 +17,13 @@
 //! Every run is bounded (`--timeout`) and kills its children on exit, error, panic or ctrl-c.
 //!
 //! Layout: this file holds the flags and the run; the phases and their helpers live in
-//! `tests/src/bench/`: `fleet.rs`, `sessions.rs` and `commands.rs` (one scenario each), `procs.rs` (the child
+//! `tests/src/bench/`: `fleet.rs`, `sessions.rs` and `commands.rs` (one scenario each; the
+//! commands phase's requests and rows in `command_rows.rs`), `procs.rs` (the child
 //! processes), `observe.rs` (what the benchmark watches through the server's API) and
 //! `report.rs` (the result table and its JSON form).
 
+#[path = "../bench/command_rows.rs"]
+mod command_rows;
 #[path = "../bench/commands.rs"]
 mod commands;
 #[path = "../bench/fleet.rs"]
@@ -102,7 +105,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     command_rounds: usize,
 
-    /// `max_concurrency` of the commands phase's rollout over the sessions.
+    /// `max_concurrency` of the commands phase's rollout over a tenth of the sessions.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     command_concurrency: u32,
 
