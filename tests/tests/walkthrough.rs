@@ -128,6 +128,11 @@ async fn production_walkthrough_over_tls_on_a_non_default_address() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    assert_eq!(
+        tether_server::tls::cert_names(&certs.join("server.pem")).expect("names"),
+        [SERVER_NAME],
+        "a name given twice is stated once"
+    );
     let port = free_port();
     let data_dir = path("server/data");
     let mut server = command("tether-server", &[])

@@ -39,7 +39,20 @@ pub fn run(args: &GenCertsArgs) -> anyhow::Result<()> {
     if !args.agents.is_empty() {
         return gen_agent_certs(args);
     }
-    let certs = tether_server::devcerts::generate_dev_certs(&args.out, &args.hosts, args.force)
+    // Each name once, in the order given (`--hosts "$NAME,$ADDR"` repeats one when clients dial
+    // the address itself).
+    let mut hosts: Vec<String> = Vec::new();
+    for host in args
+        .hosts
+        .iter()
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+    {
+        if !hosts.iter().any(|seen| seen == host) {
+            hosts.push(host.to_owned());
+        }
+    }
+    let certs = tether_server::devcerts::generate_dev_certs(&args.out, &hosts, args.force)
         .context("gen-certs")?;
     // Absolute, so the printed commands work from any directory.
     let d = |p: &Path| {
@@ -48,13 +61,7 @@ pub fn run(args: &GenCertsArgs) -> anyhow::Result<()> {
             .display()
             .to_string()
     };
-    let hosts: Vec<&str> = args
-        .hosts
-        .iter()
-        .map(|h| h.trim())
-        .filter(|h| !h.is_empty())
-        .collect();
-    let host = hosts.first().copied().unwrap_or("localhost");
+    let host = hosts.first().map_or("localhost", String::as_str);
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -80,7 +87,7 @@ pub fn run(args: &GenCertsArgs) -> anyhow::Result<()> {
         "    {}  {}  server, for {}",
         d(&certs.server_cert),
         d(&certs.server_key),
-        args.hosts.join(", ")
+        hosts.join(", ")
     );
     println!(
         "    {}  {}  tetherctl (mTLS)",
