@@ -50,7 +50,7 @@ pub use self::heavy::{
     MAX_DISKS, Seed, heavy_enroll_request, heavy_hello, heavy_labels, heavy_sample,
     heavy_system_info, seed_heavy_agents,
 };
-pub use self::logs::LogCapture;
+pub use self::logs::{LogCapture, SharedBuffer};
 pub use self::procs::{AgentProcess, Launch, ServerProcess, agent_dirs};
 pub use self::rpc::{cli_at, create_token, list_all, list_audit, token_id};
 pub use self::scrape::{Scrape, promtool_check, scrape};

@@ -10,14 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// What was logged on this thread since [`LogCapture::install`].
+/// Bytes written by one side (a logger, `tetherctl`) and read by the test meanwhile.
 #[derive(Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
 
-/// Writes into a [`LogCapture`].
-pub struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CaptureWriter {
+impl Write for SharedBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0
             .lock()
@@ -31,11 +28,26 @@ impl Write for CaptureWriter {
     }
 }
 
+impl SharedBuffer {
+    /// Every line written so far (invalid UTF-8 replaced).
+    pub fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// What was logged on this thread since [`LogCapture::install`].
+#[derive(Clone, Default)]
+pub struct LogCapture(SharedBuffer);
+
 impl<'a> MakeWriter<'a> for LogCapture {
-    type Writer = CaptureWriter;
+    type Writer = SharedBuffer;
 
     fn make_writer(&'a self) -> Self::Writer {
-        CaptureWriter(self.0.clone())
+        self.0.clone()
     }
 }
 
@@ -54,11 +66,7 @@ impl LogCapture {
 
     /// Every line logged so far.
     pub fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        self.0.lines()
     }
 
     /// The first line logged so far that holds every one of `parts`.
