@@ -100,6 +100,11 @@ impl<R: Rng> Backoff<R> {
         delay
     }
 
+    /// The longest delay: what a failure that only a configuration change can fix waits.
+    pub fn max(&self) -> Duration {
+        self.config.max
+    }
+
     /// Records a failure at `now`: the delay before the next attempt is the backoff's, or the
     /// server's `server_delay` scaled up by up to the jitter if that is longer.
     pub fn failed(&mut self, server_delay: Option<Duration>, now: Instant) -> Retry {

@@ -13,6 +13,87 @@ use sysinfo::{
 };
 use tether_proto::text::{self, MAX_DISKS_PER_SAMPLE, MAX_REPORTED_TEXT_BYTES};
 
+/// Filesystem types that hold no disk space of the machine: memory, kernel interfaces, and
+/// read-only images (snaps) that are always full.
+const PSEUDO_FILESYSTEMS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fuse.lxcfs",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+];
+
+/// One mounted filesystem as the operating system lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountedFs {
+    /// The device (`/dev/sda1`), or a name such as `overlay`.
+    pub device: String,
+    pub fs_type: String,
+    pub mount_point: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// The disks a sample reports, each filesystem once: pseudo filesystems
+/// ([`PSEUDO_FILESYSTEMS`]) and empty ones are left out; a device mounted more than once (bind
+/// mounts, a bind-mounted file such as a container's `/etc/hosts`, btrfs subvolumes) counts
+/// once, at its shortest mount point, so disk totals are not multiplied; mount points the
+/// server cannot show (control or format characters, longer than the contract's default
+/// limit) are left out; of more than [`MAX_DISKS_PER_SAMPLE`] filesystems the largest are
+/// kept. Sorted by mount point.
+pub fn usable_disks(mut mounts: Vec<MountedFs>) -> Vec<DiskUsage> {
+    mounts.retain(|m| {
+        m.total_bytes > 0
+            && !PSEUDO_FILESYSTEMS.contains(&m.fs_type.as_str())
+            && m.mount_point.len() <= MAX_REPORTED_TEXT_BYTES
+            && text::first_forbidden(&m.mount_point).is_none()
+    });
+    // Shortest mount point first, so that each device keeps its outermost mount.
+    mounts.sort_by(|a, b| {
+        (a.mount_point.len(), &a.mount_point).cmp(&(b.mount_point.len(), &b.mount_point))
+    });
+    let mut seen_devices = std::collections::HashSet::new();
+    let mut disks: Vec<DiskUsage> = mounts
+        .into_iter()
+        .filter(|m| {
+            m.device.is_empty() || m.device == "none" || seen_devices.insert(m.device.clone())
+        })
+        .map(|m| DiskUsage {
+            used_bytes: m.total_bytes.saturating_sub(m.available_bytes),
+            total_bytes: m.total_bytes,
+            mount_point: m.mount_point,
+        })
+        .collect();
+    disks.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+    disks.dedup_by(|a, b| a.mount_point == b.mount_point);
+    if disks.len() > MAX_DISKS_PER_SAMPLE {
+        disks.sort_by_key(|disk| std::cmp::Reverse(disk.total_bytes));
+        disks.truncate(MAX_DISKS_PER_SAMPLE);
+        disks.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+    }
+    disks
+}
+
 /// The agent's version, reported in `Hello` and `SystemInfo`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -156,34 +237,22 @@ impl SysinfoCollector {
         }
     }
 
-    /// Usage of the mounted filesystems, as the server accepts them: mount points it cannot
-    /// show (control or format characters, longer than the contract's default limit) are left
-    /// out, and of more than [`MAX_DISKS_PER_SAMPLE`] filesystems the largest are kept.
+    /// Usage of the mounted filesystems ([`usable_disks`]).
     fn disk_usage(&mut self) -> Vec<DiskUsage> {
         self.disks.refresh(true);
-        let mut disks: Vec<DiskUsage> = self
+        let mounts = self
             .disks
             .list()
             .iter()
-            .filter(|disk| disk.total_space() > 0)
-            .map(|disk| DiskUsage {
+            .map(|disk| MountedFs {
+                device: disk.name().to_string_lossy().into_owned(),
+                fs_type: disk.file_system().to_string_lossy().into_owned(),
                 mount_point: disk.mount_point().to_string_lossy().into_owned(),
-                used_bytes: disk.total_space().saturating_sub(disk.available_space()),
                 total_bytes: disk.total_space(),
-            })
-            .filter(|disk| {
-                disk.mount_point.len() <= MAX_REPORTED_TEXT_BYTES
-                    && text::first_forbidden(&disk.mount_point).is_none()
+                available_bytes: disk.available_space(),
             })
             .collect();
-        disks.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
-        disks.dedup_by(|a, b| a.mount_point == b.mount_point);
-        if disks.len() > MAX_DISKS_PER_SAMPLE {
-            disks.sort_by_key(|disk| std::cmp::Reverse(disk.total_bytes));
-            disks.truncate(MAX_DISKS_PER_SAMPLE);
-            disks.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
-        }
-        disks
+        usable_disks(mounts)
     }
 
     fn network_counters(&mut self) -> (u64, u64) {
@@ -318,6 +387,56 @@ fn fnv1a_64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mount(device: &str, fs_type: &str, mount_point: &str, total_gib: u64) -> MountedFs {
+        MountedFs {
+            device: device.to_owned(),
+            fs_type: fs_type.to_owned(),
+            mount_point: mount_point.to_owned(),
+            total_bytes: total_gib << 30,
+            available_bytes: (total_gib << 30) / 2,
+        }
+    }
+
+    #[test]
+    fn each_filesystem_counts_once_and_pseudo_ones_not_at_all() {
+        let disks = usable_disks(vec![
+            mount("/dev/vda1", "ext4", "/etc/hosts", 100),
+            mount("/dev/vda1", "ext4", "/", 100),
+            mount("/dev/vda1", "ext4", "/var/lib/docker", 100),
+            mount("/dev/vdb", "xfs", "/data", 500),
+            mount("tmpfs", "tmpfs", "/run", 2),
+            mount("/dev/loop3", "squashfs", "/snap/core/1", 1),
+            mount("none", "nfs", "/mnt/a", 10),
+            mount("none", "nfs", "/mnt/b", 10),
+            mount("/dev/vdc", "ext4", "/empty", 0),
+        ]);
+        let mounts: Vec<&str> = disks.iter().map(|d| d.mount_point.as_str()).collect();
+        assert_eq!(mounts, ["/", "/data", "/mnt/a", "/mnt/b"]);
+        let total: u64 = disks.iter().map(|d| d.total_bytes).sum();
+        assert_eq!(
+            total,
+            (100 + 500 + 10 + 10) << 30,
+            "the bind mounts add nothing"
+        );
+        assert_eq!(disks[0].used_bytes, 50 << 30);
+    }
+
+    #[test]
+    fn mount_points_the_server_refuses_are_left_out() {
+        let disks = usable_disks(vec![
+            mount("/dev/a", "ext4", "/bad\u{7}name", 1),
+            mount(
+                "/dev/b",
+                "ext4",
+                &format!("/{}", "x".repeat(MAX_REPORTED_TEXT_BYTES)),
+                1,
+            ),
+            mount("/dev/c", "ext4", "/ok", 1),
+        ]);
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].mount_point, "/ok");
+    }
 
     #[test]
     fn loopback_names() {

@@ -22,6 +22,9 @@
 //! - [`config`]: [`AgentConfig`], with every default as a named constant.
 //! - [`error`]: [`AgentError`], the agent's error policy (what is retried, what stops it), and
 //!   the simulator's [`SimulateError`].
+//! - [`failure`]: which failures to reach the server are misconfigurations (an untrusted
+//!   server certificate, TLS against plaintext): logged at ERROR at once with what to fix, and
+//!   retried only at the backoff's cap.
 //! - [`stats`]: [`AgentStats`], live counters the agent updates and anyone reads without
 //!   blocking it.
 //! - [`latency`]: [`LatencyHistogram`], the lock-free ack-latency histogram the simulator
@@ -43,6 +46,7 @@ pub mod command;
 pub mod config;
 mod convert;
 pub mod error;
+pub mod failure;
 pub mod latency;
 pub mod runner;
 mod session;

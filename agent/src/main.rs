@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tether_agent::{AgentConfig, AgentStats, BackoffConfig, SysinfoCollector};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// The configuration file read when neither `--config` nor [`CONFIG_ENV`] names one, if it
 /// exists.
@@ -221,7 +220,7 @@ struct LogArgs {
     log_format: LogFormat,
 
     /// Log filter, e.g. `info` or `tether_agent=debug` (default: RUST_LOG, else `info`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "TETHER_LOG_LEVEL")]
     log_level: Option<String>,
 }
 
@@ -398,21 +397,13 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
     tether_proto::selector::parse_label(raw).map_err(|err| err.to_string())
 }
 
+/// Logs on stderr, coloured only on a terminal (`tether_proto::log`).
 fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
-    let filter = match &log.log_level {
-        Some(level) => {
-            EnvFilter::try_new(level).with_context(|| format!("bad --log-level {level:?}"))?
-        }
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let format = match log.log_format {
+        LogFormat::Text => tether_proto::log::LogFormat::Text,
+        LogFormat::Json => tether_proto::log::LogFormat::Json,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    Ok(tether_proto::log::init(format, log.log_level.as_deref())?)
 }
 
 #[cfg(test)]

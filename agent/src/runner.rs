@@ -486,7 +486,8 @@ pub(crate) async fn hold_sessions(
 
 /// Records a failure of `what` in `backoff` and waits before the next attempt: the backoff's delay, or
 /// longer if the server asked for it. Logs the failure at INFO, or at ERROR with what to do
-/// once it persists. Returns `false` if `shutdown` fired first.
+/// once it persists; a misconfiguration ([`crate::failure::misconfiguration`]) at ERROR at
+/// once, waiting the backoff's cap. Returns `false` if `shutdown` fired first.
 pub(crate) async fn wait_to_retry(
     what: &str,
     error: &AgentError,
@@ -494,6 +495,23 @@ pub(crate) async fn wait_to_retry(
     shutdown: &CancellationToken,
 ) -> bool {
     let retry = backoff.failed(error.retry_after(), Instant::now());
+    if let Some(problem) = crate::failure::misconfiguration(error) {
+        // It will not fix itself: said at once, at ERROR with what to fix (then as any
+        // persistent failure), and retried only at the backoff's cap.
+        let delay = retry.delay.max(backoff.max());
+        if retry.failures == 1 || retry.persistent {
+            error!(
+                error = %error,
+                failures = retry.failures,
+                retry_in = %humantime::format_duration(delay),
+                "{what} failed: {}",
+                problem.remedy()
+            );
+        } else {
+            info!(error = %error, retry_in = %humantime::format_duration(delay), "{what} failed");
+        }
+        return sleep_unless_shutdown(delay, shutdown).await;
+    }
     if retry.persistent {
         error!(
             error = %error,

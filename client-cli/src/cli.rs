@@ -67,6 +67,18 @@ pub struct GlobalArgs {
     /// Private key (PEM) of --client-cert [env: TETHER_CLIENT_KEY; config: client_key]
     #[arg(long, global = true, value_name = "PATH", help_heading = "Connection")]
     pub client_key: Option<PathBuf>,
+
+    /// Deadline of each request and of connecting, e.g. 5s, 1m (watches and followed commands
+    /// stay open once connected); kubectl's name, as `cmd run --timeout` bounds the command
+    /// [default: 10s]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        value_parser = parse_timeout,
+        help_heading = "Connection"
+    )]
+    pub request_timeout: Option<Duration>,
 }
 
 /// The top-level commands.
@@ -103,6 +115,32 @@ pub enum Command {
     /// Run commands on agents and follow, inspect, cancel, pause or resume them.
     #[command(subcommand)]
     Cmd(CmdCommand),
+
+    /// Print this client's version and the server's.
+    Version(VersionArgs),
+
+    /// Print a shell completion script, e.g. `source <(tetherctl completion bash)`.
+    Completion(CompletionArgs),
+}
+
+/// `version`
+#[derive(Debug, Clone, Args)]
+pub struct VersionArgs {
+    /// Only this client's version (no server is contacted)
+    #[arg(long)]
+    pub client: bool,
+
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
+    pub output: ObjectFormat,
+}
+
+/// `completion`
+#[derive(Debug, Clone, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `agents …`
@@ -154,15 +192,44 @@ pub struct ListArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
 
+    /// Order of the agents (ascending, ties by id); default: by id
+    #[arg(long, value_enum, value_name = "COLUMN")]
+    pub sort_by: Option<SortKey>,
+
+    /// Leave out the header row of table, wide and csv output
+    #[arg(long)]
+    pub no_headers: bool,
+
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
     pub output: ListFormat,
 }
 
+/// What `agents list --sort-by` orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SortKey {
+    /// Agent id.
+    Id,
+    /// Name (case-insensitive).
+    Name,
+    /// Status: online, stale, offline, expired.
+    Status,
+    /// Last message, oldest first (agents never seen first of all).
+    LastSeen,
+    /// OS name.
+    Os,
+    /// Latest CPU use (agents without metrics first).
+    Cpu,
+    /// Latest memory use (agents without metrics first).
+    Mem,
+    /// Health: ok, warning, critical, unknown.
+    Health,
+}
+
 /// `agents get`
 #[derive(Debug, Clone, Args)]
 pub struct GetArgs {
-    /// Agent id
+    /// Agent: its id, the start of its id, its name or its hostname
     pub id: String,
 
     /// Output format
@@ -189,7 +256,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "N")]
     pub max_events: Option<u64>,
 
-    /// Output format (json: one object per line)
+    /// Output format (json: one object per line; `{"kind":"synced"}` ends each snapshot,
+    /// and a new snapshot follows when the watch resumes after the server came back)
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
     pub output: ObjectFormat,
 }
@@ -197,16 +265,17 @@ pub struct WatchArgs {
 /// `metrics`
 #[derive(Debug, Clone, Args)]
 pub struct MetricsArgs {
-    /// Agent id
+    /// Agent: its id, the start of its id, its name or its hostname
     pub id: String,
 
     /// How far back to look, e.g. 15m, 1h, 2d
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub since: Duration,
 
-    /// Width of each averaged point; 0s returns every stored sample
-    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
-    pub step: Duration,
+    /// Width of each averaged point; 0s returns every stored sample [default: chosen from
+    /// --since: at least 1m, at most about 300 points]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub step: Option<Duration>,
 
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t = SeriesFormat::Table)]
@@ -287,7 +356,7 @@ pub struct RevokeTokenArgs {
 /// `agents delete`
 #[derive(Debug, Clone, Args)]
 pub struct DeleteArgs {
-    /// Agent id
+    /// Agent: its id, the start of its id, its name or its hostname
     pub id: String,
 
     /// Confirm: revoke the agent's credential and end its session
@@ -298,7 +367,7 @@ pub struct DeleteArgs {
 /// `agents allow-reclaim`
 #[derive(Debug, Clone, Args)]
 pub struct AllowReclaimArgs {
-    /// Agent id
+    /// Agent: its id, the start of its id, its name or its hostname
     pub id: String,
 
     /// How long the permission lasts, e.g. 30m, 1d (at most 7d)
@@ -403,7 +472,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub since: Option<Duration>,
 
-    /// Stop after the N oldest matching events instead of fetching every page
+    /// Only the N newest matching events
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
 
@@ -434,6 +503,8 @@ pub enum ListFormat {
     Json,
     /// CSV with a header row.
     Csv,
+    /// One agent id per line, for scripts.
+    Name,
 }
 
 /// Output formats of single objects (and of watch).
@@ -477,6 +548,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(text)
         .map_err(|err| format!("{err} (expected a duration such as 30s, 15m, 1h or 2d)"))
+}
+
+/// Parses `--request-timeout`: a duration longer than zero.
+///
+/// # Errors
+///
+/// As [`parse_duration`], and for zero.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err("the timeout must be longer than zero".to_owned());
+    }
+    Ok(d)
 }
 
 /// Parses `--ttl`: a duration, or `never` / `none` / `0` for no expiry.
@@ -534,6 +618,30 @@ mod tests {
         assert_eq!(args.statuses, [AgentStatus::Online, AgentStatus::Stale]);
         assert_eq!(args.output, ListFormat::Wide);
         assert_eq!(args.selector.as_deref(), Some("env=prod"));
+    }
+
+    #[test]
+    fn the_request_timeout_is_apart_from_a_commands_timeout() {
+        let cli = Cli::try_parse_from([
+            "tetherctl",
+            "--request-timeout",
+            "3s",
+            "cmd",
+            "run",
+            "--agent",
+            "a-1",
+            "--timeout",
+            "5m",
+            "--",
+            "/bin/true",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.request_timeout, Some(Duration::from_secs(3)));
+        let Command::Cmd(CmdCommand::Run(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.timeout, Some(Duration::from_secs(300)));
+        assert!(Cli::try_parse_from(["tetherctl", "--request-timeout", "0s", "summary"]).is_err());
     }
 
     #[test]

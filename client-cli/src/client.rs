@@ -3,7 +3,9 @@
 //!
 //! The channel is built from an explicit [`Endpoint`] (connect timeout [`CONNECT_TIMEOUT`]) and
 //! connected eagerly, so an unreachable server is reported once, clearly, before any request.
-//! Unary calls carry a [`REQUEST_TIMEOUT`] deadline; streaming calls (watch) have none. The
+//! Every call carries the `--request-timeout` deadline (default [`DEFAULT_TIMEOUT`]) for its answer to
+//! begin, which also bounds connecting: a unary call's whole answer, a stream's headers (so a
+//! watch, once answered, stays open as long as it runs). The
 //! channel reconnects by itself, so a watch that broke (a server restart) is resumed on the same
 //! [`Connection`].
 //! `https://` servers are reached over TLS: the certificate must chain to `--ca-cert` (else to
@@ -22,8 +24,8 @@ use crate::config::{Settings, TlsFiles};
 
 /// How long establishing the TCP (and HTTP/2) connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline of each unary request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of each unary request unless `--request-timeout` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header of a PEM certificate.
 const PEM_CERT: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
@@ -47,6 +49,8 @@ pub struct Connection {
     server: String,
     channel: Channel,
     auth: AuthInterceptor,
+    /// Deadline of each unary request (`--request-timeout`).
+    timeout: Duration,
 }
 
 /// Adds `authorization: Bearer <token>` to every request. Its `Debug` never shows the token.
@@ -67,9 +71,13 @@ impl Connection {
     pub async fn connect(settings: &Settings) -> Result<Self, CliError> {
         let auth = AuthInterceptor::new(settings.token.expose())?;
         let server = settings.server.clone();
+        let timeout = settings.timeout;
         let mut endpoint = Endpoint::from_shared(server.clone())
             .map_err(|err| CliError::Usage(format!("invalid server address `{server}`: {err}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            // Every call's deadline for its answer to begin: a unary call's whole answer, a
+            // stream's headers (a watch then stays open as long as it runs).
+            .timeout(timeout)
             .tcp_nodelay(true)
             // A long `agents watch` notices a vanished server instead of waiting forever.
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -79,14 +87,21 @@ impl Connection {
                 .tls_config(tls_config(&settings.tls)?)
                 .map_err(|err| CliError::Usage(format!("TLS settings for {server}: {err}")))?;
         }
-        let channel = endpoint
-            .connect()
+        let channel = tokio::time::timeout(timeout, endpoint.connect())
             .await
+            .map_err(|_| CliError::Timeout {
+                server: server.clone(),
+                message: format!(
+                    "no connection within {} (--request-timeout)",
+                    humantime::format_duration(timeout)
+                ),
+            })?
             .map_err(|err| CliError::from_transport(&err, &server))?;
         Ok(Self {
             server,
             channel,
             auth,
+            timeout,
         })
     }
 
@@ -119,9 +134,19 @@ impl Connection {
         )
     }
 
-    /// Maps a status from this server (see [`CliError::from_status`]).
+    /// Maps a status from this server (see [`CliError::from_status`]); a deadline that passed
+    /// is named with its length.
     pub fn error(&self, status: &tonic::Status, what: Option<&str>) -> CliError {
-        CliError::from_status(status, &self.server, what)
+        match CliError::from_status(status, &self.server, what) {
+            CliError::Timeout { server, .. } => CliError::Timeout {
+                server,
+                message: format!(
+                    "no answer within {} (--request-timeout)",
+                    humantime::format_duration(self.timeout)
+                ),
+            },
+            err => err,
+        }
     }
 }
 
@@ -166,13 +191,6 @@ pub fn tls_config(files: &TlsFiles) -> Result<ClientTlsConfig, CliError> {
         ));
     }
     Ok(config)
-}
-
-/// Wraps `message` in a request with the unary deadline [`REQUEST_TIMEOUT`].
-pub fn unary<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(REQUEST_TIMEOUT);
-    request
 }
 
 // === impl AuthInterceptor ===
@@ -250,6 +268,7 @@ mod tests {
             server: format!("http://{addr}"),
             token: crate::config::Secret::new("t"),
             tls: TlsFiles::default(),
+            timeout: DEFAULT_TIMEOUT,
         };
         let err = Connection::connect(&settings)
             .await

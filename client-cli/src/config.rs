@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::CliError;
 
@@ -29,6 +30,8 @@ pub struct ConnectionFlags {
     pub config: Option<PathBuf>,
     /// `--ca-cert PATH`, `--client-cert PATH`, `--client-key PATH`.
     pub tls: TlsFiles,
+    /// `--request-timeout DURATION`; `None`: [`crate::client::DEFAULT_TIMEOUT`].
+    pub timeout: Option<Duration>,
 }
 
 /// The environment variables the CLI reads. Empty values count as unset.
@@ -94,6 +97,8 @@ pub struct Settings {
     pub token: Secret,
     /// Certificate files for an `https://` server.
     pub tls: TlsFiles,
+    /// Deadline of each unary request, and of connecting.
+    pub timeout: Duration,
 }
 
 /// A secret string (an API token) whose `Debug` output is redacted, so it cannot leak into logs
@@ -276,6 +281,7 @@ pub fn resolve(
         server: normalize_server(server)?,
         token: Secret::new(token.expose().trim()),
         tls,
+        timeout: flags.timeout.unwrap_or(crate::client::DEFAULT_TIMEOUT),
     })
 }
 
@@ -554,6 +560,7 @@ mod tests {
             server: DEFAULT_SERVER.into(),
             token: Secret::new("hunter2"),
             tls: TlsFiles::default(),
+            timeout: crate::client::DEFAULT_TIMEOUT,
         };
         assert!(!format!("{s:?}").contains("hunter2"));
     }

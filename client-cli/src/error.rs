@@ -135,6 +135,18 @@ impl CliError {
     pub fn from_status(status: &tonic::Status, server: &str, what: Option<&str>) -> Self {
         use tonic::Code;
         let message = status_message(status);
+        if let Some(reason) = misdirected(server, status.code(), status.message()) {
+            return Self::Unreachable {
+                server: server.to_owned(),
+                reason,
+            };
+        }
+        if status.code() == Code::Cancelled && status.message() == TIMEOUT_EXPIRED {
+            return Self::Timeout {
+                server: server.to_owned(),
+                message: "no answer before the deadline (--request-timeout)".to_owned(),
+            };
+        }
         match status.code() {
             Code::Unauthenticated => Self::Unauthenticated(message),
             Code::PermissionDenied => Self::PermissionDenied(message),
@@ -163,9 +175,10 @@ impl CliError {
 
     /// Maps a failure to establish the connection to [`CliError::Unreachable`].
     pub fn from_transport(err: &tonic::transport::Error, server: &str) -> Self {
+        let reason = root_cause(err).unwrap_or_else(|| err.to_string());
         Self::Unreachable {
             server: server.to_owned(),
-            reason: root_cause(err).unwrap_or_else(|| err.to_string()),
+            reason: misdirected(server, tonic::Code::Unavailable, &reason).unwrap_or(reason),
         }
     }
 
@@ -182,6 +195,58 @@ impl CliError {
             _ => EXIT_FAILURE,
         }
     }
+}
+
+/// What tonic says when a deadline passed (`TimeoutExpired`, as a `CANCELLED` status).
+const TIMEOUT_EXPIRED: &str = "Timeout expired";
+
+/// A sentence for a failure that means the address is not a Tether gRPC port spoken to the
+/// way it expects (a metrics port, `https://` to plaintext or the reverse, an untrusted
+/// certificate), instead of the transport's own words; `None` for other failures.
+pub fn misdirected(server: &str, code: tonic::Code, message: &str) -> Option<String> {
+    const NO_GRPC_STATUS: &str = "grpc-status header missing, mapped from HTTP status code ";
+    if let Some(http_status) = message.strip_prefix(NO_GRPC_STATUS) {
+        return Some(format!(
+            "it answered HTTP {http_status} without gRPC: that address is not Tether's gRPC \
+             port (is it the metrics port? the gRPC port is 7600 by default)"
+        ));
+    }
+    if message.contains("InvalidContentType") || message.contains("corrupt message") {
+        return Some(
+            "the server does not speak TLS there: use an http:// address, or the server's TLS \
+             port"
+                .to_owned(),
+        );
+    }
+    if message.contains("invalid peer certificate") {
+        let detail = message
+            .rsplit("invalid peer certificate: ")
+            .next()
+            .unwrap_or(message);
+        return Some(format!(
+            "its TLS certificate is not trusted ({detail}): pass --ca-cert with the CA that \
+             issued it (or set TETHER_CA_CERT), and use a host name the certificate names"
+        ));
+    }
+    if message.contains("received fatal alert") {
+        return Some(format!(
+            "the server refused the TLS handshake ({message}): if it requires a client \
+             certificate, pass --client-cert and --client-key"
+        ));
+    }
+    // A TLS port drops an HTTP/2 preface it cannot read: depending on timing the client sees
+    // its request cancelled or the connection broken.
+    let dropped = (code == tonic::Code::Cancelled && message == "operation was canceled")
+        || (code == tonic::Code::Unknown && message == "transport error")
+        || message.starts_with("h2 protocol error");
+    if server.starts_with("http://") && dropped {
+        return Some(
+            "the connection closed before any answer: if the server uses TLS, use an https:// \
+             address (with --ca-cert)"
+                .to_owned(),
+        );
+    }
+    None
 }
 
 /// The status message, or a description of the code when the server sent none. The message is
@@ -278,6 +343,70 @@ mod tests {
             err.to_string(),
             "cannot reach Tether server at http://127.0.0.1:7600: tcp connect error"
         );
+    }
+
+    #[test]
+    fn a_misdirected_call_gets_a_sentence_naming_the_likely_cause() {
+        let cases = [
+            (
+                "http://h:7601",
+                Code::Unimplemented,
+                "grpc-status header missing, mapped from HTTP status code 404",
+                "metrics port",
+            ),
+            (
+                "https://h:7600",
+                Code::Unavailable,
+                "received corrupt message of type InvalidContentType",
+                "does not speak TLS",
+            ),
+            (
+                "https://h:7600",
+                Code::Unavailable,
+                "invalid peer certificate: UnknownIssuer",
+                "--ca-cert",
+            ),
+            (
+                "http://h:7600",
+                Code::Internal,
+                "h2 protocol error: http2 error",
+                "https://",
+            ),
+            (
+                "http://h:7600",
+                Code::Cancelled,
+                "operation was canceled",
+                "https://",
+            ),
+            (
+                "http://h:7600",
+                Code::Unknown,
+                "transport error",
+                "https://",
+            ),
+        ];
+        for (server, code, message, hint) in cases {
+            let err = CliError::from_status(&Status::new(code, message), server, None);
+            assert!(
+                matches!(err, CliError::Unreachable { .. }),
+                "{message}: {err:?}"
+            );
+            assert!(err.to_string().contains(hint), "{err}");
+        }
+        // Over https the same cancellation says nothing about TLS.
+        assert_eq!(
+            misdirected("https://h", Code::Cancelled, "operation was canceled"),
+            None
+        );
+        assert_eq!(misdirected(SERVER, Code::NotFound, "agent a-1"), None);
+    }
+
+    #[test]
+    fn an_expired_deadline_is_a_timeout() {
+        let err = CliError::from_status(&Status::cancelled("Timeout expired"), SERVER, None);
+        assert!(matches!(err, CliError::Timeout { .. }), "{err:?}");
+        let err = CliError::from_status(&Status::cancelled("by the user"), SERVER, None);
+        assert!(matches!(err, CliError::Server { .. }), "{err:?}");
     }
 
     #[test]

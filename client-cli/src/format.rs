@@ -24,7 +24,8 @@ const COLUMN_GAP: usize = 3;
 pub const NONE: &str = "-";
 
 /// Describes `then` relative to `now`: "12s ago", "3m ago", "2h ago", "5d ago"; a time in the
-/// future (clock skew) reads "in 4s".
+/// future (an expiry, or clock skew) reads "in 4s". Rounded to the nearest unit
+/// ([`short_duration`]), so a token created for 24 hours reads "in 24h", not "in 23h".
 pub fn relative_time(now: SystemTime, then: SystemTime) -> String {
     match now.duration_since(then) {
         Ok(ago) => format!("{} ago", short_duration(ago)),
@@ -46,14 +47,20 @@ pub fn relative_time_detail(now: SystemTime, then: Option<SystemTime>) -> String
     }
 }
 
-/// A duration in its largest whole unit: "12s", "3m", "2h", "5d".
+/// A duration in one unit, rounded to the nearest: "12s", "3m", "2h", "5d". Hours go up to
+/// 47 (as kubectl shows them), so a day and a half reads "36h", not "1d".
 pub fn short_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3_600 => format!("{}m", secs / 60),
-        3_600..86_400 => format!("{}h", secs / 3_600),
-        _ => format!("{}d", secs / 86_400),
+    let ms = d.as_millis();
+    let nearest = |unit_ms: u128| (ms + unit_ms / 2) / unit_ms;
+    let (secs, mins, hours) = (nearest(1_000), nearest(60_000), nearest(3_600_000));
+    if secs < 60 {
+        format!("{secs}s")
+    } else if mins < 60 {
+        format!("{mins}m")
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else {
+        format!("{}d", nearest(86_400_000))
     }
 }
 
@@ -241,6 +248,8 @@ pub enum Align {
 #[derive(Debug, Clone)]
 pub struct Table {
     headers: Vec<String>,
+    /// Whether [`Table::render`] writes the header row (`--no-headers` leaves it out).
+    show_headers: bool,
     aligns: Vec<Align>,
     rows: Vec<Vec<String>>,
 }
@@ -258,9 +267,17 @@ impl Table {
         let aligns = vec![Align::Left; headers.len()];
         Self {
             headers,
+            show_headers: true,
             aligns,
             rows: Vec::new(),
         }
+    }
+
+    /// Whether to write the header row; columns are as wide as their cells either way.
+    #[must_use]
+    pub fn headers(mut self, show: bool) -> Self {
+        self.show_headers = show;
+        self
     }
 
     /// Right-aligns the column at `idx` (for numbers).
@@ -296,9 +313,11 @@ impl Table {
 
     /// Renders the table, one line per row, each ending in a newline.
     pub fn render(&self) -> String {
+        let headers = self.show_headers.then_some(&self.headers);
         let widths: Vec<usize> = (0..self.headers.len())
             .map(|col| {
-                std::iter::once(&self.headers)
+                headers
+                    .into_iter()
                     .chain(&self.rows)
                     .map(|row| display_width(&row[col]))
                     .max()
@@ -306,7 +325,7 @@ impl Table {
             })
             .collect();
         let mut text = String::new();
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
+        for row in headers.into_iter().chain(&self.rows) {
             let mut line = String::new();
             for (col, cell) in row.iter().enumerate() {
                 if col > 0 {
@@ -407,10 +426,15 @@ mod tests {
         assert_eq!(relative_time(now, at(1_000_000 - 12)), "12s ago");
         assert_eq!(relative_time(now, at(1_000_000 - 59)), "59s ago");
         assert_eq!(relative_time(now, at(1_000_000 - 60)), "1m ago");
-        assert_eq!(relative_time(now, at(1_000_000 - 3 * 60 - 59)), "3m ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 3 * 60 - 29)), "3m ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 3 * 60 - 59)), "4m ago");
         assert_eq!(relative_time(now, at(1_000_000 - 2 * 3_600)), "2h ago");
-        assert_eq!(relative_time(now, at(1_000_000 - 86_399)), "23h ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 86_399)), "24h ago");
+        assert_eq!(relative_time(now, at(1_000_000 - 36 * 3_600)), "36h ago");
         assert_eq!(relative_time(now, at(1_000_000 - 5 * 86_400)), "5d ago");
+        // A token created for 24 hours, read a moment later.
+        let expires = now + Duration::from_secs(86_400) - Duration::from_millis(40);
+        assert_eq!(relative_time(now, expires), "in 24h");
         assert_eq!(relative_time(now, at(1_000_004)), "in 4s");
         assert_eq!(relative_time_opt(now, None), "never");
     }
@@ -470,7 +494,7 @@ mod tests {
         assert_eq!(csv_time(Some(first - secs(1))), "");
         // Far beyond, relative times still read.
         let far = epoch + secs(u64::from(u32::MAX) * 1_000);
-        assert_eq!(relative_time(at(0), far), "in 49710269d");
+        assert_eq!(relative_time(at(0), far), "in 49710270d");
         assert!(!is_rfc3339_time(far));
     }
 
@@ -488,10 +512,14 @@ mod tests {
     }
 
     #[test]
-    fn sub_second_rounds_down() {
+    fn sub_seconds_round_to_the_nearest_second() {
         let now = at(100);
         assert_eq!(
             relative_time(now, now - Duration::from_millis(999)),
+            "1s ago"
+        );
+        assert_eq!(
+            relative_time(now, now - Duration::from_millis(400)),
             "0s ago"
         );
     }

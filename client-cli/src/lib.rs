@@ -98,6 +98,11 @@ pub async fn run_with(
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     let Cli { global, command } = cli;
+    if cmd::is_local(&command) {
+        cmd::local(command, out).await?;
+        out.flush()?;
+        return Ok(());
+    }
     let flags = config::ConnectionFlags {
         server: global.server,
         token: global.token,
@@ -107,6 +112,7 @@ pub async fn run_with(
             client_cert: global.client_cert,
             client_key: global.client_key,
         },
+        timeout: global.request_timeout,
     };
     let settings = config::load_settings(&flags, env)?;
     cmd::dispatch(command, &settings, console, out).await?;

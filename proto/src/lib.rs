@@ -10,6 +10,7 @@
 //! - [`process`]: how every Tether binary answers termination signals and reports a fatal
 //!   error;
 //! - [`config_file`]: how the daemons read their TOML configuration files;
+//! - [`log`]: how every Tether binary logs (stderr, text or JSON, colour only on a terminal);
 //! - [`text`]: the characters no text field may carry, and the default sizes of what agents
 //!   report.
 //! - [`refusal`]: the status metadata that says why a call was refused and when to retry.
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod config_file;
+pub mod log;
 pub mod process;
 pub mod refusal;
 pub mod selector;

@@ -459,6 +459,7 @@ pub fn reason_to_pb(reason: StatusReason) -> pb::StatusReason {
         StatusReason::Replaced => pb::StatusReason::Replaced,
         StatusReason::ServerRestart => pb::StatusReason::ServerRestart,
         StatusReason::Ttl => pb::StatusReason::Ttl,
+        StatusReason::Connected => pb::StatusReason::Connected,
     }
 }
 

@@ -196,6 +196,8 @@ pub enum StatusReason {
     Replaced,
     ServerRestart,
     Ttl,
+    /// The first session since enrollment opened. Last, so stored reasons keep their number.
+    Connected,
 }
 
 impl StatusReason {
@@ -210,6 +212,7 @@ impl StatusReason {
             Self::Replaced => "replaced",
             Self::ServerRestart => "server_restart",
             Self::Ttl => "ttl",
+            Self::Connected => "connected",
         }
     }
 }

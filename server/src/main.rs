@@ -363,6 +363,11 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "TETHER_LOG_FORMAT")]
     log_format: LogFormat,
+
+    /// Log filter, e.g. `info`, `debug` or `tether_server=debug,warn` (default: RUST_LOG, else
+    /// `info`).
+    #[arg(long, env = "TETHER_LOG_LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -502,17 +507,13 @@ impl Args {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs on stderr, so stdout carries only what a person reads (tokens, export line).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Logs on stderr, so stdout carries only what a person reads (tokens, export line).
+fn init_tracing(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
+    let format = match format {
+        LogFormat::Text => tether_proto::log::LogFormat::Text,
+        LogFormat::Json => tether_proto::log::LogFormat::Json,
+    };
+    Ok(tether_proto::log::init(format, level)?)
 }
 
 #[tokio::main]
@@ -530,7 +531,7 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let parsed = config_file::parse::<Args>(CONFIG_ENV, Path::new(DEFAULT_CONFIG_FILE))?;
     let args = &parsed.args;
-    init_tracing(args.log_format);
+    init_tracing(args.log_format, args.log_level.as_deref())?;
     match &args.command {
         Some(Command::GenCerts(gen_args)) => return gen_certs::run(gen_args),
         Some(Command::Config(ConfigCommand::Print)) => {

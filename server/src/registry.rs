@@ -280,6 +280,7 @@ impl Registry {
         let agents = inner.orgs.get_mut(org).ok_or(OpenRefused::Unknown)?;
         let entry = agents.get_mut(agent).ok_or(OpenRefused::Unknown)?;
         let conflict = entry.check_replacement(instance_id, &system_info, &self.conflict)?;
+        let first_session = entry.last_seen.is_none() && entry.session.is_none();
         let session = Arc::new(Session::new(
             session_id,
             org.clone(),
@@ -318,6 +319,8 @@ impl Registry {
 
         let reason = if replaced.is_some() {
             StatusReason::Replaced
+        } else if first_session {
+            StatusReason::Connected
         } else {
             StatusReason::Reconnected
         };

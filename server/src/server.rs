@@ -317,7 +317,10 @@ async fn start_inner(
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "serving Prometheus metrics on /metrics");
+            tracing::info!(
+                addr = addr.map(tracing::field::display),
+                "serving Prometheus metrics on /metrics"
+            );
             let (metrics, shutdown) = (metrics.clone(), background.clone());
             tasks.spawn(async move {
                 if let Err(e) = crate::metrics::serve(listener, metrics, shutdown).await {
@@ -477,8 +480,8 @@ impl Server {
             );
         }
         tracing::info!(
-            addr = ?local,
-            tls = tls_mode,
+            addr = local.map(tracing::field::display),
+            tls = %tls_mode,
             max_connections = connections.max_total(),
             max_connections_per_source = state.config.connections.max_connections_per_source,
             "serving gRPC"

@@ -9,6 +9,7 @@
 //! Liveness updates go through one path: [`SessionGuard`]'s `Drop` tells the registry that the
 //! stream ended, whether it ended by EOF, error, Goodbye, replacement or cancellation.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -52,6 +53,18 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// The reason's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "stream_closed",
+            Self::Replaced => "replaced",
+            Self::Silent => "silent",
+            Self::Draining => "server_draining",
+            Self::Revoked => "revoked",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+
     fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::Replaced,
@@ -133,6 +146,11 @@ impl Session {
         let last =
             self.epoch + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(last)
+    }
+
+    /// How long the session has been open.
+    pub fn open_for(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
     /// Wall-clock time of the last inbound message (or of the session's start).
@@ -244,24 +262,42 @@ impl Session {
     }
 }
 
-/// Marks the session closed in the registry when dropped, whatever ended the stream.
+/// Marks the session closed in the registry when dropped, whatever ended the stream, and logs
+/// the one line that says so.
 pub struct SessionGuard {
     registry: Arc<Registry>,
     session: Arc<Session>,
+    /// The agent's address, for the log.
+    peer: Option<SocketAddr>,
     /// The agent said Goodbye before the stream ended.
     goodbye: bool,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        let close = self.session.close_reason();
         let reason = if self.goodbye {
             StatusReason::Goodbye
         } else {
-            match self.session.close_reason() {
+            match close {
                 CloseReason::Silent => StatusReason::Silent,
                 _ => StatusReason::StreamClosed,
             }
         };
+        let session = &self.session;
+        // Whole milliseconds: a session's length, not the clock's resolution.
+        let open_for = Duration::from_millis(
+            u64::try_from(session.open_for().as_millis()).unwrap_or(u64::MAX),
+        );
+        tracing::info!(
+            agent = %session.agent,
+            org = %session.org,
+            session = %session.id,
+            peer = self.peer.map(tracing::field::display),
+            reason = %if self.goodbye { "goodbye" } else { close.as_str() },
+            duration = %humantime::format_duration(open_for),
+            "session closed"
+        );
         self.registry.session_closed(&self.session, reason);
     }
 }
@@ -304,9 +340,14 @@ pub struct SessionLoop {
 // === impl SessionLoop ===
 
 impl SessionLoop {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the session's parts, each used once"
+    )]
     pub fn new(
         inbound: Streaming<pb::ConnectRequest>,
         session: Arc<Session>,
+        peer: Option<SocketAddr>,
         registry: Arc<Registry>,
         writer: WriterHandle,
         commands: Arc<Engine>,
@@ -320,6 +361,7 @@ impl SessionLoop {
             guard: SessionGuard {
                 registry: registry.clone(),
                 session: session.clone(),
+                peer,
                 goodbye: false,
             },
             session,
@@ -423,7 +465,7 @@ impl SessionLoop {
                     }
                 }
                 Some(Ok(None)) => {
-                    tracing::info!(agent = %self.session.agent, session = %self.session.id, "agent closed its stream");
+                    tracing::debug!(agent = %self.session.agent, session = %self.session.id, "agent closed its stream");
                     return None;
                 }
                 Some(Err(status)) => {
@@ -462,7 +504,7 @@ impl SessionLoop {
             Some(In::Goodbye(bye)) => {
                 // Validated (bounded, no control characters) and logged quoted.
                 let reason = convert::agent::goodbye_from_pb(bye)?;
-                tracing::info!(agent = %self.session.agent, session = %self.session.id, reason = ?reason, "agent said goodbye");
+                tracing::debug!(agent = %self.session.agent, session = %self.session.id, reason = ?reason, "agent said goodbye");
                 self.guard.goodbye = true;
                 self.done = true;
                 Ok(None)

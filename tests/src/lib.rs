@@ -15,6 +15,7 @@
 //! - `heavy.rs`: agents as large as the server accepts, and seeding an org with them.
 //! - `command.rs`: helpers over `CommandService` (send, wait for the end, read the history).
 //! - `procs.rs`: a server and agents as real processes (`test-server`, `test-agent`), to kill.
+//! - `logs.rs`: [`LogCapture`], what the server and agents log, captured for assertions.
 //! - `scrape.rs`: the Prometheus listener read as a scraper does, and `promtool` on it.
 
 use std::future::Future;
@@ -32,6 +33,7 @@ mod command;
 mod crash;
 mod healthy;
 mod heavy;
+mod logs;
 mod procs;
 mod rpc;
 mod scrape;
@@ -48,6 +50,7 @@ pub use self::heavy::{
     MAX_DISKS, Seed, heavy_enroll_request, heavy_hello, heavy_labels, heavy_sample,
     heavy_system_info, seed_heavy_agents,
 };
+pub use self::logs::{LogCapture, SharedBuffer};
 pub use self::procs::{AgentProcess, Launch, ServerProcess, agent_dirs};
 pub use self::rpc::{cli_at, create_token, list_all, list_audit, token_id};
 pub use self::scrape::{Scrape, promtool_check, scrape};

@@ -233,8 +233,9 @@ async fn agents_get_as_text_and_json() {
         .server
         .cli(&["agents", "get", "UPPER"])
         .await
-        .expect_err("malformed id");
-    assert!(matches!(err, CliError::InvalidArgument(_)), "{err:?}");
+        .expect_err("no such agent");
+    // Text that cannot be an id is looked up as a name like any other, and not found.
+    assert!(matches!(err, CliError::NotFound(_)), "{err:?}");
     s.stop().await;
 }
 

@@ -216,7 +216,8 @@ async fn tokens_create_list_revoke() {
         .lines()
         .find(|l| l.starts_with(&id))
         .unwrap_or_else(|| panic!("no row for {id}: {table}"));
-    for cell in ["ci", "operator", "active", "in 2"] {
+    // A 30-day token reads "in 30d", not "in 29d": relative times round to the nearest.
+    for cell in ["ci", "operator", "active", "in 30d"] {
         assert!(row.contains(cell), "{cell}: {row}");
     }
     let listed = server
@@ -384,9 +385,10 @@ async fn audit_lists_the_calls_and_the_chain_verifies() {
     let events = events.as_array().expect("array").clone();
     assert!(events.len() >= 4, "{events:?}");
     for (idx, pair) in events.windows(2).enumerate() {
+        // Newest first.
         assert_eq!(
-            pair[1]["seq"].as_u64(),
-            pair[0]["seq"].as_u64().map(|s| s + 1),
+            pair[0]["seq"].as_u64(),
+            pair[1]["seq"].as_u64().map(|s| s + 1),
             "seq at {idx}"
         );
     }
@@ -463,8 +465,8 @@ async fn audit_lists_the_calls_and_the_chain_verifies() {
     );
     assert!(table.contains("dash"), "actor by name: {table}");
 
-    // The chain is intact.
-    let last = events.last().expect("events");
+    // The chain is intact; its last event is the newest, listed first.
+    let last = events.first().expect("events");
     let expected = format!(
         "audit chain OK: {} events, last seq {}, last hash {}",
         events.len(),

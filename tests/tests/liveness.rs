@@ -100,7 +100,7 @@ async fn dropped_stream_makes_agent_offline_with_reason_stream_closed() {
         .expect("hello");
     let online = server.wait_status(&id, pb::AgentStatus::Online).await;
     assert_eq!(online.session_id, welcome.session_id);
-    assert_eq!(online.status_reason(), pb::StatusReason::Reconnected);
+    assert_eq!(online.status_reason(), pb::StatusReason::Connected);
 
     // Both halves go: the request stream ends and the response stream is reset.
     drop(session);
@@ -172,11 +172,11 @@ async fn silent_agent_turns_stale_then_offline_and_its_stream_ends_unavailable()
 
     // The history holds the whole path, once each, newest first.
     use pb::AgentStatus::{Offline, Online, Stale};
-    use pb::StatusReason::{Reconnected, Silent};
+    use pb::StatusReason::{Connected, Silent};
     let path = [
         (Stale, Offline, Silent),
         (Online, Stale, Silent),
-        (Offline, Online, Reconnected),
+        (Offline, Online, Connected),
     ];
     let history = wait_history(&server, &id, &path).await;
     assert_eq!(history.len(), path.len(), "{history:?}");
@@ -242,7 +242,7 @@ async fn second_session_replaces_the_first_which_gets_goodbye_replaced() {
         &[(
             pb::AgentStatus::Offline,
             pb::AgentStatus::Online,
-            pb::StatusReason::Reconnected,
+            pb::StatusReason::Connected,
         )],
     )
     .await;
@@ -322,7 +322,7 @@ async fn watch_sees_snapshot_then_every_transition_in_order() {
     }
     use pb::AgentEventKind::{Registered, StatusChanged};
     use pb::AgentStatus::{Offline, Online, Stale, Unspecified};
-    use pb::StatusReason::{Enrolled, Reconnected, Silent};
+    use pb::StatusReason::{Connected, Enrolled, Silent};
     let summary: Vec<_> = seen
         .iter()
         .map(|e| {
@@ -339,7 +339,7 @@ async fn watch_sees_snapshot_then_every_transition_in_order() {
         summary,
         [
             (Registered, Offline, Unspecified, Enrolled),
-            (StatusChanged, Online, Offline, Reconnected),
+            (StatusChanged, Online, Offline, Connected),
             (StatusChanged, Stale, Online, Silent),
             (StatusChanged, Offline, Stale, Silent),
         ]
@@ -578,7 +578,7 @@ async fn healthy_real_agent_stays_online_without_false_transitions() {
         [(
             pb::AgentStatus::Offline,
             pb::AgentStatus::Online,
-            pb::StatusReason::Reconnected
+            pb::StatusReason::Connected
         )]
     );
     assert_eq!(

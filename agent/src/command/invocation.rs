@@ -232,8 +232,8 @@ async fn finish(inner: &Arc<Inner>, id: &str, command_id: &str, outcome: Outcome
         invocation = %id,
         state = ?result.outcome.state,
         reason = %result.outcome.reason,
-        exit_code = ?result.outcome.exit_code,
-        signal = ?result.outcome.signal,
+        exit_code = result.outcome.exit_code,
+        signal = result.outcome.signal,
         "invocation ended"
     );
     let mut state = inner.state();

@@ -6,6 +6,7 @@
 //!
 //! The renderers live in `render`, this module's child: commands fetch, renderers format.
 
+pub(crate) mod lookup;
 pub(super) mod render;
 
 use std::io::Write;
@@ -15,12 +16,12 @@ use tether_proto as pb;
 
 use crate::cli::{
     AllowReclaimArgs, DeleteArgs, GetArgs, LIST_PAGE_SIZE, ListArgs, ListFormat, ObjectFormat,
-    WatchArgs,
+    SortKey, WatchArgs,
 };
-use crate::client::{Connection, unary};
+use crate::client::Connection;
 use crate::config::Settings;
 use crate::selector::parse_selector;
-use crate::view::{AgentDetailView, AgentView, EventKind, WatchEventView};
+use crate::view::{AgentDetailView, AgentStatus, AgentView, EventKind, Health, WatchEventView};
 use crate::{CliError, write_json, write_json_line};
 
 use super::{fetch_pages, print_object, required_id, write_text};
@@ -28,6 +29,11 @@ use render::{render_csv, render_detail, render_event, render_table};
 
 /// Pause before resubscribing after the server ended a watch that fell behind.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
+
+/// First pause before resuming a watch whose server went away; doubled up to
+/// [`RESUME_MAX_DELAY`] while it stays away.
+const RESUME_DELAY: Duration = Duration::from_millis(500);
+const RESUME_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// `agents list`: fetches every page (or `--limit` agents) and prints them.
 pub(crate) async fn list(
@@ -44,11 +50,12 @@ pub(crate) async fn list(
         page_size: 0,
         page_token: String::new(),
         include_expired: args.include_expired,
+        id_prefix: String::new(),
     };
 
     let conn = Connection::connect(settings).await?;
     let client = conn.fleet();
-    let agents: Vec<AgentView> =
+    let mut agents: Vec<AgentView> =
         fetch_pages(LIST_PAGE_SIZE, args.limit, |page_size, page_token| {
             let mut client = client.clone();
             let request = pb::ListAgentsRequest {
@@ -59,7 +66,7 @@ pub(crate) async fn list(
             let conn = &conn;
             async move {
                 let page = client
-                    .list_agents(unary(request))
+                    .list_agents(request)
                     .await
                     .map_err(|status| conn.error(&status, None))?
                     .into_inner();
@@ -71,17 +78,81 @@ pub(crate) async fn list(
         .map(AgentView::from)
         .collect();
 
+    if let Some(key) = args.sort_by {
+        sort_agents(&mut agents, key);
+    }
+
     let now = SystemTime::now();
+    let headers = !args.no_headers;
     match args.output {
         ListFormat::Table | ListFormat::Wide if agents.is_empty() => {
-            writeln!(out, "No agents found.")?;
+            if headers {
+                writeln!(out, "No agents found.")?;
+            }
         }
-        ListFormat::Table => write_text(out, &render_table(&agents, false, now))?,
-        ListFormat::Wide => write_text(out, &render_table(&agents, true, now))?,
+        ListFormat::Table => write_text(out, &render_table(&agents, false, headers, now))?,
+        ListFormat::Wide => write_text(out, &render_table(&agents, true, headers, now))?,
         ListFormat::Json => write_json(out, &agents)?,
-        ListFormat::Csv => write_text(out, &render_csv(&agents))?,
+        ListFormat::Csv => write_text(out, &render_csv(&agents, headers))?,
+        ListFormat::Name => {
+            for agent in &agents {
+                writeln!(out, "{}", crate::format::escape(&agent.agent_id))?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Orders `agents` by `key`, ascending, ties by id.
+pub(crate) fn sort_agents(agents: &mut [AgentView], key: SortKey) {
+    fn status_rank(status: AgentStatus) -> u8 {
+        match status {
+            AgentStatus::Online => 0,
+            AgentStatus::Stale => 1,
+            AgentStatus::Offline => 2,
+            AgentStatus::Expired => 3,
+            AgentStatus::Unknown => 4,
+        }
+    }
+    fn health_rank(health: Health) -> u8 {
+        match health {
+            Health::Ok => 0,
+            Health::Warning => 1,
+            Health::Critical => 2,
+            Health::Unknown => 3,
+        }
+    }
+    let cpu = |a: &AgentView| a.latest_metrics.as_ref().map(|m| m.cpu_percent);
+    #[allow(clippy::cast_precision_loss, reason = "a ratio for ordering only")]
+    let mem = |a: &AgentView| {
+        a.latest_metrics
+            .as_ref()
+            .filter(|m| m.memory_total_bytes > 0)
+            .map(|m| m.memory_used_bytes as f64 / m.memory_total_bytes as f64)
+    };
+    let by_float = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => a.total_cmp(&b),
+        (a, b) => a.is_some().cmp(&b.is_some()),
+    };
+    agents.sort_by(|a, b| {
+        let os = |x: &AgentView| {
+            x.system
+                .as_ref()
+                .map(|s| s.os_name.to_lowercase())
+                .unwrap_or_default()
+        };
+        let order = match key {
+            SortKey::Id => std::cmp::Ordering::Equal,
+            SortKey::Name => a.name.to_lowercase().cmp(&b.name.to_lowercase()),
+            SortKey::Status => status_rank(a.status).cmp(&status_rank(b.status)),
+            SortKey::LastSeen => a.last_seen.cmp(&b.last_seen),
+            SortKey::Os => os(a).cmp(&os(b)),
+            SortKey::Cpu => by_float(cpu(a), cpu(b)),
+            SortKey::Mem => by_float(mem(a), mem(b)),
+            SortKey::Health => health_rank(a.health).cmp(&health_rank(b.health)),
+        };
+        order.then_with(|| a.agent_id.cmp(&b.agent_id))
+    });
 }
 
 /// `agents get`: one agent in detail.
@@ -90,16 +161,13 @@ pub(crate) async fn get(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = required_id(&args.id, "agent")?;
     let conn = Connection::connect(settings).await?;
-    let response = conn
-        .fleet()
-        .get_agent(unary(pb::GetAgentRequest {
-            agent_id: id.clone(),
-        }))
-        .await
-        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?
-        .into_inner();
+    let (id, response) = lookup::call_with_agent(&conn, &args.id, |agent_id| {
+        let mut fleet = conn.fleet();
+        async move { fleet.get_agent(pb::GetAgentRequest { agent_id }).await }
+    })
+    .await?;
+    let response = response.into_inner();
     let pb::GetAgentResponse {
         agent,
         recent_transitions,
@@ -117,8 +185,12 @@ pub(crate) async fn get(
     })
 }
 
-/// `agents watch`: the snapshot, then one line per event, resubscribing when the server ends a
-/// watch that fell behind (`ABORTED`). Returns when the stream ends or after `--max-events`.
+/// `agents watch`: the snapshot, then one line per event. When the server ends a watch that
+/// fell behind (`ABORTED`) it resubscribes at once; when the server goes away (a restart, a
+/// lost connection) it resumes as soon as the server answers again, waiting longer between
+/// tries while it does not. Each (re)subscription starts with a fresh snapshot, ended by the
+/// `synced` marker (a JSON line, or a comment line in tables). Returns after `--max-events`,
+/// or with the error that no retry can fix (a revoked token, say).
 pub(crate) async fn watch(
     args: WatchArgs,
     settings: &Settings,
@@ -135,22 +207,21 @@ pub(crate) async fn watch(
     let conn = Connection::connect(settings).await?;
     let mut client = conn.fleet();
     let mut n_events: u64 = 0;
+    let mut resume_delay = RESUME_DELAY;
     loop {
-        let status = match client.watch_agents(request.clone()).await {
+        let ended = match client.watch_agents(request.clone()).await {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
                         Ok(Some(event)) => {
+                            resume_delay = RESUME_DELAY;
                             let event = WatchEventView::from(event);
-                            if event.kind == EventKind::Synced {
-                                if args.output == ObjectFormat::Table {
-                                    writeln!(out, "# snapshot complete, watching for changes")?;
-                                    out.flush()?;
-                                }
-                                continue;
-                            }
+                            let synced = event.kind == EventKind::Synced;
                             match args.output {
+                                ObjectFormat::Table if synced => {
+                                    writeln!(out, "# snapshot complete, watching for changes")?;
+                                }
                                 ObjectFormat::Table => {
                                     let line = render_event(&event, SystemTime::now());
                                     write_text(out, &line)?;
@@ -158,28 +229,58 @@ pub(crate) async fn watch(
                                 ObjectFormat::Json => write_json_line(out, &event)?,
                             }
                             out.flush()?;
+                            if synced {
+                                continue;
+                            }
                             n_events += 1;
                             if args.max_events.is_some_and(|max| n_events >= max) {
                                 return Ok(());
                             }
                         }
-                        Ok(None) => return Ok(()),
-                        Err(status) => break status,
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
                     }
                 }
             }
-            Err(status) => status,
+            Err(status) => Some(status),
         };
-        if status.code() != tonic::Code::Aborted {
-            return Err(conn.error(&status, None));
+        match ended {
+            Some(status) if status.code() == tonic::Code::Aborted => {
+                eprintln!(
+                    "tetherctl: the watch fell behind the server and was ended ({}); \
+                     resubscribing, a fresh snapshot follows",
+                    crate::format::escape(status.message())
+                );
+                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+            }
+            Some(status) if !is_transient(status.code()) => {
+                return Err(conn.error(&status, None));
+            }
+            ended => {
+                let why = ended.map_or_else(
+                    || "the server ended the watch".to_owned(),
+                    |status| conn.error(&status, None).to_string(),
+                );
+                eprintln!(
+                    "tetherctl: {}; resuming in {} (a fresh snapshot follows)",
+                    crate::format::escape(&why),
+                    crate::format::short_duration(resume_delay)
+                );
+                tokio::time::sleep(resume_delay).await;
+                resume_delay = (resume_delay * 2).min(RESUME_MAX_DELAY);
+            }
         }
-        eprintln!(
-            "tetherctl: the watch fell behind the server and was ended ({}); resubscribing, a \
-             fresh snapshot follows",
-            crate::format::escape(status.message())
-        );
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
     }
+}
+
+/// Whether a watch that ended with `code` may be resumed: the server or the path to it went
+/// away, and may come back.
+fn is_transient(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
 }
 
 /// `agents delete ID --yes`: `AdminService.DeleteAgent`. Without `--yes` nothing is sent and
@@ -189,17 +290,20 @@ pub(crate) async fn delete(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = required_id(&args.id, "agent")?;
+    let named = required_id(&args.id, "agent")?;
     if !args.yes {
-        return Err(CliError::NotConfirmed(unconfirmed_delete_message(&id)));
+        return Err(CliError::NotConfirmed(unconfirmed_delete_message(&named)));
     }
     let conn = Connection::connect(settings).await?;
-    conn.admin()
-        .delete_agent(unary(pb::DeleteAgentRequest {
-            agent_id: id.clone(),
-        }))
-        .await
-        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?;
+    let (id, _) = lookup::call_with_agent(&conn, &named, |agent_id| {
+        let mut admin = conn.admin();
+        async move {
+            admin
+                .delete_agent(pb::DeleteAgentRequest { agent_id })
+                .await
+        }
+    })
+    .await?;
     writeln!(
         out,
         "Agent {id} deleted: its credential is revoked and its session ended. An agent started \
@@ -215,19 +319,21 @@ pub(crate) async fn allow_reclaim(
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = required_id(&args.id, "agent")?;
     let ttl = prost_types::Duration::try_from(args.ttl)
         .map_err(|_| CliError::Usage("--ttl is too long".to_owned()))?;
     let conn = Connection::connect(settings).await?;
-    let response = conn
-        .admin()
-        .allow_agent_reclaim(unary(pb::AllowAgentReclaimRequest {
-            agent_id: id.clone(),
-            ttl: Some(ttl),
-        }))
-        .await
-        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?
-        .into_inner();
+    let (id, response) = lookup::call_with_agent(&conn, &args.id, |agent_id| {
+        let mut admin = conn.admin();
+        async move {
+            let request = pb::AllowAgentReclaimRequest {
+                agent_id,
+                ttl: Some(ttl),
+            };
+            admin.allow_agent_reclaim(request).await
+        }
+    })
+    .await?;
+    let response = response.into_inner();
     write_text(out, &render_reclaim_allowed(&id, response.expires_at))
 }
 
@@ -284,6 +390,7 @@ mod tests {
             server: "http://127.0.0.1:1".to_owned(),
             token: crate::config::Secret::new("t"),
             tls: Default::default(),
+            timeout: crate::client::DEFAULT_TIMEOUT,
         };
         let args = DeleteArgs {
             id: "a-1".into(),

@@ -6,7 +6,9 @@
 
 mod chain;
 
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
 use std::time::SystemTime;
 
 use prost::Message as _;
@@ -16,13 +18,13 @@ pub use tether_proto::audit::event_hash;
 pub use chain::{ChainError, ChainSummary, verify_chain};
 
 use crate::cli::{AuditArgs, AuditCommand, ObjectFormat};
-use crate::client::{Connection, unary};
+use crate::client::Connection;
 use crate::config::Settings;
 use crate::format::{NONE, Table, relative_time_opt};
 use crate::view::{AuditChainView, AuditEventView};
 use crate::{CliError, write_json};
 
-use super::{fetch_pages, print_list, since_time, write_text};
+use super::{fetch_last_pages, fetch_pages, print_list, since_time, write_text};
 
 /// Events requested per page (the server's maximum).
 pub const AUDIT_PAGE_SIZE: u32 = 1_000;
@@ -42,7 +44,7 @@ pub(crate) async fn run(
     }
 }
 
-/// `audit`: fetches every matching page (or `--limit` events) and prints them.
+/// `audit`: the matching events, newest first (only the newest `--limit` with it).
 async fn list(
     args: AuditArgs,
     settings: &Settings,
@@ -59,11 +61,9 @@ async fn list(
         page_token: String::new(),
     };
     let conn = Connection::connect(settings).await?;
-    let events: Vec<AuditEventView> = fetch(&conn, base, args.limit)
-        .await?
-        .into_iter()
-        .map(AuditEventView::from)
-        .collect();
+    // The server lists oldest first: read every matching page, keep the newest `--limit`.
+    let newest = fetch_last_pages(AUDIT_PAGE_SIZE, args.limit, pages(&conn, base)).await?;
+    let events: Vec<AuditEventView> = newest.into_iter().rev().map(AuditEventView::from).collect();
     print_list(out, args.output, &events, "audit events", |events| {
         render_table(events, SystemTime::now())
     })
@@ -99,24 +99,39 @@ async fn fetch(
     base: pb::ListAuditEventsRequest,
     limit: Option<u32>,
 ) -> Result<Vec<pb::AuditEvent>, CliError> {
+    fetch_pages(AUDIT_PAGE_SIZE, limit, pages(conn, base)).await
+}
+
+/// One page of audit events.
+type AuditPage = Result<(Vec<pb::AuditEvent>, String), CliError>;
+
+/// Fetches the page of `ListAuditEvents` from `base` of a size and token, for
+/// [`fetch_pages`] and [`fetch_last_pages`].
+#[allow(
+    clippy::needless_lifetimes,
+    reason = "the futures borrow `conn`; elided, the boxed future's bound cannot name that"
+)]
+fn pages<'a>(
+    conn: &'a Connection,
+    base: pb::ListAuditEventsRequest,
+) -> impl FnMut(i32, String) -> Pin<Box<dyn Future<Output = AuditPage> + Send + 'a>> {
     let client = conn.admin();
-    fetch_pages(AUDIT_PAGE_SIZE, limit, |page_size, page_token| {
+    move |page_size, page_token| {
         let mut client = client.clone();
         let request = pb::ListAuditEventsRequest {
             page_size,
             page_token,
             ..base.clone()
         };
-        async move {
+        Box::pin(async move {
             let page = client
-                .list_audit_events(unary(request))
+                .list_audit_events(request)
                 .await
                 .map_err(|status| conn.error(&status, None))?
                 .into_inner();
             Ok((page.events, page.next_page_token))
-        }
-    })
-    .await
+        })
+    }
 }
 
 /// Turns `--method` into a full gRPC method name. A name starting with `/` is taken as is;

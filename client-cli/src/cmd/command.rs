@@ -23,7 +23,7 @@ use tether_proto as pb;
 use crate::cli::{
     CmdCommand, CommandIdArgs, InvocationsArgs, ListCommandsArgs, LogsArgs, ObjectFormat, RunArgs,
 };
-use crate::client::{CommandClient, Connection, unary};
+use crate::client::{CommandClient, Connection};
 use crate::config::Settings;
 use crate::console::Console;
 use crate::view::{
@@ -73,7 +73,7 @@ async fn run(
     let conn = Connection::connect(settings).await?;
     let pb::SendCommandResponse { command, existing } = conn
         .commands()
-        .send_command(unary(request))
+        .send_command(request)
         .await
         .map_err(|status| conn.error(&status, None))?
         .into_inner();
@@ -208,7 +208,7 @@ async fn list(
         |request| {
             let mut client = client.clone();
             async move {
-                let page = client.list_commands(unary(request)).await?.into_inner();
+                let page = client.list_commands(request).await?.into_inner();
                 Ok((page.commands, page.next_page_token))
             }
         },
@@ -360,15 +360,15 @@ impl Steer {
     ) -> Result<Option<pb::Command>, tonic::Status> {
         Ok(match self {
             Self::Cancel => {
-                let request = unary(pb::CancelCommandRequest { command_id });
+                let request = pb::CancelCommandRequest { command_id };
                 client.cancel_command(request).await?.into_inner().command
             }
             Self::Pause => {
-                let request = unary(pb::PauseCommandRequest { command_id });
+                let request = pb::PauseCommandRequest { command_id };
                 client.pause_command(request).await?.into_inner().command
             }
             Self::Resume => {
-                let request = unary(pb::ResumeCommandRequest { command_id });
+                let request = pb::ResumeCommandRequest { command_id };
                 client.resume_command(request).await?.into_inner().command
             }
         })
@@ -407,9 +407,9 @@ async fn steer(
 async fn get_command(conn: &Connection, id: &str) -> Result<CommandView, CliError> {
     let command = conn
         .commands()
-        .get_command(unary(pb::GetCommandRequest {
+        .get_command(pb::GetCommandRequest {
             command_id: id.to_owned(),
-        }))
+        })
         .await
         .map_err(|status| conn.error(&status, Some(&format!("command {id}"))))?
         .into_inner()
@@ -441,7 +441,7 @@ async fn fetch_invocations(
         |request| {
             let mut client = client.clone();
             async move {
-                let page = client.list_invocations(unary(request)).await?.into_inner();
+                let page = client.list_invocations(request).await?.into_inner();
                 Ok((page.invocations, page.next_page_token))
             }
         },

@@ -11,7 +11,7 @@ use tether_proto as pb;
 
 use crate::CliError;
 use crate::cli::{CreateTokenArgs, ListTokensArgs, ObjectFormat, RevokeTokenArgs, SeriesFormat};
-use crate::client::{Connection, unary};
+use crate::client::Connection;
 use crate::config::Settings;
 use crate::format::{
     Table, csv_record, csv_time, escape, key_values, labels_text, or_none, relative_time_detail,
@@ -40,7 +40,7 @@ pub(crate) async fn create(
     let conn = Connection::connect(settings).await?;
     let pb::CreateEnrollmentTokenResponse { token, secret } = conn
         .admin()
-        .create_enrollment_token(unary(request))
+        .create_enrollment_token(request)
         .await
         .map_err(|status| conn.error(&status, None))?
         .into_inner();
@@ -64,7 +64,7 @@ pub(crate) async fn list(
         objects::fetch::<EnrollmentTokenView, _, _>(settings, |mut admin| async move {
             let request = pb::ListEnrollmentTokensRequest {};
             Ok(admin
-                .list_enrollment_tokens(unary(request))
+                .list_enrollment_tokens(request)
                 .await?
                 .into_inner()
                 .tokens)
@@ -90,7 +90,7 @@ pub(crate) async fn revoke(
         |mut admin, token_id| async move {
             let request = pb::RevokeEnrollmentTokenRequest { token_id };
             Ok(admin
-                .revoke_enrollment_token(unary(request))
+                .revoke_enrollment_token(request)
                 .await?
                 .into_inner()
                 .token)
@@ -233,7 +233,8 @@ mod tests {
         assert_eq!(text.matches("tet_enroll_abc").count(), 1, "{text}");
         assert!(text.contains("shown only this once"), "{text}");
         assert!(text.contains("Uses:         3/10"), "{text}");
-        assert!(text.contains("in 1h"), "{text}");
+        // 1h 59m away: rounded to the nearest hour.
+        assert!(text.contains("in 2h"), "{text}");
     }
 
     #[test]

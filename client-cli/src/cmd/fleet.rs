@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 
-use crate::cli::{MetricsArgs, ObjectOutput, SeriesFormat};
-use crate::client::{Connection, unary};
+use crate::cli::{MetricsArgs, ObjectOutput, SeriesFormat, VersionArgs};
+use crate::client::Connection;
 use crate::config::Settings;
 use crate::format::{
     NONE, Table, csv_record, csv_time, escape, format_bytes, format_percent, format_rate, indent,
@@ -17,13 +17,45 @@ use crate::{CliError, write_json};
 
 use super::{print_object, required_id, write_text};
 
-/// `metrics ID`: points from `now - since` to now, one per `step`.
+/// Most points [`auto_step`] aims for: a screenful of rows, far below the server's cap.
+pub(crate) const AUTO_STEP_POINTS: u32 = 300;
+
+/// Steps [`auto_step`] chooses from: round widths a person reads easily.
+const NICE_STEPS: [Duration; 11] = [
+    Duration::from_secs(60),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(10 * 60),
+    Duration::from_secs(15 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(3_600),
+    Duration::from_secs(3 * 3_600),
+    Duration::from_secs(6 * 3_600),
+    Duration::from_secs(12 * 3_600),
+    Duration::from_secs(86_400),
+    Duration::from_secs(7 * 86_400),
+];
+
+/// The step for `--since` when none is given: the smallest round step (at least a minute)
+/// that gives at most [`AUTO_STEP_POINTS`] points, so `--since 30d` works as `--since 1h`
+/// does.
+pub(crate) fn auto_step(since: Duration) -> Duration {
+    let fine_enough =
+        |step: &&Duration| since.as_secs() / step.as_secs() <= u64::from(AUTO_STEP_POINTS);
+    NICE_STEPS
+        .iter()
+        .find(fine_enough)
+        .copied()
+        .unwrap_or_else(|| since / AUTO_STEP_POINTS)
+}
+
+/// `metrics AGENT`: points from `now - since` to now, one per `step` (default
+/// [`auto_step`]).
 pub(crate) async fn metrics(
     args: MetricsArgs,
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let id = required_id(&args.id, "agent")?;
+    required_id(&args.id, "agent")?;
     if args.since.is_zero() {
         return Err(CliError::Usage(
             "--since must be longer than zero".to_owned(),
@@ -33,20 +65,22 @@ pub(crate) async fn metrics(
     let start = end
         .checked_sub(args.since)
         .ok_or_else(|| CliError::Usage("--since reaches too far back".to_owned()))?;
-    let step = prost_types::Duration::try_from(args.step)
+    let step = args.step.unwrap_or_else(|| auto_step(args.since));
+    let step = prost_types::Duration::try_from(step)
         .map_err(|_| CliError::Usage("--step is too long".to_owned()))?;
-    let request = pb::GetMetricsRequest {
-        agent_id: id.clone(),
-        start: Some(start.into()),
-        end: Some(end.into()),
-        step: Some(step),
-    };
     let conn = Connection::connect(settings).await?;
-    let points: Vec<MetricsPointView> = conn
-        .fleet()
-        .get_metrics(unary(request))
-        .await
-        .map_err(|status| conn.error(&status, Some(&format!("agent {id}"))))?
+    let (id, response) = super::agents::lookup::call_with_agent(&conn, &args.id, |agent_id| {
+        let mut fleet = conn.fleet();
+        let request = pb::GetMetricsRequest {
+            agent_id,
+            start: Some(start.into()),
+            end: Some(end.into()),
+            step: Some(step),
+        };
+        async move { fleet.get_metrics(request).await }
+    })
+    .await?;
+    let points: Vec<MetricsPointView> = response
         .into_inner()
         .points
         .into_iter()
@@ -77,7 +111,7 @@ pub(crate) async fn summary(
     let conn = Connection::connect(settings).await?;
     let summary: SummaryView = conn
         .fleet()
-        .get_fleet_summary(unary(pb::GetFleetSummaryRequest {}))
+        .get_fleet_summary(pb::GetFleetSummaryRequest {})
         .await
         .map_err(|status| conn.error(&status, None))?
         .into_inner()
@@ -94,12 +128,63 @@ pub(crate) async fn config(
     let conn = Connection::connect(settings).await?;
     let config: ServerConfigView = conn
         .fleet()
-        .get_server_config(unary(pb::GetServerConfigRequest {}))
+        .get_server_config(pb::GetServerConfigRequest {})
         .await
         .map_err(|status| conn.error(&status, None))?
         .into_inner()
         .into();
     print_object(out, args.output, &config, render_config)
+}
+
+/// What `version` prints: this client's version and, unless `--client`, the server's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct VersionView {
+    pub client_version: String,
+    /// The server's URL, when it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+}
+
+/// This client's version (the workspace's).
+pub(crate) fn client_version() -> VersionView {
+    VersionView {
+        client_version: env!("CARGO_PKG_VERSION").to_owned(),
+        server: None,
+        server_version: None,
+    }
+}
+
+/// `version`: the client's version, then the server's (from `GetServerConfig`), unless
+/// `settings` is `None` (`--client`).
+pub(crate) async fn version(
+    args: &VersionArgs,
+    settings: Option<&Settings>,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CliError> {
+    let mut view = client_version();
+    if let Some(settings) = settings {
+        let conn = Connection::connect(settings).await?;
+        let config = conn
+            .fleet()
+            .get_server_config(pb::GetServerConfigRequest {})
+            .await
+            .map_err(|status| conn.error(&status, None))?
+            .into_inner();
+        view.server = Some(conn.server().to_owned());
+        view.server_version = Some(config.server_version);
+    }
+    print_object(out, args.output, &view, render_version)
+}
+
+/// Renders `version` for a person.
+pub(crate) fn render_version(v: &VersionView) -> String {
+    let mut pairs = vec![("Client version", v.client_version.clone())];
+    if let (Some(server), Some(version)) = (&v.server, &v.server_version) {
+        pairs.push(("Server version", format!("{} ({server})", or_none(version))));
+    }
+    key_values(0, &pairs)
 }
 
 /// Renders metric points as a table.
@@ -259,6 +344,32 @@ mod tests {
     use super::*;
     use crate::view::HealthCounts;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_automatic_step_keeps_long_ranges_within_a_screenful() {
+        let hour = Duration::from_secs(3_600);
+        let day = 24 * hour;
+        assert_eq!(auto_step(hour), Duration::from_secs(60));
+        assert_eq!(auto_step(5 * hour), Duration::from_secs(60));
+        assert_eq!(auto_step(6 * hour), Duration::from_secs(5 * 60));
+        assert_eq!(auto_step(day), Duration::from_secs(5 * 60));
+        assert_eq!(auto_step(30 * day), 3 * hour);
+        assert_eq!(auto_step(365 * day), 7 * day);
+        for since in [
+            hour,
+            day,
+            7 * day,
+            30 * day,
+            90 * day,
+            365 * day,
+            3_650 * day,
+        ] {
+            let step = auto_step(since);
+            assert!(step >= Duration::from_secs(60), "{since:?}");
+            let points = since.as_secs() / step.as_secs();
+            assert!(points <= u64::from(AUTO_STEP_POINTS), "{since:?}: {points}");
+        }
+    }
 
     #[test]
     fn summary_sorts_os_by_count() {

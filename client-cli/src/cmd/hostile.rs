@@ -134,13 +134,16 @@ fn agent_renderers_survive_anything_a_server_sends() {
         let views: Vec<AgentView> = (0..3).map(|i| agent(idx + i, time).into()).collect();
         assert_printable(
             "agents list",
-            &agents::render::render_table(&views, false, now),
+            &agents::render::render_table(&views, false, true, now),
         );
         assert_printable(
             "agents list -o wide",
-            &agents::render::render_table(&views, true, now),
+            &agents::render::render_table(&views, true, true, now),
         );
-        assert_printable("agents list -o csv", &agents::render::render_csv(&views));
+        assert_printable(
+            "agents list -o csv",
+            &agents::render::render_csv(&views, true),
+        );
         assert_exact_json("agents list -o json", &views);
         let detail = AgentDetailView {
             agent: agent(idx, time).into(),

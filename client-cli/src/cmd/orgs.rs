@@ -10,7 +10,7 @@ use tether_proto as pb;
 
 use crate::CliError;
 use crate::cli::{CreateOrgArgs, ObjectOutput};
-use crate::client::{Connection, unary};
+use crate::client::Connection;
 use crate::config::Settings;
 use crate::format::{Table, escape, key_values, or_none, relative_time_opt};
 use crate::view::{ApiTokenView, CreatedOrgView, OrgView};
@@ -37,7 +37,7 @@ pub(crate) async fn create(
         admin_secret,
     } = conn
         .admin()
-        .create_org(unary(request))
+        .create_org(request)
         .await
         .map_err(|status| conn.error(&status, None))?
         .into_inner();
@@ -67,7 +67,7 @@ pub(crate) async fn list(
 ) -> Result<(), CliError> {
     objects::list::<OrgView, _, _>(settings, args.output, out, |mut admin| async move {
         Ok(admin
-            .list_orgs(unary(pb::ListOrgsRequest {}))
+            .list_orgs(pb::ListOrgsRequest {})
             .await?
             .into_inner()
             .orgs)

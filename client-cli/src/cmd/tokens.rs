@@ -11,7 +11,7 @@ use tether_proto as pb;
 
 use crate::CliError;
 use crate::cli::{CreateApiTokenArgs, ListApiTokensArgs, RevokeTokenArgs};
-use crate::client::{Connection, unary};
+use crate::client::Connection;
 use crate::config::Settings;
 use crate::format::{Table, escape, key_values, relative_time_detail, relative_time_opt};
 use crate::view::{ApiTokenView, CreatedApiTokenView};
@@ -37,7 +37,7 @@ pub(crate) async fn create(
     let conn = Connection::connect(settings).await?;
     let pb::CreateTokenResponse { token, secret } = conn
         .admin()
-        .create_token(unary(request))
+        .create_token(request)
         .await
         .map_err(|status| conn.error(&status, None))?
         .into_inner();
@@ -61,7 +61,7 @@ pub(crate) async fn list(
         include_revoked: args.include_revoked,
     };
     objects::list::<ApiTokenView, _, _>(settings, args.output, out, |mut admin| async move {
-        Ok(admin.list_tokens(unary(request)).await?.into_inner().tokens)
+        Ok(admin.list_tokens(request).await?.into_inner().tokens)
     })
     .await
 }
@@ -74,7 +74,7 @@ pub(crate) async fn revoke(
 ) -> Result<(), CliError> {
     objects::revoke::<ApiTokenView, _, _>(args, settings, out, |mut admin, token_id| async move {
         let request = pb::RevokeTokenRequest { token_id };
-        Ok(admin.revoke_token(unary(request)).await?.into_inner().token)
+        Ok(admin.revoke_token(request).await?.into_inner().token)
     })
     .await
 }

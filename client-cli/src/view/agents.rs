@@ -29,7 +29,9 @@ pub enum AgentStatus {
 pub enum StatusReason {
     /// The agent enrolled and has not connected yet.
     Enrolled,
-    /// A session opened.
+    /// The first session since enrollment opened.
+    Connected,
+    /// A session opened after an earlier one.
     Reconnected,
     /// A stale agent sent a message again.
     Activity,
@@ -170,12 +172,16 @@ pub struct MetricsSampleView {
     #[serde(with = "super::json::rfc3339")]
     pub time: Option<SystemTime>,
     /// CPU use, 0–100.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub cpu_percent: f64,
     /// 1-minute load average.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub load_1: f64,
     /// 5-minute load average.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub load_5: f64,
     /// 15-minute load average.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub load_15: f64,
     /// Memory in use.
     pub memory_used_bytes: u64,
@@ -271,6 +277,7 @@ impl StatusReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Enrolled => "enrolled",
+            Self::Connected => "connected",
             Self::Reconnected => "reconnected",
             Self::Activity => "activity",
             Self::Silent => "silent",

@@ -58,6 +58,7 @@ impl StatusReason {
             Ok(R::Goodbye) => Self::Goodbye,
             Ok(R::Replaced) => Self::Replaced,
             Ok(R::ServerRestart) => Self::ServerRestart,
+            Ok(R::Connected) => Self::Connected,
             Ok(R::Ttl) => Self::Ttl,
             Ok(R::Unspecified) | Err(_) => Self::Unknown,
         }

@@ -14,12 +14,16 @@ pub struct MetricsPointView {
     /// Samples averaged into this point.
     pub sample_count: u32,
     /// Mean CPU use, 0–100.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub cpu_percent: f64,
     /// Mean 1-minute load.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub load_1: f64,
     /// Mean 5-minute load.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub load_5: f64,
     /// Mean 15-minute load.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub load_15: f64,
     /// Mean memory in use.
     pub memory_used_bytes: u64,
@@ -34,8 +38,10 @@ pub struct MetricsPointView {
     /// Disk size, summed over mounts.
     pub disk_total_bytes: u64,
     /// Receive rate.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub network_rx_bytes_per_second: f64,
     /// Send rate.
+    #[serde(serialize_with = "super::json::rounded::serialize")]
     pub network_tx_bytes_per_second: f64,
     /// Mean process count.
     pub process_count: u32,

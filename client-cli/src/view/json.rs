@@ -39,6 +39,34 @@ pub(super) mod seconds {
     }
 }
 
+/// Serializes a measured `f64` (a percentage, a load, a rate) rounded to two decimals:
+/// `99.15`, not `99.14615631103516`. The agents' figures are not that precise, and averages
+/// would otherwise print every digit of their division.
+pub(super) mod rounded {
+    /// Decimals kept.
+    const SCALE: f64 = 100.0;
+
+    /// `value` to two decimals; non-finite values unchanged (serde_json writes them as null).
+    pub(in crate::view) fn round(value: f64) -> f64 {
+        if value.is_finite() {
+            (value * SCALE).round() / SCALE
+        } else {
+            value
+        }
+    }
+
+    #[allow(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's `with` passes a reference to the field"
+    )]
+    pub(in crate::view) fn serialize<S: serde::Serializer>(
+        value: &f64,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(round(*value))
+    }
+}
+
 /// Serializes bytes as a lowercase hex string.
 pub(super) mod hex_bytes {
     #[allow(

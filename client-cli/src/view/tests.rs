@@ -212,3 +212,30 @@ fn watch_events_carry_output_as_text_or_hex() {
         CommandEventKind::Synced
     );
 }
+
+#[test]
+fn measured_floats_are_written_to_two_decimals() {
+    let agent = pb::Agent {
+        agent_id: "a-1".into(),
+        status_reason: pb::StatusReason::Connected as i32,
+        latest_metrics: Some(pb::MetricsSample {
+            cpu_percent: f64::from(99.146_16_f32),
+            load_1: 0.1 + 0.2,
+            ..pb::MetricsSample::default()
+        }),
+        ..pb::Agent::default()
+    };
+    let json = serde_json::to_string(&AgentView::from(agent)).expect("serializes");
+    assert!(json.contains(r#""cpu_percent":99.15"#), "{json}");
+    assert!(json.contains(r#""load_1":0.3,"#), "{json}");
+    assert!(json.contains(r#""status_reason":"connected""#), "{json}");
+    let point = MetricsPointView::from(pb::MetricsPoint {
+        network_rx_bytes_per_second: 1_000.0 / 3.0,
+        ..pb::MetricsPoint::default()
+    });
+    let json = serde_json::to_string(&point).expect("serializes");
+    assert!(
+        json.contains(r#""network_rx_bytes_per_second":333.33"#),
+        "{json}"
+    );
+}

@@ -151,7 +151,21 @@ fn filter_from_pb(
         selector,
         os: (!os.is_empty()).then(|| os.to_lowercase()),
         query: (!query.is_empty()).then(|| query.to_lowercase()),
+        id_prefix: None,
     })
+}
+
+/// `ListAgents`' `id_prefix`: empty is no filter; anything else must be the start of a
+/// well-formed id.
+///
+/// # Errors
+///
+/// `INVALID_ARGUMENT` for characters no id has, or more than an id holds.
+fn id_prefix_from_pb(prefix: &str) -> Result<Option<String>, ServerError> {
+    if prefix.is_empty() {
+        return Ok(None);
+    }
+    crate::convert::id_from_pb(prefix, "id_prefix").map(|p| Some(p.to_owned()))
 }
 
 /// The query of a `ListAgents` request whose answer may take `max_response_bytes`.
@@ -172,10 +186,12 @@ pub fn list_agents_from_pb(
         page_size,
         page_token,
         include_expired,
+        id_prefix,
     } = req;
     let page_size = page_size_from_pb(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = decode_page_token(&page_token)?;
-    let filter = filter_from_pb(statuses, &label_selector, &os, &query, include_expired)?;
+    let mut filter = filter_from_pb(statuses, &label_selector, &os, &query, include_expired)?;
+    filter.id_prefix = id_prefix_from_pb(&id_prefix)?;
     Ok(AgentListQuery {
         filter,
         after,

@@ -92,7 +92,7 @@ pub async fn spawn_local_agent(
     config.commands.allow_exec = safe_programs();
     tracing::info!(
         state_dir = %state_dir.display(),
-        allow_exec = ?config.commands.allow_exec,
+        allow_exec = %config.commands.allow_exec.join(","),
         "starting the local agent"
     );
     Ok(Some(tether_agent::spawn(

@@ -28,6 +28,8 @@ pub struct AgentFilter {
     pub os: Option<String>,
     /// Lowercase substring of name or hostname.
     pub query: Option<String>,
+    /// Start of the agent id.
+    pub id_prefix: Option<String>,
 }
 
 /// Counts for `GetFleetSummary`.
@@ -95,15 +97,21 @@ impl Registry {
             return Page::default();
         };
         let selected = agents.select(filter);
+        // What the index does not hold: name and hostname text, the start of the id.
         let text = |entry: &&Entry| {
             filter
                 .query
                 .as_deref()
                 .is_none_or(|q| entry.facts.search_text().contains(q))
+                && filter
+                    .id_prefix
+                    .as_deref()
+                    .is_none_or(|p| entry.facts.record().id.as_str().starts_with(p))
         };
-        let total = match filter.query {
-            None => usize::try_from(selected.len()).unwrap_or(usize::MAX),
-            Some(_) => agents.selected(&selected).filter(text).count(),
+        let total = if filter.query.is_none() && filter.id_prefix.is_none() {
+            usize::try_from(selected.len()).unwrap_or(usize::MAX)
+        } else {
+            agents.selected(&selected).filter(text).count()
         };
         let mut page = Page {
             total,
@@ -207,5 +215,9 @@ impl Entry {
                 .query
                 .as_deref()
                 .is_none_or(|q| self.facts.search_text().contains(q))
+            && filter
+                .id_prefix
+                .as_deref()
+                .is_none_or(|p| record.id.as_str().starts_with(p))
     }
 }

@@ -215,7 +215,7 @@ fn a_second_session_replaces_the_first_without_a_status_event() {
             }
         )]
     );
-    assert_eq!(f.view("a-1").reason, StatusReason::Reconnected);
+    assert_eq!(f.view("a-1").reason, StatusReason::Connected);
 
     let second = f.open("a-1", "s-2");
     assert_eq!(first.close_reason(), CloseReason::Replaced);
@@ -633,4 +633,16 @@ async fn a_pass_and_a_batch_longer_than_one_lock_spell_reach_every_agent_in_id_o
         .collect();
     assert_eq!(stale.len(), n, "one event per agent");
     assert!(stale.windows(2).all(|w| w[0] < w[1]), "in id order");
+}
+
+#[test]
+fn an_agents_first_session_reads_connected_and_later_ones_reconnected() {
+    let f = fixture(&[("a-1", "hw-1")]);
+    let first = f.open("a-1", "s-1");
+    assert_eq!(f.view("a-1").reason, StatusReason::Connected);
+    f.registry
+        .session_closed(&first, StatusReason::StreamClosed);
+    assert_eq!(f.view("a-1").status, AgentStatus::Offline);
+    f.open("a-1", "s-2");
+    assert_eq!(f.view("a-1").reason, StatusReason::Reconnected);
 }

@@ -124,8 +124,8 @@ impl AgentService {
             %agent,
             org = %caller.org,
             reason,
-            presented = ?presented,
-            peer = ?crate::conn::remote_addr(request),
+            presented = presented.as_deref().map(tracing::field::debug),
+            peer = crate::conn::remote_addr(request).map(tracing::field::display),
             "refused an agent stream: client certificate"
         );
         self.state
@@ -209,6 +209,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             }
         }
         let admission = &self.state.admission;
+        let peer = crate::conn::remote_addr(&request);
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(admission.hello_timeout(), inbound.message()).await {
             // The server may be the slow one: the agent is told to come back, not blamed.
@@ -294,7 +295,13 @@ impl pb::agent_service_server::AgentService for AgentService {
         if let Some(conflict) = &conflict {
             self.note_conflict(&caller, &agent, conflict).await;
         }
-        tracing::info!(agent = %agent, session = %session_id, org = %caller.org, "session opened");
+        tracing::info!(
+            agent = %agent,
+            org = %caller.org,
+            session = %session_id,
+            peer = peer.map(tracing::field::display),
+            "session opened"
+        );
 
         let welcome = convert::agent::welcome_to_pb(
             &session_id,
@@ -314,6 +321,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let session_loop = SessionLoop::new(
             inbound,
             session.clone(),
+            peer,
             state.registry.clone(),
             state.writer.clone(),
             state.commands.clone(),

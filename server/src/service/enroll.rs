@@ -193,7 +193,9 @@ async fn enroll_reserved(
     if sharing.is_empty() {
         tracing::info!(%agent, %org, enrollment_token = %token.id, outcome, "agent enrolled");
     } else {
-        tracing::warn!(%agent, %org, enrollment_token = %token.id, ?sharing, "{note}");
+        let sharing: Vec<&str> = sharing.iter().map(AgentId::as_str).collect();
+        let sharing = sharing.join(",");
+        tracing::warn!(%agent, %org, enrollment_token = %token.id, %sharing, "{note}");
     }
     Ok(Enrolled {
         agent,

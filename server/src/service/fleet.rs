@@ -41,6 +41,12 @@ pub const DEFAULT_METRICS_RANGE: Duration = Duration::from_secs(3600);
 pub const MAX_METRICS_POINTS: u64 = 10_000;
 /// Status changes `GetAgent` returns with the agent.
 pub const RECENT_TRANSITIONS: usize = 20;
+/// How far before its last activity `GetAgent` looks for the stored latest sample of an agent
+/// not heard from since the server started (shorter when a thousand metrics intervals are,
+/// never under four).
+pub const LATEST_SAMPLE_LOOKBACK: Duration = Duration::from_secs(15 * 60);
+/// Most samples read to find that latest one.
+const LATEST_SAMPLE_SCAN: usize = 2_000;
 
 pub struct FleetService {
     state: Arc<AppState>,
@@ -154,16 +160,41 @@ pub async fn get_agent(
     org: &OrgId,
     id: AgentId,
 ) -> Result<(AgentView, Vec<Transition>), ServerError> {
-    let view = state
+    let mut view = state
         .registry
         .get(org, &id)
         .ok_or_else(|| ServerError::NotFound(format!("agent {id}")))?;
     let store = state.store.clone();
     let org = org.clone();
-    let transitions =
-        tokio::task::spawn_blocking(move || store.transitions(&org, &id, RECENT_TRANSITIONS))
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))??;
+    // The registry holds the latest sample of agents heard from since the server started;
+    // for the others (a restart), the newest stored one near their last activity.
+    let latest_window = match (&view.latest, view.last_seen) {
+        (None, Some(last_seen)) if view.last_seq > 0 => {
+            // About a thousand samples at most, and four intervals at least.
+            let interval = state.config.liveness.metrics_interval;
+            let lookback = LATEST_SAMPLE_LOOKBACK
+                .min(interval.saturating_mul(1_000))
+                .max(interval.saturating_mul(4));
+            let to = last_seen + state.config.limits.max_clock_skew + Duration::from_secs(1);
+            Some((last_seen.checked_sub(lookback).unwrap_or(last_seen), to))
+        }
+        _ => None,
+    };
+    let (transitions, latest) = tokio::task::spawn_blocking(move || {
+        let transitions = store.transitions(&org, &id, RECENT_TRANSITIONS)?;
+        let latest = match latest_window {
+            Some((from, to)) => store
+                .samples(&org, &id, from, to, LATEST_SAMPLE_SCAN)?
+                .pop(),
+            None => None,
+        };
+        Ok::<_, crate::store::StoreError>((transitions, latest))
+    })
+    .await
+    .map_err(|e| ServerError::Internal(e.to_string()))??;
+    if view.latest.is_none() {
+        view.latest = latest.map(Arc::new);
+    }
     Ok((view, transitions))
 }
 

@@ -7,6 +7,7 @@ use tether_server::config::Config;
 use tether_tests::{TestServer, fast_config, trace_init};
 
 mod grpc;
+mod logs;
 mod metrics;
 
 /// `fast_config` with the metrics listener on, and sessions that say nothing staying online

@@ -75,7 +75,7 @@ async fn a_busy_server_exposes_every_family_and_passes_promtool() {
         "tether_sessions",
         r#"tether_agent_messages_total{kind="hello"}"#,
         r#"tether_agent_messages_total{kind="metrics"}"#,
-        r#"tether_status_transitions_total{to="online",reason="reconnected"}"#,
+        r#"tether_status_transitions_total{to="online",reason="connected"}"#,
         "tether_writer_batch_writes_count",
         "tether_writer_commit_seconds_count",
         r#"tether_rpc_requests_total{method="tether.v1.FleetService/GetFleetSummary",code="UNAUTHENTICATED"}"#,

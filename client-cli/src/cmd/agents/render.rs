@@ -10,7 +10,9 @@ use crate::format::{
     labels_text, long_duration, or_none, relative_time_detail, relative_time_opt, rfc3339_opt,
     usage_percent,
 };
-use crate::view::{AgentDetailView, AgentView, EventKind, TransitionView, WatchEventView};
+use crate::view::{
+    AgentDetailView, AgentStatus, AgentView, EventKind, TransitionView, WatchEventView,
+};
 
 /// STATUS cell: the status, plus kubectl-style flags (`online,duplicate-hwid,identity-conflict`).
 fn status_text(agent: &AgentView) -> String {
@@ -24,9 +26,22 @@ fn status_text(agent: &AgentView) -> String {
     text
 }
 
-/// Renders `agents list` as a table; `wide` adds host, versions, uptime and labels.
-pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) -> String {
-    let mut headers = vec![
+/// Whether an agent's latest metrics describe it now: not once it is offline or expired (its
+/// last CPU and health are history then, shown as such).
+pub(crate) fn metrics_current(agent: &AgentView) -> bool {
+    matches!(agent.status, AgentStatus::Online | AgentStatus::Stale)
+}
+
+/// Renders `agents list` as a table; `wide` adds host, versions, uptime and labels; `headers`
+/// false leaves out the header row. CPU, MEM and HEALTH show `-` for an agent that is
+/// offline or expired: its last figures are not its state.
+pub(crate) fn render_table(
+    agents: &[AgentView],
+    wide: bool,
+    headers: bool,
+    now: SystemTime,
+) -> String {
+    let mut columns = vec![
         "ID",
         "NAME",
         "STATUS",
@@ -37,7 +52,7 @@ pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) ->
         "HEALTH",
     ];
     if wide {
-        headers.extend([
+        columns.extend([
             "HOSTNAME",
             "OS VERSION",
             "ARCH",
@@ -46,10 +61,14 @@ pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) ->
             "LABELS",
         ]);
     }
-    let mut table = Table::new(headers).align_right(5).align_right(6);
+    let mut table = Table::new(columns)
+        .headers(headers)
+        .align_right(5)
+        .align_right(6);
     for agent in agents {
         let system = agent.system.as_ref();
-        let metrics = agent.latest_metrics.as_ref();
+        let current = metrics_current(agent);
+        let metrics = agent.latest_metrics.as_ref().filter(|_| current);
         let mut row = vec![
             agent.agent_id.clone(),
             or_none(&agent.name),
@@ -61,7 +80,11 @@ pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) ->
                 || NONE.to_owned(),
                 |m| usage_percent(m.memory_used_bytes, m.memory_total_bytes),
             ),
-            agent.health.as_str().to_owned(),
+            if current {
+                agent.health.as_str().to_owned()
+            } else {
+                NONE.to_owned()
+            },
         ];
         if wide {
             row.extend([
@@ -71,6 +94,7 @@ pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) ->
                 or_none(&agent.agent_version),
                 metrics
                     .and_then(|m| m.uptime_seconds)
+                    .filter(|_| current)
                     .map_or_else(|| NONE.to_owned(), long_duration),
                 or_none(&labels_text(&agent.labels)),
             ]);
@@ -80,9 +104,10 @@ pub(crate) fn render_table(agents: &[AgentView], wide: bool, now: SystemTime) ->
     table.render()
 }
 
-/// Renders `agents list -o csv`: raw values (RFC 3339 times, byte counts), a header row.
-pub(crate) fn render_csv(agents: &[AgentView]) -> String {
-    let mut text = csv_record([
+/// Renders `agents list -o csv`: raw values (RFC 3339 times, byte counts), a header row unless
+/// `headers` is false.
+pub(crate) fn render_csv(agents: &[AgentView], headers: bool) -> String {
+    let header = csv_record([
         "agent_id",
         "name",
         "status",
@@ -102,6 +127,7 @@ pub(crate) fn render_csv(agents: &[AgentView]) -> String {
         "memory_total_bytes",
         "labels",
     ]);
+    let mut text = if headers { header } else { String::new() };
     for agent in agents {
         let system = agent.system.as_ref();
         let metrics = agent.latest_metrics.as_ref();
@@ -227,8 +253,14 @@ pub(crate) fn render_detail(detail: &AgentDetailView, now: SystemTime) -> String
 
     match &agent.latest_metrics {
         Some(m) => {
+            let stale = if metrics_current(agent) {
+                ""
+            } else {
+                // Offline or expired: the figures are the last ones it sent, not its state.
+                ", last reported before it went offline"
+            };
             text.push_str(&format!(
-                "\nLatest metrics (seq {}, {}):\n",
+                "\nLatest metrics (seq {}, {}{stale}):\n",
                 m.seq,
                 relative_time_opt(now, m.time)
             ));
@@ -433,6 +465,7 @@ mod tests {
         let text = render_table(
             &[agent("a-1", "web-1", AgentStatus::Online, 988), dup],
             false,
+            true,
             at(1_000),
         );
         assert_eq!(
@@ -444,9 +477,45 @@ mod tests {
     }
 
     #[test]
+    fn no_headers_leaves_out_the_header_row_of_tables_and_csv() {
+        let agents = [agent("a-1", "web-1", AgentStatus::Online, 988)];
+        let table = render_table(&agents, false, false, at(1_000));
+        assert_eq!(
+            table,
+            "a-1   web-1   online   12s ago   linux   7.2%   25%   ok\n"
+        );
+        let csv = render_csv(&agents, false);
+        assert_eq!(csv.lines().count(), 1, "{csv}");
+        assert!(csv.starts_with("a-1,web-1,online,"), "{csv}");
+    }
+
+    #[test]
+    fn offline_and_expired_agents_show_their_last_metrics_as_history() {
+        for status in [AgentStatus::Offline, AgentStatus::Expired] {
+            let gone = agent("a-9", "gone", status, 100);
+            let table = render_table(std::slice::from_ref(&gone), false, true, at(1_000));
+            let row = table.lines().nth(1).expect("row");
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(cells[cells.len() - 3..], ["-", "-", "-"], "{row}");
+            let detail = render_detail(
+                &AgentDetailView {
+                    agent: gone,
+                    recent_transitions: Vec::new(),
+                },
+                at(1_000),
+            );
+            assert!(
+                detail.contains("last reported before it went offline):"),
+                "{detail}"
+            );
+        }
+    }
+
+    #[test]
     fn wide_table_adds_columns() {
         let text = render_table(
             &[agent("a-1", "web-1", AgentStatus::Online, 988)],
+            true,
             true,
             at(1_000),
         );
@@ -462,7 +531,7 @@ mod tests {
 
     #[test]
     fn csv_has_header_and_quotes_labels() {
-        let text = render_csv(&[agent("a-1", "web-1", AgentStatus::Online, 988)]);
+        let text = render_csv(&[agent("a-1", "web-1", AgentStatus::Online, 988)], true);
         let mut lines = text.lines();
         assert!(
             lines
@@ -524,7 +593,7 @@ mod tests {
         agent.duplicate_hardware_id = true;
         agent.identity_conflict = true;
         agent.identity_conflict_detail = Some("two machines share this agent's credential".into());
-        let table = render_table(std::slice::from_ref(&agent), false, at(1_000));
+        let table = render_table(std::slice::from_ref(&agent), false, true, at(1_000));
         assert!(
             table.contains("online,duplicate-hwid,identity-conflict"),
             "{table}"

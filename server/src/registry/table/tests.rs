@@ -80,6 +80,8 @@ impl Lcg {
             selector: Selector { requirements },
             os: (self.below(3) == 0).then(|| self.pick(&OS_FILTERS).to_string()),
             query: (self.below(4) == 0).then(|| self.pick(&QUERIES).to_string()),
+            // Applied with `query`, outside the index: not part of what this compares.
+            id_prefix: None,
         }
     }
 }
