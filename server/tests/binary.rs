@@ -499,8 +499,8 @@ fn backup_waits_for_the_server_to_stop_and_restores_into_a_new_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data_arg = data.to_str().expect("utf-8 path");
-    let backup_dir = dir.path().join("backup");
-    let backup_arg = backup_dir.to_str().expect("utf-8 path");
+    let backup_file = dir.path().join("tether.backup");
+    let backup_arg = backup_file.to_str().expect("utf-8 path");
     let running = Running::start(&[
         "--data-dir",
         data_arg,
@@ -509,33 +509,48 @@ fn backup_waits_for_the_server_to_stop_and_restores_into_a_new_directory() {
         "--no-metrics",
     ]);
     let pid = running.child.id();
-    let refused = tether_server(&["backup", "--data-dir", data_arg, "--to", backup_arg]);
+    let refused = tether_server(&["backup", "--data-dir", data_arg, "--out", backup_arg]);
     let line = the_error_line(&refused);
     assert!(
         line.contains(&format!("another tether-server (pid {pid})")),
         "{line}"
     );
-    assert!(!backup_dir.exists(), "nothing written: {line}");
+    assert!(!backup_file.exists(), "nothing written: {line}");
     drop(running);
 
-    let taken = tether_server(&["backup", "--data-dir", data_arg, "--to", backup_arg]);
+    let taken = tether_server(&["backup", "--data-dir", data_arg, "--out", backup_arg]);
     assert!(taken.status.success(), "{}", stderr(&taken));
     let said = String::from_utf8_lossy(&taken.stdout);
     assert!(
-        said.contains("Backed up") && said.contains("1 orgs"),
+        said.contains("Backed up") && said.contains("sha256"),
         "{said}"
     );
 
     let restored = dir.path().join("restored");
     let restored_arg = restored.to_str().expect("utf-8 path");
-    let restore = tether_server(&["restore", "--from", backup_arg, "--data-dir", restored_arg]);
+    let restore = tether_server(&["restore", backup_arg, "--data-dir", restored_arg]);
     assert!(restore.status.success(), "{}", stderr(&restore));
-    let again = tether_server(&["restore", "--from", backup_arg, "--data-dir", restored_arg]);
+    let said = String::from_utf8_lossy(&restore.stdout);
+    assert!(said.contains("1 orgs"), "{said}");
+    let again = tether_server(&["restore", backup_arg, "--data-dir", restored_arg]);
     let line = the_error_line(&again);
-    assert!(line.contains("already holds a store"), "{line}");
-    let not_a_backup = tether_server(&["restore", "--from", data_arg, "--data-dir", restored_arg]);
+    assert!(line.contains("is not empty"), "{line}");
+    let truncated = dir.path().join("truncated.backup");
+    let bytes = std::fs::read(&backup_file).expect("backup file");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let fresh = dir.path().join("fresh");
+    let cut = tether_server(&[
+        "restore",
+        truncated.to_str().expect("utf-8 path"),
+        "--data-dir",
+        fresh.to_str().expect("utf-8 path"),
+    ]);
+    let line = the_error_line(&cut);
+    assert!(line.contains("truncated or damaged"), "{line}");
+    assert!(!fresh.exists(), "nothing written: {line}");
+    let not_a_backup = tether_server(&["restore", data_arg, "--data-dir", restored_arg]);
     let line = the_error_line(&not_a_backup);
-    assert!(line.contains("is not a Tether backup"), "{line}");
+    assert!(line.contains("cannot be restored"), "{line}");
 
     let _serving = Running::start(&[
         "--data-dir",
