@@ -9,15 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 use tether_server::backup::{BackupError, backup_stopped, restore};
+use tether_tests::fill::{Filled, HISTORY_SAMPLES, fill};
 use tether_tests::{
-    FleetClient, RawSession, TestServer, command_agent, create_token, eventually, exec_request,
-    fast_config, finished, history, list_all, list_audit, send, shell, trace_init,
+    FleetClient, TestServer, create_token, eventually, fast_config, history, list_all, list_audit,
+    trace_init,
 };
-
-/// Samples of the agents whose history is written before the backup: three minutes apart over
-/// ten hours, so chunks are sealed and many 5-minute and 1-hour rollups exist.
-const HISTORY_SAMPLES: u64 = 200;
-const HISTORY_STEP: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_servers_backup_restores_every_object_and_its_audit_chain() {
@@ -25,56 +21,18 @@ async fn a_running_servers_backup_restores_every_object_and_its_audit_chain() {
     let root = tempfile::tempdir().expect("tempdir");
     let data = root.path().join("data");
     let server = TestServer::start(fast_config(&data)).await;
-    let mut admin = server.admin().await;
+    let admin = server.admin().await;
     let commands = server.commands().await;
 
-    // Agents with ten hours of history, then disconnected.
-    let history_start = SystemTime::now() - HISTORY_STEP * HISTORY_SAMPLES as u32;
-    let mut historic = Vec::new();
-    for name in ["hist-1", "hist-2"] {
-        let (id, credential) = server.enroll(name, &[("kind", "history")]).await;
-        let (mut session, _) = RawSession::hello(&server, &id, &credential, name)
-            .await
-            .expect("hello");
-        for seqs in (1..=HISTORY_SAMPLES).collect::<Vec<_>>().chunks(50) {
-            session
-                .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
-                    samples: seqs
-                        .iter()
-                        .map(|&seq| old_sample(history_start, seq))
-                        .collect(),
-                }))
-                .await;
-        }
-        session.wait_ack(HISTORY_SAMPLES).await.expect("ack");
-        drop(session);
-        server.wait_status(&id, pb::AgentStatus::Offline).await;
-        historic.push(id);
-    }
-    // Live agents that keep reporting through the backup, one of them with a finished command.
-    let (live_1, live_1_id) = server
-        .spawn_commanded_agent("live-1", &[("env", "prod")], &["/bin/sh"])
-        .await;
-    let live_2 = server.spawn_agent("live-2", &[("env", "dev")]).await;
-    let live_2_id = live_2.id().await;
-    let command = send(
-        &commands,
-        exec_request(shell("echo backed up"), command_agent(&[&live_1_id])),
-    )
-    .await;
-    finished(&commands, &command.command_id, Duration::from_secs(30)).await;
-    // A deleted agent (its tombstone), tokens, enrollment tokens, a second org.
-    let (deleted, _) = server.enroll("deleted-1", &[]).await;
-    admin
-        .delete_agent(pb::DeleteAgentRequest {
-            agent_id: deleted.clone(),
-        })
-        .await
-        .expect("delete agent");
-    create_token(&mut admin, "ci", pb::Role::Viewer, None).await;
-    create_token(&mut admin, "ops", pb::Role::Operator, None).await;
-    server.enrollment_token().await;
-    server.create_org("beta").await;
+    let Filled {
+        historic,
+        history_start,
+        mut live,
+        command_id,
+        deleted,
+    } = fill(&server).await;
+    let (live_2, live_2_id) = live.pop().expect("two live agents");
+    let (live_1, live_1_id) = live.pop().expect("two live agents");
 
     // The backup, while the live agents report.
     let acked_before = [
@@ -110,7 +68,7 @@ async fn a_running_servers_backup_restores_every_object_and_its_audit_chain() {
     let live_ids = [live_1_id.as_str(), live_2_id.as_str()];
     let original = Reference::read(&server, &historic, &live_ids, window).await;
     let original_audit = list_audit(&admin, pb::ListAuditEventsRequest::default()).await;
-    let original_command = history(&commands, &command.command_id, 0, "").await;
+    let original_command = history(&commands, &command_id, 0, "").await;
     live_1.stop().await;
     live_2.stop().await;
     let admin_token = std::fs::read(data.join("admin.token")).expect("admin token");
@@ -171,7 +129,7 @@ async fn a_running_servers_backup_restores_every_object_and_its_audit_chain() {
         "the backup is recorded in itself"
     );
     let commands = server.commands().await;
-    let copy_command = history(&commands, &command.command_id, 0, "").await;
+    let copy_command = history(&commands, &command_id, 0, "").await;
     assert_eq!(copy_command.cursors(), original_command.cursors());
     assert_eq!(copy_command.command(), original_command.command());
     server
@@ -395,18 +353,6 @@ async fn points(
         .expect("metrics")
         .into_inner()
         .points
-}
-
-/// Sample `seq` of an agent whose history starts at `start`, its values varying with `seq`.
-fn old_sample(start: SystemTime, seq: u64) -> pb::MetricsSample {
-    pb::MetricsSample {
-        seq,
-        time: Some((start + HISTORY_STEP * seq as u32).into()),
-        cpu_percent: (seq % 100) as f64,
-        memory_used_bytes: 100 + seq,
-        memory_total_bytes: 1000,
-        ..Default::default()
-    }
 }
 
 /// The code of a backup called with `token`.

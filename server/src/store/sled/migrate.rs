@@ -156,24 +156,4 @@ fn mismatch(found: String, schema: &Schema) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_steps_are_numbered_without_gaps_up_to_this_schema() {
-        let mut next = SCHEMA.oldest();
-        for step in SCHEMA.migrations {
-            assert_eq!(step.from, next, "{}", step.what);
-            next += 1;
-        }
-        assert_eq!(next, SCHEMA.version);
-    }
-
-    #[test]
-    fn the_backup_goes_beside_the_store() {
-        assert_eq!(
-            backup_path(Path::new("/var/lib/tether/store"), 3),
-            Path::new("/var/lib/tether/store.schema-3.backup")
-        );
-    }
-}
+mod tests;
