@@ -292,6 +292,31 @@ fn a_shared_data_directory_is_refused_in_one_line() {
     );
 }
 
+/// A file given as the data directory is refused in one line naming it and the flag.
+#[test]
+fn a_file_as_data_directory_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("data");
+    std::fs::write(&file, "not a directory").expect("write");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let output = tether_server(&[
+        "--data-dir",
+        file_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-metrics",
+    ]);
+    let line = the_error_line(&output);
+    assert!(
+        line.contains(&format!("data directory {file_arg} (--data-dir)")),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        "not a directory"
+    );
+}
+
 /// The line of `config print` for `key`, with its spacing collapsed.
 fn setting(stdout: &str, key: &str) -> String {
     stdout
