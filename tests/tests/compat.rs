@@ -1,8 +1,9 @@
-//! Compatibility across versions, over real sockets: a newer agent speaks to this server with
-//! fields and message kinds this server does not know, as raw protobuf bytes on the agent
-//! stream, and the server ignores them (docs/compatibility.md states the rule). The agent's
-//! side of the rule (an unknown `ConnectResponse` kind is skipped) is pinned in
-//! `agent/src/convert.rs`'s tests.
+//! Compatibility across versions, over real sockets (docs/compatibility.md states the rule):
+//! a newer agent speaks to this server with fields and message kinds this server does not
+//! know, as raw protobuf bytes on the agent stream, and the server ignores them; and this
+//! agent meets a newer server, played by a gRPC endpoint that answers in raw bytes (a Welcome
+//! with fields the agent does not know, then a message of a kind it does not know before
+//! every ack), and keeps its one session, its samples acknowledged.
 
 use std::time::Duration;
 
@@ -87,6 +88,37 @@ async fn a_newer_agents_unknown_fields_and_message_kinds_are_ignored() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_agent_skips_a_newer_servers_unknown_fields_and_message_kinds() {
+    trace_init();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NewerServer)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
+    let state = tempfile::tempdir().expect("state dir");
+    let config = tether_tests::agent_config(&url, state.path(), &[], Some("token".into()));
+    let agent = tether_tests::TestAgent::spawn_with(config, state, "older-1", "linux");
+    let stats = agent.handle.stats.clone();
+    eventually("samples acknowledged by the newer server", || async {
+        (stats.samples_acked_seq() >= 5).then_some(())
+    })
+    .await;
+    assert_eq!(stats.sessions_started(), 1, "one session throughout");
+    assert_eq!(stats.session_failures(), 0);
+    agent.stop().await;
+    shutdown.cancel();
+    serving.await.expect("server task").expect("served");
+}
+
 /// A varint field and a length-delimited field, both numbered [`UNKNOWN_FIELD`] and after.
 fn unknown_fields() -> Vec<u8> {
     let mut out = Vec::new();
@@ -119,32 +151,37 @@ async fn connect_raw(
         format!("Bearer {credential}").parse().expect("header"),
     );
     let path = http::uri::PathAndQuery::from_static("/tether.v1.AgentService/Connect");
-    grpc.streaming(request, path, RawCodec)
+    grpc.streaming(request, path, RawCodec::<pb::ConnectResponse>::default())
         .await
         .expect("stream opened")
         .into_inner()
 }
 
-/// Sends messages as the bytes given; decodes answers as this build's `ConnectResponse`.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
+/// Sends messages as the bytes given; decodes what comes back as this build's `D`.
+struct RawCodec<D>(std::marker::PhantomData<D>);
 
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = pb::ConnectResponse;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
+impl<D> Default for RawCodec<D> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
     }
 }
 
-impl Encoder for RawCodec {
+impl<D: prost::Message + Default + Send + 'static> Codec for RawCodec<D> {
+    type Encode = Vec<u8>;
+    type Decode = D;
+    type Encoder = RawCodec<D>;
+    type Decoder = RawCodec<D>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec::default()
+    }
+}
+
+impl<D: Send + 'static> Encoder for RawCodec<D> {
     type Item = Vec<u8>;
     type Error = tonic::Status;
 
@@ -154,14 +191,119 @@ impl Encoder for RawCodec {
     }
 }
 
-impl Decoder for RawCodec {
-    type Item = pb::ConnectResponse;
+impl<D: prost::Message + Default + Send + 'static> Decoder for RawCodec<D> {
+    type Item = D;
     type Error = tonic::Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
         let bytes = src.copy_to_bytes(src.remaining());
-        pb::ConnectResponse::decode(bytes)
+        D::decode(bytes)
             .map(Some)
             .map_err(|e| tonic::Status::internal(e.to_string()))
     }
+}
+
+/// `tether.v1.AgentService` as a newer server would answer it, in raw bytes: `Enroll`, and a
+/// `Connect` that answers `Hello` with a `Welcome` carrying unknown fields, and every report
+/// with a message of an unknown kind followed by the ack.
+#[derive(Clone)]
+struct NewerServer;
+
+impl tonic::server::NamedService for NewerServer {
+    const NAME: &'static str = "tether.v1.AgentService";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for NewerServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            Ok(match request.uri().path() {
+                "/tether.v1.AgentService/Enroll" => {
+                    let enroll = tower::service_fn(|_: tonic::Request<pb::EnrollRequest>| async {
+                        let mut bytes = pb::EnrollResponse {
+                            agent_id: "older-1".into(),
+                            org_id: "default".into(),
+                            agent_credential: "credential".into(),
+                        }
+                        .encode_to_vec();
+                        bytes.extend(unknown_fields());
+                        Ok::<_, tonic::Status>(tonic::Response::new(bytes))
+                    });
+                    tonic::server::Grpc::new(RawCodec::<pb::EnrollRequest>::default())
+                        .unary(enroll, request)
+                        .await
+                }
+                "/tether.v1.AgentService/Connect" => {
+                    let connect = tower::service_fn(newer_connect);
+                    tonic::server::Grpc::new(RawCodec::<pb::ConnectRequest>::default())
+                        .streaming(connect, request)
+                        .await
+                }
+                _ => tonic::Status::unimplemented("").into_http(),
+            })
+        })
+    }
+}
+
+type RawStream = tokio_stream::wrappers::ReceiverStream<Result<Vec<u8>, tonic::Status>>;
+
+/// The newer server's side of one session.
+async fn newer_connect(
+    request: tonic::Request<tonic::Streaming<pb::ConnectRequest>>,
+) -> Result<tonic::Response<RawStream>, tonic::Status> {
+    let mut inbound = request.into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = inbound.message().await {
+            let answers = match message.message {
+                Some(pb::connect_request::Message::Hello(_)) => {
+                    let mut welcome = pb::Welcome {
+                        session_id: "s-newer".into(),
+                        heartbeat_interval: Some(Duration::from_millis(500).try_into().expect("d")),
+                        metrics_interval: Some(Duration::from_millis(100).try_into().expect("d")),
+                        ..Default::default()
+                    }
+                    .encode_to_vec();
+                    welcome.extend(unknown_fields());
+                    let mut response = field(1, &welcome);
+                    response.extend(unknown_fields());
+                    vec![response]
+                }
+                Some(pb::connect_request::Message::Metrics(report)) => {
+                    let seq = report.samples.iter().map(|s| s.seq).max().unwrap_or(0);
+                    let ack = pb::MetricsAck { durable_seq: seq }.encode_to_vec();
+                    vec![field(UNKNOWN_KIND, &unknown_fields()), field(3, &ack)]
+                }
+                Some(pb::connect_request::Message::Ping(ping)) => {
+                    vec![field(
+                        2,
+                        &pb::Pong {
+                            nonce: ping.nonce,
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                    )]
+                }
+                _ => Vec::new(),
+            };
+            for answer in answers {
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(tonic::Response::new(RawStream::new(rx)))
 }
