@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 mod agent;
 mod command;
 mod crash;
+pub mod fill;
 mod healthy;
 mod heavy;
 mod logs;
