@@ -53,6 +53,9 @@ pub const DEFAULT_WRITER_LINGER: Duration = Duration::from_millis(5);
 pub const DEFAULT_WRITER_QUEUE: usize = 65_536;
 /// Handler commits and audit entries queued towards the writer before their callers wait.
 pub const DEFAULT_WRITER_CONTROL_QUEUE: usize = 4096;
+/// How long one store commit may run before the server gives up on its store and exits for a
+/// restart (a commit normally takes milliseconds, seconds on a machine under heavy load).
+pub const DEFAULT_STORE_STALL_LIMIT: Duration = Duration::from_secs(120);
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SAMPLES_PER_REPORT: usize = 1000;
@@ -262,6 +265,8 @@ pub struct StorageConfig {
     pub writer_linger: Duration,
     pub writer_queue: usize,
     pub writer_control_queue: usize,
+    /// A store commit running longer ends the process (`writer/stall.rs`).
+    pub commit_stall_limit: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -494,6 +499,9 @@ impl Config {
         {
             return invalid("writer batch and queue sizes must be greater than zero".to_owned());
         }
+        if self.storage.commit_stall_limit.is_zero() {
+            return invalid("the store stall limit must be greater than zero".to_owned());
+        }
         self.commands.validate()?;
         let st = &self.storage;
         for (name, value) in [
@@ -686,6 +694,7 @@ impl Default for StorageConfig {
             writer_linger: DEFAULT_WRITER_LINGER,
             writer_queue: DEFAULT_WRITER_QUEUE,
             writer_control_queue: DEFAULT_WRITER_CONTROL_QUEUE,
+            commit_stall_limit: DEFAULT_STORE_STALL_LIMIT,
         }
     }
 }

@@ -191,6 +191,11 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_WRITER_MAX_BATCH)]
     writer_max_batch: usize,
 
+    /// How long one store commit may run before the server gives up on its store and exits
+    /// (status 75) for its supervisor to restart it; it reports the commit every 10 s before.
+    #[arg(long, default_value_t = config::DEFAULT_STORE_STALL_LIMIT.into())]
+    store_stall_limit: humantime::Duration,
+
     /// Largest accepted gRPC message, in bytes (after decompression).
     #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
@@ -462,6 +467,7 @@ impl Args {
         c.storage.writer_linger = self.writer_linger.into();
         c.storage.cache_bytes = self.store_cache_mib << 20;
         c.storage.writer_max_batch = self.writer_max_batch;
+        c.storage.commit_stall_limit = self.store_stall_limit.into();
         c.limits.max_message_bytes = self.max_message_bytes;
         c.limits.max_samples_per_report = self.max_samples_per_report;
         c.limits.max_labels = self.max_labels;
@@ -517,6 +523,19 @@ fn init_tracing(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
     Ok(tether_proto::log::init(format, level)?)
 }
 
+/// Logs every panic, with its thread, through the logger (then reports it as Rust does): sled
+/// runs its log writes on threads of its own and, when one panics, goes on without that
+/// thread and without the buffer it was writing, which later stalls every commit
+/// (`writer/stall.rs`); the panic must be in the server's log, in its format, to be found.
+fn log_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), "panic: {info}");
+        report(info);
+    }));
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
@@ -533,6 +552,7 @@ async fn run() -> anyhow::Result<()> {
     let parsed = config_file::parse::<Args>(CONFIG_ENV, Path::new(DEFAULT_CONFIG_FILE))?;
     let args = &parsed.args;
     init_tracing(args.log_format, args.log_level.as_deref())?;
+    log_panics();
     match &args.command {
         Some(Command::GenCerts(gen_args)) => return gen_certs::run(gen_args),
         Some(Command::Config(ConfigCommand::Print)) => {

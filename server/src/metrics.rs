@@ -153,6 +153,9 @@ pub struct Metrics {
     /// How long one batch commit (apply and flush) took.
     pub writer_commit_seconds: Histogram,
     pub writer_commit_failures: Counter,
+    /// How long the store commit in progress has run, once past the stall report (else 0).
+    pub writer_commit_running_seconds: Gauge,
+    pub writer_commit_stalls: Counter,
     pub writer_queue_depth: Family<QueueLabels, Gauge>,
     pub writer_transitions_coalesced: Counter,
     pub writer_unencodable_writes: Counter,
@@ -356,6 +359,8 @@ impl Metrics {
         let samples_stored = Counter::default();
         let writer_batches = Counter::default();
         let writer_commit_failures = Counter::default();
+        let writer_commit_running_seconds = Gauge::default();
+        let writer_commit_stalls = Counter::default();
         let watchers_aborted = Counter::default();
         let refusals_unaudited = Counter::default();
         let mtls_refusals = Family::<MtlsLabels, Counter>::default();
@@ -421,6 +426,18 @@ impl Metrics {
             "Batches the writer failed to commit",
             writer_commit_failures.clone(),
         );
+        registry.register_with_unit(
+            "writer_commit_running",
+            "How long the store commit in progress has run, once it runs past the stall report \
+             (10 s); 0 otherwise. The server exits past --store-stall-limit",
+            Unit::Seconds,
+            writer_commit_running_seconds.clone(),
+        );
+        registry.register(
+            "writer_commit_stalls",
+            "Store commits that ran past the stall report (10 s)",
+            writer_commit_stalls.clone(),
+        );
         registry.register(
             "writer_queue_depth",
             "Items waiting for the writer: reports of samples, handler commits and audit \
@@ -476,6 +493,8 @@ impl Metrics {
             writer_batch_writes,
             writer_commit_seconds,
             writer_commit_failures,
+            writer_commit_running_seconds,
+            writer_commit_stalls,
             writer_queue_depth,
             writer_transitions_coalesced,
             writer_unencodable_writes,

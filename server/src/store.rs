@@ -444,6 +444,12 @@ pub trait Store: Send + Sync + 'static {
     /// The memory the store holds for samples now, and its configured bounds.
     fn memory(&self) -> StoreMemory;
 
+    /// What the backend can tell about its own state when a commit does not return, for the
+    /// writer's stall reports (`writer/stall.rs`); empty if nothing.
+    fn stall_detail(&self) -> String {
+        String::new()
+    }
+
     /// Every unfinished command of every org: what the command engine resumes at start.
     fn active_commands(&self) -> Result<Vec<CommandRecord>>;
 

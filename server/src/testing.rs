@@ -58,6 +58,9 @@ pub fn sample(seq: u64) -> Sample {
 pub struct FailingStore {
     pub inner: SledStore,
     pub fail: AtomicBool,
+    /// The keys each successful commit put, in commit order, for tests that count writes.
+    #[cfg(test)]
+    pub puts: std::sync::Mutex<Vec<Vec<Vec<u8>>>>,
 }
 
 impl FailingStore {
@@ -65,6 +68,8 @@ impl FailingStore {
         Self {
             inner,
             fail: AtomicBool::new(false),
+            #[cfg(test)]
+            puts: std::sync::Mutex::default(),
         }
     }
 
@@ -88,7 +93,19 @@ impl Store for FailingStore {
                 "injected commit failure",
             ))));
         }
-        self.inner.commit(writes)
+        #[cfg(test)]
+        let keys: Vec<Vec<u8>> = writes
+            .iter()
+            .flat_map(Encoded::puts)
+            .map(|(key, _)| key.to_vec())
+            .collect();
+        self.inner.commit(writes)?;
+        #[cfg(test)]
+        self.puts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(keys);
+        Ok(())
     }
 
     fn export(&self, visit: &mut crate::store::Visit<'_>) -> store::Result<u64> {

@@ -37,6 +37,13 @@
 //!   of agents and tokens rather than by how fast they change.
 //!
 //! Queue depths are exported as `tether_writer_queue_depth{queue="samples"|"control"|"live"}`.
+//!
+//! # A commit that does not return
+//!
+//! Is reported every 10 s (log, `tether_writer_commit_running_seconds`) and, past
+//! `commit_stall_limit` (`--store-stall-limit`), ends the process with
+//! [`STORE_STALLED_EXIT_CODE`] so that its supervisor restarts it: the store cannot recover
+//! in the process, and nothing of the stuck commit was acked (`writer/stall.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,11 +65,13 @@ use crate::store::{Encoded, Purged, Retention, Store, StoreError, Write};
 
 mod batch;
 mod live;
+mod stall;
 
 use self::batch::{WriterState, commit_batch};
 use self::live::LiveChanges;
 
 pub use self::live::MAX_PENDING_TRANSITIONS;
+pub use self::stall::{REPORT_EVERY as STALL_REPORT_EVERY, STORE_STALLED_EXIT_CODE};
 
 /// Least time between two progress records of one agent. The store knows each agent's last
 /// seq from its samples (its head and log), so a progress record only keeps `last_seen` (the
@@ -668,6 +677,7 @@ impl Writer {
             &self.queues.live,
             batch,
             live,
+            self.config.commit_stall_limit,
         )
         .await;
         self.retry_delay = if committed {

@@ -2,7 +2,8 @@
 //! its durability steps: after the log's flush and before the ack, after a seal, in the middle
 //! of a checkpoint (snapshots written, not flushed), after the checkpoint's flush and before the
 //! log's truncation, after the truncation, during retention, and at an arbitrary moment under
-//! load. The process (`test-server`) aborts at an armed crash point of its store
+//! load; and a commit that never returns, which ends the process for a restart. The process
+//! (`test-server`) aborts (or stalls) at an armed crash point of its store
 //! (`tether_server::store::fault`) or is killed with SIGKILL.
 //!
 //! After each crash a fresh process on the same data directory must have every acknowledged
@@ -210,6 +211,38 @@ async fn a_crash_after_the_log_flush_and_before_the_ack_keeps_the_samples() {
     .await;
     assert_eq!(acked, 10, "two reports of 5 were acked");
     // The third report was flushed to the log, never acked: durable all the same.
+    assert_eq!(recovered(dir.path(), &[], &agent, acked).await, 15);
+}
+
+/// A store commit that never returns (sled's flush waiting for a log buffer nobody writes,
+/// stood in for by a stall point after the log's flush): the server exits with the status
+/// that asks for a restart once its stall limit has passed, and a restart loses nothing it
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_never_returns_ends_the_server_and_a_restart_loses_nothing() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--crash-at",
+        "log-flushed",
+        "--crash-nth",
+        "3",
+        "--stall",
+        "--store-stall-limit",
+        "2s",
+    ];
+    let server = start(dir.path(), &args).await;
+    let agent = Agent::enroll(&server, "stuck", an_hour_ago()).await;
+    let (mut session, _) = agent.session(&server).await;
+    let acked = agent.send(&mut session, 1..=2_000, 5).await;
+    assert_eq!(acked, 10, "nothing is acked once a commit is stuck");
+    let status = server.exited().await;
+    assert_eq!(
+        status.code(),
+        Some(tether_server::writer::STORE_STALLED_EXIT_CODE),
+        "{status:?}"
+    );
+    // The stuck commit had flushed its samples to the log: durable, never acked.
     assert_eq!(recovered(dir.path(), &[], &agent, acked).await, 15);
 }
 

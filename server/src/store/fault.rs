@@ -6,6 +6,8 @@
 //! nothing. With the `test-support` feature, a test's server process may [`arm`] one point:
 //! when the store reaches it for the `n`th time, the process aborts on the spot (no unwinding,
 //! no destructor, no flush), which is what a `kill -9` at that instant would leave on disk.
+//! Or it may [`arm_stall`] one: the thread that reaches it then blocks for good, as a store
+//! whose flush never returns would (the writer's stall watchdog, `writer/stall.rs`).
 //! Nothing in the server or its binary arms a point; only the test harness's crash server does.
 
 /// The points, for the harness to name.
@@ -23,23 +25,42 @@ mod armed {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// The armed point and how many more passes it lets through.
-    static ARMED: OnceLock<(&'static str, AtomicU64)> = OnceLock::new();
+    /// The armed point, how many more passes it lets through, and whether it stalls (else
+    /// aborts).
+    static ARMED: OnceLock<(&'static str, AtomicU64, bool)> = OnceLock::new();
 
     /// Arms `name` (one of [`super::POINTS`]): the process aborts the `nth` time (from 1) the
     /// store reaches it. Returns `false` if the name is unknown or a point is armed already.
     pub fn arm(name: &str, nth: u64) -> bool {
+        arm_as(name, nth, false)
+    }
+
+    /// Arms `name` to stall: the `nth` time the store reaches it, that thread blocks for good.
+    /// Returns `false` as [`arm`] does.
+    pub fn arm_stall(name: &str, nth: u64) -> bool {
+        arm_as(name, nth, true)
+    }
+
+    fn arm_as(name: &str, nth: u64, stall: bool) -> bool {
         let Some(point) = super::POINTS.iter().find(|p| **p == name) else {
             return false;
         };
-        ARMED.set((point, AtomicU64::new(nth.max(1)))).is_ok()
+        ARMED
+            .set((point, AtomicU64::new(nth.max(1)), stall))
+            .is_ok()
     }
 
     pub fn point(name: &str) {
-        if let Some((armed, left)) = ARMED.get()
+        if let Some((armed, left, stall)) = ARMED.get()
             && *armed == name
             && left.fetch_sub(1, Ordering::SeqCst) == 1
         {
+            if *stall {
+                eprintln!("store stall point {name} reached: blocking");
+                loop {
+                    std::thread::park();
+                }
+            }
             eprintln!("store crash point {name} reached: aborting");
             std::process::abort();
         }
@@ -47,7 +68,7 @@ mod armed {
 }
 
 #[cfg(feature = "test-support")]
-pub use self::armed::arm;
+pub use self::armed::{arm, arm_stall};
 
 /// Marks the store reaching step `name`. Does nothing unless a test armed it.
 #[inline]

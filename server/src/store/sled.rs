@@ -591,6 +591,19 @@ impl Store for SledStore {
         }
     }
 
+    /// How many of sled's I/O threads are alive: sled starts [`SLED_IO_THREADS`] that never
+    /// end, except when a task on one of them panics, which leaves that task's log buffer
+    /// unwritten and every later flush waiting for it.
+    fn stall_detail(&self) -> String {
+        match sled_io_threads() {
+            Some(alive) => format!(
+                "sled I/O threads alive: {alive} (it starts {SLED_IO_THREADS}; fewer means a \
+                 write task panicked and its log buffer will never be written)"
+            ),
+            None => String::new(),
+        }
+    }
+
     fn active_commands(&self) -> Result<Vec<CommandRecord>> {
         SledStore::active_commands(self)
     }
@@ -637,6 +650,21 @@ impl Store for SledStore {
     fn expired_commands(&self, cutoff: SystemTime, limit: usize) -> Result<Vec<CommandRecord>> {
         SledStore::expired_commands(self, cutoff, limit)
     }
+}
+
+/// The I/O threads sled 0.34 starts (`sled-io-0` to `sled-io-6`), which never end unless a
+/// task panics on them; it may add temporary ones under load.
+pub const SLED_IO_THREADS: usize = 7;
+
+/// How many threads named `sled-io-*` this process has (Linux `/proc`; `None` elsewhere).
+fn sled_io_threads() -> Option<usize> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("sled-io-"))
+            .count(),
+    )
 }
 
 fn agent_key(org: &OrgId, agent: &AgentId) -> AgentKey {

@@ -16,12 +16,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
 use super::live::{LiveChanges, Pending};
-use super::{Batch, Commit, CommitError, Control, PROGRESS_INTERVAL, SampleBatch};
+use super::{Batch, Commit, CommitError, Control, PROGRESS_INTERVAL, SampleBatch, stall};
 use crate::domain::{
     AgentId, AgentStatus, AuditEntry, AuditRecord, LiveRecord, OrgId, Sample, StatusReason,
 };
@@ -78,7 +78,12 @@ struct Outcome {
 }
 
 /// Plans `batch` with the live changes `taken`, commits it, then applies or fails the outcome;
-/// returns whether it committed.
+/// returns whether it committed. A commit still running after `stall_limit` ends the process
+/// (`writer/stall.rs`).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the writer's parts a batch uses, passed by reference"
+)]
 pub(super) async fn commit_batch(
     state: &mut WriterState,
     store: &Arc<dyn Store>,
@@ -87,6 +92,7 @@ pub(super) async fn commit_batch(
     live_changes: &LiveChanges,
     batch: Batch,
     taken: Pending,
+    stall_limit: Duration,
 ) -> bool {
     let retries = std::mem::take(&mut state.retry_audits);
     let encoder = Encoder { store, metrics };
@@ -103,7 +109,7 @@ pub(super) async fn commit_batch(
     }
     let n_writes = writes.len();
     let started = Instant::now();
-    match execute(store, writes).await {
+    match execute(store, writes, metrics, stall_limit).await {
         Ok(()) => {
             let elapsed = started.elapsed();
             tracing::trace!(writes = n_writes, ?elapsed, "batch committed");
@@ -120,13 +126,28 @@ pub(super) async fn commit_batch(
     }
 }
 
-/// Commits `writes` (one `apply_batch` + flush) on the blocking pool.
-async fn execute(store: &Arc<dyn Store>, writes: Vec<Encoded>) -> Result<(), CommitError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.commit(writes))
-        .await
-        .map_err(|e| CommitError::Task(e.to_string()))?
-        .map_err(|e| CommitError::Store(Arc::new(e)))
+/// Commits `writes` (one `apply_batch` + flush) on the blocking pool, watched for a stall
+/// (`writer/stall.rs`): past `stall_limit` the process ends, for a restart to recover the store.
+async fn execute(
+    store: &Arc<dyn Store>,
+    writes: Vec<Encoded>,
+    metrics: &Metrics,
+    stall_limit: Duration,
+) -> Result<(), CommitError> {
+    let commit = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.commit(writes))
+    };
+    stall::watch(
+        commit,
+        stall_limit,
+        metrics,
+        || store.stall_detail(),
+        stall::exit_for_restart,
+    )
+    .await
+    .map_err(|e| CommitError::Task(e.to_string()))?
+    .map_err(|e| CommitError::Store(Arc::new(e)))
 }
 
 /// Encodes the writes the writer builds itself; one that fails is logged, counted and left out.

@@ -10,8 +10,16 @@ use crate::report::quantile;
 pub(crate) const GROUP: &str = "group=cmd";
 /// Labels of the simulators: the group, and a tenth of the agents in each `part`.
 pub(crate) const LABEL_MIX: &str = "group=cmd,part=0|1|2|3|4|5|6|7|8|9";
-/// The agents of one part: a tenth of the fleet, the rollout's targets.
-pub(crate) const ONE_PART: &str = "group=cmd,part=0";
+/// The agents of the first `tenths` parts (a tenth of the fleet each), the rollout's targets.
+pub(crate) fn parts(tenths: u8) -> String {
+    match tenths {
+        0 | 1 => "group=cmd,part=0".to_owned(),
+        10.. => GROUP.to_owned(),
+        n => (n..10).fold(GROUP.to_owned(), |selector, part| {
+            format!("{selector},part!={part}")
+        }),
+    }
+}
 
 /// What one command did.
 pub(crate) struct Round {

@@ -31,7 +31,7 @@ use tether_tests::CommandClient;
 
 use crate::Args;
 use crate::command_rows::{
-    GROUP, LABEL_MIX, ONE_PART, Round, count, counts_json, counts_text, noop, outcome, rounds_json,
+    GROUP, LABEL_MIX, Round, count, counts_json, counts_text, noop, outcome, parts, rounds_json,
     seconds, succeeded, targets,
 };
 use crate::observe::{command_client, unix_ms, wait_ready};
@@ -272,16 +272,18 @@ async fn sessions(
     }
     record(held_after(&fleet, idle_rss, 1).await?);
 
-    // A rollout to a tenth of the sessions that keeps `max_concurrency` invocations in flight
-    // until all are done.
+    // A rollout to `--command-rollout-tenths` of the sessions that keeps `max_concurrency`
+    // invocations in flight until all are done.
     let concurrency = args.command_concurrency;
-    let part = n / 10;
+    let tenths = args.command_rollout_tenths;
+    let part = n * usize::from(tenths) / 10;
+    let selector = parts(tenths);
     let cpu0 = cpu_secs(fleet.server.pid).context("server cpu")?;
     let round = fan_out(
         &fleet,
-        noop(ONE_PART, Some(concurrency)),
+        noop(&selector, Some(concurrency)),
         part,
-        Duration::from_secs(600),
+        Duration::from_secs(1200),
     )
     .await?;
     let cpu = cpu_secs(fleet.server.pid).context("server cpu")? - cpu0;
@@ -290,7 +292,7 @@ async fn sessions(
     let ok = succeeded(&round, part);
     record(Row {
         scenario: format!(
-            "rollout to {part} of the {n} sessions ({ONE_PART}), max_concurrency {concurrency}"
+            "rollout to {part} of the {n} sessions ({selector}), max_concurrency {concurrency}"
         ),
         figure: format!(
             "{rate:.0} invocations/s: {part} offered, run and stored in {:.1} s; server {:.2} cores ({:.3} CPU-s per 1,000 invocations); {}",

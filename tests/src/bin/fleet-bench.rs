@@ -109,6 +109,10 @@ struct Args {
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     command_concurrency: u32,
 
+    /// Tenths of the sessions the commands phase's rollout goes to (10: every session).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=10))]
+    command_rollout_tenths: u8,
+
     /// A tether-server build without commands (or any other) whose memory per idle agent the
     /// commands phase compares with this build's.
     #[arg(long)]

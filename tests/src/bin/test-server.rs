@@ -38,9 +38,16 @@ struct Args {
     /// A store crash point (`tether_server::store::fault::POINTS`) to abort at.
     #[arg(long)]
     crash_at: Option<String>,
-    /// Abort the `n`th time the crash point is reached.
+    /// Abort the `n`th time the crash point is reached (or stall there, with `--stall`).
     #[arg(long, default_value_t = 1)]
     crash_nth: u64,
+    /// Block the thread that reaches the crash point for good instead of aborting: a store
+    /// commit that never returns.
+    #[arg(long, requires = "crash_at")]
+    stall: bool,
+    /// How long a store commit may run before the server exits for a restart.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    store_stall_limit: Option<Duration>,
     /// Most samples in one chunk.
     #[arg(long)]
     head_samples: Option<u32>,
@@ -60,10 +67,12 @@ async fn main() -> anyhow::Result<()> {
     tether_tests::trace_to_stderr();
     let args = Args::parse();
     if let Some(point) = &args.crash_at {
-        anyhow::ensure!(
-            tether_server::store::fault::arm(point, args.crash_nth),
-            "unknown crash point {point}"
-        );
+        let armed = if args.stall {
+            tether_server::store::fault::arm_stall(point, args.crash_nth)
+        } else {
+            tether_server::store::fault::arm(point, args.crash_nth)
+        };
+        anyhow::ensure!(armed, "unknown crash point {point}");
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -89,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(every) = args.retention_interval {
         storage.retention_interval = every;
+    }
+    if let Some(limit) = args.store_stall_limit {
+        storage.commit_stall_limit = limit;
     }
     let server = tether_server::server::start(config).await?;
     let token = std::fs::read_to_string(&server.admin_token_file).context("admin token")?;

@@ -40,7 +40,8 @@ struct Plan {
     record: CommandRecord,
     limits: Limits,
     invocations: Vec<InvocationRecord>,
-    /// Its idempotency key's entry, its invocations' records and first events, in order.
+    /// Its idempotency key's entry and its invocations' first events, in order (the records
+    /// themselves are written from the engine's memory by the commit).
     writes: Vec<(Encoded, Write, Option<u64>)>,
 }
 
@@ -115,12 +116,12 @@ impl Engine {
                     )));
                 }
             }
-            let n = u64::from(record.n_invocations);
+            let n_invocations = record.n_invocations;
             let invs = invocations.into_iter().map(Inv::new).collect();
             if !record.idempotency_key.is_empty() {
                 state.keys.insert(index, (record.id.clone(), now));
             }
-            let key = state.install(record, limits, invs, n + 1, false);
+            let key = state.install(record, limits, invs, u64::from(n_invocations) + 1, false);
             let mut tx = Tx::new(now);
             tx.creates = Some(key);
             tx.audit = Some(audit);
@@ -129,6 +130,9 @@ impl Engine {
                     Some(cursor) => tx.event(key, cursor, encoded, write),
                     None => tx.one_off(key, encoded, write),
                 }
+            }
+            for n in 0..n_invocations {
+                tx.touch(key, n);
             }
             let ctx = self.ctx();
             if let Err(e) = state.dispatch(&ctx, &mut tx, key) {
@@ -306,7 +310,7 @@ impl Engine {
             finished_at: None,
             last_cursor: u64::from(n_invocations),
         };
-        let mut writes = Vec::with_capacity(2 * invocations.len() + 2);
+        let mut writes = Vec::with_capacity(invocations.len() + 1);
         let mut push = |write: Write, cursor: Option<u64>| -> Result<(), ServerError> {
             writes.push((self.writer.encode(&write)?, write, cursor));
             Ok(())
@@ -326,16 +330,12 @@ impl Engine {
         // first dispatch; it must be storable too.
         self.writer
             .encode(&Write::PutCommand(Box::new(record.clone())))?;
+        // Each invocation's record is written by the commit too (`Tx::touch`), once, in its
+        // state after the first dispatch: writing the QUEUED record here as well would store
+        // every record twice in one commit. The event carries the same record, encoded the
+        // same way, so encoding it proves the record storable.
         for invocation in &invocations {
             let cursor = u64::from(invocation.n) + 1;
-            push(
-                Write::PutInvocation {
-                    org: record.org.clone(),
-                    command: record.id.clone(),
-                    record: Box::new(invocation.clone()),
-                },
-                None,
-            )?;
             push(
                 Write::PutCommandEvent {
                     org: record.org.clone(),

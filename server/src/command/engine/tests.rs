@@ -369,6 +369,65 @@ async fn a_command_is_stored_offered_run_and_acked_in_order() {
 }
 
 #[tokio::test]
+async fn the_creating_commit_writes_each_invocation_record_once_in_its_offered_state() {
+    let f = Fixture::new(&["a1", "a2", "a3"]).await;
+    let mut sessions = Vec::new();
+    for agent in ["a1", "a2"] {
+        sessions.push(f.connect(agent, &[]).await.0);
+    }
+    let command = f
+        .send(new_command(&["a1", "a2", "a3"], RolloutPolicy::default()))
+        .await;
+    let prefix = format!("acme/i/{}/", command.id);
+    let creating: Vec<Vec<u8>> = f
+        .store
+        .puts
+        .lock()
+        .expect("puts")
+        .iter()
+        .find(|keys| keys.iter().any(|k| k.starts_with(prefix.as_bytes())))
+        .expect("the creating commit")
+        .clone();
+    let mut records: Vec<&Vec<u8>> = creating
+        .iter()
+        .filter(|k| k.starts_with(prefix.as_bytes()))
+        .collect();
+    assert_eq!(records.len(), 3, "one record per invocation, each once");
+    records.sort();
+    records.dedup();
+    assert_eq!(records.len(), 3, "three distinct invocations");
+    let stored: Vec<InvocationState> = f
+        .store
+        .invocations(&org(), &command.id, None, 10)
+        .expect("invocations")
+        .iter()
+        .map(|r| r.state)
+        .collect();
+    // Online agents' records are stored OFFERED, the offline one's QUEUED; the history has
+    // every state, the first included.
+    assert_eq!(
+        stored,
+        [
+            InvocationState::Offered,
+            InvocationState::Offered,
+            InvocationState::Queued
+        ]
+    );
+    assert_eq!(
+        f.history(&command.id),
+        [
+            (0, InvocationState::Queued),
+            (1, InvocationState::Queued),
+            (2, InvocationState::Queued),
+            (0, InvocationState::Offered),
+            (1, InvocationState::Offered),
+        ]
+    );
+    drop(sessions);
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn updates_not_stored_are_acked_at_once_and_change_nothing() {
     let f = Fixture::new(&["a1", "a2"]).await;
     let (s1, _) = f.connect("a1", &[]).await;

@@ -4,7 +4,8 @@
 //!
 //! The history events of a commit (and its other one-off writes: deletions, an idempotency
 //! key) are kept until it is durable, so a failed commit is queued again with exactly the same
-//! events; the records are encoded again from memory, so a retried commit never writes a state
+//! events (a command's creation excepted: it is withdrawn when it fails, so nothing of it is
+//! kept); the records are encoded again from memory, so a retried commit never writes a state
 //! older than one a later commit already stored.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -92,10 +93,15 @@ impl Tx {
         self.one_off(key, encoded, write);
     }
 
-    /// Adds a one-off write of command `key` (not a record), encoded.
+    /// Adds a one-off write of command `key` (not a record), encoded. The write itself is kept
+    /// for a retry, except in the commit that creates `key`: a creation that fails is
+    /// withdrawn, never retried, so its writes (an event per invocation, each with its whole
+    /// record) are not held until it is durable.
     pub(super) fn one_off(&mut self, key: u64, encoded: Encoded, write: Write) {
         self.writes.push(encoded);
-        self.retry.push(write);
+        if self.creates != Some(key) {
+            self.retry.push(write);
+        }
         self.commands.insert(key);
     }
 

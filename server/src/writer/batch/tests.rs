@@ -71,6 +71,7 @@ impl Fixture {
             &self.queues.live,
             batch,
             taken,
+            crate::config::DEFAULT_STORE_STALL_LIMIT,
         )
         .await
     }
@@ -104,7 +105,14 @@ impl Fixture {
     async fn apply(&mut self, plan: Plan) {
         let store: Arc<dyn Store> = self.store.clone();
         let Plan { writes, outcome } = plan;
-        execute(&store, writes).await.expect("commit");
+        execute(
+            &store,
+            writes,
+            &self.metrics,
+            crate::config::DEFAULT_STORE_STALL_LIMIT,
+        )
+        .await
+        .expect("commit");
         self.state.apply(outcome, &self.registry, &self.metrics);
     }
 
