@@ -155,6 +155,31 @@ pub const RPC_ACCESS: &[(&str, Access, bool)] = &[
         Access::AtLeast(Role::Admin),
         true,
     ),
+    (
+        "/tether.v1.AlertService/CreateAlertRule",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.AlertService/ListAlertRules",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.AlertService/DeleteAlertRule",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.AlertService/ListAlerts",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.AlertService/WatchAlerts",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
 ];
 
 /// The rule for `method`, or `None` if the table has no row for it.

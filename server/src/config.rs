@@ -189,6 +189,7 @@ pub const FEATURES: &[&str] = &[
     "orgs",
     "audit",
     "commands",
+    "alerts",
 ];
 
 /// Name of the file in the data directory that holds the bootstrap admin token (mode 0600).
@@ -212,6 +213,8 @@ pub struct Config {
     /// [`Config::new`], so servers started by tests bind nothing extra; the binary sets
     /// [`DEFAULT_METRICS_LISTEN`] unless told `--no-metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Alert rules of the rules file, the evaluation interval and webhook delivery.
+    pub alerts: crate::alert::AlertSettings,
 }
 
 /// Where the listener's TLS material is. Loaded and checked by [`crate::tls::server_config`].
@@ -371,6 +374,7 @@ impl Config {
             connections: ConnectionLimits::default(),
             admission: AdmissionConfig::default(),
             metrics_listen: None,
+            alerts: crate::alert::AlertSettings::default(),
         }
     }
 

@@ -23,6 +23,7 @@ use crate::writer::WriterHandle;
 
 pub mod admin;
 pub mod agent;
+pub mod alert;
 pub mod command;
 pub mod enroll;
 pub mod fleet;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The command engine: every unfinished command.
     pub commands: Arc<Engine>,
+    /// Alert rules and alerts.
+    pub alerts: Arc<crate::alert::Alerts>,
     pub auth: Arc<Auth>,
     pub writer: WriterHandle,
     pub store: Arc<dyn Store>,
