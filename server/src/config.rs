@@ -399,6 +399,8 @@ impl Config {
             ("offline-after", l.offline_after),
             ("fleet TTL", l.fleet_ttl),
             ("liveness tick", l.tick),
+            ("alert interval", self.alerts.interval),
+            ("webhook timeout", self.alerts.delivery.timeout),
         ] {
             if value.is_zero() {
                 return invalid(format!("{name} must be greater than zero"));
@@ -418,6 +420,9 @@ impl Config {
                 humantime::format_duration(l.offline_after),
                 humantime::format_duration(l.stale_after)
             ));
+        }
+        if self.alerts.delivery.max_attempts == 0 || self.alerts.delivery.queue == 0 {
+            return invalid("webhook attempts and queue must be at least one".to_owned());
         }
         if l.drain.reconnects_per_second == 0 {
             return invalid("the drain's reconnect rate must be greater than zero".to_owned());
