@@ -4,6 +4,7 @@
 //! `Cli::try_parse_from([...])` and drive [`crate::run`] exactly as the binary does. The `cmd`
 //! group's grammar is in the child module `command`.
 
+mod alerts;
 mod command;
 
 use std::path::PathBuf;
@@ -14,6 +15,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::Secret;
 use crate::view::{AgentStatus, AuditOutcome, Role};
 
+pub use alerts::{
+    AlertRulesCommand, AlertStateArg, AlertsCommand, CreateAlertRuleArgs, DeleteAlertRuleArgs,
+    ListAlertsArgs, RuleKindArg, WatchAlertsArgs, WebhookFormatArg,
+};
 pub use command::{
     CmdCommand, CommandIdArgs, InvocationsArgs, KindArg, ListCommandsArgs, LogsArgs, RunArgs,
     parse_budget, parse_size,
@@ -115,6 +120,10 @@ pub enum Command {
     /// Run commands on agents and follow, inspect, cancel, pause or resume them.
     #[command(subcommand)]
     Cmd(CmdCommand),
+
+    /// List and watch alerts, and manage alert rules.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
 
     /// Print this client's version and the server's.
     Version(VersionArgs),

@@ -483,3 +483,93 @@ async fn alert_metrics_count_firing_rules_and_deliveries_and_pass_promtool() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn tetherctl_manages_rules_and_lists_and_watches_alerts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(alert_config(dir.path())).await;
+    let receiver = Receiver::start(Answer::Ok).await;
+    let secret_file = dir.path().join("hook.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).expect("secret file");
+    let secret_path = secret_file.to_str().expect("utf-8 path");
+    let created = server
+        .cli(&[
+            "alerts",
+            "rules",
+            "create",
+            "lost",
+            "--kind",
+            "offline",
+            "-l",
+            "env=prod",
+            "--for",
+            "1s",
+            "--webhook",
+            &receiver.url,
+            "--webhook-secret-file",
+            secret_path,
+            "-o",
+            "json",
+        ])
+        .await
+        .expect("create");
+    let rule: serde_json::Value = serde_json::from_str(&created).expect("json");
+    assert_eq!(rule["kind"], "agent_offline");
+    assert_eq!(rule["for_seconds"], 1.0);
+    assert_eq!(rule["webhook"]["has_secret"], true);
+    assert!(!created.contains(SECRET), "the secret is never shown");
+    let err = server
+        .cli(&[
+            "alerts", "rules", "create", "bad", "--kind", "offline", "--for", "0s",
+        ])
+        .await
+        .expect_err("a zero hold time");
+    assert!(err.to_string().contains("greater than zero"), "{err}");
+    let table = server
+        .cli(&["alerts", "rules", "list"])
+        .await
+        .expect("rules");
+    assert!(
+        table.contains("lost") && table.contains("signed"),
+        "{table}"
+    );
+
+    let (agent, id) = online_agent(&server, "web-1", &[("env", "prod")]).await;
+    agent.stop().await;
+    receiver.wait_for(1).await[0].verified_json(SECRET);
+    let listed = server
+        .cli(&["alerts", "list", "--state", "firing", "-o", "json"])
+        .await
+        .expect("list");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed[0]["agent_id"], id.as_str());
+    assert_eq!(listed[0]["state"], "firing");
+    let watched = server
+        .cli(&["alerts", "watch", "-o", "json", "--max-events", "1"])
+        .await
+        .expect("watch");
+    let lines: Vec<serde_json::Value> = watched
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines[0]["kind"], "snapshot");
+    assert_eq!(lines[0]["alert"]["agent_id"], id.as_str());
+    let table = server.cli(&["alerts", "list"]).await.expect("list");
+    assert!(
+        table.contains("firing") && table.contains("web-1"),
+        "{table}"
+    );
+
+    server
+        .cli(&["alerts", "rules", "delete", "lost"])
+        .await
+        .expect("delete");
+    let resolved = receiver.wait_for(2).await;
+    assert_eq!(resolved[1].verified_json(SECRET)["status"], "resolved");
+    let after = server
+        .cli(&["alerts", "list", "--state", "firing", "-o", "json"])
+        .await
+        .expect("list");
+    assert_eq!(after.trim(), "[]");
+    server.stop().await;
+}
