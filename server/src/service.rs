@@ -78,6 +78,24 @@ pub async fn answer_audited<T>(
     }
 }
 
+/// Waits for `next`, unless the server starts shutting down or the caller's token is revoked
+/// first: how a long-lived stream learns that it must end.
+///
+/// # Errors
+///
+/// `UNAVAILABLE` when the server shuts down, `UNAUTHENTICATED` when the token is revoked.
+pub async fn unless_ended<T>(
+    shutdown: &CancellationToken,
+    revoked: &CancellationToken,
+    next: impl std::future::Future<Output = T>,
+) -> Result<T, tonic::Status> {
+    tokio::select! {
+        () = shutdown.cancelled() => Err(tonic::Status::unavailable("server is shutting down")),
+        () = revoked.cancelled() => Err(tonic::Status::unauthenticated("token has been revoked")),
+        item = next => Ok(item),
+    }
+}
+
 /// The orgs that exist. Created rarely (by the server admin), read on every org-scoped call
 /// that names an org.
 pub struct Orgs {

@@ -20,7 +20,7 @@ use crate::alert::AlertEvent;
 use crate::alert::rule::Alert;
 use crate::auth;
 use crate::convert::alert as conv;
-use crate::service::{AppState, answer_audited};
+use crate::service::{AppState, answer_audited, unless_ended};
 
 const CREATE_RULE: &str = "/tether.v1.AlertService/CreateAlertRule";
 const DELETE_RULE: &str = "/tether.v1.AlertService/DeleteAlertRule";
@@ -151,16 +151,12 @@ impl Watch {
             self.synced = true;
             return Some(Ok(conv::synced_to_pb()));
         }
-        let event = tokio::select! {
-            () = self.shutdown.cancelled() => {
+        let event = match unless_ended(&self.shutdown, &self.revoked, self.feed.recv()).await {
+            Ok(event) => event,
+            Err(status) => {
                 self.done = true;
-                return Some(Err(Status::unavailable("server is shutting down")));
+                return Some(Err(status));
             }
-            () = self.revoked.cancelled() => {
-                self.done = true;
-                return Some(Err(Status::unauthenticated("token has been revoked")));
-            }
-            event = self.feed.recv() => event,
         };
         match event {
             Ok(AlertEvent(alert)) => Some(Ok(conv::watch_event_to_pb(&alert, false))),
