@@ -23,7 +23,8 @@
 //!   own bounded queue and worker.
 //! - **Bounded.** At most `MAX_RULES_PER_ORG` rules per org, `MAX_FIRING_PER_RULE` firing
 //!   alerts per rule, `max_resolved` resolved alerts per org (the oldest are deleted), and
-//!   [`WATCH_BUFFER`] events per watcher (past it the watcher ends with `ABORTED`).
+//!   [`WATCH_BUFFER`] events per watcher (past it the watcher ends with `ABORTED`), and as many
+//!   alert watches per org as agent watches (`max_watches_per_org`).
 //!
 //! # Cost
 //!
@@ -34,6 +35,7 @@
 //! agents, at most once per `interval` (default [`DEFAULT_ALERT_INTERVAL`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -147,6 +149,17 @@ struct OrgAlerts {
     orphans: Vec<Alert>,
     webhook: Option<Webhook>,
     feed: broadcast::Sender<AlertEvent>,
+    /// Open `WatchAlerts` streams of the org (each holds a [`WatchSlot`]).
+    watchers: Arc<AtomicUsize>,
+}
+
+/// One open watch of an org's alerts; dropping it frees its place.
+pub struct WatchSlot(Arc<AtomicUsize>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One rule's changes of a turn, with where they go.
@@ -617,17 +630,33 @@ impl Alerts {
         out
     }
 
-    /// The firing alerts of `org` and a feed of its changes from that instant on.
-    pub fn subscribe(&self, org: &OrgId) -> (Vec<Alert>, broadcast::Receiver<AlertEvent>) {
+    /// The firing alerts of `org` and a feed of its changes from that instant on, with the
+    /// watch's place among the org's at most `max_watchers`.
+    ///
+    /// # Errors
+    ///
+    /// `RESOURCE_EXHAUSTED` when the org already has `max_watchers` watches open.
+    pub fn subscribe(
+        &self,
+        org: &OrgId,
+        max_watchers: usize,
+    ) -> Result<(Vec<Alert>, broadcast::Receiver<AlertEvent>, WatchSlot), ServerError> {
         let mut inner = self.lock();
         let alerts = inner.org(org);
+        let open = alerts.watchers.fetch_add(1, Ordering::AcqRel);
+        let slot = WatchSlot(alerts.watchers.clone());
+        if open >= max_watchers {
+            return Err(ServerError::ResourceExhausted(format!(
+                "an org may have at most {max_watchers} alert watches open"
+            )));
+        }
         let mut firing: Vec<Alert> = alerts
             .rules
             .values()
             .flat_map(|s| s.firing.values().cloned())
             .collect();
         firing.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        (firing, alerts.feed.subscribe())
+        Ok((firing, alerts.feed.subscribe(), slot))
     }
 }
 
@@ -641,6 +670,7 @@ impl Inner {
             orphans: Vec::new(),
             webhook: None,
             feed: broadcast::channel(WATCH_BUFFER).0,
+            watchers: Arc::new(AtomicUsize::new(0)),
         })
     }
 }

@@ -573,3 +573,33 @@ async fn tetherctl_manages_rules_and_lists_and_watches_alerts() {
     assert_eq!(after.trim(), "[]");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn alert_watches_per_org_are_bounded_and_a_closed_one_frees_its_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = alert_config(dir.path());
+    config.limits.max_watches_per_org = 2;
+    let server = TestServer::start(config).await;
+    let alerts = server.alerts_as(Some(&server.admin_token)).await;
+    let open = || {
+        let mut alerts = alerts.clone();
+        async move {
+            let mut stream = alerts
+                .watch_alerts(pb::WatchAlertsRequest {})
+                .await?
+                .into_inner();
+            stream.next().await.expect("an event")?;
+            Ok::<_, tonic::Status>(stream)
+        }
+    };
+    let first = open().await.expect("first");
+    let _second = open().await.expect("second");
+    let refused = open().await.expect_err("third");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    drop(first);
+    eventually("the closed watch's place to be free", || async {
+        open().await.ok().map(drop)
+    })
+    .await;
+    server.stop().await;
+}

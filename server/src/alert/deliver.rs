@@ -221,3 +221,69 @@ async fn deliver(
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::rule::PayloadFormat;
+
+    fn notification(n: usize) -> Notification {
+        Notification {
+            body: Bytes::from(format!("{{\"n\":{n}}}")),
+            id: format!("d-{n}"),
+            about: "o/r".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_its_oldest_and_never_makes_the_sender_wait() {
+        // A receiver that accepts and never answers: the worker's first attempt hangs.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let metrics = crate::metrics::Metrics::new();
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let settings = DeliverySettings {
+            timeout: Duration::from_secs(600),
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+            max_attempts: 1,
+            queue: 2,
+        };
+        let deliveries = Deliveries::new(
+            settings,
+            metrics.alerts.clone(),
+            tasks.clone(),
+            cancel.clone(),
+        );
+        let webhook = Webhook {
+            url,
+            format: PayloadFormat::Json,
+            secret: None,
+        };
+        deliveries.send(&webhook, notification(0));
+        let (_held, _) = listener.accept().await.expect("the worker connects");
+        for n in 1..=4 {
+            deliveries.send(&webhook, notification(n));
+        }
+        let dropped = metrics
+            .alerts
+            .deliveries
+            .get_or_create(&crate::metrics::alerts::OutcomeLabels { outcome: "dropped" })
+            .get();
+        assert_eq!(dropped, 2, "notifications 1 and 2 went, 3 and 4 wait");
+        assert_eq!(metrics.alerts.delivery_queue.get(), 2);
+        let queued: Vec<String> = deliveries.queues.lock().expect("lock")[&webhook]
+            .items
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|n| n.id.clone())
+            .collect();
+        assert_eq!(queued, ["d-3", "d-4"]);
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+}

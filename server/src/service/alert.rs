@@ -110,8 +110,14 @@ impl pb::alert_service_server::AlertService for AlertService {
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
         let caller = auth::caller(&request)?;
         let pb::WatchAlertsRequest {} = request.into_inner();
-        let (snapshot, feed) = self.state.alerts.subscribe(&caller.org);
+        let max = self.state.config.limits.max_watches_per_org;
+        let (snapshot, feed, slot) = self
+            .state
+            .alerts
+            .subscribe(&caller.org, max)
+            .inspect_err(|_| self.state.metrics.limit("alert_watches_per_org"))?;
         let watch = Watch {
+            _slot: slot,
             snapshot: snapshot.into(),
             synced: false,
             feed,
@@ -130,6 +136,8 @@ impl pb::alert_service_server::AlertService for AlertService {
 
 /// One `WatchAlerts` stream: the firing alerts, `SYNCED`, then the org's changes.
 struct Watch {
+    /// The watch's place among the org's; freed when the stream is dropped.
+    _slot: crate::alert::WatchSlot,
     snapshot: VecDeque<Alert>,
     synced: bool,
     feed: broadcast::Receiver<AlertEvent>,
