@@ -29,6 +29,7 @@ mod fleet;
 mod hostile;
 mod objects;
 mod orgs;
+mod resume;
 mod tokens;
 
 /// Runs `command` against the server in `settings`, writing its output to `out`; `console`
