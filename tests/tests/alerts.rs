@@ -603,3 +603,73 @@ async fn alert_watches_per_org_are_bounded_and_a_closed_one_frees_its_place() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tetherctl_alerts_watch_resumes_after_a_restart_with_the_firing_alerts() {
+    use clap::Parser as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(alert_config(dir.path())).await;
+    let mut alerts = server.alerts_as(Some(&server.admin_token)).await;
+    create(&mut alerts, offline_rule("lost", "", None))
+        .await
+        .expect("create rule");
+    let (agent, id) = online_agent(&server, "web-1", &[]).await;
+    agent.stop().await;
+    let (url, token, addr) = (server.url.clone(), server.admin_token.clone(), server.addr);
+    let cli = tetherctl::Cli::try_parse_from([
+        "tetherctl",
+        "--server",
+        &url,
+        "--token",
+        &token,
+        "alerts",
+        "watch",
+        "-o",
+        "json",
+    ])
+    .expect("parses");
+    let out = tether_tests::SharedBuffer::default();
+    let watch = {
+        let mut out = out.clone();
+        tokio::spawn(async move {
+            tetherctl::run_with_env(cli, &tetherctl::Env::default(), &mut out).await
+        })
+    };
+    let lines = |out: &tether_tests::SharedBuffer| -> Vec<serde_json::Value> {
+        out.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let synced = |out: &tether_tests::SharedBuffer| {
+        lines(out).iter().filter(|l| l["kind"] == "synced").count()
+    };
+    eventually("the alert fired and watched", || async {
+        lines(&out)
+            .iter()
+            .any(|l| l["alert"]["agent_id"] == id.as_str())
+            .then_some(())
+    })
+    .await;
+    server.stop().await;
+    let server = TestServer::start_at(addr, alert_config(dir.path())).await;
+    eventually("a fresh snapshot after the restart", || async {
+        (synced(&out) == 2).then_some(())
+    })
+    .await;
+    let after: Vec<serde_json::Value> = lines(&out)
+        .into_iter()
+        .skip_while(|l| l["kind"] != "synced")
+        .skip(1)
+        .take_while(|l| l["kind"] != "synced")
+        .collect();
+    assert!(
+        after
+            .iter()
+            .any(|l| l["kind"] == "snapshot" && l["alert"]["agent_id"] == id.as_str()),
+        "the stored firing alert is in the new snapshot: {after:?}"
+    );
+    assert!(!watch.is_finished(), "the watch kept going");
+    watch.abort();
+    server.stop().await;
+}

@@ -17,6 +17,7 @@ use crate::format::{Table, key_values, long_duration, or_none, relative_time_opt
 use crate::view::{AlertEventView, AlertRuleView, AlertView};
 use crate::write_json_line;
 
+use super::resume::{self, Seen};
 use super::{print_list, print_object, write_text};
 
 /// `alerts list`.
@@ -51,47 +52,38 @@ pub(crate) async fn list(
 }
 
 /// `alerts watch`: the firing alerts, a `synced` marker, then one line per alert that fires or
-/// resolves. Returns after `--max-events`, or when the server ends the watch (with its error).
+/// resolves; resumed after a server restart with a fresh snapshot (`cmd/resume.rs`). Returns
+/// after `--max-events`, or with the error that no retry can fix.
 pub(crate) async fn watch(
     args: WatchAlertsArgs,
     settings: &Settings,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    if args.max_events == Some(0) {
-        return Ok(());
-    }
     let conn = Connection::connect(settings).await?;
-    let mut stream = conn
-        .alerts()
-        .watch_alerts(pb::WatchAlertsRequest {})
-        .await
-        .map_err(|status| conn.error(&status, None))?
-        .into_inner();
-    let mut n_events = 0;
-    while let Some(event) = stream
-        .message()
-        .await
-        .map_err(|status| conn.error(&status, None))?
-    {
+    let client = conn.alerts();
+    let open = || {
+        let mut client = client.clone();
+        async move { client.watch_alerts(pb::WatchAlertsRequest {}).await }
+    };
+    resume::follow(&conn, args.max_events, open, |event| {
         let event = AlertEventView::from(event);
-        let synced = event.kind == "synced";
-        match args.output {
-            ObjectFormat::Table if synced => {
+        let seen = match event.kind {
+            "synced" => Seen::Marker,
+            _ => Seen::Event,
+        };
+        match (args.output, &seen) {
+            (ObjectFormat::Table, Seen::Marker) => {
                 writeln!(out, "# firing alerts listed, watching for changes")?;
             }
-            ObjectFormat::Table => write_text(out, &render_event(&event, SystemTime::now()))?,
-            ObjectFormat::Json => write_json_line(out, &event)?,
+            (ObjectFormat::Table, Seen::Event) => {
+                write_text(out, &render_event(&event, SystemTime::now()))?;
+            }
+            (ObjectFormat::Json, _) => write_json_line(out, &event)?,
         }
         out.flush()?;
-        if synced {
-            continue;
-        }
-        n_events += 1;
-        if args.max_events.is_some_and(|max| n_events >= max) {
-            return Ok(());
-        }
-    }
-    Ok(())
+        Ok(seen)
+    })
+    .await
 }
 
 /// `alerts rules list`.
