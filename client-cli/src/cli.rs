@@ -4,6 +4,7 @@
 //! `Cli::try_parse_from([...])` and drive [`crate::run`] exactly as the binary does. The `cmd`
 //! group's grammar is in the child module `command`.
 
+mod alerts;
 mod command;
 
 use std::path::PathBuf;
@@ -14,6 +15,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::Secret;
 use crate::view::{AgentStatus, AuditOutcome, Role};
 
+pub use alerts::{
+    AlertRulesCommand, AlertStateArg, AlertsCommand, CreateAlertRuleArgs, DeleteAlertRuleArgs,
+    ListAlertsArgs, RuleKindArg, WatchAlertsArgs, WebhookFormatArg,
+};
 pub use command::{
     CmdCommand, CommandIdArgs, InvocationsArgs, KindArg, ListCommandsArgs, LogsArgs, RunArgs,
     parse_budget, parse_size,
@@ -119,6 +124,9 @@ pub enum Command {
     /// Save a consistent backup of the whole running server (every org) into a new file, for
     /// `tether-server restore` (server admin).
     Backup(BackupArgs),
+    /// List and watch alerts, and manage alert rules.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
 
     /// Print this client's version and the server's.
     Version(VersionArgs),

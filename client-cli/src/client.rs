@@ -42,6 +42,8 @@ pub type FleetClient = pb::fleet_service_client::FleetServiceClient<AuthChannel>
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<AuthChannel>;
 /// Client of `tether.v1.CommandService`.
 pub type CommandClient = pb::command_service_client::CommandServiceClient<AuthChannel>;
+/// `AlertService` client carrying the bearer token.
+pub type AlertClient = pb::alert_service_client::AlertServiceClient<AuthChannel>;
 
 /// A connected server.
 #[derive(Clone)]
@@ -129,6 +131,14 @@ impl Connection {
     /// A `CommandService` client sharing this connection.
     pub fn commands(&self) -> CommandClient {
         pb::command_service_client::CommandServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
+    /// An `AlertService` client sharing this connection.
+    pub fn alerts(&self) -> AlertClient {
+        pb::alert_service_client::AlertServiceClient::with_interceptor(
             self.channel.clone(),
             self.auth.clone(),
         )

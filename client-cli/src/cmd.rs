@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::cli::{
-    AgentsCommand, ApiTokensCommand, Command, EnrollTokenCommand, ObjectFormat, OrgsCommand,
+    AgentsCommand, AlertRulesCommand, AlertsCommand, ApiTokensCommand, Command, EnrollTokenCommand,
+    ObjectFormat, OrgsCommand,
 };
 use crate::client::Connection;
 use crate::config::Settings;
@@ -19,6 +20,7 @@ use crate::console::Console;
 use crate::{CliError, write_json};
 
 mod agents;
+mod alerts;
 pub(crate) mod audit;
 mod backup;
 mod command;
@@ -28,6 +30,7 @@ mod fleet;
 mod hostile;
 mod objects;
 mod orgs;
+mod resume;
 mod tokens;
 
 /// Runs `command` against the server in `settings`, writing its output to `out`; `console`
@@ -70,6 +73,17 @@ pub(crate) async fn dispatch(
         Command::Audit(args) => audit::run(args, settings, out).await,
         Command::Cmd(command) => command::dispatch(command, settings, console, out).await,
         Command::Backup(args) => backup::run(args, settings, out).await,
+        Command::Alerts(AlertsCommand::List(args)) => alerts::list(args, settings, out).await,
+        Command::Alerts(AlertsCommand::Watch(args)) => alerts::watch(args, settings, out).await,
+        Command::Alerts(AlertsCommand::Rules(AlertRulesCommand::List(args))) => {
+            alerts::rules(args, settings, out).await
+        }
+        Command::Alerts(AlertsCommand::Rules(AlertRulesCommand::Create(args))) => {
+            alerts::create(*args, settings, out).await
+        }
+        Command::Alerts(AlertsCommand::Rules(AlertRulesCommand::Delete(args))) => {
+            alerts::delete(args, settings, out).await
+        }
         Command::Version(args) => {
             let settings = (!args.client).then_some(settings);
             fleet::version(&args, settings, out).await

@@ -14,6 +14,7 @@
 
 mod admin;
 mod agents;
+mod alerts;
 mod audit;
 mod command;
 mod convert;
@@ -30,6 +31,7 @@ pub use agents::{
     AgentDetailView, AgentStatus, AgentView, DiskView, EventKind, Health, MetricsSampleView,
     StatusReason, SystemInfoView, TransitionView, WatchEventView,
 };
+pub use alerts::{AlertEventView, AlertRuleView, AlertView, WebhookView};
 pub use audit::{AuditChainView, AuditEventView, AuditOutcome};
 pub use command::{
     BudgetView, CommandEventKind, CommandEventView, CommandKind, CommandSpecView, CommandState,

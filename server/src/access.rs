@@ -157,6 +157,31 @@ pub const RPC_ACCESS: &[(&str, Access, bool)] = &[
     ),
     // Every org's records: the server admin only. Audited, though it changes nothing.
     ("/tether.v1.AdminService/Backup", Access::ServerAdmin, true),
+    (
+        "/tether.v1.AlertService/CreateAlertRule",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.AlertService/ListAlertRules",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.AlertService/DeleteAlertRule",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.AlertService/ListAlerts",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.AlertService/WatchAlerts",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
 ];
 
 /// The rule for `method`, or `None` if the table has no row for it.

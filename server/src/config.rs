@@ -192,6 +192,7 @@ pub const FEATURES: &[&str] = &[
     "orgs",
     "audit",
     "commands",
+    "alerts",
 ];
 
 /// Name of the file in the data directory that holds the bootstrap admin token (mode 0600).
@@ -215,6 +216,8 @@ pub struct Config {
     /// [`Config::new`], so servers started by tests bind nothing extra; the binary sets
     /// [`DEFAULT_METRICS_LISTEN`] unless told `--no-metrics`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Alert rules of the rules file, the evaluation interval and webhook delivery.
+    pub alerts: crate::alert::AlertSettings,
 }
 
 /// Where the listener's TLS material is. Loaded and checked by [`crate::tls::server_config`].
@@ -376,6 +379,7 @@ impl Config {
             connections: ConnectionLimits::default(),
             admission: AdmissionConfig::default(),
             metrics_listen: None,
+            alerts: crate::alert::AlertSettings::default(),
         }
     }
 
@@ -400,6 +404,8 @@ impl Config {
             ("offline-after", l.offline_after),
             ("fleet TTL", l.fleet_ttl),
             ("liveness tick", l.tick),
+            ("alert interval", self.alerts.interval),
+            ("webhook timeout", self.alerts.delivery.timeout),
         ] {
             if value.is_zero() {
                 return invalid(format!("{name} must be greater than zero"));
@@ -419,6 +425,9 @@ impl Config {
                 humantime::format_duration(l.offline_after),
                 humantime::format_duration(l.stale_after)
             ));
+        }
+        if self.alerts.delivery.max_attempts == 0 || self.alerts.delivery.queue == 0 {
+            return invalid("webhook attempts and queue must be at least one".to_owned());
         }
         if l.drain.reconnects_per_second == 0 {
             return invalid("the drain's reconnect rate must be greater than zero".to_owned());

@@ -24,6 +24,7 @@ use crate::error::ServerError;
 
 pub mod admin;
 pub mod agent;
+pub mod alert;
 pub mod command;
 pub mod fleet;
 

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod alert;
 pub mod audit;
 pub mod auth;
 pub mod backup;

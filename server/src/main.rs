@@ -22,7 +22,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tether_proto::config_file;
 use tether_server::config::{self, Config, TlsSettings};
-use tether_server::server;
+use tether_server::{alert, server};
 use tokio_util::sync::CancellationToken;
 
 /// sled's write path allocates and frees a node copy per insert; with glibc's allocator that was
@@ -333,6 +333,27 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_QUEUED_INVOCATIONS_PER_AGENT)]
     max_queued_invocations_per_agent: usize,
 
+    /// Alert rules and per-org webhooks, a TOML file read at start (docs/alerts.md).
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
+    alert_rules: Option<PathBuf>,
+
+    /// How often every alert rule is evaluated.
+    #[arg(long, default_value_t = alert::DEFAULT_ALERT_INTERVAL.into())]
+    alert_interval: humantime::Duration,
+
+    /// Longest one webhook attempt may take (connect to response head).
+    #[arg(long, default_value_t = alert::DEFAULT_WEBHOOK_TIMEOUT.into())]
+    webhook_timeout: humantime::Duration,
+
+    /// Attempts per webhook notification, the first included (backoff from 1 s, doubling, 60 s
+    /// at most between two).
+    #[arg(long, default_value_t = alert::DEFAULT_WEBHOOK_MAX_ATTEMPTS)]
+    webhook_max_attempts: u32,
+
+    /// Notifications waiting per webhook; past it the oldest is dropped.
+    #[arg(long, default_value_t = alert::DEFAULT_WEBHOOK_QUEUE)]
+    webhook_queue: usize,
+
     /// Time a new connection has, from accept, to send its first authenticated request (TLS
     /// handshake and HTTP/2 preface included) before it is closed.
     #[arg(long, default_value_t = config::DEFAULT_FIRST_REQUEST_TIMEOUT.into())]
@@ -428,6 +449,11 @@ impl Args {
             );
         }
         let mut config = self.config();
+        if let Some(path) = &self.alert_rules {
+            let file = alert::file::read(path)?;
+            config.alerts.rules = file.rules;
+            config.alerts.org_webhooks = file.org_webhooks;
+        }
         config.tls = TlsSettings::from_flags(
             self.tls_cert.clone(),
             self.tls_key.clone(),
@@ -510,6 +536,10 @@ impl Args {
         c.admission.max_sessions_in_setup = self.max_sessions_in_setup;
         c.admission.retry_after = self.busy_retry_after.into();
         c.metrics_listen = (!self.no_metrics).then_some(self.metrics_listen);
+        c.alerts.interval = self.alert_interval.into();
+        c.alerts.delivery.timeout = self.webhook_timeout.into();
+        c.alerts.delivery.max_attempts = self.webhook_max_attempts;
+        c.alerts.delivery.queue = self.webhook_queue;
         c
     }
 }

@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+pub mod alerts;
 mod expose;
 mod fleet;
 mod process;
@@ -202,6 +203,8 @@ pub struct Metrics {
     pub store_open_heads: Gauge,
     /// Bytes of the store's write-ahead log (on disk), which checkpoints bound.
     pub store_log_bytes: Gauge,
+    /// Alert rules and webhook deliveries (`metrics/alerts.rs`).
+    pub alerts: alerts::AlertMetrics,
     /// Where the fleet collector reads agents and watchers from, once the registry exists.
     fleet: Arc<fleet::FleetSource>,
 }
@@ -218,6 +221,7 @@ impl Metrics {
         let fleet = Arc::new(fleet::FleetSource::default());
         let registry = root.sub_registry_with_prefix("tether");
         registry.register_collector(Box::new(fleet::FleetCollector(fleet.clone())));
+        let alerts = alerts::AlertMetrics::register(registry);
 
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -520,6 +524,7 @@ impl Metrics {
             store_memory_limit,
             store_open_heads,
             store_log_bytes,
+            alerts,
             fleet,
         })
     }

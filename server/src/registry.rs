@@ -31,6 +31,7 @@ use crate::metrics::{Metrics, TransitionLabels};
 use crate::session::{CloseReason, Session};
 use crate::writer::WriterHandle;
 
+mod alerts;
 mod census;
 mod identity;
 mod index;
@@ -39,6 +40,7 @@ mod size;
 mod table;
 mod watch;
 
+pub use self::alerts::Candidate;
 pub use self::census::{Census, STATUSES};
 use self::table::{Agents, Facts};
 

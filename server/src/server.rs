@@ -31,6 +31,7 @@ use crate::registry::Registry;
 use crate::service::AppState;
 use crate::service::admin::AdminService;
 use crate::service::agent::AgentService;
+use crate::service::alert::AlertService;
 use crate::service::command::CommandService;
 use crate::service::fleet::FleetService;
 use crate::store::{SledStore, Store, StoreError, Write};
@@ -280,6 +281,16 @@ async fn start_inner(
 
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let alerts = Arc::new(crate::alert::Alerts::load(
+        config.alerts.clone(),
+        snapshot.alert_rules,
+        snapshot.alerts,
+        registry.clone(),
+        writer.clone(),
+        metrics.clone(),
+        tasks.clone(),
+        background.clone(),
+    ));
     tasks.spawn(crate::writer::run(
         queues,
         store.clone(),
@@ -301,6 +312,7 @@ async fn start_inner(
         background.clone(),
     ));
     tasks.spawn(commands.clone().run(background.clone()));
+    tasks.spawn(alerts.clone().run(background.clone()));
     tasks.spawn(crate::command::retention::run(
         store.clone(),
         writer.clone(),
@@ -346,6 +358,7 @@ async fn start_inner(
         config,
         registry,
         commands,
+        alerts,
         auth,
         writer,
         store,
@@ -439,6 +452,10 @@ impl Server {
         ))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(usize::MAX);
+        let alert =
+            pb::alert_service_server::AlertServiceServer::new(AlertService::new(state.clone()))
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(usize::MAX);
 
         let local = listener.local_addr().ok();
         let tls = match state.config.tls.as_ref().map(crate::tls::server_config) {
@@ -505,7 +522,8 @@ impl Server {
             .add_service(agent)
             .add_service(fleet)
             .add_service(admin)
-            .add_service(command);
+            .add_service(command)
+            .add_service(alert);
         let tls = match (tls, &state.config.tls) {
             (Some(config), Some(settings)) => Some(crate::listener::TlsAccept {
                 config,
@@ -547,6 +565,7 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
         pb::fleet_service_server::FleetServiceServer::<FleetService>::NAME,
         pb::admin_service_server::AdminServiceServer::<AdminService>::NAME,
         pb::command_service_server::CommandServiceServer::<CommandService>::NAME,
+        pb::alert_service_server::AlertServiceServer::<AlertService>::NAME,
     ] {
         reporter.set_service_status(service, status).await;
     }

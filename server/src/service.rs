@@ -23,6 +23,7 @@ use crate::writer::WriterHandle;
 
 pub mod admin;
 pub mod agent;
+pub mod alert;
 pub mod backup;
 pub mod command;
 pub mod enroll;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The command engine: every unfinished command.
     pub commands: Arc<Engine>,
+    /// Alert rules and alerts.
+    pub alerts: Arc<crate::alert::Alerts>,
     pub auth: Arc<Auth>,
     pub writer: WriterHandle,
     pub store: Arc<dyn Store>,
@@ -73,6 +76,24 @@ pub async fn answer_audited<T>(
                 .await;
             Err(status)
         }
+    }
+}
+
+/// Waits for `next`, unless the server starts shutting down or the caller's token is revoked
+/// first: how a long-lived stream learns that it must end.
+///
+/// # Errors
+///
+/// `UNAVAILABLE` when the server shuts down, `UNAUTHENTICATED` when the token is revoked.
+pub async fn unless_ended<T>(
+    shutdown: &CancellationToken,
+    revoked: &CancellationToken,
+    next: impl std::future::Future<Output = T>,
+) -> Result<T, tonic::Status> {
+    tokio::select! {
+        () = shutdown.cancelled() => Err(tonic::Status::unavailable("server is shutting down")),
+        () = revoked.cancelled() => Err(tonic::Status::unauthenticated("token has been revoked")),
+        item = next => Ok(item),
     }
 }
 

@@ -36,6 +36,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::alert::rule::{Alert, Rule};
 use crate::command::record::{
     CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
 };
@@ -245,6 +246,20 @@ pub enum Write {
         last_cursor: u64,
         idempotency_key: String,
     },
+    /// Insert or replace an alert rule created over RPC (rules of the rules file are not
+    /// stored).
+    PutAlertRule(Box<Rule>),
+    DeleteAlertRule {
+        org: OrgId,
+        name: String,
+    },
+    /// Insert or replace an alert (it fired, or resolved).
+    PutAlert(Box<Alert>),
+    /// Remove a resolved alert the history no longer keeps.
+    DeleteAlert {
+        org: OrgId,
+        id: String,
+    },
 }
 
 /// A [`Write`] in the form its backend applies it, made by [`Store::encode`]: keys built, values
@@ -302,6 +317,10 @@ pub struct Snapshot {
     pub audit_heads: Vec<AuditRecord>,
     /// Every deleted agent: an id here never comes back.
     pub tombstones: Vec<AgentTombstone>,
+    /// Alert rules created over RPC.
+    pub alert_rules: Vec<Rule>,
+    /// Every stored alert, firing or resolved, in id order within each org.
+    pub alerts: Vec<Alert>,
 }
 
 /// Errors of every backend. Backend detail is boxed inside so callers branch on the kind only.

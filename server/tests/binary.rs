@@ -465,6 +465,33 @@ fn a_bad_config_file_is_refused_in_one_line_naming_the_key() {
     );
 }
 
+#[test]
+fn a_bad_alert_rules_file_is_refused_in_one_line_naming_the_file_and_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("server.toml");
+    let rules = dir.path().join("alerts.toml");
+    let data = dir.path().join("data");
+    // Named by the config file, relative to its directory.
+    std::fs::write(
+        &config,
+        "data-dir = \"data\"\nalert-rules = \"alerts.toml\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &rules,
+        "[[rule]]\norg = \"default\"\nname = \"lost\"\nkind = \"agent_offline\"\nfor = \"0s\"\n",
+    )
+    .expect("write");
+    let config_arg = config.to_str().expect("utf-8 path");
+    let output = tether_server_in(&["--config", config_arg, "--listen", "127.0.0.1:0"], &[]);
+    let line = the_error_line(&output);
+    assert!(
+        line.contains("alerts.toml") && line.contains("rule lost") && line.contains("`for`"),
+        "{line}"
+    );
+    assert!(!data.exists(), "nothing written: {line}");
+}
+
 /// On a wildcard address the banner gives URLs a client can dial (this machine's hostname and
 /// addresses, never `0.0.0.0`), and the agent command is one pasteable shell command: every
 /// line but its last ends in ` \`.

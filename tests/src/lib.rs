@@ -40,6 +40,7 @@ mod rpc;
 mod scrape;
 mod server;
 mod session;
+mod webhook;
 
 pub use self::agent::{TestAgent, agent_config};
 pub use self::command::{
@@ -60,6 +61,7 @@ pub use self::server::{
     sessions_refused,
 };
 pub use self::session::{RawSession, hello, labels, sample, system_info};
+pub use self::webhook::{Answer, Received, Receiver};
 
 /// How long [`eventually`] waits by default. Generous: CI machines are slow and shared.
 pub const EVENTUALLY: Duration = Duration::from_secs(20);
@@ -150,3 +152,4 @@ pub type FleetClient = pb::fleet_service_client::FleetServiceClient<Authed>;
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<Authed>;
 pub type AgentClient = pb::agent_service_client::AgentServiceClient<Authed>;
 pub type CommandClient = pb::command_service_client::CommandServiceClient<Authed>;
+pub type AlertClient = pb::alert_service_client::AlertServiceClient<Authed>;

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
-    AdminClient, AgentClient, Bearer, CommandClient, FleetClient, TestAgent, agent_config, cli_at,
-    eventually, system_info,
+    AdminClient, AgentClient, AlertClient, Bearer, CommandClient, FleetClient, TestAgent,
+    agent_config, cli_at, eventually, system_info,
 };
 
 /// A server running in this process on a real socket.
@@ -270,6 +270,14 @@ impl TestServer {
             Bearer(token.map(str::to_owned)),
         )
         .max_decoding_message_size(64 << 20)
+    }
+
+    /// An `AlertService` client presenting `token` (none when `None`).
+    pub async fn alerts_as(&self, token: Option<&str>) -> AlertClient {
+        pb::alert_service_client::AlertServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(token.map(str::to_owned)),
+        )
     }
 
     pub async fn admin(&self) -> AdminClient {

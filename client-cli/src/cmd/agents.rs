@@ -10,7 +10,7 @@ pub(crate) mod lookup;
 pub(super) mod render;
 
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tether_proto as pb;
 
@@ -24,16 +24,9 @@ use crate::selector::parse_selector;
 use crate::view::{AgentDetailView, AgentStatus, AgentView, EventKind, Health, WatchEventView};
 use crate::{CliError, write_json, write_json_line};
 
+use super::resume::{self, Seen};
 use super::{fetch_pages, print_object, required_id, write_text};
 use render::{render_csv, render_detail, render_event, render_table};
-
-/// Pause before resubscribing after the server ended a watch that fell behind.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
-
-/// First pause before resuming a watch whose server went away; doubled up to
-/// [`RESUME_MAX_DELAY`] while it stays away.
-const RESUME_DELAY: Duration = Duration::from_millis(500);
-const RESUME_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// `agents list`: fetches every page (or `--limit` agents) and prints them.
 pub(crate) async fn list(
@@ -185,12 +178,10 @@ pub(crate) async fn get(
     })
 }
 
-/// `agents watch`: the snapshot, then one line per event. When the server ends a watch that
-/// fell behind (`ABORTED`) it resubscribes at once; when the server goes away (a restart, a
-/// lost connection) it resumes as soon as the server answers again, waiting longer between
-/// tries while it does not. Each (re)subscription starts with a fresh snapshot, ended by the
-/// `synced` marker (a JSON line, or a comment line in tables). Returns after `--max-events`,
-/// or with the error that no retry can fix (a revoked token, say).
+/// `agents watch`: the snapshot, then one line per event, resumed as `cmd/resume.rs` says.
+/// Each (re)subscription starts with a fresh snapshot, ended by the `synced` marker (a JSON
+/// line, or a comment line in tables). Returns after `--max-events`, or with the error that no
+/// retry can fix (a revoked token, say).
 pub(crate) async fn watch(
     args: WatchArgs,
     settings: &Settings,
@@ -205,82 +196,30 @@ pub(crate) async fn watch(
         return Ok(());
     }
     let conn = Connection::connect(settings).await?;
-    let mut client = conn.fleet();
-    let mut n_events: u64 = 0;
-    let mut resume_delay = RESUME_DELAY;
-    loop {
-        let ended = match client.watch_agents(request.clone()).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            resume_delay = RESUME_DELAY;
-                            let event = WatchEventView::from(event);
-                            let synced = event.kind == EventKind::Synced;
-                            match args.output {
-                                ObjectFormat::Table if synced => {
-                                    writeln!(out, "# snapshot complete, watching for changes")?;
-                                }
-                                ObjectFormat::Table => {
-                                    let line = render_event(&event, SystemTime::now());
-                                    write_text(out, &line)?;
-                                }
-                                ObjectFormat::Json => write_json_line(out, &event)?,
-                            }
-                            out.flush()?;
-                            if synced {
-                                continue;
-                            }
-                            n_events += 1;
-                            if args.max_events.is_some_and(|max| n_events >= max) {
-                                return Ok(());
-                            }
-                        }
-                        Ok(None) => break None,
-                        Err(status) => break Some(status),
-                    }
-                }
-            }
-            Err(status) => Some(status),
+    let client = conn.fleet();
+    let open = || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.watch_agents(request).await }
+    };
+    resume::follow(&conn, args.max_events, open, |event| {
+        let event = WatchEventView::from(event);
+        let seen = match event.kind {
+            EventKind::Synced => Seen::Marker,
+            _ => Seen::Event,
         };
-        match ended {
-            Some(status) if status.code() == tonic::Code::Aborted => {
-                eprintln!(
-                    "tetherctl: the watch fell behind the server and was ended ({}); \
-                     resubscribing, a fresh snapshot follows",
-                    crate::format::escape(status.message())
-                );
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        match (args.output, &seen) {
+            (ObjectFormat::Table, Seen::Marker) => {
+                writeln!(out, "# snapshot complete, watching for changes")?;
             }
-            Some(status) if !is_transient(status.code()) => {
-                return Err(conn.error(&status, None));
+            (ObjectFormat::Table, Seen::Event) => {
+                write_text(out, &render_event(&event, SystemTime::now()))?;
             }
-            ended => {
-                let why = ended.map_or_else(
-                    || "the server ended the watch".to_owned(),
-                    |status| conn.error(&status, None).to_string(),
-                );
-                eprintln!(
-                    "tetherctl: {}; resuming in {} (a fresh snapshot follows)",
-                    crate::format::escape(&why),
-                    crate::format::short_duration(resume_delay)
-                );
-                tokio::time::sleep(resume_delay).await;
-                resume_delay = (resume_delay * 2).min(RESUME_MAX_DELAY);
-            }
+            (ObjectFormat::Json, _) => write_json_line(out, &event)?,
         }
-    }
-}
-
-/// Whether a watch that ended with `code` may be resumed: the server or the path to it went
-/// away, and may come back.
-fn is_transient(code: tonic::Code) -> bool {
-    use tonic::Code;
-    matches!(
-        code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
+        out.flush()?;
+        Ok(seen)
+    })
+    .await
 }
 
 /// `agents delete ID --yes`: `AdminService.DeleteAgent`. Without `--yes` nothing is sent and

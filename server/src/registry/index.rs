@@ -30,6 +30,8 @@ pub(super) struct Index {
     all: RoaringBitmap,
     /// By status, in [`status_idx`] order.
     status: [RoaringBitmap; 4],
+    /// By health, in [`health_idx`] order (expired agents included): what health alerts select.
+    health: [RoaringBitmap; 4],
     labels: HashMap<String, LabelPostings>,
     /// By OS name, ASCII-lowercased: the `os` filter compares ignoring ASCII case.
     os: HashMap<String, RoaringBitmap>,
@@ -63,6 +65,7 @@ impl Index {
     pub(super) fn add(&mut self, slot: u32, facts: Indexed<'_>) {
         self.all.insert(slot);
         self.status[status_idx(facts.status)].insert(slot);
+        self.health[health_idx(facts.health)].insert(slot);
         self.add_labels(slot, &facts.record.labels);
         self.add_os(slot, facts.os_name());
         self.counts.change(facts, true);
@@ -72,6 +75,7 @@ impl Index {
     pub(super) fn remove(&mut self, slot: u32, facts: Indexed<'_>) {
         self.all.remove(slot);
         self.status[status_idx(facts.status)].remove(slot);
+        self.health[health_idx(facts.health)].remove(slot);
         self.remove_labels(slot, &facts.record.labels);
         self.remove_os(slot, facts.os_name());
         self.counts.change(facts, false);
@@ -94,6 +98,10 @@ impl Index {
         if old.status != new.status {
             self.status[status_idx(old.status)].remove(slot);
             self.status[status_idx(new.status)].insert(slot);
+        }
+        if old.health != new.health {
+            self.health[health_idx(old.health)].remove(slot);
+            self.health[health_idx(new.health)].insert(slot);
         }
         if os_changed || old.status != new.status || old.health != new.health {
             self.counts.change(old, false);
@@ -130,6 +138,16 @@ impl Index {
             out &= self.os.get(&os.to_ascii_lowercase()).unwrap_or(&none);
         }
         out
+    }
+
+    /// The slots of `selected` whose agents have `health`.
+    pub(super) fn with_health(&self, selected: &RoaringBitmap, health: Health) -> RoaringBitmap {
+        selected & &self.health[health_idx(health)]
+    }
+
+    /// How many of `selected` are in `status`.
+    pub(super) fn count_status(&self, selected: &RoaringBitmap, status: AgentStatus) -> u64 {
+        selected.intersection_len(&self.status[status_idx(status)])
     }
 
     /// The fleet summary of these agents.

@@ -296,6 +296,16 @@ impl Agents {
         self.index.summary()
     }
 
+    /// The slots of `selected` whose agents have `health`.
+    pub(super) fn with_health(&self, selected: &RoaringBitmap, health: Health) -> RoaringBitmap {
+        self.index.with_health(selected, health)
+    }
+
+    /// How many of `selected` are in `status`.
+    pub(super) fn count_status(&self, selected: &RoaringBitmap, status: AgentStatus) -> u64 {
+        self.index.count_status(selected, status)
+    }
+
     fn ids_after(&self, after: Option<&AgentId>) -> Range<'_, AgentId, u32> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.by_id.range::<AgentId, _>((start, Bound::Unbounded))

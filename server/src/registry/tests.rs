@@ -3,6 +3,7 @@
 //! helpers that drain a watch are shared with the watch's own tests (`watch/tests.rs`).
 
 use futures::FutureExt as _;
+use tether_proto::selector::Selector;
 
 use super::*;
 use crate::config::{HealthThresholds, LivenessConfig};
@@ -645,4 +646,58 @@ fn an_agents_first_session_reads_connected_and_later_ones_reconnected() {
     assert_eq!(f.view("a-1").status, AgentStatus::Offline);
     f.open("a-1", "s-2");
     assert_eq!(f.view("a-1").reason, StatusReason::Reconnected);
+}
+
+#[test]
+fn alert_reads_select_silent_critical_and_online_agents_through_the_index() {
+    let f = fixture(&[("a-1", "hw-1"), ("a-2", "hw-2"), ("a-3", "hw-3")]);
+    let all = Selector::default();
+    let none = Selector::parse("env=dev").expect("selector");
+    let ids = |c: Vec<Candidate>| c.into_iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(f.registry.silent_agents(&OrgId::new("acme"), &all)).len(),
+        3
+    );
+    assert!(
+        f.registry
+            .silent_agents(&OrgId::new("acme"), &none)
+            .is_empty()
+    );
+    assert!(
+        f.registry
+            .silent_agents(&OrgId::new("other"), &all)
+            .is_empty()
+    );
+    f.open("a-1", "s-1");
+    f.open("a-2", "s-2");
+    assert_eq!(
+        ids(f.registry.silent_agents(&OrgId::new("acme"), &all)),
+        ["a-3"]
+    );
+    assert_eq!(f.registry.online_count(&OrgId::new("acme"), &all), (2, 3));
+    assert_eq!(f.registry.online_count(&OrgId::new("acme"), &none), (0, 0));
+    assert!(
+        f.registry
+            .critical_agents(&OrgId::new("acme"), &all)
+            .is_empty()
+    );
+    let mut hot = sample(1);
+    hot.cpu_percent = 99.0;
+    f.registry
+        .samples_committed(vec![(OrgId::new("acme"), AgentId::new("a-2"), hot, 1)]);
+    assert_eq!(
+        ids(f.registry.critical_agents(&OrgId::new("acme"), &all)),
+        ["a-2"]
+    );
+    f.registry.samples_committed(vec![(
+        OrgId::new("acme"),
+        AgentId::new("a-2"),
+        sample(2),
+        2,
+    )]);
+    assert!(
+        f.registry
+            .critical_agents(&OrgId::new("acme"), &all)
+            .is_empty()
+    );
 }

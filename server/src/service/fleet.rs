@@ -269,16 +269,13 @@ impl Watch {
         if self.done {
             return None;
         }
-        let item = tokio::select! {
-            () = self.shutdown.cancelled() => {
+        let next = self.subscription.next();
+        let item = match super::unless_ended(&self.shutdown, &self.revoked, next).await {
+            Ok(item) => item,
+            Err(status) => {
                 self.done = true;
-                return Some(Err(Status::unavailable("server is shutting down")));
+                return Some(Err(status));
             }
-            () = self.revoked.cancelled() => {
-                self.done = true;
-                return Some(Err(Status::unauthenticated("token has been revoked")));
-            }
-            item = self.subscription.next() => item,
         };
         match item {
             Ok(item) => Some(Ok(convert::fleet::watch_item_to_pb(

@@ -29,6 +29,8 @@
 //! | `{org}/i/{command}/{n}` | [`InvocationRecord`](crate::command::record::InvocationRecord) (postcard) |
 //! | `{org}/v/{command}/{cursor}` | [`CommandEvent`](crate::command::record::CommandEvent) (postcard) |
 //! | `{org}/k/{sha256(key)}/{command}` | creation millis of a command sent with an idempotency key |
+//! | `{org}/ar/{rule}` | an alert [`Rule`](crate::alert::rule::Rule) created over RPC |
+//! | `{org}/al/{alert}` | an [`Alert`](crate::alert::rule::Alert), firing or resolved (ids start with their firing time) |
 //!
 //! Values are `serde_json` unless the table says otherwise. Command ids start with their
 //! creation time in fixed-width hex, so `{org}/c/` is in creation order (`store/sled/command.rs`).
@@ -345,6 +347,14 @@ impl Store for SledStore {
                 check_owner(&org, ORG_RECORD_ID, &record.id, ORG_RECORD_ID, ORG)?;
                 snapshot.orgs.push(record);
             }
+            for (id, rule) in self.scan_section::<crate::alert::rule::Rule>(&org, ALERT_RULE)? {
+                check_owner(&org, &id, &rule.org, &rule.name, ALERT_RULE)?;
+                snapshot.alert_rules.push(rule);
+            }
+            for (id, alert) in self.scan_section::<crate::alert::rule::Alert>(&org, ALERT)? {
+                check_owner(&org, &id, &alert.org, &alert.id, ALERT)?;
+                snapshot.alerts.push(alert);
+            }
             let audit = section(&org, AUDIT);
             if let Some(entry) = self.data.scan_prefix(&audit).next_back() {
                 let (key, value) = entry.map_err(backend)?;
@@ -450,6 +460,32 @@ impl Store for SledStore {
             | Write::DeleteCommandEvent { .. }
             | Write::PutIdempotencyKey { .. }
             | Write::DeleteCommand { .. } => return command::encode(write),
+            Write::PutAlertRule(rule) => put(
+                record_key(
+                    rule.org.as_str(),
+                    ALERT_RULE,
+                    checked_id(&rule.name, "alert rule")?,
+                ),
+                encode(rule, "alert rule")?,
+            ),
+            Write::DeleteAlertRule { org, name } => Encoded {
+                ops: vec![Op::Remove(record_key(
+                    org.as_str(),
+                    ALERT_RULE,
+                    checked_id(name, "alert rule")?,
+                ))],
+            },
+            Write::PutAlert(alert) => put(
+                record_key(alert.org.as_str(), ALERT, checked_id(&alert.id, "alert")?),
+                encode(alert, "alert")?,
+            ),
+            Write::DeleteAlert { org, id } => Encoded {
+                ops: vec![Op::Remove(record_key(
+                    org.as_str(),
+                    ALERT,
+                    checked_id(id, "alert")?,
+                ))],
+            },
         })
     }
 
@@ -665,6 +701,18 @@ fn sled_io_threads() -> Option<usize> {
             .filter(|name| name.starts_with("sled-io-"))
             .count(),
     )
+}
+
+/// `id`, if it may name a record in a key (`[a-z0-9-]`, see the module's docs).
+fn checked_id<'a>(id: &'a str, what: &'static str) -> Result<&'a str> {
+    if is_valid_id(id) {
+        Ok(id)
+    } else {
+        Err(StoreError::Unencodable {
+            what,
+            detail: format!("invalid id {id:?}"),
+        })
+    }
 }
 
 fn agent_key(org: &OrgId, agent: &AgentId) -> AgentKey {

@@ -11,6 +11,7 @@ const SERVICES: &[&str] = &[
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
     "tether.v1.AdminService",
+    "tether.v1.AlertService",
     "tether.v1.AgentService",
     "tether.v1.CommandService",
     "tether.v1.FleetService",

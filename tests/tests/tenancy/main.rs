@@ -55,6 +55,7 @@ struct Clients {
     fleet: pb::fleet_service_client::FleetServiceClient<Raw>,
     admin: pb::admin_service_client::AdminServiceClient<Raw>,
     commands: pb::command_service_client::CommandServiceClient<Raw>,
+    alerts: pb::alert_service_client::AlertServiceClient<Raw>,
 }
 
 impl Clients {
@@ -65,6 +66,7 @@ impl Clients {
             fleet: pb::fleet_service_client::FleetServiceClient::new(with(&header)),
             admin: pb::admin_service_client::AdminServiceClient::new(with(&header)),
             commands: pb::command_service_client::CommandServiceClient::new(with(&header)),
+            alerts: pb::alert_service_client::AlertServiceClient::new(with(&header)),
         }
     }
 }
@@ -400,6 +402,9 @@ struct Targets {
     victim_agent: String,
     victim_token: String,
     victim_enrollment: String,
+    /// Callers of the matrix: a caller's column is `serial % n_callers`, which names the alert
+    /// rule it creates, then deletes, in its own org.
+    n_callers: usize,
 }
 
 /// Calls `method` with a minimal valid request naming acme's objects. Returns whether the
@@ -413,6 +418,8 @@ async fn invoke(
 ) -> (bool, Result<(), Status>) {
     let (mut agent, mut fleet, mut admin) = (c.agent.clone(), c.fleet.clone(), c.admin.clone());
     let mut commands = c.commands.clone();
+    let mut alerts = c.alerts.clone();
+    let own_rule = format!("matrix-{}", serial % t.n_callers);
     match method {
         "/tether.v1.AgentService/Enroll" => (
             false,
@@ -697,6 +704,56 @@ async fn invoke(
                     Ok(Ok(Some(_))) => Ok(()),
                     Ok(Err(status)) => Err(status),
                     other => panic!("Backup: expected a part, got {other:?}"),
+                }
+            }
+            .await;
+            (false, result)
+        }
+        "/tether.v1.AlertService/CreateAlertRule" => (
+            false,
+            drop_ok(
+                alerts
+                    .create_alert_rule(pb::CreateAlertRuleRequest {
+                        rule: Some(pb::AlertRule {
+                            name: own_rule,
+                            kind: pb::AlertRuleKind::AgentOffline as i32,
+                            for_duration: Some(prost_types::Duration {
+                                seconds: 60,
+                                nanos: 0,
+                            }),
+                            ..Default::default()
+                        }),
+                    })
+                    .await,
+            ),
+        ),
+        "/tether.v1.AlertService/ListAlertRules" => (
+            false,
+            drop_ok(alerts.list_alert_rules(pb::ListAlertRulesRequest {}).await),
+        ),
+        // Each caller deletes the rule it created in its own org (see `Targets::n_callers`).
+        "/tether.v1.AlertService/DeleteAlertRule" => (
+            false,
+            drop_ok(
+                alerts
+                    .delete_alert_rule(pb::DeleteAlertRuleRequest { name: own_rule })
+                    .await,
+            ),
+        ),
+        "/tether.v1.AlertService/ListAlerts" => (
+            false,
+            drop_ok(alerts.list_alerts(pb::ListAlertsRequest::default()).await),
+        ),
+        "/tether.v1.AlertService/WatchAlerts" => {
+            let result = async {
+                let mut stream = alerts
+                    .watch_alerts(pb::WatchAlertsRequest {})
+                    .await?
+                    .into_inner();
+                match tokio::time::timeout(STREAM_WAIT, stream.message()).await {
+                    Ok(Ok(Some(_))) => Ok(()),
+                    Ok(Err(status)) => Err(status),
+                    other => panic!("WatchAlerts: expected an event, got {other:?}"),
                 }
             }
             .await;

@@ -14,6 +14,7 @@ async fn every_rpc_answers_every_caller_as_the_role_table_says() {
         victim_agent: world.acme.victim_agent.clone(),
         victim_token: world.acme.victim_token.clone(),
         victim_enrollment: world.acme.victim_enrollment.clone(),
+        n_callers: callers.len(),
     };
 
     // Audit trails before the matrix, to check afterwards what the matrix's calls added.

@@ -30,6 +30,10 @@ pub(super) const ACTIVE_COMMAND: &[u8] = b"r";
 pub(super) const INVOCATION: &[u8] = b"i";
 pub(super) const COMMAND_EVENT: &[u8] = b"v";
 pub(super) const IDEMPOTENCY: &[u8] = b"k";
+/// Alert rules created over RPC: `{org}/ar/{rule}`.
+pub(super) const ALERT_RULE: &[u8] = b"ar";
+/// Alerts, firing and resolved: `{org}/al/{alert id}`.
+pub(super) const ALERT: &[u8] = b"al";
 /// Sealed chunks of samples: `{org}/s/{agent}/{max time ms BE}{first seq BE}`.
 pub(super) const CHUNK: &[u8] = b"s";
 /// Head records: `{org}/hd/{agent}`.
@@ -55,6 +59,8 @@ pub(super) const KINDS: &[&[u8]] = &[
     INVOCATION,
     COMMAND_EVENT,
     IDEMPOTENCY,
+    ALERT_RULE,
+    ALERT,
     CHUNK,
     HEAD,
     ROLLUP_5M,
