@@ -106,6 +106,8 @@ struct Org {
     operator: String,
     viewer: String,
     expired: String,
+    /// The expired token's id, to find its refusal in the audit trail.
+    expired_id: String,
     revoked: String,
     enrollment: String,
     /// Connects in the matrix and is read by `GetAgent` / `GetMetrics`.
@@ -242,6 +244,7 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
         operator: operator.secret,
         viewer: viewer.secret,
         expired: expired.secret,
+        expired_id: expired.token.as_ref().expect("token").token_id.clone(),
         revoked: revoked.secret,
         victim_token: victim_token.token.expect("token").token_id,
         victim_enrollment: enrollment_id(&victim_enrollment),
@@ -283,6 +286,20 @@ impl World {
                         Ok(_) => None,
                         Err(status) => panic!("expired token: unexpected {status:?}"),
                     }
+                }
+            })
+            .await;
+            // Its refusal is audited after it is answered: wait for the record, so that it
+            // does not land among the matrix's own.
+            let admin = server.admin_as(Some(&org.first_admin)).await;
+            eventually("the expired token's refusal to be audited", || {
+                let admin = admin.clone();
+                async move {
+                    all_audit(&admin)
+                        .await
+                        .iter()
+                        .any(|e| e.actor_token_id == org.expired_id)
+                        .then_some(())
                 }
             })
             .await;
