@@ -53,6 +53,15 @@ pub const DEFAULT_WRITER_LINGER: Duration = Duration::from_millis(5);
 pub const DEFAULT_WRITER_QUEUE: usize = 65_536;
 /// Handler commits and audit entries queued towards the writer before their callers wait.
 pub const DEFAULT_WRITER_CONTROL_QUEUE: usize = 4096;
+/// Samples all sessions together may have read and not yet seen acknowledged (the ingest
+/// budget). Two batches: one filling while the other commits. Past it, sessions stop reading
+/// their streams (HTTP/2 flow control holds the agents back) and take turns, first come first
+/// served, as budget frees up; so a sample waits at most about two commits inside the server.
+pub const DEFAULT_INGEST_BUDGET: usize = 2 * DEFAULT_WRITER_MAX_BATCH;
+/// Metrics reports one session may have read and not yet seen acknowledged; past it, the
+/// session reads nothing more until an ack, so a flooding agent holds at most this much of the
+/// ingest budget and waits on itself.
+pub const DEFAULT_SESSION_REPORTS_IN_FLIGHT: usize = 4;
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SAMPLES_PER_REPORT: usize = 1000;
@@ -262,6 +271,10 @@ pub struct StorageConfig {
     pub writer_linger: Duration,
     pub writer_queue: usize,
     pub writer_control_queue: usize,
+    /// Samples read from all sessions and not yet acknowledged, at most.
+    pub ingest_budget: usize,
+    /// Metrics reports read from one session and not yet acknowledged, at most.
+    pub session_reports_in_flight: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -491,8 +504,19 @@ impl Config {
         if self.storage.writer_max_batch == 0
             || self.storage.writer_queue == 0
             || self.storage.writer_control_queue == 0
+            || self.storage.ingest_budget == 0
+            || self.storage.session_reports_in_flight == 0
         {
-            return invalid("writer batch and queue sizes must be greater than zero".to_owned());
+            return invalid(
+                "writer batch and queue sizes and the ingest budgets must be greater than zero"
+                    .to_owned(),
+            );
+        }
+        if u32::try_from(self.storage.ingest_budget).is_err() {
+            return invalid(format!(
+                "the ingest budget must be at most {} samples",
+                u32::MAX
+            ));
         }
         self.commands.validate()?;
         let st = &self.storage;
@@ -686,6 +710,8 @@ impl Default for StorageConfig {
             writer_linger: DEFAULT_WRITER_LINGER,
             writer_queue: DEFAULT_WRITER_QUEUE,
             writer_control_queue: DEFAULT_WRITER_CONTROL_QUEUE,
+            ingest_budget: DEFAULT_INGEST_BUDGET,
+            session_reports_in_flight: DEFAULT_SESSION_REPORTS_IN_FLIGHT,
         }
     }
 }

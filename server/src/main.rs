@@ -191,6 +191,15 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_WRITER_MAX_BATCH)]
     writer_max_batch: usize,
 
+    /// Samples read from all agents and not yet acknowledged, at most; past it, agent streams
+    /// are not read until acks free budget (the agents keep the samples).
+    #[arg(long, default_value_t = config::DEFAULT_INGEST_BUDGET)]
+    ingest_budget: usize,
+
+    /// Metrics reports read from one agent and not yet acknowledged, at most.
+    #[arg(long, default_value_t = config::DEFAULT_SESSION_REPORTS_IN_FLIGHT)]
+    session_reports_in_flight: usize,
+
     /// Largest accepted gRPC message, in bytes (after decompression).
     #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
@@ -461,6 +470,8 @@ impl Args {
         c.storage.writer_linger = self.writer_linger.into();
         c.storage.cache_bytes = self.store_cache_mib << 20;
         c.storage.writer_max_batch = self.writer_max_batch;
+        c.storage.ingest_budget = self.ingest_budget;
+        c.storage.session_reports_in_flight = self.session_reports_in_flight;
         c.limits.max_message_bytes = self.max_message_bytes;
         c.limits.max_samples_per_report = self.max_samples_per_report;
         c.limits.max_labels = self.max_labels;

@@ -241,6 +241,7 @@ async fn start_inner(
         &metrics,
         config.storage.writer_queue,
         config.storage.writer_control_queue,
+        config.storage.ingest_budget,
     );
     let tombstones = snapshot
         .tombstones

@@ -25,8 +25,14 @@
 //!
 //! # Queues and their bounds
 //!
-//! - Samples: a bounded queue of reports (`writer_queue`); a full queue makes the session wait
-//!   (backpressure on ingest).
+//! - Samples: every report a session hands over first takes its samples' worth of the ingest
+//!   budget ([`WriterHandle::admit`], `ingest_budget` samples in all), given back only once the
+//!   batch holding it is committed and acked (or failed). A session that cannot get budget reads
+//!   nothing more from its stream (see `session.rs`); sessions waiting for budget are served
+//!   first come, first served, one report each. So what the server has read and not acked is
+//!   bounded, and so is the time a sample waits inside it: about `ingest_budget` divided by
+//!   the store's rate, instead of a queue's worth of seconds. The reports themselves then wait
+//!   in a bounded queue (`writer_queue`), which a session waits on if it is ever full.
 //! - Control (handler commits and audit entries): a bounded queue (`writer_control_queue`);
 //!   callers wait for a slot before queueing ([`WriterHandle::audit`], [`WriterHandle::reserve`])
 //!   and never queue while holding a lock they cannot hold across a wait, so a full queue slows
@@ -43,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
@@ -82,6 +88,11 @@ pub struct WriterHandle {
     samples: mpsc::Sender<SampleBatch>,
     control: mpsc::Sender<Control>,
     live: Arc<LiveChanges>,
+    /// The ingest budget, in samples: taken by a session before it hands a report over,
+    /// released when the batch holding the report is done.
+    admission: Arc<Semaphore>,
+    /// The ingest budget's size.
+    budget: u32,
     /// Encodes writes as they are queued.
     store: Arc<dyn Store>,
     depth: QueueGauges,
@@ -98,15 +109,34 @@ pub struct WriterQueues {
     samples: mpsc::Receiver<SampleBatch>,
     control: mpsc::Receiver<Control>,
     live: Arc<LiveChanges>,
+    admission: Arc<Semaphore>,
+    budget: u32,
     depth: QueueGauges,
 }
 
-/// The depth gauges of the two bounded queues.
+/// The depth gauges of the two bounded queues and of the ingest budget in use.
 #[derive(Clone, Debug)]
 struct QueueGauges {
     samples: Gauge,
     control: Gauge,
+    admitted: Gauge,
 }
+
+/// A share of the ingest budget, held by a report from [`WriterHandle::admit`] until the batch
+/// holding it is committed and acked, or failed.
+#[derive(Debug)]
+pub struct Admission(OwnedSemaphorePermit);
+
+impl Admission {
+    /// Joins `other` (of the same budget) to this one, to be given back together.
+    fn merge(&mut self, other: Self) {
+        self.0.merge(other.0);
+    }
+}
+
+/// A wait for ingest budget, in line behind the sessions that asked before.
+pub type Admitting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Admission, ServerError>> + Send>>;
 
 /// Why a batch was not committed. Every handler waiting on the batch gets a clone.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -126,6 +156,8 @@ struct SampleBatch {
     /// `(seq, encoded write)`, in seq order.
     samples: Vec<(u64, Encoded)>,
     newest: Sample,
+    /// Given back once the batch holding these samples is done.
+    admission: Admission,
 }
 
 #[derive(Debug)]
@@ -145,13 +177,16 @@ struct Commit {
 }
 
 /// Creates the queues: `samples` reports and `control` handler commits and audit entries at
-/// most. Writes are encoded by `store`, which the writer task must commit to.
+/// most, and an ingest budget of `ingest_budget` samples (at least 1, at most `u32::MAX`).
+/// Writes are encoded by `store`, which the writer task must commit to.
 pub fn channel(
     store: Arc<dyn Store>,
     metrics: &Metrics,
     samples: usize,
     control: usize,
+    ingest_budget: usize,
 ) -> (WriterHandle, WriterQueues) {
+    let budget = u32::try_from(ingest_budget.max(1)).unwrap_or(u32::MAX);
     let (samples_tx, samples_rx) = mpsc::channel(samples);
     let (control_tx, control_rx) = mpsc::channel(control);
     let gauge = |queue: &'static str| {
@@ -163,16 +198,20 @@ pub fn channel(
     let depth = QueueGauges {
         samples: gauge("samples"),
         control: gauge("control"),
+        admitted: gauge("admitted_samples"),
     };
     let live = Arc::new(LiveChanges::new(
         gauge("live"),
         metrics.writer_transitions_coalesced.clone(),
     ));
+    let admission = Arc::new(Semaphore::new(budget as usize));
     (
         WriterHandle {
             samples: samples_tx,
             control: control_tx,
             live: live.clone(),
+            admission: admission.clone(),
+            budget,
             store,
             depth: depth.clone(),
         },
@@ -180,9 +219,17 @@ pub fn channel(
             samples: samples_rx,
             control: control_rx,
             live,
+            admission,
+            budget,
             depth,
         },
     )
+}
+
+/// Sets `gauge` to the ingest budget in use.
+fn observe_budget(gauge: &Gauge, admission: &Semaphore, budget: u32) {
+    let used = (budget as usize).saturating_sub(admission.available_permits());
+    gauge.set(i64::try_from(used).unwrap_or(i64::MAX));
 }
 
 /// Sets `gauge` to what `sender`'s queue holds (slots taken, reservations included).
@@ -194,8 +241,46 @@ fn observe<T>(gauge: &Gauge, sender: &mpsc::Sender<T>) {
 // === impl WriterHandle ===
 
 impl WriterHandle {
-    /// Encodes and queues validated samples (in seq order) of `session`'s agent; waits while
-    /// the queue is full. The session is acked through [`Session::acked`] after the flush.
+    /// The ingest budget for a report of `n` samples, if it is free now and nobody waits for
+    /// budget before this caller.
+    pub fn try_admit(&self, n: usize) -> Option<Admission> {
+        let permit = self
+            .admission
+            .clone()
+            .try_acquire_many_owned(self.cost(n))
+            .ok()?;
+        self.observe_admitted();
+        Some(Admission(permit))
+    }
+
+    /// Waits for the ingest budget for a report of `n` samples, behind every caller that
+    /// waits already (first come, first served).
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the writer has stopped.
+    pub fn admit(&self, n: usize) -> Admitting {
+        let acquire = self.admission.clone().acquire_many_owned(self.cost(n));
+        let handle = self.clone();
+        Box::pin(async move {
+            let permit = acquire.await.map_err(|_| ServerError::Unavailable)?;
+            handle.observe_admitted();
+            Ok(Admission(permit))
+        })
+    }
+
+    /// The budget a report of `n` samples takes: one per sample, at most the whole budget.
+    fn cost(&self, n: usize) -> u32 {
+        u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.budget)
+    }
+
+    fn observe_admitted(&self) {
+        observe_budget(&self.depth.admitted, &self.admission, self.budget);
+    }
+
+    /// Encodes and queues validated samples (in seq order) of `session`'s agent, holding
+    /// `admission` until the batch holding them is done; waits while the queue is full. The
+    /// session is acked through [`Session::acked`] after the flush.
     ///
     /// # Errors
     ///
@@ -205,6 +290,7 @@ impl WriterHandle {
         &self,
         session: Arc<Session>,
         samples: Vec<Sample>,
+        admission: Admission,
     ) -> Result<(), ServerError> {
         let mut encoded = Vec::with_capacity(samples.len());
         let mut newest = None;
@@ -227,6 +313,7 @@ impl WriterHandle {
             session,
             samples: encoded,
             newest,
+            admission,
         };
         self.samples
             .send(batch)
@@ -670,6 +757,11 @@ impl Writer {
             live,
         )
         .await;
+        observe_budget(
+            &self.queues.depth.admitted,
+            &self.queues.admission,
+            self.queues.budget,
+        );
         self.retry_delay = if committed {
             Duration::ZERO
         } else {
