@@ -99,6 +99,14 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 pub const MIN_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Largest HTTP/2 header block accepted (header-flood defence).
 pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Bytes a client may send on one stream before the server has read them (HTTP/2 flow
+/// control). It is what a stream the server holds back can make it buffer, so it is small:
+/// HTTP/2's own default rather than hyper's 1 MiB.
+pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+/// Bytes a client may send on all streams of one connection before the server has read them.
+pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Smallest allowed flow-control window.
+pub const MIN_HTTP2_WINDOW: u32 = 16 * 1024;
 /// Streams reset by a client before the server accepted them, per connection, before the
 /// connection is closed (HTTP/2 Rapid Reset defence). As large as the stream limit: a
 /// well-behaved client may cancel every stream it is allowed to have open at once (its HEADERS
@@ -297,6 +305,9 @@ pub struct Limits {
     pub max_watches_per_org: usize,
     pub max_response_bytes: usize,
     pub max_header_list_bytes: u32,
+    /// HTTP/2 flow-control window of each stream and of each connection.
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
     pub max_pending_accept_resets: usize,
     pub max_local_error_resets: usize,
     pub stream_messages_per_second: u32,
@@ -444,6 +455,14 @@ impl Config {
             return invalid(
                 "rate limits and the header list size must be greater than zero".to_owned(),
             );
+        }
+        if l.http2_stream_window < MIN_HTTP2_WINDOW
+            || l.http2_connection_window < l.http2_stream_window
+        {
+            return invalid(format!(
+                "the HTTP/2 stream window must be at least {MIN_HTTP2_WINDOW} bytes, and the \
+                 connection window at least the stream window"
+            ));
         }
         if l.reenroll_per_minute == 0 || l.reenroll_burst == 0 {
             return invalid(
@@ -737,6 +756,8 @@ impl Default for Limits {
             max_watches_per_org: DEFAULT_MAX_WATCHES_PER_ORG,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
+            http2_stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
+            http2_connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
             max_pending_accept_resets: DEFAULT_MAX_PENDING_ACCEPT_RESETS,
             max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
             stream_messages_per_second: DEFAULT_STREAM_MESSAGES_PER_SECOND,

@@ -260,6 +260,15 @@ struct Args {
     #[arg(long, default_value_t = config::DEFAULT_MAX_HEADER_LIST_BYTES)]
     max_header_list_bytes: u32,
 
+    /// HTTP/2 flow-control window of each stream, in bytes: what a client may send before
+    /// the server reads it.
+    #[arg(long, default_value_t = config::DEFAULT_HTTP2_STREAM_WINDOW)]
+    http2_stream_window: u32,
+
+    /// HTTP/2 flow-control window of each connection, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_HTTP2_CONNECTION_WINDOW)]
+    http2_connection_window: u32,
+
     /// Client-reset streams tolerated per connection before it is closed (Rapid Reset).
     #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_ACCEPT_RESETS)]
     max_pending_accept_resets: usize,
@@ -487,6 +496,8 @@ impl Args {
         c.limits.max_watches_per_org = self.max_watches_per_org;
         c.limits.max_response_bytes = self.max_response_bytes;
         c.limits.max_header_list_bytes = self.max_header_list_bytes;
+        c.limits.http2_stream_window = self.http2_stream_window;
+        c.limits.http2_connection_window = self.http2_connection_window;
         c.limits.max_pending_accept_resets = self.max_pending_accept_resets;
         c.limits.max_local_error_resets = self.max_local_error_resets;
         c.limits.stream_messages_per_second = self.stream_messages_per_second;
