@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use tether_proto as pb;
-use tether_tests::{Healthy, RawSession, TestServer, fast_config, trace_init};
+use tether_tests::{
+    Healthy, RawSession, TestServer, eventually, eventually_within, fast_config, trace_init,
+};
 
 /// Extra time every commit takes: the slow disk under test.
 const COMMIT_DELAY: Duration = Duration::from_millis(100);
@@ -161,4 +163,46 @@ async fn a_session_held_back_longer_than_stale_after_stays_online() {
         "a session held back by the server went through {seen:?}"
     );
     store.slow(Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_behind_a_slow_writer_keeps_its_samples_and_sends_them_together() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, store) = TestServer::start_failing(fast_config(dir.path())).await;
+    let agent = server.spawn_agent("patient", &[]).await;
+    let stats = agent.handle.stats.clone();
+    let first = eventually("the agent's first ack", || async {
+        let seq = stats.samples_acked_seq();
+        (seq >= 1).then_some(seq)
+    })
+    .await;
+    let reports = || server.metrics.agent_messages.metrics.get();
+    let reports_before = reports();
+
+    // Each commit now takes 7 metrics intervals: the agent writes at most 4 reports ahead of
+    // the acks, keeps the rest in its buffer, and sends them together after each ack. One
+    // report per sample (what an agent without that bound writes) fails the check.
+    store.slow(Duration::from_millis(1500));
+    let acked = eventually_within(
+        Duration::from_secs(60),
+        "twenty more samples acked through the slow writer",
+        || async {
+            let seq = stats.samples_acked_seq();
+            (seq >= first + 20).then_some(seq)
+        },
+    )
+    .await;
+    let sent = reports() - reports_before;
+    assert!(
+        sent * 4 <= (acked - first) * 3,
+        "{sent} reports carried {} samples: the samples did not wait in the buffer",
+        acked - first
+    );
+    store.slow(Duration::ZERO);
+    assert!(
+        agent.handle.stats.sessions_started() == 1,
+        "the agent kept its session"
+    );
+    agent.stop().await;
 }
