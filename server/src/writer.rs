@@ -25,14 +25,10 @@
 //!
 //! # Queues and their bounds
 //!
-//! - Samples: every report a session hands over first takes its samples' worth of the ingest
-//!   budget ([`WriterHandle::admit`], `ingest_budget` samples in all), given back only once the
-//!   batch holding it is committed and acked (or failed). A session that cannot get budget reads
-//!   nothing more from its stream (see `session.rs`); sessions waiting for budget are served
-//!   first come, first served, one report each. So what the server has read and not acked is
-//!   bounded, and so is the time a sample waits inside it: about `ingest_budget` divided by
-//!   the store's rate, instead of a queue's worth of seconds. The reports themselves then wait
-//!   in a bounded queue (`writer_queue`), which a session waits on if it is ever full.
+//! - Samples: a report first takes its samples' share of the ingest budget (`ingest_budget`
+//!   samples in all, `writer/admission.rs`), held until its batch is acked or failed; a session
+//!   without budget stops reading its stream (`session.rs`). The reports then wait in a bounded
+//!   queue (`writer_queue`).
 //! - Control (handler commits and audit entries): a bounded queue (`writer_control_queue`);
 //!   callers wait for a slot before queueing ([`WriterHandle::audit`], [`WriterHandle::reserve`])
 //!   and never queue while holding a lock they cannot hold across a wait, so a full queue slows
@@ -49,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
@@ -62,9 +58,12 @@ use crate::registry::Registry;
 use crate::session::Session;
 use crate::store::{Encoded, Purged, Retention, Store, StoreError, Write};
 
+mod admission;
 mod batch;
 mod live;
 
+use self::admission::observe_budget;
+pub use self::admission::{Admission, Admitting};
 use self::batch::{WriterState, commit_batch};
 use self::live::LiveChanges;
 
@@ -121,22 +120,6 @@ struct QueueGauges {
     control: Gauge,
     admitted: Gauge,
 }
-
-/// A share of the ingest budget, held by a report from [`WriterHandle::admit`] until the batch
-/// holding it is committed and acked, or failed.
-#[derive(Debug)]
-pub struct Admission(OwnedSemaphorePermit);
-
-impl Admission {
-    /// Joins `other` (of the same budget) to this one, to be given back together.
-    fn merge(&mut self, other: Self) {
-        self.0.merge(other.0);
-    }
-}
-
-/// A wait for ingest budget, in line behind the sessions that asked before.
-pub type Admitting =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Admission, ServerError>> + Send>>;
 
 /// Why a batch was not committed. Every handler waiting on the batch gets a clone.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -226,12 +209,6 @@ pub fn channel(
     )
 }
 
-/// Sets `gauge` to the ingest budget in use.
-fn observe_budget(gauge: &Gauge, admission: &Semaphore, budget: u32) {
-    let used = (budget as usize).saturating_sub(admission.available_permits());
-    gauge.set(i64::try_from(used).unwrap_or(i64::MAX));
-}
-
 /// Sets `gauge` to what `sender`'s queue holds (slots taken, reservations included).
 fn observe<T>(gauge: &Gauge, sender: &mpsc::Sender<T>) {
     let held = sender.max_capacity() - sender.capacity();
@@ -241,43 +218,6 @@ fn observe<T>(gauge: &Gauge, sender: &mpsc::Sender<T>) {
 // === impl WriterHandle ===
 
 impl WriterHandle {
-    /// The ingest budget for a report of `n` samples, if it is free now and nobody waits for
-    /// budget before this caller.
-    pub fn try_admit(&self, n: usize) -> Option<Admission> {
-        let permit = self
-            .admission
-            .clone()
-            .try_acquire_many_owned(self.cost(n))
-            .ok()?;
-        self.observe_admitted();
-        Some(Admission(permit))
-    }
-
-    /// Waits for the ingest budget for a report of `n` samples, behind every caller that
-    /// waits already (first come, first served).
-    ///
-    /// # Errors
-    ///
-    /// `Unavailable` if the writer has stopped.
-    pub fn admit(&self, n: usize) -> Admitting {
-        let acquire = self.admission.clone().acquire_many_owned(self.cost(n));
-        let handle = self.clone();
-        Box::pin(async move {
-            let permit = acquire.await.map_err(|_| ServerError::Unavailable)?;
-            handle.observe_admitted();
-            Ok(Admission(permit))
-        })
-    }
-
-    /// The budget a report of `n` samples takes: one per sample, at most the whole budget.
-    fn cost(&self, n: usize) -> u32 {
-        u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.budget)
-    }
-
-    fn observe_admitted(&self) {
-        observe_budget(&self.depth.admitted, &self.admission, self.budget);
-    }
-
     /// Encodes and queues validated samples (in seq order) of `session`'s agent, holding
     /// `admission` until the batch holding them is done; waits while the queue is full. The
     /// session is acked through [`Session::acked`] after the flush.
