@@ -57,6 +57,12 @@ pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 pub const MIN_WELCOME_TIMEOUT: Duration = Duration::from_secs(60);
 /// Capacity of the outbound message queue of one session.
 const OUTBOUND_QUEUE: usize = 32;
+/// Metrics reports written to a stream and not yet acknowledged, at most. Further samples
+/// wait in the buffer and leave together, in one report, once an ack comes: when the server
+/// is behind (and holds the stream back), the samples wait here rather than in the transport,
+/// every report written is acked within a few of the server's commits, and the server is
+/// sent fewer, larger reports.
+const MAX_REPORTS_IN_FLIGHT: usize = 4;
 /// A session with no inbound message for this many heartbeat intervals (or the server's
 /// `offline_after`, if longer) is considered dead.
 const SILENT_HEARTBEATS: u32 = 9;
@@ -192,7 +198,8 @@ struct Session<'a> {
     next_nonce: u64,
     /// Set once an ack or pong arrives after `Welcome`.
     healthy: bool,
-    /// Last seq and send time of each report awaiting its ack, when ack latency is recorded.
+    /// Last seq and send time of each report awaiting its ack (at most
+    /// [`MAX_REPORTS_IN_FLIGHT`]).
     in_flight: VecDeque<(u64, Instant)>,
     /// Highest command outbox index already written to this stream.
     commands_sent_through: u64,
@@ -420,8 +427,17 @@ impl Session<'_> {
                     Some(response) => {
                         silence.as_mut().reset(Instant::now() + silence_limit);
                         let message = ServerMessage::try_from(response)?;
+                        let ack = matches!(message, ServerMessage::MetricsAck { .. });
                         if let Some(end) = self.on_message(message)? {
                             return Ok(end);
+                        }
+                        // An ack frees room for the samples that waited for it.
+                        if ack {
+                            match self.flush_pending().await {
+                                Ok(()) => {}
+                                Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                                Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                            }
                         }
                     }
                 },
@@ -520,14 +536,14 @@ impl Session<'_> {
             ServerMessage::MetricsAck { durable_seq } => {
                 self.mark_healthy();
                 self.ctx.shared.apply_ack(durable_seq);
-                if let Some(histogram) = &self.ctx.shared.ack_latency {
-                    let now = Instant::now();
-                    while let Some(&(seq, sent_at)) = self.in_flight.front()
-                        && seq <= durable_seq
-                    {
+                let now = Instant::now();
+                while let Some(&(seq, sent_at)) = self.in_flight.front()
+                    && seq <= durable_seq
+                {
+                    if let Some(histogram) = &self.ctx.shared.ack_latency {
                         histogram.record(now.saturating_duration_since(sent_at));
-                        self.in_flight.pop_front();
                     }
+                    self.in_flight.pop_front();
                 }
                 debug!(durable_seq, "metrics acknowledged");
             }
@@ -587,12 +603,17 @@ impl Session<'_> {
     }
 
     /// Sends every buffered sample not yet written to this stream, in reports of at most
-    /// [`MAX_SAMPLES_PER_REPORT`].
+    /// [`MAX_SAMPLES_PER_REPORT`], while fewer than [`MAX_REPORTS_IN_FLIGHT`] reports await
+    /// their ack.
     async fn flush_pending(&mut self) -> Result<(), SendFailed> {
         if self.ctx.shared.is_muted() {
             return Ok(());
         }
         loop {
+            if self.in_flight.len() >= MAX_REPORTS_IN_FLIGHT {
+                // The next ack sends what waits.
+                return Ok(());
+            }
             let batch = self
                 .ctx
                 .shared
@@ -603,9 +624,7 @@ impl Session<'_> {
             };
             let last_seq = last.seq;
             self.send(convert::metrics_report(&batch)).await?;
-            if self.ctx.shared.ack_latency.is_some() {
-                self.in_flight.push_back((last_seq, Instant::now()));
-            }
+            self.in_flight.push_back((last_seq, Instant::now()));
             self.sent_through = last_seq;
             self.ctx.shared.stats.add_samples_sent(batch.len());
             debug!(n_samples = batch.len(), last_seq, "metrics sent");

@@ -56,6 +56,15 @@ pub const DEFAULT_WRITER_CONTROL_QUEUE: usize = 4096;
 /// How long one store commit may run before the server gives up on its store and exits for a
 /// restart (a commit normally takes milliseconds, seconds on a machine under heavy load).
 pub const DEFAULT_STORE_STALL_LIMIT: Duration = Duration::from_secs(120);
+/// Samples all sessions together may have read and not yet seen acknowledged (the ingest
+/// budget). Two batches: one filling while the other commits. Past it, sessions stop reading
+/// their streams (HTTP/2 flow control holds the agents back) and take turns, first come first
+/// served, as budget frees up; so a sample waits at most about two commits inside the server.
+pub const DEFAULT_INGEST_BUDGET: usize = 2 * DEFAULT_WRITER_MAX_BATCH;
+/// Metrics reports one session may have read and not yet seen acknowledged; past it, the
+/// session reads nothing more until an ack, so a flooding agent holds at most this much of the
+/// ingest budget and waits on itself.
+pub const DEFAULT_SESSION_REPORTS_IN_FLIGHT: usize = 4;
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SAMPLES_PER_REPORT: usize = 1000;
@@ -93,6 +102,14 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 pub const MIN_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Largest HTTP/2 header block accepted (header-flood defence).
 pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Bytes a client may send on one stream before the server has read them (HTTP/2 flow
+/// control). It is what a stream the server holds back can make it buffer, so it is small:
+/// HTTP/2's own default rather than hyper's 1 MiB.
+pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+/// Bytes a client may send on all streams of one connection before the server has read them.
+pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Smallest allowed flow-control window.
+pub const MIN_HTTP2_WINDOW: u32 = 16 * 1024;
 /// Streams reset by a client before the server accepted them, per connection, before the
 /// connection is closed (HTTP/2 Rapid Reset defence). As large as the stream limit: a
 /// well-behaved client may cancel every stream it is allowed to have open at once (its HEADERS
@@ -270,6 +287,10 @@ pub struct StorageConfig {
     pub writer_control_queue: usize,
     /// A store commit running longer ends the process (`writer/stall.rs`).
     pub commit_stall_limit: Duration,
+    /// Samples read from all sessions and not yet acknowledged, at most.
+    pub ingest_budget: usize,
+    /// Metrics reports read from one session and not yet acknowledged, at most.
+    pub session_reports_in_flight: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -292,6 +313,9 @@ pub struct Limits {
     pub max_watches_per_org: usize,
     pub max_response_bytes: usize,
     pub max_header_list_bytes: u32,
+    /// HTTP/2 flow-control window of each stream and of each connection.
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
     pub max_pending_accept_resets: usize,
     pub max_local_error_resets: usize,
     pub stream_messages_per_second: u32,
@@ -446,6 +470,14 @@ impl Config {
                 "rate limits and the header list size must be greater than zero".to_owned(),
             );
         }
+        if l.http2_stream_window < MIN_HTTP2_WINDOW
+            || l.http2_connection_window < l.http2_stream_window
+        {
+            return invalid(format!(
+                "the HTTP/2 stream window must be at least {MIN_HTTP2_WINDOW} bytes, and the \
+                 connection window at least the stream window"
+            ));
+        }
         if l.reenroll_per_minute == 0 || l.reenroll_burst == 0 {
             return invalid(
                 "the re-enrollment rate and burst must be greater than zero".to_owned(),
@@ -505,8 +537,19 @@ impl Config {
         if self.storage.writer_max_batch == 0
             || self.storage.writer_queue == 0
             || self.storage.writer_control_queue == 0
+            || self.storage.ingest_budget == 0
+            || self.storage.session_reports_in_flight == 0
         {
-            return invalid("writer batch and queue sizes must be greater than zero".to_owned());
+            return invalid(
+                "writer batch and queue sizes and the ingest budgets must be greater than zero"
+                    .to_owned(),
+            );
+        }
+        if u32::try_from(self.storage.ingest_budget).is_err() {
+            return invalid(format!(
+                "the ingest budget must be at most {} samples",
+                u32::MAX
+            ));
         }
         if self.storage.commit_stall_limit.is_zero() {
             return invalid("the store stall limit must be greater than zero".to_owned());
@@ -704,6 +747,8 @@ impl Default for StorageConfig {
             writer_queue: DEFAULT_WRITER_QUEUE,
             writer_control_queue: DEFAULT_WRITER_CONTROL_QUEUE,
             commit_stall_limit: DEFAULT_STORE_STALL_LIMIT,
+            ingest_budget: DEFAULT_INGEST_BUDGET,
+            session_reports_in_flight: DEFAULT_SESSION_REPORTS_IN_FLIGHT,
         }
     }
 }
@@ -729,6 +774,8 @@ impl Default for Limits {
             max_watches_per_org: DEFAULT_MAX_WATCHES_PER_ORG,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_header_list_bytes: DEFAULT_MAX_HEADER_LIST_BYTES,
+            http2_stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
+            http2_connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
             max_pending_accept_resets: DEFAULT_MAX_PENDING_ACCEPT_RESETS,
             max_local_error_resets: DEFAULT_MAX_LOCAL_ERROR_RESETS,
             stream_messages_per_second: DEFAULT_STREAM_MESSAGES_PER_SECOND,

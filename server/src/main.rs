@@ -195,6 +195,14 @@ struct Args {
     /// (status 75) for its supervisor to restart it; it reports the commit every 10 s before.
     #[arg(long, default_value_t = config::DEFAULT_STORE_STALL_LIMIT.into())]
     store_stall_limit: humantime::Duration,
+    /// Samples read from all agents and not yet acknowledged, at most; past it, agent streams
+    /// are not read until acks free budget (the agents keep the samples).
+    #[arg(long, default_value_t = config::DEFAULT_INGEST_BUDGET)]
+    ingest_budget: usize,
+
+    /// Metrics reports read from one agent and not yet acknowledged, at most.
+    #[arg(long, default_value_t = config::DEFAULT_SESSION_REPORTS_IN_FLIGHT)]
+    session_reports_in_flight: usize,
 
     /// Largest accepted gRPC message, in bytes (after decompression).
     #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
@@ -255,6 +263,15 @@ struct Args {
     /// Largest HTTP/2 header block accepted, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_HEADER_LIST_BYTES)]
     max_header_list_bytes: u32,
+
+    /// HTTP/2 flow-control window of each stream, in bytes: what a client may send before
+    /// the server reads it.
+    #[arg(long, default_value_t = config::DEFAULT_HTTP2_STREAM_WINDOW)]
+    http2_stream_window: u32,
+
+    /// HTTP/2 flow-control window of each connection, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_HTTP2_CONNECTION_WINDOW)]
+    http2_connection_window: u32,
 
     /// Client-reset streams tolerated per connection before it is closed (Rapid Reset).
     #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_ACCEPT_RESETS)]
@@ -494,6 +511,8 @@ impl Args {
         c.storage.cache_bytes = self.store_cache_mib << 20;
         c.storage.writer_max_batch = self.writer_max_batch;
         c.storage.commit_stall_limit = self.store_stall_limit.into();
+        c.storage.ingest_budget = self.ingest_budget;
+        c.storage.session_reports_in_flight = self.session_reports_in_flight;
         c.limits.max_message_bytes = self.max_message_bytes;
         c.limits.max_samples_per_report = self.max_samples_per_report;
         c.limits.max_labels = self.max_labels;
@@ -509,6 +528,8 @@ impl Args {
         c.limits.max_watches_per_org = self.max_watches_per_org;
         c.limits.max_response_bytes = self.max_response_bytes;
         c.limits.max_header_list_bytes = self.max_header_list_bytes;
+        c.limits.http2_stream_window = self.http2_stream_window;
+        c.limits.http2_connection_window = self.http2_connection_window;
         c.limits.max_pending_accept_resets = self.max_pending_accept_resets;
         c.limits.max_local_error_resets = self.max_local_error_resets;
         c.limits.stream_messages_per_second = self.stream_messages_per_second;

@@ -242,6 +242,7 @@ async fn start_inner(
         &metrics,
         config.storage.writer_queue,
         config.storage.writer_control_queue,
+        config.storage.ingest_budget,
     );
     let tombstones = snapshot
         .tombstones
@@ -510,6 +511,10 @@ impl Server {
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+            // Small windows: a held-back stream (backpressure, `session.rs`) makes the server
+            // buffer at most this much of it.
+            .initial_stream_window_size(Some(limits.http2_stream_window))
+            .initial_connection_window_size(Some(limits.http2_connection_window))
             .http2_max_pending_accept_reset_streams(Some(limits.max_pending_accept_resets))
             .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
             // Outermost, so that calls the gate refuses are counted too.

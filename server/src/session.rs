@@ -8,6 +8,17 @@
 //!
 //! Liveness updates go through one path: [`SessionGuard`]'s `Drop` tells the registry that the
 //! stream ended, whether it ended by EOF, error, Goodbye, replacement or cancellation.
+//!
+//! # Backpressure
+//!
+//! A session reads its next message only while it has fewer than `reports_in_flight` metrics
+//! reports read and not yet acknowledged, and no report waiting for ingest budget
+//! ([`WriterHandle::admit`]). Otherwise it is *held*: it stops polling its inbound stream, so
+//! HTTP/2 flow control stops the agent, whose own buffer keeps the samples, while the loop
+//! still sends acks, command messages and Goodbyes. A held agent's silence is the server's
+//! doing, so it does not count towards stale or offline (`silent_for` is zero while held, and
+//! silence counts again from the release); a dead peer is still found by the connection's
+//! keepalive, which ends the stream.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -27,7 +38,7 @@ use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::registry::Registry;
-use crate::writer::WriterHandle;
+use crate::writer::{Admitting, WriterHandle};
 
 mod outbox;
 
@@ -94,6 +105,9 @@ pub struct Session {
     /// Set by the liveness pass when it marks the agent stale, so the next message knows to
     /// report the agent back online without taking the registry lock on every message.
     pub(crate) stale: AtomicBool,
+    /// Set while the loop does not read the agent's stream because of backpressure: its
+    /// silence is the server's, not the agent's.
+    held: AtomicBool,
     /// Highest seq the writer has made durable for this session's agent; the loop sends
     /// `MetricsAck` when it moves.
     durable_seq: AtomicU64,
@@ -126,6 +140,7 @@ impl Session {
             epoch: tokio::time::Instant::now(),
             epoch_wall: SystemTime::now(),
             stale: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             durable_seq: AtomicU64::new(durable_seq),
             close: AtomicU8::new(CloseReason::None as u8),
             reconnect_after_ms: AtomicU32::new(0),
@@ -141,11 +156,29 @@ impl Session {
         self.last_activity_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// How long since the last inbound message (or since the session opened).
+    /// How long since the last inbound message (or since the session opened, or since the
+    /// server last held it back); zero while the server holds it back.
     pub fn silent_for(&self, now: tokio::time::Instant) -> Duration {
+        if self.is_held() {
+            return Duration::ZERO;
+        }
         let last =
             self.epoch + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(last)
+    }
+
+    /// Marks the session held back (its stream not read) or released. Both count as activity,
+    /// so silence is measured only while the server reads the stream.
+    fn hold(&self, held: bool) {
+        // Activity first: the liveness pass never sees the flag cleared with the activity
+        // from before the hold.
+        self.touch();
+        self.held.store(held, Ordering::Release);
+    }
+
+    /// Whether the server holds the session back (does not read its stream).
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
     }
 
     /// How long the session has been open.
@@ -313,6 +346,9 @@ pub struct SessionLimits {
     pub messages_per_second: f64,
     /// Inbound message burst (token bucket size).
     pub message_burst: f64,
+    /// Metrics reports read and not yet acknowledged, at most, before the session stops
+    /// reading (at least 1).
+    pub reports_in_flight: usize,
     pub metrics: Arc<Metrics>,
 }
 
@@ -331,6 +367,12 @@ pub struct SessionLoop {
     max_seq: u64,
     /// Highest seq acknowledged to the agent.
     acked_seq: u64,
+    /// The last seq of each report handed to the writer and not yet durable, oldest first.
+    in_flight: std::collections::VecDeque<u64>,
+    /// A report read and valid, waiting for ingest budget, with the wait.
+    admitting: Option<(Admitting, Vec<Sample>)>,
+    /// Whether the loop holds the session back (mirrors `Session::held`).
+    held: bool,
     /// Inbound message budget.
     budget: TokenBucket,
     welcome: Option<pb::Welcome>,
@@ -371,6 +413,9 @@ impl SessionLoop {
             limits,
             max_seq: durable,
             acked_seq: durable,
+            in_flight: std::collections::VecDeque::new(),
+            admitting: None,
+            held: false,
             budget: TokenBucket::new(rate, burst, Instant::now()),
             welcome: Some(welcome),
             done: false,
@@ -421,6 +466,9 @@ impl SessionLoop {
                 }
             }
             let durable = self.session.durable_seq();
+            while self.in_flight.front().is_some_and(|&seq| seq <= durable) {
+                self.in_flight.pop_front();
+            }
             if durable > self.acked_seq {
                 self.acked_seq = durable;
                 return Some(Ok(respond(Out::MetricsAck(pb::MetricsAck {
@@ -432,14 +480,32 @@ impl SessionLoop {
                     message,
                 ))));
             }
+            let read = self.admitting.is_none()
+                && self.in_flight.len() < self.limits.reports_in_flight.max(1);
+            if self.held == read {
+                self.held = !read;
+                self.session.hold(self.held);
+            }
             let event = tokio::select! {
                 biased;
                 () = self.session.notify.notified() => None,
-                msg = self.inbound.message() => Some(msg),
+                admitted = admission(&mut self.admitting), if self.admitting.is_some() => {
+                    Some(Event::Admitted(admitted))
+                }
+                msg = self.inbound.message(), if read => Some(Event::Inbound(msg)),
             };
             match event {
                 None => {}
-                Some(Ok(Some(msg))) => {
+                Some(Event::Admitted(admitted)) => {
+                    let Some((_, samples)) = self.admitting.take() else {
+                        continue;
+                    };
+                    if let Err(e) = self.hand_over(samples, admitted).await {
+                        self.done = true;
+                        return Some(Err(e.into()));
+                    }
+                }
+                Some(Event::Inbound(Ok(Some(msg)))) => {
                     self.session.touch();
                     count_message(&self.limits.metrics, &msg);
                     if !self.budget.try_take(Instant::now()) {
@@ -464,11 +530,11 @@ impl SessionLoop {
                         }
                     }
                 }
-                Some(Ok(None)) => {
+                Some(Event::Inbound(Ok(None))) => {
                     tracing::debug!(agent = %self.session.agent, session = %self.session.id, "agent closed its stream");
                     return None;
                 }
-                Some(Err(status)) => {
+                Some(Event::Inbound(Err(status))) => {
                     tracing::info!(
                         agent = %self.session.agent,
                         session = %self.session.id,
@@ -497,7 +563,13 @@ impl SessionLoop {
             Some(In::Metrics(report)) => {
                 let samples = self.accept_samples(report)?;
                 if !samples.is_empty() {
-                    self.writer.samples(self.session.clone(), samples).await?;
+                    match self.writer.try_admit(samples.len()) {
+                        Some(admission) => self.hand_over(samples, Ok(admission)).await?,
+                        None => {
+                            let wait = self.writer.admit(samples.len());
+                            self.admitting = Some((wait, samples));
+                        }
+                    }
                 }
                 Ok(None)
             }
@@ -526,6 +598,23 @@ impl SessionLoop {
                 Ok(None)
             }
         }
+    }
+
+    /// Hands a report's samples to the writer with their ingest budget; they are in flight
+    /// until acknowledged.
+    async fn hand_over(
+        &mut self,
+        samples: Vec<Sample>,
+        admitted: Result<crate::writer::Admission, ServerError>,
+    ) -> Result<(), ServerError> {
+        let Some(last) = samples.last().map(|s| s.seq) else {
+            return Ok(());
+        };
+        self.writer
+            .samples(self.session.clone(), samples, admitted?)
+            .await?;
+        self.in_flight.push_back(last);
+        Ok(())
     }
 
     /// Validates a report and converts its samples. Nothing is stored unless the whole report
@@ -561,6 +650,32 @@ impl SessionLoop {
         }
         self.max_seq = self.max_seq.max(prev);
         Ok(samples)
+    }
+}
+
+/// What woke the loop besides its `Notify`.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value on the loop's stack at a time, moved straight into its handling"
+)]
+enum Event {
+    /// The report waiting for ingest budget got it (or the writer stopped).
+    Admitted(Result<crate::writer::Admission, ServerError>),
+    /// The next inbound message, its end, or the stream's failure.
+    Inbound(Result<Option<pb::ConnectRequest>, Status>),
+}
+
+/// Waits for the ingest budget of the report in `admitting`; never ready without one.
+///
+/// # Cancellation
+///
+/// Cancel safe: the wait stays in `admitting`, in its place in line.
+async fn admission(
+    admitting: &mut Option<(Admitting, Vec<Sample>)>,
+) -> Result<crate::writer::Admission, ServerError> {
+    match admitting {
+        Some((wait, _)) => wait.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,7 +3,7 @@
 //! feature the end-to-end tests use the failing store too ([`crate::server::start_with_store`]);
 //! nothing in the server or its binary reaches it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::command::record::{
@@ -54,13 +54,16 @@ pub fn sample(seq: u64) -> Sample {
 }
 
 /// A real [`SledStore`] whose commits fail, without writing anything, while
-/// [`FailingStore::fail`] is set: the one thing a healthy disk will not do on request.
+/// [`FailingStore::fail`] is set, and take longer while [`FailingStore::slow`] says so: the two
+/// things a healthy disk will not do on request.
 pub struct FailingStore {
     pub inner: SledStore,
     pub fail: AtomicBool,
     /// The keys each successful commit put, in commit order, for tests that count writes.
     #[cfg(test)]
     pub puts: std::sync::Mutex<Vec<Vec<Vec<u8>>>>,
+    /// Extra time each commit takes, in milliseconds.
+    pub commit_delay_ms: AtomicU64,
 }
 
 impl FailingStore {
@@ -70,11 +73,18 @@ impl FailingStore {
             fail: AtomicBool::new(false),
             #[cfg(test)]
             puts: std::sync::Mutex::default(),
+            commit_delay_ms: AtomicU64::new(0),
         }
     }
 
     pub fn fail(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every commit take `delay` longer (a slow disk); zero restores the real pace.
+    pub fn slow(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.commit_delay_ms.store(ms, Ordering::SeqCst);
     }
 }
 
@@ -88,6 +98,11 @@ impl Store for FailingStore {
     }
 
     fn commit(&self, writes: Vec<Encoded>) -> store::Result<()> {
+        let delay = self.commit_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            // Commits run on the blocking pool, as a slow disk's would.
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Backend(Box::new(std::io::Error::other(
                 "injected commit failure",

@@ -25,8 +25,10 @@
 //!
 //! # Queues and their bounds
 //!
-//! - Samples: a bounded queue of reports (`writer_queue`); a full queue makes the session wait
-//!   (backpressure on ingest).
+//! - Samples: a report first takes its samples' share of the ingest budget (`ingest_budget`
+//!   samples in all, `writer/admission.rs`), held until its batch is acked or failed; a session
+//!   without budget stops reading its stream (`session.rs`). The reports then wait in a bounded
+//!   queue (`writer_queue`).
 //! - Control (handler commits and audit entries): a bounded queue (`writer_control_queue`);
 //!   callers wait for a slot before queueing ([`WriterHandle::audit`], [`WriterHandle::reserve`])
 //!   and never queue while holding a lock they cannot hold across a wait, so a full queue slows
@@ -50,7 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
@@ -63,10 +65,13 @@ use crate::registry::Registry;
 use crate::session::Session;
 use crate::store::{Encoded, Purged, Retention, Store, StoreError, Write};
 
+mod admission;
 mod batch;
 mod live;
 mod stall;
 
+use self::admission::observe_budget;
+pub use self::admission::{Admission, Admitting};
 use self::batch::{WriterState, commit_batch};
 use self::live::LiveChanges;
 
@@ -91,6 +96,11 @@ pub struct WriterHandle {
     samples: mpsc::Sender<SampleBatch>,
     control: mpsc::Sender<Control>,
     live: Arc<LiveChanges>,
+    /// The ingest budget, in samples: taken by a session before it hands a report over,
+    /// released when the batch holding the report is done.
+    admission: Arc<Semaphore>,
+    /// The ingest budget's size.
+    budget: u32,
     /// Encodes writes as they are queued.
     store: Arc<dyn Store>,
     depth: QueueGauges,
@@ -107,14 +117,17 @@ pub struct WriterQueues {
     samples: mpsc::Receiver<SampleBatch>,
     control: mpsc::Receiver<Control>,
     live: Arc<LiveChanges>,
+    admission: Arc<Semaphore>,
+    budget: u32,
     depth: QueueGauges,
 }
 
-/// The depth gauges of the two bounded queues.
+/// The depth gauges of the two bounded queues and of the ingest budget in use.
 #[derive(Clone, Debug)]
 struct QueueGauges {
     samples: Gauge,
     control: Gauge,
+    admitted: Gauge,
 }
 
 /// Why a batch was not committed. Every handler waiting on the batch gets a clone.
@@ -135,6 +148,8 @@ struct SampleBatch {
     /// `(seq, encoded write)`, in seq order.
     samples: Vec<(u64, Encoded)>,
     newest: Sample,
+    /// Given back once the batch holding these samples is done.
+    admission: Admission,
 }
 
 #[derive(Debug)]
@@ -154,13 +169,16 @@ struct Commit {
 }
 
 /// Creates the queues: `samples` reports and `control` handler commits and audit entries at
-/// most. Writes are encoded by `store`, which the writer task must commit to.
+/// most, and an ingest budget of `ingest_budget` samples (at least 1, at most `u32::MAX`).
+/// Writes are encoded by `store`, which the writer task must commit to.
 pub fn channel(
     store: Arc<dyn Store>,
     metrics: &Metrics,
     samples: usize,
     control: usize,
+    ingest_budget: usize,
 ) -> (WriterHandle, WriterQueues) {
+    let budget = u32::try_from(ingest_budget.max(1)).unwrap_or(u32::MAX);
     let (samples_tx, samples_rx) = mpsc::channel(samples);
     let (control_tx, control_rx) = mpsc::channel(control);
     let gauge = |queue: &'static str| {
@@ -172,16 +190,20 @@ pub fn channel(
     let depth = QueueGauges {
         samples: gauge("samples"),
         control: gauge("control"),
+        admitted: gauge("admitted_samples"),
     };
     let live = Arc::new(LiveChanges::new(
         gauge("live"),
         metrics.writer_transitions_coalesced.clone(),
     ));
+    let admission = Arc::new(Semaphore::new(budget as usize));
     (
         WriterHandle {
             samples: samples_tx,
             control: control_tx,
             live: live.clone(),
+            admission: admission.clone(),
+            budget,
             store,
             depth: depth.clone(),
         },
@@ -189,6 +211,8 @@ pub fn channel(
             samples: samples_rx,
             control: control_rx,
             live,
+            admission,
+            budget,
             depth,
         },
     )
@@ -203,8 +227,9 @@ fn observe<T>(gauge: &Gauge, sender: &mpsc::Sender<T>) {
 // === impl WriterHandle ===
 
 impl WriterHandle {
-    /// Encodes and queues validated samples (in seq order) of `session`'s agent; waits while
-    /// the queue is full. The session is acked through [`Session::acked`] after the flush.
+    /// Encodes and queues validated samples (in seq order) of `session`'s agent, holding
+    /// `admission` until the batch holding them is done; waits while the queue is full. The
+    /// session is acked through [`Session::acked`] after the flush.
     ///
     /// # Errors
     ///
@@ -214,6 +239,7 @@ impl WriterHandle {
         &self,
         session: Arc<Session>,
         samples: Vec<Sample>,
+        admission: Admission,
     ) -> Result<(), ServerError> {
         let mut encoded = Vec::with_capacity(samples.len());
         let mut newest = None;
@@ -236,6 +262,7 @@ impl WriterHandle {
             session,
             samples: encoded,
             newest,
+            admission,
         };
         self.samples
             .send(batch)
@@ -680,6 +707,11 @@ impl Writer {
             self.config.commit_stall_limit,
         )
         .await;
+        observe_budget(
+            &self.queues.depth.admitted,
+            &self.queues.admission,
+            self.queues.budget,
+        );
         self.retry_delay = if committed {
             Duration::ZERO
         } else {

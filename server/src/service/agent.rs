@@ -316,6 +316,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             report: convert::ReportLimits::of(&state.config.limits),
             messages_per_second: f64::from(state.config.limits.stream_messages_per_second),
             message_burst: f64::from(state.config.limits.stream_message_burst),
+            reports_in_flight: state.config.storage.session_reports_in_flight,
             metrics: state.metrics.clone(),
         };
         let session_loop = SessionLoop::new(

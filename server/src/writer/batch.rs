@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use super::live::{LiveChanges, Pending};
-use super::{Batch, Commit, CommitError, Control, PROGRESS_INTERVAL, SampleBatch, stall};
+use super::{
+    Admission, Batch, Commit, CommitError, Control, PROGRESS_INTERVAL, SampleBatch, stall,
+};
 use crate::domain::{
     AgentId, AgentStatus, AuditEntry, AuditRecord, LiveRecord, OrgId, Sample, StatusReason,
 };
@@ -75,6 +77,9 @@ struct Outcome {
     progress: Vec<AgentId>,
     planned_at: Option<Instant>,
     n_samples: u64,
+    /// The ingest budget the batch's reports hold: given back after the acks, or after the
+    /// failure, never before the commit's outcome is known.
+    admitted: Option<Admission>,
 }
 
 /// Plans `batch` with the live changes `taken`, commits it, then applies or fails the outcome;
@@ -280,8 +285,13 @@ impl WriterState {
             session,
             samples,
             newest,
+            admission,
         } in batch.samples
         {
+            match &mut out.admitted {
+                Some(admitted) => admitted.merge(admission),
+                None => out.admitted = Some(admission),
+            }
             if session.writes_failed() {
                 // An earlier batch of this session failed: storing these would let a later ack
                 // cover the samples that were not written. The agent re-sends them all.
@@ -347,6 +357,7 @@ impl WriterState {
             progress,
             planned_at,
             n_samples,
+            admitted,
             audits: _,
             taken: _,
         } = out;
@@ -378,6 +389,9 @@ impl WriterState {
             // A handler that stopped waiting (its call was cancelled) needs no answer.
             let _ = done.send(Ok(()));
         }
+        // The budget goes back only now, so the sessions that were waiting for it read their
+        // next reports after these acks left.
+        drop(admitted);
     }
 
     /// Places `entry` after its org's chain head (as committed, or as advanced earlier in this
@@ -441,6 +455,7 @@ impl Outcome {
         }
         state.retry_audits = self.audits;
         live_changes.restore(self.taken);
+        // Dropped last, with the rest of `self.admitted`: the ended sessions' budget frees up.
     }
 }
 

@@ -127,6 +127,9 @@ pub(crate) async fn fleet_phase(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let t0 = Instant::now();
     let cpu0 = cpu_secs(server.pid).context("server cpu")?;
+    let sims_cpu =
+        |sims: &[&Simulator]| -> f64 { sims.iter().filter_map(|s| cpu_secs(s.pid)).sum() };
+    let sim_cpu0 = sims_cpu(&[&main, &close, &silent]);
     let sims0: Vec<Value> = [&main, &close, &silent]
         .iter()
         .filter_map(|s| s.latest())
@@ -149,6 +152,7 @@ pub(crate) async fn fleet_phase(
     }
     let window = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_secs(server.pid).context("server cpu")?;
+    let sim_cpu = sims_cpu(&[&main, &close, &silent]) - sim_cpu0;
     let sims1: Vec<Value> = [&main, &close, &silent]
         .iter()
         .filter_map(|s| s.latest())
@@ -182,21 +186,33 @@ pub(crate) async fn fleet_phase(
     };
     let steady_rss = *rss_samples.iter().max().unwrap_or(&0);
     let per_agent_kib = (steady_rss.saturating_sub(idle_rss)) as f64 / n_total as f64;
+    // The store's memory, reported apart: its open heads (measured) under their budget, and
+    // its page cache (bounded by configuration; sled does not say how much of it is used).
+    let (heads, heads_budget, cache) = server.store_memory().await?;
+    let heads_kib = heads / 1024;
+    let without_heads_kib =
+        (steady_rss.saturating_sub(idle_rss + heads_kib)) as f64 / n_total as f64;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let online_ok = online as usize == n_total;
     record(Row {
         scenario: format!("{} agents, one connection each, steady state", n_total),
         figure: format!(
-            "{}/{} online (ramp {ramp_secs:.0} s); server RSS idle {:.1} MiB, steady {:.1} MiB = {per_agent_kib:.1} KiB/agent",
+            "{}/{} online (ramp {ramp_secs:.0} s); server RSS idle {:.1} MiB, steady {:.1} MiB = {per_agent_kib:.1} KiB/agent; store: heads {:.1} MiB (budget {:.0} MiB), page cache ≤ {:.0} MiB; without the heads {without_heads_kib:.1} KiB/agent",
             online,
             n_total,
             idle_rss as f64 / 1024.0,
-            steady_rss as f64 / 1024.0
+            steady_rss as f64 / 1024.0,
+            mib(heads),
+            mib(heads_budget),
+            mib(cache)
         ),
         target: "all online; ≤ 32 KiB/agent above idle".into(),
         pass: Some(online_ok && per_agent_kib <= 32.0),
         values: json!({"agents": n_total, "online": online, "idle_rss_kib": idle_rss,
             "steady_rss_kib": steady_rss, "kib_per_agent": per_agent_kib, "ramp_secs": ramp_secs,
-            "enroll_per_sec": enroll_rate}),
+            "enroll_per_sec": enroll_rate, "store_heads_bytes": heads,
+            "store_heads_budget_bytes": heads_budget, "store_cache_limit_bytes": cache,
+            "kib_per_agent_without_heads": without_heads_kib}),
     });
     let msg_rate = msgs / window;
     let ack_rate = acked / window;
@@ -218,13 +234,16 @@ pub(crate) async fn fleet_phase(
     record(Row {
         scenario: "server CPU".into(),
         figure: format!(
-            "{:.3} CPU-s per 1,000 messages ({:.2} cores at {msg_rate:.0} msgs/s)",
+            "{:.3} CPU-s per 1,000 messages ({:.2} cores at {msg_rate:.0} msgs/s); simulators {:.2} cores; {}",
             cpu / (msgs / 1000.0).max(1e-9),
-            cpu / window
+            cpu / window,
+            sim_cpu / window,
+            crate::procs::pinning().describe()
         ),
         target: "report".into(),
         pass: None,
-        values: json!({"cpu_secs": cpu, "messages": msgs, "cpu_secs_per_1000": cpu / (msgs / 1000.0).max(1e-9), "cores": cpu / window}),
+        values: json!({"cpu_secs": cpu, "messages": msgs, "cpu_secs_per_1000": cpu / (msgs / 1000.0).max(1e-9), "cores": cpu / window,
+            "simulator_cores": sim_cpu / window, "pinning": crate::procs::pinning().describe()}),
     });
 
     // Stale: the silent simulator muted its agents 10 s after it was ready.

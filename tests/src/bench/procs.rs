@@ -3,12 +3,87 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
+
+/// Which cores the server and the simulators may run on, set once by `main`.
+static PINNING: OnceLock<Pinning> = OnceLock::new();
+
+/// The cores of the server and of the simulators: separate sets (the first half of the cores
+/// for the server, the rest for the simulators) on a machine with at least 2, so that runs on
+/// different machines compare the server's work and not how it shared a core with its load.
+/// Applied with `taskset -c`, which execs the program: the pid the benchmark watches is the
+/// program's own, and every thread it starts inherits the set (no dependency, no unsafe code).
+#[derive(Clone, Debug, Default)]
+pub struct Pinning {
+    /// `taskset -c` lists, e.g. `0` and `1`; `None` leaves the process unpinned.
+    pub server: Option<String>,
+    pub simulators: Option<String>,
+}
+
+impl Pinning {
+    /// Splits `cores` between the server and the simulators; nothing to split below 2 cores
+    /// or without `taskset`.
+    pub fn split(cores: usize) -> Self {
+        let has_taskset = std::process::Command::new("taskset")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if cores < 2 || !has_taskset {
+            return Self::default();
+        }
+        let server = cores.div_ceil(2);
+        let list = |from: usize, to: usize| {
+            if from + 1 == to {
+                from.to_string()
+            } else {
+                format!("{from}-{}", to - 1)
+            }
+        };
+        Self {
+            server: Some(list(0, server)),
+            simulators: Some(list(server, cores)),
+        }
+    }
+
+    /// How the benchmark's processes share the machine, for the table.
+    pub fn describe(&self) -> String {
+        match (&self.server, &self.simulators) {
+            (Some(server), Some(sims)) => {
+                format!("server pinned to cpu {server}, simulators to cpu {sims} (taskset)")
+            }
+            _ => "not pinned: server and simulators share every core".to_owned(),
+        }
+    }
+}
+
+/// Sets the pinning of every later child; the first call wins.
+pub fn set_pinning(pinning: Pinning) {
+    let _ = PINNING.set(pinning);
+}
+
+/// The pinning in effect.
+pub fn pinning() -> Pinning {
+    PINNING.get().cloned().unwrap_or_default()
+}
+
+/// A command running `program`, under `taskset -c cpus` when `cpus` is given.
+pub fn pinned(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpus).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
 
 /// Every child's pid, killed with SIGKILL when the guard drops (normal end, error, panic,
 /// ctrl-c: the benchmark's `main` holds the guard).
@@ -21,6 +96,7 @@ pub struct Reaper {
 pub struct Simulator {
     pub prefix: String,
     pub n_agents: usize,
+    pub pid: u32,
     child: Child,
     /// Closing it tells the simulator (started with `--exit-on-stdin-close`) to stop.
     stdin: Option<ChildStdin>,
@@ -43,6 +119,8 @@ pub struct ServerProc {
     pub child: Child,
     pub pid: u32,
     pub url: String,
+    /// Where its `/metrics` listens.
+    pub metrics_addr: std::net::SocketAddr,
     pub enroll_token: String,
     pub admin_token: String,
 }
@@ -183,7 +261,8 @@ impl ServerProc {
         flags: &[String],
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let mut command = Command::new(server_bin);
+        let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let mut command = pinned(server_bin, pinning().server.as_deref());
         command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -191,7 +270,7 @@ impl ServerProc {
             .arg(data_dir)
             .arg("--print-enrollment-token")
             // Its own metrics port, so a server already running here does not collide.
-            .arg(format!("--metrics-listen=127.0.0.1:{}", free_port()?))
+            .arg(format!("--metrics-listen={metrics_addr}"))
             // The simulators enroll every agent with one enrollment token, as a provisioning
             // system would: lift the per-token request rate, which exists for API callers.
             .arg("--token-requests-per-second=1000000")
@@ -230,10 +309,37 @@ impl ServerProc {
         Ok(Self {
             child,
             pid,
+            metrics_addr,
             url: format!("http://127.0.0.1:{port}"),
             enroll_token: enroll_token.expect("loop ends when set"),
             admin_token: admin_token.expect("loop ends when set"),
         })
+    }
+
+    /// The store's memory from the server's `/metrics`: (open heads' bytes, heads' budget,
+    /// page cache bound), in bytes.
+    ///
+    /// # Errors
+    ///
+    /// The scrape failed or lacks the store's families.
+    pub async fn store_memory(&self) -> anyhow::Result<(u64, u64, u64)> {
+        let text = tether_tests::scrape_metrics(self.metrics_addr)
+            .await
+            .context("scrape the server's metrics")?;
+        let gauge = |name: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find_map(|line| {
+                    let value = line.strip_prefix(name)?.trim();
+                    value.parse::<f64>().ok()
+                })
+                .map(|v| v as u64)
+                .with_context(|| format!("no {name} in the server's metrics"))
+        };
+        Ok((
+            gauge("tether_store_memory_bytes{part=\"heads\"}")?,
+            gauge("tether_store_memory_limit_bytes{part=\"heads\"}")?,
+            gauge("tether_store_memory_limit_bytes{part=\"cache\"}")?,
+        ))
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns how long it took.
@@ -263,7 +369,10 @@ impl Simulator {
         args: &[String],
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let mut command = Command::new(bin_dir.join("tether-agent"));
+        let mut command = pinned(
+            &bin_dir.join("tether-agent"),
+            pinning().simulators.as_deref(),
+        );
         command
             .arg("simulate")
             .arg("--agents")
@@ -280,7 +389,8 @@ impl Simulator {
             Stdio::piped(),
             "tether-agent simulate",
         )?;
-        reaper.track(child.id().context("simulator pid")?);
+        let pid = child.id().context("simulator pid")?;
+        reaper.track(pid);
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("simulator stdout")?;
         let reports = Arc::new(Mutex::new(SimReports::default()));
@@ -306,6 +416,7 @@ impl Simulator {
         Ok(Self {
             prefix: prefix.to_owned(),
             n_agents,
+            pid,
             child,
             stdin,
             reports,

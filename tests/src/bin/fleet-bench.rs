@@ -2,7 +2,7 @@
 //! process on a fresh data directory, drives it with `tether-agent simulate` processes, and
 //! prints one table (scenario | figure | target | pass/fail), optionally as JSON.
 //!
-//! Three phases, each with its own server:
+//! Four phases, each with its own server:
 //!
 //! - `fleet`: N agents on one connection each (plus 1,000 agents that get killed and a few that
 //!   go silent), measuring memory, ingest rate and ack latency, CPU, close → offline, silence →
@@ -17,17 +17,21 @@
 //! Every run is bounded (`--timeout`) and kills its children on exit, error, panic or ctrl-c.
 //!
 //! Layout: this file holds the flags and the run; the phases and their helpers live in
-//! `tests/src/bench/`: `fleet.rs`, `sessions.rs` and `commands.rs` (one scenario each; the
-//! commands phase's requests and rows in `command_rows.rs`), `procs.rs` (the child
-//! processes), `observe.rs` (what the benchmark watches through the server's API) and
+//! `tests/src/bench/`: `fleet.rs`, `sessions.rs`, `commands.rs` and `capacity.rs` (one
+//! scenario each; the commands phase's requests and rows in `command_rows.rs`), `limits.rs`
+//! (the machine's limits), `procs.rs` (the child processes and their pinning), `observe.rs` (what the benchmark watches through the server's API) and
 //! `report.rs` (the result table and its JSON form).
 
+#[path = "../bench/capacity.rs"]
+mod capacity;
 #[path = "../bench/command_rows.rs"]
 mod command_rows;
 #[path = "../bench/commands.rs"]
 mod commands;
 #[path = "../bench/fleet.rs"]
 mod fleet;
+#[path = "../bench/limits.rs"]
+mod limits;
 #[path = "../bench/observe.rs"]
 mod observe;
 #[path = "../bench/procs.rs"]
@@ -54,8 +58,45 @@ struct Args {
     /// `sessions` (100k multiplexed sessions, queries), `commands` (noop fan-outs to --agents
     /// own connections and --sessions sessions, a rollout, memory per idle agent and per queued
     /// invocation).
-    #[arg(long, value_delimiter = ',', default_value = "fleet,sessions,commands")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fleet,sessions,commands,capacity"
+    )]
     scenarios: Vec<String>,
+
+    /// Leave the server and the simulators unpinned (by default, on 2 cores or more, the
+    /// server runs on the first half of the cores and the simulators on the rest).
+    #[arg(long)]
+    no_pin: bool,
+
+    /// Skip the local limits (fdatasync probe, store_bench).
+    #[arg(long)]
+    no_limits: bool,
+
+    /// Metrics interval of the capacity phase's server.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
+    capacity_interval: Duration,
+
+    /// Agents added per step of the capacity phase (each step its own simulator process).
+    #[arg(long, default_value_t = 2_000)]
+    capacity_step_agents: usize,
+
+    /// Most steps of the capacity phase.
+    #[arg(long, default_value_t = 10)]
+    capacity_steps: usize,
+
+    /// How long each step is measured, after it settled.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    capacity_window: Duration,
+
+    /// Wait after a step's agents are online before measuring.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    capacity_settle: Duration,
+
+    /// No new step of the capacity phase starts after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "4m")]
+    capacity_budget: Duration,
 
     /// Agents on their own connection in the fleet phase.
     #[arg(long, default_value_t = 10_000)]
@@ -181,7 +222,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The scenarios `--scenarios` may name, in the order they run.
-const SCENARIOS: [&str; 3] = ["fleet", "sessions", "commands"];
+const SCENARIOS: [&str; 4] = ["fleet", "sessions", "commands", "capacity"];
 
 async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow::Result<()> {
     if let Some(unknown) = args
@@ -200,6 +241,13 @@ async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow
         anyhow::bail!("--baseline-server {} is not a file", server.display());
     }
     let bin_dir = procs::bin_dir()?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    procs::set_pinning(if args.no_pin {
+        procs::Pinning::default()
+    } else {
+        procs::Pinning::split(cores)
+    });
+    eprintln!("{}", procs::pinning().describe());
     eprintln!(
         "machine load average (1, 5, 15 min) at start: {}",
         report::loadavg().unwrap_or_default()
@@ -225,6 +273,9 @@ async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow
         );
         lock(&results).rows.push(row);
     };
+    if !args.no_limits {
+        limits::local_limits(&bin_dir, &dir.join("limits"), &mut record).await?;
+    }
     if args.scenarios.iter().any(|s| s == "fleet") {
         fleet::fleet_phase(&args, &reaper, &bin_dir, &dir.join("fleet"), &mut record).await?;
     }
@@ -234,6 +285,10 @@ async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow
     }
     if args.scenarios.iter().any(|s| s == "commands") {
         commands::commands_phase(&args, &reaper, &bin_dir, &dir.join("commands"), &mut record)
+            .await?;
+    }
+    if args.scenarios.iter().any(|s| s == "capacity") {
+        capacity::capacity_phase(&args, &reaper, &bin_dir, &dir.join("capacity"), &mut record)
             .await?;
     }
     Ok(())

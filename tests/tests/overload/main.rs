@@ -5,6 +5,8 @@
 //!
 //! - `admission.rs`: the Hello timeout answers `UNAVAILABLE` with a retry delay; sessions
 //!   beyond the setup limit are refused at once; a real agent honours the delay and comes in.
+//! - `backpressure.rs`: a slow writer under a flood holds the flooder back (its stream is not
+//!   read) and keeps a steady agent's acks prompt; a session held back is not taken for silent.
 //! - `agent_policy.rs`: real agents and the simulator against a server answering every gRPC
 //!   code there is (and one there is not) keep retrying and honour the server's delay; revoked,
 //!   they stop without a token and enroll again with one.
@@ -20,6 +22,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 mod admission;
 mod agent_policy;
+mod backpressure;
 mod connections;
 mod fd_limit;
 

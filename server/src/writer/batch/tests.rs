@@ -28,13 +28,16 @@ struct Fixture {
     state: WriterState,
 }
 
+/// The fixture's ingest budget, in samples.
+const BUDGET: usize = 64;
+
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(FailingStore::new(
         SledStore::open(dir.path()).expect("open store"),
     ));
     let metrics = Metrics::new();
-    let (handle, queues) = channel(store.clone(), &metrics, 16, 2);
+    let (handle, queues) = channel(store.clone(), &metrics, 16, 2, BUDGET);
     let registry = Arc::new(Registry::new(
         vec![
             (agent_record("acme", "a-1", "hw-1"), None),
@@ -153,10 +156,15 @@ impl Fixture {
                 (seq, self.store.encode(&write).expect("encode"))
             })
             .collect();
+        let admission = self
+            .handle
+            .try_admit(samples.len())
+            .expect("the tests' ingest budget is given back after each batch");
         Item::Samples(SampleBatch {
             session: session.clone(),
             samples,
             newest: sample(*seqs.end()),
+            admission,
         })
     }
 
@@ -667,4 +675,52 @@ async fn a_full_control_queue_makes_callers_wait_and_drops_nothing() {
         })
         .collect();
     assert_eq!(rest, ["two", "three"]);
+}
+
+#[tokio::test]
+async fn ingest_budget_is_held_until_the_batch_is_acked_or_failed() {
+    let mut f = fixture();
+    let s = session("a-1", "s-1");
+    let first = f.samples(&s, 1..=40);
+    assert!(
+        f.handle.try_admit(BUDGET - 40 + 1).is_none(),
+        "a report's samples hold their share of the budget"
+    );
+    let plan = f.plan(batch([first, f.samples(&s, 41..=50)]));
+    assert!(
+        f.handle.try_admit(BUDGET - 50 + 1).is_none(),
+        "planning a batch gives nothing back"
+    );
+    f.apply(plan).await;
+    assert_eq!(s.durable_seq(), 50);
+    let whole = f.handle.try_admit(BUDGET);
+    assert!(whole.is_some(), "the acks gave the whole budget back");
+    drop(whole);
+
+    f.store.fail(true);
+    assert!(!f.commit(batch([f.samples(&s, 51..=60)])).await);
+    assert!(
+        f.handle.try_admit(BUDGET).is_some(),
+        "a failed batch gives its budget back too"
+    );
+}
+
+#[tokio::test]
+async fn waiters_for_budget_are_served_first_come_first_served() {
+    let mut f = fixture();
+    let s = session("a-1", "s-1");
+    let hog = f.samples(&s, 1..=BUDGET as u64);
+    let mut big = f.handle.admit(BUDGET);
+    let mut small = f.handle.admit(1);
+    assert!(futures::poll!(big.as_mut()).is_pending());
+    assert!(futures::poll!(small.as_mut()).is_pending());
+    assert!(
+        f.handle.try_admit(1).is_none(),
+        "nobody passes the callers waiting in line"
+    );
+    assert!(f.commit(batch([hog])).await);
+    let big = big.await.expect("the first in line gets the budget first");
+    assert!(futures::poll!(small.as_mut()).is_pending());
+    drop(big);
+    small.await.expect("then the next one");
 }

@@ -1,0 +1,76 @@
+//! The ingest budget: how many samples all sessions together may have read and not yet seen
+//! acknowledged. A report takes its samples' worth ([`WriterHandle::try_admit`],
+//! [`WriterHandle::admit`]) before it is queued and holds it, as an [`Admission`], until the
+//! batch holding it is committed and acked, or failed (`batch.rs` drops it last). Waiters are
+//! served first come, first served (tokio's semaphore is fair, and `try_admit` never passes a
+//! waiter), one report per session at a time, so a session flooding big reports gets its turn
+//! like every other and no more.
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::WriterHandle;
+use crate::error::ServerError;
+
+/// A share of the ingest budget, held by a report from [`WriterHandle::admit`] until the batch
+/// holding it is committed and acked, or failed.
+#[derive(Debug)]
+pub struct Admission(OwnedSemaphorePermit);
+
+impl Admission {
+    /// Joins `other` (of the same budget) to this one, to be given back together.
+    pub(super) fn merge(&mut self, other: Self) {
+        self.0.merge(other.0);
+    }
+}
+
+/// A wait for ingest budget, in line behind the sessions that asked before.
+pub type Admitting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Admission, ServerError>> + Send>>;
+
+// === impl WriterHandle ===
+
+impl WriterHandle {
+    /// The ingest budget for a report of `n` samples, if it is free now and nobody waits for
+    /// budget before this caller.
+    pub fn try_admit(&self, n: usize) -> Option<Admission> {
+        let permit = self
+            .admission
+            .clone()
+            .try_acquire_many_owned(self.cost(n))
+            .ok()?;
+        self.observe_admitted();
+        Some(Admission(permit))
+    }
+
+    /// Waits for the ingest budget for a report of `n` samples, behind every caller that
+    /// waits already (first come, first served).
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable` if the writer has stopped.
+    pub fn admit(&self, n: usize) -> Admitting {
+        let acquire = self.admission.clone().acquire_many_owned(self.cost(n));
+        let handle = self.clone();
+        Box::pin(async move {
+            let permit = acquire.await.map_err(|_| ServerError::Unavailable)?;
+            handle.observe_admitted();
+            Ok(Admission(permit))
+        })
+    }
+
+    /// The budget a report of `n` samples takes: one per sample, at most the whole budget.
+    fn cost(&self, n: usize) -> u32 {
+        u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.budget)
+    }
+
+    fn observe_admitted(&self) {
+        observe_budget(&self.depth.admitted, &self.admission, self.budget);
+    }
+}
+
+/// Sets `gauge` to the ingest budget in use.
+pub(super) fn observe_budget(gauge: &Gauge, admission: &Semaphore, budget: u32) {
+    let used = (budget as usize).saturating_sub(admission.available_permits());
+    gauge.set(i64::try_from(used).unwrap_or(i64::MAX));
+}
