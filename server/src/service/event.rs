@@ -224,7 +224,7 @@ impl pb::event_service_server::EventService for EventService {
             Ok(watch) => watch,
             Err(CursorError::Expired { oldest }) => {
                 return Err(tether_proto::refusal::refuse(
-                    tonic::Code::OutOfRange,
+                    tonic::Code::FailedPrecondition,
                     format!(
                         "cursor is older than the retained events (oldest change {oldest}): \
                          list the events again and watch from the listing's cursor"
