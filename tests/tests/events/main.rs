@@ -135,3 +135,77 @@ async fn a_reported_event_round_trips_to_list_and_get() {
     assert_eq!(&fetched, got);
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tetherctl_lists_acknowledges_and_counts_events() {
+    let world = World::new().await;
+    let (id, _, mut session, _) = world.agent("cli").await;
+    session
+        .report_events(vec![
+            agent_event(1, "ssh.login_failed", pb::EventSeverity::Warning),
+            agent_event(2, "ssh.root", pb::EventSeverity::Critical),
+            agent_event(3, "disk.full", pb::EventSeverity::Error),
+        ])
+        .await
+        .expect("ack");
+    let url = world.server.url.clone();
+    let token = world.server.admin_token.clone();
+    let cli = |args: Vec<&'static str>| {
+        let (url, token) = (url.clone(), token.clone());
+        async move { tether_tests::cli_at(&url, &token, &args).await }
+    };
+
+    let listed = cli(vec!["events", "list", "-o", "json"])
+        .await
+        .expect("list");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|e| e["agent_id"] == id.as_str()));
+    let csv = cli(vec!["events", "list", "--kind", "ssh.*", "-o", "csv"])
+        .await
+        .expect("csv");
+    assert_eq!(csv.lines().count(), 3, "header and two ssh events: {csv}");
+
+    let refused = cli(vec!["events", "ack"])
+        .await
+        .expect_err("no ids, no selector");
+    assert!(
+        matches!(refused, tetherctl::CliError::Usage(_)),
+        "{refused:?}"
+    );
+    let acked = cli(vec![
+        "events",
+        "ack",
+        "--kind",
+        "ssh.*",
+        "--min-severity",
+        "critical",
+    ])
+    .await
+    .expect("ack");
+    assert_eq!(acked.trim(), "1 events acknowledged");
+    let new = cli(vec!["events", "list", "--state", "new", "-o", "json"])
+        .await
+        .expect("list");
+    let new: Vec<serde_json::Value> = serde_json::from_str(&new).expect("json");
+    assert_eq!(new.len(), 2);
+
+    let stats = cli(vec!["events", "stats", "--since", "2h", "-o", "json"])
+        .await
+        .expect("stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+    assert_eq!(stats["total"], 3);
+    assert_eq!(stats["top_kinds"].as_array().map(Vec::len), Some(3));
+    let table = cli(vec!["events", "stats"]).await.expect("stats table");
+    assert!(
+        table.contains("TOP KIND") && table.contains("disk.full"),
+        "{table}"
+    );
+
+    let qr = cli(vec!["enroll-token", "create", "--qr"])
+        .await
+        .expect("enroll-token --qr");
+    assert!(qr.contains("tether-agent --server"), "{qr}");
+    assert!(qr.contains('▀') || qr.contains('▄'), "{qr}");
+    world.stop().await;
+}
