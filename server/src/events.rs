@@ -143,6 +143,8 @@ pub struct Events {
     pub store: Arc<dyn Store>,
     pub config: EventsConfig,
     pub limiter: rate::RateLimiter,
+    /// Open watches against their caps.
+    pub watches: Arc<watch_stream::WatchSlots>,
 }
 
 impl Events {
@@ -151,6 +153,7 @@ impl Events {
         store: Arc<dyn Store>,
         writer: WriterHandle,
         config: EventsConfig,
+        watches: Arc<watch_stream::WatchSlots>,
     ) -> (Arc<Self>, task::Task) {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared::default());
@@ -166,6 +169,7 @@ impl Events {
             shared,
             store,
             limiter: rate::RateLimiter::new(config.rate_per_minute, config.rate_window),
+            watches,
             config,
         });
         (events, task)

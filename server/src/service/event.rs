@@ -212,11 +212,13 @@ impl pb::event_service_server::EventService for EventService {
         filter.end_ms = None;
         let cursor = convert::event::cursor_from_pb(&cursor)?;
         let state = &self.state;
+        let slot = state.events.watches.acquire(&caller.org, &caller.token)?;
         let watch = EventWatch::start(
             state.events.clone(),
             caller.org.clone(),
             filter,
             cursor,
+            slot,
             state.shutdown.clone(),
             state.auth.revocation(&caller.token),
         )?;

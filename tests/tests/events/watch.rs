@@ -231,3 +231,29 @@ async fn a_watcher_that_never_reads_costs_reporting_agents_nothing() {
     drop(stalled);
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_watches_are_capped_per_token_and_a_closed_one_frees_its_place() {
+    let world = World::with(|config| config.limits.max_watches_per_token = 2).await;
+    let client = world.events().await;
+    let mut first = watch(&client, pb::EventFilter::default(), "")
+        .await
+        .expect("first");
+    until_caught_up(&mut first).await;
+    let mut second = watch(&client, pb::EventFilter::default(), "")
+        .await
+        .expect("second");
+    until_caught_up(&mut second).await;
+    let status = watch(&client, pb::EventFilter::default(), "")
+        .await
+        .expect_err("a third watch");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    drop(first);
+    let mut third = eventually("the closed watch to free its place", || {
+        let client = client.clone();
+        async move { watch(&client, pb::EventFilter::default(), "").await.ok() }
+    })
+    .await;
+    until_caught_up(&mut third).await;
+    world.stop().await;
+}
