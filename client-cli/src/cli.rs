@@ -125,11 +125,24 @@ pub enum Command {
     #[command(subcommand)]
     Events(EventsCommand),
 
+    /// Save a consistent backup of the whole running server (every org) into a new file, for
+    /// `tether-server restore` (server admin).
+    Backup(BackupArgs),
+
     /// Print this client's version and the server's.
     Version(VersionArgs),
 
     /// Print a shell completion script, e.g. `source <(tetherctl completion bash)`.
     Completion(CompletionArgs),
+}
+
+/// `backup`
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The file to create (mode 0600); never overwritten. It is written as FILE.partial and
+    /// renamed once its size and SHA-256 match what the server sent.
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
 }
 
 /// `version`

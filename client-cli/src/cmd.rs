@@ -20,6 +20,7 @@ use crate::{CliError, write_json};
 
 mod agents;
 pub(crate) mod audit;
+mod backup;
 mod command;
 mod enroll;
 mod events;
@@ -70,6 +71,7 @@ pub(crate) async fn dispatch(
         Command::Audit(args) => audit::run(args, settings, out).await,
         Command::Cmd(command) => command::dispatch(command, settings, console, out).await,
         Command::Events(command) => events::dispatch(command, settings, out).await,
+        Command::Backup(args) => backup::run(args, settings, out).await,
         Command::Version(args) => {
             let settings = (!args.client).then_some(settings);
             fleet::version(&args, settings, out).await

@@ -113,6 +113,15 @@ pub enum CliError {
     },
 
     /// Writing the output failed (for example a closed pipe).
+    /// A backup could not be saved whole; nothing was left under its name.
+    #[error("backup not saved to {}: {message}", path.display())]
+    Backup {
+        /// The file asked for.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
     #[error("failed to write output: {0}")]
     Io(#[from] std::io::Error),
 }

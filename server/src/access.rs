@@ -190,6 +190,8 @@ pub const RPC_ACCESS: &[(&str, Access, bool)] = &[
         Access::AtLeast(Role::Admin),
         true,
     ),
+    // Every org's records: the server admin only. Audited, though it changes nothing.
+    ("/tether.v1.AdminService/Backup", Access::ServerAdmin, true),
 ];
 
 /// The rule for `method`, or `None` if the table has no row for it.

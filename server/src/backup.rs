@@ -1,38 +1,42 @@
-//! Backups of a stopped server's data directory, and restoring them into a fresh one.
+//! Backups as files, and restoring them into a fresh data directory.
 //!
-//! [`backup`] holds the data directory's lock (`datadir.rs`) for its whole run, so no server
-//! can open the store while it is copied: the copy is the store exactly as the last server
-//! left it (a store left by a crash is copied as it is, and recovers the same way when it is
-//! opened). The copy is then opened and loaded, as a server would, before the backup is called
-//! done, and `tether-backup.json` records what it holds. [`restore`] copies a backup into a
-//! data directory that holds no store (never over one), under that directory's lock, and loads
-//! it again. The admin token file is not part of a backup: a restored server makes a new one.
+//! A backup is one file in the `store/dump.rs` format: every record of the store at one
+//! consistent point, with its schema version and a SHA-256 of the whole file. It is written by
+//! [`write`] from a store that is open, the running server's own (`AdminService.Backup`, which
+//! `tetherctl backup` saves) or a stopped server's ([`backup_stopped`], under the data
+//! directory's lock). "Consistent" is the store's word (`Store::export`): no commit,
+//! compaction or purge runs while the records are read, so the file holds exactly the durable
+//! state after one commit, and a server started on its restore recovers it as it would after a
+//! restart there: every acknowledged sample once, rollups included, the audit chains intact.
 //!
-//! A backup of a running server is not offered: its store is open in that process, and a
-//! consistent copy has to come from there.
+//! A running server writes the file to a spool in its data directory first (unlinked at once,
+//! so it goes with the handle whatever happens) and streams it afterwards: the store is quiet
+//! only for the local copy, never for as long as a client takes to read.
+//!
+//! [`restore`] checks the whole file (length and checksum) before it writes anything, imports
+//! the records beside the data directory's store and renames them into place only once they
+//! load, into a data directory that holds nothing else (never over a store). The admin token
+//! file is not part of a backup: a restored server makes a new one at its first start.
 
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::datadir::{DataDirError, DataDirLock};
-use crate::store::{SCHEMA_VERSION, SledStore, Snapshot, Store as _, StoreError};
+use crate::datadir::{DataDirError, DataDirLock, LOCK_FILE};
+use crate::store::dump::{self, DumpError, Header, Summary};
+use crate::store::{SCHEMA_VERSION, SledStore, Snapshot, Store, StoreError};
 
-/// The directory of the store inside a data directory, and inside a backup.
+/// The directory of the store inside a data directory.
 pub const STORE_DIR: &str = "store";
-/// The file of a backup that describes it.
-pub const MANIFEST_FILE: &str = "tether-backup.json";
-/// The version of the backup layout (a `store` directory beside the manifest).
-pub const BACKUP_FORMAT: u32 = 1;
+/// Where a restore builds the store before renaming it into place.
+const PARTIAL_DIR: &str = "store.restoring";
 
-/// What a backup holds, as recorded in its manifest and checked by loading it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub schema_version: u32,
-    /// The version of the `tether-server` that wrote it.
-    pub server_version: String,
-    /// RFC 3339.
-    pub created_at: String,
+/// What a restored backup holds, counted by loading it as a server would.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub header: Header,
+    pub records: u64,
     pub orgs: usize,
     pub agents: usize,
     pub tokens: usize,
@@ -40,145 +44,244 @@ pub struct Manifest {
     pub tombstones: usize,
 }
 
-/// Why a backup or a restore did not happen. Every message names the directory to look at.
+/// A backup file just written: what it says about itself and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub header: Header,
+    pub summary: Summary,
+}
+
+/// Why a backup or a restore did not happen. Every message names the file or directory.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
     #[error("{} holds no store to back up (is it the server's --data-dir?)", .0.display())]
     NoStore(PathBuf),
-    #[error("{} is not empty: back up into a new directory", .0.display())]
-    NotEmpty(PathBuf),
+    #[error("{} exists: back up into a new file", .0.display())]
+    Exists(PathBuf),
     #[error(
-        "{} already holds a store: restore into an empty data directory, or move that store \
-         away first",
+        "{} is not empty: restore into a new or empty data directory (move what it holds away \
+         first)",
         .0.display()
     )]
-    StoreExists(PathBuf),
-    #[error("{} is not a Tether backup: {reason}", path.display())]
-    NotABackup { path: PathBuf, reason: String },
-    #[error("cannot copy {}: {source}", path.display())]
+    NotEmpty(PathBuf),
+    #[error("{} cannot be restored: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: DumpError,
+    },
+    #[error(
+        "{} holds store schema version {found}, newer than this server reads ({SCHEMA_VERSION}): \
+         restore it with tether-server {server} or newer",
+        path.display()
+    )]
+    Newer {
+        path: PathBuf,
+        found: u32,
+        server: String,
+    },
+    #[error("cannot write {}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("the copy in {} does not load: {source}", path.display())]
-    Unreadable {
+    #[error("the store in {} {action}: {source}", path.display())]
+    Store {
         path: PathBuf,
+        action: &'static str,
         #[source]
         source: StoreError,
     },
 }
 
-/// Copies the store of the stopped server of `data_dir` into the new directory `to`, checks
-/// that the copy loads, and writes its manifest.
+/// Writes every record of `store`, read at one consistent point, to `out` as a backup file,
+/// synced. `out` is written from its current position.
 ///
 /// # Errors
 ///
-/// [`BackupError::DataDir`] when a server runs on `data_dir` (the lock is held);
-/// [`BackupError::NoStore`], [`BackupError::NotEmpty`] for the wrong directories; `Io` and
-/// `Unreadable` when the copy fails or does not load (`to` is then left for inspection).
-pub fn backup(data_dir: &Path, to: &Path) -> Result<Manifest, BackupError> {
-    let store = data_dir.join(STORE_DIR);
-    if !store.is_dir() {
+/// The store's read error or `out`'s write error, as [`StoreError::Backend`].
+pub fn write(store: &dyn Store, out: File) -> Result<(File, Taken), StoreError> {
+    let header = Header {
+        schema_version: SCHEMA_VERSION,
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        taken_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    };
+    let backend = |e: std::io::Error| StoreError::Backend(Box::new(e));
+    let mut writer = dump::Writer::new(BufWriter::new(out), &header).map_err(backend)?;
+    store.export(&mut |space, key, value| writer.record(space, key, value))?;
+    let (out, summary) = writer.finish().map_err(backend)?;
+    let out = out.into_inner().map_err(|e| backend(e.into_error()))?;
+    out.sync_all().map_err(backend)?;
+    Ok((out, Taken { header, summary }))
+}
+
+/// A file in `dir` that no other name reaches: created, then unlinked at once, so its space
+/// goes back when the handle is dropped, whatever ends its use.
+///
+/// # Errors
+///
+/// I/O.
+pub fn spool_in(dir: &Path) -> std::io::Result<File> {
+    let path = dir.join(format!(
+        "backup-spool.{}.{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// Backs up the store of the stopped server of `data_dir` into the new file `to` (0600), under
+/// the data directory's lock, so no server starts on it meanwhile.
+///
+/// # Errors
+///
+/// [`BackupError::DataDir`] when a server runs on `data_dir`; [`BackupError::NoStore`],
+/// [`BackupError::Exists`]; `Store` when the store does not open; `Io`.
+pub fn backup_stopped(data_dir: &Path, to: &Path) -> Result<Taken, BackupError> {
+    let store_path = data_dir.join(STORE_DIR);
+    if !store_path.is_dir() {
         return Err(BackupError::NoStore(data_dir.to_owned()));
     }
     let _lock = DataDirLock::acquire(data_dir)?;
-    if std::fs::read_dir(to).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(BackupError::NotEmpty(to.to_owned()));
-    }
-    crate::server::create_private_dir(to).map_err(|source| BackupError::Io {
+    let io = |source| BackupError::Io {
         path: to.to_owned(),
         source,
-    })?;
-    copy_tree(&store, &to.join(STORE_DIR))?;
-    let snapshot = load(&to.join(STORE_DIR))?;
-    let manifest = Manifest::of(&snapshot);
-    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
-    crate::server::write_private_file(&to.join(MANIFEST_FILE), &text).map_err(|source| {
-        BackupError::Io {
-            path: to.join(MANIFEST_FILE),
-            source,
-        }
-    })?;
-    Ok(manifest)
-}
-
-/// Restores the backup `from` into `data_dir`, which must hold no store (it is created if
-/// missing), and checks that the restored store loads.
-///
-/// # Errors
-///
-/// [`BackupError::NotABackup`] for a directory without a manifest and store of this schema
-/// version; [`BackupError::StoreExists`] when `data_dir` holds a store;
-/// [`BackupError::DataDir`] when a server runs on it or it is unusable; `Io`, `Unreadable`.
-pub fn restore(from: &Path, data_dir: &Path) -> Result<Manifest, BackupError> {
-    let manifest = read_manifest(from)?;
-    crate::datadir::prepare(data_dir)?;
-    let _lock = DataDirLock::acquire(data_dir)?;
-    let store = data_dir.join(STORE_DIR);
-    if store.exists() {
-        return Err(BackupError::StoreExists(data_dir.to_owned()));
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
-    // Copied beside, then renamed: a restore cut short leaves no half store where a server
-    // would open it.
-    let partial = data_dir.join("store.restoring");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|source| BackupError::Io {
-            path: partial.clone(),
-            source,
-        })?;
-    }
-    copy_tree(&from.join(STORE_DIR), &partial)?;
-    std::fs::rename(&partial, &store).map_err(|source| BackupError::Io {
-        path: store.clone(),
+    let file = options.open(to).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => BackupError::Exists(to.to_owned()),
+        _ => io(e),
+    })?;
+    let store = SledStore::open(&store_path).map_err(|source| BackupError::Store {
+        path: store_path.clone(),
+        action: "does not open",
         source,
     })?;
-    load(&store)?;
-    Ok(manifest)
+    let result = write(&store, file);
+    if result.is_err() {
+        // Best effort: a half-written file must not pass for a backup (restore would refuse it
+        // anyway, by its checksum).
+        if let Err(e) = std::fs::remove_file(to) {
+            tracing::warn!(path = %to.display(), "cannot remove the incomplete backup: {e}");
+        }
+    }
+    let (_, taken) = result.map_err(|source| BackupError::Store {
+        path: store_path,
+        action: "cannot be read",
+        source,
+    })?;
+    Ok(taken)
 }
 
-/// The manifest of the backup `dir`, checked against this build.
+/// Restores the backup file `file` into `data_dir`, which must be missing or empty, and checks
+/// that the restored store loads.
 ///
 /// # Errors
 ///
-/// [`BackupError::NotABackup`] when it is missing, unreadable, or of another format or schema.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
-    let not_a_backup = |reason: String| BackupError::NotABackup {
-        path: dir.to_owned(),
-        reason,
+/// [`BackupError::Unreadable`] for a file that is not a whole backup (truncated, damaged, not
+/// a backup at all), before anything is written; [`BackupError::Newer`] for a backup of a
+/// newer schema; [`BackupError::NotEmpty`]; [`BackupError::DataDir`] when a server runs on
+/// `data_dir` or it is unusable; `Store`, `Io`.
+pub fn restore(file: &Path, data_dir: &Path) -> Result<Restored, BackupError> {
+    let unreadable = |source| BackupError::Unreadable {
+        path: file.to_owned(),
+        source,
     };
-    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE))
-        .map_err(|e| not_a_backup(format!("{MANIFEST_FILE}: {e}")))?;
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|e| not_a_backup(format!("{MANIFEST_FILE}: {e}")))?;
-    if manifest.format != BACKUP_FORMAT {
-        return Err(not_a_backup(format!(
-            "backup format {} (this server reads {BACKUP_FORMAT})",
-            manifest.format
-        )));
+    let mut input = File::open(file).map_err(|e| unreadable(e.into()))?;
+    dump::verify(&mut input).map_err(unreadable)?;
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| unreadable(e.into()))?;
+    let (mut reader, header) = dump::Reader::new(BufReader::new(input)).map_err(unreadable)?;
+    if header.schema_version > SCHEMA_VERSION {
+        return Err(BackupError::Newer {
+            path: file.to_owned(),
+            found: header.schema_version,
+            server: header.server_version,
+        });
     }
-    if manifest.schema_version != SCHEMA_VERSION {
-        return Err(not_a_backup(format!(
-            "store schema version {} (this server reads {SCHEMA_VERSION}); restore it with the \
-             server version that wrote it ({})",
-            manifest.schema_version, manifest.server_version
-        )));
+
+    crate::datadir::prepare(data_dir)?;
+    let _lock = DataDirLock::acquire(data_dir)?;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BackupError::Io { path, source }
+    };
+    for entry in std::fs::read_dir(data_dir).map_err(io(data_dir))? {
+        let name = entry.map_err(io(data_dir))?.file_name();
+        if name != LOCK_FILE && name != PARTIAL_DIR {
+            return Err(BackupError::NotEmpty(data_dir.to_owned()));
+        }
     }
-    if !dir.join(STORE_DIR).is_dir() {
-        return Err(not_a_backup(format!("no {STORE_DIR} directory")));
+    // Built beside, then renamed: a restore cut short leaves no half store where a server
+    // would open it (and the next restore clears it).
+    let partial = data_dir.join(PARTIAL_DIR);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
     }
-    Ok(manifest)
+    let store_error = |action| {
+        let path = partial.clone();
+        move |source| BackupError::Store {
+            path,
+            action,
+            source,
+        }
+    };
+    let mut failure = None;
+    let records = std::iter::from_fn(|| match reader.next_record() {
+        Ok(Some((space, key, value))) => Some(Ok(crate::store::sled::Record { space, key, value })),
+        Ok(None) => None,
+        Err(e) => {
+            let detail = e.to_string();
+            failure = Some(e);
+            Some(Err(StoreError::Corrupt {
+                key: String::new(),
+                detail,
+            }))
+        }
+    });
+    let imported = crate::store::sled::import(&partial, records);
+    if let Some(e) = failure {
+        return Err(unreadable(e));
+    }
+    let n_records = imported.map_err(store_error("cannot be written"))?;
+    // Opening checks the schema (and migrates an older one) and recovers the samples.
+    let snapshot = SledStore::open(&partial)
+        .and_then(|store| store.load())
+        .map_err(store_error("does not load"))?;
+    let store = data_dir.join(STORE_DIR);
+    std::fs::rename(&partial, &store).map_err(io(&store))?;
+    for dir in [data_dir, data_dir.parent().unwrap_or(data_dir)] {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(Restored::of(header, n_records, &snapshot))
 }
 
-impl Manifest {
-    fn of(snapshot: &Snapshot) -> Self {
+impl Restored {
+    fn of(header: Header, records: u64, snapshot: &Snapshot) -> Self {
         Self {
-            format: BACKUP_FORMAT,
-            schema_version: SCHEMA_VERSION,
-            server_version: env!("CARGO_PKG_VERSION").to_owned(),
-            created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            header,
+            records,
             orgs: snapshot.orgs.len(),
             agents: snapshot.agents.len(),
             tokens: snapshot.tokens.len(),
@@ -186,48 +289,6 @@ impl Manifest {
             tombstones: snapshot.tombstones.len(),
         }
     }
-}
-
-/// Opens the store at `path` and loads it, as a starting server does.
-fn load(path: &Path) -> Result<Snapshot, BackupError> {
-    let unreadable = |source| BackupError::Unreadable {
-        path: path.to_owned(),
-        source,
-    };
-    SledStore::open(path)
-        .and_then(|store| store.load())
-        .map_err(unreadable)
-}
-
-/// Copies the directory `from` to the new directory `to`: directories 0700, files with their
-/// mode, each file and directory synced. Refuses anything but files and directories.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| BackupError::Io { path, source }
-    };
-    crate::server::create_private_dir(to).map_err(io(to))?;
-    for entry in std::fs::read_dir(from).map_err(io(from))? {
-        let entry = entry.map_err(io(from))?;
-        let (source, target) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type().map_err(io(&source))?;
-        if kind.is_dir() {
-            copy_tree(&source, &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(&source, &target).map_err(io(&source))?;
-            std::fs::File::open(&target)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&target))?;
-        } else {
-            return Err(BackupError::Io {
-                path: source,
-                source: std::io::Error::other("neither a file nor a directory"),
-            });
-        }
-    }
-    std::fs::File::open(to)
-        .and_then(|d| d.sync_all())
-        .map_err(io(to))
 }
 
 #[cfg(test)]
@@ -244,6 +305,12 @@ mod tests {
         store.load().expect("load")
     }
 
+    fn load(data_dir: &Path) -> Snapshot {
+        SledStore::open(&data_dir.join(STORE_DIR))
+            .and_then(|s| s.load())
+            .expect("load")
+    }
+
     #[test]
     fn a_backup_restores_into_a_fresh_directory_as_it_was() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -251,47 +318,85 @@ mod tests {
         crate::datadir::prepare(&data).expect("data dir");
         let before = store_with_an_agent(&data);
 
-        let copy = root.path().join("backup");
-        let manifest = backup(&data, &copy).expect("backup");
+        let file = root.path().join("backup.tbk");
+        let taken = backup_stopped(&data, &file).expect("backup");
+        assert_eq!(taken.header.schema_version, SCHEMA_VERSION);
         assert_eq!(
-            (manifest.agents, manifest.schema_version),
-            (1, SCHEMA_VERSION)
+            taken.summary.bytes,
+            std::fs::metadata(&file).expect("file").len()
         );
-        assert_eq!(read_manifest(&copy).expect("manifest"), manifest);
         assert!(
-            matches!(backup(&data, &copy), Err(BackupError::NotEmpty(_))),
-            "never into a used directory"
+            matches!(backup_stopped(&data, &file), Err(BackupError::Exists(_))),
+            "never over a file"
         );
 
         let restored = root.path().join("restored");
-        restore(&copy, &restored).expect("restore");
-        assert_eq!(load(&restored.join(STORE_DIR)).expect("load"), before);
+        let summary = restore(&file, &restored).expect("restore");
+        assert_eq!(
+            (summary.agents, summary.records),
+            (1, taken.summary.records)
+        );
+        assert_eq!(load(&restored), before);
         assert!(
-            matches!(restore(&copy, &restored), Err(BackupError::StoreExists(_))),
+            matches!(restore(&file, &restored), Err(BackupError::NotEmpty(_))),
             "never over a store"
         );
-        assert!(!restored.join("store.restoring").exists());
+        assert!(!restored.join(PARTIAL_DIR).exists());
     }
 
     #[test]
-    fn a_running_server_and_strange_directories_are_refused() {
+    fn a_damaged_or_truncated_file_is_refused_before_anything_is_written() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        crate::datadir::prepare(&data).expect("data dir");
+        store_with_an_agent(&data);
+        let file = root.path().join("backup.tbk");
+        backup_stopped(&data, &file).expect("backup");
+        let bytes = std::fs::read(&file).expect("read");
+
+        let cut = root.path().join("cut.tbk");
+        std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
+        let flipped = root.path().join("flipped.tbk");
+        let mut damaged = bytes.clone();
+        damaged[bytes.len() / 2] ^= 0x10;
+        std::fs::write(&flipped, &damaged).expect("write");
+        for (bad, why) in [
+            (&cut, "checksum"),
+            (&flipped, "checksum"),
+            (&data, "cannot read"),
+        ] {
+            let target = root.path().join("never");
+            let err = restore(bad, &target).expect_err("refused");
+            assert!(matches!(err, BackupError::Unreadable { .. }), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(!target.exists(), "nothing written for {}", bad.display());
+        }
+    }
+
+    #[test]
+    fn a_running_server_and_used_directories_are_refused() {
         let root = tempfile::tempdir().expect("tempdir");
         let data = root.path().join("data");
         crate::datadir::prepare(&data).expect("data dir");
         assert!(matches!(
-            backup(&data, &root.path().join("b")),
+            backup_stopped(&data, &root.path().join("b")),
             Err(BackupError::NoStore(_))
         ));
         store_with_an_agent(&data);
         let running = DataDirLock::acquire(&data).expect("a server's lock");
         assert!(matches!(
-            backup(&data, &root.path().join("b")),
+            backup_stopped(&data, &root.path().join("b")),
             Err(BackupError::DataDir(DataDirError::Locked { .. }))
         ));
         drop(running);
+        let file = root.path().join("b");
+        backup_stopped(&data, &file).expect("backup");
+        let used = root.path().join("used");
+        std::fs::create_dir(&used).expect("dir");
+        std::fs::write(used.join("admin.token"), "x").expect("file");
         assert!(matches!(
-            restore(&data, &root.path().join("r")),
-            Err(BackupError::NotABackup { .. })
+            restore(&file, &used),
+            Err(BackupError::NotEmpty(_))
         ));
     }
 }

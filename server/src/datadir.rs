@@ -28,7 +28,7 @@ pub const LOCK_FILE: &str = "tether-server.lock";
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error("cannot use data directory {}: {source}", path.display())]
+    #[error("cannot use data directory {} (--data-dir): {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -113,6 +113,13 @@ pub fn ensure_unlocked(dir: &Path) -> Result<(), DataDirError> {
     let mut file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        // A file where the directory should be: name the directory, not the lock file.
+        Err(source) if source.kind() == io::ErrorKind::NotADirectory => {
+            return Err(DataDirError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
         Err(source) => return Err(DataDirError::Io { path, source }),
     };
     match file.try_lock_shared() {

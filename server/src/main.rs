@@ -397,19 +397,20 @@ enum Command {
     /// The configuration file and the settings in effect.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Copy the store of a stopped server (--data-dir) into a new directory, check that the
-    /// copy loads, and describe it in tether-backup.json. Refused while a server runs there.
+    /// Back up the store of a stopped server (--data-dir) into a new file; refused while a
+    /// server runs there (back a running server up with `tetherctl backup`).
     Backup {
-        /// The new (or empty) directory to write the backup into (mode 0700).
-        #[arg(long, value_name = "DIR")]
-        to: PathBuf,
+        /// The backup file to create (mode 0600); never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
-    /// Restore a backup into --data-dir, which must hold no store, and check that it loads.
-    /// The restored server creates a new admin token at its first start.
+    /// Restore a backup file (from `tetherctl backup` or `tether-server backup`) into
+    /// --data-dir, which must be missing or empty, after checking the whole file. The restored
+    /// server creates a new admin token at its first start.
     Restore {
-        /// The backup's directory (as written by `backup --to`).
-        #[arg(long, value_name = "DIR")]
-        from: PathBuf,
+        /// The backup file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -559,27 +560,30 @@ async fn run() -> anyhow::Result<()> {
             print!("{}", parsed.render());
             return args.checked_config().map(drop);
         }
-        Some(Command::Backup { to }) => {
-            let manifest = tether_server::backup::backup(&args.data_dir, to)
+        Some(Command::Backup { out }) => {
+            let taken = tether_server::backup::backup_stopped(&args.data_dir, out)
                 .with_context(|| format!("backup of {}", args.data_dir.display()))?;
             println!(
-                "Backed up {} into {}: {}",
+                "Backed up {} into {}: {} records, {} bytes, schema {}, sha256 {}",
                 args.data_dir.display(),
-                to.display(),
-                summary(&manifest)
+                out.display(),
+                taken.summary.records,
+                taken.summary.bytes,
+                taken.header.schema_version,
+                hex::encode(taken.summary.sha256)
             );
             return Ok(());
         }
-        Some(Command::Restore { from }) => {
-            let manifest = tether_server::backup::restore(from, &args.data_dir)
-                .with_context(|| format!("restore of {}", from.display()))?;
+        Some(Command::Restore { file }) => {
+            let restored = tether_server::backup::restore(file, &args.data_dir)
+                .with_context(|| format!("restore of {}", file.display()))?;
             println!(
                 "Restored {} (taken {}) into {}: {}; start the server on it to get a new admin \
                  token",
-                from.display(),
-                manifest.created_at,
+                file.display(),
+                restored.header.taken_at,
                 args.data_dir.display(),
-                summary(&manifest)
+                summary(&restored)
             );
             return Ok(());
         }
@@ -671,15 +675,17 @@ async fn run() -> anyhow::Result<()> {
 }
 
 /// What a backup holds, in a few words.
-fn summary(manifest: &tether_server::backup::Manifest) -> String {
+fn summary(restored: &tether_server::backup::Restored) -> String {
     format!(
-        "{} orgs, {} agents, {} tokens, {} enrollment tokens, {} deleted agents (schema {})",
-        manifest.orgs,
-        manifest.agents,
-        manifest.tokens,
-        manifest.enrollment_tokens,
-        manifest.tombstones,
-        manifest.schema_version
+        "{} orgs, {} agents, {} tokens, {} enrollment tokens, {} deleted agents (schema {}, {} \
+         records)",
+        restored.orgs,
+        restored.agents,
+        restored.tokens,
+        restored.enrollment_tokens,
+        restored.tombstones,
+        restored.header.schema_version,
+        restored.records
     )
 }
 

@@ -447,9 +447,11 @@ impl Server {
             pb::fleet_service_server::FleetServiceServer::new(FleetService::new(state.clone()))
                 .max_decoding_message_size(limits.max_message_bytes)
                 .max_encoding_message_size(usize::MAX);
-        let admin =
-            pb::admin_service_server::AdminServiceServer::new(AdminService::new(state.clone()))
-                .max_decoding_message_size(limits.max_message_bytes);
+        let admin = pb::admin_service_server::AdminServiceServer::new(AdminService::new(
+            state.clone(),
+            self.tasks.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
         let command = pb::command_service_server::CommandServiceServer::new(CommandService::new(
             state.clone(),
         ))

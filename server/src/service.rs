@@ -23,6 +23,7 @@ use crate::writer::WriterHandle;
 
 pub mod admin;
 pub mod agent;
+pub mod backup;
 pub mod command;
 pub mod enroll;
 pub mod event;

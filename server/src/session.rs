@@ -528,7 +528,12 @@ impl SessionLoop {
             Some(In::Hello(_)) => {
                 Err(ServerError::invalid("Hello may only be the first message of a session").into())
             }
-            None => Err(ServerError::invalid("empty ConnectRequest: no message set").into()),
+            // A message of a kind this server does not know (a newer agent's), or none: ignored,
+            // as the wire contract asks; counted as `other` and under the stream's rate limit.
+            None => {
+                tracing::debug!(agent = %self.session.agent, "ignoring a message of an unknown kind");
+                Ok(None)
+            }
         }
     }
 

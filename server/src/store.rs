@@ -46,6 +46,7 @@ use crate::domain::{
 
 pub mod bits;
 pub mod chunk;
+pub mod dump;
 pub mod fault;
 pub mod head;
 mod merge;
@@ -56,8 +57,9 @@ pub mod wal;
 pub use self::rollup::{Resolution, Rollup};
 pub use self::sled::SledStore;
 
-/// Version of the on-disk layout this build reads and writes. A store created by another
-/// version is refused at open, never reinterpreted. Version 3 keeps samples as compressed
+/// Version of the on-disk layout this build reads and writes. A store of an older version is
+/// migrated at open, after a backup, by the steps of `store/sled/migrate.rs`; one those steps
+/// do not cover, or a newer one, is refused, never reinterpreted. Version 3 keeps samples as compressed
 /// chunks, rollups and a write-ahead log; version 2 kept one record per sample and is refused
 /// (no migration: start version 3 on a fresh data directory).
 pub const SCHEMA_VERSION: u32 = 3;
@@ -346,6 +348,12 @@ pub enum StoreError {
          use a matching server version or a fresh data directory"
     )]
     SchemaMismatch { found: String, expected: u32 },
+    /// The data directory was written by a newer server (after its migrations ran).
+    #[error(
+        "store schema version {found} is newer than this server reads ({supported}): run the \
+         tether-server that wrote it, or restore a backup taken before the upgrade"
+    )]
+    SchemaNewer { found: u32, supported: u32 },
     /// A value cannot be stored as it is (e.g. a time its encoding cannot represent). Only
     /// [`Store::encode`] reports it, for the one write concerned.
     #[error("cannot encode {what}: {detail}")]
@@ -359,6 +367,9 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What [`Store::export`] calls with each record: (space, key, value).
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8], &[u8]) -> std::io::Result<()> + 'a;
 
 /// The storage interface. Implementations must be safe to call from many threads.
 pub trait Store: Send + Sync + 'static {
@@ -381,6 +392,17 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// [`StoreError::Backend`] if the backend could not apply or flush them.
     fn commit(&self, writes: Vec<Encoded>) -> Result<()>;
+
+    /// Calls `visit` with every stored record as (space, key, value), read at one consistent
+    /// point: no commit, compaction or purge is under way while it runs, and none starts
+    /// until it returns (so `visit` must not wait on anything but local I/O). Returns the
+    /// number of records. A store built from these records ([`sled::import`]) opens as this
+    /// one would after a restart.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] on a read failure or with `visit`'s error.
+    fn export(&self, visit: &mut Visit<'_>) -> Result<u64>;
 
     /// Encodes and commits `writes` together: for start-up and tests, where the first write
     /// that cannot be encoded may fail them all.

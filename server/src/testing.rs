@@ -91,6 +91,10 @@ impl Store for FailingStore {
         self.inner.commit(writes)
     }
 
+    fn export(&self, visit: &mut crate::store::Visit<'_>) -> store::Result<u64> {
+        self.inner.export(visit)
+    }
+
     fn samples(
         &self,
         org: &OrgId,

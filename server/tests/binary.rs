@@ -292,6 +292,31 @@ fn a_shared_data_directory_is_refused_in_one_line() {
     );
 }
 
+/// A file given as the data directory is refused in one line naming it and the flag.
+#[test]
+fn a_file_as_data_directory_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("data");
+    std::fs::write(&file, "not a directory").expect("write");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let output = tether_server(&[
+        "--data-dir",
+        file_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-metrics",
+    ]);
+    let line = the_error_line(&output);
+    assert!(
+        line.contains(&format!("data directory {file_arg} (--data-dir)")),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        "not a directory"
+    );
+}
+
 /// The line of `config print` for `key`, with its spacing collapsed.
 fn setting(stdout: &str, key: &str) -> String {
     stdout
@@ -499,8 +524,8 @@ fn backup_waits_for_the_server_to_stop_and_restores_into_a_new_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data_arg = data.to_str().expect("utf-8 path");
-    let backup_dir = dir.path().join("backup");
-    let backup_arg = backup_dir.to_str().expect("utf-8 path");
+    let backup_file = dir.path().join("tether.backup");
+    let backup_arg = backup_file.to_str().expect("utf-8 path");
     let running = Running::start(&[
         "--data-dir",
         data_arg,
@@ -509,33 +534,48 @@ fn backup_waits_for_the_server_to_stop_and_restores_into_a_new_directory() {
         "--no-metrics",
     ]);
     let pid = running.child.id();
-    let refused = tether_server(&["backup", "--data-dir", data_arg, "--to", backup_arg]);
+    let refused = tether_server(&["backup", "--data-dir", data_arg, "--out", backup_arg]);
     let line = the_error_line(&refused);
     assert!(
         line.contains(&format!("another tether-server (pid {pid})")),
         "{line}"
     );
-    assert!(!backup_dir.exists(), "nothing written: {line}");
+    assert!(!backup_file.exists(), "nothing written: {line}");
     drop(running);
 
-    let taken = tether_server(&["backup", "--data-dir", data_arg, "--to", backup_arg]);
+    let taken = tether_server(&["backup", "--data-dir", data_arg, "--out", backup_arg]);
     assert!(taken.status.success(), "{}", stderr(&taken));
     let said = String::from_utf8_lossy(&taken.stdout);
     assert!(
-        said.contains("Backed up") && said.contains("1 orgs"),
+        said.contains("Backed up") && said.contains("sha256"),
         "{said}"
     );
 
     let restored = dir.path().join("restored");
     let restored_arg = restored.to_str().expect("utf-8 path");
-    let restore = tether_server(&["restore", "--from", backup_arg, "--data-dir", restored_arg]);
+    let restore = tether_server(&["restore", backup_arg, "--data-dir", restored_arg]);
     assert!(restore.status.success(), "{}", stderr(&restore));
-    let again = tether_server(&["restore", "--from", backup_arg, "--data-dir", restored_arg]);
+    let said = String::from_utf8_lossy(&restore.stdout);
+    assert!(said.contains("1 orgs"), "{said}");
+    let again = tether_server(&["restore", backup_arg, "--data-dir", restored_arg]);
     let line = the_error_line(&again);
-    assert!(line.contains("already holds a store"), "{line}");
-    let not_a_backup = tether_server(&["restore", "--from", data_arg, "--data-dir", restored_arg]);
+    assert!(line.contains("is not empty"), "{line}");
+    let truncated = dir.path().join("truncated.backup");
+    let bytes = std::fs::read(&backup_file).expect("backup file");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let fresh = dir.path().join("fresh");
+    let cut = tether_server(&[
+        "restore",
+        truncated.to_str().expect("utf-8 path"),
+        "--data-dir",
+        fresh.to_str().expect("utf-8 path"),
+    ]);
+    let line = the_error_line(&cut);
+    assert!(line.contains("truncated or damaged"), "{line}");
+    assert!(!fresh.exists(), "nothing written: {line}");
+    let not_a_backup = tether_server(&["restore", data_arg, "--data-dir", restored_arg]);
     let line = the_error_line(&not_a_backup);
-    assert!(line.contains("is not a Tether backup"), "{line}");
+    assert!(line.contains("cannot be restored"), "{line}");
 
     let _serving = Running::start(&[
         "--data-dir",

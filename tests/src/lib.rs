@@ -32,6 +32,7 @@ mod agent;
 mod command;
 mod crash;
 mod event;
+pub mod fill;
 mod healthy;
 mod heavy;
 mod logs;

@@ -498,13 +498,13 @@ async fn store_of_another_schema_version_is_refused_and_left_untouched() {
     let records_before = dump_store(dir.path());
     match tether_server::server::start(fast_config(dir.path())).await {
         Err(StartError::Store {
-            source: StoreError::SchemaMismatch { found, expected },
+            source: StoreError::SchemaNewer { found, supported },
             ..
         }) => {
-            assert_eq!(found, "999");
-            assert_eq!(expected, tether_server::store::SCHEMA_VERSION);
+            assert_eq!(found, 999);
+            assert_eq!(supported, tether_server::store::SCHEMA_VERSION);
         }
-        Err(other) => panic!("expected a schema mismatch, got {other:?}"),
+        Err(other) => panic!("expected a newer schema refused, got {other:?}"),
         Ok(_) => panic!("a store of schema version 999 was opened"),
     }
     let records_after = dump_store(dir.path());

@@ -222,6 +222,57 @@ fn unknown_server_message_is_tolerated() {
     assert!(matches!(message, Ok(ServerMessage::Unknown)));
 }
 
+/// What a newer server may send, as bytes on the wire: fields this agent does not know
+/// inside a known message, and a message of a kind it does not know. The first decodes to the
+/// message it knows, the second to `Unknown`, which the session skips; neither is an error.
+#[test]
+fn a_newer_servers_unknown_fields_and_message_kinds_decode_and_are_skipped() {
+    use prost::Message as _;
+    let key = |number: u32, wire: prost::encoding::WireType, out: &mut Vec<u8>| {
+        prost::encoding::encode_key(number, wire, out);
+    };
+    let delimited = |number: u32, bytes: &[u8]| {
+        let mut out = Vec::new();
+        key(number, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(bytes);
+        out
+    };
+    let mut unknown = Vec::new();
+    key(1000, prost::encoding::WireType::Varint, &mut unknown);
+    prost::encoding::encode_varint(7, &mut unknown);
+    unknown.extend(delimited(1001, b"from the future"));
+
+    let welcome = pb::Welcome {
+        session_id: "s-1".into(),
+        heartbeat_interval: Some(pb_duration(5)),
+        metrics_interval: Some(pb_duration(10)),
+        last_durable_seq: 12,
+        ..Default::default()
+    };
+    let mut welcome_bytes = welcome.encode_to_vec();
+    welcome_bytes.extend_from_slice(&unknown);
+    let mut response = delimited(1, &welcome_bytes);
+    response.extend_from_slice(&unknown);
+    let decoded = pb::ConnectResponse::decode(response.as_slice()).expect("decodes");
+    match ServerMessage::try_from(decoded) {
+        Ok(ServerMessage::Welcome(welcome)) => {
+            assert_eq!(
+                (welcome.session_id.as_str(), welcome.last_durable_seq),
+                ("s-1", 12)
+            );
+        }
+        other => panic!("expected the Welcome, got {other:?}"),
+    }
+
+    let newer_kind = delimited(99, &unknown);
+    let decoded = pb::ConnectResponse::decode(newer_kind.as_slice()).expect("decodes");
+    assert!(matches!(
+        ServerMessage::try_from(decoded),
+        Ok(ServerMessage::Unknown)
+    ));
+}
+
 #[test]
 fn enrollment_requires_id_and_credential() {
     let response = pb::EnrollResponse {

@@ -47,16 +47,34 @@ const REVOKE_ENROLLMENT_TOKEN: &str = "/tether.v1.AdminService/RevokeEnrollmentT
 
 pub struct AdminService {
     state: Arc<AppState>,
+    backups: crate::service::backup::Backups,
 }
 
 impl AdminService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    /// The service; backups' producers run under `tasks`.
+    pub fn new(state: Arc<AppState>, tasks: tokio_util::task::TaskTracker) -> Self {
+        Self {
+            state,
+            backups: crate::service::backup::Backups::new(tasks),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminService {
+    type BackupStream = crate::service::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let pb::BackupRequest {} = request.into_inner();
+        let result = self.backups.start(&self.state, &caller).await;
+        self.finish(&caller, crate::service::backup::BACKUP, "", result)
+            .await
+    }
+
     async fn create_enrollment_token(
         &self,
         request: Request<pb::CreateEnrollmentTokenRequest>,

@@ -78,7 +78,9 @@ use crate::store::wal::AgentKey;
 
 mod command;
 mod event;
+mod export;
 mod layout;
+pub(crate) mod migrate;
 mod open;
 mod retention;
 mod series;
@@ -86,10 +88,12 @@ mod series;
 pub mod test_support;
 mod usage;
 
+pub use self::export::{Record, import};
 use self::layout::*;
+use self::migrate::{SCHEMA, Schema, check_or_migrate};
+use self::open::open_waiting_for_lock;
 #[cfg(any(test, feature = "test-support"))]
 pub(crate) use self::open::raw_db;
-use self::open::{check_or_stamp_schema, open_waiting_for_lock};
 use self::series::Series;
 pub use self::usage::StoreUsage;
 
@@ -137,6 +141,9 @@ pub struct SledStore {
     /// records were written (a later record appended first would make an earlier one's
     /// samples look like duplicates). The server has one writer; this is for other callers.
     commits: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Held shared by everything that changes the database (commits, compactions, purges) and
+    /// exclusively by an export, which so reads a state between two of them (`export.rs`).
+    quiet: std::sync::Arc<std::sync::RwLock<()>>,
     /// The page cache's bound, for [`Store::memory`].
     cache_bytes: u64,
 }
@@ -153,14 +160,16 @@ impl SledStore {
     /// Opens the sled database in the directory `path`, creating it if it does not exist.
     ///
     /// A new, empty database is stamped with [`SCHEMA_VERSION`](crate::store::SCHEMA_VERSION)
-    /// (and flushed) before anything else is written. An existing one must carry exactly that
-    /// version; otherwise it is refused without being modified.
+    /// (and flushed) before anything else is written. An existing one of an older version that
+    /// the migrations cover is backed up beside `path`, then migrated (`sled/migrate.rs`); any
+    /// other version is refused without being modified.
     ///
     /// # Errors
     ///
+    /// [`StoreError::SchemaNewer`] for a store written by a newer server;
     /// [`StoreError::SchemaMismatch`] if the database holds data but no schema version, or a
-    /// version other than [`SCHEMA_VERSION`](crate::store::SCHEMA_VERSION) (`found` is the
-    /// stored text, or `none`).
+    /// version no migration covers (`found` is the stored text, or `none`); a migration's
+    /// error.
     /// [`StoreError::Backend`] if sled cannot open the directory (I/O, or another process holds
     /// its lock).
     pub fn open(path: &Path) -> Result<SledStore> {
@@ -179,13 +188,24 @@ impl SledStore {
         cache_capacity_bytes: u64,
         series: &SeriesConfig,
     ) -> Result<SledStore> {
+        Self::open_schema(path, cache_capacity_bytes, series, &SCHEMA)
+    }
+
+    /// [`SledStore::open_with`] for a build whose schema is `schema`: the migration tests
+    /// open stores as a later build would.
+    pub(crate) fn open_schema(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        series: &SeriesConfig,
+        schema: &Schema,
+    ) -> Result<SledStore> {
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)
             .segment_size(SEGMENT_SIZE_BYTES)
             .flush_every_ms(Some(GC_INTERVAL_MS));
         let db = open_waiting_for_lock(&config).map_err(backend)?;
-        check_or_stamp_schema(&db)?;
+        check_or_migrate(&db, path, schema)?;
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
         let log = db.open_tree(LOG_TREE).map_err(backend)?;
         let orgs = orgs(&data)?;
@@ -195,12 +215,20 @@ impl SledStore {
             data,
             series: std::sync::Arc::new(series),
             commits: std::sync::Arc::default(),
+            quiet: std::sync::Arc::default(),
             cache_bytes: cache_capacity_bytes,
         })
     }
 
     fn orgs(&self) -> Result<Vec<String>> {
         orgs(&self.data)
+    }
+
+    /// The `quiet` lock, shared: taken by every operation that changes the database.
+    fn quiet_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.quiet
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -444,6 +472,7 @@ impl Store for SledStore {
         if writes.is_empty() {
             return Ok(());
         }
+        let _quiet = self.quiet_shared();
         let _serial = self
             .commits
             .lock()
@@ -477,6 +506,11 @@ impl Store for SledStore {
             self.series.append(&samples, logged);
         }
         Ok(())
+    }
+
+    /// See `sled/export.rs`.
+    fn export(&self, visit: &mut crate::store::Visit<'_>) -> Result<u64> {
+        self.export_records(visit)
     }
 
     fn samples(
@@ -542,10 +576,12 @@ impl Store for SledStore {
 
     /// See `sled/retention.rs`.
     fn purge(&self, retention: &Retention) -> Result<Purged> {
+        let _quiet = self.quiet_shared();
         self.purge_history(retention)
     }
 
     fn compact(&self, now: SystemTime, checkpoint: bool) -> Result<Compacted> {
+        let _quiet = self.quiet_shared();
         self.series.compact(now, checkpoint)
     }
 

@@ -996,6 +996,10 @@ mod sled_store {
 
     fn assert_refused(path: &Path, expected_found: &str) {
         match SledStore::open(path) {
+            Err(StoreError::SchemaNewer { found, supported }) => {
+                assert_eq!(found.to_string(), expected_found);
+                assert_eq!(supported, SCHEMA_VERSION);
+            }
             Err(StoreError::SchemaMismatch { found, expected }) => {
                 assert_eq!(found, expected_found);
                 assert_eq!(expected, SCHEMA_VERSION);

@@ -13,8 +13,8 @@ use tether_proto as pb;
 
 use crate::Args;
 use crate::observe::{
-    Watched, count_online, false_transitions, first_latencies, fleet_client, to_duration, unix_ms,
-    wait_ready, watch,
+    Watched, count_online, false_transitions, first_latencies, fleet_client, observe_return,
+    to_duration, unix_ms, wait_ready, watch,
 };
 use crate::procs::{
     Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
@@ -275,18 +275,21 @@ pub(crate) async fn fleet_phase(
     let errors_before = main.latest_u64("errors");
     let stop_took = server.stop(Duration::from_secs(30)).await;
     let restart_at = Instant::now();
-    server = ServerProc::start(reaper, bin_dir, port, &data_dir, &flags, &server_log).await?;
+    // This server's own stop, further down, drains without the spread: the same restart once
+    // more, as it was before the drain spread its agents' return.
+    let mut unspread = flags.clone();
+    unspread.push("--drain-max-window=0s".to_owned());
+    server = ServerProc::start(reaper, bin_dir, port, &data_dir, &unspread, &server_log).await?;
     let mut fleet = fleet_client(&server.url, &server.admin_token).await?;
-    let back = loop {
-        let online = count_online(&mut fleet, "group=main").await.unwrap_or(0);
-        if online as usize >= args.agents {
-            break Some(restart_at.elapsed());
-        }
-        if restart_at.elapsed() > Duration::from_secs(90) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let spread = observe_return(
+        &mut fleet,
+        "group=main",
+        args.agents,
+        restart_at,
+        Duration::from_secs(90),
+    )
+    .await;
+    let back = spread.back;
     let watched_after: Watched = Arc::default();
     let watcher = tokio::spawn(watch(fleet.clone(), watched_after.clone()));
     let errors_at_back = main.latest_u64("errors");
@@ -298,8 +301,10 @@ pub(crate) async fn fleet_phase(
     record(Row {
         scenario: format!("reconnect storm: restart under {} agents", args.agents),
         figure: format!(
-            "back online {back_secs:.1} s after restart (stop took {:.1} s); {} session errors during the outage, {} after; RSS {:.1} MiB vs steady {:.1} MiB",
+            "back online {back_secs:.1} s after restart (stop took {:.1} s), spread over {:.1} s, peak {} reconnects/s; {} session errors during the outage, {} after; RSS {:.1} MiB vs steady {:.1} MiB",
             stop_took.as_secs_f64(),
+            spread.spread.map_or(f64::NAN, |d| d.as_secs_f64()),
+            spread.peak_per_second,
             errors_at_back.saturating_sub(errors_before),
             errors_later.saturating_sub(errors_at_back),
             rss_after as f64 / 1024.0,
@@ -312,6 +317,8 @@ pub(crate) async fn fleet_phase(
                 && rss_after <= steady_rss + steady_rss / 10,
         ),
         values: json!({"back_secs": back_secs, "stop_secs": stop_took.as_secs_f64(),
+            "spread_secs": spread.spread.map(|d| d.as_secs_f64()),
+            "peak_reconnects_per_second": spread.peak_per_second,
             "errors_during": errors_at_back.saturating_sub(errors_before),
             "errors_after": errors_later.saturating_sub(errors_at_back), "rss_after_kib": rss_after,
             "steady_rss_kib": steady_rss}),
@@ -327,6 +334,42 @@ pub(crate) async fn fleet_phase(
         target: "0".into(),
         pass: Some(false_before + false_after == 0),
         values: json!({"before_restart": false_before, "after_restart": false_after}),
+    });
+
+    // The same restart without the drain's spread (this server was started with a zero drain
+    // window): every agent told to come back at once, as before the drain spread them.
+    let stop_took = server.stop(Duration::from_secs(30)).await;
+    let restart_at = Instant::now();
+    server = ServerProc::start(reaper, bin_dir, port, &data_dir, &flags, &server_log).await?;
+    let mut fleet = fleet_client(&server.url, &server.admin_token).await?;
+    let storm = observe_return(
+        &mut fleet,
+        "group=main",
+        args.agents,
+        restart_at,
+        Duration::from_secs(90),
+    )
+    .await;
+    record(Row {
+        scenario: format!(
+            "reconnect storm without the drain's spread: restart under {} agents",
+            args.agents
+        ),
+        figure: format!(
+            "peak {} reconnects/s, against {} with the spread; back online {:.1} s after restart, over {:.1} s (stop took {:.1} s)",
+            storm.peak_per_second,
+            spread.peak_per_second,
+            storm.back.map_or(f64::NAN, |d| d.as_secs_f64()),
+            storm.spread.map_or(f64::NAN, |d| d.as_secs_f64()),
+            stop_took.as_secs_f64()
+        ),
+        target: "reference for the row above".into(),
+        pass: None,
+        values: json!({"peak_reconnects_per_second": storm.peak_per_second,
+            "spread_peak_reconnects_per_second": spread.peak_per_second,
+            "back_secs": storm.back.map(|d| d.as_secs_f64()),
+            "spread_secs": storm.spread.map(|d| d.as_secs_f64()),
+            "stop_secs": stop_took.as_secs_f64()}),
     });
 
     // An agent stops on its own only when revoked without a token or misconfigured; nothing

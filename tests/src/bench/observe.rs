@@ -195,3 +195,91 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// How a fleet came back after a restart, from online counts polled at intervals.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Return {
+    /// From the restart until every agent was online, if they all were in time.
+    pub(crate) back: Option<Duration>,
+    /// From the first agent online to the last: the window their reconnects spread over.
+    pub(crate) spread: Option<Duration>,
+    /// Most agents that came online within any one second.
+    pub(crate) peak_per_second: u32,
+}
+
+/// Polls the online count of `selector` every 100 ms from `since` until `n` agents are online
+/// or `limit` passed.
+pub(crate) async fn observe_return(
+    fleet: &mut FleetClient,
+    selector: &str,
+    n: usize,
+    since: Instant,
+    limit: Duration,
+) -> Return {
+    let mut polls = Vec::new();
+    loop {
+        let online = count_online(fleet, selector).await.unwrap_or(0);
+        polls.push((since.elapsed(), online));
+        if online as usize >= n || since.elapsed() > limit {
+            return summarize_return(&polls, n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`Return`] of `polls` (time since the restart, agents online), in time order; nobody is
+/// online at the restart itself.
+pub(crate) fn summarize_return(polls: &[(Duration, u32)], n: usize) -> Return {
+    let first = polls
+        .iter()
+        .find(|(_, online)| *online > 0)
+        .map(|(t, _)| *t);
+    let back = polls
+        .iter()
+        .find(|(_, online)| *online as usize >= n)
+        .map(|(t, _)| *t);
+    let mut points = vec![(Duration::ZERO, 0)];
+    points.extend_from_slice(polls);
+    // The largest rise between two polls at most a second apart.
+    let mut peak = 0;
+    for (i, (t_from, from)) in points.iter().enumerate() {
+        for (t_to, to) in &points[i + 1..] {
+            if *t_to > *t_from + Duration::from_secs(1) {
+                break;
+            }
+            peak = peak.max(to.saturating_sub(*from));
+        }
+    }
+    Return {
+        back,
+        spread: first
+            .zip(back)
+            .map(|(first, back)| back.saturating_sub(first)),
+        peak_per_second: peak,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64, online: u32) -> (Duration, u32) {
+        (Duration::from_millis(ms), online)
+    }
+
+    #[test]
+    fn the_peak_is_the_largest_rise_within_a_second_and_the_spread_first_to_last() {
+        // 10 back in the first half second, then 5 a second for two seconds.
+        let polls = [at(300, 4), at(500, 10), at(1500, 15), at(2500, 20)];
+        let back = summarize_return(&polls, 20);
+        assert_eq!(back.peak_per_second, 10);
+        assert_eq!(back.back, Some(Duration::from_millis(2500)));
+        assert_eq!(back.spread, Some(Duration::from_millis(2200)));
+
+        let short = summarize_return(&[at(2000, 3)], 5);
+        assert_eq!(
+            (short.back, short.spread, short.peak_per_second),
+            (None, None, 0)
+        );
+    }
+}

@@ -738,6 +738,18 @@ async fn invoke(
                     .await,
             ),
         ),
+        "/tether.v1.AdminService/Backup" => {
+            let result = async {
+                let mut stream = admin.backup(pb::BackupRequest {}).await?.into_inner();
+                match tokio::time::timeout(STREAM_WAIT, stream.message()).await {
+                    Ok(Ok(Some(_))) => Ok(()),
+                    Ok(Err(status)) => Err(status),
+                    other => panic!("Backup: expected a part, got {other:?}"),
+                }
+            }
+            .await;
+            (false, result)
+        }
         other => panic!(
             "add a case for {other} to tests/tests/tenancy/main.rs `invoke`: a minimal valid \
              request naming org acme's objects"

@@ -1,9 +1,5 @@
-//! Opening the sled database: waiting for a just-dropped store's lock, and checking (or, on a
-//! brand-new database, stamping) the schema version before anything else touches it.
-
-use super::layout::backend;
-use super::{META_TREE, Result, SCHEMA_VERSION_KEY, StoreError};
-use crate::store::SCHEMA_VERSION;
+//! Opening the sled database: waiting for a just-dropped store's lock. The schema check that
+//! follows is `migrate.rs`.
 
 /// How long [`SledStore::open`](super::SledStore::open) waits for a just-dropped store's lock
 /// to be released.
@@ -48,40 +44,6 @@ pub(super) fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled:
 /// during open is retried until [`LOCK_WAIT`] like a lock, then reported unchanged.
 fn is_lock_held(err: &sled::Error) -> bool {
     matches!(err, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::Other)
-}
-
-/// Checks the schema version of `db`, or stamps it if `db` is brand new. Never writes to a
-/// database it refuses (not even by creating a tree).
-pub(super) fn check_or_stamp_schema(db: &sled::Db) -> Result<()> {
-    let names = db.tree_names();
-    if names.iter().any(|name| name == META_TREE.as_bytes()) {
-        let meta = db.open_tree(META_TREE).map_err(backend)?;
-        if let Some(raw) = meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
-            let found = String::from_utf8_lossy(&raw);
-            return match found.parse::<u32>() {
-                Ok(version) if version == SCHEMA_VERSION => Ok(()),
-                _ => Err(schema_mismatch(found.into_owned())),
-            };
-        }
-    }
-    // No version: only a database without any data may be stamped as ours.
-    for name in &names {
-        if !db.open_tree(name).map_err(backend)?.is_empty() {
-            return Err(schema_mismatch("none".to_owned()));
-        }
-    }
-    let meta = db.open_tree(META_TREE).map_err(backend)?;
-    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_string().as_bytes())
-        .map_err(backend)?;
-    db.flush().map_err(backend)?;
-    Ok(())
-}
-
-fn schema_mismatch(found: String) -> StoreError {
-    StoreError::SchemaMismatch {
-        found,
-        expected: SCHEMA_VERSION,
-    }
 }
 
 #[cfg(test)]
