@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "tether/v1/admin.proto",
     "tether/v1/command.proto",
     "tether/v1/alert.proto",
+    "tether/v1/event.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

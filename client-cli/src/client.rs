@@ -44,6 +44,8 @@ pub type AdminClient = pb::admin_service_client::AdminServiceClient<AuthChannel>
 pub type CommandClient = pb::command_service_client::CommandServiceClient<AuthChannel>;
 /// `AlertService` client carrying the bearer token.
 pub type AlertClient = pb::alert_service_client::AlertServiceClient<AuthChannel>;
+/// An `EventService` client.
+pub type EventClient = pb::event_service_client::EventServiceClient<AuthChannel>;
 
 /// A connected server.
 #[derive(Clone)]
@@ -139,6 +141,14 @@ impl Connection {
     /// An `AlertService` client sharing this connection.
     pub fn alerts(&self) -> AlertClient {
         pb::alert_service_client::AlertServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
+    /// An `EventService` client sharing this connection.
+    pub fn events(&self) -> EventClient {
+        pb::event_service_client::EventServiceClient::with_interceptor(
             self.channel.clone(),
             self.auth.clone(),
         )

@@ -25,6 +25,7 @@ pub(crate) mod audit;
 mod backup;
 mod command;
 mod enroll;
+mod events;
 mod fleet;
 #[cfg(test)]
 mod hostile;
@@ -72,6 +73,7 @@ pub(crate) async fn dispatch(
         }
         Command::Audit(args) => audit::run(args, settings, out).await,
         Command::Cmd(command) => command::dispatch(command, settings, console, out).await,
+        Command::Events(command) => events::dispatch(command, settings, out).await,
         Command::Backup(args) => backup::run(args, settings, out).await,
         Command::Alerts(AlertsCommand::List(args)) => alerts::list(args, settings, out).await,
         Command::Alerts(AlertsCommand::Watch(args)) => alerts::watch(args, settings, out).await,

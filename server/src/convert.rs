@@ -26,6 +26,7 @@ pub mod admin;
 pub mod agent;
 pub mod alert;
 pub mod command;
+pub mod event;
 pub mod fleet;
 
 /// What the edge accepts of the text, lists and times agents report, from [`Limits`]: small and

@@ -33,6 +33,7 @@ use crate::service::admin::AdminService;
 use crate::service::agent::AgentService;
 use crate::service::alert::AlertService;
 use crate::service::command::CommandService;
+use crate::service::event::EventService;
 use crate::service::fleet::FleetService;
 use crate::store::{SledStore, Store, StoreError, Write};
 
@@ -292,6 +293,22 @@ async fn start_inner(
         tasks.clone(),
         background.clone(),
     ));
+    let (events, events_task) = crate::events::Events::new(
+        store.clone(),
+        writer.clone(),
+        config.events.clone(),
+        crate::events::watch_stream::WatchSlots::new(
+            config.limits.max_watches_per_token,
+            config.limits.max_watches_per_org,
+        ),
+    );
+    tasks.spawn(events_task.run(background.clone()));
+    tasks.spawn(crate::events::run_retention(
+        events.clone(),
+        orgs.clone(),
+        config.storage.retention_interval,
+        background.clone(),
+    ));
     tasks.spawn(crate::writer::run(
         queues,
         store.clone(),
@@ -360,6 +377,7 @@ async fn start_inner(
         registry,
         commands,
         alerts,
+        events,
         auth,
         writer,
         store,
@@ -457,6 +475,10 @@ impl Server {
             pb::alert_service_server::AlertServiceServer::new(AlertService::new(state.clone()))
                 .max_decoding_message_size(limits.max_message_bytes)
                 .max_encoding_message_size(usize::MAX);
+        let event =
+            pb::event_service_server::EventServiceServer::new(EventService::new(state.clone()))
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(usize::MAX);
 
         let local = listener.local_addr().ok();
         let tls = match state.config.tls.as_ref().map(crate::tls::server_config) {
@@ -528,7 +550,8 @@ impl Server {
             .add_service(fleet)
             .add_service(admin)
             .add_service(command)
-            .add_service(alert);
+            .add_service(alert)
+            .add_service(event);
         let tls = match (tls, &state.config.tls) {
             (Some(config), Some(settings)) => Some(crate::listener::TlsAccept {
                 config,
@@ -571,6 +594,7 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
         pb::admin_service_server::AdminServiceServer::<AdminService>::NAME,
         pb::command_service_server::CommandServiceServer::<CommandService>::NAME,
         pb::alert_service_server::AlertServiceServer::<AlertService>::NAME,
+        pb::event_service_server::EventServiceServer::<EventService>::NAME,
     ] {
         reporter.set_service_status(service, status).await;
     }

@@ -27,6 +27,7 @@ pub mod alert;
 pub mod backup;
 pub mod command;
 pub mod enroll;
+pub mod event;
 pub mod fleet;
 
 /// What every handler shares.
@@ -37,6 +38,8 @@ pub struct AppState {
     pub commands: Arc<Engine>,
     /// Alert rules and alerts.
     pub alerts: Arc<crate::alert::Alerts>,
+    /// Stored events: ingest, lifecycle and retention go through it.
+    pub events: Arc<crate::events::Events>,
     pub auth: Arc<Auth>,
     pub writer: WriterHandle,
     pub store: Arc<dyn Store>,

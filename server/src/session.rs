@@ -40,6 +40,7 @@ use crate::rate::TokenBucket;
 use crate::registry::Registry;
 use crate::writer::{Admitting, WriterHandle};
 
+mod event_report;
 mod outbox;
 
 pub use self::outbox::{CommandMessage, MAX_ACKS_PER_MESSAGE};
@@ -362,6 +363,8 @@ pub struct SessionLoop {
     writer: WriterHandle,
     /// Where command reports go.
     commands: Arc<Engine>,
+    /// Where event reports go.
+    events: Arc<crate::events::Events>,
     limits: SessionLimits,
     /// Highest seq accepted in this session (or durable at its start).
     max_seq: u64,
@@ -393,6 +396,7 @@ impl SessionLoop {
         registry: Arc<Registry>,
         writer: WriterHandle,
         commands: Arc<Engine>,
+        events: Arc<crate::events::Events>,
         limits: SessionLimits,
         welcome: pb::Welcome,
     ) -> Self {
@@ -410,6 +414,7 @@ impl SessionLoop {
             registry,
             writer,
             commands,
+            events,
             limits,
             max_seq: durable,
             acked_seq: durable,
@@ -588,6 +593,10 @@ impl SessionLoop {
                 }
                 Ok(None)
             }
+            Some(In::Events(report)) => {
+                let ack = event_report::ingest(&self.events, &self.session, report).await?;
+                Ok(Some(pb::connect_response::Message::EventAck(ack)))
+            }
             Some(In::Hello(_)) => {
                 Err(ServerError::invalid("Hello may only be the first message of a session").into())
             }
@@ -700,6 +709,7 @@ pub(crate) fn count_message(metrics: &Metrics, msg: &pb::ConnectRequest) {
         Some(In::Ping(_)) => &counters.ping,
         Some(In::Commands(_)) => &counters.commands,
         Some(In::Goodbye(_)) => &counters.goodbye,
+        Some(In::Events(_)) => &counters.events,
         None => &counters.other,
     };
     counter.inc();

@@ -31,6 +31,7 @@
 //! | `{org}/k/{sha256(key)}/{command}` | creation millis of a command sent with an idempotency key |
 //! | `{org}/ar/{rule}` | an alert [`Rule`](crate::alert::rule::Rule) created over RPC |
 //! | `{org}/al/{alert}` | an [`Alert`](crate::alert::rule::Alert), firing or resolved (ids start with their firing time) |
+//! | `{org}/E{table}/{key}` | an entry of an [`EventTable`](crate::store::EventTable): keys and values are `crate::events::keys`' (`store/sled/event.rs`) |
 //!
 //! Values are `serde_json` unless the table says otherwise. Command ids start with their
 //! creation time in fixed-width hex, so `{org}/c/` is in creation order (`store/sled/command.rs`).
@@ -78,6 +79,7 @@ use crate::store::fault;
 use crate::store::wal::AgentKey;
 
 mod command;
+mod event;
 mod export;
 mod layout;
 pub(crate) mod migrate;
@@ -486,6 +488,9 @@ impl Store for SledStore {
                     checked_id(id, "alert")?,
                 ))],
             },
+            Write::PutEventEntry { .. } | Write::DeleteEventEntry { .. } => {
+                return event::encode(write);
+            }
         })
     }
 
@@ -685,6 +690,26 @@ impl Store for SledStore {
 
     fn expired_commands(&self, cutoff: SystemTime, limit: usize) -> Result<Vec<CommandRecord>> {
         SledStore::expired_commands(self, cutoff, limit)
+    }
+
+    fn event_entry(
+        &self,
+        org: &OrgId,
+        table: crate::store::EventTable,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        SledStore::event_entry(self, org, table, key)
+    }
+
+    fn event_entries<'a>(
+        &'a self,
+        org: &OrgId,
+        table: crate::store::EventTable,
+        from: &[u8],
+        to: Option<&[u8]>,
+        reverse: bool,
+    ) -> crate::store::EventEntries<'a> {
+        SledStore::event_entries(self, org, table, from, to, reverse)
     }
 }
 

@@ -23,6 +23,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+mod events;
 mod isolation;
 mod matrix;
 
@@ -56,6 +57,7 @@ struct Clients {
     admin: pb::admin_service_client::AdminServiceClient<Raw>,
     commands: pb::command_service_client::CommandServiceClient<Raw>,
     alerts: pb::alert_service_client::AlertServiceClient<Raw>,
+    events: pb::event_service_client::EventServiceClient<Raw>,
 }
 
 impl Clients {
@@ -67,6 +69,7 @@ impl Clients {
             admin: pb::admin_service_client::AdminServiceClient::new(with(&header)),
             commands: pb::command_service_client::CommandServiceClient::new(with(&header)),
             alerts: pb::alert_service_client::AlertServiceClient::new(with(&header)),
+            events: pb::event_service_client::EventServiceClient::new(with(&header)),
         }
     }
 }
@@ -112,6 +115,8 @@ struct Org {
     enrollment: String,
     /// Connects in the matrix and is read by `GetAgent` / `GetMetrics`.
     subject: (String, String),
+    /// An event the subject reported, read and changed by the matrix's `EventService` calls.
+    subject_event: String,
     /// Deleted by the matrix's `DeleteAgent`.
     victim_agent: String,
     /// Revoked by the matrix's `RevokeToken`.
@@ -235,6 +240,7 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
     };
     let cancel_command = tether_tests::send(&commands, queued()).await.command_id;
     let steer_command = tether_tests::send(&commands, queued()).await.command_id;
+    let subject_event = subject_event(server, id, &subject, &admin_token.secret).await;
     let enrollment_id = |t: &pb::CreateEnrollmentTokenResponse| {
         t.token.as_ref().expect("enrollment token").token_id.clone()
     };
@@ -261,10 +267,47 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
         cancel_command,
         steer_command,
         subject: (subject.agent_id, subject.agent_credential),
+        subject_event,
         victim_agent: victim.agent_id,
         revoked_agent_credential: retired.agent_credential,
         tokens,
     }
+}
+
+/// Has the subject report one event over its stream and returns the event's id.
+async fn subject_event(
+    server: &TestServer,
+    org: &str,
+    subject: &pb::EnrollResponse,
+    admin: &str,
+) -> String {
+    let (mut session, _) = RawSession::hello(
+        server,
+        &subject.agent_id,
+        &subject.agent_credential,
+        &format!("{org}-subject"),
+    )
+    .await
+    .expect("subject session");
+    let event = tether_tests::agent_event(1, "matrix.subject", pb::EventSeverity::Warning);
+    let ack = session.report_events(vec![event]).await.expect("event ack");
+    assert_eq!((ack.durable_seq, ack.rejected.len()), (1, 0));
+    session
+        .send(pb::connect_request::Message::Goodbye(pb::AgentGoodbye {
+            reason: "set-up done".into(),
+        }))
+        .await;
+    let mut rest = session.close();
+    while let Ok(Some(_)) = rest.message().await {}
+    let listed = server
+        .events_as(Some(admin))
+        .await
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .expect("list events")
+        .into_inner();
+    assert_eq!(listed.events.len(), 1, "{listed:?}");
+    listed.events[0].event_id.clone()
 }
 
 impl World {
@@ -422,6 +465,8 @@ struct Targets {
     /// Callers of the matrix: a caller's column is `serial % n_callers`, which names the alert
     /// rule it creates, then deletes, in its own org.
     n_callers: usize,
+    /// An event of the subject agent.
+    subject_event: String,
 }
 
 /// Calls `method` with a minimal valid request naming acme's objects. Returns whether the
@@ -433,6 +478,9 @@ async fn invoke(
     c: &Clients,
     serial: usize,
 ) -> (bool, Result<(), Status>) {
+    if let Some(answer) = events::invoke(method, t, c).await {
+        return answer;
+    }
     let (mut agent, mut fleet, mut admin) = (c.agent.clone(), c.fleet.clone(), c.admin.clone());
     let mut commands = c.commands.clone();
     let mut alerts = c.alerts.clone();

@@ -15,6 +15,7 @@ async fn every_rpc_answers_every_caller_as_the_role_table_says() {
         victim_token: world.acme.victim_token.clone(),
         victim_enrollment: world.acme.victim_enrollment.clone(),
         n_callers: callers.len(),
+        subject_event: world.acme.subject_event.clone(),
     };
 
     // Audit trails before the matrix, to check afterwards what the matrix's calls added.
