@@ -35,6 +35,7 @@ use crate::collector::{AGENT_VERSION, SystemInfo};
 use crate::command::Commands;
 use crate::command::types::{InvalidOffer, Offer};
 use crate::convert;
+use crate::events::Events;
 use crate::latency::{ArrivalLog, LatencyHistogram};
 use crate::state::Enrollment;
 use crate::{AgentError, AgentStats};
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) offer_arrivals: Option<Arc<ArrivalLog>>,
     /// The command subsystem: invocations run and report across sessions.
     pub(crate) commands: Commands,
+    /// The event subsystem; `None` in the simulator, whose agents keep no spool.
+    pub(crate) events: Option<Events>,
 }
 
 /// Everything a session needs from the run loop.
@@ -279,6 +282,15 @@ impl Shared {
             ack_latency: None,
             offer_arrivals: None,
             commands,
+            events: None,
+        }
+    }
+
+    /// The same, with the event subsystem.
+    pub(crate) fn with_events(self, events: Events) -> Self {
+        Self {
+            events: Some(events),
+            ..self
         }
     }
 
