@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "tether/v1/fleet.proto",
     "tether/v1/admin.proto",
     "tether/v1/command.proto",
+    "tether/v1/event.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

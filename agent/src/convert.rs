@@ -305,8 +305,9 @@ impl TryFrom<pb::ConnectResponse> for ServerMessage {
             Some(Message::CommandAck(pb::CommandAck { acks })) => {
                 Self::CommandAck(acks.into_iter().map(invocation_ack).collect())
             }
-            // A message type newer than this agent: prost decodes it as an empty oneof.
-            None => Self::Unknown,
+            // An ack of events, which this agent does not send yet; or a message type newer
+            // than this agent (prost decodes it as an empty oneof).
+            Some(Message::EventAck(_)) | None => Self::Unknown,
         })
     }
 }
@@ -324,6 +325,8 @@ impl TryFrom<pb::Welcome> for Welcome {
             offline_after,
             last_durable_seq,
             invocation_acks,
+            // This agent sends no events yet, so it has none to drop.
+            last_durable_event_seq: _,
         } = welcome;
         Ok(Self {
             session_id,

@@ -5,6 +5,7 @@
 //!
 //! - [`codec`]: the codec the generated stubs use (small starting buffers);
 //! - [`command`]: the bounds of a command's spec and of agents' command reports;
+//! - [`event`]: the bounds and grammar of agents' events, checked by agent and server alike;
 //! - [`selector`]: the label grammar and the label selector the RPCs take;
 //! - [`audit`]: the audit chain's hash, which the server computes and clients verify;
 //! - [`process`]: how every Tether binary answers termination signals and reports a fatal
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod config_file;
+pub mod event;
 pub mod log;
 pub mod process;
 pub mod refusal;

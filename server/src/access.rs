@@ -101,6 +101,41 @@ pub const RPC_ACCESS: &[(&str, Access, bool)] = &[
         true,
     ),
     (
+        "/tether.v1.EventService/ListEvents",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.EventService/GetEvent",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.EventService/AcknowledgeEvents",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.EventService/ResolveEvents",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.EventService/ReopenEvents",
+        Access::AtLeast(Role::Operator),
+        true,
+    ),
+    (
+        "/tether.v1.EventService/WatchEvents",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
+        "/tether.v1.EventService/GetEventStats",
+        Access::AtLeast(Role::Viewer),
+        false,
+    ),
+    (
         "/tether.v1.AdminService/CreateOrg",
         Access::ServerAdmin,
         true,

@@ -121,7 +121,9 @@ struct BuildLabels {
 }
 
 /// The kinds of agent message, in the order of [`MessageCounters`]' fields.
-pub const MESSAGE_KINDS: [&str; 6] = ["hello", "metrics", "ping", "commands", "goodbye", "other"];
+pub const MESSAGE_KINDS: [&str; 7] = [
+    "hello", "metrics", "ping", "commands", "goodbye", "events", "other",
+];
 
 /// Per-kind counters of agent messages, taken out of their family once so that counting a
 /// message is one atomic add.
@@ -132,6 +134,7 @@ pub struct MessageCounters {
     pub ping: Counter,
     pub commands: Counter,
     pub goodbye: Counter,
+    pub events: Counter,
     /// Empty or out-of-place messages (refused).
     pub other: Counter,
 }
@@ -234,13 +237,14 @@ impl Metrics {
                 .get_or_create(&MessageLabels { kind })
                 .clone()
         };
-        let [hello, metrics, ping, commands, goodbye, other] = MESSAGE_KINDS.map(kind);
+        let [hello, metrics, ping, commands, goodbye, events, other] = MESSAGE_KINDS.map(kind);
         let message_counters = MessageCounters {
             hello,
             metrics,
             ping,
             commands,
             goodbye,
+            events,
             other,
         };
         registry.register(

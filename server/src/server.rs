@@ -32,6 +32,7 @@ use crate::service::AppState;
 use crate::service::admin::AdminService;
 use crate::service::agent::AgentService;
 use crate::service::command::CommandService;
+use crate::service::event::EventService;
 use crate::service::fleet::FleetService;
 use crate::store::{SledStore, Store, StoreError, Write};
 
@@ -437,6 +438,10 @@ impl Server {
         ))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(usize::MAX);
+        let event =
+            pb::event_service_server::EventServiceServer::new(EventService::new(state.clone()))
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(usize::MAX);
 
         let local = listener.local_addr().ok();
         let tls = match state.config.tls.as_ref().map(crate::tls::server_config) {
@@ -503,7 +508,8 @@ impl Server {
             .add_service(agent)
             .add_service(fleet)
             .add_service(admin)
-            .add_service(command);
+            .add_service(command)
+            .add_service(event);
         let tls = match (tls, &state.config.tls) {
             (Some(config), Some(settings)) => Some(crate::listener::TlsAccept {
                 config,
@@ -545,6 +551,7 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
         pb::fleet_service_server::FleetServiceServer::<FleetService>::NAME,
         pb::admin_service_server::AdminServiceServer::<AdminService>::NAME,
         pb::command_service_server::CommandServiceServer::<CommandService>::NAME,
+        pb::event_service_server::EventServiceServer::<EventService>::NAME,
     ] {
         reporter.set_service_status(service, status).await;
     }

@@ -25,6 +25,7 @@ pub mod admin;
 pub mod agent;
 pub mod command;
 pub mod enroll;
+pub mod event;
 pub mod fleet;
 
 /// What every handler shares.

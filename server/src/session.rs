@@ -516,6 +516,9 @@ impl SessionLoop {
                 }
                 Ok(None)
             }
+            Some(In::Events(_)) => Err(Status::unimplemented(
+                "this server does not store events yet",
+            )),
             Some(In::Hello(_)) => {
                 Err(ServerError::invalid("Hello may only be the first message of a session").into())
             }
@@ -580,6 +583,7 @@ pub(crate) fn count_message(metrics: &Metrics, msg: &pb::ConnectRequest) {
         Some(In::Ping(_)) => &counters.ping,
         Some(In::Commands(_)) => &counters.commands,
         Some(In::Goodbye(_)) => &counters.goodbye,
+        Some(In::Events(_)) => &counters.events,
         None => &counters.other,
     };
     counter.inc();

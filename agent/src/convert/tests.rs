@@ -110,6 +110,7 @@ fn enroll_request_carries_the_previous_credential() {
 fn welcome_requires_intervals() {
     let welcome = pb::Welcome {
         session_id: "s1".into(),
+        last_durable_event_seq: 0,
         server_time: Some(SystemTime::now().into()),
         heartbeat_interval: Some(prost_types::Duration {
             seconds: 5,

@@ -325,6 +325,12 @@ pub(crate) fn render_config(c: &ServerConfigView) -> String {
             ("Metrics retention", dur(c.metrics_retention_seconds)),
             ("5-minute rollups kept", dur(c.rollup_5m_retention_seconds)),
             ("1-hour rollups kept", dur(c.rollup_1h_retention_seconds)),
+            ("Event retention", dur(c.events_retention_seconds)),
+            ("Event counts kept", dur(c.event_stats_retention_seconds)),
+            (
+                "Event fingerprint window",
+                dur(c.event_fingerprint_window_seconds),
+            ),
             ("Health thresholds", thresholds),
             ("Max message size", format_bytes(c.max_message_bytes)),
             (

@@ -440,6 +440,9 @@ impl From<pb::GetServerConfigResponse> for ServerConfigView {
             features,
             rollup_5m_retention,
             rollup_1h_retention,
+            events_retention,
+            event_stats_retention,
+            event_fingerprint_window,
         } = config;
         Self {
             server_version,
@@ -451,6 +454,9 @@ impl From<pb::GetServerConfigResponse> for ServerConfigView {
             metrics_retention_seconds: duration(metrics_retention),
             rollup_5m_retention_seconds: duration(rollup_5m_retention),
             rollup_1h_retention_seconds: duration(rollup_1h_retention),
+            events_retention_seconds: duration(events_retention),
+            event_stats_retention_seconds: duration(event_stats_retention),
+            event_fingerprint_window_seconds: duration(event_fingerprint_window),
             health_thresholds: health_thresholds.map(Into::into),
             max_message_bytes,
             max_labels,

@@ -108,6 +108,15 @@ pub struct ServerConfigView {
     /// How long 1-hour rollups are kept.
     #[serde(with = "super::json::seconds")]
     pub rollup_1h_retention_seconds: Option<Duration>,
+    /// How long raw events are kept.
+    #[serde(with = "super::json::seconds")]
+    pub events_retention_seconds: Option<Duration>,
+    /// How long the hourly event counts are kept.
+    #[serde(with = "super::json::seconds")]
+    pub event_stats_retention_seconds: Option<Duration>,
+    /// Window within which events sharing a fingerprint are one stored event.
+    #[serde(with = "super::json::seconds")]
+    pub event_fingerprint_window_seconds: Option<Duration>,
     /// Health thresholds.
     pub health_thresholds: Option<ThresholdsView>,
     /// Largest accepted message.

@@ -149,6 +149,8 @@ pub fn welcome_to_pb(
         offline_after: Some(duration(liveness.offline_after)),
         last_durable_seq,
         invocation_acks: super::command::invocation_acks_to_pb(invocation_acks),
+        // No event is stored yet.
+        last_durable_event_seq: 0,
     }
 }
 

@@ -23,6 +23,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+mod events;
 mod isolation;
 mod matrix;
 
@@ -55,6 +56,7 @@ struct Clients {
     fleet: pb::fleet_service_client::FleetServiceClient<Raw>,
     admin: pb::admin_service_client::AdminServiceClient<Raw>,
     commands: pb::command_service_client::CommandServiceClient<Raw>,
+    events: pb::event_service_client::EventServiceClient<Raw>,
 }
 
 impl Clients {
@@ -65,6 +67,7 @@ impl Clients {
             fleet: pb::fleet_service_client::FleetServiceClient::new(with(&header)),
             admin: pb::admin_service_client::AdminServiceClient::new(with(&header)),
             commands: pb::command_service_client::CommandServiceClient::new(with(&header)),
+            events: pb::event_service_client::EventServiceClient::new(with(&header)),
         }
     }
 }
@@ -400,6 +403,8 @@ struct Targets {
     victim_agent: String,
     victim_token: String,
     victim_enrollment: String,
+    /// An event of the subject agent.
+    subject_event: String,
 }
 
 /// Calls `method` with a minimal valid request naming acme's objects. Returns whether the
@@ -411,6 +416,9 @@ async fn invoke(
     c: &Clients,
     serial: usize,
 ) -> (bool, Result<(), Status>) {
+    if let Some(answer) = events::invoke(method, t, c).await {
+        return answer;
+    }
     let (mut agent, mut fleet, mut admin) = (c.agent.clone(), c.fleet.clone(), c.admin.clone());
     let mut commands = c.commands.clone();
     match method {
