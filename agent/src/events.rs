@@ -41,8 +41,8 @@ pub use self::socket::{EmitError, EmitRequest, emit};
 pub use self::spool::{Appended, Spool, SpoolError};
 pub use self::types::{Event, Severity, SpooledEvent};
 
-/// Most events in one `EventReport`.
-pub const MAX_EVENTS_PER_REPORT: usize = 500;
+/// Most events in one `EventReport` (the contract's bound).
+pub const MAX_EVENTS_PER_REPORT: usize = tether_proto::event::MAX_EVENTS_PER_REPORT;
 /// About the most bytes of events in one `EventReport`, far below the server's message limit.
 pub const MAX_REPORT_BYTES: u64 = 1 << 20;
 
@@ -103,10 +103,6 @@ impl Events {
     }
 
     /// Signalled when there may be events to send.
-    #[expect(
-        dead_code,
-        reason = "the session sends events once EventReport is on the wire"
-    )]
     pub(crate) fn ready(&self) -> &Notify {
         &self.inner.ready
     }
@@ -213,13 +209,6 @@ impl Events {
     /// # Errors
     ///
     /// [`SpoolError`] when a segment cannot be read.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the session sends events once EventReport is on the wire"
-        )
-    )]
     pub(crate) async fn read(&self, after: u64) -> Result<Vec<SpooledEvent>, SpoolError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -236,13 +225,6 @@ impl Events {
 
     /// Applies an `EventAck`. Cheap: the files it frees are deleted by the next append, read
     /// or [`Events::close`].
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the session sends events once EventReport is on the wire"
-        )
-    )]
     pub(crate) fn ack(&self, durable_seq: u64) {
         let mut spool = self.inner.spool();
         spool.ack(durable_seq);
@@ -251,10 +233,6 @@ impl Events {
     }
 
     /// Applies `Welcome.last_durable_event_seq`.
-    #[expect(
-        dead_code,
-        reason = "the session sends events once EventReport is on the wire"
-    )]
     pub(crate) fn resume_after(&self, last_durable_seq: u64) {
         self.inner.spool().resume_after(last_durable_seq);
         self.inner.stats.events_acked(last_durable_seq);

@@ -120,10 +120,6 @@ impl AgentStats {
         self.events_spooled.fetch_add(1, Ordering::Relaxed);
     }
 
-    #[expect(
-        dead_code,
-        reason = "the session sends events once EventReport is on the wire"
-    )]
     pub(crate) fn add_events_sent(&self, n: usize) {
         self.events_sent.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -146,10 +142,6 @@ impl AgentStats {
         self.events_rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    #[expect(
-        dead_code,
-        reason = "the session sends events once EventReport is on the wire"
-    )]
     pub(crate) fn add_events_rejected(&self, n: usize) {
         self.events_rejected.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::events::types::{Event, Severity};
 
 /// Kind of the event that reports events dropped by the rate limit.
-pub const RATE_LIMITED_KIND: &str = "tether.rate_limited";
+pub const RATE_LIMITED_KIND: &str = tether_proto::event::KIND_RATE_LIMITED;
 
 /// A fixed-window counter.
 #[derive(Debug)]

@@ -47,7 +47,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `emit` waits for the agent.
 pub const EMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kinds with this prefix are reserved for the agent's own events.
-pub const RESERVED_PREFIX: &str = "tether.";
+pub const RESERVED_PREFIX: &str = tether_proto::event::TETHER_KIND_PREFIX;
 
 /// One request: an event as a program reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

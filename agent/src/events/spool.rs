@@ -46,7 +46,7 @@ pub const MAX_SEGMENT_BYTES: u64 = 1 << 20;
 /// The spool's directory inside the state directory.
 pub const SPOOL_DIR_NAME: &str = "events";
 /// Kind of the event that reports drops.
-pub const DROPPED_KIND: &str = "tether.events_dropped";
+pub const DROPPED_KIND: &str = tether_proto::event::KIND_EVENTS_DROPPED;
 const META_FILE_NAME: &str = "spool.meta";
 const META_VERSION: u32 = 1;
 

@@ -126,7 +126,7 @@ async fn bad_events_get_a_clear_error_and_store_nothing() {
         ),
         (
             EmitRequest {
-                message: "x".repeat(check::MAX_MESSAGE_BYTES + 1),
+                message: "x".repeat(tether_proto::event::MAX_MESSAGE_BYTES + 1),
                 ..request("ssh.login", "info")
             },
             "message",
