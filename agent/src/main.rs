@@ -24,6 +24,10 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/tether/agent.toml";
 /// The environment variable that names the configuration file.
 const CONFIG_ENV: &str = "TETHER_AGENT_CONFIG";
 
+/// Blocking threads of the agent's runtime: two, so that a sample stuck on a hung mount
+/// (statvfs on a dead NFS server) does not also stop the event spool.
+const AGENT_BLOCKING_THREADS: usize = 2;
+
 /// Tether agent: reports this machine to a Tether server over one long-lived stream.
 #[derive(Debug, Parser)]
 #[command(name = "tether-agent", version, about, long_about = None)]
@@ -366,8 +370,13 @@ fn real_main(cli: Cli, settings: impl FnOnce() -> String) -> anyhow::Result<()> 
             // One thread is plenty for one agent: it is idle most of the time, and what blocks
             // (sampling, journal writes) runs on the blocking pool. Each extra worker would cost
             // its stack and a malloc arena, against the agent's small memory budget.
+            // Blocking work (a sample every interval, spool and journal writes) is short and
+            // rare: one blocking thread, kept alive between samples instead of started anew
+            // each time, serves it; more threads would each bring a malloc arena.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(AGENT_BLOCKING_THREADS)
+                .thread_keep_alive(Duration::from_secs(5 * 60))
                 .build()
                 .context("start the tokio runtime")?;
             runtime.block_on(run_agent(config))
