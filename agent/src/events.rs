@@ -14,8 +14,9 @@
 //! - [`rate`]: the per-agent rate limit of socket events; [`builtin`]: the agent's own
 //!   events (started, stopped, usage thresholds); [`config`]: their settings.
 //!
-//! **Invariant:** the spool is touched only on blocking threads (`spawn_blocking`): it
-//! fsyncs, and the agent's runtime has one thread.
+//! **Invariant:** the spool's I/O runs only on blocking threads (`spawn_blocking`): it fsyncs,
+//! and the agent's runtime has one thread. Acks and `Welcome` only update the spool's memory
+//! (the file deletions they allow happen at the next append, read or close).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
