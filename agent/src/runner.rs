@@ -493,7 +493,8 @@ pub(crate) async fn hold_sessions(
                         }
                         continue;
                     }
-                    None => {}
+                    // A refusal of event watches, never of a session.
+                    Some(Refusal::CursorExpired) | None => {}
                 }
                 if error.is_unauthenticated() {
                     return HoldEnd::Unauthenticated(error);

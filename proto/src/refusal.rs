@@ -33,6 +33,9 @@ pub enum Refusal {
     /// replacing this one's: the server refused this session. Retry only after a long pause;
     /// an operator must give one of the machines its own identity.
     IdentityConflict,
+    /// A `WatchEvents` cursor is older than the events the server retains (`OUT_OF_RANGE`):
+    /// list the events again and watch from the listing's cursor, as after Kubernetes' 410.
+    CursorExpired,
 }
 
 impl Refusal {
@@ -41,13 +44,18 @@ impl Refusal {
         match self {
             Self::CredentialRevoked => "credential-revoked",
             Self::IdentityConflict => "identity-conflict",
+            Self::CursorExpired => "cursor-expired",
         }
     }
 
     fn parse(value: &str) -> Option<Self> {
-        [Self::CredentialRevoked, Self::IdentityConflict]
-            .into_iter()
-            .find(|r| r.as_str() == value)
+        [
+            Self::CredentialRevoked,
+            Self::IdentityConflict,
+            Self::CursorExpired,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == value)
     }
 }
 

@@ -208,6 +208,8 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     pub connections: ConnectionLimits,
     pub admission: AdmissionConfig,
+    /// How events are kept and limited.
+    pub events: crate::events::EventsConfig,
     /// Where the Prometheus listener (`GET /metrics`) binds; `None` serves no metrics. Off in
     /// [`Config::new`], so servers started by tests bind nothing extra; the binary sets
     /// [`DEFAULT_METRICS_LISTEN`] unless told `--no-metrics`.
@@ -370,6 +372,7 @@ impl Config {
             tls: None,
             connections: ConnectionLimits::default(),
             admission: AdmissionConfig::default(),
+            events: crate::events::EventsConfig::default(),
             metrics_listen: None,
         }
     }

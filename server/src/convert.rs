@@ -25,6 +25,7 @@ use crate::error::ServerError;
 pub mod admin;
 pub mod agent;
 pub mod command;
+pub mod event;
 pub mod fleet;
 
 /// What the edge accepts of the text, lists and times agents report, from [`Limits`]: small and

@@ -21,6 +21,7 @@ pub mod devcerts;
 pub mod domain;
 pub mod drain;
 pub mod error;
+pub mod events;
 pub mod gate;
 pub mod health;
 pub mod identity;

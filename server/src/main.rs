@@ -148,6 +148,23 @@ struct Args {
     #[arg(long, default_value = "730days")]
     rollup_1h_retention: humantime::Duration,
 
+    /// How long raw events are kept.
+    #[arg(long, default_value = "90days")]
+    events_retention: humantime::Duration,
+
+    /// How long the hourly event counts (`GetEventStats`) are kept.
+    #[arg(long, default_value = "730days")]
+    event_stats_retention: humantime::Duration,
+
+    /// Events of one agent with the same fingerprint within this window of the last occurrence
+    /// are one stored event, counted.
+    #[arg(long, default_value = "10m")]
+    event_fingerprint_window: humantime::Duration,
+
+    /// Events per agent and minute; the excess is dropped, counted and reported.
+    #[arg(long, default_value_t = tether_server::events::DEFAULT_RATE_PER_MINUTE)]
+    event_rate_per_minute: u32,
+
     /// Size of the embedded store's page cache, in MiB.
     #[arg(long, default_value_t = tether_server::store::sled::CACHE_CAPACITY_BYTES >> 20)]
     store_cache_mib: u64,
@@ -451,6 +468,10 @@ impl Args {
         c.storage.metrics_retention = self.metrics_retention.into();
         c.storage.rollup_5m_retention = self.rollup_5m_retention.into();
         c.storage.rollup_1h_retention = self.rollup_1h_retention.into();
+        c.events.retention = self.events_retention.into();
+        c.events.stats_retention = self.event_stats_retention.into();
+        c.events.fingerprint_window = self.event_fingerprint_window.into();
+        c.events.rate_per_minute = self.event_rate_per_minute;
         c.storage.compaction_interval = self.store_compaction_interval.into();
         c.storage.checkpoint_interval = self.store_checkpoint_interval.into();
         c.storage.checkpoint_log_bytes = self.store_checkpoint_log_mib.saturating_mul(1 << 20);

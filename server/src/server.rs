@@ -281,6 +281,15 @@ async fn start_inner(
 
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let (events, events_task) =
+        crate::events::Events::new(store.clone(), writer.clone(), config.events.clone());
+    tasks.spawn(events_task.run(background.clone()));
+    tasks.spawn(crate::events::run_retention(
+        events.clone(),
+        orgs.clone(),
+        config.storage.retention_interval,
+        background.clone(),
+    ));
     tasks.spawn(crate::writer::run(
         queues,
         store.clone(),
@@ -347,6 +356,7 @@ async fn start_inner(
         config,
         registry,
         commands,
+        events,
         auth,
         writer,
         store,

@@ -34,6 +34,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The command engine: every unfinished command.
     pub commands: Arc<Engine>,
+    /// Stored events: ingest, lifecycle and retention go through it.
+    pub events: Arc<crate::events::Events>,
     pub auth: Arc<Auth>,
     pub writer: WriterHandle,
     pub store: Arc<dyn Store>,

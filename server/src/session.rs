@@ -29,6 +29,7 @@ use crate::rate::TokenBucket;
 use crate::registry::Registry;
 use crate::writer::WriterHandle;
 
+mod event_report;
 mod outbox;
 
 pub use self::outbox::{CommandMessage, MAX_ACKS_PER_MESSAGE};
@@ -326,6 +327,8 @@ pub struct SessionLoop {
     writer: WriterHandle,
     /// Where command reports go.
     commands: Arc<Engine>,
+    /// Where event reports go.
+    events: Arc<crate::events::Events>,
     limits: SessionLimits,
     /// Highest seq accepted in this session (or durable at its start).
     max_seq: u64,
@@ -351,6 +354,7 @@ impl SessionLoop {
         registry: Arc<Registry>,
         writer: WriterHandle,
         commands: Arc<Engine>,
+        events: Arc<crate::events::Events>,
         limits: SessionLimits,
         welcome: pb::Welcome,
     ) -> Self {
@@ -368,6 +372,7 @@ impl SessionLoop {
             registry,
             writer,
             commands,
+            events,
             limits,
             max_seq: durable,
             acked_seq: durable,
@@ -516,9 +521,10 @@ impl SessionLoop {
                 }
                 Ok(None)
             }
-            Some(In::Events(_)) => Err(Status::unimplemented(
-                "this server does not store events yet",
-            )),
+            Some(In::Events(report)) => {
+                let ack = event_report::ingest(&self.events, &self.session, report).await?;
+                Ok(Some(pb::connect_response::Message::EventAck(ack)))
+            }
             Some(In::Hello(_)) => {
                 Err(ServerError::invalid("Hello may only be the first message of a session").into())
             }

@@ -152,6 +152,28 @@ pub struct RollupBucket {
     pub rollup: Rollup,
 }
 
+/// A table of the events keyspace: an ordered map of byte keys to byte values within one org,
+/// whose keys and values `crate::events::keys` defines. Backends store each table under its
+/// own section after the org, so tables never mix and every org's events stay apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventTable {
+    /// Stored events, in time order.
+    Events,
+    /// Per agent: the highest event seq settled.
+    Marks,
+    /// Per agent and fingerprint: the event that counts repeats.
+    Fingerprints,
+    /// The org's change log, by cursor: what `WatchEvents` replays.
+    Changes,
+    /// Hourly counts by kind and severity.
+    KindHours,
+    /// Hourly counts by agent, kind and severity.
+    AgentHours,
+}
+
+/// Entries of an events table, `(key, value)`, as [`Store::event_entries`] yields them.
+pub type EventEntries<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
 /// One durable write. A batch of them commits atomically-enough for Tether's needs: after
 /// [`Store::commit`] returns `Ok`, every write in it survives a crash.
 #[derive(Clone, Debug, PartialEq)]
@@ -233,6 +255,19 @@ pub enum Write {
         key: String,
         command: CommandId,
         created_at: Time,
+    },
+    /// Insert or replace one entry of an events table.
+    PutEventEntry {
+        org: OrgId,
+        table: EventTable,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Remove one entry of an events table.
+    DeleteEventEntry {
+        org: OrgId,
+        table: EventTable,
+        key: Vec<u8>,
     },
     /// Remove a command with everything stored under it: its record, its `n_invocations`
     /// invocations, its events up to `last_cursor`, and its idempotency key's entry.
@@ -465,6 +500,21 @@ pub trait Store: Send + Sync + 'static {
     /// Finished commands (of every org) that finished before `cutoff`, oldest first, at most
     /// `limit`.
     fn expired_commands(&self, cutoff: SystemTime, limit: usize) -> Result<Vec<CommandRecord>>;
+
+    /// One entry of an events table.
+    fn event_entry(&self, org: &OrgId, table: EventTable, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// The entries of an events table with `from <= key < to` (`to` unset: to the table's end),
+    /// in key order or, with `reverse`, in reverse key order; yielded one by one, so a caller
+    /// reads only what it uses.
+    fn event_entries<'a>(
+        &'a self,
+        org: &OrgId,
+        table: EventTable,
+        from: &[u8],
+        to: Option<&[u8]>,
+        reverse: bool,
+    ) -> EventEntries<'a>;
 }
 
 #[cfg(test)]

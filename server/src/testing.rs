@@ -208,4 +208,24 @@ impl Store for FailingStore {
     ) -> store::Result<Vec<CommandRecord>> {
         Store::expired_commands(&self.inner, cutoff, limit)
     }
+
+    fn event_entry(
+        &self,
+        org: &OrgId,
+        table: store::EventTable,
+        key: &[u8],
+    ) -> store::Result<Option<Vec<u8>>> {
+        Store::event_entry(&self.inner, org, table, key)
+    }
+
+    fn event_entries<'a>(
+        &'a self,
+        org: &OrgId,
+        table: store::EventTable,
+        from: &[u8],
+        to: Option<&[u8]>,
+        reverse: bool,
+    ) -> store::EventEntries<'a> {
+        Store::event_entries(&self.inner, org, table, from, to, reverse)
+    }
 }

@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 mod agent;
 mod command;
 mod crash;
+mod event;
 mod healthy;
 mod heavy;
 mod logs;
@@ -45,6 +46,7 @@ pub use self::command::{
     History, command_agent, exec_request, finished, history, invocations, send, shell,
 };
 pub use self::crash::CrashableServer;
+pub use self::event::{EventClient, agent_event};
 pub use self::healthy::Healthy;
 pub use self::heavy::{
     MAX_DISKS, Seed, heavy_enroll_request, heavy_hello, heavy_labels, heavy_sample,

@@ -136,6 +136,7 @@ pub fn hello_from_pb(
 pub fn welcome_to_pb(
     session: &SessionId,
     last_durable_seq: u64,
+    last_durable_event_seq: u64,
     invocation_acks: &[(String, u64)],
     liveness: &LivenessConfig,
     now: SystemTime,
@@ -149,8 +150,7 @@ pub fn welcome_to_pb(
         offline_after: Some(duration(liveness.offline_after)),
         last_durable_seq,
         invocation_acks: super::command::invocation_acks_to_pb(invocation_acks),
-        // No event is stored yet.
-        last_durable_event_seq: 0,
+        last_durable_event_seq,
     }
 }
 

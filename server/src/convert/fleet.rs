@@ -379,10 +379,9 @@ pub fn server_config_to_pb(config: &Config) -> pb::GetServerConfigResponse {
         metrics_retention: Some(duration(config.storage.metrics_retention)),
         rollup_5m_retention: Some(duration(config.storage.rollup_5m_retention)),
         rollup_1h_retention: Some(duration(config.storage.rollup_1h_retention)),
-        // Unset until this server stores events.
-        events_retention: None,
-        event_stats_retention: None,
-        event_fingerprint_window: None,
+        events_retention: Some(duration(config.events.retention)),
+        event_stats_retention: Some(duration(config.events.stats_retention)),
+        event_fingerprint_window: Some(duration(config.events.fingerprint_window)),
         health_thresholds: Some(pb::HealthThresholds {
             cpu_warning_percent: h.cpu_warning,
             cpu_critical_percent: h.cpu_critical,

@@ -303,9 +303,11 @@ impl pb::agent_service_server::AgentService for AgentService {
             "session opened"
         );
 
+        let event_seq = state.events.settled_seq(&caller.org, &agent)?;
         let welcome = convert::agent::welcome_to_pb(
             &session_id,
             last_seq,
+            event_seq,
             &journaled.acks,
             state.registry.liveness_config(),
             SystemTime::now(),
@@ -325,6 +327,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             state.registry.clone(),
             state.writer.clone(),
             state.commands.clone(),
+            state.events.clone(),
             limits,
             welcome,
         );

@@ -29,6 +29,7 @@
 //! | `{org}/i/{command}/{n}` | [`InvocationRecord`](crate::command::record::InvocationRecord) (postcard) |
 //! | `{org}/v/{command}/{cursor}` | [`CommandEvent`](crate::command::record::CommandEvent) (postcard) |
 //! | `{org}/k/{sha256(key)}/{command}` | creation millis of a command sent with an idempotency key |
+//! | `{org}/E{table}/{key}` | an entry of an [`EventTable`](crate::store::EventTable): keys and values are `crate::events::keys`' (`store/sled/event.rs`) |
 //!
 //! Values are `serde_json` unless the table says otherwise. Command ids start with their
 //! creation time in fixed-width hex, so `{org}/c/` is in creation order (`store/sled/command.rs`).
@@ -76,6 +77,7 @@ use crate::store::fault;
 use crate::store::wal::AgentKey;
 
 mod command;
+mod event;
 mod layout;
 mod open;
 mod retention;
@@ -422,6 +424,9 @@ impl Store for SledStore {
             | Write::DeleteCommandEvent { .. }
             | Write::PutIdempotencyKey { .. }
             | Write::DeleteCommand { .. } => return command::encode(write),
+            Write::PutEventEntry { .. } | Write::DeleteEventEntry { .. } => {
+                return event::encode(write);
+            }
         })
     }
 
@@ -600,6 +605,26 @@ impl Store for SledStore {
 
     fn expired_commands(&self, cutoff: SystemTime, limit: usize) -> Result<Vec<CommandRecord>> {
         SledStore::expired_commands(self, cutoff, limit)
+    }
+
+    fn event_entry(
+        &self,
+        org: &OrgId,
+        table: crate::store::EventTable,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        SledStore::event_entry(self, org, table, key)
+    }
+
+    fn event_entries<'a>(
+        &'a self,
+        org: &OrgId,
+        table: crate::store::EventTable,
+        from: &[u8],
+        to: Option<&[u8]>,
+        reverse: bool,
+    ) -> crate::store::EventEntries<'a> {
+        SledStore::event_entries(self, org, table, from, to, reverse)
     }
 }
 

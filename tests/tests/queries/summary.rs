@@ -155,9 +155,9 @@ async fn server_config_is_the_configured_one() {
         metrics_retention: dur(config.storage.metrics_retention),
         rollup_5m_retention: dur(config.storage.rollup_5m_retention),
         rollup_1h_retention: dur(config.storage.rollup_1h_retention),
-        events_retention: None,
-        event_stats_retention: None,
-        event_fingerprint_window: None,
+        events_retention: dur(config.events.retention),
+        event_stats_retention: dur(config.events.stats_retention),
+        event_fingerprint_window: dur(config.events.fingerprint_window),
         health_thresholds: Some(pb::HealthThresholds {
             cpu_warning_percent: 70.0,
             cpu_critical_percent: 90.0,

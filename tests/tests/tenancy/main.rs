@@ -111,6 +111,8 @@ struct Org {
     enrollment: String,
     /// Connects in the matrix and is read by `GetAgent` / `GetMetrics`.
     subject: (String, String),
+    /// An event the subject reported, read and changed by the matrix's `EventService` calls.
+    subject_event: String,
     /// Deleted by the matrix's `DeleteAgent`.
     victim_agent: String,
     /// Revoked by the matrix's `RevokeToken`.
@@ -234,6 +236,7 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
     };
     let cancel_command = tether_tests::send(&commands, queued()).await.command_id;
     let steer_command = tether_tests::send(&commands, queued()).await.command_id;
+    let subject_event = subject_event(server, id, &subject, &admin_token.secret).await;
     let enrollment_id = |t: &pb::CreateEnrollmentTokenResponse| {
         t.token.as_ref().expect("enrollment token").token_id.clone()
     };
@@ -259,10 +262,47 @@ async fn org(server: &TestServer, id: &'static str) -> Org {
         cancel_command,
         steer_command,
         subject: (subject.agent_id, subject.agent_credential),
+        subject_event,
         victim_agent: victim.agent_id,
         revoked_agent_credential: retired.agent_credential,
         tokens,
     }
+}
+
+/// Has the subject report one event over its stream and returns the event's id.
+async fn subject_event(
+    server: &TestServer,
+    org: &str,
+    subject: &pb::EnrollResponse,
+    admin: &str,
+) -> String {
+    let (mut session, _) = RawSession::hello(
+        server,
+        &subject.agent_id,
+        &subject.agent_credential,
+        &format!("{org}-subject"),
+    )
+    .await
+    .expect("subject session");
+    let event = tether_tests::agent_event(1, "matrix.subject", pb::EventSeverity::Warning);
+    let ack = session.report_events(vec![event]).await.expect("event ack");
+    assert_eq!((ack.durable_seq, ack.rejected.len()), (1, 0));
+    session
+        .send(pb::connect_request::Message::Goodbye(pb::AgentGoodbye {
+            reason: "set-up done".into(),
+        }))
+        .await;
+    let mut rest = session.close();
+    while let Ok(Some(_)) = rest.message().await {}
+    let listed = server
+        .events_as(Some(admin))
+        .await
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .expect("list events")
+        .into_inner();
+    assert_eq!(listed.events.len(), 1, "{listed:?}");
+    listed.events[0].event_id.clone()
 }
 
 impl World {

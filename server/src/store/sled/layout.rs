@@ -37,6 +37,13 @@ pub(super) const HEAD: &[u8] = b"hd";
 /// Rollups: `{org}/r5/{agent}/{bucket start ms BE}` and `{org}/rh/...`.
 pub(super) const ROLLUP_5M: &[u8] = b"r5";
 pub(super) const ROLLUP_1H: &[u8] = b"rh";
+/// Events tables (`event.rs`): `{org}/E{table}/...`.
+pub(super) const EVENTS: &[u8] = b"Ee";
+pub(super) const EVENT_MARKS: &[u8] = b"Em";
+pub(super) const EVENT_FINGERPRINTS: &[u8] = b"Ef";
+pub(super) const EVENT_CHANGES: &[u8] = b"Ec";
+pub(super) const EVENT_KIND_HOURS: &[u8] = b"Ek";
+pub(super) const EVENT_AGENT_HOURS: &[u8] = b"Ea";
 /// Every kind above, for the test that no two share a key prefix.
 #[cfg(test)]
 pub(super) const KINDS: &[&[u8]] = &[
@@ -59,6 +66,12 @@ pub(super) const KINDS: &[&[u8]] = &[
     HEAD,
     ROLLUP_5M,
     ROLLUP_1H,
+    EVENTS,
+    EVENT_MARKS,
+    EVENT_FINGERPRINTS,
+    EVENT_CHANGES,
+    EVENT_KIND_HOURS,
+    EVENT_AGENT_HOURS,
 ];
 /// Id of the one org record under `{org}/o/`.
 pub(super) const ORG_RECORD_ID: &str = "info";

@@ -1,0 +1,283 @@
+//! Events: what agents report happening on their machines, stored, queried, acknowledged,
+//! counted and streamed (`docs/events.md`).
+//!
+//! # What an `EventAck` means
+//!
+//! The session checks a report (its shape ends the stream when wrong; each event's content and
+//! the agent's rate are judged alone, as rejections), then hands the events to the events task
+//! (`task.rs`) and answers only once the task's commit, through the writer, is durable: every
+//! event up to the ack is stored, counted in its hour, or was rejected. Events at or below the
+//! agent's settled mark are re-sends and add nothing.
+//!
+//! # Invariants
+//!
+//! - One task changes stored events; everything else reads the store (`query.rs`,
+//!   `watch.rs`), so reads never see half a change (a commit is atomic).
+//! - Every occurrence of an event is counted once in its hour (by kind and severity, and by
+//!   agent) in the same commit that stores or repeats it.
+//! - Each org's change log numbers changes 1, 2, 3, … in commit order; the newest entry is
+//!   never purged, so a cursor is never reused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::domain::{AgentId, OrgId};
+use crate::error::ServerError;
+use crate::store::{EventTable, Store};
+use crate::writer::WriterHandle;
+
+pub mod keys;
+pub mod query;
+pub mod rate;
+pub mod task;
+pub mod watch_stream;
+
+pub use self::keys::{EventKey, EventRecord, EventState, NewEvent, Severity};
+pub use self::query::{Filter, Stats, StatsQuery};
+pub use self::task::{Action, Target};
+
+/// Default time raw events are kept.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Default time hourly counts are kept.
+pub const DEFAULT_STATS_RETENTION: Duration = Duration::from_secs(730 * 24 * 3600);
+/// Default window within which a repeated fingerprint counts on one event.
+pub const DEFAULT_FINGERPRINT_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Default events per agent and minute before the excess is dropped.
+pub const DEFAULT_RATE_PER_MINUTE: u32 = 600;
+/// Most a report's seq may be ahead of the agent's settled mark.
+pub const DEFAULT_MAX_SEQ_JUMP: u64 = 1_000_000;
+/// Jobs waiting for the events task.
+const QUEUE: usize = 1024;
+
+/// How the server keeps events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventsConfig {
+    pub retention: Duration,
+    pub stats_retention: Duration,
+    pub fingerprint_window: Duration,
+    pub rate_per_minute: u32,
+    pub max_seq_jump: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_RETENTION,
+            stats_retention: DEFAULT_STATS_RETENTION,
+            fingerprint_window: DEFAULT_FINGERPRINT_WINDOW,
+            rate_per_minute: DEFAULT_RATE_PER_MINUTE,
+            max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
+        }
+    }
+}
+
+/// Whole milliseconds of `d`, saturating.
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The newest committed cursor of each org, for watchers to wait on.
+#[derive(Default)]
+pub struct Shared {
+    cursors: Mutex<HashMap<OrgId, watch::Sender<u64>>>,
+}
+
+impl Shared {
+    fn sender(&self, store: &dyn Store, org: &OrgId) -> Result<watch::Sender<u64>, ServerError> {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = cursors.get(org) {
+            return Ok(sender.clone());
+        }
+        let last = match store
+            .event_entries(org, EventTable::Changes, &[], None, true)
+            .next()
+        {
+            Some(entry) => keys::cursor_from_key(&entry?.0).unwrap_or(0),
+            None => 0,
+        };
+        let (sender, _) = watch::channel(last);
+        cursors.insert(org.clone(), sender.clone());
+        Ok(sender)
+    }
+
+    /// The newest committed cursor of `org` (0 before its first change).
+    ///
+    /// # Errors
+    ///
+    /// The store's, reading it the first time.
+    pub fn last_cursor(&self, store: &dyn Store, org: &OrgId) -> Result<u64, ServerError> {
+        Ok(*self.sender(store, org)?.borrow())
+    }
+
+    /// Waits on `org`'s committed cursor.
+    ///
+    /// # Errors
+    ///
+    /// As [`Shared::last_cursor`].
+    pub fn subscribe(
+        &self,
+        store: &dyn Store,
+        org: &OrgId,
+    ) -> Result<watch::Receiver<u64>, ServerError> {
+        Ok(self.sender(store, org)?.subscribe())
+    }
+
+    fn publish(&self, org: &OrgId, cursor: u64) {
+        let cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = cursors.get(org) {
+            sender.send_replace(cursor);
+        }
+    }
+}
+
+/// The handle every session and handler shares.
+pub struct Events {
+    jobs: mpsc::Sender<task::Job>,
+    pub shared: Arc<Shared>,
+    pub store: Arc<dyn Store>,
+    pub config: EventsConfig,
+    pub limiter: rate::RateLimiter,
+}
+
+impl Events {
+    /// The handle and the task to spawn (it runs until every handle is dropped).
+    pub fn new(
+        store: Arc<dyn Store>,
+        writer: WriterHandle,
+        config: EventsConfig,
+    ) -> (Arc<Self>, task::Task) {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared::default());
+        let task = task::Task {
+            store: store.clone(),
+            writer,
+            shared: shared.clone(),
+            config: config.clone(),
+            jobs: rx,
+        };
+        let events = Arc::new(Self {
+            jobs,
+            shared,
+            store,
+            limiter: rate::RateLimiter::new(config.rate_per_minute),
+            config,
+        });
+        (events, task)
+    }
+
+    /// The agent's settled mark: the highest event seq stored or rejected (0 if none).
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn settled_seq(&self, org: &OrgId, agent: &AgentId) -> Result<u64, ServerError> {
+        Ok(self
+            .store
+            .event_entry(org, EventTable::Marks, &keys::mark_key(agent))?
+            .and_then(|v| keys::decode_u64(&v))
+            .unwrap_or(0))
+    }
+
+    async fn run<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, ServerError>>) -> task::Job,
+    ) -> Result<T, ServerError> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(job(done))
+            .await
+            .map_err(|_| ServerError::Unavailable)?;
+        wait.await.map_err(|_| ServerError::Unavailable)?
+    }
+
+    /// Stores a report's events; returns the agent's settled mark once durable.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for a seq too far ahead; `Internal` or `Unavailable` when the commit
+    /// failed or the server is stopping (nothing of the report is stored).
+    pub async fn ingest(
+        &self,
+        org: OrgId,
+        agent: AgentId,
+        events: Vec<NewEvent>,
+        max_seq: u64,
+    ) -> Result<u64, ServerError> {
+        self.run(|done| {
+            task::Job::Report(task::ReportJob {
+                org,
+                agent,
+                events,
+                max_seq,
+                done,
+            })
+        })
+        .await
+    }
+
+    /// Applies a lifecycle change; returns how many events changed state.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` for an id the org does not hold (nothing changes); the commit's errors.
+    pub async fn change_state(
+        &self,
+        org: OrgId,
+        action: Action,
+        by: String,
+        target: Target,
+        audit: crate::domain::AuditEntry,
+    ) -> Result<u64, ServerError> {
+        self.run(|done| {
+            task::Job::Lifecycle(task::LifecycleJob {
+                org,
+                action,
+                by,
+                target,
+                audit,
+                done,
+            })
+        })
+        .await
+    }
+
+    /// Removes what is past retention in `orgs`; returns how many entries went.
+    ///
+    /// # Errors
+    ///
+    /// The store's or the commit's; what was removed stays removed.
+    pub async fn purge(
+        &self,
+        orgs: Vec<OrgId>,
+        now: std::time::SystemTime,
+    ) -> Result<u64, ServerError> {
+        let now_ms = keys::millis(now);
+        self.run(|done| task::Job::Purge(task::PurgeJob { orgs, now_ms, done }))
+            .await
+    }
+}
+
+/// Removes what is past retention, every `interval`, until `shutdown`.
+pub async fn run_retention(
+    events: Arc<Events>,
+    orgs: Arc<crate::service::Orgs>,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let ids = orgs.list().into_iter().map(|o| o.id).collect();
+        match events.purge(ids, std::time::SystemTime::now()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "event retention removed old entries"),
+            Err(e) => tracing::warn!("event retention failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! `WatchEvents`: an org's change log after a cursor, then live changes, read from the store.
+//!
+//! A watcher never shares a buffer with anyone: it reads the stored change log itself, one page
+//! at a time ([`PAGE`]), and waits on the org's committed cursor (a `watch` channel: one value,
+//! never a queue) when it has read everything. A watcher that stops reading holds one page and
+//! costs no one else anything; one that resumes from its last cursor gets exactly the changes
+//! after it that are still retained.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{self, Change, ChangeEntry, EventRecord};
+use super::{Events, Filter};
+use crate::domain::OrgId;
+use crate::error::ServerError;
+use crate::store::EventTable;
+
+/// Most changes one read of the store returns.
+pub const PAGE: usize = 64;
+
+/// One message of a watch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchItem {
+    Change {
+        cursor: u64,
+        change: Change,
+        event: Box<EventRecord>,
+    },
+    /// Every stored change up to `cursor` was sent.
+    CaughtUp { cursor: u64 },
+}
+
+/// Why a cursor cannot be resumed.
+#[derive(Debug)]
+pub enum CursorError {
+    /// Older than the oldest retained change: the client must list and watch again.
+    Expired { oldest: u64 },
+    /// Ahead of the newest change, or not a number: never given by this server.
+    Unknown,
+}
+
+pub struct EventWatch {
+    events: Arc<Events>,
+    org: OrgId,
+    filter: Filter,
+    after: u64,
+    committed: watch::Receiver<u64>,
+    queue: VecDeque<WatchItem>,
+    caught_up: bool,
+    shutdown: CancellationToken,
+    revoked: CancellationToken,
+}
+
+impl EventWatch {
+    /// Starts after `cursor` (`None`: after the newest change).
+    ///
+    /// # Errors
+    ///
+    /// [`CursorError`] for a cursor that cannot be resumed; the store's errors.
+    pub fn start(
+        events: Arc<Events>,
+        org: OrgId,
+        filter: Filter,
+        cursor: Option<u64>,
+        shutdown: CancellationToken,
+        revoked: CancellationToken,
+    ) -> Result<Result<Self, CursorError>, ServerError> {
+        // Subscribed before the first read, so no change after it is missed.
+        let committed = events.shared.subscribe(&*events.store, &org)?;
+        let newest = *committed.borrow();
+        let after = match cursor {
+            None => newest,
+            Some(c) if c > newest => return Ok(Err(CursorError::Unknown)),
+            Some(c) => {
+                let oldest = match events
+                    .store
+                    .event_entries(&org, EventTable::Changes, &[], None, false)
+                    .next()
+                {
+                    Some(entry) => keys::cursor_from_key(&entry?.0).unwrap_or(0),
+                    None => newest + 1,
+                };
+                // Resuming after `c` needs change `c + 1` (unless nothing came after it).
+                if c < newest && c + 1 < oldest {
+                    return Ok(Err(CursorError::Expired { oldest }));
+                }
+                c
+            }
+        };
+        Ok(Ok(Self {
+            events,
+            org,
+            filter,
+            after,
+            committed,
+            queue: VecDeque::new(),
+            caught_up: false,
+            shutdown,
+            revoked,
+        }))
+    }
+
+    /// The next message; `None` once the watch is over (shutdown, revoked token).
+    pub async fn next(&mut self) -> Option<Result<WatchItem, ServerError>> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Some(Ok(item));
+            }
+            match self.read() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if !self.caught_up {
+                self.caught_up = true;
+                return Some(Ok(WatchItem::CaughtUp { cursor: self.after }));
+            }
+            if *self.committed.borrow_and_update() > self.after {
+                continue;
+            }
+            tokio::select! {
+                changed = self.committed.changed() => if changed.is_err() { return None },
+                () = self.shutdown.cancelled() => return None,
+                () = self.revoked.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Reads the next page of changes after `after`; whether there was any.
+    fn read(&mut self) -> Result<bool, ServerError> {
+        let store = &*self.events.store;
+        let from = keys::cursor_key(self.after.saturating_add(1));
+        let mut any = false;
+        for entry in store
+            .event_entries(&self.org, EventTable::Changes, &from, None, false)
+            .take(PAGE)
+        {
+            let (key, value) = entry?;
+            any = true;
+            let Some(cursor) = keys::cursor_from_key(&key) else {
+                continue;
+            };
+            self.after = cursor;
+            let Some(change) = keys::decode::<ChangeEntry>(&value) else {
+                tracing::warn!(org = %self.org, cursor, "an event change does not decode; skipped");
+                continue;
+            };
+            // The event as it is now; one purged since is skipped.
+            let Some(event) = store
+                .event_entry(&self.org, EventTable::Events, &change.event)?
+                .and_then(|raw| keys::decode::<EventRecord>(&raw))
+            else {
+                continue;
+            };
+            if self.filter.matches(&event) {
+                self.queue.push_back(WatchItem::Change {
+                    cursor,
+                    change: change.change,
+                    event: Box::new(event),
+                });
+            }
+        }
+        Ok(any)
+    }
+}
