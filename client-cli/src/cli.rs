@@ -5,6 +5,7 @@
 //! group's grammar is in the child module `command`.
 
 mod command;
+mod event;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,10 @@ use crate::view::{AgentStatus, AuditOutcome, Role};
 pub use command::{
     CmdCommand, CommandIdArgs, InvocationsArgs, KindArg, ListCommandsArgs, LogsArgs, RunArgs,
     parse_budget, parse_size,
+};
+pub use event::{
+    ChangeEventsArgs, EventSelectors, EventStatsArgs, EventsCommand, ListEventsArgs, SeverityArg,
+    StateArg, StoredSelectors, WatchEventsArgs,
 };
 
 /// Default page size when `agents list` follows pages.
@@ -115,6 +120,10 @@ pub enum Command {
     /// Run commands on agents and follow, inspect, cancel, pause or resume them.
     #[command(subcommand)]
     Cmd(CmdCommand),
+
+    /// List, watch, acknowledge, resolve and count events agents report.
+    #[command(subcommand)]
+    Events(EventsCommand),
 
     /// Print this client's version and the server's.
     Version(VersionArgs),
@@ -328,6 +337,11 @@ pub struct CreateTokenArgs {
     /// new, flagged agent. Anyone holding the token can then take over such an agent.
     #[arg(long)]
     pub allow_reclaim: bool,
+
+    /// Also print the agent's enrollment command (`tether-agent --server … --enroll-token …`)
+    /// as a QR code to scan on the machine
+    #[arg(long)]
+    pub qr: bool,
 
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]

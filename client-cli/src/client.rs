@@ -42,6 +42,8 @@ pub type FleetClient = pb::fleet_service_client::FleetServiceClient<AuthChannel>
 pub type AdminClient = pb::admin_service_client::AdminServiceClient<AuthChannel>;
 /// Client of `tether.v1.CommandService`.
 pub type CommandClient = pb::command_service_client::CommandServiceClient<AuthChannel>;
+/// An `EventService` client.
+pub type EventClient = pb::event_service_client::EventServiceClient<AuthChannel>;
 
 /// A connected server.
 #[derive(Clone)]
@@ -129,6 +131,14 @@ impl Connection {
     /// A `CommandService` client sharing this connection.
     pub fn commands(&self) -> CommandClient {
         pb::command_service_client::CommandServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+    }
+
+    /// An `EventService` client sharing this connection.
+    pub fn events(&self) -> EventClient {
+        pb::event_service_client::EventServiceClient::with_interceptor(
             self.channel.clone(),
             self.auth.clone(),
         )

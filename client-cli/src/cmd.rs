@@ -22,6 +22,7 @@ mod agents;
 pub(crate) mod audit;
 mod command;
 mod enroll;
+mod events;
 mod fleet;
 #[cfg(test)]
 mod hostile;
@@ -68,6 +69,7 @@ pub(crate) async fn dispatch(
         }
         Command::Audit(args) => audit::run(args, settings, out).await,
         Command::Cmd(command) => command::dispatch(command, settings, console, out).await,
+        Command::Events(command) => events::dispatch(command, settings, out).await,
         Command::Version(args) => {
             let settings = (!args.client).then_some(settings);
             fleet::version(&args, settings, out).await

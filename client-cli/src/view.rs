@@ -37,4 +37,7 @@ pub use command::{
     OutputChunkView, OutputStream, RolloutView, SkipReason, StreamLogView, TargetsView,
 };
 pub use convert::{duration, status_code_name, time};
-pub use fleet::{HealthCounts, MetricsPointView, ServerConfigView, SummaryView, ThresholdsView};
+pub use fleet::{
+    CommandSettingsView, HealthCounts, LimitsView, MetricsPointView, ServerConfigView, SummaryView,
+    ThresholdsView,
+};

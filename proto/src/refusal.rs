@@ -33,7 +33,8 @@ pub enum Refusal {
     /// replacing this one's: the server refused this session. Retry only after a long pause;
     /// an operator must give one of the machines its own identity.
     IdentityConflict,
-    /// A `WatchEvents` cursor is older than the events the server retains (`OUT_OF_RANGE`):
+    /// A `WatchEvents` cursor is older than the events the server retains
+    /// (`FAILED_PRECONDITION`):
     /// list the events again and watch from the listing's cursor, as after Kubernetes' 410.
     CursorExpired,
 }

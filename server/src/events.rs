@@ -59,6 +59,8 @@ pub struct EventsConfig {
     pub stats_retention: Duration,
     pub fingerprint_window: Duration,
     pub rate_per_minute: u32,
+    /// Window over which an agent's dropped events are counted and reported once.
+    pub rate_window: Duration,
     pub max_seq_jump: u64,
 }
 
@@ -69,6 +71,7 @@ impl Default for EventsConfig {
             stats_retention: DEFAULT_STATS_RETENTION,
             fingerprint_window: DEFAULT_FINGERPRINT_WINDOW,
             rate_per_minute: DEFAULT_RATE_PER_MINUTE,
+            rate_window: rate::DEFAULT_WINDOW,
             max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
         }
     }
@@ -140,6 +143,8 @@ pub struct Events {
     pub store: Arc<dyn Store>,
     pub config: EventsConfig,
     pub limiter: rate::RateLimiter,
+    /// Open watches against their caps.
+    pub watches: Arc<watch_stream::WatchSlots>,
 }
 
 impl Events {
@@ -148,6 +153,7 @@ impl Events {
         store: Arc<dyn Store>,
         writer: WriterHandle,
         config: EventsConfig,
+        watches: Arc<watch_stream::WatchSlots>,
     ) -> (Arc<Self>, task::Task) {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared::default());
@@ -162,7 +168,8 @@ impl Events {
             jobs,
             shared,
             store,
-            limiter: rate::RateLimiter::new(config.rate_per_minute),
+            limiter: rate::RateLimiter::new(config.rate_per_minute, config.rate_window),
+            watches,
             config,
         });
         (events, task)

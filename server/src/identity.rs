@@ -14,6 +14,8 @@
 //!   never brought back and only one credential of an agent is ever valid. Lock order: a
 //!   hardware lock before an agent lock, never the other way round.
 //! - [`ReenrollLimiter`] bounds how often one hardware id the org already knows may enroll.
+//! - [`NewAgentSlots`] counts the new agents of each org that are being enrolled but not yet
+//!   in the registry, so that concurrent enrollments together never pass the org's agent limit.
 //! - [`IdentityWatch`] remembers, per agent, which agent processes recently lost their session
 //!   to another process. A process that comes back and replaces the one that replaced it is
 //!   the signature of two machines sharing one credential (a restarted agent never comes
@@ -33,10 +35,12 @@ use crate::rate::TokenBucket;
 /// Most recently displaced agent processes remembered per agent.
 const MAX_DISPLACED: usize = 8;
 
-/// The identity state every handler shares: the locks and the re-enrollment limiter.
+/// The identity state every handler shares: the locks, the re-enrollment limiter and the
+/// slots of new agents being enrolled.
 pub struct Identity {
     pub locks: IdentityLocks,
     pub reenroll: ReenrollLimiter,
+    pub new_agents: NewAgentSlots,
 }
 
 impl Identity {
@@ -44,6 +48,84 @@ impl Identity {
         Self {
             locks: IdentityLocks::default(),
             reenroll: ReenrollLimiter::new(reenroll),
+            new_agents: NewAgentSlots::default(),
+        }
+    }
+}
+
+// === the org's agent limit ===
+
+/// New agents of each org between the limit check and their insertion into the registry.
+///
+/// Invariant: every new agent is inserted through [`NewAgentSlot::fill`], which runs under the
+/// same mutex as [`NewAgentSlots::take`]'s check, so `agents in the registry + slots taken`
+/// never exceeds the limit, whatever the number of concurrent enrollments.
+#[derive(Default)]
+pub struct NewAgentSlots {
+    pending: Mutex<HashMap<OrgId, usize>>,
+}
+
+/// One new agent's place under its org's limit; given back when dropped.
+pub struct NewAgentSlot<'a> {
+    slots: &'a NewAgentSlots,
+    /// `None` once given back.
+    org: Option<OrgId>,
+}
+
+impl NewAgentSlots {
+    /// Takes a slot for one more agent of `org` if `existing()` (the agents the registry
+    /// holds) plus the slots already taken stays below `max`; `None` at the limit.
+    pub fn take(
+        &self,
+        org: &OrgId,
+        max: usize,
+        existing: impl FnOnce() -> usize,
+    ) -> Option<NewAgentSlot<'_>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = pending.get(org).copied().unwrap_or(0);
+        if existing() + taken >= max {
+            return None;
+        }
+        *pending.entry(org.clone()).or_insert(0) += 1;
+        Some(NewAgentSlot {
+            slots: self,
+            org: Some(org.clone()),
+        })
+    }
+
+    /// Slots taken for `org` and not given back (for tests).
+    pub fn taken(&self, org: &OrgId) -> usize {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.get(org).copied().unwrap_or(0)
+    }
+
+    fn give_back(pending: &mut HashMap<OrgId, usize>, org: &OrgId) {
+        if let Some(taken) = pending.get_mut(org) {
+            *taken -= 1;
+            if *taken == 0 {
+                pending.remove(org);
+            }
+        }
+    }
+}
+
+impl NewAgentSlot<'_> {
+    /// Runs `insert` (which puts the agent into the registry) and gives the slot back in one
+    /// step, so that no check sees the agent counted twice or not at all.
+    pub fn fill<T>(mut self, insert: impl FnOnce() -> T) -> T {
+        let org = self.org.take().expect("a slot is given back once");
+        let mut pending = self.slots.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let inserted = insert();
+        NewAgentSlots::give_back(&mut pending, &org);
+        inserted
+    }
+}
+
+impl Drop for NewAgentSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(org) = self.org.take() {
+            let mut pending = self.slots.pending.lock().unwrap_or_else(|e| e.into_inner());
+            NewAgentSlots::give_back(&mut pending, &org);
         }
     }
 }

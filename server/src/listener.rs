@@ -9,11 +9,12 @@
 //! Out of file descriptors (EMFILE, ENFILE) or kernel memory, `accept` fails: the loop counts
 //! it (`tether_accept_errors{reason="fd_limit"}`), evicts the oldest connection that has not
 //! made a request yet, and backs off before accepting again, while every established
-//! connection keeps being served by its own task.
+//! connection keeps being served by its own task. It warns at most once per 10 s with the
+//! number of failures since its last line, however long the flood lasts.
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -30,6 +31,9 @@ const ESTABLISHED_QUEUE: usize = 128;
 const ACCEPT_BACKOFF_INITIAL: Duration = Duration::from_millis(5);
 /// Longest pause between two accepts while out of resources.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// At most one out-of-resources warning per this interval, however long a flood goes on (each
+/// accepted connection ends a back-off, so a flood alternates failures and successes).
+const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// TLS on the listener: the rustls configuration and the handshake limits.
 pub struct TlsAccept {
@@ -70,6 +74,7 @@ async fn accept_loop(
         )
     });
     let mut backoff: Option<Duration> = None;
+    let mut exhaustion_log = ExhaustionLog::default();
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -77,7 +82,7 @@ async fn accept_loop(
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => {
-                if backoff.take().is_some() {
+                if backoff.take().is_some() && exhaustion_log.recovered() {
                     tracing::info!("accepting connections again");
                 }
                 accepted
@@ -89,10 +94,11 @@ async fn accept_loop(
                 connections.evict_oldest_armed();
                 let pause =
                     backoff.map_or(ACCEPT_BACKOFF_INITIAL, |d| (d * 2).min(ACCEPT_BACKOFF_MAX));
-                if backoff.is_none() {
+                if let Some(failures) = exhaustion_log.failed(Instant::now()) {
                     tracing::warn!(
                         open = connections.open(),
-                        "failed to accept a connection: {e}; backing off (existing connections \
+                        failures,
+                        "failed to accept connections: {e}; backing off (existing connections \
                          are still served; raise the open-file limit or lower --max-connections)"
                     );
                 }
@@ -169,6 +175,38 @@ async fn handshake(
     }
 }
 
+/// Throttles the out-of-resources warning: one line per [`EXHAUSTION_LOG_INTERVAL`] carrying
+/// the number of failed accepts it stands for, and one recovery line per warning.
+#[derive(Default)]
+struct ExhaustionLog {
+    last_warning: Option<Instant>,
+    /// Failed accepts not reported in a line yet.
+    failures: u64,
+    /// A warning was printed and no recovery line since.
+    warned: bool,
+}
+
+impl ExhaustionLog {
+    /// Counts one failed accept; returns the failures to report when a warning is due.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.failures += 1;
+        if self
+            .last_warning
+            .is_some_and(|last| now.duration_since(last) < EXHAUSTION_LOG_INTERVAL)
+        {
+            return None;
+        }
+        self.last_warning = Some(now);
+        self.warned = true;
+        Some(std::mem::take(&mut self.failures))
+    }
+
+    /// Whether accepting again after a back-off deserves a line: only after a warning.
+    fn recovered(&mut self) -> bool {
+        std::mem::take(&mut self.warned)
+    }
+}
+
 /// Whether an `accept` error means the process or system is out of descriptors or memory,
 /// which retrying at once cannot fix.
 fn is_resource_exhaustion(e: &io::Error) -> bool {
@@ -181,6 +219,38 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_failed_accepts_logs_one_line_per_interval_with_its_count() {
+        let mut log = ExhaustionLog::default();
+        let start = Instant::now();
+        assert_eq!(
+            log.failed(start),
+            Some(1),
+            "the first failure is told at once"
+        );
+        assert!(log.recovered());
+        // A flood: failures every 6 ms, each followed by one accepted connection.
+        let mut lines = 0;
+        let mut recoveries = 0;
+        for i in 1..=1_000u32 {
+            if log.failed(start + Duration::from_millis(6) * i).is_some() {
+                lines += 1;
+            }
+            if log.recovered() {
+                recoveries += 1;
+            }
+        }
+        // 6 s of flood: still inside the first interval.
+        assert_eq!((lines, recoveries), (0, 0));
+        assert_eq!(
+            log.failed(start + EXHAUSTION_LOG_INTERVAL),
+            Some(1_001),
+            "the next line counts every failure since the last one"
+        );
+        assert!(log.recovered());
+        assert!(!log.recovered(), "one recovery line per warning");
+    }
 
     #[test]
     fn descriptor_exhaustion_is_told_apart() {

@@ -281,8 +281,15 @@ async fn start_inner(
 
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let (events, events_task) =
-        crate::events::Events::new(store.clone(), writer.clone(), config.events.clone());
+    let (events, events_task) = crate::events::Events::new(
+        store.clone(),
+        writer.clone(),
+        config.events.clone(),
+        crate::events::watch_stream::WatchSlots::new(
+            config.limits.max_watches_per_token,
+            config.limits.max_watches_per_org,
+        ),
+    );
     tasks.spawn(events_task.run(background.clone()));
     tasks.spawn(crate::events::run_retention(
         events.clone(),

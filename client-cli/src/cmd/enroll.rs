@@ -51,7 +51,40 @@ pub(crate) async fn create(
     };
     print_object(out, args.output, &created, |created| {
         render_created(created, now)
-    })
+    })?;
+    // Only for people: `-o json` stays one JSON document.
+    if args.qr && args.output == ObjectFormat::Table {
+        let command = enrollment_command(conn.server(), &created.secret);
+        write_text(out, &format!("\nEnroll a machine: {command}\n\n"))?;
+        // The QR code's blocks are printable; written as is.
+        out.write_all(render_qr(&command)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The command that enrolls a machine with `secret` against `server`.
+pub(crate) fn enrollment_command(server: &str, secret: &str) -> String {
+    format!("tether-agent --server {server} --enroll-token {secret}")
+}
+
+/// `text` as a QR code of Unicode half blocks (two modules a character), dark on light.
+///
+/// # Errors
+///
+/// `Usage` if `text` is too long for a QR code.
+pub(crate) fn render_qr(text: &str) -> Result<String, CliError> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot encode the enrollment command as a QR code: {e}"
+        ))
+    })?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build()
+        + "\n")
 }
 
 /// `enroll-token list`.
@@ -246,5 +279,35 @@ mod tests {
                 "et-1,active,3,10,1970-01-01T00:00:00Z,1970-01-01T02:00:00Z,false,\"rack 4, row \"\"b\"\"\",env=prod"
             )
         );
+    }
+}
+
+#[cfg(test)]
+mod qr_tests {
+    use super::*;
+
+    #[test]
+    fn the_qr_code_is_a_square_of_half_blocks_holding_the_command() {
+        let command = enrollment_command("https://tether.example:7600", "tether_enroll_abc");
+        assert_eq!(
+            command,
+            "tether-agent --server https://tether.example:7600 --enroll-token tether_enroll_abc"
+        );
+        let qr = render_qr(&command).expect("fits a QR code");
+        let lines: Vec<&str> = qr.lines().collect();
+        let width = lines[0].chars().count();
+        // Two modules per line: about half as many lines as columns.
+        assert!(width >= 25, "{qr}");
+        assert!(lines.iter().all(|l| l.chars().count() == width), "{qr}");
+        assert!(
+            lines.len() * 2 >= width && lines.len() * 2 <= width + 2,
+            "{qr}"
+        );
+        assert!(
+            qr.chars()
+                .all(|c| matches!(c, ' ' | '▀' | '▄' | '█' | '\n')),
+            "{qr}"
+        );
+        assert!(render_qr(&"x".repeat(10_000)).is_err());
     }
 }

@@ -313,6 +313,47 @@ pub(crate) fn render_config(c: &ServerConfigView) -> String {
         },
     );
     let features = or_none(&c.features.join(", "));
+    let (agent_limits, api_limits) = c.limits.as_ref().map_or_else(
+        || (NONE.to_owned(), NONE.to_owned()),
+        |l| {
+            (
+                format!(
+                    "{} agents per org, {} samples per report, {}/s (burst {}) messages per \
+                     stream",
+                    l.max_agents_per_org,
+                    l.max_samples_per_report,
+                    l.stream_messages_per_second,
+                    l.stream_message_burst
+                ),
+                format!(
+                    "{}/s (burst {}) requests per token, {} watches per token and {} per org, \
+                     responses ≤ {}, {} streams per connection",
+                    l.token_requests_per_second,
+                    l.token_request_burst,
+                    l.max_watches_per_token,
+                    l.max_watches_per_org,
+                    format_bytes(l.max_response_bytes),
+                    l.max_concurrent_streams
+                ),
+            )
+        },
+    );
+    let commands = c.commands.as_ref().map_or_else(
+        || NONE.to_owned(),
+        |cmd| {
+            format!(
+                "timeout {}, delivered within {}, output kept {} (at most {}), kept {} after \
+                 they end, {} unfinished per org, {} queued per agent",
+                dur(cmd.default_timeout_seconds),
+                dur(cmd.default_deliver_within_seconds),
+                format_bytes(cmd.default_output_limit_bytes),
+                format_bytes(cmd.max_output_limit_bytes),
+                dur(cmd.retention_seconds),
+                cmd.max_in_flight_per_org,
+                cmd.max_queued_per_agent
+            )
+        },
+    );
     key_values(
         0,
         &[
@@ -340,6 +381,9 @@ pub(crate) fn render_config(c: &ServerConfigView) -> String {
                     c.max_labels, c.max_label_key_bytes, c.max_label_value_bytes
                 ),
             ),
+            ("Agent limits", agent_limits),
+            ("API limits", api_limits),
+            ("Commands", commands),
             ("Features", features),
         ],
     )

@@ -15,10 +15,10 @@ use std::time::{Duration, SystemTime};
 use tether_proto as pb;
 
 use super::{
-    AgentStatus, AgentView, ApiTokenView, AuditEventView, AuditOutcome, DiskView,
-    EnrollmentTokenView, EventKind, Health, HealthCounts, MetricsPointView, MetricsSampleView,
-    OrgView, Role, ServerConfigView, StatusReason, SummaryView, SystemInfoView, ThresholdsView,
-    TokenState, TransitionView, WatchEventView,
+    AgentStatus, AgentView, ApiTokenView, AuditEventView, AuditOutcome, CommandSettingsView,
+    DiskView, EnrollmentTokenView, EventKind, Health, HealthCounts, LimitsView, MetricsPointView,
+    MetricsSampleView, OrgView, Role, ServerConfigView, StatusReason, SummaryView, SystemInfoView,
+    ThresholdsView, TokenState, TransitionView, WatchEventView,
 };
 
 impl AgentStatus {
@@ -440,6 +440,8 @@ impl From<pb::GetServerConfigResponse> for ServerConfigView {
             features,
             rollup_5m_retention,
             rollup_1h_retention,
+            limits,
+            commands,
             events_retention,
             event_stats_retention,
             event_fingerprint_window,
@@ -462,7 +464,61 @@ impl From<pb::GetServerConfigResponse> for ServerConfigView {
             max_labels,
             max_label_key_bytes,
             max_label_value_bytes,
+            limits: limits.map(Into::into),
+            commands: commands.map(Into::into),
             features,
+        }
+    }
+}
+
+impl From<pb::ServerLimits> for LimitsView {
+    fn from(l: pb::ServerLimits) -> Self {
+        let pb::ServerLimits {
+            max_samples_per_report,
+            max_agents_per_org,
+            stream_messages_per_second,
+            stream_message_burst,
+            token_requests_per_second,
+            token_request_burst,
+            max_watches_per_token,
+            max_watches_per_org,
+            max_response_bytes,
+            max_concurrent_streams,
+        } = l;
+        Self {
+            max_samples_per_report,
+            max_agents_per_org,
+            stream_messages_per_second,
+            stream_message_burst,
+            token_requests_per_second,
+            token_request_burst,
+            max_watches_per_token,
+            max_watches_per_org,
+            max_response_bytes,
+            max_concurrent_streams,
+        }
+    }
+}
+
+impl From<pb::CommandSettings> for CommandSettingsView {
+    fn from(c: pb::CommandSettings) -> Self {
+        let pb::CommandSettings {
+            default_timeout,
+            default_deliver_within,
+            default_output_limit_bytes,
+            max_output_limit_bytes,
+            retention,
+            max_in_flight_per_org,
+            max_queued_per_agent,
+        } = c;
+        Self {
+            default_timeout_seconds: duration(default_timeout),
+            default_deliver_within_seconds: duration(default_deliver_within),
+            default_output_limit_bytes,
+            max_output_limit_bytes,
+            retention_seconds: duration(retention),
+            max_in_flight_per_org,
+            max_queued_per_agent,
         }
     }
 }

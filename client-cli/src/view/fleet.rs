@@ -127,8 +127,59 @@ pub struct ServerConfigView {
     pub max_label_key_bytes: u32,
     /// Longest label value.
     pub max_label_value_bytes: u32,
+    /// Rate and size limits every caller runs into.
+    pub limits: Option<LimitsView>,
+    /// Command defaults and limits.
+    pub commands: Option<CommandSettingsView>,
     /// Enabled features.
     pub features: Vec<String>,
+}
+
+/// Limits the server enforces on every caller.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitsView {
+    /// Samples one metrics report may carry.
+    pub max_samples_per_report: u32,
+    /// Agents one org may enroll.
+    pub max_agents_per_org: u64,
+    /// Sustained messages per second on one agent stream.
+    pub stream_messages_per_second: u32,
+    /// Burst of messages on one agent stream.
+    pub stream_message_burst: u32,
+    /// Sustained requests per second of one API token.
+    pub token_requests_per_second: u32,
+    /// Burst of requests of one API token.
+    pub token_request_burst: u32,
+    /// Open watches per API token.
+    pub max_watches_per_token: u32,
+    /// Open watches per org.
+    pub max_watches_per_org: u32,
+    /// Largest response.
+    pub max_response_bytes: u64,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// What a command gets when it names nothing, and what it may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandSettingsView {
+    /// Run time of an invocation whose command names none.
+    #[serde(with = "super::json::seconds")]
+    pub default_timeout_seconds: Option<Duration>,
+    /// Delivery window of a command that names none.
+    #[serde(with = "super::json::seconds")]
+    pub default_deliver_within_seconds: Option<Duration>,
+    /// Output kept per invocation by default.
+    pub default_output_limit_bytes: u64,
+    /// Most output a command may ask to keep per invocation.
+    pub max_output_limit_bytes: u64,
+    /// How long finished commands are kept.
+    #[serde(with = "super::json::seconds")]
+    pub retention_seconds: Option<Duration>,
+    /// Unfinished commands per org.
+    pub max_in_flight_per_org: u32,
+    /// Unfinished invocations queued per agent.
+    pub max_queued_per_agent: u32,
 }
 
 /// Percentages at which a resource makes an agent's health warning or critical.

@@ -364,11 +364,41 @@ pub fn summary_to_pb(s: &Summary) -> pb::GetFleetSummaryResponse {
     }
 }
 
+fn limits_to_pb(l: &crate::config::Limits) -> pb::ServerLimits {
+    pb::ServerLimits {
+        max_samples_per_report: saturating_u32(l.max_samples_per_report),
+        max_agents_per_org: l.max_agents_per_org as u64,
+        stream_messages_per_second: l.stream_messages_per_second,
+        stream_message_burst: l.stream_message_burst,
+        token_requests_per_second: l.token_requests_per_second,
+        token_request_burst: l.token_request_burst,
+        max_watches_per_token: saturating_u32(l.max_watches_per_token),
+        max_watches_per_org: saturating_u32(l.max_watches_per_org),
+        max_response_bytes: l.max_response_bytes as u64,
+        max_concurrent_streams: l.max_concurrent_streams,
+    }
+}
+
+fn command_settings_to_pb(c: &crate::config::CommandSettings) -> pb::CommandSettings {
+    pb::CommandSettings {
+        default_timeout: Some(duration(c.default_timeout)),
+        default_deliver_within: Some(duration(c.default_deliver_within)),
+        default_output_limit_bytes: c.default_output_limit,
+        max_output_limit_bytes: c.max_output_limit,
+        retention: Some(duration(c.retention)),
+        max_in_flight_per_org: saturating_u32(c.max_in_flight_per_org),
+        max_queued_per_agent: saturating_u32(c.max_queued_per_agent),
+    }
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// The configuration in force, as served to every client.
 pub fn server_config_to_pb(config: &Config) -> pb::GetServerConfigResponse {
     let l = &config.liveness;
     let h = &config.health;
-    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     pb::GetServerConfigResponse {
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         heartbeat_interval: Some(duration(l.heartbeat_interval)),
@@ -391,9 +421,11 @@ pub fn server_config_to_pb(config: &Config) -> pb::GetServerConfigResponse {
             disk_critical_percent: h.disk_critical,
         }),
         max_message_bytes: config.limits.max_message_bytes as u64,
-        max_labels: to_u32(config.limits.max_labels),
-        max_label_key_bytes: to_u32(config.limits.max_label_key_bytes),
-        max_label_value_bytes: to_u32(config.limits.max_label_value_bytes),
+        max_labels: saturating_u32(config.limits.max_labels),
+        max_label_key_bytes: saturating_u32(config.limits.max_label_key_bytes),
+        max_label_value_bytes: saturating_u32(config.limits.max_label_value_bytes),
+        limits: Some(limits_to_pb(&config.limits)),
+        commands: Some(command_settings_to_pb(&config.commands)),
         features: FEATURES
             .iter()
             .copied()

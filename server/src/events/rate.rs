@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::domain::AgentId;
 
-/// The window over which drops are counted and reported once.
-pub const WINDOW: Duration = Duration::from_secs(60);
+/// Default window over which drops are counted and reported once.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 struct Bucket {
     tokens: f64,
@@ -32,19 +32,25 @@ pub struct Admission {
 
 pub struct RateLimiter {
     per_minute: u32,
+    window: Duration,
     agents: Mutex<HashMap<AgentId, Bucket>>,
 }
 
 impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
+    pub fn new(per_minute: u32, window: Duration) -> Self {
         Self {
             per_minute,
+            window,
             agents: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn per_minute(&self) -> u32 {
         self.per_minute
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// Takes up to `n` events of `agent` at `now`.
@@ -61,7 +67,7 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + elapsed * capacity / 60.0).min(capacity);
         bucket.last = now;
         let mut report_dropped = None;
-        if now.saturating_duration_since(bucket.window_start) >= WINDOW {
+        if now.saturating_duration_since(bucket.window_start) >= self.window {
             if bucket.dropped > 0 {
                 report_dropped = Some(bucket.dropped);
             }
@@ -85,7 +91,7 @@ mod tests {
 
     #[test]
     fn excess_is_dropped_counted_and_reported_after_the_window() {
-        let limiter = RateLimiter::new(60);
+        let limiter = RateLimiter::new(60, DEFAULT_WINDOW);
         let agent = AgentId::new("a");
         let t0 = Instant::now();
         let first = limiter.admit(&agent, 100, t0);
@@ -98,10 +104,10 @@ mod tests {
         );
         let again = limiter.admit(&agent, 5, t0 + Duration::from_secs(2));
         assert_eq!(again.admitted, 2, "one token a second comes back");
-        let later = limiter.admit(&agent, 1, t0 + WINDOW + Duration::from_secs(1));
+        let later = limiter.admit(&agent, 1, t0 + DEFAULT_WINDOW + Duration::from_secs(1));
         assert_eq!(later.report_dropped, Some(43));
         assert_eq!(later.admitted, 1);
-        let quiet = limiter.admit(&agent, 1, t0 + 3 * WINDOW);
+        let quiet = limiter.admit(&agent, 1, t0 + 3 * DEFAULT_WINDOW);
         assert_eq!(quiet.report_dropped, None);
     }
 }

@@ -6,20 +6,104 @@
 //! costs no one else anything; one that resumes from its last cursor gets exactly the changes
 //! after it that are still retained.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, Change, ChangeEntry, EventRecord};
 use super::{Events, Filter};
-use crate::domain::OrgId;
+use crate::domain::{OrgId, TokenId};
 use crate::error::ServerError;
 use crate::store::EventTable;
 
 /// Most changes one read of the store returns.
 pub const PAGE: usize = 64;
+
+/// The open event watches per org and per token, against their caps (the server's
+/// `max_watches_per_token` and `max_watches_per_org`, counted apart from agent watches).
+pub struct WatchSlots {
+    max_per_token: usize,
+    max_per_org: usize,
+    held: Mutex<HashMap<OrgId, Held>>,
+}
+
+/// One org's open watches: in all, and per token.
+type Held = (usize, HashMap<TokenId, usize>);
+
+/// One open watch's place; dropping it frees the place.
+pub struct WatchSlot {
+    slots: Arc<WatchSlots>,
+    org: OrgId,
+    token: TokenId,
+}
+
+impl WatchSlots {
+    pub fn new(max_per_token: usize, max_per_org: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_per_token,
+            max_per_org,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a place for a watch of `token` in `org`.
+    ///
+    /// # Errors
+    ///
+    /// `ResourceExhausted` when the token or the org holds the most watches allowed.
+    pub fn acquire(
+        self: &Arc<Self>,
+        org: &OrgId,
+        token: &TokenId,
+    ) -> Result<WatchSlot, ServerError> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let (in_org, by_token) = held.entry(org.clone()).or_default();
+        let of_token = by_token.get(token).copied().unwrap_or(0);
+        if of_token >= self.max_per_token {
+            return Err(ServerError::ResourceExhausted(format!(
+                "this token already has {} event watches open, the most allowed; close one first",
+                self.max_per_token
+            )));
+        }
+        if *in_org >= self.max_per_org {
+            return Err(ServerError::ResourceExhausted(format!(
+                "this org already has {} event watches open, the most allowed; close one first",
+                self.max_per_org
+            )));
+        }
+        *in_org += 1;
+        *by_token.entry(token.clone()).or_default() += 1;
+        Ok(WatchSlot {
+            slots: self.clone(),
+            org: org.clone(),
+            token: token.clone(),
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .slots
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((in_org, by_token)) = held.get_mut(&self.org) {
+            *in_org = in_org.saturating_sub(1);
+            if let Some(n) = by_token.get_mut(&self.token) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    by_token.remove(&self.token);
+                }
+            }
+            if *in_org == 0 {
+                held.remove(&self.org);
+            }
+        }
+    }
+}
 
 /// One message of a watch.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +136,7 @@ pub struct EventWatch {
     caught_up: bool,
     shutdown: CancellationToken,
     revoked: CancellationToken,
+    _slot: WatchSlot,
 }
 
 impl EventWatch {
@@ -65,6 +150,7 @@ impl EventWatch {
         org: OrgId,
         filter: Filter,
         cursor: Option<u64>,
+        slot: WatchSlot,
         shutdown: CancellationToken,
         revoked: CancellationToken,
     ) -> Result<Result<Self, CursorError>, ServerError> {
@@ -100,6 +186,7 @@ impl EventWatch {
             caught_up: false,
             shutdown,
             revoked,
+            _slot: slot,
         }))
     }
 

@@ -1,5 +1,5 @@
 //! Unit tests of the identity rules: the enrollment decision, the conflict watch driven by
-//! instants, the keyed locks and the re-enrollment limiter.
+//! instants, the keyed locks, the re-enrollment limiter and the org's new-agent slots.
 
 use std::time::Duration;
 
@@ -289,4 +289,56 @@ fn reenrollments_are_limited_per_hardware_id_with_a_retry_delay() {
         "{} hardware ids tracked",
         limiter.n_tracked()
     );
+}
+
+#[test]
+fn concurrent_new_agents_never_pass_the_org_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const MAX: usize = 10;
+    let slots = NewAgentSlots::default();
+    let org = OrgId::new("acme");
+    let other = OrgId::new("other");
+    // Stands for the registry: what `fill` inserts is counted by the next `take`.
+    let registry = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..10 {
+                    match slots.take(&org, MAX, || registry.load(Ordering::SeqCst)) {
+                        Some(slot) => {
+                            std::thread::yield_now();
+                            slot.fill(|| registry.fetch_add(1, Ordering::SeqCst));
+                        }
+                        None => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        registry.load(Ordering::SeqCst),
+        MAX,
+        "exactly the limit got in"
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), 80 - MAX);
+    assert_eq!(slots.taken(&org), 0, "every slot was given back");
+    assert!(
+        slots.take(&other, MAX, || 0).is_some(),
+        "another org's limit is its own"
+    );
+}
+
+#[test]
+fn a_failed_enrollment_gives_its_slot_back() {
+    let slots = NewAgentSlots::default();
+    let org = OrgId::new("acme");
+    let first = slots.take(&org, 1, || 0).expect("below the limit");
+    assert!(slots.take(&org, 1, || 0).is_none(), "the slot is taken");
+    drop(first);
+    assert_eq!(slots.taken(&org), 0);
+    assert!(slots.take(&org, 1, || 0).is_some(), "and free again");
 }

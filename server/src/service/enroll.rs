@@ -97,6 +97,8 @@ async fn enroll_reserved(
         .await;
     let decided = decide_under_locks(state, &org, token, &enrollment).await;
     let now = SystemTime::now();
+    // A new agent's place under the org's limit, held until the registry has it.
+    let mut new_slot = None;
     let (record, claim, superseded, sharing) = match &decided.decision {
         EnrollDecision::Reuse { agent, claim } => {
             let existing = state
@@ -113,12 +115,17 @@ async fn enroll_reserved(
         }
         EnrollDecision::New { sharing } => {
             let max = state.config.limits.max_agents_per_org;
-            if state.registry.n_agents(&org) >= max {
+            let Some(slot) = state
+                .identity
+                .new_agents
+                .take(&org, max, || state.registry.n_agents(&org))
+            else {
                 state.metrics.limit("max_agents_per_org");
                 return Err(ServerError::ResourceExhausted(format!(
                     "org {org} has reached its limit of {max} agents"
                 )));
-            }
+            };
+            new_slot = Some(slot);
             let id = fresh_agent_id(state, &org);
             let record = new_record(id, &org, token, &enrollment, now);
             (record, None, Vec::new(), sharing.clone())
@@ -181,7 +188,10 @@ async fn enroll_reserved(
     state.auth.insert_token(credential_record);
     let superseded: Vec<TokenId> = superseded.into_iter().map(|t| t.id).collect();
     state.auth.remove_tokens(&superseded);
-    state.registry.enrolled(record);
+    match new_slot {
+        Some(slot) => slot.fill(|| state.registry.enrolled(record)),
+        None => state.registry.enrolled(record),
+    };
     let outcome = match claim {
         Some(Claim::Proof) => "proof",
         Some(Claim::AdminReclaim) => "admin_reclaim",

@@ -212,11 +212,13 @@ impl pb::event_service_server::EventService for EventService {
         filter.end_ms = None;
         let cursor = convert::event::cursor_from_pb(&cursor)?;
         let state = &self.state;
+        let slot = state.events.watches.acquire(&caller.org, &caller.token)?;
         let watch = EventWatch::start(
             state.events.clone(),
             caller.org.clone(),
             filter,
             cursor,
+            slot,
             state.shutdown.clone(),
             state.auth.revocation(&caller.token),
         )?;
@@ -224,7 +226,7 @@ impl pb::event_service_server::EventService for EventService {
             Ok(watch) => watch,
             Err(CursorError::Expired { oldest }) => {
                 return Err(tether_proto::refusal::refuse(
-                    tonic::Code::OutOfRange,
+                    tonic::Code::FailedPrecondition,
                     format!(
                         "cursor is older than the retained events (oldest change {oldest}): \
                          list the events again and watch from the listing's cursor"

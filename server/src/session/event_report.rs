@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 use super::Session;
 use crate::convert;
 use crate::error::ServerError;
-use crate::events::{Events, NewEvent, Severity, rate};
+use crate::events::{Events, NewEvent, Severity};
 
 fn rejection(seq: u64, code: Code, reason: String) -> pb::EventRejection {
     pb::EventRejection {
@@ -94,7 +94,7 @@ pub(super) async fn ingest(
                 ("limit_per_minute".to_owned(), limit.to_string()),
                 (
                     "window_seconds".to_owned(),
-                    rate::WINDOW.as_secs().to_string(),
+                    events.limiter.window().as_secs_f64().to_string(),
                 ),
             ]),
             fingerprint: String::new(),

@@ -457,6 +457,35 @@ async fn api_tokens_work_with_their_role_and_are_never_listed_with_their_secret(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enrollments_never_pass_the_per_org_agent_limit() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    config.limits.max_agents_per_org = 5;
+    let server = TestServer::start(config).await;
+    let token = server.enrollment_token().await;
+    // Thirty machines enroll at once: each enrollment's commit waits for a flush, the window
+    // in which a check-then-insert limit lets several through.
+    let attempts: Vec<_> = (0..30)
+        .map(|i| {
+            let (server, token) = (&server, &token);
+            async move { enroll_with(server, token, &format!("host-{i}")).await }
+        })
+        .collect();
+    let results = futures::future::join_all(attempts).await;
+    let enrolled = results.iter().filter(|r| r.is_ok()).count();
+    for result in &results {
+        if let Err(err) = result {
+            assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        }
+    }
+    assert_eq!(enrolled, 5, "exactly the limit got in");
+    let mut fleet = server.fleet().await;
+    assert_eq!(agent_ids(&mut fleet).await.len(), 5);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_beyond_the_per_org_agent_limit_is_refused() {
     trace_init();
     let dir = tempfile::tempdir().expect("tempdir");

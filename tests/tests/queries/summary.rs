@@ -134,6 +134,23 @@ async fn server_config_is_the_configured_one() {
     config.limits.max_labels = 17;
     config.limits.max_label_key_bytes = 40;
     config.limits.max_label_value_bytes = 99;
+    config.limits.max_samples_per_report = 33;
+    config.limits.max_agents_per_org = 4_321;
+    config.limits.stream_messages_per_second = 55;
+    config.limits.stream_message_burst = 66;
+    config.limits.token_requests_per_second = 77;
+    config.limits.token_request_burst = 88;
+    config.limits.max_watches_per_token = 9;
+    config.limits.max_watches_per_org = 19;
+    config.limits.max_response_bytes = 2_222_222;
+    config.limits.max_concurrent_streams = 29;
+    config.commands.default_timeout = Duration::from_secs(123);
+    config.commands.default_deliver_within = Duration::from_secs(456);
+    config.commands.default_output_limit = 7_777;
+    config.commands.max_output_limit = 88_888;
+    config.commands.retention = Duration::from_secs(9 * 86_400);
+    config.commands.max_in_flight_per_org = 11;
+    config.commands.max_queued_per_agent = 12;
     let server = TestServer::start(config.clone()).await;
 
     let got = server
@@ -170,6 +187,27 @@ async fn server_config_is_the_configured_one() {
         max_labels: 17,
         max_label_key_bytes: 40,
         max_label_value_bytes: 99,
+        limits: Some(pb::ServerLimits {
+            max_samples_per_report: 33,
+            max_agents_per_org: 4_321,
+            stream_messages_per_second: 55,
+            stream_message_burst: 66,
+            token_requests_per_second: 77,
+            token_request_burst: 88,
+            max_watches_per_token: 9,
+            max_watches_per_org: 19,
+            max_response_bytes: 2_222_222,
+            max_concurrent_streams: 29,
+        }),
+        commands: Some(pb::CommandSettings {
+            default_timeout: dur(Duration::from_secs(123)),
+            default_deliver_within: dur(Duration::from_secs(456)),
+            default_output_limit_bytes: 7_777,
+            max_output_limit_bytes: 88_888,
+            retention: dur(Duration::from_secs(9 * 86_400)),
+            max_in_flight_per_org: 11,
+            max_queued_per_agent: 12,
+        }),
         features: got.features.clone(),
     };
     assert_eq!(got, expected);
