@@ -21,6 +21,9 @@
 //! Drops are by whole segments (at most [`MAX_SEGMENT_BYTES`], an eighth of the capacity for
 //! small spools): cheap (one unlink), and the oldest events of the lowest severity go first.
 //! The spool is synchronous and blocking; `events.rs` calls it from blocking threads.
+//!
+//! Longer than usual: appending, making room, reading back and acknowledging share the
+//! queues, cursors and counts, and the invariants above hold only across all of them.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
