@@ -1,6 +1,7 @@
 #!/bin/sh
-# Builds Tether's binaries with one cargo build (they share every dependency) and installs them
-# into $PREFIX/bin (default /usr/local/bin).
+# Builds Tether's binaries and installs them into $PREFIX/bin (default /usr/local/bin): the
+# server and tetherctl with one `release` build (they share every dependency), the agent with
+# the `agent` profile (Cargo.toml: a smaller binary is a smaller agent on every machine).
 #
 #   scripts/install.sh                          # tether-server, tether-agent and tetherctl
 #   scripts/install.sh tether-agent             # only the agent, for an agent's machine
@@ -19,16 +20,23 @@ cd "$(dirname "$0")/.."
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 set --
+AGENT=
 for bin in $BINS; do
     case $bin in
-        tether-server | tether-agent | tetherctl) set -- "$@" --bin "$bin" ;;
+        tether-server | tetherctl) set -- "$@" --bin "$bin" ;;
+        tether-agent) AGENT=yes ;;
         *)
             echo "install.sh: unknown binary '$bin' (tether-server, tether-agent, tetherctl)" >&2
             exit 2
             ;;
     esac
 done
-cargo build --release --locked "$@"
+if [ $# -gt 0 ]; then
+    cargo build --release --locked "$@"
+fi
+if [ -n "$AGENT" ]; then
+    cargo build --profile agent --locked --bin tether-agent
+fi
 
 SUDO=
 if ! mkdir -p "$PREFIX/bin" 2>/dev/null || [ ! -w "$PREFIX/bin" ]; then
@@ -36,7 +44,9 @@ if ! mkdir -p "$PREFIX/bin" 2>/dev/null || [ ! -w "$PREFIX/bin" ]; then
 fi
 $SUDO mkdir -p "$PREFIX/bin"
 for bin in $BINS; do
-    $SUDO install -m 0755 "$TARGET_DIR/release/$bin" "$PREFIX/bin/$bin"
+    profile=release
+    [ "$bin" = tether-agent ] && profile=agent
+    $SUDO install -m 0755 "$TARGET_DIR/$profile/$bin" "$PREFIX/bin/$bin"
     echo "installed $PREFIX/bin/$bin"
 done
 case ":$PATH:" in

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::AgentError;
 use crate::command::CommandConfig;
+use crate::events::EventsConfig;
 
 /// Server address used when none is given.
 pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:7600";
@@ -70,6 +71,8 @@ pub struct AgentConfig {
     pub identity_conflict_backoff: Duration,
     /// What commands this agent runs (the trust boundary) and their bounds.
     pub commands: CommandConfig,
+    /// The event spool, socket, rate limit and built-in thresholds.
+    pub events: EventsConfig,
 }
 
 /// Certificate files for TLS to the server (PEM). Read at every connection attempt, so a
@@ -118,7 +121,13 @@ impl AgentConfig {
             hardware_id: None,
             identity_conflict_backoff: DEFAULT_IDENTITY_CONFLICT_BACKOFF,
             commands: CommandConfig::default(),
+            events: EventsConfig::default(),
         }
+    }
+
+    /// Where the event socket is (`events.socket`, else in the state directory).
+    pub fn events_socket_path(&self) -> PathBuf {
+        self.events.socket_path(&self.state_dir)
     }
 
     /// Checks the configuration before anything connects.
@@ -184,6 +193,7 @@ impl AgentConfig {
             ));
         }
         self.commands.validate()?;
+        self.events.validate()?;
         self.backoff.validate()
     }
 }
@@ -207,6 +217,7 @@ impl fmt::Debug for AgentConfig {
             .field("hardware_id", &self.hardware_id)
             .field("identity_conflict_backoff", &self.identity_conflict_backoff)
             .field("commands", &self.commands)
+            .field("events", &self.events)
             .finish()
     }
 }

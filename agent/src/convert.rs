@@ -239,6 +239,8 @@ pub(crate) fn goodbye(reason: &str) -> pb::ConnectRequest {
     }))
 }
 
+pub(crate) use event::{agent_event, event_report};
+
 fn request(message: pb::connect_request::Message) -> pb::ConnectRequest {
     pb::ConnectRequest {
         message: Some(message),
@@ -305,9 +307,9 @@ impl TryFrom<pb::ConnectResponse> for ServerMessage {
             Some(Message::CommandAck(pb::CommandAck { acks })) => {
                 Self::CommandAck(acks.into_iter().map(invocation_ack).collect())
             }
-            // An ack of events, which this agent does not send yet; or a message type newer
-            // than this agent (prost decodes it as an empty oneof).
-            Some(Message::EventAck(_)) | None => Self::Unknown,
+            Some(Message::EventAck(ack)) => Self::EventAck(event::event_ack(ack)),
+            // A message type newer than this agent: prost decodes it as an empty oneof.
+            None => Self::Unknown,
         })
     }
 }
@@ -325,8 +327,7 @@ impl TryFrom<pb::Welcome> for Welcome {
             offline_after,
             last_durable_seq,
             invocation_acks,
-            // This agent sends no events yet, so it has none to drop.
-            last_durable_event_seq: _,
+            last_durable_event_seq,
         } = welcome;
         Ok(Self {
             session_id,
@@ -337,6 +338,7 @@ impl TryFrom<pb::Welcome> for Welcome {
             offline_after: optional_duration(offline_after),
             last_durable_seq,
             invocation_acks: invocation_acks.into_iter().map(invocation_ack).collect(),
+            last_durable_event_seq,
         })
     }
 }
@@ -590,5 +592,6 @@ fn protocol(message: impl Into<String>) -> AgentError {
     AgentError::Protocol(message.into())
 }
 
+mod event;
 #[cfg(test)]
 mod tests;

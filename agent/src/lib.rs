@@ -46,6 +46,7 @@ pub mod command;
 pub mod config;
 mod convert;
 pub mod error;
+pub mod events;
 pub mod failure;
 pub mod latency;
 pub mod runner;

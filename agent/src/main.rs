@@ -24,6 +24,10 @@ const DEFAULT_CONFIG_FILE: &str = "/etc/tether/agent.toml";
 /// The environment variable that names the configuration file.
 const CONFIG_ENV: &str = "TETHER_AGENT_CONFIG";
 
+/// Blocking threads of the agent's runtime: two, so that a sample stuck on a hung mount
+/// (statvfs on a dead NFS server) does not also stop the event spool.
+const AGENT_BLOCKING_THREADS: usize = 2;
+
 /// Tether agent: reports this machine to a Tether server over one long-lived stream.
 #[derive(Debug, Parser)]
 #[command(name = "tether-agent", version, about, long_about = None)]
@@ -54,6 +58,31 @@ enum Command {
     /// The configuration file and the settings in effect.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Report an event through the running agent's local socket (it spools the event and
+    /// sends it to the server). Exits non-zero, saying why, when the event is refused.
+    Emit(EmitArgs),
+}
+
+#[derive(Debug, Args)]
+struct EmitArgs {
+    /// Dotted name such as `ssh.login_failed` (lowercase letters, digits, `_`, `-`).
+    #[arg(long)]
+    kind: String,
+
+    /// info, warning, error or critical.
+    #[arg(long, default_value = "info")]
+    severity: String,
+
+    /// Attribute as key=value; repeat for several.
+    #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+    attributes: Vec<(String, String)>,
+
+    /// Occurrences with the same fingerprint are stored by the server as one event, counted.
+    #[arg(long)]
+    fingerprint: Option<String>,
+
+    /// What happened.
+    message: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +240,66 @@ struct RunArgs {
     /// Refuse the built-in commands (noop, collect, sleep).
     #[arg(long)]
     no_builtin_commands: bool,
+
+    #[command(flatten)]
+    events: EventArgs,
+}
+
+/// The event settings (`tether_agent::events::EventsConfig`).
+#[derive(Debug, Args)]
+struct EventArgs {
+    /// Most disk space the event spool (in the state directory) takes, e.g. 64MiB; beyond,
+    /// the oldest events of the lowest severity are dropped, and the drop reported.
+    #[arg(long, value_parser = tether_agent::events::config::parse_size, default_value = "64MiB", global = true)]
+    event_spool_size: u64,
+
+    /// The local socket programs report events through (`tether-agent emit`). Default:
+    /// events.sock in the state directory.
+    #[arg(long, env = "TETHER_EVENT_SOCKET", value_name = "PATH", global = true)]
+    event_socket: Option<PathBuf>,
+
+    /// Group (name or id) whose members may use the event socket (mode 0660); default: only
+    /// the agent's user (mode 0600).
+    #[arg(long, value_name = "GROUP", global = true)]
+    event_socket_group: Option<String>,
+
+    /// Events accepted from the socket per --event-rate-window; more are dropped, counted
+    /// and reported once per window as tether.rate_limited.
+    #[arg(long, default_value_t = tether_agent::events::config::DEFAULT_RATE_LIMIT, global = true)]
+    event_rate_limit: u32,
+
+    /// The window of --event-rate-limit.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1m", global = true)]
+    event_rate_window: Duration,
+
+    /// Disk usage (percent of a filesystem) that raises tether.disk_usage_high.
+    #[arg(long, default_value_t = tether_agent::events::config::DEFAULT_DISK_THRESHOLD, global = true)]
+    event_disk_threshold: f64,
+
+    /// How long disk usage must stay at or above its threshold.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", global = true)]
+    event_disk_for: Duration,
+
+    /// Memory usage (percent) that raises tether.memory_usage_high.
+    #[arg(long, default_value_t = tether_agent::events::config::DEFAULT_MEMORY_THRESHOLD, global = true)]
+    event_memory_threshold: f64,
+
+    /// How long memory usage must stay at or above its threshold.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", global = true)]
+    event_memory_for: Duration,
+
+    /// CPU usage (percent of all cores) that raises tether.cpu_usage_high.
+    #[arg(long, default_value_t = tether_agent::events::config::DEFAULT_CPU_THRESHOLD, global = true)]
+    event_cpu_threshold: f64,
+
+    /// How long CPU usage must stay at or above its threshold.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", global = true)]
+    event_cpu_for: Duration,
+
+    /// Percentage points below its threshold a value must fall before its event clears (a
+    /// value hovering at the threshold raises one event).
+    #[arg(long, default_value_t = tether_agent::events::config::DEFAULT_HYSTERESIS, global = true)]
+    event_hysteresis: f64,
 }
 
 #[derive(Debug, Args)]
@@ -263,14 +352,31 @@ fn real_main(cli: Cli, settings: impl FnOnce() -> String) -> anyhow::Result<()> 
             print!("{}", settings());
             Ok(agent_config(cli.run).validate()?)
         }
+        Command::Emit(args) => {
+            let socket = agent_config(cli.run).events_socket_path();
+            let request = tether_agent::events::EmitRequest {
+                kind: args.kind,
+                severity: args.severity,
+                message: args.message,
+                attributes: args.attributes.into_iter().collect(),
+                fingerprint: args.fingerprint,
+            };
+            tether_agent::events::emit(&socket, &request)?;
+            Ok(())
+        }
         Command::Run => {
             let config = agent_config(cli.run);
             config.validate()?;
             // One thread is plenty for one agent: it is idle most of the time, and what blocks
             // (sampling, journal writes) runs on the blocking pool. Each extra worker would cost
             // its stack and a malloc arena, against the agent's small memory budget.
+            // Blocking work (a sample every interval, spool and journal writes) is short and
+            // rare: one blocking thread, kept alive between samples instead of started anew
+            // each time, serves it; more threads would each bring a malloc arena.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(AGENT_BLOCKING_THREADS)
+                .thread_keep_alive(Duration::from_secs(5 * 60))
                 .build()
                 .context("start the tokio runtime")?;
             runtime.block_on(run_agent(config))
@@ -359,10 +465,12 @@ fn agent_config(args: RunArgs) -> AgentConfig {
         client_key,
         allow_exec,
         no_builtin_commands,
+        events,
     } = args;
     let mut config = AgentConfig::new(server, state_dir);
     config.commands.allow_exec = allow_exec;
     config.commands.builtins = !no_builtin_commands;
+    config.events = events_config(events);
     if ca_cert.is_some() || client_cert.is_some() || client_key.is_some() {
         config.tls = Some(tether_agent::ClientTls {
             ca_cert,
@@ -378,6 +486,51 @@ fn agent_config(args: RunArgs) -> AgentConfig {
     config.backoff = BackoffConfig::default();
     config.connect_timeout = connect_timeout;
     config
+}
+
+fn events_config(args: EventArgs) -> tether_agent::events::EventsConfig {
+    use tether_agent::events::config::Threshold;
+    let EventArgs {
+        event_spool_size,
+        event_socket,
+        event_socket_group,
+        event_rate_limit,
+        event_rate_window,
+        event_disk_threshold,
+        event_disk_for,
+        event_memory_threshold,
+        event_memory_for,
+        event_cpu_threshold,
+        event_cpu_for,
+        event_hysteresis,
+    } = args;
+    tether_agent::events::EventsConfig {
+        spool_bytes: event_spool_size,
+        socket: event_socket,
+        socket_group: event_socket_group,
+        rate_limit: event_rate_limit,
+        rate_window: event_rate_window,
+        disk: Threshold {
+            percent: event_disk_threshold,
+            sustained: event_disk_for,
+        },
+        memory: Threshold {
+            percent: event_memory_threshold,
+            sustained: event_memory_for,
+        },
+        cpu: Threshold {
+            percent: event_cpu_threshold,
+            sustained: event_cpu_for,
+        },
+        hysteresis: event_hysteresis,
+    }
+}
+
+/// Parses `--attr key=value` (split at the first `=`; the agent checks the rest).
+fn parse_attribute(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not key=value"))
 }
 
 /// A clap value parser that checks `raw` with `parse` and keeps it as a string.

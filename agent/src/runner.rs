@@ -36,9 +36,12 @@ use tether_proto::refusal::Refusal;
 
 use crate::backoff::Backoff;
 use crate::client::{self, EnrollCall, Transport};
-use crate::collector::{Collector, Sample, SystemInfo};
+use crate::collector::{AGENT_VERSION, Collector, Sample, SystemInfo};
 use crate::command::Commands;
 use crate::error::{Refused, after_refused_credential};
+use crate::events::Events;
+use crate::events::builtin;
+use crate::events::socket::SocketListener;
 use crate::session::{self, SessionContext, SessionEnd, Shared};
 use crate::state::{Credential, Enrollment, StateDir};
 use crate::{AgentConfig, AgentError, AgentStats};
@@ -186,7 +189,17 @@ pub async fn run(
     );
 
     let commands = Commands::open(&config.commands, state.path(), stats.clone())?;
-    let shared = Shared::new(config.buffer_capacity, stats.clone(), commands.clone());
+    let events = Events::open(&config.events, state.path(), stats.clone())?;
+    let socket = SocketListener::bind(
+        &config.events_socket_path(),
+        config.events.socket_group.as_deref(),
+    )?;
+    info!(socket = %socket.path().display(), "listening for events");
+    events
+        .record_logged(builtin::started(AGENT_VERSION, &instance_id))
+        .await;
+    let shared = Shared::new(config.buffer_capacity, stats.clone(), commands.clone())
+        .with_events(events.clone());
     let transport = Transport::Dial {
         server_url: config.server_url.clone(),
         local_address: None,
@@ -296,10 +309,22 @@ pub async fn run(
             }
         }
     };
+    // The socket and the rate limit's reports, beside the sessions on this task too.
+    let socket_server = crate::events::socket::serve(socket, events.clone());
+    let rate_reports = events.report_rate_limits();
     let result = tokio::select! {
         result = sessions => result,
         never = sampler => match never {},
+        never = socket_server => match never {},
+        never = rate_reports => match never {},
     };
+    // Recorded here if no session said goodbye with it: it is sent at the next start.
+    let reason = match &result {
+        Ok(()) => "shutdown".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    events.stopping(&reason).await;
+    events.close().await;
     // Whatever ended the agent (shutdown, revocation, a fatal error), no command outlives it:
     // running process groups are killed and will be reported AGENT_RESTARTED by the next
     // start (their accept is journaled, their end is not).
@@ -668,6 +693,9 @@ pub(crate) async fn sample_forever(
                 .unwrap_or_else(PoisonError::into_inner)
                 .sample()
         };
+        if let Some(events) = &shared.events {
+            events.observe(&sample).await;
+        }
         let (seq, dropped) = {
             let mut buffer = shared.buffer();
             let seq = buffer.push(sample);

@@ -35,6 +35,7 @@ use crate::collector::{AGENT_VERSION, SystemInfo};
 use crate::command::Commands;
 use crate::command::types::{InvalidOffer, Offer};
 use crate::convert;
+use crate::events::Events;
 use crate::latency::{ArrivalLog, LatencyHistogram};
 use crate::state::Enrollment;
 use crate::{AgentError, AgentStats};
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) offer_arrivals: Option<Arc<ArrivalLog>>,
     /// The command subsystem: invocations run and report across sessions.
     pub(crate) commands: Commands,
+    /// The event subsystem; `None` in the simulator, whose agents keep no spool.
+    pub(crate) events: Option<Events>,
 }
 
 /// Everything a session needs from the run loop.
@@ -133,6 +136,24 @@ pub(crate) struct Welcome {
     pub(crate) last_durable_seq: u64,
     /// Highest durable update seq per journaled invocation listed in `Hello`.
     pub(crate) invocation_acks: Vec<(String, u64)>,
+    /// Highest event seq the server settled for this agent.
+    pub(crate) last_durable_event_seq: u64,
+}
+
+/// The server's `EventAck`: every event at or below `durable_seq` is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EventAck {
+    pub(crate) durable_seq: u64,
+    /// Events of the acked report the server did not store.
+    pub(crate) rejected: Vec<EventRejection>,
+}
+
+/// One event the server refused to store, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EventRejection {
+    pub(crate) seq: u64,
+    pub(crate) code: tonic::Code,
+    pub(crate) reason: String,
 }
 
 /// The server's answer to a `Ping`.
@@ -177,6 +198,7 @@ pub(crate) enum ServerMessage {
     },
     /// (invocation id, highest durable seq) pairs.
     CommandAck(Vec<(String, u64)>),
+    EventAck(EventAck),
     /// A message type this agent does not know (sent by a newer server).
     Unknown,
 }
@@ -205,6 +227,10 @@ struct Session<'a> {
     commands_sent_through: u64,
     /// Earliest time the next `CommandReport` may go out.
     next_report_at: Instant,
+    /// Highest event seq already written to this stream.
+    events_sent_through: u64,
+    /// Last seq of each `EventReport` awaiting its ack, oldest first.
+    events_in_flight: VecDeque<u64>,
 }
 
 /// Why a send on the outbound stream did not happen.
@@ -228,6 +254,8 @@ pub(crate) async fn run_session(ctx: &SessionContext<'_>) -> SessionEnd {
         in_flight: VecDeque::new(),
         commands_sent_through: 0,
         next_report_at: Instant::now(),
+        events_sent_through: 0,
+        events_in_flight: VecDeque::new(),
     };
     let result = session.run(rx).await;
     ctx.shared.stats.session_closed();
@@ -286,6 +314,15 @@ impl Shared {
             ack_latency: None,
             offer_arrivals: None,
             commands,
+            events: None,
+        }
+    }
+
+    /// The same, with the event subsystem.
+    pub(crate) fn with_events(self, events: Events) -> Self {
+        Self {
+            events: Some(events),
+            ..self
         }
     }
 
@@ -383,7 +420,11 @@ impl Session<'_> {
             },
         };
         self.on_welcome(&welcome);
-        match self.flush_pending().await {
+        let flushed = match self.flush_pending().await {
+            Ok(()) => self.flush_events().await,
+            Err(failed) => Err(failed),
+        };
+        match flushed {
             Ok(()) => {}
             Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
             Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
@@ -463,6 +504,11 @@ impl Session<'_> {
                     Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
                     Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
                 },
+                () = events_ready(ctx.shared), if !ctx.shared.is_muted() => match self.flush_events().await {
+                    Ok(()) => {}
+                    Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                    Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                },
                 () = commands.ready().notified(), if !report_armed => {
                     report_armed = true;
                     report_timer.as_mut().reset(self.next_report_at.max(Instant::now()));
@@ -497,6 +543,11 @@ impl Session<'_> {
             .commands
             .on_welcome(&welcome.invocation_acks, welcome.server_time);
         self.commands_sent_through = 0;
+        if let Some(events) = &shared.events {
+            events.resume_after(welcome.last_durable_event_seq);
+        }
+        self.events_sent_through = 0;
+        self.events_in_flight.clear();
         shared.stats.session_established(&welcome.session_id);
         shared.metrics_interval.send_if_modified(|interval| {
             let changed = *interval != Some(welcome.metrics_interval);
@@ -560,6 +611,10 @@ impl Session<'_> {
             ServerMessage::CommandAck(acks) => {
                 self.mark_healthy();
                 self.ctx.shared.commands.ack(&acks);
+            }
+            ServerMessage::EventAck(ack) => {
+                self.mark_healthy();
+                self.on_event_ack(&ack);
             }
             ServerMessage::Welcome(welcome) => {
                 warn!(session_id = %welcome.session_id, "ignoring a second Welcome");
@@ -687,6 +742,15 @@ impl Session<'_> {
         mut inbound: Streaming<pb::ConnectResponse>,
     ) -> Result<SessionEnd, AgentError> {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
+        // The stop is an event too: recorded and sent (if the stream takes it in time) before
+        // the goodbye; otherwise it waits in the spool for the next start.
+        if let Some(events) = &self.ctx.shared.events {
+            events.stopping("shutdown").await;
+            let sent = tokio::time::timeout_at(deadline, self.flush_events_unless_closed()).await;
+            if sent.is_err() {
+                info!("could not send the last events before the deadline");
+            }
+        }
         let goodbye = convert::goodbye("shutdown");
         if tokio::time::timeout_at(deadline, self.tx.send(goodbye))
             .await
@@ -713,12 +777,21 @@ impl Session<'_> {
                         self.ctx.shared.apply_ack(durable_seq);
                     }
                     Ok(ServerMessage::CommandAck(acks)) => self.ctx.shared.commands.ack(&acks),
+                    Ok(ServerMessage::EventAck(ack)) => self.on_event_ack(&ack),
                     _ => {}
                 },
             }
         }
         info!("session closed for shutdown");
         Ok(SessionEnd::Shutdown)
+    }
+}
+
+/// Completes when the event subsystem has something new to send (never, without one).
+async fn events_ready(shared: &Shared) {
+    match &shared.events {
+        Some(events) => events.ready().notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -733,6 +806,8 @@ async fn cancellable<F: std::future::Future>(
         output = future => Some(output),
     }
 }
+
+mod events;
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,14 @@ pub struct AgentStats {
     invocations_accepted: AtomicU64,
     invocations_started: AtomicU64,
     invocations_finished: AtomicU64,
+    events_spooled: AtomicU64,
+    events_sent: AtomicU64,
+    events_acked_seq: AtomicU64,
+    events_pending: AtomicU64,
+    events_spool_bytes: AtomicU64,
+    events_dropped: AtomicU64,
+    events_rate_limited: AtomicU64,
+    events_rejected: AtomicU64,
     last_rtt_micros: AtomicU64,
     last_clock_offset_micros: AtomicI64,
     agent_id: Mutex<Option<String>>,
@@ -52,11 +60,90 @@ impl AgentStats {
             invocations_accepted: AtomicU64::new(0),
             invocations_started: AtomicU64::new(0),
             invocations_finished: AtomicU64::new(0),
+            events_spooled: AtomicU64::new(0),
+            events_sent: AtomicU64::new(0),
+            events_acked_seq: AtomicU64::new(0),
+            events_pending: AtomicU64::new(0),
+            events_spool_bytes: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            events_rate_limited: AtomicU64::new(0),
+            events_rejected: AtomicU64::new(0),
             last_rtt_micros: AtomicU64::new(NO_RTT),
             last_clock_offset_micros: AtomicI64::new(NO_OFFSET),
             agent_id: Mutex::new(None),
             session_id: Mutex::new(None),
         }
+    }
+
+    /// Events appended to the spool (the agent's own included).
+    pub fn events_spooled(&self) -> u64 {
+        self.events_spooled.load(Ordering::Relaxed)
+    }
+
+    /// Events written to a stream, re-sends included.
+    pub fn events_sent(&self) -> u64 {
+        self.events_sent.load(Ordering::Relaxed)
+    }
+
+    /// Highest event seq the server acknowledged.
+    pub fn events_acked_seq(&self) -> u64 {
+        self.events_acked_seq.load(Ordering::Relaxed)
+    }
+
+    /// Events in the spool not yet acknowledged (about: a partly acknowledged segment counts
+    /// whole).
+    pub fn events_pending(&self) -> u64 {
+        self.events_pending.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the spool on disk.
+    pub fn events_spool_bytes(&self) -> u64 {
+        self.events_spool_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Events the full spool dropped.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events the rate limit dropped.
+    pub fn events_rate_limited(&self) -> u64 {
+        self.events_rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Events the server rejected (listed in an `EventAck`).
+    pub fn events_rejected(&self) -> u64 {
+        self.events_rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn event_spooled(&self) {
+        self.events_spooled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_events_sent(&self, n: usize) {
+        self.events_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn events_acked(&self, seq: u64) {
+        self.events_acked_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_events(&self, pending: u64, spool_bytes: u64) {
+        self.events_pending.store(pending, Ordering::Relaxed);
+        self.events_spool_bytes
+            .store(spool_bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_events_dropped(&self, n: u64) {
+        self.events_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn event_rate_limited(&self) {
+        self.events_rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_events_rejected(&self, n: usize) {
+        self.events_rejected.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Whether a session is established (a `Welcome` arrived and the stream is still open).
