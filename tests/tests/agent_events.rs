@@ -13,9 +13,14 @@ use tether_tests::{
     trace_init,
 };
 
-/// Server settings for these tests: short intervals, and an event rate above what a test
-/// replays at once (the spool, not the server's rate limit, is under test here).
+/// Server settings for these tests: short intervals, the default event rate.
 fn server_config(data_dir: &Path) -> tether_server::config::Config {
+    fast_config(data_dir)
+}
+
+/// Server settings for a test that floods the spool: thousands of events within seconds are
+/// over any sane rate, and the spool, not the server's rate limit, is under test.
+fn flood_server_config(data_dir: &Path) -> tether_server::config::Config {
     let mut config = fast_config(data_dir);
     config.events.rate_per_minute = 1_000_000;
     config
@@ -333,7 +338,7 @@ async fn spooled_events_survive_an_agent_restart_and_a_server_outage() {
 async fn a_full_spool_drops_the_lowest_severity_first_and_reports_it() {
     trace_init();
     let data = tempfile::tempdir().expect("data dir");
-    let server = TestServer::start(server_config(data.path())).await;
+    let server = TestServer::start(flood_server_config(data.path())).await;
     let addr = server.addr;
     let small = EventsConfig {
         spool_bytes: tether_agent::events::spool::MIN_SPOOL_BYTES,
@@ -375,7 +380,7 @@ async fn a_full_spool_drops_the_lowest_severity_first_and_reports_it() {
     }
     let n_dropped = agent.handle.stats.events_dropped();
 
-    let server = TestServer::start_at(addr, server_config(data.path())).await;
+    let server = TestServer::start_at(addr, flood_server_config(data.path())).await;
     let report = eventually_within(EVENTUALLY * 3, "the drop report", || async {
         list_events(&server, &agent_id)
             .await

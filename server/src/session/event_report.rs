@@ -69,9 +69,10 @@ pub(super) async fn ingest(
             Err(e) => rejected.push(rejection(seq, Code::InvalidArgument, e.0)),
         }
     }
+    let times: Vec<SystemTime> = accepted.iter().map(|event| event.time).collect();
     let admission = events
         .limiter
-        .admit(&session.agent, accepted.len(), Instant::now());
+        .admit(&session.agent, &times, now, Instant::now());
     let limit = events.limiter.per_minute();
     for dropped in accepted.drain(admission.admitted..) {
         rejected.push(rejection(

@@ -176,6 +176,33 @@ async fn bad_events_are_rejected_alone_and_bad_reports_end_the_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_an_hour_spooled_at_the_rate_is_stored_whole() {
+    // The default rate (600 a minute); an agent back from an hour's outage sends what it
+    // spooled meanwhile, 3,000 events a little over a second apart, all at once.
+    let world = World::with(|_| {}).await;
+    let (_, _, mut session, _) = world.agent("returning").await;
+    let now = std::time::SystemTime::now();
+    let spooled: Vec<_> = (1..=3_000u64)
+        .map(|seq| {
+            let mut event = agent_event(seq, "app.job_done", pb::EventSeverity::Info);
+            let ago = Duration::from_millis(1_200) * u32::try_from(3_000 - seq).expect("small");
+            event.time = Some((now - ago).into());
+            event
+        })
+        .collect();
+    for report in spooled.chunks(tether_proto::event::MAX_EVENTS_PER_REPORT) {
+        let ack = session.report_events(report.to_vec()).await.expect("ack");
+        assert_eq!(ack.rejected, Vec::new(), "nothing refused");
+    }
+    let client = world.events().await;
+    assert_eq!(
+        list_all(&client, pb::EventFilter::default()).await.len(),
+        3_000
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_over_the_agents_rate_are_rejected_counted_and_reported_once_per_window() {
     let world = World::with(|config| {
         config.events.rate_per_minute = 5;
