@@ -6,7 +6,8 @@
 //! This file is its own test binary with one test, so the capturing subscriber can be the global
 //! default (seen by every tokio worker thread) without affecting other tests.
 
-use std::io::Write;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tether_proto as pb;
@@ -15,28 +16,91 @@ use tether_tests::{
 };
 use tonic::Code;
 
-/// Every byte logged, from every thread.
+/// Every line logged, from every thread: each event with its fields, each span's fields when
+/// the span is created or recorded.
+///
+/// A subscriber of its own rather than `tracing_subscriber::fmt`: the fmt layer formats into a
+/// thread-local buffer, and an event logged while a thread's locals are being destroyed (a
+/// runtime or pool thread ending, at TRACE) makes that buffer's access panic, which aborts the
+/// process ("thread local panicked on drop"). This one keeps no thread-local state.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+struct Capture {
+    lines: Arc<Mutex<Vec<u8>>>,
+    next_span: Arc<AtomicU64>,
 }
 
 impl Capture {
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        String::from_utf8_lossy(&self.lines.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
+
+    fn push(&self, mut line: Fields) {
+        line.0.push('\n');
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(line.0.as_bytes());
+    }
+}
+
+/// One captured line: a head, then ` name=value` per field (values as the fmt layer shows them:
+/// `Display` for `%` fields, `Debug` otherwise).
+struct Fields(String);
+
+impl Fields {
+    fn head(kind: &str, metadata: &tracing::Metadata<'_>) -> Self {
+        Fields(format!(
+            "{kind} {} {}: {}",
+            metadata.level(),
+            metadata.target(),
+            metadata.name()
+        ))
+    }
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let _ = write!(self.0, " {}={value}", field.name());
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut line = Fields::head("span", span.metadata());
+        span.record(&mut line);
+        self.push(line);
+        tracing::span::Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut line = Fields("span record".to_owned());
+        values.record(&mut line);
+        self.push(line);
+    }
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Fields::head("event", event.metadata());
+        event.record(&mut line);
+        self.push(line);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// Every `tether_<hex id>_<hex secret>` in `text` (the CLI prints secrets it creates once).
@@ -62,12 +126,8 @@ fn secret_half(token: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_any_log_line_or_error_message() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .try_init()
+    // Also installs the `log` bridge, for the crates that log through `log` (sled).
+    tracing_subscriber::util::SubscriberInitExt::try_init(capture.clone())
         .expect("the only subscriber of this test binary");
 
     let dir = tempfile::tempdir().expect("tempdir");
