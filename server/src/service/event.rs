@@ -48,11 +48,10 @@ impl EventService {
     ) -> Option<HashSet<AgentId>> {
         let by_id = (!ids.is_empty()).then(|| ids.into_iter().collect::<HashSet<_>>());
         let by_label = selector.map(|s| {
-            // No id is named, so resolving cannot fail.
             self.state
                 .registry
                 .resolve_targets(org, &[], Some(s))
-                .unwrap_or_default()
+                .expect("resolving fails only for a named id, and none is named")
                 .into_iter()
                 .map(|t| t.id)
                 .collect::<HashSet<_>>()
