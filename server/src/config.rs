@@ -558,6 +558,7 @@ impl Config {
             return invalid("the store stall limit must be greater than zero".to_owned());
         }
         self.commands.validate()?;
+        self.events.validate()?;
         let st = &self.storage;
         for (name, value) in [
             ("metrics retention", st.metrics_retention),

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::ConfigError;
 use crate::domain::{AgentId, OrgId};
 use crate::error::ServerError;
 use crate::store::{EventTable, Store};
@@ -74,6 +75,42 @@ impl Default for EventsConfig {
             rate_window: rate::DEFAULT_WINDOW,
             max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
         }
+    }
+}
+
+impl EventsConfig {
+    /// Checks the settings against each other.
+    ///
+    /// A zero fingerprint window is valid: every event is then its own stored event.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] names the setting that cannot work: a zero retention, rate or
+    /// rate window (every event would be dropped or deleted at once), or counts kept for less
+    /// time than the raw events they count.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.retention.is_zero() || self.stats_retention.is_zero() {
+            return invalid(
+                "event retention and event stats retention must be greater than zero".into(),
+            );
+        }
+        if self.stats_retention < self.retention {
+            return invalid(format!(
+                "event stats retention ({}) must be at least the event retention ({}): the \
+                 hourly counts answer for every event still kept",
+                humantime::format_duration(self.stats_retention),
+                humantime::format_duration(self.retention)
+            ));
+        }
+        if self.rate_per_minute == 0 || self.rate_window.is_zero() || self.max_seq_jump == 0 {
+            return invalid(
+                "the event rate per minute, its window and the seq jump limit must be greater \
+                 than zero"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -286,5 +323,36 @@ pub async fn run_retention(
             Ok(removed) => tracing::info!(removed, "event retention removed old entries"),
             Err(e) => tracing::warn!("event retention failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(config: &EventsConfig) -> String {
+        config.validate().expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn settings_that_would_drop_or_delete_every_event_are_refused() {
+        EventsConfig::default()
+            .validate()
+            .expect("defaults are valid");
+        let with = |f: fn(&mut EventsConfig)| {
+            let mut c = EventsConfig::default();
+            f(&mut c);
+            c
+        };
+        assert!(err(&with(|c| c.retention = Duration::ZERO)).contains("retention"));
+        assert!(err(&with(|c| c.rate_per_minute = 0)).contains("rate"));
+        assert!(err(&with(|c| c.rate_window = Duration::ZERO)).contains("rate"));
+        assert!(err(&with(|c| c.max_seq_jump = 0)).contains("seq"));
+        let shorter = with(|c| c.stats_retention = c.retention - Duration::from_secs(1));
+        assert!(err(&shorter).contains("at least the event retention"));
+        // A zero fingerprint window only turns folding off.
+        with(|c| c.fingerprint_window = Duration::ZERO)
+            .validate()
+            .expect("a zero fingerprint window is valid");
     }
 }
