@@ -138,9 +138,13 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     sessions_heartbeat_interval: Duration,
 
-    /// Query calls per RPC in the sessions phase.
+    /// Query calls per RPC in the sessions phase (at least; they go on for the query window).
     #[arg(long, default_value_t = 300)]
     queries: usize,
+
+    /// How long the sessions phase's queries run while the sessions keep sending.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    sessions_query_window: Duration,
 
     /// Fan-outs of `noop` to the agents on their own connections in the commands phase.
     #[arg(long, default_value_t = 3)]
