@@ -16,7 +16,7 @@
 //! conflict check of a replacing session) are in `registry/identity.rs`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
@@ -88,6 +88,10 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// When sessions replacing each other are an identity conflict.
     conflict: ConflictPolicy,
+    /// Bumped, under the write lock, whenever which agents a label selector selects may have
+    /// changed (labels changed, an agent registered or removed), so that selector matches
+    /// can be cached until it moves.
+    selection_epoch: AtomicU64,
 }
 
 /// The registry's wall clock: the system's, or in unit tests one that follows tokio's (paused)
@@ -226,6 +230,7 @@ impl Registry {
                 window: crate::config::DEFAULT_IDENTITY_CONFLICT_WINDOW,
                 max_replacements: crate::config::DEFAULT_IDENTITY_CONFLICT_REPLACEMENTS,
             },
+            selection_epoch: AtomicU64::new(0),
         }
     }
 

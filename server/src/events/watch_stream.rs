@@ -4,18 +4,22 @@
 //! at a time ([`PAGE`]), and waits on the org's committed cursor (a `watch` channel: one value,
 //! never a queue) when it has read everything. A watcher that stops reading holds one page and
 //! costs no one else anything; one that resumes from its last cursor gets exactly the changes
-//! after it that are still retained.
+//! after it that are still retained. A label selector is matched against each event's agent as
+//! the event is delivered ([`LiveSelection`]), so agents enrolled or relabelled after the watch
+//! opened are followed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tether_proto::selector::Selector;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, Change, ChangeEntry, EventRecord};
 use super::{Events, Filter};
-use crate::domain::{OrgId, TokenId};
+use crate::domain::{AgentId, OrgId, TokenId};
 use crate::error::ServerError;
+use crate::registry::Registry;
 use crate::store::EventTable;
 
 /// Most changes one read of the store returns.
@@ -117,6 +121,45 @@ pub enum WatchItem {
     CaughtUp { cursor: u64 },
 }
 
+/// A watch's label selector, matched against the registry's labels of each event's agent when
+/// the event is delivered. Answers are cached per agent until the registry's selection epoch
+/// moves (labels changed, an agent registered or removed), so a steady fleet costs one map
+/// lookup per event.
+pub struct LiveSelection {
+    registry: Arc<Registry>,
+    selector: Selector,
+    epoch: u64,
+    cache: HashMap<AgentId, bool>,
+}
+
+impl LiveSelection {
+    pub fn new(registry: Arc<Registry>, selector: Selector) -> Self {
+        let epoch = registry.selection_epoch();
+        Self {
+            registry,
+            selector,
+            epoch,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn selects(&mut self, org: &OrgId, agent: &AgentId) -> bool {
+        let epoch = self.registry.selection_epoch();
+        if epoch != self.epoch {
+            self.cache.clear();
+            self.epoch = epoch;
+        }
+        if let Some(&selected) = self.cache.get(agent) {
+            return selected;
+        }
+        let (selected, at) = self.registry.selects(org, agent, &self.selector);
+        if at == self.epoch {
+            self.cache.insert(agent.clone(), selected);
+        }
+        selected
+    }
+}
+
 /// Why a cursor cannot be resumed.
 #[derive(Debug)]
 pub enum CursorError {
@@ -130,6 +173,7 @@ pub struct EventWatch {
     events: Arc<Events>,
     org: OrgId,
     filter: Filter,
+    selection: Option<LiveSelection>,
     after: u64,
     committed: watch::Receiver<u64>,
     queue: VecDeque<WatchItem>,
@@ -140,15 +184,18 @@ pub struct EventWatch {
 }
 
 impl EventWatch {
-    /// Starts after `cursor` (`None`: after the newest change).
+    /// Starts after `cursor` (`None`: after the newest change), delivering the changes of
+    /// events that `filter` and `selection` (if any) both match.
     ///
     /// # Errors
     ///
     /// [`CursorError`] for a cursor that cannot be resumed; the store's errors.
+    #[allow(clippy::too_many_arguments)] // One per independent part of a watch; built in one place.
     pub fn start(
         events: Arc<Events>,
         org: OrgId,
         filter: Filter,
+        selection: Option<LiveSelection>,
         cursor: Option<u64>,
         slot: WatchSlot,
         shutdown: CancellationToken,
@@ -180,6 +227,7 @@ impl EventWatch {
             events,
             org,
             filter,
+            selection,
             after,
             committed,
             queue: VecDeque::new(),
@@ -242,7 +290,8 @@ impl EventWatch {
             else {
                 continue;
             };
-            if self.filter.matches(&event) {
+            let selected = |s: &mut LiveSelection| s.selects(&self.org, &event.agent);
+            if self.filter.matches(&event) && self.selection.as_mut().is_none_or(selected) {
                 self.queue.push_back(WatchItem::Change {
                     cursor,
                     change: change.change,

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tether_proto::selector::Selector;
 
@@ -181,6 +182,26 @@ impl Registry {
             }
         }
         Ok(out.into_values().collect())
+    }
+
+    /// Whether `selector` selects `agent` of `org` by its labels now (whatever its status: an
+    /// agent reporting is not expired), with the selection epoch it was read at: the answer
+    /// holds until [`Registry::selection_epoch`] moves past it.
+    pub fn selects(&self, org: &OrgId, agent: &AgentId, selector: &Selector) -> (bool, u64) {
+        // The epoch before the labels: a change in between moves the epoch past this answer.
+        let epoch = self.selection_epoch();
+        let inner = self.read();
+        let selected = inner
+            .orgs
+            .get(org)
+            .and_then(|agents| agents.get(agent))
+            .is_some_and(|entry| selector.matches(&entry.record().labels));
+        (selected, epoch)
+    }
+
+    /// The epoch of [`Registry::selects`]' answers.
+    pub fn selection_epoch(&self) -> u64 {
+        self.selection_epoch.load(Ordering::Acquire)
     }
 
     /// The counts of `GetFleetSummary` for `org`, as kept by its index.

@@ -23,6 +23,7 @@
 //! would let a watcher that never reads pin a whole old copy of its org once the agents change.)
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -231,6 +232,12 @@ impl Registry {
         now: SystemTime,
     ) {
         inner.revision += 1;
+        if matches!(
+            kind,
+            EventKind::Registered | EventKind::LabelsChanged | EventKind::Removed
+        ) {
+            self.selection_epoch.fetch_add(1, Ordering::Release);
+        }
         let Inner {
             orgs,
             feeds,

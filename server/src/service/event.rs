@@ -19,7 +19,7 @@ use crate::convert;
 use crate::convert::event::FilterRequest;
 use crate::domain::{AgentId, OrgId};
 use crate::error::ServerError;
-use crate::events::watch_stream::{CursorError, EventWatch};
+use crate::events::watch_stream::{CursorError, EventWatch, LiveSelection};
 use crate::events::{Action, Filter, Target, query};
 use crate::service::AppState;
 
@@ -205,7 +205,14 @@ impl pb::event_service_server::EventService for EventService {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let caller = auth::caller(&request)?;
         let pb::WatchEventsRequest { filter, cursor } = request.into_inner();
-        let mut filter = self.filter(&caller.org, convert::event::filter_from_pb(filter)?);
+        let FilterRequest {
+            mut filter,
+            agent_ids,
+            selector,
+        } = convert::event::filter_from_pb(filter)?;
+        // Ids are fixed; the selector follows the fleet as it changes (`LiveSelection`).
+        filter.agents = self.agents(&caller.org, agent_ids, None);
+        let selection = selector.map(|s| LiveSelection::new(self.state.registry.clone(), s));
         // A watch follows changes as they happen: the time range is a listing's.
         filter.start_ms = None;
         filter.end_ms = None;
@@ -216,6 +223,7 @@ impl pb::event_service_server::EventService for EventService {
             state.events.clone(),
             caller.org.clone(),
             filter,
+            selection,
             cursor,
             slot,
             state.shutdown.clone(),

@@ -257,3 +257,65 @@ async fn event_watches_are_capped_per_token_and_a_closed_one_frees_its_place() {
     until_caught_up(&mut third).await;
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_watch_follows_agents_enrolled_and_relabelled_after_it_opened() {
+    let world = World::new().await;
+    let (dev_id, dev_credential, mut dev, _) = world.agent("dev-box").await;
+    let client = world.events().await;
+    let prod_only = pb::EventFilter {
+        label_selector: "env=prod".into(),
+        ..Default::default()
+    };
+    let mut live = watch(&client, prod_only, "").await.expect("watch");
+    let (replayed, _) = until_caught_up(&mut live).await;
+    assert!(replayed.is_empty());
+
+    // Enrolled after the watch opened, labelled prod: followed.
+    let (prod_id, prod_credential) = world.server.enroll("prod-box", &[("env", "prod")]).await;
+    let (mut prod, _) = RawSession::hello_with(
+        &world.server,
+        &prod_credential,
+        tether_tests::hello(&prod_id, "prod-box", &[("env", "prod")]),
+    )
+    .await
+    .expect("prod session");
+    dev.report_events(vec![agent_event(1, "app.dev", pb::EventSeverity::Info)])
+        .await
+        .expect("ack");
+    prod.report_events(vec![agent_event(1, "app.prod", pb::EventSeverity::Info)])
+        .await
+        .expect("ack");
+    let first = next(&mut live).await;
+    let event = first.event.expect("event");
+    assert_eq!(
+        (event.agent_id.as_str(), event.kind.as_str()),
+        (prod_id.as_str(), "app.prod"),
+        "the dev agent's event is not one the selector selects"
+    );
+
+    // The dev agent comes back labelled prod: its events follow from then on.
+    drop(dev);
+    let (mut relabelled, _) = RawSession::hello_with(
+        &world.server,
+        &dev_credential,
+        tether_tests::hello(&dev_id, "dev-box", &[("env", "prod")]),
+    )
+    .await
+    .expect("relabelled session");
+    relabelled
+        .report_events(vec![agent_event(
+            2,
+            "app.now-prod",
+            pb::EventSeverity::Info,
+        )])
+        .await
+        .expect("ack");
+    let second = next(&mut live).await.event.expect("event");
+    assert_eq!(
+        (second.agent_id.as_str(), second.kind.as_str()),
+        (dev_id.as_str(), "app.now-prod")
+    );
+    drop((prod, relabelled));
+    world.stop().await;
+}
