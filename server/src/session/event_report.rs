@@ -28,8 +28,9 @@ fn rejection(seq: u64, code: Code, reason: String) -> pb::EventRejection {
 ///
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for a report of the wrong shape or a seq too far ahead; `INTERNAL` or
-/// `UNAVAILABLE` when the commit failed (nothing of the report is stored: the agent re-sends).
+/// `INVALID_ARGUMENT` for a report of the wrong shape or a seq too far ahead; `UNAVAILABLE`
+/// when the commit failed or the server is stopping (nothing of the report is stored: the agent
+/// reconnects and re-sends).
 pub(super) async fn ingest(
     events: &Events,
     session: &Session,
@@ -109,7 +110,20 @@ pub(super) async fn ingest(
             accepted,
             max_seq,
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The commit failed: nothing of the report is stored, and the agent still holds it.
+            // UNAVAILABLE, as for samples, tells it to reconnect and send again.
+            ServerError::Store(_) | ServerError::Internal(_) => {
+                tracing::error!(agent = %session.agent, org = %session.org, error = %e,
+                    "an event report could not be stored; the session ends for the agent to re-send");
+                Status::unavailable(
+                    "the server could not store this session's events; reconnect and send again \
+                     after the Welcome's last_durable_event_seq",
+                )
+            }
+            other => other.into(),
+        })?;
     Ok(pb::EventAck {
         durable_seq,
         rejected,

@@ -106,3 +106,49 @@ async fn a_failed_commit_loses_nothing_acknowledged_and_skips_no_audit_record() 
         "acked up to {acked}"
     );
 }
+
+/// An event report whose commit fails ends the session UNAVAILABLE (as samples do): nothing of
+/// it is stored or acknowledged, the agent re-sends it on its next session, and it is then
+/// stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_event_commit_ends_the_session_unavailable_and_the_resend_is_stored_once() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, store) = TestServer::start_failing(fast_config(dir.path())).await;
+    let (id, credential) = server.enroll("events-during-failure", &[]).await;
+    let host = "events-during-failure";
+    let (mut session, _) = RawSession::hello(&server, &id, &credential, host)
+        .await
+        .expect("session");
+    let event = tether_tests::agent_event(1, "disk.failing", pb::EventSeverity::Error);
+
+    store.fail(true);
+    let status = session
+        .report_events(vec![event.clone()])
+        .await
+        .expect_err("the commit fails");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("send again"), "{status:?}");
+
+    store.fail(false);
+    let (mut session, welcome) = eventually("a new session once the disk recovers", || async {
+        RawSession::hello(&server, &id, &credential, host)
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(welcome.last_durable_event_seq, 0, "nothing was stored");
+    let ack = session.report_events(vec![event]).await.expect("ack");
+    assert_eq!(ack.durable_seq, 1);
+    let listed = server
+        .events()
+        .await
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .events;
+    assert_eq!(listed.len(), 1, "stored once: {listed:?}");
+    drop(session);
+    server.stop().await;
+}
