@@ -252,10 +252,12 @@ impl Events {
     ) -> Result<u64, ServerError> {
         self.run(|done| {
             task::Job::Report(task::ReportJob {
-                org,
-                agent,
-                events,
-                max_seq,
+                report: task::Report {
+                    org,
+                    agent,
+                    events,
+                    max_seq,
+                },
                 done,
             })
         })

@@ -29,13 +29,18 @@ const LIFECYCLE_CHUNK: usize = 128;
 const PURGE_CHUNK: usize = 256;
 
 /// One agent report's events, checked and within the agent's rate.
-pub struct ReportJob {
+pub struct Report {
     pub org: OrgId,
     pub agent: AgentId,
     pub events: Vec<NewEvent>,
     /// The highest seq of the report, rejected events included: all are settled once this
     /// commits.
     pub max_seq: u64,
+}
+
+/// A report queued for the task.
+pub struct ReportJob {
+    pub report: Report,
     /// The agent's settled mark after the commit.
     pub done: oneshot::Sender<Result<u64, ServerError>>,
 }
@@ -170,57 +175,20 @@ pub struct Task {
     pub jobs: mpsc::Receiver<Job>,
 }
 
-impl Task {
-    /// Runs until `shutdown` (finishing the job at hand) or until every sender is gone.
-    pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
-        let mut pending: Option<Job> = None;
-        loop {
-            let job = match pending.take() {
-                Some(job) => job,
-                None => tokio::select! {
-                    job = self.jobs.recv() => match job {
-                        Some(job) => job,
-                        None => return,
-                    },
-                    () = shutdown.cancelled() => return,
-                },
-            };
-            match job {
-                Job::Report(first) => {
-                    let mut reports = vec![first];
-                    let mut n_events = reports[0].events.len();
-                    while n_events * 3 < MAX_BATCH_WRITES {
-                        match self.jobs.try_recv() {
-                            Ok(Job::Report(next)) => {
-                                n_events += next.events.len();
-                                reports.push(next);
-                            }
-                            Ok(other) => {
-                                pending = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.reports(reports).await;
-                }
-                Job::Lifecycle(job) => {
-                    let result = self.lifecycle(&job).await;
-                    let _ = job.done.send(result); // the caller may have gone: nothing to tell
-                }
-                Job::Purge(job) => {
-                    let result = self.purge(&job).await;
-                    let _ = job.done.send(result); // the caller may have gone: nothing to tell
-                }
-            }
-        }
-    }
+/// Plans reports and changes into an overlay's writes: the reads and rules of a commit, apart
+/// from the commit itself.
+struct Planner<'a> {
+    store: &'a dyn Store,
+    shared: &'a Shared,
+    config: &'a EventsConfig,
+}
 
+impl Planner<'_> {
     /// The cursor after which `org`'s next change goes: the overlay's, else the last stored.
     fn next_cursor(&self, overlay: &mut Overlay<'_>, org: &OrgId) -> Result<u64, ServerError> {
         let last = match overlay.cursors.get(org) {
             Some(c) => *c,
-            None => self.shared.last_cursor(&*self.store, org)?,
+            None => self.shared.last_cursor(self.store, org)?,
         };
         overlay.cursors.insert(org.clone(), last + 1);
         Ok(last + 1)
@@ -245,63 +213,11 @@ impl Task {
         Ok(())
     }
 
-    /// Commits `overlay`'s writes (with `audit`), then tells watchers of the new cursors.
-    async fn commit(
-        &self,
-        overlay: Overlay<'_>,
-        audit: Option<AuditEntry>,
-    ) -> Result<(), ServerError> {
-        let Overlay {
-            writes, cursors, ..
-        } = overlay;
-        if writes.is_empty() && audit.is_none() {
-            return Ok(());
-        }
-        self.writer
-            .reserve()
-            .await?
-            .submit(writes, audit)?
-            .wait()
-            .await?;
-        for (org, cursor) in cursors {
-            self.shared.publish(&org, cursor);
-        }
-        Ok(())
-    }
-
-    async fn reports(&self, reports: Vec<ReportJob>) {
-        let mut overlay = Overlay::new(&*self.store);
-        let now_ms = keys::millis(std::time::SystemTime::now());
-        let mut answers = Vec::with_capacity(reports.len());
-        for report in reports {
-            let result = self.report(&mut overlay, &report, now_ms);
-            answers.push((report.done, result));
-        }
-        match self.commit(overlay, None).await {
-            Ok(()) => {
-                for (done, result) in answers {
-                    let _ = done.send(result); // a session that ended needs no answer
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "events not stored: the commit failed");
-                let text = e.to_string();
-                for (done, _) in answers {
-                    let error = match &e {
-                        ServerError::Unavailable => ServerError::Unavailable,
-                        _ => ServerError::Internal(text.clone()),
-                    };
-                    let _ = done.send(Err(error)); // a session that ended needs no answer
-                }
-            }
-        }
-    }
-
     /// Plans one report's writes into `overlay`: nothing if it is refused.
     fn report(
         &self,
         overlay: &mut Overlay<'_>,
-        report: &ReportJob,
+        report: &Report,
         now_ms: u64,
     ) -> Result<u64, ServerError> {
         let (org, agent) = (&report.org, &report.agent);
@@ -423,6 +339,113 @@ impl Task {
             keys::agent_hour_key(hour, agent, event.severity, &event.kind),
         )
     }
+}
+
+impl Task {
+    fn planner(&self) -> Planner<'_> {
+        Planner {
+            store: &*self.store,
+            shared: &self.shared,
+            config: &self.config,
+        }
+    }
+
+    /// Runs until `shutdown` (finishing the job at hand) or until every sender is gone.
+    pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut pending: Option<Job> = None;
+        loop {
+            let job = match pending.take() {
+                Some(job) => job,
+                None => tokio::select! {
+                    job = self.jobs.recv() => match job {
+                        Some(job) => job,
+                        None => return,
+                    },
+                    () = shutdown.cancelled() => return,
+                },
+            };
+            match job {
+                Job::Report(first) => {
+                    let mut reports = vec![first];
+                    let mut n_events = reports[0].report.events.len();
+                    while n_events * 3 < MAX_BATCH_WRITES {
+                        match self.jobs.try_recv() {
+                            Ok(Job::Report(next)) => {
+                                n_events += next.report.events.len();
+                                reports.push(next);
+                            }
+                            Ok(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.reports(reports).await;
+                }
+                Job::Lifecycle(job) => {
+                    let result = self.lifecycle(&job).await;
+                    let _ = job.done.send(result); // the caller may have gone: nothing to tell
+                }
+                Job::Purge(job) => {
+                    let result = self.purge(&job).await;
+                    let _ = job.done.send(result); // the caller may have gone: nothing to tell
+                }
+            }
+        }
+    }
+
+    /// Commits `overlay`'s writes (with `audit`), then tells watchers of the new cursors.
+    async fn commit(
+        &self,
+        overlay: Overlay<'_>,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), ServerError> {
+        let Overlay {
+            writes, cursors, ..
+        } = overlay;
+        if writes.is_empty() && audit.is_none() {
+            return Ok(());
+        }
+        self.writer
+            .reserve()
+            .await?
+            .submit(writes, audit)?
+            .wait()
+            .await?;
+        for (org, cursor) in cursors {
+            self.shared.publish(&org, cursor);
+        }
+        Ok(())
+    }
+
+    async fn reports(&self, reports: Vec<ReportJob>) {
+        let mut overlay = Overlay::new(&*self.store);
+        let now_ms = keys::millis(std::time::SystemTime::now());
+        let mut answers = Vec::with_capacity(reports.len());
+        for report in reports {
+            let result = self.planner().report(&mut overlay, &report.report, now_ms);
+            answers.push((report.done, result));
+        }
+        match self.commit(overlay, None).await {
+            Ok(()) => {
+                for (done, result) in answers {
+                    let _ = done.send(result); // a session that ended needs no answer
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "events not stored: the commit failed");
+                let text = e.to_string();
+                for (done, _) in answers {
+                    let error = match &e {
+                        ServerError::Unavailable => ServerError::Unavailable,
+                        _ => ServerError::Internal(text.clone()),
+                    };
+                    let _ = done.send(Err(error)); // a session that ended needs no answer
+                }
+            }
+        }
+    }
 
     async fn lifecycle(&self, job: &LifecycleJob) -> Result<u64, ServerError> {
         let org = &job.org;
@@ -477,7 +500,13 @@ impl Task {
                 let value =
                     keys::encode(&record).map_err(|e| ServerError::Internal(e.to_string()))?;
                 overlay.put(org, EventTable::Events, key.clone(), value);
-                self.log_change(&mut overlay, org, key.clone(), job.action.change(), now_ms)?;
+                self.planner().log_change(
+                    &mut overlay,
+                    org,
+                    key.clone(),
+                    job.action.change(),
+                    now_ms,
+                )?;
             }
             // The audit entry goes with the last chunk: it records the call's success.
             let audit = chunks.peek().is_none().then(|| job.audit.clone());
@@ -571,3 +600,72 @@ impl Task {
         }
     }
 }
+
+/// Stores reports exactly as the task does (dedupe marks, fingerprint repeats, hourly counts,
+/// the change log), one commit per call, straight into a store that no server runs on: a bulk
+/// load of history, such as the fleet benchmark's 30-day backfill. Nothing else may write the
+/// events of the same store meanwhile (the task's own invariant: one writer of events).
+pub struct BulkLoader {
+    store: Arc<dyn Store>,
+    shared: Shared,
+    config: EventsConfig,
+}
+
+/// What one [`BulkLoader::load`] did.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Each report's settled mark, or why it was refused (nothing of it stored).
+    pub settled: Vec<Result<u64, ServerError>>,
+    /// Entries the commit wrote.
+    pub writes: usize,
+    /// Time spent planning (reading the store) and committing (applying and flushing).
+    pub planned_in: std::time::Duration,
+    pub committed_in: std::time::Duration,
+}
+
+impl BulkLoader {
+    pub fn new(store: Arc<dyn Store>, config: EventsConfig) -> Self {
+        Self {
+            store,
+            shared: Shared::default(),
+            config,
+        }
+    }
+
+    /// Plans `reports` in order as one commit of the task would (received at `now_ms`), then
+    /// commits the writes directly with the store and flushes them.
+    ///
+    /// # Errors
+    ///
+    /// The store's, planning or committing; a failed commit stores nothing.
+    pub fn load(&self, reports: &[Report], now_ms: u64) -> Result<Loaded, ServerError> {
+        let started = std::time::Instant::now();
+        let planner = Planner {
+            store: &*self.store,
+            shared: &self.shared,
+            config: &self.config,
+        };
+        let mut overlay = Overlay::new(&*self.store);
+        let settled = reports
+            .iter()
+            .map(|report| planner.report(&mut overlay, report, now_ms))
+            .collect();
+        let Overlay {
+            writes, cursors, ..
+        } = overlay;
+        let planned_in = started.elapsed();
+        self.store.commit_writes(&writes)?;
+        for (org, cursor) in cursors {
+            self.shared.publish(&org, cursor);
+        }
+        Ok(Loaded {
+            settled,
+            writes: writes.len(),
+            planned_in,
+            committed_in: started.elapsed() - planned_in,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

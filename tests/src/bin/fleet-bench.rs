@@ -28,6 +28,10 @@ mod capacity;
 mod command_rows;
 #[path = "../bench/commands.rs"]
 mod commands;
+#[path = "../bench/event_backfill.rs"]
+mod event_backfill;
+#[path = "../bench/event_stats.rs"]
+mod event_stats;
 #[path = "../bench/fleet.rs"]
 mod fleet;
 #[path = "../bench/limits.rs"]
@@ -50,6 +54,10 @@ use clap::Parser;
 use procs::{Reaper, lock};
 use report::{Results, Row, pass_str, print_table, write_json};
 
+// The server binary's allocator: the event-stats backfill runs the server's store code here.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Tether fleet benchmark.
 #[derive(Debug, Parser, Clone)]
 #[command(name = "fleet-bench")]
@@ -57,7 +65,7 @@ struct Args {
     /// Scenarios to run: `fleet` (10k connections, ingest, cpu, offline, stale, restart),
     /// `sessions` (100k multiplexed sessions, queries), `commands` (noop fan-outs to --agents
     /// own connections and --sessions sessions, a rollout, memory per idle agent and per queued
-    /// invocation).
+    /// invocation), `event-stats` (`GetEventStats` over a 30-day backfill; not by default).
     #[arg(
         long,
         value_delimiter = ',',
@@ -158,6 +166,31 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=10))]
     command_rollout_tenths: u8,
 
+    /// Agents of the measured org in the event-stats phase (another org gets a tenth).
+    #[arg(long, default_value_t = 10_000)]
+    event_stats_agents: usize,
+
+    /// Events backfilled into the measured org in the event-stats phase (another org gets a
+    /// tenth).
+    #[arg(long, default_value_t = 10_000_000)]
+    event_stats_events: u64,
+
+    /// Days the event-stats backfill spreads its events over (ending now).
+    #[arg(long, default_value_t = 30)]
+    event_stats_days: u64,
+
+    /// Events per commit of the event-stats backfill.
+    #[arg(long, default_value_t = 16_384)]
+    event_stats_batch: usize,
+
+    /// Calls per shape in the event-stats phase.
+    #[arg(long, default_value_t = 200)]
+    event_stats_requests: usize,
+
+    /// Most time spent on the calls of one shape in the event-stats phase.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    event_stats_budget: Duration,
+
     /// A tether-server build without commands (or any other) whose memory per idle agent the
     /// commands phase compares with this build's.
     #[arg(long)]
@@ -226,7 +259,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The scenarios `--scenarios` may name, in the order they run.
-const SCENARIOS: [&str; 4] = ["fleet", "sessions", "commands", "capacity"];
+const SCENARIOS: [&str; 5] = ["fleet", "sessions", "commands", "capacity", "event-stats"];
 
 async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow::Result<()> {
     if let Some(unknown) = args
@@ -294,6 +327,10 @@ async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow
     if args.scenarios.iter().any(|s| s == "capacity") {
         capacity::capacity_phase(&args, &reaper, &bin_dir, &dir.join("capacity"), &mut record)
             .await?;
+    }
+    if args.scenarios.iter().any(|s| s == "event-stats") {
+        let dir = dir.join("event-stats");
+        event_stats::event_stats_phase(&args, &reaper, &bin_dir, &dir, &mut record).await?;
     }
     Ok(())
 }
