@@ -9,7 +9,8 @@
 //! - [`types`]: [`Event`], [`Severity`] and the numbered [`SpooledEvent`];
 //! - [`check`]: the contract's grammar and bounds, checked before anything is spooled;
 //! - [`spool`]: the bounded, crash-safe on-disk spool that owns event seqs and keeps every
-//!   event until the server acknowledges it; `record`: one record on disk;
+//!   event until the server acknowledges it; `record`: one record on disk; [`memory`]: the
+//!   same contract in memory, for the fleet simulator's agents only;
 //! - [`socket`]: the local socket programs report events through, and `emit`'s client;
 //! - [`rate`]: the per-agent rate limit of socket events; [`builtin`]: the agent's own
 //!   events (started, stopped, usage thresholds); [`config`]: their settings.
@@ -31,6 +32,7 @@ use crate::{AgentError, AgentStats};
 pub mod builtin;
 pub mod check;
 pub mod config;
+pub mod memory;
 pub mod rate;
 mod record;
 pub mod socket;
@@ -38,6 +40,7 @@ pub mod spool;
 pub mod types;
 
 pub use self::config::EventsConfig;
+pub use self::memory::{MemoryCounts, MemoryQueue};
 pub use self::socket::{EmitError, EmitRequest, emit};
 pub use self::spool::{Appended, Spool, SpoolError};
 pub use self::types::{Event, Severity, SpooledEvent};
@@ -54,8 +57,7 @@ pub(crate) struct Events {
 }
 
 struct Inner {
-    /// Locked only on blocking threads.
-    spool: Mutex<Spool>,
+    store: Store,
     /// Signalled after each append and ack: the live session reads the spool again.
     ready: Notify,
     limiter: Mutex<rate::RateLimiter>,
@@ -65,6 +67,19 @@ struct Inner {
     stats: Arc<AgentStats>,
     /// Set once `tether.agent_stopped` was recorded.
     stopped: AtomicBool,
+}
+
+/// Where the events wait for their ack.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per agent: boxing the spool would cost the agent an allocation to save the \
+              simulator a few hundred bytes per simulated agent"
+)]
+enum Store {
+    /// The agent's spool; locked only on blocking threads.
+    Disk(Mutex<Spool>),
+    /// The simulator's queue: no I/O, so used in place.
+    Memory(Mutex<MemoryQueue>),
 }
 
 // === impl Events ===
@@ -86,9 +101,31 @@ impl Events {
                 source: err.source,
             })?;
         stats.set_events(spool.pending(), spool.bytes());
-        Ok(Self {
+        Ok(Self::with_store(
+            config,
+            Store::Disk(Mutex::new(spool)),
+            stats,
+            false,
+        ))
+    }
+
+    /// The fleet simulator's event subsystem: a [`MemoryQueue`] of at most `capacity` events,
+    /// and no built-in events (a simulated agent's stop would add one event per agent at
+    /// every stop of the simulator, all at once).
+    pub(crate) fn in_memory(capacity: usize, stats: Arc<AgentStats>) -> Self {
+        let store = Store::Memory(Mutex::new(MemoryQueue::new(capacity)));
+        Self::with_store(&EventsConfig::default(), store, stats, true)
+    }
+
+    fn with_store(
+        config: &EventsConfig,
+        store: Store,
+        stats: Arc<AgentStats>,
+        stopped: bool,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                spool: Mutex::new(spool),
+                store,
                 ready: Notify::new(),
                 limiter: Mutex::new(rate::RateLimiter::new(
                     config.rate_limit,
@@ -98,9 +135,17 @@ impl Events {
                 rate_limited: Notify::new(),
                 thresholds: Mutex::new(builtin::Thresholds::new(config)),
                 stats,
-                stopped: AtomicBool::new(false),
+                stopped: AtomicBool::new(stopped),
             }),
-        })
+        }
+    }
+
+    /// The counts of the simulator's queue; `None` for the agent's spool.
+    pub(crate) fn memory_counts(&self) -> Option<MemoryCounts> {
+        match &self.inner.store {
+            Store::Disk(_) => None,
+            Store::Memory(queue) => Some(lock(queue).counts()),
+        }
     }
 
     /// Signalled when there may be events to send.
@@ -114,13 +159,24 @@ impl Events {
     ///
     /// [`SpoolError`] when the disk refused it.
     pub(crate) async fn record(&self, event: Event) -> Result<Appended, SpoolError> {
-        let inner = self.inner.clone();
-        let appended = tokio::task::spawn_blocking(move || inner.append(&event))
-            .await
-            .map_err(|err| SpoolError {
-                path: "events".into(),
-                source: std::io::Error::other(err.to_string()),
-            })??;
+        let appended = match &self.inner.store {
+            Store::Disk(_) => {
+                let inner = self.inner.clone();
+                tokio::task::spawn_blocking(move || inner.append(&event))
+                    .await
+                    .map_err(join_error)??
+            }
+            Store::Memory(queue) => {
+                let mut queue = lock(queue);
+                let appended = queue.append(event);
+                match appended {
+                    Appended::Stored(_) => self.inner.stats.event_spooled(),
+                    Appended::Dropped => self.inner.stats.add_events_dropped(1),
+                }
+                self.inner.stats.set_events(queue.pending(), 0);
+                appended
+            }
+        };
         self.inner.ready.notify_one();
         Ok(appended)
     }
@@ -211,36 +267,56 @@ impl Events {
     ///
     /// [`SpoolError`] when a segment cannot be read.
     pub(crate) async fn read(&self, after: u64) -> Result<Vec<SpooledEvent>, SpoolError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            inner
-                .spool()
-                .read(after, MAX_EVENTS_PER_REPORT, MAX_REPORT_BYTES)
-        })
-        .await
-        .map_err(|err| SpoolError {
-            path: "events".into(),
-            source: std::io::Error::other(err.to_string()),
-        })?
+        match &self.inner.store {
+            Store::Disk(_) => {
+                let inner = self.inner.clone();
+                tokio::task::spawn_blocking(move || {
+                    inner
+                        .spool()
+                        .read(after, MAX_EVENTS_PER_REPORT, MAX_REPORT_BYTES)
+                })
+                .await
+                .map_err(join_error)?
+            }
+            Store::Memory(queue) => {
+                Ok(lock(queue).read(after, MAX_EVENTS_PER_REPORT, MAX_REPORT_BYTES))
+            }
+        }
     }
 
     /// Applies an `EventAck`. Cheap: the files it frees are deleted by the next append, read
     /// or [`Events::close`].
     pub(crate) fn ack(&self, durable_seq: u64) {
-        let mut spool = self.inner.spool();
-        spool.ack(durable_seq);
-        self.inner.stats.set_events(spool.pending(), spool.bytes());
+        match &self.inner.store {
+            Store::Disk(spool) => {
+                let mut spool = lock(spool);
+                spool.ack(durable_seq);
+                self.inner.stats.set_events(spool.pending(), spool.bytes());
+            }
+            Store::Memory(queue) => {
+                let mut queue = lock(queue);
+                queue.ack(durable_seq);
+                self.inner.stats.set_events(queue.pending(), 0);
+            }
+        }
         self.inner.stats.events_acked(durable_seq);
     }
 
     /// Applies `Welcome.last_durable_event_seq`.
     pub(crate) fn resume_after(&self, last_durable_seq: u64) {
-        self.inner.spool().resume_after(last_durable_seq);
+        match &self.inner.store {
+            Store::Disk(spool) => lock(spool).resume_after(last_durable_seq),
+            Store::Memory(queue) => lock(queue).resume_after(last_durable_seq),
+        }
         self.inner.stats.events_acked(last_durable_seq);
     }
 
-    /// Writes the spool's state down (the agent is stopping).
+    /// Writes the spool's state down (the agent is stopping); nothing to write for the
+    /// simulator's queue.
     pub(crate) async fn close(&self) {
+        if let Store::Memory(_) = self.inner.store {
+            return;
+        }
         let inner = self.inner.clone();
         let closed = tokio::task::spawn_blocking(move || inner.spool().close()).await;
         match closed {
@@ -254,8 +330,16 @@ impl Events {
 // === impl Inner ===
 
 impl Inner {
+    /// The agent's spool.
+    ///
+    /// # Panics
+    ///
+    /// For the simulator's queue: only the [`Store::Disk`] paths of [`Events`] call it.
     fn spool(&self) -> MutexGuard<'_, Spool> {
-        lock(&self.spool)
+        match &self.store {
+            Store::Disk(spool) => lock(spool),
+            Store::Memory(_) => unreachable!("only the agent's spool is read on blocking threads"),
+        }
     }
 
     fn append(&self, event: &Event) -> Result<Appended, SpoolError> {
@@ -276,6 +360,14 @@ impl Inner {
         }
         self.stats.set_events(spool.pending(), spool.bytes());
         Ok(appended)
+    }
+}
+
+/// A blocking task that did not finish, as a spool error.
+fn join_error(err: tokio::task::JoinError) -> SpoolError {
+    SpoolError {
+        path: "events".into(),
+        source: std::io::Error::other(err.to_string()),
     }
 }
 

@@ -42,7 +42,12 @@ impl LatencyHistogram {
 
     /// Counts one duration.
     pub fn record(&self, latency: Duration) {
-        self.buckets[bucket_of(latency)].fetch_add(1, Ordering::Relaxed);
+        self.record_n(latency, 1);
+    }
+
+    /// Counts `n` occurrences of one duration (e.g. every event of one acked report).
+    pub fn record_n(&self, latency: Duration, n: u64) {
+        self.buckets[bucket_of(latency)].fetch_add(n, Ordering::Relaxed);
     }
 
     /// The counts so far.

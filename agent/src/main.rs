@@ -159,6 +159,11 @@ struct SimulateArgs {
     #[arg(long, default_value_t = tether_agent::simulate::DEFAULT_ENROLL_CONCURRENCY)]
     enroll_concurrency: usize,
 
+    /// Events each agent reports per minute (a mix of kinds and severities, some repeating
+    /// by fingerprint); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    events_per_minute: f64,
+
     /// Stop when stdin closes (a supervising process, such as the fleet benchmark, went away).
     #[arg(long)]
     exit_on_stdin_close: bool,
@@ -435,6 +440,7 @@ fn simulate_config(run: RunArgs, args: &SimulateArgs) -> tether_agent::simulate:
     config.buffer_capacity = run.buffer_capacity;
     config.connect_timeout = run.connect_timeout;
     config.enroll_concurrency = args.enroll_concurrency;
+    config.events_per_minute = args.events_per_minute;
     config
 }
 

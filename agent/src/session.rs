@@ -83,6 +83,9 @@ pub(crate) struct Shared {
     pub(crate) muted: AtomicBool,
     /// Where to record the time from writing a report to the ack covering it (simulator only).
     pub(crate) ack_latency: Option<Arc<LatencyHistogram>>,
+    /// Where to record, per event, the time from writing its report to the ack covering it
+    /// (simulator only).
+    pub(crate) event_ack_latency: Option<Arc<LatencyHistogram>>,
     /// Where to record the time each command offer arrived (simulator only).
     pub(crate) offer_arrivals: Option<Arc<ArrivalLog>>,
     /// The command subsystem: invocations run and report across sessions.
@@ -229,8 +232,9 @@ struct Session<'a> {
     next_report_at: Instant,
     /// Highest event seq already written to this stream.
     events_sent_through: u64,
-    /// Last seq of each `EventReport` awaiting its ack, oldest first.
-    events_in_flight: VecDeque<u64>,
+    /// Last seq, send time and number of events of each `EventReport` awaiting its ack,
+    /// oldest first.
+    events_in_flight: VecDeque<(u64, Instant, usize)>,
 }
 
 /// Why a send on the outbound stream did not happen.
@@ -312,6 +316,7 @@ impl Shared {
             stats,
             muted: AtomicBool::new(false),
             ack_latency: None,
+            event_ack_latency: None,
             offer_arrivals: None,
             commands,
             events: None,

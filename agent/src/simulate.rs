@@ -24,6 +24,12 @@
 //! it runs and until its end is acked, plus a journal entry of about 200 bytes (at most 16 per
 //! agent).
 //!
+//! Events: with `--events-per-minute N`, each simulated agent reports N events a minute (a mix
+//! of kinds and severities, `simulate/events.rs`) through the real session, from an in-memory
+//! queue (`events::memory`; not durable, like the command journal). The stats records count the
+//! events offered, acknowledged, rejected and dropped, and the time from writing a report to
+//! the ack covering it, per event. Without the flag an agent has no event subsystem at all.
+//!
 //! Output: progress while enrolling and ramping, then one stats record per `--stats-interval`,
 //! as text or JSON lines on stdout (and always as JSON lines in `--stats-file`). The fleet
 //! benchmark parses the JSON form; each record also carries the Unix milliseconds at which
@@ -31,11 +37,12 @@
 //! from `SendCommand` until each agent has its offer.
 //!
 //! Layout: `config` holds [`SimulateConfig`], the flag parsers and each agent's identity;
-//! `enroll` the state file and the up-front enrollment; `report` the progress and stats records;
-//! this module the ramp, the per-agent task and the stop.
+//! `enroll` the state file and the up-front enrollment; `events` the agents' events; `report`
+//! the progress and stats records; this module the ramp, the per-agent task and the stop.
 
 mod config;
 mod enroll;
+mod events;
 mod report;
 
 use std::path::Path;
@@ -51,6 +58,7 @@ use crate::backoff::Backoff;
 use crate::client::{self, Transport};
 use crate::command::{CommandPolicy, Commands};
 use crate::error::{Refused, SimulateError, after_refused_credential, error_chain};
+use crate::events::Events;
 use crate::latency::{ArrivalLog, LatencyHistogram, LatencySnapshot};
 use crate::runner::{self, Agent, HoldEnd, SharedCollector};
 use crate::session::Shared;
@@ -106,6 +114,7 @@ pub async fn simulate(
     // One compiled policy for every simulated agent; each has its own in-memory journal.
     let policy = Arc::new(CommandPolicy::new(&config.commands)?);
     let histogram = Arc::new(LatencyHistogram::new());
+    let event_histogram = Arc::new(LatencyHistogram::new());
     let arrivals = Arc::new(ArrivalLog::new());
     let agents_token = CancellationToken::new();
     let mut agents: Vec<Arc<Shared>> = Vec::with_capacity(config.n_agents);
@@ -117,6 +126,7 @@ pub async fn simulate(
     let mut ready_at: Option<Instant> = None;
     let mut silenced = false;
     let mut last_snapshot = LatencySnapshot::empty();
+    let mut last_event_snapshot = LatencySnapshot::empty();
     // Agents whose task ended while the simulation ran (revoked or misconfigured).
     let mut n_stopped = 0_u64;
 
@@ -148,7 +158,13 @@ pub async fn simulate(
                         let stats = Arc::new(AgentStats::new());
                         let commands =
                             Commands::in_memory(policy.clone(), &config.commands, stats.clone());
-                        let mut shared = Shared::new(config.buffer_capacity, stats, commands);
+                        let mut shared =
+                            Shared::new(config.buffer_capacity, stats.clone(), commands);
+                        if config.events_per_minute > 0.0 {
+                            shared = shared
+                                .with_events(Events::in_memory(events::QUEUE_CAPACITY, stats));
+                            shared.event_ack_latency = Some(event_histogram.clone());
+                        }
                         shared.ack_latency = Some(histogram.clone());
                         shared.offer_arrivals = Some(arrivals.clone());
                         shared
@@ -178,6 +194,9 @@ pub async fn simulate(
             let snapshot = histogram.snapshot();
             let interval = snapshot.since(&last_snapshot);
             last_snapshot = snapshot.clone();
+            let event_snapshot = event_histogram.snapshot();
+            let event_interval = event_snapshot.since(&last_event_snapshot);
+            last_event_snapshot = event_snapshot;
             if ready_at.is_none() && totals.online as usize == config.n_agents {
                 ready_at = Some(Instant::now());
                 reporter.event(
@@ -208,7 +227,7 @@ pub async fn simulate(
                     ),
                 );
             }
-            reporter.stats(&totals, &interval, &snapshot, &arrivals);
+            reporter.stats(&totals, &interval, &snapshot, &event_interval, &arrivals);
         }
 
         if let (Some(ready), Some(after), false) = (ready_at, config.silent_after, silenced)
@@ -282,6 +301,7 @@ pub async fn simulate(
         &totals,
         &snapshot.since(&last_snapshot),
         &snapshot,
+        &event_histogram.snapshot().since(&last_event_snapshot),
         &arrivals,
     );
     reporter.event("stopped", json!({}), "simulator stopped");
@@ -316,6 +336,14 @@ async fn run_agent(
         conflict_backoff: crate::DEFAULT_IDENTITY_CONFLICT_BACKOFF,
     };
     let sampler = runner::sample_forever(&collector, &shared);
+    let emitter = async {
+        match &shared.events {
+            Some(events) => {
+                match events::emit_forever(events, config.events_per_minute, index).await {}
+            }
+            None => std::future::pending().await,
+        }
+    };
     let sessions = async {
         let mut backoff = Backoff::new(config.backoff.clone());
         let mut reenrolled = false;
@@ -402,6 +430,7 @@ async fn run_agent(
         tokio::select! {
             () = sessions => {}
             never = sampler => match never {},
+            never = emitter => match never {},
         }
         shared.commands.stop().await;
     }

@@ -670,7 +670,7 @@ fn add(into: &mut [u64; 4], counts: &[u64; 4]) {
 }
 
 /// About what `event` weighs in a report.
-fn approximate_size(event: &Event) -> u64 {
+pub(super) fn approximate_size(event: &Event) -> u64 {
     let attributes: usize = event
         .attributes
         .iter()

@@ -7,6 +7,7 @@
 //! forgets an event only when an ack covers its seq; a new stream starts again from the last
 //! ack (`Welcome.last_durable_event_seq`), so a report lost with a broken stream is re-sent.
 
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{SendFailed, Session};
@@ -64,7 +65,8 @@ impl Session<'_> {
             self.send(report).await?;
         }
         self.events_sent_through = last_seq;
-        self.events_in_flight.push_back(last_seq);
+        self.events_in_flight
+            .push_back((last_seq, Instant::now(), batch.len()));
         self.ctx.shared.stats.add_events_sent(batch.len());
         debug!(n_events = batch.len(), last_seq, "events sent");
         Ok(true)
@@ -88,11 +90,13 @@ impl Session<'_> {
             .stats
             .add_events_rejected(ack.rejected.len());
         events.ack(ack.durable_seq);
-        while self
-            .events_in_flight
-            .front()
-            .is_some_and(|&seq| seq <= ack.durable_seq)
+        let now = Instant::now();
+        while let Some(&(seq, sent_at, n_events)) = self.events_in_flight.front()
+            && seq <= ack.durable_seq
         {
+            if let Some(histogram) = &self.ctx.shared.event_ack_latency {
+                histogram.record_n(now.saturating_duration_since(sent_at), n_events as u64);
+            }
             self.events_in_flight.pop_front();
         }
         debug!(durable_seq = ack.durable_seq, "events acknowledged");

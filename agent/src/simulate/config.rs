@@ -60,6 +60,9 @@ pub struct SimulateConfig {
     pub backoff: BackoffConfig,
     /// Enrollments in flight at once.
     pub enroll_concurrency: usize,
+    /// Events each simulated agent reports per minute (0: none), over its session, from an
+    /// in-memory queue (see `simulate/events.rs`).
+    pub events_per_minute: f64,
     /// What the simulated agents may run (default: the built-ins, no program). Their command
     /// journal lives in memory: not durable, one per simulated agent.
     pub commands: CommandConfig,
@@ -99,6 +102,7 @@ impl SimulateConfig {
             connect_timeout: Duration::from_secs(30),
             backoff: BackoffConfig::default(),
             enroll_concurrency: DEFAULT_ENROLL_CONCURRENCY,
+            events_per_minute: 0.0,
             commands: CommandConfig::default(),
         }
     }
@@ -119,6 +123,10 @@ impl SimulateConfig {
         }
         if self.enroll_concurrency == 0 {
             return invalid("--enroll-concurrency must be at least 1");
+        }
+        if !(self.events_per_minute.is_finite() && (0.0..=6000.0).contains(&self.events_per_minute))
+        {
+            return invalid("--events-per-minute must be between 0 and 6000");
         }
         if self.stats_interval.is_zero() {
             return invalid("--stats-interval must not be zero");

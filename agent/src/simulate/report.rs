@@ -1,6 +1,7 @@
 //! The simulator's output: progress events while enrolling and ramping, then one stats record
 //! per interval (fleet totals, ack latency, memory, command offers and invocations), as text or
-//! JSON lines on stdout and always as JSON lines in the stats file.
+//! JSON lines on stdout and always as JSON lines in the stats file. Event figures (offered,
+//! acknowledged, rejected, dropped, ack latency per event) appear with `--events-per-minute`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -36,6 +37,12 @@ pub(super) struct Totals {
     /// Agents that stopped on their own (revoked or misconfigured) while the simulation ran.
     pub(super) stopped: u64,
     pub(super) invocations_finished: u64,
+    /// Events the agents reported, had acknowledged (stored or rejected), had rejected, and
+    /// dropped from a full queue.
+    pub(super) events_offered: u64,
+    pub(super) events_acked: u64,
+    pub(super) events_rejected: u64,
+    pub(super) events_dropped: u64,
 }
 
 pub(super) fn unix_ms(time: SystemTime) -> u64 {
@@ -77,6 +84,12 @@ impl Totals {
             totals.buffered += stats.samples_buffered();
             totals.dropped += stats.samples_dropped();
             totals.invocations_finished += stats.invocations_finished();
+            if let Some(counts) = shared.events.as_ref().and_then(|e| e.memory_counts()) {
+                totals.events_offered += counts.offered;
+                totals.events_acked += counts.settled;
+                totals.events_dropped += counts.dropped;
+                totals.events_rejected += stats.events_rejected();
+            }
         }
         totals
     }
@@ -116,10 +129,12 @@ impl Reporter {
         totals: &Totals,
         interval: &LatencySnapshot,
         cumulative: &LatencySnapshot,
+        events: &LatencySnapshot,
         arrivals: &ArrivalLog,
     ) {
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let (p50, p99) = (ms(interval.quantile(0.5)), ms(interval.quantile(0.99)));
+        let (event_p50, event_p99) = (ms(events.quantile(0.5)), ms(events.quantile(0.99)));
         let rss_kib = self_rss_kib();
         let fields = json!({
             "event": "stats",
@@ -143,10 +158,30 @@ impl Reporter {
             "offers_received": arrivals.total(),
             "offer_arrivals": arrivals.drain(),
             "invocations_finished": totals.invocations_finished,
+            "events_offered": totals.events_offered,
+            "events_acked": totals.events_acked,
+            "events_rejected": totals.events_rejected,
+            "events_dropped": totals.events_dropped,
+            "event_ack_p50_ms": event_p50,
+            "event_ack_p99_ms": event_p99,
+            "event_ack_hist": events.to_sparse(),
         });
         let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+        let events_text = if totals.events_offered > 0 {
+            format!(
+                " | events {} offered, {} acked ({} rejected, {} dropped), ack p50 {} p99 {}",
+                totals.events_offered,
+                totals.events_acked,
+                totals.events_rejected,
+                totals.events_dropped,
+                fmt(event_p50),
+                fmt(event_p99)
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
-            "online {} | sent {} msgs, {} samples | acked {} | ack p50 {} p99 {} | reconnects {} | errors {} | stopped {} | offers {}, finished {} | rss {} MiB",
+            "online {} | sent {} msgs, {} samples | acked {} | ack p50 {} p99 {} | reconnects {} | errors {} | stopped {} | offers {}, finished {} | rss {} MiB{events_text}",
             totals.online,
             totals.messages_sent,
             totals.samples_sent,

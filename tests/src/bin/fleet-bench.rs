@@ -2,7 +2,7 @@
 //! process on a fresh data directory, drives it with `tether-agent simulate` processes, and
 //! prints one table (scenario | figure | target | pass/fail), optionally as JSON.
 //!
-//! Four phases, each with its own server:
+//! The phases, each with its own server:
 //!
 //! - `fleet`: N agents on one connection each (plus 1,000 agents that get killed and a few that
 //!   go silent), measuring memory, ingest rate and ack latency, CPU, close → offline, silence →
@@ -13,14 +13,21 @@
 //!   sessions, measuring the time until each agent has its offer and until every result is
 //!   stored, a rollout under `max_concurrency`, server memory per idle agent (against an older
 //!   build, if given) and per queued invocation.
+//! - `events`: N agents on their own connections reporting events (100,000 a minute in all by
+//!   default), measuring events acked per second and ack latency, then `--event-watchers`
+//!   `WatchEvents` streams following them: memory per watcher, delivery delay, losses.
+//! - `capacity`: the sustainable ingest rate (agents added step by step until ack p99 ≥ 1 s).
+//! - `event-stats` (only when named): `GetEventStats` and `ListEvents` over a 30-day backfill.
 //!
 //! Every run is bounded (`--timeout`) and kills its children on exit, error, panic or ctrl-c.
 //!
 //! Layout: this file holds the flags and the run; the phases and their helpers live in
-//! `tests/src/bench/`: `fleet.rs`, `sessions.rs`, `commands.rs` and `capacity.rs` (one
-//! scenario each; the commands phase's requests and rows in `command_rows.rs`), `limits.rs`
-//! (the machine's limits), `procs.rs` (the child processes and their pinning), `observe.rs` (what the benchmark watches through the server's API) and
-//! `report.rs` (the result table and its JSON form).
+//! `tests/src/bench/`: `fleet.rs`, `sessions.rs`, `commands.rs`, `capacity.rs`, `events.rs` and
+//! `event_stats.rs` (one scenario each; the commands phase's requests and rows in
+//! `command_rows.rs`, the events phase's watchers in `event_watchers.rs`, the statistics
+//! phase's backfill in `event_backfill.rs`), `limits.rs` (the machine's limits), `procs.rs` (the
+//! child processes and their pinning), `observe.rs` (what the benchmark watches through the
+//! server's API) and `report.rs` (the result table and its JSON form).
 
 #[path = "../bench/capacity.rs"]
 mod capacity;
@@ -32,6 +39,10 @@ mod commands;
 mod event_backfill;
 #[path = "../bench/event_stats.rs"]
 mod event_stats;
+#[path = "../bench/event_watchers.rs"]
+mod event_watchers;
+#[path = "../bench/events.rs"]
+mod events;
 #[path = "../bench/fleet.rs"]
 mod fleet;
 #[path = "../bench/limits.rs"]
@@ -65,11 +76,12 @@ struct Args {
     /// Scenarios to run: `fleet` (10k connections, ingest, cpu, offline, stale, restart),
     /// `sessions` (100k multiplexed sessions, queries), `commands` (noop fan-outs to --agents
     /// own connections and --sessions sessions, a rollout, memory per idle agent and per queued
-    /// invocation), `event-stats` (`GetEventStats` over a 30-day backfill; not by default).
+    /// invocation), `capacity`, `events` (--agents reporting events, then --event-watchers
+    /// watching them), `event-stats` (`GetEventStats` over a 30-day backfill; not by default).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fleet,sessions,commands,capacity"
+        default_value = "fleet,sessions,commands,capacity,events"
     )]
     scenarios: Vec<String>,
 
@@ -196,6 +208,33 @@ struct Args {
     #[arg(long)]
     baseline_server: Option<PathBuf>,
 
+    /// Events each agent of the events phase reports per minute (10 × 10,000 agents: 100,000
+    /// a minute).
+    #[arg(long, default_value_t = 10.0)]
+    events_per_minute: f64,
+
+    /// Server metrics interval in the events phase.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    events_metrics_interval: Duration,
+
+    /// Concurrent `WatchEvents` streams in the events phase.
+    #[arg(long, default_value_t = 10_000)]
+    event_watchers: usize,
+
+    /// Of them, unfiltered (each receives every event: keep it small at full scale).
+    #[arg(long, default_value_t = 10)]
+    event_watchers_all: usize,
+
+    /// Of them, at severity critical over the whole fleet; the rest watch one site of 10
+    /// agents each.
+    #[arg(long, default_value_t = 90)]
+    event_watchers_critical: usize,
+
+    /// HTTP/2 connections carrying the watchers (keep watchers/connections under the
+    /// server's --max-concurrent-streams).
+    #[arg(long, default_value_t = 100)]
+    event_watch_connections: usize,
+
     /// Connections opened per second by the simulators.
     #[arg(long, default_value_t = 1_000.0)]
     ramp: f64,
@@ -259,7 +298,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The scenarios `--scenarios` may name, in the order they run.
-const SCENARIOS: [&str; 5] = ["fleet", "sessions", "commands", "capacity", "event-stats"];
+const SCENARIOS: [&str; 6] = [
+    "fleet",
+    "sessions",
+    "commands",
+    "capacity",
+    "events",
+    "event-stats",
+];
 
 async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow::Result<()> {
     if let Some(unknown) = args
@@ -327,6 +373,9 @@ async fn run(args: Args, reaper: Reaper, results: Arc<Mutex<Results>>) -> anyhow
     if args.scenarios.iter().any(|s| s == "capacity") {
         capacity::capacity_phase(&args, &reaper, &bin_dir, &dir.join("capacity"), &mut record)
             .await?;
+    }
+    if args.scenarios.iter().any(|s| s == "events") {
+        events::events_phase(&args, &reaper, &bin_dir, &dir.join("events"), &mut record).await?;
     }
     if args.scenarios.iter().any(|s| s == "event-stats") {
         let dir = dir.join("event-stats");
