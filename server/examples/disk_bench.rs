@@ -7,7 +7,11 @@
 //! all records (chunks, rollups, heads, log, the rest), and of sled's files.
 //!
 //! `cargo run --release -p tether-server --example disk_bench -- [AGENTS] [DAYS]`
-//! (`THROTTLE_MS=n` sleeps n ms after each commit).
+//! (`THROTTLE_MS=n` sleeps n ms after each commit; `CHECKPOINT_S=n` checkpoints every n
+//! simulated seconds instead of the server's default; `SETTLE_S=n` reports once more after n
+//! seconds without writes, to tell what sled's cleaner has not caught up with from what it
+//! keeps). Besides bytes per sample it prints how much of sled's files are blob files (pages
+//! over a quarter of a segment, each a file of its own) and what the process has written.
 //!
 //! Time is simulated: two months pass in minutes, while sled's segment cleaner (a background
 //! thread, `GC_INTERVAL_MS`) works in real time, so it gets far less time per byte written
@@ -41,6 +45,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
+    let checkpoint_every = std::env::var("CHECKPOINT_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_CHECKPOINT_INTERVAL, Duration::from_secs);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(dir.path()).expect("open");
     let org = OrgId::new("default");
@@ -57,8 +65,16 @@ fn main() {
         "agents {agents}, {days} days at {INTERVAL_S} s; {per_agent} samples an agent a commit"
     );
     println!(
-        "{:>4} {:>12} {:>14} {:>14} {:>14} {:>12}",
-        "day", "samples kept", "chunks B/smp", "records B/smp", "on disk B/smp", "on disk MiB"
+        "{:>4} {:>12} {:>14} {:>14} {:>14} {:>12} {:>10} {:>14} {:>12}",
+        "day",
+        "samples kept",
+        "chunks B/smp",
+        "records B/smp",
+        "on disk B/smp",
+        "on disk MiB",
+        "blobs MiB",
+        "allocated MiB",
+        "written MiB"
     );
     for day in 0..days {
         for first in (0..SAMPLES_PER_DAY).step_by(per_agent) {
@@ -78,7 +94,7 @@ fn main() {
             let due = |last: Option<SystemTime>, every: Duration| {
                 last.is_none_or(|at| now.duration_since(at).unwrap_or_default() >= every)
             };
-            let checkpoint = due(last_checkpoint, DEFAULT_CHECKPOINT_INTERVAL);
+            let checkpoint = due(last_checkpoint, checkpoint_every);
             store.compact(now, checkpoint).expect("compact");
             if checkpoint {
                 last_checkpoint = Some(now);
@@ -92,8 +108,17 @@ fn main() {
             }
         }
         if (day + 1) % 5 == 0 || day + 1 == days {
-            report(&store, day + 1);
+            report(&store, day + 1, dir.path());
         }
+    }
+    if let Some(settle) = std::env::var("SETTLE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+    {
+        std::thread::sleep(settle);
+        println!("after {} s without writes:", settle.as_secs());
+        report(&store, days, dir.path());
     }
 }
 
@@ -146,7 +171,7 @@ impl Day {
     }
 }
 
-fn report(store: &SledStore, day: usize) {
+fn report(store: &SledStore, day: usize, dir: &std::path::Path) {
     let usage = store.usage().expect("usage");
     let kept = usage.chunk_samples + usage.head_samples;
     let records = usage.chunk_bytes
@@ -155,11 +180,57 @@ fn report(store: &SledStore, day: usize) {
         + usage.log_bytes
         + usage.other_bytes;
     let per = |bytes: u64, n: u64| bytes as f64 / n.max(1) as f64;
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     println!(
-        "{day:>4} {kept:>12} {:>14.1} {:>14.1} {:>14.1} {:>12.1}",
+        "{day:>4} {kept:>12} {:>14.1} {:>14.1} {:>14.1} {:>12.1} {:>10.1} {:>14.1} {:>12.0}",
         per(usage.chunk_bytes, usage.chunk_samples),
         per(records, kept),
         per(usage.size_on_disk, kept),
-        usage.size_on_disk as f64 / f64::from(1 << 20),
+        mib(usage.size_on_disk),
+        mib(blob_bytes(dir)),
+        mib(allocated_bytes(dir)),
+        mib(written_bytes()),
     );
+}
+
+/// Bytes of sled's blob files (pages too large for its log segments, each a file of its own):
+/// part of the files' size above.
+fn blob_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir.join("blobs")) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// Bytes the file system has allocated to everything under `dir` (what `du` counts: whole
+/// blocks, so a small blob file takes a block), or 0 where it cannot be read.
+fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => allocated_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Bytes this process has passed to `write` calls so far (`wchar` of `/proc/self/io`): what
+/// sled wrote, over and above the records it keeps; 0 where that file does not exist.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|line| line.strip_prefix("wchar:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
