@@ -78,6 +78,7 @@ use crate::store::chunk;
 use crate::store::fault;
 use crate::store::wal::AgentKey;
 
+mod blobs;
 mod command;
 mod event;
 mod export;
@@ -133,8 +134,10 @@ const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 /// many threads at once.
 #[derive(Clone)]
 pub struct SledStore {
-    /// The database, for flushes and the transition counter. A flush covers every tree.
+    /// The database, for the transition counter. A flush covers every tree.
     db: sled::Db,
+    /// Flushes, blob files included (`blobs.rs`).
+    flusher: blobs::Flusher,
     /// Every record but the log, keyed as the module documentation describes.
     data: sled::Tree,
     /// Samples: the log and the open heads.
@@ -211,9 +214,11 @@ impl SledStore {
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
         let log = db.open_tree(LOG_TREE).map_err(backend)?;
         let orgs = orgs(&data)?;
-        let series = Series::open(db.clone(), data.clone(), log, series, &orgs)?;
+        let flusher = blobs::Flusher::new(db.clone(), path);
+        let series = Series::open(flusher.clone(), data.clone(), log, series, &orgs)?;
         Ok(SledStore {
             db,
+            flusher,
             data,
             series: std::sync::Arc::new(series),
             commits: std::sync::Arc::default(),
@@ -536,7 +541,7 @@ impl Store for SledStore {
         if n_data > 0 {
             self.data.apply_batch(batch).map_err(backend)?;
         }
-        self.db.flush().map_err(backend)?;
+        self.flusher.flush()?;
         if let Some(logged) = logged {
             fault::point("log-flushed");
             self.series.append(&samples, logged);

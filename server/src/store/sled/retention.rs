@@ -66,7 +66,7 @@ impl SledStore {
                 .0;
         }
         if purged != Purged::default() {
-            self.db.flush().map_err(backend)?;
+            self.flusher.flush()?;
         }
         Ok(purged)
     }

@@ -76,7 +76,8 @@ const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<(AgentKey, Entry)>() + 16) as u
 
 /// The engine: open heads by agent and the log's numbering.
 pub(super) struct Series {
-    db: sled::Db,
+    /// Flushes the database, blob files included.
+    db: super::blobs::Flusher,
     data: sled::Tree,
     log: sled::Tree,
     limits: HeadLimits,
@@ -152,7 +153,7 @@ impl Series {
     ///
     /// `Backend` on I/O; `Corrupt` for a damaged head record or log record.
     pub(super) fn open(
-        db: sled::Db,
+        db: super::blobs::Flusher,
         data: sled::Tree,
         log: sled::Tree,
         config: &SeriesConfig,
@@ -534,7 +535,7 @@ impl Series {
             }
             fault::point("snapshots-written");
             let bound = self.truncation_bound();
-            self.db.flush().map_err(backend)?;
+            self.db.flush()?;
             fault::point("checkpoint-flushed");
             let removed = self.truncate_log(bound)?;
             fault::point("log-truncated");

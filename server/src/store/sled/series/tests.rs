@@ -7,7 +7,8 @@ fn open(dir: &std::path::Path) -> Series {
     let db = crate::store::sled::raw_db(dir).expect("open sled");
     let data = db.open_tree("data").expect("data tree");
     let log = db.open_tree("log").expect("log tree");
-    Series::open(db, data, log, &SeriesConfig::default(), &[]).expect("open series")
+    let flusher = crate::store::sled::blobs::Flusher::new(db, dir);
+    Series::open(flusher, data, log, &SeriesConfig::default(), &[]).expect("open series")
 }
 
 fn logged(agent: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<(AgentKey, Sample)> {

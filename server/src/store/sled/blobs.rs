@@ -1,0 +1,157 @@
+//! Flushes that make sled's blob files durable too.
+//!
+//! sled 0.34 writes a page or a log message larger than a quarter of a segment to a file of its
+//! own under `blobs/` (`pagecache/blob_io.rs`, `write_blob`) and never fsyncs it; `Db::flush`
+//! fsyncs only the log segments, whose entry then points at a blob that may still be only in
+//! the page cache. A killed process loses nothing that way, a power failure could: the entry
+//! survives and the page it points at does not.
+//!
+//! [`Flusher::flush`] is sled's flush followed by an fsync of every blob file it has not synced
+//! before, then of the directory (the files are new entries in it). A blob is written in full
+//! before the log entry naming it is reserved, so every blob a flushed entry names exists when
+//! the flush returns. Invariant: when `flush` returns `Ok`, every blob file present then has
+//! been fsynced, and so has the directory listing that names it.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::backend;
+use crate::store::Result;
+
+/// sled's database with a flush that includes its blob files. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Flusher {
+    db: sled::Db,
+    blobs: PathBuf,
+    /// Names of the blob files already fsynced (and still present at the last flush).
+    synced: Arc<Mutex<HashSet<OsString>>>,
+}
+
+impl Flusher {
+    /// For the database opened at `path` (sled keeps its blobs in `path/blobs`).
+    pub(super) fn new(db: sled::Db, path: &Path) -> Self {
+        Self {
+            db,
+            blobs: path.join("blobs"),
+            synced: Arc::default(),
+        }
+    }
+
+    /// sled's flush, then the blob files it may have left unsynced; returns how many blob
+    /// files this call fsynced.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`](crate::store::StoreError::Backend) for sled's flush or an I/O error while syncing a blob file or
+    /// the directory: what was flushed is then not known to be durable.
+    pub(super) fn flush(&self) -> Result<usize> {
+        self.db.flush().map_err(backend)?;
+        self.sync_blobs().map_err(|e| {
+            backend(io::Error::new(
+                e.kind(),
+                format!("syncing sled's blob files: {e}"),
+            ))
+        })
+    }
+
+    fn sync_blobs(&self) -> io::Result<usize> {
+        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            // sled creates the directory with the database; none means no blob yet.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut present = HashSet::new();
+        let mut new = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(file) => file.sync_all()?,
+                    // Removed since the listing (its page was rewritten): nothing to keep.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                synced.insert(name.clone());
+                new += 1;
+            }
+            present.insert(name);
+        }
+        synced.retain(|name| present.contains(name));
+        if new > 0 {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        Ok(new)
+    }
+
+    /// How many blob files are known synced (tests).
+    #[cfg(test)]
+    pub(super) fn synced(&self) -> usize {
+        self.synced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value over a quarter of a segment is a blob file; the flush fsyncs it once, syncs the
+    /// next one, and keeps the set of synced files equal to the directory's listing.
+    #[test]
+    fn a_flush_syncs_each_new_blob_file_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::sled::raw_db(dir.path()).expect("open sled");
+        let flusher = Flusher::new(db.clone(), dir.path());
+        let tree = db.open_tree("t").expect("tree");
+        tree.insert(b"small", vec![1u8; 64]).expect("insert");
+        assert_eq!(
+            flusher.flush().expect("flush"),
+            0,
+            "a small value is no blob"
+        );
+
+        let big = vec![7u8; 4 * crate::store::sled::SEGMENT_SIZE_BYTES];
+        tree.insert(b"big", big.clone()).expect("insert");
+        let first = flusher.flush().expect("flush");
+        assert!(first >= 1, "the big value's blob is synced");
+        let on_disk = std::fs::read_dir(dir.path().join("blobs"))
+            .expect("blobs dir")
+            .count();
+        assert_eq!(
+            flusher.synced(),
+            on_disk,
+            "every blob present is known synced"
+        );
+        assert_eq!(
+            flusher.flush().expect("flush"),
+            0,
+            "nothing new: nothing synced again"
+        );
+
+        tree.insert(b"big2", big).expect("insert");
+        assert!(
+            flusher.flush().expect("flush") >= 1,
+            "the next blob is synced"
+        );
+        tree.remove(b"big").expect("remove");
+        tree.remove(b"big2").expect("remove");
+        flusher.flush().expect("flush");
+        let on_disk = std::fs::read_dir(dir.path().join("blobs"))
+            .expect("blobs dir")
+            .count();
+        assert_eq!(
+            flusher.synced(),
+            on_disk,
+            "the known-synced set follows the directory: removed blobs are forgotten"
+        );
+    }
+}
