@@ -2,8 +2,8 @@
 //!
 //! Counters are cheap atomics; the hot path (one agent message) touches at most one, taken
 //! out of its family once at start. What is cheaper to count when scraped than to keep up to
-//! date (agents by status and org, watchers, the process) is read by collectors at scrape time
-//! (`metrics/fleet.rs`, `metrics/process.rs`); RPCs are counted by a tower layer
+//! date (agents by status and org, watchers, the process, the allocator) is read by collectors
+//! at scrape time (`metrics/fleet.rs`, `metrics/process.rs`, `metrics/allocator.rs`); RPCs are counted by a tower layer
 //! (`metrics/rpc.rs`); `metrics/expose.rs` serves the result in the format the scraper asks
 //! for.
 //!
@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 pub mod alerts;
+mod allocator;
 mod expose;
 mod fleet;
 mod process;
@@ -224,6 +225,7 @@ impl Metrics {
         let fleet = Arc::new(fleet::FleetSource::default());
         let registry = root.sub_registry_with_prefix("tether");
         registry.register_collector(Box::new(fleet::FleetCollector(fleet.clone())));
+        registry.register_collector(Box::new(allocator::AllocatorCollector));
         let alerts = alerts::AlertMetrics::register(registry);
 
         let build_info = Family::<BuildLabels, Gauge>::default();

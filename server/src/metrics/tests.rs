@@ -229,3 +229,25 @@ fn rpc_method_labels_are_served_methods_or_unknown() {
         assert_eq!(method_label(junk), "unknown");
     }
 }
+
+#[test]
+fn the_allocator_family_splits_allocated_from_resident() {
+    // Something allocated through jemalloc, whatever the test binary's own allocator is.
+    let text = Metrics::new().encode(Format::Text);
+    let value = |kind: &str| -> f64 {
+        let prefix = format!("tether_allocator_memory_bytes{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {kind} sample:\n{text}"))
+            .parse()
+            .expect("a number")
+    };
+    let (allocated, active, resident) = (value("allocated"), value("active"), value("resident"));
+    assert!(value("metadata") > 0.0, "{text}");
+    assert!(
+        allocated <= active,
+        "allocated {allocated} > active {active}"
+    );
+    assert!(active <= resident, "active {active} > resident {resident}");
+    value("retained");
+}

@@ -86,6 +86,8 @@ async fn a_busy_server_exposes_every_family_and_passes_promtool() {
         "tether_watchers",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        r#"tether_allocator_memory_bytes{kind="allocated"}"#,
+        r#"tether_allocator_memory_bytes{kind="resident"}"#,
         "process_open_fds",
         "process_start_time_seconds",
     ];
