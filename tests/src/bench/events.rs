@@ -30,7 +30,7 @@ use crate::event_watchers::{
 use crate::observe::{fleet_client, wait_ready};
 use crate::procs::{
     Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
-    simulator_flags,
+    settled_rss_kib, simulator_flags,
 };
 use crate::report::Row;
 
@@ -153,9 +153,11 @@ async fn run(
         values: json!({"offered": stopped.0, "acked": stopped.1, "dropped": stopped.2}),
     });
 
-    // 2. Watchers on an idle server.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_before = rss_kib(server.pid).context("server rss")?;
+    // 2. Watchers on an idle server, against its memory once the agents' sessions are freed.
+    let settle = Duration::from_secs(30);
+    let rss_before = settled_rss_kib(server.pid, settle)
+        .await
+        .context("server rss")?;
     let kinds = scopes(
         n_watchers,
         args.event_watchers_all,
@@ -177,8 +179,9 @@ async fn run(
     )
     .await?;
     let open_secs = opened.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_watching = rss_kib(server.pid).context("server rss")?;
+    let rss_watching = settled_rss_kib(server.pid, settle)
+        .await
+        .context("server rss")?;
     // Signed: with few watchers the allocator's noise can exceed them.
     let per_watcher = (rss_watching as f64 - rss_before as f64) / n_watchers.max(1) as f64;
     let start_cursors = watchers.start_cursors();

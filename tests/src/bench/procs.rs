@@ -473,6 +473,22 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS:")
 }
 
+/// The RSS of `pid` once it has stopped moving: read every second until two readings differ
+/// by less than 0.5 %, or after `limit`. Memory freed by closed sessions leaves the process
+/// over seconds (the allocator's decay), so a reading right after a change is not a baseline.
+pub async fn settled_rss_kib(pid: u32, limit: Duration) -> Option<u64> {
+    let start = tokio::time::Instant::now();
+    let mut last = rss_kib(pid)?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(last) * 200 < last.max(1) || start.elapsed() >= limit {
+            return Some(now);
+        }
+        last = now;
+    }
+}
+
 /// The `field` (e.g. `VmHWM:`, the peak RSS) of `/proc/{pid}/status`, in KiB.
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
