@@ -36,7 +36,7 @@ use crate::command_rows::{
 };
 use crate::observe::{command_client, unix_ms, wait_ready};
 use crate::procs::{
-    Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
+    Reaper, ServerProc, Simulator, cpu_secs, free_port, idle_rss_kib, lock, rss_kib, server_flags,
     simulator_flags,
 };
 use crate::report::{Row, loadavg, quantile};
@@ -402,8 +402,7 @@ async fn start_fleet(
         &dir.join("server.log"),
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_kib(server.pid).context("server rss")?;
+    let idle_rss = idle_rss_kib(&server).await?;
     let commands = command_client(&server.url, &server.admin_token).await?;
     let mut sim_args = simulator_flags(&server, n_conns, &args.source_addrs, ramp);
     sim_args.extend(

@@ -29,7 +29,7 @@ use crate::event_watchers::{
 };
 use crate::observe::{fleet_client, wait_ready};
 use crate::procs::{
-    Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
+    Reaper, ServerProc, Simulator, cpu_secs, free_port, idle_rss_kib, lock, rss_kib, server_flags,
     settled_rss_kib, simulator_flags,
 };
 use crate::report::Row;
@@ -115,8 +115,7 @@ async fn run(
         &dir.join("server.log"),
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_kib(server.pid).context("server rss")?;
+    let idle_rss = idle_rss_kib(&server).await?;
     let n_agents = args.agents;
     let sites = n_agents.div_ceil(SITE_AGENTS);
     let mut sim_args = simulator_flags(&server, n_agents, &args.source_addrs, args.ramp);

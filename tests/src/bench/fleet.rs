@@ -17,7 +17,7 @@ use crate::observe::{
     to_duration, unix_ms, wait_ready, watch,
 };
 use crate::procs::{
-    Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
+    Reaper, ServerProc, Simulator, cpu_secs, free_port, idle_rss_kib, lock, rss_kib, server_flags,
     simulator_flags,
 };
 use crate::report::{Row, quantile};
@@ -43,8 +43,7 @@ pub(crate) async fn fleet_phase(
     eprintln!("fleet: starting tether-server on port {port}");
     let mut server =
         ServerProc::start(reaper, bin_dir, port, &data_dir, &flags, &server_log).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_kib(server.pid).context("server rss")?;
+    let idle_rss = idle_rss_kib(&server).await?;
     let mut fleet = fleet_client(&server.url, &server.admin_token).await?;
     let config = fleet
         .get_server_config(pb::GetServerConfigRequest {})

@@ -489,6 +489,18 @@ pub async fn settled_rss_kib(pid: u32, limit: Duration) -> Option<u64> {
     }
 }
 
+/// The RSS of a server just started, once it has settled: the baseline every phase's memory
+/// per agent, session or watcher is measured above.
+///
+/// # Errors
+///
+/// The process is gone.
+pub async fn idle_rss_kib(server: &ServerProc) -> anyhow::Result<u64> {
+    settled_rss_kib(server.pid, Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("server rss: the server process is gone"))
+}
+
 /// The `field` (e.g. `VmHWM:`, the peak RSS) of `/proc/{pid}/status`, in KiB.
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -11,7 +11,7 @@ use tether_proto as pb;
 use crate::Args;
 use crate::observe::{fleet_client, wait_ready};
 use crate::procs::{
-    Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, rss_kib, server_flags,
+    Reaper, ServerProc, Simulator, cpu_secs, free_port, idle_rss_kib, lock, rss_kib, server_flags,
     simulator_flags,
 };
 use crate::report::{Row, quantile};
@@ -51,8 +51,7 @@ pub(crate) async fn sessions_phase(
         &dir.join("server.log"),
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_kib(server.pid).context("server rss")?;
+    let idle_rss = idle_rss_kib(&server).await?;
     let mut fleet = fleet_client(&server.url, &server.admin_token).await?;
     let mut sim_args = simulator_flags(
         &server,
