@@ -22,6 +22,9 @@ use crate::error::ServerError;
 use crate::registry::Registry;
 use crate::store::EventTable;
 
+/// Most agents a watch's [`LiveSelection`] remembers (about 100 KiB).
+const SELECTION_CACHE: usize = 2048;
+
 /// Most changes one read of the store returns.
 pub const PAGE: usize = 64;
 
@@ -124,7 +127,7 @@ pub enum WatchItem {
 /// A watch's label selector, matched against the registry's labels of each event's agent when
 /// the event is delivered. Answers are cached per agent until the registry's selection epoch
 /// moves (labels changed, an agent registered or removed), so a steady fleet costs one map
-/// lookup per event.
+/// lookup per event; at most [`SELECTION_CACHE`] agents are remembered per watch.
 pub struct LiveSelection {
     registry: Arc<Registry>,
     selector: Selector,
@@ -154,6 +157,10 @@ impl LiveSelection {
         }
         let (selected, at) = self.registry.selects(org, agent, &self.selector);
         if at == self.epoch {
+            if self.cache.len() >= SELECTION_CACHE {
+                // Bounded per watch, whatever the org's size: start over rather than grow.
+                self.cache.clear();
+            }
             self.cache.insert(agent.clone(), selected);
         }
         selected
