@@ -8,9 +8,13 @@
 //! [`FirstRequestLayer`] (a tower layer inside the gate) disarms the connection when a request
 //! passes authentication.
 //!
-//! At the global cap a new connection evicts the oldest armed one (a peer that connected and
-//! sent nothing useful) rather than being refused, so silent connections cannot lock out
-//! clients that talk; only when every connection is in use is the newcomer refused.
+//! At the global cap a new connection evicts an armed one (a peer that connected and sent
+//! nothing useful yet) rather than being refused, so silent connections cannot lock out clients
+//! that talk; only when every connection is in use is the newcomer refused. The victim is taken
+//! among the oldest armed connections ([`EVICTION_WINDOW`]) from the source address that has
+//! the most armed connections, so a flood from a few addresses pays for itself: a client that
+//! connected while a flood was still arriving is not evicted for it before its first request
+//! gets through.
 //!
 //! Invariant: every admitted connection holds one `Slot` until it is dropped (closed by
 //! either side, timed out, evicted, or refused after accept); the slot's `Drop` is the one place
@@ -20,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,6 +46,9 @@ use crate::metrics::Metrics;
 /// effect when the evicted connection's task next runs, not at once): at most this many, and at
 /// most a sixteenth of the cap, which stays well inside the descriptors the cap leaves free.
 const EVICTION_SLACK: usize = 64;
+/// Armed connections, oldest first, an eviction chooses among: the one whose source address
+/// has the most armed connections goes (the oldest of them on a tie).
+const EVICTION_WINDOW: usize = 32;
 /// Time given, once, to a connection found past its first-request deadline right after the
 /// server read something from it: enough for a request among what was read to reach the gate.
 const LATE_READ_GRACE: Duration = Duration::from_secs(2);
@@ -60,19 +67,34 @@ pub struct Connections {
 #[derive(Default)]
 struct Table {
     open: usize,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: HashMap<IpAddr, Source>,
     /// Connections in accept order that were armed when queued; entries that have since been
     /// disarmed or closed are skipped (and dropped from the front as new ones arrive).
     armed: VecDeque<Weak<ConnState>>,
 }
 
+/// One source address's connections.
+#[derive(Default)]
+struct Source {
+    open: usize,
+    /// Its connections still armed, shared with each of them ([`ConnState::waiting`]).
+    armed: Arc<AtomicUsize>,
+}
+
+/// A connection's phase: armed until its first authenticated request ([`SERVED`]), its eviction
+/// ([`EVICTED`]) or its end ([`CLOSED`]), whichever comes first; never armed again.
+const ARMED: u8 = 0;
+const SERVED: u8 = 1;
+const EVICTED: u8 = 2;
+const CLOSED: u8 = 3;
+
 /// What a connection and the request path share.
 #[derive(Debug, Default)]
 pub struct ConnState {
-    /// No authenticated request yet: the first-request deadline applies.
-    armed: AtomicBool,
-    /// Evicted to make room: the next read fails.
-    evicted: AtomicBool,
+    /// [`ARMED`], [`SERVED`], [`EVICTED`] or [`CLOSED`].
+    phase: AtomicU8,
+    /// Armed connections from the same source address, this one included while armed.
+    waiting: Arc<AtomicUsize>,
     /// The connection's task, woken when it is evicted.
     waker: AtomicWaker,
 }
@@ -81,6 +103,7 @@ pub struct ConnState {
 struct Slot {
     connections: Arc<Connections>,
     source: IpAddr,
+    state: Arc<ConnState>,
 }
 
 /// One accepted TCP connection under its limits.
@@ -151,17 +174,13 @@ impl Connections {
         self.max_total
     }
 
-    /// Admits an accepted connection from `peer`, evicting the oldest armed connection at the
-    /// global cap. Returns `None` (and closes `tcp`) when a cap refuses it.
+    /// Admits an accepted connection from `peer`, evicting an armed connection at the global
+    /// cap (see the module docs). Returns `None` (and closes `tcp`) when a cap refuses it.
     pub fn admit(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) -> Option<Conn> {
         let source = peer.ip();
-        let state = Arc::new(ConnState {
-            armed: AtomicBool::new(true),
-            ..ConnState::default()
-        });
-        {
+        let state = {
             let mut table = self.lock();
-            let from_source = table.per_source.get(&source).copied().unwrap_or(0);
+            let from_source = table.per_source.get(&source).map_or(0, |s| s.open);
             if from_source >= self.max_per_source {
                 drop(table);
                 self.metrics.connection_refused("max_per_source");
@@ -169,7 +188,7 @@ impl Connections {
                 return None;
             }
             if table.open >= self.max_total {
-                if table.open >= self.max_total + self.slack || !table.evict_oldest_armed() {
+                if table.open >= self.max_total + self.slack || !table.evict_armed() {
                     drop(table);
                     self.metrics.connection_refused("max_connections");
                     tracing::debug!(%peer, "connection refused: connection limit");
@@ -178,16 +197,19 @@ impl Connections {
                 self.metrics.connection_refused("evicted");
             }
             table.open += 1;
-            *table.per_source.entry(source).or_insert(0) += 1;
+            let from = table.per_source.entry(source).or_default();
+            from.open += 1;
+            let state = Arc::new(ConnState::armed(from.armed.clone()));
             table.forget_unarmed();
             table.armed.push_back(Arc::downgrade(&state));
-        }
+            state
+        };
         self.metrics.connections.inc();
         let deadline_at = Instant::now() + self.first_request_timeout;
         Some(Conn {
             tcp,
             peer,
-            state,
+            state: state.clone(),
             deadline_at,
             deadline: Some(Deadline {
                 sleep: Box::pin(tokio::time::sleep_until(deadline_at)),
@@ -198,14 +220,16 @@ impl Connections {
             slot: Slot {
                 connections: self.clone(),
                 source,
+                state,
             },
         })
     }
 
-    /// Evicts the oldest connection that has not sent an authenticated request yet, if any
-    /// (the accept loop does so when it runs out of file descriptors). Returns whether one was.
-    pub fn evict_oldest_armed(&self) -> bool {
-        let evicted = self.lock().evict_oldest_armed();
+    /// Evicts a connection that has not sent an authenticated request yet, if any, chosen as
+    /// at the cap (the accept loop does so when it runs out of file descriptors). Returns
+    /// whether one was.
+    pub fn evict_armed(&self) -> bool {
+        let evicted = self.lock().evict_armed();
         if evicted {
             self.metrics.connection_refused("evicted");
         }
@@ -223,15 +247,33 @@ impl Connections {
 }
 
 impl Table {
-    fn evict_oldest_armed(&mut self) -> bool {
-        while let Some(weak) = self.armed.pop_front() {
-            if let Some(state) = weak.upgrade()
-                && state.evict()
-            {
-                return true;
+    /// Evicts, among the [`EVICTION_WINDOW`] oldest armed connections, the oldest of those
+    /// whose source has the most armed connections; the others keep their place.
+    fn evict_armed(&mut self) -> bool {
+        let mut window = Vec::with_capacity(EVICTION_WINDOW);
+        while window.len() < EVICTION_WINDOW
+            && let Some(weak) = self.armed.pop_front()
+        {
+            if let Some(state) = weak.upgrade().filter(|s| s.is_armed()) {
+                window.push(state);
             }
         }
-        false
+        let mut evicted = false;
+        while !evicted && !window.is_empty() {
+            // `max_by_key` keeps the last maximum: compare the reversed window, so the oldest wins.
+            let (victim, _) = window
+                .iter()
+                .enumerate()
+                .rev()
+                .max_by_key(|(_, s)| s.waiting.load(Ordering::Acquire))
+                .expect("the window is not empty");
+            // A connection disarmed since it was looked at refuses; the next candidate goes.
+            evicted = window.remove(victim).evict();
+        }
+        for state in window.iter().rev() {
+            self.armed.push_front(Arc::downgrade(state));
+        }
+        evicted
     }
 
     /// Drops entries from the front that no longer matter, so the queue holds only what was
@@ -250,23 +292,49 @@ impl Table {
 // === impl ConnState ===
 
 impl ConnState {
-    /// The connection made an authenticated request: no deadline any more, never evicted.
+    /// A new armed connection from the source whose armed connections `waiting` counts.
+    fn armed(waiting: Arc<AtomicUsize>) -> Self {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Self {
+            phase: AtomicU8::new(ARMED),
+            waiting,
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// The connection made an authenticated request: no deadline any more, never evicted
+    /// (unless it was evicted first: then the eviction stands).
     pub fn disarm(&self) {
-        self.armed.store(false, Ordering::Release);
+        self.leave(SERVED);
     }
 
     pub fn is_armed(&self) -> bool {
-        self.armed.load(Ordering::Acquire)
+        self.phase() == ARMED
     }
 
-    /// Marks an armed connection evicted and wakes it; `false` if it was disarmed.
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
+    }
+
+    /// Marks an armed connection evicted and wakes it; `false` if it is no longer armed.
     fn evict(&self) -> bool {
-        if !self.is_armed() {
-            return false;
+        let evicted = self.leave(EVICTED);
+        if evicted {
+            self.waker.wake();
         }
-        self.evicted.store(true, Ordering::Release);
-        self.waker.wake();
-        true
+        evicted
+    }
+
+    /// Moves an armed connection to `phase`; `false` (and nothing changes) if it was not armed.
+    fn leave(&self, phase: u8) -> bool {
+        let left = self
+            .phase
+            .compare_exchange(ARMED, phase, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if left {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        left
     }
 }
 
@@ -274,13 +342,14 @@ impl ConnState {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.state.leave(CLOSED);
         let connections = &self.connections;
         {
             let mut table = connections.lock();
             table.open = table.open.saturating_sub(1);
-            if let Some(n) = table.per_source.get_mut(&self.source) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(from) = table.per_source.get_mut(&self.source) {
+                from.open -= 1;
+                if from.open == 0 {
                     table.per_source.remove(&self.source);
                 }
             }
@@ -333,21 +402,25 @@ impl AsyncRead for Conn {
         if let Some(kind) = this.closed {
             return Poll::Ready(Err(io::Error::from(kind)));
         }
-        if this.deadline.is_some() && !this.state.is_armed() {
-            this.deadline = None;
+        if this.deadline.is_some() {
+            match this.state.phase() {
+                SERVED => this.deadline = None,
+                EVICTED => {
+                    // Counted when it was evicted.
+                    let message =
+                        "evicted: no request yet and the server is at its connection limit";
+                    return Poll::Ready(Err(this.close(
+                        io::ErrorKind::ConnectionAborted,
+                        None,
+                        message,
+                    )));
+                }
+                _ => {}
+            }
         }
         let Some(deadline) = &mut this.deadline else {
             return Pin::new(&mut this.tcp).poll_read(cx, buf);
         };
-        if this.state.evicted.load(Ordering::Acquire) {
-            // Counted when it was evicted.
-            let message = "evicted: no request yet and the server is at its connection limit";
-            return Poll::Ready(Err(this.close(
-                io::ErrorKind::ConnectionAborted,
-                None,
-                message,
-            )));
-        }
         let filled = buf.filled().len();
         let poll = Pin::new(&mut this.tcp).poll_read(cx, buf);
         match &poll {
@@ -538,30 +611,69 @@ where
 mod tests {
     use super::*;
 
-    fn armed() -> Arc<ConnState> {
-        Arc::new(ConnState {
-            armed: AtomicBool::new(true),
-            ..ConnState::default()
-        })
+    /// An armed connection from the source whose armed connections `source` counts.
+    fn armed(source: &Arc<AtomicUsize>) -> Arc<ConnState> {
+        Arc::new(ConnState::armed(source.clone()))
+    }
+
+    fn table_of(states: &[&Arc<ConnState>]) -> Table {
+        let mut table = Table::default();
+        for state in states {
+            table.armed.push_back(Arc::downgrade(state));
+        }
+        table
     }
 
     #[test]
     fn eviction_takes_the_oldest_still_armed_connection() {
-        let (a, b, c) = (armed(), armed(), armed());
-        let mut table = Table::default();
-        for state in [&a, &b, &c] {
-            table.armed.push_back(Arc::downgrade(state));
-        }
+        let source = Arc::default();
+        let (a, b, c) = (armed(&source), armed(&source), armed(&source));
+        let mut table = table_of(&[&a, &b, &c]);
         a.disarm();
-        assert!(table.evict_oldest_armed());
-        assert!(
-            !a.evicted.load(Ordering::Acquire),
-            "a disarmed one is never evicted"
-        );
-        assert!(b.evicted.load(Ordering::Acquire));
-        assert!(!c.evicted.load(Ordering::Acquire));
+        assert!(table.evict_armed());
+        assert_eq!(a.phase(), SERVED, "a disarmed one is never evicted");
+        assert_eq!(b.phase(), EVICTED);
+        assert!(c.is_armed());
+        assert_eq!(source.load(Ordering::Acquire), 1, "only c still waits");
         drop(c);
-        assert!(!table.evict_oldest_armed(), "a closed one is skipped");
+        assert!(!table.evict_armed(), "a closed one is skipped");
+    }
+
+    #[test]
+    fn eviction_takes_from_the_source_with_the_most_armed_connections() {
+        let (client, flood) = (Arc::default(), Arc::default());
+        let first = armed(&client);
+        let floods: Vec<_> = (0..3).map(|_| armed(&flood)).collect();
+        let mut table = table_of(&[&first, &floods[0], &floods[1], &floods[2]]);
+        assert!(table.evict_armed());
+        assert!(first.is_armed(), "the oldest, but its source waits on one");
+        assert_eq!(floods[0].phase(), EVICTED, "the flood's oldest goes");
+        assert!(table.evict_armed());
+        assert_eq!(floods[1].phase(), EVICTED);
+        assert!(first.is_armed(), "kept its place");
+        // One each: the oldest goes.
+        assert!(table.evict_armed());
+        assert_eq!(first.phase(), EVICTED);
+        assert!(floods[2].is_armed());
+        assert_eq!(
+            table.armed.len(),
+            1,
+            "the survivor kept its place in the queue"
+        );
+    }
+
+    #[test]
+    fn a_connection_leaves_the_armed_phase_once() {
+        let source = Arc::default();
+        let a = armed(&source);
+        assert!(a.evict());
+        a.disarm();
+        assert_eq!(a.phase(), EVICTED, "an eviction stands");
+        assert!(!a.evict());
+        let b = armed(&source);
+        b.disarm();
+        assert!(!b.evict(), "a served connection is never evicted");
+        assert_eq!(source.load(Ordering::Acquire), 0);
     }
 
     /// A server busy for longer than the deadline reads a peer's request late: the peer is
@@ -619,10 +731,9 @@ mod tests {
 
     #[test]
     fn the_queue_forgets_what_no_longer_matters() {
-        let (a, b) = (armed(), armed());
-        let mut table = Table::default();
-        table.armed.push_back(Arc::downgrade(&a));
-        table.armed.push_back(Arc::downgrade(&b));
+        let source = Arc::default();
+        let (a, b) = (armed(&source), armed(&source));
+        let mut table = table_of(&[&a, &b]);
         a.disarm();
         table.forget_unarmed();
         assert_eq!(table.armed.len(), 1);

@@ -7,8 +7,8 @@
 //! connections only, for tonic's `serve_with_incoming_shutdown`.
 //!
 //! Out of file descriptors (EMFILE, ENFILE) or kernel memory, `accept` fails: the loop counts
-//! it (`tether_accept_errors{reason="fd_limit"}`), evicts the oldest connection that has not
-//! made a request yet, and backs off before accepting again, while every established
+//! it (`tether_accept_errors{reason="fd_limit"}`), evicts a connection that has not made a
+//! request yet (chosen as at the connection cap, `conn.rs`), and backs off before accepting again, while every established
 //! connection keeps being served by its own task. It warns at most once per 10 s with the
 //! number of failures since its last line, however long the flood lasts.
 
@@ -89,9 +89,9 @@ async fn accept_loop(
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 metrics.accept_error("fd_limit");
-                // The oldest connection that made no request yet gives its descriptor back to
+                // A connection that made no request yet gives its descriptor back to
                 // whoever is waiting in the backlog; established ones are untouched.
-                connections.evict_oldest_armed();
+                connections.evict_armed();
                 let pause =
                     backoff.map_or(ACCEPT_BACKOFF_INITIAL, |d| (d * 2).min(ACCEPT_BACKOFF_MAX));
                 if let Some(failures) = exhaustion_log.failed(Instant::now()) {

@@ -17,25 +17,40 @@ fn open_connections(server: &TestServer) -> i64 {
     server.metrics.connections.get()
 }
 
-/// `ListAgents` without a token over a raw HTTP/2 connection; returns the grpc-status.
-async fn unauthenticated_call(
+/// `ListAgents` over a raw HTTP/2 connection, with `token` if given; returns the grpc-status.
+async fn list_agents_call(
     send: h2::client::SendRequest<bytes::Bytes>,
     addr: std::net::SocketAddr,
+    token: Option<&str>,
 ) -> Option<String> {
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}/tether.v1.FleetService/ListAgents"))
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("request");
+        .header("te", "trailers");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(()).expect("request");
     let mut send = send.ready().await.expect("stream slot");
     let (response, mut body) = send.send_request(request, false).expect("send");
     // An empty ListAgentsRequest: uncompressed, zero length.
     let _ = body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true);
     let response = response.await.expect("response");
-    let status = response.headers().get("grpc-status")?;
-    Some(status.to_str().ok()?.to_owned())
+    // A trailers-only answer (an error) carries its status in the headers.
+    if let Some(status) = response.headers().get("grpc-status") {
+        return Some(status.to_str().ok()?.to_owned());
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        data.expect("the response's data");
+    }
+    let trailers = body.trailers().await.expect("trailers");
+    let status = match &trailers {
+        Some(trailers) => trailers.get("grpc-status"),
+        None => None,
+    };
+    Some(status?.to_str().ok()?.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +78,7 @@ async fn silent_connections_are_closed_at_the_first_request_deadline() {
     let refused = tokio::spawn(refused);
     assert_eq!(
         // A clone: with its last handle dropped, the client would close the connection itself.
-        unauthenticated_call(refused_send.clone(), server.addr).await,
+        list_agents_call(refused_send.clone(), server.addr, None).await,
         Some("16".to_owned()),
         "UNAUTHENTICATED"
     );
@@ -133,15 +148,22 @@ async fn one_source_address_holds_at_most_its_share() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_connection_limit_a_silent_connection_makes_room() {
-    trace_init();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = fast_config(dir.path());
+/// A server capped at 30 connections whose silent ones are not closed for a minute, with its
+/// healthy agent.
+async fn capped_at_thirty(dir: &std::path::Path) -> (TestServer, Healthy) {
+    let mut config = fast_config(dir);
     config.connections.max_connections = Some(30);
     config.connections.first_request_timeout = Duration::from_secs(60);
     let server = TestServer::start(config).await;
     let healthy = Healthy::start(&server).await;
+    (server, healthy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_a_silent_connection_makes_room() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, healthy) = capped_at_thirty(dir.path()).await;
 
     // The healthy agent's connection and 29 silent ones fill the server.
     let mut flood = silent_flood(server.addr, loopback(4), 29).await;
@@ -159,6 +181,50 @@ async fn at_the_connection_limit_a_silent_connection_makes_room() {
         closed_within(&mut flood[0], SLACK).await,
         "the oldest silent connection was evicted"
     );
+    healthy.assert_unaffected(&server).await;
+    server.stop().await;
+}
+
+/// A flood that arrives after a client connected, while the client's first request is still
+/// on its way, evicts its own connections, not the client's: the victim comes from the source
+/// with the most connections waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_arriving_after_a_client_evicts_its_own_connections() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, healthy) = capped_at_thirty(dir.path()).await;
+    let before = open_connections(&server);
+
+    // The client connects: the oldest connection without a request...
+    let client = silent_tcp(server.addr, loopback(6)).await;
+    eventually("the client's connection accepted", || async {
+        (open_connections(&server) == before + 1).then_some(())
+    })
+    .await;
+    // ...when a flood from one address fills the server and goes on arriving.
+    const FLOOD: i64 = 60;
+    let free = 30 - (before + 1);
+    let _flood = silent_flood(server.addr, loopback(4), FLOOD as usize).await;
+    eventually("every flood connection accepted", || async {
+        // Beyond the cap, each made room for itself or (while the evicted ones were still
+        // closing) was refused.
+        let turned_away = connections_refused(&server.metrics, "evicted")
+            + connections_refused(&server.metrics, "max_connections");
+        (turned_away >= (FLOOD - free) as u64).then_some(())
+    })
+    .await;
+
+    // The client's request, sent only now, is served on its connection.
+    let (send, connection) = h2::client::handshake(client)
+        .await
+        .expect("the client's connection is still open");
+    let connection = tokio::spawn(connection);
+    assert_eq!(
+        list_agents_call(send, server.addr, Some(&server.admin_token)).await,
+        Some("0".to_owned()),
+        "the client's request succeeds"
+    );
+    connection.abort();
     healthy.assert_unaffected(&server).await;
     server.stop().await;
 }

@@ -41,9 +41,26 @@ async fn stop(mut server: ServerProcess) {
     server.kill().await;
 }
 
+/// Connections the server accepted: open, or closed by a limit (silent ones never close
+/// themselves).
+async fn taken_in(server: &ServerProcess) -> f64 {
+    let mut taken = server.metric("tether_connections").await;
+    for reason in [
+        "evicted",
+        "max_connections",
+        "max_per_source",
+        "first_request_timeout",
+    ] {
+        let refused = format!("tether_connections_refused_total{{reason=\"{reason}\"}}");
+        taken += server.metric(&refused).await;
+    }
+    taken
+}
+
 /// Runs the scenario against a server started with `extra` flags; returns the server, still
-/// running, for the caller's own checks.
-async fn flood_scenario(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+/// running, for the caller's own checks. With `settle`, the CLI connects once the server has
+/// accepted every connection of the flood.
+async fn flood_scenario(data_dir: &Path, extra: &[&str], settle: bool) -> ServerProcess {
     let server = start(data_dir, extra).await;
     let state = tempfile::tempdir().expect("agent state dir");
     let token = server.enrollment_token().await;
@@ -60,6 +77,14 @@ async fn flood_scenario(data_dir: &Path, extra: &[&str]) -> ServerProcess {
     let mut flood = Vec::new();
     for source in 2..5 {
         flood.extend(silent_flood(server.addr, loopback(source), FLOOD / 3).await);
+    }
+    if settle {
+        // Connected is not accepted: wait until the server took every one from its backlog,
+        // so the CLI's connection comes after the flood, not among it.
+        eventually_within(Duration::from_secs(60), "the flood accepted", || async {
+            (taken_in(&server).await > FLOOD as f64).then_some(())
+        })
+        .await;
     }
     let out = cli_at(&server.url, &server.admin_token, &["agents", "list"])
         .await
@@ -87,7 +112,7 @@ async fn flood_scenario(data_dir: &Path, extra: &[&str]) -> ServerProcess {
 async fn under_its_derived_connection_cap_a_server_never_runs_out_of_descriptors() {
     trace_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = flood_scenario(dir.path(), &[]).await;
+    let server = flood_scenario(dir.path(), &[], true).await;
     let refused = server
         .metric("tether_connections_refused_total{reason=\"evicted\"}")
         .await
@@ -109,7 +134,7 @@ async fn under_its_derived_connection_cap_a_server_never_runs_out_of_descriptors
 async fn out_of_descriptors_a_server_keeps_serving_and_backs_off() {
     trace_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = flood_scenario(dir.path(), &["--max-connections", "100000"]).await;
+    let server = flood_scenario(dir.path(), &["--max-connections", "100000"], false).await;
     assert!(
         server
             .metric("tether_accept_errors_total{reason=\"fd_limit\"}")
