@@ -29,10 +29,15 @@ impl Write for SharedBuffer {
 }
 
 impl SharedBuffer {
-    /// Every line written so far (invalid UTF-8 replaced).
+    /// Every complete line written so far (invalid UTF-8 replaced): a last line still being
+    /// written, without its newline yet, is left out until it is whole.
     pub fn lines(&self) -> Vec<String> {
         let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes)
+        let whole = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(&bytes[..0], |end| &bytes[..=end]);
+        String::from_utf8_lossy(whole)
             .lines()
             .map(str::to_owned)
             .collect()
