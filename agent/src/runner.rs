@@ -4,7 +4,8 @@
 //! [`run`] is what the binary and the tests drive; [`spawn`] runs it on a task and returns an
 //! [`AgentHandle`]. The fleet simulator (`crate::simulate`) runs the same reconnect loop
 //! (`hold_sessions`) and sampler (`sample_forever`) for each simulated agent; only
-//! enrollment and the transport differ.
+//! enrollment and the transport differ. The loop and its waits are `reconnect`; the sampler
+//! is `sampler`.
 //!
 //! Identity flows live here too. Every process picks a random instance id (sent in `Hello`,
 //! so the server tells a restart from two machines sharing one credential); a `--hardware-id`
@@ -23,16 +24,11 @@
 //! (`wait_to_retry`: backoff, at least the server's retry delay) and tries again, logging at
 //! ERROR with what to do once it persists.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
-
-use tether_proto::refusal::Refusal;
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::client::{self, EnrollCall, Transport};
@@ -42,41 +38,12 @@ use crate::error::{Refused, after_refused_credential};
 use crate::events::Events;
 use crate::events::builtin;
 use crate::events::socket::SocketListener;
-use crate::session::{self, SessionContext, SessionEnd, Shared};
+use crate::session::Shared;
 use crate::state::{Credential, Enrollment, StateDir};
 use crate::{AgentConfig, AgentError, AgentStats};
 
 /// The collector, shared between the sampler and the sessions (which need `SystemInfo`).
 pub(crate) type SharedCollector = Arc<Mutex<Box<dyn Collector>>>;
-
-/// What the reconnect loop needs, besides the enrollment.
-pub(crate) struct Agent<'a> {
-    pub(crate) transport: &'a Transport,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) labels: &'a BTreeMap<String, String>,
-    pub(crate) collector: &'a SharedCollector,
-    pub(crate) shared: &'a Shared,
-    pub(crate) shutdown: &'a CancellationToken,
-    /// This agent process's random instance id, sent in every `Hello`.
-    pub(crate) instance_id: &'a str,
-    /// Wait after a session refused for an identity conflict.
-    pub(crate) conflict_backoff: Duration,
-}
-
-/// Why [`hold_sessions`] returned.
-#[derive(Debug)]
-pub(crate) enum HoldEnd {
-    /// `shutdown` was cancelled; the agent said goodbye.
-    Shutdown,
-    /// The server rejected the credential (`UNAUTHENTICATED`): the caller may enroll again, or
-    /// else wait and retry ([`wait_to_retry`]).
-    Unauthenticated(AgentError),
-    /// The server revoked the credential (the agent was deleted, or its credential replaced):
-    /// the caller enrolls again if it has a token, and stops otherwise.
-    Revoked(AgentError),
-    /// A broken local configuration: the agent stops.
-    Fatal(AgentError),
-}
 
 /// A running agent, as returned by [`spawn`].
 #[derive(Debug)]
@@ -390,177 +357,6 @@ impl Collector for HardwareIdOverride {
     }
 }
 
-/// Holds one session at a time for `enrollment`, reconnecting with `backoff`, until shutdown
-/// or an error the loop cannot retry by itself. Sets `healthy` when a healthy session ended
-/// (the backoff is then reset).
-///
-/// # Cancellation
-///
-/// Cancel through `agent.shutdown`: the live session says goodbye first.
-pub(crate) async fn hold_sessions(
-    agent: &Agent<'_>,
-    enrollment: &Enrollment,
-    backoff: &mut Backoff,
-    healthy_seen: &mut bool,
-) -> HoldEnd {
-    loop {
-        let system_info = match system_info(agent.collector).await {
-            Ok(info) => info,
-            Err(error) => {
-                if !wait_to_retry("describing this machine", &error, backoff, agent.shutdown).await
-                {
-                    return HoldEnd::Shutdown;
-                }
-                continue;
-            }
-        };
-        let ctx = SessionContext {
-            transport: agent.transport,
-            connect_timeout: agent.connect_timeout,
-            enrollment,
-            system_info: &system_info,
-            labels: agent.labels,
-            shared: agent.shared,
-            shutdown: agent.shutdown,
-            instance_id: agent.instance_id,
-        };
-        let end = session::run_session(&ctx)
-            .instrument(info_span!("session", agent_id = %enrollment.agent_id))
-            .await;
-        match end {
-            SessionEnd::Shutdown => return HoldEnd::Shutdown,
-            SessionEnd::Closed {
-                healthy: true,
-                reason,
-            } => {
-                backoff.reset();
-                *healthy_seen = true;
-                info!(%reason, "session closed");
-                let delay = backoff.next_delay();
-                info!(delay = ?delay, "reconnecting after backoff");
-                if !sleep_unless_shutdown(delay, agent.shutdown).await {
-                    return HoldEnd::Shutdown;
-                }
-            }
-            SessionEnd::Closed {
-                healthy: false,
-                reason,
-            } => {
-                // Closed before it was of any use: a failure like any other for the backoff.
-                let error = AgentError::Protocol(format!("session closed early: {reason}"));
-                if !wait_to_retry("the session", &error, backoff, agent.shutdown).await {
-                    return HoldEnd::Shutdown;
-                }
-            }
-            SessionEnd::Drained {
-                healthy,
-                reconnect_after,
-                message,
-            } => {
-                if healthy {
-                    backoff.reset();
-                    *healthy_seen = true;
-                }
-                // The server's delay instead of a backoff step: it spreads the fleet's return.
-                // If the server is not back by then, the next failure backs off from here.
-                info!(%message, delay = ?reconnect_after, "server draining; reconnecting when it said");
-                if !sleep_unless_shutdown(reconnect_after, agent.shutdown).await {
-                    return HoldEnd::Shutdown;
-                }
-            }
-            SessionEnd::Failed { healthy, error } => {
-                if healthy {
-                    backoff.reset();
-                    *healthy_seen = true;
-                }
-                match error.refusal() {
-                    Some(Refusal::CredentialRevoked) => return HoldEnd::Revoked(error),
-                    Some(Refusal::IdentityConflict) => {
-                        let delay = agent
-                            .conflict_backoff
-                            .mul_f64(rand::random_range(0.8..=1.2));
-                        error!(
-                            agent_id = %enrollment.agent_id,
-                            retry_in = ?delay,
-                            "the server refused this session: another machine uses this \
-                             agent's credential (a copied state directory). The other keeps the \
-                             identity; this agent retries after a long pause and never replaces \
-                             it. {error}"
-                        );
-                        tokio::select! {
-                            () = agent.shutdown.cancelled() => return HoldEnd::Shutdown,
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                        continue;
-                    }
-                    // A refusal of event watches, never of a session.
-                    Some(Refusal::CursorExpired) | None => {}
-                }
-                if error.is_unauthenticated() {
-                    return HoldEnd::Unauthenticated(error);
-                }
-                if !error.is_retryable() {
-                    return HoldEnd::Fatal(error);
-                }
-                if !wait_to_retry("the session", &error, backoff, agent.shutdown).await {
-                    return HoldEnd::Shutdown;
-                }
-            }
-        }
-    }
-}
-
-/// Records a failure of `what` in `backoff` and waits before the next attempt: the backoff's delay, or
-/// longer if the server asked for it. Logs the failure at INFO, or at ERROR with what to do
-/// once it persists; a misconfiguration ([`crate::failure::misconfiguration`]) at ERROR at
-/// once, waiting the backoff's cap. Returns `false` if `shutdown` fired first.
-pub(crate) async fn wait_to_retry(
-    what: &str,
-    error: &AgentError,
-    backoff: &mut Backoff,
-    shutdown: &CancellationToken,
-) -> bool {
-    let retry = backoff.failed(error.retry_after(), Instant::now());
-    if let Some(problem) = crate::failure::misconfiguration(error) {
-        // It will not fix itself: said at once, at ERROR with what to fix (then as any
-        // persistent failure), and retried only at the backoff's cap.
-        let delay = retry.delay.max(backoff.max());
-        if retry.failures == 1 || retry.persistent {
-            error!(
-                error = %error,
-                failures = retry.failures,
-                retry_in = %humantime::format_duration(delay),
-                "{what} failed: {}",
-                problem.remedy()
-            );
-        } else {
-            info!(error = %error, retry_in = %humantime::format_duration(delay), "{what} failed");
-        }
-        return sleep_unless_shutdown(delay, shutdown).await;
-    }
-    if retry.persistent {
-        error!(
-            error = %error,
-            failures = retry.failures,
-            failing_for = ?retry.failing_for,
-            delay = ?retry.delay,
-            "{what} keeps failing: {}",
-            error.advice()
-        );
-    } else {
-        info!(error = %error, delay = ?retry.delay, "{what} failed; retrying after backoff");
-    }
-    sleep_unless_shutdown(retry.delay, shutdown).await
-}
-
-/// Sleeps for `delay`; `false` if `shutdown` fired first.
-async fn sleep_unless_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
-    }
-}
-
 /// Enrolls, retrying retryable failures with backoff (at least as long as the server asks),
 /// and persists the result. `previous` is the credential the agent held before, sent as its
 /// claim to that identity. Returns `None` if `shutdown` fires first.
@@ -624,93 +420,8 @@ async fn system_info(collector: &SharedCollector) -> Result<SystemInfo, AgentErr
     .map_err(|err| AgentError::Task(format!("collector failed: {err}")))
 }
 
-/// The sampler: idle until the first `Welcome` gives a metrics interval, then one sample per
-/// interval into the shared buffer, connected or not, plus one whenever the `collect` command
-/// asks. Follows interval changes from later `Welcome`s. Never returns: it stops when dropped.
-pub(crate) async fn sample_forever(
-    collector: &SharedCollector,
-    shared: &Shared,
-) -> std::convert::Infallible {
-    let blocks = collector
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .blocks();
-    let mut interval_rx = shared.metrics_interval.subscribe();
-    let mut period = loop {
-        if let Some(period) = *interval_rx.borrow_and_update() {
-            break period;
-        }
-        // The sender lives in `shared`, which outlives this future.
-        if interval_rx.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    };
-    // The first tick fires at once: the first sample follows the first Welcome immediately.
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut reported_drops = 0;
-    let trigger = shared.commands.sampler();
-    loop {
-        tokio::select! {
-            changed = interval_rx.changed() => {
-                if changed.is_err() {
-                    return std::future::pending().await;
-                }
-                let new_period = *interval_rx.borrow_and_update();
-                if let Some(new_period) = new_period
-                    && new_period != period
-                {
-                    debug!(?new_period, "metrics interval changed");
-                    period = new_period;
-                    ticker = tokio::time::interval_at(Instant::now() + period, period);
-                    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                }
-                continue;
-            }
-            _ = ticker.tick() => {}
-            // The `collect` command: a sample now, through the normal path.
-            () = trigger.requested() => {}
-        }
-        let sample = if blocks {
-            let collector = collector.clone();
-            let sample = tokio::task::spawn_blocking(move || {
-                collector
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .sample()
-            })
-            .await;
-            match sample {
-                Ok(sample) => sample,
-                Err(err) => {
-                    warn!("failed to take a sample: {err}");
-                    continue;
-                }
-            }
-        } else {
-            collector
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .sample()
-        };
-        if let Some(events) = &shared.events {
-            events.observe(&sample).await;
-        }
-        let (seq, dropped) = {
-            let mut buffer = shared.buffer();
-            let seq = buffer.push(sample);
-            shared.stats.set_buffer(buffer.len(), buffer.dropped());
-            (seq, buffer.dropped())
-        };
-        shared.stats.sample_taken();
-        shared.new_samples.notify_one();
-        trigger.taken(seq);
-        if dropped > reported_drops && (reported_drops == 0 || dropped - reported_drops >= 1000) {
-            warn!(
-                samples_dropped = dropped,
-                "sample buffer full: dropping the oldest unacknowledged samples"
-            );
-            reported_drops = dropped;
-        }
-    }
-}
+mod reconnect;
+mod sampler;
+
+pub(crate) use reconnect::{Agent, HoldEnd, hold_sessions, wait_to_retry};
+pub(crate) use sampler::sample_forever;

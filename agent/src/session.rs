@@ -6,9 +6,9 @@
 //! goodbye, when the stream breaks or goes silent, or when the agent shuts down (then it sends
 //! its own goodbye first). The run loop decides what happens next from [`SessionEnd`].
 //!
-//! Longer than usual: one `select!` loop and the handlers of every server message share the
-//! session's state (buffer marks, command outbox, timers); splitting them would pass that state
-//! through every call.
+//! This module holds the session's state and its opening (`Hello`, `Welcome`);
+//! [`drive`] is the steady state after `Welcome`, [`goodbye`] how a session ends, [`events`]
+//! its side of events, and [`clock`] the round-trip and clock-offset arithmetic of pongs.
 //!
 //! The buffer and the sampler live outside the session, in [`Shared`], so samples keep being
 //! taken and numbered while disconnected. So does the command subsystem: the session hands it
@@ -23,11 +23,10 @@ use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::Streaming;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::buffer::SampleBuffer;
 use crate::client::{self, Transport};
@@ -206,14 +205,6 @@ pub(crate) enum ServerMessage {
     Unknown,
 }
 
-/// Round-trip time and clock offset derived from one `Pong`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ClockSample {
-    pub(crate) rtt: Duration,
-    /// Server clock minus agent clock, in microseconds.
-    pub(crate) offset_micros: i64,
-}
-
 /// One live stream's bookkeeping.
 struct Session<'a> {
     ctx: &'a SessionContext<'a>,
@@ -272,31 +263,6 @@ pub(crate) async fn run_session(ctx: &SessionContext<'_>) -> SessionEnd {
             healthy: session.healthy,
             error,
         },
-    }
-}
-
-/// Computes RTT and clock offset: `rtt = now - ping_sent_at`, `offset = server_receive_time -
-/// (ping_sent_at + rtt / 2)`. A clock that stepped backwards gives an RTT of zero.
-pub(crate) fn clock_sample(
-    ping_sent_at: SystemTime,
-    server_receive_time: SystemTime,
-    now: SystemTime,
-) -> ClockSample {
-    let rtt = now.duration_since(ping_sent_at).unwrap_or(Duration::ZERO);
-    let midpoint = ping_sent_at + rtt / 2;
-    ClockSample {
-        rtt,
-        offset_micros: signed_micros(server_receive_time, midpoint),
-    }
-}
-
-/// `a - b` in microseconds, saturating.
-pub(crate) fn signed_micros(a: SystemTime, b: SystemTime) -> i64 {
-    match a.duration_since(b) {
-        Ok(ahead) => i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX),
-        Err(behind) => i64::try_from(behind.duration().as_micros())
-            .map(|micros| -micros)
-            .unwrap_or(i64::MIN + 1),
     }
 }
 
@@ -437,104 +403,6 @@ impl Session<'_> {
         self.drive(inbound, &welcome).await
     }
 
-    /// The steady state after `Welcome`.
-    async fn drive(
-        &mut self,
-        mut inbound: Streaming<pb::ConnectResponse>,
-        welcome: &Welcome,
-    ) -> Result<SessionEnd, AgentError> {
-        let ctx = self.ctx;
-        let heartbeat_interval = welcome.heartbeat_interval;
-        let mut heartbeat =
-            tokio::time::interval_at(Instant::now() + heartbeat_interval, heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let silence_limit =
-            (heartbeat_interval * SILENT_HEARTBEATS).max(welcome.offline_after.unwrap_or_default());
-        let silence = tokio::time::sleep(silence_limit);
-        tokio::pin!(silence);
-        // Armed when the command subsystem has something to report; fires no earlier than
-        // `next_report_at`. Armed at once: unacknowledged updates are re-sent after `Welcome`.
-        let report_timer = tokio::time::sleep_until(self.next_report_at);
-        tokio::pin!(report_timer);
-        let mut report_armed = true;
-        let commands = &ctx.shared.commands;
-
-        loop {
-            tokio::select! {
-                biased;
-                () = ctx.shutdown.cancelled() => return self.say_goodbye(inbound).await,
-                message = inbound.message() => match message? {
-                    None => {
-                        return Ok(SessionEnd::Closed {
-                            healthy: self.healthy,
-                            reason: "server closed the stream".into(),
-                        });
-                    }
-                    Some(response) => {
-                        silence.as_mut().reset(Instant::now() + silence_limit);
-                        let message = ServerMessage::try_from(response)?;
-                        let ack = matches!(message, ServerMessage::MetricsAck { .. });
-                        if let Some(end) = self.on_message(message)? {
-                            return Ok(end);
-                        }
-                        // An ack frees room for the samples that waited for it.
-                        if ack {
-                            match self.flush_pending().await {
-                                Ok(()) => {}
-                                Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
-                                Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
-                            }
-                        }
-                    }
-                },
-                () = &mut silence => {
-                    return Err(AgentError::Timeout("any message from the server"));
-                }
-                _ = heartbeat.tick(), if !ctx.shared.is_muted() => {
-                    // The branch's condition is read when the select starts, so a tick that
-                    // fires after a mute must check again.
-                    if ctx.shared.is_muted() {
-                        continue;
-                    }
-                    let nonce = self.next_nonce;
-                    self.next_nonce += 1;
-                    match self.send(convert::ping(nonce, SystemTime::now())).await {
-                        Ok(()) => debug!(nonce, "ping sent"),
-                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
-                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
-                    }
-                }
-                () = ctx.shared.new_samples.notified(), if !ctx.shared.is_muted() => match self.flush_pending().await {
-                    Ok(()) => {}
-                    Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
-                    Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
-                },
-                () = events_ready(ctx.shared), if !ctx.shared.is_muted() => match self.flush_events().await {
-                    Ok(()) => {}
-                    Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
-                    Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
-                },
-                () = commands.ready().notified(), if !report_armed => {
-                    report_armed = true;
-                    report_timer.as_mut().reset(self.next_report_at.max(Instant::now()));
-                }
-                () = &mut report_timer, if report_armed && !ctx.shared.is_muted() => {
-                    report_armed = false;
-                    match self.send_command_report().await {
-                        Ok(more) => {
-                            if more {
-                                report_armed = true;
-                                report_timer.as_mut().reset(self.next_report_at);
-                            }
-                        }
-                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
-                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
-                    }
-                }
-            }
-        }
-    }
-
     fn on_welcome(&mut self, welcome: &Welcome) {
         let shared = &self.ctx.shared;
         {
@@ -568,151 +436,6 @@ impl Session<'_> {
         );
     }
 
-    /// Handles one message after `Welcome`. Returns how the session ends, if it does.
-    fn on_message(&mut self, message: ServerMessage) -> Result<Option<SessionEnd>, AgentError> {
-        let stats = &self.ctx.shared.stats;
-        match message {
-            ServerMessage::Pong(pong) => {
-                self.mark_healthy();
-                let (Some(sent_at), Some(received_at)) =
-                    (pong.ping_sent_at, pong.server_receive_time)
-                else {
-                    debug!(nonce = pong.nonce, "pong without timestamps");
-                    return Ok(None);
-                };
-                let clock = clock_sample(sent_at, received_at, SystemTime::now());
-                stats.set_clock(clock.rtt, clock.offset_micros);
-                debug!(
-                    nonce = pong.nonce,
-                    rtt = ?clock.rtt,
-                    clock_offset_micros = clock.offset_micros,
-                    "pong"
-                );
-            }
-            ServerMessage::MetricsAck { durable_seq } => {
-                self.mark_healthy();
-                self.ctx.shared.apply_ack(durable_seq);
-                let now = Instant::now();
-                while let Some(&(seq, sent_at)) = self.in_flight.front()
-                    && seq <= durable_seq
-                {
-                    if let Some(histogram) = &self.ctx.shared.ack_latency {
-                        histogram.record(now.saturating_duration_since(sent_at));
-                    }
-                    self.in_flight.pop_front();
-                }
-                debug!(durable_seq, "metrics acknowledged");
-            }
-            ServerMessage::Goodbye(goodbye) => return self.on_goodbye(goodbye).map(Some),
-            ServerMessage::CommandOffer(offer) => {
-                if let Some(arrivals) = &self.ctx.shared.offer_arrivals {
-                    arrivals.record(SystemTime::now());
-                }
-                self.ctx.shared.commands.offer(offer);
-            }
-            ServerMessage::CommandCancel { invocation_id } => {
-                self.ctx.shared.commands.cancel(&invocation_id);
-            }
-            ServerMessage::CommandAck(acks) => {
-                self.mark_healthy();
-                self.ctx.shared.commands.ack(&acks);
-            }
-            ServerMessage::EventAck(ack) => {
-                self.mark_healthy();
-                self.on_event_ack(&ack);
-            }
-            ServerMessage::Welcome(welcome) => {
-                warn!(session_id = %welcome.session_id, "ignoring a second Welcome");
-            }
-            ServerMessage::Unknown => debug!("ignoring a message of an unknown type"),
-        }
-        Ok(None)
-    }
-
-    fn on_goodbye(&self, goodbye: ServerGoodbye) -> Result<SessionEnd, AgentError> {
-        let ServerGoodbye {
-            reason,
-            message,
-            reconnect_after,
-        } = goodbye;
-        match (reason, reconnect_after) {
-            (GoodbyeReason::Revoked, _) => Err(AgentError::Revoked(message)),
-            (GoodbyeReason::ServerDraining, Some(reconnect_after)) => {
-                info!(?reconnect_after, %message, "server draining");
-                Ok(SessionEnd::Drained {
-                    healthy: self.healthy,
-                    reconnect_after,
-                    message,
-                })
-            }
-            (reason, _) => {
-                info!(?reason, %message, "server said goodbye");
-                Ok(SessionEnd::Closed {
-                    healthy: self.healthy,
-                    reason: format!("server said goodbye ({reason:?}): {message}"),
-                })
-            }
-        }
-    }
-
-    fn mark_healthy(&mut self) {
-        if !self.healthy {
-            self.healthy = true;
-            debug!("session healthy");
-        }
-    }
-
-    /// Sends every buffered sample not yet written to this stream, in reports of at most
-    /// [`MAX_SAMPLES_PER_REPORT`], while fewer than [`MAX_REPORTS_IN_FLIGHT`] reports await
-    /// their ack.
-    async fn flush_pending(&mut self) -> Result<(), SendFailed> {
-        if self.ctx.shared.is_muted() {
-            return Ok(());
-        }
-        loop {
-            if self.in_flight.len() >= MAX_REPORTS_IN_FLIGHT {
-                // The next ack sends what waits.
-                return Ok(());
-            }
-            let batch = self
-                .ctx
-                .shared
-                .buffer()
-                .after(self.sent_through, MAX_SAMPLES_PER_REPORT);
-            let Some(last) = batch.last() else {
-                return Ok(());
-            };
-            let last_seq = last.seq;
-            self.send(convert::metrics_report(&batch)).await?;
-            self.in_flight.push_back((last_seq, Instant::now()));
-            self.sent_through = last_seq;
-            self.ctx.shared.stats.add_samples_sent(batch.len());
-            debug!(n_samples = batch.len(), last_seq, "metrics sent");
-        }
-    }
-
-    /// Sends one `CommandReport` of what this stream has not carried yet. Returns whether more
-    /// waits (the report hit its size cap).
-    async fn send_command_report(&mut self) -> Result<bool, SendFailed> {
-        let Some(report) = self
-            .ctx
-            .shared
-            .commands
-            .next_report(self.commands_sent_through)
-        else {
-            return Ok(false);
-        };
-        self.send(convert::command_report(&report.updates)).await?;
-        self.commands_sent_through = report.last_index;
-        self.next_report_at = Instant::now() + REPORT_INTERVAL;
-        debug!(
-            n_updates = report.updates.len(),
-            more = report.more,
-            "command report sent"
-        );
-        Ok(report.more)
-    }
-
     /// Queues one message on the outbound stream, giving up on shutdown.
     async fn send(&self, message: pb::ConnectRequest) -> Result<(), SendFailed> {
         tokio::select! {
@@ -724,79 +447,6 @@ impl Session<'_> {
                 Ok(())
             }
         }
-    }
-
-    /// The outbound stream went away: the inbound side says why.
-    async fn outbound_closed(
-        &mut self,
-        mut inbound: Streaming<pb::ConnectResponse>,
-    ) -> Result<SessionEnd, AgentError> {
-        match tokio::time::timeout(SHUTDOWN_GRACE, inbound.message()).await {
-            Ok(Err(status)) => Err(status.into()),
-            _ => Ok(SessionEnd::Closed {
-                healthy: self.healthy,
-                reason: "outbound stream closed".into(),
-            }),
-        }
-    }
-
-    /// Clean shutdown: `Goodbye`, close the outbound stream, then wait up to
-    /// [`SHUTDOWN_GRACE`] for the server to end the stream, still applying acks.
-    async fn say_goodbye(
-        &mut self,
-        mut inbound: Streaming<pb::ConnectResponse>,
-    ) -> Result<SessionEnd, AgentError> {
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        // The stop is an event too: recorded and sent (if the stream takes it in time) before
-        // the goodbye; otherwise it waits in the spool for the next start.
-        if let Some(events) = &self.ctx.shared.events {
-            events.stopping("shutdown").await;
-            let sent = tokio::time::timeout_at(deadline, self.flush_events_unless_closed()).await;
-            if sent.is_err() {
-                info!("could not send the last events before the deadline");
-            }
-        }
-        let goodbye = convert::goodbye("shutdown");
-        if tokio::time::timeout_at(deadline, self.tx.send(goodbye))
-            .await
-            .is_err()
-        {
-            info!("could not queue goodbye before the deadline");
-        }
-        // Dropping the last sender ends the request stream: the server sees end-of-stream.
-        let (closed_tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.tx, closed_tx));
-        loop {
-            match tokio::time::timeout_at(deadline, inbound.message()).await {
-                Err(_) => {
-                    info!("server did not end the stream within the shutdown grace period");
-                    break;
-                }
-                Ok(Ok(None)) => break,
-                Ok(Err(status)) => {
-                    debug!(code = ?status.code(), "stream ended with an error during shutdown");
-                    break;
-                }
-                Ok(Ok(Some(response))) => match ServerMessage::try_from(response) {
-                    Ok(ServerMessage::MetricsAck { durable_seq }) => {
-                        self.ctx.shared.apply_ack(durable_seq);
-                    }
-                    Ok(ServerMessage::CommandAck(acks)) => self.ctx.shared.commands.ack(&acks),
-                    Ok(ServerMessage::EventAck(ack)) => self.on_event_ack(&ack),
-                    _ => {}
-                },
-            }
-        }
-        info!("session closed for shutdown");
-        Ok(SessionEnd::Shutdown)
-    }
-}
-
-/// Completes when the event subsystem has something new to send (never, without one).
-async fn events_ready(shared: &Shared) {
-    match &shared.events {
-        Some(events) => events.ready().notified().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -812,43 +462,9 @@ async fn cancellable<F: std::future::Future>(
     }
 }
 
+mod clock;
+mod drive;
 mod events;
+mod goodbye;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(micros: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_micros(micros)
-    }
-
-    #[test]
-    fn clock_in_sync() {
-        // Ping at 0, server receives at 5 ms (its clock agrees), pong back at 10 ms.
-        let clock = clock_sample(at(0), at(5_000), at(10_000));
-        assert_eq!(clock.rtt, Duration::from_millis(10));
-        assert_eq!(clock.offset_micros, 0);
-    }
-
-    #[test]
-    fn server_clock_ahead() {
-        // Server clock is 1 s ahead: it stamps 1.005 s for a receive at agent time 5 ms.
-        let clock = clock_sample(at(0), at(1_005_000), at(10_000));
-        assert_eq!(clock.rtt, Duration::from_millis(10));
-        assert_eq!(clock.offset_micros, 1_000_000);
-    }
-
-    #[test]
-    fn server_clock_behind() {
-        let clock = clock_sample(at(2_000_000), at(1_500_100), at(2_000_200));
-        assert_eq!(clock.rtt, Duration::from_micros(200));
-        assert_eq!(clock.offset_micros, -500_000);
-    }
-
-    #[test]
-    fn clock_stepping_backwards_gives_zero_rtt() {
-        let clock = clock_sample(at(10_000), at(10_000), at(0));
-        assert_eq!(clock.rtt, Duration::ZERO);
-        assert_eq!(clock.offset_micros, 0);
-    }
-}
+pub(crate) use clock::signed_micros;

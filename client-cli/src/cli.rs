@@ -1,9 +1,13 @@
 //! The command-line grammar: every command, flag and help text, as clap derive types.
 //!
 //! This lives in the library (not `main.rs`) so the end-to-end tests can build a [`Cli`] with
-//! `Cli::try_parse_from([...])` and drive [`crate::run`] exactly as the binary does. The `cmd`
-//! group's grammar is in the child module `command`.
+//! `Cli::try_parse_from([...])` and drive [`crate::run`] exactly as the binary does. Each
+//! command group's grammar is a child module: `agents` (and `metrics`), `admin` (tokens, orgs,
+//! audit), `command` (`cmd`), `event` and `alerts`; this module holds the top level, the
+//! global flags, the output formats and the value parsers they share.
 
+mod admin;
+mod agents;
 mod alerts;
 mod command;
 mod event;
@@ -14,8 +18,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Secret;
-use crate::view::{AgentStatus, AuditOutcome, Role};
 
+pub use admin::{
+    ApiTokensCommand, AuditArgs, AuditCommand, CreateApiTokenArgs, CreateOrgArgs, CreateTokenArgs,
+    EnrollTokenCommand, ListApiTokensArgs, ListTokensArgs, OrgsCommand, RevokeTokenArgs,
+};
+pub use agents::{
+    AgentsCommand, AllowReclaimArgs, DeleteArgs, GetArgs, ListArgs, MetricsArgs, SortKey, WatchArgs,
+};
 pub use alerts::{
     AlertRulesCommand, AlertStateArg, AlertsCommand, CreateAlertRuleArgs, DeleteAlertRuleArgs,
     ListAlertsArgs, RuleKindArg, WatchAlertsArgs, WebhookFormatArg,
@@ -173,358 +183,12 @@ pub struct CompletionArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// `agents …`
-#[derive(Debug, Subcommand)]
-pub enum AgentsCommand {
-    /// List agents, following every page unless --limit is given.
-    #[command(visible_alias = "ls")]
-    List(ListArgs),
-
-    /// Show one agent in detail: identity, system, labels, status, metrics, transitions.
-    Get(GetArgs),
-
-    /// Print the matching agents, then one line per change as it happens.
-    Watch(WatchArgs),
-
-    /// Delete an agent: revoke its credential and end its session (admin; needs --yes).
-    Delete(DeleteArgs),
-
-    /// Let the next enrollment that reports this agent's hardware id take the agent over
-    /// (its id, history and pinned labels) without its credential: for a machine that was
-    /// reinstalled or lost its state directory (admin). Used once; expires.
-    AllowReclaim(AllowReclaimArgs),
-}
-
-/// `agents list`
-#[derive(Debug, Clone, Args)]
-pub struct ListArgs {
-    /// Label selector: comma-separated `k=v`, `k!=v`, `k` (has key), `!k` (lacks key)
-    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
-    pub selector: Option<String>,
-
-    /// Only agents with this status (repeatable)
-    #[arg(long = "status", value_name = "STATUS")]
-    pub statuses: Vec<AgentStatus>,
-
-    /// Only agents on this OS (case-insensitive exact match on the OS name)
-    #[arg(long, value_name = "OS")]
-    pub os: Option<String>,
-
-    /// Only agents whose name or hostname contains TEXT (case-insensitive)
-    #[arg(short = 'q', long, value_name = "TEXT")]
-    pub query: Option<String>,
-
-    /// Include expired agents
-    #[arg(long)]
-    pub include_expired: bool,
-
-    /// Stop after N agents instead of fetching every page
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub limit: Option<u32>,
-
-    /// Order of the agents (ascending, ties by id); default: by id
-    #[arg(long, value_enum, value_name = "COLUMN")]
-    pub sort_by: Option<SortKey>,
-
-    /// Leave out the header row of table, wide and csv output
-    #[arg(long)]
-    pub no_headers: bool,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ListFormat::Table)]
-    pub output: ListFormat,
-}
-
-/// What `agents list --sort-by` orders by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SortKey {
-    /// Agent id.
-    Id,
-    /// Name (case-insensitive).
-    Name,
-    /// Status: online, stale, offline, expired.
-    Status,
-    /// Last message, oldest first (agents never seen first of all).
-    LastSeen,
-    /// OS name.
-    Os,
-    /// Latest CPU use (agents without metrics first).
-    Cpu,
-    /// Latest memory use (agents without metrics first).
-    Mem,
-    /// Health: ok, warning, critical, unknown.
-    Health,
-}
-
-/// `agents get`
-#[derive(Debug, Clone, Args)]
-pub struct GetArgs {
-    /// Agent: its id, the start of its id, its name or its hostname
-    pub id: String,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `agents watch`
-#[derive(Debug, Clone, Args)]
-pub struct WatchArgs {
-    /// Label selector, as for `agents list`
-    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
-    pub selector: Option<String>,
-
-    /// Also print an event for every metrics report
-    #[arg(long)]
-    pub metrics: bool,
-
-    /// Include expired agents in the snapshot
-    #[arg(long)]
-    pub include_expired: bool,
-
-    /// Stop after N events (snapshot entries count; the end-of-snapshot marker does not)
-    #[arg(long, value_name = "N")]
-    pub max_events: Option<u64>,
-
-    /// Output format (json: one object per line; `{"kind":"synced"}` ends each snapshot,
-    /// and a new snapshot follows when the watch resumes after the server came back)
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `metrics`
-#[derive(Debug, Clone, Args)]
-pub struct MetricsArgs {
-    /// Agent: its id, the start of its id, its name or its hostname
-    pub id: String,
-
-    /// How far back to look, e.g. 15m, 1h, 2d
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub since: Duration,
-
-    /// Width of each averaged point; 0s returns every stored sample [default: chosen from
-    /// --since: at least 1m, at most about 300 points]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub step: Option<Duration>,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = SeriesFormat::Table)]
-    pub output: SeriesFormat,
-}
-
 /// Output flag of commands that print one object.
 #[derive(Debug, Clone, Args)]
 pub struct ObjectOutput {
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
     pub output: ObjectFormat,
-}
-
-/// `enroll-token …`
-#[derive(Debug, Subcommand)]
-pub enum EnrollTokenCommand {
-    /// Create an enrollment token; its secret is printed once.
-    Create(CreateTokenArgs),
-
-    /// List enrollment tokens (never their secrets).
-    #[command(visible_alias = "ls")]
-    List(ListTokensArgs),
-
-    /// Revoke an enrollment token so no more agents can enroll with it.
-    Revoke(RevokeTokenArgs),
-}
-
-/// `enroll-token create`
-#[derive(Debug, Clone, Args)]
-pub struct CreateTokenArgs {
-    /// Free text to recognise the token by
-    #[arg(long, value_name = "TEXT", default_value = "")]
-    pub description: String,
-
-    /// Label stamped on every agent enrolled with the token, as k=v (repeatable)
-    #[arg(long = "label", value_name = "K=V")]
-    pub labels: Vec<String>,
-
-    /// Most enrollments allowed; 0 means unlimited
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub max_uses: u32,
-
-    /// Lifetime, e.g. 1h, 7d; `never` (or 0s) for no expiry
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
-    pub ttl: Ttl,
-
-    /// Let an enrollment with this token take over the one disconnected agent that reports
-    /// the same hardware id (a reinstalled machine keeps its agent), instead of creating a
-    /// new, flagged agent. Anyone holding the token can then take over such an agent.
-    #[arg(long)]
-    pub allow_reclaim: bool,
-
-    /// Also print the agent's enrollment command (`tether-agent --server … --enroll-token …`)
-    /// as a QR code to scan on the machine
-    #[arg(long)]
-    pub qr: bool,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `enroll-token list`
-#[derive(Debug, Clone, Args)]
-pub struct ListTokensArgs {
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = SeriesFormat::Table)]
-    pub output: SeriesFormat,
-}
-
-/// `enroll-token revoke` and `tokens revoke`
-#[derive(Debug, Clone, Args)]
-pub struct RevokeTokenArgs {
-    /// Token id
-    pub id: String,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `agents delete`
-#[derive(Debug, Clone, Args)]
-pub struct DeleteArgs {
-    /// Agent: its id, the start of its id, its name or its hostname
-    pub id: String,
-
-    /// Confirm: revoke the agent's credential and end its session
-    #[arg(long)]
-    pub yes: bool,
-}
-
-/// `agents allow-reclaim`
-#[derive(Debug, Clone, Args)]
-pub struct AllowReclaimArgs {
-    /// Agent: its id, the start of its id, its name or its hostname
-    pub id: String,
-
-    /// How long the permission lasts, e.g. 30m, 1d (at most 7d)
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub ttl: Duration,
-}
-
-/// `orgs …`
-#[derive(Debug, Subcommand)]
-pub enum OrgsCommand {
-    /// Create an org and its first admin token; the token's secret is printed once.
-    Create(CreateOrgArgs),
-
-    /// List every org.
-    #[command(visible_alias = "ls")]
-    List(ObjectOutput),
-}
-
-/// `orgs create`
-#[derive(Debug, Clone, Args)]
-pub struct CreateOrgArgs {
-    /// Org id: 1-64 characters of a-z, 0-9 and -
-    pub org_id: String,
-
-    /// Human-readable name
-    #[arg(long, value_name = "NAME", default_value = "")]
-    pub display_name: String,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `tokens …`
-#[derive(Debug, Subcommand)]
-pub enum ApiTokensCommand {
-    /// Create an API token; its secret is printed once.
-    Create(CreateApiTokenArgs),
-
-    /// List API tokens (never their secrets).
-    #[command(visible_alias = "ls")]
-    List(ListApiTokensArgs),
-
-    /// Revoke an API token; calls and open watches using it are refused from then on.
-    Revoke(RevokeTokenArgs),
-}
-
-/// `tokens create`
-#[derive(Debug, Clone, Args)]
-pub struct CreateApiTokenArgs {
-    /// Name to recognise the token by
-    #[arg(long, value_name = "NAME")]
-    pub name: String,
-
-    /// What the token may do
-    #[arg(long, value_enum)]
-    pub role: Role,
-
-    /// Lifetime, e.g. 12h, 30d; `never` (or 0s) for no expiry
-    #[arg(long, value_name = "DURATION", default_value = "never", value_parser = parse_ttl)]
-    pub ttl: Ttl,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `tokens list`
-#[derive(Debug, Clone, Args)]
-pub struct ListApiTokensArgs {
-    /// Include revoked tokens
-    #[arg(long)]
-    pub include_revoked: bool,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `audit`: list events, or check the hash chain with `audit verify` / `audit --verify`.
-#[derive(Debug, Clone, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct AuditArgs {
-    /// Check the chain instead of listing
-    #[command(subcommand)]
-    pub command: Option<AuditCommand>,
-
-    /// Only calls of this method: a short name (CreateToken) or a full one
-    /// (/tether.v1.AdminService/CreateToken)
-    #[arg(long, value_name = "METHOD")]
-    pub method: Option<String>,
-
-    /// Only calls made with this token
-    #[arg(long, value_name = "TOKEN_ID")]
-    pub actor: Option<String>,
-
-    /// Only calls with this outcome
-    #[arg(long, value_enum)]
-    pub outcome: Option<AuditOutcome>,
-
-    /// Only events of this recent period, e.g. 15m, 1h, 2d
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub since: Option<Duration>,
-
-    /// Only the N newest matching events
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub limit: Option<u32>,
-
-    /// Check the org's whole hash chain instead of listing (same as `audit verify`)
-    #[arg(long, conflicts_with_all = ["method", "actor", "outcome", "since", "limit"])]
-    pub verify: bool,
-
-    /// Output format
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ObjectFormat::Table)]
-    pub output: ObjectFormat,
-}
-
-/// `audit …`
-#[derive(Debug, Clone, Subcommand)]
-pub enum AuditCommand {
-    /// Fetch every event of the org and check the hash chain; exits non-zero if it is broken.
-    Verify(ObjectOutput),
 }
 
 /// Output formats of listings.
@@ -619,6 +283,8 @@ pub fn parse_ttl(text: &str) -> Result<Ttl, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    use crate::view::AgentStatus;
 
     #[test]
     fn command_tree_is_consistent() {

@@ -6,7 +6,8 @@
 //! rule over what the registry answers from its index, `registry/alerts.rs`), stores what
 //! fired and resolved through the writer, then tells watchers and queues one notification per
 //! rule for its webhook (`alert/deliver.rs`). Rules come from the rules file (`alert/file.rs`,
-//! never stored) and from `AlertService` (stored).
+//! never stored) and from `AlertService` (stored; `alert/manage.rs` creates and deletes them),
+//! which also reads alerts through `alert/read.rs`.
 //!
 //! # Invariants
 //!
@@ -35,7 +36,7 @@
 //! agents, at most once per `interval` (default [`DEFAULT_ALERT_INTERVAL`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -54,13 +55,17 @@ use crate::writer::WriterHandle;
 pub mod deliver;
 pub mod eval;
 pub mod file;
+mod manage;
 pub mod payload;
 mod post;
+mod read;
 pub mod rule;
+
+pub use self::read::{AlertQuery, WatchSlot};
 
 use self::deliver::{Deliveries, DeliverySettings, Notification};
 use self::eval::{Decision, Observation, RuleState, decide};
-use self::rule::{Alert, AlertState, MAX_RULES_PER_ORG, Rule, RuleKind, RuleSource, Webhook};
+use self::rule::{Alert, AlertState, Rule, RuleKind, RuleSource, Webhook};
 
 /// How often every rule is evaluated.
 pub const DEFAULT_ALERT_INTERVAL: Duration = Duration::from_secs(5);
@@ -113,14 +118,6 @@ impl Default for AlertSettings {
 #[derive(Clone, Debug)]
 pub struct AlertEvent(pub Arc<Alert>);
 
-/// Which alerts `ListAlerts` wants.
-#[derive(Clone, Debug, Default)]
-pub struct AlertQuery {
-    pub state: Option<AlertState>,
-    pub rule: Option<String>,
-    pub limit: usize,
-}
-
 /// Every org's rules and alerts.
 pub struct Alerts {
     inner: Mutex<Inner>,
@@ -151,15 +148,6 @@ struct OrgAlerts {
     feed: broadcast::Sender<AlertEvent>,
     /// Open `WatchAlerts` streams of the org (each holds a [`WatchSlot`]).
     watchers: Arc<AtomicUsize>,
-}
-
-/// One open watch of an org's alerts; dropping it frees its place.
-pub struct WatchSlot(Arc<AtomicUsize>);
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// One rule's changes of a turn, with where they go.
@@ -480,183 +468,6 @@ impl Alerts {
                 self.metrics.alerts.firing.get_or_create(&labels).set(n);
             }
         }
-    }
-
-    // --- rules ---
-
-    /// The rules of `org`, by name.
-    pub fn rules(&self, org: &OrgId) -> Vec<Rule> {
-        let inner = self.lock();
-        inner
-            .orgs
-            .get(org)
-            .map(|o| o.rules.values().map(|s| s.rule.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Adds a rule made over RPC, stored with `audit`.
-    ///
-    /// # Errors
-    ///
-    /// `INVALID_ARGUMENT` for a rule that does not validate; `ALREADY_EXISTS` for a name in
-    /// use; `RESOURCE_EXHAUSTED` past [`MAX_RULES_PER_ORG`]; a failed commit.
-    pub async fn create_rule(&self, rule: Rule, audit: AuditEntry) -> Result<Rule, ServerError> {
-        let selector = rule
-            .validate()
-            .map_err(|e| ServerError::InvalidArgument(e.0))?;
-        let _turn = self.turn.lock().await;
-        {
-            let inner = self.lock();
-            let rules = inner.orgs.get(&rule.org).map(|o| &o.rules);
-            if rules.is_some_and(|r| r.contains_key(&rule.name)) {
-                return Err(ServerError::AlreadyExists(format!(
-                    "alert rule {}",
-                    rule.name
-                )));
-            }
-            if rules.is_some_and(|r| r.len() >= MAX_RULES_PER_ORG) {
-                return Err(ServerError::ResourceExhausted(format!(
-                    "an org may have at most {MAX_RULES_PER_ORG} alert rules"
-                )));
-            }
-        }
-        self.writer
-            .commit_audited(
-                vec![Write::PutAlertRule(Box::new(rule.clone()))],
-                Some(audit),
-            )
-            .await?;
-        let mut inner = self.lock();
-        inner
-            .org(&rule.org)
-            .rules
-            .insert(rule.name.clone(), RuleState::new(rule.clone(), selector));
-        drop(inner);
-        self.refresh_gauges();
-        Ok(rule)
-    }
-
-    /// Deletes a rule made over RPC; its firing alerts resolve (stored, announced, delivered)
-    /// in the same commit as the deletion and `audit`.
-    ///
-    /// # Errors
-    ///
-    /// `NOT_FOUND` for no such rule in `org`; `FAILED_PRECONDITION` for a rule of the rules
-    /// file; a failed commit.
-    pub async fn delete_rule(
-        &self,
-        org: &OrgId,
-        name: &str,
-        audit: AuditEntry,
-    ) -> Result<(), ServerError> {
-        let _turn = self.turn.lock().await;
-        let outcome = {
-            let inner = self.lock();
-            let state = inner
-                .orgs
-                .get(org)
-                .and_then(|o| o.rules.get(name))
-                .ok_or_else(|| ServerError::NotFound(format!("alert rule {name}")))?;
-            if state.rule.source == RuleSource::Config {
-                return Err(ServerError::FailedPrecondition(format!(
-                    "alert rule {name} comes from the server's rules file: edit the file instead"
-                )));
-            }
-            let now = SystemTime::now();
-            let mut resolved: Vec<Alert> = state
-                .firing
-                .values()
-                .map(|a| eval::resolve(a, now, "the rule was deleted"))
-                .collect();
-            resolved.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-            Outcome {
-                org: org.clone(),
-                rule: state.rule.clone(),
-                decision: Decision {
-                    resolved,
-                    ..Decision::default()
-                },
-            }
-        };
-        let delete = Write::DeleteAlertRule {
-            org: org.clone(),
-            name: name.to_owned(),
-        };
-        self.commit(vec![outcome], Some((audit, vec![delete])))
-            .await?;
-        let mut inner = self.lock();
-        inner.org(org).rules.remove(name);
-        drop(inner);
-        self.metrics.alerts.firing.remove(&RuleLabels {
-            org: org.to_string(),
-            rule: name.to_owned(),
-        });
-        Ok(())
-    }
-
-    // --- alerts ---
-
-    /// The alerts of `org` that `query` asks for: firing ones (newest first), then resolved ones
-    /// (most recently resolved first), at most `query.limit`.
-    pub fn list(&self, org: &OrgId, query: &AlertQuery) -> Vec<Alert> {
-        let inner = self.lock();
-        let Some(alerts) = inner.orgs.get(org) else {
-            return Vec::new();
-        };
-        let rule_ok = |a: &&Alert| query.rule.as_ref().is_none_or(|r| &a.rule == r);
-        let mut out: Vec<Alert> = Vec::new();
-        if query.state != Some(AlertState::Resolved) {
-            let mut firing: Vec<&Alert> = alerts
-                .rules
-                .values()
-                .flat_map(|s| s.firing.values())
-                .filter(rule_ok)
-                .collect();
-            firing.sort_unstable_by(|a, b| b.id.cmp(&a.id));
-            out.extend(firing.into_iter().take(query.limit).cloned());
-        }
-        if query.state != Some(AlertState::Firing) {
-            let room = query.limit.saturating_sub(out.len());
-            out.extend(
-                alerts
-                    .resolved
-                    .iter()
-                    .rev()
-                    .filter(rule_ok)
-                    .take(room)
-                    .cloned(),
-            );
-        }
-        out
-    }
-
-    /// The firing alerts of `org` and a feed of its changes from that instant on, with the
-    /// watch's place among the org's at most `max_watchers`.
-    ///
-    /// # Errors
-    ///
-    /// `RESOURCE_EXHAUSTED` when the org already has `max_watchers` watches open.
-    pub fn subscribe(
-        &self,
-        org: &OrgId,
-        max_watchers: usize,
-    ) -> Result<(Vec<Alert>, broadcast::Receiver<AlertEvent>, WatchSlot), ServerError> {
-        let mut inner = self.lock();
-        let alerts = inner.org(org);
-        let open = alerts.watchers.fetch_add(1, Ordering::AcqRel);
-        let slot = WatchSlot(alerts.watchers.clone());
-        if open >= max_watchers {
-            return Err(ServerError::ResourceExhausted(format!(
-                "an org may have at most {max_watchers} alert watches open"
-            )));
-        }
-        let mut firing: Vec<Alert> = alerts
-            .rules
-            .values()
-            .flat_map(|s| s.firing.values().cloned())
-            .collect();
-        firing.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        Ok((firing, alerts.feed.subscribe(), slot))
     }
 }
 

@@ -22,8 +22,9 @@
 //! small spools): cheap (one unlink), and the oldest events of the lowest severity go first.
 //! The spool is synchronous and blocking; `events.rs` calls it from blocking threads.
 //!
-//! Longer than usual: appending, making room, reading back and acknowledging share the
-//! queues, cursors and counts, and the invariants above hold only across all of them.
+//! This module holds the spool's state, appending, reading back and acknowledging;
+//! `layout` is its files (segment names, `spool.meta`) and `eviction` what leaves it and
+//! how drops are reported.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -31,11 +32,12 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use self::eviction::{add, drop_report};
+use self::layout::{Meta, parse_segment_name, read_meta, sync_dir};
 use crate::events::record::{self, HEADER_BYTES};
-use crate::events::types::{Event, Severity, SpooledEvent};
+use crate::events::types::{Event, SpooledEvent};
 
 /// Default capacity of the spool.
 pub const DEFAULT_SPOOL_BYTES: u64 = 64 << 20;
@@ -50,9 +52,6 @@ pub const MAX_SEGMENT_BYTES: u64 = 1 << 20;
 pub const SPOOL_DIR_NAME: &str = "events";
 /// Kind of the event that reports drops.
 pub const DROPPED_KIND: &str = tether_proto::event::KIND_EVENTS_DROPPED;
-const META_FILE_NAME: &str = "spool.meta";
-const META_VERSION: u32 = 1;
-
 /// A spool failure: the disk refused a write or a read.
 #[derive(Debug, thiserror::Error)]
 #[error("event spool {}: {source}", path.display())]
@@ -77,7 +76,8 @@ pub struct Spool {
     dir: PathBuf,
     capacity: u64,
     segment_bytes: u64,
-    /// Segments per severity ([`Severity::index`]), oldest first.
+    /// Segments per severity
+    /// ([`Severity::index`](crate::events::types::Severity::index)), oldest first.
     queues: [VecDeque<Segment>; 4],
     /// Append handle of each queue's newest segment, opened lazily.
     writers: [Option<File>; 4],
@@ -111,15 +111,6 @@ struct Cursor {
     segment: u64,
     offset: u64,
     after: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Meta {
-    version: u32,
-    acked_through: u64,
-    /// Highest seq ever assigned.
-    seq_floor: u64,
-    unreported: [u64; 4],
 }
 
 // === impl Spool ===
@@ -327,7 +318,8 @@ impl Spool {
         self.acked_through
     }
 
-    /// Events dropped since the spool was opened, by severity ([`Severity::index`]).
+    /// Events dropped since the spool was opened, by severity
+    /// ([`Severity::index`](crate::events::types::Severity::index)).
     pub fn dropped(&self) -> [u64; 4] {
         self.dropped
     }
@@ -361,12 +353,6 @@ impl Spool {
         self.write(event.severity.index(), seq, &record::record(seq, &payload))?;
         self.next_seq += 1;
         Ok(Appended::Stored(seq))
-    }
-
-    /// The queue to drop from to fit an event of `severity`: the lowest severity holding
-    /// segments, if it is not above `severity`.
-    fn victim(&self, severity: Severity) -> Option<usize> {
-        (0..=severity.index()).find(|&idx| !self.queues[idx].is_empty())
     }
 
     fn write(&mut self, queue_idx: usize, seq: u64, bytes: &[u8]) -> Result<(), SpoolError> {
@@ -427,86 +413,6 @@ impl Spool {
         segment.bytes += len;
         self.bytes += len;
         Ok(())
-    }
-
-    /// Deletes the oldest segment of queue `queue_idx`, counting its unacknowledged events.
-    /// A drop report among them is not itself counted: its counts carry over to the next
-    /// report, so no count is lost however often reports are dropped.
-    fn drop_oldest(&mut self, queue_idx: usize) -> Result<(), SpoolError> {
-        let segment = self.queues[queue_idx]
-            .front()
-            .cloned()
-            .expect("victims hold segments");
-        let path = self.segment_path(queue_idx, segment.first_seq);
-        let mut n_read = 0;
-        let mut n_lost = 0;
-        let mut carried = [0; 4];
-        if let Ok(file) = File::open(&path) {
-            let mut offset = 0;
-            while let Ok(Some((event, next))) = record::read_at(&file, offset, segment.bytes) {
-                offset = next;
-                n_read += 1;
-                if event.seq <= self.acked_through {
-                    continue;
-                }
-                match dropped_counts(&event.event) {
-                    Some(counts) => add(&mut carried, &counts),
-                    None => n_lost += 1,
-                }
-            }
-        }
-        // Records that could not be read count as lost events of this severity.
-        n_lost += segment.n_events.saturating_sub(n_read);
-        self.count_drop(Severity::ALL[queue_idx], n_lost);
-        add(&mut self.unreported, &carried);
-        self.delete_front(queue_idx)
-    }
-
-    fn count_drop(&mut self, severity: Severity, n: u64) {
-        self.unreported[severity.index()] += n;
-        self.dropped[severity.index()] += n;
-    }
-
-    /// Deletes every segment whose events the server has all acknowledged (the newest of a
-    /// queue only once it is full: new events would otherwise create a file each).
-    fn collect_acked(&mut self) -> Result<(), SpoolError> {
-        let acked = |queue: &VecDeque<Segment>, segment_bytes: u64, acked_through: u64| {
-            queue.front().is_some_and(|segment| {
-                segment.last_seq <= acked_through
-                    && (queue.len() > 1 || segment.bytes * 2 >= segment_bytes)
-            })
-        };
-        for queue_idx in 0..4 {
-            while acked(
-                &self.queues[queue_idx],
-                self.segment_bytes,
-                self.acked_through,
-            ) {
-                self.delete_front(queue_idx)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the oldest segment of a queue, recording the spool's state first.
-    fn delete_front(&mut self, queue_idx: usize) -> Result<(), SpoolError> {
-        self.persist_meta()?;
-        let segment = self.queues[queue_idx]
-            .pop_front()
-            .expect("callers check the queue");
-        if self.queues[queue_idx].is_empty() {
-            self.writers[queue_idx] = None;
-        }
-        if self.cursors[queue_idx].is_some_and(|cursor| cursor.segment == segment.first_seq) {
-            self.cursors[queue_idx] = None;
-        }
-        self.bytes -= segment.bytes;
-        let path = self.segment_path(queue_idx, segment.first_seq);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(source) if source.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(SpoolError { path, source }),
-        }
     }
 
     /// The next event of queue `queue_idx` with seq above `after`, and the cursor after it.
@@ -577,96 +483,6 @@ impl Spool {
             };
         }
     }
-
-    fn segment_path(&self, queue_idx: usize, first_seq: u64) -> PathBuf {
-        self.dir.join(format!(
-            "{}-{first_seq:020}.seg",
-            Severity::ALL[queue_idx].as_str()
-        ))
-    }
-
-    /// Writes `spool.meta` if it would change: temporary file, fsync, rename, fsync of the
-    /// directory.
-    fn persist_meta(&mut self) -> Result<(), SpoolError> {
-        let meta = Meta {
-            version: META_VERSION,
-            acked_through: self.acked_through,
-            seq_floor: self.next_seq - 1,
-            unreported: self.unreported,
-        };
-        if meta == self.persisted {
-            return Ok(());
-        }
-        let path = self.dir.join(META_FILE_NAME);
-        let tmp = self.dir.join(format!("{META_FILE_NAME}.tmp"));
-        let err = |source| SpoolError {
-            path: path.clone(),
-            source,
-        };
-        let json = serde_json::to_vec(&meta).expect("numbers always serialize");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        file.write_all(&json)
-            .and_then(|()| file.sync_all())
-            .map_err(err)?;
-        fs::rename(&tmp, &path).map_err(err)?;
-        sync_dir(&self.dir)?;
-        self.persisted = meta;
-        Ok(())
-    }
-}
-
-/// Reads `spool.meta`. A missing file is a new spool; an unreadable one is logged and
-/// rebuilt from the segments (the server's `Welcome` then keeps seqs from going back).
-fn read_meta(dir: &Path) -> Meta {
-    let path = dir.join(META_FILE_NAME);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Meta::default(),
-        Err(err) => {
-            warn!(path = %path.display(), "event spool: cannot read its state, rebuilding it from the segments: {err}");
-            return Meta::default();
-        }
-    };
-    match serde_json::from_slice::<Meta>(&bytes) {
-        Ok(meta) if meta.version == META_VERSION => meta,
-        Ok(meta) => {
-            warn!(path = %path.display(), version = meta.version, "event spool: unknown state version, rebuilding it from the segments");
-            Meta::default()
-        }
-        Err(err) => {
-            warn!(path = %path.display(), "event spool: corrupt state, rebuilding it from the segments: {err}");
-            Meta::default()
-        }
-    }
-}
-
-fn parse_segment_name(name: &str) -> Option<(Severity, u64)> {
-    let stem = name.strip_suffix(".seg")?;
-    let (severity, seq) = stem.split_once('-')?;
-    let seq: u64 = seq.parse().ok()?;
-    (seq > 0).then_some(())?;
-    Some((Severity::parse(severity)?, seq))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|source| SpoolError {
-            path: dir.to_path_buf(),
-            source,
-        })
-}
-
-fn add(into: &mut [u64; 4], counts: &[u64; 4]) {
-    for (total, n) in into.iter_mut().zip(counts) {
-        *total += n;
-    }
 }
 
 /// About what `event` weighs in a report.
@@ -683,52 +499,8 @@ pub(super) fn approximate_size(event: &Event) -> u64 {
         + 32) as u64
 }
 
-/// The counts a `tether.events_dropped` event carries, if `event` is one.
-fn dropped_counts(event: &Event) -> Option<[u64; 4]> {
-    if event.kind != DROPPED_KIND {
-        return None;
-    }
-    let mut counts = [0; 4];
-    for severity in Severity::ALL {
-        let key = format!("dropped_{}", severity.as_str());
-        counts[severity.index()] = event.attributes.get(&key)?.parse().ok()?;
-    }
-    Some(counts)
-}
-
-/// The `tether.events_dropped` event for `counts` (by severity): at least a warning, and as
-/// severe as the worst event it stands for.
-fn drop_report(counts: &[u64; 4], capacity: u64) -> Event {
-    let total: u64 = counts.iter().sum();
-    let worst = Severity::ALL
-        .into_iter()
-        .rev()
-        .find(|severity| counts[severity.index()] > 0)
-        .unwrap_or(Severity::Warning)
-        .max(Severity::Warning);
-    let breakdown = Severity::ALL
-        .into_iter()
-        .map(|severity| format!("{} {}", severity.as_str(), counts[severity.index()]))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut event = Event::now(
-        DROPPED_KIND,
-        worst,
-        format!(
-            "the event spool ({capacity} bytes) was full: dropped {total} unsent events, the \
-             lowest severities first ({breakdown})"
-        ),
-    )
-    .with("dropped", total)
-    .with("spool_bytes", capacity);
-    for severity in Severity::ALL {
-        event = event.with(
-            format!("dropped_{}", severity.as_str()),
-            counts[severity.index()],
-        );
-    }
-    event
-}
+mod eviction;
+mod layout;
 
 #[cfg(test)]
 #[path = "spool/tests.rs"]

@@ -1,6 +1,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
+use crate::events::types::Severity;
 
 fn event(severity: Severity, n: usize) -> Event {
     Event::now("test.spool", severity, format!("event number {n}")).with("n", n)

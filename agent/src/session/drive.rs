@@ -1,0 +1,251 @@
+//! The session's steady state after `Welcome`: one `select!` loop that reads the server's
+//! messages and applies them, pings every heartbeat interval, and sends samples, events and
+//! command reports as they come.
+//!
+//! **Invariants:** at most [`MAX_REPORTS_IN_FLIGHT`] metrics reports await their ack (the rest
+//! of the samples wait in the buffer and leave at the next ack); at most one `CommandReport`
+//! per [`REPORT_INTERVAL`]; a muted agent sends nothing; a stream silent for
+//! [`SILENT_HEARTBEATS`] heartbeat intervals (or the server's `offline_after`, if longer) is
+//! dead.
+
+use std::time::SystemTime;
+
+use tether_proto as pb;
+use tokio::time::{Instant, MissedTickBehavior};
+use tonic::codec::Streaming;
+use tracing::{debug, warn};
+
+use super::clock::clock_sample;
+use super::{
+    MAX_REPORTS_IN_FLIGHT, MAX_SAMPLES_PER_REPORT, REPORT_INTERVAL, SILENT_HEARTBEATS, SendFailed,
+    ServerMessage, Session, SessionEnd, Shared, Welcome,
+};
+use crate::AgentError;
+use crate::convert;
+
+impl Session<'_> {
+    /// The steady state after `Welcome`.
+    pub(super) async fn drive(
+        &mut self,
+        mut inbound: Streaming<pb::ConnectResponse>,
+        welcome: &Welcome,
+    ) -> Result<SessionEnd, AgentError> {
+        let ctx = self.ctx;
+        let heartbeat_interval = welcome.heartbeat_interval;
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + heartbeat_interval, heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let silence_limit =
+            (heartbeat_interval * SILENT_HEARTBEATS).max(welcome.offline_after.unwrap_or_default());
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
+        // Armed when the command subsystem has something to report; fires no earlier than
+        // `next_report_at`. Armed at once: unacknowledged updates are re-sent after `Welcome`.
+        let report_timer = tokio::time::sleep_until(self.next_report_at);
+        tokio::pin!(report_timer);
+        let mut report_armed = true;
+        let commands = &ctx.shared.commands;
+
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.shutdown.cancelled() => return self.say_goodbye(inbound).await,
+                message = inbound.message() => match message? {
+                    None => {
+                        return Ok(SessionEnd::Closed {
+                            healthy: self.healthy,
+                            reason: "server closed the stream".into(),
+                        });
+                    }
+                    Some(response) => {
+                        silence.as_mut().reset(Instant::now() + silence_limit);
+                        let message = ServerMessage::try_from(response)?;
+                        let ack = matches!(message, ServerMessage::MetricsAck { .. });
+                        if let Some(end) = self.on_message(message)? {
+                            return Ok(end);
+                        }
+                        // An ack frees room for the samples that waited for it.
+                        if ack {
+                            match self.flush_pending().await {
+                                Ok(()) => {}
+                                Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                                Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                            }
+                        }
+                    }
+                },
+                () = &mut silence => {
+                    return Err(AgentError::Timeout("any message from the server"));
+                }
+                _ = heartbeat.tick(), if !ctx.shared.is_muted() => {
+                    // The branch's condition is read when the select starts, so a tick that
+                    // fires after a mute must check again.
+                    if ctx.shared.is_muted() {
+                        continue;
+                    }
+                    let nonce = self.next_nonce;
+                    self.next_nonce += 1;
+                    match self.send(convert::ping(nonce, SystemTime::now())).await {
+                        Ok(()) => debug!(nonce, "ping sent"),
+                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                    }
+                }
+                () = ctx.shared.new_samples.notified(), if !ctx.shared.is_muted() => match self.flush_pending().await {
+                    Ok(()) => {}
+                    Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                    Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                },
+                () = events_ready(ctx.shared), if !ctx.shared.is_muted() => match self.flush_events().await {
+                    Ok(()) => {}
+                    Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                    Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                },
+                () = commands.ready().notified(), if !report_armed => {
+                    report_armed = true;
+                    report_timer.as_mut().reset(self.next_report_at.max(Instant::now()));
+                }
+                () = &mut report_timer, if report_armed && !ctx.shared.is_muted() => {
+                    report_armed = false;
+                    match self.send_command_report().await {
+                        Ok(more) => {
+                            if more {
+                                report_armed = true;
+                                report_timer.as_mut().reset(self.next_report_at);
+                            }
+                        }
+                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one message after `Welcome`. Returns how the session ends, if it does.
+    fn on_message(&mut self, message: ServerMessage) -> Result<Option<SessionEnd>, AgentError> {
+        let stats = &self.ctx.shared.stats;
+        match message {
+            ServerMessage::Pong(pong) => {
+                self.mark_healthy();
+                let (Some(sent_at), Some(received_at)) =
+                    (pong.ping_sent_at, pong.server_receive_time)
+                else {
+                    debug!(nonce = pong.nonce, "pong without timestamps");
+                    return Ok(None);
+                };
+                let clock = clock_sample(sent_at, received_at, SystemTime::now());
+                stats.set_clock(clock.rtt, clock.offset_micros);
+                debug!(
+                    nonce = pong.nonce,
+                    rtt = ?clock.rtt,
+                    clock_offset_micros = clock.offset_micros,
+                    "pong"
+                );
+            }
+            ServerMessage::MetricsAck { durable_seq } => {
+                self.mark_healthy();
+                self.ctx.shared.apply_ack(durable_seq);
+                let now = Instant::now();
+                while let Some(&(seq, sent_at)) = self.in_flight.front()
+                    && seq <= durable_seq
+                {
+                    if let Some(histogram) = &self.ctx.shared.ack_latency {
+                        histogram.record(now.saturating_duration_since(sent_at));
+                    }
+                    self.in_flight.pop_front();
+                }
+                debug!(durable_seq, "metrics acknowledged");
+            }
+            ServerMessage::Goodbye(goodbye) => return self.on_goodbye(goodbye).map(Some),
+            ServerMessage::CommandOffer(offer) => {
+                if let Some(arrivals) = &self.ctx.shared.offer_arrivals {
+                    arrivals.record(SystemTime::now());
+                }
+                self.ctx.shared.commands.offer(offer);
+            }
+            ServerMessage::CommandCancel { invocation_id } => {
+                self.ctx.shared.commands.cancel(&invocation_id);
+            }
+            ServerMessage::CommandAck(acks) => {
+                self.mark_healthy();
+                self.ctx.shared.commands.ack(&acks);
+            }
+            ServerMessage::EventAck(ack) => {
+                self.mark_healthy();
+                self.on_event_ack(&ack);
+            }
+            ServerMessage::Welcome(welcome) => {
+                warn!(session_id = %welcome.session_id, "ignoring a second Welcome");
+            }
+            ServerMessage::Unknown => debug!("ignoring a message of an unknown type"),
+        }
+        Ok(None)
+    }
+
+    fn mark_healthy(&mut self) {
+        if !self.healthy {
+            self.healthy = true;
+            debug!("session healthy");
+        }
+    }
+
+    /// Sends every buffered sample not yet written to this stream, in reports of at most
+    /// [`MAX_SAMPLES_PER_REPORT`], while fewer than [`MAX_REPORTS_IN_FLIGHT`] reports await
+    /// their ack.
+    pub(super) async fn flush_pending(&mut self) -> Result<(), SendFailed> {
+        if self.ctx.shared.is_muted() {
+            return Ok(());
+        }
+        loop {
+            if self.in_flight.len() >= MAX_REPORTS_IN_FLIGHT {
+                // The next ack sends what waits.
+                return Ok(());
+            }
+            let batch = self
+                .ctx
+                .shared
+                .buffer()
+                .after(self.sent_through, MAX_SAMPLES_PER_REPORT);
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            let last_seq = last.seq;
+            self.send(convert::metrics_report(&batch)).await?;
+            self.in_flight.push_back((last_seq, Instant::now()));
+            self.sent_through = last_seq;
+            self.ctx.shared.stats.add_samples_sent(batch.len());
+            debug!(n_samples = batch.len(), last_seq, "metrics sent");
+        }
+    }
+
+    /// Sends one `CommandReport` of what this stream has not carried yet. Returns whether more
+    /// waits (the report hit its size cap).
+    async fn send_command_report(&mut self) -> Result<bool, SendFailed> {
+        let Some(report) = self
+            .ctx
+            .shared
+            .commands
+            .next_report(self.commands_sent_through)
+        else {
+            return Ok(false);
+        };
+        self.send(convert::command_report(&report.updates)).await?;
+        self.commands_sent_through = report.last_index;
+        self.next_report_at = Instant::now() + REPORT_INTERVAL;
+        debug!(
+            n_updates = report.updates.len(),
+            more = report.more,
+            "command report sent"
+        );
+        Ok(report.more)
+    }
+}
+
+/// Completes when the event subsystem has something new to send (never, without one).
+async fn events_ready(shared: &Shared) {
+    match &shared.events {
+        Some(events) => events.ready().notified().await,
+        None => std::future::pending().await,
+    }
+}
