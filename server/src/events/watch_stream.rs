@@ -9,7 +9,9 @@
 //! in proportion to what it receives. A watch whose queue fills (a slow reader) is detached by
 //! the hub; once it reads again it takes what its queue held, joins again and reads the store
 //! from its last cursor up to where the hub then starts: it misses nothing and slows no one.
-//! One that resumes from its last cursor gets exactly the changes after it still retained.
+//! One that resumes from its last cursor gets exactly the changes after it still retained; one
+//! whose next change was purged before it read it (it stopped reading for longer than the
+//! retention) ends with [`WatchError::Expired`], the status of an expired cursor, never a gap.
 //!
 //! **What a change carries.** A change delivered live carries the event as that change
 //! committed it. A change replayed from the store carries the event as stored when read (a later
@@ -183,6 +185,28 @@ impl LiveSelection {
     }
 }
 
+/// Why a watch ended with an error.
+#[derive(Debug)]
+pub enum WatchError {
+    /// The store failed.
+    Store(ServerError),
+    /// Retention removed changes after the watch's cursor before it read them (it stopped
+    /// reading for longer than the retention): the client must list and watch again.
+    Expired { oldest: u64 },
+}
+
+impl From<ServerError> for WatchError {
+    fn from(e: ServerError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<crate::store::StoreError> for WatchError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
 /// Why a cursor cannot be resumed.
 #[derive(Debug)]
 pub enum CursorError {
@@ -270,7 +294,7 @@ impl EventWatch {
     }
 
     /// The next message; `None` once the watch is over (shutdown, revoked token). Cancel safe.
-    pub async fn next(&mut self) -> Option<Result<WatchItem, ServerError>> {
+    pub async fn next(&mut self) -> Option<Result<WatchItem, WatchError>> {
         loop {
             if let Some(item) = self.queue.pop_front() {
                 return Some(Ok(item));
@@ -281,7 +305,7 @@ impl EventWatch {
                 Some(member) => member.from,
                 None => match self.join() {
                     Ok(from) => from,
-                    Err(e) => return Some(Err(e)),
+                    Err(e) => return Some(Err(e.into())),
                 },
             };
             if self.after < from {
@@ -333,7 +357,12 @@ impl EventWatch {
 
     /// Reads the next page of changes after `after`, up to `to` (inclusive); whether there was
     /// any.
-    fn read(&mut self, to: u64) -> Result<bool, ServerError> {
+    ///
+    /// # Errors
+    ///
+    /// [`WatchError::Expired`] when the change after `after` was purged (cursors follow each
+    /// other, and retention removes the oldest first); the store's.
+    fn read(&mut self, to: u64) -> Result<bool, WatchError> {
         let store = &*self.events.store;
         let from = keys::cursor_key(self.after.saturating_add(1));
         let to = keys::cursor_key(to.saturating_add(1));
@@ -347,6 +376,9 @@ impl EventWatch {
             let Some(cursor) = keys::cursor_from_key(&key) else {
                 continue;
             };
+            if cursor > self.after + 1 {
+                return Err(WatchError::Expired { oldest: cursor });
+            }
             self.after = cursor;
             let Some(change) = keys::decode::<ChangeEntry>(&value) else {
                 tracing::warn!(org = %self.org, cursor, "an event change does not decode; skipped");

@@ -103,6 +103,67 @@ async fn a_watcher_that_stops_reading_falls_back_to_the_store_and_later_gets_eve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watcher_whose_missed_changes_fell_out_of_retention_gets_the_resync_status() {
+    let world = World::with(|config| {
+        config.events.rate_per_minute = 1_000_000;
+        config.events.retention = Duration::from_secs(2);
+        config.storage.retention_interval = Duration::from_millis(100);
+    })
+    .await;
+    let fallbacks = world.server.metrics.event_watch.fallbacks.clone();
+    let (_, _, mut session, _) = world.agent("busy").await;
+    let client = world.events().await;
+    let mut slow = watch(&world.events().await, pb::EventFilter::default(), "")
+        .await
+        .expect("slow watch");
+    until_caught_up(&mut slow).await;
+    let (reports, per_report, size) = (20, 100, 4000);
+    for report in 0..reports {
+        let first = report * per_report + 1;
+        session
+            .report_events(batch(first, first + per_report - 1, size))
+            .await
+            .expect("ack");
+    }
+    assert!(fallbacks.get() >= 1, "the stalled watcher was detached");
+    // Retention removes the whole change log but its newest entry: resuming after the one
+    // before the last but one is refused.
+    let n = reports * per_report;
+    let before_last = (n - 2).to_string();
+    eventually("the change log to be purged", || {
+        let (client, cursor) = (client.clone(), before_last.clone());
+        async move {
+            watch(&client, pb::EventFilter::default(), &cursor)
+                .await
+                .err()
+        }
+    })
+    .await;
+
+    // What reached the watcher before it was detached comes in order; then the resync status,
+    // never a silent gap.
+    let mut seqs = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.message())
+            .await
+            .expect("a watch message within 10 s")
+        {
+            Ok(Some(message)) => seqs.push(cursor_and_seq(&message).1),
+            Ok(None) => panic!("the watch ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(
+        tether_proto::refusal::refusal(&status),
+        Some(tether_proto::refusal::Refusal::CursorExpired)
+    );
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(seqs.len() < n as usize);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_resuming_during_live_ingest_gets_the_missed_changes_then_live_ones_once_each() {
     let world = busy_world().await;
     let (_, _, mut session, _) = world.agent("steady").await;
