@@ -12,7 +12,8 @@
 //! # Invariants
 //!
 //! - One task changes stored events; everything else reads the store (`query.rs`,
-//!   `watch.rs`), so reads never see half a change (a commit is atomic).
+//!   `watch_stream.rs`), so reads never see half a change (a commit is atomic), or takes the
+//!   changes the task publishes to the hub (`hub.rs`) once their commit is durable.
 //! - Every occurrence of an event is counted once in its hour (by kind and severity, and by
 //!   agent) in the same commit that stores or repeats it.
 //! - Each org's change log numbers changes 1, 2, 3, … in commit order; the newest entry is
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ConfigError;
 use crate::domain::{AgentId, OrgId};
@@ -30,6 +31,7 @@ use crate::error::ServerError;
 use crate::store::{EventTable, Store};
 use crate::writer::WriterHandle;
 
+pub mod hub;
 pub mod keys;
 pub mod query;
 pub mod rate;
@@ -119,17 +121,23 @@ pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The newest committed cursor of each org, for watchers to wait on.
+/// The newest committed cursor of each org: after which the events task numbers the next
+/// change, and where a watch without a cursor starts.
 #[derive(Default)]
 pub struct Shared {
-    cursors: Mutex<HashMap<OrgId, watch::Sender<u64>>>,
+    cursors: Mutex<HashMap<OrgId, u64>>,
 }
 
 impl Shared {
-    fn sender(&self, store: &dyn Store, org: &OrgId) -> Result<watch::Sender<u64>, ServerError> {
+    /// The newest committed cursor of `org` (0 before its first change).
+    ///
+    /// # Errors
+    ///
+    /// The store's, reading it the first time.
+    pub fn last_cursor(&self, store: &dyn Store, org: &OrgId) -> Result<u64, ServerError> {
         let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = cursors.get(org) {
-            return Ok(sender.clone());
+        if let Some(last) = cursors.get(org) {
+            return Ok(*last);
         }
         let last = match store
             .event_entries(org, EventTable::Changes, &[], None, true)
@@ -138,37 +146,14 @@ impl Shared {
             Some(entry) => keys::cursor_from_key(&entry?.0).unwrap_or(0),
             None => 0,
         };
-        let (sender, _) = watch::channel(last);
-        cursors.insert(org.clone(), sender.clone());
-        Ok(sender)
-    }
-
-    /// The newest committed cursor of `org` (0 before its first change).
-    ///
-    /// # Errors
-    ///
-    /// The store's, reading it the first time.
-    pub fn last_cursor(&self, store: &dyn Store, org: &OrgId) -> Result<u64, ServerError> {
-        Ok(*self.sender(store, org)?.borrow())
-    }
-
-    /// Waits on `org`'s committed cursor.
-    ///
-    /// # Errors
-    ///
-    /// As [`Shared::last_cursor`].
-    pub fn subscribe(
-        &self,
-        store: &dyn Store,
-        org: &OrgId,
-    ) -> Result<watch::Receiver<u64>, ServerError> {
-        Ok(self.sender(store, org)?.subscribe())
+        cursors.insert(org.clone(), last);
+        Ok(last)
     }
 
     fn publish(&self, org: &OrgId, cursor: u64) {
-        let cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = cursors.get(org) {
-            sender.send_replace(cursor);
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(last) = cursors.get_mut(org) {
+            *last = cursor;
         }
     }
 }
@@ -182,6 +167,8 @@ pub struct Events {
     pub limiter: rate::RateLimiter,
     /// Open watches against their caps.
     pub watches: Arc<watch_stream::WatchSlots>,
+    /// Committed changes, fanned out live to the watchers that match them.
+    pub hub: Arc<hub::Hub>,
 }
 
 impl Events {
@@ -191,6 +178,7 @@ impl Events {
         writer: WriterHandle,
         config: EventsConfig,
         watches: Arc<watch_stream::WatchSlots>,
+        hub: Arc<hub::Hub>,
     ) -> (Arc<Self>, task::Task) {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared::default());
@@ -198,6 +186,7 @@ impl Events {
             store: store.clone(),
             writer,
             shared: shared.clone(),
+            hub: hub.clone(),
             config: config.clone(),
             jobs: rx,
         };
@@ -207,6 +196,7 @@ impl Events {
             store,
             limiter: rate::RateLimiter::new(config.rate_per_minute, config.rate_window),
             watches,
+            hub,
             config,
         });
         (events, task)

@@ -141,6 +141,17 @@ pub struct MessageCounters {
     pub other: Counter,
 }
 
+/// What the events hub (`events/hub.rs`) did for `WatchEvents` watchers.
+#[derive(Clone, Debug, Default)]
+pub struct EventWatchCounters {
+    /// Changes queued for a watcher whose whole filter matched.
+    pub deliveries: Counter,
+    /// Filters checked: watchers the hub's index offered a change to.
+    pub candidates: Counter,
+    /// Watchers detached for a full queue, reading the store again until caught up.
+    pub fallbacks: Counter,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -165,6 +176,8 @@ pub struct Metrics {
     pub writer_transitions_coalesced: Counter,
     pub writer_unencodable_writes: Counter,
     pub watchers_aborted: Counter,
+    /// The events hub's fan-out to `WatchEvents` watchers.
+    pub event_watch: EventWatchCounters,
     /// Refused calls left out of the audit trail by their token's audit budget.
     pub refusals_unaudited: Counter,
     /// Agent streams refused for their client certificate (mTLS), by reason.
@@ -372,6 +385,7 @@ impl Metrics {
         let writer_commit_running_seconds = Gauge::default();
         let writer_commit_stalls = Counter::default();
         let watchers_aborted = Counter::default();
+        let event_watch = EventWatchCounters::default();
         let refusals_unaudited = Counter::default();
         let mtls_refusals = Family::<MtlsLabels, Counter>::default();
         let writer_queue_depth = Family::<QueueLabels, Gauge>::default();
@@ -470,6 +484,22 @@ impl Metrics {
             watchers_aborted.clone(),
         );
         registry.register(
+            "event_watch_deliveries",
+            "Event changes queued for WatchEvents watchers whose filter matched",
+            event_watch.deliveries.clone(),
+        );
+        registry.register(
+            "event_watch_candidates",
+            "Event watch filters checked: watchers the hub's index offered a change to",
+            event_watch.candidates.clone(),
+        );
+        registry.register(
+            "event_watch_fallbacks",
+            "Event watchers detached from the hub for a full queue, reading the store until \
+             caught up",
+            event_watch.fallbacks.clone(),
+        );
+        registry.register(
             "refusals_unaudited",
             "Refused calls left out of the audit trail by their token's audit budget",
             refusals_unaudited.clone(),
@@ -509,6 +539,7 @@ impl Metrics {
             writer_transitions_coalesced,
             writer_unencodable_writes,
             watchers_aborted,
+            event_watch,
             refusals_unaudited,
             mtls_refusals,
             enrollments,

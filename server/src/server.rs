@@ -301,6 +301,7 @@ async fn start_inner(
             config.limits.max_watches_per_token,
             config.limits.max_watches_per_org,
         ),
+        crate::events::hub::Hub::new(registry.clone(), metrics.event_watch.clone()),
     );
     tasks.spawn(events_task.run(background.clone()));
     tasks.spawn(crate::events::run_retention(

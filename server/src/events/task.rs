@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::hub::{Hub, Published};
 use super::keys::{self, Change, ChangeEntry, EventKey, EventRecord, EventState, NewEvent};
 use super::query::Filter;
 use super::{EventsConfig, Shared};
@@ -113,6 +114,9 @@ struct Overlay<'a> {
     writes: Vec<Write>,
     /// The last cursor given in this commit, per org.
     cursors: HashMap<OrgId, u64>,
+    /// The changes logged, in cursor order, for the hub once durable (`None`: not kept, for a
+    /// bulk load that no watcher follows).
+    published: Option<Vec<(OrgId, Published)>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -122,6 +126,7 @@ impl<'a> Overlay<'a> {
             values: HashMap::new(),
             writes: Vec::new(),
             cursors: HashMap::new(),
+            published: Some(Vec::new()),
         }
     }
 
@@ -171,6 +176,8 @@ pub struct Task {
     pub store: Arc<dyn Store>,
     pub writer: WriterHandle,
     pub shared: Arc<Shared>,
+    /// Where durable changes go live to watchers.
+    pub hub: Arc<Hub>,
     pub config: EventsConfig,
     pub jobs: mpsc::Receiver<Job>,
 }
@@ -194,15 +201,27 @@ impl Planner<'_> {
         Ok(last + 1)
     }
 
+    /// Logs `change` of the event stored at key `event`, as `record` (what the change
+    /// committed, for the hub).
     fn log_change(
         &self,
         overlay: &mut Overlay<'_>,
         org: &OrgId,
-        event: Vec<u8>,
+        (event, record): (Vec<u8>, &EventRecord),
         change: Change,
         at_ms: u64,
     ) -> Result<(), ServerError> {
         let cursor = self.next_cursor(overlay, org)?;
+        if let Some(published) = &mut overlay.published {
+            published.push((
+                org.clone(),
+                Published {
+                    cursor,
+                    change,
+                    event: Arc::new(record.clone()),
+                },
+            ));
+        }
         let entry = ChangeEntry {
             event,
             change,
@@ -274,7 +293,13 @@ impl Planner<'_> {
                     let value =
                         keys::encode(&record).map_err(|e| ServerError::Internal(e.to_string()))?;
                     overlay.put(org, EventTable::Events, event_key.clone(), value);
-                    return self.log_change(overlay, org, event_key, Change::Repeated, now_ms);
+                    return self.log_change(
+                        overlay,
+                        org,
+                        (event_key, &record),
+                        Change::Repeated,
+                        now_ms,
+                    );
                 }
                 Some(_) => {}
                 None => {
@@ -307,7 +332,7 @@ impl Planner<'_> {
         if let Some(fk) = fingerprint_key {
             overlay.put(org, EventTable::Fingerprints, fk, key.clone());
         }
-        self.log_change(overlay, org, key, Change::Created, now_ms)
+        self.log_change(overlay, org, (key, &record), Change::Created, now_ms)
     }
 
     /// Adds one occurrence to its hour's counts, in the same commit as the event: unless the
@@ -395,14 +420,18 @@ impl Task {
         }
     }
 
-    /// Commits `overlay`'s writes (with `audit`), then tells watchers of the new cursors.
+    /// Commits `overlay`'s writes (with `audit`), then records the new cursors and publishes
+    /// the changes to the hub: only once they are durable.
     async fn commit(
         &self,
         overlay: Overlay<'_>,
         audit: Option<AuditEntry>,
     ) -> Result<(), ServerError> {
         let Overlay {
-            writes, cursors, ..
+            writes,
+            cursors,
+            published,
+            ..
         } = overlay;
         if writes.is_empty() && audit.is_none() {
             return Ok(());
@@ -415,6 +444,9 @@ impl Task {
             .await?;
         for (org, cursor) in cursors {
             self.shared.publish(&org, cursor);
+        }
+        if let Some(published) = published {
+            self.hub.publish(&published);
         }
         Ok(())
     }
@@ -503,7 +535,7 @@ impl Task {
                 self.planner().log_change(
                     &mut overlay,
                     org,
-                    key.clone(),
+                    (key.clone(), &record),
                     job.action.change(),
                     now_ms,
                 )?;
@@ -646,6 +678,7 @@ impl BulkLoader {
             config: &self.config,
         };
         let mut overlay = Overlay::new(&*self.store);
+        overlay.published = None;
         let settled = reports
             .iter()
             .map(|report| planner.report(&mut overlay, report, now_ms))

@@ -1,20 +1,33 @@
-//! `WatchEvents`: an org's change log after a cursor, then live changes, read from the store.
+//! `WatchEvents`: an org's change log after a cursor, read from the store, then live changes
+//! from the hub (`hub.rs`).
 //!
-//! A watcher never shares a buffer with anyone: it reads the stored change log itself, one page
-//! at a time ([`PAGE`]), and waits on the org's committed cursor (a `watch` channel: one value,
-//! never a queue) when it has read everything. A watcher that stops reading holds one page and
-//! costs no one else anything; one that resumes from its last cursor gets exactly the changes
-//! after it that are still retained. A label selector is matched against each event's agent as
-//! the event is delivered ([`LiveSelection`]), so agents enrolled or relabelled after the watch
-//! opened are followed.
+//! A watch joins the org's hub first (`hub.rs`), which tells it the cursor it starts from (every
+//! change up to it is stored), then reads the stored change log itself from its own cursor up to
+//! that one, a page at a time ([`PAGE`]), sends `CAUGHT_UP`, and from then on takes the changes
+//! the hub queues for it, skipping any cursor it already has: no gap and no duplicate at the
+//! switch. The hub queues only changes the watch's filter matches, so a watch costs the server
+//! in proportion to what it receives. A watch whose queue fills (a slow reader) is detached by
+//! the hub; once it reads again it takes what its queue held, joins again and reads the store
+//! from its last cursor up to where the hub then starts: it misses nothing and slows no one.
+//! One that resumes from its last cursor gets exactly the changes after it still retained; one
+//! whose next change was purged before it read it (it stopped reading for longer than the
+//! retention) ends with [`WatchError::Expired`], the status of an expired cursor, never a gap.
+//!
+//! **What a change carries.** A change delivered live carries the event as that change
+//! committed it. A change replayed from the store carries the event as stored when read (a later
+//! state, whose own change follows it; one purged since is skipped): the log keeps which event
+//! changed, not each version of it. Either way the last change of an event carries its state
+//! now. A label selector is matched against the registry's labels of each event's agent: as the
+//! change is published (live) or read (store, [`LiveSelection`]), so agents enrolled or
+//! relabelled after the watch opened are followed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tether_proto::selector::Selector;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::hub::{Interest, Membership};
 use super::keys::{self, Change, ChangeEntry, EventRecord};
 use super::{Events, Filter};
 use crate::domain::{AgentId, OrgId, TokenId};
@@ -118,7 +131,7 @@ pub enum WatchItem {
     Change {
         cursor: u64,
         change: Change,
-        event: Box<EventRecord>,
+        event: Arc<EventRecord>,
     },
     /// Every stored change up to `cursor` was sent.
     CaughtUp { cursor: u64 },
@@ -146,6 +159,11 @@ impl LiveSelection {
         }
     }
 
+    /// The selector this selection matches.
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+
     fn selects(&mut self, org: &OrgId, agent: &AgentId) -> bool {
         let epoch = self.registry.selection_epoch();
         if epoch != self.epoch {
@@ -167,6 +185,28 @@ impl LiveSelection {
     }
 }
 
+/// Why a watch ended with an error.
+#[derive(Debug)]
+pub enum WatchError {
+    /// The store failed.
+    Store(ServerError),
+    /// Retention removed changes after the watch's cursor before it read them (it stopped
+    /// reading for longer than the retention): the client must list and watch again.
+    Expired { oldest: u64 },
+}
+
+impl From<ServerError> for WatchError {
+    fn from(e: ServerError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<crate::store::StoreError> for WatchError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
 /// Why a cursor cannot be resumed.
 #[derive(Debug)]
 pub enum CursorError {
@@ -176,13 +216,19 @@ pub enum CursorError {
     Unknown,
 }
 
+/// One `WatchEvents` stream: the store's change log after its cursor, then the hub's live
+/// changes, switching back to the store whenever the hub detaches it.
 pub struct EventWatch {
     events: Arc<Events>,
     org: OrgId,
-    filter: Filter,
+    /// What the watch matches, shared with the hub while joined.
+    interest: Arc<Interest>,
+    /// The selector as the store path matches it (the registry's labels when read).
     selection: Option<LiveSelection>,
+    /// The cursor of the last change considered (sent or filtered out).
     after: u64,
-    committed: watch::Receiver<u64>,
+    /// The hub's queue while joined; `None` while reading the store.
+    member: Option<Membership>,
     queue: VecDeque<WatchItem>,
     caught_up: bool,
     shutdown: CancellationToken,
@@ -208,9 +254,7 @@ impl EventWatch {
         shutdown: CancellationToken,
         revoked: CancellationToken,
     ) -> Result<Result<Self, CursorError>, ServerError> {
-        // Subscribed before the first read, so no change after it is missed.
-        let committed = events.shared.subscribe(&*events.store, &org)?;
-        let newest = *committed.borrow();
+        let newest = events.shared.last_cursor(&*events.store, &org)?;
         let after = match cursor {
             None => newest,
             Some(c) if c > newest => return Ok(Err(CursorError::Unknown)),
@@ -230,13 +274,17 @@ impl EventWatch {
                 c
             }
         };
+        let interest = Arc::new(Interest {
+            filter,
+            selector: selection.as_ref().map(|s| s.selector().clone()),
+        });
         Ok(Ok(Self {
             events,
             org,
-            filter,
+            interest,
             selection,
             after,
-            committed,
+            member: None,
             queue: VecDeque::new(),
             caught_up: false,
             shutdown,
@@ -245,39 +293,82 @@ impl EventWatch {
         }))
     }
 
-    /// The next message; `None` once the watch is over (shutdown, revoked token).
-    pub async fn next(&mut self) -> Option<Result<WatchItem, ServerError>> {
+    /// The next message; `None` once the watch is over (shutdown, revoked token). Cancel safe.
+    pub async fn next(&mut self) -> Option<Result<WatchItem, WatchError>> {
         loop {
             if let Some(item) = self.queue.pop_front() {
                 return Some(Ok(item));
             }
-            match self.read() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => return Some(Err(e)),
+            // Joined first, then the store read up to where the hub starts: no change falls
+            // between the two.
+            let from = match &self.member {
+                Some(member) => member.from,
+                None => match self.join() {
+                    Ok(from) => from,
+                    Err(e) => return Some(Err(e.into())),
+                },
+            };
+            if self.after < from {
+                match self.read(from) {
+                    Ok(true) => continue,
+                    // Nothing left up to `from`: every change up to it is stored, and any gone
+                    // was purged.
+                    Ok(false) => self.after = from,
+                    Err(e) => return Some(Err(e)),
+                }
             }
             if !self.caught_up {
                 self.caught_up = true;
                 return Some(Ok(WatchItem::CaughtUp { cursor: self.after }));
             }
-            if *self.committed.borrow_and_update() > self.after {
-                continue;
-            }
+            let member = self.member.as_mut().expect("joined above");
             tokio::select! {
-                changed = self.committed.changed() => if changed.is_err() { return None },
+                published = member.recv() => match published {
+                    // A cursor at or before `after` was read from the store already.
+                    Some(p) if p.cursor <= self.after => {}
+                    Some(p) => {
+                        self.after = p.cursor;
+                        self.queue.push_back(WatchItem::Change {
+                            cursor: p.cursor,
+                            change: p.change,
+                            event: p.event,
+                        });
+                    }
+                    // Detached for a full queue: the store has every change after `after`; the
+                    // next turn joins again and reads it up to where the hub then starts.
+                    None => self.member = None,
+                },
                 () = self.shutdown.cancelled() => return None,
                 () = self.revoked.cancelled() => return None,
             }
         }
     }
 
-    /// Reads the next page of changes after `after`; whether there was any.
-    fn read(&mut self) -> Result<bool, ServerError> {
+    /// Joins the hub; returns the cursor it starts after.
+    fn join(&mut self) -> Result<u64, ServerError> {
+        let events = &self.events;
+        let member = events.hub.join(&self.org, self.interest.clone(), || {
+            events.shared.last_cursor(&*events.store, &self.org)
+        })?;
+        let from = member.from;
+        self.member = Some(member);
+        Ok(from)
+    }
+
+    /// Reads the next page of changes after `after`, up to `to` (inclusive); whether there was
+    /// any.
+    ///
+    /// # Errors
+    ///
+    /// [`WatchError::Expired`] when the change after `after` was purged (cursors follow each
+    /// other, and retention removes the oldest first); the store's.
+    fn read(&mut self, to: u64) -> Result<bool, WatchError> {
         let store = &*self.events.store;
         let from = keys::cursor_key(self.after.saturating_add(1));
+        let to = keys::cursor_key(to.saturating_add(1));
         let mut any = false;
         for entry in store
-            .event_entries(&self.org, EventTable::Changes, &from, None, false)
+            .event_entries(&self.org, EventTable::Changes, &from, Some(&to), false)
             .take(PAGE)
         {
             let (key, value) = entry?;
@@ -285,6 +376,9 @@ impl EventWatch {
             let Some(cursor) = keys::cursor_from_key(&key) else {
                 continue;
             };
+            if cursor > self.after + 1 {
+                return Err(WatchError::Expired { oldest: cursor });
+            }
             self.after = cursor;
             let Some(change) = keys::decode::<ChangeEntry>(&value) else {
                 tracing::warn!(org = %self.org, cursor, "an event change does not decode; skipped");
@@ -298,11 +392,12 @@ impl EventWatch {
                 continue;
             };
             let selected = |s: &mut LiveSelection| s.selects(&self.org, &event.agent);
-            if self.filter.matches(&event) && self.selection.as_mut().is_none_or(selected) {
+            if self.interest.filter.matches(&event) && self.selection.as_mut().is_none_or(selected)
+            {
                 self.queue.push_back(WatchItem::Change {
                     cursor,
                     change: change.change,
-                    event: Box::new(event),
+                    event: Arc::new(event),
                 });
             }
         }

@@ -199,6 +199,23 @@ impl Registry {
         (selected, epoch)
     }
 
+    /// Calls `f` with the labels of `agent` in `org` (`None` for an agent the registry does
+    /// not hold), under the read lock: `f` must not block.
+    pub fn with_labels<R>(
+        &self,
+        org: &OrgId,
+        agent: &AgentId,
+        f: impl FnOnce(Option<&crate::domain::Labels>) -> R,
+    ) -> R {
+        let inner = self.read();
+        let labels = inner
+            .orgs
+            .get(org)
+            .and_then(|agents| agents.get(agent))
+            .map(|entry| &entry.record().labels);
+        f(labels)
+    }
+
     /// The epoch of [`Registry::selects`]' answers.
     pub fn selection_epoch(&self) -> u64 {
         self.selection_epoch.load(Ordering::Acquire)

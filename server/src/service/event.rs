@@ -19,7 +19,7 @@ use crate::convert;
 use crate::convert::event::FilterRequest;
 use crate::domain::{AgentId, OrgId};
 use crate::error::ServerError;
-use crate::events::watch_stream::{CursorError, EventWatch, LiveSelection};
+use crate::events::watch_stream::{CursorError, EventWatch, LiveSelection, WatchError};
 use crate::events::{Action, Filter, Target, query};
 use crate::service::AppState;
 
@@ -111,6 +111,19 @@ impl EventService {
         .await;
         crate::service::answer_audited(&self.state, caller, method, &target_text, result).await
     }
+}
+
+/// A watch's cursor (given, or reached before the watcher stopped reading) is older than the
+/// retained changes: `FAILED_PRECONDITION` with the `cursor-expired` refusal (Kubernetes' 410).
+fn cursor_expired(oldest: u64) -> Status {
+    tether_proto::refusal::refuse(
+        tonic::Code::FailedPrecondition,
+        format!(
+            "cursor is older than the retained events (oldest change {oldest}): list the \
+             events again and watch from the listing's cursor"
+        ),
+        tether_proto::refusal::Refusal::CursorExpired,
+    )
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
@@ -231,16 +244,7 @@ impl pb::event_service_server::EventService for EventService {
         )?;
         let watch = match watch {
             Ok(watch) => watch,
-            Err(CursorError::Expired { oldest }) => {
-                return Err(tether_proto::refusal::refuse(
-                    tonic::Code::FailedPrecondition,
-                    format!(
-                        "cursor is older than the retained events (oldest change {oldest}): \
-                         list the events again and watch from the listing's cursor"
-                    ),
-                    tether_proto::refusal::Refusal::CursorExpired,
-                ));
-            }
+            Err(CursorError::Expired { oldest }) => return Err(cursor_expired(oldest)),
             Err(CursorError::Unknown) => {
                 return Err(Status::invalid_argument(
                     "cursor is ahead of every change: not one this server gave",
@@ -251,7 +255,10 @@ impl pb::event_service_server::EventService for EventService {
             let item = watch.next().await?;
             let item = item
                 .map(convert::event::watch_item_to_pb)
-                .map_err(Status::from);
+                .map_err(|e| match e {
+                    WatchError::Store(e) => Status::from(e),
+                    WatchError::Expired { oldest } => cursor_expired(oldest),
+                });
             Some((item, watch))
         });
         Ok(Response::new(Box::pin(stream)))

@@ -10,6 +10,7 @@ use tonic::Code;
 
 mod ingest;
 mod lifecycle;
+mod live;
 mod stats;
 mod watch;
 

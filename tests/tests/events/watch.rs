@@ -2,9 +2,9 @@
 
 use super::*;
 
-type Stream = tonic::Streaming<pb::WatchEventsResponse>;
+pub(super) type Stream = tonic::Streaming<pb::WatchEventsResponse>;
 
-async fn watch(
+pub(super) async fn watch(
     client: &EventClient,
     filter: pb::EventFilter,
     cursor: &str,
@@ -19,7 +19,7 @@ async fn watch(
         .map(tonic::Response::into_inner)
 }
 
-async fn next(stream: &mut Stream) -> pb::WatchEventsResponse {
+pub(super) async fn next(stream: &mut Stream) -> pb::WatchEventsResponse {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("a watch message within 10 s")
@@ -28,7 +28,7 @@ async fn next(stream: &mut Stream) -> pb::WatchEventsResponse {
 }
 
 /// Reads until the caught-up marker; returns the changes before it.
-async fn until_caught_up(stream: &mut Stream) -> (Vec<pb::WatchEventsResponse>, String) {
+pub(super) async fn until_caught_up(stream: &mut Stream) -> (Vec<pb::WatchEventsResponse>, String) {
     let mut changes = Vec::new();
     loop {
         let message = next(stream).await;
@@ -39,7 +39,7 @@ async fn until_caught_up(stream: &mut Stream) -> (Vec<pb::WatchEventsResponse>, 
     }
 }
 
-fn seqs(changes: &[pb::WatchEventsResponse]) -> Vec<u64> {
+pub(super) fn seqs(changes: &[pb::WatchEventsResponse]) -> Vec<u64> {
     changes
         .iter()
         .map(|c| c.event.as_ref().expect("event").seq)
