@@ -53,14 +53,25 @@ fn label_agents(db: &sled::Db) -> Result<()> {
     Ok(())
 }
 
-/// The fixture's records written into a store under `root`, as schema 3 left them (not
-/// opened, so not migrated); returns the store's path.
+/// The store of schema 4, as a backup file.
+const FIXTURE_V4: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/store-v4.backup"
+);
+
+/// The schema 3 fixture's records written into a store under `root`, as schema 3 left them
+/// (not opened, so not migrated); returns the store's path.
 fn restored_fixture(root: &Path) -> PathBuf {
+    imported(root, FIXTURE_V3, 3)
+}
+
+/// The records of the fixture `file`, of schema `version`, written into a store under `root`.
+fn imported(root: &Path, file: &str, version: u32) -> PathBuf {
     let path = root.join("data").join(crate::backup::STORE_DIR);
-    let file = std::fs::File::open(FIXTURE_V3).expect("the fixture");
+    let file = std::fs::File::open(file).expect("the fixture");
     let (mut reader, header) =
         dump::Reader::new(std::io::BufReader::new(file)).expect("the fixture's header");
-    assert_eq!(header.schema_version, 3);
+    assert_eq!(header.schema_version, version);
     let records = std::iter::from_fn(|| {
         reader
             .next_record()
@@ -133,6 +144,24 @@ fn the_fixture_of_schema_3_opens_with_what_it_was_made_with() {
         )
         .expect("commands");
     assert_eq!(commands.commands.len(), 1, "the finished command");
+}
+
+#[test]
+fn the_fixture_of_schema_4_opens_as_it_is() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let path = imported(root.path(), FIXTURE_V4, 4);
+    let snapshot = SledStore::open(&path)
+        .expect("opens")
+        .load()
+        .expect("loads");
+    let mut names: Vec<&str> = snapshot
+        .agents
+        .iter()
+        .map(|(a, _)| a.name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["hist-1", "hist-2", "live-1", "live-2"]);
+    assert!(!backup_path(&path, 4).exists(), "no step, no backup");
 }
 
 #[test]
