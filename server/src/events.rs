@@ -35,6 +35,10 @@ pub mod hub;
 pub mod keys;
 pub mod query;
 pub mod rate;
+pub mod rollup;
+#[cfg(test)]
+pub(crate) mod sample;
+mod stats;
 pub mod task;
 pub mod watch_stream;
 

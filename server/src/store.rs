@@ -62,8 +62,10 @@ pub use self::sled::SledStore;
 /// migrated at open, after a backup, by the steps of `store/sled/migrate.rs`; one those steps
 /// do not cover, or a newer one, is refused, never reinterpreted. Version 3 keeps samples as compressed
 /// chunks, rollups and a write-ahead log; version 2 kept one record per sample and is refused
-/// (no migration: start version 3 on a fresh data directory).
-pub const SCHEMA_VERSION: u32 = 3;
+/// (no migration: start version 3 on a fresh data directory). Version 4 adds the daily and
+/// per-step event counts (`crate::events::rollup`), built from the hourly ones when a version 3
+/// store is opened.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Most samples in one chunk.
 pub const DEFAULT_HEAD_MAX_SAMPLES: u32 = 720;
@@ -172,6 +174,14 @@ pub enum EventTable {
     KindHours,
     /// Hourly counts by agent, kind and severity.
     AgentHours,
+    /// Hourly counts by severity (`crate::events::rollup`, as the three below).
+    HourTotals,
+    /// Hourly counts by severity per kind, kind first.
+    KindSeries,
+    /// Daily counts by severity per kind.
+    DayKinds,
+    /// Daily counts by severity per agent.
+    DayAgents,
 }
 
 /// Entries of an events table, `(key, value)`, as [`Store::event_entries`] yields them.

@@ -1,13 +1,13 @@
 //! Reads of stored events: the filter every call shares, pages of `ListEvents` (newest first)
-//! and `GetEventStats` from the hourly counts.
+//! and what `GetEventStats` asks and answers (`stats.rs` computes it).
 //!
-//! Invariant: statistics read only the hourly tables, never raw events, so their cost depends
-//! on the range's hours and the distinct (kind, severity[, agent]) per hour, not on how many
+//! Invariant: statistics read only the counts tables, never raw events, so their cost depends
+//! on the range's days and hours and the distinct kinds and agents in them, not on how many
 //! events there were.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
-use super::keys::{self, EventKey, EventRecord, EventState, HourCount, Severity};
+use super::keys::{self, EventKey, EventRecord, EventState, Severity};
 use crate::domain::{AgentId, OrgId};
 use crate::error::ServerError;
 use crate::store::{EventTable, Store};
@@ -164,136 +164,4 @@ pub struct Stats {
     pub previous_rate_per_minute: f64,
 }
 
-/// Counts over hours `from..to` (ms, whole hours), yielded one by one from the table that can
-/// answer `filter`: the kind table when no agent is filtered on.
-fn hours<'a>(
-    store: &'a dyn Store,
-    org: &OrgId,
-    filter: &'a Filter,
-    by_agent: bool,
-    from: u64,
-    to: u64,
-) -> impl Iterator<Item = Result<HourCount, ServerError>> + 'a {
-    let table = if by_agent {
-        EventTable::AgentHours
-    } else {
-        EventTable::KindHours
-    };
-    store
-        .event_entries(
-            org,
-            table,
-            &keys::time_floor(from),
-            Some(&keys::time_floor(to)),
-            false,
-        )
-        .filter_map(move |entry| {
-            let (key, value) = match entry {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(ServerError::from(e))),
-            };
-            let parsed = if by_agent {
-                keys::parse_agent_hour(&key, &value)
-            } else {
-                keys::parse_kind_hour(&key, &value)
-            };
-            let Some(count) = parsed else {
-                tracing::warn!("an hourly event count does not decode; skipped");
-                return None;
-            };
-            let wanted = count.agent.as_ref().is_none_or(|a| filter.matches_agent(a))
-                && filter.matches_kind(&count.kind, count.severity);
-            wanted.then_some(Ok(count))
-        })
-}
-
-/// Answers `GetEventStats` from the hourly counts.
-///
-/// # Errors
-///
-/// The store's.
-pub fn stats(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<Stats, ServerError> {
-    let n_steps = (q.end_ms - q.start_ms).div_ceil(q.step_ms);
-    let mut steps: Vec<StatsStep> = (0..n_steps)
-        .map(|i| StatsStep {
-            start_ms: q.start_ms + i * q.step_ms,
-            ..StatsStep::default()
-        })
-        .collect();
-    let mut by_kind_step: HashMap<(usize, String), u64> = HashMap::new();
-    let mut kinds: HashMap<String, u64> = HashMap::new();
-    let mut agents: HashMap<AgentId, u64> = HashMap::new();
-    let mut total = 0;
-    // Agents are counted from the agent table; kinds and severities from the kind table
-    // unless the filter names agents, which only the agent table knows.
-    let agent_filtered = q.filter.agents.is_some();
-    for count in hours(store, org, &q.filter, agent_filtered, q.start_ms, q.end_ms) {
-        let count = count?;
-        let i = usize::try_from((count.hour_ms - q.start_ms) / q.step_ms).unwrap_or(usize::MAX);
-        if let Some(step) = steps.get_mut(i) {
-            step.by_severity[count.severity as usize - 1] += count.count;
-        }
-        *by_kind_step.entry((i, count.kind.clone())).or_default() += count.count;
-        *kinds.entry(count.kind).or_default() += count.count;
-        total += count.count;
-        if let Some(agent) = count.agent {
-            *agents.entry(agent).or_default() += count.count;
-        }
-    }
-    if !agent_filtered {
-        for count in hours(store, org, &q.filter, true, q.start_ms, q.end_ms) {
-            let count = count?;
-            if let Some(agent) = count.agent {
-                *agents.entry(agent).or_default() += count.count;
-            }
-        }
-    }
-    let top_kinds = top(kinds, q.top);
-    let top_set: BTreeSet<&String> = top_kinds.iter().map(|(k, _)| k).collect();
-    for ((i, kind), n) in by_kind_step {
-        if top_set.contains(&kind)
-            && let Some(step) = steps.get_mut(i)
-        {
-            step.by_kind.insert(kind, n);
-        }
-    }
-    // The rate: the window's whole hours before the current one, plus the current hour so far.
-    let current_hour = keys::hour_of(q.now_ms);
-    let window_start = current_hour + keys::HOUR_MS - q.rate_window_ms;
-    let previous_start = window_start - q.rate_window_ms;
-    let mut in_window = 0;
-    let mut in_previous = 0;
-    for count in hours(
-        store,
-        org,
-        &q.filter,
-        agent_filtered,
-        previous_start,
-        current_hour + keys::HOUR_MS,
-    ) {
-        let count = count?;
-        if count.hour_ms >= window_start {
-            in_window += count.count;
-        } else {
-            in_previous += count.count;
-        }
-    }
-    let window_minutes = (q.now_ms - window_start).max(1) as f64 / 60_000.0;
-    let previous_minutes = q.rate_window_ms as f64 / 60_000.0;
-    Ok(Stats {
-        steps,
-        top_kinds,
-        top_agents: top(agents, q.top),
-        total,
-        rate_per_minute: in_window as f64 / window_minutes,
-        previous_rate_per_minute: in_previous as f64 / previous_minutes,
-    })
-}
-
-/// The `n` largest counts, largest first, ties by name.
-fn top<K: Ord + Clone>(counts: HashMap<K, u64>, n: usize) -> Vec<(K, u64)> {
-    let mut all: Vec<_> = counts.into_iter().collect();
-    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    all.truncate(n);
-    all
-}
+pub use super::stats::stats;

@@ -13,8 +13,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::{Hub, Published};
-use super::keys::{self, Change, ChangeEntry, EventKey, EventRecord, EventState, NewEvent};
+use super::keys::{
+    self, Change, ChangeEntry, EventKey, EventRecord, EventState, NewEvent, Severity,
+};
 use super::query::Filter;
+use super::rollup::{self, Counts};
 use super::{EventsConfig, Shared};
 use crate::domain::{AgentId, AuditEntry, OrgId};
 use crate::error::ServerError;
@@ -107,10 +110,15 @@ pub enum Job {
     Purge(PurgeJob),
 }
 
-/// Reads through to the store and keeps what the jobs of one commit wrote, in order.
+/// Where an entry lives: its org, table and key.
+type Slot = (OrgId, EventTable, Vec<u8>);
+
+/// Reads through to the store and keeps what the jobs of one commit wrote. A key written twice
+/// keeps one write, the last (a count several events of a commit add to is written once).
 struct Overlay<'a> {
     store: &'a dyn Store,
-    values: HashMap<(OrgId, EventTable, Vec<u8>), Option<Vec<u8>>>,
+    /// Each key written: its value now (`None`: deleted) and its write's place in `writes`.
+    values: HashMap<Slot, (Option<Vec<u8>>, usize)>,
     writes: Vec<Write>,
     /// The last cursor given in this commit, per org.
     cursors: HashMap<OrgId, u64>,
@@ -136,30 +144,43 @@ impl<'a> Overlay<'a> {
         table: EventTable,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, ServerError> {
-        if let Some(value) = self.values.get(&(org.clone(), table, key.to_vec())) {
+        if let Some((value, _)) = self.values.get(&(org.clone(), table, key.to_vec())) {
             return Ok(value.clone());
         }
         Ok(self.store.event_entry(org, table, key)?)
     }
 
+    /// Records `write` (of `key`, now `value`), replacing an earlier write of the same key.
+    fn record(&mut self, slot: Slot, value: Option<Vec<u8>>, write: Write) {
+        match self.values.get_mut(&slot) {
+            Some((now, at)) => {
+                *now = value;
+                self.writes[*at] = write;
+            }
+            None => {
+                self.values.insert(slot, (value, self.writes.len()));
+                self.writes.push(write);
+            }
+        }
+    }
+
     fn put(&mut self, org: &OrgId, table: EventTable, key: Vec<u8>, value: Vec<u8>) {
-        self.values
-            .insert((org.clone(), table, key.clone()), Some(value.clone()));
-        self.writes.push(Write::PutEventEntry {
+        let write = Write::PutEventEntry {
             org: org.clone(),
             table,
-            key,
-            value,
-        });
+            key: key.clone(),
+            value: value.clone(),
+        };
+        self.record((org.clone(), table, key), Some(value), write);
     }
 
     fn delete(&mut self, org: &OrgId, table: EventTable, key: Vec<u8>) {
-        self.values.insert((org.clone(), table, key.clone()), None);
-        self.writes.push(Write::DeleteEventEntry {
+        let write = Write::DeleteEventEntry {
             org: org.clone(),
             table,
-            key,
-        });
+            key: key.clone(),
+        };
+        self.record((org.clone(), table, key), None, write);
     }
 
     fn add(&mut self, org: &OrgId, table: EventTable, key: Vec<u8>) -> Result<(), ServerError> {
@@ -168,6 +189,26 @@ impl<'a> Overlay<'a> {
             .and_then(|v| keys::decode_u64(&v))
             .unwrap_or(0);
         self.put(org, table, key, keys::encode_u64(now + 1));
+        Ok(())
+    }
+
+    /// Adds one occurrence of `severity` to a [`Counts`] row.
+    fn add_counts(
+        &mut self,
+        org: &OrgId,
+        table: EventTable,
+        key: Vec<u8>,
+        severity: Severity,
+    ) -> Result<(), ServerError> {
+        let mut counts = match self.get(org, table, &key)? {
+            Some(raw) => Counts::decode(&raw).unwrap_or_else(|| {
+                tracing::warn!(org = %org, ?table, "an event count does not decode; counted afresh");
+                Counts::default()
+            }),
+            None => Counts::default(),
+        };
+        counts.add(severity, 1);
+        self.put(org, table, key, counts.encode());
         Ok(())
     }
 }
@@ -335,8 +376,9 @@ impl Planner<'_> {
         self.log_change(overlay, org, (key, &record), Change::Created, now_ms)
     }
 
-    /// Adds one occurrence to its hour's counts, in the same commit as the event: unless the
-    /// hour is already past the counts' retention.
+    /// Adds one occurrence to its hour's and its day's counts, in the same commit as the event:
+    /// unless the hour is already past the counts' retention (then its day's rows, which
+    /// retention keeps until the whole day is past, are not written either).
     fn count_hours(
         &self,
         overlay: &mut Overlay<'_>,
@@ -362,7 +404,20 @@ impl Planner<'_> {
             org,
             EventTable::AgentHours,
             keys::agent_hour_key(hour, agent, event.severity, &event.kind),
-        )
+        )?;
+        let (day, severity) = (rollup::day_of(hour), event.severity);
+        for (table, key) in [
+            (EventTable::HourTotals, rollup::hour_total_key(hour)),
+            (
+                EventTable::KindSeries,
+                rollup::kind_series_key(&event.kind, hour),
+            ),
+            (EventTable::DayKinds, rollup::day_kind_key(day, &event.kind)),
+            (EventTable::DayAgents, rollup::day_agent_key(day, agent)),
+        ] {
+            overlay.add_counts(org, table, key, severity)?;
+        }
+        Ok(())
     }
 }
 
@@ -548,7 +603,7 @@ impl Task {
     }
 
     /// Removes raw events, fingerprints and changes past the events retention, and hourly
-    /// counts past theirs, in chunks. The newest change of an org always stays: it numbers the
+    /// counts past theirs (daily counts once their whole day is), in chunks. The newest change of an org always stays: it numbers the
     /// next one.
     async fn purge(&self, job: &PurgeJob) -> Result<u64, ServerError> {
         let raw_cutoff = job.now_ms.saturating_sub(super::ms(self.config.retention));
@@ -559,11 +614,11 @@ impl Task {
         for org in &job.orgs {
             let cutoff_key = keys::time_floor(raw_cutoff);
             removed += self
-                .purge_range(org, EventTable::Events, Some(&cutoff_key), |_, _| true)
+                .purge_range(org, EventTable::Events, &[], Some(&cutoff_key), |_, _| true)
                 .await?;
             // Fingerprints whose event is gone.
             removed += self
-                .purge_range(org, EventTable::Fingerprints, None, |_, value| {
+                .purge_range(org, EventTable::Fingerprints, &[], None, |_, value| {
                     value < cutoff_key.as_slice()
                 })
                 .await?;
@@ -572,6 +627,7 @@ impl Task {
                 .purge_range(
                     org,
                     EventTable::Changes,
+                    &[],
                     Some(&keys::cursor_key(last)),
                     |_, value| {
                         keys::decode::<ChangeEntry>(value).is_none_or(|c| c.at_ms < raw_cutoff)
@@ -579,22 +635,65 @@ impl Task {
                 )
                 .await?;
             let hours_key = keys::time_floor(stats_cutoff);
-            for table in [EventTable::KindHours, EventTable::AgentHours] {
+            for table in [
+                EventTable::KindHours,
+                EventTable::AgentHours,
+                EventTable::HourTotals,
+            ] {
                 removed += self
-                    .purge_range(org, table, Some(&hours_key), |_, _| true)
+                    .purge_range(org, table, &[], Some(&hours_key), |_, _| true)
+                    .await?;
+            }
+            removed += self.purge_kind_series(org, stats_cutoff).await?;
+            // A day goes once all of it is past: its row never covers less than the hours kept.
+            let days_key = keys::time_floor(rollup::day_of(stats_cutoff));
+            for table in [EventTable::DayKinds, EventTable::DayAgents] {
+                removed += self
+                    .purge_range(org, table, &[], Some(&days_key), |_, _| true)
                     .await?;
             }
         }
         Ok(removed)
     }
 
-    /// Removes the entries of `table` before `to` (all with `None`) that `doomed` picks, in
-    /// chunks. Stops at the first entry `doomed` spares when `to` is set (tables in time order:
+    /// Removes the rows of [`EventTable::KindSeries`] before `cutoff`, kind by kind (one seek
+    /// per kind, then only the rows removed).
+    async fn purge_kind_series(&self, org: &OrgId, cutoff: u64) -> Result<u64, ServerError> {
+        let mut removed = 0;
+        let mut from = Vec::new();
+        loop {
+            let first = self
+                .store
+                .event_entries(org, EventTable::KindSeries, &from, None, false)
+                .next();
+            let Some(entry) = first else {
+                return Ok(removed);
+            };
+            let (key, _) = entry?;
+            let Some(nul) = key.iter().position(|&b| b == 0) else {
+                tracing::warn!(org = %org, "a kind series key has no kind; skipped");
+                from = key;
+                from.push(0);
+                continue;
+            };
+            from = key[..=nul].to_vec();
+            let mut to = from.clone();
+            to.extend_from_slice(&cutoff.to_be_bytes());
+            removed += self
+                .purge_range(org, EventTable::KindSeries, &from, Some(&to), |_, _| true)
+                .await?;
+            from[nul] = 1; // past every hour of this kind
+        }
+    }
+
+    /// Removes the entries of `table` from `from` and before `to` (all with `None`) that
+    /// `doomed` picks, in chunks. Stops at the first entry `doomed` spares when `to` is set (tables in time order:
     /// change log entries are in time order too).
     async fn purge_range(
         &self,
         org: &OrgId,
         table: EventTable,
+        from: &[u8],
         to: Option<&[u8]>,
         doomed: impl Fn(&[u8], &[u8]) -> bool,
     ) -> Result<u64, ServerError> {
@@ -602,7 +701,7 @@ impl Task {
         loop {
             let mut keys_out = Vec::new();
             let mut stop = false;
-            for entry in self.store.event_entries(org, table, &[], to, false) {
+            for entry in self.store.event_entries(org, table, from, to, false) {
                 let (key, value) = entry?;
                 if !doomed(&key, &value) {
                     if to.is_some() {
@@ -633,72 +732,8 @@ impl Task {
     }
 }
 
-/// Stores reports exactly as the task does (dedupe marks, fingerprint repeats, hourly counts,
-/// the change log), one commit per call, straight into a store that no server runs on: a bulk
-/// load of history, such as the fleet benchmark's 30-day backfill. Nothing else may write the
-/// events of the same store meanwhile (the task's own invariant: one writer of events).
-pub struct BulkLoader {
-    store: Arc<dyn Store>,
-    shared: Shared,
-    config: EventsConfig,
-}
-
-/// What one [`BulkLoader::load`] did.
-#[derive(Debug)]
-pub struct Loaded {
-    /// Each report's settled mark, or why it was refused (nothing of it stored).
-    pub settled: Vec<Result<u64, ServerError>>,
-    /// Entries the commit wrote.
-    pub writes: usize,
-    /// Time spent planning (reading the store) and committing (applying and flushing).
-    pub planned_in: std::time::Duration,
-    pub committed_in: std::time::Duration,
-}
-
-impl BulkLoader {
-    pub fn new(store: Arc<dyn Store>, config: EventsConfig) -> Self {
-        Self {
-            store,
-            shared: Shared::default(),
-            config,
-        }
-    }
-
-    /// Plans `reports` in order as one commit of the task would (received at `now_ms`), then
-    /// commits the writes directly with the store and flushes them.
-    ///
-    /// # Errors
-    ///
-    /// The store's, planning or committing; a failed commit stores nothing.
-    pub fn load(&self, reports: &[Report], now_ms: u64) -> Result<Loaded, ServerError> {
-        let started = std::time::Instant::now();
-        let planner = Planner {
-            store: &*self.store,
-            shared: &self.shared,
-            config: &self.config,
-        };
-        let mut overlay = Overlay::new(&*self.store);
-        overlay.published = None;
-        let settled = reports
-            .iter()
-            .map(|report| planner.report(&mut overlay, report, now_ms))
-            .collect();
-        let Overlay {
-            writes, cursors, ..
-        } = overlay;
-        let planned_in = started.elapsed();
-        self.store.commit_writes(&writes)?;
-        for (org, cursor) in cursors {
-            self.shared.publish(&org, cursor);
-        }
-        Ok(Loaded {
-            settled,
-            writes: writes.len(),
-            planned_in,
-            committed_in: started.elapsed() - planned_in,
-        })
-    }
-}
-
+mod bulk;
 #[cfg(test)]
 mod tests;
+
+pub use self::bulk::{BulkLoader, Loaded};

@@ -9,7 +9,7 @@ use super::{Encoded, Op, Result, SledStore, StoreError, Write};
 use crate::domain::{OrgId, is_valid_id};
 use crate::store::EventTable;
 
-fn table_kind(table: EventTable) -> &'static [u8] {
+pub(super) fn table_kind(table: EventTable) -> &'static [u8] {
     match table {
         EventTable::Events => EVENTS,
         EventTable::Marks => EVENT_MARKS,
@@ -17,6 +17,10 @@ fn table_kind(table: EventTable) -> &'static [u8] {
         EventTable::Changes => EVENT_CHANGES,
         EventTable::KindHours => EVENT_KIND_HOURS,
         EventTable::AgentHours => EVENT_AGENT_HOURS,
+        EventTable::HourTotals => EVENT_HOUR_TOTALS,
+        EventTable::KindSeries => EVENT_KIND_SERIES,
+        EventTable::DayKinds => EVENT_DAY_KINDS,
+        EventTable::DayAgents => EVENT_DAY_AGENTS,
     }
 }
 

@@ -48,6 +48,10 @@ pub(super) const EVENT_FINGERPRINTS: &[u8] = b"Ef";
 pub(super) const EVENT_CHANGES: &[u8] = b"Ec";
 pub(super) const EVENT_KIND_HOURS: &[u8] = b"Ek";
 pub(super) const EVENT_AGENT_HOURS: &[u8] = b"Ea";
+pub(super) const EVENT_HOUR_TOTALS: &[u8] = b"Et";
+pub(super) const EVENT_KIND_SERIES: &[u8] = b"Es";
+pub(super) const EVENT_DAY_KINDS: &[u8] = b"EK";
+pub(super) const EVENT_DAY_AGENTS: &[u8] = b"EA";
 /// Every kind above, for the test that no two share a key prefix.
 #[cfg(test)]
 pub(super) const KINDS: &[&[u8]] = &[
@@ -78,6 +82,10 @@ pub(super) const KINDS: &[&[u8]] = &[
     EVENT_CHANGES,
     EVENT_KIND_HOURS,
     EVENT_AGENT_HOURS,
+    EVENT_HOUR_TOTALS,
+    EVENT_KIND_SERIES,
+    EVENT_DAY_KINDS,
+    EVENT_DAY_AGENTS,
 ];
 /// Id of the one org record under `{org}/o/`.
 pub(super) const ORG_RECORD_ID: &str = "info";

@@ -2,8 +2,8 @@
 //! schema this build reads, run at open before anything else touches the store.
 //!
 //! [`MIGRATIONS`] lists one step per version, step `from` turning a store of schema `from` into
-//! one of `from + 1`; the oldest schema this build opens is the oldest step's `from` (today's
-//! list is empty: schema 3 is the oldest opened, version 2 is refused). At open:
+//! one of `from + 1`; the oldest schema this build opens is the oldest step's `from` (schema 3;
+//! version 2 is refused). At open:
 //!
 //! - a store of this build's schema opens as it is;
 //! - a newer one is refused, untouched, with one line saying which server reads it;
@@ -39,7 +39,11 @@ pub(crate) struct Schema {
 }
 
 /// The steps of this build, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[];
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    from: 3,
+    what: "build the daily and per-step event counts from the hourly ones",
+    run: event_rollups::build,
+}];
 
 /// This build's schema.
 pub(crate) const SCHEMA: Schema = Schema {
@@ -155,5 +159,6 @@ fn mismatch(found: String, schema: &Schema) -> StoreError {
     }
 }
 
+mod event_rollups;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Migrations from the fixture store of schema 3 (`server/tests/fixtures/store-v3.backup`,
-//! written by `scripts/regen-store-fixture.sh`): it opens with this build as it was made, and
-//! a step to a test-only schema 4 runs once, after a backup, beyond which this build refuses it.
+//! written by `scripts/regen-store-fixture.sh`): it opens with this build (schema 4) as it was
+//! made, and this build's step plus a test-only step to schema 5 run once, after a backup,
+//! beyond which this build refuses it. The events step's own tests are in `events.rs` here.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,14 +17,21 @@ const FIXTURE_V3: &str = concat!(
     "/tests/fixtures/store-v3.backup"
 );
 
-/// A later build's schema: 4, one step from 3.
-const SCHEMA_4: Schema = Schema {
-    version: 4,
-    migrations: &[Migration {
-        from: 3,
-        what: "label every agent migrated=yes",
-        run: label_agents,
-    }],
+/// A later build's schema: 5, this build's step from 3 and one more from 4.
+const SCHEMA_5: Schema = Schema {
+    version: 5,
+    migrations: &[
+        Migration {
+            from: 3,
+            what: "build the daily and per-step event counts from the hourly ones",
+            run: event_rollups::build,
+        },
+        Migration {
+            from: 4,
+            what: "label every agent migrated=yes",
+            run: label_agents,
+        },
+    ],
 };
 
 /// The test step: adds `migrated=yes` to every agent record (idempotent, as every step).
@@ -45,12 +53,40 @@ fn label_agents(db: &sled::Db) -> Result<()> {
     Ok(())
 }
 
-/// The fixture restored into a data directory under `root`; returns the store's path.
+/// The store of schema 4, as a backup file.
+const FIXTURE_V4: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/store-v4.backup"
+);
+
+/// The schema 3 fixture's records written into a store under `root`, as schema 3 left them
+/// (not opened, so not migrated); returns the store's path.
 fn restored_fixture(root: &Path) -> PathBuf {
-    let data_dir = root.join("data");
-    crate::backup::restore(Path::new(FIXTURE_V3), &data_dir).expect("the fixture restores");
-    data_dir.join(crate::backup::STORE_DIR)
+    imported(root, FIXTURE_V3, 3)
 }
+
+/// The records of the fixture `file`, of schema `version`, written into a store under `root`.
+fn imported(root: &Path, file: &str, version: u32) -> PathBuf {
+    let path = root.join("data").join(crate::backup::STORE_DIR);
+    let file = std::fs::File::open(file).expect("the fixture");
+    let (mut reader, header) =
+        dump::Reader::new(std::io::BufReader::new(file)).expect("the fixture's header");
+    assert_eq!(header.schema_version, version);
+    let records = std::iter::from_fn(|| {
+        reader
+            .next_record()
+            .expect("the fixture reads")
+            .map(|(space, key, value)| Ok(crate::store::sled::Record { space, key, value }))
+    });
+    crate::store::sled::import(&path, records).expect("the fixture imports");
+    path
+}
+
+/// This build's schema without its steps: opens a store of schema 3 as it is.
+const SCHEMA_3: Schema = Schema {
+    version: 3,
+    migrations: &[],
+};
 
 fn open_as(path: &Path, schema: &Schema) -> crate::store::Result<SledStore> {
     SledStore::open_schema(path, CACHE_CAPACITY_BYTES, &SeriesConfig::default(), schema)
@@ -111,12 +147,30 @@ fn the_fixture_of_schema_3_opens_with_what_it_was_made_with() {
 }
 
 #[test]
+fn the_fixture_of_schema_4_opens_as_it_is() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let path = imported(root.path(), FIXTURE_V4, 4);
+    let snapshot = SledStore::open(&path)
+        .expect("opens")
+        .load()
+        .expect("loads");
+    let mut names: Vec<&str> = snapshot
+        .agents
+        .iter()
+        .map(|(a, _)| a.name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["hist-1", "hist-2", "live-1", "live-2"]);
+    assert!(!backup_path(&path, 4).exists(), "no step, no backup");
+}
+
+#[test]
 fn a_step_runs_once_after_a_backup_and_its_result_is_refused_by_older_builds() {
     let root = tempfile::tempdir().expect("tempdir");
     let path = restored_fixture(root.path());
-    let before = SledStore::open(&path).expect("v3").load().expect("load");
+    let before = open_as(&path, &SCHEMA_3).expect("v3").load().expect("load");
 
-    let migrated = open_as(&path, &SCHEMA_4).expect("migrates");
+    let migrated = open_as(&path, &SCHEMA_5).expect("migrates");
     let after = migrated.load().expect("load");
     assert_eq!(after.agents.len(), before.agents.len());
     for (agent, _) in &after.agents {
@@ -136,17 +190,17 @@ fn a_step_runs_once_after_a_backup_and_its_result_is_refused_by_older_builds() {
     let copy = root.path().join("copy");
     let restored = crate::backup::restore(&backup, &copy).expect("restores");
     assert_eq!(restored.header.schema_version, 3);
-    let copy = SledStore::open(&copy.join(crate::backup::STORE_DIR)).expect("v3 copy");
+    let copy = SledStore::open(&copy.join(crate::backup::STORE_DIR)).expect("the copy, migrated");
     assert_eq!(copy.load().expect("load"), before);
 
-    // This build (schema 3) refuses the migrated store in one line.
+    // This build (schema 4) refuses the migrated store in one line.
     let refused = SledStore::open(&path).expect_err("newer");
     assert!(
         matches!(
             refused,
             StoreError::SchemaNewer {
-                found: 4,
-                supported: 3
+                found: 5,
+                supported: 4
             }
         ),
         "{refused}"
@@ -154,7 +208,7 @@ fn a_step_runs_once_after_a_backup_and_its_result_is_refused_by_older_builds() {
     assert!(!refused.to_string().contains('\n'), "{refused}");
 
     // Opened again by the later build: no step, no new backup.
-    let again = open_as(&path, &SCHEMA_4).expect("opens");
+    let again = open_as(&path, &SCHEMA_5).expect("opens");
     assert_eq!(again.load().expect("load"), after);
     let unchanged = std::fs::metadata(&backup)
         .expect("the backup")
@@ -167,22 +221,22 @@ fn a_step_runs_once_after_a_backup_and_its_result_is_refused_by_older_builds() {
 fn a_store_older_than_the_steps_is_refused_untouched() {
     let root = tempfile::tempdir().expect("tempdir");
     let path = restored_fixture(root.path());
-    // A build of schema 5 whose steps start at 4 cannot open schema 3.
-    const SCHEMA_5: Schema = Schema {
-        version: 5,
+    // A build of schema 6 whose steps start at 5 cannot open schema 3.
+    const SCHEMA_6: Schema = Schema {
+        version: 6,
         migrations: &[Migration {
-            from: 4,
+            from: 5,
             what: "nothing",
             run: |_| Ok(()),
         }],
     };
-    let refused = open_as(&path, &SCHEMA_5).expect_err("too old");
+    let refused = open_as(&path, &SCHEMA_6).expect_err("too old");
     assert!(
-        matches!(&refused, StoreError::SchemaMismatch { found, expected: 5 } if found == "3"),
+        matches!(&refused, StoreError::SchemaMismatch { found, expected: 6 } if found == "3"),
         "{refused}"
     );
     assert!(!backup_path(&path, 3).exists(), "nothing written");
-    SledStore::open(&path).expect("still schema 3");
+    SledStore::open(&path).expect("still schema 3, which this build migrates");
 }
 
 #[test]
@@ -202,3 +256,5 @@ fn the_backup_goes_beside_the_store() {
         Path::new("/var/lib/tether/store.schema-3.backup")
     );
 }
+
+mod events;

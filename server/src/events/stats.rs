@@ -1,0 +1,462 @@
+//! `GetEventStats` from the counts tables (`rollup.rs`, `keys.rs`), reading the coarsest rows
+//! that answer each part exactly:
+//!
+//! - **Steps** (counts by severity, and by kind for the top kinds): [`EventTable::HourTotals`]
+//!   without a kind filter, else [`EventTable::KindSeries`] for each matching kind (one seek
+//!   per kind): a row per hour of the range, not per (hour, kind, agent).
+//! - **Kinds and the total**: [`EventTable::DayKinds`] for the range's whole UTC days,
+//!   [`EventTable::KindHours`] for the partial days at its edges.
+//! - **Top agents**: [`EventTable::DayAgents`] for the whole days and
+//!   [`EventTable::AgentHours`] for the edges, unless a kind filter is set: the daily rows do
+//!   not know kinds, so top agents under a kind filter read the hourly agent rows of the
+//!   whole range (the slow shape: one row per hour, agent and kind seen).
+//! - **The rate**: [`EventTable::HourTotals`] without a kind filter, else
+//!   [`EventTable::KindHours`], over the two windows.
+//!
+//! A filter on agents (ids or a label selector) reads everything from
+//! [`EventTable::AgentHours`], the one table that knows agents by hour, over the whole range.
+//!
+//! Invariant: every answer equals what the hourly tables alone give (a daily row is the sum of
+//! its hours, `rollup.rs`); only the rows read differ.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::keys::{self, HourCount, Severity};
+use super::query::{Filter, Stats, StatsQuery, StatsStep};
+use super::rollup::{self, Counts, DAY_MS};
+use crate::domain::{AgentId, OrgId};
+use crate::error::ServerError;
+use crate::store::{EventTable, Store};
+
+/// Answers `GetEventStats`.
+///
+/// # Errors
+///
+/// The store's.
+pub fn stats(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<Stats, ServerError> {
+    if q.filter.agents.is_some() {
+        return by_agent_hours(store, org, q);
+    }
+    let filter = &q.filter;
+    let min = filter.min_severity;
+    let kind_filtered = filter.kind.is_some() || filter.kind_prefix.is_some();
+    let mut steps = empty_steps(q);
+    let step_of = |hour_ms: u64| usize::try_from((hour_ms - q.start_ms) / q.step_ms).ok();
+
+    // Kinds over the range: whole days from the daily rows, the edges from the hourly ones.
+    let mut kinds: HashMap<String, u64> = HashMap::new();
+    let spans = Spans::of(q.start_ms, q.end_ms);
+    if let Some(days) = spans.days {
+        let counts = Tally {
+            into: &mut kinds,
+            min,
+        };
+        day_rows(store, org, EventTable::DayKinds, days, counts, |k| {
+            kind_matches(filter, k)
+        })?;
+    }
+    for (from, to) in spans.hours() {
+        for count in hours(store, org, filter, false, from, to) {
+            let count = count?;
+            tally(&mut kinds, &count.kind, count.count);
+        }
+    }
+    let total = kinds.values().sum();
+    let top_kinds = top(kinds.clone(), q.top);
+    let top_set: BTreeSet<&str> = top_kinds.iter().map(|(k, _)| k.as_str()).collect();
+
+    // Steps: the hourly totals, or each matching kind's own hours.
+    if !kind_filtered {
+        let (from, to) = (q.start_ms, q.end_ms);
+        hour_rows(
+            store,
+            org,
+            EventTable::HourTotals,
+            from,
+            to,
+            |hour, counts| {
+                if let Some(step) = step_of(hour).and_then(|i| steps.get_mut(i)) {
+                    add_severities(&mut step.by_severity, &counts.masked(min));
+                }
+            },
+        )?;
+    }
+    for kind in kinds.keys() {
+        let in_top = top_set.contains(kind.as_str());
+        if !in_top && !kind_filtered {
+            continue;
+        }
+        let (from, to) = (q.start_ms, q.end_ms);
+        let series = EventTable::KindSeries;
+        hour_rows_of(store, org, series, Some(kind), from, to, |hour, counts| {
+            let Some(step) = step_of(hour).and_then(|i| steps.get_mut(i)) else {
+                return;
+            };
+            let masked = counts.masked(min);
+            if kind_filtered {
+                add_severities(&mut step.by_severity, &masked);
+            }
+            let n = masked.at_least(None);
+            if in_top && n > 0 {
+                *step.by_kind.entry(kind.clone()).or_default() += n;
+            }
+        })?;
+    }
+
+    // Agents: whole days from the daily rows unless a kind filter needs the hourly ones.
+    let mut agents: HashMap<String, u64> = HashMap::new();
+    let agent_spans = match spans.days {
+        Some(days) if !kind_filtered => {
+            let counts = Tally {
+                into: &mut agents,
+                min,
+            };
+            day_rows(store, org, EventTable::DayAgents, days, counts, |_| true)?;
+            spans.hours()
+        }
+        _ if kind_filtered => vec![(q.start_ms, q.end_ms)],
+        _ => spans.hours(),
+    };
+    for (from, to) in agent_spans {
+        for count in hours(store, org, filter, true, from, to) {
+            let count = count?;
+            if let Some(agent) = &count.agent {
+                tally(&mut agents, agent.as_str(), count.count);
+            }
+        }
+    }
+
+    let rate = if kind_filtered {
+        rate_counts(store, org, q, false)?
+    } else {
+        let (window_start, previous_start, end) = rate_windows(q);
+        let mut rate = (0, 0);
+        hour_rows(
+            store,
+            org,
+            EventTable::HourTotals,
+            previous_start,
+            end,
+            |hour, counts| {
+                if hour >= window_start {
+                    rate.0 += counts.at_least(min);
+                } else {
+                    rate.1 += counts.at_least(min);
+                }
+            },
+        )?;
+        rate
+    };
+    let top_agents = top_named(agents, q.top);
+    Ok(finish(q, steps, top_kinds, top_agents, total, rate))
+}
+
+/// Where daily rows add their counts: at or above `min`.
+struct Tally<'a> {
+    into: &'a mut HashMap<String, u64>,
+    min: Option<Severity>,
+}
+
+/// Adds the daily rows of `table` over `days` whose name (kind or agent) `keep` picks.
+fn day_rows(
+    store: &dyn Store,
+    org: &OrgId,
+    table: EventTable,
+    (from, to): (u64, u64),
+    counts: Tally<'_>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(), ServerError> {
+    let (from, to) = (keys::time_floor(from), keys::time_floor(to));
+    for row in scan(store, org, table, &from, &to) {
+        let (key, value) = row?;
+        let (Some(name), Some(n)) = (rollup::day_key_name(&key), Counts::decode(&value)) else {
+            tracing::warn!(org = %org, ?table, "a daily event count does not decode; skipped");
+            continue;
+        };
+        if keep(name) {
+            tally(counts.into, name, n.at_least(counts.min));
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with each hourly total of `from..to`.
+fn hour_rows(
+    store: &dyn Store,
+    org: &OrgId,
+    table: EventTable,
+    from: u64,
+    to: u64,
+    f: impl FnMut(u64, Counts),
+) -> Result<(), ServerError> {
+    hour_rows_of(store, org, table, None, from, to, f)
+}
+
+/// How an hourly table's key names its hour.
+type HourOfKey = fn(&[u8]) -> Option<u64>;
+
+/// Calls `f` with each hourly row of `from..to`: of the totals, or of `kind`'s series.
+fn hour_rows_of(
+    store: &dyn Store,
+    org: &OrgId,
+    table: EventTable,
+    kind: Option<&str>,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(u64, Counts),
+) -> Result<(), ServerError> {
+    let (from, to, hour_of): (_, _, HourOfKey) = match kind {
+        Some(kind) => (
+            rollup::kind_series_key(kind, from),
+            rollup::kind_series_key(kind, to),
+            rollup::kind_series_hour,
+        ),
+        None => (
+            rollup::hour_total_key(from),
+            rollup::hour_total_key(to),
+            rollup::leading_ms,
+        ),
+    };
+    for row in scan(store, org, table, &from, &to) {
+        let (key, value) = row?;
+        let (Some(hour), Some(counts)) = (hour_of(&key), Counts::decode(&value)) else {
+            tracing::warn!(org = %org, ?table, "an hourly event count does not decode; skipped");
+            continue;
+        };
+        f(hour, counts);
+    }
+    Ok(())
+}
+
+/// The range `[start, end)` cut at UTC days: the whole days inside it, if any, and the hours
+/// before and after them.
+struct Spans {
+    start: u64,
+    end: u64,
+    days: Option<(u64, u64)>,
+}
+
+impl Spans {
+    fn of(start: u64, end: u64) -> Self {
+        let first = start.div_ceil(DAY_MS).saturating_mul(DAY_MS);
+        let last = rollup::day_of(end);
+        Self {
+            start,
+            end,
+            days: (first < last).then_some((first, last)),
+        }
+    }
+
+    /// The spans the hourly rows answer: all of it without whole days, else the edges.
+    fn hours(&self) -> Vec<(u64, u64)> {
+        match self.days {
+            None => vec![(self.start, self.end)],
+            Some((first, last)) => [(self.start, first), (last, self.end)]
+                .into_iter()
+                .filter(|(a, b)| a < b)
+                .collect(),
+        }
+    }
+}
+
+/// The rows of `table` from `from` to `to` (exclusive), in key order.
+fn scan<'a>(
+    store: &'a dyn Store,
+    org: &OrgId,
+    table: EventTable,
+    from: &[u8],
+    to: &[u8],
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), ServerError>> + use<'a> {
+    store
+        .event_entries(org, table, from, Some(to), false)
+        .map(|row| row.map_err(ServerError::from))
+}
+
+fn kind_matches(filter: &Filter, kind: &str) -> bool {
+    filter.kind.as_ref().is_none_or(|k| k == kind)
+        && filter
+            .kind_prefix
+            .as_ref()
+            .is_none_or(|p| tether_proto::event::kind_has_prefix(kind, p))
+}
+
+/// Adds `n` to `name`'s count, unless it is 0 (a name is listed only with occurrences).
+fn tally(counts: &mut HashMap<String, u64>, name: &str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    match counts.get_mut(name) {
+        Some(c) => *c += n,
+        None => {
+            counts.insert(name.to_owned(), n);
+        }
+    }
+}
+
+fn add_severities(into: &mut [u64; 4], counts: &Counts) {
+    for (slot, n) in into.iter_mut().zip(counts.0) {
+        *slot += n;
+    }
+}
+
+fn empty_steps(q: &StatsQuery) -> Vec<StatsStep> {
+    let n_steps = (q.end_ms - q.start_ms).div_ceil(q.step_ms);
+    (0..n_steps)
+        .map(|i| StatsStep {
+            start_ms: q.start_ms + i * q.step_ms,
+            ..StatsStep::default()
+        })
+        .collect()
+}
+
+/// The rate's window start, the previous window's start, and the end of both: the window's
+/// whole hours before the current one, plus the current hour so far.
+fn rate_windows(q: &StatsQuery) -> (u64, u64, u64) {
+    let current_hour = keys::hour_of(q.now_ms);
+    let window_start = current_hour + keys::HOUR_MS - q.rate_window_ms;
+    let previous_start = window_start - q.rate_window_ms;
+    (window_start, previous_start, current_hour + keys::HOUR_MS)
+}
+
+/// Occurrences in the rate's window and in the one before, from an hourly table.
+fn rate_counts(
+    store: &dyn Store,
+    org: &OrgId,
+    q: &StatsQuery,
+    by_agent: bool,
+) -> Result<(u64, u64), ServerError> {
+    let (window_start, previous_start, end) = rate_windows(q);
+    let mut counts = (0, 0);
+    for count in hours(store, org, &q.filter, by_agent, previous_start, end) {
+        let count = count?;
+        if count.hour_ms >= window_start {
+            counts.0 += count.count;
+        } else {
+            counts.1 += count.count;
+        }
+    }
+    Ok(counts)
+}
+
+fn finish(
+    q: &StatsQuery,
+    mut steps: Vec<StatsStep>,
+    top_kinds: Vec<(String, u64)>,
+    top_agents: Vec<(AgentId, u64)>,
+    total: u64,
+    (in_window, in_previous): (u64, u64),
+) -> Stats {
+    for step in &mut steps {
+        step.by_kind.retain(|_, n| *n > 0);
+    }
+    let (window_start, _, _) = rate_windows(q);
+    let window_minutes = (q.now_ms - window_start).max(1) as f64 / 60_000.0;
+    let previous_minutes = q.rate_window_ms as f64 / 60_000.0;
+    Stats {
+        steps,
+        top_kinds,
+        top_agents,
+        total,
+        rate_per_minute: in_window as f64 / window_minutes,
+        previous_rate_per_minute: in_previous as f64 / previous_minutes,
+    }
+}
+
+/// Counts over hours `from..to` (ms, whole hours), yielded one by one from the hourly kind
+/// table, or the agent table with `by_agent`, that `filter` matches.
+fn hours<'a>(
+    store: &'a dyn Store,
+    org: &OrgId,
+    filter: &'a Filter,
+    by_agent: bool,
+    from: u64,
+    to: u64,
+) -> impl Iterator<Item = Result<HourCount, ServerError>> + 'a {
+    let table = if by_agent {
+        EventTable::AgentHours
+    } else {
+        EventTable::KindHours
+    };
+    scan(
+        store,
+        org,
+        table,
+        &keys::time_floor(from),
+        &keys::time_floor(to),
+    )
+    .filter_map(move |entry| {
+        let (key, value) = match entry {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(e)),
+        };
+        let parsed = if by_agent {
+            keys::parse_agent_hour(&key, &value)
+        } else {
+            keys::parse_kind_hour(&key, &value)
+        };
+        let Some(count) = parsed else {
+            tracing::warn!("an hourly event count does not decode; skipped");
+            return None;
+        };
+        let wanted = count.agent.as_ref().is_none_or(|a| filter.matches_agent(a))
+            && filter.matches_kind(&count.kind, count.severity);
+        wanted.then_some(Ok(count))
+    })
+}
+
+/// Everything from the hourly agent rows: the one table that knows agents by hour.
+fn by_agent_hours(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<Stats, ServerError> {
+    let mut steps = empty_steps(q);
+    let mut kinds: HashMap<String, u64> = HashMap::new();
+    let mut agents: HashMap<String, u64> = HashMap::new();
+    let mut by_kind_step: HashMap<(usize, String), u64> = HashMap::new();
+    for count in hours(store, org, &q.filter, true, q.start_ms, q.end_ms) {
+        let count = count?;
+        let i = usize::try_from((count.hour_ms - q.start_ms) / q.step_ms).unwrap_or(usize::MAX);
+        if let Some(step) = steps.get_mut(i) {
+            step.by_severity[count.severity as usize - 1] += count.count;
+        }
+        tally(&mut kinds, &count.kind, count.count);
+        if let Some(agent) = &count.agent {
+            tally(&mut agents, agent.as_str(), count.count);
+        }
+        *by_kind_step.entry((i, count.kind)).or_default() += count.count;
+    }
+    let total = kinds.values().sum();
+    let top_kinds = top(kinds, q.top);
+    let top_set: BTreeSet<&String> = top_kinds.iter().map(|(k, _)| k).collect();
+    for ((i, kind), n) in by_kind_step {
+        if top_set.contains(&kind)
+            && let Some(step) = steps.get_mut(i)
+        {
+            step.by_kind.insert(kind, n);
+        }
+    }
+    let rate = rate_counts(store, org, q, true)?;
+    Ok(finish(
+        q,
+        steps,
+        top_kinds,
+        top_named(agents, q.top),
+        total,
+        rate,
+    ))
+}
+
+/// The `n` largest counts, largest first, ties by name.
+fn top(counts: HashMap<String, u64>, n: usize) -> Vec<(String, u64)> {
+    let mut all: Vec<_> = counts.into_iter().collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(n);
+    all
+}
+
+fn top_named(counts: HashMap<String, u64>, n: usize) -> Vec<(AgentId, u64)> {
+    top(counts, n)
+        .into_iter()
+        .map(|(agent, count)| (AgentId::new(agent), count))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! `GetEventStats` from the daily and hourly tables against a brute-force count of the sent
+//! occurrences: ranges of several whole days with partial days at both edges, ranges within a
+//! day, steps that do not align with days, every filter the call takes, and late events that
+//! land across a day boundary.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::*;
+use crate::events::EventsConfig;
+use crate::events::keys::{HOUR_MS, Severity};
+use crate::events::sample::{self, Lcg, Sent};
+use crate::events::task::BulkLoader;
+use crate::store::SledStore;
+
+/// What the sent occurrences say `q` should answer.
+fn brute_force(sent: &[Sent], q: &StatsQuery) -> Stats {
+    let f = &q.filter;
+    let matches = |e: &&Sent| f.matches_agent(&e.agent) && f.matches_kind(e.kind, e.severity);
+    let mut steps = empty_steps(q);
+    let mut kinds: HashMap<String, u64> = HashMap::new();
+    let mut agents: HashMap<String, u64> = HashMap::new();
+    let mut by_kind: BTreeMap<(usize, &str), u64> = BTreeMap::new();
+    for e in sent.iter().filter(matches) {
+        if !(q.start_ms..q.end_ms).contains(&e.time_ms) {
+            continue;
+        }
+        let i = usize::try_from((e.time_ms - q.start_ms) / q.step_ms).expect("small");
+        steps[i].by_severity[e.severity as usize - 1] += 1;
+        *kinds.entry(e.kind.to_owned()).or_default() += 1;
+        *agents.entry(e.agent.as_str().to_owned()).or_default() += 1;
+        *by_kind.entry((i, e.kind)).or_default() += 1;
+    }
+    let total = kinds.values().sum();
+    let top_kinds = top(kinds, q.top);
+    for ((i, kind), n) in by_kind {
+        if top_kinds.iter().any(|(k, _)| k == kind) {
+            steps[i].by_kind.insert(kind.to_owned(), n);
+        }
+    }
+    let (window_start, previous_start, end) = rate_windows(q);
+    let in_window = sent
+        .iter()
+        .filter(matches)
+        .filter(|e| (window_start..end).contains(&keys::hour_of(e.time_ms)))
+        .count() as u64;
+    let in_previous = sent
+        .iter()
+        .filter(matches)
+        .filter(|e| (previous_start..window_start).contains(&keys::hour_of(e.time_ms)))
+        .count() as u64;
+    finish(
+        q,
+        steps,
+        top_kinds,
+        top_named(agents, q.top),
+        total,
+        (in_window, in_previous),
+    )
+}
+
+/// The filters `GetEventStats` takes, alone and together.
+fn filters() -> Vec<(&'static str, Filter)> {
+    let agents: HashSet<AgentId> = ["ag-1", "ag-4", "ag-7"].map(AgentId::new).into();
+    vec![
+        ("none", Filter::default()),
+        (
+            "severity >= error",
+            Filter {
+                min_severity: Some(Severity::Error),
+                ..Filter::default()
+            },
+        ),
+        (
+            "kind ssh.root",
+            Filter {
+                kind: Some("ssh.root".into()),
+                ..Filter::default()
+            },
+        ),
+        (
+            "kind prefix ssh, severity >= warning",
+            Filter {
+                kind_prefix: Some("ssh".into()),
+                min_severity: Some(Severity::Warning),
+                ..Filter::default()
+            },
+        ),
+        (
+            "agents",
+            Filter {
+                agents: Some(agents.clone()),
+                ..Filter::default()
+            },
+        ),
+        (
+            "agents, kind prefix ssh, severity >= error",
+            Filter {
+                agents: Some(agents),
+                kind_prefix: Some("ssh".into()),
+                min_severity: Some(Severity::Error),
+                ..Filter::default()
+            },
+        ),
+    ]
+}
+
+/// Every shape over the data around `day0`, against the brute force.
+fn check_all(store: &dyn Store, org: &OrgId, sent: &[Sent], day0: u64, now_ms: u64) {
+    let ranges = [
+        (
+            "4 days and two partial edges",
+            day0 + 5 * HOUR_MS,
+            day0 + 4 * DAY_MS + 7 * HOUR_MS,
+        ),
+        ("whole days only", day0, day0 + 3 * DAY_MS),
+        (
+            "a partial edge, then whole days",
+            day0 + 23 * HOUR_MS,
+            day0 + 3 * DAY_MS,
+        ),
+        (
+            "whole days, then a partial edge",
+            day0,
+            day0 + 2 * DAY_MS + HOUR_MS,
+        ),
+        (
+            "within one day",
+            day0 + DAY_MS + 2 * HOUR_MS,
+            day0 + DAY_MS + 9 * HOUR_MS,
+        ),
+        (
+            "across one midnight",
+            day0 + 20 * HOUR_MS,
+            day0 + DAY_MS + 4 * HOUR_MS,
+        ),
+    ];
+    for (range, start_ms, end_ms) in ranges {
+        for step_ms in [HOUR_MS, 5 * HOUR_MS, DAY_MS] {
+            for (name, filter) in filters() {
+                for (top, rate_window_ms) in [(3, HOUR_MS), (100, DAY_MS)] {
+                    let q = StatsQuery {
+                        filter: filter.clone(),
+                        start_ms,
+                        end_ms,
+                        step_ms,
+                        top,
+                        rate_window_ms,
+                        now_ms,
+                    };
+                    let got = stats(store, org, &q).expect("stats");
+                    assert_eq!(
+                        got,
+                        brute_force(sent, &q),
+                        "{range}, step {} h, filter {name}, top {top}",
+                        step_ms / HOUR_MS
+                    );
+                    assert!(
+                        got.total > 0 || name.starts_with("agents"),
+                        "{range} {name}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_events_correct_days() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("open"));
+    let loader = BulkLoader::new(store.clone(), EventsConfig::default());
+    let org = OrgId::new("acme");
+    let now_ms = keys::millis(SystemTime::now());
+    let day0 = rollup::day_of(now_ms) - 6 * DAY_MS;
+    let mut rng = Lcg(3);
+    let (reports, mut sent) = sample::reports(&org, 9, 3_000, day0, 5 * DAY_MS, 0, &mut rng);
+    let mut writes = 0;
+    for chunk in reports.chunks(3) {
+        writes += loader.load(chunk, now_ms).expect("load").writes;
+    }
+    assert!(writes > 0);
+    check_all(&*store, &org, &sent, day0, now_ms);
+
+    // Late: reported an hour later, 20 h either side of the midnight after day 2.
+    let midnight = day0 + 2 * DAY_MS;
+    let per_day = || -> Vec<u64> {
+        let q = StatsQuery {
+            filter: Filter::default(),
+            start_ms: day0,
+            end_ms: day0 + 4 * DAY_MS,
+            step_ms: DAY_MS,
+            top: 100,
+            rate_window_ms: HOUR_MS,
+            now_ms,
+        };
+        let days = stats(&*store, &org, &q).expect("stats").steps;
+        days.iter().map(|d| d.by_severity.iter().sum()).collect()
+    };
+    let before = per_day();
+    let (late, late_sent) = sample::reports(
+        &org,
+        9,
+        200,
+        midnight - 20 * HOUR_MS,
+        40 * HOUR_MS,
+        100_000,
+        &mut rng,
+    );
+    loader.load(&late, now_ms + HOUR_MS).expect("late load");
+    sent.extend(late_sent.iter().cloned());
+    check_all(&*store, &org, &sent, day0, now_ms);
+    let after = per_day();
+    let grew: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(grew[0], 0);
+    assert!(
+        grew[1] > 0 && grew[2] > 0,
+        "both days of the boundary: {grew:?}"
+    );
+    assert_eq!(grew.iter().sum::<u64>(), late_sent.len() as u64);
+}
