@@ -323,23 +323,30 @@ impl ServerProc {
     ///
     /// The scrape failed or lacks the store's families.
     pub async fn store_memory(&self) -> anyhow::Result<(u64, u64, u64)> {
-        let text = tether_tests::scrape_metrics(self.metrics_addr)
-            .await
-            .context("scrape the server's metrics")?;
-        let gauge = |name: &str| -> anyhow::Result<u64> {
-            text.lines()
-                .find_map(|line| {
-                    let value = line.strip_prefix(name)?.trim();
-                    value.parse::<f64>().ok()
-                })
-                .map(|v| v as u64)
-                .with_context(|| format!("no {name} in the server's metrics"))
-        };
+        let text = self.scrape().await?;
         Ok((
-            gauge("tether_store_memory_bytes{part=\"heads\"}")?,
-            gauge("tether_store_memory_limit_bytes{part=\"heads\"}")?,
-            gauge("tether_store_memory_limit_bytes{part=\"cache\"}")?,
+            gauge(&text, "tether_store_memory_bytes{part=\"heads\"}")?,
+            gauge(&text, "tether_store_memory_limit_bytes{part=\"heads\"}")?,
+            gauge(&text, "tether_store_memory_limit_bytes{part=\"cache\"}")?,
         ))
+    }
+
+    /// Bytes the server's allocator has handed out and not taken back (jemalloc's
+    /// `stats.allocated`, from `/metrics`): what its data holds, unlike its RSS, which also
+    /// holds memory freed but not yet returned to the system.
+    ///
+    /// # Errors
+    ///
+    /// The scrape failed or lacks the family.
+    pub async fn allocated_bytes(&self) -> anyhow::Result<u64> {
+        let text = self.scrape().await?;
+        gauge(&text, "tether_allocator_memory_bytes{kind=\"allocated\"}")
+    }
+
+    async fn scrape(&self) -> anyhow::Result<String> {
+        tether_tests::scrape_metrics(self.metrics_addr)
+            .await
+            .context("scrape the server's metrics")
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns how long it took.
@@ -355,6 +362,17 @@ impl ServerProc {
         }
         started.elapsed()
     }
+}
+
+/// The value of the sample `name` (with its labels) in a `/metrics` text.
+fn gauge(text: &str, name: &str) -> anyhow::Result<u64> {
+    text.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(name)?.trim();
+            value.parse::<f64>().ok()
+        })
+        .map(|v| v as u64)
+        .with_context(|| format!("no {name} in the server's metrics"))
 }
 
 // === impl Simulator ===
