@@ -186,9 +186,8 @@ async fn run(
     // Signed: the RSS also moves with memory freed earlier and returned to the system now, so
     // the allocator's own count is the figure; the RSS is shown beside it.
     let per_watcher = (rss_watching as f64 - rss_before as f64) / n_watchers.max(1) as f64;
-    let allocated_per_watcher = (allocated_watching as f64 - allocated_before as f64)
-        / 1024.0
-        / n_watchers.max(1) as f64;
+    let allocated_per_watcher =
+        (allocated_watching as f64 - allocated_before as f64) / 1024.0 / n_watchers.max(1) as f64;
     let start_cursors = watchers.start_cursors();
     record(Row {
         scenario: format!(
