@@ -118,6 +118,7 @@ fn bulk_loads_dedupe_fold_repeats_count_every_occurrence_and_number_changes_on()
 
     let stats = query::stats(
         &*store,
+        &crate::events::day_cache::DayCache::default(),
         &org,
         &StatsQuery {
             filter: Filter::default(),
@@ -137,7 +138,7 @@ fn bulk_loads_dedupe_fold_repeats_count_every_occurrence_and_number_changes_on()
 }
 
 /// Events over a store with the real writer and events task, as the server runs them.
-async fn running(
+pub(crate) async fn running(
     store: Arc<dyn Store>,
     config: EventsConfig,
 ) -> (
