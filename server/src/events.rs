@@ -186,10 +186,11 @@ impl Events {
         config: EventsConfig,
         watches: Arc<watch_stream::WatchSlots>,
         hub: Arc<hub::Hub>,
+        day_counters: crate::metrics::DayCacheCounters,
     ) -> (Arc<Self>, task::Task) {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared::default());
-        let day_cache = Arc::new(day_cache::DayCache::default());
+        let day_cache = Arc::new(day_cache::DayCache::default().counted(day_counters));
         let task = task::Task {
             store: store.clone(),
             writer,

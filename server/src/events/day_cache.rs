@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::rollup::{self, Counts};
 use crate::domain::OrgId;
+use crate::metrics::DayCacheCounters;
 use crate::store::{EventTable, Write};
 
 /// Most rows all cached days hold together (an empty day counts as one).
@@ -53,6 +54,7 @@ pub struct DayCache {
     max_rows: usize,
     max_versions: usize,
     inner: Mutex<Inner>,
+    counters: DayCacheCounters,
 }
 
 #[derive(Default)]
@@ -90,7 +92,13 @@ impl DayCache {
             max_rows,
             max_versions,
             inner: Mutex::new(Inner::default()),
+            counters: DayCacheCounters::default(),
         }
+    }
+
+    /// The cache, counting its hits and misses in `counters`.
+    pub fn counted(self, counters: DayCacheCounters) -> Self {
+        Self { counters, ..self }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -107,8 +115,10 @@ impl DayCache {
             lru.remove(&entry.used);
             entry.used = tick;
             lru.insert(tick, key.clone());
+            self.counters.hits.inc();
             return Ok(entry.rows.clone());
         }
+        self.counters.misses.inc();
         Err(Version {
             day: inner.versions.get(key).copied().unwrap_or(0),
             epoch: inner.epoch,
@@ -215,7 +225,8 @@ mod tests {
 
     #[test]
     fn a_read_that_an_invalidation_overtook_is_not_kept() {
-        let cache = DayCache::default();
+        let counters = DayCacheCounters::default();
+        let cache = DayCache::default().counted(counters.clone());
         let version = cache.lookup(&key(1)).expect_err("empty");
         cache.invalidate([key(1)]);
         assert!(!cache.insert(key(1), version, rows(3)));
@@ -229,6 +240,7 @@ mod tests {
         assert!(cache.lookup(&key(1)).is_ok());
         cache.invalidate([key(1)]);
         assert!(cache.lookup(&key(1)).is_err());
+        assert_eq!((counters.hits.get(), counters.misses.get()), (2, 4));
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub(crate) async fn running(
 ) {
     let metrics = crate::metrics::Metrics::new();
     let (writer, queues) = crate::writer::channel(store.clone(), &metrics, 64, 64, 64);
+    let day_counters = metrics.event_stats_days.clone();
     let registry = Arc::new(crate::registry::Registry::new(
         Vec::new(),
         writer.clone(),
@@ -176,6 +177,7 @@ pub(crate) async fn running(
         config,
         crate::events::watch_stream::WatchSlots::new(8, 8),
         hub,
+        day_counters,
     );
     tokio::spawn(task.run(stop.clone()));
     (events, stop)
