@@ -31,6 +31,7 @@ use crate::error::ServerError;
 use crate::store::{EventTable, Store};
 use crate::writer::WriterHandle;
 
+pub mod day_cache;
 pub mod hub;
 pub mod keys;
 pub mod query;
@@ -173,6 +174,8 @@ pub struct Events {
     pub watches: Arc<watch_stream::WatchSlots>,
     /// Committed changes, fanned out live to the watchers that match them.
     pub hub: Arc<hub::Hub>,
+    /// Whole days of the daily counts, for statistics; the task invalidates what it writes.
+    pub day_cache: Arc<day_cache::DayCache>,
 }
 
 impl Events {
@@ -183,14 +186,17 @@ impl Events {
         config: EventsConfig,
         watches: Arc<watch_stream::WatchSlots>,
         hub: Arc<hub::Hub>,
+        day_counters: crate::metrics::DayCacheCounters,
     ) -> (Arc<Self>, task::Task) {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared::default());
+        let day_cache = Arc::new(day_cache::DayCache::default().counted(day_counters));
         let task = task::Task {
             store: store.clone(),
             writer,
             shared: shared.clone(),
             hub: hub.clone(),
+            day_cache: day_cache.clone(),
             config: config.clone(),
             jobs: rx,
         };
@@ -201,6 +207,7 @@ impl Events {
             limiter: rate::RateLimiter::new(config.rate_per_minute, config.rate_window),
             watches,
             hub,
+            day_cache,
             config,
         });
         (events, task)

@@ -141,6 +141,14 @@ pub struct MessageCounters {
     pub other: Counter,
 }
 
+/// Whole days `GetEventStats` found in the day cache (`events/day_cache.rs`), or read from the
+/// store.
+#[derive(Clone, Debug, Default)]
+pub struct DayCacheCounters {
+    pub hits: Counter,
+    pub misses: Counter,
+}
+
 /// What the events hub (`events/hub.rs`) did for `WatchEvents` watchers.
 #[derive(Clone, Debug, Default)]
 pub struct EventWatchCounters {
@@ -178,6 +186,7 @@ pub struct Metrics {
     pub watchers_aborted: Counter,
     /// The events hub's fan-out to `WatchEvents` watchers.
     pub event_watch: EventWatchCounters,
+    pub event_stats_days: DayCacheCounters,
     /// Refused calls left out of the audit trail by their token's audit budget.
     pub refusals_unaudited: Counter,
     /// Agent streams refused for their client certificate (mTLS), by reason.
@@ -386,6 +395,7 @@ impl Metrics {
         let writer_commit_stalls = Counter::default();
         let watchers_aborted = Counter::default();
         let event_watch = EventWatchCounters::default();
+        let event_stats_days = DayCacheCounters::default();
         let refusals_unaudited = Counter::default();
         let mtls_refusals = Family::<MtlsLabels, Counter>::default();
         let writer_queue_depth = Family::<QueueLabels, Gauge>::default();
@@ -500,6 +510,16 @@ impl Metrics {
             event_watch.fallbacks.clone(),
         );
         registry.register(
+            "event_stats_day_cache_hits",
+            "Whole days of daily event counts GetEventStats read from the day cache",
+            event_stats_days.hits.clone(),
+        );
+        registry.register(
+            "event_stats_day_cache_misses",
+            "Whole days of daily event counts GetEventStats read from the store (not cached)",
+            event_stats_days.misses.clone(),
+        );
+        registry.register(
             "refusals_unaudited",
             "Refused calls left out of the audit trail by their token's audit budget",
             refusals_unaudited.clone(),
@@ -540,6 +560,7 @@ impl Metrics {
             writer_unencodable_writes,
             watchers_aborted,
             event_watch,
+            event_stats_days,
             refusals_unaudited,
             mtls_refusals,
             enrollments,

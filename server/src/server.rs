@@ -302,6 +302,7 @@ async fn start_inner(
             config.limits.max_watches_per_org,
         ),
         crate::events::hub::Hub::new(registry.clone(), metrics.event_watch.clone()),
+        metrics.event_stats_days.clone(),
     );
     tasks.spawn(events_task.run(background.clone()));
     tasks.spawn(crate::events::run_retention(

@@ -13,6 +13,9 @@
 //! - **The rate**: [`EventTable::HourTotals`] without a kind filter, else
 //!   [`EventTable::KindHours`], over the two windows.
 //!
+//! The whole days come from the day cache (`day_cache.rs`) when it holds them: each day is
+//! read from the store once, decoded, then tallied from memory until a commit changes it.
+//!
 //! A filter on agents (ids or a label selector) reads everything from
 //! [`EventTable::AgentHours`], the one table that knows agents by hour, over the whole range.
 //!
@@ -21,6 +24,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::day_cache::{DayCache, DayRows};
 use super::keys::{self, HourCount, Severity};
 use super::query::{Filter, Stats, StatsQuery, StatsStep};
 use super::rollup::{self, Counts, DAY_MS};
@@ -28,12 +32,17 @@ use crate::domain::{AgentId, OrgId};
 use crate::error::ServerError;
 use crate::store::{EventTable, Store};
 
-/// Answers `GetEventStats`.
+/// Answers `GetEventStats`, whole days from `days` when it holds them.
 ///
 /// # Errors
 ///
 /// The store's.
-pub fn stats(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<Stats, ServerError> {
+pub fn stats(
+    store: &dyn Store,
+    days: &DayCache,
+    org: &OrgId,
+    q: &StatsQuery,
+) -> Result<Stats, ServerError> {
     if q.filter.agents.is_some() {
         return by_agent_hours(store, org, q);
     }
@@ -46,12 +55,13 @@ pub fn stats(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<Stats, Se
     // Kinds over the range: whole days from the daily rows, the edges from the hourly ones.
     let mut kinds: HashMap<String, u64> = HashMap::new();
     let spans = Spans::of(q.start_ms, q.end_ms);
-    if let Some(days) = spans.days {
+    if let Some(span) = spans.days {
         let counts = Tally {
             into: &mut kinds,
             min,
         };
-        day_rows(store, org, EventTable::DayKinds, days, counts, |k| {
+        let source = (store, days);
+        day_rows(source, org, EventTable::DayKinds, span, counts, |k| {
             kind_matches(filter, k)
         })?;
     }
@@ -106,12 +116,13 @@ pub fn stats(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<Stats, Se
     // Agents: whole days from the daily rows unless a kind filter needs the hourly ones.
     let mut agents: HashMap<String, u64> = HashMap::new();
     let agent_spans = match spans.days {
-        Some(days) if !kind_filtered => {
+        Some(span) if !kind_filtered => {
             let counts = Tally {
                 into: &mut agents,
                 min,
             };
-            day_rows(store, org, EventTable::DayAgents, days, counts, |_| true)?;
+            let source = (store, days);
+            day_rows(source, org, EventTable::DayAgents, span, counts, |_| true)?;
             spans.hours()
         }
         _ if kind_filtered => vec![(q.start_ms, q.end_ms)],
@@ -157,27 +168,55 @@ struct Tally<'a> {
     min: Option<Severity>,
 }
 
-/// Adds the daily rows of `table` over `days` whose name (kind or agent) `keep` picks.
+/// Adds the daily rows of `table` over the whole days `from..to` whose name (kind or agent)
+/// `keep` picks: each day from the cache, or read from the store and offered to the cache.
 fn day_rows(
-    store: &dyn Store,
+    (store, cache): (&dyn Store, &DayCache),
     org: &OrgId,
     table: EventTable,
     (from, to): (u64, u64),
     counts: Tally<'_>,
     keep: impl Fn(&str) -> bool,
 ) -> Result<(), ServerError> {
-    let (from, to) = (keys::time_floor(from), keys::time_floor(to));
+    let mut day = from;
+    while day < to {
+        let key = (org.clone(), table, day);
+        let rows = match cache.lookup(&key) {
+            Ok(rows) => rows,
+            Err(version) => {
+                let rows = read_day(store, org, table, day)?;
+                cache.insert(key, version, rows.clone());
+                rows
+            }
+        };
+        for (name, n) in rows.iter() {
+            if keep(name) {
+                tally(counts.into, name, n.at_least(counts.min));
+            }
+        }
+        day += DAY_MS;
+    }
+    Ok(())
+}
+
+/// The rows of `table` for the UTC day starting at `day`, decoded.
+fn read_day(
+    store: &dyn Store,
+    org: &OrgId,
+    table: EventTable,
+    day: u64,
+) -> Result<DayRows, ServerError> {
+    let (from, to) = (keys::time_floor(day), keys::time_floor(day + DAY_MS));
+    let mut rows = Vec::new();
     for row in scan(store, org, table, &from, &to) {
         let (key, value) = row?;
         let (Some(name), Some(n)) = (rollup::day_key_name(&key), Counts::decode(&value)) else {
             tracing::warn!(org = %org, ?table, "a daily event count does not decode; skipped");
             continue;
         };
-        if keep(name) {
-            tally(counts.into, name, n.at_least(counts.min));
-        }
+        rows.push((name.into(), n));
     }
-    Ok(())
+    Ok(rows.into())
 }
 
 /// Calls `f` with each hourly total of `from..to`.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::day_cache::{self, DayCache};
 use super::hub::{Hub, Published};
 use super::keys::{self, Change, ChangeEntry, EventKey, EventRecord, EventState, NewEvent};
 use super::query::Filter;
@@ -113,6 +114,8 @@ pub struct Task {
     pub shared: Arc<Shared>,
     /// Where durable changes go live to watchers.
     pub hub: Arc<Hub>,
+    /// The days statistics cached, dropped once a commit that wrote them is durable.
+    pub day_cache: Arc<DayCache>,
     pub config: EventsConfig,
     pub jobs: mpsc::Receiver<Job>,
 }
@@ -370,7 +373,9 @@ impl Task {
     }
 
     /// Commits `overlay`'s writes (with `audit`), then records the new cursors and publishes
-    /// the changes to the hub: only once they are durable.
+    /// the changes to the hub: only once they are durable. The cached days of the daily rows
+    /// it wrote are invalidated once it is durable, or failed (what reached the store is then
+    /// unknown), before any of its jobs is answered.
     async fn commit(
         &self,
         overlay: Overlay<'_>,
@@ -385,12 +390,20 @@ impl Task {
         if writes.is_empty() && audit.is_none() {
             return Ok(());
         }
-        self.writer
-            .reserve()
-            .await?
-            .submit(writes, audit)?
-            .wait()
-            .await?;
+        let days = day_cache::touched(&writes);
+        let committed = async {
+            self.writer
+                .reserve()
+                .await?
+                .submit(writes, audit)?
+                .wait()
+                .await
+        }
+        .await;
+        if !days.is_empty() {
+            self.day_cache.invalidate(days);
+        }
+        committed?;
         for (org, cursor) in cursors {
             self.shared.publish(&org, cursor);
         }
@@ -631,6 +644,6 @@ mod overlay;
 
 use self::overlay::Overlay;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use self::bulk::{BulkLoader, Loaded};

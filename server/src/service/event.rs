@@ -273,8 +273,9 @@ impl pb::event_service_server::EventService for EventService {
             convert::event::stats_from_pb(request.into_inner(), SystemTime::now())?;
         query.filter.agents = self.agents(&caller.org, ids, selector.as_ref());
         let store = self.state.events.store.clone();
+        let days = self.state.events.day_cache.clone();
         let org = caller.org.clone();
-        let stats = tokio::task::spawn_blocking(move || query::stats(&*store, &org, &query))
+        let stats = tokio::task::spawn_blocking(move || query::stats(&*store, &days, &org, &query))
             .await
             .map_err(|e| Status::internal(format!("stats task failed: {e}")))??;
         Ok(Response::new(convert::event::stats_to_pb(stats)))

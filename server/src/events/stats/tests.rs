@@ -1,7 +1,8 @@
 //! `GetEventStats` from the daily and hourly tables against a brute-force count of the sent
 //! occurrences: ranges of several whole days with partial days at both edges, ranges within a
 //! day, steps that do not align with days, every filter the call takes, and late events that
-//! land across a day boundary.
+//! land across a day boundary, reported through the events task into days the day cache
+//! holds (a stale day would fail the second count).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::events::EventsConfig;
 use crate::events::keys::{HOUR_MS, Severity};
 use crate::events::sample::{self, Lcg, Sent};
 use crate::events::task::BulkLoader;
+use crate::events::task::tests::running;
 use crate::store::SledStore;
 
 /// What the sent occurrences say `q` should answer.
@@ -107,7 +109,13 @@ fn filters() -> Vec<(&'static str, Filter)> {
 }
 
 /// Every shape over the data around `day0`, against the brute force.
-fn check_all(store: &dyn Store, org: &OrgId, sent: &[Sent], day0: u64, now_ms: u64) {
+fn check_all(
+    (store, days): (&dyn Store, &DayCache),
+    org: &OrgId,
+    sent: &[Sent],
+    day0: u64,
+    now_ms: u64,
+) {
     let ranges = [
         (
             "4 days and two partial edges",
@@ -149,7 +157,7 @@ fn check_all(store: &dyn Store, org: &OrgId, sent: &[Sent], day0: u64, now_ms: u
                         rate_window_ms,
                         now_ms,
                     };
-                    let got = stats(store, org, &q).expect("stats");
+                    let got = stats(store, days, org, &q).expect("stats");
                     assert_eq!(
                         got,
                         brute_force(sent, &q),
@@ -166,8 +174,8 @@ fn check_all(store: &dyn Store, org: &OrgId, sent: &[Sent], day0: u64, now_ms: u
     }
 }
 
-#[test]
-fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_events_correct_days() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_events_correct_days() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("open"));
     let loader = BulkLoader::new(store.clone(), EventsConfig::default());
@@ -181,7 +189,14 @@ fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_events_co
         writes += loader.load(chunk, now_ms).expect("load").writes;
     }
     assert!(writes > 0);
-    check_all(&*store, &org, &sent, day0, now_ms);
+    // From here on the events task writes, and the statistics read through its day cache.
+    let (events, stop) = running(store.clone(), EventsConfig::default()).await;
+    let cache = &*events.day_cache;
+    // Every shape twice: the first fills the cache, the second reads from it.
+    for _ in 0..2 {
+        check_all((&*store, cache), &org, &sent, day0, now_ms);
+    }
+    assert!(cache.size().1 >= 8, "both tables' days are cached");
 
     // Late: reported an hour later, 20 h either side of the midnight after day 2.
     let midnight = day0 + 2 * DAY_MS;
@@ -195,7 +210,7 @@ fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_events_co
             rate_window_ms: HOUR_MS,
             now_ms,
         };
-        let days = stats(&*store, &org, &q).expect("stats").steps;
+        let days = stats(&*store, cache, &org, &q).expect("stats").steps;
         days.iter().map(|d| d.by_severity.iter().sum()).collect()
     };
     let before = per_day();
@@ -208,9 +223,23 @@ fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_events_co
         100_000,
         &mut rng,
     );
-    loader.load(&late, now_ms + HOUR_MS).expect("late load");
+    let boundary =
+        [midnight - DAY_MS, midnight].map(|day| (org.clone(), EventTable::DayAgents, day));
+    for day in &boundary {
+        assert!(cache.lookup(day).is_ok(), "day {day:?} is cached");
+    }
+    for report in late {
+        let settled = events
+            .ingest(report.org, report.agent, report.events, report.max_seq)
+            .await
+            .expect("late events stored");
+        assert!(settled >= 100_000);
+    }
+    for day in &boundary {
+        assert!(cache.lookup(day).is_err(), "day {day:?} is invalidated");
+    }
     sent.extend(late_sent.iter().cloned());
-    check_all(&*store, &org, &sent, day0, now_ms);
+    check_all((&*store, cache), &org, &sent, day0, now_ms);
     let after = per_day();
     let grew: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     assert_eq!(grew[0], 0);
@@ -219,4 +248,5 @@ fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_events_co
         "both days of the boundary: {grew:?}"
     );
     assert_eq!(grew.iter().sum::<u64>(), late_sent.len() as u64);
+    stop.cancel();
 }

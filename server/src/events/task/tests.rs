@@ -118,6 +118,7 @@ fn bulk_loads_dedupe_fold_repeats_count_every_occurrence_and_number_changes_on()
 
     let stats = query::stats(
         &*store,
+        &crate::events::day_cache::DayCache::default(),
         &org,
         &StatsQuery {
             filter: Filter::default(),
@@ -137,7 +138,7 @@ fn bulk_loads_dedupe_fold_repeats_count_every_occurrence_and_number_changes_on()
 }
 
 /// Events over a store with the real writer and events task, as the server runs them.
-async fn running(
+pub(crate) async fn running(
     store: Arc<dyn Store>,
     config: EventsConfig,
 ) -> (
@@ -146,6 +147,7 @@ async fn running(
 ) {
     let metrics = crate::metrics::Metrics::new();
     let (writer, queues) = crate::writer::channel(store.clone(), &metrics, 64, 64, 64);
+    let day_counters = metrics.event_stats_days.clone();
     let registry = Arc::new(crate::registry::Registry::new(
         Vec::new(),
         writer.clone(),
@@ -175,6 +177,7 @@ async fn running(
         config,
         crate::events::watch_stream::WatchSlots::new(8, 8),
         hub,
+        day_counters,
     );
     tokio::spawn(task.run(stop.clone()));
     (events, stop)
