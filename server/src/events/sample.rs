@@ -9,6 +9,25 @@ use super::keys::{NewEvent, Severity};
 use super::task::Report;
 use crate::domain::{AgentId, OrgId};
 
+/// An event of `kind` at `time_ms`, its message naming the kind and seq.
+pub fn event(
+    seq: u64,
+    time_ms: u64,
+    kind: &str,
+    severity: Severity,
+    fingerprint: &str,
+) -> NewEvent {
+    NewEvent {
+        seq,
+        time: UNIX_EPOCH + Duration::from_millis(time_ms),
+        kind: kind.to_owned(),
+        severity,
+        message: format!("{kind} #{seq}"),
+        attributes: BTreeMap::new(),
+        fingerprint: fingerprint.to_owned(),
+    }
+}
+
 pub const KINDS: [&str; 6] = [
     "ssh",
     "ssh.login_failed",
@@ -62,15 +81,7 @@ pub fn reports(
         let events = by_agent.entry(a).or_default();
         let seq = first_seq + events.len() as u64 + 1;
         let fingerprint = if rng.next(5) == 0 { "fp" } else { "" };
-        events.push(NewEvent {
-            seq,
-            time: UNIX_EPOCH + Duration::from_millis(time_ms),
-            kind: kind.to_owned(),
-            severity,
-            message: format!("{kind} #{seq}"),
-            attributes: BTreeMap::new(),
-            fingerprint: fingerprint.to_owned(),
-        });
+        events.push(event(seq, time_ms, kind, severity, fingerprint));
         sent.push(Sent {
             agent: AgentId::new(format!("ag-{a}")),
             kind,

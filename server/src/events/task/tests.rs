@@ -2,7 +2,7 @@
 //! fingerprint repeats folded into one event, every occurrence counted in its hour, and the
 //! change log numbered on from one load to the next; and the task's retention of counts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,20 +12,8 @@ use crate::events::EventsConfig;
 use crate::events::keys::{self, EventRecord, HOUR_MS, NewEvent, Severity};
 use crate::events::query::{self, Filter, StatsQuery};
 use crate::events::rollup::{self, DAY_MS};
-use crate::events::sample::{self, Lcg};
+use crate::events::sample::{self, Lcg, event};
 use crate::store::{EventTable, SledStore, Store};
-
-fn event(seq: u64, time_ms: u64, kind: &str, severity: Severity, fingerprint: &str) -> NewEvent {
-    NewEvent {
-        seq,
-        time: UNIX_EPOCH + Duration::from_millis(time_ms),
-        kind: kind.to_owned(),
-        severity,
-        message: format!("{kind} #{seq}"),
-        attributes: BTreeMap::new(),
-        fingerprint: fingerprint.to_owned(),
-    }
-}
 
 fn report(org: &OrgId, agent: &AgentId, events: Vec<NewEvent>) -> Report {
     Report {
