@@ -31,6 +31,7 @@ use crate::error::ServerError;
 use crate::store::{EventTable, Store};
 use crate::writer::WriterHandle;
 
+pub mod agent_day;
 pub mod day_cache;
 pub mod hub;
 pub mod keys;

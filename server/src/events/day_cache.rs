@@ -1,16 +1,17 @@
-//! A bounded in-memory cache of whole days of the daily count tables
-//! ([`EventTable::DayKinds`], [`EventTable::DayAgents`]), so statistics over long ranges read
-//! each day from the store once, then from memory (`stats.rs`).
+//! A bounded in-memory cache of whole days of the count tables that statistics read in bulk
+//! (`stats.rs`): the daily tables ([`EventTable::DayKinds`], [`EventTable::DayAgents`]),
+//! decoded, and the hourly agent counts ([`EventTable::AgentHours`]), packed
+//! ([`AgentDay`]), so statistics over long ranges read each day from the store once, then
+//! from memory.
 //!
-//! An entry is one (org, table, UTC day): every row of that day, decoded (the kind or agent
-//! and its [`Counts`]). The cache holds at most [`MAX_ROWS`] rows in all (about 80 bytes each
-//! with their names: some 80 MB) and evicts the least recently used days past that, so its
-//! memory never grows with history.
+//! An entry is one (org, table, UTC day). The cache holds at most [`MAX_BYTES`] (about: each
+//! entry's size is estimated when it is inserted) and evicts the least recently used days past
+//! that, so its memory never grows with history.
 //!
 //! # Invariant: never a day that changed
 //!
 //! The events task is the one writer of these tables while the server serves. After each
-//! commit that wrote or deleted a daily row is durable (or failed: it is then treated as
+//! commit that wrote or deleted a row of them is durable (or failed: it is then treated as
 //! written), the task calls [`DayCache::invalidate`] with the (org, table, day) of every such
 //! row, before any job of the commit is answered. Invalidation drops the entry and bumps the
 //! day's version. A reader that misses takes the day's [`Version`] before it scans the store
@@ -27,20 +28,43 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::agent_day::AgentDay;
 use super::rollup::{self, Counts};
 use crate::domain::OrgId;
 use crate::metrics::DayCacheCounters;
 use crate::store::{EventTable, Write};
 
-/// Most rows all cached days hold together (an empty day counts as one).
-pub const MAX_ROWS: usize = 1_000_000;
+/// Most bytes all cached days hold together, about.
+pub const MAX_BYTES: usize = 256 << 20;
 /// Most days whose version is kept before the versions are cleared (and the epoch bumped).
 pub const MAX_VERSIONS: usize = 65_536;
 
-/// One day of one daily table of one org: (org, table, day start ms).
+/// One day of one table of one org: (org, table, day start ms).
 pub type DayKey = (OrgId, EventTable, u64);
-/// A day's rows, decoded: the kind or agent, and its counts.
+/// A daily table's day, decoded: the kind or agent, and its counts.
 pub type DayRows = Arc<[(Box<str>, Counts)]>;
+
+/// A cached day.
+#[derive(Clone, Debug)]
+pub enum Day {
+    /// Of a daily table.
+    Rows(DayRows),
+    /// Of the hourly agent counts.
+    Agents(Arc<AgentDay>),
+}
+
+impl Day {
+    /// What the entry counts against the bound, in bytes (at least 1).
+    fn weight(&self) -> usize {
+        match self {
+            Day::Rows(rows) => {
+                let names: usize = rows.iter().map(|(name, _)| name.len()).sum();
+                names + rows.len() * size_of::<(Box<str>, Counts)>() + 1
+            }
+            Day::Agents(day) => day.bytes(),
+        }
+    }
+}
 
 /// What a reader that missed holds while it scans: an insert is kept only if it still holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +75,7 @@ pub struct Version {
 
 /// The cache; shared by the statistics readers and the events task.
 pub struct DayCache {
-    max_rows: usize,
+    max_bytes: usize,
     max_versions: usize,
     inner: Mutex<Inner>,
     counters: DayCacheCounters,
@@ -63,7 +87,7 @@ struct Inner {
     /// Each entry by its last use, oldest first.
     lru: BTreeMap<u64, DayKey>,
     tick: u64,
-    rows: usize,
+    bytes: usize,
     /// Days invalidated since the last clear, with their version (0 when absent).
     versions: HashMap<DayKey, u64>,
     next_version: u64,
@@ -71,25 +95,21 @@ struct Inner {
 }
 
 struct Entry {
-    rows: DayRows,
+    day: Day,
+    weight: usize,
     used: u64,
-}
-
-/// What an entry counts against the bound.
-fn weight(rows: &DayRows) -> usize {
-    rows.len().max(1)
 }
 
 impl Default for DayCache {
     fn default() -> Self {
-        Self::new(MAX_ROWS, MAX_VERSIONS)
+        Self::new(MAX_BYTES, MAX_VERSIONS)
     }
 }
 
 impl DayCache {
-    pub fn new(max_rows: usize, max_versions: usize) -> Self {
+    pub fn new(max_bytes: usize, max_versions: usize) -> Self {
         Self {
-            max_rows,
+            max_bytes,
             max_versions,
             inner: Mutex::new(Inner::default()),
             counters: DayCacheCounters::default(),
@@ -106,7 +126,7 @@ impl DayCache {
     }
 
     /// The day's rows if cached (now its most recent use), else its version to insert with.
-    pub fn lookup(&self, key: &DayKey) -> Result<DayRows, Version> {
+    pub fn lookup(&self, key: &DayKey) -> Result<Day, Version> {
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
@@ -116,7 +136,7 @@ impl DayCache {
             entry.used = tick;
             lru.insert(tick, key.clone());
             self.counters.hits.inc();
-            return Ok(entry.rows.clone());
+            return Ok(entry.day.clone());
         }
         self.counters.misses.inc();
         Err(Version {
@@ -125,20 +145,21 @@ impl DayCache {
         })
     }
 
-    /// Keeps `rows` as the day's, read after `version` was taken, unless the day was
+    /// Keeps `day` as the key's, read after `version` was taken, unless the day was
     /// invalidated since (or it alone exceeds the bound); evicts the least recently used days
     /// to stay within the bound. Returns whether it was kept.
-    pub fn insert(&self, key: DayKey, version: Version, rows: DayRows) -> bool {
+    pub fn insert(&self, key: DayKey, version: Version, day: Day) -> bool {
+        let weight = day.weight();
         let mut inner = self.lock();
         let now = Version {
             day: inner.versions.get(&key).copied().unwrap_or(0),
             epoch: inner.epoch,
         };
-        if now != version || weight(&rows) > self.max_rows {
+        if now != version || weight > self.max_bytes {
             return false;
         }
         inner.remove(&key);
-        while inner.rows + weight(&rows) > self.max_rows {
+        while inner.bytes + weight > self.max_bytes {
             let Some((_, oldest)) = inner.lru.pop_first() else {
                 break;
             };
@@ -146,9 +167,9 @@ impl DayCache {
         }
         inner.tick += 1;
         let used = inner.tick;
-        inner.rows += weight(&rows);
+        inner.bytes += weight;
         inner.lru.insert(used, key.clone());
-        inner.entries.insert(key, Entry { rows, used });
+        inner.entries.insert(key, Entry { day, weight, used });
         true
     }
 
@@ -168,10 +189,10 @@ impl DayCache {
         }
     }
 
-    /// Rows cached, and days cached.
+    /// Bytes cached (about), and days cached.
     pub fn size(&self) -> (usize, usize) {
         let inner = self.lock();
-        (inner.rows, inner.entries.len())
+        (inner.bytes, inner.entries.len())
     }
 }
 
@@ -179,12 +200,12 @@ impl Inner {
     fn remove(&mut self, key: &DayKey) {
         if let Some(entry) = self.entries.remove(key) {
             self.lru.remove(&entry.used);
-            self.rows -= weight(&entry.rows);
+            self.bytes -= entry.weight;
         }
     }
 }
 
-/// The days of the daily tables that `writes` put or delete rows of.
+/// The days of the cached tables that `writes` put or delete rows of.
 pub fn touched(writes: &[Write]) -> Vec<DayKey> {
     let mut seen = std::collections::HashSet::new();
     writes
@@ -196,11 +217,17 @@ pub fn touched(writes: &[Write]) -> Vec<DayKey> {
             | Write::DeleteEventEntry { org, table, key } => Some((org, *table, key)),
             _ => None,
         })
-        .filter(|(_, table, _)| matches!(table, EventTable::DayKinds | EventTable::DayAgents))
+        .filter(|(_, table, _)| {
+            matches!(
+                table,
+                EventTable::DayKinds | EventTable::DayAgents | EventTable::AgentHours
+            )
+        })
         .filter_map(|(org, table, key)| {
-            let day = rollup::leading_ms(key);
+            // A daily key leads with its day, an hourly one with its hour.
+            let day = rollup::leading_ms(key).map(rollup::day_of);
             if day.is_none() {
-                tracing::warn!(org = %org, ?table, "a daily count key has no day");
+                tracing::warn!(org = %org, ?table, "a count key has no time");
             }
             Some((org.clone(), table, day?))
         })
@@ -211,16 +238,26 @@ pub fn touched(writes: &[Write]) -> Vec<DayKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::keys::Severity;
+    use crate::domain::AgentId;
+    use crate::events::keys::{self, HOUR_MS, Severity};
 
     fn key(day: u64) -> DayKey {
         (OrgId::new("acme"), EventTable::DayAgents, day)
     }
 
-    fn rows(n: usize) -> DayRows {
-        (0..n)
-            .map(|i| (format!("ag-{i}").into(), Counts::one(Severity::Info)))
-            .collect()
+    fn rows(n: usize) -> Day {
+        Day::Rows(
+            (0..n)
+                .map(|i| (format!("ag-{i}").into(), Counts::one(Severity::Info)))
+                .collect(),
+        )
+    }
+
+    fn len(day: Day) -> usize {
+        match day {
+            Day::Rows(rows) => rows.len(),
+            Day::Agents(_) => panic!("a daily table's day"),
+        }
     }
 
     #[test]
@@ -234,7 +271,7 @@ mod tests {
         // Read again after the invalidation: kept, and served.
         let version = cache.lookup(&key(1)).expect_err("not kept");
         assert!(cache.insert(key(1), version, rows(3)));
-        assert_eq!(cache.lookup(&key(1)).expect("cached").len(), 3);
+        assert_eq!(len(cache.lookup(&key(1)).expect("cached")), 3);
         // Another day's invalidation leaves it; its own drops it.
         cache.invalidate([key(2)]);
         assert!(cache.lookup(&key(1)).is_ok());
@@ -245,7 +282,7 @@ mod tests {
 
     #[test]
     fn clearing_the_versions_refuses_every_read_in_flight() {
-        let cache = DayCache::new(100, 2);
+        let cache = DayCache::new(MAX_BYTES, 2);
         cache.invalidate([key(1)]);
         let version = cache.lookup(&key(1)).expect_err("empty");
         // Past the versions' bound: day 1's version is forgotten, the epoch moves on.
@@ -256,18 +293,19 @@ mod tests {
     }
 
     #[test]
-    fn past_the_row_bound_the_least_recently_used_days_go() {
-        let cache = DayCache::new(10, MAX_VERSIONS);
+    fn past_the_byte_bound_the_least_recently_used_days_go() {
+        let w = rows(3).weight();
+        let cache = DayCache::new(3 * w + w / 2, MAX_VERSIONS);
         for day in 1..=3 {
             let version = cache.lookup(&key(day)).expect_err("empty");
             assert!(cache.insert(key(day), version, rows(3)));
         }
-        assert_eq!(cache.size(), (9, 3));
+        assert_eq!(cache.size(), (3 * w, 3));
         // Day 1 used again: day 2 is now the least recently used.
         assert!(cache.lookup(&key(1)).is_ok());
         let version = cache.lookup(&key(4)).expect_err("empty");
         assert!(cache.insert(key(4), version, rows(3)));
-        assert_eq!(cache.size(), (9, 3));
+        assert_eq!(cache.size(), (3 * w, 3));
         assert!(
             cache.lookup(&key(2)).is_err(),
             "the least recently used day"
@@ -278,11 +316,11 @@ mod tests {
         // A day larger than the whole bound is not kept, and evicts nothing.
         let version = cache.lookup(&key(5)).expect_err("empty");
         assert!(!cache.insert(key(5), version, rows(11)));
-        assert_eq!(cache.size(), (9, 3));
+        assert_eq!(cache.size(), (3 * w, 3));
     }
 
     #[test]
-    fn the_days_a_commit_touched_are_its_daily_rows_only() {
+    fn the_days_a_commit_touched_are_those_of_its_cached_tables_only() {
         let org = OrgId::new("acme");
         let put = |table, key: Vec<u8>| Write::PutEventEntry {
             org: org.clone(),
@@ -291,10 +329,20 @@ mod tests {
             value: Vec::new(),
         };
         let day = 5 * rollup::DAY_MS;
+        let ag = AgentId::new("ag-1");
         let writes = [
             put(EventTable::DayKinds, rollup::day_kind_key(day, "disk.full")),
             put(EventTable::DayKinds, rollup::day_kind_key(day, "ssh.root")),
             put(EventTable::HourTotals, rollup::hour_total_key(day)),
+            // Two hours of the day before, one row each: one day.
+            put(
+                EventTable::AgentHours,
+                keys::agent_hour_key(day - 3 * HOUR_MS, &ag, Severity::Info, "ssh.root"),
+            ),
+            put(
+                EventTable::AgentHours,
+                keys::agent_hour_key(day - HOUR_MS, &ag, Severity::Error, "disk.full"),
+            ),
             Write::DeleteEventEntry {
                 org: org.clone(),
                 table: EventTable::DayAgents,
@@ -305,6 +353,7 @@ mod tests {
             touched(&writes),
             [
                 (org.clone(), EventTable::DayKinds, day),
+                (org.clone(), EventTable::AgentHours, day - rollup::DAY_MS),
                 (org.clone(), EventTable::DayAgents, day - rollup::DAY_MS),
             ]
         );

@@ -231,19 +231,39 @@ pub fn parse_kind_hour(key: &[u8], value: &[u8]) -> Option<HourCount> {
 }
 
 pub fn parse_agent_hour(key: &[u8], value: &[u8]) -> Option<HourCount> {
-    let hour_ms = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-    let rest = key.get(8..)?;
-    let nul = rest.iter().position(|&b| b == 0)?;
-    let agent = std::str::from_utf8(&rest[..nul]).ok()?;
-    let severity = Severity::from_byte(*rest.get(nul + 1)?)?;
-    let kind = std::str::from_utf8(rest.get(nul + 2..)?).ok()?.to_owned();
+    let row = AgentHourRow::parse(key, value)?;
     Some(HourCount {
-        hour_ms,
-        agent: Some(AgentId::new(agent)),
-        severity,
-        kind,
-        count: decode_u64(value)?,
+        hour_ms: row.hour_ms,
+        agent: Some(AgentId::new(row.agent)),
+        severity: row.severity,
+        kind: row.kind.to_owned(),
+        count: row.count,
     })
+}
+
+/// One hourly agent row, borrowed from its key.
+pub struct AgentHourRow<'a> {
+    pub hour_ms: u64,
+    pub agent: &'a str,
+    pub severity: Severity,
+    pub kind: &'a str,
+    pub count: u64,
+}
+
+impl<'a> AgentHourRow<'a> {
+    /// `None` for a key or value that is not an [`agent_hour_key`] and its count.
+    pub fn parse(key: &'a [u8], value: &[u8]) -> Option<Self> {
+        let hour_ms = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+        let rest = key.get(8..)?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        Some(Self {
+            hour_ms,
+            agent: std::str::from_utf8(&rest[..nul]).ok()?,
+            severity: Severity::from_byte(*rest.get(nul + 1)?)?,
+            kind: std::str::from_utf8(rest.get(nul + 2..)?).ok()?,
+            count: decode_u64(value)?,
+        })
+    }
 }
 
 pub fn encode_u64(n: u64) -> Vec<u8> {

@@ -31,12 +31,16 @@ impl Filter {
     /// Whether the event's kind and severity match (what the hourly counts know besides the
     /// agent).
     pub fn matches_kind(&self, kind: &str, severity: Severity) -> bool {
+        self.matches_kind_name(kind) && self.min_severity.is_none_or(|m| severity >= m)
+    }
+
+    /// Whether the kind matches the kind and kind prefix filters (severity aside).
+    pub fn matches_kind_name(&self, kind: &str) -> bool {
         self.kind.as_ref().is_none_or(|k| k == kind)
             && self
                 .kind_prefix
                 .as_ref()
                 .is_none_or(|p| tether_proto::event::kind_has_prefix(kind, p))
-            && self.min_severity.is_none_or(|m| severity >= m)
     }
 
     /// Whether the agent is one the filter allows.

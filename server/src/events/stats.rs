@@ -6,25 +6,28 @@
 //!   per kind): a row per hour of the range, not per (hour, kind, agent).
 //! - **Kinds and the total**: [`EventTable::DayKinds`] for the range's whole UTC days,
 //!   [`EventTable::KindHours`] for the partial days at its edges.
-//! - **Top agents**: [`EventTable::DayAgents`] for the whole days and
-//!   [`EventTable::AgentHours`] for the edges, unless a kind filter is set: the daily rows do
-//!   not know kinds, so top agents under a kind filter read the hourly agent rows of the
-//!   whole range (the slow shape: one row per hour, agent and kind seen).
+//! - **Top agents**: [`EventTable::DayAgents`] for the whole days and the hourly agent counts
+//!   ([`EventTable::AgentHours`]) for the edges, unless a kind filter is set: the daily rows do
+//!   not know kinds, so top agents under a kind filter tally the hourly agent counts of the
+//!   whole range.
 //! - **The rate**: [`EventTable::HourTotals`] without a kind filter, else
 //!   [`EventTable::KindHours`], over the two windows.
 //!
-//! The whole days come from the day cache (`day_cache.rs`) when it holds them: each day is
-//! read from the store once, decoded, then tallied from memory until a commit changes it.
+//! A filter on agents (ids or a label selector) tallies everything from the hourly agent
+//! counts, the one table that knows agents by hour.
 //!
-//! A filter on agents (ids or a label selector) reads everything from
-//! [`EventTable::AgentHours`], the one table that knows agents by hour, over the whole range.
+//! Whole days come from the day cache (`day_cache.rs`) when it holds them: each day is read
+//! from the store once, decoded (the daily tables) or packed (the hourly agent counts,
+//! [`AgentDay`]), then tallied from memory until a commit changes it.
 //!
 //! Invariant: every answer equals what the hourly tables alone give (a daily row is the sum of
 //! its hours, `rollup.rs`); only the rows read differ.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use super::day_cache::{DayCache, DayRows};
+use super::agent_day::{self, AgentDay, Steps};
+use super::day_cache::{Day, DayCache, DayRows};
 use super::keys::{self, HourCount, Severity};
 use super::query::{Filter, Stats, StatsQuery, StatsStep};
 use super::rollup::{self, Counts, DAY_MS};
@@ -44,7 +47,7 @@ pub fn stats(
     q: &StatsQuery,
 ) -> Result<Stats, ServerError> {
     if q.filter.agents.is_some() {
-        return by_agent_hours(store, org, q);
+        return by_agent_days((store, days), org, q);
     }
     let filter = &q.filter;
     let min = filter.min_severity;
@@ -62,11 +65,11 @@ pub fn stats(
         };
         let source = (store, days);
         day_rows(source, org, EventTable::DayKinds, span, counts, |k| {
-            kind_matches(filter, k)
+            filter.matches_kind_name(k)
         })?;
     }
     for (from, to) in spans.hours() {
-        for count in hours(store, org, filter, false, from, to) {
+        for count in kind_hours(store, org, filter, from, to) {
             let count = count?;
             tally(&mut kinds, &count.kind, count.count);
         }
@@ -128,17 +131,23 @@ pub fn stats(
         _ if kind_filtered => vec![(q.start_ms, q.end_ms)],
         _ => spans.hours(),
     };
+    let no_steps = Steps {
+        start_ms: q.start_ms,
+        step_ms: q.step_ms,
+        n: 0,
+    };
+    let mut by_agent = agent_day::Tally::new(no_steps);
     for (from, to) in agent_spans {
-        for count in hours(store, org, filter, true, from, to) {
-            let count = count?;
-            if let Some(agent) = &count.agent {
-                tally(&mut agents, agent.as_str(), count.count);
-            }
+        for (day, from, to) in agent_days((store, days), org, from, to)? {
+            by_agent.add(&day, filter, from, to);
         }
+    }
+    for (agent, n) in by_agent.agents {
+        *agents.entry(agent).or_default() += n;
     }
 
     let rate = if kind_filtered {
-        rate_counts(store, org, q, false)?
+        rate_counts(store, org, q)?
     } else {
         let (window_start, previous_start, end) = rate_windows(q);
         let mut rate = (0, 0);
@@ -182,10 +191,12 @@ fn day_rows(
     while day < to {
         let key = (org.clone(), table, day);
         let rows = match cache.lookup(&key) {
-            Ok(rows) => rows,
-            Err(version) => {
+            Ok(Day::Rows(rows)) => rows,
+            hit_or_miss => {
                 let rows = read_day(store, org, table, day)?;
-                cache.insert(key, version, rows.clone());
+                if let Err(version) = hit_or_miss {
+                    cache.insert(key, version, Day::Rows(rows.clone()));
+                }
                 rows
             }
         };
@@ -217,6 +228,34 @@ fn read_day(
         rows.push((name.into(), n));
     }
     Ok(rows.into())
+}
+
+/// Each UTC day that `from..to` (ms) overlaps, packed, with the part of the range in it: from
+/// the cache, or read from the store and offered to the cache.
+fn agent_days(
+    (store, cache): (&dyn Store, &DayCache),
+    org: &OrgId,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(Arc<AgentDay>, u64, u64)>, ServerError> {
+    let mut days = Vec::new();
+    let mut day = rollup::day_of(from);
+    while day < to {
+        let key = (org.clone(), EventTable::AgentHours, day);
+        let packed = match cache.lookup(&key) {
+            Ok(Day::Agents(packed)) => packed,
+            hit_or_miss => {
+                let packed = Arc::new(AgentDay::read(store, org, day)?);
+                if let Err(version) = hit_or_miss {
+                    cache.insert(key, version, Day::Agents(packed.clone()));
+                }
+                packed
+            }
+        };
+        days.push((packed, from.max(day), to.min(day + DAY_MS)));
+        day += DAY_MS;
+    }
+    Ok(days)
 }
 
 /// Calls `f` with each hourly total of `from..to`.
@@ -311,14 +350,6 @@ fn scan<'a>(
         .map(|row| row.map_err(ServerError::from))
 }
 
-fn kind_matches(filter: &Filter, kind: &str) -> bool {
-    filter.kind.as_ref().is_none_or(|k| k == kind)
-        && filter
-            .kind_prefix
-            .as_ref()
-            .is_none_or(|p| tether_proto::event::kind_has_prefix(kind, p))
-}
-
 /// Adds `n` to `name`'s count, unless it is 0 (a name is listed only with occurrences).
 fn tally(counts: &mut HashMap<String, u64>, name: &str, n: u64) {
     if n == 0 {
@@ -357,16 +388,11 @@ fn rate_windows(q: &StatsQuery) -> (u64, u64, u64) {
     (window_start, previous_start, current_hour + keys::HOUR_MS)
 }
 
-/// Occurrences in the rate's window and in the one before, from an hourly table.
-fn rate_counts(
-    store: &dyn Store,
-    org: &OrgId,
-    q: &StatsQuery,
-    by_agent: bool,
-) -> Result<(u64, u64), ServerError> {
+/// Occurrences in the rate's window and in the one before, from the hourly kind table.
+fn rate_counts(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<(u64, u64), ServerError> {
     let (window_start, previous_start, end) = rate_windows(q);
     let mut counts = (0, 0);
-    for count in hours(store, org, &q.filter, by_agent, previous_start, end) {
+    for count in kind_hours(store, org, &q.filter, previous_start, end) {
         let count = count?;
         if count.hour_ms >= window_start {
             counts.0 += count.count;
@@ -401,21 +427,16 @@ fn finish(
     }
 }
 
-/// Counts over hours `from..to` (ms, whole hours), yielded one by one from the hourly kind
-/// table, or the agent table with `by_agent`, that `filter` matches.
-fn hours<'a>(
+/// Counts over hours `from..to` (ms, whole hours) that `filter` matches, yielded one by one
+/// from the hourly kind table.
+fn kind_hours<'a>(
     store: &'a dyn Store,
     org: &OrgId,
     filter: &'a Filter,
-    by_agent: bool,
     from: u64,
     to: u64,
 ) -> impl Iterator<Item = Result<HourCount, ServerError>> + 'a {
-    let table = if by_agent {
-        EventTable::AgentHours
-    } else {
-        EventTable::KindHours
-    };
+    let table = EventTable::KindHours;
     scan(
         store,
         org,
@@ -428,57 +449,62 @@ fn hours<'a>(
             Ok(kv) => kv,
             Err(e) => return Some(Err(e)),
         };
-        let parsed = if by_agent {
-            keys::parse_agent_hour(&key, &value)
-        } else {
-            keys::parse_kind_hour(&key, &value)
-        };
-        let Some(count) = parsed else {
+        let Some(count) = keys::parse_kind_hour(&key, &value) else {
             tracing::warn!("an hourly event count does not decode; skipped");
             return None;
         };
-        let wanted = count.agent.as_ref().is_none_or(|a| filter.matches_agent(a))
-            && filter.matches_kind(&count.kind, count.severity);
+        let wanted = filter.matches_kind(&count.kind, count.severity);
         wanted.then_some(Ok(count))
     })
 }
 
-/// Everything from the hourly agent rows: the one table that knows agents by hour.
-fn by_agent_hours(store: &dyn Store, org: &OrgId, q: &StatsQuery) -> Result<Stats, ServerError> {
+/// Everything from the hourly agent counts: the one table that knows agents by hour.
+fn by_agent_days(
+    source: (&dyn Store, &DayCache),
+    org: &OrgId,
+    q: &StatsQuery,
+) -> Result<Stats, ServerError> {
     let mut steps = empty_steps(q);
-    let mut kinds: HashMap<String, u64> = HashMap::new();
-    let mut agents: HashMap<String, u64> = HashMap::new();
-    let mut by_kind_step: HashMap<(usize, String), u64> = HashMap::new();
-    for count in hours(store, org, &q.filter, true, q.start_ms, q.end_ms) {
-        let count = count?;
-        let i = usize::try_from((count.hour_ms - q.start_ms) / q.step_ms).unwrap_or(usize::MAX);
-        if let Some(step) = steps.get_mut(i) {
-            step.by_severity[count.severity as usize - 1] += count.count;
-        }
-        tally(&mut kinds, &count.kind, count.count);
-        if let Some(agent) = &count.agent {
-            tally(&mut agents, agent.as_str(), count.count);
-        }
-        *by_kind_step.entry((i, count.kind)).or_default() += count.count;
+    let shape = Steps {
+        start_ms: q.start_ms,
+        step_ms: q.step_ms,
+        n: steps.len(),
+    };
+    let days = agent_days(source, org, q.start_ms, q.end_ms)?;
+    let mut tally = agent_day::Tally::new(shape);
+    for (day, from, to) in &days {
+        tally.add(day, &q.filter, *from, *to);
     }
-    let total = kinds.values().sum();
-    let top_kinds = top(kinds, q.top);
-    let top_set: BTreeSet<&String> = top_kinds.iter().map(|(k, _)| k).collect();
-    for ((i, kind), n) in by_kind_step {
-        if top_set.contains(&kind)
-            && let Some(step) = steps.get_mut(i)
-        {
-            step.by_kind.insert(kind, n);
-        }
+    let total = tally.kinds.values().sum();
+    let top_kinds = top(tally.kinds, q.top);
+    let names: Vec<&str> = top_kinds.iter().map(|(k, _)| k.as_str()).collect();
+    let parts: Vec<_> = days.iter().map(|(d, a, b)| (&**d, *a, *b)).collect();
+    let by_kind = agent_day::kinds_by_step(&parts, &q.filter, &names, shape);
+    for ((step, by_severity), by_kind) in steps.iter_mut().zip(tally.by_step).zip(by_kind) {
+        step.by_severity = by_severity;
+        step.by_kind = by_kind.into_iter().collect();
     }
-    let rate = rate_counts(store, org, q, true)?;
+
+    // The rate's two windows as two steps: the previous one, then the current one.
+    let (window_start, previous_start, end) = rate_windows(q);
+    let windows = Steps {
+        start_ms: previous_start,
+        step_ms: q.rate_window_ms,
+        n: 2,
+    };
+    let mut rate = agent_day::Tally::new(windows);
+    for (day, from, to) in agent_days(source, org, previous_start, end)? {
+        rate.add(&day, &q.filter, from, to);
+    }
+    let [previous, current] = [0, 1].map(|i| rate.by_step[i].iter().sum::<u64>());
+    debug_assert_eq!(window_start, previous_start + q.rate_window_ms);
     Ok(finish(
         q,
         steps,
         top_kinds,
-        top_named(agents, q.top),
+        top_named(tally.agents, q.top),
         total,
-        rate,
+        (current, previous),
     ))
 }
 
