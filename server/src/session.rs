@@ -41,8 +41,10 @@ use crate::registry::Registry;
 use crate::writer::{Admitting, WriterHandle};
 
 mod event_report;
+mod metrics_report;
 mod outbox;
 
+use self::metrics_report::admission;
 pub use self::outbox::{CommandMessage, MAX_ACKS_PER_MESSAGE};
 
 /// Why the server ends a session on its own initiative.
@@ -608,58 +610,6 @@ impl SessionLoop {
             }
         }
     }
-
-    /// Hands a report's samples to the writer with their ingest budget; they are in flight
-    /// until acknowledged.
-    async fn hand_over(
-        &mut self,
-        samples: Vec<Sample>,
-        admitted: Result<crate::writer::Admission, ServerError>,
-    ) -> Result<(), ServerError> {
-        let Some(last) = samples.last().map(|s| s.seq) else {
-            return Ok(());
-        };
-        self.writer
-            .samples(self.session.clone(), samples, admitted?)
-            .await?;
-        self.in_flight.push_back(last);
-        Ok(())
-    }
-
-    /// Validates a report and converts its samples. Nothing is stored unless the whole report
-    /// is valid.
-    fn accept_samples(&mut self, report: pb::MetricsReport) -> Result<Vec<Sample>, ServerError> {
-        if report.samples.len() > self.limits.max_samples_per_report {
-            return Err(ServerError::ResourceExhausted(format!(
-                "metrics report holds {} samples; at most {} are allowed per report",
-                report.samples.len(),
-                self.limits.max_samples_per_report
-            )));
-        }
-        let mut samples = Vec::with_capacity(report.samples.len());
-        let mut prev = 0;
-        let ceiling = self.max_seq.saturating_add(self.limits.max_seq_jump);
-        let now = SystemTime::now();
-        for raw in report.samples {
-            let sample = convert::sample_from_pb(raw, &self.limits.report, now)?;
-            if sample.seq <= prev {
-                return Err(ServerError::invalid(format!(
-                    "sample seq {} is not greater than the previous seq {prev} in the same report",
-                    sample.seq
-                )));
-            }
-            if sample.seq > ceiling {
-                return Err(ServerError::invalid(format!(
-                    "sample seq {} is too far ahead of the last known seq {} (at most {} ahead)",
-                    sample.seq, self.max_seq, self.limits.max_seq_jump
-                )));
-            }
-            prev = sample.seq;
-            samples.push(sample);
-        }
-        self.max_seq = self.max_seq.max(prev);
-        Ok(samples)
-    }
 }
 
 /// What woke the loop besides its `Notify`.
@@ -672,20 +622,6 @@ enum Event {
     Admitted(Result<crate::writer::Admission, ServerError>),
     /// The next inbound message, its end, or the stream's failure.
     Inbound(Result<Option<pb::ConnectRequest>, Status>),
-}
-
-/// Waits for the ingest budget of the report in `admitting`; never ready without one.
-///
-/// # Cancellation
-///
-/// Cancel safe: the wait stays in `admitting`, in its place in line.
-async fn admission(
-    admitting: &mut Option<(Admitting, Vec<Sample>)>,
-) -> Result<crate::writer::Admission, ServerError> {
-    match admitting {
-        Some((wait, _)) => wait.as_mut().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The status to end a session with after its inbound stream failed. tonic reports an

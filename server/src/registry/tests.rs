@@ -7,7 +7,7 @@ use tether_proto::selector::Selector;
 
 use super::*;
 use crate::config::{HealthThresholds, LivenessConfig};
-use crate::domain::TokenId;
+use crate::domain::{Labels, SystemInfo, TokenId};
 use crate::identity::ConflictPolicy;
 use crate::testing::{agent_record, sample};
 use crate::writer::WriterQueues;

@@ -1,0 +1,88 @@
+//! An agent's `MetricsReport` on its session: the report is checked whole (its size, its seqs
+//! in order and not too far ahead of the last known one, each sample's content) before any of
+//! it is kept; then it takes its samples' share of the writer's ingest budget, waiting in the
+//! loop when there is none, and goes to the writer, in flight until acknowledged.
+//!
+//! **Invariant:** nothing of an invalid report reaches the writer, and a report reaches it only
+//! with its ingest budget.
+
+use std::time::SystemTime;
+
+use tether_proto as pb;
+
+use super::SessionLoop;
+use crate::convert;
+use crate::domain::Sample;
+use crate::error::ServerError;
+use crate::writer::Admitting;
+
+impl SessionLoop {
+    /// Hands a report's samples to the writer with their ingest budget; they are in flight
+    /// until acknowledged.
+    pub(super) async fn hand_over(
+        &mut self,
+        samples: Vec<Sample>,
+        admitted: Result<crate::writer::Admission, ServerError>,
+    ) -> Result<(), ServerError> {
+        let Some(last) = samples.last().map(|s| s.seq) else {
+            return Ok(());
+        };
+        self.writer
+            .samples(self.session.clone(), samples, admitted?)
+            .await?;
+        self.in_flight.push_back(last);
+        Ok(())
+    }
+
+    /// Validates a report and converts its samples. Nothing is stored unless the whole report
+    /// is valid.
+    pub(super) fn accept_samples(
+        &mut self,
+        report: pb::MetricsReport,
+    ) -> Result<Vec<Sample>, ServerError> {
+        if report.samples.len() > self.limits.max_samples_per_report {
+            return Err(ServerError::ResourceExhausted(format!(
+                "metrics report holds {} samples; at most {} are allowed per report",
+                report.samples.len(),
+                self.limits.max_samples_per_report
+            )));
+        }
+        let mut samples = Vec::with_capacity(report.samples.len());
+        let mut prev = 0;
+        let ceiling = self.max_seq.saturating_add(self.limits.max_seq_jump);
+        let now = SystemTime::now();
+        for raw in report.samples {
+            let sample = convert::sample_from_pb(raw, &self.limits.report, now)?;
+            if sample.seq <= prev {
+                return Err(ServerError::invalid(format!(
+                    "sample seq {} is not greater than the previous seq {prev} in the same report",
+                    sample.seq
+                )));
+            }
+            if sample.seq > ceiling {
+                return Err(ServerError::invalid(format!(
+                    "sample seq {} is too far ahead of the last known seq {} (at most {} ahead)",
+                    sample.seq, self.max_seq, self.limits.max_seq_jump
+                )));
+            }
+            prev = sample.seq;
+            samples.push(sample);
+        }
+        self.max_seq = self.max_seq.max(prev);
+        Ok(samples)
+    }
+}
+
+/// Waits for the ingest budget of the report in `admitting`; never ready without one.
+///
+/// # Cancellation
+///
+/// Cancel safe: the wait stays in `admitting`, in its place in line.
+pub(super) async fn admission(
+    admitting: &mut Option<(Admitting, Vec<Sample>)>,
+) -> Result<crate::writer::Admission, ServerError> {
+    match admitting {
+        Some((wait, _)) => wait.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
