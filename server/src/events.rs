@@ -71,6 +71,8 @@ pub struct EventsConfig {
     /// Window over which an agent's dropped events are counted and reported once.
     pub rate_window: Duration,
     pub max_seq_jump: u64,
+    /// Most bytes the day cache of `GetEventStats` holds (`day_cache.rs`).
+    pub stats_cache_bytes: usize,
 }
 
 impl Default for EventsConfig {
@@ -82,6 +84,7 @@ impl Default for EventsConfig {
             rate_per_minute: DEFAULT_RATE_PER_MINUTE,
             rate_window: rate::DEFAULT_WINDOW,
             max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
+            stats_cache_bytes: day_cache::MAX_BYTES,
         }
     }
 }
@@ -191,7 +194,8 @@ impl Events {
     ) -> (Arc<Self>, task::Task) {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared::default());
-        let day_cache = Arc::new(day_cache::DayCache::default().counted(day_counters));
+        let day_cache = day_cache::DayCache::new(config.stats_cache_bytes, day_cache::MAX_VERSIONS);
+        let day_cache = Arc::new(day_cache.counted(day_counters));
         let task = task::Task {
             store: store.clone(),
             writer,

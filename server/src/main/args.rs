@@ -140,6 +140,12 @@ pub(super) struct Args {
     #[arg(long, default_value_t = tether_server::events::DEFAULT_RATE_PER_MINUTE)]
     event_rate_per_minute: u32,
 
+    /// Most memory the cache of whole days of event counts (`GetEventStats`) may hold, in
+    /// MiB; past it, the least recently used days are dropped and read again when asked
+    /// (0: no cache, every call reads the store).
+    #[arg(long, default_value_t = tether_server::events::day_cache::MAX_BYTES >> 20)]
+    event_stats_cache_mib: usize,
+
     /// Size of the embedded store's page cache, in MiB.
     #[arg(long, default_value_t = tether_server::store::sled::CACHE_CAPACITY_BYTES >> 20)]
     store_cache_mib: u64,
@@ -494,6 +500,7 @@ impl Args {
         c.storage.rollup_1h_retention = self.rollup_1h_retention.into();
         c.events.retention = self.events_retention.into();
         c.events.stats_retention = self.event_stats_retention.into();
+        c.events.stats_cache_bytes = self.event_stats_cache_mib.saturating_mul(1 << 20);
         c.events.fingerprint_window = self.event_fingerprint_window.into();
         c.events.rate_per_minute = self.event_rate_per_minute;
         c.storage.compaction_interval = self.store_compaction_interval.into();
@@ -577,6 +584,16 @@ mod tests {
         let args = Args::try_parse_from(["tether-server"]).expect("defaults");
         let storage = args.config().storage;
         assert_eq!(storage, config::StorageConfig::default());
+    }
+
+    #[test]
+    fn event_defaults_are_the_config_defaults_and_the_stats_cache_is_set_in_mib() {
+        let args = Args::try_parse_from(["tether-server"]).expect("defaults");
+        let events = args.config().events;
+        assert_eq!(events, tether_server::events::EventsConfig::default());
+        let args = Args::try_parse_from(["tether-server", "--event-stats-cache-mib", "3"])
+            .expect("--event-stats-cache-mib");
+        assert_eq!(args.config().events.stats_cache_bytes, 3 << 20);
     }
 
     #[test]

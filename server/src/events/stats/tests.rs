@@ -197,6 +197,10 @@ async fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_eve
         check_all((&*store, cache), &org, &sent, day0, now_ms);
     }
     assert!(cache.size().1 >= 12, "the three tables' days are cached");
+    // Without a cache (`--event-stats-cache-mib 0`) every day is read from the store.
+    let none = DayCache::new(0, crate::events::day_cache::MAX_VERSIONS);
+    check_all((&*store, &none), &org, &sent, day0, now_ms);
+    assert_eq!(none.size(), (0, 0));
 
     // Late: reported an hour later, 20 h either side of the midnight after day 2.
     let midnight = day0 + 2 * DAY_MS;
