@@ -25,6 +25,8 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Most steps one `GetEventStats` answers.
 pub const MAX_STEPS: u64 = 10_000;
+/// Longest rate window of `GetEventStats`, in hours: a year.
+pub const MAX_RATE_WINDOW_HOURS: u64 = 366 * 24;
 
 pub fn severity_from_pb(s: pb::EventSeverity) -> Option<Severity> {
     match s {
@@ -367,7 +369,8 @@ fn whole_hours(d: Option<prost_types::Duration>, field: &str) -> Result<u64, Ser
 ///
 /// # Errors
 ///
-/// `INVALID_ARGUMENT` for a malformed field, a range of more than [`MAX_STEPS`] steps.
+/// `INVALID_ARGUMENT` for a malformed field, a range of more than [`MAX_STEPS`] steps, a rate
+/// window longer than [`MAX_RATE_WINDOW_HOURS`].
 pub fn stats_from_pb(
     req: pb::GetEventStatsRequest,
     now: SystemTime,
@@ -404,6 +407,11 @@ pub fn stats_from_pb(
         )));
     }
     let rate_window_ms = whole_hours(rate_window, "rate_window")?;
+    if rate_window_ms > MAX_RATE_WINDOW_HOURS * keys::HOUR_MS {
+        return Err(ServerError::invalid(format!(
+            "rate_window must be at most {MAX_RATE_WINDOW_HOURS} hours"
+        )));
+    }
     let top = match top {
         0 => 10,
         n if !(1..=100).contains(&n) => {

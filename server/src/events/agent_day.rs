@@ -97,6 +97,7 @@ impl AgentDay {
         let mut kinds = Names::new();
         let mut rows = Vec::new();
         let mut per_hour = [0u32; HOURS];
+        let mut last_hour = 0;
         for entry in store.event_entries(org, EventTable::AgentHours, &from, Some(&to), false) {
             let (key, value) = entry?;
             let Some(row) = AgentHourRow::parse(&key, &value) else {
@@ -108,6 +109,8 @@ impl AgentDay {
             let Some(in_hour) = per_hour.get_mut(hour) else {
                 continue;
             };
+            debug_assert!(hour >= last_hour, "hourly agent rows come in key order");
+            last_hour = hour;
             *in_hour = in_hour.checked_add(1).ok_or_else(too_large)?;
             let agent = agents.of(row.agent, |a| AgentId::new(a), u32::MAX as usize);
             let kind = kinds.of(row.kind, |k| Box::from(k), MAX_KINDS);
@@ -141,8 +144,12 @@ impl AgentDay {
         std::mem::size_of::<Self>() + agents + kinds + self.rows.len() * size_of::<Row>()
     }
 
-    /// The hours of this day within `from..to` (ms): `a..b`, 0 to 24.
+    /// The hours of this day within `from..to` (ms, whole hours): `a..b`, 0 to 24.
     fn hours(&self, from: u64, to: u64) -> std::ops::Range<usize> {
+        debug_assert!(
+            from.is_multiple_of(HOUR_MS) && to.is_multiple_of(HOUR_MS),
+            "whole hours"
+        );
         let hour = |ms: u64| {
             let ms = ms.clamp(self.day_ms, self.day_ms + DAY_MS) - self.day_ms;
             (ms / HOUR_MS) as usize

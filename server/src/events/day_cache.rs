@@ -53,16 +53,21 @@ pub enum Day {
     Agents(Arc<AgentDay>),
 }
 
+/// What an entry costs besides its day, about: its key twice (the map and the LRU order, each
+/// with the org's name), the two maps' slots and the `Arc`'s header.
+const ENTRY_BYTES: usize = 192;
+
 impl Day {
-    /// What the entry counts against the bound, in bytes (at least 1).
-    fn weight(&self) -> usize {
-        match self {
+    /// What the day counts against the bound under `key`, in bytes: an empty day too.
+    fn weight(&self, key: &DayKey) -> usize {
+        let day = match self {
             Day::Rows(rows) => {
                 let names: usize = rows.iter().map(|(name, _)| name.len()).sum();
-                names + rows.len() * size_of::<(Box<str>, Counts)>() + 1
+                names + rows.len() * size_of::<(Box<str>, Counts)>()
             }
             Day::Agents(day) => day.bytes(),
-        }
+        };
+        day + ENTRY_BYTES + 2 * key.0.as_str().len()
     }
 }
 
@@ -149,7 +154,7 @@ impl DayCache {
     /// invalidated since (or it alone exceeds the bound); evicts the least recently used days
     /// to stay within the bound. Returns whether it was kept.
     pub fn insert(&self, key: DayKey, version: Version, day: Day) -> bool {
-        let weight = day.weight();
+        let weight = day.weight(&key);
         let mut inner = self.lock();
         let now = Version {
             day: inner.versions.get(&key).copied().unwrap_or(0),
@@ -294,7 +299,7 @@ mod tests {
 
     #[test]
     fn past_the_byte_bound_the_least_recently_used_days_go() {
-        let w = rows(3).weight();
+        let w = rows(3).weight(&key(1));
         let cache = DayCache::new(3 * w + w / 2, MAX_VERSIONS);
         for day in 1..=3 {
             let version = cache.lookup(&key(day)).expect_err("empty");
@@ -315,7 +320,7 @@ mod tests {
         }
         // A day larger than the whole bound is not kept, and evicts nothing.
         let version = cache.lookup(&key(5)).expect_err("empty");
-        assert!(!cache.insert(key(5), version, rows(11)));
+        assert!(!cache.insert(key(5), version, rows(40)));
         assert_eq!(cache.size(), (3 * w, 3));
     }
 

@@ -187,8 +187,11 @@ fn day_rows(
     counts: Tally<'_>,
     keep: impl Fn(&str) -> bool,
 ) -> Result<(), ServerError> {
-    let mut day = from;
-    while day < to {
+    let Some((first, last)) = data_days(store, org, table, from, to)? else {
+        return Ok(());
+    };
+    let mut day = from.max(first);
+    while day < to.min(last) {
         let key = (org.clone(), table, day);
         let rows = match cache.lookup(&key) {
             Ok(Day::Rows(rows)) => rows,
@@ -239,8 +242,11 @@ fn agent_days(
     to: u64,
 ) -> Result<Vec<(Arc<AgentDay>, u64, u64)>, ServerError> {
     let mut days = Vec::new();
-    let mut day = rollup::day_of(from);
-    while day < to {
+    let Some((first, last)) = data_days(store, org, EventTable::AgentHours, from, to)? else {
+        return Ok(days);
+    };
+    let mut day = rollup::day_of(from).max(first);
+    while day < to.min(last) {
         let key = (org.clone(), EventTable::AgentHours, day);
         let packed = match cache.lookup(&key) {
             Ok(Day::Agents(packed)) => packed,
@@ -256,6 +262,34 @@ fn agent_days(
         day += DAY_MS;
     }
     Ok(days)
+}
+
+/// The UTC days `first..last` from the first to the last that hold rows of `table` within
+/// `from..to` (ms; both tables' keys lead with their hour or day), or `None` without any: two
+/// seeks, so that a range of centuries costs what its days with data cost, and the cache is
+/// never filled with days that cannot hold a row.
+fn data_days(
+    store: &dyn Store,
+    org: &OrgId,
+    table: EventTable,
+    from: u64,
+    to: u64,
+) -> Result<Option<(u64, u64)>, ServerError> {
+    let (lo, hi) = (keys::time_floor(from), keys::time_floor(to));
+    let edge = |reverse| -> Result<Option<u64>, ServerError> {
+        let entry = store
+            .event_entries(org, table, &lo, Some(&hi), reverse)
+            .next();
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let (key, _) = entry?;
+        Ok(rollup::leading_ms(&key).map(rollup::day_of))
+    };
+    match (edge(false)?, edge(true)?) {
+        (Some(first), Some(last)) => Ok(Some((first, last + DAY_MS))),
+        _ => Ok(None),
+    }
 }
 
 /// Calls `f` with each hourly total of `from..to`.
@@ -383,8 +417,8 @@ fn empty_steps(q: &StatsQuery) -> Vec<StatsStep> {
 /// whole hours before the current one, plus the current hour so far.
 fn rate_windows(q: &StatsQuery) -> (u64, u64, u64) {
     let current_hour = keys::hour_of(q.now_ms);
-    let window_start = current_hour + keys::HOUR_MS - q.rate_window_ms;
-    let previous_start = window_start - q.rate_window_ms;
+    let window_start = (current_hour + keys::HOUR_MS).saturating_sub(q.rate_window_ms);
+    let previous_start = window_start.saturating_sub(q.rate_window_ms);
     (window_start, previous_start, current_hour + keys::HOUR_MS)
 }
 

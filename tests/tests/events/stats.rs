@@ -179,5 +179,62 @@ async fn stats_match_a_brute_force_count_of_the_same_events() {
     let current = per_hour.get(&0).copied().unwrap_or(0);
     assert!(all.rate_per_minute > 0.0 || current == 0);
     assert_eq!(all.rate_change_percent.is_some(), previous > 0.0);
+
+    // Malformed requests are refused with what is wrong; nothing else changes.
+    let hours = |h: u64| Some(Duration::from_secs(h * 3600).try_into().expect("duration"));
+    let bad = [
+        (
+            "a step of half an hour",
+            pb::GetEventStatsRequest {
+                step: Some(Duration::from_secs(1800).try_into().expect("duration")),
+                ..Default::default()
+            },
+        ),
+        (
+            "a rate window over a year",
+            pb::GetEventStatsRequest {
+                rate_window: hours(367 * 24),
+                ..Default::default()
+            },
+        ),
+        (
+            "more than 10,000 steps",
+            pb::GetEventStatsRequest {
+                start: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, request) in bad {
+        let err = client
+            .clone()
+            .get_event_stats(request)
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+    }
+    // From 1970 on, by 1,000-day steps, for one agent: the answer counts what was sent.
+    let centuries = client
+        .clone()
+        .get_event_stats(pb::GetEventStatsRequest {
+            agent_ids: vec![one.clone()],
+            start: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            step: hours(1000 * 24),
+            rate_window: hours(366 * 24),
+            top: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("stats since 1970")
+        .into_inner();
+    let of_one = sent.iter().filter(|e| e.0 == one).count() as u64;
+    assert_eq!(centuries.total, of_one);
+    assert_eq!(centuries.steps.iter().map(|s| s.total).sum::<u64>(), of_one);
     world.stop().await;
 }

@@ -197,6 +197,23 @@ async fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_eve
         check_all((&*store, cache), &org, &sent, day0, now_ms);
     }
     assert!(cache.size().1 >= 12, "the three tables' days are cached");
+    // A range of centuries by 1,000-day steps reads and keeps only the days that hold rows.
+    let fresh = DayCache::default();
+    for (name, filter) in filters() {
+        let q = StatsQuery {
+            filter,
+            start_ms: 0,
+            end_ms: 250_000 * DAY_MS,
+            step_ms: 1000 * DAY_MS,
+            top: 5,
+            rate_window_ms: 366 * DAY_MS,
+            now_ms,
+        };
+        let got = stats(&*store, &fresh, &org, &q).expect("stats");
+        assert_eq!(got, brute_force(&sent, &q), "centuries, filter {name}");
+    }
+    let (_, days) = fresh.size();
+    assert!(days <= 3 * 7, "{days} days cached for 6 days of data");
     // Without a cache (`--event-stats-cache-mib 0`) every day is read from the store.
     let none = DayCache::new(0, crate::events::day_cache::MAX_VERSIONS);
     check_all((&*store, &none), &org, &sent, day0, now_ms);
