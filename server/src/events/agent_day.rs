@@ -90,7 +90,27 @@ impl AgentDay {
     /// The store's, or [`ServerError::Internal`] for a day of more than 2^30 kinds or 2^32
     /// agents or rows (more than a store holds in a day).
     pub fn read(store: &dyn Store, org: &OrgId, day_ms: u64) -> Result<Self, ServerError> {
-        let (from, to) = (keys::time_floor(day_ms), keys::time_floor(day_ms + DAY_MS));
+        Self::read_hours(store, org, day_ms, day_ms, day_ms + DAY_MS)
+    }
+
+    /// Reads the hourly agent rows of the hours `from..to` (ms, whole hours) of the UTC day
+    /// starting at `day_ms`: a day that holds those hours only.
+    ///
+    /// # Errors
+    ///
+    /// As [`AgentDay::read`].
+    pub fn read_hours(
+        store: &dyn Store,
+        org: &OrgId,
+        day_ms: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Self, ServerError> {
+        let (from, to) = (
+            from.clamp(day_ms, day_ms + DAY_MS),
+            to.clamp(day_ms, day_ms + DAY_MS),
+        );
+        let (from, to) = (keys::time_floor(from), keys::time_floor(to));
         let too_large =
             || ServerError::Internal(format!("a day of event counts of {org} is too large"));
         let mut agents = Names::new();

@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::agent_day::AgentDay;
 use super::rollup::{self, Counts};
@@ -95,6 +96,8 @@ struct Inner {
     bytes: usize,
     /// Days invalidated since the last clear, with their version (0 when absent).
     versions: HashMap<DayKey, u64>,
+    /// When each of them was last invalidated.
+    written: HashMap<DayKey, Instant>,
     next_version: u64,
     epoch: u64,
 }
@@ -186,12 +189,25 @@ impl DayCache {
             inner.remove(&key);
             inner.next_version += 1;
             let version = inner.next_version;
+            inner.written.insert(key.clone(), Instant::now());
             inner.versions.insert(key, version);
         }
         if inner.versions.len() > self.max_versions {
             inner.versions.clear();
+            inner.written.clear();
             inner.epoch += 1;
         }
+    }
+
+    /// Whether a commit changed the day within the last `window`: a day still being written
+    /// (today's, under ingest), which a reader had better not read whole to cache, as the
+    /// next commit drops it again.
+    pub fn written_within(&self, key: &DayKey, window: Duration) -> bool {
+        let inner = self.lock();
+        inner
+            .written
+            .get(key)
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Bytes cached (about), and days cached.

@@ -233,8 +233,13 @@ fn read_day(
     Ok(rows.into())
 }
 
+/// How recently a commit must have changed a day for a reader to treat it as still being
+/// written (`agent_days`).
+const HOT_DAY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Each UTC day that `from..to` (ms) overlaps, packed, with the part of the range in it: from
-/// the cache, or read from the store and offered to the cache.
+/// the cache, or read from the store and offered to the cache; of a day a commit changed in
+/// the last [`HOT_DAY`], only the part, kept by no one.
 fn agent_days(
     (store, cache): (&dyn Store, &DayCache),
     org: &OrgId,
@@ -248,8 +253,15 @@ fn agent_days(
     let mut day = rollup::day_of(from).max(first);
     while day < to.min(last) {
         let key = (org.clone(), EventTable::AgentHours, day);
+        let (part_from, part_to) = (from.max(day), to.min(day + DAY_MS));
+        let whole = (part_from, part_to) == (day, day + DAY_MS);
         let packed = match cache.lookup(&key) {
             Ok(Day::Agents(packed)) => packed,
+            // A day still being written (today's, under ingest) would be dropped again by
+            // the next commit: read only the hours asked for, and keep nothing.
+            Err(_) if !whole && cache.written_within(&key, HOT_DAY) => {
+                Arc::new(AgentDay::read_hours(store, org, day, part_from, part_to)?)
+            }
             hit_or_miss => {
                 let packed = Arc::new(AgentDay::read(store, org, day)?);
                 if let Err(version) = hit_or_miss {
@@ -258,7 +270,7 @@ fn agent_days(
                 packed
             }
         };
-        days.push((packed, from.max(day), to.min(day + DAY_MS)));
+        days.push((packed, part_from, part_to));
         day += DAY_MS;
     }
     Ok(days)

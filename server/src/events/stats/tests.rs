@@ -262,6 +262,38 @@ async fn stats_from_daily_and_hourly_rows_match_a_brute_force_count_and_late_eve
         assert!(cache.lookup(day).is_err(), "day {day:?} is invalidated");
     }
     sent.extend(late_sent.iter().cloned());
+    // Just written: a few hours of such a day are read alone and not kept; the whole day is.
+    let hot = (org.clone(), EventTable::AgentHours, midnight);
+    let agents = filters().remove(4).1;
+    for (start_ms, end_ms, kept) in [
+        (midnight + 2 * HOUR_MS, midnight + 5 * HOUR_MS, false),
+        (midnight, midnight + DAY_MS, true),
+    ] {
+        let q = StatsQuery {
+            filter: agents.clone(),
+            start_ms,
+            end_ms,
+            step_ms: HOUR_MS,
+            top: 100,
+            rate_window_ms: HOUR_MS,
+            now_ms,
+        };
+        let got = stats(&*store, cache, &org, &q).expect("stats");
+        assert_eq!(
+            got,
+            brute_force(&sent, &q),
+            "{}..{} h",
+            start_ms / HOUR_MS,
+            end_ms / HOUR_MS
+        );
+        assert_eq!(
+            cache.lookup(&hot).is_ok(),
+            kept,
+            "{}..{} h",
+            start_ms / HOUR_MS,
+            end_ms / HOUR_MS
+        );
+    }
     check_all((&*store, cache), &org, &sent, day0, now_ms);
     let after = per_day();
     let grew: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
