@@ -511,12 +511,12 @@ impl Metrics {
         );
         registry.register(
             "event_stats_day_cache_hits",
-            "Whole days of daily event counts GetEventStats read from the day cache",
+            "Whole days of event counts (daily tables, packed hourly agent counts) GetEventStats read from the day cache",
             event_stats_days.hits.clone(),
         );
         registry.register(
             "event_stats_day_cache_misses",
-            "Whole days of daily event counts GetEventStats read from the store (not cached)",
+            "Whole days of event counts (daily tables, packed hourly agent counts) GetEventStats read from the store (not cached)",
             event_stats_days.misses.clone(),
         );
         registry.register(

@@ -228,32 +228,35 @@ impl Inner {
 
 /// The days of the cached tables that `writes` put or delete rows of.
 pub fn touched(writes: &[Write]) -> Vec<DayKey> {
+    // Borrowed while deduplicating: a commit writes an hourly agent row per event, most of
+    // them of the same few days; only each distinct day's key is owned.
     let mut seen = std::collections::HashSet::new();
-    writes
-        .iter()
-        .filter_map(|write| match write {
-            Write::PutEventEntry {
-                org, table, key, ..
+    let mut days = Vec::new();
+    for write in writes {
+        let (Write::PutEventEntry {
+            org, table, key, ..
+        }
+        | Write::DeleteEventEntry { org, table, key }) = write
+        else {
+            continue;
+        };
+        if !matches!(
+            table,
+            EventTable::DayKinds | EventTable::DayAgents | EventTable::AgentHours
+        ) {
+            continue;
+        }
+        // A daily key leads with its day, an hourly one with its hour.
+        match rollup::leading_ms(key).map(rollup::day_of) {
+            Some(day) => {
+                if seen.insert((org, *table, day)) {
+                    days.push((org.clone(), *table, day));
+                }
             }
-            | Write::DeleteEventEntry { org, table, key } => Some((org, *table, key)),
-            _ => None,
-        })
-        .filter(|(_, table, _)| {
-            matches!(
-                table,
-                EventTable::DayKinds | EventTable::DayAgents | EventTable::AgentHours
-            )
-        })
-        .filter_map(|(org, table, key)| {
-            // A daily key leads with its day, an hourly one with its hour.
-            let day = rollup::leading_ms(key).map(rollup::day_of);
-            if day.is_none() {
-                tracing::warn!(org = %org, ?table, "a count key has no time");
-            }
-            Some((org.clone(), table, day?))
-        })
-        .filter(|key| seen.insert(key.clone()))
-        .collect()
+            None => tracing::warn!(org = %org, ?table, "a count key has no time"),
+        }
+    }
+    days
 }
 
 #[cfg(test)]

@@ -92,6 +92,17 @@ fn open_as(path: &Path, schema: &Schema) -> crate::store::Result<SledStore> {
     SledStore::open_schema(path, CACHE_CAPACITY_BYTES, &SeriesConfig::default(), schema)
 }
 
+/// The names of a loaded store's agents, sorted: what both fixtures were made with.
+fn agent_names(snapshot: &crate::store::Snapshot) -> Vec<&str> {
+    let mut names: Vec<&str> = snapshot
+        .agents
+        .iter()
+        .map(|(a, _)| a.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 fn far() -> (SystemTime, SystemTime) {
     (
         UNIX_EPOCH,
@@ -104,13 +115,10 @@ fn the_fixture_of_schema_3_opens_with_what_it_was_made_with() {
     let root = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(&restored_fixture(root.path())).expect("opens");
     let snapshot = store.load().expect("loads");
-    let mut names: Vec<&str> = snapshot
-        .agents
-        .iter()
-        .map(|(a, _)| a.name.as_str())
-        .collect();
-    names.sort_unstable();
-    assert_eq!(names, ["hist-1", "hist-2", "live-1", "live-2"]);
+    assert_eq!(
+        agent_names(&snapshot),
+        ["hist-1", "hist-2", "live-1", "live-2"]
+    );
     assert_eq!(snapshot.orgs.len(), 2, "default and beta");
     assert_eq!(snapshot.tombstones.len(), 1);
     assert!(snapshot.enrollment_tokens.len() >= 2);
@@ -154,13 +162,10 @@ fn the_fixture_of_schema_4_opens_as_it_is() {
         .expect("opens")
         .load()
         .expect("loads");
-    let mut names: Vec<&str> = snapshot
-        .agents
-        .iter()
-        .map(|(a, _)| a.name.as_str())
-        .collect();
-    names.sort_unstable();
-    assert_eq!(names, ["hist-1", "hist-2", "live-1", "live-2"]);
+    assert_eq!(
+        agent_names(&snapshot),
+        ["hist-1", "hist-2", "live-1", "live-2"]
+    );
     assert!(!backup_path(&path, 4).exists(), "no step, no backup");
 }
 
