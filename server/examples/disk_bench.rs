@@ -174,11 +174,7 @@ impl Day {
 fn report(store: &SledStore, day: usize, dir: &std::path::Path) {
     let usage = store.usage().expect("usage");
     let kept = usage.chunk_samples + usage.head_samples;
-    let records = usage.chunk_bytes
-        + usage.rollup_bytes
-        + usage.head_bytes
-        + usage.log_bytes
-        + usage.other_bytes;
+    let records = usage.record_bytes();
     let per = |bytes: u64, n: u64| bytes as f64 / n.max(1) as f64;
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     println!(

@@ -70,11 +70,7 @@ fn main() {
         done.log_records_removed
     );
     let usage = store.usage().expect("usage");
-    let records = usage.chunk_bytes
-        + usage.rollup_bytes
-        + usage.head_bytes
-        + usage.log_bytes
-        + usage.other_bytes;
+    let records = usage.record_bytes();
     println!(
         "stored: {} chunks, {:.2} B/sample sealed ({} samples); {} rollups, {} B ({:.2} B/sample); \
          open head {} samples; all records {:.2} B/sample; on disk {:.2} B/sample ({} bytes)",

@@ -145,12 +145,7 @@ fn summary(store: &SledStore, samples: usize) {
         usage.chunks,
         usage.chunk_bytes as f64 / usage.chunk_samples.max(1) as f64,
         usage.rollup_bytes,
-        (usage.chunk_bytes
-            + usage.rollup_bytes
-            + usage.head_bytes
-            + usage.log_bytes
-            + usage.other_bytes) as f64
-            / samples as f64,
+        usage.record_bytes() as f64 / samples as f64,
         usage.size_on_disk as f64 / samples as f64,
         usage.size_on_disk,
         rss_kib()

@@ -898,6 +898,7 @@ pub(crate) fn check_commit_is_durable(open: &dyn Fn() -> Box<dyn Store>) {
 }
 
 mod series;
+mod space;
 
 // === sled ===
 

@@ -27,6 +27,13 @@ pub struct StoreUsage {
     pub size_on_disk: u64,
 }
 
+impl StoreUsage {
+    /// Bytes of every record the store holds (keys and values), without sled's own overhead.
+    pub fn record_bytes(&self) -> u64 {
+        self.chunk_bytes + self.rollup_bytes + self.head_bytes + self.log_bytes + self.other_bytes
+    }
+}
+
 impl SledStore {
     /// Scans the whole store and sums it by part.
     ///

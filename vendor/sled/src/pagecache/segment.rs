@@ -104,19 +104,24 @@ pub(crate) struct SegmentCleaner {
 }
 
 impl SegmentCleaner {
+    /// The next page to relocate, from the lowest segment being drained.
+    ///
+    /// Tether: a segment whose pages are all handed out is dropped and the
+    /// next one tried. Upstream 0.34 returned `None` there, which ends the
+    /// flusher's cleaning round, so at most one segment was drained per
+    /// flush interval and the file grew with segments waiting to drain.
     pub(crate) fn pop(&self) -> Option<(PageId, LogOffset)> {
         let mut inner = self.inner.lock();
-        let offset = {
-            let (offset, pids) = inner.iter_mut().next()?;
-            if !pids.is_empty() {
-                let pid = pids.iter().next().copied().unwrap();
-                pids.remove(&pid);
-                return Some((pid, *offset));
-            }
-            *offset
-        };
-        inner.remove(&offset);
-        None
+        loop {
+            let offset = {
+                let (offset, pids) = inner.iter_mut().next()?;
+                if let Some(pid) = pids.pop_first() {
+                    return Some((pid, *offset));
+                }
+                *offset
+            };
+            inner.remove(&offset);
+        }
     }
 
     fn add_pids(&self, offset: LogOffset, pids: BTreeSet<PageId>) {
@@ -763,8 +768,17 @@ impl SegmentAccountant {
         // Not if we just moved the pointer without changing
         // the underlying blob, as is the case with a single Blob
         // with nothing else.
+        //
+        // Tether: only when the new pointer is that same blob (the
+        // cleaner relocating a page that is one blob). A page that is one
+        // blob and is replaced by anything else (a split's left half, a
+        // free, a rewrite) no longer refers to it; upstream 0.34 kept such
+        // blob files for good.
         let schedule_rm_blob = !(old_cache_infos.len() == 1
-            && old_cache_infos[0].pointer.is_blob());
+            && old_cache_infos[0].pointer.is_blob()
+            && new_cache_info.pointer.is_blob()
+            && new_cache_info.pointer.blob().1
+                == old_cache_infos[0].pointer.blob().1);
 
         let mut removals = FastMap8::default();
 
