@@ -154,4 +154,72 @@ mod tests {
             "the known-synced set follows the directory: removed blobs are forgotten"
         );
     }
+
+    /// At open, blob files that no page refers to (left by sled 0.34.7 as published, which
+    /// kept the blob of a page that was one blob alone when the page was replaced) are removed;
+    /// every blob a page refers to stays, so every value reads back, open after open.
+    #[test]
+    fn opening_removes_the_blob_files_no_page_refers_to_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = |n: u8| vec![n; crate::store::sled::SEGMENT_SIZE_BYTES / 2];
+        let mut expected = std::collections::BTreeMap::new();
+        {
+            let db = crate::store::sled::raw_db(dir.path()).expect("open sled");
+            let tree = db.open_tree("t").expect("tree");
+            for n in 0..40u8 {
+                tree.insert([n], big(n)).expect("insert");
+                expected.insert(n, big(n));
+            }
+            for n in (0..40u8).step_by(3) {
+                tree.insert([n], big(n + 100)).expect("overwrite");
+                expected.insert(n, big(n + 100));
+            }
+            for n in (1..40u8).step_by(7) {
+                tree.remove([n]).expect("remove");
+                expected.remove(&n);
+            }
+            db.flush().expect("flush");
+        }
+        let blobs = dir.path().join("blobs");
+        let names = |dir: &Path| -> std::collections::BTreeSet<String> {
+            std::fs::read_dir(dir)
+                .expect("blobs dir")
+                .map(|entry| {
+                    entry
+                        .expect("entry")
+                        .file_name()
+                        .into_string()
+                        .expect("utf-8")
+                })
+                .collect()
+        };
+        let before = names(&blobs);
+        assert!(before.len() >= 20, "the values are blob files: {before:?}");
+        // Files as sled 0.34.7 left them: a copy of a real blob under an old number.
+        let any = blobs.join(before.iter().next().expect("a blob"));
+        for orphan in ["1", "2"] {
+            std::fs::copy(&any, blobs.join(orphan)).expect("plant an orphan");
+        }
+        for round in 0..3 {
+            let db = crate::store::sled::raw_db(dir.path()).expect("reopen sled");
+            let tree = db.open_tree("t").expect("tree");
+            let stored: std::collections::BTreeMap<u8, Vec<u8>> = tree
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry.expect("read");
+                    (key[0], value.to_vec())
+                })
+                .collect();
+            assert!(
+                stored == expected,
+                "every value reads back after open {round}"
+            );
+            let now = names(&blobs);
+            assert!(
+                !now.contains("1") && !now.contains("2"),
+                "orphans removed: {now:?}"
+            );
+            assert!(now.is_subset(&before), "nothing new kept: {now:?}");
+        }
+    }
 }

@@ -155,3 +155,36 @@ pub(crate) fn remove_blob(id: Lsn, config: &Config) -> Result<()> {
     // TODO return a future
     Ok(())
 }
+
+/// Tether: removes the blob files below `stable_lsn` that no recovered
+/// page refers to. Runs at start only, on the snapshot that the page table
+/// is built from, so nothing else can refer to such a file.
+pub(crate) fn gc_unreferenced_blobs(
+    config: &Config,
+    stable_lsn: Lsn,
+    referenced: &std::collections::HashSet<Lsn>,
+) -> Result<()> {
+    let blob_dir = config.get_path().join("blobs");
+    let mut to_remove = vec![];
+    for blob in std::fs::read_dir(blob_dir)? {
+        let path = blob?.path();
+        let lsn = path.file_name().and_then(|name| name.to_str()).and_then(
+            |name| name.parse::<Lsn>().ok(),
+        );
+        if let Some(lsn) = lsn {
+            if lsn < stable_lsn && !referenced.contains(&lsn) {
+                to_remove.push(path);
+            }
+        }
+    }
+    if !to_remove.is_empty() {
+        warn!(
+            "removing {} blob files that no page refers to",
+            to_remove.len()
+        );
+    }
+    for path in to_remove {
+        std::fs::remove_file(&path)?;
+    }
+    Ok(())
+}

@@ -4,8 +4,8 @@ use zstd::block::{compress, decompress};
 use crate::*;
 
 use super::{
-    arr_to_u32, gc_blobs, pwrite_all, raw_segment_iter_from, u32_to_arr,
-    u64_to_arr, BasedBuf, DiskPtr, LogIter, LogKind, LogOffset, Lsn,
+    arr_to_u32, gc_blobs, gc_unreferenced_blobs, pwrite_all, raw_segment_iter_from, u32_to_arr,
+    u64_to_arr, BasedBuf, BlobPointer, DiskPtr, LogIter, LogKind, LogOffset, Lsn,
     MessageKind,
 };
 
@@ -73,6 +73,18 @@ impl PageState {
             PageState::Free(_, _) => true,
             _ => false,
         }
+    }
+
+    /// The blob files this page refers to (Tether).
+    fn blobs(&self) -> impl Iterator<Item = BlobPointer> + '_ {
+        let ptrs: Vec<DiskPtr> = match self {
+            PageState::Present { base, frags } => std::iter::once(base.1)
+                .chain(frags.iter().map(|frag| frag.1))
+                .collect(),
+            PageState::Free(_, ptr) => vec![*ptr],
+            PageState::Uninitialized => vec![],
+        };
+        ptrs.into_iter().filter(DiskPtr::is_blob).map(|ptr| ptr.blob().1)
     }
 
     #[cfg(feature = "testing")]
@@ -429,6 +441,12 @@ fn advance_snapshot(
     // remove all blob files larger than our stable offset
     if let Some(stable_lsn) = snapshot.stable_lsn {
         gc_blobs(config, stable_lsn)?;
+        // Tether: and those below it that no page refers to, which
+        // sled 0.34.7 left behind when it replaced a page that was one
+        // blob alone (see `SegmentAccountant::mark_replace`).
+        let referenced: std::collections::HashSet<BlobPointer> =
+            snapshot.pt.iter().flat_map(PageState::blobs).collect();
+        gc_unreferenced_blobs(config, stable_lsn, &referenced)?;
     }
 
     #[cfg(feature = "event_log")]
