@@ -158,33 +158,49 @@ pub(crate) fn remove_blob(id: Lsn, config: &Config) -> Result<()> {
 
 /// Tether: removes the blob files below `stable_lsn` that no recovered
 /// page refers to. Runs at start only, on the snapshot that the page table
-/// is built from, so nothing else can refer to such a file.
+/// is built from, so nothing else can refer to such a file. Only names that
+/// are exactly sled's spelling of a blob id are considered, and a file that
+/// cannot be removed is left with a warning: this is a clean-up, never a
+/// reason to refuse to open.
 pub(crate) fn gc_unreferenced_blobs(
     config: &Config,
     stable_lsn: Lsn,
     referenced: &std::collections::HashSet<Lsn>,
 ) -> Result<()> {
     let blob_dir = config.get_path().join("blobs");
-    let mut to_remove = vec![];
+    let mut removed = 0_usize;
     for blob in std::fs::read_dir(blob_dir)? {
-        let path = blob?.path();
-        let lsn = path.file_name().and_then(|name| name.to_str()).and_then(
-            |name| name.parse::<Lsn>().ok(),
-        );
-        if let Some(lsn) = lsn {
-            if lsn < stable_lsn && !referenced.contains(&lsn) {
-                to_remove.push(path);
+        let path = match blob {
+            Ok(entry) => entry.path(),
+            Err(e) => {
+                warn!("cannot list a blob file: {}", e);
+                continue;
             }
+        };
+        let lsn = path.file_name().and_then(|name| name.to_str()).and_then(
+            |name| {
+                name.parse::<Lsn>()
+                    .ok()
+                    .filter(|lsn| *lsn >= 0 && lsn.to_string() == name)
+            },
+        );
+        let lsn = match lsn {
+            Some(lsn) if lsn < stable_lsn && !referenced.contains(&lsn) => {
+                lsn
+            }
+            _ => continue,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                debug!("removed blob file {} that no page refers to", lsn);
+                removed += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot remove blob file {:?}: {}", path, e),
         }
     }
-    if !to_remove.is_empty() {
-        warn!(
-            "removing {} blob files that no page refers to",
-            to_remove.len()
-        );
-    }
-    for path in to_remove {
-        std::fs::remove_file(&path)?;
+    if removed > 0 {
+        warn!("removed {} blob files that no page refers to", removed);
     }
     Ok(())
 }
