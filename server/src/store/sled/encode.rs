@@ -21,6 +21,9 @@ impl SledStore {
         let put = |key: Vec<u8>, value: Vec<u8>| Encoded {
             ops: vec![Op::Put(key, value)],
         };
+        let remove = |key: Vec<u8>| Encoded {
+            ops: vec![Op::Remove(key)],
+        };
         Ok(match write {
             Write::PutAgent(agent) => put(
                 record_key(agent.org.as_str(), AGENT, agent.id.as_str()),
@@ -118,24 +121,18 @@ impl SledStore {
                 ),
                 encode(rule, "alert rule")?,
             ),
-            Write::DeleteAlertRule { org, name } => Encoded {
-                ops: vec![Op::Remove(record_key(
-                    org.as_str(),
-                    ALERT_RULE,
-                    checked_id(name, "alert rule")?,
-                ))],
-            },
+            Write::DeleteAlertRule { org, name } => remove(record_key(
+                org.as_str(),
+                ALERT_RULE,
+                checked_id(name, "alert rule")?,
+            )),
             Write::PutAlert(alert) => put(
                 record_key(alert.org.as_str(), ALERT, checked_id(&alert.id, "alert")?),
                 encode(alert, "alert")?,
             ),
-            Write::DeleteAlert { org, id } => Encoded {
-                ops: vec![Op::Remove(record_key(
-                    org.as_str(),
-                    ALERT,
-                    checked_id(id, "alert")?,
-                ))],
-            },
+            Write::DeleteAlert { org, id } => {
+                remove(record_key(org.as_str(), ALERT, checked_id(id, "alert")?))
+            }
             Write::PutEventEntry { .. } | Write::DeleteEventEntry { .. } => {
                 return event::encode(write);
             }
