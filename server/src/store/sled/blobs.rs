@@ -11,6 +11,13 @@
 //! before the log entry naming it is reserved, so every blob a flushed entry names exists when
 //! the flush returns. Invariant: when `flush` returns `Ok`, every blob file present then has
 //! been fsynced, and so has the directory listing that names it.
+//!
+//! Listing the directory takes a file descriptor, and a server out of descriptors (a flood of
+//! connections) must still commit. So a flush first reads the directory's modification time
+//! (`stat`, no descriptor) and lists it only when that time differs from the one seen at the
+//! last listing, or when that listing came less than [`MTIME_SLACK`] after it (a file made in
+//! the same clock tick as a listing could leave the time unchanged). Creating or removing a
+//! blob file changes the directory's time, so a flush without a new blob file opens nothing.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -18,6 +25,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use super::backend;
 use crate::store::Result;
@@ -27,8 +35,20 @@ use crate::store::Result;
 pub(super) struct Flusher {
     db: sled::Db,
     blobs: PathBuf,
-    /// Names of the blob files already fsynced (and still present at the last flush).
-    synced: Arc<Mutex<HashSet<OsString>>>,
+    synced: Arc<Mutex<Synced>>,
+}
+
+/// How long after the directory's modification time a listing must come for that time to
+/// stand for it: far above any file system's timestamp granularity.
+const MTIME_SLACK: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Synced {
+    /// Names of the blob files already fsynced (and still present at the last listing).
+    names: HashSet<OsString>,
+    /// The directory's modification time at the last listing, when that listing came at
+    /// least [`MTIME_SLACK`] after it: while the time is unchanged, nothing new is there.
+    settled_mtime: Option<SystemTime>,
 }
 
 impl Flusher {
@@ -60,33 +80,41 @@ impl Flusher {
 
     fn sync_blobs(&self) -> io::Result<usize> {
         let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
-        let entries = match std::fs::read_dir(&self.blobs) {
-            Ok(entries) => entries,
+        let mtime = match std::fs::metadata(&self.blobs) {
+            Ok(meta) => meta.modified()?,
             // sled creates the directory with the database; none means no blob yet.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
+        if synced.settled_mtime == Some(mtime) {
+            return Ok(0);
+        }
+        let listed_at = SystemTime::now();
         let mut present = HashSet::new();
         let mut new = 0;
-        for entry in entries {
+        for entry in std::fs::read_dir(&self.blobs)? {
             let entry = entry?;
             let name = entry.file_name();
-            if !synced.contains(&name) {
+            if !synced.names.contains(&name) {
                 match File::open(entry.path()) {
                     Ok(file) => file.sync_all()?,
                     // Removed since the listing (its page was rewritten): nothing to keep.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 }
-                synced.insert(name.clone());
+                synced.names.insert(name.clone());
                 new += 1;
             }
             present.insert(name);
         }
-        synced.retain(|name| present.contains(name));
+        synced.names.retain(|name| present.contains(name));
         if new > 0 {
             File::open(&self.blobs)?.sync_all()?;
         }
+        synced.settled_mtime = listed_at
+            .duration_since(mtime)
+            .is_ok_and(|after| after >= MTIME_SLACK)
+            .then_some(mtime);
         Ok(new)
     }
 
@@ -96,6 +124,7 @@ impl Flusher {
         self.synced
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .names
             .len()
     }
 }
@@ -152,6 +181,54 @@ mod tests {
             flusher.synced(),
             on_disk,
             "the known-synced set follows the directory: removed blobs are forgotten"
+        );
+    }
+
+    /// Once a listing has seen the directory's time settle, flushes skip the listing (no file
+    /// descriptor) until a blob file is made or removed, and then sync the new one.
+    #[test]
+    fn a_settled_directory_is_not_listed_again_until_a_blob_comes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::sled::raw_db(dir.path()).expect("open sled");
+        let flusher = Flusher::new(db.clone(), dir.path());
+        let tree = db.open_tree("t").expect("tree");
+        let big = vec![7u8; 4 * crate::store::sled::SEGMENT_SIZE_BYTES];
+        tree.insert(b"big", big.clone()).expect("insert");
+        assert!(
+            flusher.flush().expect("flush") >= 1,
+            "the first blob is synced"
+        );
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3_600);
+        File::open(dir.path().join("blobs"))
+            .and_then(|blobs| blobs.set_modified(an_hour_ago))
+            .expect("age the directory");
+        assert_eq!(flusher.flush().expect("flush"), 0, "nothing new");
+        let settled = || {
+            flusher
+                .synced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .settled_mtime
+        };
+        assert!(settled().is_some(), "an old time stands for the listing");
+        assert_eq!(flusher.flush().expect("flush"), 0, "still nothing new");
+
+        tree.insert(b"big2", big).expect("insert");
+        assert!(
+            flusher.flush().expect("flush") >= 1,
+            "a new blob file changes the directory's time and is synced"
+        );
+        assert!(
+            settled().is_none(),
+            "a time just set does not stand for a listing"
+        );
+        let on_disk = std::fs::read_dir(dir.path().join("blobs"))
+            .expect("blobs dir")
+            .count();
+        assert_eq!(
+            flusher.synced(),
+            on_disk,
+            "every blob present is known synced"
         );
     }
 
