@@ -1,5 +1,7 @@
 //! The role matrix: every RPC of the role table × every kind of caller.
 
+use tether_server::access::Access;
+
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,4 +140,33 @@ fn the_role_table_covers_every_rpc_of_the_proto() {
     let mut rows: Vec<String> = RPC_ACCESS.iter().map(|(m, _, _)| (*m).to_owned()).collect();
     rows.sort();
     assert_eq!(rows, methods);
+}
+
+/// Whether a token with `have` passes `AtLeast(need)`: admin ⊇ operator ⊇ viewer.
+fn covers(have: Role, need: Role) -> bool {
+    let rank = |r: Role| match r {
+        Role::Agent => 0,
+        Role::Viewer => 1,
+        Role::Operator => 2,
+        Role::Admin => 3,
+    };
+    rank(have) >= rank(need)
+}
+
+/// The answer the spec prescribes for `who` calling a method with rule `access` on org acme's
+/// objects (`names_object`: the request names one object by id).
+fn expected(access: Access, who: &Who, names_object: bool) -> Code {
+    let allowed = match (access, who) {
+        (_, Who::Nobody) => return Code::Unauthenticated,
+        (_, Who::RevokedAgent) => return Code::PermissionDenied,
+        (Access::Enrollment, Who::Enrollment) | (Access::Agent, Who::Agent) => true,
+        (Access::AtLeast(need), Who::User { role, .. }) => covers(*role, need),
+        (Access::ServerAdmin, Who::User { server_admin, .. }) => *server_admin,
+        _ => false,
+    };
+    match who {
+        _ if !allowed => Code::PermissionDenied,
+        Who::User { org, .. } if names_object && *org != ACME => Code::NotFound,
+        _ => Code::Ok,
+    }
 }
