@@ -1,6 +1,7 @@
 use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
+use crate::pagecache::constants::LEAF_SPLIT_BYTES;
 
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
@@ -164,17 +165,21 @@ impl Node {
     }
 
     pub(crate) fn split(mut self) -> (Node, Node) {
+        let split_at = self
+            .split_point()
+            .unwrap_or_else(|| self.data.len() / 2 + 1);
+
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -252,6 +257,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_at,
                     );
 
                 (
@@ -271,6 +277,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        split_at,
                     );
 
                 (
@@ -597,6 +604,19 @@ impl Node {
     }
 
     pub(crate) fn should_split(&self) -> bool {
+        let safety_checks = self.merging_child.is_none() && !self.merging;
+
+        safety_checks && self.split_point().is_some()
+    }
+
+    /// Where this node splits, if it should: the index of the first key of the right half.
+    ///
+    /// Past the item threshold, in the middle by count (upstream's rule). A leaf under it but
+    /// over [`LEAF_SPLIT_BYTES`] splits where its bytes are most even, and only if both
+    /// halves keep at least a quarter of that: a half that small could be merged back
+    /// ([`Node::should_merge`] takes leaves under an eighth), and the two would alternate.
+    /// A leaf with no such point (one large value and little else) stays whole.
+    fn split_point(&self) -> Option<usize> {
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             2
         } else if self.data.is_index() {
@@ -605,10 +625,29 @@ impl Node {
             16
         };
 
-        let size_checks = self.data.len() > threshold;
-        let safety_checks = self.merging_child.is_none() && !self.merging;
-
-        size_checks && safety_checks
+        let len = self.data.len();
+        if len > threshold {
+            return Some(len / 2 + 1);
+        }
+        let leaf = self.data.leaf_ref()?;
+        let sizes = || {
+            leaf.keys.iter().zip(&leaf.values).map(|(k, v)| (k.len() + v.len()) as u64)
+        };
+        let total: u64 = sizes().sum();
+        if len < 2 || total <= LEAF_SPLIT_BYTES {
+            return None;
+        }
+        let mut left = 0;
+        let mut best: Option<(usize, u64)> = None;
+        for (i, size) in sizes().enumerate().take(len - 1) {
+            left += size;
+            let smaller = left.min(total - left);
+            if best.map_or(true, |(_, b)| smaller > b) {
+                best = Some((i + 1, smaller));
+            }
+        }
+        best.filter(|&(_, smaller)| smaller >= LEAF_SPLIT_BYTES / 4)
+            .map(|(at, _)| at)
     }
 
     pub(crate) fn should_merge(&self) -> bool {
@@ -620,7 +659,10 @@ impl Node {
             4
         };
 
-        let size_checks = self.data.len() < threshold;
+        // A leaf of few but large values is left alone: merged, it would be split by size
+        // again (see `split_point`).
+        let size_checks = self.data.len() < threshold
+            && (self.data.is_index() || self.data.rss() < LEAF_SPLIT_BYTES / 8);
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks

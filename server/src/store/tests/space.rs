@@ -1,6 +1,6 @@
 //! What sled's files take next to the records they hold, under a day of a small fleet kept as
 //! the server keeps it. The figures over months are `disk_bench`'s (bench/results/store.md);
-//! this is the check that the two faults fixed in the vendored sled
+//! these are the checks that the faults fixed in the vendored sled
 //! (`vendor/sled/TETHER-PATCH.md`) stay fixed.
 
 use super::*;
@@ -56,18 +56,7 @@ fn a_day_of_a_fleet_keeps_sled_files_near_the_records() {
     }
     let usage = store.usage().expect("usage");
     let records = usage.record_bytes();
-    let blobs: u64 = match std::fs::read_dir(dir.path().join("blobs")) {
-        // sled's flusher may remove a blob file between the listing and its metadata.
-        Ok(entries) => entries
-            .filter_map(|entry| match entry.and_then(|e| e.metadata()) {
-                Ok(meta) => Some(meta.len()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => panic!("read a blob file: {e}"),
-            })
-            .sum(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => panic!("read sled's blob directory: {e}"),
-    };
+    let (_, blobs) = blob_files(dir.path());
     assert!(
         blobs < records / 4,
         "blob files {blobs} B against {records} B of records"
@@ -77,4 +66,50 @@ fn a_day_of_a_fleet_keeps_sled_files_near_the_records() {
         "sled's files {} B against {records} B of records",
         usage.size_on_disk
     );
+}
+
+/// A writer's batch under load (a thousand agents' samples in one commit) is a few write-ahead
+/// records of about 10 KB each, appended to one leaf of the log. sled splits leaves at 16
+/// items, so a leaf of them serialized whole took over a quarter of a segment, and each rewrite
+/// of it was a blob file of its own: about ten files created, synced and removed a commit
+/// (`store_bench 4096 200`: 2,100 of them, half the store's system time). Leaves are now split
+/// by size as well, so the log's pages are written inline and no blob file is made.
+#[test]
+fn a_writers_large_batches_make_no_blob_files() {
+    const AGENTS: u64 = 1_024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open sled store");
+    let agents: Vec<String> = (0..AGENTS).map(|a| format!("agent-{a:04}")).collect();
+    let start = 1_700_000_000_000;
+    let mut most = 0;
+    for seq in 1..=24 {
+        let writes: Vec<Write> = agents
+            .iter()
+            .map(|agent| put_sample("acme", agent, sample(seq, start + seq * 10_000)))
+            .collect();
+        store.commit_writes(&writes).expect("commit");
+        most = most.max(blob_files(dir.path()).0);
+    }
+    let log = store.usage().expect("usage").log_bytes;
+    assert!(
+        log > 512 << 10,
+        "the log holds {log} B: the batches were not written"
+    );
+    assert_eq!(most, 0, "blob files beside a log of {log} B");
+}
+
+/// How many blob files sled's directory holds, and their bytes.
+fn blob_files(dir: &std::path::Path) -> (usize, u64) {
+    match std::fs::read_dir(dir.join("blobs")) {
+        // sled's flusher may remove a blob file between the listing and its metadata.
+        Ok(entries) => entries
+            .filter_map(|entry| match entry.and_then(|e| e.metadata()) {
+                Ok(meta) => Some(meta.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => panic!("read a blob file: {e}"),
+            })
+            .fold((0, 0), |(n, bytes), len| (n + 1, bytes + len)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
+        Err(e) => panic!("read sled's blob directory: {e}"),
+    }
 }

@@ -25,6 +25,13 @@ pub(crate) const COUNTER_PID: PageId = 1;
 pub(crate) const BATCH_MANIFEST_PID: PageId = PageId::max_value() - 666;
 
 pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 10;
+
+/// A leaf whose keys and values take more than this many bytes is split by size (Tether's
+/// change), not only past 16 items: with large values (a write-ahead record, a compressed
+/// chunk) a 16-item leaf serialized whole is over a quarter of a 128 KiB segment, so every
+/// rewrite of it became a blob file of its own. Split this way, a leaf stays under about
+/// `LEAF_SPLIT_BYTES` plus one value, and is written inline in the log.
+pub(crate) const LEAF_SPLIT_BYTES: u64 = 12 * 1024;
 pub(crate) const SEGMENT_CLEANUP_THRESHOLD: usize = 50;
 
 // Allows for around 1 trillion items to be stored
