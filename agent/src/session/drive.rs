@@ -2,8 +2,8 @@
 //! messages and applies them, pings every heartbeat interval, and sends samples, events and
 //! command reports as they come.
 //!
-//! **Invariants:** at most [`MAX_REPORTS_IN_FLIGHT`] metrics reports await their ack (the rest
-//! of the samples wait in the buffer and leave at the next ack); at most one `CommandReport`
+//! **Invariants:** at most [`MAX_REPORTS_IN_FLIGHT`] (one) metrics report awaits its ack (the
+//! rest of the samples wait in the buffer and leave at the next ack); at most one `CommandReport`
 //! per [`REPORT_INTERVAL`]; a muted agent sends nothing; a stream silent for
 //! [`SILENT_HEARTBEATS`] heartbeat intervals (or the server's `offline_after`, if longer) is
 //! dead.
