@@ -296,9 +296,13 @@ impl TryFrom<pb::ConnectResponse> for ServerMessage {
         Ok(match message {
             Some(Message::Welcome(welcome)) => Self::Welcome(welcome.try_into()?),
             Some(Message::Pong(pong)) => Self::Pong(pong.into()),
-            Some(Message::MetricsAck(pb::MetricsAck { durable_seq })) => {
-                Self::MetricsAck { durable_seq }
-            }
+            Some(Message::MetricsAck(pb::MetricsAck {
+                durable_seq,
+                report_after,
+            })) => Self::MetricsAck {
+                durable_seq,
+                report_after: optional_duration(report_after),
+            },
             Some(Message::Goodbye(goodbye)) => Self::Goodbye(goodbye.into()),
             Some(Message::CommandOffer(offer)) => Self::CommandOffer(offer.try_into()),
             Some(Message::CommandCancel(pb::CommandCancel { invocation_id })) => {

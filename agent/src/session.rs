@@ -66,6 +66,9 @@ const OUTBOUND_QUEUE: usize = 32;
 /// 98 % of samples acked). A report carries up to [`MAX_SAMPLES_PER_REPORT`] samples, so one
 /// round trip at a time still drains a backlog far faster than any interval fills it.
 const MAX_REPORTS_IN_FLIGHT: usize = 1;
+/// Longest wait before a metrics report that the server's pacing (`MetricsAck.report_after`)
+/// is obeyed for: a server asking for more still gets a report this often.
+const MAX_REPORT_AFTER: Duration = Duration::from_secs(60);
 /// A session with no inbound message for this many heartbeat intervals (or the server's
 /// `offline_after`, if longer) is considered dead.
 const SILENT_HEARTBEATS: u32 = 9;
@@ -194,6 +197,8 @@ pub(crate) enum ServerMessage {
     Pong(Pong),
     MetricsAck {
         durable_seq: u64,
+        /// How long to wait before the next metrics report (`None`: at once).
+        report_after: Option<Duration>,
     },
     Goodbye(ServerGoodbye),
     /// Run an invocation (or reject it, if the offer is malformed).
@@ -224,6 +229,11 @@ struct Session<'a> {
     commands_sent_through: u64,
     /// Earliest time the next `CommandReport` may go out.
     next_report_at: Instant,
+    /// Earliest time the next metrics report may go out: the server's pacing
+    /// (`MetricsAck.report_after`, at most [`MAX_REPORT_AFTER`]).
+    next_metrics_at: Instant,
+    /// Set when samples wait only for `next_metrics_at` (its timer then sends them).
+    paced: bool,
     /// Highest event seq already written to this stream.
     events_sent_through: u64,
     /// Last seq, send time and number of events of each `EventReport` awaiting its ack,
@@ -252,6 +262,8 @@ pub(crate) async fn run_session(ctx: &SessionContext<'_>) -> SessionEnd {
         in_flight: VecDeque::new(),
         commands_sent_through: 0,
         next_report_at: Instant::now(),
+        next_metrics_at: Instant::now(),
+        paced: false,
         events_sent_through: 0,
         events_in_flight: VecDeque::new(),
     };

@@ -66,6 +66,8 @@ pub const DEFAULT_INGEST_BUDGET: usize = 2 * DEFAULT_WRITER_MAX_BATCH;
 /// session reads nothing more until an ack, so a flooding agent holds at most this much of the
 /// ingest budget and waits on itself.
 pub const DEFAULT_SESSION_REPORTS_IN_FLIGHT: usize = 4;
+/// Most `--min-report-interval`: agents obey a wait between reports up to this long.
+pub const MAX_MIN_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SAMPLES_PER_REPORT: usize = 1000;
@@ -294,6 +296,8 @@ pub struct StorageConfig {
     pub ingest_budget: usize,
     /// Metrics reports read from one session and not yet acknowledged, at most.
     pub session_reports_in_flight: usize,
+    /// Least time an agent waits after a metrics ack before its next report (0: none).
+    pub min_report_interval: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -572,6 +576,7 @@ impl Default for StorageConfig {
             commit_stall_limit: DEFAULT_STORE_STALL_LIMIT,
             ingest_budget: DEFAULT_INGEST_BUDGET,
             session_reports_in_flight: DEFAULT_SESSION_REPORTS_IN_FLIGHT,
+            min_report_interval: Duration::ZERO,
         }
     }
 }

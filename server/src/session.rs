@@ -352,6 +352,8 @@ pub struct SessionLimits {
     /// Metrics reports read and not yet acknowledged, at most, before the session stops
     /// reading (at least 1).
     pub reports_in_flight: usize,
+    /// Least time the agent waits after a metrics ack before its next report (0: none).
+    pub min_report_interval: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -480,6 +482,8 @@ impl SessionLoop {
                 self.acked_seq = durable;
                 return Some(Ok(respond(Out::MetricsAck(pb::MetricsAck {
                     durable_seq: durable,
+                    report_after: (!self.limits.min_report_interval.is_zero())
+                        .then(|| convert::duration(self.limits.min_report_interval)),
                 }))));
             }
             if let Some(message) = self.session.next_command_message() {

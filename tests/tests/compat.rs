@@ -283,7 +283,11 @@ async fn newer_connect(
                 }
                 Some(pb::connect_request::Message::Metrics(report)) => {
                     let seq = report.samples.iter().map(|s| s.seq).max().unwrap_or(0);
-                    let ack = pb::MetricsAck { durable_seq: seq }.encode_to_vec();
+                    let ack = pb::MetricsAck {
+                        durable_seq: seq,
+                        report_after: None,
+                    }
+                    .encode_to_vec();
                     vec![field(UNKNOWN_KIND, &unknown_fields()), field(3, &ack)]
                 }
                 Some(pb::connect_request::Message::Ping(ping)) => {

@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 
 use super::clock::clock_sample;
 use super::{
-    MAX_REPORTS_IN_FLIGHT, MAX_SAMPLES_PER_REPORT, REPORT_INTERVAL, SILENT_HEARTBEATS, SendFailed,
-    ServerMessage, Session, SessionEnd, Shared, Welcome,
+    MAX_REPORT_AFTER, MAX_REPORTS_IN_FLIGHT, MAX_SAMPLES_PER_REPORT, REPORT_INTERVAL,
+    SILENT_HEARTBEATS, SendFailed, ServerMessage, Session, SessionEnd, Shared, Welcome,
 };
 use crate::AgentError;
 use crate::convert;
@@ -44,6 +44,9 @@ impl Session<'_> {
         let report_timer = tokio::time::sleep_until(self.next_report_at);
         tokio::pin!(report_timer);
         let mut report_armed = true;
+        // Fires when the server's pacing (`next_metrics_at`) lets the samples that waited go.
+        let metrics_timer = tokio::time::sleep_until(self.next_metrics_at);
+        tokio::pin!(metrics_timer);
         let commands = &ctx.shared.commands;
 
         loop {
@@ -64,8 +67,10 @@ impl Session<'_> {
                         if let Some(end) = self.on_message(message)? {
                             return Ok(end);
                         }
-                        // An ack frees room for the samples that waited for it.
+                        // An ack frees room for the samples that waited for it (at once, or
+                        // when the server's pacing says).
                         if ack {
+                            metrics_timer.as_mut().reset(self.next_metrics_at);
                             match self.flush_pending().await {
                                 Ok(()) => {}
                                 Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
@@ -87,6 +92,15 @@ impl Session<'_> {
                     self.next_nonce += 1;
                     match self.send(convert::ping(nonce, SystemTime::now())).await {
                         Ok(()) => debug!(nonce, "ping sent"),
+                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                    }
+                }
+                () = &mut metrics_timer, if self.paced => {
+                    // Cleared first: a completed timer fires again at once while armed.
+                    self.paced = false;
+                    match self.flush_pending().await {
+                        Ok(()) => {}
                         Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
                         Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
                     }
@@ -143,9 +157,14 @@ impl Session<'_> {
                     "pong"
                 );
             }
-            ServerMessage::MetricsAck { durable_seq } => {
+            ServerMessage::MetricsAck {
+                durable_seq,
+                report_after,
+            } => {
                 self.mark_healthy();
                 self.ctx.shared.apply_ack(durable_seq);
+                self.next_metrics_at =
+                    Instant::now() + report_after.unwrap_or_default().min(MAX_REPORT_AFTER);
                 let now = Instant::now();
                 while let Some(&(seq, sent_at)) = self.in_flight.front()
                     && seq <= durable_seq
@@ -200,6 +219,11 @@ impl Session<'_> {
         loop {
             if self.in_flight.len() >= MAX_REPORTS_IN_FLIGHT {
                 // The next ack sends what waits.
+                return Ok(());
+            }
+            self.paced = Instant::now() < self.next_metrics_at;
+            if self.paced {
+                // The server's pacing: the metrics timer sends what waits.
                 return Ok(());
             }
             let batch = self

@@ -94,7 +94,7 @@ impl Session<'_> {
                     break;
                 }
                 Ok(Ok(Some(response))) => match ServerMessage::try_from(response) {
-                    Ok(ServerMessage::MetricsAck { durable_seq }) => {
+                    Ok(ServerMessage::MetricsAck { durable_seq, .. }) => {
                         self.ctx.shared.apply_ack(durable_seq);
                     }
                     Ok(ServerMessage::CommandAck(acks)) => self.ctx.shared.commands.ack(&acks),

@@ -22,6 +22,15 @@ fn offline_must_exceed_stale() {
 }
 
 #[test]
+fn the_least_report_interval_is_what_agents_obey() {
+    let mut config = Config::new("x");
+    config.storage.min_report_interval = MAX_MIN_REPORT_INTERVAL;
+    config.validate().expect("the longest wait agents obey");
+    config.storage.min_report_interval = MAX_MIN_REPORT_INTERVAL + Duration::from_secs(1);
+    assert!(config.validate().is_err());
+}
+
+#[test]
 fn tls_flags_come_in_pairs() {
     let t = DEFAULT_TLS_HANDSHAKE_TIMEOUT;
     let p = |s: &str| Some(PathBuf::from(s));

@@ -125,6 +125,12 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.storage.min_report_interval > MAX_MIN_REPORT_INTERVAL {
+            return invalid(format!(
+                "the least interval between an agent's reports must be at most {} s (agents wait no longer)",
+                MAX_MIN_REPORT_INTERVAL.as_secs()
+            ));
+        }
         if self.storage.writer_max_batch == 0
             || self.storage.writer_queue == 0
             || self.storage.writer_control_queue == 0

@@ -25,6 +25,7 @@ mod agent_policy;
 mod backpressure;
 mod connections;
 mod fd_limit;
+mod pacing;
 
 /// Loopback address `127.0.0.N`: a distinct source address for the server's per-source caps.
 fn loopback(n: u8) -> IpAddr {
