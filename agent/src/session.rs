@@ -66,8 +66,8 @@ const OUTBOUND_QUEUE: usize = 32;
 /// 98 % of samples acked). A report carries up to [`MAX_SAMPLES_PER_REPORT`] samples, so one
 /// round trip at a time still drains a backlog far faster than any interval fills it.
 const MAX_REPORTS_IN_FLIGHT: usize = 1;
-/// Longest wait before a metrics report that the server's pacing (`MetricsAck.report_after`)
-/// is obeyed for: a server asking for more still gets a report this often.
+/// Longest wait between a metrics ack and the next report that the agent obeys
+/// (`MetricsAck.report_after`): a server asking for more still gets a report this often.
 const MAX_REPORT_AFTER: Duration = Duration::from_secs(60);
 /// A session with no inbound message for this many heartbeat intervals (or the server's
 /// `offline_after`, if longer) is considered dead.
