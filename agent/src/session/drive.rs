@@ -3,7 +3,8 @@
 //! command reports as they come.
 //!
 //! **Invariants:** at most [`MAX_REPORTS_IN_FLIGHT`] (one) metrics report awaits its ack (the
-//! rest of the samples wait in the buffer and leave at the next ack); at most one `CommandReport`
+//! rest of the samples wait in the buffer and leave at the next ack, or once the ack's
+//! `report_after` has passed: at most [`MAX_REPORT_AFTER`]); pings are never paced; at most one `CommandReport`
 //! per [`REPORT_INTERVAL`]; a muted agent sends nothing; a stream silent for
 //! [`SILENT_HEARTBEATS`] heartbeat intervals (or the server's `offline_after`, if longer) is
 //! dead.
