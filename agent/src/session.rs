@@ -67,7 +67,9 @@ const OUTBOUND_QUEUE: usize = 32;
 /// round trip at a time still drains a backlog far faster than any interval fills it.
 const MAX_REPORTS_IN_FLIGHT: usize = 1;
 /// Longest wait between a metrics ack and the next report that the agent obeys
-/// (`MetricsAck.report_after`): a server asking for more still gets a report this often.
+/// (`MetricsAck.report_after`): a server asking for more still gets a report this often. A
+/// full report ([`MAX_SAMPLES_PER_REPORT`]) is never held back, so a backlog drains at one per
+/// round trip whatever the pacing.
 const MAX_REPORT_AFTER: Duration = Duration::from_secs(60);
 /// A session with no inbound message for this many heartbeat intervals (or the server's
 /// `offline_after`, if longer) is considered dead.

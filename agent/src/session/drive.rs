@@ -4,8 +4,9 @@
 //!
 //! **Invariants:** at most [`MAX_REPORTS_IN_FLIGHT`] (one) metrics report awaits its ack (the
 //! rest of the samples wait in the buffer and leave at the next ack, or once the ack's
-//! `report_after` has passed: at most [`MAX_REPORT_AFTER`]); pings are never paced; at most one `CommandReport`
-//! per [`REPORT_INTERVAL`]; a muted agent sends nothing; a stream silent for
+//! `report_after` has passed, at most [`MAX_REPORT_AFTER`]; a full report is never held, and
+//! what pacing holds leaves before the goodbye); pings are never paced; at most one
+//! `CommandReport` per [`REPORT_INTERVAL`]; a muted agent sends nothing; a stream silent for
 //! [`SILENT_HEARTBEATS`] heartbeat intervals (or the server's `offline_after`, if longer) is
 //! dead.
 
@@ -210,6 +211,37 @@ impl Session<'_> {
         }
     }
 
+    /// At a clean stop: sends the samples that only the server's pacing holds back, so that
+    /// they are not lost with the buffer (which does not outlive the process). Gives up at
+    /// `deadline` or when the stream is closed.
+    pub(super) async fn send_paced_samples_unless_closed(&mut self, deadline: Instant) {
+        if self.ctx.shared.is_muted()
+            || self.in_flight.len() >= MAX_REPORTS_IN_FLIGHT
+            || Instant::now() >= self.next_metrics_at
+        {
+            return;
+        }
+        let batch = self
+            .ctx
+            .shared
+            .buffer()
+            .after(self.sent_through, MAX_SAMPLES_PER_REPORT);
+        let Some(last_seq) = batch.last().map(|sample| sample.seq) else {
+            return;
+        };
+        let report = convert::metrics_report(&batch);
+        if let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.tx.send(report)).await {
+            self.ctx.shared.stats.message_sent();
+            self.in_flight.push_back((last_seq, Instant::now()));
+            self.sent_through = last_seq;
+            self.ctx.shared.stats.add_samples_sent(batch.len());
+            debug!(
+                n_samples = batch.len(),
+                last_seq, "paced metrics sent before goodbye"
+            );
+        }
+    }
+
     /// Sends every buffered sample not yet written to this stream, in reports of at most
     /// [`MAX_SAMPLES_PER_REPORT`], while fewer than [`MAX_REPORTS_IN_FLIGHT`] reports await
     /// their ack.
@@ -222,11 +254,6 @@ impl Session<'_> {
                 // The next ack sends what waits.
                 return Ok(());
             }
-            self.paced = Instant::now() < self.next_metrics_at;
-            if self.paced {
-                // The server's pacing: the metrics timer sends what waits.
-                return Ok(());
-            }
             let batch = self
                 .ctx
                 .shared
@@ -235,6 +262,13 @@ impl Session<'_> {
             let Some(last) = batch.last() else {
                 return Ok(());
             };
+            // The server's pacing holds a report back (the metrics timer sends it), but never a
+            // full one: a backlog drains at a full report per round trip whatever the pacing.
+            self.paced =
+                batch.len() < MAX_SAMPLES_PER_REPORT && Instant::now() < self.next_metrics_at;
+            if self.paced {
+                return Ok(());
+            }
             let last_seq = last.seq;
             self.send(convert::metrics_report(&batch)).await?;
             self.in_flight.push_back((last_seq, Instant::now()));

@@ -72,6 +72,7 @@ impl Session<'_> {
                 info!("could not send the last events before the deadline");
             }
         }
+        self.send_paced_samples_unless_closed(deadline).await;
         let goodbye = convert::goodbye("shutdown");
         if tokio::time::timeout_at(deadline, self.tx.send(goodbye))
             .await

@@ -167,7 +167,7 @@ impl Node {
     pub(crate) fn split(mut self) -> (Node, Node) {
         let split_at = self
             .split_point()
-            .unwrap_or_else(|| self.data.len() / 2 + 1);
+            .expect("split() is called only when should_split()");
 
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
