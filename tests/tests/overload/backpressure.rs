@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use tether_proto as pb;
-use tether_tests::{
-    Healthy, RawSession, TestServer, eventually, eventually_within, fast_config, trace_init,
-};
+use tether_tests::{Healthy, RawSession, TestServer, eventually, fast_config, trace_init};
 
 /// Extra time every commit takes: the slow disk under test.
 const COMMIT_DELAY: Duration = Duration::from_millis(100);
@@ -177,28 +175,16 @@ async fn an_agent_behind_a_slow_writer_keeps_its_samples_and_sends_them_together
         (seq >= 1).then_some(seq)
     })
     .await;
-    let reports = || server.metrics.agent_messages.metrics.get();
-    let reports_before = reports();
-
     // Each commit now takes 7 metrics intervals: the agent keeps one report unacknowledged,
     // keeps the rest in its buffer, and sends them together after each ack, so a report
     // carries several samples. One report per sample (an agent without that bound) or a few
     // reports ahead of the acks (4 made 1 report for every 2 samples here) fail the check.
     store.slow(Duration::from_millis(1500));
-    let acked = eventually_within(
-        Duration::from_secs(60),
-        "twenty more samples acked through the slow writer",
-        || async {
-            let seq = stats.samples_acked_seq();
-            (seq >= first + 20).then_some(seq)
-        },
-    )
-    .await;
-    let sent = reports() - reports_before;
+    let (sent, samples) =
+        super::reports_for_samples(&server, &stats, first, 20, Duration::from_secs(60)).await;
     assert!(
-        sent * 3 <= acked - first,
-        "{sent} reports carried {} samples: the samples did not wait in the buffer",
-        acked - first
+        sent * 3 <= samples,
+        "{sent} reports carried {samples} samples: the samples did not wait in the buffer"
     );
     store.slow(Duration::ZERO);
     assert!(

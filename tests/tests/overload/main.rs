@@ -13,6 +13,8 @@
 //! - `connections.rs`: the first-request deadline, the per-source and global caps, and the TLS
 //!   handshake cap, each while a healthy agent and the CLI keep working.
 //! - `fd_limit.rs`: a server process with 256 file descriptors under a connection flood.
+//! - `pacing.rs`: a metrics ack's `report_after` (`--min-report-interval`) batches an agent's
+//!   samples, keeps it online, and what it held goes before its goodbye.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -65,4 +67,24 @@ async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
     tokio::time::timeout(within, read_until_closed)
         .await
         .is_ok()
+}
+
+/// Waits (at most `within`) until `stats`' agent has `n` samples acknowledged past `first`,
+/// and returns how many metrics reports the server read meanwhile and how many samples they
+/// carried.
+async fn reports_for_samples(
+    server: &tether_tests::TestServer,
+    stats: &tether_agent::AgentStats,
+    first: u64,
+    n: u64,
+    within: Duration,
+) -> (u64, u64) {
+    let reports = || server.metrics.agent_messages.metrics.get();
+    let before = reports();
+    let acked = tether_tests::eventually_within(within, "more samples acked", || async {
+        let seq = stats.samples_acked_seq();
+        (seq >= first + n).then_some(seq)
+    })
+    .await;
+    (reports() - before, acked - first)
 }

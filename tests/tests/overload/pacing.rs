@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tether_proto as pb;
-use tether_tests::{TestAgent, TestServer, eventually, eventually_within, fast_config, trace_init};
+use tether_tests::{TestAgent, TestServer, eventually, fast_config, trace_init};
 
 /// A server asking for `min_report_interval` between reports (samples every 200 ms), one
 /// agent on it, and the seq of that agent's first acknowledged sample.
@@ -34,23 +34,12 @@ async fn a_paced_agent_sends_its_samples_together_and_stays_online() {
     // A report at most every second after its ack: about five samples each.
     let (server, agent, first) = paced_agent(dir.path(), Duration::from_secs(1)).await;
     let stats = agent.handle.stats.clone();
-    let reports = || server.metrics.agent_messages.metrics.get();
-    let reports_before = reports();
-    let acked = eventually_within(
-        Duration::from_secs(30),
-        "twenty more samples acked",
-        || async {
-            let seq = stats.samples_acked_seq();
-            (seq >= first + 20).then_some(seq)
-        },
-    )
-    .await;
-    let sent = reports() - reports_before;
+    let (sent, samples) =
+        super::reports_for_samples(&server, &stats, first, 20, Duration::from_secs(30)).await;
     // About five samples a report; one a sample (an agent that ignores the pacing) fails.
     assert!(
-        sent * 3 <= acked - first,
-        "{sent} reports carried {} samples: the pacing was not followed",
-        acked - first
+        sent * 3 <= samples,
+        "{sent} reports carried {samples} samples: the pacing was not followed"
     );
     let id = agent.id().await;
     let record = server

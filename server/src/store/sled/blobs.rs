@@ -133,14 +133,33 @@ impl Flusher {
 mod tests {
     use super::*;
 
+    /// A fresh sled database in `dir`, its flusher, a tree, and a value large enough to be a
+    /// blob file.
+    fn blob_store(dir: &Path) -> (Flusher, sled::Tree, Vec<u8>) {
+        let db = crate::store::sled::raw_db(dir).expect("open sled");
+        let flusher = Flusher::new(db.clone(), dir);
+        let tree = db.open_tree("t").expect("tree");
+        (
+            flusher,
+            tree,
+            vec![7u8; 4 * crate::store::sled::SEGMENT_SIZE_BYTES],
+        )
+    }
+
+    /// Whether the flusher knows exactly the blob files in the directory as synced.
+    fn synced_matches_the_directory(flusher: &Flusher, dir: &Path) -> bool {
+        let on_disk = std::fs::read_dir(dir.join("blobs"))
+            .expect("blobs dir")
+            .count();
+        flusher.synced() == on_disk
+    }
+
     /// A value over a quarter of a segment is a blob file; the flush fsyncs it once, syncs the
     /// next one, and keeps the set of synced files equal to the directory's listing.
     #[test]
     fn a_flush_syncs_each_new_blob_file_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::store::sled::raw_db(dir.path()).expect("open sled");
-        let flusher = Flusher::new(db.clone(), dir.path());
-        let tree = db.open_tree("t").expect("tree");
+        let (flusher, tree, big) = blob_store(dir.path());
         tree.insert(b"small", vec![1u8; 64]).expect("insert");
         assert_eq!(
             flusher.flush().expect("flush"),
@@ -148,16 +167,11 @@ mod tests {
             "a small value is no blob"
         );
 
-        let big = vec![7u8; 4 * crate::store::sled::SEGMENT_SIZE_BYTES];
         tree.insert(b"big", big.clone()).expect("insert");
         let first = flusher.flush().expect("flush");
         assert!(first >= 1, "the big value's blob is synced");
-        let on_disk = std::fs::read_dir(dir.path().join("blobs"))
-            .expect("blobs dir")
-            .count();
-        assert_eq!(
-            flusher.synced(),
-            on_disk,
+        assert!(
+            synced_matches_the_directory(&flusher, dir.path()),
             "every blob present is known synced"
         );
         assert_eq!(
@@ -174,12 +188,8 @@ mod tests {
         tree.remove(b"big").expect("remove");
         tree.remove(b"big2").expect("remove");
         flusher.flush().expect("flush");
-        let on_disk = std::fs::read_dir(dir.path().join("blobs"))
-            .expect("blobs dir")
-            .count();
-        assert_eq!(
-            flusher.synced(),
-            on_disk,
+        assert!(
+            synced_matches_the_directory(&flusher, dir.path()),
             "the known-synced set follows the directory: removed blobs are forgotten"
         );
     }
@@ -189,10 +199,7 @@ mod tests {
     #[test]
     fn a_settled_directory_is_not_listed_again_until_a_blob_comes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::store::sled::raw_db(dir.path()).expect("open sled");
-        let flusher = Flusher::new(db.clone(), dir.path());
-        let tree = db.open_tree("t").expect("tree");
-        let big = vec![7u8; 4 * crate::store::sled::SEGMENT_SIZE_BYTES];
+        let (flusher, tree, big) = blob_store(dir.path());
         tree.insert(b"big", big.clone()).expect("insert");
         assert!(
             flusher.flush().expect("flush") >= 1,
@@ -222,12 +229,8 @@ mod tests {
             settled().is_none(),
             "a time just set does not stand for a listing"
         );
-        let on_disk = std::fs::read_dir(dir.path().join("blobs"))
-            .expect("blobs dir")
-            .count();
-        assert_eq!(
-            flusher.synced(),
-            on_disk,
+        assert!(
+            synced_matches_the_directory(&flusher, dir.path()),
             "every blob present is known synced"
         );
     }
