@@ -505,27 +505,22 @@ impl Series {
     fn checkpoint(&self) -> Result<(u64, u64)> {
         let mut written: Vec<(usize, AgentKey, u64)> = Vec::new();
         let result = (|| {
-            // One batch per shard: a head record is atomic on its own, and a checkpoint of a
-            // large fleet must not build one batch of every head.
-            // The records are applied under the shard's lock: a seal (which writes the sealed
+            // A head record is atomic on its own, so each is inserted alone: a batch would take
+            // sled's global write lock, and every commit would wait behind a checkpoint of a
+            // large fleet.
+            // The records are written under the shard's lock: a seal (which writes the sealed
             // head's empty record under the same lock) must never be overwritten by a snapshot
             // taken before it, or a restart would load samples already sealed and count them
             // twice in the rollups.
             for (idx, shard) in self.shards.iter().enumerate() {
                 let mut heads = lock(&shard.heads);
-                let mut records = Vec::new();
                 for (key, entry) in heads.iter_mut() {
                     if let Some(needs_from) = entry.needs_from.take() {
-                        records.push((head_key(key), entry.head.encode()));
                         written.push((idx, key.clone(), needs_from));
+                        self.data
+                            .insert(head_key(key), entry.head.encode())
+                            .map_err(backend)?;
                     }
-                }
-                for part in records.chunks(STORE_BATCH) {
-                    let mut batch = sled::Batch::default();
-                    for (key, value) in part {
-                        batch.insert(key.as_slice(), value.as_slice());
-                    }
-                    self.data.apply_batch(batch).map_err(backend)?;
                 }
                 drop(heads);
             }
@@ -591,24 +586,26 @@ impl Series {
     fn truncate_log(&self, bound: u64) -> Result<u64> {
         let mut removed = 0;
         loop {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            let mut bytes = 0;
-            for entry in self.log.range(..bound.to_be_bytes()) {
-                let (key, value) = entry.map_err(backend)?;
-                bytes += (key.len() + value.len()) as u64;
-                batch.remove(key);
-                n += 1;
-                if n == STORE_BATCH {
-                    break;
-                }
-            }
-            if n == 0 {
+            // Nothing needs a record below the bound, so each is removed alone, oldest first
+            // (a crash midway leaves a shorter prefix to replay, all duplicates): a batch would
+            // take sled's global write lock, and every commit would wait behind the truncation.
+            let keys = self
+                .log
+                .range(..bound.to_be_bytes())
+                .keys()
+                .take(STORE_BATCH)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            if keys.is_empty() {
                 return Ok(removed);
             }
-            self.log.apply_batch(batch).map_err(backend)?;
-            self.log_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            removed += n as u64;
+            for key in keys {
+                if let Some(value) = self.log.remove(&key).map_err(backend)? {
+                    self.log_bytes
+                        .fetch_sub((key.len() + value.len()) as u64, Ordering::Relaxed);
+                    removed += 1;
+                }
+            }
         }
     }
 
