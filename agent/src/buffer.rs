@@ -80,6 +80,11 @@ impl SampleBuffer {
         self.entries.range(start..).take(limit).cloned().collect()
     }
 
+    /// Number of buffered samples with seq greater than `after`.
+    pub fn count_after(&self, after: u64) -> usize {
+        self.entries.len() - self.entries.partition_point(|entry| entry.seq <= after)
+    }
+
     /// Number of buffered samples.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -168,6 +173,10 @@ mod tests {
         assert_eq!(seqs(&buffer.after(2, 2)), vec![3, 4]);
         assert_eq!(seqs(&buffer.after(4, 10)), vec![5, 6]);
         assert!(buffer.after(6, 10).is_empty());
+        assert_eq!(
+            [0, 2, 4, 6, 7].map(|after| buffer.count_after(after)),
+            [6, 4, 2, 0, 0]
+        );
     }
 
     #[test]

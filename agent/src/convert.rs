@@ -217,10 +217,15 @@ fn terminal_to_pb(state: Terminal) -> pb::InvocationState {
     }
 }
 
-/// A metrics report carrying `samples` in order.
-pub(crate) fn metrics_report(samples: &[SeqSample]) -> pb::ConnectRequest {
+/// A metrics report carrying `samples` in order, and how long the stream's previous report
+/// waited for its ack.
+pub(crate) fn metrics_report(
+    samples: &[SeqSample],
+    previous_ack_latency: Option<Duration>,
+) -> pb::ConnectRequest {
     request(pb::connect_request::Message::Metrics(pb::MetricsReport {
         samples: samples.iter().map(pb::MetricsSample::from).collect(),
+        previous_ack_latency: previous_ack_latency.and_then(|d| d.try_into().ok()),
     }))
 }
 

@@ -71,6 +71,10 @@ const MAX_REPORTS_IN_FLIGHT: usize = 1;
 /// full report ([`MAX_SAMPLES_PER_REPORT`]) is never held back, so a backlog drains at one per
 /// round trip whatever the pacing.
 const MAX_REPORT_AFTER: Duration = Duration::from_secs(60);
+/// A paced report waits until a multiple of this from the process's first pacing, at most
+/// this much longer than asked: reports that one process's agents hold for the server leave
+/// together.
+const PACING_TICK: Duration = Duration::from_millis(50);
 /// A session with no inbound message for this many heartbeat intervals (or the server's
 /// `offline_after`, if longer) is considered dead.
 const SILENT_HEARTBEATS: u32 = 9;
@@ -227,6 +231,9 @@ struct Session<'a> {
     /// Last seq and send time of each report awaiting its ack (at most
     /// [`MAX_REPORTS_IN_FLIGHT`]).
     in_flight: VecDeque<(u64, Instant)>,
+    /// How long the last acknowledged report waited for its ack, not yet told to the server
+    /// (it goes in the next report: `MetricsReport.previous_ack_latency`).
+    ack_wait: Option<Duration>,
     /// Highest command outbox index already written to this stream.
     commands_sent_through: u64,
     /// Earliest time the next `CommandReport` may go out.
@@ -262,6 +269,7 @@ pub(crate) async fn run_session(ctx: &SessionContext<'_>) -> SessionEnd {
         next_nonce: 1,
         healthy: false,
         in_flight: VecDeque::new(),
+        ack_wait: None,
         commands_sent_through: 0,
         next_report_at: Instant::now(),
         next_metrics_at: Instant::now(),

@@ -66,8 +66,12 @@ pub const DEFAULT_INGEST_BUDGET: usize = 2 * DEFAULT_WRITER_MAX_BATCH;
 /// session reads nothing more until an ack, so a flooding agent holds at most this much of the
 /// ingest budget and waits on itself.
 pub const DEFAULT_SESSION_REPORTS_IN_FLIGHT: usize = 4;
-/// Most `--min-report-interval`: agents obey a wait between reports up to this long.
+/// Most `--min-report-interval` and `--max-report-interval`: agents obey a wait between
+/// reports up to this long.
 pub const MAX_MIN_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest wait between an agent's reports that adaptive pacing asks when its acks lag
+/// (`session/pacing.rs`): under overload, samples reach the server at least this often.
+pub const DEFAULT_MAX_REPORT_INTERVAL: Duration = Duration::from_secs(30);
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SAMPLES_PER_REPORT: usize = 1000;
@@ -298,6 +302,9 @@ pub struct StorageConfig {
     pub session_reports_in_flight: usize,
     /// Least time an agent waits after a metrics ack before its next report (0: none).
     pub min_report_interval: Duration,
+    /// Longest such wait adaptive pacing asks of an agent whose acks lag; at or below
+    /// `min_report_interval` (0 included), no adaptive pacing.
+    pub max_report_interval: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -577,6 +584,7 @@ impl Default for StorageConfig {
             ingest_budget: DEFAULT_INGEST_BUDGET,
             session_reports_in_flight: DEFAULT_SESSION_REPORTS_IN_FLIGHT,
             min_report_interval: Duration::ZERO,
+            max_report_interval: DEFAULT_MAX_REPORT_INTERVAL,
         }
     }
 }

@@ -177,6 +177,10 @@ pub struct Metrics {
     /// How long one batch commit (apply and flush) took.
     pub writer_commit_seconds: Histogram,
     pub writer_commit_failures: Counter,
+    /// How long agents' metrics reports waited for their ack, as the agents measured it.
+    pub agent_ack_latency_seconds: Histogram,
+    /// The waits paced acks asked of their agents (only acks above `--min-report-interval`).
+    pub report_pace_seconds: Histogram,
     /// How long the store commit in progress has run, once past the stall report (else 0).
     pub writer_commit_running_seconds: Gauge,
     pub writer_commit_stalls: Counter,
@@ -296,6 +300,24 @@ impl Metrics {
             "How long the writer's batch commits (one apply and flush each) took",
             Unit::Seconds,
             writer_commit_seconds.clone(),
+        );
+
+        let agent_ack_latency_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register_with_unit(
+            "agent_ack_latency",
+            "How long agents' metrics reports waited for their ack, from the agent's writing \
+             the report to its reading the ack, as the agents measured it (one observation per \
+             report that carries it)",
+            Unit::Seconds,
+            agent_ack_latency_seconds.clone(),
+        );
+        let report_pace_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 10));
+        registry.register_with_unit(
+            "report_pace",
+            "Waits before the next report that metrics acks asked of agents whose acks lagged \
+             (adaptive pacing, above --min-report-interval); their count is the paced acks",
+            Unit::Seconds,
+            report_pace_seconds.clone(),
         );
 
         let rpc_requests = Family::<RpcLabels, Counter>::default();
@@ -553,6 +575,8 @@ impl Metrics {
             writer_batch_writes,
             writer_commit_seconds,
             writer_commit_failures,
+            agent_ack_latency_seconds,
+            report_pace_seconds,
             writer_commit_running_seconds,
             writer_commit_stalls,
             writer_queue_depth,

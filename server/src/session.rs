@@ -43,6 +43,7 @@ use crate::writer::{Admitting, WriterHandle};
 mod event_report;
 mod metrics_report;
 mod outbox;
+pub mod pacing;
 
 use self::metrics_report::admission;
 pub use self::outbox::{CommandMessage, MAX_ACKS_PER_MESSAGE};
@@ -354,6 +355,8 @@ pub struct SessionLimits {
     pub reports_in_flight: usize,
     /// Least time the agent waits after a metrics ack before its next report (0: none).
     pub min_report_interval: Duration,
+    /// Longest such wait adaptive pacing asks ([`pacing`]); at or below the least, none.
+    pub max_report_interval: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -382,6 +385,8 @@ pub struct SessionLoop {
     held: bool,
     /// Inbound message budget.
     budget: TokenBucket,
+    /// The wait each metrics ack asks before the agent's next report.
+    pacing: pacing::Pacing,
     welcome: Option<pb::Welcome>,
     done: bool,
 }
@@ -406,6 +411,7 @@ impl SessionLoop {
     ) -> Self {
         let durable = welcome.last_durable_seq;
         let (rate, burst) = (limits.messages_per_second, limits.message_burst);
+        let pacing = pacing::Pacing::new(limits.min_report_interval, limits.max_report_interval);
         Self {
             inbound,
             guard: SessionGuard {
@@ -426,6 +432,7 @@ impl SessionLoop {
             admitting: None,
             held: false,
             budget: TokenBucket::new(rate, burst, Instant::now()),
+            pacing,
             welcome: Some(welcome),
             done: false,
         }
@@ -480,10 +487,18 @@ impl SessionLoop {
             }
             if durable > self.acked_seq {
                 self.acked_seq = durable;
+                let report_after = self.pacing.report_after();
+                if let Some(after) = report_after
+                    && self.pacing.adapted()
+                {
+                    self.limits
+                        .metrics
+                        .report_pace_seconds
+                        .observe(after.as_secs_f64());
+                }
                 return Some(Ok(respond(Out::MetricsAck(pb::MetricsAck {
                     durable_seq: durable,
-                    report_after: (!self.limits.min_report_interval.is_zero())
-                        .then(|| convert::duration(self.limits.min_report_interval)),
+                    report_after: report_after.map(convert::duration),
                 }))));
             }
             if let Some(message) = self.session.next_command_message() {
@@ -572,6 +587,14 @@ impl SessionLoop {
                 convert::agent::pong_to_pb(ping, SystemTime::now())?,
             ))),
             Some(In::Metrics(report)) => {
+                if let Some(waited) = report.previous_ack_latency {
+                    let waited = convert::duration_from_pb(waited, "previous_ack_latency")?;
+                    self.limits
+                        .metrics
+                        .agent_ack_latency_seconds
+                        .observe(waited.as_secs_f64());
+                    self.pacing.observe(waited);
+                }
                 let samples = self.accept_samples(report)?;
                 if !samples.is_empty() {
                     match self.writer.try_admit(samples.len()) {

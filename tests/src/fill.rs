@@ -46,6 +46,7 @@ pub async fn fill(server: &TestServer) -> Filled {
         for seqs in (1..=HISTORY_SAMPLES).collect::<Vec<_>>().chunks(50) {
             session
                 .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                    previous_ack_latency: None,
                     samples: seqs
                         .iter()
                         .map(|&seq| old_sample(history_start, seq))

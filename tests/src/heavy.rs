@@ -176,6 +176,7 @@ async fn send_reports(
         let report: Vec<pb::MetricsSample> = samples.by_ref().take(3).collect();
         tx.send(pb::ConnectRequest {
             message: Some(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                previous_ack_latency: None,
                 samples: report,
             })),
         })

@@ -129,6 +129,7 @@ impl RawSession {
 
     pub async fn send_samples(&self, seqs: impl IntoIterator<Item = u64>) {
         self.send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+            previous_ack_latency: None,
             samples: seqs.into_iter().map(sample).collect(),
         }))
         .await;

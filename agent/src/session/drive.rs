@@ -10,7 +10,8 @@
 //! [`SILENT_HEARTBEATS`] heartbeat intervals (or the server's `offline_after`, if longer) is
 //! dead.
 
-use std::time::SystemTime;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use tether_proto as pb;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -19,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::clock::clock_sample;
 use super::{
-    MAX_REPORT_AFTER, MAX_REPORTS_IN_FLIGHT, MAX_SAMPLES_PER_REPORT, REPORT_INTERVAL,
+    MAX_REPORT_AFTER, MAX_REPORTS_IN_FLIGHT, MAX_SAMPLES_PER_REPORT, PACING_TICK, REPORT_INTERVAL,
     SILENT_HEARTBEATS, SendFailed, ServerMessage, Session, SessionEnd, Shared, Welcome,
 };
 use crate::AgentError;
@@ -165,15 +166,16 @@ impl Session<'_> {
             } => {
                 self.mark_healthy();
                 self.ctx.shared.apply_ack(durable_seq);
-                self.next_metrics_at =
-                    Instant::now() + report_after.unwrap_or_default().min(MAX_REPORT_AFTER);
+                self.next_metrics_at = paced_until(report_after);
                 let now = Instant::now();
                 while let Some(&(seq, sent_at)) = self.in_flight.front()
                     && seq <= durable_seq
                 {
+                    let waited = now.saturating_duration_since(sent_at);
                     if let Some(histogram) = &self.ctx.shared.ack_latency {
-                        histogram.record(now.saturating_duration_since(sent_at));
+                        histogram.record(waited);
                     }
+                    self.ack_wait = Some(waited);
                     self.in_flight.pop_front();
                 }
                 debug!(durable_seq, "metrics acknowledged");
@@ -229,7 +231,7 @@ impl Session<'_> {
         let Some(last_seq) = batch.last().map(|sample| sample.seq) else {
             return;
         };
-        let report = convert::metrics_report(&batch);
+        let report = convert::metrics_report(&batch, self.ack_wait.take());
         if let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.tx.send(report)).await {
             self.ctx.shared.stats.message_sent();
             self.in_flight.push_back((last_seq, Instant::now()));
@@ -254,23 +256,27 @@ impl Session<'_> {
                 // The next ack sends what waits.
                 return Ok(());
             }
+            // The server's pacing holds a report back (the metrics timer sends it), but never a
+            // full one: a backlog drains at a full report per round trip whatever the pacing.
+            // Counted before anything is copied: while paced, every new sample comes here.
+            let pending = self.ctx.shared.buffer().count_after(self.sent_through);
+            if pending == 0 {
+                return Ok(());
+            }
+            self.paced = pending < MAX_SAMPLES_PER_REPORT && Instant::now() < self.next_metrics_at;
+            if self.paced {
+                return Ok(());
+            }
             let batch = self
                 .ctx
                 .shared
                 .buffer()
                 .after(self.sent_through, MAX_SAMPLES_PER_REPORT);
-            let Some(last) = batch.last() else {
+            let Some(last_seq) = batch.last().map(|sample| sample.seq) else {
                 return Ok(());
             };
-            // The server's pacing holds a report back (the metrics timer sends it), but never a
-            // full one: a backlog drains at a full report per round trip whatever the pacing.
-            self.paced =
-                batch.len() < MAX_SAMPLES_PER_REPORT && Instant::now() < self.next_metrics_at;
-            if self.paced {
-                return Ok(());
-            }
-            let last_seq = last.seq;
-            self.send(convert::metrics_report(&batch)).await?;
+            let report = convert::metrics_report(&batch, self.ack_wait.take());
+            self.send(report).await?;
             self.in_flight.push_back((last_seq, Instant::now()));
             self.sent_through = last_seq;
             self.ctx.shared.stats.add_samples_sent(batch.len());
@@ -299,6 +305,23 @@ impl Session<'_> {
         );
         Ok(report.more)
     }
+}
+
+/// When a report may go after an ack asking `report_after` (at most [`MAX_REPORT_AFTER`]):
+/// now without one; else rounded up to the process's next [`PACING_TICK`], so that the reports
+/// of agents sharing a process (the simulator's) leave in the same turn of its event loop and
+/// share its writes, rather than one write each at scattered instants.
+fn paced_until(report_after: Option<Duration>) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let now = Instant::now();
+    let Some(after) = report_after.filter(|after| !after.is_zero()) else {
+        return now;
+    };
+    let epoch = *EPOCH.get_or_init(|| now);
+    let due = (now + after.min(MAX_REPORT_AFTER)).saturating_duration_since(epoch);
+    let tick = PACING_TICK.as_nanos();
+    let ticks = due.as_nanos().div_ceil(tick);
+    epoch + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
 }
 
 /// Completes when the event subsystem has something new to send (never, without one).

@@ -31,6 +31,17 @@ fn the_least_report_interval_is_what_agents_obey() {
 }
 
 #[test]
+fn the_longest_report_interval_is_what_agents_obey() {
+    let mut config = Config::new("x");
+    config.storage.max_report_interval = Duration::ZERO;
+    config.validate().expect("0: no adaptive pacing");
+    config.storage.max_report_interval = MAX_MIN_REPORT_INTERVAL;
+    config.validate().expect("the longest wait agents obey");
+    config.storage.max_report_interval = MAX_MIN_REPORT_INTERVAL + Duration::from_secs(1);
+    assert!(config.validate().is_err(), "longer than agents obey");
+}
+
+#[test]
 fn tls_flags_come_in_pairs() {
     let t = DEFAULT_TLS_HANDSHAKE_TIMEOUT;
     let p = |s: &str| Some(PathBuf::from(s));

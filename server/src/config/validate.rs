@@ -131,6 +131,13 @@ impl Config {
                 MAX_MIN_REPORT_INTERVAL.as_secs()
             ));
         }
+        if self.storage.max_report_interval > MAX_MIN_REPORT_INTERVAL {
+            return invalid(format!(
+                "the longest interval between an agent's reports must be at most {} s (agents wait no longer)",
+                MAX_MIN_REPORT_INTERVAL.as_secs()
+            ));
+        }
+
         if self.storage.writer_max_batch == 0
             || self.storage.writer_queue == 0
             || self.storage.writer_control_queue == 0

@@ -208,6 +208,14 @@ pub(super) struct Args {
     #[arg(long, default_value = "0s")]
     min_report_interval: humantime::Duration,
 
+    /// Longest wait between an agent's reports that the server asks when that agent's acks lag
+    /// (adaptive pacing): past the server's CPU, agents send fewer, larger reports and their
+    /// acks stay prompt, while samples reach the server at least this often. At or below
+    /// --min-report-interval (0 included): no adaptive pacing (then, past the server's CPU,
+    /// each ack waits behind every agent's report).
+    #[arg(long, default_value = "30s")]
+    max_report_interval: humantime::Duration,
+
     /// Largest accepted gRPC message, in bytes (after decompression).
     #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
@@ -523,6 +531,7 @@ impl Args {
         c.storage.ingest_budget = self.ingest_budget;
         c.storage.session_reports_in_flight = self.session_reports_in_flight;
         c.storage.min_report_interval = self.min_report_interval.into();
+        c.storage.max_report_interval = self.max_report_interval.into();
         c.limits.max_message_bytes = self.max_message_bytes;
         c.limits.max_samples_per_report = self.max_samples_per_report;
         c.limits.max_labels = self.max_labels;

@@ -320,6 +320,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             message_burst: f64::from(state.config.limits.stream_message_burst),
             reports_in_flight: state.config.storage.session_reports_in_flight,
             min_report_interval: state.config.storage.min_report_interval,
+            max_report_interval: state.config.storage.max_report_interval,
             metrics: state.metrics.clone(),
         };
         let session_loop = SessionLoop::new(

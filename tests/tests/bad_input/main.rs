@@ -257,7 +257,10 @@ fn enroll_request(hostname: &str, pairs: &[(&str, &str)]) -> pb::EnrollRequest {
 }
 
 fn report(samples: Vec<pb::MetricsSample>) -> Option<In> {
-    Some(In::Metrics(pb::MetricsReport { samples }))
+    Some(In::Metrics(pb::MetricsReport {
+        samples,
+        previous_ack_latency: None,
+    }))
 }
 
 /// A well-formed token that the server never issued.

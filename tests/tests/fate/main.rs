@@ -47,7 +47,10 @@ fn sample_at(seq: u64, secs: i64) -> pb::MetricsSample {
 }
 
 fn report(samples: Vec<pb::MetricsSample>) -> In {
-    In::Metrics(pb::MetricsReport { samples })
+    In::Metrics(pb::MetricsReport {
+        samples,
+        previous_ack_latency: None,
+    })
 }
 
 /// Every audit event of the caller's org with `method`, in seq order.

@@ -14,7 +14,9 @@
 //!   handshake cap, each while a healthy agent and the CLI keep working.
 //! - `fd_limit.rs`: a server process with 256 file descriptors under a connection flood.
 //! - `pacing.rs`: a metrics ack's `report_after` (`--min-report-interval`) batches an agent's
-//!   samples, keeps it online, and what it held goes before its goodbye.
+//!   samples, keeps it online, and what it held goes before its goodbye; adaptive pacing asks
+//!   more of the agent whose acks lag (from the waits it reports), only of that agent, and
+//!   lets go once they are prompt.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

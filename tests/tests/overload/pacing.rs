@@ -1,12 +1,15 @@
 //! Report pacing: a metrics ack may ask the agent to wait before its next report
-//! (`MetricsAck.report_after`, the server's `--min-report-interval`). The agent keeps
-//! sampling at its interval; the samples leave together, and its pings, and so its liveness,
-//! are not paced.
+//! (`MetricsAck.report_after`): always the server's `--min-report-interval`, and longer, up to
+//! `--max-report-interval`, while the agent's acks lag (it tells the server how long each
+//! report waited, `MetricsReport.previous_ack_latency`). The agent keeps sampling at its
+//! interval; the samples leave together, and its pings, and so its liveness, are not paced.
 
 use std::time::Duration;
 
 use tether_proto as pb;
-use tether_tests::{TestAgent, TestServer, eventually, fast_config, trace_init};
+use tether_tests::{
+    RawSession, TestAgent, TestServer, eventually, fast_config, sample, trace_init,
+};
 
 /// A server asking for `min_report_interval` between reports (samples every 200 ms), one
 /// agent on it, and the seq of that agent's first acknowledged sample.
@@ -98,4 +101,180 @@ async fn a_clean_stop_sends_what_the_pacing_held_back() {
         }
     })
     .await;
+}
+
+/// A report of one sample, `seq`, telling the server how long the previous one waited.
+fn report(seq: u64, waited: Option<prost_types::Duration>) -> pb::connect_request::Message {
+    pb::connect_request::Message::Metrics(pb::MetricsReport {
+        samples: vec![sample(seq)],
+        previous_ack_latency: waited,
+    })
+}
+
+fn millis(ms: u64) -> Option<prost_types::Duration> {
+    Some(
+        Duration::from_millis(ms)
+            .try_into()
+            .expect("a representable duration"),
+    )
+}
+
+/// Sends `report(seq, waited)` on `session` and returns its ack's `report_after` (`None` for
+/// "at once").
+async fn report_after(
+    session: &mut RawSession,
+    seq: u64,
+    waited: Option<prost_types::Duration>,
+) -> Option<Duration> {
+    session.send(report(seq, waited)).await;
+    loop {
+        match session.recv().await.expect("the session stays up") {
+            Some(pb::connect_response::Message::MetricsAck(ack)) if ack.durable_seq >= seq => {
+                return ack
+                    .report_after
+                    .map(|d| Duration::try_from(d).expect("a non-negative report_after"));
+            }
+            Some(_) => {}
+            None => panic!("the stream ended before the ack of {seq}"),
+        }
+    }
+}
+
+/// An agent whose acks lag behind its best round trip is asked to wait between reports, up
+/// to `--max-report-interval`, and at once again when they are prompt; what one agent claims
+/// paces only that agent; a malformed claim ends only its own session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_pace_only_the_agent_whose_acks_lag() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    let ceiling = Duration::from_secs(5);
+    config.storage.max_report_interval = ceiling;
+    let server = TestServer::start(config).await;
+    let open = |hostname: &'static str| {
+        let server = &server;
+        async move {
+            let (id, credential) = server.enroll(hostname, &[]).await;
+            let (session, _) = RawSession::hello(server, &id, &credential, hostname)
+                .await
+                .expect("the session opens");
+            session
+        }
+    };
+    let mut lagging = open("lagging").await;
+    let mut prompt = open("prompt").await;
+
+    // Without a measure, and with waits near the best one: at once.
+    assert_eq!(report_after(&mut lagging, 1, None).await, None);
+    assert_eq!(report_after(&mut lagging, 2, millis(5)).await, None);
+    assert_eq!(report_after(&mut prompt, 1, millis(5)).await, None);
+
+    // Two seconds past its best: paced, more at each lagging report, never past the ceiling.
+    let mut paced = Vec::new();
+    for seq in 3..=8 {
+        paced.push(report_after(&mut lagging, seq, millis(2_005)).await);
+    }
+    let first = paced[0].expect("a lagging agent is paced");
+    assert!(
+        first >= Duration::from_millis(500),
+        "paced {first:?} after acks 2 s past the best"
+    );
+    assert!(
+        paced.windows(2).all(|w| w[0] <= w[1]),
+        "the pace only grows while the acks lag: {paced:?}"
+    );
+    assert_eq!(paced.last().copied().flatten(), Some(ceiling), "{paced:?}");
+    // A claim beyond anything an agent waits counts as the longest: still the ceiling.
+    let huge = Some(prost_types::Duration {
+        seconds: 315_576_000_000,
+        nanos: 0,
+    });
+    assert_eq!(report_after(&mut lagging, 9, huge).await, Some(ceiling));
+
+    // Meanwhile the other agent's acks ask nothing of it.
+    for seq in 2..=4 {
+        assert_eq!(report_after(&mut prompt, seq, millis(6)).await, None);
+    }
+
+    // Prompt acks again: the pace falls back to none within a few reports.
+    let mut seq = 10;
+    let mut falling = Vec::new();
+    loop {
+        let after = report_after(&mut lagging, seq, millis(5)).await;
+        falling.push(after);
+        if after.is_none() {
+            break;
+        }
+        assert!(falling.len() < 20, "the pace did not fall: {falling:?}");
+        seq += 1;
+    }
+    assert!(
+        falling.windows(2).all(|w| w[0].is_none() || w[1] <= w[0]),
+        "the pace only falls while the acks are prompt: {falling:?}"
+    );
+
+    // A negative wait is malformed: that session ends with INVALID_ARGUMENT, the other goes on.
+    let negative = Some(prost_types::Duration {
+        seconds: -1,
+        nanos: 0,
+    });
+    lagging.send(report(seq + 1, negative)).await;
+    let status = lagging.wait_error().await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("previous_ack_latency"),
+        "{status:?}"
+    );
+    assert_eq!(report_after(&mut prompt, 5, millis(6)).await, None);
+}
+
+/// A real agent tells the server how long each report waited for its ack, and the server
+/// paces it when those waits grow: here a store whose commits turn slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_agent_reports_its_ack_waits_and_is_paced_when_they_grow() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    config.storage.max_report_interval = Duration::from_secs(2);
+    let (server, store) = TestServer::start_failing(config).await;
+    let agent = server.spawn_agent("measured", &[]).await;
+    let stats = agent.handle.stats.clone();
+    eventually("the agent's first acks", || async {
+        (stats.samples_acked_seq() >= 3).then_some(())
+    })
+    .await;
+    let histogram = |name: &str| {
+        let text = server.metrics.encode(tether_server::metrics::Format::Text);
+        let value = |suffix: &str| {
+            let series = format!("tether_{name}_seconds_{suffix} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&series)?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {series} in the metrics"))
+        };
+        (value("count"), value("sum"))
+    };
+    // The agent measures each wait; prompt ones, and no pacing.
+    let (measured, _) = eventually("the agent's measured waits", || async {
+        let (count, sum) = histogram("agent_ack_latency");
+        (count >= 2.0).then_some((count, sum))
+    })
+    .await;
+    assert!(measured >= 2.0);
+    assert_eq!(histogram("report_pace").0, 0.0, "prompt acks are not paced");
+
+    // Commits now take 700 ms: the agent's waits grow past its best, and its acks pace it.
+    let (before_count, before_sum) = histogram("agent_ack_latency");
+    store.slow(Duration::from_millis(700));
+    eventually("slow waits measured by the agent", || async {
+        let (count, sum) = histogram("agent_ack_latency");
+        let (n, total) = (count - before_count, sum - before_sum);
+        (n >= 3.0 && total / n >= 0.5).then_some(())
+    })
+    .await;
+    eventually("the agent paced", || async {
+        (histogram("report_pace").0 >= 2.0).then_some(())
+    })
+    .await;
+    store.slow(Duration::ZERO);
+    agent.stop().await;
 }
