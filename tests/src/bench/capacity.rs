@@ -83,9 +83,22 @@ pub(crate) async fn capacity_phase(
     let started = Instant::now();
     let mut sims: Vec<Simulator> = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
+    // Each simulated agent is one connection to the server, a file of its own.
+    let file_limit = open_files_limit(server.pid);
+    let mut out_of_files = None;
     for i in 1..=args.capacity_steps {
         if started.elapsed() > args.capacity_budget {
             eprintln!("capacity: stopping after {:?}", started.elapsed());
+            break;
+        }
+        let agents_after = (i * args.capacity_step_agents) as u64;
+        if let Some(limit) = file_limit
+            && agents_after + FILE_HEADROOM > limit
+        {
+            eprintln!(
+                "capacity: stopping: {agents_after} agents would pass the server's open-file limit ({limit})"
+            );
+            out_of_files = Some(limit);
             break;
         }
         let prefix = format!("cap{i}");
@@ -182,10 +195,12 @@ pub(crate) async fn capacity_phase(
                 .into(),
         figure: format!(
             "{sustained:.0} samples/s acked with p99 < 1 s{}; {} of {} steps kept up with p99 ≥ 1 s",
-            if capped {
-                " (the last step still held: the steps ran out first)"
-            } else {
-                ""
+            match (capped, out_of_files) {
+                (true, Some(limit)) => format!(
+                    " (the last step still held: the server's open-file limit, {limit}, ended the steps first)"
+                ),
+                (true, None) => " (the last step still held: the steps ran out first)".to_owned(),
+                (false, _) => String::new(),
             },
             lagging,
             steps.len()
@@ -201,6 +216,17 @@ pub(crate) async fn capacity_phase(
     let mut server = server;
     server.stop(Duration::from_secs(30)).await;
     Ok(())
+}
+
+/// Files the server keeps open besides its agents' connections (listeners, the store's files,
+/// logs), with room to spare.
+const FILE_HEADROOM: u64 = 512;
+
+/// The soft limit on open files of process `pid` (`/proc/<pid>/limits`), if known.
+fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Measures the fleet of `sims` over `window`: samples acked per second, ack latency, and the
