@@ -120,8 +120,13 @@ pub fn duration(d: Duration) -> prost_types::Duration {
 ///
 /// `INVALID_ARGUMENT` for a negative or malformed duration.
 pub fn duration_from_pb(d: prost_types::Duration, field: &str) -> Result<Duration, ServerError> {
-    Duration::try_from(d)
-        .map_err(|_| ServerError::invalid(format!("{field}: invalid or negative duration")))
+    let invalid = || ServerError::invalid(format!("{field}: invalid or negative duration"));
+    // Refused before prost's conversion, which negates a negative `seconds` (and so overflows
+    // on `i64::MIN`).
+    if d.seconds < 0 {
+        return Err(invalid());
+    }
+    Duration::try_from(d).map_err(|_| invalid())
 }
 
 /// An optional span where zero means "none" (e.g. a TTL).

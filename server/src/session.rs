@@ -588,7 +588,8 @@ impl SessionLoop {
             ))),
             Some(In::Metrics(report)) => {
                 if let Some(waited) = report.previous_ack_latency {
-                    let waited = convert::duration_from_pb(waited, "previous_ack_latency")?;
+                    let waited = convert::duration_from_pb(waited, "previous_ack_latency")?
+                        .min(pacing::LONGEST_WAIT);
                     self.limits
                         .metrics
                         .agent_ack_latency_seconds

@@ -217,9 +217,11 @@ impl Session<'_> {
     /// they are not lost with the buffer (which does not outlive the process). Gives up at
     /// `deadline` or when the stream is closed.
     pub(super) async fn send_paced_samples_unless_closed(&mut self, deadline: Instant) {
+        // `paced`, not the clock: samples the pacing held are still held when their time has
+        // just passed and the metrics timer has not fired yet.
         if self.ctx.shared.is_muted()
             || self.in_flight.len() >= MAX_REPORTS_IN_FLIGHT
-            || Instant::now() >= self.next_metrics_at
+            || !self.paced
         {
             return;
         }
@@ -259,11 +261,17 @@ impl Session<'_> {
             // The server's pacing holds a report back (the metrics timer sends it), but never a
             // full one: a backlog drains at a full report per round trip whatever the pacing.
             // Counted before anything is copied: while paced, every new sample comes here.
-            let pending = self.ctx.shared.buffer().count_after(self.sent_through);
+            let (pending, full) = {
+                let buffer = self.ctx.shared.buffer();
+                // A report is full at half a buffer smaller than two reports, so that pacing
+                // never holds samples until the buffer drops them.
+                let full = MAX_SAMPLES_PER_REPORT.min(buffer.capacity() / 2).max(1);
+                (buffer.count_after(self.sent_through), full)
+            };
             if pending == 0 {
                 return Ok(());
             }
-            self.paced = pending < MAX_SAMPLES_PER_REPORT && Instant::now() < self.next_metrics_at;
+            self.paced = pending < full && Instant::now() < self.next_metrics_at;
             if self.paced {
                 return Ok(());
             }

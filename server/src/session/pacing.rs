@@ -33,7 +33,7 @@ pub const TARGET_EXCESS: Duration = Duration::from_millis(200);
 /// store whose every commit is slow, neither of which fewer reports would shorten.
 pub const BASE_LIMIT: Duration = Duration::from_secs(1);
 /// Longest wait a report may claim; longer ones count as this.
-const LONGEST_WAIT: Duration = Duration::from_secs(60);
+pub const LONGEST_WAIT: Duration = Duration::from_secs(60);
 /// Below the floor-reaching step, the pace falls straight to the floor.
 const FALL_STEP: Duration = Duration::from_millis(25);
 

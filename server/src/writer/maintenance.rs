@@ -2,20 +2,12 @@
 //! ([`run_retention`]: history past its age removed every `retention_interval`) and compaction
 //! ([`run_compaction`]: heads that are due sealed, and checkpoints that bound the log).
 //!
-//! **Invariant:** both call the store directly, never through the writer's queues, and ack
-//! nothing: what is durable is the writer's business alone. A failed pass is logged and the
-//! next interval tries again.
-//!
-//! Each pass runs on a thread of its own, below the CPU priority of the rest of the server
-//! ([`MAINTENANCE_NICE`]): a checkpoint of a large fleet is about a second of CPU (its head
-//! snapshots and the log's truncation), and at full priority, on a server whose CPU is the
-//! limit, it took that second from the sessions, whose acks then waited over a second. Lower,
-//! it takes its share over a longer time, from what the sessions leave.
+//! **Invariant:** both call the store directly (each pass on a blocking thread), never through
+//! the writer's queues, and ack nothing: what is durable is the writer's business alone. A
+//! failed pass is logged and the next interval tries again.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use anyhow::Context as _;
 
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +36,7 @@ pub async fn run_retention(
             one_hour: cutoff(config.rollup_1h_retention),
         };
         let store = store.clone();
-        match in_background("tether-retention", move || store.purge(&retention)).await {
+        match tokio::task::spawn_blocking(move || store.purge(&retention)).await {
             Ok(Ok(purged)) if purged == Purged::default() => {}
             Ok(Ok(purged)) => tracing::info!(
                 chunks = purged.chunks,
@@ -54,7 +46,7 @@ pub async fn run_retention(
                 "retention removed old history"
             ),
             Ok(Err(e)) => tracing::warn!("retention failed: {e:#}"),
-            Err(e) => tracing::warn!("retention task failed: {e:#}"),
+            Err(e) => tracing::warn!("retention task failed: {e}"),
         }
     }
 }
@@ -81,7 +73,7 @@ pub async fn run_compaction(
             || checkpoint_due(&config, last_checkpoint.elapsed(), store.memory().log_bytes);
         let pass = {
             let store = store.clone();
-            in_background("tether-compaction", move || {
+            tokio::task::spawn_blocking(move || {
                 let done = store.compact(SystemTime::now(), checkpoint);
                 (done, store.memory())
             })
@@ -106,7 +98,7 @@ pub async fn run_compaction(
                     Err(e) => tracing::warn!("store compaction failed: {e:#}"),
                 }
             }
-            Err(e) => tracing::warn!("compaction task failed: {e:#}"),
+            Err(e) => tracing::warn!("compaction task failed: {e}"),
         }
         if stopping {
             return;
@@ -123,29 +115,3 @@ fn checkpoint_due(config: &StorageConfig, since_last: Duration, log_bytes: u64) 
 
 #[cfg(test)]
 mod tests;
-
-/// The nice value of the maintenance threads (0 is the server's own; 19 the lowest).
-pub const MAINTENANCE_NICE: i32 = 10;
-
-/// Runs `pass` on a new thread named `name` at [`MAINTENANCE_NICE`] and waits for its result.
-/// A thread per pass (every few seconds at most), so that no pooled thread keeps the lower
-/// priority for other work: raising it back needs a privilege the server may not have.
-async fn in_background<T: Send + 'static>(
-    name: &str,
-    pass: impl FnOnce() -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            // On Linux the nice value is the calling thread's own.
-            if let Err(e) = rustix::process::setpriority_process(None, MAINTENANCE_NICE) {
-                tracing::debug!("maintenance runs at the server's priority: setpriority: {e}");
-            }
-            // The receiver is gone only if the server stopped waiting (shutting down).
-            let _ = tx.send(pass());
-        })
-        .context("starting a maintenance thread")?;
-    rx.await
-        .context("the maintenance thread ended without finishing its pass")
-}

@@ -213,10 +213,11 @@ async fn acks_pace_only_the_agent_whose_acks_lag() {
         "the pace only falls while the acks are prompt: {falling:?}"
     );
 
-    // A negative wait is malformed: that session ends with INVALID_ARGUMENT, the other goes on.
+    // A negative wait is malformed (the most negative one too, which overflows a naive
+    // negation): that session ends with INVALID_ARGUMENT, the other goes on.
     let negative = Some(prost_types::Duration {
-        seconds: -1,
-        nanos: 0,
+        seconds: i64::MIN,
+        nanos: -1,
     });
     lagging.send(report(seq + 1, negative)).await;
     let status = lagging.wait_error().await;
