@@ -225,25 +225,35 @@ impl Session<'_> {
         {
             return;
         }
+        let Some((report, last_seq, n_samples)) = self.next_report() else {
+            return;
+        };
+        if let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.tx.send(report)).await {
+            self.ctx.shared.stats.message_sent();
+            self.report_written(last_seq, n_samples);
+            debug!(n_samples, last_seq, "paced metrics sent before goodbye");
+        }
+    }
+
+    /// The next report of the buffered samples not yet written to this stream (at most
+    /// [`MAX_SAMPLES_PER_REPORT`]), with its last seq and its number of samples; it tells the
+    /// server the last measured ack wait, once.
+    fn next_report(&mut self) -> Option<(pb::ConnectRequest, u64, usize)> {
         let batch = self
             .ctx
             .shared
             .buffer()
             .after(self.sent_through, MAX_SAMPLES_PER_REPORT);
-        let Some(last_seq) = batch.last().map(|sample| sample.seq) else {
-            return;
-        };
+        let last_seq = batch.last()?.seq;
         let report = convert::metrics_report(&batch, self.ack_wait.take());
-        if let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.tx.send(report)).await {
-            self.ctx.shared.stats.message_sent();
-            self.in_flight.push_back((last_seq, Instant::now()));
-            self.sent_through = last_seq;
-            self.ctx.shared.stats.add_samples_sent(batch.len());
-            debug!(
-                n_samples = batch.len(),
-                last_seq, "paced metrics sent before goodbye"
-            );
-        }
+        Some((report, last_seq, batch.len()))
+    }
+
+    /// Records a report written to the stream: in flight until its ack.
+    fn report_written(&mut self, last_seq: u64, n_samples: usize) {
+        self.in_flight.push_back((last_seq, Instant::now()));
+        self.sent_through = last_seq;
+        self.ctx.shared.stats.add_samples_sent(n_samples);
     }
 
     /// Sends every buffered sample not yet written to this stream, in reports of at most
@@ -275,20 +285,12 @@ impl Session<'_> {
             if self.paced {
                 return Ok(());
             }
-            let batch = self
-                .ctx
-                .shared
-                .buffer()
-                .after(self.sent_through, MAX_SAMPLES_PER_REPORT);
-            let Some(last_seq) = batch.last().map(|sample| sample.seq) else {
+            let Some((report, last_seq, n_samples)) = self.next_report() else {
                 return Ok(());
             };
-            let report = convert::metrics_report(&batch, self.ack_wait.take());
             self.send(report).await?;
-            self.in_flight.push_back((last_seq, Instant::now()));
-            self.sent_through = last_seq;
-            self.ctx.shared.stats.add_samples_sent(batch.len());
-            debug!(n_samples = batch.len(), last_seq, "metrics sent");
+            self.report_written(last_seq, n_samples);
+            debug!(n_samples, last_seq, "metrics sent");
         }
     }
 
