@@ -30,7 +30,7 @@ use tether_server::config::{
     DEFAULT_ROLLUP_1H_RETENTION, DEFAULT_ROLLUP_5M_RETENTION,
 };
 use tether_server::domain::{AgentId, OrgId, Sample, Time};
-use tether_server::store::{Retention, SledStore, Store, Write};
+use tether_server::store::{Checkpoint, Retention, SledStore, Store, Write};
 
 const INTERVAL_S: u64 = 10;
 const SAMPLES_PER_DAY: usize = (86_400 / INTERVAL_S) as usize;
@@ -95,7 +95,9 @@ fn main() {
                 last.is_none_or(|at| now.duration_since(at).unwrap_or_default() >= every)
             };
             let checkpoint = due(last_checkpoint, checkpoint_every);
-            store.compact(now, checkpoint).expect("compact");
+            store
+                .compact(now, Checkpoint::now_if(checkpoint))
+                .expect("compact");
             if checkpoint {
                 last_checkpoint = Some(now);
             }

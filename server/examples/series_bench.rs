@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rss::rss_kib;
 use tether_server::domain::{AgentId, OrgId, Sample};
 use tether_server::service::fleet::{MAX_METRICS_POINTS, PointRange, read_points};
-use tether_server::store::{SledStore, Store, Write};
+use tether_server::store::{Checkpoint, SledStore, Store, Write};
 
 // The same allocator as the server binary, so the figures match what the server can do.
 #[global_allocator]
@@ -60,7 +60,9 @@ fn main() {
     let backfill = started.elapsed();
     drop(samples);
     let t = Instant::now();
-    let done = store.compact(SystemTime::now(), true).expect("checkpoint");
+    let done = store
+        .compact(SystemTime::now(), Checkpoint::Now)
+        .expect("checkpoint");
     println!(
         "backfill: {n} samples ({days} d at {interval_s} s) in {} commits: {backfill:.1?}, \
          {:.0} samples/s; checkpoint {:.1?} ({} log records removed)",

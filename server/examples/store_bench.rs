@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tether_server::config::DEFAULT_CHECKPOINT_LOG_BYTES;
 use tether_server::domain::{AgentId, DiskUsage, OrgId, Sample, Time};
-use tether_server::store::{SledStore, Store, Write};
+use tether_server::store::{Checkpoint, SledStore, Store, Write};
 
 // The same allocator as the server binary, so the figures match what the server can do.
 #[global_allocator]
@@ -43,7 +43,9 @@ fn main() {
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 if store.memory().log_bytes >= DEFAULT_CHECKPOINT_LOG_BYTES {
-                    store.compact(SystemTime::now(), true).expect("checkpoint");
+                    store
+                        .compact(SystemTime::now(), Checkpoint::Now)
+                        .expect("checkpoint");
                     n += 1;
                 }
             }
@@ -131,7 +133,7 @@ fn summary(store: &SledStore, samples: usize) {
     );
     let t = Instant::now();
     let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
-    let done = store.compact(far, true).expect("compact");
+    let done = store.compact(far, Checkpoint::Now).expect("compact");
     let usage = store.usage().expect("usage");
     println!(
         "compaction: sealed {} heads, removed {} log records in {:.1?}",

@@ -34,6 +34,7 @@
 //! - The memory a backend holds for samples is bounded by its configuration
 //!   ([`SeriesConfig`]), whatever the history; [`Store::memory`] reports it.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::alert::rule::{Alert, Rule};
@@ -130,6 +131,87 @@ pub struct Compacted {
     pub snapshots: u64,
     /// Write-ahead records removed (with `checkpoint`).
     pub log_records_removed: u64,
+}
+
+/// Whether, and how, a [`Store::compact`] pass also checkpoints.
+#[derive(Clone, Copy, Debug)]
+pub enum Checkpoint<'a> {
+    /// No checkpoint: only seal the heads that are due.
+    No,
+    /// Checkpoint at full speed: at shutdown, and for tools and tests.
+    Now,
+    /// Checkpoint in slices, resting between them as `Spread` says: the server's periodic
+    /// passes, whose work would otherwise come out of the sessions' CPU in one burst.
+    Spread(&'a Spread),
+}
+
+impl Checkpoint<'_> {
+    /// [`Checkpoint::Now`] if `due`, else [`Checkpoint::No`].
+    #[must_use]
+    pub fn now_if(due: bool) -> Self {
+        if due { Self::Now } else { Self::No }
+    }
+
+    /// Whether the pass checkpoints at all.
+    #[must_use]
+    pub fn wanted(self) -> bool {
+        !matches!(self, Self::No)
+    }
+}
+
+/// How a spread checkpoint rests: after each slice of its work (one shard's head snapshots,
+/// one batch of log removals), for `ratio` times the slice's wall time, at most `longest` a
+/// rest, until [`Spread::hurry`] is called (the server stopping), after which it rests no more.
+/// A slice's wall time grows when the CPU is busy, so a checkpoint yields more on a loaded
+/// machine; without rests a checkpoint of a large fleet is a second of CPU taken at once from
+/// the acks (the capacity benchmark with the server on one core).
+#[derive(Debug)]
+pub struct Spread {
+    ratio: u32,
+    longest: Duration,
+    hurry: AtomicBool,
+    rests: AtomicU64,
+}
+
+impl Spread {
+    /// Granularity at which a rest notices [`Spread::hurry`].
+    const NOTICE: Duration = Duration::from_millis(20);
+
+    #[must_use]
+    pub fn new(ratio: u32, longest: Duration) -> Self {
+        Self {
+            ratio,
+            longest,
+            hurry: AtomicBool::new(false),
+            rests: AtomicU64::new(0),
+        }
+    }
+
+    /// Ends the current rest and every later one.
+    pub fn hurry(&self) {
+        self.hurry.store(true, Ordering::Relaxed);
+    }
+
+    /// Rests started so far (a test waits on it).
+    #[must_use]
+    pub fn rests(&self) -> u64 {
+        self.rests.load(Ordering::Relaxed)
+    }
+
+    /// Blocks the calling thread for the rest due after a slice that took `took`.
+    pub fn rest_after(&self, took: Duration) {
+        let hurried = || self.hurry.load(Ordering::Relaxed);
+        let mut left = took.saturating_mul(self.ratio).min(self.longest);
+        if left.is_zero() || hurried() {
+            return;
+        }
+        self.rests.fetch_add(1, Ordering::Relaxed);
+        while !left.is_zero() && !hurried() {
+            let step = left.min(Self::NOTICE);
+            std::thread::sleep(step);
+            left -= step;
+        }
+    }
 }
 
 /// The memory a store holds for samples, for the server's gauges.
@@ -487,13 +569,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Box<dyn Iterator<Item = Result<RollupBucket>> + 'a>;
 
     /// Seals the heads that are due at `now` (open for the longest span, or past the memory
-    /// budget); with `checkpoint`, also makes every open head durable on its own and drops the
-    /// write-ahead records nothing needs any more. Run periodically by the server.
+    /// budget); with a `checkpoint`, also makes every open head durable on its own and drops
+    /// the write-ahead records nothing needs any more. Run periodically by the server. A
+    /// [`Checkpoint::Spread`] pass rests between slices without holding anything a commit or
+    /// an export needs.
     ///
     /// # Errors
     ///
     /// [`StoreError::Backend`] if a write failed; what was not done is retried next time.
-    fn compact(&self, now: SystemTime, checkpoint: bool) -> Result<Compacted>;
+    fn compact(&self, now: SystemTime, checkpoint: Checkpoint<'_>) -> Result<Compacted>;
 
     /// Removes history past `retention`, in whole units: sealed chunks whose newest sample is
     /// older than `retention.samples`, rollup buckets that start before their cutoff, status

@@ -177,7 +177,11 @@ impl Store for FailingStore {
         self.inner.rollups(org, agent, resolution, from, to)
     }
 
-    fn compact(&self, now: SystemTime, checkpoint: bool) -> store::Result<store::Compacted> {
+    fn compact(
+        &self,
+        now: SystemTime,
+        checkpoint: store::Checkpoint<'_>,
+    ) -> store::Result<store::Compacted> {
         self.inner.compact(now, checkpoint)
     }
 

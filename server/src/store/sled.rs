@@ -59,13 +59,13 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 
 use super::{
-    Compacted, Encoded, Op, Purged, Resolution, Result, Retention, RollupBucket, SeriesConfig,
-    Snapshot, Store, StoreError, StoreMemory, Write,
+    Checkpoint, Compacted, Encoded, Op, Purged, Resolution, Result, Retention, RollupBucket,
+    SeriesConfig, Snapshot, Store, StoreError, StoreMemory, Write,
 };
 use crate::command::record::{
     CommandEvent, CommandPage, CommandQuery, CommandRecord, InvocationRecord,
@@ -499,9 +499,21 @@ impl Store for SledStore {
         self.purge_history(retention)
     }
 
-    fn compact(&self, now: SystemTime, checkpoint: bool) -> Result<Compacted> {
-        let _quiet = self.quiet_shared();
-        self.series.compact(now, checkpoint)
+    fn compact(&self, now: SystemTime, checkpoint: Checkpoint<'_>) -> Result<Compacted> {
+        let mut quiet = Some(self.quiet_shared());
+        let mut slice_began = Instant::now();
+        // Between two slices the store is as a crash there would leave it (every write of a
+        // checkpoint is atomic on its own), so a spread pass lets an export in while it rests.
+        let mut between = || {
+            if let Checkpoint::Spread(spread) = checkpoint {
+                let took = slice_began.elapsed();
+                drop(quiet.take());
+                spread.rest_after(took);
+                quiet = Some(self.quiet_shared());
+                slice_began = Instant::now();
+            }
+        };
+        self.series.compact(now, checkpoint.wanted(), &mut between)
     }
 
     fn memory(&self) -> StoreMemory {

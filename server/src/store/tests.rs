@@ -16,7 +16,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Purged, Retention, Snapshot, Store, Write};
+use super::{Checkpoint, Purged, Retention, Snapshot, Store, Write};
 use crate::domain::{
     AgentId, AgentRecord, AgentStatus, AgentTombstone, DiskUsage, EnrollmentTokenRecord,
     LiveRecord, OrgId, Role, Sample, SampleTotals, StatusReason, SystemInfo, Time, TokenId,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
 use crate::metrics::Metrics;
-use crate::store::{Purged, Retention, Store};
+use crate::store::{Checkpoint, Purged, Retention, Spread, Store};
 
 /// Removes history past its retention (chunks, rollup buckets, status changes), every
 /// `retention_interval`.
@@ -54,7 +54,8 @@ pub async fn run_retention(
 /// Compacts the store every `compaction_interval` (sealing heads that are due), with a
 /// checkpoint (head snapshots, log truncation) every `checkpoint_interval`, as soon as the
 /// log holds `checkpoint_log_bytes`, and once more at shutdown; reports the store's memory
-/// after each pass.
+/// after each pass. The periodic checkpoints are spread (`CHECKPOINT_REST_RATIO`); the one at
+/// shutdown, and one resting when shutdown comes, run at full speed.
 pub async fn run_compaction(
     store: Arc<dyn Store>,
     config: StorageConfig,
@@ -64,6 +65,16 @@ pub async fn run_compaction(
     let mut interval = tokio::time::interval(config.compaction_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = tokio::time::Instant::now();
+    let spread = Arc::new(Spread::new(CHECKPOINT_REST_RATIO, CHECKPOINT_LONGEST_REST));
+    // A checkpoint resting when the server stops finishes at full speed.
+    tokio::spawn({
+        let spread = spread.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            spread.hurry();
+        }
+    });
     loop {
         let stopping = tokio::select! {
             () = shutdown.cancelled() => true,
@@ -71,10 +82,17 @@ pub async fn run_compaction(
         };
         let checkpoint = stopping
             || checkpoint_due(&config, last_checkpoint.elapsed(), store.memory().log_bytes);
+        let began = std::time::Instant::now();
         let pass = {
             let store = store.clone();
+            let spread = spread.clone();
             tokio::task::spawn_blocking(move || {
-                let done = store.compact(SystemTime::now(), checkpoint);
+                let how = match (checkpoint, stopping) {
+                    (false, _) => Checkpoint::No,
+                    (true, true) => Checkpoint::Now,
+                    (true, false) => Checkpoint::Spread(&spread),
+                };
+                let done = store.compact(SystemTime::now(), how);
                 (done, store.memory())
             })
         };
@@ -92,6 +110,7 @@ pub async fn run_compaction(
                             log_records_removed = done.log_records_removed,
                             heads = memory.heads,
                             heads_bytes = memory.heads_bytes,
+                            took_ms = began.elapsed().as_millis(),
                             "store compacted"
                         );
                     }
@@ -105,6 +124,14 @@ pub async fn run_compaction(
         }
     }
 }
+
+/// A periodic checkpoint rests this many times the wall time of each slice of its work (one
+/// shard's head snapshots, one batch of log removals) before the next: at most a quarter of a
+/// core while it runs, and less on a busy one, whose slices take longer.
+const CHECKPOINT_REST_RATIO: u32 = 3;
+
+/// Longest rest after one slice, however long the slice took.
+const CHECKPOINT_LONGEST_REST: Duration = Duration::from_millis(500);
 
 /// Whether a compaction pass also checkpoints: its interval has passed since the last one, or
 /// the log holds `checkpoint_log_bytes` already (under heavy ingest, well before the interval),

@@ -7,7 +7,10 @@
 //! backup is therefore taken with the store *quiesced*: every path that changes the database
 //! (a commit, with the seals its samples cause; a compaction, with its seals and checkpoint; a
 //! purge) holds the store's `quiet` lock shared, and an export holds it exclusively, so it reads
-//! every tree between two of those operations, never inside one. The records read are then
+//! every tree between two of those operations, never inside one (a spread checkpoint lets go
+//! of it while it rests between slices: each of its writes is a single key, atomic on its own,
+//! so the store between two of them is what a crash there would leave, which recovery
+//! handles). The records read are then
 //! exactly the durable state after the last commit before the export (the log records, head
 //! records, chunks and rollups as a restart would find them; no commit half applied, no seal
 //! whose chunk is there without its rollups or its emptied head record), and opening them
@@ -166,6 +169,98 @@ mod tests {
             import(&copy, exported.into_iter().map(Ok)).is_err(),
             "never into a database that holds data"
         );
+    }
+
+    #[test]
+    fn a_spread_checkpoint_lets_an_export_in_while_it_rests_and_hurries_when_asked() {
+        use crate::domain::{AgentId, OrgId};
+        use crate::store::{Checkpoint, Spread};
+        use std::sync::mpsc;
+        use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+        const AGENTS: u64 = 100;
+        const PER_AGENT: u64 = 400;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(&dir.path().join("a")).expect("open");
+        // Heads in every shard, and more log records (one per 128 samples) than one batch of
+        // removals.
+        let writes: Vec<Write> = (1..=PER_AGENT)
+            .flat_map(|seq| {
+                (0..AGENTS).map(move |agent| Write::PutSample {
+                    org: OrgId::new("acme"),
+                    agent: AgentId::new(format!("a-{agent}")),
+                    sample: crate::testing::sample(seq),
+                })
+            })
+            .collect();
+        store.commit_writes(&writes).expect("commit");
+
+        // Rests long enough that the test would time out below if it waited for them.
+        let spread = std::sync::Arc::new(Spread::new(u32::MAX, Duration::from_secs(600)));
+        let (done_tx, done) = mpsc::channel();
+        let checkpoint = {
+            let (store, spread) = (store.clone(), spread.clone());
+            std::thread::spawn(move || {
+                let result = store.compact(UNIX_EPOCH, Checkpoint::Spread(&spread));
+                done_tx.send(result).expect("the test waits");
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while spread.rests() == 0 {
+            assert!(Instant::now() < deadline, "the checkpoint never rested");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        // The export gets the store's quiet lock while the checkpoint rests.
+        let (exported_tx, exported) = mpsc::channel();
+        std::thread::spawn({
+            let store = store.clone();
+            move || exported_tx.send(records(&store)).expect("the test waits")
+        });
+        let exported = exported
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an export while a spread checkpoint rests");
+        assert!(
+            done.try_recv().is_err(),
+            "the checkpoint is still resting after its first slice"
+        );
+
+        spread.hurry();
+        let compacted = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a hurried checkpoint ends")
+            .expect("checkpoint");
+        checkpoint.join().expect("checkpoint thread");
+        assert!(compacted.snapshots > 0, "{compacted:?}");
+        assert!(compacted.log_records_removed > 256, "{compacted:?}");
+        assert_eq!(store.memory().log_bytes, 0, "the whole log was truncated");
+
+        // What the export read mid-checkpoint, and the store after it, both hold every sample.
+        let copy = dir.path().join("b");
+        import(&copy, exported.into_iter().map(Ok)).expect("import");
+        drop(store);
+        for path in [dir.path().join("a"), copy] {
+            let store = SledStore::open(&path).expect("open");
+            for agent in 0..AGENTS {
+                let seqs: Vec<u64> = store
+                    .samples(
+                        &OrgId::new("acme"),
+                        &AgentId::new(format!("a-{agent}")),
+                        UNIX_EPOCH,
+                        SystemTime::now() + Duration::from_secs(60),
+                        1_000,
+                    )
+                    .expect("read")
+                    .iter()
+                    .map(|s| s.seq)
+                    .collect();
+                assert_eq!(
+                    seqs,
+                    (1..=PER_AGENT).collect::<Vec<_>>(),
+                    "{path:?} a-{agent}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -438,7 +438,14 @@ impl Series {
     // === compaction ===
 
     /// See [`crate::store::Store::compact`].
-    pub(super) fn compact(&self, now: SystemTime, checkpoint: bool) -> Result<Compacted> {
+    /// With `checkpoint`, calls `between` after each slice of the checkpoint's work (one
+    /// shard's snapshots, one batch of log removals), holding no lock of its own.
+    pub(super) fn compact(
+        &self,
+        now: SystemTime,
+        checkpoint: bool,
+        between: &mut dyn FnMut(),
+    ) -> Result<Compacted> {
         let now_ms = millis(now);
         let mut done = Compacted::default();
         for shard in &self.shards {
@@ -461,7 +468,7 @@ impl Series {
             done.sealed += self.seal_oldest()?;
         }
         if checkpoint {
-            let (snapshots, removed) = self.checkpoint()?;
+            let (snapshots, removed) = self.checkpoint(between)?;
             done.snapshots = snapshots;
             done.log_records_removed = removed;
         }
@@ -502,7 +509,7 @@ impl Series {
     /// removes the log records below the truncation bound computed before that flush. Returns
     /// (snapshots written, log records removed). On failure the heads keep their marks, so
     /// nothing they need is truncated later.
-    fn checkpoint(&self) -> Result<(u64, u64)> {
+    fn checkpoint(&self, between: &mut dyn FnMut()) -> Result<(u64, u64)> {
         let mut written: Vec<(usize, AgentKey, u64)> = Vec::new();
         let result = (|| {
             // A head record is atomic on its own, so each is inserted alone: a batch would take
@@ -523,6 +530,7 @@ impl Series {
                     }
                 }
                 drop(heads);
+                between();
             }
             if written.is_empty() && self.nothing_to_truncate()? {
                 // Idle: no snapshot to make durable, no record to remove, so no flush.
@@ -532,7 +540,7 @@ impl Series {
             let bound = self.truncation_bound();
             self.db.flush()?;
             fault::point("checkpoint-flushed");
-            let removed = self.truncate_log(bound)?;
+            let removed = self.truncate_log(bound, between)?;
             fault::point("log-truncated");
             Ok(removed)
         })();
@@ -582,8 +590,9 @@ impl Series {
             .is_none())
     }
 
-    /// Removes the log records below `bound`; returns how many.
-    fn truncate_log(&self, bound: u64) -> Result<u64> {
+    /// Removes the log records below `bound`, calling `between` after each batch; returns how
+    /// many.
+    fn truncate_log(&self, bound: u64, between: &mut dyn FnMut()) -> Result<u64> {
         let mut removed = 0;
         loop {
             // Nothing needs a record below the bound, so each is removed alone, oldest first
@@ -596,9 +605,7 @@ impl Series {
                 .take(STORE_BATCH)
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(backend)?;
-            if keys.is_empty() {
-                return Ok(removed);
-            }
+            let last = keys.len() < STORE_BATCH;
             for key in keys {
                 if let Some(value) = self.log.remove(&key).map_err(backend)? {
                     self.log_bytes
@@ -606,6 +613,10 @@ impl Series {
                     removed += 1;
                 }
             }
+            if last {
+                return Ok(removed);
+            }
+            between();
         }
     }
 

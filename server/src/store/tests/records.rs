@@ -17,7 +17,9 @@ pub(crate) fn check_empty_load(store: &dyn Store) {
         one_hour: at(u64::MAX),
     };
     assert_eq!(store.purge(&everything).expect("purge"), Purged::default());
-    let compacted = store.compact(at(u64::MAX), true).expect("compact");
+    let compacted = store
+        .compact(at(u64::MAX), Checkpoint::Now)
+        .expect("compact");
     assert_eq!((compacted.sealed, compacted.snapshots), (0, 0));
     store.commit_writes(&[]).expect("an empty commit is fine");
     assert_eq!(store.load().expect("load"), Snapshot::default());

@@ -2,7 +2,7 @@
 //! count every sample once whether it is sealed or open, reads across sealed chunks and the
 //! open head in time order, retention in whole units, memory, and recovery after a reopen.
 //!
-//! `compact(at(u64::MAX), true)` seals every open head (each has been open "long enough") and
+//! `compact(at(u64::MAX), Checkpoint::Now)` seals every open head (each has been open "long enough") and
 //! checkpoints: the way a check puts samples into sealed history on purpose.
 
 use std::collections::BTreeMap;
@@ -27,7 +27,9 @@ fn varied(seq: u64, ms: u64) -> Sample {
 }
 
 fn seal_all(store: &dyn Store) {
-    store.compact(at(u64::MAX), true).expect("compact");
+    store
+        .compact(at(u64::MAX), Checkpoint::Now)
+        .expect("compact");
 }
 
 fn commit_samples(store: &dyn Store, agent: &str, samples: &[Sample]) {
@@ -388,7 +390,7 @@ pub(crate) fn check_memory_follows_the_open_heads(store: &dyn Store) {
     assert_eq!(open.heads, 3);
     assert!(open.heads_bytes > 0 && open.heads_bytes <= open.heads_budget_bytes);
     store
-        .compact(at(0), true)
+        .compact(at(0), Checkpoint::Now)
         .expect("a checkpoint seals nothing");
     assert_eq!(store.memory().heads, 3);
     seal_all(store);
@@ -422,7 +424,7 @@ pub(crate) fn check_samples_survive_reopening(open: &dyn Fn() -> Box<dyn Store>)
             all_seqs(&*store, "acme", "web-1"),
             (1..=12).collect::<Vec<_>>()
         );
-        store.compact(at(0), true).expect("checkpoint");
+        store.compact(at(0), Checkpoint::Now).expect("checkpoint");
     }
     {
         let store = open();

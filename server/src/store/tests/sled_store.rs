@@ -176,7 +176,7 @@ fn corrupt_values_are_reported_with_their_key() {
         store
             .commit_writes(&[put_sample("acme", "web-1", sample(1, 1_000))])
             .expect("commit");
-        store.compact(at(u64::MAX), true).expect("seal");
+        store.compact(at(u64::MAX), Checkpoint::Now).expect("seal");
     }
     {
         let db = crate::store::sled::raw_db(dir.path()).expect("open raw sled");
@@ -222,7 +222,7 @@ fn a_damaged_head_or_log_record_refuses_the_open() {
         store
             .commit_writes(&[put_sample("acme", "web-1", sample(1, 1_000))])
             .expect("commit");
-        store.compact(at(0), true).expect("checkpoint");
+        store.compact(at(0), Checkpoint::Now).expect("checkpoint");
         store
             .commit_writes(&[put_sample("acme", "web-1", sample(2, 2_000))])
             .expect("commit");
@@ -268,7 +268,7 @@ fn usage_sums_every_part() {
     store.commit_writes(&writes).expect("commit");
     let logged = store.usage().expect("usage");
     assert_eq!((logged.log_records, logged.chunks, logged.heads), (1, 0, 0));
-    store.compact(at(u64::MAX), true).expect("seal");
+    store.compact(at(u64::MAX), Checkpoint::Now).expect("seal");
     let sealed = store.usage().expect("usage");
     assert_eq!((sealed.chunks, sealed.chunk_samples), (1, 30));
     assert_eq!(
@@ -290,7 +290,7 @@ fn a_checkpoint_empties_the_log() {
                 .commit_writes(&[put_sample("acme", "web-1", sample(seq, 1_000 * seq))])
                 .expect("commit");
         }
-        let done = store.compact(at(0), true).expect("checkpoint");
+        let done = store.compact(at(0), Checkpoint::Now).expect("checkpoint");
         assert_eq!((done.snapshots, done.log_records_removed), (1, 3));
     }
     let log_len = {

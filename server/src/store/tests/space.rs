@@ -52,7 +52,9 @@ fn a_day_of_a_fleet_keeps_sled_files_near_the_records() {
         if checkpoint {
             last_checkpoint = now;
         }
-        store.compact(at(now), checkpoint).expect("compact");
+        store
+            .compact(at(now), Checkpoint::now_if(checkpoint))
+            .expect("compact");
     }
     let usage = store.usage().expect("usage");
     let records = usage.record_bytes();

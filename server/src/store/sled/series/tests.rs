@@ -49,7 +49,9 @@ fn the_log_is_kept_for_commits_in_flight_and_for_open_heads() {
     assert_eq!(series.truncation_bound(), 1);
 
     assert!(series.memory().3 > 0, "the log's bytes are counted");
-    let done = series.compact(UNIX_EPOCH, true).expect("checkpoint");
+    let done = series
+        .compact(UNIX_EPOCH, true, &mut || {})
+        .expect("checkpoint");
     assert_eq!((done.snapshots, done.log_records_removed), (2, 3));
     assert_eq!(series.truncation_bound(), 4, "nothing needed");
     assert_eq!(series.log.len(), 0);
@@ -59,7 +61,7 @@ fn the_log_is_kept_for_commits_in_flight_and_for_open_heads() {
     assert_eq!(series.truncation_bound(), 4, "a needs its new record");
     // Sealing `a` (due at the end of time) makes its record unneeded, not `b`'s state.
     let far = UNIX_EPOCH + Duration::from_millis(u64::MAX / 2);
-    let done = series.compact(far, false).expect("seal");
+    let done = series.compact(far, false, &mut || {}).expect("seal");
     assert_eq!(done.sealed, 2);
     assert_eq!(series.truncation_bound(), 5);
     let (heads, bytes, _, _) = series.memory();
@@ -75,7 +77,9 @@ fn replay_skips_what_head_records_and_seals_hold() {
         let series = open(dir.path());
         commit(&series, &logged("a", 1..=10));
         // A snapshot of 1..=10; the log still holds them (no truncation below a later record).
-        series.compact(UNIX_EPOCH, true).expect("checkpoint");
+        series
+            .compact(UNIX_EPOCH, true, &mut || {})
+            .expect("checkpoint");
         commit(&series, &logged("a", 11..=20));
         // The same samples logged again, as after a commit that failed after its log write.
         let again = logged("a", 15..=25);
