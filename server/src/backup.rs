@@ -5,9 +5,10 @@
 //! [`write`] from a store that is open, the running server's own (`AdminService.Backup`, which
 //! `tetherctl backup` saves) or a stopped server's ([`backup_stopped`], under the data
 //! directory's lock). "Consistent" is the store's word (`Store::export`): no commit,
-//! compaction or purge runs while the records are read, so the file holds exactly the durable
-//! state after one commit, and a server started on its restore recovers it as it would after a
-//! restart there: every acknowledged sample once, rollups included, the audit chains intact.
+//! compaction or purge makes a change while the records are read, so the file holds a state a
+//! crash after one commit could leave, and a server started on its restore recovers it as it
+//! would after a restart there: every acknowledged sample once, rollups included, the audit
+//! chains intact.
 //!
 //! A running server writes the file to a spool in its data directory first (unlinked at once,
 //! so it goes with the handle whatever happens) and streams it afterwards: the store is quiet

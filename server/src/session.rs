@@ -594,7 +594,7 @@ impl SessionLoop {
                         .metrics
                         .agent_ack_latency_seconds
                         .observe(waited.as_secs_f64());
-                    self.pacing.observe(waited);
+                    self.pacing.observe(waited, Instant::now());
                 }
                 let samples = self.accept_samples(report)?;
                 if !samples.is_empty() {

@@ -505,7 +505,8 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, writes: Vec<Encoded>) -> Result<()>;
 
     /// Calls `visit` with every stored record as (space, key, value), read at one consistent
-    /// point: no commit, compaction or purge is under way while it runs, and none starts
+    /// point: no commit, compaction or purge makes a change while it runs (a spread checkpoint
+    /// may be resting between two of its writes, each atomic on its own), and none starts
     /// until it returns (so `visit` must not wait on anything but local I/O). Returns the
     /// number of records. A store built from these records ([`sled::import`]) opens as this
     /// one would after a restart.

@@ -10,9 +10,10 @@
 //! every tree between two of those operations, never inside one (a spread checkpoint lets go
 //! of it while it rests between slices: each of its writes is a single key, atomic on its own,
 //! so the store between two of them is what a crash there would leave, which recovery
-//! handles). The records read are then
-//! exactly the durable state after the last commit before the export (the log records, head
-//! records, chunks and rollups as a restart would find them; no commit half applied, no seal
+//! handles). The records read are then a state a crash after the last commit before the
+//! export could leave (the log records, head records, chunks and rollups as a restart would
+//! find them, perhaps with head records not yet flushed or the log partly truncated by a
+//! resting checkpoint, both of which recovery is built for; no commit half applied, no seal
 //! whose chunk is there without its rollups or its emptied head record), and opening them
 //! recovers the same samples, counted once, by the same log replay as any restart. The open
 //! heads' samples that no head record holds yet are in the log records, which are exported
