@@ -499,6 +499,22 @@ impl Server {
                  streams it may open at once can lose its connection"
             );
         }
+        if let (Some(configured), Some(limit)) = (
+            state.config.connections.max_connections,
+            crate::config::open_file_limit(),
+        ) {
+            let room = crate::config::connections_for_fd_limit(limit);
+            if configured > room {
+                tracing::warn!(
+                    max_connections = configured,
+                    open_file_limit = limit,
+                    connections_the_limit_leaves = room,
+                    "--max-connections is above what the open-file limit leaves for \
+                     connections: a flood of connections can take the descriptors the store \
+                     needs; raise the open-file limit or leave --max-connections unset"
+                );
+            }
+        }
         tracing::info!(
             addr = local.map(tracing::field::display),
             tls = %tls_mode,

@@ -214,7 +214,7 @@ impl SledStore {
         let data = db.open_tree(DATA_TREE).map_err(backend)?;
         let log = db.open_tree(LOG_TREE).map_err(backend)?;
         let orgs = orgs(&data)?;
-        let flusher = blobs::Flusher::new(db.clone(), path);
+        let flusher = blobs::Flusher::new(db.clone(), path)?;
         let series = Series::open(flusher.clone(), data.clone(), log, series, &orgs)?;
         Ok(SledStore {
             db,

@@ -7,7 +7,7 @@ fn open(dir: &std::path::Path) -> Series {
     let db = crate::store::sled::raw_db(dir).expect("open sled");
     let data = db.open_tree("data").expect("data tree");
     let log = db.open_tree("log").expect("log tree");
-    let flusher = crate::store::sled::blobs::Flusher::new(db, dir);
+    let flusher = crate::store::sled::blobs::Flusher::new(db, dir).expect("flusher");
     Series::open(flusher, data, log, &SeriesConfig::default(), &[]).expect("open series")
 }
 
