@@ -414,6 +414,60 @@ mod tests {
         );
     }
 
+    /// A blob file sled cannot write (its directory gone here; out of descriptors or space in
+    /// production) fails the one write that needed it: later writes and flushes go on (the
+    /// vendored sled cancels the log slot it had claimed instead of leaving its log buffer
+    /// unwritten for good), and once blob files can be written again, so can big values;
+    /// every acknowledged value reads back after a reopen, the failed one nowhere.
+    #[test]
+    fn a_blob_file_that_cannot_be_written_fails_its_write_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = dir.path().join("blobs");
+        let aside = dir.path().join("blobs-aside");
+        {
+            let (flusher, tree, big) = blob_store(dir.path());
+            tree.insert(b"before", vec![1u8; 64]).expect("insert");
+            flusher.flush().expect("flush");
+            std::fs::rename(&blobs, &aside).expect("move blobs/ away");
+            assert!(
+                tree.insert(b"big", big.clone()).is_err(),
+                "a value whose blob file cannot be written is not stored"
+            );
+            // On a thread with a deadline: a log left with a buffer that is never written
+            // makes the next flush wait forever.
+            let (done, finished) = std::sync::mpsc::channel();
+            let worker = {
+                let (flusher, tree) = (flusher.clone(), tree.clone());
+                std::thread::spawn(move || {
+                    let after = tree
+                        .insert(b"after", vec![2u8; 64])
+                        .and_then(|_| tree.flush());
+                    let flushed = flusher.flush();
+                    done.send((after.is_ok(), flushed.is_ok())).ok();
+                })
+            };
+            let (after, flushed) = finished
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the log is not stuck: a write and a flush returned");
+            worker.join().expect("writer thread");
+            assert!(after && flushed, "the next write and flush succeed");
+            assert!(tree.get(b"big").expect("read").is_none(), "nothing stored");
+            std::fs::rename(&aside, &blobs).expect("blobs/ back");
+            tree.insert(b"big2", big)
+                .expect("a big value once blobs can be written");
+            flusher.flush().expect("flush");
+        }
+        let db = crate::store::sled::raw_db(dir.path()).expect("reopen sled");
+        let tree = db.open_tree("t").expect("tree");
+        for key in [&b"before"[..], b"after", b"big2"] {
+            assert!(tree.get(key).expect("read").is_some(), "{key:?} kept");
+        }
+        assert!(
+            tree.get(b"big").expect("read").is_none(),
+            "the failed write is nowhere"
+        );
+    }
+
     /// At open, blob files that no page refers to (left by sled 0.34.7 as published, which
     /// kept the blob of a page that was one blob alone when the page was replaced) are removed;
     /// every blob a page refers to stays, so every value reads back, open after open.

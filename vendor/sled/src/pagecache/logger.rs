@@ -361,12 +361,36 @@ impl Log {
             let blob_id =
                 if over_blob_threshold { Some(reservation_lsn) } else { None };
 
-            self.iobufs.encapsulate(
+            if let Err(e) = self.iobufs.encapsulate(
                 item,
                 message_header,
-                destination,
+                &mut *destination,
                 blob_id,
-            )?;
+            ) {
+                // TETHER-PATCH: the blob file could not be written (out of
+                // file descriptors, of space). The slot is claimed and
+                // counted as a writer of the buffer: leave it as a canceled
+                // message, so that the writer count goes down and the buffer
+                // is still written, and give the caller the error. Returning
+                // with the writer counted left the buffer unwritten for good
+                // and every later flush waiting for it.
+                let header_len = usize::try_from(
+                    message_header.serialized_size(),
+                )
+                .unwrap();
+                let slot = Reservation {
+                    iobuf,
+                    log: self,
+                    buf: destination,
+                    flushed: false,
+                    lsn: reservation_lsn,
+                    pointer: DiskPtr::new_inline(reservation_lid),
+                    is_blob_rewrite: false,
+                    header_len,
+                };
+                slot.abort()?;
+                return Err(e);
+            }
 
             M.log_reservation_success();
 
