@@ -645,21 +645,60 @@ pub fn connections_for_fd_limit(limit: usize) -> usize {
     limit.saturating_sub(reserve).max(1)
 }
 
-/// The soft limit on open files of this process, from `/proc/self/limits` (Linux); `None`
-/// elsewhere or when unlimited.
-pub fn open_file_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_open_file_limit(&limits)
+/// Raises this process's soft limit on open files to its hard limit, and logs what it did:
+/// the servers' binaries call it first thing, before the connection cap is derived from it.
+///
+/// The soft limit's usual default (1,024) exists for programs that still use `select(2)`;
+/// a server that does not is meant to raise it itself (systemd's `LimitNOFILE=` documentation
+/// says so). Left alone, a shell's default would cap Tether at 768 connections
+/// ([`connections_for_fd_limit`]) on a machine whose hard limit allows far more. The hard
+/// limit stays the operator's: it is never raised, and `--max-connections` still caps
+/// connections below it. An unlimited hard limit is left as it is (Linux refuses it for open
+/// files; elsewhere the soft one could not follow it).
+pub fn raise_open_file_limit() {
+    match raise_soft_open_file_limit() {
+        Ok(Some((from, to))) => {
+            tracing::info!(
+                from,
+                to,
+                "raised the soft open-file limit to the hard limit"
+            );
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(
+            error = %err,
+            limit = open_file_limit().map(tracing::field::display),
+            "could not raise the soft open-file limit: connections stay capped by it"
+        ),
+    }
 }
 
-/// The soft "Max open files" value of a `/proc/<pid>/limits` text.
-fn parse_open_file_limit(limits: &str) -> Option<usize> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// The soft limit on open files before and after raising it to the hard one; `None` when it
+/// was already there (or either is unlimited).
+fn raise_soft_open_file_limit() -> std::io::Result<Option<(u64, u64)>> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return Ok(None);
+    };
+    if soft >= hard {
+        return Ok(None);
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        },
+    )?;
+    Ok(Some((soft, hard)))
+}
+
+/// The soft limit on open files of this process (`getrlimit`); `None` when unlimited or
+/// too large for a `usize`.
+pub fn open_file_limit() -> Option<usize> {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+    usize::try_from(soft).ok()
 }
 
 impl Default for ConnectionLimits {

@@ -113,6 +113,7 @@ async fn run() -> anyhow::Result<()> {
         }
         None => {}
     }
+    tether_server::config::raise_open_file_limit();
     let (config, security) = args.checked_config()?;
     if security == server::ListenSecurity::PlaintextExposed {
         tracing::warn!(addr = %args.listen, "serving plaintext on a non-loopback address");

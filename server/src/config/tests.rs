@@ -81,14 +81,6 @@ fn read_budgets_must_hold_the_largest_agent() {
 
 #[test]
 fn connection_cap_follows_the_open_file_limit() {
-    let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                Max processes             63448                63448                processes \n\
-                Max open files            20000                524288               files     \n";
-    assert_eq!(parse_open_file_limit(text), Some(20_000));
-    assert_eq!(
-        parse_open_file_limit("Max open files  unlimited  unlimited  files"),
-        None
-    );
     assert_eq!(
         connections_for_fd_limit(20_000),
         20_000 - CONNECTION_FD_RESERVE

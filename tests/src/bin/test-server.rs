@@ -66,6 +66,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tether_tests::trace_to_stderr();
     let args = Args::parse();
+    tether_server::config::raise_open_file_limit();
     if let Some(point) = &args.crash_at {
         let armed = if args.stall {
             tether_server::store::fault::arm_stall(point, args.crash_nth)

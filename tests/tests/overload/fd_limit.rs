@@ -2,7 +2,8 @@
 //! connections keeps serving its agent and answers the CLI: with its connection cap derived
 //! from that limit it never runs out; told to allow more connections than it has descriptors,
 //! it runs out, keeps serving what it has, backs off, and counts it; either way its store
-//! commits every batch.
+//! commits every batch. Started with a soft limit below its hard one, it raises the soft one
+//! and its connection cap follows.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +22,11 @@ const SERVER: &str = env!("CARGO_BIN_EXE_test-server");
 /// A `test-server` process under `prlimit`, with metrics and a short first-request deadline,
 /// and `extra` flags.
 async fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+    start_under(PRLIMIT, data_dir, extra).await
+}
+
+/// [`start`] under another `wrapper`.
+async fn start_under(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> ServerProcess {
     let mut flags = vec![
         "--metrics-listen",
         "127.0.0.1:0",
@@ -30,7 +36,7 @@ async fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
     flags.extend_from_slice(extra);
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let launch = Launch {
-        wrapper: PRLIMIT,
+        wrapper,
         flags: &flags,
     };
     ServerProcess::start_with(Path::new(SERVER), data_dir, any, launch).await
@@ -120,13 +126,10 @@ async fn under_its_derived_connection_cap_a_server_never_runs_out_of_descriptors
     trace_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let server = flood_scenario(dir.path(), &[], true).await;
-    let refused = server
-        .metric("tether_connections_refused_total{reason=\"evicted\"}")
-        .await
-        + server
-            .metric("tether_connections_refused_total{reason=\"max_connections\"}")
-            .await;
-    assert!(refused > 0.0, "the cap was reached");
+    assert!(
+        refused_for_the_cap(&server).await > 0.0,
+        "the cap was reached"
+    );
     assert_eq!(
         server
             .metric("tether_accept_errors_total{reason=\"fd_limit\"}")
@@ -149,5 +152,50 @@ async fn out_of_descriptors_a_server_keeps_serving_and_backs_off() {
             > 0.0,
         "accept ran out of descriptors and it was counted"
     );
+    stop(server).await;
+}
+
+/// Connections refused or closed for the connection cap.
+async fn refused_for_the_cap(server: &ServerProcess) -> f64 {
+    server
+        .metric("tether_connections_refused_total{reason=\"evicted\"}")
+        .await
+        + server
+            .metric("tether_connections_refused_total{reason=\"max_connections\"}")
+            .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_raises_its_soft_open_file_limit_to_the_hard_one() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Soft 256 would cap connections at 192; the hard 1024 leaves 768.
+    let wrapper = &["prlimit", "--nofile=256:1024", "--"];
+    let server = start_under(wrapper, dir.path(), &[]).await;
+    let mut flood = Vec::new();
+    for source in 2..5 {
+        flood.extend(silent_flood(server.addr, loopback(source), FLOOD / 3).await);
+    }
+    eventually_within(Duration::from_secs(60), "the flood accepted", || async {
+        (taken_in(&server).await >= FLOOD as f64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        refused_for_the_cap(&server).await,
+        0.0,
+        "the cap follows the raised limit: the whole flood fits"
+    );
+    assert_eq!(
+        server
+            .metric("tether_accept_errors_total{reason=\"fd_limit\"}")
+            .await,
+        0.0,
+        "the raised limit has room for the flood"
+    );
+    let out = cli_at(&server.url, &server.admin_token, &["summary"])
+        .await
+        .expect("tetherctl beside the flood");
+    assert!(out.contains("Total"), "the fleet summary:\n{out}");
+    drop(flood);
     stop(server).await;
 }
