@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::procs::{pinned, pinning};
+use crate::procs::{limit_server_cpu, pinned, pinning};
 use crate::report::{Row, loadavg};
 
 /// How long the fdatasync probe writes.
@@ -80,13 +80,18 @@ async fn store_bench(bin_dir: &Path, dir: &Path) -> anyhow::Result<f64> {
     if !bench.exists() {
         anyhow::bail!("{} not built", bench.display());
     }
-    let output = pinned(&bench, pinning().server.as_deref())
+    let child = pinned(&bench, pinning().server.as_deref())
         .args(["4096", "200"])
         .env("TMPDIR", dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .context("run store_bench")?;
+    if let Some(pid) = child.id() {
+        limit_server_cpu(pid)?;
+    }
+    let output = child.wait_with_output().await.context("run store_bench")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     // "819200 samples in 200 batches of 4096 ...: 12.0s, 68189 samples/s"
     stdout

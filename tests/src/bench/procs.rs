@@ -13,6 +13,9 @@ use tokio::process::{Child, ChildStdin, Command};
 /// Which cores the server and the simulators may run on, set once by `main`.
 static PINNING: OnceLock<Pinning> = OnceLock::new();
 
+/// The server's CPU limit, set by `main` with `--server-cpu-limit` and removed at its end.
+static SERVER_CPU: Mutex<Option<CpuLimit>> = Mutex::new(None);
+
 /// The cores of the server and of the simulators: separate sets (the first half of the cores
 /// for the server, the rest for the simulators) on a machine with at least 2, so that runs on
 /// different machines compare the server's work and not how it shared a core with its load.
@@ -54,11 +57,15 @@ impl Pinning {
 
     /// How the benchmark's processes share the machine, for the table.
     pub fn describe(&self) -> String {
-        match (&self.server, &self.simulators) {
+        let pinned = match (&self.server, &self.simulators) {
             (Some(server), Some(sims)) => {
                 format!("server pinned to cpu {server}, simulators to cpu {sims} (taskset)")
             }
             _ => "not pinned: server and simulators share every core".to_owned(),
+        };
+        match &*lock(&SERVER_CPU) {
+            Some(limit) => format!("{pinned}; {}", limit.describe()),
+            None => pinned,
         }
     }
 }
@@ -71,6 +78,137 @@ pub fn set_pinning(pinning: Pinning) {
 /// The pinning in effect.
 pub fn pinning() -> Pinning {
     PINNING.get().cloned().unwrap_or_default()
+}
+
+/// A CPU bandwidth limit on the server's processes: a cgroup of the benchmark's own with a CFS
+/// quota (`--server-cpu-limit 0.625` gives the server 0.625 of a core: the same run as on a
+/// machine 1.6 times slower per message, for the server only). The quota is spread over a
+/// 10 ms period, so a throttled server waits at most a few milliseconds at a time. Needs
+/// root and cgroup v1's `cpu` controller or cgroup v2 with `cpu` available at the root.
+/// Removed when dropped (any process still in it moved back to the parent first).
+pub struct CpuLimit {
+    dir: PathBuf,
+    cores: f64,
+    version: &'static str,
+}
+
+/// The CFS period of [`CpuLimit`], microseconds.
+const CPU_PERIOD_US: u64 = 10_000;
+
+impl CpuLimit {
+    /// Creates the cgroup, limited to `cores` (0.1 to 64) of one core's time.
+    ///
+    /// # Errors
+    ///
+    /// `cores` is out of range, or the machine offers no cgroup the benchmark may create.
+    pub fn create(cores: f64) -> anyhow::Result<Self> {
+        if !(0.1..=64.0).contains(&cores) {
+            bail!("--server-cpu-limit must be between 0.1 and 64 cores, not {cores}");
+        }
+        let quota_us = (cores * CPU_PERIOD_US as f64).round() as u64;
+        let name = format!("tether-fleet-bench-{}", std::process::id());
+        let v2_root = Path::new("/sys/fs/cgroup");
+        let v1_root = Path::new("/sys/fs/cgroup/cpu");
+        let controllers = std::fs::read_to_string(v2_root.join("cgroup.controllers"));
+        let (dir, version) = if controllers.is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        {
+            write(&v2_root.join("cgroup.subtree_control"), "+cpu")?;
+            let dir = v2_root.join(&name);
+            std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+            write(&dir.join("cpu.max"), &format!("{quota_us} {CPU_PERIOD_US}"))?;
+            (dir, "cgroup v2 cpu.max")
+        } else if v1_root.join("cpu.cfs_quota_us").exists() {
+            let dir = v1_root.join(&name);
+            std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+            write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            write(&dir.join("cpu.cfs_quota_us"), &quota_us.to_string())?;
+            (dir, "cgroup v1 cpu quota")
+        } else {
+            bail!(
+                "--server-cpu-limit needs cgroup v2 with the cpu controller or cgroup v1's cpu \
+                 hierarchy at /sys/fs/cgroup/cpu; neither is here"
+            );
+        };
+        Ok(Self {
+            dir,
+            cores,
+            version,
+        })
+    }
+
+    /// Moves `pid` (every thread of it) into the limit.
+    ///
+    /// # Errors
+    ///
+    /// The cgroup refused it.
+    pub fn add(&self, pid: u32) -> anyhow::Result<()> {
+        write(&self.dir.join("cgroup.procs"), &pid.to_string())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "server limited to {} of a core ({}, {} µs per {} µs)",
+            self.cores,
+            self.version,
+            (self.cores * CPU_PERIOD_US as f64).round(),
+            CPU_PERIOD_US
+        )
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        // A process killed a moment ago may take a while to leave; until then the directory
+        // cannot go. Anything still running is moved back to the parent.
+        let parent = self.dir.parent().map(|p| p.join("cgroup.procs"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let (Ok(procs), Some(parent)) = (
+                std::fs::read_to_string(self.dir.join("cgroup.procs")),
+                &parent,
+            ) {
+                for pid in procs.split_whitespace() {
+                    // A process that exited in between is gone from both.
+                    let _ = std::fs::write(parent, pid);
+                }
+            }
+            match std::fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!("could not remove the cgroup {}: {e}", self.dir.display());
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> anyhow::Result<()> {
+    std::fs::write(path, value).with_context(|| format!("write {value:?} to {}", path.display()))
+}
+
+/// Limits every later server (and the server-side `store_bench`) to `limit`, until
+/// [`release_server_cpu_limit`].
+pub fn set_server_cpu_limit(limit: CpuLimit) {
+    *lock(&SERVER_CPU) = Some(limit);
+}
+
+/// Removes the server's CPU limit (its cgroup), once its processes are gone.
+pub fn release_server_cpu_limit() {
+    drop(lock(&SERVER_CPU).take());
+}
+
+/// Puts `pid` under the server's CPU limit, if there is one.
+///
+/// # Errors
+///
+/// The cgroup refused it: the run would not be the one asked for.
+pub fn limit_server_cpu(pid: u32) -> anyhow::Result<()> {
+    match &*lock(&SERVER_CPU) {
+        Some(limit) => limit.add(pid),
+        None => Ok(()),
+    }
 }
 
 /// A command running `program`, under `taskset -c cpus` when `cpus` is given.
@@ -285,6 +423,7 @@ impl ServerProc {
         )?;
         let pid = child.id().context("server pid")?;
         reaper.track(pid);
+        limit_server_cpu(pid)?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let (mut enroll_token, mut admin_token) = (None, None);
