@@ -26,6 +26,7 @@ pub mod events;
 pub mod gate;
 pub mod health;
 pub mod identity;
+pub mod lag;
 pub mod listener;
 pub mod liveness;
 pub mod metrics;

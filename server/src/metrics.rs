@@ -181,6 +181,8 @@ pub struct Metrics {
     pub agent_ack_latency_seconds: Histogram,
     /// The waits paced acks asked of their agents (only acks above `--min-report-interval`).
     pub report_pace_seconds: Histogram,
+    /// How late the runtime's lag probe woke (`lag.rs`).
+    pub runtime_lag_seconds: Histogram,
     /// How long the store commit in progress has run, once past the stall report (else 0).
     pub writer_commit_running_seconds: Gauge,
     pub writer_commit_stalls: Counter,
@@ -318,6 +320,15 @@ impl Metrics {
              (adaptive pacing, above --min-report-interval); their count is the paced acks",
             Unit::Seconds,
             report_pace_seconds.clone(),
+        );
+        let runtime_lag_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register_with_unit(
+            "runtime_lag",
+            "How late a task that became ready ran: the lateness of a probe that sleeps 10 ms at \
+             a time, one observation per wake-up. Near zero while the server has CPU to spare; \
+             when it has not, the time every agent's message waits for the server's CPU",
+            Unit::Seconds,
+            runtime_lag_seconds.clone(),
         );
 
         let rpc_requests = Family::<RpcLabels, Counter>::default();
@@ -577,6 +588,7 @@ impl Metrics {
             writer_commit_failures,
             agent_ack_latency_seconds,
             report_pace_seconds,
+            runtime_lag_seconds,
             writer_commit_running_seconds,
             writer_commit_stalls,
             writer_queue_depth,

@@ -316,6 +316,10 @@ async fn start_inner(
         config.storage.retention_interval,
         background.clone(),
     ));
+    tasks.spawn(crate::lag::run(
+        metrics.runtime_lag_seconds.clone(),
+        background.clone(),
+    ));
     tasks.spawn(crate::writer::run_compaction(
         store.clone(),
         config.storage.clone(),

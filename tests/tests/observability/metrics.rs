@@ -78,6 +78,8 @@ async fn a_busy_server_exposes_every_family_and_passes_promtool() {
         r#"tether_status_transitions_total{to="online",reason="connected"}"#,
         "tether_writer_batch_writes_count",
         "tether_writer_commit_seconds_count",
+        // The lag probe wakes every 10 ms from the start.
+        "tether_runtime_lag_seconds_count",
         r#"tether_rpc_requests_total{method="tether.v1.FleetService/GetFleetSummary",code="UNAUTHENTICATED"}"#,
         r#"tether_rpc_requests_total{method="grpc.health.v1.Health/Check",code="OK"}"#,
         r#"tether_rpc_duration_seconds_count{method="tether.v1.FleetService/GetAgent",code="OK"}"#,
