@@ -245,7 +245,18 @@ pub(crate) async fn fleet_phase(
             "simulator_cores": sim_cpu / window, "pinning": crate::procs::pinning().describe()}),
     });
 
-    // Stale: the silent simulator muted its agents 10 s after it was ready.
+    // Stale: the silent simulator muted its agents 10 s after it was ready. A short ingest
+    // window (`--duration 10s`) ends before they can turn stale: wait, bounded, until their
+    // deadline (stale_after + 1 s after the silence) and a second for the watch has passed.
+    let deadline_ms = stale_after.as_millis() as u64 + 2_000;
+    let waited_from = Instant::now();
+    while waited_from.elapsed() < stale_after + Duration::from_secs(15) {
+        let silenced = lock(&silent.reports).silenced_unix_ms;
+        if silenced.is_some_and(|at| unix_ms(SystemTime::now()) >= at + deadline_ms) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let silenced = lock(&silent.reports).silenced_unix_ms;
     let stale_lat = first_latencies(
         &watched,
