@@ -325,8 +325,9 @@ impl Metrics {
         registry.register_with_unit(
             "runtime_lag",
             "How late a task that became ready ran: the lateness of a probe that sleeps 10 ms at \
-             a time, one observation per wake-up. Near zero while the server has CPU to spare; \
-             when it has not, the time every agent's message waits for the server's CPU",
+             a time, one observation per wake-up. About a millisecond (the timer's granularity) \
+             while the server has CPU to spare; past it, the time every agent's message waits \
+             for the server's CPU",
             Unit::Seconds,
             runtime_lag_seconds.clone(),
         );
