@@ -89,6 +89,8 @@ pub fn pinning() -> Pinning {
 pub struct CpuLimit {
     dir: PathBuf,
     cores: f64,
+    /// CPU time per [`CPU_PERIOD_US`], microseconds.
+    quota_us: u64,
     version: &'static str,
 }
 
@@ -132,6 +134,7 @@ impl CpuLimit {
         Ok(Self {
             dir,
             cores,
+            quota_us,
             version,
         })
     }
@@ -147,11 +150,8 @@ impl CpuLimit {
 
     fn describe(&self) -> String {
         format!(
-            "server limited to {} of a core ({}, {} µs per {} µs)",
-            self.cores,
-            self.version,
-            (self.cores * CPU_PERIOD_US as f64).round(),
-            CPU_PERIOD_US
+            "server limited to {} of a core ({}, {} µs per {CPU_PERIOD_US} µs)",
+            self.cores, self.version, self.quota_us
         )
     }
 }
