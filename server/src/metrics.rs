@@ -181,6 +181,10 @@ pub struct Metrics {
     pub agent_ack_latency_seconds: Histogram,
     /// The waits paced acks asked of their agents (only acks above `--min-report-interval`).
     pub report_pace_seconds: Histogram,
+    /// How long metrics reports waited for ingest budget, from their reading.
+    pub ingest_budget_wait_seconds: Histogram,
+    /// How long metrics reports spent in the server, from their reading to their ack.
+    pub report_residence_seconds: Histogram,
     /// How late the runtime's lag probe woke (`lag.rs`).
     pub runtime_lag_seconds: Histogram,
     /// How long the store commit in progress has run, once past the stall report (else 0).
@@ -320,6 +324,24 @@ impl Metrics {
              (adaptive pacing, above --min-report-interval); their count is the paced acks",
             Unit::Seconds,
             report_pace_seconds.clone(),
+        );
+        let ingest_budget_wait_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register_with_unit(
+            "ingest_budget_wait",
+            "How long metrics reports waited for their share of the writer's ingest budget \
+             (--ingest-budget), from their reading: the server's queue in front of its writer, \
+             one observation per report handed to the writer",
+            Unit::Seconds,
+            ingest_budget_wait_seconds.clone(),
+        );
+        let report_residence_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register_with_unit(
+            "report_residence",
+            "How long metrics reports spent in the server, from their reading to their ack (the \
+             wait for ingest budget, the writer's queue and its commit): the server's part of \
+             tether_agent_ack_latency_seconds, one observation per acknowledged report",
+            Unit::Seconds,
+            report_residence_seconds.clone(),
         );
         let runtime_lag_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         registry.register_with_unit(
@@ -589,6 +611,8 @@ impl Metrics {
             writer_commit_failures,
             agent_ack_latency_seconds,
             report_pace_seconds,
+            ingest_budget_wait_seconds,
+            report_residence_seconds,
             runtime_lag_seconds,
             writer_commit_running_seconds,
             writer_commit_stalls,

@@ -377,10 +377,12 @@ pub struct SessionLoop {
     max_seq: u64,
     /// Highest seq acknowledged to the agent.
     acked_seq: u64,
-    /// The last seq of each report handed to the writer and not yet durable, oldest first.
-    in_flight: std::collections::VecDeque<u64>,
-    /// A report read and valid, waiting for ingest budget, with the wait.
-    admitting: Option<(Admitting, Vec<Sample>)>,
+    /// Each report handed to the writer and not yet durable, oldest first: its last seq and
+    /// when it was read (`tether_report_residence_seconds`).
+    in_flight: std::collections::VecDeque<(u64, Instant)>,
+    /// A report read and valid, waiting for ingest budget: the wait, the samples, and when
+    /// the wait began.
+    admitting: Option<(Admitting, Vec<Sample>, Instant)>,
     /// Whether the loop holds the session back (mirrors `Session::held`).
     held: bool,
     /// Inbound message budget.
@@ -482,7 +484,13 @@ impl SessionLoop {
                 }
             }
             let durable = self.session.durable_seq();
-            while self.in_flight.front().is_some_and(|&seq| seq <= durable) {
+            while let Some(&(seq, read_at)) = self.in_flight.front()
+                && seq <= durable
+            {
+                self.limits
+                    .metrics
+                    .report_residence_seconds
+                    .observe(read_at.elapsed().as_secs_f64());
                 self.in_flight.pop_front();
             }
             if durable > self.acked_seq {
@@ -523,10 +531,10 @@ impl SessionLoop {
             match event {
                 None => {}
                 Some(Event::Admitted(admitted)) => {
-                    let Some((_, samples)) = self.admitting.take() else {
+                    let Some((_, samples, since)) = self.admitting.take() else {
                         continue;
                     };
-                    if let Err(e) = self.hand_over(samples, admitted).await {
+                    if let Err(e) = self.hand_over(samples, admitted, since).await {
                         self.done = true;
                         return Some(Err(e.into()));
                     }
@@ -599,10 +607,13 @@ impl SessionLoop {
                 let samples = self.accept_samples(report)?;
                 if !samples.is_empty() {
                     match self.writer.try_admit(samples.len()) {
-                        Some(admission) => self.hand_over(samples, Ok(admission)).await?,
+                        Some(admission) => {
+                            self.hand_over(samples, Ok(admission), Instant::now())
+                                .await?;
+                        }
                         None => {
                             let wait = self.writer.admit(samples.len());
-                            self.admitting = Some((wait, samples));
+                            self.admitting = Some((wait, samples, Instant::now()));
                         }
                     }
                 }

@@ -6,7 +6,7 @@
 //! **Invariant:** nothing of an invalid report reaches the writer, and a report reaches it only
 //! with its ingest budget.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tether_proto as pb;
 
@@ -17,20 +17,26 @@ use crate::error::ServerError;
 use crate::writer::Admitting;
 
 impl SessionLoop {
-    /// Hands a report's samples to the writer with their ingest budget; they are in flight
-    /// until acknowledged.
+    /// Hands a report's samples, read at `read_at`, to the writer with their ingest budget;
+    /// they are in flight until acknowledged.
     pub(super) async fn hand_over(
         &mut self,
         samples: Vec<Sample>,
         admitted: Result<crate::writer::Admission, ServerError>,
+        read_at: Instant,
     ) -> Result<(), ServerError> {
         let Some(last) = samples.last().map(|s| s.seq) else {
             return Ok(());
         };
+        let admitted = admitted?;
+        self.limits
+            .metrics
+            .ingest_budget_wait_seconds
+            .observe(read_at.elapsed().as_secs_f64());
         self.writer
-            .samples(self.session.clone(), samples, admitted?)
+            .samples(self.session.clone(), samples, admitted)
             .await?;
-        self.in_flight.push_back(last);
+        self.in_flight.push_back((last, read_at));
         Ok(())
     }
 
@@ -79,10 +85,10 @@ impl SessionLoop {
 ///
 /// Cancel safe: the wait stays in `admitting`, in its place in line.
 pub(super) async fn admission(
-    admitting: &mut Option<(Admitting, Vec<Sample>)>,
+    admitting: &mut Option<(Admitting, Vec<Sample>, Instant)>,
 ) -> Result<crate::writer::Admission, ServerError> {
     match admitting {
-        Some((wait, _)) => wait.as_mut().await,
+        Some((wait, ..)) => wait.as_mut().await,
         None => std::future::pending().await,
     }
 }

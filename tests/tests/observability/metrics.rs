@@ -53,8 +53,11 @@ async fn a_busy_server_exposes_every_family_and_passes_promtool() {
 
     let get_agent_ok =
         r#"tether_rpc_requests_total{method="tether.v1.FleetService/GetAgent",code="OK"}"#;
-    let scraped = scrape_until(addr, "samples stored and calls counted", |s| {
+    let scraped = scrape_until(addr, "samples stored and acked, calls counted", |s| {
         s.value("tether_samples_stored_total").unwrap_or(0.0) >= 1.0
+            && s.value("tether_report_residence_seconds_count")
+                .unwrap_or(0.0)
+                >= 1.0
             && s.value(get_agent_ok).unwrap_or(0.0) >= 1.0
             && s.value("tether_watchers") == Some(1.0)
     })
@@ -78,6 +81,9 @@ async fn a_busy_server_exposes_every_family_and_passes_promtool() {
         r#"tether_status_transitions_total{to="online",reason="connected"}"#,
         "tether_writer_batch_writes_count",
         "tether_writer_commit_seconds_count",
+        // Every report handed to the writer is counted, with no wait as with one.
+        "tether_ingest_budget_wait_seconds_count",
+        "tether_report_residence_seconds_count",
         // The lag probe wakes every 10 ms from the start.
         "tether_runtime_lag_seconds_count",
         r#"tether_rpc_requests_total{method="tether.v1.FleetService/GetFleetSummary",code="UNAUTHENTICATED"}"#,
