@@ -9,6 +9,10 @@
 //! Or it may [`arm_stall`] one: the thread that reaches it then blocks for good, as a store
 //! whose flush never returns would (the writer's stall watchdog, `writer/stall.rs`).
 //! Nothing in the server or its binary arms a point; only the test harness's crash server does.
+//!
+//! [`race_point`]s are for unit tests instead: a test may run code of its own when its thread
+//! reaches one (inside a critical section, say), to race another thread against the store at
+//! an exact step; see [`race::on_this_thread`].
 
 /// The points, for the harness to name.
 pub const POINTS: &[&str] = &[
@@ -77,4 +81,56 @@ pub fn point(name: &str) {
     armed::point(name);
     #[cfg(not(feature = "test-support"))]
     let _ = name;
+}
+
+/// Marks a step where a unit test may run code of its own on the thread that reaches it
+/// ([`race::on_this_thread`]). Does nothing outside unit tests.
+#[inline]
+pub fn race_point(name: &str) {
+    #[cfg(test)]
+    race::run(name);
+    #[cfg(not(test))]
+    let _ = name;
+}
+
+/// What unit tests run at a [`race_point`].
+#[cfg(test)]
+pub(crate) mod race {
+    use std::cell::RefCell;
+
+    type Hook = (&'static str, Box<dyn FnOnce()>);
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `hook` the first time this thread reaches race point `name`, until the returned
+    /// guard is dropped (which drops a hook that never ran, and whatever it holds).
+    pub(crate) fn on_this_thread(name: &'static str, hook: impl FnOnce() + 'static) -> Armed {
+        HOOK.with(|h| *h.borrow_mut() = Some((name, Box::new(hook))));
+        Armed(())
+    }
+
+    /// Keeps a hook armed on this thread while it lives.
+    pub(crate) struct Armed(());
+
+    impl Drop for Armed {
+        fn drop(&mut self) {
+            HOOK.with(|h| h.borrow_mut().take());
+        }
+    }
+
+    pub(super) fn run(name: &str) {
+        let hook = HOOK.with(|h| {
+            let mut h = h.borrow_mut();
+            if h.as_ref().is_some_and(|(armed, _)| *armed == name) {
+                h.take()
+            } else {
+                None
+            }
+        });
+        if let Some((_, hook)) = hook {
+            hook();
+        }
+    }
 }

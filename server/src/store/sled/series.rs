@@ -524,9 +524,9 @@ impl Series {
                 for (key, entry) in heads.iter_mut() {
                     if let Some(needs_from) = entry.needs_from.take() {
                         written.push((idx, key.clone(), needs_from));
-                        self.data
-                            .insert(head_key(key), entry.head.encode())
-                            .map_err(backend)?;
+                        let snapshot = entry.head.encode();
+                        fault::race_point("snapshot-encoded");
+                        self.data.insert(head_key(key), snapshot).map_err(backend)?;
                     }
                 }
                 drop(heads);

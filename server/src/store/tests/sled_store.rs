@@ -66,6 +66,81 @@ fn samples_survive_reopening_at_every_stage() {
     series::check_samples_survive_reopening(&|| Box::new(open(dir.path())));
 }
 
+/// A checkpoint writes a head's snapshot under the head's shard lock, so a seal of that head
+/// waits for it: the seal's record of the emptied head is never overwritten by the older
+/// snapshot, which would make the next open load the sealed samples again and count them twice
+/// in the rollups (138cf1e). The seal is started from inside the checkpoint, between the
+/// snapshot's encoding and its write.
+#[test]
+fn a_seal_waits_for_a_checkpoints_snapshot_of_its_head() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
+
+    use crate::store::Resolution;
+    use crate::store::fault::race;
+
+    const T0: u64 = 1_699_999_200_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writes: Vec<Write> = (1..=10)
+        .map(|seq| put_sample("acme", "web-1", sample(seq, T0 + seq * 1_000)))
+        .collect();
+    {
+        let store = open(dir.path());
+        store.commit_writes(&writes).expect("commit");
+        let (go, went) = mpsc::channel::<()>();
+        let (sealed, seal_done) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let raced = Arc::new(AtomicBool::new(false));
+        std::thread::scope(|scope| {
+            let store = &store;
+            scope.spawn(move || {
+                if went.recv().is_ok() {
+                    store
+                        .compact(at(u64::MAX), Checkpoint::No)
+                        .expect("seal the head");
+                    let _ = sealed.send(());
+                }
+            });
+            let (fired_in, raced_in) = (fired.clone(), raced.clone());
+            let _armed = race::on_this_thread("snapshot-encoded", move || {
+                fired_in.store(true, Ordering::SeqCst);
+                go.send(()).expect("the sealer waits");
+                // A seal that did not wait for the shard's lock would be done well within this.
+                let done = seal_done.recv_timeout(Duration::from_secs(1)).is_ok();
+                raced_in.store(done, Ordering::SeqCst);
+            });
+            store.compact(at(0), Checkpoint::Now).expect("checkpoint");
+        });
+        assert!(
+            fired.load(Ordering::SeqCst),
+            "the checkpoint snapshot the head"
+        );
+        assert!(
+            !raced.load(Ordering::SeqCst),
+            "the seal ran between the snapshot's encoding and its write"
+        );
+    }
+    let store = open(dir.path());
+    store
+        .compact(at(u64::MAX), Checkpoint::Now)
+        .expect("seal what is open");
+    assert_eq!(
+        all_seqs(&store, "acme", "web-1"),
+        (1..=10).collect::<Vec<_>>()
+    );
+    let rolled: u64 = store
+        .rollups(
+            &org("acme"),
+            &agent_id("web-1"),
+            Resolution::FiveMinutes,
+            at(0),
+            at(u64::MAX),
+        )
+        .map(|bucket| bucket.expect("rollup").rollup.count)
+        .sum();
+    assert_eq!(rolled, 10, "every sample rolled up once");
+}
+
 /// Reads (and with `Some`, first replaces) the raw schema version, with sled directly.
 fn raw_schema_version(path: &Path, replace: Option<Option<&str>>) -> Option<String> {
     let db = crate::store::sled::raw_db(path).expect("open raw sled");
