@@ -28,6 +28,9 @@ pub struct SampleBuffer {
     next_seq: u64,
     /// Samples dropped unacknowledged because the buffer was full.
     dropped: u64,
+    /// The first `seq` whose push should wake the session: 0 while it waits for samples,
+    /// higher while it will come back to the buffer anyway (see [`SampleBuffer::wake_from`]).
+    wake_seq: u64,
 }
 
 impl SampleBuffer {
@@ -42,7 +45,21 @@ impl SampleBuffer {
             capacity,
             next_seq: 1,
             dropped: 0,
+            wake_seq: 0,
         }
+    }
+
+    /// Sets the first `seq` whose push wakes the session ([`SampleBuffer::wakes`]): the
+    /// session says, under the buffer's lock, from which sample on it needs to hear of new
+    /// ones (e.g. not while a report awaits its ack, which sends what waits), so that a push
+    /// cannot fall between its look at the buffer and its say.
+    pub fn wake_from(&mut self, seq: u64) {
+        self.wake_seq = seq;
+    }
+
+    /// Whether the push that numbered `seq` should wake the session.
+    pub fn wakes(&self, seq: u64) -> bool {
+        seq >= self.wake_seq
     }
 
     /// Numbers `sample` and appends it, dropping the oldest sample if the buffer is full.
@@ -76,8 +93,13 @@ impl SampleBuffer {
 
     /// Clones up to `limit` samples with `seq > after`, in order.
     pub fn after(&self, after: u64, limit: usize) -> Vec<SeqSample> {
+        self.map_after(after, limit, SeqSample::clone)
+    }
+
+    /// [`SampleBuffer::after`], each sample passed through `f` instead of cloned.
+    pub fn map_after<T>(&self, after: u64, limit: usize, f: impl FnMut(&SeqSample) -> T) -> Vec<T> {
         let start = self.entries.partition_point(|entry| entry.seq <= after);
-        self.entries.range(start..).take(limit).cloned().collect()
+        self.entries.range(start..).take(limit).map(f).collect()
     }
 
     /// Number of buffered samples with seq greater than `after`.

@@ -220,11 +220,11 @@ fn terminal_to_pb(state: Terminal) -> pb::InvocationState {
 /// A metrics report carrying `samples` in order, and how long the stream's previous report
 /// waited for its ack.
 pub(crate) fn metrics_report(
-    samples: &[SeqSample],
+    samples: Vec<pb::MetricsSample>,
     previous_ack_latency: Option<Duration>,
 ) -> pb::ConnectRequest {
     request(pb::connect_request::Message::Metrics(pb::MetricsReport {
-        samples: samples.iter().map(pb::MetricsSample::from).collect(),
+        samples,
         previous_ack_latency: previous_ack_latency.and_then(|d| d.try_into().ok()),
     }))
 }

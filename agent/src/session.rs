@@ -463,6 +463,19 @@ impl Session<'_> {
 
     /// Queues one message on the outbound stream, giving up on shutdown.
     async fn send(&self, message: pb::ConnectRequest) -> Result<(), SendFailed> {
+        if self.ctx.shutdown.is_cancelled() {
+            return Err(SendFailed::Cancelled);
+        }
+        // The queue almost always has room: queued at once, without registering a wait for
+        // the shutdown (the simulator sends tens of thousands of messages a second).
+        let message = match self.tx.try_send(message) {
+            Ok(()) => {
+                self.ctx.shared.stats.message_sent();
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendFailed::Closed),
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
         tokio::select! {
             biased;
             () = self.ctx.shutdown.cancelled() => Err(SendFailed::Cancelled),

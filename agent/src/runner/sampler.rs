@@ -95,14 +95,16 @@ pub(crate) async fn sample_forever(
         if let Some(events) = &shared.events {
             events.observe(&sample).await;
         }
-        let (seq, dropped) = {
+        let (seq, dropped, wake) = {
             let mut buffer = shared.buffer();
             let seq = buffer.push(sample);
             shared.stats.set_buffer(buffer.len(), buffer.dropped());
-            (seq, buffer.dropped())
+            (seq, buffer.dropped(), buffer.wakes(seq))
         };
         shared.stats.sample_taken();
-        shared.new_samples.notify_one();
+        if wake {
+            shared.new_samples.notify_one();
+        }
         trigger.taken(seq);
         if dropped > reported_drops && (reported_drops == 0 || dropped - reported_drops >= 1000) {
             warn!(

@@ -40,22 +40,40 @@ impl Session<'_> {
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let silence_limit =
             (heartbeat_interval * SILENT_HEARTBEATS).max(welcome.offline_after.unwrap_or_default());
+        // Fires `silence_limit` after the last inbound message: moved when it fires, not at
+        // every message (a timer reset is a trip to the runtime's timer wheel).
+        let mut last_heard = Instant::now();
         let silence = tokio::time::sleep(silence_limit);
         tokio::pin!(silence);
+        // The futures waited on in every turn of the loop live across turns: one made in each
+        // turn registers with its `Notify` (a lock, a list insert) and unregisters when dropped.
+        let shutdown = ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let new_samples = ctx.shared.new_samples.notified();
+        tokio::pin!(new_samples);
+        let events = events_ready(ctx.shared);
+        tokio::pin!(events);
+        let commands_ready = ctx.shared.commands.ready().notified();
+        tokio::pin!(commands_ready);
         // Armed when the command subsystem has something to report; fires no earlier than
         // `next_report_at`. Armed at once: unacknowledged updates are re-sent after `Welcome`.
         let report_timer = tokio::time::sleep_until(self.next_report_at);
         tokio::pin!(report_timer);
         let mut report_armed = true;
         // Fires when the server's pacing (`next_metrics_at`) lets the samples that waited go.
+        // Armed (set to that instant) only when samples wait for it.
         let metrics_timer = tokio::time::sleep_until(self.next_metrics_at);
         tokio::pin!(metrics_timer);
-        let commands = &ctx.shared.commands;
+        let mut metrics_timer_at = self.next_metrics_at;
 
         loop {
+            if self.paced && metrics_timer_at != self.next_metrics_at {
+                metrics_timer.as_mut().reset(self.next_metrics_at);
+                metrics_timer_at = self.next_metrics_at;
+            }
             tokio::select! {
                 biased;
-                () = ctx.shutdown.cancelled() => return self.say_goodbye(inbound).await,
+                () = &mut shutdown => return self.say_goodbye(inbound).await,
                 message = inbound.message() => match message? {
                     None => {
                         return Ok(SessionEnd::Closed {
@@ -64,7 +82,7 @@ impl Session<'_> {
                         });
                     }
                     Some(response) => {
-                        silence.as_mut().reset(Instant::now() + silence_limit);
+                        last_heard = Instant::now();
                         let message = ServerMessage::try_from(response)?;
                         let ack = matches!(message, ServerMessage::MetricsAck { .. });
                         if let Some(end) = self.on_message(message)? {
@@ -73,7 +91,6 @@ impl Session<'_> {
                         // An ack frees room for the samples that waited for it (at once, or
                         // when the server's pacing says).
                         if ack {
-                            metrics_timer.as_mut().reset(self.next_metrics_at);
                             match self.flush_pending().await {
                                 Ok(()) => {}
                                 Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
@@ -83,6 +100,11 @@ impl Session<'_> {
                     }
                 },
                 () = &mut silence => {
+                    let deadline = last_heard + silence_limit;
+                    if deadline > Instant::now() {
+                        silence.as_mut().reset(deadline);
+                        continue;
+                    }
                     return Err(AgentError::Timeout("any message from the server"));
                 }
                 _ = heartbeat.tick(), if !ctx.shared.is_muted() => {
@@ -108,17 +130,24 @@ impl Session<'_> {
                         Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
                     }
                 }
-                () = ctx.shared.new_samples.notified(), if !ctx.shared.is_muted() => match self.flush_pending().await {
-                    Ok(()) => {}
-                    Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
-                    Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
-                },
-                () = events_ready(ctx.shared), if !ctx.shared.is_muted() => match self.flush_events().await {
-                    Ok(()) => {}
-                    Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
-                    Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
-                },
-                () = commands.ready().notified(), if !report_armed => {
+                () = &mut new_samples, if !ctx.shared.is_muted() => {
+                    new_samples.set(ctx.shared.new_samples.notified());
+                    match self.flush_pending().await {
+                        Ok(()) => {}
+                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                    }
+                }
+                () = &mut events, if !ctx.shared.is_muted() => {
+                    events.set(events_ready(ctx.shared));
+                    match self.flush_events().await {
+                        Ok(()) => {}
+                        Err(SendFailed::Cancelled) => return self.say_goodbye(inbound).await,
+                        Err(SendFailed::Closed) => return self.outbound_closed(inbound).await,
+                    }
+                }
+                () = &mut commands_ready, if !report_armed => {
+                    commands_ready.set(ctx.shared.commands.ready().notified());
                     report_armed = true;
                     report_timer.as_mut().reset(self.next_report_at.max(Instant::now()));
                 }
@@ -239,14 +268,16 @@ impl Session<'_> {
     /// [`MAX_SAMPLES_PER_REPORT`]), with its last seq and its number of samples; it tells the
     /// server the last measured ack wait, once.
     fn next_report(&mut self) -> Option<(pb::ConnectRequest, u64, usize)> {
-        let batch = self
-            .ctx
-            .shared
-            .buffer()
-            .after(self.sent_through, MAX_SAMPLES_PER_REPORT);
+        // Converted straight from the buffer: one copy of each sample, not two.
+        let batch = self.ctx.shared.buffer().map_after(
+            self.sent_through,
+            MAX_SAMPLES_PER_REPORT,
+            |entry| pb::MetricsSample::from(entry),
+        );
         let last_seq = batch.last()?.seq;
-        let report = convert::metrics_report(&batch, self.ack_wait.take());
-        Some((report, last_seq, batch.len()))
+        let n_samples = batch.len();
+        let report = convert::metrics_report(batch, self.ack_wait.take());
+        Some((report, last_seq, n_samples))
     }
 
     /// Records a report written to the stream: in flight until its ack.
@@ -261,28 +292,38 @@ impl Session<'_> {
     /// their ack.
     pub(super) async fn flush_pending(&mut self) -> Result<(), SendFailed> {
         if self.ctx.shared.is_muted() {
+            self.ctx.shared.buffer().wake_from(0);
             return Ok(());
         }
         loop {
             if self.in_flight.len() >= MAX_REPORTS_IN_FLIGHT {
-                // The next ack sends what waits.
+                // The next ack sends what waits: new samples need not wake the session.
+                self.ctx.shared.buffer().wake_from(u64::MAX);
                 return Ok(());
             }
             // The server's pacing holds a report back (the metrics timer sends it), but never a
             // full one: a backlog drains at a full report per round trip whatever the pacing.
-            // Counted before anything is copied: while paced, every new sample comes here.
-            let (pending, full) = {
-                let buffer = self.ctx.shared.buffer();
+            // Counted before anything is copied, and decided under the buffer's lock together
+            // with the sample whose push wakes the session next: the first one while nothing
+            // waits, the one that fills a report while the pacing holds them, none while a
+            // report awaits its ack (the sampler then does not wake the session at all).
+            let pending = {
+                let mut buffer = self.ctx.shared.buffer();
                 // A report is full at half a buffer smaller than two reports, so that pacing
                 // never holds samples until the buffer drops them.
                 let full = MAX_SAMPLES_PER_REPORT.min(buffer.capacity() / 2).max(1);
-                (buffer.count_after(self.sent_through), full)
+                let pending = buffer.count_after(self.sent_through);
+                self.paced = pending > 0 && pending < full && Instant::now() < self.next_metrics_at;
+                if pending == 0 {
+                    buffer.wake_from(0);
+                } else if self.paced {
+                    // Seqs are consecutive, and a buffer that dropped some holds at least two
+                    // full reports: the push of this seq is the one that fills a report.
+                    buffer.wake_from(self.sent_through.saturating_add(full as u64));
+                }
+                pending
             };
-            if pending == 0 {
-                return Ok(());
-            }
-            self.paced = pending < full && Instant::now() < self.next_metrics_at;
-            if self.paced {
+            if pending == 0 || self.paced {
                 return Ok(());
             }
             let Some((report, last_seq, n_samples)) = self.next_report() else {

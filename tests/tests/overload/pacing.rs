@@ -103,6 +103,48 @@ async fn a_clean_stop_sends_what_the_pacing_held_back() {
     .await;
 }
 
+/// A report that fills up leaves at once whatever the pacing: while the pacing holds samples,
+/// the agent is not woken for each new one, only for the one that fills a report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_report_leaves_at_once_however_long_the_pacing() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    // Every ack asks a minute before the next report; samples come every 200 ms.
+    config.storage.min_report_interval = Duration::from_secs(60);
+    config.storage.max_report_interval = Duration::from_secs(60);
+    let server = TestServer::start(config).await;
+    let state_dir = tempfile::tempdir().expect("agent state dir");
+    let token = server.enrollment_token().await;
+    let mut agent_config =
+        tether_tests::agent_config(&server.url, state_dir.path(), &[], Some(token));
+    // A report is full at half the buffer: four samples.
+    agent_config.buffer_capacity = 8;
+    let agent = TestAgent::spawn_with(agent_config, state_dir, "full", "linux");
+    let stats = agent.handle.stats.clone();
+    let first = eventually("the agent's first ack", || async {
+        let seq = stats.samples_acked_seq();
+        (seq >= 1).then_some(seq)
+    })
+    .await;
+    // Three full reports' worth acked within 20 s: only full reports can go before the minute.
+    let acked = tether_tests::eventually_within(
+        Duration::from_secs(20),
+        "three full reports acked",
+        || async {
+            let seq = stats.samples_acked_seq();
+            (seq >= first + 12).then_some(seq)
+        },
+    )
+    .await;
+    assert_eq!(
+        stats.samples_dropped(),
+        0,
+        "no sample dropped: {acked} acked"
+    );
+    agent.stop().await;
+}
+
 /// A report of one sample, `seq`, telling the server how long the previous one waited.
 fn report(seq: u64, waited: Option<prost_types::Duration>) -> pb::connect_request::Message {
     pb::connect_request::Message::Metrics(pb::MetricsReport {
