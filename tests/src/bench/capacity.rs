@@ -151,6 +151,12 @@ pub(crate) async fn capacity_phase(
         }
     }
     for (i, step) in steps.iter().enumerate() {
+        let load_generator = crate::procs::load_generator_note(
+            step.simulator_cores,
+            crate::procs::pinning().simulator_cores(),
+            step.offered,
+            step.nominal,
+        );
         record(Row {
             scenario: format!(
                 "capacity step {}: {} agents at {}",
@@ -159,7 +165,7 @@ pub(crate) async fn capacity_phase(
                 humantime::format_duration(interval)
             ),
             figure: format!(
-                "offered {:.0} samples/s (nominal {:.0}), acked {:.0}/s ({:.0} %); ack p50 {:.1} ms, p99 {:.1} ms; server {:.2} cores, simulators {:.2}",
+                "offered {:.0} samples/s (nominal {:.0}), acked {:.0}/s ({:.0} %); ack p50 {:.1} ms, p99 {:.1} ms; server {:.2} cores, simulators {:.2}{}",
                 step.offered,
                 step.nominal,
                 step.acked,
@@ -167,7 +173,8 @@ pub(crate) async fn capacity_phase(
                 step.p50_ms,
                 step.p99_ms,
                 step.server_cores,
-                step.simulator_cores
+                step.simulator_cores,
+                load_generator
             ),
             target: if step.keeps_up() {
                 "held: ≥ 95 % acked and p99 < 1 s".into()
@@ -179,6 +186,7 @@ pub(crate) async fn capacity_phase(
                 "nominal_per_sec": step.nominal,
                 "acked_per_sec": step.acked, "ack_p50_ms": step.p50_ms, "ack_p99_ms": step.p99_ms,
                 "server_cores": step.server_cores, "simulator_cores": step.simulator_cores,
+                "simulators_saturated": !load_generator.is_empty(),
                 "held": step.held()}),
         });
     }

@@ -55,6 +55,21 @@ impl Pinning {
         }
     }
 
+    /// How many cores the simulators are pinned to (`None` when unpinned: they share every
+    /// core with the server).
+    pub fn simulator_cores(&self) -> Option<usize> {
+        let list = self.simulators.as_deref()?;
+        list.split(',')
+            .map(|range| match range.split_once('-') {
+                Some((from, to)) => {
+                    let (from, to) = (from.parse::<usize>().ok()?, to.parse::<usize>().ok()?);
+                    to.checked_sub(from).map(|n| n + 1)
+                }
+                None => range.parse::<usize>().ok().map(|_| 1),
+            })
+            .sum()
+    }
+
     /// How the benchmark's processes share the machine, for the table.
     pub fn describe(&self) -> String {
         let pinned = match (&self.server, &self.simulators) {
@@ -67,6 +82,30 @@ impl Pinning {
             Some(limit) => format!("{pinned}; {}", limit.describe()),
             None => pinned,
         }
+    }
+}
+
+/// A note for a row whose simulators used (nearly) all of the cores they are pinned to and
+/// sent less than their nominal rate: the samples they did not take were never offered, and
+/// the acks they were too busy to read waited in their sockets, so the row then measures the
+/// load generator as much as the server. Empty otherwise, and when the simulators are not
+/// pinned (their share of the cores is not known).
+pub fn load_generator_note(
+    sim_cores: f64,
+    pinned_cores: Option<usize>,
+    sent_rate: f64,
+    nominal: f64,
+) -> String {
+    const SATURATED: f64 = 0.9;
+    const SHORT: f64 = 0.97;
+    match pinned_cores {
+        Some(cores) if sim_cores >= SATURATED * cores as f64 && sent_rate < SHORT * nominal => {
+            format!(
+                "; the simulators used {sim_cores:.2} of their {cores} core(s) and sent {:.0} % of the nominal rate: the load generator, not only the server, limits this row",
+                100.0 * sent_rate / nominal.max(1e-9)
+            )
+        }
+        _ => String::new(),
     }
 }
 
@@ -703,4 +742,32 @@ pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pinning, load_generator_note};
+
+    #[test]
+    fn a_row_names_a_saturated_load_generator() {
+        assert!(load_generator_note(0.98, Some(1), 19_500.0, 22_200.0).contains("88 % of"));
+        // Busy but sending the nominal rate: the server had all the load it was meant to.
+        assert!(load_generator_note(0.98, Some(1), 21_900.0, 22_200.0).is_empty());
+        // Short of the nominal rate with a core to spare: not the simulators' doing.
+        assert!(load_generator_note(0.60, Some(1), 19_500.0, 22_200.0).is_empty());
+        // Unpinned: their share is unknown.
+        assert!(load_generator_note(1.50, None, 19_500.0, 22_200.0).is_empty());
+    }
+
+    #[test]
+    fn simulator_cores_counts_the_taskset_list() {
+        let pinning = |sims: &str| Pinning {
+            server: Some("0".to_owned()),
+            simulators: Some(sims.to_owned()),
+        };
+        assert_eq!(pinning("1").simulator_cores(), Some(1));
+        assert_eq!(pinning("2-3").simulator_cores(), Some(2));
+        assert_eq!(pinning("1,3-5").simulator_cores(), Some(4));
+        assert_eq!(Pinning::default().simulator_cores(), None);
+    }
 }
