@@ -41,6 +41,11 @@ struct Step {
     p99_ms: f64,
     server_cores: f64,
     simulator_cores: f64,
+    /// The histogram bucket (ms, lower and upper bound) that holds the 99th percentile of the
+    /// time the reports acked in the window spent inside the server, from reading to ack
+    /// (`tether_report_residence_seconds`): the server's part of `p99_ms`, which the agents
+    /// measure.
+    residence_p99_ms: Option<(f64, f64)>,
 }
 
 impl Step {
@@ -165,13 +170,14 @@ pub(crate) async fn capacity_phase(
                 humantime::format_duration(interval)
             ),
             figure: format!(
-                "offered {:.0} samples/s (nominal {:.0}), acked {:.0}/s ({:.0} %); ack p50 {:.1} ms, p99 {:.1} ms; server {:.2} cores, simulators {:.2}{}",
+                "offered {:.0} samples/s (nominal {:.0}), acked {:.0}/s ({:.0} %); ack p50 {:.1} ms, p99 {:.1} ms (inside the server: p99 in {}); server {:.2} cores, simulators {:.2}{}",
                 step.offered,
                 step.nominal,
                 step.acked,
                 100.0 * step.acked / step.offered.max(1e-9),
                 step.p50_ms,
                 step.p99_ms,
+                crate::procs::residence_range(step.residence_p99_ms),
                 step.server_cores,
                 step.simulator_cores,
                 load_generator
@@ -187,6 +193,7 @@ pub(crate) async fn capacity_phase(
                 "acked_per_sec": step.acked, "ack_p50_ms": step.p50_ms, "ack_p99_ms": step.p99_ms,
                 "server_cores": step.server_cores, "simulator_cores": step.simulator_cores,
                 "simulators_saturated": !load_generator.is_empty(),
+                "server_residence_p99_bucket_ms": step.residence_p99_ms,
                 "held": step.held()}),
         });
     }
@@ -260,6 +267,7 @@ async fn measure(
     };
     let sims_cpu =
         |sims: &[Simulator]| -> f64 { sims.iter().filter_map(|s| cpu_secs(s.pid)).sum() };
+    let residence0 = server.histogram(crate::procs::RESIDENCE).await?;
     let t0 = Instant::now();
     let produced0 = produced(sims);
     let (acked0, cpu0, sim_cpu0) = (
@@ -269,6 +277,7 @@ async fn measure(
     );
     tokio::time::sleep(window).await;
     let secs = t0.elapsed().as_secs_f64();
+    let residence1 = server.histogram(crate::procs::RESIDENCE).await?;
     let produced1 = produced(sims);
     let (acked1, cpu1, sim_cpu1) = (
         acked(sims),
@@ -298,5 +307,7 @@ async fn measure(
         p99_ms: ms(0.99),
         server_cores: (cpu1 - cpu0) / secs,
         simulator_cores: (sim_cpu1 - sim_cpu0) / secs,
+        residence_p99_ms: crate::procs::bucket_quantile(&residence0, &residence1, 0.99)
+            .map(|(lower, upper)| (lower * 1000.0, upper * 1000.0)),
     })
 }

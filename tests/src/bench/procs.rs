@@ -97,7 +97,7 @@ pub fn load_generator_note(
     nominal: f64,
 ) -> String {
     const SATURATED: f64 = 0.9;
-    const SHORT: f64 = 0.97;
+    const SHORT: f64 = 0.95;
     match pinned_cores {
         Some(cores) if sim_cores >= SATURATED * cores as f64 && sent_rate < SHORT * nominal => {
             format!(
@@ -107,6 +107,42 @@ pub fn load_generator_note(
         }
         _ => String::new(),
     }
+}
+
+/// The server's histogram of the time from reading a metrics report to its ack: the server's
+/// part of the ack latency the agents measure.
+pub const RESIDENCE: &str = "tether_report_residence_seconds";
+
+/// A residence quantile (ms) as the tables give it: the bounds of the histogram bucket that
+/// holds it (the buckets double, so that is all a scrape says).
+pub fn residence_range(bucket_ms: Option<(f64, f64)>) -> String {
+    match bucket_ms {
+        Some((lower, upper)) if upper.is_finite() => format!("{lower:.0}–{upper:.0} ms"),
+        Some((lower, _)) => format!("over {lower:.0} ms"),
+        None => "no report acked".to_owned(),
+    }
+}
+
+/// The bucket, as (lower bound, upper bound), that holds quantile `q` of what a cumulative
+/// histogram counted between two scrapes of it (`before`, `after`, as
+/// [`ServerProc::histogram`] returns them); the first bucket starts at 0, the last ends at
+/// `+Inf`. `None` if nothing was counted or the scrapes' buckets differ.
+pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<(f64, f64)> {
+    if before.len() != after.len() || before.iter().zip(after).any(|(b, a)| b.0 != a.0) {
+        return None;
+    }
+    let total = after.last()?.1 - before.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let mut lower = 0.0;
+    for (b, a) in before.iter().zip(after) {
+        if a.1 - b.1 >= q * total {
+            return Some((lower, a.0));
+        }
+        lower = a.0;
+    }
+    None
 }
 
 /// Sets the pinning of every later child; the first call wins.
@@ -521,6 +557,31 @@ impl ServerProc {
         gauge(&text, "tether_allocator_memory_bytes{kind=\"allocated\"}")
     }
 
+    /// The cumulative buckets of histogram `family` from the server's `/metrics`, as
+    /// (upper bound in the family's unit, count at or below it), in order, `+Inf` last.
+    ///
+    /// # Errors
+    ///
+    /// The scrape failed or lacks the family.
+    pub async fn histogram(&self, family: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+        let text = self.scrape().await?;
+        let prefix = format!("{family}_bucket{{le=\"");
+        let buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|line| {
+                let (le, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        anyhow::ensure!(!buckets.is_empty(), "no {family} in the server's metrics");
+        Ok(buckets)
+    }
+
     async fn scrape(&self) -> anyhow::Result<String> {
         tether_tests::scrape_metrics(self.metrics_addr)
             .await
@@ -746,13 +807,30 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Pinning, load_generator_note};
+    use super::{Pinning, bucket_quantile, load_generator_note};
+
+    #[test]
+    fn a_bucket_quantile_counts_only_what_came_between_the_scrapes() {
+        let before = [(0.1, 50.0), (1.0, 100.0), (f64::INFINITY, 100.0)];
+        // 100 more: 2 at most 0.1, 96 more at most 1, 2 above.
+        let after = [(0.1, 52.0), (1.0, 198.0), (f64::INFINITY, 200.0)];
+        assert_eq!(bucket_quantile(&before, &after, 0.01), Some((0.0, 0.1)));
+        assert_eq!(bucket_quantile(&before, &after, 0.5), Some((0.1, 1.0)));
+        assert_eq!(bucket_quantile(&before, &after, 0.98), Some((0.1, 1.0)));
+        assert_eq!(
+            bucket_quantile(&before, &after, 0.99),
+            Some((1.0, f64::INFINITY))
+        );
+        assert_eq!(bucket_quantile(&before, &before, 0.99), None);
+        assert_eq!(bucket_quantile(&before, &after[..2], 0.99), None);
+    }
 
     #[test]
     fn a_row_names_a_saturated_load_generator() {
         assert!(load_generator_note(0.98, Some(1), 19_500.0, 22_200.0).contains("88 % of"));
         // Busy but sending the nominal rate: the server had all the load it was meant to.
         assert!(load_generator_note(0.98, Some(1), 21_900.0, 22_200.0).is_empty());
+        assert!(load_generator_note(0.97, Some(1), 46_502.0, 48_000.0).is_empty());
         // Short of the nominal rate with a core to spare: not the simulators' doing.
         assert!(load_generator_note(0.60, Some(1), 19_500.0, 22_200.0).is_empty());
         // Unpinned: their share is unknown.
