@@ -85,8 +85,8 @@ impl Pinning {
     }
 }
 
-/// A note for a row whose simulators used (nearly) all of the cores they are pinned to and
-/// sent less than their nominal rate: the samples they did not take were never offered, and
+/// A note for a row whose simulators used at least 90 % of the cores they are pinned to and
+/// sent less than 95 % of their nominal rate: the samples they did not take were never offered, and
 /// the acks they were too busy to read waited in their sockets, so the row then measures the
 /// load generator as much as the server. Empty otherwise, and when the simulators are not
 /// pinned (their share of the cores is not known).
