@@ -20,7 +20,8 @@ use tether_agent::LatencySnapshot;
 use crate::Args;
 use crate::observe::wait_ready;
 use crate::procs::{
-    Reaper, ServerProc, Simulator, cpu_secs, free_port, lock, server_flags, simulator_flags,
+    RESIDENCE, Reaper, ServerProc, Simulator, bucket_quantile, cpu_secs, free_port,
+    load_generator_note, lock, pinning, residence_range, server_flags, simulator_flags,
 };
 use crate::report::Row;
 
@@ -156,9 +157,9 @@ pub(crate) async fn capacity_phase(
         }
     }
     for (i, step) in steps.iter().enumerate() {
-        let load_generator = crate::procs::load_generator_note(
+        let load_generator = load_generator_note(
             step.simulator_cores,
-            crate::procs::pinning().simulator_cores(),
+            pinning().simulator_cores(),
             step.offered,
             step.nominal,
         );
@@ -177,7 +178,7 @@ pub(crate) async fn capacity_phase(
                 100.0 * step.acked / step.offered.max(1e-9),
                 step.p50_ms,
                 step.p99_ms,
-                crate::procs::residence_range(step.residence_p99_ms),
+                residence_range(step.residence_p99_ms),
                 step.server_cores,
                 step.simulator_cores,
                 load_generator
@@ -267,7 +268,7 @@ async fn measure(
     };
     let sims_cpu =
         |sims: &[Simulator]| -> f64 { sims.iter().filter_map(|s| cpu_secs(s.pid)).sum() };
-    let residence0 = server.histogram(crate::procs::RESIDENCE).await?;
+    let residence0 = server.histogram(RESIDENCE).await?;
     let t0 = Instant::now();
     let produced0 = produced(sims);
     let (acked0, cpu0, sim_cpu0) = (
@@ -277,7 +278,7 @@ async fn measure(
     );
     tokio::time::sleep(window).await;
     let secs = t0.elapsed().as_secs_f64();
-    let residence1 = server.histogram(crate::procs::RESIDENCE).await?;
+    let residence1 = server.histogram(RESIDENCE).await?;
     let produced1 = produced(sims);
     let (acked1, cpu1, sim_cpu1) = (
         acked(sims),
@@ -307,7 +308,7 @@ async fn measure(
         p99_ms: ms(0.99),
         server_cores: (cpu1 - cpu0) / secs,
         simulator_cores: (sim_cpu1 - sim_cpu0) / secs,
-        residence_p99_ms: crate::procs::bucket_quantile(&residence0, &residence1, 0.99)
+        residence_p99_ms: bucket_quantile(&residence0, &residence1, 0.99)
             .map(|(lower, upper)| (lower * 1000.0, upper * 1000.0)),
     })
 }

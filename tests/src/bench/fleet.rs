@@ -17,8 +17,8 @@ use crate::observe::{
     to_duration, unix_ms, wait_ready, watch,
 };
 use crate::procs::{
-    Reaper, ServerProc, Simulator, cpu_secs, free_port, idle_rss_kib, load_generator_note, lock,
-    rss_kib, server_flags, simulator_flags,
+    RESIDENCE, Reaper, ServerProc, Simulator, bucket_quantile, cpu_secs, free_port, idle_rss_kib,
+    load_generator_note, lock, pinning, residence_range, rss_kib, server_flags, simulator_flags,
 };
 use crate::report::{Row, quantile};
 
@@ -124,7 +124,7 @@ pub(crate) async fn fleet_phase(
 
     // Steady state under load, then the ingest window.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let residence0 = server.histogram(crate::procs::RESIDENCE).await?;
+    let residence0 = server.histogram(RESIDENCE).await?;
     let t0 = Instant::now();
     let cpu0 = cpu_secs(server.pid).context("server cpu")?;
     let sims_cpu =
@@ -151,8 +151,8 @@ pub(crate) async fn fleet_phase(
         );
     }
     let window = t0.elapsed().as_secs_f64();
-    let residence1 = server.histogram(crate::procs::RESIDENCE).await?;
-    let residence_p99_ms = crate::procs::bucket_quantile(&residence0, &residence1, 0.99)
+    let residence1 = server.histogram(RESIDENCE).await?;
+    let residence_p99_ms = bucket_quantile(&residence0, &residence1, 0.99)
         .map(|(lower, upper)| (lower * 1000.0, upper * 1000.0));
     let cpu1 = cpu_secs(server.pid).context("server cpu")?;
     let sim_cpu = sims_cpu(&[&main, &close, &silent]) - sim_cpu0;
@@ -224,19 +224,15 @@ pub(crate) async fn fleet_phase(
     // silent group is muted before it starts).
     let nominal = (args.agents + args.closes) as f64 / args.metrics_interval.as_secs_f64();
     let sim_cores = sim_cpu / window;
-    let load_generator = load_generator_note(
-        sim_cores,
-        crate::procs::pinning().simulator_cores(),
-        sent_rate,
-        nominal,
-    );
+    let load_generator =
+        load_generator_note(sim_cores, pinning().simulator_cores(), sent_rate, nominal);
     record(Row {
         scenario: "inbound messages/s, acked after durable write".into(),
         figure: format!(
             "{msg_rate:.0} msgs/s in ({sent_rate:.0} samples/s sent of {nominal:.0} nominal, {ack_rate:.0} samples/s acked) over {window:.0} s; ack p50 {:.1} ms, p99 {:.1} ms (inside the server: p99 in {}){load_generator}",
             ms(0.5),
             ms(0.99),
-            crate::procs::residence_range(residence_p99_ms)
+            residence_range(residence_p99_ms)
         ),
         target: "≥ 20,000/s acked for the window".into(),
         pass: Some(ack_rate >= 20_000.0),
@@ -255,12 +251,12 @@ pub(crate) async fn fleet_phase(
             cpu / (msgs / 1000.0).max(1e-9),
             cpu / window,
             sim_cpu / window,
-            crate::procs::pinning().describe()
+            pinning().describe()
         ),
         target: "report".into(),
         pass: None,
         values: json!({"cpu_secs": cpu, "messages": msgs, "cpu_secs_per_1000": cpu / (msgs / 1000.0).max(1e-9), "cores": cpu / window,
-            "simulator_cores": sim_cpu / window, "pinning": crate::procs::pinning().describe()}),
+            "simulator_cores": sim_cpu / window, "pinning": pinning().describe()}),
     });
 
     // Stale: the silent simulator muted its agents 10 s after it was ready. A short ingest

@@ -12,16 +12,30 @@ use tether_tests::{
 };
 
 /// A server asking for `min_report_interval` between reports (samples every 200 ms), one
-/// agent on it, and the seq of that agent's first acknowledged sample.
+/// agent on it (with a sample buffer of `buffer_capacity`, or the default), and the seq of
+/// that agent's first acknowledged sample.
 async fn paced_agent(
     dir: &std::path::Path,
     min_report_interval: Duration,
+    buffer_capacity: Option<usize>,
 ) -> (TestServer, TestAgent, u64) {
     trace_init();
     let mut config = fast_config(dir);
     config.storage.min_report_interval = min_report_interval;
+    config.storage.max_report_interval =
+        config.storage.max_report_interval.max(min_report_interval);
     let server = TestServer::start(config).await;
-    let agent = server.spawn_agent("paced", &[]).await;
+    let agent = match buffer_capacity {
+        None => server.spawn_agent("paced", &[]).await,
+        Some(capacity) => {
+            let state_dir = tempfile::tempdir().expect("agent state dir");
+            let token = server.enrollment_token().await;
+            let mut agent_config =
+                tether_tests::agent_config(&server.url, state_dir.path(), &[], Some(token));
+            agent_config.buffer_capacity = capacity;
+            TestAgent::spawn_with(agent_config, state_dir, "paced", "linux")
+        }
+    };
     let stats = agent.handle.stats.clone();
     let first = eventually("the agent's first ack", || async {
         let seq = stats.samples_acked_seq();
@@ -35,7 +49,7 @@ async fn paced_agent(
 async fn a_paced_agent_sends_its_samples_together_and_stays_online() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A report at most every second after its ack: about five samples each.
-    let (server, agent, first) = paced_agent(dir.path(), Duration::from_secs(1)).await;
+    let (server, agent, first) = paced_agent(dir.path(), Duration::from_secs(1), None).await;
     let stats = agent.handle.stats.clone();
     let (sent, samples) =
         super::reports_for_samples(&server, &stats, first, 20, Duration::from_secs(30)).await;
@@ -67,7 +81,7 @@ async fn a_paced_agent_sends_its_samples_together_and_stays_online() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_sends_what_the_pacing_held_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, agent, first) = paced_agent(dir.path(), Duration::from_secs(30)).await;
+    let (server, agent, first) = paced_agent(dir.path(), Duration::from_secs(30), None).await;
     let stats = agent.handle.stats.clone();
     // Held back for 30 s by the first ack: a few more samples taken, none sent.
     let taken = eventually("three more samples taken", || async {
@@ -107,26 +121,11 @@ async fn a_clean_stop_sends_what_the_pacing_held_back() {
 /// the agent is not woken for each new one, only for the one that fills a report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_report_leaves_at_once_however_long_the_pacing() {
-    trace_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = fast_config(dir.path());
-    // Every ack asks a minute before the next report; samples come every 200 ms.
-    config.storage.min_report_interval = Duration::from_secs(60);
-    config.storage.max_report_interval = Duration::from_secs(60);
-    let server = TestServer::start(config).await;
-    let state_dir = tempfile::tempdir().expect("agent state dir");
-    let token = server.enrollment_token().await;
-    let mut agent_config =
-        tether_tests::agent_config(&server.url, state_dir.path(), &[], Some(token));
-    // A report is full at half the buffer: four samples.
-    agent_config.buffer_capacity = 8;
-    let agent = TestAgent::spawn_with(agent_config, state_dir, "full", "linux");
+    // Every ack asks a minute before the next report; samples come every 200 ms. A report is
+    // full at half the agent's buffer: four samples.
+    let (_server, agent, first) = paced_agent(dir.path(), Duration::from_secs(60), Some(8)).await;
     let stats = agent.handle.stats.clone();
-    let first = eventually("the agent's first ack", || async {
-        let seq = stats.samples_acked_seq();
-        (seq >= 1).then_some(seq)
-    })
-    .await;
     // Three full reports' worth acked within 20 s: only full reports can go before the minute.
     let acked = tether_tests::eventually_within(
         Duration::from_secs(20),
