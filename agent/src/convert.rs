@@ -149,6 +149,7 @@ pub(crate) fn hello(
         labels: labels_to_pb(labels),
         instance_id: instance_id.to_owned(),
         journaled_invocation_ids,
+        accepts_deferred_reports: true,
     }))
 }
 
@@ -222,10 +223,12 @@ fn terminal_to_pb(state: Terminal) -> pb::InvocationState {
 pub(crate) fn metrics_report(
     samples: Vec<pb::MetricsSample>,
     previous_ack_latency: Option<Duration>,
+    deferred_seq: Option<u64>,
 ) -> pb::ConnectRequest {
     request(pb::connect_request::Message::Metrics(pb::MetricsReport {
         samples,
         previous_ack_latency: previous_ack_latency.and_then(|d| d.try_into().ok()),
+        deferred_seq: deferred_seq.unwrap_or(0),
     }))
 }
 
@@ -307,6 +310,13 @@ impl TryFrom<pb::ConnectResponse> for ServerMessage {
             })) => Self::MetricsAck {
                 durable_seq,
                 report_after: optional_duration(report_after),
+            },
+            Some(Message::MetricsDeferred(pb::MetricsDeferred {
+                last_seq,
+                retry_after,
+            })) => Self::MetricsDeferred {
+                last_seq,
+                retry_after: optional_duration(retry_after),
             },
             Some(Message::Goodbye(goodbye)) => Self::Goodbye(goodbye.into()),
             Some(Message::CommandOffer(offer)) => Self::CommandOffer(offer.try_into()),

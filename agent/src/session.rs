@@ -206,6 +206,12 @@ pub(crate) enum ServerMessage {
         /// How long to wait before the next metrics report (`None`: at once).
         report_after: Option<Duration>,
     },
+    /// The report ending at `last_seq` was not stored: send its samples again, no sooner than
+    /// `retry_after` (`None`: at once).
+    MetricsDeferred {
+        last_seq: u64,
+        retry_after: Option<Duration>,
+    },
     Goodbye(ServerGoodbye),
     /// Run an invocation (or reject it, if the offer is malformed).
     CommandOffer(Result<Offer, InvalidOffer>),
@@ -219,6 +225,17 @@ pub(crate) enum ServerMessage {
     Unknown,
 }
 
+/// A metrics report written to the stream and not yet answered.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    /// Its last seq.
+    last_seq: u64,
+    /// When it was written.
+    sent_at: Instant,
+    /// `sent_through` before it: where sending starts again if it is deferred.
+    after: u64,
+}
+
 /// One live stream's bookkeeping.
 struct Session<'a> {
     ctx: &'a SessionContext<'a>,
@@ -228,9 +245,13 @@ struct Session<'a> {
     next_nonce: u64,
     /// Set once an ack or pong arrives after `Welcome`.
     healthy: bool,
-    /// Last seq and send time of each report awaiting its ack (at most
-    /// [`MAX_REPORTS_IN_FLIGHT`]).
-    in_flight: VecDeque<(u64, Instant)>,
+    /// Each report awaiting its ack (at most [`MAX_REPORTS_IN_FLIGHT`]).
+    in_flight: VecDeque<InFlight>,
+    /// The `last_seq` of a deferral not yet answered: the next report names it
+    /// (`MetricsReport.deferred_seq`).
+    deferred_seq: Option<u64>,
+    /// Until then, after a deferral, even a full report waits (`MetricsDeferred.retry_after`).
+    deferred_until: Instant,
     /// How long the last acknowledged report waited for its ack, not yet told to the server
     /// (it goes in the next report: `MetricsReport.previous_ack_latency`).
     ack_wait: Option<Duration>,
@@ -269,6 +290,8 @@ pub(crate) async fn run_session(ctx: &SessionContext<'_>) -> SessionEnd {
         next_nonce: 1,
         healthy: false,
         in_flight: VecDeque::new(),
+        deferred_seq: None,
+        deferred_until: Instant::now(),
         ack_wait: None,
         commands_sent_through: 0,
         next_report_at: Instant::now(),

@@ -25,6 +25,7 @@ pub struct AgentStats {
     samples_buffered: AtomicU64,
     samples_acked: AtomicU64,
     messages_sent: AtomicU64,
+    reports_deferred: AtomicU64,
     session_failures: AtomicU64,
     invocations_accepted: AtomicU64,
     invocations_started: AtomicU64,
@@ -56,6 +57,7 @@ impl AgentStats {
             samples_buffered: AtomicU64::new(0),
             samples_acked: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
+            reports_deferred: AtomicU64::new(0),
             session_failures: AtomicU64::new(0),
             invocations_accepted: AtomicU64::new(0),
             invocations_started: AtomicU64::new(0),
@@ -191,6 +193,11 @@ impl AgentStats {
         self.messages_sent.load(Ordering::Relaxed)
     }
 
+    /// Metrics reports the server deferred (`MetricsDeferred`): their samples were sent again.
+    pub fn reports_deferred(&self) -> u64 {
+        self.reports_deferred.load(Ordering::Relaxed)
+    }
+
     /// Number of sessions that failed (could not open, broke, or timed out), as opposed to
     /// ending in an orderly way.
     pub fn session_failures(&self) -> u64 {
@@ -288,6 +295,10 @@ impl AgentStats {
 
     pub(crate) fn message_sent(&self) {
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn report_deferred(&self) {
+        self.reports_deferred.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn session_failed(&self) {

@@ -50,7 +50,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SledStore::open(dir.path()).expect("open store"));
     let metrics = Metrics::new();
-    let (writer, _queues) = tether_server::writer::channel(store, &metrics, 16, 16, 16);
+    let (writer, _queues) = tether_server::writer::channel(store, &metrics, 16, 16, 16, 16);
     let org = OrgId::new("default");
     let registry = Arc::new(Registry::new(
         Vec::new(),

@@ -266,7 +266,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = std::sync::Arc::new(crate::store::SledStore::open(dir.path()).expect("store"));
-        let (writer, _queues) = crate::writer::channel(store, &metrics, 1, 1, 1);
+        let (writer, _queues) = crate::writer::channel(store, &metrics, 1, 1, 1, 1);
         let audits = RefusalAudits::new(writer, metrics);
         let (a, b) = (TokenId::new("a"), TokenId::new("b"));
         let start = Instant::now();

@@ -62,6 +62,11 @@ pub const DEFAULT_STORE_STALL_LIMIT: Duration = Duration::from_secs(120);
 /// their streams (HTTP/2 flow control holds the agents back) and take turns, first come first
 /// served, as budget frees up; so a sample waits at most about two commits inside the server.
 pub const DEFAULT_INGEST_BUDGET: usize = 2 * DEFAULT_WRITER_MAX_BATCH;
+/// Samples that may wait in line for the ingest budget (one batch) before the reports of
+/// agents that accept it are deferred (`MetricsDeferred`) and wait in the agents' buffers: a
+/// report's wait inside the server stays about three commits at any offered load, instead of
+/// growing with the number of agents that each hold a report in line.
+pub const DEFAULT_INGEST_QUEUE: usize = DEFAULT_WRITER_MAX_BATCH;
 /// Metrics reports one session may have read and not yet seen acknowledged; past it, the
 /// session reads nothing more until an ack, so a flooding agent holds at most this much of the
 /// ingest budget and waits on itself.
@@ -298,6 +303,9 @@ pub struct StorageConfig {
     pub commit_stall_limit: Duration,
     /// Samples read from all sessions and not yet acknowledged, at most.
     pub ingest_budget: usize,
+    /// Samples that may wait in line for the ingest budget before a report of an agent that
+    /// accepts a deferral is answered `MetricsDeferred` instead of joining the line.
+    pub ingest_queue: usize,
     /// Metrics reports read from one session and not yet acknowledged, at most.
     pub session_reports_in_flight: usize,
     /// Least time an agent waits after a metrics ack before its next report (0: none).
@@ -582,6 +590,7 @@ impl Default for StorageConfig {
             writer_control_queue: DEFAULT_WRITER_CONTROL_QUEUE,
             commit_stall_limit: DEFAULT_STORE_STALL_LIMIT,
             ingest_budget: DEFAULT_INGEST_BUDGET,
+            ingest_queue: DEFAULT_INGEST_QUEUE,
             session_reports_in_flight: DEFAULT_SESSION_REPORTS_IN_FLIGHT,
             min_report_interval: Duration::ZERO,
             max_report_interval: DEFAULT_MAX_REPORT_INTERVAL,

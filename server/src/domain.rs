@@ -540,6 +540,8 @@ pub struct AgentHello {
     pub instance_id: String,
     /// Invocations the agent journaled and whose end the server has not acknowledged.
     pub journaled_invocations: Vec<String>,
+    /// The agent understands `MetricsDeferred`.
+    pub accepts_deferred_reports: bool,
 }
 
 /// One page of an org's audit trail, filtered.

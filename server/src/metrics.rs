@@ -171,6 +171,8 @@ pub struct Metrics {
     /// Messages received on agent streams, by kind.
     pub agent_messages: MessageCounters,
     pub samples_stored: Counter,
+    /// Metrics reports answered `MetricsDeferred` (the line for ingest budget was full).
+    pub reports_deferred: Counter,
     pub writer_batches: Counter,
     /// Writes per committed batch.
     pub writer_batch_writes: Histogram,
@@ -333,6 +335,14 @@ impl Metrics {
              one observation per report handed to the writer",
             Unit::Seconds,
             ingest_budget_wait_seconds.clone(),
+        );
+        let reports_deferred = Counter::default();
+        registry.register(
+            "reports_deferred",
+            "Metrics reports answered MetricsDeferred instead of waiting in line for ingest budget \
+             (--ingest-queue samples already waited): nothing of them was stored, and their \
+             agents send the samples again later",
+            reports_deferred.clone(),
         );
         let report_residence_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register_with_unit(
@@ -531,7 +541,8 @@ impl Metrics {
         registry.register(
             "writer_queue_depth",
             "Items waiting for the writer: reports of samples, handler commits and audit \
-             entries, agents and tokens with live changes",
+             entries, agents and tokens with live changes; and samples holding ingest budget \
+             (admitted_samples) or waiting in line for it (waiting_samples)",
             writer_queue_depth.clone(),
         );
         registry.register(
@@ -605,6 +616,7 @@ impl Metrics {
             sessions,
             agent_messages: message_counters,
             samples_stored,
+            reports_deferred,
             writer_batches,
             writer_batch_writes,
             writer_commit_seconds,

@@ -220,6 +220,7 @@ async fn start_inner(
         config.storage.writer_queue,
         config.storage.writer_control_queue,
         config.storage.ingest_budget,
+        config.storage.ingest_queue,
     );
     let tombstones = snapshot
         .tombstones

@@ -40,6 +40,7 @@ use crate::rate::TokenBucket;
 use crate::registry::Registry;
 use crate::writer::{Admitting, WriterHandle};
 
+mod deferral;
 mod event_report;
 mod metrics_report;
 mod outbox;
@@ -389,6 +390,8 @@ pub struct SessionLoop {
     budget: TokenBucket,
     /// The wait each metrics ack asks before the agent's next report.
     pacing: pacing::Pacing,
+    /// Deferrals: whether the agent accepts them, and those in a row (`session/deferral.rs`).
+    deferral: deferral::Deferral,
     welcome: Option<pb::Welcome>,
     done: bool,
 }
@@ -410,6 +413,7 @@ impl SessionLoop {
         events: Arc<crate::events::Events>,
         limits: SessionLimits,
         welcome: pb::Welcome,
+        accepts_deferred_reports: bool,
     ) -> Self {
         let durable = welcome.last_durable_seq;
         let (rate, burst) = (limits.messages_per_second, limits.message_burst);
@@ -435,6 +439,7 @@ impl SessionLoop {
             held: false,
             budget: TokenBucket::new(rate, burst, Instant::now()),
             pacing,
+            deferral: deferral::Deferral::new(accepts_deferred_reports),
             welcome: Some(welcome),
             done: false,
         }
@@ -604,20 +609,10 @@ impl SessionLoop {
                         .observe(waited.as_secs_f64());
                     self.pacing.observe(waited, Instant::now());
                 }
-                let samples = self.accept_samples(report)?;
-                if !samples.is_empty() {
-                    match self.writer.try_admit(samples.len()) {
-                        Some(admission) => {
-                            self.hand_over(samples, Ok(admission), Instant::now())
-                                .await?;
-                        }
-                        None => {
-                            let wait = self.writer.admit(samples.len());
-                            self.admitting = Some((wait, samples, Instant::now()));
-                        }
-                    }
-                }
-                Ok(None)
+                Ok(self
+                    .on_report(report)
+                    .await?
+                    .map(pb::connect_response::Message::MetricsDeferred))
             }
             Some(In::Goodbye(bye)) => {
                 // Validated (bounded, no control characters) and logged quoted.

@@ -27,8 +27,10 @@
 //!
 //! - Samples: a report first takes its samples' share of the ingest budget (`ingest_budget`
 //!   samples in all, `writer/admission.rs`), held until its batch is acked or failed; a session
-//!   without budget stops reading its stream (`session.rs`). The reports then wait in a bounded
-//!   queue (`writer_queue`).
+//!   without budget stops reading its stream (`session.rs`). The line for budget is bounded
+//!   for the agents that accept a deferral (`ingest_queue` samples): past it their report is
+//!   answered `MetricsDeferred` and its samples wait in the agent's buffer. The reports then
+//!   wait in a bounded queue (`writer_queue`).
 //! - Control (handler commits and audit entries): a bounded queue (`writer_control_queue`);
 //!   callers wait for a slot before queueing ([`WriterHandle::audit`], [`WriterHandle::reserve`])
 //!   and never queue while holding a lock they cannot hold across a wait, so a full queue slows
@@ -49,6 +51,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -103,6 +106,11 @@ pub struct WriterHandle {
     admission: Arc<Semaphore>,
     /// The ingest budget's size.
     budget: u32,
+    /// Samples of the reports waiting in line for ingest budget ([`WriterHandle::admit`]).
+    waiting: Arc<AtomicUsize>,
+    /// Samples that may wait in that line before a report of an agent that accepts it is
+    /// deferred instead ([`WriterHandle::has_room`]).
+    ingest_queue: usize,
     /// Encodes writes as they are queued.
     store: Arc<dyn Store>,
     depth: QueueGauges,
@@ -130,6 +138,8 @@ struct QueueGauges {
     samples: Gauge,
     control: Gauge,
     admitted: Gauge,
+    /// Samples of the reports waiting in line for ingest budget.
+    waiting: Gauge,
 }
 
 /// Why a batch was not committed. Every handler waiting on the batch gets a clone.
@@ -171,14 +181,16 @@ struct Commit {
 }
 
 /// Creates the queues: `samples` reports and `control` handler commits and audit entries at
-/// most, and an ingest budget of `ingest_budget` samples (at least 1, at most `u32::MAX`).
-/// Writes are encoded by `store`, which the writer task must commit to.
+/// most, an ingest budget of `ingest_budget` samples (at least 1, at most `u32::MAX`), and a
+/// line for that budget that a deferrable report joins only while fewer than `ingest_queue`
+/// samples wait in it. Writes are encoded by `store`, which the writer task must commit to.
 pub fn channel(
     store: Arc<dyn Store>,
     metrics: &Metrics,
     samples: usize,
     control: usize,
     ingest_budget: usize,
+    ingest_queue: usize,
 ) -> (WriterHandle, WriterQueues) {
     let budget = u32::try_from(ingest_budget.max(1)).unwrap_or(u32::MAX);
     let (samples_tx, samples_rx) = mpsc::channel(samples);
@@ -193,6 +205,7 @@ pub fn channel(
         samples: gauge("samples"),
         control: gauge("control"),
         admitted: gauge("admitted_samples"),
+        waiting: gauge("waiting_samples"),
     };
     let live = Arc::new(LiveChanges::new(
         gauge("live"),
@@ -206,6 +219,8 @@ pub fn channel(
             live: live.clone(),
             admission: admission.clone(),
             budget,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            ingest_queue,
             store,
             depth: depth.clone(),
         },

@@ -46,6 +46,7 @@ pub async fn fill(server: &TestServer) -> Filled {
         for seqs in (1..=HISTORY_SAMPLES).collect::<Vec<_>>().chunks(50) {
             session
                 .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                    deferred_seq: 0,
                     previous_ack_latency: None,
                     samples: seqs
                         .iter()

@@ -72,6 +72,7 @@ pub fn heavy_enroll_request(n: usize) -> pb::EnrollRequest {
 /// The `Hello` of heavy machine `n` enrolled as `agent_id`.
 pub fn heavy_hello(agent_id: &str, n: usize) -> pb::Hello {
     pb::Hello {
+        accepts_deferred_reports: false,
         agent_id: agent_id.to_owned(),
         agent_version: "heavy".to_owned(),
         system_info: Some(heavy_system_info(n)),
@@ -176,6 +177,7 @@ async fn send_reports(
         let report: Vec<pb::MetricsSample> = samples.by_ref().take(3).collect();
         tx.send(pb::ConnectRequest {
             message: Some(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                deferred_seq: 0,
                 previous_ack_latency: None,
                 samples: report,
             })),

@@ -58,6 +58,7 @@ pub fn hello(agent_id: &str, hostname: &str, pairs: &[(&str, &str)]) -> pb::Hell
         labels: labels(pairs),
         instance_id: String::new(),
         journaled_invocation_ids: Vec::new(),
+        accepts_deferred_reports: false,
     }
 }
 
@@ -131,6 +132,7 @@ impl RawSession {
         self.send(pb::connect_request::Message::Metrics(pb::MetricsReport {
             previous_ack_latency: None,
             samples: seqs.into_iter().map(sample).collect(),
+            deferred_seq: 0,
         }))
         .await;
     }
@@ -149,7 +151,8 @@ impl RawSession {
         }
     }
 
-    /// Reads until a `MetricsAck` at or above `seq` arrives (skipping pongs).
+    /// Reads until a `MetricsAck` at or above `seq` arrives (skipping pongs). Panics at a
+    /// `MetricsDeferred`: the report will not be acked until it is sent again.
     ///
     /// # Errors
     ///
@@ -159,6 +162,9 @@ impl RawSession {
             match self.recv().await? {
                 Some(pb::connect_response::Message::MetricsAck(ack)) if ack.durable_seq >= seq => {
                     return Ok(ack.durable_seq);
+                }
+                Some(pb::connect_response::Message::MetricsDeferred(deferred)) => {
+                    panic!("waiting for the ack of seq {seq}, the server deferred {deferred:?}");
                 }
                 Some(_) => {}
                 None => return Err(tonic::Status::unknown("stream ended before the ack")),

@@ -55,6 +55,7 @@ impl Setup {
         .expect("session");
         session
             .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                deferred_seq: 0,
                 previous_ack_latency: None,
                 samples: [(1, 10.0), (2, 20.0), (3, 30.0)]
                     .into_iter()

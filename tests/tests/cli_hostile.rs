@@ -88,6 +88,7 @@ async fn the_cli_shows_whatever_the_server_accepts_escaped_and_exact() {
                 }];
                 session
                     .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                        deferred_seq: 0,
                         previous_ack_latency: None,
                         samples: vec![report],
                     }))

@@ -80,6 +80,7 @@ impl Agent {
             let last = (next + per_report - 1).min(*seqs.end());
             session
                 .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                    deferred_seq: 0,
                     previous_ack_latency: None,
                     samples: (next..=last).map(|seq| self.sample(seq)).collect(),
                 }))
@@ -311,6 +312,7 @@ async fn a_kill_at_any_moment_under_load_loses_nothing() {
     // More in flight, unacknowledged, when the process dies.
     session
         .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+            deferred_seq: 0,
             previous_ack_latency: None,
             samples: (204..=260).map(|seq| agent.sample(seq)).collect(),
         }))

@@ -70,6 +70,7 @@ async fn retention_removes_only_samples_older_than_the_retention() {
     let old = now - Duration::from_secs(3 * 3600);
     session
         .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+            deferred_seq: 0,
             previous_ack_latency: None,
             samples: vec![
                 sample_at(1, old),

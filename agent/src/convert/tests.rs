@@ -431,3 +431,43 @@ fn updates_convert_to_wire_updates() {
     });
     assert_eq!(restarted.state(), pb::InvocationState::AgentRestarted);
 }
+
+#[test]
+fn a_deferral_converts_with_its_retry_and_the_hello_accepts_deferrals() {
+    let deferred = ServerMessage::try_from(pb::ConnectResponse {
+        message: Some(pb::connect_response::Message::MetricsDeferred(
+            pb::MetricsDeferred {
+                last_seq: 9,
+                retry_after: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 250_000_000,
+                }),
+            },
+        )),
+    })
+    .expect("valid");
+    assert_eq!(
+        deferred,
+        ServerMessage::MetricsDeferred {
+            last_seq: 9,
+            retry_after: Some(Duration::from_millis(250)),
+        }
+    );
+    let request = super::hello(
+        "a-1",
+        "1.0",
+        &system_info(),
+        &BTreeMap::new(),
+        "instance",
+        Vec::new(),
+    );
+    let Some(pb::connect_request::Message::Hello(hello)) = request.message else {
+        panic!("a Hello");
+    };
+    assert!(hello.accepts_deferred_reports);
+    let report = super::metrics_report(Vec::new(), None, Some(9));
+    let Some(pb::connect_request::Message::Metrics(report)) = report.message else {
+        panic!("a report");
+    };
+    assert_eq!(report.deferred_seq, 9, "the report answers the deferral");
+}

@@ -20,8 +20,9 @@ use tracing::{debug, warn};
 
 use super::clock::clock_sample;
 use super::{
-    MAX_REPORT_AFTER, MAX_REPORTS_IN_FLIGHT, MAX_SAMPLES_PER_REPORT, PACING_TICK, REPORT_INTERVAL,
-    SILENT_HEARTBEATS, SendFailed, ServerMessage, Session, SessionEnd, Shared, Welcome,
+    InFlight, MAX_REPORT_AFTER, MAX_REPORTS_IN_FLIGHT, MAX_SAMPLES_PER_REPORT, PACING_TICK,
+    REPORT_INTERVAL, SILENT_HEARTBEATS, SendFailed, ServerMessage, Session, SessionEnd, Shared,
+    Welcome,
 };
 use crate::AgentError;
 use crate::convert;
@@ -84,7 +85,10 @@ impl Session<'_> {
                     Some(response) => {
                         last_heard = Instant::now();
                         let message = ServerMessage::try_from(response)?;
-                        let ack = matches!(message, ServerMessage::MetricsAck { .. });
+                        let ack = matches!(
+                            message,
+                            ServerMessage::MetricsAck { .. } | ServerMessage::MetricsDeferred { .. }
+                        );
                         if let Some(end) = self.on_message(message)? {
                             return Ok(end);
                         }
@@ -197,8 +201,10 @@ impl Session<'_> {
                 self.ctx.shared.apply_ack(durable_seq);
                 self.next_metrics_at = paced_until(report_after);
                 let now = Instant::now();
-                while let Some(&(seq, sent_at)) = self.in_flight.front()
-                    && seq <= durable_seq
+                while let Some(&InFlight {
+                    last_seq, sent_at, ..
+                }) = self.in_flight.front()
+                    && last_seq <= durable_seq
                 {
                     let waited = now.saturating_duration_since(sent_at);
                     if let Some(histogram) = &self.ctx.shared.ack_latency {
@@ -208,6 +214,30 @@ impl Session<'_> {
                     self.in_flight.pop_front();
                 }
                 debug!(durable_seq, "metrics acknowledged");
+            }
+            ServerMessage::MetricsDeferred {
+                last_seq,
+                retry_after,
+            } => {
+                self.mark_healthy();
+                // The server stored nothing of that report, nor of any written after it
+                // (it defers those too, until a report names this deferral): they all go
+                // again, from where that report started, once `retry_after` has passed.
+                // A deferral of a report no longer in flight is an answer to one already
+                // written again.
+                if let Some(at) = self
+                    .in_flight
+                    .iter()
+                    .position(|report| report.last_seq == last_seq)
+                {
+                    self.sent_through = self.in_flight[at].after;
+                    self.in_flight.truncate(at);
+                    self.deferred_seq = Some(last_seq);
+                    self.next_metrics_at = paced_until(retry_after);
+                    self.deferred_until = self.next_metrics_at;
+                    stats.report_deferred();
+                    debug!(last_seq, ?retry_after, "metrics report deferred");
+                }
             }
             ServerMessage::Goodbye(goodbye) => return self.on_goodbye(goodbye).map(Some),
             ServerMessage::CommandOffer(offer) => {
@@ -276,13 +306,17 @@ impl Session<'_> {
         );
         let last_seq = batch.last()?.seq;
         let n_samples = batch.len();
-        let report = convert::metrics_report(batch, self.ack_wait.take());
+        let report = convert::metrics_report(batch, self.ack_wait.take(), self.deferred_seq.take());
         Some((report, last_seq, n_samples))
     }
 
     /// Records a report written to the stream: in flight until its ack.
     fn report_written(&mut self, last_seq: u64, n_samples: usize) {
-        self.in_flight.push_back((last_seq, Instant::now()));
+        self.in_flight.push_back(InFlight {
+            last_seq,
+            sent_at: Instant::now(),
+            after: self.sent_through,
+        });
         self.sent_through = last_seq;
         self.ctx.shared.stats.add_samples_sent(n_samples);
     }
@@ -313,7 +347,11 @@ impl Session<'_> {
                 // never holds samples until the buffer drops them.
                 let full = MAX_SAMPLES_PER_REPORT.min(buffer.capacity() / 2).max(1);
                 let pending = buffer.count_after(self.sent_through);
-                self.paced = pending > 0 && pending < full && Instant::now() < self.next_metrics_at;
+                let now = Instant::now();
+                // After a deferral even a full report waits for its `retry_after`.
+                self.paced = pending > 0
+                    && (pending < full || now < self.deferred_until)
+                    && now < self.next_metrics_at;
                 if pending == 0 {
                     buffer.wake_from(0);
                 } else if self.paced {

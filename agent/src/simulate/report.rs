@@ -32,6 +32,8 @@ pub(super) struct Totals {
     pub(super) samples_sent: u64,
     pub(super) samples_acked: u64,
     pub(super) messages_sent: u64,
+    /// Metrics reports the server deferred (`MetricsDeferred`).
+    pub(super) deferred: u64,
     pub(super) buffered: u64,
     pub(super) dropped: u64,
     /// Agents that stopped on their own (revoked or misconfigured) while the simulation ran.
@@ -81,6 +83,7 @@ impl Totals {
             totals.samples_sent += stats.samples_sent();
             totals.samples_acked += stats.samples_acked();
             totals.messages_sent += stats.messages_sent();
+            totals.deferred += stats.reports_deferred();
             totals.buffered += stats.samples_buffered();
             totals.dropped += stats.samples_dropped();
             totals.invocations_finished += stats.invocations_finished();
@@ -149,6 +152,7 @@ impl Reporter {
             "samples_acked": totals.samples_acked,
             "samples_buffered": totals.buffered,
             "samples_dropped": totals.dropped,
+            "reports_deferred": totals.deferred,
             "ack_p50_ms": p50,
             "ack_p99_ms": p99,
             "ack_total_p99_ms": ms(cumulative.quantile(0.99)),

@@ -93,6 +93,7 @@ pub fn hello_from_pb(
         labels,
         instance_id,
         journaled_invocation_ids,
+        accepts_deferred_reports,
     } = hello;
     let max = tether_proto::command::MAX_JOURNALED_INVOCATIONS;
     if journaled_invocation_ids.len() > max {
@@ -128,6 +129,7 @@ pub fn hello_from_pb(
         labels: labels_from_pb(labels, limits)?,
         instance_id,
         journaled_invocations: journaled_invocation_ids,
+        accepts_deferred_reports,
     })
 }
 

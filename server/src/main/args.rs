@@ -198,6 +198,12 @@ pub(super) struct Args {
     #[arg(long, default_value_t = config::DEFAULT_INGEST_BUDGET)]
     ingest_budget: usize,
 
+    /// Samples that may wait in line for the ingest budget; past it, an agent's report is
+    /// deferred (the agent sends it again later; its samples wait in its buffer) instead of
+    /// waiting in line. Agents that do not accept a deferral always wait in line.
+    #[arg(long, default_value_t = config::DEFAULT_INGEST_QUEUE)]
+    ingest_queue: usize,
+
     /// Metrics reports read from one agent and not yet acknowledged, at most.
     #[arg(long, default_value_t = config::DEFAULT_SESSION_REPORTS_IN_FLIGHT)]
     session_reports_in_flight: usize,
@@ -529,6 +535,7 @@ impl Args {
         c.storage.writer_max_batch = self.writer_max_batch;
         c.storage.commit_stall_limit = self.store_stall_limit.into();
         c.storage.ingest_budget = self.ingest_budget;
+        c.storage.ingest_queue = self.ingest_queue;
         c.storage.session_reports_in_flight = self.session_reports_in_flight;
         c.storage.min_report_interval = self.min_report_interval.into();
         c.storage.max_report_interval = self.max_report_interval.into();

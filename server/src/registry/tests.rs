@@ -42,7 +42,7 @@ pub(super) fn fixture_with(agents: &[(&str, &str)], watch_limits: WatchLimits) -
     let metrics = Metrics::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(crate::store::SledStore::open(dir.path()).expect("open store"));
-    let (writer, queues) = crate::writer::channel(store, &metrics, 16, 16, 16);
+    let (writer, queues) = crate::writer::channel(store, &metrics, 16, 16, 16, 16);
     let mut registry = Registry::new(
         agents
             .iter()

@@ -239,6 +239,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             labels,
             instance_id,
             journaled_invocations,
+            accepts_deferred_reports,
         } = convert::agent::hello_from_pb(hello, &state.config.limits, SystemTime::now())?;
         let pinned = state
             .registry
@@ -333,6 +334,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             state.events.clone(),
             limits,
             welcome,
+            accepts_deferred_reports,
         );
         // With the loop (and its guard) in place: re-offers, settlements and offers of queued
         // invocations, sent after the Welcome.

@@ -5,6 +5,14 @@
 //! served first come, first served (tokio's semaphore is fair, and `try_admit` never passes a
 //! waiter), one report per session at a time, so a session flooding big reports gets its turn
 //! like every other and no more.
+//!
+//! The line itself is bounded for the agents that accept a deferral ([`WriterHandle::has_room`]):
+//! a report that would wait behind `ingest_queue` samples or more is answered
+//! `MetricsDeferred` instead and waits in its agent's buffer, so what the server holds, and a
+//! report's wait inside it, stays about `(budget + queue) / commit rate` at any offered load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,13 +58,27 @@ impl WriterHandle {
     ///
     /// `Unavailable` if the writer has stopped.
     pub fn admit(&self, n: usize) -> Admitting {
-        let acquire = self.admission.clone().acquire_many_owned(self.cost(n));
+        let cost = self.cost(n);
+        let acquire = self.admission.clone().acquire_many_owned(cost);
         let handle = self.clone();
+        // In line from now until the budget is taken or the wait is dropped.
+        let in_line = InLine::join(&self.waiting, &self.depth.waiting, cost as usize);
         Box::pin(async move {
             let permit = acquire.await.map_err(|_| ServerError::Unavailable)?;
+            drop(in_line);
             handle.observe_admitted();
             Ok(Admission(permit))
         })
+    }
+
+    /// Whether a report of `n` samples may join the line for ingest budget: while nothing
+    /// waits in it, or while what waits and the report together stay within `ingest_queue`
+    /// samples. A report of an agent that accepts a deferral is deferred otherwise. The count
+    /// is read without a lock: two sessions deciding at once may both join, passing the bound
+    /// by a report, never more than once each.
+    pub fn has_room(&self, n: usize) -> bool {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        waiting == 0 || waiting + self.cost(n) as usize <= self.ingest_queue
     }
 
     /// The budget a report of `n` samples takes: one per sample, at most the whole budget.
@@ -66,6 +88,33 @@ impl WriterHandle {
 
     fn observe_admitted(&self) {
         observe_budget(&self.depth.admitted, &self.admission, self.budget);
+    }
+}
+
+/// A report's samples counted in the line for ingest budget, until dropped.
+/// (`tether_writer_queue_depth{queue="waiting_samples"}`).
+struct InLine {
+    waiting: Arc<AtomicUsize>,
+    gauge: Gauge,
+    samples: usize,
+}
+
+impl InLine {
+    fn join(waiting: &Arc<AtomicUsize>, gauge: &Gauge, samples: usize) -> Self {
+        let now = waiting.fetch_add(samples, Ordering::Relaxed) + samples;
+        gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
+        Self {
+            waiting: waiting.clone(),
+            gauge: gauge.clone(),
+            samples,
+        }
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        let now = self.waiting.fetch_sub(self.samples, Ordering::Relaxed) - self.samples;
+        self.gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
     }
 }
 

@@ -42,6 +42,9 @@ struct Step {
     p99_ms: f64,
     server_cores: f64,
     simulator_cores: f64,
+    /// Metrics reports the server deferred per second (`MetricsDeferred`): their samples
+    /// waited in the agents' buffers and went again.
+    deferred: f64,
     /// The histogram bucket (ms, lower and upper bound) that holds the 99th percentile of the
     /// time the reports acked in the window spent inside the server, from reading to ack
     /// (`tether_report_residence_seconds`): the server's part of `p99_ms`, which the agents
@@ -171,7 +174,7 @@ pub(crate) async fn capacity_phase(
                 humantime::format_duration(interval)
             ),
             figure: format!(
-                "offered {:.0} samples/s (nominal {:.0}), acked {:.0}/s ({:.0} %); ack p50 {:.1} ms, p99 {:.1} ms (inside the server: p99 in {}); server {:.2} cores, simulators {:.2}{}",
+                "offered {:.0} samples/s (nominal {:.0}), acked {:.0}/s ({:.0} %); ack p50 {:.1} ms, p99 {:.1} ms (inside the server: p99 in {}); {:.0} reports deferred/s; server {:.2} cores, simulators {:.2}{}",
                 step.offered,
                 step.nominal,
                 step.acked,
@@ -179,6 +182,7 @@ pub(crate) async fn capacity_phase(
                 step.p50_ms,
                 step.p99_ms,
                 residence_range(step.residence_p99_ms),
+                step.deferred,
                 step.server_cores,
                 step.simulator_cores,
                 load_generator
@@ -193,6 +197,7 @@ pub(crate) async fn capacity_phase(
                 "nominal_per_sec": step.nominal,
                 "acked_per_sec": step.acked, "ack_p50_ms": step.p50_ms, "ack_p99_ms": step.p99_ms,
                 "server_cores": step.server_cores, "simulator_cores": step.simulator_cores,
+                "reports_deferred_per_sec": step.deferred,
                 "simulators_saturated": !load_generator.is_empty(),
                 "server_residence_p99_bucket_ms": step.residence_p99_ms,
                 "held": step.held()}),
@@ -268,6 +273,9 @@ async fn measure(
     };
     let sims_cpu =
         |sims: &[Simulator]| -> f64 { sims.iter().filter_map(|s| cpu_secs(s.pid)).sum() };
+    let deferred =
+        |sims: &[Simulator]| -> f64 { sims.iter().map(|s| s.latest_f64("reports_deferred")).sum() };
+    let deferred0 = deferred(sims);
     let residence0 = server.histogram(RESIDENCE).await?;
     let t0 = Instant::now();
     let produced0 = produced(sims);
@@ -280,6 +288,7 @@ async fn measure(
     let secs = t0.elapsed().as_secs_f64();
     let residence1 = server.histogram(RESIDENCE).await?;
     let produced1 = produced(sims);
+    let deferred1 = deferred(sims);
     let (acked1, cpu1, sim_cpu1) = (
         acked(sims),
         cpu_secs(server.pid).context("server cpu")?,
@@ -308,6 +317,7 @@ async fn measure(
         p99_ms: ms(0.99),
         server_cores: (cpu1 - cpu0) / secs,
         simulator_cores: (sim_cpu1 - sim_cpu0) / secs,
+        deferred: (deferred1 - deferred0) / secs,
         residence_p99_ms: bucket_quantile(&residence0, &residence1, 0.99)
             .map(|(lower, upper)| (lower * 1000.0, upper * 1000.0)),
     })

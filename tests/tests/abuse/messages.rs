@@ -75,6 +75,7 @@ async fn oversized_message_is_refused() {
     );
     let report = pb::ConnectRequest {
         message: Some(pb::connect_request::Message::Metrics(pb::MetricsReport {
+            deferred_seq: 0,
             previous_ack_latency: None,
             samples: (1..=3).map(tether_tests::sample).collect(),
         })),

@@ -19,6 +19,7 @@ async fn connect_first_message_must_be_hello() {
     assert_code("ping first", &status, Code::InvalidArgument);
 
     let metrics = In::Metrics(pb::MetricsReport {
+        deferred_seq: 0,
         previous_ack_latency: None,
         samples: vec![sample(f.stored + 1)],
     });

@@ -258,6 +258,7 @@ fn enroll_request(hostname: &str, pairs: &[(&str, &str)]) -> pb::EnrollRequest {
 
 fn report(samples: Vec<pb::MetricsSample>) -> Option<In> {
     Some(In::Metrics(pb::MetricsReport {
+        deferred_seq: 0,
         samples,
         previous_ack_latency: None,
     }))

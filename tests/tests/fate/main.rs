@@ -48,6 +48,7 @@ fn sample_at(seq: u64, secs: i64) -> pb::MetricsSample {
 
 fn report(samples: Vec<pb::MetricsSample>) -> In {
     In::Metrics(pb::MetricsReport {
+        deferred_seq: 0,
         samples,
         previous_ack_latency: None,
     })

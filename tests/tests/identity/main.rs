@@ -54,6 +54,7 @@ fn machine(hostname: &str, hardware_id: &str) -> pb::SystemInfo {
 /// The `Hello` of agent process `instance` of agent `agent_id` on `info`'s machine.
 fn hello(agent_id: &str, info: &pb::SystemInfo, instance: &str) -> pb::Hello {
     pb::Hello {
+        accepts_deferred_reports: false,
         agent_id: agent_id.to_owned(),
         agent_version: "test".to_owned(),
         system_info: Some(info.clone()),

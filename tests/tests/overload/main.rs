@@ -10,6 +10,9 @@
 //! - `agent_policy.rs`: real agents and the simulator against a server answering every gRPC
 //!   code there is (and one there is not) keep retrying and honour the server's delay; revoked,
 //!   they stop without a token and enroll again with one.
+//! - `deferral.rs`: a full line for ingest budget defers the reports of agents that accept it
+//!   (and every report they wrote before reading the deferral), never those of agents that do
+//!   not; real agents send the deferred samples again and each is stored once.
 //! - `connections.rs`: the first-request deadline, the per-source and global caps, and the TLS
 //!   handshake cap, each while a healthy agent and the CLI keep working.
 //! - `fd_limit.rs`: a server process with 256 file descriptors under a connection flood.
@@ -28,6 +31,7 @@ mod admission;
 mod agent_policy;
 mod backpressure;
 mod connections;
+mod deferral;
 mod fd_limit;
 mod pacing;
 

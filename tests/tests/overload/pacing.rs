@@ -147,6 +147,7 @@ async fn a_full_report_leaves_at_once_however_long_the_pacing() {
 /// A report of one sample, `seq`, telling the server how long the previous one waited.
 fn report(seq: u64, waited: Option<prost_types::Duration>) -> pb::connect_request::Message {
     pb::connect_request::Message::Metrics(pb::MetricsReport {
+        deferred_seq: 0,
         samples: vec![sample(seq)],
         previous_ack_latency: waited,
     })

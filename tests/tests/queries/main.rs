@@ -62,6 +62,7 @@ impl Machine {
     /// The `Hello` this machine would send: same system info, same labels.
     fn hello(&self, agent_id: &str) -> pb::Hello {
         pb::Hello {
+            accepts_deferred_reports: false,
             agent_id: agent_id.to_owned(),
             agent_version: "test".to_owned(),
             system_info: Some(self.info()),

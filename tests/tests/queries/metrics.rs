@@ -59,6 +59,7 @@ async fn get_metrics_averages_into_steps() {
         .collect();
     session
         .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+            deferred_seq: 0,
             previous_ack_latency: None,
             samples,
         }))

@@ -68,6 +68,7 @@ async fn fleet_summary_counts_status_os_and_health() {
         if let Some(cpu) = cpu {
             session
                 .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                    deferred_seq: 0,
                     previous_ack_latency: None,
                     samples: vec![sample_with_cpu(1, cpu)],
                 }))

@@ -133,6 +133,7 @@ async fn get_metrics_keeps_the_newest_points_that_fit_its_budget() {
             .collect();
         session
             .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                deferred_seq: 0,
                 previous_ack_latency: None,
                 samples,
             }))

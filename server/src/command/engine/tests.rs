@@ -128,7 +128,7 @@ impl Fixture {
         let sled = crate::store::SledStore::open(dir.path()).expect("open store");
         let store = Arc::new(FailingStore::new(sled));
         let dyn_store: Arc<dyn Store> = store.clone();
-        let (writer, queues) = crate::writer::channel(dyn_store.clone(), &metrics, 64, 64, 64);
+        let (writer, queues) = crate::writer::channel(dyn_store.clone(), &metrics, 64, 64, 64, 64);
         let registry = Arc::new(Registry::new(
             agents
                 .iter()

@@ -16,7 +16,7 @@ fn hub() -> (Arc<Hub>, Arc<Metrics>, tempfile::TempDir) {
     let metrics = Metrics::new();
     let store: Arc<dyn Store> =
         Arc::new(crate::store::SledStore::open(dir.path()).expect("open store"));
-    let (writer, _queues) = crate::writer::channel(store, &metrics, 8, 8, 8);
+    let (writer, _queues) = crate::writer::channel(store, &metrics, 8, 8, 8, 8);
     let agents = [("a1", "s1"), ("a2", "s1"), ("b1", "s2")]
         .into_iter()
         .map(|(id, site)| {

@@ -134,7 +134,7 @@ pub(crate) async fn running(
     tokio_util::sync::CancellationToken,
 ) {
     let metrics = crate::metrics::Metrics::new();
-    let (writer, queues) = crate::writer::channel(store.clone(), &metrics, 64, 64, 64);
+    let (writer, queues) = crate::writer::channel(store.clone(), &metrics, 64, 64, 64, 64);
     let day_counters = metrics.event_stats_days.clone();
     let registry = Arc::new(crate::registry::Registry::new(
         Vec::new(),

@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
         SledStore::open(dir.path()).expect("open store"),
     ));
     let metrics = Metrics::new();
-    let (handle, queues) = channel(store.clone(), &metrics, 16, 2, BUDGET);
+    let (handle, queues) = channel(store.clone(), &metrics, 16, 2, BUDGET, BUDGET);
     let registry = Arc::new(Registry::new(
         vec![
             (agent_record("acme", "a-1", "hw-1"), None),

@@ -1,6 +1,7 @@
 //! The writer's queues and budget: status changes waiting are bounded per agent, a full control
 //! queue makes callers wait and drops nothing, and the ingest budget is held until a batch is
-//! acked or failed, its waiters served first come, first served.
+//! acked or failed, its waiters served first come, first served; the line for it has room
+//! until it holds the ingest queue.
 
 use super::*;
 
@@ -108,4 +109,42 @@ async fn waiters_for_budget_are_served_first_come_first_served() {
     assert!(futures::poll!(small.as_mut()).is_pending());
     drop(big);
     small.await.expect("then the next one");
+}
+
+#[tokio::test]
+async fn the_line_for_budget_has_room_until_it_holds_the_ingest_queue() {
+    let f = fixture();
+    let waiting = || {
+        f.metrics
+            .writer_queue_depth
+            .get_or_create(&crate::metrics::QueueLabels {
+                queue: "waiting_samples",
+            })
+            .get()
+    };
+    // The fixture's line holds `BUDGET` samples.
+    let held = f
+        .handle
+        .try_admit(BUDGET)
+        .expect("the whole budget is free");
+    assert!(
+        f.handle.has_room(10 * BUDGET),
+        "an empty line takes any report"
+    );
+    let mut first = f.handle.admit(BUDGET / 2);
+    assert!((&mut first).now_or_never().is_none(), "in line");
+    assert_eq!(waiting(), (BUDGET / 2) as i64);
+    assert!(f.handle.has_room(BUDGET / 2), "exactly full with it");
+    assert!(!f.handle.has_room(BUDGET / 2 + 1));
+    let mut second = f.handle.admit(BUDGET / 2);
+    assert!((&mut second).now_or_never().is_none());
+    assert!(!f.handle.has_room(1), "full");
+
+    // A wait given up leaves the line; one served leaves it too.
+    drop(second);
+    assert_eq!(waiting(), (BUDGET / 2) as i64);
+    drop(held);
+    assert!(first.now_or_never().is_some(), "served once budget freed");
+    assert_eq!(waiting(), 0);
+    assert!(f.handle.has_room(10 * BUDGET));
 }

@@ -1,0 +1,195 @@
+//! Deferred reports: when the line for ingest budget is full (`--ingest-queue`), the report of
+//! an agent that accepts it is answered `MetricsDeferred` instead of waiting behind the line;
+//! nothing of it is stored, the agent sends the samples again later, and nothing is lost or
+//! stored twice. Agents that did not accept deferrals wait in line as before.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tether_proto as pb;
+use tether_server::store::sled::test_support::RawStore;
+use tether_tests::{RawSession, TestServer, eventually, fast_config, hello, sample, trace_init};
+
+/// Samples waiting in line for ingest budget (`tether_writer_queue_depth{queue="waiting_samples"}`).
+fn waiting_in_line(server: &TestServer) -> i64 {
+    server
+        .metrics
+        .writer_queue_depth
+        .get_or_create(&tether_server::metrics::QueueLabels {
+            queue: "waiting_samples",
+        })
+        .get()
+}
+
+/// Sends a metrics report of `seqs` that answers the deferral of `deferred_seq` (0: none).
+async fn send_report(session: &RawSession, seqs: impl IntoIterator<Item = u64>, deferred_seq: u64) {
+    session
+        .send(pb::connect_request::Message::Metrics(pb::MetricsReport {
+            samples: seqs.into_iter().map(sample).collect(),
+            previous_ack_latency: None,
+            deferred_seq,
+        }))
+        .await;
+}
+
+/// The next message, which must be a `MetricsDeferred`.
+async fn deferral(session: &mut RawSession) -> pb::MetricsDeferred {
+    match session.recv().await {
+        Ok(Some(pb::connect_response::Message::MetricsDeferred(deferred))) => deferred,
+        other => panic!("expected MetricsDeferred, got {other:?}"),
+    }
+}
+
+/// The seqs stored for `agent` of the default org by the stopped server of `data_dir`.
+fn stored_seqs(data_dir: &std::path::Path, agent: &str) -> Vec<u64> {
+    RawStore::open(data_dir.join("store"))
+        .expect("open the stopped server's store")
+        .sample_seqs("default", agent)
+        .expect("read sample keys")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_line_defers_the_reports_of_agents_that_accept_it_and_loses_nothing() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    // One sample committed at a time, one holding the budget, one in line at most.
+    config.storage.writer_max_batch = 1;
+    config.storage.ingest_budget = 1;
+    config.storage.ingest_queue = 1;
+    let (server, store) = TestServer::start_failing(config).await;
+    let (old_id, credential) = server.enroll("old", &[]).await;
+    let (mut old, _) = RawSession::hello(&server, &old_id, &credential, "old")
+        .await
+        .expect("the session of an agent without deferrals opens");
+    let (new_id, credential) = server.enroll("new", &[]).await;
+    let (mut new, _) = RawSession::hello_with(
+        &server,
+        &credential,
+        pb::Hello {
+            accepts_deferred_reports: true,
+            ..hello(&new_id, "new", &[])
+        },
+    )
+    .await
+    .expect("the session of an agent that accepts deferrals opens");
+
+    // Each commit takes a second: the agent without deferrals keeps the budget taken and a
+    // report in line (it has four reports to store, one commit each).
+    store.slow(Duration::from_secs(1));
+    for seq in 1..=4 {
+        old.send_samples([seq]).await;
+    }
+    eventually("a report waiting in line for budget", || async {
+        (waiting_in_line(&server) >= 1).then_some(())
+    })
+    .await;
+
+    // The other agent's report finds the line full and is deferred.
+    send_report(&new, [1], 0).await;
+    let first = deferral(&mut new).await;
+    assert_eq!(first.last_seq, 1);
+    let retry = first
+        .retry_after
+        .expect("a deferral says when to send again");
+    assert!(
+        retry.seconds > 0 || retry.nanos > 0,
+        "retry after {retry:?}"
+    );
+    assert_eq!(server.metrics.reports_deferred.get(), 1);
+
+    // The agent without deferrals was never deferred (`wait_ack` fails on a deferral): its
+    // reports are acked once the writer is fast again, and the line empties.
+    store.slow(Duration::ZERO);
+    assert_eq!(old.wait_ack(4).await.expect("its reports are acked"), 4);
+    assert_eq!(waiting_in_line(&server), 0);
+
+    // A report written before the agent read the deferral (it names none) is deferred although
+    // the line has room: stored, it would go ahead of the deferred sample.
+    send_report(&new, [2], 0).await;
+    assert_eq!(deferral(&mut new).await.last_seq, 2);
+    assert_eq!(server.metrics.reports_deferred.get(), 2);
+    // The resend names the deferral the agent read, and is stored.
+    send_report(&new, [1, 2], first.last_seq).await;
+    assert_eq!(new.wait_ack(2).await.expect("the resend is acked"), 2);
+    assert_eq!(server.metrics.reports_deferred.get(), 2);
+
+    drop((old.close(), new.close()));
+    let data_dir = server.data_dir.clone();
+    server.stop().await;
+    drop(store);
+    assert_eq!(stored_seqs(&data_dir, &old_id), vec![1, 2, 3, 4]);
+    assert_eq!(stored_seqs(&data_dir, &new_id), vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_behind_a_full_line_send_their_deferred_samples_again_and_each_is_stored_once() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    // A writer of 4 samples a commit, slowed below: ten agents sampling every 200 ms offer
+    // 50 samples a second, more than it commits, and more than the line (4 samples) holds.
+    config.storage.writer_max_batch = 4;
+    config.storage.ingest_budget = 4;
+    config.storage.ingest_queue = 4;
+    let (server, store) = TestServer::start_failing(config).await;
+    let mut agents = Vec::new();
+    for i in 0..10 {
+        agents.push(server.spawn_agent(&format!("deferred-{i}"), &[]).await);
+    }
+    for agent in &agents {
+        let stats = agent.handle.stats.clone();
+        eventually("every agent's first ack", || async {
+            (stats.samples_acked_seq() >= 1).then_some(())
+        })
+        .await;
+    }
+    store.slow(Duration::from_millis(200));
+    eventually("reports deferred at several agents", || async {
+        let deferred = agents
+            .iter()
+            .filter(|agent| agent.handle.stats.reports_deferred() >= 2)
+            .count();
+        (deferred >= 3).then_some(())
+    })
+    .await;
+
+    // The writer catches up: every agent's samples, deferred ones included, are acked.
+    store.slow(Duration::ZERO);
+    let mut acked = BTreeMap::new();
+    for agent in &agents {
+        let stats = agent.handle.stats.clone();
+        let taken = stats.samples_taken();
+        let seq = eventually("the agent's samples up to now acked", || async {
+            let seq = stats.samples_acked_seq();
+            (seq >= taken).then_some(seq)
+        })
+        .await;
+        assert_eq!(
+            stats.samples_dropped(),
+            0,
+            "no sample left the buffer unacked"
+        );
+        assert_eq!(stats.sessions_started(), 1, "the agent kept its session");
+        acked.insert(agent.id().await, seq);
+    }
+    for agent in agents {
+        agent.stop().await;
+    }
+    let data_dir = server.data_dir.clone();
+    server.stop().await;
+    drop(store);
+    for (id, acked) in acked {
+        let stored = stored_seqs(&data_dir, &id);
+        let expected: Vec<u64> = (1..=acked).collect();
+        assert_eq!(
+            stored.get(..expected.len()),
+            Some(expected.as_slice()),
+            "agent {id}: each acked sample stored once, in order (stored {stored:?})"
+        );
+        assert!(
+            stored.windows(2).all(|pair| pair[0] < pair[1]),
+            "agent {id}: no sample stored twice ({stored:?})"
+        );
+    }
+}
