@@ -51,7 +51,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -106,8 +105,6 @@ pub struct WriterHandle {
     admission: Arc<Semaphore>,
     /// The ingest budget's size.
     budget: u32,
-    /// Samples of the reports waiting in line for ingest budget ([`WriterHandle::admit`]).
-    waiting: Arc<AtomicUsize>,
     /// Samples that may wait in that line before a report of an agent that accepts it is
     /// deferred instead ([`WriterHandle::has_room`]).
     ingest_queue: usize,
@@ -138,7 +135,8 @@ struct QueueGauges {
     samples: Gauge,
     control: Gauge,
     admitted: Gauge,
-    /// Samples of the reports waiting in line for ingest budget.
+    /// Samples of the reports waiting in line for ingest budget (`admission.rs`'s count, which
+    /// decides deferrals).
     waiting: Gauge,
 }
 
@@ -219,7 +217,6 @@ pub fn channel(
             live: live.clone(),
             admission: admission.clone(),
             budget,
-            waiting: Arc::new(AtomicUsize::new(0)),
             ingest_queue,
             store,
             depth: depth.clone(),

@@ -11,9 +11,6 @@
 //! `MetricsDeferred` instead and waits in its agent's buffer, so what the server holds, and a
 //! report's wait inside it, stays about `(budget + queue) / commit rate` at any offered load.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -62,7 +59,7 @@ impl WriterHandle {
         let acquire = self.admission.clone().acquire_many_owned(cost);
         let handle = self.clone();
         // In line from now until the budget is taken or the wait is dropped.
-        let in_line = InLine::join(&self.waiting, &self.depth.waiting, cost as usize);
+        let in_line = InLine::join(&self.depth.waiting, cost);
         Box::pin(async move {
             let permit = acquire.await.map_err(|_| ServerError::Unavailable)?;
             drop(in_line);
@@ -77,7 +74,7 @@ impl WriterHandle {
     /// is read without a lock: two sessions deciding at once may both join, passing the bound
     /// by a report, never more than once each.
     pub fn has_room(&self, n: usize) -> bool {
-        let waiting = self.waiting.load(Ordering::Relaxed);
+        let waiting = usize::try_from(self.depth.waiting.get()).unwrap_or(0);
         waiting == 0 || waiting + self.cost(n) as usize <= self.ingest_queue
     }
 
@@ -91,21 +88,19 @@ impl WriterHandle {
     }
 }
 
-/// A report's samples counted in the line for ingest budget, until dropped.
-/// (`tether_writer_queue_depth{queue="waiting_samples"}`).
+/// A report's samples counted in the line for ingest budget until dropped, in the gauge
+/// `tether_writer_queue_depth{queue="waiting_samples"}`, which [`WriterHandle::has_room`] reads.
 struct InLine {
-    waiting: Arc<AtomicUsize>,
-    gauge: Gauge,
-    samples: usize,
+    waiting: Gauge,
+    samples: i64,
 }
 
 impl InLine {
-    fn join(waiting: &Arc<AtomicUsize>, gauge: &Gauge, samples: usize) -> Self {
-        let now = waiting.fetch_add(samples, Ordering::Relaxed) + samples;
-        gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
+    fn join(waiting: &Gauge, samples: u32) -> Self {
+        let samples = i64::from(samples);
+        waiting.inc_by(samples);
         Self {
             waiting: waiting.clone(),
-            gauge: gauge.clone(),
             samples,
         }
     }
@@ -113,8 +108,7 @@ impl InLine {
 
 impl Drop for InLine {
     fn drop(&mut self) {
-        let now = self.waiting.fetch_sub(self.samples, Ordering::Relaxed) - self.samples;
-        self.gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
+        self.waiting.dec_by(self.samples);
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tether_proto as pb;
 use tether_server::store::sled::test_support::RawStore;
-use tether_tests::{RawSession, TestServer, eventually, fast_config, hello, sample, trace_init};
+use tether_tests::{
+    EVENTUALLY, Healthy, RawSession, TestServer, eventually, fast_config, hello, sample, trace_init,
+};
 
 /// Samples waiting in line for ingest budget (`tether_writer_queue_depth{queue="waiting_samples"}`).
 fn waiting_in_line(server: &TestServer) -> i64 {
@@ -192,4 +194,89 @@ async fn agents_behind_a_full_line_send_their_deferred_samples_again_and_each_is
             "agent {id}: no sample stored twice ({stored:?})"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_ignores_its_deferrals_stores_nothing_more_and_costs_the_others_nothing() {
+    trace_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = fast_config(dir.path());
+    config.storage.writer_max_batch = 1;
+    config.storage.ingest_budget = 1;
+    config.storage.ingest_queue = 1;
+    let (server, store) = TestServer::start_failing(config).await;
+    let healthy = Healthy::start(&server).await;
+    let (old_id, credential) = server.enroll("old", &[]).await;
+    let (mut old, _) = RawSession::hello(&server, &old_id, &credential, "old")
+        .await
+        .expect("the session of an agent without deferrals opens");
+    let (hostile_id, credential) = server.enroll("hostile", &[]).await;
+    let (mut hostile, _) = RawSession::hello_with(
+        &server,
+        &credential,
+        pb::Hello {
+            accepts_deferred_reports: true,
+            ..hello(&hostile_id, "hostile", &[])
+        },
+    )
+    .await
+    .expect("the hostile agent's session opens");
+
+    // A full line gets the hostile agent its first deferral.
+    store.slow(Duration::from_secs(1));
+    for seq in 1..=3 {
+        old.send_samples([seq]).await;
+    }
+    eventually("a report waiting in line for budget", || async {
+        (waiting_in_line(&server) >= 1).then_some(())
+    })
+    .await;
+    send_report(&hostile, [1], 0).await;
+    assert_eq!(deferral(&mut hostile).await.last_seq, 1);
+    store.slow(Duration::ZERO);
+    assert_eq!(old.wait_ack(3).await.expect("its reports are acked"), 3);
+    assert_eq!(waiting_in_line(&server), 0);
+
+    // It never answers it: with the line empty, it floods reports that name no deferral,
+    // without reading a thing.
+    for seq in 2..=400 {
+        let report = pb::ConnectRequest {
+            message: Some(pb::connect_request::Message::Metrics(pb::MetricsReport {
+                samples: vec![sample(seq)],
+                previous_ack_latency: None,
+                deferred_seq: 0,
+            })),
+        };
+        match tokio::time::timeout(EVENTUALLY, hostile.tx.send(report)).await {
+            Ok(Ok(())) => {}
+            // The server ended the stream and tonic dropped its request body.
+            Ok(Err(_)) => break,
+            Err(_) => panic!("the hostile agent's stream neither took a report nor ended"),
+        }
+    }
+    // Every report it sent is deferred until the per-stream message rate ends its stream.
+    let mut deferred = 1;
+    let status = loop {
+        match hostile.recv().await {
+            Ok(Some(pb::connect_response::Message::MetricsDeferred(_))) => deferred += 1,
+            Ok(Some(other)) => panic!("the hostile agent got {other:?}"),
+            Ok(None) => panic!("the hostile agent's stream ended cleanly"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(deferred > 1, "its flood was deferred ({deferred})");
+
+    // The others keep everything.
+    healthy.assert_unaffected(&server).await;
+    drop(old.close());
+    let data_dir = server.data_dir.clone();
+    server.stop().await;
+    drop(store);
+    assert_eq!(stored_seqs(&data_dir, &old_id), vec![1, 2, 3]);
+    assert_eq!(
+        stored_seqs(&data_dir, &hostile_id),
+        Vec::<u64>::new(),
+        "nothing of a report it never sent again was stored"
+    );
 }

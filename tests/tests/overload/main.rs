@@ -12,7 +12,9 @@
 //!   they stop without a token and enroll again with one.
 //! - `deferral.rs`: a full line for ingest budget defers the reports of agents that accept it
 //!   (and every report they wrote before reading the deferral), never those of agents that do
-//!   not; real agents send the deferred samples again and each is stored once.
+//!   not; real agents send the deferred samples again and each is stored once; an agent that
+//!   ignores its deferrals stores nothing more, is ended by the stream's message rate, and
+//!   costs a healthy agent nothing.
 //! - `connections.rs`: the first-request deadline, the per-source and global caps, and the TLS
 //!   handshake cap, each while a healthy agent and the CLI keep working.
 //! - `fd_limit.rs`: a server process with 256 file descriptors under a connection flood.
