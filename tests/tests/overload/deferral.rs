@@ -50,42 +50,82 @@ fn stored_seqs(data_dir: &std::path::Path, agent: &str) -> Vec<u64> {
         .expect("read sample keys")
 }
 
+/// A server whose writer commits one sample at a time, one holding the budget and one in line
+/// at most, with two sessions: `old`, of an agent without deferrals, and `new`, of one that
+/// accepts them.
+struct OneInLine {
+    server: TestServer,
+    store: std::sync::Arc<tether_server::testing::FailingStore>,
+    old_id: String,
+    old: RawSession,
+    new_id: String,
+    new: RawSession,
+}
+
+impl OneInLine {
+    /// Starts it.
+    async fn start(dir: &std::path::Path) -> Self {
+        let mut config = fast_config(dir);
+        config.storage.writer_max_batch = 1;
+        config.storage.ingest_budget = 1;
+        config.storage.ingest_queue = 1;
+        let (server, store) = TestServer::start_failing(config).await;
+        let (old_id, credential) = server.enroll("old", &[]).await;
+        let (old, _) = RawSession::hello(&server, &old_id, &credential, "old")
+            .await
+            .expect("the session of an agent without deferrals opens");
+        let (new_id, credential) = server.enroll("new", &[]).await;
+        let (new, _) = RawSession::hello_with(
+            &server,
+            &credential,
+            pb::Hello {
+                accepts_deferred_reports: true,
+                ..hello(&new_id, "new", &[])
+            },
+        )
+        .await
+        .expect("the session of an agent that accepts deferrals opens");
+        Self {
+            server,
+            store,
+            old_id,
+            old,
+            new_id,
+            new,
+        }
+    }
+
+    /// Makes each commit take a second and has the agent without deferrals send `reports`
+    /// reports of one sample (seqs 1, 2, …), one commit each: it keeps the budget taken and a
+    /// report in line. Returns once a report waits in line.
+    async fn fill_line(&mut self, reports: u64) {
+        self.store.slow(Duration::from_secs(1));
+        for seq in 1..=reports {
+            self.old.send_samples([seq]).await;
+        }
+        eventually("a report waiting in line for budget", || async {
+            (waiting_in_line(&self.server) >= 1).then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_line_defers_the_reports_of_agents_that_accept_it_and_loses_nothing() {
     trace_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = fast_config(dir.path());
-    // One sample committed at a time, one holding the budget, one in line at most.
-    config.storage.writer_max_batch = 1;
-    config.storage.ingest_budget = 1;
-    config.storage.ingest_queue = 1;
-    let (server, store) = TestServer::start_failing(config).await;
-    let (old_id, credential) = server.enroll("old", &[]).await;
-    let (mut old, _) = RawSession::hello(&server, &old_id, &credential, "old")
-        .await
-        .expect("the session of an agent without deferrals opens");
-    let (new_id, credential) = server.enroll("new", &[]).await;
-    let (mut new, _) = RawSession::hello_with(
-        &server,
-        &credential,
-        pb::Hello {
-            accepts_deferred_reports: true,
-            ..hello(&new_id, "new", &[])
-        },
-    )
-    .await
-    .expect("the session of an agent that accepts deferrals opens");
-
-    // Each commit takes a second: the agent without deferrals keeps the budget taken and a
-    // report in line (it has four reports to store, one commit each).
-    store.slow(Duration::from_secs(1));
-    for seq in 1..=4 {
-        old.send_samples([seq]).await;
-    }
-    eventually("a report waiting in line for budget", || async {
-        (waiting_in_line(&server) >= 1).then_some(())
-    })
-    .await;
+    let OneInLine {
+        server,
+        store,
+        old_id,
+        mut old,
+        new_id,
+        mut new,
+    } = {
+        let mut line = OneInLine::start(dir.path()).await;
+        line.fill_line(4).await;
+        line
+    };
 
     // The other agent's report finds the line full and is deferred.
     send_report(&new, [1], 0).await;
@@ -200,37 +240,18 @@ async fn agents_behind_a_full_line_send_their_deferred_samples_again_and_each_is
 async fn an_agent_that_ignores_its_deferrals_stores_nothing_more_and_costs_the_others_nothing() {
     trace_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = fast_config(dir.path());
-    config.storage.writer_max_batch = 1;
-    config.storage.ingest_budget = 1;
-    config.storage.ingest_queue = 1;
-    let (server, store) = TestServer::start_failing(config).await;
-    let healthy = Healthy::start(&server).await;
-    let (old_id, credential) = server.enroll("old", &[]).await;
-    let (mut old, _) = RawSession::hello(&server, &old_id, &credential, "old")
-        .await
-        .expect("the session of an agent without deferrals opens");
-    let (hostile_id, credential) = server.enroll("hostile", &[]).await;
-    let (mut hostile, _) = RawSession::hello_with(
-        &server,
-        &credential,
-        pb::Hello {
-            accepts_deferred_reports: true,
-            ..hello(&hostile_id, "hostile", &[])
-        },
-    )
-    .await
-    .expect("the hostile agent's session opens");
-
-    // A full line gets the hostile agent its first deferral.
-    store.slow(Duration::from_secs(1));
-    for seq in 1..=3 {
-        old.send_samples([seq]).await;
-    }
-    eventually("a report waiting in line for budget", || async {
-        (waiting_in_line(&server) >= 1).then_some(())
-    })
-    .await;
+    let mut line = OneInLine::start(dir.path()).await;
+    let healthy = Healthy::start(&line.server).await;
+    // A full line gets the agent that accepts deferrals, the hostile one here, its first.
+    line.fill_line(3).await;
+    let OneInLine {
+        server,
+        store,
+        old_id,
+        mut old,
+        new_id: hostile_id,
+        new: mut hostile,
+    } = line;
     send_report(&hostile, [1], 0).await;
     assert_eq!(deferral(&mut hostile).await.last_seq, 1);
     store.slow(Duration::ZERO);
