@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tether_server::domain::{AgentId, OrgId, Sample};
 use tether_server::store::chunk::{ChunkDecoder, ChunkEncoder};
-use tether_server::store::rollup::{Resolution, RollupBuilder};
+use tether_server::store::rollup::{Resolution, RollupBuilder, block};
 use tether_server::store::wal;
 
 // The same allocator as the server binary, so the figures match what the server can do.
@@ -96,14 +96,23 @@ fn main() {
     }
 
     println!();
-    println!("encoded rollup size, bytes per complete bucket, 3 hours of 10 agents");
-    println!("{:<32} {:>10} {:>10}", "data", "5 min", "1 hour");
+    println!(
+        "encoded rollup size, bytes per complete bucket, 2 days of 10 agents: one bucket a \
+         record, and in the blocks the store keeps (an hour of 5-minute buckets, six hours of 1-hour)"
+    );
+    println!(
+        "{:<32} {:>10} {:>10} {:>10} {:>10}",
+        "data", "5 min", "1 hour", "5m block", "1h block"
+    );
     for (name, generate, interval_ms) in [
         (datasets[0].0, datasets[0].1, 500),
         (datasets[3].0, datasets[3].1, 10_000),
     ] {
         let sizes = Resolution::ALL.map(|r| rollup_bytes(generate, interval_ms, r));
-        println!("{name:<32} {:>10.1} {:>10.1}", sizes[0], sizes[1]);
+        println!(
+            "{name:<32} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            sizes[0].0, sizes[1].0, sizes[0].1, sizes[1].1
+        );
     }
 
     println!();
@@ -187,23 +196,34 @@ fn throughput(generate: Generator, agents: usize) -> (f64, f64) {
     (n / best_encode.as_secs_f64(), n / best_decode.as_secs_f64())
 }
 
-/// Mean encoded size of the buckets `resolution` closes over 3 hours of 10 agents, leaving out
-/// each agent's first bucket (it starts mid-way).
-fn rollup_bytes(generate: Generator, interval_ms: u64, resolution: Resolution) -> f64 {
-    let n = (3 * 3_600_000 / interval_ms) as usize;
-    let (mut bytes, mut buckets) = (0usize, 0usize);
+/// Mean encoded size of the buckets `resolution` closes over 2 days of 10 agents, leaving out
+/// each agent's first bucket (it starts mid-way): one bucket a record, and per bucket in the
+/// blocks the store keeps.
+fn rollup_bytes(generate: Generator, interval_ms: u64, resolution: Resolution) -> (f64, f64) {
+    let n = (2 * 86_400_000 / interval_ms) as usize;
+    let (mut bytes, mut in_blocks, mut buckets) = (0usize, 0usize, 0usize);
     for agent in 0..10 {
         let mut builder = RollupBuilder::new(resolution);
         let mut closed = Vec::new();
         for s in generate(agent, n) {
             closed.extend(builder.push(&s).expect("generated samples are storable"));
         }
-        for (_, rollup) in closed.iter().skip(1) {
+        let closed = &closed[1..];
+        for (_, rollup) in closed {
             bytes += rollup.encode().len();
             buckets += 1;
         }
+        for of_block in
+            closed.chunk_by(|a, b| resolution.block_start_ms(a.0) == resolution.block_start_ms(b.0))
+        {
+            let start = resolution.block_start_ms(of_block[0].0);
+            in_blocks += block::encode(resolution, start, of_block).len();
+        }
     }
-    bytes as f64 / buckets as f64
+    (
+        bytes as f64 / buckets as f64,
+        in_blocks as f64 / buckets as f64,
+    )
 }
 
 fn wal_figures(name: &str, generate: Generator) {

@@ -22,7 +22,7 @@
 //! compressed head chunk (`head.rs`, `chunk.rs`) until it is sealed into history together with
 //! its rollups (`rollup.rs`: 5-minute and 1-hour min/max/sum/count, kept longer than samples);
 //! [`Store::compact`] seals what is due and bounds the log; [`Store::purge`] drops whole
-//! chunks and whole rollup buckets past their retention. The rules every backend keeps:
+//! chunks and whole blocks of rollup buckets past their retention. The rules every backend keeps:
 //!
 //! - A sample of an agent whose seq is at or below the highest seq stored for that agent is a
 //!   duplicate and is dropped, across restarts (the writer deduplicates first; this is the
@@ -65,8 +65,9 @@ pub use self::sled::SledStore;
 /// chunks, rollups and a write-ahead log; version 2 kept one record per sample and is refused
 /// (no migration: start version 3 on a fresh data directory). Version 4 adds the daily and
 /// per-step event counts (`crate::events::rollup`), built from the hourly ones when a version 3
-/// store is opened.
-pub const SCHEMA_VERSION: u32 = 4;
+/// store is opened. Version 5 keeps rollups a block of buckets per record (`rollup/block.rs`)
+/// instead of one bucket per record; a version 4 store's buckets are moved into blocks at open.
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Most samples in one chunk.
 pub const DEFAULT_HEAD_MAX_SAMPLES: u32 = 720;
@@ -106,9 +107,10 @@ impl Default for SeriesConfig {
 pub struct Retention {
     /// Sealed chunks whose newest sample is older go, whole; so do status changes older.
     pub samples: SystemTime,
-    /// 5-minute rollup buckets that start before it go.
+    /// 5-minute rollup buckets that start before it go, a block (an hour of them) at a time:
+    /// a block goes once its last bucket starts before it.
     pub five_minutes: SystemTime,
-    /// 1-hour rollup buckets that start before it go.
+    /// 1-hour rollup buckets that start before it go, a block (six hours of them) at a time.
     pub one_hour: SystemTime,
 }
 
@@ -118,6 +120,7 @@ pub struct Purged {
     pub chunks: u64,
     /// Samples in the chunks removed.
     pub samples: u64,
+    /// Rollup blocks removed.
     pub rollups: u64,
     pub transitions: u64,
 }

@@ -87,6 +87,26 @@ impl Resolution {
     pub const fn bucket_start_ms(self, time_ms: u64) -> u64 {
         time_ms - time_ms % self.width_ms()
     }
+
+    /// The span of one stored block of buckets ([`block`]): an hour of 5-minute buckets, six
+    /// hours of 1-hour ones (a day's would be rewritten whole by every seal, all day).
+    pub const fn block_ms(self) -> u64 {
+        match self {
+            Self::FiveMinutes => 60 * 60 * 1_000,
+            Self::OneHour => 6 * 60 * 60 * 1_000,
+        }
+    }
+
+    /// Buckets in one block.
+    pub const fn block_slots(self) -> u32 {
+        (self.block_ms() / self.width_ms()) as u32
+    }
+
+    /// Start (ms since the Unix epoch) of the block holding `time_ms`; blocks are aligned to
+    /// the epoch like buckets.
+    pub const fn block_start_ms(self, time_ms: u64) -> u64 {
+        time_ms - time_ms % self.block_ms()
+    }
 }
 
 /// Min, max and sum of one metric over the samples (or rate intervals) of a rollup.
@@ -479,5 +499,6 @@ impl RollupBuilder {
     }
 }
 
+pub mod block;
 #[cfg(test)]
 mod tests;

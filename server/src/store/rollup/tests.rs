@@ -5,9 +5,9 @@ use proptest::prelude::*;
 use super::*;
 use crate::domain::{DiskUsage, Sample};
 
-const T0: u64 = 1_700_000_120_000; // 20 s into a 5-minute bucket
+pub(super) const T0: u64 = 1_700_000_120_000; // 20 s into a 5-minute bucket
 
-fn sample(seq: u64, ms: u64, cpu: f64, rx: u64, tx: u64) -> Sample {
+pub(super) fn sample(seq: u64, ms: u64, cpu: f64, rx: u64, tx: u64) -> Sample {
     Sample {
         seq,
         time: crate::store::chunk::tests::at(ms),
@@ -235,7 +235,7 @@ fn malformed_rollups_are_errors() {
 // === Properties ===
 
 prop_compose! {
-    fn arb_series()(steps in prop::collection::vec(
+    pub(super) fn arb_series()(steps in prop::collection::vec(
         (1u64..200_000, 0u32..10_000, 0u64..1_000_000, 0u64..1_000_000, any::<bool>(), any::<u64>()),
         1..60,
     ), start in 0u64..(1 << 45)) -> Vec<Sample> {

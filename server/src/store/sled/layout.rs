@@ -38,9 +38,14 @@ pub(super) const ALERT: &[u8] = b"al";
 pub(super) const CHUNK: &[u8] = b"s";
 /// Head records: `{org}/hd/{agent}`.
 pub(super) const HEAD: &[u8] = b"hd";
-/// Rollups: `{org}/r5/{agent}/{bucket start ms BE}` and `{org}/rh/...`.
-pub(super) const ROLLUP_5M: &[u8] = b"r5";
-pub(super) const ROLLUP_1H: &[u8] = b"rh";
+/// Rollup blocks (`rollup/block.rs`): `{org}/b5/{agent}/{block start ms BE}` (an hour of
+/// 5-minute buckets) and `{org}/bh/...` (six hours of 1-hour buckets).
+pub(super) const ROLLUP_5M: &[u8] = b"b5";
+pub(super) const ROLLUP_1H: &[u8] = b"bh";
+/// Rollups one bucket a record, as schema 4 kept them (`{org}/r5/{agent}/{bucket start ms BE}`
+/// and `{org}/rh/...`): read only by the migration to schema 5.
+pub(super) const BUCKET_5M_V4: &[u8] = b"r5";
+pub(super) const BUCKET_1H_V4: &[u8] = b"rh";
 /// Events tables (`event.rs`): `{org}/E{table}/...`.
 pub(super) const EVENTS: &[u8] = b"Ee";
 pub(super) const EVENT_MARKS: &[u8] = b"Em";
@@ -76,6 +81,8 @@ pub(super) const KINDS: &[&[u8]] = &[
     HEAD,
     ROLLUP_5M,
     ROLLUP_1H,
+    BUCKET_5M_V4,
+    BUCKET_1H_V4,
     EVENTS,
     EVENT_MARKS,
     EVENT_FINGERPRINTS,
@@ -187,12 +194,13 @@ pub(super) fn rollup_kind(resolution: Resolution) -> &'static [u8] {
     }
 }
 
-/// `{org}/r5/{agent}/` or `{org}/rh/{agent}/`.
+/// `{org}/b5/{agent}/` or `{org}/bh/{agent}/`.
 pub(super) fn rollup_series(key: &AgentKey, resolution: Resolution) -> Vec<u8> {
     series_prefix(&key.org, rollup_kind(resolution), &key.agent)
 }
 
-/// `{series}{millis BE}`: a rollup bucket's key.
+/// `{series}{millis BE}`: a rollup block's key (its start), or where a series' records stamped
+/// at `start_ms` begin.
 pub(super) fn bucket_key(series: &[u8], start_ms: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(series.len() + 8);
     key.extend_from_slice(series);
@@ -200,7 +208,7 @@ pub(super) fn bucket_key(series: &[u8], start_ms: u64) -> Vec<u8> {
     key
 }
 
-/// Length of the `{millis}` suffix of a rollup key.
+/// Length of the `{millis}` suffix of a rollup block's key.
 pub(super) const BUCKET_SUFFIX_LEN: usize = 8;
 
 /// Milliseconds since the Unix epoch; earlier times clamp to 0, later than `u64::MAX` to that.

@@ -24,6 +24,7 @@ use crate::store::SCHEMA_VERSION;
 use crate::store::dump;
 
 /// One step: turns a store of schema `from` into one of `from + 1`.
+#[derive(Clone, Copy)]
 pub(crate) struct Migration {
     pub from: u32,
     /// What it changes, for the log.
@@ -39,11 +40,18 @@ pub(crate) struct Schema {
 }
 
 /// The steps of this build, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    from: 3,
-    what: "build the daily and per-step event counts from the hourly ones",
-    run: event_rollups::build,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 3,
+        what: "build the daily and per-step event counts from the hourly ones",
+        run: event_rollups::build,
+    },
+    Migration {
+        from: 4,
+        what: "move the rollup buckets into blocks of an hour (5-minute) and six hours (1-hour)",
+        run: rollup_blocks::build,
+    },
+];
 
 /// This build's schema.
 pub(crate) const SCHEMA: Schema = Schema {
@@ -160,5 +168,6 @@ fn mismatch(found: String, schema: &Schema) -> StoreError {
 }
 
 mod event_rollups;
+mod rollup_blocks;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! Retention of the sled store ([`Store::purge`](crate::store::Store::purge)): whole chunks,
-//! whole rollup buckets and status changes past their cutoffs, found by seeking from series to
+//! whole rollup blocks (once their last bucket is past the cutoff) and status changes past
+//! their cutoffs, found by seeking from series to
 //! series so the work grows with what is removed, not with what stays.
 
 use std::ops::Bound;
@@ -9,6 +10,7 @@ use super::layout::*;
 use super::{Result, SledStore};
 use crate::domain::Transition;
 use crate::store::chunk::ChunkHeader;
+use crate::store::rollup::Resolution;
 use crate::store::{Purged, Retention, fault};
 
 /// How many removals [`Store::purge`](crate::store::Store::purge) applies per batch: bounds
@@ -25,7 +27,7 @@ impl SledStore {
     /// transition sections, from agent to agent (one seek each), so the work grows with the
     /// number of deleted records plus orgs and agents, not with what stays. Series are found
     /// from their keys rather than from agent records, so the history of an agent whose record
-    /// is gone is purged too. Chunks and buckets go by their key alone (a chunk's key is its
+    /// is gone is purged too. Chunks and rollup blocks go by their key alone (a chunk's key is its
     /// newest sample's time); a transition in the cutoff's own millisecond is decoded, so its
     /// boundary is exact. Removals go in batches of `PURGE_BATCH`, flushed once at the end.
     pub(super) fn purge_history(&self, retention: &Retention) -> Result<Purged> {
@@ -53,11 +55,15 @@ impl SledStore {
                 purged.chunks += n;
                 purged.samples += samples;
             }
-            for (kind, cutoff) in [
-                (ROLLUP_5M, retention.five_minutes),
-                (ROLLUP_1H, retention.one_hour),
+            for (resolution, cutoff) in [
+                (Resolution::FiveMinutes, retention.five_minutes),
+                (Resolution::OneHour, retention.one_hour),
             ] {
-                if let Some(end) = whole_ms(cutoff).checked_sub(1) {
+                // A block goes once its last bucket starts before the cutoff: its key (its
+                // start) is at most `cutoff - 1 - (block - bucket)`.
+                let kept_past_start = resolution.block_ms() - resolution.width_ms();
+                if let Some(end) = whole_ms(cutoff).checked_sub(1 + kept_past_start) {
+                    let kind = rollup_kind(resolution);
                     purged.rollups += self.purge_section(&org, kind, end, &bucket)?.0;
                 }
             }

@@ -9,8 +9,8 @@
 //! returns and the writer acks. Only then are the samples appended to their agents' heads
 //! (memory), so a head holds only samples whose record is durable. A head that is full (count or
 //! bytes), open for `chunk_max_span`, about to span more than that, or over the heads' memory
-//! budget is sealed: its chunk, its rollups merged into the stored buckets, and its empty head
-//! record go in one `apply_batch`, so rollups count each sample once. A sealed head leaves
+//! budget is sealed: its chunk, its rollups merged into the stored blocks of buckets, and its
+//! empty head record go in one `apply_batch`, so rollups count each sample once. A sealed head leaves
 //! memory; its record tells the next sample what was sealed.
 //!
 //! # Recovery invariants
@@ -39,7 +39,7 @@
 //! samples twice, and a seal that finds it taken waits for the next push or compaction instead
 //! of making the writer wait for a reader.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, TryLockError};
@@ -52,7 +52,7 @@ use super::layout::{
 use super::{Result, StoreError};
 use crate::domain::{AgentId, OrgId, Sample};
 use crate::store::head::{Head, HeadError, HeadLimits};
-use crate::store::rollup::Rollup;
+use crate::store::rollup::{Resolution, Rollup, block};
 use crate::store::wal::{self, AgentKey};
 use crate::store::{Compacted, SeriesConfig, fault};
 
@@ -393,7 +393,7 @@ impl Series {
         entry.bytes = bytes;
     }
 
-    /// Seals `entry`'s open chunk: chunk, rollups merged into the stored buckets, and the empty
+    /// Seals `entry`'s open chunk: chunk, rollups merged into the stored blocks, and the empty
     /// head record, in one batch (not flushed: the log still holds the samples). Returns
     /// whether it sealed; `false` if the head is empty or a rollup read holds the shard.
     fn seal(&self, shard: &Shard, key: &AgentKey, entry: &mut Entry) -> Result<bool> {
@@ -413,19 +413,30 @@ impl Series {
             sealed.header.first_seq,
         );
         batch.insert(chunk, sealed.chunk);
-        for (resolution, start, mut rollup) in sealed.rollups {
-            let bucket = bucket_key(&rollup_series(key, resolution), start);
-            if let Some(stored) = self.data.get(&bucket).map_err(backend)? {
-                match Rollup::decode(&stored) {
-                    Ok(stored) => rollup.merge(&stored),
-                    // Unreadable already; the new samples' aggregate replaces it.
-                    Err(e) => tracing::error!(
-                        key = %bucket.escape_ascii(),
-                        "replacing a corrupt rollup: {e}"
-                    ),
-                }
-            }
-            batch.insert(bucket, rollup.encode());
+        let mut blocks: BTreeMap<(Resolution, u64), Vec<(u64, Rollup)>> = BTreeMap::new();
+        for (resolution, start, rollup) in sealed.rollups {
+            let of_block = blocks
+                .entry((resolution, resolution.block_start_ms(start)))
+                .or_default();
+            block::merge_into(of_block, [(start, rollup)]);
+        }
+        for ((resolution, block_start), sealed) in blocks {
+            let block_key = bucket_key(&rollup_series(key, resolution), block_start);
+            let mut buckets = match self.data.get(&block_key).map_err(backend)? {
+                None => Vec::new(),
+                Some(stored) => block::decode(resolution, block_start, &stored).unwrap_or_else(
+                    // Unreadable already; the new samples' aggregates replace it.
+                    |e| {
+                        tracing::error!(
+                            key = %block_key.escape_ascii(),
+                            "replacing a corrupt rollup block: {e}"
+                        );
+                        Vec::new()
+                    },
+                ),
+            };
+            block::merge_into(&mut buckets, sealed);
+            batch.insert(block_key, block::encode(resolution, block_start, &buckets));
         }
         batch.insert(head_key(key), sealed.next.encode());
         self.data.apply_batch(batch).map_err(backend)?;

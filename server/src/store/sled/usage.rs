@@ -13,6 +13,8 @@ pub struct StoreUsage {
     pub chunk_bytes: u64,
     /// Samples in sealed chunks.
     pub chunk_samples: u64,
+    /// Rollup blocks (`rollup/block.rs`), each up to an hour of 5-minute or six hours of 1-hour
+    /// buckets.
     pub rollups: u64,
     pub rollup_bytes: u64,
     pub heads: u64,

@@ -311,10 +311,13 @@ pub(crate) fn check_purge_many(store: &dyn Store) {
     );
 }
 
-/// Rollup buckets go when they start before their cutoff; status changes older than the
+/// Rollup buckets go a block at a time (an hour of 5-minute buckets, six hours of 1-hour ones),
+/// once the block's last bucket starts before their cutoff; status changes older than the
 /// samples' cutoff go, exactly (below a millisecond too).
 pub(crate) fn check_purge_rollups_and_transitions(store: &dyn Store) {
     use AgentStatus::{Offline, Online};
+    // Three hours from T0, 22:00 of its day: the 1-hour buckets of 22:00 and 23:00 share a
+    // block, the one of 00:00 starts the next.
     let samples: Vec<Sample> = (1..=180)
         .map(|seq| varied(seq, T0 + (seq - 1) * MINUTE))
         .collect();
@@ -345,14 +348,28 @@ pub(crate) fn check_purge_rollups_and_transitions(store: &dyn Store) {
         .expect("purge");
     assert_eq!(
         (purged.rollups, purged.transitions, purged.chunks),
-        (13, 2, 0)
+        (1, 2, 0),
+        "the first hour of 5-minute buckets; the block of 1-hour ones from 18:00 stays, its 23:00 \
+         bucket is not older than the cutoff"
     );
     let fives = all_buckets(store, "web-1", Resolution::FiveMinutes);
     assert_eq!(starts(&fives).first(), Some(&(60 * MINUTE)));
     assert_eq!(fives.len(), 24);
     assert_eq!(
         starts(&all_buckets(store, "web-1", Resolution::OneHour)),
-        [60 * MINUTE, 120 * MINUTE]
+        [0, 60 * MINUTE, 120 * MINUTE]
+    );
+    let purged = store
+        .purge(&Retention {
+            samples: at(3_000),
+            five_minutes: at(0),
+            one_hour: at(T0 + 60 * MINUTE) + Duration::from_micros(1),
+        })
+        .expect("purge");
+    assert_eq!(purged.rollups, 1, "{purged:?}");
+    assert_eq!(
+        starts(&all_buckets(store, "web-1", Resolution::OneHour)),
+        [120 * MINUTE]
     );
     assert_eq!(
         transition_times(store, "acme", "web-1", 10),

@@ -64,7 +64,7 @@ pub(crate) fn build(db: &sled::Db) -> Result<()> {
 }
 
 /// The orgs with any record, each found by one seek past the previous one's `{org}/`.
-fn orgs(data: &sled::Tree) -> Result<Vec<String>> {
+pub(super) fn orgs(data: &sled::Tree) -> Result<Vec<String>> {
     let mut orgs = Vec::new();
     let mut from: Vec<u8> = Vec::new();
     while let Some(entry) = data.range(from.clone()..).next() {

@@ -7,9 +7,10 @@
 //! and the chunk is skipped. Each chunk is read again by key when the merge reaches it, so a
 //! read holds one chunk's samples at a time (more only where the agent's clock went back).
 //!
-//! Rollups: the stored buckets of the range merged with the open head's rollups. Rollups carry
-//! no seqs, so a read holds its shard's `seals` lock (shared) from the head's rollups to its
-//! last stored bucket; a seal in between would count the head's samples in both.
+//! Rollups: the stored buckets of the range (read a block at a time, `rollup/block.rs`) merged
+//! with the open head's rollups. Rollups carry no seqs, so a read holds its shard's `seals` lock
+//! (shared) from the head's rollups to its last stored block; a seal in between would count the
+//! head's samples in both.
 
 use std::collections::BTreeMap;
 use std::iter::Peekable;
@@ -25,7 +26,7 @@ use crate::domain::{Sample, Time};
 use crate::store::chunk::{self, ChunkDecoder, ChunkHeader};
 use crate::store::head::Head;
 use crate::store::merge::{Source, TimeMerge};
-use crate::store::rollup::{Resolution, Rollup};
+use crate::store::rollup::{Resolution, Rollup, block};
 use crate::store::wal::AgentKey;
 use crate::store::{Result, RollupBucket, StoreError};
 
@@ -158,18 +159,30 @@ impl Series {
         let head: BTreeMap<u64, Rollup> =
             head.range(from_ms..to_ms).map(|(k, v)| (*k, *v)).collect();
         let series = rollup_series(key, resolution);
+        // Blocks from the one holding `from` to the last starting before `to`; each yields its
+        // buckets inside `from..to`.
+        let first_block = resolution.block_start_ms(from_ms);
         let stored = self
             .data
-            .range(bucket_key(&series, from_ms)..bucket_key(&series, to_ms));
+            .range(bucket_key(&series, first_block)..bucket_key(&series, to_ms));
         Box::new(RollupMerge {
             _reading: guard,
             stored: stored
-                .map(move |entry| {
-                    let (bucket, value) = entry.map_err(backend)?;
-                    let start = series_millis(&series, &bucket, BUCKET_SUFFIX_LEN)?;
-                    let rollup =
-                        Rollup::decode(&value).map_err(|e| corrupt(&bucket, e.to_string()))?;
-                    Ok((start, rollup))
+                .flat_map(move |entry| {
+                    let buckets = entry.map_err(backend).and_then(|(block_key, value)| {
+                        let start = series_millis(&series, &block_key, BUCKET_SUFFIX_LEN)?;
+                        block::decode(resolution, start, &value)
+                            .map_err(|e| corrupt(&block_key, e.to_string()))
+                    });
+                    let (ok, err) = match buckets {
+                        Ok(buckets) => (Some(buckets), None),
+                        Err(e) => (None, Some(Err(e))),
+                    };
+                    ok.into_iter()
+                        .flatten()
+                        .filter(move |(start, _)| (from_ms..to_ms).contains(start))
+                        .map(Ok)
+                        .chain(err)
                 })
                 .peekable(),
             head: head.into_iter().peekable(),
