@@ -35,6 +35,7 @@
 //! Nothing may follow the last bucket.
 //!
 //! A decoder refuses, besides short input: another version, an empty or out-of-range slot set,
+//! a bucket whose start would pass `u64::MAX` (a damaged key),
 //! a shift over 64, a rate count above the count, a minimum or maximum outside its stat's type,
 //! and trailing bytes.
 
@@ -207,8 +208,10 @@ pub fn decode(
             ..Rollup::default()
         };
         set_triples(&mut rollup, &read)?;
-        let width = resolution.width_ms();
-        out.push((block_start_ms + u64::from(slot) * width, rollup));
+        let start = block_start_ms
+            .checked_add(u64::from(slot) * resolution.width_ms())
+            .ok_or(DecodeError::Corrupt("rollup block start"))?;
+        out.push((start, rollup));
     }
     if !r.is_empty() {
         return Err(DecodeError::Corrupt("rollup block trailing bytes").into());

@@ -148,6 +148,10 @@ fn malformed_blocks_are_errors() {
     assert!(decode(FIVE, start, &with(&[1], &shifts, &all_still)).is_ok());
     all_still.push(0);
     assert!(decode(FIVE, start, &with(&[1], &shifts, &all_still)).is_err());
+    // A block whose last bucket would start past u64::MAX (a damaged key).
+    let near_end = u64::MAX - FIVE.width_ms();
+    assert!(decode(FIVE, near_end, &with(&[1], &shifts, &[0, 0, 0])).is_ok());
+    assert!(decode(FIVE, near_end, &with(&[0x80, 0x10], &shifts, &[0, 0, 0])).is_err());
     // A u64 stat whose minimum is negative.
     let mut negative = vec![2, 0, 0];
     negative.extend([0; 12]);
@@ -234,10 +238,13 @@ proptest! {
     }
 
     #[test]
-    fn random_bytes_never_panic_the_block_decoder(raw in prop::collection::vec(any::<u8>(), 0..200)) {
-        let _outcome = decode(FIVE, 0, &raw);
+    fn random_bytes_never_panic_the_block_decoder(
+        raw in prop::collection::vec(any::<u8>(), 0..200),
+        start in any::<u64>(),
+    ) {
+        let _outcome = decode(FIVE, start, &raw);
         let mut versioned = vec![BLOCK_VERSION];
         versioned.extend(&raw);
-        let _outcome = decode(HOUR, 0, &versioned);
+        let _outcome = decode(HOUR, start, &versioned);
     }
 }
