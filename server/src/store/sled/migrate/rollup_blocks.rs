@@ -31,6 +31,13 @@ pub(crate) fn build(db: &sled::Db) -> Result<()> {
             for entry in data.range((std::ops::Bound::Included(from.clone()), prefix_end(&from))) {
                 let (key, value) = entry.map_err(backend)?;
                 let (agent, start) = split(&key, from.len())?;
+                if resolution.bucket_start_ms(start) != start {
+                    tracing::error!(
+                        key = %key.escape_ascii(),
+                        "a rollup bucket key is not at a bucket's start; left where it is, out of any block"
+                    );
+                    continue;
+                }
                 let block_start = resolution.block_start_ms(start);
                 if block.series.as_deref() != Some(agent) || block.start != block_start {
                     block.write(&data, &org, resolution)?;
