@@ -14,7 +14,7 @@ use crate::store::SledStore;
 /// the blob file of every leaf split right after its rewrite, and its cleaner drained one
 /// segment per round: after this day, blob files of 56 % of the records' bytes and files 5.2
 /// times the records; 4-8 % and 1.4-1.6 times now, varying with the cleaner's timing. Over
-/// months, with segments cleaned at 80 % live, `disk_bench` finds 1.1-1.2 times.)
+/// months, with segments cleaned at 65 % live, `disk_bench` finds 1.3 times.)
 #[test]
 fn a_day_of_a_fleet_keeps_sled_files_near_the_records() {
     const AGENTS: u64 = 20;
