@@ -1,7 +1,7 @@
 //! Retention of the sled store ([`Store::purge`](crate::store::Store::purge)): whole chunks,
 //! whole rollup blocks (once their last bucket is past the cutoff) and status changes past
-//! their cutoffs, found by seeking from series to
-//! series so the work grows with what is removed, not with what stays.
+//! their cutoffs, found by seeking from series to series so the work grows with what is
+//! removed, not with what stays.
 
 use std::ops::Bound;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,8 +27,8 @@ impl SledStore {
     /// transition sections, from agent to agent (one seek each), so the work grows with the
     /// number of deleted records plus orgs and agents, not with what stays. Series are found
     /// from their keys rather than from agent records, so the history of an agent whose record
-    /// is gone is purged too. Chunks and rollup blocks go by their key alone (a chunk's key is its
-    /// newest sample's time); a transition in the cutoff's own millisecond is decoded, so its
+    /// is gone is purged too. Chunks and rollup blocks go by their key alone (a chunk's key is
+    /// its newest sample's time); a transition in the cutoff's own millisecond is decoded, so its
     /// boundary is exact. Removals go in batches of `PURGE_BATCH`, flushed once at the end.
     pub(super) fn purge_history(&self, retention: &Retention) -> Result<Purged> {
         let mut purged = Purged::default();

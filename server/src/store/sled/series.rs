@@ -10,8 +10,8 @@
 //! (memory), so a head holds only samples whose record is durable. A head that is full (count or
 //! bytes), open for `chunk_max_span`, about to span more than that, or over the heads' memory
 //! budget is sealed: its chunk, its rollups merged into the stored blocks of buckets, and its
-//! empty head record go in one `apply_batch`, so rollups count each sample once. A sealed head leaves
-//! memory; its record tells the next sample what was sealed.
+//! empty head record go in one `apply_batch`, so rollups count each sample once. A sealed head
+//! leaves memory; its record tells the next sample what was sealed.
 //!
 //! # Recovery invariants
 //!
