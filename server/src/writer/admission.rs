@@ -74,6 +74,7 @@ impl WriterHandle {
     /// is read without a lock: two sessions deciding at once may both join, passing the bound
     /// by a report, never more than once each.
     pub fn has_room(&self, n: usize) -> bool {
+        // The gauge only counts `InLine`s alive, so it is never negative.
         let waiting = usize::try_from(self.depth.waiting.get()).unwrap_or(0);
         waiting == 0 || waiting + self.cost(n) as usize <= self.ingest_queue
     }

@@ -52,7 +52,7 @@ const FIRST_RATE: usize = 11;
 /// Largest shift a block records.
 const MAX_SHIFT: u32 = 64;
 
-/// A stat as the block codes it: (min, max, sum).
+/// A stat's (min, max, sum).
 type Triple = (i128, i128, i128);
 
 /// Encodes `buckets` (bucket start in ms, rollup), which must be in bucket order, distinct, and
@@ -71,17 +71,28 @@ pub fn encode(resolution: Resolution, block_start_ms: u64, buckets: &[(u64, Roll
         last = Some(slot);
         slots |= 1 << slot;
     }
-    // Every value a shift will apply to, per stat, to find the low zero bits they share.
-    let triples: Vec<[Option<Triple>; STATS]> = buckets.iter().map(|(_, r)| triples(r)).collect();
-    let mut shifts = [MAX_SHIFT; STATS];
+    // What each stat of each bucket codes before its shift: against the previous minimum of
+    // that stat in the block.
     let mut prev_min = [0i128; STATS];
-    for ((_, rollup), bucket) in buckets.iter().zip(&triples) {
-        for (i, triple) in bucket.iter().enumerate() {
-            if let Some((min, max, sum)) = *triple {
-                for v in coded(min, max, sum, stat_count(rollup, i), prev_min[i]) {
-                    shifts[i] = shifts[i].min(v.trailing_zeros());
-                }
-                prev_min[i] = min;
+    let coded: Vec<[Option<[i128; 3]>; STATS]> = buckets
+        .iter()
+        .map(|(_, rollup)| {
+            let triples = triples(rollup);
+            std::array::from_fn(|i| {
+                triples[i].map(|(min, max, sum)| {
+                    let c = coded(min, max, sum, stat_count(rollup, i), prev_min[i]);
+                    prev_min[i] = min;
+                    c
+                })
+            })
+        })
+        .collect();
+    // The low zero bits every such value of a stat shares.
+    let mut shifts = [MAX_SHIFT; STATS];
+    for stats in &coded {
+        for (shift, c) in shifts.iter_mut().zip(stats) {
+            for v in c.iter().flatten() {
+                *shift = (*shift).min(v.trailing_zeros());
             }
         }
     }
@@ -90,31 +101,25 @@ pub fn encode(resolution: Resolution, block_start_ms: u64, buckets: &[(u64, Roll
     put_uvarint128(&mut out, u128::from(slots));
     out.extend(shifts.iter().map(|&s| s as u8));
     let (mut prev_count, mut prev_rates) = (0i128, 0i128);
-    let mut prev_min = [0i128; STATS];
-    for ((_, rollup), bucket) in buckets.iter().zip(&triples) {
+    for ((_, rollup), stats) in buckets.iter().zip(&coded) {
         let (count, rates) = (i128::from(rollup.count), i128::from(rollup.rate_count));
         put_uvarint128(&mut out, zigzag128(count - prev_count));
         put_uvarint128(&mut out, zigzag128(rates - prev_rates));
         (prev_count, prev_rates) = (count, rates);
-        let coded: [Option<[i128; 3]>; STATS] = std::array::from_fn(|i| {
-            bucket[i]
-                .map(|(min, max, sum)| coded(min, max, sum, stat_count(rollup, i), prev_min[i]))
-        });
-        let still = coded.iter().enumerate().fold(0u128, |bits, (i, c)| {
+        let still = stats.iter().enumerate().fold(0u128, |bits, (i, c)| {
             bits | u128::from(*c == Some([0, 0, 0])) << i
         });
         put_uvarint128(&mut out, still);
-        for (i, c) in coded.iter().enumerate() {
-            if let Some([delta, range, offset]) = *c {
-                if still >> i & 1 == 0 {
-                    let s = shifts[i];
-                    let (range, offset) = (range >> s, offset >> s);
-                    put_uvarint128(&mut out, zigzag128(delta >> s));
-                    put_uvarint128(&mut out, range as u128);
-                    let center = range.saturating_mul(stat_count(rollup, i)) / 2;
-                    put_uvarint128(&mut out, zigzag128(offset.saturating_sub(center)));
-                }
-                prev_min[i] = bucket[i].map_or(prev_min[i], |(min, _, _)| min);
+        for (i, c) in stats.iter().enumerate() {
+            if let Some([delta, range, offset]) = *c
+                && still >> i & 1 == 0
+            {
+                let s = shifts[i];
+                let (range, offset) = (range >> s, offset >> s);
+                put_uvarint128(&mut out, zigzag128(delta >> s));
+                put_uvarint128(&mut out, range as u128);
+                let center = range.saturating_mul(stat_count(rollup, i)) / 2;
+                put_uvarint128(&mut out, zigzag128(offset.saturating_sub(center)));
             }
         }
     }

@@ -174,15 +174,14 @@ impl Series {
                         block::decode(resolution, start, &value)
                             .map_err(|e| corrupt(&block_key, e.to_string()))
                     });
-                    let (ok, err) = match buckets {
-                        Ok(buckets) => (Some(buckets), None),
-                        Err(e) => (None, Some(Err(e))),
-                    };
-                    ok.into_iter()
-                        .flatten()
-                        .filter(move |(start, _)| (from_ms..to_ms).contains(start))
-                        .map(Ok)
-                        .chain(err)
+                    match buckets {
+                        Ok(buckets) => buckets
+                            .into_iter()
+                            .filter(|(start, _)| (from_ms..to_ms).contains(start))
+                            .map(Ok)
+                            .collect(),
+                        Err(e) => vec![Err(e)],
+                    }
                 })
                 .peekable(),
             head: head.into_iter().peekable(),
