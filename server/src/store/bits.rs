@@ -130,17 +130,35 @@ impl BitWriter {
 }
 
 /// Reads a bit stream written by [`BitWriter`].
+///
+/// The bits ahead of the position are held in a 64-bit word, refilled from `bytes` when a
+/// peek needs more than it has: consecutive small reads then shift a register instead of
+/// loading from memory at a position that each read must first compute (a chunk's decode is
+/// one such chain of reads).
 #[derive(Clone, Debug)]
 pub struct BitReader<'a> {
     bytes: &'a [u8],
     /// Next bit to read, counted from bit 7 of byte 0.
     pos: u64,
+    /// The bits from `pos` on, the next one highest; only the top `ahead` are loaded (bits
+    /// past the end of `bytes` load as zeros).
+    word: u64,
+    ahead: u32,
 }
+
+/// Most bits [`BitReader::peek_bits`] returns: a refill loads 8 bytes, of which at most 7
+/// bits were already read.
+pub const MAX_PEEK_BITS: u32 = 57;
 
 impl<'a> BitReader<'a> {
     /// A reader of every bit of `bytes`.
     pub fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0 }
+        Self {
+            bytes,
+            pos: 0,
+            word: 0,
+            ahead: 0,
+        }
     }
 
     /// Bits left to read.
@@ -162,22 +180,68 @@ impl<'a> BitReader<'a> {
         if n == 0 {
             return Ok(0);
         }
-        // The 16 bytes from the current one (zeros past the end) hold the at most 7 bits
-        // already used of it and the at most 64 wanted: read them as one big-endian number.
+        if n <= MAX_PEEK_BITS {
+            let value = self.peek_bits(n);
+            self.skip(n, what)?;
+            return Ok(value);
+        }
+        let high = self.peek_bits(n - 32);
+        self.skip(n - 32, what)?;
+        let low = self.peek_bits(32);
+        self.skip(32, what)?;
+        Ok((high << 32) | low)
+    }
+
+    /// The next `n` bits (1 to [`MAX_PEEK_BITS`]) as the low bits of the result, without
+    /// moving; bits past the end read as zeros ([`BitReader::skip`] checks that they were
+    /// there before a caller trusts them).
+    #[inline(always)]
+    pub fn peek_bits(&mut self, n: u32) -> u64 {
+        debug_assert!((1..=MAX_PEEK_BITS).contains(&n), "1 to 57 bits at a time");
+        if self.ahead < n {
+            self.refill();
+        }
+        self.word >> (64 - n)
+    }
+
+    /// Loads the 8 bytes from the current one (zeros past the end) and drops the bits of it
+    /// already read: at least 57 bits ahead.
+    #[inline(always)]
+    fn refill(&mut self) {
         let first = (self.pos / 8) as usize;
         let rest = self.bytes.get(first..).unwrap_or_default();
-        let window = match rest.first_chunk::<16>() {
-            Some(bytes) => u128::from_be_bytes(*bytes),
+        let word = match rest.first_chunk::<8>() {
+            Some(bytes) => u64::from_be_bytes(*bytes),
             None => {
-                let mut bytes = [0u8; 16];
+                let mut bytes = [0u8; 8];
                 bytes[..rest.len()].copy_from_slice(rest);
-                u128::from_be_bytes(bytes)
+                u64::from_be_bytes(bytes)
             }
         };
         let used = (self.pos % 8) as u32;
+        self.word = word << used;
+        self.ahead = 64 - used;
+    }
+
+    /// Moves past `n` bits, as [`BitReader::read_bits`] would.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Truncated`] naming `what` if fewer than `n` bits are left; the reader
+    /// does not move then.
+    #[inline(always)]
+    pub fn skip(&mut self, n: u32, what: &'static str) -> Result<(), DecodeError> {
+        if u64::from(n) > self.remaining() {
+            return Err(DecodeError::Truncated(what));
+        }
         self.pos += u64::from(n);
-        // `used + n <= 71 < 128`; the value is the `n` bits after the `used` ones.
-        Ok(((window << used) >> (128 - n)) as u64)
+        if n < self.ahead {
+            self.word <<= n;
+            self.ahead -= n;
+        } else {
+            self.ahead = 0;
+        }
+        Ok(())
     }
 
     /// Reads one bit.
@@ -186,12 +250,8 @@ impl<'a> BitReader<'a> {
     ///
     /// [`DecodeError::Truncated`] naming `what` at the end of the input.
     pub fn read_bit(&mut self, what: &'static str) -> Result<bool, DecodeError> {
-        let byte = self
-            .bytes
-            .get((self.pos / 8) as usize)
-            .ok_or(DecodeError::Truncated(what))?;
-        let bit = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
+        let bit = self.peek_bits(1);
+        self.skip(1, what)?;
         Ok(bit == 1)
     }
 
@@ -447,6 +507,33 @@ mod tests {
                 prop_assert_eq!(r.read_gamma("g")?, u64::from(n));
             }
             prop_assert!(r.expect_end("end").is_ok());
+        }
+
+        #[test]
+        fn peeks_see_what_reads_return_and_skips_move_alike(
+            fields in prop::collection::vec((any::<u64>(), 1u32..=MAX_PEEK_BITS), 0..60),
+        ) {
+            let mut w = BitWriter::new();
+            for &(v, n) in &fields {
+                w.write_bits(v, n);
+            }
+            let mut peeked = BitReader::new(w.bytes());
+            let mut read = BitReader::new(w.bytes());
+            for (i, &(v, n)) in fields.iter().enumerate() {
+                let mask = (1u64 << n) - 1;
+                // Every other field peeked twice, wider first: a peek never moves the reader.
+                if i % 2 == 0 {
+                    let wide = peeked.peek_bits(MAX_PEEK_BITS);
+                    prop_assert_eq!(wide >> (MAX_PEEK_BITS - n), v & mask);
+                }
+                prop_assert_eq!(peeked.peek_bits(n), v & mask);
+                peeked.skip(n, "f")?;
+                prop_assert_eq!(read.read_bits(n, "f")?, v & mask);
+                prop_assert_eq!(peeked.remaining(), read.remaining());
+            }
+            let left = u32::try_from(peeked.remaining()).expect("under a byte");
+            prop_assert_eq!(peeked.skip(left + 1, "end"), Err(DecodeError::Truncated("end")));
+            prop_assert!(peeked.expect_end("end").is_ok());
         }
 
         #[test]

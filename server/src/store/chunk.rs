@@ -104,7 +104,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::series::Series;
 use super::bits::{BitReader, BitWriter, DecodeError};
-use crate::domain::{DiskUsage, Sample, Time};
+use crate::domain::{DiskUsage, Sample, SampleTotals, Time};
 
 mod series;
 
@@ -262,9 +262,7 @@ impl Fixed {
     pub fn to_sample(self, disks: Vec<DiskUsage>) -> Result<Sample, DecodeError> {
         Ok(Sample {
             seq: self.seq,
-            time: millis_to_time(self.time_ms)
-                .and_then(|time| Time::new(time).ok())
-                .ok_or(DecodeError::Corrupt("sample time"))?,
+            time: self.time()?,
             cpu_percent: dequantize(self.cpu),
             load: self.load.map(dequantize),
             memory_used_bytes: self.memory_used,
@@ -277,6 +275,13 @@ impl Fixed {
             uptime: Duration::from_millis(self.uptime_ms),
             process_count: self.process_count,
         })
+    }
+
+    /// The sample time these fields hold.
+    fn time(&self) -> Result<Time, DecodeError> {
+        millis_to_time(self.time_ms)
+            .and_then(|time| Time::new(time).ok())
+            .ok_or(DecodeError::Corrupt("sample time"))
     }
 
     /// Overwrites `out` with these fields, keeping its disk list (and its allocations).
@@ -551,20 +556,67 @@ impl<'a> ChunkDecoder<'a> {
         result
     }
 
+    /// Decodes the next sample's totals: its fields with its disks summed, without building
+    /// its disk list. `Ok(None)` after the last sample.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`ChunkDecoder::next_into`].
+    pub fn next_totals(&mut self) -> Result<Option<SampleTotals>, ChunkError> {
+        if self.done {
+            return Ok(None);
+        }
+        let result = self.step_with(None).and_then(|more| {
+            if !more {
+                return Ok(None);
+            }
+            let f = &self.fixed;
+            let (disk_used_bytes, disk_total_bytes) = self.series.disk_sums();
+            Ok(Some(SampleTotals {
+                seq: f.seq,
+                time: f.time()?,
+                cpu_percent: dequantize(f.cpu),
+                load: f.load.map(dequantize),
+                memory_used_bytes: f.memory_used,
+                memory_total_bytes: f.memory_total,
+                swap_used_bytes: f.swap_used,
+                swap_total_bytes: f.swap_total,
+                disk_used_bytes,
+                disk_total_bytes,
+                network_rx_bytes: f.net_rx,
+                network_tx_bytes: f.net_tx,
+                uptime: Duration::from_millis(f.uptime_ms),
+                process_count: f.process_count,
+            }))
+        });
+        if !matches!(result, Ok(Some(_))) {
+            self.done = true;
+        }
+        result
+    }
+
     fn step(&mut self, out: &mut Sample) -> Result<bool, ChunkError> {
+        if !self.step_with(Some(&mut out.disks))? {
+            return Ok(false);
+        }
+        self.fixed.apply(out)?;
+        Ok(true)
+    }
+
+    /// Decodes the next sample into `self.fixed` (and its disk list into `disks`, if given),
+    /// checking it against the header. `Ok(false)` after the last sample.
+    fn step_with(&mut self, disks: Option<&mut Vec<DiskUsage>>) -> Result<bool, ChunkError> {
         if self.seen.count == self.expected.count {
             self.bits.expect_end("chunk padding")?;
             return Ok(false);
         }
         let first = self.seen.count == 0;
-        let mut fixed = self.fixed;
-        self.series
-            .decode(&mut self.bits, &mut fixed, &mut out.disks, first)?;
+        // Decoded in place: after an error the decoder is finished, whatever `fixed` holds.
+        let fixed = &mut self.fixed;
+        self.series.decode(&mut self.bits, fixed, disks, first)?;
         if !first && fixed.seq <= self.seen.last_seq {
             return Err(DecodeError::Corrupt("chunk seq order").into());
         }
-        fixed.apply(out)?;
-        self.fixed = fixed;
         self.seen.note(fixed.seq, fixed.time_ms);
         if self.seen.count == self.expected.count {
             self.bits.expect_end("chunk padding")?;

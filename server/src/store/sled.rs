@@ -445,7 +445,7 @@ impl Store for SledStore {
         }
         let key = agent_key(org, agent);
         self.series
-            .samples(&key, from, to, Sample::clone)
+            .samples(&key, from, to, |samples| samples.next().transpose(), limit)
             .take(limit)
             .collect()
     }
@@ -457,8 +457,13 @@ impl Store for SledStore {
         from: SystemTime,
         to: SystemTime,
     ) -> Box<dyn Iterator<Item = Result<SampleTotals>> + 'a> {
-        self.series
-            .samples(&agent_key(org, agent), from, to, SampleTotals::of)
+        self.series.samples(
+            &agent_key(org, agent),
+            from,
+            to,
+            |samples| samples.next_totals(),
+            usize::MAX,
+        )
     }
 
     fn rollups<'a>(

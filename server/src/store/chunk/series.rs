@@ -7,7 +7,9 @@
 
 use super::{Fixed, MAX_QUANTIZED};
 use crate::domain::DiskUsage;
-use crate::store::bits::{BitReader, BitWriter, DecodeError, bit_width, unzigzag, zigzag};
+use crate::store::bits::{
+    BitReader, BitWriter, DecodeError, MAX_PEEK_BITS, bit_width, unzigzag, zigzag,
+};
 
 /// The coding state of every field, identical on both sides after each sample.
 #[derive(Clone, Debug, Default)]
@@ -114,11 +116,13 @@ impl Series {
         }
     }
 
+    /// Decodes the next sample's fields into `f` and, if given, its disk list into `disks`
+    /// (without, [`Series::disk_sums`] still reads the disks back).
     pub(super) fn decode(
         &mut self,
         r: &mut BitReader<'_>,
         f: &mut Fixed,
-        disks: &mut Vec<DiskUsage>,
+        disks: Option<&mut Vec<DiskUsage>>,
         first: bool,
     ) -> Result<(), DecodeError> {
         f.seq = self.seq.decode(r, first)?;
@@ -146,10 +150,24 @@ impl Series {
         Ok(())
     }
 
+    /// The used and total bytes of the last sample's disks, each summed saturating at
+    /// `u64::MAX`.
+    pub(super) fn disk_sums(&self) -> (u64, u64) {
+        self.list
+            .iter()
+            .fold((0_u64, 0_u64), |(used, total), &idx| {
+                let slot = &self.dict[idx];
+                (
+                    used.saturating_add(slot.used.prev),
+                    total.saturating_add(slot.total.prev),
+                )
+            })
+    }
+
     fn decode_disks(
         &mut self,
         r: &mut BitReader<'_>,
-        disks: &mut Vec<DiskUsage>,
+        disks: Option<&mut Vec<DiskUsage>>,
     ) -> Result<(), DecodeError> {
         if r.read_bit("disk list flag")? {
             let n = r.read_gamma("disk count")?;
@@ -183,6 +201,14 @@ impl Series {
                 self.list.push(idx);
             }
         }
+        let Some(disks) = disks else {
+            for &idx in &self.list {
+                let slot = &mut self.dict[idx];
+                slot.used.decode(r)?;
+                slot.total.decode(r)?;
+            }
+            return Ok(());
+        };
         disks.truncate(self.list.len());
         for (i, &idx) in self.list.iter().enumerate() {
             let slot = &mut self.dict[idx];
@@ -219,6 +245,7 @@ impl Delta {
         self.prev = v;
     }
 
+    #[inline(always)]
     fn decode(&mut self, r: &mut BitReader<'_>) -> Result<u64, DecodeError> {
         let v = self.prev.wrapping_add(self.window.decode(r)? as u64);
         self.prev = v;
@@ -245,6 +272,7 @@ impl Dod {
         }
     }
 
+    #[inline(always)]
     fn decode(&mut self, r: &mut BitReader<'_>, first: bool) -> Result<u64, DecodeError> {
         let delta = self.prev_delta.wrapping_add(self.window.decode(r)? as u64);
         let v = self.prev.wrapping_add(delta);
@@ -324,35 +352,52 @@ impl Window {
         self.after_nonzero = true;
     }
 
+    #[inline(always)]
     fn decode(&mut self, r: &mut BitReader<'_>) -> Result<i64, DecodeError> {
+        // One peek holds the prefix and the window that may follow it (3 + 12 bits);
+        // `skip` checks that the bits used were there before anything is trusted.
+        let head = r.peek_bits(15);
         let (one, two) = if self.after_nonzero {
             (Form::Reuse, Form::Zero)
         } else {
             (Form::Zero, Form::Reuse)
         };
-        let form = if !r.read_bit("value")? {
-            one
-        } else if !r.read_bit("value form")? {
-            two
-        } else if r.read_bit("value form")? {
-            Form::NewShift
-        } else {
-            Form::NewWidth
+        let (form, prefix) = match head >> 12 {
+            0b000..=0b011 => (one, 1),
+            0b100 | 0b101 => (two, 2),
+            0b110 => (Form::NewWidth, 3),
+            _ => (Form::NewShift, 3),
         };
+        // The 6 bits after the first `at` of the 15.
+        let field = |at: u32| ((head >> (9 - at)) & 0x3f) as u32;
         match form {
             Form::Zero => {
+                r.skip(prefix, "value")?;
                 self.after_nonzero = false;
                 return Ok(0);
             }
-            Form::Reuse if self.width == 0 => return Err(DecodeError::Corrupt("value window")),
-            Form::Reuse => {}
-            Form::NewShift => {
-                self.shift = r.read_bits(6, "value shift")? as u32;
-                self.width = r.read_bits(6, "value width")? as u32 + 1;
+            Form::Reuse if self.width == 0 => {
+                r.skip(prefix, "value")?;
+                return Err(DecodeError::Corrupt("value window"));
             }
-            Form::NewWidth => self.width = r.read_bits(6, "value width")? as u32 + 1,
+            Form::Reuse => r.skip(prefix, "value")?,
+            Form::NewShift => {
+                r.skip(prefix + 12, "value window")?;
+                self.shift = field(3);
+                self.width = field(9) + 1;
+            }
+            Form::NewWidth => {
+                r.skip(prefix + 6, "value width")?;
+                self.width = field(3) + 1;
+            }
         }
-        let u = r.read_bits(self.width, "value")?;
+        let u = if self.width <= MAX_PEEK_BITS {
+            let u = r.peek_bits(self.width);
+            r.skip(self.width, "value")?;
+            u
+        } else {
+            r.read_bits(self.width, "value")?
+        };
         self.after_nonzero = true;
         Ok(((unzigzag(u) as u64) << self.shift) as i64)
     }

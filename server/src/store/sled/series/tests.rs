@@ -1,7 +1,10 @@
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::read::READ_AHEAD_MIN_SAMPLES;
 use super::*;
+use crate::domain::SampleTotals;
 use crate::store::chunk::tests::sample;
+use crate::store::chunk::{ChunkDecoder, ChunkError, ChunkHeader};
 
 fn open(dir: &std::path::Path) -> Series {
     let db = crate::store::sled::raw_db(dir).expect("open sled");
@@ -101,9 +104,142 @@ fn replay_skips_what_head_records_and_seals_hold() {
             &key,
             UNIX_EPOCH,
             UNIX_EPOCH + Duration::from_secs(1 << 40),
-            |s| s.seq,
+            |s| Ok(s.next().transpose()?.map(|sample| sample.seq)),
+            usize::MAX,
         )
         .collect::<Result<_>>()
         .expect("read");
     assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
+}
+
+/// A series with [`READ_AHEAD_MIN_SAMPLES`] and 5,000 more samples of agent `agent`, committed
+/// in reports of 100, 10 s apart from seq 1; from seq `back` on, the agent's clock is an hour
+/// behind (chunks then overlap in time). Returns the samples as written.
+fn long_series(agent: &str, back: u64) -> (tempfile::TempDir, Series, AgentKey, Vec<Sample>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let series = open(dir.path());
+    let key = AgentKey {
+        org: OrgId::new("acme"),
+        agent: AgentId::new(agent),
+    };
+    let samples: Vec<(AgentKey, Sample)> = (1..=READ_AHEAD_MIN_SAMPLES + 5_000)
+        .map(|seq| {
+            let behind = if seq >= back { 3_600_000 } else { 0 };
+            let ms = 1_700_000_000_000 + seq * 10_000 - behind;
+            (key.clone(), sample(seq, ms))
+        })
+        .collect();
+    for report in samples.chunks(100) {
+        commit(&series, report);
+    }
+    let samples = samples.into_iter().map(|(_, sample)| sample).collect();
+    (dir, series, key, samples)
+}
+
+fn totals(samples: &mut ChunkDecoder<'_>) -> std::result::Result<Option<SampleTotals>, ChunkError> {
+    samples.next_totals()
+}
+
+/// Names of this process's threads that are reading ahead.
+fn read_ahead_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tether-read-ahe")
+        .count()
+}
+
+/// A read long enough to decode ahead on threads yields exactly what the same read decodes in
+/// line, every sample in `(time, seq)` order, across chunks that the clock made overlap; and a
+/// read dropped part-way ends its threads.
+#[test]
+fn a_long_read_decodes_ahead_exactly_as_in_line_and_ends_its_threads_when_dropped() {
+    let (_dir, series, key, mut expected) = long_series("a", 20_000);
+    let n = expected.len();
+    expected.sort_by_key(|sample| (sample.time, sample.seq));
+    let expected: Vec<SampleTotals> = expected.iter().map(SampleTotals::of).collect();
+    let (from, to) = (UNIX_EPOCH, UNIX_EPOCH + Duration::from_secs(1 << 40));
+
+    let (read, ahead) = series.samples_with(&key, from, to, totals, READ_AHEAD_MIN_SAMPLES);
+    assert!(ahead, "{n} samples are read ahead");
+    let read: Vec<SampleTotals> = read.collect::<Result<_>>().expect("read ahead");
+    assert_eq!(read.len(), expected.len());
+    assert!(
+        read == expected,
+        "read ahead as written, in (time, seq) order"
+    );
+
+    let (inline, ahead) = series.samples_with(&key, from, to, totals, u64::MAX);
+    assert!(!ahead);
+    let inline: Vec<SampleTotals> = inline.collect::<Result<_>>().expect("read in line");
+    assert!(inline == read, "the same samples either way");
+
+    // Through the `samples` the store calls, whole samples: the same order.
+    let seqs: Vec<u64> = series
+        .samples(
+            &key,
+            from,
+            to,
+            |s| Ok(s.next().transpose()?.map(|sample| sample.seq)),
+            usize::MAX,
+        )
+        .collect::<Result<_>>()
+        .expect("read");
+    assert!(seqs.iter().eq(expected.iter().map(|t| &t.seq)));
+
+    let (mut dropped, ahead) = series.samples_with(&key, from, to, totals, 0);
+    assert!(ahead);
+    assert_eq!(
+        dropped.next().expect("a sample").expect("read"),
+        expected[0]
+    );
+    drop(dropped);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read_ahead_threads() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read-ahead threads outlive their read"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A damaged chunk in the middle of a long read ends it with `Corrupt` where the chunk is,
+/// after every sample before it, as a read in line does.
+#[test]
+fn a_damaged_chunk_ends_a_read_ahead_where_it_is() {
+    let (_dir, series, key, samples) = long_series("b", u64::MAX);
+    let chunks: Vec<(sled::IVec, sled::IVec)> = series
+        .data
+        .scan_prefix(chunk_series(&key))
+        .collect::<std::result::Result<_, _>>()
+        .expect("chunks");
+    assert!(chunks.len() > 10, "{} chunks", chunks.len());
+    // A chunk past the first batches: its header stays whole, its body is all ones.
+    let (damaged_key, value) = &chunks[chunks.len() * 2 / 3];
+    let (header, body) = ChunkHeader::parse(value).expect("a chunk");
+    let mut damaged = value[..value.len() - body.len()].to_vec();
+    damaged.resize(value.len(), 0xff);
+    series
+        .data
+        .insert(damaged_key, damaged)
+        .expect("damage the chunk");
+    let before = samples
+        .iter()
+        .take_while(|sample| sample.seq < header.first_seq)
+        .map(SampleTotals::of);
+
+    let (from, to) = (UNIX_EPOCH, UNIX_EPOCH + Duration::from_secs(1 << 40));
+    for ahead_from in [0, u64::MAX] {
+        let (mut read, ahead) = series.samples_with(&key, from, to, totals, ahead_from);
+        assert_eq!(ahead, ahead_from == 0);
+        for expected in before.clone() {
+            assert_eq!(read.next().expect("a sample").expect("read"), expected);
+        }
+        assert!(
+            matches!(read.next(), Some(Err(StoreError::Corrupt { .. }))),
+            "the damaged chunk is reported where it is"
+        );
+        assert!(read.next().is_none(), "and nothing follows");
+    }
 }
