@@ -171,6 +171,32 @@ mod tests {
         assert_eq!(most_open, 1);
     }
 
+    proptest::proptest! {
+        /// Whatever the sources, their overlap and their order inside: every item once, in
+        /// `(time, seq)` order.
+        #[test]
+        fn any_sources_merge_into_time_order(
+            times in proptest::collection::vec(proptest::collection::vec(0u64..50, 0..20), 0..8),
+        ) {
+            let mut seq = 0;
+            let sources: Vec<Vec<(u64, u64)>> = times
+                .into_iter()
+                .map(|source| {
+                    source
+                        .into_iter()
+                        .map(|time| {
+                            seq += 1;
+                            (time, seq)
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut expected: Vec<(u64, u64)> = sources.iter().flatten().copied().collect();
+            expected.sort_unstable();
+            proptest::prop_assert_eq!(merged(sources), expected);
+        }
+    }
+
     #[test]
     fn an_error_opening_a_source_ends_the_merge() {
         let sources = vec![Source { min_ms: 1, key: 1 }, Source { min_ms: 2, key: 2 }];

@@ -9,7 +9,9 @@
 //! read (by its chunks' headers, [`READ_AHEAD_MIN_SAMPLES`] or more) decodes on
 //! [`READ_AHEAD_THREADS`] threads of its own, in batches of whole chunks dealt to them in turn
 //! and merged in the same order, so it yields exactly what a read in line does and holds a
-//! few batches' samples at most; its threads end with the read, or at its first error.
+//! few batches' samples at most; its threads end with the read, or at its first error. All
+//! reads together run at most [`READ_AHEAD_MAX_THREADS`] such threads; past them, a read
+//! decodes in line.
 //!
 //! Rollups: the stored buckets of the range (read a block at a time, `rollup/block.rs`) merged
 //! with the open head's rollups. Rollups carry no seqs, so a read holds its shard's `seals` lock
@@ -18,6 +20,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::iter::Peekable;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::sync::{PoisonError, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -64,7 +67,7 @@ enum Part {
 pub(super) const READ_AHEAD_MIN_SAMPLES: u64 = 8 * READ_AHEAD_BATCH;
 
 /// Threads a long read decodes on.
-const READ_AHEAD_THREADS: usize = 2;
+pub(super) const READ_AHEAD_THREADS: usize = 2;
 
 /// Samples per batch, about: one hand-over (a thread woken) per batch, not per chunk.
 const READ_AHEAD_BATCH: u64 = 4096;
@@ -115,8 +118,37 @@ impl<T: Send + 'static> PartReader<T> {
     }
 }
 
+/// Read-ahead threads running at most, all reads together: past them, a long read decodes in
+/// line (as every read did before reads went ahead), so that concurrent long reads cost the
+/// server a bounded number of threads, and no more than its cores can run.
+pub(super) const READ_AHEAD_MAX_THREADS: usize = 2 * READ_AHEAD_THREADS;
+
+pub(super) static READ_AHEAD_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`READ_AHEAD_MAX_THREADS`], held by a read-ahead thread (or the attempt to start
+/// one) and given back when dropped.
+struct ThreadSlot;
+
+impl ThreadSlot {
+    fn take() -> Option<Self> {
+        READ_AHEAD_RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < READ_AHEAD_MAX_THREADS).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| Self)
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        READ_AHEAD_RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Starts the threads of a read ahead of `parts` (in the merge's order, each with its sample
-/// count). Gives the parts back if no thread could be started.
+/// count), on as many of [`READ_AHEAD_THREADS`] as there are slots and threads for. Gives the
+/// parts back if none could be started.
 fn read_ahead<T: Send + 'static>(
     reader: &Arc<PartReader<T>>,
     parts: Vec<(Part, u64)>,
@@ -124,6 +156,9 @@ fn read_ahead<T: Send + 'static>(
     let mut lanes = Vec::new();
     let mut starts = Vec::new();
     for _ in 0..READ_AHEAD_THREADS {
+        let Some(slot) = ThreadSlot::take() else {
+            break;
+        };
         let (decoded, receive) = mpsc::sync_channel(READ_AHEAD);
         let (recycle, spares) = mpsc::channel::<Decoded<T>>();
         // A thread takes its batches once all threads are known: how many decides who
@@ -133,6 +168,7 @@ fn read_ahead<T: Send + 'static>(
         let started = std::thread::Builder::new()
             .name("tether-read-ahead".to_owned())
             .spawn(move || {
+                let _slot = slot;
                 let Ok(batches) = take.recv() else {
                     return;
                 };

@@ -1,10 +1,13 @@
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::read::READ_AHEAD_MIN_SAMPLES;
+use super::read::{
+    READ_AHEAD_MAX_THREADS, READ_AHEAD_MIN_SAMPLES, READ_AHEAD_RUNNING, READ_AHEAD_THREADS,
+};
 use super::*;
 use crate::domain::SampleTotals;
 use crate::store::chunk::tests::sample;
 use crate::store::chunk::{ChunkDecoder, ChunkError, ChunkHeader};
+use std::sync::atomic::Ordering;
 
 fn open(dir: &std::path::Path) -> Series {
     let db = crate::store::sled::raw_db(dir).expect("open sled");
@@ -140,6 +143,27 @@ fn totals(samples: &mut ChunkDecoder<'_>) -> std::result::Result<Option<SampleTo
     samples.next_totals()
 }
 
+/// Held by each test that reads ahead: the threads a read may start are bounded for the whole
+/// process, so those tests count them one at a time.
+fn reading_ahead() -> std::sync::MutexGuard<'static, ()> {
+    static READS_AHEAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    READS_AHEAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits until no read-ahead thread is left, for at most 30 s.
+fn until_no_read_ahead_thread() {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read_ahead_threads() > 0 || READ_AHEAD_RUNNING.load(Ordering::Acquire) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read-ahead threads outlive their read"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Names of this process's threads that are reading ahead.
 fn read_ahead_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -154,6 +178,7 @@ fn read_ahead_threads() -> usize {
 /// read dropped part-way ends its threads.
 #[test]
 fn a_long_read_decodes_ahead_exactly_as_in_line_and_ends_its_threads_when_dropped() {
+    let _one_at_a_time = reading_ahead();
     let (_dir, series, key, mut expected) = long_series("a", 20_000);
     let n = expected.len();
     expected.sort_by_key(|sample| (sample.time, sample.seq));
@@ -194,20 +219,43 @@ fn a_long_read_decodes_ahead_exactly_as_in_line_and_ends_its_threads_when_droppe
         expected[0]
     );
     drop(dropped);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while read_ahead_threads() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "read-ahead threads outlive their read"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    until_no_read_ahead_thread();
+}
+
+/// Long reads at once share at most `READ_AHEAD_MAX_THREADS` threads; a read past them decodes
+/// in line and misses nothing, and the threads of reads that end are free for the next.
+#[test]
+fn long_reads_at_once_share_a_bounded_number_of_threads() {
+    let _one_at_a_time = reading_ahead();
+    until_no_read_ahead_thread();
+    let (_dir, series, key, samples) = long_series("c", u64::MAX);
+    let (from, to) = (UNIX_EPOCH, UNIX_EPOCH + Duration::from_secs(1 << 40));
+    let mut reading = Vec::new();
+    for _ in 0..READ_AHEAD_MAX_THREADS / READ_AHEAD_THREADS {
+        let (mut read, ahead) = series.samples_with(&key, from, to, totals, 0);
+        assert!(ahead);
+        read.next().expect("a sample").expect("read");
+        reading.push(read);
     }
+    assert_eq!(
+        READ_AHEAD_RUNNING.load(Ordering::Acquire),
+        READ_AHEAD_MAX_THREADS
+    );
+    let (read, ahead) = series.samples_with(&key, from, to, totals, 0);
+    assert!(!ahead, "past the bound, a read decodes in line");
+    assert_eq!(read.count(), samples.len());
+    drop(reading);
+    until_no_read_ahead_thread();
+    let (read, ahead) = series.samples_with(&key, from, to, totals, 0);
+    assert!(ahead, "the threads are free again");
+    assert_eq!(read.count(), samples.len());
 }
 
 /// A damaged chunk in the middle of a long read ends it with `Corrupt` where the chunk is,
 /// after every sample before it, as a read in line does.
 #[test]
 fn a_damaged_chunk_ends_a_read_ahead_where_it_is() {
+    let _one_at_a_time = reading_ahead();
     let (_dir, series, key, samples) = long_series("b", u64::MAX);
     let chunks: Vec<(sled::IVec, sled::IVec)> = series
         .data
