@@ -370,7 +370,7 @@ impl Window {
         };
         // The 6 bits after the first `at` of the 15.
         let field = |at: u32| ((head >> (9 - at)) & 0x3f) as u32;
-        match form {
+        let head_len = match form {
             Form::Zero => {
                 r.skip(prefix, "value")?;
                 self.after_nonzero = false;
@@ -380,22 +380,26 @@ impl Window {
                 r.skip(prefix, "value")?;
                 return Err(DecodeError::Corrupt("value window"));
             }
-            Form::Reuse => r.skip(prefix, "value")?,
+            Form::Reuse => prefix,
             Form::NewShift => {
-                r.skip(prefix + 12, "value window")?;
                 self.shift = field(3);
                 self.width = field(9) + 1;
+                prefix + 12
             }
             Form::NewWidth => {
-                r.skip(prefix + 6, "value width")?;
                 self.width = field(3) + 1;
+                prefix + 6
             }
-        }
-        let u = if self.width <= MAX_PEEK_BITS {
-            let u = r.peek_bits(self.width);
-            r.skip(self.width, "value")?;
-            u
+        };
+        // Code and value in one peek when they fit it (they nearly always do), then one skip
+        // that checks they were there.
+        let total = head_len + self.width;
+        let u = if total <= MAX_PEEK_BITS {
+            let bits = r.peek_bits(total);
+            r.skip(total, "value")?;
+            bits & (u64::MAX >> (64 - self.width))
         } else {
+            r.skip(head_len, "value window")?;
             r.read_bits(self.width, "value")?
         };
         self.after_nonzero = true;
