@@ -175,7 +175,10 @@ fn read_ahead<T: Send + 'static>(
                 for batch in batches {
                     let mut out = Vec::with_capacity(batch.len());
                     for part in batch {
-                        let result = reader.read(part, spares.try_recv().unwrap_or_default());
+                        // A buffer the merge has emptied, or a new one while none has come back
+                        // (`try_recv` fails only for that, or once the read is gone).
+                        let buffer = spares.try_recv().unwrap_or_default();
+                        let result = reader.read(part, buffer);
                         let failed = result.is_err();
                         out.push(result);
                         if failed {
@@ -218,8 +221,11 @@ fn read_ahead<T: Send + 'static>(
         }
     }
     for (hand, batches) in starts.into_iter().zip(dealt) {
-        // Each thread waits on its `take` until it has its batches: this cannot fail.
-        let _ = hand.send(batches);
+        // Each thread waits on its `take` until it has its batches, so this cannot fail; if it
+        // did, that lane would end at once and the read report it where its batches were due.
+        if hand.send(batches).is_err() {
+            tracing::warn!("a read-ahead thread ended before it had its batches");
+        }
     }
     Ok(ReadAhead {
         lanes,
