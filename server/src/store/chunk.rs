@@ -102,7 +102,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use self::series::Series;
+use self::series::{Disks, Series};
 use super::bits::{BitReader, BitWriter, DecodeError};
 use crate::domain::{DiskUsage, Sample, SampleTotals, Time};
 
@@ -566,29 +566,32 @@ impl<'a> ChunkDecoder<'a> {
         if self.done {
             return Ok(None);
         }
-        let result = self.step_with(None).and_then(|more| {
-            if !more {
-                return Ok(None);
-            }
-            let f = &self.fixed;
-            let (disk_used_bytes, disk_total_bytes) = self.series.disk_sums();
-            Ok(Some(SampleTotals {
-                seq: f.seq,
-                time: f.time()?,
-                cpu_percent: dequantize(f.cpu),
-                load: f.load.map(dequantize),
-                memory_used_bytes: f.memory_used,
-                memory_total_bytes: f.memory_total,
-                swap_used_bytes: f.swap_used,
-                swap_total_bytes: f.swap_total,
-                disk_used_bytes,
-                disk_total_bytes,
-                network_rx_bytes: f.net_rx,
-                network_tx_bytes: f.net_tx,
-                uptime: Duration::from_millis(f.uptime_ms),
-                process_count: f.process_count,
-            }))
-        });
+        let mut disk_sums = (0, 0);
+        let result = self
+            .step_with(Disks::Sums(&mut disk_sums))
+            .and_then(|more| {
+                if !more {
+                    return Ok(None);
+                }
+                let f = &self.fixed;
+                let (disk_used_bytes, disk_total_bytes) = disk_sums;
+                Ok(Some(SampleTotals {
+                    seq: f.seq,
+                    time: f.time()?,
+                    cpu_percent: dequantize(f.cpu),
+                    load: f.load.map(dequantize),
+                    memory_used_bytes: f.memory_used,
+                    memory_total_bytes: f.memory_total,
+                    swap_used_bytes: f.swap_used,
+                    swap_total_bytes: f.swap_total,
+                    disk_used_bytes,
+                    disk_total_bytes,
+                    network_rx_bytes: f.net_rx,
+                    network_tx_bytes: f.net_tx,
+                    uptime: Duration::from_millis(f.uptime_ms),
+                    process_count: f.process_count,
+                }))
+            });
         if !matches!(result, Ok(Some(_))) {
             self.done = true;
         }
@@ -596,16 +599,16 @@ impl<'a> ChunkDecoder<'a> {
     }
 
     fn step(&mut self, out: &mut Sample) -> Result<bool, ChunkError> {
-        if !self.step_with(Some(&mut out.disks))? {
+        if !self.step_with(Disks::List(&mut out.disks))? {
             return Ok(false);
         }
         self.fixed.apply(out)?;
         Ok(true)
     }
 
-    /// Decodes the next sample into `self.fixed` (and its disk list into `disks`, if given),
-    /// checking it against the header. `Ok(false)` after the last sample.
-    fn step_with(&mut self, disks: Option<&mut Vec<DiskUsage>>) -> Result<bool, ChunkError> {
+    /// Decodes the next sample into `self.fixed` and its disks into `disks`, checking it
+    /// against the header. `Ok(false)` after the last sample.
+    fn step_with(&mut self, disks: Disks<'_>) -> Result<bool, ChunkError> {
         if self.seen.count == self.expected.count {
             self.bits.expect_end("chunk padding")?;
             return Ok(false);

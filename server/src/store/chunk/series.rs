@@ -116,13 +116,13 @@ impl Series {
         }
     }
 
-    /// Decodes the next sample's fields into `f` and, if given, its disk list into `disks`
-    /// (without, [`Series::disk_sums`] still reads the disks back).
+    /// Decodes the next sample's fields into `f` and its disks into `disks`, as a list or as
+    /// sums.
     pub(super) fn decode(
         &mut self,
         r: &mut BitReader<'_>,
         f: &mut Fixed,
-        disks: Option<&mut Vec<DiskUsage>>,
+        disks: Disks<'_>,
         first: bool,
     ) -> Result<(), DecodeError> {
         f.seq = self.seq.decode(r, first)?;
@@ -150,25 +150,7 @@ impl Series {
         Ok(())
     }
 
-    /// The used and total bytes of the last sample's disks, each summed saturating at
-    /// `u64::MAX`.
-    pub(super) fn disk_sums(&self) -> (u64, u64) {
-        self.list
-            .iter()
-            .fold((0_u64, 0_u64), |(used, total), &idx| {
-                let slot = &self.dict[idx];
-                (
-                    used.saturating_add(slot.used.prev),
-                    total.saturating_add(slot.total.prev),
-                )
-            })
-    }
-
-    fn decode_disks(
-        &mut self,
-        r: &mut BitReader<'_>,
-        disks: Option<&mut Vec<DiskUsage>>,
-    ) -> Result<(), DecodeError> {
+    fn decode_disks(&mut self, r: &mut BitReader<'_>, disks: Disks<'_>) -> Result<(), DecodeError> {
         if r.read_bit("disk list flag")? {
             let n = r.read_gamma("disk count")?;
             // Each listed disk costs at least three bits (index, used, total): a count beyond
@@ -201,13 +183,18 @@ impl Series {
                 self.list.push(idx);
             }
         }
-        let Some(disks) = disks else {
-            for &idx in &self.list {
-                let slot = &mut self.dict[idx];
-                slot.used.decode(r)?;
-                slot.total.decode(r)?;
+        let disks = match disks {
+            Disks::List(disks) => disks,
+            Disks::Sums(sums) => {
+                // Summed as decoded: a mount point listed twice counts twice.
+                *sums = (0, 0);
+                for &idx in &self.list {
+                    let slot = &mut self.dict[idx];
+                    sums.0 = sums.0.saturating_add(slot.used.decode(r)?);
+                    sums.1 = sums.1.saturating_add(slot.total.decode(r)?);
+                }
+                return Ok(());
             }
-            return Ok(());
         };
         disks.truncate(self.list.len());
         for (i, &idx) in self.list.iter().enumerate() {
@@ -230,6 +217,14 @@ impl Series {
         }
         Ok(())
     }
+}
+
+/// Where a decode puts a sample's disks.
+pub(super) enum Disks<'a> {
+    /// The list, reusing the entries (and their strings) already there.
+    List(&'a mut Vec<DiskUsage>),
+    /// Only the used and total bytes summed over the list, each saturating at `u64::MAX`.
+    Sums(&'a mut (u64, u64)),
 }
 
 /// A field coded by its change from the previous sample.

@@ -308,6 +308,13 @@ fn disk_list_changes_round_trip_with_order_and_duplicates() {
         assert_eq!(&out.disks, want);
     }
     assert!(!dec.next_into(&mut out).expect("end"));
+    // Totals without the lists: every listed disk counted once, a repeated mount point too.
+    let mut dec = ChunkDecoder::new(&chunk).expect("valid");
+    for want in &samples {
+        let want = SampleTotals::of(&stored(want).expect("storable"));
+        assert_eq!(dec.next_totals().expect("valid"), Some(want));
+    }
+    assert_eq!(dec.next_totals().expect("end"), None);
 }
 
 #[test]

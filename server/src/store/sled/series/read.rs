@@ -78,6 +78,10 @@ const READ_AHEAD: usize = 1;
 
 type Decoded<T> = Vec<((u64, u64), T)>;
 
+/// Samples reserved at most for a part before it is decoded (a sealed chunk holds a few
+/// hundred).
+const MAX_PART_RESERVE: usize = 1 << 14;
+
 /// What decodes a part of a sample read: everything it needs, owned, so that it can run on a
 /// thread of its own.
 struct PartReader<T> {
@@ -93,7 +97,9 @@ impl<T: Send + 'static> PartReader<T> {
     fn read(&self, part: Part, mut out: Decoded<T>) -> Result<Decoded<T>> {
         let mut read = |key: &[u8], mut samples: ChunkDecoder<'_>| -> Result<()> {
             let damaged = |e: chunk::ChunkError| corrupt(key, e.to_string());
-            out.reserve(samples.header().count as usize);
+            // A damaged header may claim any count: the reservation is bounded, the rest
+            // grows as samples actually decode.
+            out.reserve((samples.header().count as usize).min(MAX_PART_RESERVE));
             while let Some(sample) = (self.decode)(&mut samples).map_err(damaged)? {
                 let order = samples.last_order();
                 if (self.from_ms..self.to_ms).contains(&order.0) {

@@ -291,3 +291,45 @@ fn a_damaged_chunk_ends_a_read_ahead_where_it_is() {
         assert!(read.next().is_none(), "and nothing follows");
     }
 }
+
+/// A chunk whose header claims four billion samples (a consistent header, a body of a few
+/// bytes) is damage reported as such: the read reserves for what it decodes, not for what the
+/// header says.
+#[test]
+fn a_header_claiming_billions_of_samples_is_corrupt_not_an_allocation() {
+    let _one_at_a_time = reading_ahead();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let series = open(dir.path());
+    let key = AgentKey {
+        org: OrgId::new("acme"),
+        agent: AgentId::new("d"),
+    };
+    let (first_seq, min_ms) = (1, 1_700_000_000_000);
+    let mut chunk = vec![crate::store::chunk::CHUNK_VERSION];
+    for field in [
+        u64::from(u32::MAX),
+        first_seq,
+        u64::from(u32::MAX),
+        min_ms,
+        10,
+    ] {
+        crate::store::bits::put_uvarint(&mut chunk, field);
+    }
+    chunk.extend_from_slice(&[0x55; 8]);
+    let (header, _) = ChunkHeader::parse(&chunk).expect("a consistent header");
+    assert_eq!(header.count, u32::MAX);
+    series
+        .data
+        .insert(
+            series_key(&chunk_series(&key), min_ms + 10, first_seq),
+            chunk,
+        )
+        .expect("insert");
+    let (from, to) = (UNIX_EPOCH, UNIX_EPOCH + Duration::from_secs(1 << 40));
+    for ahead_from in [0, u64::MAX] {
+        let (mut read, ahead) = series.samples_with(&key, from, to, totals, ahead_from);
+        assert_eq!(ahead, ahead_from == 0, "the header's count decides");
+        assert!(matches!(read.next(), Some(Err(StoreError::Corrupt { .. }))));
+        assert!(read.next().is_none());
+    }
+}
