@@ -152,12 +152,13 @@ impl Drop for ThreadSlot {
     }
 }
 
-/// Starts the threads of a read ahead of `parts` (in the merge's order, each with its sample
-/// count), on as many of [`READ_AHEAD_THREADS`] as there are slots and threads for. Gives the
+/// Starts the threads of a read ahead of `parts` (in the merge's order, with their sample
+/// `counts`), on as many of [`READ_AHEAD_THREADS`] as there are slots and threads for. Gives the
 /// parts back if none could be started.
 fn read_ahead<T: Send + 'static>(
     reader: &Arc<PartReader<T>>,
-    parts: Vec<(Part, u64)>,
+    parts: Vec<Part>,
+    counts: &[u64],
 ) -> std::result::Result<ReadAhead<T>, Vec<Part>> {
     let mut lanes = Vec::new();
     let mut starts = Vec::new();
@@ -210,14 +211,14 @@ fn read_ahead<T: Send + 'static>(
         }
     }
     if starts.is_empty() {
-        return Err(parts.into_iter().map(|(part, _)| part).collect());
+        return Err(parts);
     }
     let mut dealt: Vec<Vec<Vec<Part>>> = starts.iter().map(|_| Vec::new()).collect();
     let mut batch = Vec::new();
     let mut samples = 0;
     let mut n_batches = 0;
     let n_parts = parts.len();
-    for (i, (part, count)) in parts.into_iter().enumerate() {
+    for (i, (part, count)) in parts.into_iter().zip(counts).enumerate() {
         batch.push(part);
         samples += count;
         if samples >= READ_AHEAD_BATCH || i + 1 == n_parts {
@@ -371,14 +372,13 @@ impl Series {
             decode,
         });
         sources.sort_by_key(|source| source.min_ms);
-        let samples: u64 = sources.iter().map(|source| source.count).sum();
-        if samples >= ahead_from {
-            let bounds: Vec<u64> = sources.iter().map(|source| source.min_ms).collect();
-            let parts = sources
-                .into_iter()
-                .map(|source| (source.part, source.count))
-                .collect();
-            match read_ahead(&reader, parts) {
+        let counts: Vec<u64> = sources.iter().map(|source| source.count).collect();
+        let (bounds, parts): (Vec<u64>, Vec<Part>) = sources
+            .into_iter()
+            .map(|source| (source.min_ms, source.part))
+            .unzip();
+        let parts = if counts.iter().sum::<u64>() >= ahead_from {
+            match read_ahead(&reader, parts, &counts) {
                 Ok(mut ahead) => {
                     let sources = bounds
                         .into_iter()
@@ -388,23 +388,15 @@ impl Series {
                     return (Box::new(merge), true);
                 }
                 // No thread to spare: the merge decodes each part itself.
-                Err(parts) => {
-                    let sources = bounds
-                        .into_iter()
-                        .zip(parts)
-                        .map(|(min_ms, key)| Source { min_ms, key })
-                        .collect();
-                    let merge = TimeMerge::new(sources, move |part, out| reader.read(part, out));
-                    return (Box::new(merge), false);
-                }
+                Err(parts) => parts,
             }
-        }
-        let sources = sources
+        } else {
+            parts
+        };
+        let sources = bounds
             .into_iter()
-            .map(|source| Source {
-                min_ms: source.min_ms,
-                key: source.part,
-            })
+            .zip(parts)
+            .map(|(min_ms, key)| Source { min_ms, key })
             .collect();
         let merge = TimeMerge::new(sources, move |part, out| reader.read(part, out));
         (Box::new(merge), false)
